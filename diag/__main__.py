@@ -1,0 +1,3 @@
+from diag.cli.app import run
+
+run()

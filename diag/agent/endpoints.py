@@ -1,0 +1,129 @@
+"""The agent's HTTP API, independent of which server carries it.
+
+``dispatch(method, path, query)`` is shared by the agent's own thread server and by the
+aiohttp integration, so both answer the same paths with the same bytes.  Every
+failure becomes a JSON error response; nothing raises out of here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import diag
+from diag.analysis.task_groups import TaskQuery, task_view
+from diag.collect.loop_watch import LoopWatch
+from diag.collect.task_collector import CollectOptions, collect_tasks, collect_loops, process_info, _FrameCache
+from diag.errors import DiagError
+
+PREFIX = "/debug/diag"
+AGENT_SCHEMA = "diag.agent/1"
+#: A second dump waits this long for the first before answering 503 busy.
+BUSY_WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def json_response(status: int, data: object) -> Response:
+    return Response(status, json.dumps(data).encode())
+
+
+def error(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+def _float(query: Mapping[str, str], name: str) -> float | None:
+    raw = query.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DiagError(f"{name} must be a number, not {raw!r}") from None
+    if value != value or value < 0:
+        raise DiagError(f"{name} must be a number >= 0")
+    return value
+
+
+def _int(query: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DiagError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
+    """Query string -> ``TaskQuery``; ``DiagError`` with a clear message on bad values."""
+    states = tuple(s for s in (query.get("state") or "").split(",") if s)
+    tq = TaskQuery(
+        debug=_int(query, "debug", 1) or 1,
+        pattern=query.get("filter") or None,
+        states=states,
+        min_wait=_float(query, "min_wait"),
+        limit=_int(query, "limit", TaskQuery.limit),
+    )
+    tq.validate()
+    return tq
+
+
+class Endpoints:
+    """Routes of one agent; ``exclude`` names tasks of the server carrying the API."""
+
+    def __init__(self, watch: LoopWatch | None) -> None:
+        self.watch = watch
+        self._dump_lock = threading.Lock()
+
+    def dispatch(self, method: str, path: str, query: Mapping[str, str],
+                 exclude: frozenset[int] = frozenset()) -> Response:
+        try:
+            route = path.rstrip("/")
+            if route in ("", PREFIX):
+                return self.index()
+            if not route.startswith(PREFIX + "/"):
+                return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
+            name = route[len(PREFIX) + 1:]
+            handler: Callable[[Mapping[str, str], frozenset[int]], Response] | None = {
+                "tasks": self.tasks,
+                "health": self.health,
+            }.get(name)
+            if handler is None:
+                return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
+            if method != "GET":
+                return error(405, f"{path} takes GET")
+            return handler(query, exclude)
+        except DiagError as err:
+            return error(400, str(err))
+        except Exception as err:  # the agent must answer, whatever happened
+            return error(500, f"agent error: {type(err).__name__}: {err}")
+
+    def index(self) -> Response:
+        return json_response(200, {
+            "schema": AGENT_SCHEMA, "diag_version": diag.__version__, "pid": process_info().pid,
+            "endpoints": {f"{PREFIX}/tasks": "task dump (?debug=1|2&filter=&state=&min_wait=&limit=)",
+                          f"{PREFIX}/health": "event loop health"},
+        })
+
+    def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
+        tq = parse_task_query(query)
+        if not self._dump_lock.acquire(timeout=BUSY_WAIT):
+            return error(503, "busy: another dump is being taken; retry shortly")
+        try:
+            snap = collect_tasks(self.watch, CollectOptions(exclude=exclude))
+        finally:
+            self._dump_lock.release()
+        return Response(200, task_view(snap, tq).to_json().encode())
+
+    def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
+        loops = collect_loops(self.watch, set(self.watch.loops()) if self.watch else set(), _FrameCache(True))
+        return json_response(200, {"schema": "diag.health/1", "process": process_info().to_dict(),
+                                   "loops": [lp.to_dict() for lp in loops]})

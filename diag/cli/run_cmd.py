@@ -1,0 +1,48 @@
+"""``diag run``: start any Python program with the agent injected, no code change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+import diag
+from diag.agent.server import parse_address
+from diag.errors import UsageError
+
+BOOTSTRAP_DIR = str(Path(diag.__file__).resolve().parent / "bootstrap")
+PACKAGE_PARENT = str(Path(diag.__file__).resolve().parent.parent)
+
+
+def agent_environment(env: dict[str, str], address: str, address_file: str | None) -> dict[str, str]:
+    """The environment that makes a Python process start the agent at ``address``."""
+    out = dict(env)
+    out["DIAG_AGENT"] = address
+    if address_file:
+        out["DIAG_AGENT_FILE"] = address_file
+    # Our sitecustomize first; diag itself last, so the program's own packages win.
+    parts = [BOOTSTRAP_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [PACKAGE_PARENT]
+    out["PYTHONPATH"] = os.pathsep.join(parts)
+    return out
+
+
+def run(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(None, help="the program to run, after --: python app.py ARGS"),
+    agent: str = typer.Option("127.0.0.1:0", "--agent", help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
+    agent_file: Optional[Path] = typer.Option(None, "--agent-file", help="write the agent address to this file"),
+) -> int:
+    """Run a Python program with the diag agent injected; its address is printed on stderr."""
+    argv = list(command or []) + list(ctx.args)
+    if not argv:
+        raise UsageError("nothing to run: diag run -- python app.py ARGS")
+    parse_address(agent)
+    exe = shutil.which(argv[0])
+    if exe is None:
+        raise UsageError(f"command not found: {argv[0]}")
+    env = agent_environment(dict(os.environ), agent, str(agent_file) if agent_file else None)
+    os.execve(exe, argv, env)
+    return 0  # pragma: no cover - execve does not return

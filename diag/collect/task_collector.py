@@ -1,0 +1,431 @@
+"""Collect a ``TaskSnapshot``: every pending task, its await stack and what it waits on.
+
+This is the only module that reads asyncio's task internals.  ``Task.get_stack()``
+shows only the outermost frame of a suspended task, so the await chain is followed
+through each coroutine's ``cr_await`` link down to the awaited future.  The innermost
+frame that belongs to a known asyncio primitive (``Semaphore.acquire``, ``Queue.put``,
+``sleep``...) names the wait and gives the primitive itself (its ``self``); otherwise
+the awaited future (``Task._fut_waiter``) is classified.  Shapes not recognised degrade
+to ``unknown``, never to an exception.  It runs on any thread: the agent calls it from
+its own thread so that a blocked event loop can still be dumped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import linecache
+import os
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass, replace
+from typing import Any
+
+import diag
+from diag.collect import task_origins
+from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.task_snapshot import (
+    CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
+)
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_CoroutineType = types.CoroutineType
+_GeneratorType = types.GeneratorType
+
+
+def _known_codes() -> dict[types.CodeType, tuple[str, str]]:
+    """Code objects of asyncio functions that mean "waiting on X", for this Python."""
+    from asyncio import locks, queues, streams, tasks
+
+    table: dict[types.CodeType, tuple[str, str]] = {}
+
+    def add(fn: Any, kind: str, detail: str) -> None:
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            table[code] = (kind, detail)
+
+    add(locks.Lock.acquire, "lock", "Lock.acquire")
+    add(locks.Semaphore.acquire, "semaphore", "Semaphore.acquire")
+    add(locks.Condition.wait, "condition", "Condition.wait")
+    add(locks.Condition.wait_for, "condition", "Condition.wait_for")
+    add(locks.Event.wait, "event", "Event.wait")
+    add(queues.Queue.get, "queue_get", "Queue.get")
+    add(queues.Queue.put, "queue_put", "Queue.put")
+    add(queues.Queue.join, "event", "Queue.join")
+    add(tasks.sleep, "sleep", "sleep")
+    add(tasks.wait, "gather", "wait")
+    add(getattr(tasks, "_wait", None), "gather", "wait")
+    add(tasks.wait_for, "gather", "wait_for")
+    add(getattr(tasks, "as_completed", None), "gather", "as_completed")
+    add(streams.StreamReader._wait_for_data, "stream_read", "StreamReader.read")
+    add(getattr(streams.StreamWriter, "drain", None), "unknown", "StreamWriter.drain")
+    try:
+        from asyncio import taskgroups
+
+        add(taskgroups.TaskGroup.__aexit__, "gather", "TaskGroup")
+        add(getattr(taskgroups.TaskGroup, "_aexit", None), "gather", "TaskGroup")
+    except ImportError:  # pragma: no cover - 3.11+ always has it
+        pass
+    try:
+        from asyncio import timeouts
+
+        add(timeouts.Timeout.__aexit__, "unknown", "timeout")
+    except ImportError:  # pragma: no cover
+        pass
+    return table
+
+
+_KNOWN = _known_codes()
+_PRIMITIVE_KINDS = {"lock", "semaphore", "condition", "event", "queue_get", "queue_put"}
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """Bounds of one collection.
+
+    ``max_frames`` caps each await stack; ``source_lines`` adds the source text of
+    each frame; ``exclude`` holds tasks never to report (the dump's own handler).
+    """
+
+    max_frames: int = 64
+    source_lines: bool = True
+    exclude: frozenset[int] = frozenset()
+
+
+class _FrameCache:
+    """Turns (code, line) into a shared ``Frame``, so each distinct frame is built once."""
+
+    def __init__(self, source_lines: bool) -> None:
+        self.source_lines = source_lines
+        self.cache: dict[tuple[types.CodeType, int], Frame] = {}
+
+    def get(self, code: types.CodeType, line: int) -> Frame:
+        key = (code, line)
+        fr = self.cache.get(key)
+        if fr is None:
+            source = linecache.getline(code.co_filename, line).strip() if self.source_lines and line else ""
+            fr = Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
+            self.cache[key] = fr
+        return fr
+
+
+def _await_chain(coro: object, max_frames: int) -> tuple[list[types.FrameType], object]:
+    """Frames of a coroutine's await chain (outermost first) and the leaf it awaits."""
+    frames: list[types.FrameType] = []
+    node: object = coro
+    while node is not None and len(frames) < max_frames:
+        if type(node) is _CoroutineType:
+            frame = node.cr_frame  # type: ignore[attr-defined]
+            nxt = node.cr_await  # type: ignore[attr-defined]
+        elif type(node) is _GeneratorType:
+            frame = node.gi_frame  # type: ignore[attr-defined]
+            nxt = node.gi_yieldfrom  # type: ignore[attr-defined]
+        else:
+            frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
+            if frame is None:
+                return frames, node
+            nxt = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        node = nxt
+    return frames, node
+
+
+def _safe_len(obj: object) -> int | None:
+    try:
+        return None if obj is None else len(obj)  # type: ignore[arg-type]
+    except Exception:
+        return None
+
+
+def describe_primitive(obj: object, label: str = "") -> Primitive | None:
+    """The state of an asyncio Lock, Semaphore, Condition, Event or Queue, read without locking."""
+    pid = hex(id(obj))
+    try:
+        if isinstance(obj, asyncio.Semaphore):
+            bound = getattr(obj, "_bound_value", None)
+            kind = "bounded_semaphore" if isinstance(obj, asyncio.BoundedSemaphore) else "semaphore"
+            value = int(obj._value)
+            return Primitive(kind, pid, label, value=value, capacity=bound,
+                             locked=value == 0, waiters=_safe_len(obj._waiters) or 0)
+        if isinstance(obj, asyncio.Lock):
+            return Primitive("lock", pid, label, locked=bool(obj._locked), waiters=_safe_len(obj._waiters) or 0)
+        if isinstance(obj, asyncio.Condition):
+            inner = obj._lock
+            return Primitive("condition", pid, label, locked=bool(getattr(inner, "_locked", False)),
+                             waiters=_safe_len(obj._waiters) or 0)
+        if isinstance(obj, asyncio.Event):
+            return Primitive("event", pid, label, is_set=bool(obj._value), waiters=_safe_len(obj._waiters) or 0)
+        if isinstance(obj, asyncio.Queue):
+            getters = _safe_len(obj._getters) or 0
+            putters = _safe_len(obj._putters) or 0
+            return Primitive("queue", pid, label, size=_safe_len(obj._queue) or 0, maxsize=int(obj._maxsize),
+                             getters=getters, putters=putters, waiters=getters + putters)
+    except Exception:
+        return Primitive("unknown", pid, label)
+    return None
+
+
+def _label_in_frame(obj: object, frame: types.FrameType | None) -> str:
+    """A name for ``obj`` as the awaiting code sees it: a local, ``self.attr`` or a global."""
+    try:
+        if frame is None:
+            return ""
+        f_locals = frame.f_locals
+        for name, value in f_locals.items():
+            if value is obj and name != "self":
+                return name
+        owner = f_locals.get("self")
+        attrs = getattr(owner, "__dict__", None)
+        if isinstance(attrs, dict):
+            for name, value in attrs.items():
+                if value is obj:
+                    return f"{type(owner).__name__}.{name}"
+        for name, value in frame.f_globals.items():
+            if value is obj:
+                return f"{frame.f_globals.get('__name__', '?')}.{name}"
+    except Exception:
+        pass
+    return ""
+
+
+def _future_created_at(fut: object, frames: _FrameCache) -> Frame | None:
+    tb = getattr(fut, "_source_traceback", None)
+    try:
+        if tb:
+            for entry in reversed(tb):
+                if not entry.filename.startswith(_ASYNCIO_DIR):
+                    return Frame(entry.filename, entry.lineno or 0, entry.name, (entry.line or "").strip())
+    except Exception:
+        pass
+    return None
+
+
+def _is_executor_future(fut: object) -> bool:
+    """True for the asyncio future that ``run_in_executor``/``to_thread`` chains to a thread."""
+    try:
+        callbacks = getattr(fut, "_callbacks", None) or ()
+        for cb in callbacks:
+            fn = cb[0] if isinstance(cb, tuple) else cb
+            if getattr(fn, "__name__", "") == "_call_check_cancel":
+                return True
+    except Exception:
+        pass
+    return False
+
+
+def _user_caller(frames: list[types.FrameType], index: int) -> types.FrameType | None:
+    """The nearest frame outside asyncio that awaits ``frames[index]`` (outermost-first list)."""
+    for j in range(index - 1, -1, -1):
+        if not frames[j].f_code.co_filename.startswith(_ASYNCIO_DIR):
+            return frames[j]
+    return None
+
+
+class _Walker:
+    """One collection pass; caches frames and primitives across tasks."""
+
+    def __init__(self, watch: LoopWatch | None, options: CollectOptions, now: float) -> None:
+        self.watch = watch
+        self.options = options
+        self.now = now
+        self.frames = _FrameCache(options.source_lines)
+        self.primitives: dict[int, Primitive | None] = {}
+
+    def primitive(self, obj: object, caller: types.FrameType | None) -> Primitive | None:
+        key = id(obj)
+        prim = self.primitives.get(key)
+        if prim is None or (not prim.label and caller is not None):
+            prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
+        return prim
+
+    def classify(self, task: asyncio.Task[Any], frames: list[types.FrameType], running: bool) -> Wait:
+        if running:
+            return Wait("running")
+        waiter = getattr(task, "_fut_waiter", None)
+        if waiter is None:
+            return Wait("ready")
+        seconds = self.watch.waited(task, waiter, self.now) if self.watch is not None else None
+        for i in range(len(frames) - 1, -1, -1):
+            frame = frames[i]
+            known = _KNOWN.get(frame.f_code)
+            if known is None:
+                continue
+            kind, detail = known
+            caller = frames[i - 1] if i > 0 else None
+            return self._known_wait(kind, detail, frame, caller, _user_caller(frames, i), waiter, seconds)
+        return self._future_wait(waiter, seconds)
+
+    def _known_wait(self, kind: str, detail: str, frame: types.FrameType, caller: types.FrameType | None,
+                    user: types.FrameType | None, waiter: object, seconds: float | None) -> Wait:
+        try:
+            f_locals = frame.f_locals
+        except Exception:
+            return Wait(kind, detail, seconds=seconds)
+        if kind in _PRIMITIVE_KINDS:
+            obj = f_locals.get("self")
+            prim = self.primitive(obj, user) if obj is not None else None
+            if prim is not None and prim.kind == "bounded_semaphore":
+                detail = "BoundedSemaphore.acquire"
+            return Wait(kind, detail, prim, seconds)
+        if kind == "sleep":
+            handle = f_locals.get("h")
+            left = None
+            try:
+                if handle is not None:
+                    left = max(0.0, handle.when() - handle._loop.time())
+            except Exception:
+                left = None
+            return Wait("sleep", "sleep", seconds=seconds, time_left=left)
+        if kind == "stream_read":
+            if caller is not None and caller.f_code.co_filename.startswith(_ASYNCIO_DIR):
+                detail = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)
+            return Wait("stream_read", detail, seconds=seconds)
+        if kind == "gather":
+            awaited: list[object] = []
+            if detail == "TaskGroup":
+                awaited = list(getattr(f_locals.get("self"), "_tasks", ()) or ())
+            elif detail == "wait_for":
+                awaited = [f_locals.get("fut")]
+            else:
+                awaited = list(f_locals.get("fs") or ())
+            ids = tuple(task_origins.task_seq(t) for t in awaited if isinstance(t, asyncio.Task))
+            return Wait("gather", detail, seconds=seconds, tasks=ids)
+        return self._future_wait(waiter, seconds, detail=detail)
+
+    def _future_wait(self, waiter: object, seconds: float | None, detail: str = "") -> Wait:
+        if isinstance(waiter, asyncio.Task):
+            return Wait("task", detail or "await task", seconds=seconds, tasks=(task_origins.task_seq(waiter),))
+        children = getattr(waiter, "_children", None)
+        if children is not None and type(waiter).__name__ == "_GatheringFuture":
+            ids = tuple(task_origins.task_seq(c) for c in children if isinstance(c, asyncio.Task))
+            return Wait("gather", "gather", seconds=seconds, tasks=ids)
+        if _is_executor_future(waiter):
+            return Wait("executor", "run_in_executor", seconds=seconds)
+        if isinstance(waiter, asyncio.Future):
+            return Wait("future", detail or "Future", seconds=seconds,
+                        created_at=_future_created_at(waiter, self.frames))
+        return Wait("unknown", detail or type(waiter).__name__, seconds=seconds)
+
+    def task_info(self, task: asyncio.Task[Any], running: bool, names: dict[int, str]) -> TaskInfo:
+        coro = task.get_coro()
+        chain, _leaf = _await_chain(coro, self.options.max_frames)
+        stack = tuple(self.frames.get(f.f_code, f.f_lineno or 0) for f in reversed(chain))
+        try:
+            wait = self.classify(task, chain, running)
+        except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
+            wait = Wait("unknown", f"unreadable ({type(err).__name__})")
+        if not running and wait.kind == "ready" and chain and not stack:
+            wait = Wait("ready")
+        origin = task_origins.task_origin(task)
+        created_by = None
+        if origin is not None and origin[0] is not None:
+            code, line, parent, _seq = origin
+            created_by = CreatedBy(parent, names.get(parent) if parent is not None else None,
+                                   code.co_filename, line, getattr(code, "co_qualname", code.co_name))
+        try:
+            cancelling = bool(task.cancelling())
+        except Exception:
+            cancelling = False
+        return TaskInfo(
+            id=task_origins.task_seq(task),
+            name=_safe_str(task.get_name()),
+            coro=_safe_str(getattr(coro, "__qualname__", None) or type(coro).__name__),
+            state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
+            stack=stack, wait=wait, created_by=created_by,
+            loop=hex(id(task.get_loop())), cancelling=cancelling,
+        )
+
+
+def _safe_str(value: object, limit: int = 200) -> str:
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        return "<unprintable>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def thread_stack(thread_id: int | None, frames: _FrameCache, max_frames: int = 64) -> tuple[Frame, ...]:
+    """A thread's current stack, innermost frame first."""
+    if thread_id is None:
+        return ()
+    frame = sys._current_frames().get(thread_id)
+    out: list[Frame] = []
+    while frame is not None and len(out) < max_frames:
+        out.append(frames.get(frame.f_code, frame.f_lineno or 0))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def collect_loops(watch: LoopWatch | None, loops: set[asyncio.AbstractEventLoop],
+                  frames: _FrameCache) -> tuple[LoopInfo, ...]:
+    out = []
+    for loop in sorted(loops, key=id):
+        thread_id, thread_name, lag, stalled = (watch.loop_health(loop) if watch is not None
+                                                else (getattr(loop, "_thread_id", None), "", None, 0.0))
+        if not thread_name and thread_id is not None:
+            for th in threading.enumerate():
+                if th.ident == thread_id:
+                    thread_name = th.name
+        try:
+            running = loop.is_running()
+        except Exception:
+            running = False
+        blocking = thread_stack(thread_id, frames) if stalled > 0 else ()
+        out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking))
+    return tuple(out)
+
+
+def process_info() -> ProcessInfo:
+    return ProcessInfo(os.getpid(), tuple(sys.argv), sys.version.split()[0], diag.__version__)
+
+
+def _unify_primitives(infos: list[TaskInfo], final: dict[int, Primitive | None]) -> list[TaskInfo]:
+    """Give every task the final description of its primitive (labels found in later tasks)."""
+    by_id = {p.id: p for p in final.values() if p is not None}
+    out = []
+    for info in infos:
+        prim = info.wait.primitive
+        if prim is not None and by_id.get(prim.id, prim) is not prim:
+            info = replace(info, wait=replace(info.wait, primitive=by_id[prim.id]))
+        out.append(info)
+    return out
+
+
+def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
+    """Snapshot every pending task of this process; safe to call from any thread."""
+    started = time.monotonic()
+    taken_at = time.time()
+    all_tasks = [t for t in iter_all_tasks() if not t.done() and id(t) not in options.exclude]
+    loops: set[asyncio.AbstractEventLoop] = set()
+    current: set[int] = set()
+    for loop in {t.get_loop() for t in all_tasks}:
+        loops.add(loop)
+        cur = asyncio.current_task(loop)
+        if cur is not None:
+            current.add(id(cur))
+    if watch is not None:
+        loops.update(watch.loops())
+        for loop in loops:
+            watch.add_loop(loop)
+    names: dict[int, str] = {}
+    for task in all_tasks:
+        names[task_origins.task_seq(task)] = _safe_str(task.get_name())
+    walker = _Walker(watch, options, time.monotonic())
+    infos = []
+    for task in all_tasks:
+        try:
+            infos.append(walker.task_info(task, id(task) in current, names))
+        except Exception:  # a task finishing under our feet, or a hostile object
+            continue
+    infos = _unify_primitives(infos, walker.primitives)
+    infos.sort(key=lambda t: t.id)
+    notes: tuple[str, ...] = ()
+    clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
+    return TaskSnapshot(
+        taken_at=taken_at, process=process_info(), tasks=tuple(infos),
+        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos),
+        wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
+    )

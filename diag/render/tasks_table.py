@@ -1,0 +1,49 @@
+"""Rich tables of tasks: one row per group (debug 1) or per task (debug 2)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from diag.render import formatting as fmt
+from diag.render.tasks_text import footer, header
+from diag.task_snapshot import TaskInfo, TaskSnapshot
+
+_STATE_STYLE = {"running": "green", "ready": "cyan", "waiting": "yellow"}
+
+
+def _innermost_user_frame(task: TaskInfo, cwd: str | None) -> str:
+    for frame in task.stack:
+        path = fmt.short_path(frame.file, cwd)
+        if not path.startswith("asyncio/"):
+            return f"{path}:{frame.line} {frame.function}"
+    return f"{fmt.where(task.stack[0], cwd)} {task.stack[0].function}" if task.stack else "-"
+
+
+def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> None:
+    for line in header(snap):
+        style = "bold red" if "STALLED" in line else "dim"
+        console.print(Text(line, style=style))
+    table = Table(show_lines=False, header_style="bold")
+    if snap.grouped:
+        table.add_column("Count", justify="right")
+    else:
+        table.add_column("Task", justify="right")
+        table.add_column("Name")
+    table.add_column("State")
+    table.add_column("Waits on")
+    table.add_column("Waited", justify="right")
+    table.add_column("Coroutine")
+    table.add_column("Where")
+    table.add_column("Created by")
+    for task in snap.tasks:
+        first = [str(task.count)] if snap.grouped else [str(task.id), task.name]
+        waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
+        created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
+        table.add_row(*first, Text(task.state, style=_STATE_STYLE.get(task.state, "")),
+                      fmt.wait_reason(task.wait, cwd), waited, task.coro,
+                      _innermost_user_frame(task, cwd), created)
+    console.print(table)
+    for line in footer(snap, cwd):
+        console.print(Text(line, style="bold red" if line.startswith(("DEADLOCK", "loop")) else ""))

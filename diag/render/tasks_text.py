@@ -1,0 +1,99 @@
+"""Plain-text task dumps in the shape of Go's ``goroutine?debug=1`` and ``debug=2``.
+
+Grep-friendly and stable: no colour, no wrapping, one fact per line.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TextIO
+
+from diag.render import formatting as fmt
+from diag.task_snapshot import LoopInfo, TaskInfo, TaskSnapshot
+
+
+def header(snap: TaskSnapshot) -> list[str]:
+    taken = datetime.datetime.fromtimestamp(snap.taken_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    shown = sum(t.count for t in snap.tasks)
+    unit = f"{len(snap.tasks)} groups" if snap.grouped else f"{len(snap.tasks)} shown"
+    lines = [
+        f"diag tasks: pid {snap.process.pid} (python {snap.process.python or '?'}), "
+        f"{snap.total_tasks} pending tasks, {shown} matching in {unit}, taken {taken}",
+        f"wait times: {snap.wait_clock}" if snap.wait_clock else "wait times: not measured",
+    ]
+    lines += [loop_line(lp) for lp in snap.loops]
+    lines += [f"note: {n}" for n in snap.notes]
+    return lines
+
+
+def loop_line(loop: LoopInfo) -> str:
+    where = f"loop {loop.id} on thread {loop.thread_name or loop.thread_id or '?'}"
+    if loop.stalled_seconds > 0:
+        return f"{where}: STALLED for {fmt.duration(loop.stalled_seconds)} (the loop has not turned)"
+    if not loop.running:
+        return f"{where}: not running"
+    lag = "?" if loop.lag_seconds is None else f"{loop.lag_seconds * 1000:.1f}ms"
+    return f"{where}: turning (heartbeat lag {lag})"
+
+
+def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
+    lines = []
+    for frame in task.stack:
+        lines.append(f"{prefix}{fmt.where(frame, cwd)} {frame.function}")
+        if frame.source:
+            lines.append(f"{prefix}    {frame.source}")
+    if not task.stack:
+        lines.append(f"{prefix}(no coroutine frames: not started, or finished)")
+    return lines
+
+
+def task_title(task: TaskInfo, cwd: str | None) -> str:
+    waited = f", {fmt.duration(task.wait.seconds)}" if task.wait.seconds is not None and task.state == "waiting" else ""
+    cancelling = ", cancelling" if task.cancelling else ""
+    return f'task {task.id} "{task.name}" [{fmt.wait_reason(task.wait, cwd)}{waited}{cancelling}]:'
+
+
+def render_debug2(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:
+    lines = header(snap)
+    for task in snap.tasks:
+        lines.append("")
+        lines.append(task_title(task, cwd))
+        lines.append(f"coro {task.coro}")
+        lines += stack_lines(task, cwd, "    ")
+        lines.append(fmt.created_by(task.created_by, cwd))
+    return lines + footer(snap, cwd)
+
+
+def render_debug1(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:
+    lines = header(snap)
+    for group in snap.tasks:
+        noun = "task" if group.count == 1 else "tasks"
+        waited = ""
+        if group.state == "waiting" and group.wait.seconds is not None:
+            waited = f", waiting up to {fmt.duration(group.wait.seconds)}"
+        lines.append("")
+        lines.append(f"{group.count} {noun} @ {fmt.wait_reason(group.wait, cwd)}{waited}: {group.state} coro {group.coro}")
+        lines += stack_lines(group, cwd, "#   ")
+        ids = ", ".join(str(i) for i in group.ids[:10]) + (", ..." if len(group.ids) > 10 else "")
+        lines.append(f"#   {fmt.created_by(group.created_by, cwd)}; task ids: {ids or group.id}")
+    return lines + footer(snap, cwd)
+
+
+def footer(snap: TaskSnapshot, cwd: str | None) -> list[str]:
+    lines = []
+    for cycle in snap.await_cycles:
+        chain = " -> ".join(f"task {i}" for i in cycle + cycle[:1])
+        lines += ["", f"DEADLOCK: await cycle {chain}"]
+    for loop in snap.loops:
+        if loop.stalled_seconds > 0 and loop.blocking_stack:
+            lines += ["", f"loop {loop.id} is blocked; thread {loop.thread_name or loop.thread_id} is at:"]
+            for frame in loop.blocking_stack:
+                lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
+                if frame.source:
+                    lines.append(f"        {frame.source}")
+    return lines
+
+
+def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
+    lines = render_debug1(snap, cwd) if snap.grouped else render_debug2(snap, cwd)
+    out.write("\n".join(lines) + "\n")

@@ -1,0 +1,165 @@
+"""Where snapshots come from: an agent over HTTP or a unix socket, or a saved file.
+
+Each ``Source`` answers the same question the same way, so commands never need to know
+which one they hold.  Transport failures become ``TargetError`` with one clear line.
+
+Usage::
+
+    source = open_source("http://127.0.0.1:8080", timeout=10)
+    snapshot = source.tasks(TaskQuery(debug=1))
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Any, Protocol
+
+from diag.agent.endpoints import PREFIX
+from diag.analysis.task_groups import TaskQuery, task_view
+from diag.errors import TargetError, UsageError
+from diag.task_snapshot import TaskSnapshot
+
+
+class Source(Protocol):
+    """Something that can produce task snapshots."""
+
+    name: str
+
+    def tasks(self, query: TaskQuery) -> TaskSnapshot: ...
+
+
+def _query_params(query: TaskQuery) -> dict[str, str]:
+    params = {"debug": str(query.debug)}
+    if query.pattern:
+        params["filter"] = query.pattern
+    if query.states:
+        params["state"] = ",".join(query.states)
+    if query.min_wait is not None:
+        params["min_wait"] = repr(query.min_wait)
+    params["limit"] = str(query.limit) if query.limit is not None else "1000000000"
+    return params
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class AgentSource:
+    """A diag agent (or an app with ``diag.aiohttp.setup``) at an HTTP URL or unix socket."""
+
+    def __init__(self, target: str, timeout: float = 10.0, token: str | None = None) -> None:
+        self.name = target
+        self.timeout = timeout
+        self.token = token if token is not None else os.environ.get("DIAG_AGENT_TOKEN")
+        self.unix_path: str | None = None
+        if target.startswith("unix:"):
+            self.unix_path = target[len("unix:"):]
+            self.host, self.port, self.prefix, self.https = "localhost", 0, PREFIX, False
+            return
+        url = urllib.parse.urlsplit(target)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, unix:/PATH or a saved .json file")
+        try:
+            port = url.port
+        except ValueError:
+            raise UsageError(f"bad port in target {target!r}") from None
+        self.https = url.scheme == "https"
+        self.host = url.hostname
+        self.port = port or (443 if self.https else 80)
+        path = url.path.rstrip("/")
+        self.prefix = path[: path.index(PREFIX) + len(PREFIX)] if PREFIX in path else path + PREFIX
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.unix_path is not None:
+            return _UnixHTTPConnection(self.unix_path, self.timeout)
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return cls(self.host, self.port, timeout=self.timeout)
+
+    def get(self, endpoint: str, params: dict[str, str] | None = None) -> Any:
+        """GET an agent endpoint and return its parsed JSON; ``TargetError`` on any failure."""
+        path = f"{self.prefix}/{endpoint}"
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        except (TimeoutError, socket.timeout):
+            raise TargetError(f"{self.name}: no answer within {self.timeout:g}s (--timeout)") from None
+        except ConnectionRefusedError:
+            raise TargetError(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
+        except FileNotFoundError:
+            raise TargetError(f"{self.name}: no such socket") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise TargetError(f"{self.name}: {type(err).__name__}: {err}") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            if resp.status == 404:
+                raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})") from None
+            raise TargetError(f"{self.name}: not a diag agent (HTTP {resp.status}, response is not JSON)") from None
+        if resp.status == 401:
+            raise TargetError(f"{self.name}: the agent wants a token (set DIAG_AGENT_TOKEN)")
+        if resp.status == 400:
+            raise UsageError(f"{self.name}: {data.get('error') if isinstance(data, dict) else data}")
+        if resp.status != 200:
+            message = data.get("error") if isinstance(data, dict) else None
+            if resp.status == 404 and not message:
+                raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})")
+            raise TargetError(f"{self.name}: HTTP {resp.status}: {message or 'unexpected answer'}")
+        return data
+
+    def tasks(self, query: TaskQuery) -> TaskSnapshot:
+        data = self.get("tasks", _query_params(query))
+        if not isinstance(data, dict) or "schema" not in data:
+            raise TargetError(f"{self.name}: not a diag agent (no schema in the answer)")
+        return TaskSnapshot.from_dict(data)
+
+
+class FileSource:
+    """A snapshot saved with ``diag tasks -o FILE``."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self.path = Path(path)
+
+    def tasks(self, query: TaskQuery) -> TaskSnapshot:
+        try:
+            text = self.path.read_bytes()
+        except OSError as err:
+            raise TargetError(f"{self.name}: cannot read: {err.strerror or err}") from None
+        try:
+            snap = TaskSnapshot.from_json(text)
+        except TargetError as err:
+            raise TargetError(f"{self.name}: {err}") from None
+        return task_view(snap, query)
+
+
+def open_source(target: str, timeout: float = 10.0) -> Source:
+    """Pick the source for a TARGET argument: URL, ``unix:`` socket or saved file."""
+    if target.startswith(("http://", "https://", "unix:")):
+        return AgentSource(target, timeout)
+    if target.endswith(".json") or os.path.exists(target):
+        return FileSource(target)
+    if ":" in target and target.rsplit(":", 1)[1].isdigit():
+        return AgentSource(f"http://{target}", timeout)
+    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or a saved .json file")

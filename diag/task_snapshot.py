@@ -1,0 +1,359 @@
+"""The task snapshot: what every asyncio task of a process was doing at one instant.
+
+Snapshots are plain data (numbers, strings, tuples), never live Task or frame objects,
+so they can be saved, sent over HTTP and analysed anywhere.  Every snapshot round-trips
+through JSON with a ``schema`` tag; readers ignore fields they do not know and default
+the ones they miss, so older and newer writers of the same major version interoperate.
+
+Usage::
+
+    snap = TaskSnapshot.from_json(text)
+    for task in snap.tasks:
+        print(task.id, task.wait.kind, task.wait.seconds)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from diag.errors import TargetError
+
+SCHEMA_NAME = "diag.tasks"
+SCHEMA_MAJOR = 1
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
+
+#: The fixed vocabulary of ``Wait.kind``.
+WAIT_KINDS = (
+    "semaphore", "lock", "condition", "event", "queue_get", "queue_put", "future", "task",
+    "gather", "sleep", "stream_read", "executor", "running", "ready", "unknown",
+)
+#: Task states: running (on the loop now), ready (scheduled to run), waiting (suspended).
+TASK_STATES = ("running", "ready", "waiting")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of an await stack; ``source`` is the stripped source line, if known."""
+
+    file: str
+    line: int
+    function: str
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Frame:
+        return cls(str(d.get("file", "?")), int(d.get("line") or 0), str(d.get("function", "?")),
+                   str(d.get("source") or ""))
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A synchronisation object a task waits on, identified so that waiters group by it.
+
+    ``id`` is the object's address in hex: the same object has the same id in every task
+    of one snapshot.  State fields that do not apply to a kind are ``None``.
+    """
+
+    kind: str
+    id: str
+    label: str = ""
+    value: int | None = None
+    capacity: int | None = None
+    locked: bool | None = None
+    waiters: int | None = None
+    is_set: bool | None = None
+    size: int | None = None
+    maxsize: int | None = None
+    getters: int | None = None
+    putters: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "id": self.id, "label": self.label}
+        for name in ("value", "capacity", "locked", "waiters", "is_set", "size", "maxsize",
+                     "getters", "putters"):
+            v = getattr(self, name)
+            if v is not None:
+                d[name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Primitive:
+        def opt_int(k: str) -> int | None:
+            v = d.get(k)
+            return None if v is None else int(v)
+
+        def opt_bool(k: str) -> bool | None:
+            v = d.get(k)
+            return None if v is None else bool(v)
+
+        return cls(
+            kind=str(d.get("kind", "unknown")), id=str(d.get("id", "")), label=str(d.get("label") or ""),
+            value=opt_int("value"), capacity=opt_int("capacity"), locked=opt_bool("locked"),
+            waiters=opt_int("waiters"), is_set=opt_bool("is_set"), size=opt_int("size"),
+            maxsize=opt_int("maxsize"), getters=opt_int("getters"), putters=opt_int("putters"),
+        )
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a task is waiting on.
+
+    ``seconds`` is a lower bound of how long it has waited on the same awaited object
+    (see ``TaskSnapshot.wait_clock``); ``tasks`` lists awaited task ids for ``task`` and
+    ``gather`` waits; ``time_left`` is the remaining delay of a ``sleep``.
+    """
+
+    kind: str
+    detail: str = ""
+    primitive: Primitive | None = None
+    seconds: float | None = None
+    tasks: tuple[int, ...] = ()
+    time_left: float | None = None
+    created_at: Frame | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.primitive is not None:
+            d["primitive"] = self.primitive.to_dict()
+        if self.tasks:
+            d["tasks"] = list(self.tasks)
+        if self.time_left is not None:
+            d["time_left"] = self.time_left
+        if self.created_at is not None:
+            d["created_at"] = self.created_at.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Wait:
+        prim = d.get("primitive")
+        created = d.get("created_at")
+        kind = str(d.get("kind", "unknown"))
+        return cls(
+            kind=kind if kind in WAIT_KINDS else "unknown",
+            detail=str(d.get("detail") or ""),
+            primitive=Primitive.from_dict(prim) if isinstance(prim, Mapping) else None,
+            seconds=None if d.get("seconds") is None else float(d["seconds"]),
+            tasks=tuple(int(t) for t in d.get("tasks") or ()),
+            time_left=None if d.get("time_left") is None else float(d["time_left"]),
+            created_at=Frame.from_dict(created) if isinstance(created, Mapping) else None,
+        )
+
+
+@dataclass(frozen=True)
+class CreatedBy:
+    """Where a task was created: the creating task (if any) and the call site."""
+
+    task_id: int | None
+    task_name: str | None
+    file: str
+    line: int
+    function: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "task_name": self.task_name, "file": self.file,
+                "line": self.line, "function": self.function}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CreatedBy:
+        tid = d.get("task_id")
+        name = d.get("task_name")
+        return cls(None if tid is None else int(tid), None if name is None else str(name),
+                   str(d.get("file", "?")), int(d.get("line") or 0), str(d.get("function", "?")))
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One pending task, or, in a grouped snapshot, a group of identical ones.
+
+    ``stack`` is innermost frame first, as in Go's goroutine dumps.  ``count`` and
+    ``ids`` describe the group a task stands for (1 and its own id when ungrouped).
+    """
+
+    id: int
+    name: str
+    coro: str
+    state: str
+    stack: tuple[Frame, ...]
+    wait: Wait
+    created_by: CreatedBy | None = None
+    loop: str = ""
+    cancelling: bool = False
+    count: int = 1
+    ids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id, "name": self.name, "coro": self.coro, "state": self.state,
+            "stack": [f.to_dict() for f in self.stack], "wait": self.wait.to_dict(),
+            "created_by": None if self.created_by is None else self.created_by.to_dict(),
+            "loop": self.loop, "cancelling": self.cancelling,
+        }
+        if self.count != 1 or self.ids:
+            d["count"] = self.count
+            d["ids"] = list(self.ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TaskInfo:
+        created = d.get("created_by")
+        state = str(d.get("state", "waiting"))
+        return cls(
+            id=int(d["id"]), name=str(d.get("name", "")), coro=str(d.get("coro", "?")),
+            state=state if state in TASK_STATES else "waiting",
+            stack=tuple(Frame.from_dict(f) for f in d.get("stack") or ()),
+            wait=Wait.from_dict(d.get("wait") or {}),
+            created_by=CreatedBy.from_dict(created) if isinstance(created, Mapping) else None,
+            loop=str(d.get("loop") or ""), cancelling=bool(d.get("cancelling", False)),
+            count=int(d.get("count", 1)), ids=tuple(int(i) for i in d.get("ids") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    """Health of one event loop, as the agent's heartbeat sees it.
+
+    ``stalled_seconds`` is how long the loop has not turned (0 when it is turning);
+    ``blocking_stack`` is the loop thread's stack when stalled, innermost first.
+    """
+
+    id: str
+    thread_id: int | None
+    thread_name: str
+    running: bool
+    lag_seconds: float | None = None
+    stalled_seconds: float = 0.0
+    blocking_stack: tuple[Frame, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "thread_id": self.thread_id, "thread_name": self.thread_name,
+                "running": self.running, "lag_seconds": self.lag_seconds,
+                "stalled_seconds": self.stalled_seconds,
+                "blocking_stack": [f.to_dict() for f in self.blocking_stack]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoopInfo:
+        tid = d.get("thread_id")
+        lag = d.get("lag_seconds")
+        return cls(str(d.get("id", "")), None if tid is None else int(tid), str(d.get("thread_name", "")),
+                   bool(d.get("running", False)), None if lag is None else float(lag),
+                   float(d.get("stalled_seconds") or 0.0),
+                   tuple(Frame.from_dict(f) for f in d.get("blocking_stack") or ()))
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Which process a snapshot came from."""
+
+    pid: int
+    argv: tuple[str, ...] = ()
+    python: str = ""
+    diag_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "argv": list(self.argv), "python": self.python,
+                "diag_version": self.diag_version}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProcessInfo:
+        return cls(int(d.get("pid") or 0), tuple(str(a) for a in d.get("argv") or ()),
+                   str(d.get("python") or ""), str(d.get("diag_version") or ""))
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """All pending tasks of one process at ``taken_at`` (Unix time).
+
+    ``total_tasks`` counts every pending task seen, before filters and caps; ``notes``
+    says what was cut or could not be read; ``grouped`` is set when ``tasks`` holds
+    groups (``TaskInfo.count``) rather than single tasks.
+    """
+
+    taken_at: float
+    process: ProcessInfo
+    tasks: tuple[TaskInfo, ...]
+    loops: tuple[LoopInfo, ...] = ()
+    total_tasks: int = 0
+    grouped: bool = False
+    wait_clock: str = ""
+    notes: tuple[str, ...] = ()
+    collect_seconds: float = 0.0
+    await_cycles: tuple[tuple[int, ...], ...] = ()
+    schema: str = SCHEMA
+
+    def with_tasks(self, tasks: tuple[TaskInfo, ...], *, grouped: bool | None = None,
+                   notes: tuple[str, ...] = (),
+                   await_cycles: tuple[tuple[int, ...], ...] | None = None) -> TaskSnapshot:
+        return replace(self, tasks=tasks, grouped=self.grouped if grouped is None else grouped,
+                       notes=self.notes + notes,
+                       await_cycles=self.await_cycles if await_cycles is None else await_cycles)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "taken_at": self.taken_at, "process": self.process.to_dict(),
+            "total_tasks": self.total_tasks, "grouped": self.grouped, "wait_clock": self.wait_clock,
+            "notes": list(self.notes), "collect_seconds": self.collect_seconds,
+            "await_cycles": [list(c) for c in self.await_cycles],
+            "loops": [lp.to_dict() for lp in self.loops],
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TaskSnapshot:
+        """Build from parsed JSON; raises ``TargetError`` for anything that is not a snapshot."""
+        if not isinstance(d, Mapping):
+            raise TargetError("not a diag task snapshot (expected a JSON object)")
+        check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        try:
+            return cls(
+                taken_at=float(d.get("taken_at") or 0.0),
+                process=ProcessInfo.from_dict(d.get("process") or {}),
+                tasks=tuple(TaskInfo.from_dict(t) for t in d.get("tasks") or ()),
+                loops=tuple(LoopInfo.from_dict(lp) for lp in d.get("loops") or ()),
+                total_tasks=int(d.get("total_tasks") or 0),
+                grouped=bool(d.get("grouped", False)),
+                wait_clock=str(d.get("wait_clock") or ""),
+                notes=tuple(str(n) for n in d.get("notes") or ()),
+                collect_seconds=float(d.get("collect_seconds") or 0.0),
+                await_cycles=tuple(tuple(int(i) for i in c) for c in d.get("await_cycles") or ()),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskSnapshot:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise TargetError(f"not a diag task snapshot: invalid JSON ({err})") from None
+        return cls.from_dict(data)
+
+
+def check_schema(tag: object, name: str, major: int) -> None:
+    """Accept ``name/major``; refuse other documents and newer majors with a clear message."""
+    if not isinstance(tag, str) or "/" not in tag:
+        raise TargetError(f"not a {name} document (no schema tag)")
+    got_name, _, got_major = tag.partition("/")
+    if got_name != name:
+        raise TargetError(f"expected a {name} document, got {got_name!r}")
+    try:
+        got = int(got_major.split(".")[0])
+    except ValueError:
+        raise TargetError(f"unreadable schema version {tag!r}") from None
+    if got > major:
+        raise TargetError(f"{tag} is newer than this diag understands ({name}/{major}); upgrade diag")
+    if got < major:
+        raise TargetError(f"{tag} is older than this diag reads ({name}/{major})")
+
+
+__all__ = [
+    "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "Wait", "CreatedBy", "TaskInfo",
+    "LoopInfo", "ProcessInfo", "TaskSnapshot", "check_schema",
+]

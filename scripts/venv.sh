@@ -1,0 +1,21 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: create or reuse the virtualenv for
+# $PYTHON (default: python3) and install diag with its test dependencies into it.
+# The venv is named after the interpreter's version, so 3.11, 3.12 and 3.13 coexist.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+ver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+venv="$root/.venv-$ver"
+stamp="$venv/.installed"
+if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv"
+fi
+# Reinstall only when the project's metadata changed since the last install.
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
+    touch "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"
+cd "$root"

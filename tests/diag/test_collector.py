@@ -1,0 +1,201 @@
+"""The collector on real asyncio objects, in-process: every wait kind, creators, factories."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from diag.collect import task_origins
+from diag.collect.loop_watch import LoopWatch
+from diag.collect.task_collector import collect_tasks
+from diag.task_snapshot import TaskInfo, TaskSnapshot
+
+
+def by_name(snap: TaskSnapshot, name: str) -> TaskInfo:
+    matches = [t for t in snap.tasks if t.name == name]
+    assert len(matches) == 1, [t.name for t in snap.tasks]
+    return matches[0]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_every_wait_kind_is_classified() -> None:
+    loop = asyncio.get_running_loop()
+    watch = LoopWatch()
+    watch.add_loop(loop)
+    sem = asyncio.Semaphore(1)
+    bsem = asyncio.BoundedSemaphore(1)
+    lock = asyncio.Lock()
+    cond = asyncio.Condition()
+    event = asyncio.Event()
+    getq: asyncio.Queue[int] = asyncio.Queue()
+    putq: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    putq.put_nowait(0)
+    orphan = loop.create_future()
+    release = threading.Event()
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await sem.acquire()
+    await bsem.acquire()
+    await lock.acquire()
+
+    async def with_sem() -> None:
+        async with sem:
+            pass
+
+    async def cond_wait() -> None:
+        async with cond:
+            await cond.wait()
+
+    async def read_peer() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.readline()
+        finally:
+            writer.close()
+
+    async def child() -> None:
+        await asyncio.sleep(30)
+
+    async def await_task(t: asyncio.Task[None]) -> None:
+        await t
+
+    async def gatherer() -> None:
+        await asyncio.gather(event.wait(), asyncio.sleep(30))
+
+    async def waiter() -> None:
+        await asyncio.wait([asyncio.ensure_future(event.wait())])
+
+    async def group() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(asyncio.sleep(30), name="group-child")
+
+    async def on_future() -> None:
+        await orphan
+
+    sleeper = asyncio.create_task(child(), name="sleep")
+    specs: dict[str, Any] = {
+        "semaphore": with_sem(), "bounded": bsem.acquire(), "lock": lock.acquire(), "condition": cond_wait(),
+        "event": event.wait(), "queue_get": getq.get(), "queue_put": putq.put(1), "stream": read_peer(),
+        "task": await_task(sleeper), "gather": gatherer(), "wait": waiter(),
+        "wait_for": asyncio.wait_for(event.wait(), 30), "group": group(), "future": on_future(),
+        "executor": asyncio.to_thread(release.wait, 10),
+    }
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in specs.items()]
+    ready = asyncio.create_task(asyncio.sleep(0), name="ready")
+    try:
+        await asyncio.sleep(0.2)
+        watch.sample_waits()
+        ready = asyncio.create_task(asyncio.sleep(0), name="ready")
+        snap = collect_tasks(watch)
+        kinds = {t.name: (t.wait.kind, t.wait.detail) for t in snap.tasks}
+        assert kinds["semaphore"] == ("semaphore", "Semaphore.acquire")
+        assert kinds["bounded"] == ("semaphore", "BoundedSemaphore.acquire")
+        assert kinds["lock"] == ("lock", "Lock.acquire")
+        assert kinds["condition"] == ("condition", "Condition.wait")
+        assert kinds["event"] == ("event", "Event.wait")
+        assert kinds["queue_get"] == ("queue_get", "Queue.get")
+        assert kinds["queue_put"] == ("queue_put", "Queue.put")
+        assert kinds["stream"] == ("stream_read", "StreamReader.readuntil")
+        assert kinds["task"] == ("task", "await task")
+        assert kinds["gather"] == ("gather", "gather")
+        assert kinds["wait"] == ("gather", "wait")
+        assert kinds["wait_for"][0] in ("gather", "task")
+        assert kinds["group"] == ("gather", "TaskGroup")
+        assert kinds["future"] == ("future", "Future")
+        assert kinds["executor"] == ("executor", "run_in_executor")
+        assert kinds["sleep"] == ("sleep", "sleep")
+        assert kinds["ready"] == ("ready", "")
+        me = asyncio.current_task()
+        assert me is not None
+        assert [t.state for t in snap.tasks if t.id == task_origins.task_seq(me)] == ["running"]
+
+        # One semaphore is one primitive, with its state and the name the awaiting code uses.
+        sem_wait = by_name(snap, "semaphore").wait
+        assert sem_wait.primitive is not None
+        assert sem_wait.primitive.id == hex(id(sem))
+        assert (sem_wait.primitive.value, sem_wait.primitive.waiters, sem_wait.primitive.label) == (0, 1, "sem")
+        assert by_name(snap, "queue_put").wait.primitive.maxsize == 1  # type: ignore[union-attr]
+        assert by_name(snap, "event").wait.primitive.is_set is False  # type: ignore[union-attr]
+        # Awaited tasks are named by id, so the awaited-by graph can be built.
+        assert by_name(snap, "task").wait.tasks == (task_origins.task_seq(sleeper),)
+        group_child = by_name(snap, "group-child")
+        assert by_name(snap, "group").wait.tasks == (group_child.id,)
+        sleep_wait = by_name(snap, "sleep").wait
+        assert sleep_wait.time_left is not None and 29 < sleep_wait.time_left <= 30
+        assert sleep_wait.seconds is not None and sleep_wait.seconds >= 0.0
+        # Stacks are innermost first and end in the coroutine that was started.
+        assert by_name(snap, "semaphore").stack[-1].function.endswith("with_sem")
+        assert by_name(snap, "semaphore").stack[-1].source == "async with sem:"
+    finally:
+        release.set()
+        for t in tasks + [sleeper, ready]:
+            t.cancel()
+        await asyncio.gather(*tasks, sleeper, ready, return_exceptions=True)
+        server.close()
+        watch.stop()
+
+
+async def test_creator_is_recorded_and_chained_with_the_programs_factory() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    def program_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        seen.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(program_factory)
+    assert task_origins.install_factory(loop)
+    try:
+        async def worker() -> None:
+            await asyncio.sleep(30)
+
+        async def spawner() -> asyncio.Task[None]:
+            return asyncio.create_task(worker(), name="spawned")  # the creating line
+
+        parent = asyncio.create_task(spawner(), name="spawner")
+        child = await parent
+        snap = collect_tasks(None)
+        info = by_name(snap, "spawned")
+        assert info.created_by is not None
+        assert info.created_by.function.endswith("spawner")
+        assert info.created_by.task_id == task_origins.task_seq(parent)
+        assert info.created_by.file == __file__
+        assert "worker" in seen[-1]  # the program's own factory still ran
+        child.cancel()
+        await asyncio.gather(child, return_exceptions=True)
+    finally:
+        task_origins.uninstall_factory(loop)
+    assert loop.get_task_factory() is program_factory
+    loop.set_task_factory(None)
+
+
+async def test_heartbeat_reports_a_blocked_loop_with_its_stack() -> None:
+    loop = asyncio.get_running_loop()
+    watch = LoopWatch(install_factories=False)
+    watch.add_loop(loop)
+    watch.start()
+    result: list[TaskSnapshot] = []
+    try:
+        await asyncio.sleep(0.3)  # a few beats while healthy
+
+        def dump_later() -> None:
+            time.sleep(0.6)
+            result.append(collect_tasks(watch))
+
+        thread = threading.Thread(target=dump_later)
+        thread.start()
+        time.sleep(1.2)  # block the loop on purpose
+        thread.join()
+        (info,) = result[0].loops
+        assert info.stalled_seconds > 0.3
+        assert any(f.function.endswith("test_heartbeat_reports_a_blocked_loop_with_its_stack")
+                   for f in info.blocking_stack)
+        assert info.blocking_stack[0].source == "time.sleep(1.2)  # block the loop on purpose"
+    finally:
+        watch.stop()
