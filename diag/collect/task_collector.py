@@ -324,7 +324,7 @@ class _Walker:
         if origin is not None and origin[0] is not None:
             code, line, parent, _seq = origin
             created_by = CreatedBy(parent, names.get(parent) if parent is not None else None,
-                                   code.co_filename, line, getattr(code, "co_qualname", code.co_name))
+                                   code.co_filename, line, _creator_function(code))
         try:
             cancelling = bool(task.cancelling())
         except Exception:
@@ -337,6 +337,19 @@ class _Walker:
             stack=stack, wait=wait, created_by=created_by,
             loop=hex(id(task.get_loop())), cancelling=cancelling,
         )
+
+
+_COMPREHENSIONS = (".<listcomp>", ".<genexpr>", ".<setcomp>", ".<dictcomp>")
+
+
+def _creator_function(code: types.CodeType) -> str:
+    """The creating function's name; a comprehension (its own frame before 3.12) counts as
+    the function it is written in."""
+    name: str = getattr(code, "co_qualname", code.co_name)
+    for suffix in _COMPREHENSIONS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)].removesuffix(".<locals>")
+    return name
 
 
 def _safe_str(value: object, limit: int = 200) -> str:
