@@ -13,6 +13,7 @@ its own thread so that a blocked event loop can still be dumped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import linecache
 import os
 import sys
@@ -34,16 +35,16 @@ _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
 
-def _known_codes() -> dict[types.CodeType, tuple[str, str]]:
+def _known_codes() -> dict[int, tuple[str, str]]:
     """Code objects of asyncio functions that mean "waiting on X", for this Python."""
     from asyncio import locks, queues, streams, tasks
 
-    table: dict[types.CodeType, tuple[str, str]] = {}
+    table: dict[int, tuple[str, str]] = {}  # keyed by id: these code objects live for good
 
     def add(fn: Any, kind: str, detail: str) -> None:
         code = getattr(fn, "__code__", None)
         if code is not None:
-            table[code] = (kind, detail)
+            table[id(code)] = (kind, detail)
 
     add(locks.Lock.acquire, "lock", "Lock.acquire")
     add(locks.Semaphore.acquire, "semaphore", "Semaphore.acquire")
@@ -99,6 +100,7 @@ class _FrameCache:
     def __init__(self, source_lines: bool) -> None:
         self.source_lines = source_lines
         self.cache: dict[tuple[types.CodeType, int], Frame] = {}
+        self.by_offset: dict[tuple[int, int], Frame] = {}
 
     def get(self, code: types.CodeType, line: int) -> Frame:
         key = (code, line)
@@ -107,6 +109,16 @@ class _FrameCache:
             source = linecache.getline(code.co_filename, line).strip() if self.source_lines and line else ""
             fr = Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
             self.cache[key] = fr
+        return fr
+
+    def of(self, frame: types.FrameType) -> Frame:
+        """The ``Frame`` of a live frame; keyed by instruction offset, which is cheaper than
+        the line number (that needs a walk of the line table)."""
+        code = frame.f_code
+        key = (id(code), frame.f_lasti)  # code objects hash by content: slow; ids are alive here
+        fr = self.by_offset.get(key)
+        if fr is None:
+            fr = self.by_offset[key] = self.get(code, frame.f_lineno or 0)
         return fr
 
 
@@ -233,6 +245,10 @@ class _Walker:
         self.now = now
         self.frames = _FrameCache(options.source_lines)
         self.primitives: dict[int, Primitive | None] = {}
+        self.creators: dict[tuple[int, int, int | None], CreatedBy] = {}
+        self.coro_names: dict[int, str] = {}
+        self.loop_ids: dict[int, str] = {}
+        self.by_seq: dict[int, asyncio.Task[Any]] = {}
 
     def primitive(self, obj: object, caller: types.FrameType | None) -> Primitive | None:
         key = id(obj)
@@ -250,7 +266,7 @@ class _Walker:
         seconds = self.watch.waited(task, waiter, self.now) if self.watch is not None else None
         for i in range(len(frames) - 1, -1, -1):
             frame = frames[i]
-            known = _KNOWN.get(frame.f_code)
+            known = _KNOWN.get(id(frame.f_code))
             if known is None:
                 continue
             kind, detail = known
@@ -309,10 +325,23 @@ class _Walker:
                         created_at=_future_created_at(waiter, self.frames))
         return Wait("unknown", detail or type(waiter).__name__, seconds=seconds)
 
-    def task_info(self, task: asyncio.Task[Any], running: bool, names: dict[int, str]) -> TaskInfo:
+    def created_by(self, origin: task_origins.Origin) -> CreatedBy | None:
+        code, line, parent, _seq = origin
+        if code is None:
+            return None
+        key = (id(code), line, parent)
+        created = self.creators.get(key)
+        if created is None:
+            parent_task = self.by_seq.get(parent) if parent is not None else None
+            name = _safe_str(parent_task.get_name()) if parent_task is not None else None
+            created = self.creators[key] = CreatedBy(parent, name, code.co_filename, line, _creator_function(code))
+        return created
+
+    def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
         coro = task.get_coro()
         chain, _leaf = _await_chain(coro, self.options.max_frames)
-        stack = tuple(self.frames.get(f.f_code, f.f_lineno or 0) for f in reversed(chain))
+        frame_of = self.frames.of
+        stack = tuple([frame_of(f) for f in reversed(chain)])
         try:
             wait = self.classify(task, chain, running)
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
@@ -320,23 +349,32 @@ class _Walker:
         if not running and wait.kind == "ready" and chain and not stack:
             wait = Wait("ready")
         origin = task_origins.task_origin(task)
-        created_by = None
-        if origin is not None and origin[0] is not None:
-            code, line, parent, _seq = origin
-            created_by = CreatedBy(parent, names.get(parent) if parent is not None else None,
-                                   code.co_filename, line, _creator_function(code))
+        created_by = self.created_by(origin) if origin is not None else None
         try:
             cancelling = bool(task.cancelling())
         except Exception:
             cancelling = False
+        loop = task.get_loop()
+        loop_id = self.loop_ids.get(id(loop))
+        if loop_id is None:
+            loop_id = self.loop_ids[id(loop)] = hex(id(loop))
         return TaskInfo(
-            id=task_origins.task_seq(task),
+            id=origin[3] if origin is not None else task_origins.task_seq(task),
             name=_safe_str(task.get_name()),
-            coro=_safe_str(getattr(coro, "__qualname__", None) or type(coro).__name__),
+            coro=self.coro_name(coro),
             state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             stack=stack, wait=wait, created_by=created_by,
-            loop=hex(id(task.get_loop())), cancelling=cancelling,
+            loop=loop_id, cancelling=cancelling,
         )
+
+    def coro_name(self, coro: object) -> str:
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        name = self.coro_names.get(id(code)) if code is not None else None
+        if name is None:
+            name = _safe_str(getattr(coro, "__qualname__", None) or type(coro).__name__)
+            if code is not None:
+                self.coro_names[id(code)] = name
+        return name
 
 
 _COMPREHENSIONS = (".<listcomp>", ".<genexpr>", ".<setcomp>", ".<dictcomp>")
@@ -367,7 +405,7 @@ def thread_stack(thread_id: int | None, frames: _FrameCache, max_frames: int = 6
     frame = sys._current_frames().get(thread_id)
     out: list[Frame] = []
     while frame is not None and len(out) < max_frames:
-        out.append(frames.get(frame.f_code, frame.f_lineno or 0))
+        out.append(frames.of(frame))
         frame = frame.f_back
     return tuple(out)
 
@@ -408,7 +446,21 @@ def _unify_primitives(infos: list[TaskInfo], final: dict[int, Primitive | None])
 
 
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
-    """Snapshot every pending task of this process; safe to call from any thread."""
+    """Snapshot every pending task of this process; safe to call from any thread.
+
+    The cyclic GC is paused while the snapshot is built: it allocates a few objects per
+    task, and with 100k live tasks each collection it would trigger re-traverses them all.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _collect_tasks(watch, options)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnapshot:
     started = time.monotonic()
     taken_at = time.time()
     all_tasks = [t for t in iter_all_tasks() if not t.done() and id(t) not in options.exclude]
@@ -423,14 +475,12 @@ def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = Coll
         loops.update(watch.loops())
         for loop in loops:
             watch.add_loop(loop)
-    names: dict[int, str] = {}
-    for task in all_tasks:
-        names[task_origins.task_seq(task)] = _safe_str(task.get_name())
     walker = _Walker(watch, options, time.monotonic())
+    walker.by_seq = {task_origins.task_seq(t): t for t in all_tasks}
     infos = []
     for task in all_tasks:
         try:
-            infos.append(walker.task_info(task, id(task) in current, names))
+            infos.append(walker.task_info(task, id(task) in current))
         except Exception:  # a task finishing under our feet, or a hostile object
             continue
     infos = _unify_primitives(infos, walker.primitives)
