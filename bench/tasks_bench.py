@@ -107,6 +107,7 @@ async def top(e): await middle(e)
 async def main():
     e = asyncio.Event()
     ts = [asyncio.create_task(top(e)) for _ in range(int(sys.argv[1]))]
+    await asyncio.sleep(1)  # every task has started and is waiting
     print("ready", flush=True)
     await asyncio.sleep(3600)
 asyncio.run(main())

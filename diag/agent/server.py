@@ -42,7 +42,7 @@ def parse_address(address: str) -> tuple[str, str | int]:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: "_Server"
+    server: "_Server"  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
     server_version = "diag-agent"
 

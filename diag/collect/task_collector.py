@@ -59,7 +59,7 @@ def _known_codes() -> dict[int, tuple[str, str]]:
     add(getattr(tasks, "_wait", None), "gather", "wait")
     add(tasks.wait_for, "gather", "wait_for")
     add(getattr(tasks, "as_completed", None), "gather", "as_completed")
-    add(streams.StreamReader._wait_for_data, "stream_read", "StreamReader.read")
+    add(getattr(streams.StreamReader, "_wait_for_data", None), "stream_read", "StreamReader.read")
     add(getattr(streams.StreamWriter, "drain", None), "unknown", "StreamWriter.drain")
     try:
         from asyncio import taskgroups
@@ -162,18 +162,17 @@ def describe_primitive(obj: object, label: str = "") -> Primitive | None:
             value = int(obj._value)
             return Primitive(kind, pid, label, value=value, capacity=bound,
                              locked=value == 0, waiters=_safe_len(obj._waiters) or 0)
+        waiters = _safe_len(getattr(obj, "_waiters", None)) or 0
         if isinstance(obj, asyncio.Lock):
-            return Primitive("lock", pid, label, locked=bool(obj._locked), waiters=_safe_len(obj._waiters) or 0)
+            return Primitive("lock", pid, label, locked=obj.locked(), waiters=waiters)
         if isinstance(obj, asyncio.Condition):
-            inner = obj._lock
-            return Primitive("condition", pid, label, locked=bool(getattr(inner, "_locked", False)),
-                             waiters=_safe_len(obj._waiters) or 0)
+            return Primitive("condition", pid, label, locked=obj.locked(), waiters=waiters)
         if isinstance(obj, asyncio.Event):
-            return Primitive("event", pid, label, is_set=bool(obj._value), waiters=_safe_len(obj._waiters) or 0)
+            return Primitive("event", pid, label, is_set=obj.is_set(), waiters=waiters)
         if isinstance(obj, asyncio.Queue):
-            getters = _safe_len(obj._getters) or 0
-            putters = _safe_len(obj._putters) or 0
-            return Primitive("queue", pid, label, size=_safe_len(obj._queue) or 0, maxsize=int(obj._maxsize),
+            getters = _safe_len(getattr(obj, "_getters", None)) or 0
+            putters = _safe_len(getattr(obj, "_putters", None)) or 0
+            return Primitive("queue", pid, label, size=obj.qsize(), maxsize=obj.maxsize,
                              getters=getters, putters=putters, waiters=getters + putters)
     except Exception:
         return Primitive("unknown", pid, label)
@@ -326,12 +325,14 @@ class _Walker:
         return Wait("unknown", detail or type(waiter).__name__, seconds=seconds)
 
     def created_by(self, origin: task_origins.Origin) -> CreatedBy | None:
-        code, line, parent, _seq = origin
+        code_id, offset, parent, _seq = origin
+        code = task_origins.creating_code(origin)
         if code is None:
             return None
-        key = (id(code), line, parent)
+        key = (code_id, offset, parent)
         created = self.creators.get(key)
         if created is None:
+            line = task_origins.origin_line(code, offset)
             parent_task = self.by_seq.get(parent) if parent is not None else None
             name = _safe_str(parent_task.get_name()) if parent_task is not None else None
             created = self.creators[key] = CreatedBy(parent, name, code.co_filename, line, _creator_function(code))

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import os
 import sys
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any, Callable, Coroutine
 
 _SEQ_ATTR = "_diag_seq"
@@ -21,11 +21,17 @@ _ORIGIN_ATTR = "_diag_origin"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 
 _counter = itertools.count(1)
+#: Creating code objects by id, so task records hold ints only.  Kept alive here, so an
+#: id is never reused for another code object; bounded by the program's create sites.
+_codes: dict[int, CodeType] = {}
+_Task = asyncio.Task
+_CREATE_TASK_CODE = asyncio.tasks.create_task.__code__
 _getframe = sys._getframe
 _current_task = asyncio.current_task
 
-#: (code of the creating frame, its line, the creating task's id or None, the task's own id)
-Origin = tuple["CodeType | None", int, "int | None", int]
+#: (id of the creating code (see ``creating_code``), its instruction offset, the creating
+#: task's id or None, the task's own id)
+Origin = tuple[int, int, "int | None", int]
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
@@ -64,21 +70,44 @@ class OriginFactory:
     def __call__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
                  **kwargs: Any) -> asyncio.Future[Any]:
         inner = self.inner
-        task = inner(loop, coro, **kwargs) if inner is not None else asyncio.Task(coro, loop=loop, **kwargs)
+        task = inner(loop, coro, **kwargs) if inner is not None else _Task(coro, loop=loop, **kwargs)
         try:
-            frame = _getframe(1)
+            # Usually: factory <- loop.create_task <- asyncio.create_task <- the creating code.
+            frame: FrameType | None = _getframe(2)
+            if frame is not None and frame.f_code is _CREATE_TASK_CODE:
+                frame = frame.f_back
             while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
                 frame = frame.f_back
             parent = _current_task(loop)
+            code_id = 0
+            if frame is not None:
+                code = frame.f_code
+                code_id = id(code)
+                if code_id not in _codes:
+                    _codes[code_id] = code
+            # Only ints: the tuple is then untracked by the cyclic GC, and the instruction
+            # offset (not the line, which needs a walk of the line table) is free to read.
             setattr(task, _ORIGIN_ATTR, (
-                frame.f_code if frame is not None else None,
-                frame.f_lineno if frame is not None else 0,
+                code_id,
+                0 if frame is None else frame.f_lasti,
                 None if parent is None else task_seq(parent),
                 next(_counter),
             ))
         except Exception:  # never let bookkeeping break the program's create_task
             pass
         return task
+
+
+def creating_code(origin: Origin) -> CodeType | None:
+    return _codes.get(origin[0])
+
+
+def origin_line(code: CodeType, offset: int) -> int:
+    """The source line of instruction ``offset`` (bytes) in ``code``."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line or code.co_firstlineno
+    return code.co_firstlineno
 
 
 def install_factory(loop: asyncio.AbstractEventLoop) -> bool:
@@ -90,7 +119,7 @@ def install_factory(loop: asyncio.AbstractEventLoop) -> bool:
         current = loop.get_task_factory()
         if isinstance(current, OriginFactory):
             return True
-        loop.set_task_factory(OriginFactory(current))
+        loop.set_task_factory(OriginFactory(current))  # type: ignore[arg-type]
         return True
     except Exception:
         return False
