@@ -215,12 +215,12 @@ class LoopWatch:
             self.sampled_since = start
         return time.monotonic() - start
 
-    def waited(self, task: asyncio.Task[Any], waiter: object, now: float) -> float:
-        """Lower bound of how long ``task`` has waited on ``waiter`` (0 if first seen now)."""
+    def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
+        """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""
         rec = self._waits.get(id(task))
         if rec is None or rec[0] != id(waiter):
-            return 0.0
-        return max(0.0, now - rec[1])
+            return None
+        return rec[1]
 
     def describe_clock(self) -> str:
         return (f"lower bound: the agent samples each task's awaited future every "

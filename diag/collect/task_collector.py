@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import diag
@@ -31,6 +31,8 @@ from diag.task_snapshot import (
 )
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_RUNNING = Wait("running")
+_READY = Wait("ready")
 _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
@@ -79,6 +81,7 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 
 _KNOWN = _known_codes()
 _PRIMITIVE_KINDS = {"lock", "semaphore", "condition", "event", "queue_get", "queue_put"}
+_PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,9 @@ class _FrameCache:
         return fr
 
 
-def _await_chain(coro: object, max_frames: int) -> tuple[list[types.FrameType], object]:
-    """Frames of a coroutine's await chain (outermost first) and the leaf it awaits."""
+def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[types.FrameType]]:
+    """The coroutines of an await chain and their frames, outermost first."""
+    nodes: list[object] = []
     frames: list[types.FrameType] = []
     node: object = coro
     while node is not None and len(frames) < max_frames:
@@ -136,13 +140,37 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[types.FrameType], 
         else:
             frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
             if frame is None:
-                return frames, node
+                break
             nxt = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
         if frame is None:
             break
+        nodes.append(node)
         frames.append(frame)
         node = nxt
-    return frames, node
+    return nodes, frames
+
+
+def _local_of_type(node: object, frame: types.FrameType, cls: type | tuple[type, ...], name: str) -> Any:
+    """A local of a suspended coroutine by type.  ``gc.get_referents`` of a coroutine lists
+    its frame's locals without building the ``f_locals`` dict, which costs far more."""
+    for ref in gc.get_referents(node):
+        if isinstance(ref, cls):
+            return ref
+    try:
+        return frame.f_locals.get(name)
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What every task with the same await chain (code and offset per frame) shares."""
+
+    stack: tuple[Frame, ...]
+    known: int  # index (outermost-first) of the frame that names the wait, or -1
+    kind: str
+    detail: str
+    user: int  # index of the nearest non-asyncio frame awaiting the known one, or -1
 
 
 def _safe_len(obj: object) -> int | None:
@@ -227,12 +255,16 @@ def _is_executor_future(fut: object) -> bool:
     return False
 
 
-def _user_caller(frames: list[types.FrameType], index: int) -> types.FrameType | None:
-    """The nearest frame outside asyncio that awaits ``frames[index]`` (outermost-first list)."""
-    for j in range(index - 1, -1, -1):
-        if not frames[j].f_code.co_filename.startswith(_ASYNCIO_DIR):
-            return frames[j]
-    return None
+_new_object = object.__new__
+_TASK_INFO_FIELDS = frozenset(f.name for f in fields(TaskInfo))
+
+
+def _task_info(**values: Any) -> TaskInfo:
+    """Build a ``TaskInfo`` without the frozen dataclass ``__init__``, which sets every field
+    through ``object.__setattr__`` (2 us a task, a fifth of a dump); the object is the same."""
+    info: TaskInfo = _new_object(TaskInfo)
+    info.__dict__.update(values)
+    return info
 
 
 class _Walker:
@@ -248,6 +280,9 @@ class _Walker:
         self.coro_names: dict[int, str] = {}
         self.loop_ids: dict[int, str] = {}
         self.by_seq: dict[int, asyncio.Task[Any]] = {}
+        self.shapes: dict[tuple[tuple[int, int], ...], _Shape] = {}
+        # Tasks stuck together share one Wait: same chain, same object, first seen together.
+        self.waits: dict[tuple[int, int, float | None], Wait] = {}
 
     def primitive(self, obj: object, caller: types.FrameType | None) -> Primitive | None:
         key = id(obj)
@@ -256,37 +291,56 @@ class _Walker:
             prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
         return prim
 
-    def classify(self, task: asyncio.Task[Any], frames: list[types.FrameType], running: bool) -> Wait:
+    def shape(self, frames: list[types.FrameType]) -> _Shape:
+        key = tuple([(id(f.f_code), f.f_lasti) for f in frames])
+        shape = self.shapes.get(key)
+        if shape is None:
+            frame_of = self.frames.of
+            stack = tuple([frame_of(f) for f in reversed(frames)])
+            known, kind, detail, user = -1, "", "", -1
+            for i in range(len(frames) - 1, -1, -1):
+                found = _KNOWN.get(id(frames[i].f_code))
+                if found is None:
+                    continue
+                known, (kind, detail) = i, found
+                user = next((j for j in range(i - 1, -1, -1)
+                             if not frames[j].f_code.co_filename.startswith(_ASYNCIO_DIR)), -1)
+                if kind == "stream_read" and i > 0:
+                    caller = frames[i - 1].f_code
+                    if caller.co_filename.startswith(_ASYNCIO_DIR):
+                        detail = getattr(caller, "co_qualname", caller.co_name)
+                break
+            shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)
+        return shape
+
+    def classify(self, task: asyncio.Task[Any], nodes: list[object], frames: list[types.FrameType],
+                 shape: _Shape, running: bool) -> Wait:
         if running:
-            return Wait("running")
+            return _RUNNING
         waiter = getattr(task, "_fut_waiter", None)
         if waiter is None:
-            return Wait("ready")
-        seconds = self.watch.waited(task, waiter, self.now) if self.watch is not None else None
-        for i in range(len(frames) - 1, -1, -1):
-            frame = frames[i]
-            known = _KNOWN.get(id(frame.f_code))
-            if known is None:
-                continue
-            kind, detail = known
-            caller = frames[i - 1] if i > 0 else None
-            return self._known_wait(kind, detail, frame, caller, _user_caller(frames, i), waiter, seconds)
-        return self._future_wait(waiter, seconds)
-
-    def _known_wait(self, kind: str, detail: str, frame: types.FrameType, caller: types.FrameType | None,
-                    user: types.FrameType | None, waiter: object, seconds: float | None) -> Wait:
-        try:
-            f_locals = frame.f_locals
-        except Exception:
-            return Wait(kind, detail, seconds=seconds)
+            return _READY
+        if self.watch is None:
+            since, seconds = None, None
+        else:  # a wait the sampler has not seen yet is at least 0 s old
+            since = self.watch.first_seen(task, waiter)
+            seconds = 0.0 if since is None else max(0.0, self.now - since)
+        i = shape.known
+        if i < 0:
+            return self._future_wait(waiter, seconds)
+        kind, detail = shape.kind, shape.detail
         if kind in _PRIMITIVE_KINDS:
-            obj = f_locals.get("self")
-            prim = self.primitive(obj, user) if obj is not None else None
-            if prim is not None and prim.kind == "bounded_semaphore":
-                detail = "BoundedSemaphore.acquire"
-            return Wait(kind, detail, prim, seconds)
+            obj = _local_of_type(nodes[i], frames[i], _PRIMITIVE_TYPES, "self")
+            prim = self.primitive(obj, frames[shape.user] if shape.user >= 0 else None) if obj is not None else None
+            key = (id(shape), id(obj), since)
+            wait = self.waits.get(key)
+            if wait is None:
+                if prim is not None and prim.kind == "bounded_semaphore":
+                    detail = "BoundedSemaphore.acquire"
+                wait = self.waits[key] = Wait(kind, detail, prim, seconds)
+            return wait
         if kind == "sleep":
-            handle = f_locals.get("h")
+            handle = _local_of_type(nodes[i], frames[i], asyncio.TimerHandle, "h")
             left = None
             try:
                 if handle is not None:
@@ -295,10 +349,12 @@ class _Walker:
                 left = None
             return Wait("sleep", "sleep", seconds=seconds, time_left=left)
         if kind == "stream_read":
-            if caller is not None and caller.f_code.co_filename.startswith(_ASYNCIO_DIR):
-                detail = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)
             return Wait("stream_read", detail, seconds=seconds)
         if kind == "gather":
+            try:
+                f_locals = frames[i].f_locals
+            except Exception:
+                return Wait("gather", detail, seconds=seconds)
             awaited: list[object] = []
             if detail == "TaskGroup":
                 awaited = list(getattr(f_locals.get("self"), "_tasks", ()) or ())
@@ -340,15 +396,13 @@ class _Walker:
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
         coro = task.get_coro()
-        chain, _leaf = _await_chain(coro, self.options.max_frames)
-        frame_of = self.frames.of
-        stack = tuple([frame_of(f) for f in reversed(chain)])
+        nodes, frames = _await_chain(coro, self.options.max_frames)
+        shape = self.shape(frames)
         try:
-            wait = self.classify(task, chain, running)
+            wait = self.classify(task, nodes, frames, shape, running)
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
             wait = Wait("unknown", f"unreadable ({type(err).__name__})")
-        if not running and wait.kind == "ready" and chain and not stack:
-            wait = Wait("ready")
+        stack = shape.stack
         origin = task_origins.task_origin(task)
         created_by = self.created_by(origin) if origin is not None else None
         try:
@@ -359,13 +413,13 @@ class _Walker:
         loop_id = self.loop_ids.get(id(loop))
         if loop_id is None:
             loop_id = self.loop_ids[id(loop)] = hex(id(loop))
-        return TaskInfo(
+        return _task_info(
             id=origin[3] if origin is not None else task_origins.task_seq(task),
             name=_safe_str(task.get_name()),
             coro=self.coro_name(coro),
             state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             stack=stack, wait=wait, created_by=created_by,
-            loop=loop_id, cancelling=cancelling,
+            loop=loop_id, cancelling=cancelling, count=1, ids=(),
         )
 
     def coro_name(self, coro: object) -> str:
