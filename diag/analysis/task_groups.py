@@ -84,15 +84,18 @@ def filter_tasks(tasks: tuple[TaskInfo, ...], query: TaskQuery) -> tuple[TaskInf
 
 
 def group_key(task: TaskInfo) -> tuple[object, ...]:
-    """Tasks with equal keys are the same story: same place, same wait, same object."""
-    prim = task.wait.primitive
-    return (task.state, task.coro, task.stack, task.wait.kind, task.wait.detail,
-            prim.id if prim is not None else None)
+    """Tasks with equal keys are the same story: same state, coroutine, stack and wait."""
+    return (task.state, task.coro, task.stack, task.wait.kind, task.wait.detail)
 
 
 def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
     """Collapse identical tasks; each group is its first member with ``count``, ``ids`` and
-    the longest wait of the group.  Biggest group first, then longest wait."""
+    the longest wait of the group.  Biggest group first, then longest wait.
+
+    Members waiting on one shared primitive keep it; a group spread over several objects
+    of a kind (one Event per request, say) says how many instead, so that 10,000 tasks
+    each on its own Event still read as one line.
+    """
     groups: dict[tuple[object, ...], list[TaskInfo]] = {}
     for task in tasks:
         groups.setdefault(group_key(task), []).append(task)
@@ -106,8 +109,12 @@ def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
             if len(ids) >= MAX_GROUP_IDS:
                 break
         longest = max((m.wait.seconds for m in members if m.wait.seconds is not None), default=None)
-        out.append(replace(first, count=count, ids=tuple(ids[:MAX_GROUP_IDS]),
-                           wait=replace(first.wait, seconds=longest)))
+        wait = replace(first.wait, seconds=longest)
+        prims = {m.wait.primitive.id for m in members if m.wait.primitive is not None}
+        if len(prims) > 1:
+            kind = first.wait.primitive.kind if first.wait.primitive is not None else "object"
+            wait = replace(wait, primitive=None, detail=f"{wait.detail} (on {len(prims)} distinct {kind}s)")
+        out.append(replace(first, count=count, ids=tuple(ids[:MAX_GROUP_IDS]), wait=wait))
     out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
     return tuple(out)
 

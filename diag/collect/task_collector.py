@@ -35,6 +35,8 @@ _RUNNING = Wait("running")
 _READY = Wait("ready")
 _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
+_AsyncGeneratorType = types.AsyncGeneratorType
+_ASYNC_GEN_AWAITABLES = ("async_generator_asend", "async_generator_athrow")
 
 
 def _known_codes() -> dict[int, tuple[str, str]]:
@@ -137,6 +139,14 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
         elif type(node) is _GeneratorType:
             frame = node.gi_frame  # type: ignore[attr-defined]
             nxt = node.gi_yieldfrom  # type: ignore[attr-defined]
+        elif type(node) is _AsyncGeneratorType:
+            frame = node.ag_frame  # type: ignore[attr-defined]
+            nxt = node.ag_await  # type: ignore[attr-defined]
+        elif type(node).__name__ in _ASYNC_GEN_AWAITABLES:
+            # ``await agen.asend()`` (async with on an @asynccontextmanager, async for):
+            # the awaitable exposes its generator only to the GC.
+            node = next((r for r in gc.get_referents(node) if type(r) is _AsyncGeneratorType), None)
+            continue
         else:
             frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
             if frame is None:

@@ -216,3 +216,43 @@ def test_fast_task_info_builds_the_same_object_as_the_constructor() -> None:
     assert set(values) == _TASK_INFO_FIELDS  # every field is filled
     assert _task_info(**values) == TaskInfo(**values)  # type: ignore[arg-type]
     assert hash(_task_info(**values)) == hash(TaskInfo(**values))  # type: ignore[arg-type]
+
+
+async def test_the_chain_continues_through_async_context_managers_and_generators() -> None:
+    import contextlib
+
+    lock = asyncio.Lock()
+    await lock.acquire()
+
+    @contextlib.asynccontextmanager
+    async def holding() -> Any:
+        async with lock:
+            yield
+
+    async def handler() -> None:
+        async with holding():
+            pass
+
+    async def ticks() -> Any:
+        yield await asyncio.sleep(30)
+
+    async def consumer() -> None:
+        async for _ in ticks():
+            pass
+
+    tasks = [asyncio.create_task(handler(), name="cm"), asyncio.create_task(consumer(), name="agen")]
+    await settle()
+    try:
+        snap = collect_tasks(None)
+        cm = by_name(snap, "cm")
+        assert cm.wait.kind == "lock"
+        functions = [f.function for f in cm.stack]
+        assert functions[0] == "Lock.acquire" and functions[-1].endswith("handler")
+        assert any(f.endswith("holding") for f in functions)
+        agen = by_name(snap, "agen")
+        assert agen.wait.kind == "sleep"
+        assert [f.function.rsplit(".", 1)[-1] for f in agen.stack] == ["sleep", "ticks", "consumer"]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

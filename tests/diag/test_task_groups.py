@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from diag.analysis.task_groups import TaskQuery, await_cycles, group_tasks, task_view
 from diag.errors import UsageError
 from diag.task_snapshot import Wait
 
-from .snapshots import fetchers_and_worker, snapshot, task
+from .snapshots import POOL, fetchers_and_worker, snapshot, task
 
 
 def test_identical_tasks_collapse_into_one_group_biggest_first() -> None:
@@ -27,9 +29,21 @@ def test_debug_2_keeps_every_task() -> None:
     assert [t.id for t in view.tasks] == [42, 43, 44, 9]
 
 
-def test_same_stack_on_different_primitives_are_different_groups() -> None:
-    other = Wait("semaphore", "Semaphore.acquire", None, seconds=1.0)
-    groups = group_tasks((task(1), task(2, wait=other)))
+def test_same_stack_on_different_primitives_is_one_group_that_counts_them() -> None:
+    other = Wait("semaphore", "Semaphore.acquire", replace(POOL, id="0x7f00b0"), seconds=1.0)
+    (group,) = group_tasks((task(1), task(2, wait=other), task(3)))
+    assert group.count == 3
+    assert group.wait.primitive is None
+    assert group.wait.detail == "Semaphore.acquire (on 2 distinct semaphores)"
+
+
+def test_a_shared_primitive_stays_on_the_group() -> None:
+    (group,) = group_tasks((task(1), task(2)))
+    assert group.wait.primitive == POOL
+
+
+def test_different_wait_reasons_are_different_groups() -> None:
+    groups = group_tasks((task(1), task(2, wait=Wait("event", "Event.wait"))))
     assert len(groups) == 2
 
 

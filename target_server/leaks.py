@@ -1,0 +1,401 @@
+"""Deliberately leaky endpoints (``/leak/<name>``), the registry of what they leaked, and its release.
+
+Each leak is a classic asyncio failure pattern for diag to find. Leaked tasks are named ``leak:<name>``
+and found through ``asyncio.all_tasks()``; the registry keeps only counters and the shared objects the
+patterns need, never an awaited future or event, so a leak stays provable by reachability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .config import CONFIG
+from .httputil import HTTPProblem, error_response, query_float
+from .work import WORK_POOL, acquire_within
+
+LEAK_PREFIX = "leak:"
+# Endpoints whose leaks /healthz counts and /admin/release frees (``blocking`` stalls, it does not leak).
+LEAK_NAMES = ("blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "cache",
+              "silent-peer")
+MAX_BLOCKING_SECONDS = 30.0
+RELEASE_WAIT = 1.0  # how long release waits for cancelled tasks to unwind
+
+# Strong references to fire-and-forget tasks. The loop keeps only weak ones, so a task awaiting an object
+# nothing else references could be garbage-collected mid-await; done tasks drop out by themselves.
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+class CachedResponse:
+    """A rendered response body kept for reuse; a class of its own so heap growth shows up by type name."""
+
+    __slots__ = ("key", "body", "created")
+
+    def __init__(self, key: str, body: bytes) -> None:
+        self.key = key
+        self.body = body
+        self.created = time.time()
+
+
+# The unbounded cache of /leak/cache: keyed by a fresh id per request, so it never hits and never shrinks.
+_RESPONSE_CACHE: dict[str, CachedResponse] = {}
+
+
+@dataclass
+class LeakRegistry:
+    """Per-app bookkeeping for leaks that are not tasks, plus the shared objects the patterns use."""
+
+    leaked_permits: int = 0
+    lock_leaked: bool = False
+    shared_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # maxsize=1 and no consumer: the first put fits, every later producer blocks for good.
+    undrained_queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    silent_peer: tuple[str, int] = ("127.0.0.1", 0)  # address of the loopback server that never writes
+
+
+LEAKS = web.AppKey("leaks", LeakRegistry)
+
+
+def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    """Start a named background task and keep it alive until it finishes."""
+    task = asyncio.create_task(coro, name=name)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
+
+
+def leaked_tasks() -> list[asyncio.Task[Any]]:
+    """Pending tasks started by leaky endpoints, found by their ``leak:`` name."""
+    return [t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith(LEAK_PREFIX)]
+
+
+def leak_counts(app: web.Application) -> dict[str, int]:
+    """How many things each leaky endpoint has leaked right now."""
+    registry = app[LEAKS]
+    counts = dict.fromkeys(LEAK_NAMES, 0)
+    counts.update(Counter(t.get_name().removeprefix(LEAK_PREFIX) for t in leaked_tasks()))
+    counts["semaphore"] = registry.leaked_permits
+    counts["lock"] = int(registry.lock_leaked)
+    counts["cache"] = len(_RESPONSE_CACHE)
+    return counts
+
+
+def _cap(request: web.Request, name: str) -> int:
+    leak_cap = request.app[CONFIG].leak_cap
+    # Cache entries are small and numerous, so the cache gets a proportionally larger allowance.
+    return max(leak_cap * 10, 1000) if name == "cache" else leak_cap
+
+
+def _ensure_below_cap(request: web.Request, name: str, cost: int = 1) -> None:
+    """429 when leaking ``cost`` more things would take ``name`` past its cap."""
+    cap = _cap(request, name)
+    if leak_counts(request.app)[name] + cost > cap:
+        raise HTTPProblem(429, "leak cap reached", leak=name, cap=cap)
+
+
+async def _accepted(request: web.Request, name: str) -> web.Response:
+    await asyncio.sleep(0)  # let freshly spawned tasks reach their first await before counting them
+    return web.json_response({"leak": name, "leaked": leak_counts(request.app)[name]}, status=202)
+
+
+class DownstreamError(Exception):
+    """The failure of the simulated downstream call."""
+
+
+async def flaky_downstream() -> None:
+    """A downstream call that always fails, driving handlers into their error path."""
+    await asyncio.sleep(0)
+    raise DownstreamError("downstream failed")
+
+
+# 1. Producer blocked on a full queue -----------------------------------------------------------------
+
+async def blocked_put_producer(queue: asyncio.Queue[str], item: str) -> None:
+    """Put ``item`` into ``queue``; waits forever once the queue is full and nobody drains it."""
+    await queue.put(item)
+
+
+async def blocked_put_handler(request: web.Request) -> web.Response:
+    """GET /leak/blocked-put: producer task blocked on ``put`` into a bounded queue with no consumer.
+
+    Fix (/fixed/blocked-put): the queue has a consumer and the put is bounded by a timeout.
+    """
+    _ensure_below_cap(request, "blocked-put")
+    spawn(blocked_put_producer(request.app[LEAKS].undrained_queue, uuid.uuid4().hex), LEAK_PREFIX + "blocked-put")
+    return await _accepted(request, "blocked-put")
+
+
+# 2. Semaphore permit leaked on an error path -------------------------------------------------------
+
+async def leaky_acquire(request: web.Request) -> None:
+    """Take a work-pool permit the way the buggy code does: a bare ``acquire()`` with no matching release."""
+    await acquire_within(request.app[WORK_POOL], request.app[CONFIG].pool_wait, "work pool")
+
+
+async def semaphore_leak_handler(request: web.Request) -> web.Response:
+    """GET /leak/semaphore: ``sem.acquire()`` then an early return on error that skips ``sem.release()``.
+
+    Each call keeps one work-pool permit; once all are gone /work/* answers 503.
+    Fix (/fixed/semaphore): ``async with`` the semaphore, so the error path releases too.
+    """
+    _ensure_below_cap(request, "semaphore")
+    pool = request.app[WORK_POOL]
+    registry = request.app[LEAKS]
+    await leaky_acquire(request)
+    if registry.leaked_permits >= _cap(request, "semaphore"):  # a concurrent call reached the cap meanwhile
+        pool.release()
+        raise HTTPProblem(429, "leak cap reached", leak="semaphore", cap=_cap(request, "semaphore"))
+    registry.leaked_permits += 1  # counted up front: every exit except the success path below leaks it
+    try:
+        await flaky_downstream()
+    except DownstreamError:
+        return error_response(502, "downstream failed")  # returns without pool.release()
+    pool.release()
+    registry.leaked_permits -= 1
+    return web.json_response({"ok": True})
+
+
+# 3. Forgotten task waiting on an Event nobody sets --------------------------------------------------
+
+async def forgotten_waiter(event: asyncio.Event) -> None:
+    """Wait until ``event`` is set; in the leaky handler nobody ever sets it."""
+    await event.wait()
+
+
+async def forgotten_task_handler(request: web.Request) -> web.Response:
+    """GET /leak/forgotten-task: fire-and-forget task awaiting a local ``asyncio.Event`` that is never set.
+
+    Fix (/fixed/forgotten-task): the handler sets the event and awaits the task, which also has a timeout.
+    """
+    _ensure_below_cap(request, "forgotten-task")
+    event = asyncio.Event()  # only the waiter's frame will reference it once this handler returns
+    spawn(forgotten_waiter(event), LEAK_PREFIX + "forgotten-task")
+    return await _accepted(request, "forgotten-task")
+
+
+# 4. Task awaiting an orphaned future ----------------------------------------------------------------
+
+async def orphan_future_waiter() -> None:
+    """Await a future that nothing else references, so nothing can ever resolve it."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def orphan_future_handler(request: web.Request) -> web.Response:
+    """GET /leak/orphan-future: a task awaits ``loop.create_future()`` whose result no one will ever set.
+
+    Fix (/fixed/orphan-future): the future has an owner that resolves it, and the wait is bounded.
+    """
+    _ensure_below_cap(request, "orphan-future")
+    spawn(orphan_future_waiter(), LEAK_PREFIX + "orphan-future")
+    return await _accepted(request, "orphan-future")
+
+
+# 5. Lock left held on an error path -----------------------------------------------------------------
+
+async def lock_leak_handler(request: web.Request) -> web.Response:
+    """GET /leak/lock: ``lock.acquire()`` on the shared lock, then an error return that skips ``release()``.
+
+    Later /leak/lock and /fixed/lock calls wait for it and answer 503 after ``--pool-wait``.
+    Fix (/fixed/lock): ``async with lock``, so the error path releases it.
+    """
+    _ensure_below_cap(request, "lock")
+    registry = request.app[LEAKS]
+    await acquire_within(registry.shared_lock, request.app[CONFIG].pool_wait, "shared lock")
+    registry.lock_leaked = True  # counted up front: every exit except the success path below leaks it
+    try:
+        await flaky_downstream()
+    except DownstreamError:
+        return error_response(502, "downstream failed")  # returns with the lock still held
+    registry.shared_lock.release()
+    registry.lock_leaked = False
+    return web.json_response({"ok": True})
+
+
+# 6. Two tasks taking two locks in opposite order ----------------------------------------------------
+
+async def deadlock_worker_a(first: asyncio.Lock, second: asyncio.Lock) -> None:
+    """Take ``first`` then ``second``; the pause lets worker b take ``second`` meanwhile."""
+    async with first:
+        await asyncio.sleep(0.01)
+        async with second:
+            pass
+
+
+async def deadlock_worker_b(first: asyncio.Lock, second: asyncio.Lock) -> None:
+    """Worker a's mirror image; started with the same locks swapped."""
+    async with first:
+        await asyncio.sleep(0.01)
+        async with second:
+            pass
+
+
+async def deadlock_handler(request: web.Request) -> web.Response:
+    """GET /leak/deadlock: two tasks take two fresh locks in opposite order and wait on each other forever.
+
+    Fix (/fixed/deadlock): both take the locks in the same order, so both finish.
+    """
+    _ensure_below_cap(request, "deadlock", cost=2)
+    lock1, lock2 = asyncio.Lock(), asyncio.Lock()
+    spawn(deadlock_worker_a(lock1, lock2), LEAK_PREFIX + "deadlock")
+    spawn(deadlock_worker_b(lock2, lock1), LEAK_PREFIX + "deadlock")
+    return await _accepted(request, "deadlock")
+
+
+# 7. Unbounded cache ---------------------------------------------------------------------------------
+
+def render_report(key: str) -> CachedResponse:
+    """Stand-in for an expensive rendering: 1-4 KB of bytes."""
+    return CachedResponse(key, os.urandom(random.randint(1024, 4096)))
+
+
+async def cache_leak_handler(request: web.Request) -> web.Response:
+    """GET /leak/cache: a module-level dict cache keyed by a per-request id, so it only ever grows.
+
+    Fix (/fixed/cache): a bounded LRU that evicts the oldest entry past 128.
+    """
+    _ensure_below_cap(request, "cache")
+    key = uuid.uuid4().hex
+    entry = _RESPONSE_CACHE[key] = render_report(key)
+    return web.json_response({"leak": "cache", "leaked": len(_RESPONSE_CACHE), "bytes": len(entry.body)},
+                             status=202)
+
+
+# 8. Blocking call on the event loop -----------------------------------------------------------------
+
+async def blocking_handler(request: web.Request) -> web.Response:
+    """GET /leak/blocking?seconds=: ``time.sleep`` on the event loop, stalling every other request meanwhile.
+
+    Fix (/fixed/blocking): run the blocking call in a thread with ``asyncio.to_thread``.
+    """
+    seconds = query_float(request, "seconds", 1.0, low=0.0, high=MAX_BLOCKING_SECONDS)
+    time.sleep(seconds)
+    return web.json_response({"slept": seconds})
+
+
+# 9. Read from a peer that never answers -------------------------------------------------------------
+
+async def silent_peer_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Read a line from a peer that never writes; with no timeout this waits forever."""
+    try:
+        return await reader.readline()
+    finally:
+        writer.close()  # reached only when /admin/release or shutdown cancels the read
+
+
+async def silent_peer_handler(request: web.Request) -> web.Response:
+    """GET /leak/silent-peer: a task awaits ``reader.readline()`` on a connection whose peer never writes.
+
+    Fix (/fixed/silent-peer): the read runs under ``asyncio.timeout`` and the connection is closed after.
+    """
+    _ensure_below_cap(request, "silent-peer")
+    reader, writer = await asyncio.open_connection(*request.app[LEAKS].silent_peer)
+    try:
+        _ensure_below_cap(request, "silent-peer")  # a concurrent call may have reached the cap meanwhile
+    except HTTPProblem:
+        writer.close()
+        raise
+    spawn(silent_peer_reader(reader, writer), LEAK_PREFIX + "silent-peer")
+    return await _accepted(request, "silent-peer")
+
+
+async def _hold_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Server side of the silent peer: never write, close once the client hangs up."""
+    try:
+        await reader.read()  # returns at EOF, i.e. when the reading side closes its end
+    finally:
+        writer.close()
+
+
+# Release and lifecycle ------------------------------------------------------------------------------
+
+async def release_leaks(app: web.Application) -> dict[str, int]:
+    """Free everything leaked so far and return how much of it there was, per endpoint."""
+    registry = app[LEAKS]
+    released = leak_counts(app)
+    tasks = leaked_tasks()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        # Cancelled deadlock workers leave their ``async with`` blocks, so each releases the lock it held.
+        await asyncio.wait(tasks, timeout=RELEASE_WAIT)
+    # The one put that fitted left its item behind; empty the queue so the next leak behaves the same.
+    while not registry.undrained_queue.empty():
+        registry.undrained_queue.get_nowait()
+    pool = app[WORK_POOL]
+    for _ in range(registry.leaked_permits):
+        pool.release()
+    registry.leaked_permits = 0
+    if registry.lock_leaked:
+        registry.shared_lock.release()
+        registry.lock_leaked = False
+    _RESPONSE_CACHE.clear()
+    return released
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+async def release_handler(request: web.Request) -> web.Response:
+    """POST /admin/release: cancel leaked tasks, return leaked permits and the lock, clear the cache.
+
+    Loopback callers only: it changes server state and has no other authentication.
+    """
+    if not _is_loopback(request.remote):
+        raise HTTPProblem(403, "loopback only")
+    return web.json_response({"released": await release_leaks(request.app)})
+
+
+async def leak_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run the silent peer; on shutdown free all leaks so none can hold up the exit."""
+    registry = app[LEAKS]
+    peer_tasks: set[asyncio.Task[None]] = set()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(_hold_open(reader, writer), name="silent-peer:connection")
+        peer_tasks.add(task)
+        task.add_done_callback(peer_tasks.discard)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    registry.silent_peer = server.sockets[0].getsockname()[:2]
+    yield
+    await release_leaks(app)
+    server.close()
+    for task in peer_tasks:
+        task.cancel()
+    if peer_tasks:
+        await asyncio.wait(peer_tasks, timeout=RELEASE_WAIT)
+    with suppress(TimeoutError):
+        # On 3.12+ wait_closed also waits for the accepted connections, which the cancels above closed.
+        async with asyncio.timeout(RELEASE_WAIT):
+            await server.wait_closed()
+
+
+def add_routes(app: web.Application) -> None:
+    for path, handler in (
+        ("/leak/blocked-put", blocked_put_handler),
+        ("/leak/semaphore", semaphore_leak_handler),
+        ("/leak/forgotten-task", forgotten_task_handler),
+        ("/leak/orphan-future", orphan_future_handler),
+        ("/leak/lock", lock_leak_handler),
+        ("/leak/deadlock", deadlock_handler),
+        ("/leak/cache", cache_leak_handler),
+        ("/leak/blocking", blocking_handler),
+        ("/leak/silent-peer", silent_peer_handler),
+    ):
+        app.router.add_get(path, handler)
+    app.router.add_post("/admin/release", release_handler)
