@@ -27,8 +27,9 @@ DEFAULT_ADDRESS = "127.0.0.1:0"
 class Agent:
     """A running agent: a loop watch (heartbeat, wait sampler, task factory) and a server."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None) -> None:
-        self.watch = LoopWatch()
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None,
+                 record_creators: bool = True) -> None:
+        self.watch = LoopWatch(install_factories=record_creators)
         self.endpoints = Endpoints(self.watch)
         self.server = AgentServer(self.endpoints, address, token)
         self.pid = os.getpid()
@@ -57,12 +58,14 @@ _agent_lock = threading.Lock()
 
 
 def start(address: str | None = None, *, token: str | None = None, announce: bool = False,
-          address_file: str | None = None) -> Agent:
+          address_file: str | None = None, record_creators: bool | None = None) -> Agent:
     """Start the process's agent (or return the running one).
 
     ``address`` is ``HOST:PORT`` (port 0 picks a free one) or ``unix:/PATH``; default
     ``$DIAG_AGENT`` or 127.0.0.1 on a free port.  ``announce`` prints the address on
     stderr; ``address_file`` receives it, for scripts that start the process.
+    ``record_creators`` (default on; ``DIAG_CREATORS=0`` turns it off) installs the task
+    factory behind "created by": about 1-3 us per ``create_task`` (docs/benchmarks.md).
     """
     global _agent
     with _agent_lock:
@@ -70,7 +73,9 @@ def start(address: str | None = None, *, token: str | None = None, announce: boo
             return _agent
         address = address or os.environ.get("DIAG_AGENT") or DEFAULT_ADDRESS
         token = token or os.environ.get("DIAG_AGENT_TOKEN") or None
-        agent = Agent(address, token).start()
+        if record_creators is None:
+            record_creators = os.environ.get("DIAG_CREATORS", "1").strip().lower() not in ("0", "false", "no", "off")
+        agent = Agent(address, token, record_creators).start()
         _agent = agent
     if announce:
         try:

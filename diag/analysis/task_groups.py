@@ -111,9 +111,13 @@ def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
         longest = max((m.wait.seconds for m in members if m.wait.seconds is not None), default=None)
         wait = replace(first.wait, seconds=longest)
         prims = {m.wait.primitive.id for m in members if m.wait.primitive is not None}
+        awaited = {m.wait.tasks for m in members}
         if len(prims) > 1:
             kind = first.wait.primitive.kind if first.wait.primitive is not None else "object"
             wait = replace(wait, primitive=None, detail=f"{wait.detail} (on {len(prims)} distinct {kind}s)")
+        elif len(awaited) > 1:
+            wait = replace(wait, tasks=(), detail=f"{wait.detail} (on {len(awaited)} distinct task sets)"
+                           if wait.kind == "gather" else f"{wait.detail} (on {len(awaited)} distinct tasks)")
         out.append(replace(first, count=count, ids=tuple(ids[:MAX_GROUP_IDS]), wait=wait))
     out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
     return tuple(out)

@@ -71,7 +71,7 @@ def wait_reason(wait: Wait, cwd: str | None = None) -> str:
         text += " " + primitive(wait.primitive)
     if kind == "sleep" and wait.time_left is not None:
         text += f" ({duration(wait.time_left)} left)"
-    if kind == "task" and wait.tasks:
+    if kind == "task" and len(wait.tasks) == 1:
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:
         shown = ", ".join(str(t) for t in wait.tasks[:5]) + (", ..." if len(wait.tasks) > 5 else "")

@@ -92,3 +92,9 @@ def test_no_cycle_in_a_tree() -> None:
     a = task(1, wait=Wait("gather", "gather", tasks=(2, 3)))
     b = task(2, wait=Wait("task", "await task", tasks=(3,)))
     assert await_cycles(snapshot(a, b, task(3))) == ()
+
+
+def test_tasks_awaiting_different_tasks_group_without_naming_one() -> None:
+    waits = [Wait("task", "await task", tasks=(100 + i,)) for i in range(3)]
+    (group,) = group_tasks(tuple(task(i, wait=w) for i, w in enumerate(waits)))
+    assert group.wait.tasks == () and group.wait.detail == "await task (on 3 distinct tasks)"
