@@ -71,6 +71,8 @@ def _matches(task: TaskInfo, rx: re.Pattern[str]) -> bool:
 def filter_tasks(tasks: tuple[TaskInfo, ...], query: TaskQuery) -> tuple[TaskInfo, ...]:
     rx = compile_pattern(query.pattern)
     states = set(query.states)
+    if rx is None and not states and query.min_wait is None:
+        return tasks
     out = []
     for task in tasks:
         if states and task.state not in states:
@@ -97,8 +99,16 @@ def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
     each on its own Event still read as one line.
     """
     groups: dict[tuple[object, ...], list[TaskInfo]] = {}
+    # Hashing a stack hashes every frame; tasks collected together share their stack
+    # tuples, so each distinct tuple object is turned into a small int once.
+    stack_ids: dict[int, int] = {}
+    stack_numbers: dict[tuple[object, ...], int] = {}
     for task in tasks:
-        groups.setdefault(group_key(task), []).append(task)
+        number = stack_ids.get(id(task.stack))
+        if number is None:
+            number = stack_ids[id(task.stack)] = stack_numbers.setdefault(task.stack, len(stack_numbers))
+        key = (task.state, task.coro, number, task.wait.kind, task.wait.detail)
+        groups.setdefault(key, []).append(task)
     out = []
     for members in groups.values():
         first = members[0]

@@ -86,6 +86,8 @@ class LoopWatch:
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
+        #: id(primitive) -> (weakref to it, label from its holders); saves a heap scan per dump
+        self.holder_labels: dict[int, tuple[Any, str]] = {}
 
     # -- loops -----------------------------------------------------------------------
     def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:

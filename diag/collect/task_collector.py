@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -240,6 +241,57 @@ def _label_in_frame(obj: object, frame: types.FrameType | None) -> str:
     return ""
 
 
+#: Naming primitives by their holders scans the heap once per dump; beyond this many new
+#: primitives the local names are kept instead.
+MAX_HOLDER_SCAN = 64
+
+
+def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dict[int, str]:
+    """Name objects by what holds them: ``module.NAME``, ``Type.attr`` or ``[key]``.
+
+    One ``gc.get_referrers`` pass over the heap for all of them; frames are skipped
+    (locals are named from the awaiting frame instead), and so are the ``ignore``
+    containers: the collector's own.
+    """
+    if not objects or len(objects) > MAX_HOLDER_SCAN:
+        return {}
+    wanted = {id(o) for o in objects}
+    modules = {}
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            modules[id(namespace)] = name
+    best: dict[int, tuple[int, str]] = {}  # id -> (rank, label); lower rank wins
+
+    def offer(obj_id: int, rank: int, label: str) -> None:
+        if obj_id not in best or rank < best[obj_id][0]:
+            best[obj_id] = (rank, label)
+
+    for ref in gc.get_referrers(*objects):
+        try:
+            if isinstance(ref, (types.FrameType, list, tuple, set)) or any(ref is i for i in ignore):
+                continue
+            if isinstance(ref, dict):
+                module = modules.get(id(ref))
+                for key, value in list(ref.items()):
+                    if id(value) in wanted:
+                        if module is not None:
+                            offer(id(value), 0, f"{module}.{key}")
+                        elif isinstance(key, str):
+                            offer(id(value), 2, key)
+                        else:
+                            offer(id(value), 2, f"[{getattr(key, '_name', None) or _safe_str(key, 60)}]")
+                continue
+            attrs = getattr(ref, "__dict__", None)
+            if isinstance(attrs, dict):
+                for key, value in list(attrs.items()):
+                    if id(value) in wanted:
+                        offer(id(value), 1, f"{type(ref).__name__}.{key}")
+        except Exception:  # hostile __eq__/__getattr__, or a dict changing under us
+            continue
+    return {k: label for k, (_rank, label) in best.items()}
+
+
 def _future_created_at(fut: object, frames: _FrameCache) -> Frame | None:
     tb = getattr(fut, "_source_traceback", None)
     try:
@@ -286,6 +338,7 @@ class _Walker:
         self.now = now
         self.frames = _FrameCache(options.source_lines)
         self.primitives: dict[int, Primitive | None] = {}
+        self.primitive_objects: dict[int, object] = {}
         self.creators: dict[tuple[int, int, int | None], CreatedBy] = {}
         self.coro_names: dict[int, str] = {}
         self.loop_ids: dict[int, str] = {}
@@ -299,7 +352,25 @@ class _Walker:
         prim = self.primitives.get(key)
         if prim is None or (not prim.label and caller is not None):
             prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
+            self.primitive_objects[key] = obj
         return prim
+
+    def relabel_by_holders(self) -> None:
+        """Prefer what holds a primitive (``module.NAME``, ``Type.attr``) over a local name,
+        which in a generic helper is only its parameter name."""
+        cache = self.watch.holder_labels if self.watch is not None else {}
+        unknown = [o for k, o in self.primitive_objects.items() if k not in cache or cache[k][0]() is not o]
+        found = holder_labels(unknown, ignore=(self.primitive_objects,)) if unknown else {}
+        for obj in unknown:
+            try:
+                cache[id(obj)] = (weakref.ref(obj), found.get(id(obj), ""))
+            except TypeError:  # not weakly referenceable: do not cache
+                pass
+        for key, prim in self.primitives.items():
+            entry = cache.get(key)
+            label = found.get(key) or (entry[1] if entry is not None else "")
+            if prim is not None and label and label != prim.label:
+                self.primitives[key] = replace(prim, label=label)
 
     def shape(self, frames: list[types.FrameType]) -> _Shape:
         key = tuple([(id(f.f_code), f.f_lasti) for f in frames])
@@ -548,6 +619,7 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
             infos.append(walker.task_info(task, id(task) in current))
         except Exception:  # a task finishing under our feet, or a hostile object
             continue
+    walker.relabel_by_holders()
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)
     notes: tuple[str, ...] = ()

@@ -256,3 +256,27 @@ async def test_the_chain_continues_through_async_context_managers_and_generators
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_primitives_are_named_by_what_holds_them() -> None:
+    class Registry:
+        def __init__(self) -> None:
+            self.shared_lock = asyncio.Lock()
+
+    registry = Registry()
+    await registry.shared_lock.acquire()
+
+    async def acquire_within(primitive: asyncio.Lock) -> None:  # a generic helper: its local is "primitive"
+        await primitive.acquire()
+
+    async def handler() -> None:
+        await acquire_within(registry.shared_lock)
+
+    task = asyncio.create_task(handler(), name="handler")
+    await settle()
+    try:
+        prim = by_name(collect_tasks(None), "handler").wait.primitive
+        assert prim is not None and prim.label == "Registry.shared_lock"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
