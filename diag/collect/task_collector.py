@@ -256,7 +256,7 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
     if not objects or len(objects) > MAX_HOLDER_SCAN:
         return {}
     wanted = {id(o) for o in objects}
-    modules = {}
+    modules: dict[int, str] = {}
     for name, module in list(sys.modules.items()):
         namespace = getattr(module, "__dict__", None)
         if isinstance(namespace, dict):
@@ -272,11 +272,11 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
             if isinstance(ref, (types.FrameType, list, tuple, set)) or any(ref is i for i in ignore):
                 continue
             if isinstance(ref, dict):
-                module = modules.get(id(ref))
+                module_name = modules.get(id(ref))
                 for key, value in list(ref.items()):
                     if id(value) in wanted:
-                        if module is not None:
-                            offer(id(value), 0, f"{module}.{key}")
+                        if module_name is not None:
+                            offer(id(value), 0, f"{module_name}.{key}")
                         elif isinstance(key, str):
                             offer(id(value), 2, key)
                         else:
