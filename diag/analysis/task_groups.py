@@ -29,8 +29,8 @@ DEFAULT_LIMIT = 10_000
 class TaskQuery:
     """What to show: ``debug`` 1 groups identical tasks, 2 lists every task.
 
-    ``pattern`` is a regex matched against task name, coroutine and stack functions and
-    files; ``states`` keeps only those states; ``min_wait`` keeps tasks waiting at least
+    ``pattern`` is a regex matched against task name, coroutine, wait reason, the
+    primitive's label and stack functions and files; ``states`` keeps only those states; ``min_wait`` keeps tasks waiting at least
     that many seconds; ``limit`` caps the entries returned (stated in the notes).
     """
 
@@ -63,7 +63,10 @@ def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
 
 
 def _matches(task: TaskInfo, rx: re.Pattern[str]) -> bool:
-    if rx.search(task.name) or rx.search(task.coro):
+    if rx.search(task.name) or rx.search(task.coro) or rx.search(task.wait.detail):
+        return True
+    prim = task.wait.primitive
+    if prim is not None and prim.label and rx.search(prim.label):
         return True
     return any(rx.search(f.function) or rx.search(f.file) for f in task.stack)
 

@@ -23,7 +23,7 @@ def tasks(
     debug: int = typer.Option(1, "--debug", "-d", help="1: group identical tasks; 2: every task in full"),
     format: Optional[str] = typer.Option(None, "--format", "-f",
                                          help="table, text or json (default: table on a terminal, else text)"),
-    filter: Optional[str] = typer.Option(None, "--filter", help="regex on task name, coroutine, stack functions and files"),
+    filter: Optional[str] = typer.Option(None, "--filter", help="regex on task name, coroutine, wait reason, primitive label, stack functions and files"),
     state: list[str] = typer.Option([], "--state", help="running, ready or waiting (repeat or comma-separate)"),
     min_wait: Optional[float] = typer.Option(None, "--min-wait", help="only tasks waiting at least this many seconds"),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="show at most this many groups or tasks"),

@@ -56,6 +56,7 @@ def test_hundred_thousand_tasks_read_as_a_handful_of_groups() -> None:
 
 @pytest.mark.parametrize(("query", "expected"), [
     (TaskQuery(debug=2, pattern="Worker"), [9]),
+    (TaskQuery(debug=2, pattern=r"^Client\.pool$"), [42, 43, 44]),  # the primitive's label
     (TaskQuery(debug=2, pattern=r"client\.py"), [42, 43, 44]),
     (TaskQuery(debug=2, pattern="^fetch$"), [42, 43, 44]),
     (TaskQuery(debug=2, min_wait=346.0), [43, 44]),
