@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -34,12 +35,22 @@ def run(
     command: list[str] = typer.Argument(None, help="the program to run, after --: python app.py ARGS"),
     agent: str = typer.Option("127.0.0.1:0", "--agent", help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
     agent_file: Optional[Path] = typer.Option(None, "--agent-file", help="write the agent address to this file"),
+    print_env: bool = typer.Option(False, "--print-env",
+                                   help="print the environment that injects the agent (for processes started "
+                                        "another way: eval \"$(diag run --print-env)\") and exit"),
 ) -> int:
     """Run a Python program with the diag agent injected; its address is printed on stderr."""
     argv = list(command or []) + list(ctx.args)
+    parse_address(agent)
+    if print_env:
+        env = agent_environment({"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, agent,
+                                str(agent_file) if agent_file else None)
+        for name in ("DIAG_AGENT", "DIAG_AGENT_FILE", "PYTHONPATH"):
+            if name in env:
+                print(f"export {name}={shlex.quote(env[name])}")
+        return 0
     if not argv:
         raise UsageError("nothing to run: diag run -- python app.py ARGS")
-    parse_address(agent)
     exe = shutil.which(argv[0])
     if exe is None:
         raise UsageError(f"command not found: {argv[0]}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.support.cli import assert_one_line_error, run_diag
+from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
 
 # A program that knows nothing of diag: a pool of fetchers stuck on a semaphore whose
@@ -137,3 +140,27 @@ def test_run_usage_errors() -> None:
     assert "nothing to run" in assert_one_line_error(run_diag("run"), 2)
     assert "command not found" in assert_one_line_error(run_diag("run", "--", "no-such-program-xyz"), 2)
     assert "bad agent address" in assert_one_line_error(run_diag("run", "--agent", "here:there", "--", "true"), 2)
+
+
+def test_print_env_starts_the_agent_in_a_process_started_another_way(tmp_path: Path) -> None:
+    """``eval "$(diag run --print-env)"`` then any ``python``: the agent comes up."""
+    addr = tmp_path / "agent.addr"
+    proc = run_diag("run", "--print-env", "--agent-file", str(addr))
+    assert proc.returncode == 0, proc.stderr
+    script = tmp_path / "app.py"
+    script.write_text("import asyncio\nasyncio.run(asyncio.sleep(30))\n")
+    env = {k: v for k, v in diag_env().items() if k != "PYTHONPATH"}
+    for line in proc.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = shlex.split(value)[0]
+    child = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not (addr.exists() and addr.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = addr.read_text().strip()
+        out = run_diag("tasks", url, "--format", "text")
+        assert out.returncode == 0 and "1 task @ sleep" in out.stdout, out.stdout + out.stderr
+    finally:
+        child.kill()
+        child.wait(10)

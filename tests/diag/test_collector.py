@@ -280,3 +280,22 @@ async def test_primitives_are_named_by_what_holds_them() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_pure_python_tasks_are_seen_too() -> None:
+    loop = asyncio.get_running_loop()
+    py_task_cls = getattr(asyncio.tasks, "_PyTask")
+    event = asyncio.Event()
+
+    async def waiter() -> None:
+        await event.wait()
+
+    task = py_task_cls(waiter(), loop=loop, name="pure-python")
+    await settle()
+    try:
+        info = by_name(collect_tasks(None), "pure-python")
+        assert (info.wait.kind, info.wait.detail) == ("event", "Event.wait")
+        assert info.stack[-1].function.endswith("waiter")
+    finally:
+        event.set()
+        await task
