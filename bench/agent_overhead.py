@@ -5,7 +5,8 @@ without its task factory (``DIAG_CREATORS=0``: heartbeat, wait sampler, routes),
 with the full agent. wrk (Debian package ``wrk``)
 loads one at a time over loopback, alternating A and B for several rounds so machine
 noise hits both; the figure is the ratio of the medians. Optional ``--dump-clients N``
-adds N clients dumping tasks in a loop from the full agent during its rounds.
+adds N clients dumping tasks in a loop (``--dump-interval`` apart) from the full
+agent during its rounds; they run in this process, on the same two cores.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def wrk(url: str, seconds: float, connections: int) -> float:
     return float(match.group(1))
 
 
-def dumper(url: str, stop: threading.Event, counts: list[int]) -> None:
+def dumper(url: str, stop: threading.Event, counts: list[int], interval: float) -> None:
     from diag.source import AgentSource
     from diag.analysis.task_groups import TaskQuery
 
@@ -44,6 +45,7 @@ def dumper(url: str, stop: threading.Event, counts: list[int]) -> None:
     while not stop.is_set():
         source.tasks(TaskQuery(debug=1))
         counts[0] += 1
+        stop.wait(interval)
 
 
 def main() -> None:
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--path", default="/")
     parser.add_argument("--dump-clients", type=int, default=0)
+    parser.add_argument("--dump-interval", type=float, default=0.1, help="pause of each dumping client")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -65,7 +68,7 @@ def main() -> None:
             a.append(wrk(plain.url + args.path, args.seconds, args.connections))
             b.append(wrk(lean.url + args.path, args.seconds, args.connections))
             stop = threading.Event()
-            threads = [threading.Thread(target=dumper, args=(agent_url, stop, dumps))
+            threads = [threading.Thread(target=dumper, args=(agent_url, stop, dumps, args.dump_interval))
                        for _ in range(args.dump_clients)]
             for t in threads:
                 t.start()
@@ -86,6 +89,7 @@ def main() -> None:
     }
     if args.dump_clients:
         result["dump_clients"] = args.dump_clients
+        result["dump_interval"] = args.dump_interval
         result["dumps_taken"] = dumps[0]
     print(json.dumps(result, indent=2))
 

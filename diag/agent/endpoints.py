@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -17,11 +18,14 @@ from diag.analysis.task_groups import TaskQuery, task_view
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import CollectOptions, collect_tasks, collect_loops, process_info, _FrameCache
 from diag.errors import DiagError
+from diag.task_snapshot import TaskSnapshot
 
 PREFIX = "/debug/diag"
 AGENT_SCHEMA = "diag.agent/1"
 #: A second dump waits this long for the first before answering 503 busy.
 BUSY_WAIT = 10.0
+#: A snapshot younger than this is served again instead of collecting a new one.
+SNAPSHOT_REUSE = 0.25
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Endpoints:
     def __init__(self, watch: LoopWatch | None) -> None:
         self.watch = watch
         self._dump_lock = threading.Lock()
+        self._last: tuple[float, frozenset[int], TaskSnapshot] | None = None
 
     def dispatch(self, method: str, path: str, query: Mapping[str, str],
                  exclude: frozenset[int] = frozenset()) -> Response:
@@ -118,7 +123,15 @@ class Endpoints:
         if not self._dump_lock.acquire(timeout=BUSY_WAIT):
             return error(503, "busy: another dump is being taken; retry shortly")
         try:
-            snap = collect_tasks(self.watch, CollectOptions(exclude=exclude))
+            # Clients asking within SNAPSHOT_REUSE of each other share one collection, so a
+            # dashboard or a script in a loop cannot make the agent eat the target's CPU.
+            now = time.monotonic()
+            cached = self._last
+            if cached is not None and cached[1] == exclude and now - cached[0] < SNAPSHOT_REUSE:
+                snap = cached[2]
+            else:
+                snap = collect_tasks(self.watch, CollectOptions(exclude=exclude))
+                self._last = (time.monotonic(), exclude, snap)
         finally:
             self._dump_lock.release()
         return Response(200, task_view(snap, tq).to_json().encode())
