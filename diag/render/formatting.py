@@ -86,6 +86,6 @@ def wait_reason(wait: Wait, cwd: str | None = None) -> str:
 def created_by(created: CreatedBy | None, cwd: str | None = None) -> str:
     """``created by handler in task 17 at app.py:88`` (Go's ``created by``)."""
     if created is None:
-        return "created by ? (before diag started, or by a factory diag does not see)"
+        return "created by ? (not recorded: made before diag started, or by asyncio.Task() directly)"
     in_task = f" in task {created.task_id}" if created.task_id is not None else " outside any task"
     return f"created by {created.function}{in_task} at {short_path(created.file, cwd)}:{created.line}"

@@ -39,19 +39,29 @@ def test_recipe_output_still_shows_what_it_says(recipe: Path) -> None:
     with TargetServer(*lab.get("server", [])) as server:
         for path in lab.get("get", []):
             http("GET", server.url + path)
-        threads = [threading.Thread(target=http, args=("GET", server.url + p), kwargs={"timeout": 60}, daemon=True)
+        threads = [threading.Thread(target=_request_ignoring_errors, args=(server.url + p,), daemon=True)
                    for p in lab.get("background", [])]
         for t in threads:
             t.start()
-        time.sleep(1.5)
-        output = ""
-        for argv in commands:
-            args = [server.url if a == RECIPE_URL else a for a in argv[1:]]
-            proc = run_diag(*args)
-            assert proc.returncode == 0, proc.stderr
-            output += proc.stdout
-        missing = [s for s in look_for if s not in output]
-        assert not missing, f"{recipe.name}: no longer in the output: {missing}\n{output}"
-        http("POST", server.url + "/admin/release")
-        for t in threads:
-            t.join(10)
+        try:
+            time.sleep(1.5)
+            output = ""
+            for argv in commands:
+                args = [server.url if a == RECIPE_URL else a for a in argv[1:]]
+                proc = run_diag(*args)
+                assert proc.returncode == 0, proc.stderr
+                output += proc.stdout
+            missing = [s for s in look_for if s not in output]
+            assert not missing, f"{recipe.name}: no longer in the output: {missing}\n{output}"
+        finally:
+            http("POST", server.url + "/admin/release")
+            for t in threads:
+                t.join(10)
+
+
+def _request_ignoring_errors(url: str) -> None:
+    """A request the recipe leaves hanging; how it ends does not matter to the test."""
+    try:
+        http("GET", url, timeout=60)
+    except OSError:
+        pass
