@@ -80,13 +80,37 @@ def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     return tq
 
 
+RouteHandler = Callable[[Mapping[str, str], frozenset[int]], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: RouteHandler
+    method: str
+    help: str
+
+
 class Endpoints:
-    """Routes of one agent; ``exclude`` names tasks of the server carrying the API."""
+    """Routes of one agent; ``exclude`` names tasks of the server carrying the API.
+
+    Each feature adds its routes with ``add`` (see ``diag.agent.features``), so the
+    agent's thread server and the aiohttp integration serve the same set.
+    """
 
     def __init__(self, watch: LoopWatch | None) -> None:
         self.watch = watch
         self._dump_lock = threading.Lock()
         self._last: tuple[float, frozenset[int], TaskSnapshot] | None = None
+        self.routes: dict[str, Route] = {}
+        self.add("tasks", self.tasks, help="task dump (?debug=1|2&filter=&state=&min_wait=&limit=)")
+        self.add("health", self.health, help="event loop health")
+        from diag.agent.features import install_features
+
+        install_features(self)
+
+    def add(self, name: str, handler: RouteHandler, *, method: str = "GET", help: str = "") -> None:
+        """Serve ``handler`` at ``{PREFIX}/{name}``; mutating operations use POST."""
+        self.routes[name] = Route(handler, method, help)
 
     def dispatch(self, method: str, path: str, query: Mapping[str, str],
                  exclude: frozenset[int] = frozenset()) -> Response:
@@ -96,16 +120,12 @@ class Endpoints:
                 return self.index()
             if not route.startswith(PREFIX + "/"):
                 return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
-            name = route[len(PREFIX) + 1:]
-            handler: Callable[[Mapping[str, str], frozenset[int]], Response] | None = {
-                "tasks": self.tasks,
-                "health": self.health,
-            }.get(name)
-            if handler is None:
+            found = self.routes.get(route[len(PREFIX) + 1:])
+            if found is None:
                 return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
-            if method != "GET":
-                return error(405, f"{path} takes GET")
-            return handler(query, exclude)
+            if method != found.method:
+                return error(405, f"{path} takes {found.method}")
+            return found.handler(query, exclude)
         except DiagError as err:
             return error(400, str(err))
         except Exception as err:  # the agent must answer, whatever happened
@@ -114,8 +134,7 @@ class Endpoints:
     def index(self) -> Response:
         return json_response(200, {
             "schema": AGENT_SCHEMA, "diag_version": diag.__version__, "pid": process_info().pid,
-            "endpoints": {f"{PREFIX}/tasks": "task dump (?debug=1|2&filter=&state=&min_wait=&limit=)",
-                          f"{PREFIX}/health": "event loop health"},
+            "endpoints": {f"{route.method} {PREFIX}/{name}": route.help for name, route in self.routes.items()},
         })
 
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
