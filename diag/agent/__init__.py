@@ -19,6 +19,7 @@ import threading
 
 from diag.agent.endpoints import Endpoints
 from diag.agent.server import AgentServer
+from diag.collect import holders
 from diag.collect.loop_watch import LoopWatch
 
 DEFAULT_ADDRESS = "127.0.0.1:0"
@@ -28,8 +29,9 @@ class Agent:
     """A running agent: a loop watch (heartbeat, wait sampler, task factory) and a server."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None,
-                 record_creators: bool = True) -> None:
+                 record_creators: bool = True, track_holders: bool = True) -> None:
         self.watch = LoopWatch(install_factories=record_creators)
+        self.track_holders = track_holders
         self.endpoints = Endpoints(self.watch)
         self.server = AgentServer(self.endpoints, address, token)
         self.pid = os.getpid()
@@ -39,6 +41,8 @@ class Agent:
         return self.server.url
 
     def start(self) -> "Agent":
+        if self.track_holders:
+            holders.install()
         self.watch.hook_running_loop()
         try:
             self.watch.add_loop(asyncio.get_running_loop())
@@ -51,6 +55,8 @@ class Agent:
     def stop(self) -> None:
         self.server.stop()
         self.watch.stop()
+        if self.track_holders:
+            holders.uninstall()
 
 
 _agent: Agent | None = None
@@ -58,7 +64,8 @@ _agent_lock = threading.Lock()
 
 
 def start(address: str | None = None, *, token: str | None = None, announce: bool = False,
-          address_file: str | None = None, record_creators: bool | None = None) -> Agent:
+          address_file: str | None = None, record_creators: bool | None = None,
+          track_holders: bool | None = None) -> Agent:
     """Start the process's agent (or return the running one).
 
     ``address`` is ``HOST:PORT`` (port 0 picks a free one) or ``unix:/PATH``; default
@@ -66,6 +73,8 @@ def start(address: str | None = None, *, token: str | None = None, announce: boo
     stderr; ``address_file`` receives it, for scripts that start the process.
     ``record_creators`` (default on; ``DIAG_CREATORS=0`` turns it off) installs the task
     factory behind "created by": about 1-3 us per ``create_task`` (docs/benchmarks.md).
+    ``track_holders`` (default on; ``DIAG_HOLDERS=0`` turns it off) records who holds
+    each asyncio Lock and Semaphore permit, for ``diag sync`` and ``diag leaks``.
     """
     global _agent
     with _agent_lock:
@@ -74,8 +83,10 @@ def start(address: str | None = None, *, token: str | None = None, announce: boo
         address = address or os.environ.get("DIAG_AGENT") or DEFAULT_ADDRESS
         token = token or os.environ.get("DIAG_AGENT_TOKEN") or None
         if record_creators is None:
-            record_creators = os.environ.get("DIAG_CREATORS", "1").strip().lower() not in ("0", "false", "no", "off")
-        agent = Agent(address, token, record_creators).start()
+            record_creators = _env_flag("DIAG_CREATORS")
+        if track_holders is None:
+            track_holders = _env_flag("DIAG_HOLDERS")
+        agent = Agent(address, token, record_creators, track_holders).start()
         _agent = agent
     if announce:
         try:
@@ -92,6 +103,10 @@ def start(address: str | None = None, *, token: str | None = None, announce: boo
         except OSError as err:
             print(f"diag agent: cannot write {address_file}: {err}", file=sys.stderr)
     return agent
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def current() -> Agent | None:

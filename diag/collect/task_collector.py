@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import diag
-from diag.collect import task_origins
+from diag.collect import holders, task_origins
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
@@ -155,8 +155,9 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
             nxt = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
         if frame is None:
             break
-        nodes.append(node)
-        frames.append(frame)
+        if id(frame.f_code) not in holders.WRAPPER_CODES:  # diag's own acquire/release wrappers
+            nodes.append(node)
+            frames.append(frame)
         node = nxt
     return nodes, frames
 

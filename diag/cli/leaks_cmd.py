@@ -1,0 +1,57 @@
+"""``diag leaks``: the verdicts (proven leaks, leaked permits, deadlocks, ...); exit 1 on failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, leak_report
+from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
+from diag.render import jsonout, leaks_render
+from diag.sync_source import load_sync
+
+FORMATS = ("table", "text", "json")
+DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)
+
+
+def leaks(
+    target: str = typer.Argument(..., help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
+    min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
+    held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),
+    stall: float = typer.Option(1.0, "--stall-threshold", help="seconds the loop may go without turning"),
+    fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on",
+                                help=f"finding kinds that make the exit code 1 (of {', '.join(KINDS)}; 'none')"),
+    proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
+    budget: float = typer.Option(10.0, "--proof-budget", help="seconds the proof may take"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the sync snapshot as JSON here"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (plus the proof budget)"),
+) -> int:
+    """Say which waits will never end and why: exit 1 when a --fail-on finding is present."""
+    fmt = format or ("table" if sys.stdout.isatty() else "text")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if not timeout > 0 or not 0 < budget <= 30:
+        raise UsageError("--timeout must be > 0 and --proof-budget between 0 and 30 seconds")
+    kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
+    options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, fail_on=kinds)
+    options.validate()
+    snap = load_sync(target, timeout=timeout, proof=proof, budget=budget)
+    if output is not None:
+        try:
+            output.write_text(snap.to_json())
+        except OSError as err:
+            raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
+    report = leak_report(snap, options)
+    if fmt == "json":
+        jsonout.render(report, sys.stdout)
+    elif fmt == "text":
+        leaks_render.render_text(report, sys.stdout, cwd=os.getcwd())
+    else:
+        leaks_render.render_table(report, Console(), cwd=os.getcwd())
+    return EXIT_FINDINGS if report.fails(options.fail_on) else EXIT_OK

@@ -1,0 +1,210 @@
+"""Prove blocked tasks leaked: nothing that could wake them can reach what they await.
+
+Go 1.26's goroutine leak profile, the Python way.  Mark everything reachable from the
+true roots (module globals, every thread's frames, each event loop with its ready and
+scheduled callbacks and the I/O callbacks registered with its selector, and running
+and runnable tasks).  A blocked task's own coroutine is not a root: holding a task
+object lets you cancel it, not wake it.  It becomes a root only once the future it
+waits on is marked, because only then can something resolve that future.  Repeat to
+a fixed point; a blocked task whose future is never marked can never be woken.
+
+Marking walks ``gc.get_referents`` a batch at a time.  A proof cut short by its time
+budget proves nothing and says so.  Objects held only by C code outside the GC's view
+are not seen; asyncio's own structures (futures, handles, selector maps, queues) are
+all visible to it.
+
+The same pass tells which blocked tasks nothing reachable refers to at all, besides
+the future that would wake them: fire-and-forget tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import threading
+import time
+import weakref
+from types import FrameType, ModuleType
+from typing import Any
+
+from diag.collect import task_origins
+from diag.collect.loop_watch import iter_all_tasks
+from diag.sync_snapshot import Reachability
+
+#: The proof stops (and says so) after this long; an incomplete proof proves nothing.
+DEFAULT_BUDGET = 10.0
+
+
+def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
+    """Run the proof over this process; safe from any thread (the caller's thread is not a root)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _prove(exclude_threads | {threading.get_ident()}, budget)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
+    started = time.monotonic()
+    deadline = started + budget
+    tasks = [t for t in iter_all_tasks() if not t.done()]
+    loops = {t.get_loop() for t in tasks}
+    current = set()
+    for loop in loops:
+        cur = asyncio.current_task(loop)
+        if cur is not None:
+            current.add(id(cur))
+
+    blocked: dict[int, asyncio.Task[Any]] = {}
+    wakers: dict[int, list[asyncio.Task[Any]]] = {}  # id(awaited future) -> tasks it would wake
+    roots: list[Any] = []
+    for task in tasks:
+        waiter = getattr(task, "_fut_waiter", None)
+        if waiter is None or id(task) in current:
+            roots.append(task)
+        else:
+            blocked[id(task)] = task
+            wakers.setdefault(id(waiter), []).append(task)
+    diag_namespaces: set[int] = set()
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if namespace is None:
+            continue
+        # diag's own state (label caches with weak references, the agent) must not make
+        # anything look reachable, however it is reached (a module, a function's globals).
+        if name == "diag" or name.startswith("diag."):
+            diag_namespaces.add(id(namespace))
+        else:
+            roots.append(namespace)
+    for ident, top in sys._current_frames().items():
+        if ident in exclude_threads or _is_diag_thread(ident, top):
+            continue
+        frame: FrameType | None = top
+        while frame is not None:
+            roots.append(frame)
+            # The GC does not see the locals of a frame that is executing in a thread:
+            # read them, or a queue only a worker thread's local holds would look lost.
+            try:
+                roots.extend(list(frame.f_locals.values()))
+            except Exception:
+                pass
+            frame = frame.f_back
+    roots.extend(loops)
+
+    seen: set[int] = {id(r) for r in roots if id(r) not in blocked}
+    referenced: set[int] = set()  # blocked tasks some marked object refers to
+    activated: set[int] = set()
+    # Our own bookkeeping is neither traversed nor counted as a reference to anything.
+    own = {id(tasks), id(blocked), id(wakers), id(roots), id(seen), id(referenced), id(activated)}
+    own |= diag_namespaces
+    seen.update(own)
+    frontier: list[Any] = []
+    own_types: dict[type, bool] = {}
+
+    def expand(obj: Any) -> None:
+        """Look inside ``obj``; whatever waits on it can now be woken, so look inside those too."""
+        pending = [obj]
+        while pending:
+            item = pending.pop()
+            frontier.append(item)
+            for task in wakers.get(id(item), ()):
+                if id(task) not in activated:
+                    activated.add(id(task))
+                    seen.add(id(task))
+                    pending.append(task)
+
+    for root in roots:
+        # A blocked task held in a local is reached, not woken; the agent is never a root.
+        if id(root) not in blocked and getattr(type(root), "__module__", "").partition(".")[0] != "diag":
+            expand(root)
+    complete = True
+    while frontier:
+        if time.monotonic() > deadline:
+            complete = False
+            break
+        refs = gc.get_referents(*frontier)
+        frontier.clear()
+        for ref in refs:
+            key = id(ref)
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in blocked:
+                continue  # reached as an object: its coroutine stays closed until its future is reached
+            cls = type(ref)
+            mine = own_types.get(cls)
+            if mine is None:
+                try:
+                    owner: object = cls.__module__
+                except Exception:
+                    owner = None
+                mine = own_types[cls] = isinstance(owner, str) and owner.partition(".")[0] == "diag"
+            if mine:
+                continue  # the agent itself (its caches, its watch), wherever the program keeps it
+            if type(ref) is ModuleType:
+                # Never ask a module for its referents: on 3.12 the _asyncio module's
+                # traverse visits its free list of future iterators, objects with no
+                # references, and holding one corrupts that free list.  Its namespace
+                # is what matters.
+                ref = getattr(ref, "__dict__", None)
+                if ref is None or id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+            elif isinstance(ref, weakref.ReferenceType):
+                # Code holding a weak reference can reach a live referent (asyncio's
+                # stream protocols hold their readers this way).
+                target = ref()
+                if target is not None and id(target) not in seen and id(target) not in blocked:
+                    seen.add(id(target))
+                    expand(target)
+            expand(ref)
+
+    unreachable = [t for key, t in blocked.items() if key not in activated]
+    if complete and blocked:
+        referenced = _referenced(blocked, seen, own)
+    return Reachability(
+        ran=True,
+        unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
+        unreferenced=tuple(sorted(task_origins.task_seq(t) for k, t in blocked.items()
+                                  if k not in referenced)) if complete else (),
+        blocked=len(blocked), objects_marked=len(seen), seconds=time.monotonic() - started,
+        complete=complete,
+        note="" if complete else f"cut short after {budget:g}s: nothing is reported as proven",
+    )
+
+
+_DIAG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _is_diag_thread(ident: int, top: FrameType) -> bool:
+    """The agent's own threads: named diag-*, or running diag's code right now."""
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    if thread is not None and thread.name.startswith("diag-"):
+        return True
+    frame: FrameType | None = top
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_DIAG_DIR):
+            return True
+        frame = frame.f_back
+    return False
+
+
+#: Objects through which asyncio itself points at a task it will wake; they do not count
+#: as someone holding the task.
+_WAKEUP_TYPES = ("TaskWakeupMethWrapper", "method", "builtin_function_or_method", "method-wrapper")
+
+
+def _referenced(blocked: dict[int, Any], seen: set[int], own: set[int]) -> set[int]:
+    """Blocked tasks that some marked object refers to, other than their wake-up callback."""
+    out: set[int] = set()
+    for holder in gc.get_referrers(*blocked.values()):
+        if id(holder) not in seen or id(holder) in own or type(holder).__name__ in _WAKEUP_TYPES:
+            continue
+        for ref in gc.get_referents(holder):
+            if id(ref) in blocked:
+                out.add(id(ref))
+    return out

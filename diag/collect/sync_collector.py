@@ -1,0 +1,111 @@
+"""Collect a ``SyncSnapshot``: every live asyncio primitive, its holders and waiters.
+
+Primitives are found without the program's help, by one pass over the objects the GC
+tracks (bounded in time).  Holders come from ``diag.collect.holders`` (Lock and
+Semaphore, and so Condition and BoundedSemaphore); Events and Queues need none: their
+state is read.  The reachability proof runs only when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from typing import Any
+
+from diag.collect import holders, reachability, task_origins
+from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.task_collector import (
+    CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
+)
+from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.task_snapshot import TaskSnapshot
+
+_PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
+#: The search for primitives stops after this long (and the snapshot says so).
+FIND_BUDGET = 2.0
+#: Primitives beyond this many are counted but not listed.
+MAX_PRIMITIVES = 5_000
+
+
+def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
+    """Every live asyncio primitive the GC tracks; (found, complete)."""
+    deadline = time.monotonic() + budget
+    found = []
+    objects = gc.get_objects()
+    for i, obj in enumerate(objects):
+        if isinstance(obj, _PRIMITIVE_TYPES):
+            found.append(obj)
+        if i % 65536 == 0 and time.monotonic() > deadline:
+            return found, False
+    return found, True
+
+
+def _holder_source(obj: Any) -> Any:
+    """A Condition's permits live on its lock."""
+    return getattr(obj, "_lock", obj) if isinstance(obj, asyncio.Condition) else obj
+
+
+def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: frozenset[int] = frozenset(),
+                 proof_budget: float = reachability.DEFAULT_BUDGET) -> SyncSnapshot:
+    """Primitives and tasks now, plus the reachability proof when ``proof`` is set."""
+    started = time.monotonic()
+    tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude))
+    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not t.done()}
+    by_id = {t.id: t for t in tasks.tasks}
+    waiting: dict[str, list[tuple[int, float | None]]] = {}
+    for info in tasks.tasks:
+        prim = info.wait.primitive
+        if prim is not None:
+            waiting.setdefault(prim.id, []).append((info.id, info.wait.seconds))
+    objects, complete = find_primitives()
+    notes: list[str] = []
+    if not complete:
+        notes.append(f"the search for primitives was cut short after {FIND_BUDGET:g}s; some may be missing")
+    # Primitives nobody holds or waits on are noise at scale: list the interesting ones first.
+    objects.sort(key=lambda o: (not holders.records(_holder_source(o)), hex(id(o)) not in waiting))
+    if len(objects) > MAX_PRIMITIVES:
+        notes.append(f"showing {MAX_PRIMITIVES} of {len(objects)} primitives")
+        objects = objects[:MAX_PRIMITIVES]
+    interesting = [o for o in objects if holders.records(_holder_source(o)) or hex(id(o)) in waiting]
+    labels = holder_labels(interesting)
+    frames = _FrameCache(True)
+    now = time.monotonic()
+    states = []
+    for obj in objects:
+        prim = describe_primitive(obj, labels.get(id(obj), ""))
+        if prim is None:
+            continue
+        source = _holder_source(obj)
+        held = []
+        for rec in holders.records(source):
+            task = live.get(rec.task_id) if rec.task_id is not None else None
+            holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
+            held.append(Holder(
+                task_id=rec.task_id,
+                task_name=None if task is None else str(task.get_name()),
+                task_alive=task is not None,
+                task_state=(holder_info.state if holder_info is not None
+                            else ("finished" if task is None else "waiting")),
+                site=tuple(frames.get(code, _line(code, offset)) for code, offset in rec.site),
+                held_seconds=max(0.0, now - rec.since),
+            ))
+        waiters = waiting.get(prim.id, [])
+        longest = max((s for _, s in waiters if s is not None), default=None)
+        activity = holders.last_activity(source)
+        states.append(PrimitiveState(
+            primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
+            longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
+            tracked=holders.installed() and isinstance(source, (asyncio.Lock, asyncio.Semaphore)),
+        ))
+    proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
+    del live, objects, interesting
+    return SyncSnapshot(
+        taken_at=tasks.taken_at, process=process_info(), tasks=tasks, primitives=tuple(states),
+        reachability=proof_result, holders_tracked=holders.installed(),
+        notes=tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
+    )
+
+
+def _line(code: Any, offset: int) -> int:
+    return task_origins.origin_line(code, offset)

@@ -1,0 +1,163 @@
+"""The sync snapshot: every live asyncio primitive, who holds it, who waits on it, and
+(on demand) which blocked tasks nothing can ever wake.
+
+It embeds the full task snapshot taken at the same moment, so the verdicts of
+``diag leaks`` are a pure function of this one document (and can be re-run offline on
+a saved file).  Schema ``diag.sync/1``; unknown fields are ignored, missing ones
+defaulted.
+
+Usage::
+
+    snap = SyncSnapshot.from_json(text)
+    for state in snap.primitives:
+        print(state.primitive.label, [h.task_id for h in state.holders])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from diag.errors import TargetError
+from diag.task_snapshot import Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
+
+SCHEMA_NAME = "diag.sync"
+SCHEMA_MAJOR = 1
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A held permit.  ``task_alive`` is False when the acquiring task has finished or
+    been cancelled without releasing: the permit is leaked.  ``site`` is the acquiring
+    code, innermost frame first."""
+
+    task_id: int | None
+    task_name: str | None
+    task_alive: bool
+    task_state: str  # running, ready, waiting, or finished
+    site: tuple[Frame, ...]
+    held_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "task_name": self.task_name, "task_alive": self.task_alive,
+                "task_state": self.task_state, "site": [f.to_dict() for f in self.site],
+                "held_seconds": self.held_seconds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Holder:
+        tid = d.get("task_id")
+        name = d.get("task_name")
+        return cls(None if tid is None else int(tid), None if name is None else str(name),
+                   bool(d.get("task_alive", True)), str(d.get("task_state") or "finished"),
+                   tuple(Frame.from_dict(f) for f in d.get("site") or ()), float(d.get("held_seconds") or 0.0))
+
+
+@dataclass(frozen=True)
+class PrimitiveState:
+    """One live primitive with its holders (Lock, Semaphore, Condition: when tracked)
+    and the tasks waiting on it.  ``idle_seconds`` is the time since the last acquire
+    or release diag saw (None when unknown)."""
+
+    primitive: Primitive
+    holders: tuple[Holder, ...] = ()
+    waiting_tasks: tuple[int, ...] = ()
+    longest_wait: float | None = None
+    idle_seconds: float | None = None
+    tracked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"primitive": self.primitive.to_dict(), "holders": [h.to_dict() for h in self.holders],
+                "waiting_tasks": list(self.waiting_tasks), "longest_wait": self.longest_wait,
+                "idle_seconds": self.idle_seconds, "tracked": self.tracked}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrimitiveState:
+        longest = d.get("longest_wait")
+        idle = d.get("idle_seconds")
+        return cls(Primitive.from_dict(d.get("primitive") or {}),
+                   tuple(Holder.from_dict(h) for h in d.get("holders") or ()),
+                   tuple(int(t) for t in d.get("waiting_tasks") or ()),
+                   None if longest is None else float(longest), None if idle is None else float(idle),
+                   bool(d.get("tracked", False)))
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """The result of the reachability proof.
+
+    ``unreachable`` are blocked tasks whose awaited object no root can reach: nothing
+    can ever wake them (proven leaks).  ``unreferenced`` are blocked tasks that nothing
+    reachable refers to at all (fire-and-forget), whether or not they can be woken.
+    """
+
+    ran: bool
+    unreachable: tuple[int, ...] = ()
+    unreferenced: tuple[int, ...] = ()
+    blocked: int = 0
+    objects_marked: int = 0
+    seconds: float = 0.0
+    complete: bool = True
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ran": self.ran, "unreachable": list(self.unreachable), "unreferenced": list(self.unreferenced),
+                "blocked": self.blocked, "objects_marked": self.objects_marked, "seconds": self.seconds,
+                "complete": self.complete, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Reachability:
+        return cls(bool(d.get("ran", False)), tuple(int(t) for t in d.get("unreachable") or ()),
+                   tuple(int(t) for t in d.get("unreferenced") or ()), int(d.get("blocked") or 0),
+                   int(d.get("objects_marked") or 0), float(d.get("seconds") or 0.0),
+                   bool(d.get("complete", True)), str(d.get("note") or ""))
+
+
+@dataclass(frozen=True)
+class SyncSnapshot:
+    """Primitives, tasks and (optionally) the reachability proof of one process."""
+
+    taken_at: float
+    process: ProcessInfo
+    tasks: TaskSnapshot
+    primitives: tuple[PrimitiveState, ...]
+    reachability: Reachability = Reachability(False)
+    holders_tracked: bool = False
+    notes: tuple[str, ...] = ()
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "taken_at": self.taken_at, "process": self.process.to_dict(),
+                "holders_tracked": self.holders_tracked, "notes": list(self.notes),
+                "reachability": self.reachability.to_dict(),
+                "primitives": [p.to_dict() for p in self.primitives], "tasks": self.tasks.to_dict()}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SyncSnapshot:
+        if not isinstance(d, Mapping):
+            raise TargetError("not a diag sync snapshot (expected a JSON object)")
+        check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        try:
+            return cls(
+                taken_at=float(d.get("taken_at") or 0.0),
+                process=ProcessInfo.from_dict(d.get("process") or {}),
+                tasks=TaskSnapshot.from_dict(d.get("tasks")),
+                primitives=tuple(PrimitiveState.from_dict(p) for p in d.get("primitives") or ()),
+                reachability=Reachability.from_dict(d.get("reachability") or {}),
+                holders_tracked=bool(d.get("holders_tracked", False)),
+                notes=tuple(str(n) for n in d.get("notes") or ()),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise TargetError(f"malformed diag sync snapshot: {err.__class__.__name__}: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SyncSnapshot:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise TargetError(f"not a diag sync snapshot: invalid JSON ({err})") from None
+        return cls.from_dict(data)
