@@ -1,0 +1,68 @@
+"""Agent routes of ``diag profile``: take a profile of the loop thread, and say whether one runs.
+
+``POST {PREFIX}/profile?seconds=5&mode=yappi|sample&clock=wall|cpu&force=0&max_tasks=2000``
+runs the whole window on the agent's request thread and answers the ``diag.profile/1``
+snapshot, so the profiler is stopped and cleared whether or not the client is still
+there.  Refusals (busy, too many tasks for wall-clock yappi, asked on the event loop's
+own thread) answer 409 with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+from diag.agent.endpoints import Response, error, json_response
+from diag.collect import profiler
+from diag.errors import DiagError
+
+if TYPE_CHECKING:
+    from diag.agent.endpoints import Endpoints
+
+
+def _options(query: Mapping[str, str]) -> profiler.ProfileOptions:
+    def number(name: str, default: float) -> float:
+        raw = query.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise DiagError(f"{name} must be a number, not {raw!r}") from None
+
+    options = profiler.ProfileOptions(
+        seconds=number("seconds", profiler.DEFAULT_SECONDS),
+        mode=query.get("mode") or "yappi",
+        clock=query.get("clock") or "wall",
+        force=(query.get("force") or "0").lower() in ("1", "true", "yes"),
+        max_tasks=int(number("max_tasks", profiler.TASK_LIMIT)),
+        hz=number("hz", profiler.SAMPLE_HZ),
+    )
+    options.validate()
+    return options
+
+
+def install(endpoints: "Endpoints") -> None:
+    """Add ``profile`` (POST) and ``profile/status`` (GET) to ``endpoints``."""
+
+    def profile(query: Mapping[str, str], exclude: frozenset[int]) -> Response:
+        options = _options(query)
+        if profiler.on_event_loop_thread():
+            from diag.agent import current
+
+            agent = current()
+            where = f" ({agent.url})" if agent is not None else " (diag.agent.start())"
+            return error(409, "refused: a profile would block this event loop; ask the agent's own "
+                              f"address instead{where}")
+        try:
+            snap = profiler.take_profile(options, profiler.loop_thread(endpoints.watch))
+        except profiler.ProfileRefused as err:
+            return error(409, str(err))
+        return Response(200, snap.to_json().encode())
+
+    def status(query: Mapping[str, str], exclude: frozenset[int]) -> Response:
+        return json_response(200, {"schema": "diag.profile-status/1", **profiler.status()})
+
+    endpoints.add("profile", profile, method="POST",
+                  help=f"profile the loop thread (?seconds=<= {profiler.MAX_SECONDS:g}&mode=yappi|sample"
+                       "&clock=wall|cpu&force=0|1&max_tasks=N)")
+    endpoints.add("profile/status", status, help="whether a profile is being taken and a profiler installed")

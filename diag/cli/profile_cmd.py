@@ -1,0 +1,171 @@
+"""``diag profile``: where the event loop's thread spends its time, by function or by task."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, profile_view
+from diag.cli.console import stderr
+from diag.errors import TargetError, UsageError
+from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
+from diag.render import profile_export, profile_table, profile_text
+from diag.source import AgentSource
+
+FORMATS = ("table", "text", "json")
+#: Agent-side hard limit on a profile window (diag.collect.profiler.MAX_SECONDS).
+MAX_SECONDS = 60.0
+#: Time allowed on top of the window for the agent to stop, read and answer.
+ANSWER_MARGIN = 30.0
+OVERHEAD = {
+    "wall": "yappi (wall clock) slows the target down while it runs: expect 35-75 % fewer requests/s (most on cheap requests)",
+    "cpu": "yappi (cpu clock) slows the target down while it runs: expect 60-90 % fewer requests/s (most on cheap requests)",
+    "sample": "sampling at 100 Hz: expect under 2 % fewer requests/s",
+}
+
+
+def _is_file_target(target: str) -> bool:
+    if target.startswith(("http://", "https://", "unix:")):
+        return False
+    return target.endswith(".json") or os.path.exists(target)
+
+
+def _agent_target(target: str) -> str:
+    if target.startswith(("http://", "https://", "unix:")):
+        return target
+    if ":" in target and target.rsplit(":", 1)[1].isdigit():
+        return f"http://{target}"
+    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or a saved .json profile")
+
+
+def load_profile(path: str) -> ProfileSnapshot:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as err:
+        raise TargetError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        return ProfileSnapshot.from_json(text)
+    except TargetError as err:
+        raise TargetError(f"{path}: {err}") from None
+
+
+def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
+    """POST the profile request; a progress bar on stderr while the window runs (terminals only)."""
+    timeout = seconds + ANSWER_MARGIN
+    if not stderr.is_terminal:
+        return source.post("profile", params, timeout=timeout)
+    result: dict[str, Any] = {}
+
+    def request() -> None:
+        try:
+            result["data"] = source.post("profile", params, timeout=timeout)
+        except BaseException as err:  # handed to the main thread
+            result["error"] = err
+
+    worker = threading.Thread(target=request, name="profile-request", daemon=True)
+    worker.start()
+    started = time.monotonic()
+    with Progress(TextColumn("profiling"), BarColumn(), TimeRemainingColumn(), console=stderr,
+                  transient=True) as progress:
+        bar = progress.add_task("profile", total=seconds)
+        while worker.is_alive():
+            progress.update(bar, completed=min(seconds, time.monotonic() - started))
+            worker.join(0.1)
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
+
+
+def profile(
+    target: str = typer.Argument(..., help="http://HOST:PORT or unix:/PATH of a diag agent, or a profile saved with -o FILE.json"),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help=f"length of the profile window (at most {MAX_SECONDS:g})"),
+    mode: str = typer.Option("yappi", "--mode", help="yappi (every call, with edges) or sample (stacks at 100 Hz, low overhead)"),
+    clock: str = typer.Option("wall", "--clock", help="wall (time including waits) or cpu (yappi mode)"),
+    sort: str = typer.Option("own", "--sort", help="own, total, calls or percall"),
+    top: int = typer.Option(30, "--top", help="show this many rows"),
+    filter: Optional[str] = typer.Option(None, "--filter", help="regex on function name or file path"),
+    by: str = typer.Option("function", "--by", help="function, or task: time per coroutine"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json (default: table on a terminal, else text)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the profile; the name picks the format: .json, .pstat, .callgrind, .speedscope.json, .collapsed"),
+    output_format: Optional[str] = typer.Option(None, "--output-format", help="json, pstat, callgrind, speedscope or collapsed, whatever -o is called"),
+    base: Optional[Path] = typer.Option(None, "--base", help="show the difference from this saved profile (.json)"),
+    force: bool = typer.Option(False, "--force", help="run wall-clock yappi even with very many live tasks"),
+    max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="refuse wall-clock yappi above this many live tasks (agent default 2000)"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait to connect to the target"),
+) -> int:
+    """Profile the target's event loop thread (yappi or sampling) and show the top functions."""
+    fmt = format or ("table" if sys.stdout.isatty() else "text")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if clock not in CLOCKS:
+        raise UsageError(f"--clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
+    if mode == "sample" and clock != "wall":
+        raise UsageError("--clock cpu needs --mode yappi (sampling reads stacks at wall-clock intervals)")
+    if sort not in SORT_KEYS:
+        raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
+    if by not in BY:
+        raise UsageError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise UsageError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}")
+    if not timeout > 0:
+        raise UsageError("--timeout must be > 0")
+    if max_tasks is not None and max_tasks < 0:
+        raise UsageError("--max-tasks must be >= 0")
+    query = ProfileQuery(sort=sort, top=top, pattern=filter, by=by)
+    query.validate()
+    export = None
+    if output is not None or output_format is not None:
+        if output is None:
+            raise UsageError("--output-format needs -o FILE")
+        export = output_format or profile_export.format_for_path(str(output))
+        if export not in profile_export.FORMATS:
+            raise UsageError(f"--output-format must be one of {', '.join(profile_export.FORMATS)}, not {export!r}")
+    from_file = _is_file_target(target)
+    if export is not None and not from_file:
+        profile_export.check_format(export, mode)  # before the target pays for a profile
+    base_snap = load_profile(str(base)) if base is not None else None
+
+    if from_file:
+        snap = load_profile(target)
+    else:
+        source = AgentSource(_agent_target(target), timeout)
+        params = {"seconds": repr(seconds), "mode": mode, "clock": clock}
+        if force:
+            params["force"] = "1"
+        if max_tasks is not None:
+            params["max_tasks"] = str(max_tasks)
+        stderr.print(f"diag profile: {OVERHEAD['sample' if mode == 'sample' else clock]}; "
+                     f"profiling {seconds:g}s", markup=False, highlight=False)
+        data = _take(source, params, seconds)
+        if not isinstance(data, dict) or "schema" not in data:
+            raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
+        snap = ProfileSnapshot.from_dict(data)
+    if base_snap is not None and base_snap.mode != snap.mode:
+        raise UsageError(f"--base is a {base_snap.mode} profile and this is a {snap.mode} one; compare like with like")
+
+    if export is not None and output is not None:
+        profile_export.check_format(export, snap.mode)
+        try:
+            with open(output, "wb") as fh:
+                profile_export.write(snap, export, fh, by_task=by == "task")
+        except OSError as err:
+            raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
+    view = profile_view(snap, query, base_snap)
+    cwd = os.getcwd()
+    if fmt == "json":
+        sys.stdout.write(snap.to_json(indent=2) + "\n")
+    elif fmt == "text":
+        profile_text.render(view, sys.stdout, cwd=cwd)
+    else:
+        profile_table.render(view, Console(), cwd=cwd)
+    return 0

@@ -1,0 +1,196 @@
+"""Count live objects by type and find why one object of a type is alive.
+
+This is the only module that walks ``gc`` and calls objgraph.  Both walks are heavy
+(the whole heap, and a breadth-first search over ``gc.get_referrers``, itself a heap
+walk per step), so each has a time budget checked while it runs; a cut-short result
+says so instead of stalling the target.  The counts are those of
+``objgraph.typestats`` (GC-tracked objects by type), computed here so the walk can
+stop on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from diag.collect.task_collector import process_info
+from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
+
+#: Most distinct types a snapshot lists (the biggest); the rest are counted in ``types_total``.
+MAX_TYPES = 5000
+DEFAULT_BUDGET = 3.0
+DEFAULT_MAX_DEPTH = 12
+MAX_DEPTH = 30
+_CHECK_EVERY = 8192  # objects between clock checks
+_MAX_DICT_SCAN = 100_000  # items scanned to name a dict link
+
+
+@dataclass(frozen=True)
+class HeapOptions:
+    """``budget``: seconds each walk may take; ``type_name``: find a back-reference chain
+    to one object of this type (``Name`` or ``module.Name``), at most ``max_depth`` links."""
+
+    budget: float = DEFAULT_BUDGET
+    type_name: str | None = None
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+def type_name(t: type) -> str:
+    module = getattr(t, "__module__", None)
+    qual = getattr(t, "__qualname__", None) or t.__name__
+    return qual if module in (None, "builtins") else f"{module}.{qual}"
+
+
+def _matches(name: str, wanted: str) -> bool:
+    return name == wanted or name.rsplit(".", 1)[-1] == wanted
+
+
+def collect_heap(options: HeapOptions = HeapOptions()) -> HeapSnapshot:
+    """Count GC-tracked objects by type; with ``type_name``, also a back-reference chain."""
+    started = time.monotonic()
+    taken_at = time.time()
+    deadline = started + options.budget
+    counts: dict[type, int] = {}
+    wanted: dict[type, bool] = {}
+    sample: Any = None
+    matched = 0
+    objs = gc.get_objects()
+    total = len(objs)
+    walked = 0
+    complete = True
+    for i, obj in enumerate(objs):
+        if i % _CHECK_EVERY == 0 and i and time.monotonic() > deadline:
+            complete = False
+            break
+        t = type(obj)
+        counts[t] = counts.get(t, 0) + 1
+        walked += 1
+        if options.type_name is not None:
+            hit = wanted.get(t)
+            if hit is None:
+                hit = wanted[t] = _matches(type_name(t), options.type_name)
+            if hit:
+                matched += 1
+                if sample is None:
+                    sample = obj
+    del objs, obj
+    by_name: dict[str, int] = {}
+    for t, n in counts.items():
+        name = type_name(t)
+        by_name[name] = by_name.get(name, 0) + n
+    ranked = sorted(by_name.items(), key=lambda kv: (-kv[1], kv[0]))
+    notes: list[str] = []
+    if not complete:
+        notes.append(f"cut short after {options.budget:g}s: counted {walked} of {total} objects")
+    if len(ranked) > MAX_TYPES:
+        notes.append(f"listing the {MAX_TYPES} most common of {len(ranked)} types")
+    backrefs = None
+    if options.type_name is not None:
+        backrefs = _backrefs(sample, options, matched, complete)
+        del sample
+    return HeapSnapshot(
+        taken_at=taken_at, process=process_info(), objects=walked,
+        types=tuple(TypeCount(name, n) for name, n in ranked[:MAX_TYPES]), types_total=len(ranked),
+        complete=complete, collect_seconds=time.monotonic() - started, notes=tuple(notes), backrefs=backrefs)
+
+
+def _is_root(obj: Any) -> bool:
+    import objgraph  # type: ignore[import-untyped]
+
+    return bool(objgraph.is_proper_module(obj)) or isinstance(obj, asyncio.Task)
+
+
+def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -> BackrefChain:
+    import objgraph  # type: ignore[import-untyped]
+
+    wanted = str(options.type_name)
+    depth = max(1, min(options.max_depth, MAX_DEPTH))
+    if sample is None:
+        return BackrefChain(wanted, False, matched=matched, max_depth=depth)
+    started = time.monotonic()
+    deadline = started + options.budget
+    cut = [False]
+
+    def stop_here(obj: Any) -> bool:
+        # Returning True ends the search: past the budget, the chain found so far is
+        # returned and reported as cut short instead of running on.
+        if _is_root(obj):
+            return True
+        if time.monotonic() > deadline:
+            cut[0] = True
+            return True
+        return False
+
+    chain = objgraph.find_backref_chain(sample, stop_here, max_depth=depth)
+    found = bool(chain) and _is_root(chain[0])
+    links = tuple(_link(obj, chain[i - 1] if i else None) for i, obj in enumerate(chain))
+    return BackrefChain(wanted, found, links, matched, depth, time.monotonic() - started, cut[0])
+
+
+def _label(obj: Any) -> str:
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    if isinstance(obj, asyncio.Task):
+        return obj.get_name()
+    if isinstance(obj, dict):
+        name = obj.get("__name__")
+        if isinstance(name, str) and getattr(sys.modules.get(name), "__dict__", None) is obj:
+            return f"{name}.__dict__"
+        return ""
+    if isinstance(obj, (types.FunctionType, type)):
+        return str(getattr(obj, "__qualname__", ""))
+    return ""
+
+
+def _via(parent: Any, child: Any) -> tuple[str, str]:
+    """How ``parent`` holds ``child``: (kind, key or attribute name or index)."""
+    try:
+        if isinstance(parent, dict):
+            for n, (k, v) in enumerate(parent.items()):
+                if n >= _MAX_DICT_SCAN:
+                    break
+                if v is child:
+                    return "key", _short_repr(k)
+                if k is child:
+                    return "key", "(the key itself)"
+        elif isinstance(parent, (list, tuple)):
+            for n, v in enumerate(parent[:_MAX_DICT_SCAN]):
+                if v is child:
+                    return "index", str(n)
+        elif isinstance(parent, (set, frozenset)):
+            return "item", ""
+        else:
+            if getattr(parent, "__dict__", None) is child:
+                return "attr", "__dict__"
+            for klass in type(parent).__mro__:
+                for slot in getattr(klass, "__slots__", ()) or ():
+                    if isinstance(slot, str) and getattr(parent, slot, None) is child:
+                        return "attr", slot
+    except Exception:
+        pass
+    return "referent", ""
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _link(obj: Any, parent: Any) -> ChainLink:
+    size: int | None = None
+    if isinstance(obj, (dict, list, tuple, set, frozenset)):
+        size = len(obj)
+    kind, via = ("root", "") if parent is None else _via(parent, obj)
+    return ChainLink(type_name(type(obj)), hex(id(obj)), _label(obj), size, kind, via)
+
+
+__all__ = ["MAX_TYPES", "DEFAULT_BUDGET", "DEFAULT_MAX_DEPTH", "MAX_DEPTH", "HeapOptions", "collect_heap",
+           "type_name"]

@@ -1,0 +1,347 @@
+"""Profile the event loop's thread for a window and return a ``ProfileSnapshot``.
+
+This is the only module that touches yappi and the sampler thread.  Both modes run
+the whole window themselves (start, wait, stop, read, clear) so a client that goes
+away mid-way cannot leave a profiler installed: ``yappi.stop()`` and
+``yappi.clear_stats()`` run in ``finally`` blocks on the calling thread.  Only one
+profile runs at a time in a process (yappi is process-global); a second request is
+refused as busy instead of queueing.
+
+- ``yappi``: every call of the loop thread, wall or CPU clock, with caller -> callee
+  edges.  Costs the target 35-75 % of its throughput (wall clock) and more (CPU), and
+  its wall clock slows down sharply with many live instances of one coroutine
+  function, so it is refused above ``TASK_LIMIT`` live tasks unless forced.
+- ``sample``: a ``diag-sampler`` thread reads the loop thread's stack
+  (``sys._current_frames``) and its current task about ``SAMPLE_HZ`` times a second;
+  a few microseconds of work per sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import linecache
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.task_collector import process_info
+from diag.errors import DiagError
+from diag.profile_snapshot import (CLOCKS, MODES, CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack,
+                                   TaskTotal)
+
+#: Longest window the agent accepts, in seconds.
+MAX_SECONDS = 60.0
+DEFAULT_SECONDS = 5.0
+#: Above this many live tasks, wall-clock yappi is refused unless forced.
+TASK_LIMIT = 2000
+SAMPLE_HZ = 100.0
+#: Deepest stack a sample keeps (innermost frames are kept).
+MAX_SAMPLE_DEPTH = 256
+#: Most functions a yappi snapshot keeps (the busiest, by total time).
+MAX_FUNCTIONS = 20_000
+
+_busy = threading.Lock()
+
+
+class ProfileRefused(DiagError):
+    """The profile cannot run now or here; ``str(err)`` says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """One profile request: ``seconds`` of ``mode`` (yappi|sample) with ``clock`` (wall|cpu)."""
+
+    seconds: float = DEFAULT_SECONDS
+    mode: str = "yappi"
+    clock: str = "wall"
+    force: bool = False
+    max_tasks: int = TASK_LIMIT
+    hz: float = SAMPLE_HZ
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise DiagError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.clock not in CLOCKS:
+            raise DiagError(f"clock must be one of {', '.join(CLOCKS)}, not {self.clock!r}")
+        if self.mode == "sample" and self.clock != "wall":
+            raise DiagError("sample mode reads stacks at wall-clock intervals; --clock cpu needs --mode yappi")
+        if not 0 < self.seconds <= MAX_SECONDS:
+            raise DiagError(f"seconds must be > 0 and at most {MAX_SECONDS:g}")
+        if self.max_tasks < 0:
+            raise DiagError("max_tasks must be >= 0")
+        if not 1 <= self.hz <= 1000:
+            raise DiagError("hz must be between 1 and 1000")
+
+
+@dataclass(frozen=True)
+class LoopThread:
+    """The thread to profile and, if known, the event loop it runs."""
+
+    ident: int
+    name: str
+    loop: asyncio.AbstractEventLoop | None
+
+
+def loop_thread(watch: LoopWatch | None) -> LoopThread:
+    """The thread of the loop to profile: the main thread's loop if it runs one, else the
+    first running loop the agent watches, else the main thread."""
+    main = threading.main_thread()
+    found: list[LoopThread] = []
+    for loop in watch.loops() if watch is not None else []:
+        try:
+            if loop.is_closed() or not loop.is_running():
+                continue
+        except Exception:
+            continue
+        ident = watch.loop_health(loop)[0] if watch is not None else None
+        if ident is None:
+            continue
+        name = next((t.name for t in threading.enumerate() if t.ident == ident), "?")
+        found.append(LoopThread(ident, name, loop))
+    for candidate in found:
+        if candidate.ident == main.ident:
+            return candidate
+    if found:
+        return found[0]
+    return LoopThread(main.ident or 0, main.name, None)
+
+
+def status() -> dict[str, Any]:
+    """Whether a profile is being taken and whether any profiler is installed."""
+    import yappi  # type: ignore[import-untyped]
+
+    return {"busy": _busy.locked(), "yappi_running": bool(yappi.is_running()),
+            "sampler_running": any(t.name == "diag-sampler" and t.is_alive() for t in threading.enumerate()),
+            "max_seconds": MAX_SECONDS, "task_limit": TASK_LIMIT}
+
+
+def take_profile(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
+    """Profile ``target`` for ``options.seconds``; ``ProfileRefused`` when busy or unsafe."""
+    options.validate()
+    if not _busy.acquire(blocking=False):
+        raise ProfileRefused("busy: a profile is already being taken in this process; retry when it ends")
+    try:
+        if options.mode == "sample":
+            return _sample(options, target)
+        return _yappi(options, target)
+    finally:
+        _busy.release()
+
+
+# -- yappi -----------------------------------------------------------------------------------
+
+def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
+    import yappi  # type: ignore[import-untyped]
+
+    if yappi.is_running():
+        raise ProfileRefused("busy: yappi is already running in the target (started by someone else)")
+    notes: list[str] = []
+    if options.clock == "wall":
+        live = len(iter_all_tasks())
+        if live > options.max_tasks:
+            if not options.force:
+                raise ProfileRefused(
+                    f"refused: {live} live tasks (limit {options.max_tasks}); yappi's wall clock slows the "
+                    f"target down sharply with many live coroutines; use --mode sample (or --force)")
+            notes.append(f"forced: wall-clock yappi with {live} live tasks (limit {options.max_tasks})")
+    yappi.set_clock_type(options.clock)
+    yappi.clear_stats()
+    taken_at = time.time()
+    started = time.monotonic()
+    try:
+        yappi.start(builtins=False, profile_threads=True)
+        time.sleep(options.seconds)
+    finally:
+        yappi.stop()
+    duration = time.monotonic() - started
+    try:
+        functions, edges, more = _read_yappi(yappi, target.ident)
+    finally:
+        yappi.clear_stats()
+    if more:
+        notes.append(f"kept the {MAX_FUNCTIONS} functions with the most total time; {more} more were dropped")
+    if not functions:
+        notes.append(f"no calls recorded on thread {target.name}")
+    return ProfileSnapshot(
+        taken_at=taken_at, process=process_info(), mode="yappi", clock=options.clock, seconds=options.seconds,
+        duration=duration, thread_name=target.name, functions=functions, edges=edges, notes=tuple(notes))
+
+
+def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...], tuple[CallEdge, ...], int]:
+    ctx = next((t.id for t in yappi.get_thread_stats() if t.tid == thread_ident), None)
+    if ctx is None:
+        return (), (), 0
+    stats = sorted(yappi.get_func_stats(filter={"ctx_id": ctx}), key=lambda s: -float(s.ttot))
+    more = max(0, len(stats) - MAX_FUNCTIONS)
+    stats = stats[:MAX_FUNCTIONS]
+    index: dict[int, int] = {}
+    functions: list[FunctionStat] = []
+    coroutine_cache: dict[tuple[str, int], bool] = {}
+    for stat in stats:
+        index[int(stat.index)] = len(functions)
+        file, line = str(stat.module), int(stat.lineno)
+        functions.append(FunctionStat(
+            name=str(stat.name), file=file, line=line, calls=int(stat.ncall), primitive_calls=int(stat.nactualcall),
+            own_seconds=float(stat.tsub), total_seconds=float(stat.ttot),
+            coroutine=_is_coroutine(file, line, coroutine_cache)))
+    edges: list[CallEdge] = []
+    for stat in stats:
+        caller = index[int(stat.index)]
+        for child in stat.children:
+            callee = index.get(int(child.index))
+            if callee is None:
+                continue
+            edges.append(CallEdge(caller, callee, int(child.ncall), int(child.nactualcall),
+                                  float(child.tsub), float(child.ttot)))
+    return tuple(functions), tuple(edges), more
+
+
+def _is_coroutine(file: str, line: int, cache: dict[tuple[str, int], bool]) -> bool:
+    """Whether the function defined at ``file:line`` is ``async def`` (decorators skipped)."""
+    key = (file, line)
+    found = cache.get(key)
+    if found is None:
+        found = False
+        for offset in range(8):
+            text = linecache.getline(file, line + offset).lstrip()
+            if not text.startswith("@"):
+                found = text.startswith("async def ")
+                break
+        cache[key] = found
+    return found
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+class _Sampler:
+    """Stack counts of one thread; all per-sample state is keyed by code object ids."""
+
+    def __init__(self, target: LoopThread) -> None:
+        self.target = target
+        self.frames: list[SampleFrame] = []
+        self.frame_index: dict[tuple[int, int], int] = {}
+        self.pinned: list[types.CodeType] = []  # keeps the ids in the caches valid
+        self.stacks: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.task_index: dict[int, int] = {}
+        self.task_coros: list[str] = []
+        self.task_samples: list[int] = []
+        self.task_ids: list[set[int]] = []
+        self.samples = 0
+        self.errors = 0
+
+    def sample(self) -> None:
+        frame = sys._current_frames().get(self.target.ident)
+        if frame is None:
+            return
+        task_idx = -1
+        if self.target.loop is not None:
+            try:
+                task = asyncio.current_task(self.target.loop)
+            except Exception:
+                task = None
+            if task is not None:
+                task_idx = self._task(task)
+        stack: list[int] = []
+        index = self.frame_index
+        while frame is not None and len(stack) < MAX_SAMPLE_DEPTH:
+            code = frame.f_code
+            key = (id(code), frame.f_lineno or 0)
+            idx = index.get(key)
+            if idx is None:
+                idx = index[key] = len(self.frames)
+                self.frames.append(SampleFrame(getattr(code, "co_qualname", code.co_name), code.co_filename, key[1]))
+                self.pinned.append(code)
+            stack.append(idx)
+            frame = frame.f_back
+        del frame
+        stack.reverse()
+        skey = (task_idx, tuple(stack))
+        self.stacks[skey] = self.stacks.get(skey, 0) + 1
+        self.samples += 1
+        if task_idx >= 0:
+            self.task_samples[task_idx] += 1
+
+    def _task(self, task: asyncio.Task[Any]) -> int:
+        coro = task.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        key = id(code) if code is not None else id(type(coro))
+        idx = self.task_index.get(key)
+        if idx is None:
+            idx = self.task_index[key] = len(self.task_coros)
+            name = getattr(code, "co_qualname", None) if code is not None else None
+            self.task_coros.append(str(name or type(coro).__name__))
+            self.task_samples.append(0)
+            self.task_ids.append(set())
+            if code is not None:
+                self.pinned.append(code)
+        ids = self.task_ids[idx]
+        if len(ids) < 100_000:
+            ids.add(id(task))
+        return idx
+
+    def run(self, seconds: float, hz: float) -> float:
+        period = 1.0 / hz
+        started = time.monotonic()
+        deadline = started + seconds
+        next_at = started
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now >= next_at:
+                try:
+                    self.sample()
+                except Exception:  # a frame torn down under us: skip this sample
+                    self.errors += 1
+                next_at += period
+                if next_at < now:  # fell behind (GIL held by the target): do not burst
+                    next_at = now + period
+            time.sleep(max(0.0, min(next_at, deadline) - time.monotonic()))
+        return time.monotonic() - started
+
+
+def _sample(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
+    if target.ident == threading.get_ident():
+        raise ProfileRefused("cannot sample the thread that asked for the profile")
+    sampler = _Sampler(target)
+    taken_at = time.time()
+    measured = [0.0]
+
+    def body() -> None:
+        measured[0] = sampler.run(options.seconds, options.hz)
+
+    thread = threading.Thread(target=body, name="diag-sampler", daemon=True)
+    thread.start()
+    thread.join()
+    duration = measured[0] or options.seconds
+    notes: list[str] = []
+    if sampler.errors:
+        notes.append(f"{sampler.errors} samples skipped (stack changed while read)")
+    if target.loop is None:
+        notes.append("no event loop found on the sampled thread: samples are not charged to tasks")
+    stacks = tuple(SampleStack(frames, count, task)
+                   for (task, frames), count in sorted(sampler.stacks.items(), key=lambda kv: -kv[1]))
+    tasks = tuple(TaskTotal(coro, n, len(ids))
+                  for coro, n, ids in zip(sampler.task_coros, sampler.task_samples, sampler.task_ids))
+    return ProfileSnapshot(
+        taken_at=taken_at, process=process_info(), mode="sample", clock="wall", seconds=options.seconds,
+        duration=duration, thread_name=target.name, frames=tuple(sampler.frames), stacks=stacks, tasks=tasks,
+        samples=sampler.samples, interval=duration / sampler.samples if sampler.samples else 1.0 / options.hz,
+        notes=tuple(notes))
+
+
+def on_event_loop_thread() -> bool:
+    """Whether the caller runs inside a running event loop (a profile there would block it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+__all__ = ["MAX_SECONDS", "DEFAULT_SECONDS", "TASK_LIMIT", "SAMPLE_HZ", "ProfileOptions", "ProfileRefused",
+           "LoopThread", "loop_thread", "status", "take_profile", "on_event_loop_thread"]

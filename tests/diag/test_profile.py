@@ -1,0 +1,221 @@
+"""``diag profile`` against the real target server: the hot path of each endpoint shows up
+under the right clock, the profiler never outlives its window, and bad requests fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import pstats
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
+from tests.support.target import TargetServer, free_port, get_json, http
+from tests.target.helpers import get, release, wait_until
+
+CPU_FUNCS = {"crunch", "_mix", "_hash_round"}
+SLOW_FUNCS = {"fetch_remote", "_simulated_io"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TargetServer]:
+    with TargetServer("--rate", "1000000", "--burst", "1000000", "--leak-cap", "200",
+                      "--log-level", "WARNING") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def agent(server: TargetServer) -> str:
+    url = get_json(server.url + "/healthz")["diag_agent"]
+    assert url and url.startswith("http://127.0.0.1:")
+    return str(url)
+
+
+class Load:
+    """Requests to one path from a few threads until stopped (bounded by ``limit`` each)."""
+
+    def __init__(self, url: str, threads: int = 2, limit: int = 400) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(url, limit), daemon=True) for _ in range(threads)]
+
+    def _run(self, url: str, limit: int) -> None:
+        for _ in range(limit):
+            if self.stop.is_set():
+                return
+            http("GET", url, timeout=10)
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def profile_json(*args: str) -> dict[str, Any]:
+    proc = run_diag("profile", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "fewer requests/s" in proc.stderr  # the overhead is said before the window
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def top_names(snap: dict[str, Any], key: str, n: int, *, user_only: bool = True) -> list[str]:
+    funcs = [f for f in snap["functions"] if not user_only or "target_server" in f["file"]]
+    return [f["name"] for f in sorted(funcs, key=lambda f: -f[key])[:n]]
+
+
+def seconds_of(snap: dict[str, Any], names: set[str], key: str) -> float:
+    return sum(f[key] for f in snap["functions"] if f["name"] in names and "target_server" in f["file"])
+
+
+def test_cpu_endpoint_dominates_a_cpu_clock_profile(server: TargetServer, agent: str, tmp_path: Path) -> None:
+    with Load(server.url + "/work/cpu?n=100000"):
+        snap = profile_json(agent, "--seconds", "1.5", "--clock", "cpu", "-o", str(tmp_path / "cpu.pstat"))
+    assert (snap["mode"], snap["clock"]) == ("yappi", "cpu")
+    assert set(top_names(snap, "own_seconds", 3)) == CPU_FUNCS
+    everything = sum(f["own_seconds"] for f in snap["functions"])
+    assert seconds_of(snap, CPU_FUNCS, "own_seconds") > 0.5 * everything
+    stats = pstats.Stats(str(tmp_path / "cpu.pstat"))
+    assert any(name == "crunch" for (_, _, name) in stats.stats)  # type: ignore[attr-defined]
+
+
+def test_slow_await_dominates_wall_clock_and_not_cpu(server: TargetServer, agent: str, tmp_path: Path) -> None:
+    with Load(server.url + "/work/slow?ms=100", threads=4):
+        wall = profile_json(agent, "--seconds", "1.5", "--clock", "wall", "-o", str(tmp_path / "wall.json"))
+        cpu = profile_json(agent, "--seconds", "1.5", "--clock", "cpu")
+    # the middlewares wrap every request; below them, the simulated I/O is where the time goes
+    busiest = max(f["total_seconds"] for f in wall["functions"] if "target_server" in f["file"])
+    for name in SLOW_FUNCS:
+        assert seconds_of(wall, {name}, "total_seconds") > 0.8 * busiest, (name, busiest)
+    assert seconds_of(wall, {"_simulated_io"}, "total_seconds") > 1.0  # 4 requests waiting at any time
+    assert seconds_of(cpu, {"_simulated_io"}, "total_seconds") < 0.1
+    # the saved profile renders again, and against itself as a base it shows no difference
+    again = run_diag("profile", str(tmp_path / "wall.json"), "--format", "text", "--filter", "target_server/work",
+                     "--sort", "total")
+    assert again.returncode == 0, again.stderr
+    assert "fetch_remote" in again.stdout and "yappi, wall clock" in again.stdout
+    diff = run_diag("profile", str(tmp_path / "wall.json"), "--base", str(tmp_path / "wall.json"),
+                    "--format", "text", "--top", "3")
+    assert diff.returncode == 0 and "difference" in diff.stdout
+    assert " 0.0000" in diff.stdout
+    by_task = run_diag("profile", str(tmp_path / "wall.json"), "--by", "task", "--format", "text")
+    assert "slow_handler" in by_task.stdout
+
+
+def test_sample_mode_stacks_hold_the_cpu_chain(server: TargetServer, agent: str, tmp_path: Path) -> None:
+    folded = tmp_path / "cpu.collapsed"
+    with Load(server.url + "/work/cpu?n=100000"):
+        proc = run_diag("profile", agent, "--mode", "sample", "--seconds", "1.5", "-o", str(folded),
+                        "--by", "task", "--format", "text")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampling" in proc.stdout and "RequestHandler._handle_request" in proc.stdout  # the request task
+    lines = folded.read_text().splitlines()
+    chains = [line for line in lines if "crunch (" in line and "_mix (" in line]
+    assert chains, lines[:5]
+    assert any(line.index("crunch (") < line.index("_mix (") for line in chains)  # outermost first
+    assert all(line.startswith("task ") for line in lines)
+    speed = run_diag("profile", agent, "--mode", "sample", "--seconds", "0.5", "-o", str(tmp_path / "s.speedscope.json"))
+    assert speed.returncode == 0, speed.stderr
+    doc = json.loads((tmp_path / "s.speedscope.json").read_text())
+    assert doc["profiles"][0]["type"] == "sampled"
+
+
+def test_killed_client_leaves_no_profiler_running(agent: str) -> None:
+    cmd = [sys.executable, "-m", "diag", "profile", agent, "--seconds", "2.5", "--format", "json"]
+    client = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    assert get_json(agent + "/debug/diag/profile/status")["yappi_running"] is True
+    client.kill()
+    client.wait(5)
+    status = wait_until(lambda: (s := get_json(agent + "/debug/diag/profile/status"))["busy"] is False and s,
+                        timeout=10, interval=0.1)
+    assert status["yappi_running"] is False and status["sampler_running"] is False
+    again = run_diag("profile", agent, "--seconds", "0.3", "--format", "text")
+    assert again.returncode == 0, again.stderr
+
+
+def test_second_profile_is_refused_as_busy(agent: str) -> None:
+    cmd = [sys.executable, "-m", "diag", "profile", agent, "--seconds", "2", "--format", "json"]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: get_json(agent + "/debug/diag/profile/status")["busy"], timeout=10, interval=0.05)
+        second = run_diag("profile", agent, "--seconds", "1", "--mode", "sample")
+        assert second.returncode == 3 and second.stdout == ""
+        assert second.stderr.strip().splitlines()[-1].startswith("diag: error: ")
+        assert "busy" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        out, err = first.communicate(timeout=20)
+    assert first.returncode == 0, err
+    assert json.loads(out)["mode"] == "yappi"
+
+
+def test_wall_clock_yappi_is_refused_with_too_many_tasks(server: TargetServer, agent: str) -> None:
+    try:
+        for _ in range(30):
+            assert get(server, "/leak/forgotten-task")[0] == 202
+        refused = run_diag("profile", agent, "--seconds", "0.3", "--max-tasks", "20")
+        assert refused.returncode == 3, refused.stderr
+        last = refused.stderr.strip().splitlines()[-1]
+        assert "live tasks" in last and "--mode sample" in last and refused.stdout == ""
+        cpu = run_diag("profile", agent, "--seconds", "0.3", "--max-tasks", "20", "--clock", "cpu")
+        assert cpu.returncode == 0, cpu.stderr  # the cpu clock does not have the slowdown
+        forced = profile_json(agent, "--seconds", "0.3", "--max-tasks", "20", "--force")
+        assert any("forced" in n for n in forced["notes"])
+    finally:
+        release(server)
+
+
+def test_profile_on_the_apps_own_port_points_to_the_agent(server: TargetServer, agent: str) -> None:
+    proc = run_diag("profile", server.url, "--seconds", "0.3")
+    assert proc.returncode == 3
+    assert agent in proc.stderr.strip().splitlines()[-1] and "block this event loop" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "expected"), [
+    (("--clock", "sundial"), 2, "--clock must be one of wall, cpu"),
+    (("--mode", "guess"), 2, "--mode must be one of"),
+    (("-o", "out.collapsed"), 2, "use --mode sample"),
+    (("-o", "out.speedscope.json"), 2, "use --mode sample"),
+    (("--mode", "sample", "-o", "out.pstat"), 2, "use --mode yappi"),
+    (("--mode", "sample", "--clock", "cpu"), 2, "--clock cpu needs --mode yappi"),
+    (("--seconds", "61"), 2, "at most 60"),
+    (("--sort", "size"), 2, "--sort must be one of"),
+    (("--filter", "(("), 2, "bad --filter regex"),
+    (("-o", "out.txt"), 2, "cannot tell the format"),
+])
+def test_bad_options_fail_before_touching_the_target(args: tuple[str, ...], code: int, expected: str,
+                                                     tmp_path: Path) -> None:
+    target = f"http://127.0.0.1:{free_port()}"  # nothing listens: options are checked first
+    line = assert_one_line_error(run_diag("profile", target, *args, cwd=tmp_path), code)
+    assert expected in line
+
+
+def test_unreachable_target() -> None:
+    proc = run_diag("profile", f"http://127.0.0.1:{free_port()}", "--seconds", "0.2")
+    assert proc.returncode == 3 and "connection refused" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("content", [b"\x00\xffgarbage", b'{"schema": "diag.tasks/1"}', b'{"schema": "diag.profile/9"}',
+                                     b'{"schema": "diag.profile/1", "functions": [{"name": "f"}], '
+                                     b'"edges": [{"caller": 0, "callee": 7}]}'])
+def test_garbage_profile_file(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    line = assert_one_line_error(run_diag("profile", str(path)), 3)
+    assert str(path) in line
+
+
+def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": "diag.profile/1", "mode": "yappi", "functions": []}))
+    line = assert_one_line_error(run_diag("profile", str(path), "-o", str(tmp_path / "x.collapsed")), 2)
+    assert "--mode sample" in line
