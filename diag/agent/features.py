@@ -10,4 +10,8 @@ if TYPE_CHECKING:
 
 def install_features(endpoints: "Endpoints") -> None:
     """Add every feature's routes to ``endpoints``."""
-    del endpoints  # no feature modules yet beyond tasks and health
+    from diag.agent import objects_routes, profile_routes, sync_routes
+
+    sync_routes.install(endpoints)
+    profile_routes.install(endpoints)
+    objects_routes.install(endpoints)

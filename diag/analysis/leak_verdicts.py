@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from diag.analysis.task_groups import group_key, group_tasks
+from diag.analysis.task_groups import group_tasks
 from diag.errors import UsageError
 from diag.sync_snapshot import PrimitiveState, SyncSnapshot
 from diag.task_snapshot import Frame, Primitive, ProcessInfo, TaskInfo, check_schema
@@ -249,7 +249,7 @@ def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Find
     members = tuple(by_id[t] for t in proof.unreachable if t in by_id)
     out = []
     for group in group_tasks(members):
-        tasks = tuple(t for t in members if group_key(t) == group_key(group))
+        tasks = tuple(by_id[i] for i in group.ids if i in by_id)
         what = group.wait.primitive
         on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what)}" if what is not None else "")
         out.append(Finding(
@@ -294,7 +294,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     members = tuple(by_id[t] for t in sorted(reasons))
     out = []
     for group in group_tasks(members):
-        tasks = tuple(t for t in members if group_key(t) == group_key(group))
+        tasks = tuple(by_id[i] for i in group.ids if i in by_id)
         why = sorted({r for t in tasks for r in reasons[t.id]})
         longest = max((t.wait.seconds or 0.0) for t in tasks)
         out.append(Finding(

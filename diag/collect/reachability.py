@@ -40,10 +40,16 @@ DEFAULT_BUDGET = 10.0
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
     """Run the proof over this process; safe from any thread (the caller's thread is not a root)."""
     gc_was_enabled = gc.isenabled()
+    interval = sys.getswitchinterval()
     gc.disable()
+    # The object graph must not change while it is marked: a timer firing half-way would
+    # move a sleeper's future from one list the proof has read to one it has not.  Keep
+    # the GIL for the whole proof; the program pauses for its duration (docs/leaks.md).
+    sys.setswitchinterval(budget + 5.0)
     try:
         return _prove(exclude_threads | {threading.get_ident()}, budget)
     finally:
+        sys.setswitchinterval(interval)
         if gc_was_enabled:
             gc.enable()
 
@@ -105,11 +111,25 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
     frontier: list[Any] = []
     own_types: dict[type, bool] = {}
 
+    def is_mine(obj: Any) -> bool:
+        """Objects of diag's own classes: the agent, its watch and caches."""
+        cls = type(obj)
+        mine = own_types.get(cls)
+        if mine is None:
+            try:
+                owner: object = cls.__module__
+            except Exception:
+                owner = None
+            mine = own_types[cls] = isinstance(owner, str) and owner.partition(".")[0] == "diag"
+        return mine
+
     def expand(obj: Any) -> None:
         """Look inside ``obj``; whatever waits on it can now be woken, so look inside those too."""
         pending = [obj]
         while pending:
             item = pending.pop()
+            if is_mine(item):
+                continue  # the agent itself, wherever the program (or a thread) keeps it
             frontier.append(item)
             for task in wakers.get(id(item), ()):
                 if id(task) not in activated:
@@ -118,8 +138,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
                     pending.append(task)
 
     for root in roots:
-        # A blocked task held in a local is reached, not woken; the agent is never a root.
-        if id(root) not in blocked and getattr(type(root), "__module__", "").partition(".")[0] != "diag":
+        if id(root) not in blocked:  # a blocked task held in a local is reached, not woken
             expand(root)
     complete = True
     while frontier:
@@ -135,16 +154,6 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
             seen.add(key)
             if key in blocked:
                 continue  # reached as an object: its coroutine stays closed until its future is reached
-            cls = type(ref)
-            mine = own_types.get(cls)
-            if mine is None:
-                try:
-                    owner: object = cls.__module__
-                except Exception:
-                    owner = None
-                mine = own_types[cls] = isinstance(owner, str) and owner.partition(".")[0] == "diag"
-            if mine:
-                continue  # the agent itself (its caches, its watch), wherever the program keeps it
             if type(ref) is ModuleType:
                 # Never ask a module for its referents: on 3.12 the _asyncio module's
                 # traverse visits its free list of future iterators, objects with no
@@ -163,7 +172,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
                     expand(target)
             expand(ref)
 
-    unreachable = [t for key, t in blocked.items() if key not in activated]
+    unreachable = [t for key, t in blocked.items() if key not in activated and not _about_to_wake(t)]
     if complete and blocked:
         referenced = _referenced(blocked, seen, own)
     return Reachability(
@@ -175,6 +184,15 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
         complete=complete,
         note="" if complete else f"cut short after {budget:g}s: nothing is reported as proven",
     )
+
+
+def _about_to_wake(task: Any) -> bool:
+    """A future already resolved wakes its task on the next loop turn."""
+    waiter = getattr(task, "_fut_waiter", None)
+    try:
+        return waiter is None or bool(waiter.done())
+    except Exception:
+        return True
 
 
 _DIAG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

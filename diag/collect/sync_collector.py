@@ -16,7 +16,7 @@ from typing import Any
 from diag.collect import holders, reachability, task_origins
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.task_collector import (
-    CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
+    MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
 )
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.task_snapshot import TaskSnapshot
@@ -68,7 +68,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         notes.append(f"showing {MAX_PRIMITIVES} of {len(objects)} primitives")
         objects = objects[:MAX_PRIMITIVES]
     interesting = [o for o in objects if holders.records(_holder_source(o)) or hex(id(o)) in waiting]
-    labels = holder_labels(interesting)
+    labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
     frames = _FrameCache(True)
     now = time.monotonic()
     states = []

@@ -263,6 +263,7 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
         if isinstance(namespace, dict):
             modules[id(namespace)] = name
     best: dict[int, tuple[int, str]] = {}  # id -> (rank, label); lower rank wins
+    plain_dicts: dict[int, dict[Any, Any]] = {}
 
     def offer(obj_id: int, rank: int, label: str) -> None:
         if obj_id not in best or rank < best[obj_id][0]:
@@ -279,7 +280,8 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
                         if module_name is not None:
                             offer(id(value), 0, f"{module_name}.{key}")
                         elif isinstance(key, str):
-                            offer(id(value), 2, key)
+                            offer(id(value), 3, key)  # an instance's __dict__ (owner below) or locals
+                            plain_dicts[id(ref)] = ref
                         else:
                             offer(id(value), 2, f"[{getattr(key, '_name', None) or _safe_str(key, 60)}]")
                 continue
@@ -290,6 +292,18 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
                         offer(id(value), 1, f"{type(ref).__name__}.{key}")
         except Exception:  # hostile __eq__/__getattr__, or a dict changing under us
             continue
+    if plain_dicts:
+        # A materialised instance __dict__: name the attribute by its owner's type.
+        for owner in gc.get_referrers(*plain_dicts.values()):
+            try:
+                attrs = getattr(owner, "__dict__", None)
+                if attrs is None or id(attrs) not in plain_dicts or isinstance(owner, types.FrameType):
+                    continue
+                for key, value in list(attrs.items()):
+                    if id(value) in wanted:
+                        offer(id(value), 1, f"{type(owner).__name__}.{key}")
+            except Exception:
+                continue
     return {k: label for k, (_rank, label) in best.items()}
 
 

@@ -1,0 +1,118 @@
+"""``diag leaks`` on stand-alone programs run under ``diag run`` (they never import diag)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.support.cli import run_diag
+from tests.support.programs import DiagRun
+
+EVERY_VERDICT = """
+import asyncio
+
+JOBS = asyncio.Queue()          # reachable: its idle worker is not a leak
+LOCK = asyncio.Lock()
+
+async def idle_worker():
+    while True:
+        await JOBS.get()
+
+async def lonely_worker():
+    queue = asyncio.Queue()     # nobody else can ever put into it
+    await queue.get()
+
+async def forgets_to_release():
+    await LOCK.acquire()        # returns without LOCK.release()
+
+async def needs_lock():
+    async with LOCK:
+        pass
+
+async def ordered(first, second):
+    async with first:
+        await asyncio.sleep(0.01)
+        async with second:
+            pass
+
+async def main():
+    keep = [asyncio.create_task(idle_worker(), name="idle-worker"),
+            asyncio.create_task(lonely_worker(), name="lonely-worker")]
+    await asyncio.create_task(forgets_to_release(), name="forgetful")
+    keep.append(asyncio.create_task(needs_lock(), name="needs-lock"))
+    a, b = asyncio.Lock(), asyncio.Lock()
+    keep += [asyncio.create_task(ordered(a, b), name="ab"), asyncio.create_task(ordered(b, a), name="ba")]
+    del a, b
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+ONLY_HEALTHY = """
+import asyncio
+
+JOBS = asyncio.Queue()
+
+async def idle_worker():
+    while True:
+        await JOBS.get()
+
+async def ticker():
+    while True:
+        await asyncio.sleep(0.05)
+
+async def main():
+    tasks = [asyncio.create_task(idle_worker(), name="idle-worker"), asyncio.create_task(ticker(), name="ticker")]
+    stop = asyncio.Event()
+    await stop.wait()
+
+asyncio.run(main())
+"""
+
+
+def report(url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_diag("leaks", url, "--format", "json", *args, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def names(finding: dict[str, Any]) -> set[str]:
+    return {t["name"] for t in finding["tasks"]}
+
+
+def test_every_verdict_on_a_program_that_does_not_import_diag() -> None:
+    with DiagRun(EVERY_VERDICT) as app:
+        time.sleep(1.0)
+        code, data = report(app.url, "--min-wait", "0")
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for f in data["findings"]:
+            by_kind.setdefault(f["kind"], []).append(f)
+        assert code == 1
+        proven = set().union(*(names(f) for f in by_kind["proven_leak"]))
+        assert proven == {"lonely-worker", "ab", "ba"}
+        (permit,) = by_kind["leaked_permit"]
+        assert permit["primitive"]["label"] == "__main__.LOCK"
+        assert permit["site"][0]["function"] == "forgets_to_release"
+        assert names(permit) == {"needs-lock"}
+        (deadlock,) = by_kind["deadlock"]
+        assert names(deadlock) == {"ab", "ba"}
+        every_named = set().union(*(names(f) for f in data["findings"]))
+        assert "idle-worker" not in every_named  # reachable and idle: never reported
+
+
+def test_a_healthy_program_has_no_findings_at_all() -> None:
+    with DiagRun(ONLY_HEALTHY) as app:
+        time.sleep(1.5)
+        # A loaded CI machine can delay a heartbeat; loop_blocked has its own test.
+        code, data = report(app.url, "--min-wait", "0", "--stall-threshold", "5", "--fail-on",
+                            "proven_leak,leaked_permit,deadlock,loop_blocked,exhausted,suspect")
+        assert code == 0 and data["findings"] == [], data["findings"]
+
+
+def test_fail_on_none_and_bad_kinds() -> None:
+    with DiagRun(EVERY_VERDICT) as app:
+        time.sleep(0.5)
+        assert report(app.url, "--fail-on", "none")[0] == 0
+        bad = run_diag("leaks", app.url, "--fail-on", "everything")
+        assert bad.returncode == 2 and "unknown finding kind 'everything'" in bad.stderr
