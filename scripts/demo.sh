@@ -28,3 +28,5 @@ echo; echo "\$ diag tasks $url" >&2
 diag tasks "$url"
 echo; echo "\$ diag tasks $url --debug 2 --filter deadlock_worker --format text" >&2
 diag tasks "$url" --debug 2 --filter deadlock_worker --format text
+echo; echo "\$ diag leaks $url" >&2
+diag leaks "$url" --min-wait 1 || echo "(diag leaks exits 1 when it finds leaks: usable as a CI gate)" >&2

@@ -63,6 +63,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def _handle(self, method: str) -> None:
+        # Named so that diag's own threads are never mistaken for the program's.
+        threading.current_thread().name = "diag-agent-request"
         token = self.server.token
         if token is not None:
             given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 import threading
 import time
 import weakref
+from dataclasses import replace
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -35,6 +35,8 @@ from diag.sync_snapshot import Reachability
 
 #: The proof stops (and says so) after this long; an incomplete proof proves nothing.
 DEFAULT_BUDGET = 10.0
+#: Pause between the two runs of a proof that found something (the program runs meanwhile).
+RECHECK_PAUSE = 0.05
 
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
@@ -45,16 +47,29 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
     # The object graph must not change while it is marked: a timer firing half-way would
     # move a sleeper's future from one list the proof has read to one it has not.  Keep
     # the GIL for the whole proof; the program pauses for its duration (docs/leaks.md).
-    sys.setswitchinterval(budget + 5.0)
+    exclude = exclude_threads | {threading.get_ident()}
     try:
-        return _prove(exclude_threads | {threading.get_ident()}, budget)
+        sys.setswitchinterval(budget + 5.0)
+        first, waits = _prove(exclude, budget)
+        if not first.unreachable:
+            return first
+        # A leak stays a leak: prove it again after letting the program run a moment, and
+        # keep only tasks unreachable both times, still waiting on the same future.  A
+        # state caught half-way through a loop iteration does not survive this.
+        sys.setswitchinterval(interval)
+        time.sleep(RECHECK_PAUSE)
+        sys.setswitchinterval(budget + 5.0)
+        second, waits_again = _prove(exclude, budget)
+        keep = tuple(t for t in first.unreachable
+                     if t in second.unreachable and waits.get(t) == waits_again.get(t))
+        return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
     finally:
         sys.setswitchinterval(interval)
         if gc_was_enabled:
             gc.enable()
 
 
-def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
+def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
     started = time.monotonic()
     deadline = started + budget
     tasks = [t for t in iter_all_tasks() if not t.done()]
@@ -175,6 +190,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
     unreachable = [t for key, t in blocked.items() if key not in activated and not _about_to_wake(t)]
     if complete and blocked:
         referenced = _referenced(blocked, seen, own)
+    waits = {task_origins.task_seq(t): id(getattr(t, "_fut_waiter", None)) for t in unreachable}
     return Reachability(
         ran=True,
         unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
@@ -183,7 +199,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> Reachability:
         blocked=len(blocked), objects_marked=len(seen), seconds=time.monotonic() - started,
         complete=complete,
         note="" if complete else f"cut short after {budget:g}s: nothing is reported as proven",
-    )
+    ), waits
 
 
 def _about_to_wake(task: Any) -> bool:
@@ -195,20 +211,11 @@ def _about_to_wake(task: Any) -> bool:
         return True
 
 
-_DIAG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
 def _is_diag_thread(ident: int, top: FrameType) -> bool:
-    """The agent's own threads: named diag-*, or running diag's code right now."""
+    """The agent's own threads (all named diag-*).  Not "threads running diag code": the
+    loop thread runs diag's heartbeat and task factory, and its frames must stay roots."""
     thread = threading._active.get(ident)  # type: ignore[attr-defined]
-    if thread is not None and thread.name.startswith("diag-"):
-        return True
-    frame: FrameType | None = top
-    while frame is not None:
-        if frame.f_code.co_filename.startswith(_DIAG_DIR):
-            return True
-        frame = frame.f_back
-    return False
+    return thread is not None and thread.name.startswith("diag-")
 
 
 #: Objects through which asyncio itself points at a task it will wake; they do not count
