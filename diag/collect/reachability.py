@@ -35,6 +35,10 @@ from diag.sync_snapshot import Reachability
 
 #: The proof stops (and says so) after this long; an incomplete proof proves nothing.
 DEFAULT_BUDGET = 10.0
+_PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
+#: Which blocked tasks nothing refers to is one gc.get_referrers scan whose cost grows with
+#: the number of tasks asked about; above this many it is skipped (and said).
+MAX_REFERRER_CHECK = 64
 #: Pause between the two runs of a proof that found something (the program runs meanwhile).
 RECHECK_PAUSE = 0.05
 
@@ -124,38 +128,46 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     own |= diag_namespaces
     seen.update(own)
     frontier: list[Any] = []
-    own_types: dict[type, bool] = {}
+    kinds: dict[type, int] = {}  # per class: _PLAIN, _MINE, _MODULE or _WEAKREF
 
-    def is_mine(obj: Any) -> bool:
-        """Objects of diag's own classes: the agent, its watch and caches."""
-        cls = type(obj)
-        mine = own_types.get(cls)
-        if mine is None:
+    def kind_of(cls: type) -> int:
+        kind = kinds.get(cls)
+        if kind is None:
             try:
                 owner: object = cls.__module__
             except Exception:
                 owner = None
-            mine = own_types[cls] = isinstance(owner, str) and owner.partition(".")[0] == "diag"
-        return mine
+            if isinstance(owner, str) and owner.partition(".")[0] == "diag":
+                kind = _MINE  # the agent itself, wherever the program (or a thread) keeps it
+            elif issubclass(cls, ModuleType):
+                kind = _MODULE
+            elif issubclass(cls, weakref.ReferenceType):
+                kind = _WEAKREF
+            else:
+                kind = _PLAIN
+            kinds[cls] = kind
+        return kind
 
-    def expand(obj: Any) -> None:
-        """Look inside ``obj``; whatever waits on it can now be woken, so look inside those too."""
-        pending = [obj]
+    def activate(key: int) -> None:
+        """The future ``key`` is reachable: the tasks it would wake are live, and so on."""
+        pending = [key]
         while pending:
-            item = pending.pop()
-            if is_mine(item):
-                continue  # the agent itself, wherever the program (or a thread) keeps it
-            frontier.append(item)
-            for task in wakers.get(id(item), ()):
+            for task in wakers.get(pending.pop(), ()):
                 if id(task) not in activated:
                     activated.add(id(task))
                     seen.add(id(task))
-                    pending.append(task)
+                    frontier.append(task)
+                    pending.append(id(task))  # tasks awaiting this task can now be woken too
 
     for root in roots:
-        if id(root) not in blocked:  # a blocked task held in a local is reached, not woken
-            expand(root)
+        # A blocked task held in a local is reached, not woken; the agent is never a root.
+        if id(root) not in blocked and kind_of(type(root)) != _MINE:
+            frontier.append(root)
+            activate(id(root))
     complete = True
+    is_tracked = gc.is_tracked
+    seen_add = seen.add
+    append = frontier.append
     while frontier:
         if time.monotonic() > deadline:
             complete = False
@@ -163,42 +175,59 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
         refs = gc.get_referents(*frontier)
         frontier.clear()
         for ref in refs:
+            if not is_tracked(ref):
+                continue  # ints, strings, atomic-only containers: nothing inside to reach
             key = id(ref)
             if key in seen:
                 continue
-            seen.add(key)
+            seen_add(key)
             if key in blocked:
                 continue  # reached as an object: its coroutine stays closed until its future is reached
-            if type(ref) is ModuleType:
-                # Never ask a module for its referents: on 3.12 the _asyncio module's
-                # traverse visits its free list of future iterators, objects with no
-                # references, and holding one corrupts that free list.  Its namespace
-                # is what matters.
-                ref = getattr(ref, "__dict__", None)
-                if ref is None or id(ref) in seen:
+            kind = kinds.get(type(ref))
+            if kind is None:
+                kind = kind_of(type(ref))
+            if kind:
+                if kind == _MINE:
                     continue
-                seen.add(id(ref))
-            elif isinstance(ref, weakref.ReferenceType):
-                # Code holding a weak reference can reach a live referent (asyncio's
-                # stream protocols hold their readers this way).
-                target = ref()
-                if target is not None and id(target) not in seen and id(target) not in blocked:
-                    seen.add(id(target))
-                    expand(target)
-            expand(ref)
+                if kind == _MODULE:
+                    # Never ask a module for its referents: on 3.12 the _asyncio module's
+                    # traverse visits its free list of future iterators, objects with no
+                    # references, and holding one corrupts that free list.  Its namespace
+                    # is what matters.
+                    ref = getattr(ref, "__dict__", None)
+                    if ref is None or id(ref) in seen:
+                        continue
+                    seen_add(id(ref))
+                    key = id(ref)
+                elif kind == _WEAKREF:
+                    # Code holding a weak reference can reach a live referent (asyncio's
+                    # stream protocols hold their readers this way).
+                    target = ref()
+                    if (target is not None and id(target) not in seen and id(target) not in blocked
+                            and kind_of(type(target)) != _MINE):
+                        seen_add(id(target))
+                        append(target)
+                        if id(target) in wakers:
+                            activate(id(target))
+            append(ref)
+            if key in wakers:
+                activate(key)
 
     unreachable = [t for key, t in blocked.items() if key not in activated and not _about_to_wake(t)]
-    if complete and blocked:
+    referenced_known = complete and len(blocked) <= MAX_REFERRER_CHECK
+    if referenced_known and blocked:
         referenced = _referenced(blocked, seen, own)
     waits = {task_origins.task_seq(t): id(getattr(t, "_fut_waiter", None)) for t in unreachable}
     return Reachability(
         ran=True,
         unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
         unreferenced=tuple(sorted(task_origins.task_seq(t) for k, t in blocked.items()
-                                  if k not in referenced)) if complete else (),
+                                  if k not in referenced)) if referenced_known else (),
         blocked=len(blocked), objects_marked=len(seen), seconds=time.monotonic() - started,
         complete=complete,
-        note="" if complete else f"cut short after {budget:g}s: nothing is reported as proven",
+        note=(f"cut short after {budget:g}s: nothing is reported as proven" if not complete else
+              "" if referenced_known else
+              f"fire-and-forget check skipped: {len(blocked)} blocked tasks (at most {MAX_REFERRER_CHECK})"),
     ), waits
 
 
