@@ -116,3 +116,60 @@ def test_fail_on_none_and_bad_kinds() -> None:
         assert report(app.url, "--fail-on", "none")[0] == 0
         bad = run_diag("leaks", app.url, "--fail-on", "everything")
         assert bad.returncode == 2 and "unknown finding kind 'everything'" in bad.stderr
+
+
+THE_OTHER_VERDICTS = """
+import asyncio, socket, time
+
+POOL = asyncio.Semaphore(2)
+GO = asyncio.Event()            # reachable, never set: the holders are stuck, not leaked
+BACKLOG = asyncio.Queue(maxsize=1)
+
+async def holder():
+    async with POOL:
+        await GO.wait()
+
+async def wants_pool():
+    async with POOL:
+        pass
+
+async def producer():
+    await BACKLOG.put(1)
+    await BACKLOG.put(2)        # nobody ever gets: blocks for good
+
+async def silent_peer(sock):
+    reader, writer = await asyncio.open_connection(sock=sock)
+    await reader.read(1)        # the peer never writes
+
+async def block_later():
+    await asyncio.sleep(2.5)
+    time.sleep(20)              # blocks the loop
+
+async def main():
+    a, b = socket.socketpair()
+    keep = [asyncio.create_task(holder()) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    keep += [asyncio.create_task(wants_pool(), name="wants-pool"), asyncio.create_task(producer(), name="producer"),
+             asyncio.create_task(silent_peer(a), name="reader"), asyncio.create_task(block_later())]
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_exhausted_suspects_and_a_blocked_loop_on_a_program_that_does_not_import_diag() -> None:
+    with DiagRun(THE_OTHER_VERDICTS) as app:
+        time.sleep(1.0)
+        code, data = report(app.url, "--min-wait", "0.5", "--held-threshold", "600")
+        kinds = {f["kind"] for f in data["findings"]}
+        assert code == 0 and "proven_leak" not in kinds, data["findings"]  # everything is still reachable
+        (exhausted,) = [f for f in data["findings"] if f["kind"] == "exhausted"]
+        assert exhausted["primitive"]["label"] == "__main__.POOL"
+        assert "holders are themselves waiting" in exhausted["evidence"] and names(exhausted) == {"wants-pool"}
+        suspects = {t["name"]: f["evidence"] for f in data["findings"] if f["kind"] == "suspect" for t in f["tasks"]}
+        assert "no task is waiting to get from this queue" in suspects["producer"]
+        assert "the peer has sent nothing" in suspects["reader"]
+        time.sleep(2.5)  # the loop is now blocked in time.sleep
+        code, data = report(app.url, "--no-proof", "--stall-threshold", "0.5")
+        blocked = [f for f in data["findings"] if f["kind"] == "loop_blocked"]
+        assert code == 1 and blocked and blocked[0]["site"][0]["function"] == "block_later"

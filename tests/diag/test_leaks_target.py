@@ -156,3 +156,17 @@ def test_fixed_twins_under_load_have_no_verdict(server: TargetServer) -> None:
             t.join(30)
     code, report = leaks(server, "--stall-threshold", "2")
     assert code == 0, [f["title"] for f in report["findings"]]
+
+
+def test_forgotten_tasks_are_proven_and_silent_peers_only_suspected(server: TargetServer) -> None:
+    for _ in range(2):
+        get(server, "/leak/forgotten-task")
+        get(server, "/leak/silent-peer")
+    wait_until(lambda: healthz(server)["leaked"]["silent-peer"] == 2, timeout=5)
+    code, report = leaks(server, "--min-wait", "0")
+    proven = [f for f in findings(report, "proven_leak") if "forgotten_waiter" in f["title"]]
+    assert code == 1 and proven and proven[0]["task_count"] == 2
+    # The silent peer's socket is registered with the loop's selector: data could still come.
+    assert not [f for f in findings(report, "proven_leak") if "silent_peer" in f["title"]]
+    suspects = [f for f in findings(report, "suspect") if "silent_peer_reader" in f["title"]]
+    assert suspects and "the peer has sent nothing" in suspects[0]["evidence"]
