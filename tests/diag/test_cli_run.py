@@ -164,3 +164,22 @@ def test_print_env_starts_the_agent_in_a_process_started_another_way(tmp_path: P
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_an_agent_with_a_token_refuses_clients_without_it() -> None:
+    with DiagRun(STUCK_POOL, env={"DIAG_AGENT_TOKEN": "s3cret-token"}) as app:
+        env = {k: v for k, v in diag_env().items() if k != "DIAG_AGENT_TOKEN"}
+        refused = run_diag("tasks", app.url, env=env)
+        line = assert_one_line_error(refused, 3)
+        assert "wants a token" in line and "s3cret" not in refused.stderr
+        wrong = run_diag("tasks", app.url, env={**env, "DIAG_AGENT_TOKEN": "wrong"})
+        assert wrong.returncode == 3
+        right = run_diag("tasks", app.url, "--format", "json", env={**env, "DIAG_AGENT_TOKEN": "s3cret-token"})
+        assert right.returncode == 0 and json.loads(right.stdout)["schema"] == "diag.tasks/1"
+
+
+def test_a_non_loopback_agent_needs_a_token() -> None:
+    script = "import diag.agent\ndiag.agent.start('0.0.0.0:0')\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env={k: v for k, v in diag_env().items() if k != "DIAG_AGENT_TOKEN"})
+    assert proc.returncode != 0 and "needs DIAG_AGENT_TOKEN" in proc.stderr

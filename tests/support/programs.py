@@ -18,7 +18,9 @@ from tests.support.cli import ROOT, diag_env
 class DiagRun:
     """``diag run --agent-file F -- python SCRIPT``; ``.url`` is the agent address once ready."""
 
-    def __init__(self, source: str, *, agent: str = "127.0.0.1:0", ready_timeout: float = 20.0) -> None:
+    def __init__(self, source: str, *, agent: str = "127.0.0.1:0", ready_timeout: float = 20.0,
+                 env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
         self.dir = tempfile.TemporaryDirectory(prefix="diag-run-")
         self.script = Path(self.dir.name) / "app.py"
         self.script.write_text(textwrap.dedent(source))
@@ -32,7 +34,7 @@ class DiagRun:
     def __enter__(self) -> "DiagRun":
         cmd = [sys.executable, "-m", "diag", "run", "--agent", self.agent, "--agent-file", str(self.addr_file),
                "--", sys.executable, str(self.script)]
-        env = diag_env()
+        env = diag_env(**self.extra_env)
         env.pop("PYTHONPATH", None)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.dir.name, env=env, stdout=log, stderr=subprocess.STDOUT)
