@@ -70,8 +70,11 @@ async def test_every_wait_kind_is_classified() -> None:
     async def gatherer() -> None:
         await asyncio.gather(event.wait(), asyncio.sleep(30))
 
+    inner: list[asyncio.Future[Any]] = []
+
     async def waiter() -> None:
-        await asyncio.wait([asyncio.ensure_future(event.wait())])
+        inner.append(asyncio.ensure_future(event.wait()))  # asyncio.wait does not cancel it
+        await asyncio.wait(inner)
 
     async def group() -> None:
         async with asyncio.TaskGroup() as tg:
@@ -138,9 +141,9 @@ async def test_every_wait_kind_is_classified() -> None:
         assert by_name(snap, "semaphore").stack[-1].source == "async with sem:"
     finally:
         release.set()
-        for t in tasks + [sleeper, ready]:
+        for t in tasks + [sleeper, ready, *inner]:
             t.cancel()
-        await asyncio.gather(*tasks, sleeper, ready, return_exceptions=True)
+        await asyncio.gather(*tasks, sleeper, ready, *inner, return_exceptions=True)
         for writer in silent_peers:
             writer.close()
         server.close()

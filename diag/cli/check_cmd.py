@@ -1,0 +1,149 @@
+"""``diag check``: warm a service up, let it settle, and fail only on leaks that are new
+since a committed baseline (exit 1), for CI against a service under test."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diag.analysis.check_baseline import EMPTY, CheckBaseline, compare, observe
+from diag.analysis.leak_verdicts import LeakOptions, leak_report
+from diag.cli.console import stderr
+from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
+from diag.render import check_text, junit
+from diag.sync_source import load_sync
+
+#: Most requests one warm-up may send, so a typo cannot flood the target.
+MAX_REQUESTS = 100_000
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_REQUEST = re.compile(r"^\s*([A-Za-z]+)\s+(/\S*)(?:\s+[xX](\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    method: str
+    path: str
+    times: int
+
+
+def parse_request(text: str, where: str = "--request") -> WarmUp:
+    """``METHOD PATH [xN]``, e.g. ``GET /fixed/lock x20``."""
+    m = _REQUEST.match(text)
+    if m is None or m.group(1).upper() not in _METHODS:
+        raise UsageError(f"{where}: expected 'METHOD /PATH [xN]', got {text.strip()!r}")
+    times = int(m.group(3) or 1)
+    if not 1 <= times <= MAX_REQUESTS:
+        raise UsageError(f"{where}: xN must be between 1 and {MAX_REQUESTS}")
+    return WarmUp(m.group(1).upper(), m.group(2), times)
+
+
+def parse_scenario(path: Path) -> list[WarmUp]:
+    """One ``METHOD PATH [xN]`` per line; blank lines and ``#`` comments are skipped."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read scenario {path}: {err.strerror or err}") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0]
+        if line.strip():
+            out.append(parse_request(line, f"{path}:{number}"))
+    return out
+
+
+def warm_up(app: str, steps: list[WarmUp], timeout: float) -> int:
+    """Send every request, one after another, each on its own connection; any status is fine."""
+    url = urllib.parse.urlsplit(app)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UsageError(f"bad --app {app!r}: expected http://HOST:PORT")
+    base = url.path.rstrip("/")
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    sent = 0
+    for step in steps:
+        for _ in range(step.times):
+            conn = cls(url.hostname, url.port, timeout=timeout)
+            try:
+                conn.request(step.method, base + step.path, headers={"Connection": "close"})
+                conn.getresponse().read()
+            except (ConnectionRefusedError, socket.gaierror) as err:
+                raise TargetError(f"{app}: cannot send the warm-up: {err}") from None
+            except (TimeoutError, socket.timeout):
+                raise TargetError(f"{app}: {step.method} {step.path} got no answer within {timeout:g}s") from None
+            except (OSError, http.client.HTTPException) as err:
+                raise TargetError(f"{app}: {step.method} {step.path}: {type(err).__name__}: {err}") from None
+            finally:
+                conn.close()
+            sent += 1
+    return sent
+
+
+def check(
+    target: str = typer.Argument(..., help="where diag's endpoints answer: http://HOST:PORT or unix:/PATH"),
+    request: List[str] = typer.Option([], "--request", "-r", help="warm-up request 'METHOD /PATH [xN]' (repeatable)"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="file of warm-up requests, one per line"),
+    app: Optional[str] = typer.Option(None, "--app", help="the service's base URL for the warm-up (default: TARGET)"),
+    settle: float = typer.Option(1.0, "--settle", help="seconds to wait after the warm-up"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="the committed baseline JSON file"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="write the baseline and exit 0"),
+    tolerance: int = typer.Option(0, "--tolerance", help="growth of a group or permit count that is still fine"),
+    junit_file: Optional[Path] = typer.Option(None, "--junit", help="also write JUnit XML here"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for each request and for the agent"),
+    budget: float = typer.Option(10.0, "--proof-budget", help="seconds the reachability proof may take"),
+) -> int:
+    """Fail (exit 1) on task groups, held permits or findings that are new since the baseline."""
+    if tolerance < 0 or not settle >= 0 or not timeout > 0 or not 0 < budget <= 30:
+        raise UsageError("--tolerance and --settle must be >= 0, --timeout > 0, --proof-budget in (0, 30]")
+    if update_baseline and baseline is None:
+        raise UsageError("--update-baseline needs --baseline FILE")
+    steps = [parse_request(r) for r in request] + (parse_scenario(scenario) if scenario is not None else [])
+    if sum(s.times for s in steps) > MAX_REQUESTS:
+        raise UsageError(f"the warm-up may send at most {MAX_REQUESTS} requests")
+    before = EMPTY
+    if baseline is not None and not update_baseline:
+        try:
+            before = CheckBaseline.from_json(baseline.read_bytes())
+        except OSError as err:
+            raise UsageError(f"cannot read baseline {baseline}: {err.strerror or err} "
+                             "(create it with --update-baseline)") from None
+        except TargetError as err:
+            raise UsageError(f"{baseline}: {err}") from None
+    if steps:
+        base = app or (target if target.startswith(("http://", "https://")) else None)
+        if base is None:
+            raise UsageError("the warm-up needs --app URL when TARGET is not an http:// URL")
+        sent = warm_up(base, steps, timeout)
+        stderr.print(f"diag check: warm-up sent {sent} requests to {base}; settling {settle:g}s",
+                     markup=False, highlight=False)
+    if settle:
+        time.sleep(settle)
+    snap = load_sync(target, timeout=timeout, proof=True, budget=budget)
+    report = leak_report(snap, LeakOptions())
+    now = observe(snap, report)
+    if update_baseline:
+        assert baseline is not None
+        try:
+            baseline.write_text(now.to_json())
+        except OSError as err:
+            raise UsageError(f"cannot write baseline {baseline}: {err.strerror or err}") from None
+        stderr.print(f"diag check: baseline written to {baseline} ({len(now.groups)} task groups, "
+                     f"{sum(now.permits.values())} held permits, {len(now.findings)} findings)",
+                     markup=False, highlight=False)
+        return EXIT_OK
+    result = compare(before, now, tolerance, report)
+    check_text.render(result, sys.stdout, target=target, baseline=str(baseline or "an empty baseline"))
+    if junit_file is not None:
+        try:
+            with junit_file.open("w") as out:
+                junit.render(result, out, target=target)
+        except OSError as err:
+            raise TargetError(f"cannot write {junit_file}: {err.strerror or err}") from None
+    return EXIT_OK if result.passed else EXIT_FINDINGS

@@ -1,0 +1,259 @@
+"""Collect what a block of code left behind: pending tasks, held permits, threads, objects.
+
+The leak checks of ``diag.testing`` and the pytest plugin take a baseline before the
+code runs and look again after.  The look is cheap when nothing is left (a pass over
+asyncio's task registry, compared with a weak set); only leftovers are described in
+full, with the task collector and the reachability proof.  Loops that are neither
+running nor closed are given turns here, and leftovers are cancelled here: this is the
+only leak-check code that touches asyncio's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+import weakref
+from types import FrameType
+from typing import Any, Callable, Iterable
+
+from diag.analysis.leftovers import LeftoverReport, PermitLeak, ThreadLeak, TypeGrowth
+from diag.collect import holders, reachability, task_origins
+from diag.collect.loop_watch import iter_all_tasks
+from diag.collect.task_collector import (
+    _FrameCache, collect_tasks, describe_primitive, holder_labels, thread_stack,
+)
+from diag.sync_snapshot import Reachability
+
+Task = asyncio.Task[Any]
+#: The proof is only run on leftovers, in a test process: keep it short.
+PROOF_BUDGET = 2.0
+
+
+def pending_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[Task]:
+    """Every task not done, of every loop (or of ``loop``)."""
+    tasks = [t for t in iter_all_tasks() if not t.done()]
+    if loop is not None:
+        tasks = [t for t in tasks if t.get_loop() is loop]
+    return tasks
+
+
+def task_set(tasks: Iterable[Task] | None = None) -> "weakref.WeakSet[Task]":
+    """A set of tasks that keeps none alive (tasks hash by identity)."""
+    return weakref.WeakSet(pending_tasks() if tasks is None else tasks)
+
+
+def new_tasks(baseline: "weakref.WeakSet[Task]", *, loop: asyncio.AbstractEventLoop | None = None,
+              exclude: Iterable[Task] = ()) -> list[Task]:
+    """Pending tasks not in ``baseline`` (the fast path: no frames are read)."""
+    skip = {id(t) for t in exclude}
+    return [t for t in pending_tasks(loop) if t not in baseline and id(t) not in skip]
+
+
+def _loop_of(task: Task) -> asyncio.AbstractEventLoop | None:
+    try:
+        return task.get_loop()
+    except Exception:
+        return None
+
+
+def give_turns(tasks: Iterable[Task], delay: float) -> None:
+    """Let the loops of ``tasks`` run for ``delay`` seconds.
+
+    A loop that is idle (not running, not closed) is run here; a loop running in another
+    thread turns on its own, so this thread just waits.  A loop running in this thread
+    cannot be re-entered: the caller (inside that loop) should ``await`` instead.
+    """
+    ran = False
+    for loop in {lp for lp in map(_loop_of, tasks) if lp is not None}:
+        try:
+            if loop.is_closed() or loop.is_running():
+                continue
+            loop.run_until_complete(asyncio.sleep(delay))
+            ran = True
+        except RuntimeError:  # another loop runs in this thread
+            continue
+    if not ran:
+        time.sleep(delay)
+
+
+def cancel(tasks: Iterable[Task], timeout: float = 1.0) -> None:
+    """Cancel leftovers so they do not spill into what runs next; waits for idle loops to
+    unwind them (at most ``timeout``), asks running ones from their own thread."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Task]] = {}
+    for task in tasks:
+        loop = _loop_of(task)
+        if loop is not None and not task.done():
+            by_loop.setdefault(loop, []).append(task)
+    for loop, group in by_loop.items():
+        try:
+            if loop.is_closed():
+                continue
+            if loop.is_running():
+                for task in group:
+                    loop.call_soon_threadsafe(task.cancel)
+                continue
+            for task in group:
+                task.cancel()
+            loop.run_until_complete(asyncio.wait(group, timeout=timeout))
+        except Exception:
+            continue
+
+
+# -- loops about to close ---------------------------------------------------------------------
+_close_callbacks: list[Callable[[asyncio.AbstractEventLoop], None]] = []
+_original_cancel_all: Callable[[asyncio.AbstractEventLoop], None] | None = None
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    for callback in list(_close_callbacks):
+        try:
+            callback(loop)
+        except Exception:  # a check must never stop the loop from closing
+            pass
+    original = _original_cancel_all
+    if original is None:  # removed while this call was on its way
+        original = asyncio.runners._cancel_all_tasks  # type: ignore[attr-defined]
+    original(loop)
+
+
+def on_runner_close(callback: Callable[[asyncio.AbstractEventLoop], None]) -> None:
+    """Call ``callback(loop)`` when ``asyncio.run`` (or an ``asyncio.Runner``, as
+    pytest-asyncio's loop fixtures use) is about to cancel the loop's remaining tasks:
+    the last moment leftovers can be seen before they are cancelled for good."""
+    global _original_cancel_all
+    if _original_cancel_all is None:
+        _original_cancel_all = asyncio.runners._cancel_all_tasks  # type: ignore[attr-defined]
+        asyncio.runners._cancel_all_tasks = _cancel_all_tasks  # type: ignore[attr-defined]
+    _close_callbacks.append(callback)
+
+
+def remove_runner_close(callback: Callable[[asyncio.AbstractEventLoop], None]) -> None:
+    global _original_cancel_all
+    if callback in _close_callbacks:
+        _close_callbacks.remove(callback)
+    if not _close_callbacks and _original_cancel_all is not None:
+        asyncio.runners._cancel_all_tasks = _original_cancel_all  # type: ignore[attr-defined]
+        _original_cancel_all = None
+
+
+# -- permits -------------------------------------------------------------------------------
+_logs: list["weakref.WeakSet[Any]"] = []
+_original_note: Callable[[object, FrameType | None], None] | None = None
+
+
+def _note_acquired(primitive: object, frame: FrameType | None) -> None:
+    assert _original_note is not None
+    _original_note(primitive, frame)
+    for log in _logs:
+        try:
+            log.add(primitive)
+        except TypeError:
+            pass
+
+
+class PermitLog:
+    """The Locks and Semaphores acquired while it is open (weakly: a primitive that dies
+    cannot hold anyone up).  Opening it turns on holder tracking if it was off."""
+
+    def __init__(self) -> None:
+        self.acquired: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self.since = time.monotonic()
+        self._installed_holders = False
+
+    def open(self) -> PermitLog:
+        global _original_note
+        if not holders.installed():
+            holders.install()
+            self._installed_holders = True
+        if _original_note is None:
+            _original_note = holders._note_acquired
+            holders._note_acquired = _note_acquired  # type: ignore[assignment]
+        self.since = time.monotonic()
+        _logs.append(self.acquired)
+        return self
+
+    def close(self) -> None:
+        global _original_note
+        if self.acquired in _logs:
+            _logs.remove(self.acquired)
+        if not _logs and _original_note is not None:
+            holders._note_acquired = _original_note  # type: ignore[assignment]
+            _original_note = None
+        if self._installed_holders:
+            holders.uninstall()
+            self._installed_holders = False
+
+    def held(self) -> list[tuple[Any, holders.HolderRecord]]:
+        """Permits taken since ``open`` whose acquiring task has finished (cheap: no labels)."""
+        if not len(self.acquired):
+            return []
+        alive = {task_origins.task_seq(t) for t in pending_tasks()}
+        return [(p, rec) for p in list(self.acquired) for rec in holders.records(p)
+                if rec.since >= self.since and (rec.task_id is None or rec.task_id not in alive)]
+
+    @staticmethod
+    def describe(held: list[tuple[Any, holders.HolderRecord]]) -> tuple[PermitLeak, ...]:
+        """``held`` as data, each primitive named by what holds it."""
+        frames = _FrameCache(True)
+        now = time.monotonic()
+        labels = holder_labels([p for p, _ in held]) if held else {}
+        out = []
+        for primitive, rec in held:
+            prim = describe_primitive(primitive, labels.get(id(primitive), ""))
+            if prim is None:
+                continue
+            site = tuple(frames.get(code, task_origins.origin_line(code, offset)) for code, offset in rec.site)
+            out.append(PermitLeak(prim, rec.task_id, site, max(0.0, now - rec.since)))
+        return tuple(out)
+
+
+# -- threads and objects ------------------------------------------------------------------------
+def threads_now() -> "weakref.WeakSet[threading.Thread]":
+    return weakref.WeakSet(threading.enumerate())
+
+
+def new_threads(before: "weakref.WeakSet[threading.Thread]") -> list[threading.Thread]:
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t not in before and t is not me and t.is_alive()]
+
+
+def describe_threads(threads: Iterable[threading.Thread]) -> tuple[ThreadLeak, ...]:
+    frames = _FrameCache(True)
+    out = []
+    for th in threads:
+        target = getattr(th, "_target", None)
+        name = getattr(target, "__qualname__", None) or type(th).__qualname__
+        out.append(ThreadLeak(th.name, th.ident, str(name), th.daemon, thread_stack(th.ident, frames, 16)))
+    return tuple(out)
+
+
+def type_counts() -> dict[str, int]:
+    """Live objects per type (after a full collection), as objgraph counts them."""
+    import objgraph  # type: ignore[import-untyped]
+
+    gc.collect()
+    counts: dict[str, int] = objgraph.typestats(shortnames=False)
+    return counts
+
+
+# -- the full description ---------------------------------------------------------------------
+def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
+             threads: tuple[ThreadLeak, ...] = (), objects: tuple[TypeGrowth, ...] = (),
+             waited: float = 0.0, proof: bool = True) -> LeftoverReport:
+    """Leftover tasks as ``diag tasks --debug 2`` sees them, plus the proof's verdict."""
+    wanted = {task_origins.task_seq(t) for t in tasks}
+    snap = collect_tasks(None)
+    snap = snap.with_tasks(tuple(t for t in snap.tasks if t.id in wanted))
+    result = Reachability(False)
+    if proof and any(t.state == "waiting" for t in snap.tasks):
+        result = reachability.prove(budget=PROOF_BUDGET)
+    return LeftoverReport(tasks=snap, reachability=result, permits=permits, threads=threads,
+                          objects=objects, waited=waited)
+
+
+__all__ = [
+    "PermitLog", "on_runner_close", "remove_runner_close", "cancel", "describe", "describe_threads", "give_turns", "new_tasks", "new_threads",
+    "pending_tasks", "task_set", "threads_now", "type_counts",
+]
