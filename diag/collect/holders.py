@@ -37,7 +37,22 @@ _ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_IT
 
 _originals: dict[tuple[type, str], Any] = {}
 _codes: dict[int, CodeType] = {}
-_current_task = asyncio.current_task
+_get_running_loop = asyncio.get_running_loop
+
+
+def _current_task() -> Any:
+    try:
+        return _current_tasks.get(_get_running_loop())
+    except RuntimeError:
+        return None
+
+
+try:  # the C registry of running tasks (3.11); asyncio.current_task() is a Python wrapper over it
+    _current_tasks: Any = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - other layouts
+    _current_tasks = None
+if not isinstance(_current_tasks, dict):
+    _current_task = asyncio.current_task  # type: ignore[assignment]  # noqa: F811
 _getframe = sys._getframe
 _monotonic = time.monotonic
 
@@ -51,17 +66,36 @@ class HolderRecord:
     since: float  # time.monotonic()
 
 
+_SKIP, _KEEP, _STOP = 0, 1, 2
+#: id(code) -> what the site walk does with a frame of that code; code objects of a
+#: running program are few and long-lived, and this spares a string test per frame.
+_code_kinds: dict[int, int] = {}
+
+
+def _code_kind(code: CodeType) -> int:
+    if not code.co_flags & _ASYNC_FLAGS:
+        kind = _STOP  # past the task's coroutines: the loop's own frames, not worth a walk
+    elif code.co_filename.startswith(_ASYNCIO_DIR) or code.co_filename == __file__:
+        kind = _SKIP
+    else:
+        kind = _KEEP
+        _codes[id(code)] = code
+    _code_kinds[id(code)] = kind
+    return kind
+
+
 def _site(frame: FrameType | None) -> tuple[tuple[int, int], ...]:
     out: list[tuple[int, int]] = []
+    kinds = _code_kinds
     while frame is not None and len(out) < SITE_DEPTH:
         code = frame.f_code
-        if not code.co_filename.startswith(_ASYNCIO_DIR) and code.co_filename != __file__:
-            if not code.co_flags & _ASYNC_FLAGS:  # past the task's coroutines: the loop's own frames
-                break
-            cid = id(code)
-            if cid not in _codes:
-                _codes[cid] = code
-            out.append((cid, frame.f_lasti))
+        kind = kinds.get(id(code))
+        if kind is None:
+            kind = _code_kind(code)
+        if kind == _KEEP:
+            out.append((id(code), frame.f_lasti))
+        elif kind == _STOP:
+            break
         frame = frame.f_back
     return tuple(out)
 
