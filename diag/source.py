@@ -90,19 +90,32 @@ class AgentSource:
 
     def get(self, endpoint: str, params: dict[str, str] | None = None) -> Any:
         """GET an agent endpoint and return its parsed JSON; ``TargetError`` on any failure."""
+        return self._request("GET", endpoint, params, self.timeout)
+
+    def post(self, endpoint: str, params: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        """POST to an agent endpoint (an operation with effects, such as a profile window)
+        and return its parsed JSON; ``timeout`` (default the source's) should cover the
+        whole operation plus a margin.  ``TargetError`` on any failure, as ``get``."""
+        return self._request("POST", endpoint, params, self.timeout if timeout is None else timeout)
+
+    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, wait: float) -> Any:
         path = f"{self.prefix}/{endpoint}"
         if params:
             path += "?" + urllib.parse.urlencode(params)
         headers = {"Accept": "application/json"}
+        if method == "POST":
+            headers["Content-Length"] = "0"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         conn = self._connection()
+        conn.timeout = wait
         try:
-            conn.request("GET", path, headers=headers)
+            conn.request(method, path, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         except (TimeoutError, socket.timeout):
-            raise TargetError(f"{self.name}: no answer within {self.timeout:g}s (--timeout)") from None
+            hint = " (--timeout)" if method == "GET" else ""
+            raise TargetError(f"{self.name}: no answer within {wait:g}s{hint}") from None
         except ConnectionRefusedError:
             raise TargetError(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
         except FileNotFoundError:
@@ -117,14 +130,19 @@ class AgentSource:
             if resp.status == 404:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})") from None
             raise TargetError(f"{self.name}: not a diag agent (HTTP {resp.status}, response is not JSON)") from None
+        message = data.get("error") if isinstance(data, dict) else None
         if resp.status == 401:
             raise TargetError(f"{self.name}: the agent wants a token (set DIAG_AGENT_TOKEN)")
         if resp.status == 400:
-            raise UsageError(f"{self.name}: {data.get('error') if isinstance(data, dict) else data}")
+            raise UsageError(f"{self.name}: {message or data}")
+        if resp.status in (404, 405) and method == "POST":
+            raise TargetError(f"{self.name}: no {endpoint} endpoint here (HTTP {resp.status}): "
+                              "not a diag agent, or an older one")
         if resp.status != 200:
-            message = data.get("error") if isinstance(data, dict) else None
             if resp.status == 404 and not message:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})")
+            if method == "POST":
+                raise TargetError(f"{self.name}: {message or f'HTTP {resp.status}: unexpected answer'}")
             raise TargetError(f"{self.name}: HTTP {resp.status}: {message or 'unexpected answer'}")
         return data
 
@@ -133,49 +151,6 @@ class AgentSource:
         if not isinstance(data, dict) or "schema" not in data:
             raise TargetError(f"{self.name}: not a diag agent (no schema in the answer)")
         return TaskSnapshot.from_dict(data)
-
-    def post(self, endpoint: str, params: dict[str, str] | None = None, timeout: float | None = None) -> Any:
-        """POST to an agent endpoint (an operation with effects, such as a profile window)
-        and return its parsed JSON; ``timeout`` (default the source's) should cover the
-        whole operation plus a margin.  ``TargetError`` on any failure, as ``get``."""
-        wait = self.timeout if timeout is None else timeout
-        path = f"{self.prefix}/{endpoint}"
-        if params:
-            path += "?" + urllib.parse.urlencode(params)
-        headers = {"Accept": "application/json", "Content-Length": "0"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        conn = self._connection()
-        conn.timeout = wait
-        try:
-            conn.request("POST", path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-        except (TimeoutError, socket.timeout):
-            raise TargetError(f"{self.name}: no answer within {wait:g}s") from None
-        except ConnectionRefusedError:
-            raise TargetError(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
-        except FileNotFoundError:
-            raise TargetError(f"{self.name}: no such socket") from None
-        except (OSError, http.client.HTTPException) as err:
-            raise TargetError(f"{self.name}: {type(err).__name__}: {err}") from None
-        finally:
-            conn.close()
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise TargetError(f"{self.name}: not a diag agent (HTTP {resp.status}, response is not JSON)") from None
-        message = data.get("error") if isinstance(data, dict) else None
-        if resp.status == 401:
-            raise TargetError(f"{self.name}: the agent wants a token (set DIAG_AGENT_TOKEN)")
-        if resp.status == 400:
-            raise UsageError(f"{self.name}: {message or data}")
-        if resp.status in (404, 405):
-            raise TargetError(f"{self.name}: no {endpoint} endpoint here (HTTP {resp.status}): "
-                              "not a diag agent, or an older one")
-        if resp.status != 200:
-            raise TargetError(f"{self.name}: {message or f'HTTP {resp.status}: unexpected answer'}")
-        return data
 
 
 class FileSource:

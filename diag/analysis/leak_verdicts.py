@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from diag.analysis.task_groups import group_tasks
+from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.errors import UsageError
 from diag.sync_snapshot import PrimitiveState, SyncSnapshot
 from diag.task_snapshot import Frame, Primitive, ProcessInfo, TaskInfo, check_schema
@@ -171,36 +171,6 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
     return out
 
 
-def _cycles(edges: Mapping[int, tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Elementary cycles found by depth-first search, each once from its smallest node."""
-    found: set[tuple[int, ...]] = set()
-    state: dict[int, int] = {}
-    for root in sorted(edges):
-        if state.get(root):
-            continue
-        path: list[int] = []
-        stack: list[tuple[int, int]] = [(root, 0)]
-        while stack:
-            node, i = stack.pop()
-            if i == 0:
-                state[node] = 1
-                path.append(node)
-            succ = edges.get(node, ())
-            if i < len(succ):
-                stack.append((node, i + 1))
-                nxt = succ[i]
-                if state.get(nxt) == 1:
-                    cyc = path[path.index(nxt):]
-                    k = cyc.index(min(cyc))
-                    found.add(tuple(cyc[k:] + cyc[:k]))
-                elif not state.get(nxt):
-                    stack.append((nxt, 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return sorted(found)
-
-
 def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
     """Task -> primitive it waits on -> task holding it, and task -> awaited task."""
     held_by: dict[str, list[int]] = {}
@@ -222,7 +192,7 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding
         if targets:
             edges[task.id] = tuple(targets)
     out = []
-    for cycle in _cycles(edges):
+    for cycle in find_cycles(edges):
         members = tuple(by_id[t] for t in cycle if t in by_id)
         hops = []
         locks: list[Primitive] = []

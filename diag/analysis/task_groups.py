@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from diag.errors import UsageError
 from diag.task_snapshot import TASK_STATES, TaskInfo, TaskSnapshot
@@ -158,11 +159,12 @@ def awaited_by(snapshot: TaskSnapshot) -> dict[int, tuple[int, ...]]:
 
 
 def await_cycles(snapshot: TaskSnapshot) -> tuple[tuple[int, ...], ...]:
-    """Cycles in the task -> awaited task graph: tasks that wait for each other forever.
+    """Cycles in the task -> awaited task graph: tasks that wait for each other forever."""
+    return tuple(find_cycles(awaited_by(snapshot)))
 
-    Each cycle is reported once, starting from its smallest id.
-    """
-    edges = awaited_by(snapshot)
+
+def find_cycles(edges: Mapping[int, tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Cycles of a directed graph by depth-first search, each once, from its smallest node."""
     cycles: set[tuple[int, ...]] = set()
     state: dict[int, int] = {}  # 1 = on the current path, 2 = finished
     for root in sorted(edges):
@@ -188,4 +190,4 @@ def await_cycles(snapshot: TaskSnapshot) -> tuple[tuple[int, ...], ...]:
             else:
                 state[node] = 2
                 path.pop()
-    return tuple(sorted(cycles))
+    return sorted(cycles)
