@@ -85,7 +85,8 @@ def test_cpu_endpoint_dominates_a_cpu_clock_profile(server: TargetServer, agent:
     # it competes with per-request middleware, but its total covers the leaves it calls.
     assert set(top_names(snap, "own_seconds", 2)) == {"_mix", "_hash_round"}
     by_name = {f["name"]: f for f in snap["functions"] if "target_server" in f["file"]}
-    assert by_name["crunch"]["total_seconds"] >= by_name["_mix"]["total_seconds"]
+    # (calls cut by the profile window's edges are charged unevenly: allow 10 %)
+    assert by_name["crunch"]["total_seconds"] >= 0.9 * by_name["_mix"]["total_seconds"]
     everything = sum(f["own_seconds"] for f in snap["functions"])
     assert seconds_of(snap, CPU_FUNCS, "own_seconds") > 0.5 * everything
     stats = pstats.Stats(str(tmp_path / "cpu.pstat"))
