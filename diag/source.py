@@ -17,7 +17,7 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from diag.agent.endpoints import PREFIX
 from diag.analysis.task_groups import TaskQuery, task_view
@@ -153,6 +153,30 @@ class AgentSource:
         return TaskSnapshot.from_dict(data)
 
 
+T = TypeVar("T")
+
+
+def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
+    """A document saved with ``-o``, parsed; ``TargetError`` naming the file otherwise."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as err:
+        raise TargetError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        return parse(text)
+    except TargetError as err:
+        raise TargetError(f"{path}: {err}") from None
+
+
+def agent_url(target: str, what: str = "a saved .json file") -> str:
+    """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``."""
+    if target.startswith(("http://", "https://", "unix:")):
+        return target
+    if ":" in target and target.rsplit(":", 1)[1].isdigit():
+        return f"http://{target}"
+    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or {what}")
+
+
 class FileSource:
     """A snapshot saved with ``diag tasks -o FILE``."""
 
@@ -161,15 +185,7 @@ class FileSource:
         self.path = Path(path)
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
-        try:
-            text = self.path.read_bytes()
-        except OSError as err:
-            raise TargetError(f"{self.name}: cannot read: {err.strerror or err}") from None
-        try:
-            snap = TaskSnapshot.from_json(text)
-        except TargetError as err:
-            raise TargetError(f"{self.name}: {err}") from None
-        return task_view(snap, query)
+        return task_view(read_saved(self.name, TaskSnapshot.from_json), query)
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:
@@ -178,6 +194,4 @@ def open_source(target: str, timeout: float = 10.0) -> Source:
         return AgentSource(target, timeout)
     if target.endswith(".json") or os.path.exists(target):
         return FileSource(target)
-    if ":" in target and target.rsplit(":", 1)[1].isdigit():
-        return AgentSource(f"http://{target}", timeout)
-    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or a saved .json file")
+    return AgentSource(agent_url(target), timeout)

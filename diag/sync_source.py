@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from diag.errors import TargetError
-from diag.source import AgentSource, open_source
+from diag.source import AgentSource, open_source, read_saved
 from diag.sync_snapshot import SyncSnapshot
 
 
@@ -18,11 +16,4 @@ def load_sync(target: str, *, timeout: float, proof: bool, budget: float = 10.0)
         if not isinstance(data, dict) or "schema" not in data:
             raise TargetError(f"{target}: not a diag agent (no schema in the answer)")
         return SyncSnapshot.from_dict(data)
-    try:
-        text = Path(target).read_bytes()
-    except OSError as err:
-        raise TargetError(f"{target}: cannot read: {err.strerror or err}") from None
-    try:
-        return SyncSnapshot.from_json(text)
-    except TargetError as err:
-        raise TargetError(f"{target}: {err}") from None
+    return read_saved(target, SyncSnapshot.from_json)

@@ -16,29 +16,18 @@ from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.heap_snapshot import HeapSeries, HeapSnapshot
 from diag.render import objects_dot, objects_table, objects_text
-from diag.source import AgentSource
+from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
 MAX_COUNT = 100
 
 
 def _agent_target(target: str) -> str:
-    if target.startswith(("http://", "https://", "unix:")):
-        return target
-    if ":" in target and target.rsplit(":", 1)[1].isdigit():
-        return f"http://{target}"
-    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or a saved .json file")
+    return agent_url(target, "a saved .json file")
 
 
 def _load(path: str) -> HeapSeries:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise TargetError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        return HeapSeries.from_json(text)
-    except TargetError as err:
-        raise TargetError(f"{path}: {err}") from None
+    return read_saved(path, HeapSeries.from_json)
 
 
 def objects(

@@ -18,7 +18,7 @@ from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
 from diag.render import profile_export, profile_table, profile_text
-from diag.source import AgentSource
+from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
 #: Agent-side hard limit on a profile window (diag.collect.profiler.MAX_SECONDS).
@@ -39,22 +39,11 @@ def _is_file_target(target: str) -> bool:
 
 
 def _agent_target(target: str) -> str:
-    if target.startswith(("http://", "https://", "unix:")):
-        return target
-    if ":" in target and target.rsplit(":", 1)[1].isdigit():
-        return f"http://{target}"
-    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or a saved .json profile")
+    return agent_url(target, "a saved .json profile")
 
 
 def load_profile(path: str) -> ProfileSnapshot:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise TargetError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        return ProfileSnapshot.from_json(text)
-    except TargetError as err:
-        raise TargetError(f"{path}: {err}") from None
+    return read_saved(path, ProfileSnapshot.from_json)
 
 
 def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
