@@ -1,7 +1,8 @@
 """Start the diag agent in a process launched by ``diag run`` (no code change needed).
 
 ``diag run`` puts this directory first on PYTHONPATH; Python imports ``sitecustomize``
-at start-up.  Any ``sitecustomize`` the environment already had still runs after ours.
+at start-up and the agent starts when ``DIAG_AGENT`` or ``DIAG_AGENT_DIR`` is set.
+Any ``sitecustomize`` the environment already had still runs after ours.
 """
 
 import os
@@ -10,12 +11,16 @@ import sys
 
 def _start_agent() -> None:
     address = os.environ.get("DIAG_AGENT")
-    if not address:
+    agent_dir = os.environ.get("DIAG_AGENT_DIR")
+    if not address and not agent_dir:
         return
     try:
         import diag.agent
 
-        diag.agent.start(address, announce=True, address_file=os.environ.get("DIAG_AGENT_FILE") or None)
+        # With DIAG_AGENT_DIR each process writes <pid>.json there; forked children
+        # (gunicorn workers) get their own agent when the port is ephemeral.
+        diag.agent.start(address or None, announce=True, address_file=os.environ.get("DIAG_AGENT_FILE") or None,
+                         agent_dir=agent_dir or None)
     except Exception as err:  # never stop the program from starting
         print(f"diag agent: not started: {err}", file=sys.stderr)
 

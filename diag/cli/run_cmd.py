@@ -18,12 +18,15 @@ BOOTSTRAP_DIR = str(Path(diag.__file__).resolve().parent / "bootstrap")
 PACKAGE_PARENT = str(Path(diag.__file__).resolve().parent.parent)
 
 
-def agent_environment(env: dict[str, str], address: str, address_file: str | None) -> dict[str, str]:
+def agent_environment(env: dict[str, str], address: str, address_file: str | None,
+                      agent_dir: str | None = None) -> dict[str, str]:
     """The environment that makes a Python process start the agent at ``address``."""
     out = dict(env)
     out["DIAG_AGENT"] = address
     if address_file:
         out["DIAG_AGENT_FILE"] = address_file
+    if agent_dir:
+        out["DIAG_AGENT_DIR"] = agent_dir
     # Our sitecustomize first; diag itself last, so the program's own packages win.
     parts = [BOOTSTRAP_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [PACKAGE_PARENT]
     out["PYTHONPATH"] = os.pathsep.join(parts)
@@ -35,17 +38,21 @@ def run(
     command: list[str] = typer.Argument(None, help="the program to run, after --: python app.py ARGS"),
     agent: str = typer.Option("127.0.0.1:0", "--agent", help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
     agent_file: Optional[Path] = typer.Option(None, "--agent-file", help="write the agent address to this file"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+                                             help="every process (and forked worker) writes <pid>.json with its "
+                                                  "agent address here; read it with diag tasks --agent-dir DIR"),
     print_env: bool = typer.Option(False, "--print-env",
                                    help="print the environment that injects the agent (for processes started "
                                         "another way: eval \"$(diag run --print-env)\") and exit"),
 ) -> int:
     """Run a Python program with the diag agent injected; its address is printed on stderr."""
     argv = list(command or []) + list(ctx.args)
-    parse_address(agent)
+    _host, port = parse_address(agent)
+    directory = _agent_directory(agent_dir, port) if agent_dir is not None else None
     if print_env:
         env = agent_environment({"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, agent,
-                                str(agent_file) if agent_file else None)
-        for name in ("DIAG_AGENT", "DIAG_AGENT_FILE", "PYTHONPATH"):
+                                str(agent_file) if agent_file else None, directory)
+        for name in ("DIAG_AGENT", "DIAG_AGENT_FILE", "DIAG_AGENT_DIR", "PYTHONPATH"):
             if name in env:
                 print(f"export {name}={shlex.quote(env[name])}")
         return 0
@@ -54,6 +61,21 @@ def run(
     exe = shutil.which(argv[0])
     if exe is None:
         raise UsageError(f"command not found: {argv[0]}")
-    env = agent_environment(dict(os.environ), agent, str(agent_file) if agent_file else None)
+    env = agent_environment(dict(os.environ), agent, str(agent_file) if agent_file else None, directory)
     os.execve(exe, argv, env)
     return 0  # pragma: no cover - execve does not return
+
+
+def _agent_directory(agent_dir: Path, port: str | int) -> str:
+    """The agent directory as an absolute path, created (0700) when missing."""
+    if port != 0:
+        raise UsageError("--agent-dir needs an ephemeral agent port (--agent 127.0.0.1:0, the default): "
+                         "every process gets its own agent")
+    path = agent_dir.resolve()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--agent-dir {agent_dir}: {err.strerror or err}") from None
+    if not path.is_dir():
+        raise UsageError(f"--agent-dir {agent_dir}: not a directory")
+    return str(path)
