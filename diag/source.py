@@ -25,6 +25,14 @@ from diag.errors import TargetError, UsageError
 from diag.task_snapshot import TaskSnapshot
 
 
+class TargetTimeout(TargetError):
+    """The target accepted the connection (or not) but did not answer in time."""
+
+
+class TargetRefused(TargetError):
+    """Nothing listens at the target's address."""
+
+
 class Source(Protocol):
     """Something that can produce task snapshots."""
 
@@ -115,11 +123,11 @@ class AgentSource:
             body = resp.read()
         except (TimeoutError, socket.timeout):
             hint = " (--timeout)" if method == "GET" else ""
-            raise TargetError(f"{self.name}: no answer within {wait:g}s{hint}") from None
+            raise TargetTimeout(f"{self.name}: no answer within {wait:g}s{hint}") from None
         except ConnectionRefusedError:
-            raise TargetError(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
+            raise TargetRefused(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
         except FileNotFoundError:
-            raise TargetError(f"{self.name}: no such socket") from None
+            raise TargetRefused(f"{self.name}: no such socket") from None
         except (OSError, http.client.HTTPException) as err:
             raise TargetError(f"{self.name}: {type(err).__name__}: {err}") from None
         finally:

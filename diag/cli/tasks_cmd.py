@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from diag.analysis.merge import many_document, merge_tasks
 from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
+from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.render import jsonout, tasks_table, tasks_text
+from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import jsonout, many_tasks, tasks_table, tasks_text
 from diag.source import open_source
+from diag.task_snapshot import TaskSnapshot
 
 FORMATS = ("table", "text", "json")
 
 
 def tasks(
-    target: str = typer.Argument(..., help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o"),
+    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; "
+                                                  "several for one merged view"),
     debug: int = typer.Option(1, "--debug", "-d", help="1: group identical tasks; 2: every task in full"),
     format: Optional[str] = typer.Option(None, "--format", "-f",
                                          help="table, text or json (default: table on a terminal, else text)"),
@@ -28,9 +34,13 @@ def tasks(
     min_wait: Optional[float] = typer.Option(None, "--min-wait", help="only tasks waiting at least this many seconds"),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="show at most this many groups or tasks"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the full snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (each target)"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+                                             help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """Dump the target's asyncio tasks: stacks, what each waits on, for how long, created where."""
+    targets = list(target or [])
+    require_targets(targets, agent_dir)
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -39,7 +49,9 @@ def tasks(
     states = tuple(s.strip() for item in state for s in item.split(",") if s.strip())
     query = TaskQuery(debug=debug, pattern=filter, states=states, min_wait=min_wait, limit=limit)
     query.validate()
-    source = open_source(target, timeout)
+    if agent_dir is not None or len(targets) > 1:
+        return _many(targets, agent_dir, query, fmt, output, timeout)
+    source = open_source(targets[0], timeout)
     if output is not None:
         full = source.tasks(TaskQuery(debug=2, limit=None))
         try:
@@ -57,3 +69,27 @@ def tasks(
     else:
         tasks_table.render(view, Console(), cwd=cwd)
     return 0
+
+
+def _many(targets: list[str], agent_dir: Path | None, query: TaskQuery, fmt: str, output: Path | None,
+          timeout: float) -> int:
+    """Several processes: queried concurrently, merged, a failed target never blocks the rest."""
+    if output is not None:
+        raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
+    found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)
+
+    def fetch(t: Target) -> TaskSnapshot:
+        return open_source(t.target, timeout).tasks(query)
+
+    results = fetch_all(found, fetch, timeout)
+    cwd = os.getcwd()
+    if fmt == "json":
+        jsonout.render(many_document("tasks", time.time(), results), sys.stdout)
+    else:
+        view = merge_tasks(results, query.limit)
+        if fmt == "text":
+            many_tasks.render_text(view, sys.stdout, cwd=cwd)
+        else:
+            many_tasks.render_table(view, Console(), cwd=cwd)
+    sys.stdout.flush()
+    return report_failures(results, lambda line: stderr.print(line, markup=False, highlight=False))
