@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
 
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
@@ -26,6 +26,14 @@ AGENT_SCHEMA = "diag.agent/1"
 BUSY_WAIT = 10.0
 #: A snapshot younger than this is served again instead of collecting a new one.
 SNAPSHOT_REUSE = 0.25
+#: The largest answer the agent sends.  A bigger one keeps its first entries (biggest
+#: groups, interesting primitives, busiest functions) and says so: ``"truncated": true``
+#: and a note starting "cut:".
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: How long a task collection may run; past it the dump stops and says how far it got.
+COLLECT_BUDGET = 5.0
+#: The longest --filter regex the agent compiles (it runs on the agent's thread).
+MAX_PATTERN = 1000
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,12 @@ def error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
 
+def shown(raw: object, limit: int = 60) -> str:
+    """A client-sent value quoted in an error message, clipped: errors stay one short line."""
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def _float(query: Mapping[str, str], name: str) -> float | None:
     raw = query.get(name)
     if raw in (None, ""):
@@ -50,7 +64,7 @@ def _float(query: Mapping[str, str], name: str) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise DiagError(f"{name} must be a number, not {raw!r}") from None
+        raise DiagError(f"{name} must be a number, not {shown(raw)}") from None
     if value != value or value < 0:
         raise DiagError(f"{name} must be a number >= 0")
     return value
@@ -62,13 +76,39 @@ def _int(query: Mapping[str, str], name: str, default: int | None) -> int | None
         return default
     try:
         return int(raw)
-    except ValueError:
-        raise DiagError(f"{name} must be an integer, not {raw!r}") from None
+    except ValueError:  # also digit strings too long to convert
+        raise DiagError(f"{name} must be an integer, not {shown(raw)}") from None
+
+
+def fit(build: Callable[[int | None], dict[str, Any]], count: int, what: str) -> Response:
+    """A 200 answer of ``build(None)`` (the whole document) within ``MAX_RESPONSE_BYTES``.
+
+    Too big, it is rebuilt with ``build(keep)``, the first ``keep`` of its ``count``
+    entries, shrinking until it fits; the document then says ``"truncated": true`` and
+    its notes say what was cut.  Documents that cannot fit become an error.
+    """
+    doc = build(None)
+    doc["truncated"] = False
+    body = json.dumps(doc).encode()
+    keep = count
+    while len(body) > MAX_RESPONSE_BYTES and keep > 0:
+        keep = min(keep - 1, int(keep * MAX_RESPONSE_BYTES / len(body) * 0.9))
+        doc = build(keep)
+        doc["truncated"] = True
+        doc["notes"] = [*doc.get("notes", ()), f"cut: kept {keep} of {count} {what} to stay under "
+                                                f"{MAX_RESPONSE_BYTES} bytes (the agent's answer budget)"]
+        body = json.dumps(doc).encode()
+    if len(body) > MAX_RESPONSE_BYTES:
+        return error(507, f"the answer would be {len(body)} bytes, over the agent's budget of "
+                          f"{MAX_RESPONSE_BYTES}; narrow the request")
+    return Response(200, body)
 
 
 def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     """Query string -> ``TaskQuery``; ``DiagError`` with a clear message on bad values."""
     states = tuple(s for s in (query.get("state") or "").split(",") if s)
+    if len(query.get("filter") or "") > MAX_PATTERN:
+        raise DiagError(f"filter is longer than {MAX_PATTERN} characters")
     tq = TaskQuery(
         debug=_int(query, "debug", 1) or 1,
         pattern=query.get("filter") or None,
@@ -78,6 +118,12 @@ def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     )
     tq.validate()
     return tq
+
+
+def shown_error(err: Exception, limit: int = 300) -> str:
+    """An error's message, clipped (it may quote what the client sent)."""
+    text = str(err)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 RouteHandler = Callable[[Mapping[str, str], frozenset[int]], Response]
@@ -117,19 +163,19 @@ class Endpoints:
         try:
             route = path.rstrip("/")
             if route in ("", PREFIX):
-                return self.index()
+                return self.index() if method in ("GET", "HEAD") else error(405, f"{PREFIX}/ takes GET")
             if not route.startswith(PREFIX + "/"):
-                return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
+                return error(404, f"no such endpoint {shown(path)}; try {PREFIX}/")
             found = self.routes.get(route[len(PREFIX) + 1:])
             if found is None:
-                return error(404, f"no such endpoint {path!r}; try {PREFIX}/")
-            if method != found.method:
-                return error(405, f"{path} takes {found.method}")
+                return error(404, f"no such endpoint {shown(path)}; try {PREFIX}/")
+            if method != found.method and not (method == "HEAD" and found.method == "GET"):
+                return error(405, f"{shown(path)} takes {found.method}")
             return found.handler(query, exclude)
         except DiagError as err:
-            return error(400, str(err))
+            return error(400, shown_error(err))
         except Exception as err:  # the agent must answer, whatever happened
-            return error(500, f"agent error: {type(err).__name__}: {err}")
+            return error(500, f"agent error: {type(err).__name__}: {shown_error(err)}")
 
     def index(self) -> Response:
         return json_response(200, {
@@ -149,11 +195,14 @@ class Endpoints:
             if cached is not None and cached[1] == exclude and now - cached[0] < SNAPSHOT_REUSE:
                 snap = cached[2]
             else:
-                snap = collect_tasks(self.watch, CollectOptions(exclude=exclude))
+                snap = collect_tasks(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
                 self._last = (time.monotonic(), exclude, snap)
         finally:
             self._dump_lock.release()
-        return Response(200, task_view(snap, tq).to_json().encode())
+        view = task_view(snap, tq)
+        what = "groups" if view.grouped else "tasks"
+        return fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
+                   len(view.tasks), what)
 
     def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         loops = collect_loops(self.watch, set(self.watch.loops()) if self.watch else set(), _FrameCache(True))

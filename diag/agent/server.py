@@ -19,6 +19,19 @@ from diag.agent.endpoints import Endpoints, error
 from diag.errors import UsageError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: A client that sends nothing (or stops half-way) for this long is dropped, so no
+#: request thread waits on a socket forever.
+REQUEST_TIMEOUT = 30.0
+#: Connections served at once; the next ones get 503 and are closed at once.
+MAX_CONNECTIONS = 16
+#: Query parameters a request may carry.
+MAX_QUERY_FIELDS = 64
+#: A request body (the API takes none) up to this size is read and dropped; a larger
+#: one, or a chunked one, ends the connection after the answer.
+MAX_DISCARDED_BODY = 64 * 1024
+_BUSY_BODY = b'{"error": "busy: too many connections to the agent; retry shortly"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 def parse_address(address: str) -> tuple[str, str | int]:
@@ -45,36 +58,76 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: "_Server"  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
     server_version = "diag-agent"
+    default_request_version = "HTTP/1.0"  # a malformed request line still gets a status line back
+    timeout = REQUEST_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: never write into the target's stderr
         pass
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed requests, unknown methods and oversized lines get JSON too, never HTML."""
+        self.close_connection = True
+        if code == 501:  # a method the agent does not serve
+            code, message = 405, f"method {str(self.command)[:20]!r} not allowed; the agent takes GET and POST"
+        resp = error(code, _clip(message or self.responses.get(code, ("error",))[0]))
+        self._send(resp.status, resp.body, resp.content_type)
 
     def address_string(self) -> str:
         return "unix" if not isinstance(self.client_address, tuple) else str(self.client_address[0])
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
         try:
-            self.wfile.write(body)
-        except OSError:  # the client went away
-            pass
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:  # the client went away: nothing to free, the answer is dropped
+            self.close_connection = True
+
+    def _discard_body(self) -> None:
+        """Read and drop a request body, so that it is not taken for the next request."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_DISCARDED_BODY:
+            self.close_connection = True
+            return
+        if length:
+            self.rfile.read(length)
 
     def _handle(self, method: str) -> None:
         # Named so that diag's own threads are never mistaken for the program's.
         threading.current_thread().name = "diag-agent-request"
-        token = self.server.token
-        if token is not None:
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                resp = error(401, "missing or wrong agent token")
-                self._send(resp.status, resp.body, resp.content_type)
-                return
-        url = urllib.parse.urlsplit(self.path)
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
-        resp = self.server.endpoints.dispatch(method, url.path, query)
+        try:
+            self._discard_body()
+            token = self.server.token
+            if token is not None:
+                given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(errors="replace"), token.encode()):
+                    resp = error(401, "missing or wrong agent token")
+                    self._send(resp.status, resp.body, resp.content_type)
+                    return
+            url = urllib.parse.urlsplit(self.path)
+            fields = urllib.parse.parse_qs(url.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+            query = {k: v[-1] for k, v in fields.items()}
+        except ValueError:  # an unparsable URL, or too many parameters
+            resp = error(400, f"bad request: expected PATH?NAME=VALUE&... with at most {MAX_QUERY_FIELDS} parameters")
+        except (OSError, TimeoutError):
+            self.close_connection = True
+            return
+        else:
+            resp = self.server.endpoints.dispatch(method, url.path, query)
         self._send(resp.status, resp.body, resp.content_type)
 
     def do_GET(self) -> None:
@@ -83,20 +136,52 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
 
-class _Server:
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Server(socketserver.ThreadingMixIn):
+    """What both servers share: a cap on connections and no output on the target's stderr."""
+
     endpoints: Endpoints
     token: str | None
-
-
-class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer, _Server):
+    slots: threading.BoundedSemaphore
     daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread to serve it: give the slot back
+            self.slots.release()
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the default prints a traceback into the target's stderr
+
+
+class _TCPServer(_Server, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer, _Server):
-    daemon_threads = True
-
+class _UnixServer(_Server, socketserver.UnixStreamServer):
     def server_bind(self) -> None:
         # Restrict the socket before listen(): nobody can connect in between.
         socketserver.UnixStreamServer.server_bind(self)
@@ -123,6 +208,7 @@ class AgentServer:
             srv = _TCPServer((str(host), int(port)), _Handler)
         srv.endpoints = endpoints
         srv.token = token
+        srv.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="diag-agent", daemon=True)

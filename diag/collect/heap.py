@@ -18,6 +18,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from diag.collect.safe_read import clip, instance_dict, is_a, quoted
 from diag.collect.task_collector import process_info
 from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
 
@@ -100,9 +101,12 @@ def collect_heap(options: HeapOptions = HeapOptions()) -> HeapSnapshot:
 
 
 def _is_root(obj: Any) -> bool:
-    import objgraph  # type: ignore[import-untyped]
-
-    return bool(objgraph.is_proper_module(obj)) or isinstance(obj, asyncio.Task)
+    """A module in ``sys.modules`` or a task (tested by type: the object is not asked)."""
+    if is_a(obj, types.ModuleType):
+        namespace = instance_dict(obj)
+        name = namespace.get("__name__") if namespace is not None else None
+        return type(name) is str and sys.modules.get(name) is obj
+    return is_a(obj, asyncio.Task)
 
 
 def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -> BackrefChain:
@@ -133,43 +137,48 @@ def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -
 
 
 def _label(obj: Any) -> str:
-    if isinstance(obj, types.ModuleType):
-        return obj.__name__
-    if isinstance(obj, asyncio.Task):
-        return obj.get_name()
-    if isinstance(obj, dict):
+    if is_a(obj, types.ModuleType):
+        namespace = instance_dict(obj)
+        return clip(namespace.get("__name__") if namespace is not None else "?")
+    if is_a(obj, asyncio.Task):
+        return clip(obj.get_name())
+    if type(obj) is dict:
         name = obj.get("__name__")
-        if isinstance(name, str) and getattr(sys.modules.get(name), "__dict__", None) is obj:
-            return f"{name}.__dict__"
+        if type(name) is str and instance_dict(sys.modules.get(name)) is obj:
+            return f"{clip(name)}.__dict__"
         return ""
-    if isinstance(obj, (types.FunctionType, type)):
-        return str(getattr(obj, "__qualname__", ""))
+    if type(obj) is types.FunctionType or is_a(obj, type):
+        return clip(obj.__qualname__)
     return ""
 
 
 def _via(parent: Any, child: Any) -> tuple[str, str]:
     """How ``parent`` holds ``child``: (kind, key or attribute name or index)."""
     try:
-        if isinstance(parent, dict):
-            for n, (k, v) in enumerate(parent.items()):
+        if is_a(parent, dict):
+            for n, (k, v) in enumerate(dict.items(parent)):  # dict's own items(), not an override
                 if n >= _MAX_DICT_SCAN:
                     break
                 if v is child:
                     return "key", _short_repr(k)
                 if k is child:
                     return "key", "(the key itself)"
-        elif isinstance(parent, (list, tuple)):
-            for n, v in enumerate(parent[:_MAX_DICT_SCAN]):
+        elif is_a(parent, (list, tuple)):
+            items = list.__getitem__(parent, slice(0, _MAX_DICT_SCAN)) if is_a(parent, list) else \
+                tuple.__getitem__(parent, slice(0, _MAX_DICT_SCAN))
+            for n, v in enumerate(items):
                 if v is child:
                     return "index", str(n)
-        elif isinstance(parent, (set, frozenset)):
+        elif is_a(parent, (set, frozenset)):
             return "item", ""
         else:
-            if getattr(parent, "__dict__", None) is child:
+            if instance_dict(parent) is child:
                 return "attr", "__dict__"
             for klass in type(parent).__mro__:
-                for slot in getattr(klass, "__slots__", ()) or ():
-                    if isinstance(slot, str) and getattr(parent, slot, None) is child:
+                for slot in klass.__dict__.get("__slots__", ()) or ():
+                    member = klass.__dict__.get(slot) if type(slot) is str else None
+                    # Read a slot through its member descriptor: the object's own code never runs.
+                    if type(member) is types.MemberDescriptorType and member.__get__(parent, klass) is child:
                         return "attr", slot
     except Exception:
         pass
@@ -177,16 +186,13 @@ def _via(parent: Any, child: Any) -> tuple[str, str]:
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A dict key as text; only plain builtin values are formatted (see safe_read)."""
+    return quoted(value, limit)
 
 
 def _link(obj: Any, parent: Any) -> ChainLink:
     size: int | None = None
-    if isinstance(obj, (dict, list, tuple, set, frozenset)):
+    if is_a(obj, (dict, list, tuple, set, frozenset)):
         size = len(obj)
     kind, via = ("root", "") if parent is None else _via(parent, obj)
     return ChainLink(type_name(type(obj)), hex(id(obj)), _label(obj), size, kind, via)

@@ -15,6 +15,7 @@ from typing import Any
 
 from diag.collect import holders, reachability, task_origins
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.safe_read import clip
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
 )
@@ -34,7 +35,7 @@ def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
     found = []
     objects = gc.get_objects()
     for i, obj in enumerate(objects):
-        if isinstance(obj, _PRIMITIVE_TYPES):
+        if issubclass(type(obj), _PRIMITIVE_TYPES):  # isinstance would ask every object its __class__
             found.append(obj)
         if i % 65536 == 0 and time.monotonic() > deadline:
             return found, False
@@ -83,7 +84,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
             held.append(Holder(
                 task_id=rec.task_id,
-                task_name=None if task is None else str(task.get_name()),
+                task_name=None if task is None else clip(task.get_name()),
                 task_alive=task is not None,
                 task_state=(holder_info.state if holder_info is not None
                             else ("finished" if task is None else "waiting")),

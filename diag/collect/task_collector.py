@@ -26,6 +26,7 @@ from typing import Any
 
 import diag
 from diag.collect import holders, task_origins
+from diag.collect.safe_read import clip, instance_dict, is_a, quoted
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
@@ -92,12 +93,18 @@ class CollectOptions:
     """Bounds of one collection.
 
     ``max_frames`` caps each await stack; ``source_lines`` adds the source text of
-    each frame; ``exclude`` holds tasks never to report (the dump's own handler).
+    each frame; ``exclude`` holds tasks never to report (the dump's own handler);
+    ``budget`` (seconds) stops the walk over tasks early, and the snapshot says so.
     """
 
     max_frames: int = 64
     source_lines: bool = True
     exclude: frozenset[int] = frozenset()
+    budget: float | None = None
+
+
+#: Longest source line kept in a frame (minified code has megabyte lines).
+MAX_SOURCE = 500
 
 
 class _FrameCache:
@@ -112,7 +119,7 @@ class _FrameCache:
         key = (code, line)
         fr = self.cache.get(key)
         if fr is None:
-            source = linecache.getline(code.co_filename, line).strip() if self.source_lines and line else ""
+            source = linecache.getline(code.co_filename, line).strip()[:MAX_SOURCE] if self.source_lines and line else ""
             fr = Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
             self.cache[key] = fr
         return fr
@@ -149,8 +156,12 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
             node = next((r for r in gc.get_referents(node) if type(r) is _AsyncGeneratorType), None)
             continue
         else:
+            # A coroutine of another implementation (Cython): read its attributes only if
+            # its class does not run code on attribute access.
+            if type(node).__getattribute__ is not object.__getattribute__:
+                break
             frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
-            if frame is None:
+            if type(frame) is not types.FrameType:
                 break
             nxt = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
         if frame is None:
@@ -166,12 +177,13 @@ def _local_of_type(node: object, frame: types.FrameType, cls: type | tuple[type,
     """A local of a suspended coroutine by type.  ``gc.get_referents`` of a coroutine lists
     its frame's locals without building the ``f_locals`` dict, which costs far more."""
     for ref in gc.get_referents(node):
-        if isinstance(ref, cls):
+        if is_a(ref, cls):  # not isinstance: that would ask a hostile local for its __class__
             return ref
     try:
-        return frame.f_locals.get(name)
+        value = frame.f_locals.get(name)
     except Exception:
         return None
+    return value if is_a(value, cls) else None
 
 
 @dataclass(frozen=True)
@@ -227,20 +239,23 @@ def _label_in_frame(obj: object, frame: types.FrameType | None) -> str:
         f_locals = frame.f_locals
         for name, value in f_locals.items():
             if value is obj and name != "self":
-                return name
+                return clip(name, 100)
         owner = f_locals.get("self")
-        attrs = getattr(owner, "__dict__", None)
-        if isinstance(attrs, dict):
+        attrs = instance_dict(owner)
+        if attrs is not None:
             for name, value in attrs.items():
                 if value is obj:
-                    return f"{type(owner).__name__}.{name}"
+                    return f"{type(owner).__name__}.{clip(name, 100)}"
         for name, value in frame.f_globals.items():
             if value is obj:
-                return f"{frame.f_globals.get('__name__', '?')}.{name}"
+                return f"{clip(frame.f_globals.get('__name__', '?'), 100)}.{clip(name, 100)}"
     except Exception:
         pass
     return ""
 
+
+#: Tasks described between two looks at the clock (for ``CollectOptions.budget``).
+_CLOCK_EVERY = 256
 
 #: Naming primitives by their holders scans the heap once per dump; beyond this many new
 #: primitives the local names are kept instead.
@@ -259,8 +274,8 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
     wanted = {id(o) for o in objects}
     modules: dict[int, str] = {}
     for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
-        if isinstance(namespace, dict):
+        namespace = instance_dict(module)
+        if namespace is not None:
             modules[id(namespace)] = name
     best: dict[int, tuple[int, str]] = {}  # id -> (rank, label); lower rank wins
     plain_dicts: dict[int, dict[Any, Any]] = {}
@@ -271,37 +286,37 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
 
     for ref in gc.get_referrers(*objects):
         try:
-            if isinstance(ref, (types.FrameType, list, tuple, set)) or any(ref is i for i in ignore):
+            if is_a(ref, (types.FrameType, list, tuple, set)) or any(ref is i for i in ignore):
                 continue
-            if isinstance(ref, dict):
+            if is_a(ref, dict):
                 module_name = modules.get(id(ref))
                 for key, value in list(ref.items()):
                     if id(value) in wanted:
                         if module_name is not None:
                             offer(id(value), 0, f"{module_name}.{key}")
-                        elif isinstance(key, str):
-                            offer(id(value), 3, key)  # an instance's __dict__ (owner below) or locals
+                        elif type(key) is str:
+                            offer(id(value), 3, clip(key, 100))  # an instance's __dict__ (owner below) or locals
                             plain_dicts[id(ref)] = ref
                         else:
-                            offer(id(value), 2, f"[{getattr(key, '_name', None) or _safe_str(key, 60)}]")
+                            offer(id(value), 2, f"[{quoted(key, 60)}]")
                 continue
-            attrs = getattr(ref, "__dict__", None)
-            if isinstance(attrs, dict):
+            attrs = instance_dict(ref)
+            if attrs is not None:
                 for key, value in list(attrs.items()):
                     if id(value) in wanted:
-                        offer(id(value), 1, f"{type(ref).__name__}.{key}")
+                        offer(id(value), 1, f"{type(ref).__name__}.{clip(key, 100)}")
         except Exception:  # hostile __eq__/__getattr__, or a dict changing under us
             continue
     if plain_dicts:
         # A materialised instance __dict__: name the attribute by its owner's type.
         for owner in gc.get_referrers(*plain_dicts.values()):
             try:
-                attrs = getattr(owner, "__dict__", None)
-                if attrs is None or id(attrs) not in plain_dicts or isinstance(owner, types.FrameType):
+                attrs = instance_dict(owner)
+                if attrs is None or id(attrs) not in plain_dicts or is_a(owner, types.FrameType):
                     continue
                 for key, value in list(attrs.items()):
                     if id(value) in wanted:
-                        offer(id(value), 1, f"{type(owner).__name__}.{key}")
+                        offer(id(value), 1, f"{type(owner).__name__}.{clip(key, 100)}")
             except Exception:
                 continue
     return {k: label for k, (_rank, label) in best.items()}
@@ -324,8 +339,8 @@ def _is_executor_future(fut: object) -> bool:
     try:
         callbacks = getattr(fut, "_callbacks", None) or ()
         for cb in callbacks:
-            fn = cb[0] if isinstance(cb, tuple) else cb
-            if getattr(fn, "__name__", "") == "_call_check_cancel":
+            fn = cb[0] if type(cb) is tuple else cb
+            if type(fn) is types.FunctionType and fn.__name__ == "_call_check_cancel":
                 return True
     except Exception:
         pass
@@ -458,23 +473,23 @@ class _Walker:
                 awaited = [f_locals.get("fut")]
             else:
                 awaited = list(f_locals.get("fs") or ())
-            ids = tuple(task_origins.task_seq(t) for t in awaited if isinstance(t, asyncio.Task))
+            ids = tuple(task_origins.task_seq(t) for t in awaited if is_a(t, asyncio.Task))
             return Wait("gather", detail, seconds=seconds, tasks=ids)
         return self._future_wait(waiter, seconds, detail=detail)
 
     def _future_wait(self, waiter: object, seconds: float | None, detail: str = "") -> Wait:
-        if isinstance(waiter, asyncio.Task):
+        if is_a(waiter, asyncio.Task):
             return Wait("task", detail or "await task", seconds=seconds, tasks=(task_origins.task_seq(waiter),))
+        if not is_a(waiter, asyncio.Future):  # a future-like object of the program's own: not read
+            return Wait("unknown", detail or clip(type(waiter).__name__, 100), seconds=seconds)
         children = getattr(waiter, "_children", None)
         if children is not None and type(waiter).__name__ == "_GatheringFuture":
-            ids = tuple(task_origins.task_seq(c) for c in children if isinstance(c, asyncio.Task))
+            ids = tuple(task_origins.task_seq(c) for c in children if is_a(c, asyncio.Task))
             return Wait("gather", "gather", seconds=seconds, tasks=ids)
         if _is_executor_future(waiter):
             return Wait("executor", "run_in_executor", seconds=seconds)
-        if isinstance(waiter, asyncio.Future):
-            return Wait("future", detail or "Future", seconds=seconds,
-                        created_at=_future_created_at(waiter, self.frames))
-        return Wait("unknown", detail or type(waiter).__name__, seconds=seconds)
+        return Wait("future", detail or "Future", seconds=seconds,
+                    created_at=_future_created_at(waiter, self.frames))
 
     def created_by(self, origin: task_origins.Origin) -> CreatedBy | None:
         code_id, offset, parent, _seq = origin
@@ -519,8 +534,15 @@ class _Walker:
         )
 
     def coro_name(self, coro: object) -> str:
-        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-        name = self.coro_names.get(id(code)) if code is not None else None
+        if type(coro) is _CoroutineType:
+            code: Any = coro.cr_code  # type: ignore[attr-defined]
+        elif type(coro) is _GeneratorType:
+            code = coro.gi_code  # type: ignore[attr-defined]
+        elif type(coro).__getattribute__ is object.__getattribute__:  # another implementation (Cython)
+            return clip(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
+        else:  # an awaitable that runs code on attribute access: its class name only
+            return clip(type(coro).__qualname__)
+        name = self.coro_names.get(id(code))
         if name is None:
             name = _safe_str(getattr(coro, "__qualname__", None) or type(coro).__name__)
             if code is not None:
@@ -542,11 +564,8 @@ def _creator_function(code: types.CodeType) -> str:
 
 
 def _safe_str(value: object, limit: int = 200) -> str:
-    try:
-        text = value if isinstance(value, str) else str(value)
-    except Exception:
-        return "<unprintable>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A name cut to ``limit``; never runs the value's own ``__str__`` (see safe_read)."""
+    return clip(value, limit)
 
 
 def thread_stack(thread_id: int | None, frames: _FrameCache, max_frames: int = 64) -> tuple[Frame, ...]:
@@ -628,8 +647,14 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
             watch.add_loop(loop)
     walker = _Walker(watch, options, time.monotonic())
     walker.by_seq = {task_origins.task_seq(t): t for t in all_tasks}
-    infos = []
-    for task in all_tasks:
+    infos: list[TaskInfo] = []
+    notes: tuple[str, ...] = ()
+    deadline = None if options.budget is None else started + options.budget
+    for n, task in enumerate(all_tasks):
+        if deadline is not None and n % _CLOCK_EVERY == 0 and n and time.monotonic() > deadline:
+            notes = (f"cut: the dump stopped after its budget of {options.budget:g}s; "
+                     f"described {len(infos)} of {len(all_tasks)} tasks",)
+            break
         try:
             infos.append(walker.task_info(task, id(task) in current))
         except Exception:  # a task finishing under our feet, or a hostile object
@@ -637,10 +662,9 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
     walker.relabel_by_holders()
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)
-    notes: tuple[str, ...] = ()
     clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
     return TaskSnapshot(
         taken_at=taken_at, process=process_info(), tasks=tuple(infos),
-        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos),
+        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos) if not notes else len(all_tasks),
         wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
     )
