@@ -15,6 +15,7 @@ import typer
 from diag.cli import leaks_cmd, run_cmd, sync_cmd, tasks_cmd
 from diag.cli import objects_cmd, profile_cmd
 from diag.cli import check_cmd
+from diag.cli import top_cmd
 from diag.cli.console import stderr
 from diag.errors import EXIT_USAGE, DiagError
 
@@ -32,6 +33,7 @@ app.command("objects")(objects_cmd.objects)
 app.command("sync")(sync_cmd.sync)
 app.command("leaks")(leaks_cmd.leaks)
 app.command("check")(check_cmd.check)
+app.command("top")(top_cmd.top)
 app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run_cmd.run)
 
 
