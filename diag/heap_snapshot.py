@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from diag.errors import TargetError
-from diag.task_snapshot import ProcessInfo, check_schema
+from diag.task_snapshot import MALFORMED, NOT_JSON, ProcessInfo, check_schema
 
 SCHEMA_NAME = "diag.objects"
 SCHEMA_MAJOR = 1
@@ -153,7 +153,7 @@ class HeapSnapshot:
                 notes=tuple(str(n) for n in d.get("notes") or ()),
                 backrefs=BackrefChain.from_dict(back) if isinstance(back, Mapping) else None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except MALFORMED as err:
             raise TargetError(f"malformed diag objects snapshot: {err.__class__.__name__}: {err}") from None
 
 
@@ -183,7 +183,7 @@ class HeapSeries:
             raise TargetError("malformed diag objects snapshot: no snapshots")
         try:
             interval = float(d.get("interval") or 0.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise TargetError("malformed diag objects snapshot: bad interval") from None
         return cls(tuple(HeapSnapshot.from_dict(s) for s in items), interval)
 
@@ -191,7 +191,7 @@ class HeapSeries:
     def from_json(cls, text: str | bytes) -> HeapSeries:
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
+        except NOT_JSON as err:
             raise TargetError(f"not a diag objects snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)
 

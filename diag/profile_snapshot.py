@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from diag.errors import TargetError
-from diag.task_snapshot import ProcessInfo, check_schema
+from diag.task_snapshot import MALFORMED, NOT_JSON, ProcessInfo, check_schema
 
 SCHEMA_NAME = "diag.profile"
 SCHEMA_MAJOR = 1
@@ -210,7 +210,7 @@ class ProfileSnapshot:
                 interval=float(d.get("interval") or 0.0),
                 notes=tuple(str(n) for n in d.get("notes") or ()),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except MALFORMED as err:
             raise TargetError(f"malformed diag profile: {err.__class__.__name__}: {err}") from None
         n_funcs, n_frames, n_tasks = len(snap.functions), len(snap.frames), len(snap.tasks)
         if any(not (0 <= e.caller < n_funcs and 0 <= e.callee < n_funcs) for e in snap.edges) or any(
@@ -222,7 +222,7 @@ class ProfileSnapshot:
     def from_json(cls, text: str | bytes) -> ProfileSnapshot:
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
+        except NOT_JSON as err:
             raise TargetError(f"not a diag profile: invalid JSON ({err})") from None
         return cls.from_dict(data)
 

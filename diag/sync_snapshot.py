@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from diag.errors import TargetError
-from diag.task_snapshot import Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
+from diag.task_snapshot import MALFORMED, NOT_JSON, Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
 
 SCHEMA_NAME = "diag.sync"
 SCHEMA_MAJOR = 1
@@ -151,13 +151,13 @@ class SyncSnapshot:
                 holders_tracked=bool(d.get("holders_tracked", False)),
                 notes=tuple(str(n) for n in d.get("notes") or ()),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except MALFORMED as err:
             raise TargetError(f"malformed diag sync snapshot: {err.__class__.__name__}: {err}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SyncSnapshot:
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
+        except NOT_JSON as err:
             raise TargetError(f"not a diag sync snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)

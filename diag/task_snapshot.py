@@ -23,6 +23,11 @@ from diag.errors import TargetError
 SCHEMA_NAME = "diag.tasks"
 SCHEMA_MAJOR = 1
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
+#: What reading a document's fields may raise on a document of the right schema but the
+#: wrong shape (Infinity where an int goes, strings where lists go, ...).
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError)
+#: What ``json.loads`` raises on text that is not JSON (nesting too deep included).
+NOT_JSON = (ValueError, UnicodeDecodeError, RecursionError)
 
 #: The fixed vocabulary of ``Wait.kind``.
 WAIT_KINDS = (
@@ -324,14 +329,14 @@ class TaskSnapshot:
                 collect_seconds=float(d.get("collect_seconds") or 0.0),
                 await_cycles=tuple(tuple(int(i) for i in c) for c in d.get("await_cycles") or ()),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except MALFORMED as err:
             raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskSnapshot:
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
+        except NOT_JSON as err:
             raise TargetError(f"not a diag task snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)
 
@@ -355,5 +360,5 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 __all__ = [
     "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "Wait", "CreatedBy", "TaskInfo",
-    "LoopInfo", "ProcessInfo", "TaskSnapshot", "check_schema",
+    "LoopInfo", "ProcessInfo", "TaskSnapshot", "check_schema", "MALFORMED", "NOT_JSON",
 ]

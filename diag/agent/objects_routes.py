@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
-from diag.agent.endpoints import Response
+from dataclasses import replace
+
+from diag.agent.endpoints import Response, fit
 from diag.collect import heap
 from diag.errors import DiagError
 
@@ -38,7 +40,9 @@ def install(endpoints: "Endpoints") -> None:
     """Add ``objects`` (GET) to ``endpoints``."""
 
     def objects(query: Mapping[str, str], exclude: frozenset[int]) -> Response:
-        return Response(200, heap.collect_heap(_options(query)).to_json().encode())
+        snap = heap.collect_heap(_options(query))
+        return fit(lambda keep: (snap if keep is None else replace(snap, types=snap.types[:keep])).to_dict(),
+                   len(snap.types), "types")
 
     endpoints.add("objects", objects,
                   help=f"live objects by type (?budget=<= {MAX_BUDGET:g}s&type=NAME&max_depth=N for a "

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
-from diag.agent.endpoints import Response, error, json_response
+from dataclasses import replace
+
+from diag.agent.endpoints import Response, error, fit, json_response, shown
 from diag.collect import profiler
 from diag.errors import DiagError
 
@@ -27,14 +29,17 @@ def _options(query: Mapping[str, str]) -> profiler.ProfileOptions:
         try:
             return float(raw)
         except ValueError:
-            raise DiagError(f"{name} must be a number, not {raw!r}") from None
+            raise DiagError(f"{name} must be a number, not {shown(raw)}") from None
 
+    max_tasks = number("max_tasks", profiler.TASK_LIMIT)
+    if not 0 <= max_tasks < 2**63:  # also NaN and infinity, which int() refuses
+        raise DiagError("max_tasks must be a whole number >= 0")
     options = profiler.ProfileOptions(
         seconds=number("seconds", profiler.DEFAULT_SECONDS),
         mode=query.get("mode") or "yappi",
         clock=query.get("clock") or "wall",
         force=(query.get("force") or "0").lower() in ("1", "true", "yes"),
-        max_tasks=int(number("max_tasks", profiler.TASK_LIMIT)),
+        max_tasks=int(max_tasks),
         hz=number("hz", profiler.SAMPLE_HZ),
     )
     options.validate()
@@ -57,7 +62,15 @@ def install(endpoints: "Endpoints") -> None:
             snap = profiler.take_profile(options, profiler.loop_thread(endpoints.watch))
         except profiler.ProfileRefused as err:
             return error(409, str(err))
-        return Response(200, snap.to_json().encode())
+        def build(keep: int | None) -> dict[str, object]:
+            if keep is None:
+                return snap.to_dict()
+            # The busiest functions (with the edges among them) and the commonest stacks stay.
+            return replace(snap, functions=snap.functions[:keep],
+                           edges=tuple(e for e in snap.edges if e.caller < keep and e.callee < keep),
+                           stacks=snap.stacks[:keep]).to_dict()
+
+        return fit(build, max(len(snap.functions), len(snap.stacks)), "functions and stacks")
 
     def status(query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         return json_response(200, {"schema": "diag.profile-status/1", **profiler.status()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Mapping
 
 from diag.collect.sync_collector import collect_sync
@@ -15,17 +16,27 @@ MAX_PROOF_BUDGET = 30.0
 
 
 def install(endpoints: "Endpoints") -> None:
-    from diag.agent.endpoints import Response
+    from diag.agent import endpoints as api
+    from diag.agent.endpoints import fit, shown
 
     def sync(query: Mapping[str, str], exclude: frozenset[int]) -> "Response":
         proof = query.get("proof", "0") not in ("", "0", "false", "no")
         try:
             budget = float(query.get("budget") or 10.0)
         except ValueError:
-            raise DiagError(f"budget must be a number of seconds, not {query.get('budget')!r}") from None
+            raise DiagError(f"budget must be a number of seconds, not {shown(query.get('budget'))}") from None
         if not 0 < budget <= MAX_PROOF_BUDGET:
             raise DiagError(f"budget must be > 0 and at most {MAX_PROOF_BUDGET:g} seconds")
-        snap = collect_sync(endpoints.watch, proof=proof, exclude=exclude, proof_budget=budget)
-        return Response(200, snap.to_json().encode())
+        snap = collect_sync(endpoints.watch, proof=proof, exclude=exclude, proof_budget=budget,
+                            collect_budget=api.COLLECT_BUDGET)
+
+        def build(keep: int | None) -> dict[str, object]:
+            if keep is None:
+                return snap.to_dict()
+            # Primitives someone holds or waits on come first, so they are the ones kept.
+            return replace(snap, primitives=snap.primitives[:keep],
+                           tasks=replace(snap.tasks, tasks=snap.tasks.tasks[:keep])).to_dict()
+
+        return fit(build, max(len(snap.primitives), len(snap.tasks.tasks)), "primitives and tasks")
 
     endpoints.add("sync", sync, help="primitives, holders, waiters (?proof=1 adds the reachability proof)")

@@ -25,6 +25,8 @@ from diag.sync_source import load_sync
 #: Most requests one warm-up may send, so a typo cannot flood the target.
 MAX_REQUESTS = 100_000
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+#: Longest --timeout and --settle accepted (a socket timeout must fit the platform's clock).
+MAX_WAIT = 86400.0
 _REQUEST = re.compile(r"^\s*([A-Za-z]+)\s+(/\S*)(?:\s+[xX](\d+))?\s*$")
 
 
@@ -100,8 +102,9 @@ def check(
     budget: float = typer.Option(10.0, "--proof-budget", help="seconds the reachability proof may take"),
 ) -> int:
     """Fail (exit 1) on task groups, held permits or findings that are new since the baseline."""
-    if tolerance < 0 or not settle >= 0 or not timeout > 0 or not 0 < budget <= 30:
-        raise UsageError("--tolerance and --settle must be >= 0, --timeout > 0, --proof-budget in (0, 30]")
+    if tolerance < 0 or not 0 <= settle <= MAX_WAIT or not 0 < timeout <= MAX_WAIT or not 0 < budget <= 30:
+        raise UsageError(f"--tolerance and --settle must be >= 0, --timeout > 0, both at most {MAX_WAIT:g}s, "
+                         "--proof-budget in (0, 30]")
     if update_baseline and baseline is None:
         raise UsageError("--update-baseline needs --baseline FILE")
     steps = [parse_request(r) for r in request] + (parse_scenario(scenario) if scenario is not None else [])

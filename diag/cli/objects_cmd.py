@@ -20,6 +20,8 @@ from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
 MAX_COUNT = 100
+#: Longest --timeout and --interval accepted (a socket timeout must fit the platform's clock).
+MAX_TIMEOUT = 86400.0
 
 
 def _agent_target(target: str) -> str:
@@ -51,8 +53,8 @@ def objects(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if top < 1:
         raise UsageError("--top must be at least 1")
-    if interval is not None and not interval > 0:
-        raise UsageError("--interval must be > 0 seconds")
+    if interval is not None and not 0 < interval <= MAX_TIMEOUT:
+        raise UsageError(f"--interval must be > 0 and at most {MAX_TIMEOUT:g} seconds")
     if count is not None and interval is None:
         raise UsageError("--count needs --interval")
     n = count if count is not None else (3 if interval is not None else 1)
@@ -66,8 +68,8 @@ def objects(
         raise UsageError("--budget must be > 0 and at most 30 seconds")
     if not 1 <= max_depth <= 30:
         raise UsageError("--max-depth must be between 1 and 30")
-    if not timeout > 0:
-        raise UsageError("--timeout must be > 0")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UsageError(f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds")
     compile_pattern(filter)
 
     if not target.startswith(("http://", "https://", "unix:")) and (target.endswith(".json") or os.path.exists(target)):

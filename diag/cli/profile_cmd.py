@@ -25,6 +25,8 @@ FORMATS = ("table", "text", "json")
 MAX_SECONDS = 60.0
 #: Time allowed on top of the window for the agent to stop, read and answer.
 ANSWER_MARGIN = 30.0
+#: Longest --timeout accepted (a socket timeout must fit the platform's clock).
+MAX_TIMEOUT = 86400.0
 OVERHEAD = {
     "wall": "yappi (wall clock) slows the target down while it runs: expect 35-75 % fewer requests/s (most on cheap requests)",
     "cpu": "yappi (cpu clock) slows the target down while it runs: expect 60-90 % fewer requests/s (most on cheap requests)",
@@ -106,8 +108,8 @@ def profile(
         raise UsageError(f"--by must be one of {', '.join(BY)}, not {by!r}")
     if not 0 < seconds <= MAX_SECONDS:
         raise UsageError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}")
-    if not timeout > 0:
-        raise UsageError("--timeout must be > 0")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise UsageError(f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds")
     if max_tasks is not None and max_tasks < 0:
         raise UsageError("--max-tasks must be >= 0")
     query = ProfileQuery(sort=sort, top=top, pattern=filter, by=by)
@@ -133,6 +135,11 @@ def profile(
             params["force"] = "1"
         if max_tasks is not None:
             params["max_tasks"] = str(max_tasks)
+        # A target that is down or not an agent fails here, with one line, before the
+        # warning below is printed for a profile that would never run.
+        status = source.get("profile/status")
+        if not isinstance(status, dict) or "busy" not in status:
+            raise TargetError(f"{source.name}: not a diag agent (no profile status in the answer)")
         stderr.print(f"diag profile: {OVERHEAD['sample' if mode == 'sample' else clock]}; "
                      f"profiling {seconds:g}s", markup=False, highlight=False)
         data = _take(source, params, seconds)

@@ -78,7 +78,7 @@ class LoopWatch:
         self._beats: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Beat]" = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._install_factories = install_factories
-        self._orig_set_running_loop: Callable[[Any], None] | None = None
+        self._hook: Callable[[Any], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # id(task) -> (id(awaited future), monotonic time first seen waiting on it)
@@ -108,24 +108,42 @@ class LoopWatch:
 
     def hook_running_loop(self) -> None:
         """Wrap ``asyncio.events._set_running_loop`` so every loop that starts is seen."""
-        if self._orig_set_running_loop is not None:
+        if self._hook is not None:
             return
-        orig = asyncio.events._set_running_loop
         watch = self
 
         def _set_running_loop(loop: Any) -> None:
-            orig(loop)
-            if loop is not None:
+            # The wrapped function is read at each call, so a hook beneath this one can be
+            # taken out of the chain (see ``unhook_running_loop``).
+            _set_running_loop.__wrapped__(loop)  # type: ignore[attr-defined]
+            if loop is not None and watch._hook is _set_running_loop:  # a hook left in a chain stays quiet
                 watch.add_loop(loop)
 
-        _set_running_loop.__wrapped__ = orig  # type: ignore[attr-defined]
-        self._orig_set_running_loop = orig
+        _set_running_loop.__wrapped__ = asyncio.events._set_running_loop  # type: ignore[attr-defined]
+        self._hook = _set_running_loop
         asyncio.events._set_running_loop = _set_running_loop
 
     def unhook_running_loop(self) -> None:
-        if self._orig_set_running_loop is not None:
-            asyncio.events._set_running_loop = self._orig_set_running_loop
-            self._orig_set_running_loop = None
+        """Take this watch's hook out, even when another was put on top of it since."""
+        hook, self._hook = self._hook, None
+        if hook is None:
+            return
+        inner = hook.__wrapped__  # type: ignore[attr-defined]
+        node: Any = asyncio.events._set_running_loop
+        if node is hook:
+            asyncio.events._set_running_loop = inner
+            return
+        for _ in range(64):  # the chain of hooks above ours, each naming the one beneath
+            below = getattr(node, "__wrapped__", None)
+            if below is None:
+                return
+            if below is hook:
+                try:
+                    node.__wrapped__ = inner
+                except (AttributeError, TypeError):
+                    pass
+                return
+            node = below
 
     # -- watchdog thread ----------------------------------------------------------------
     def start(self) -> None:

@@ -48,10 +48,12 @@ def _holder_source(obj: Any) -> Any:
 
 
 def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: frozenset[int] = frozenset(),
-                 proof_budget: float = reachability.DEFAULT_BUDGET) -> SyncSnapshot:
-    """Primitives and tasks now, plus the reachability proof when ``proof`` is set."""
+                 proof_budget: float = reachability.DEFAULT_BUDGET,
+                 collect_budget: float | None = None) -> SyncSnapshot:
+    """Primitives and tasks now, plus the reachability proof when ``proof`` is set;
+    ``collect_budget`` bounds the task walk (see ``CollectOptions.budget``)."""
     started = time.monotonic()
-    tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude))
+    tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
     live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not t.done()}
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
