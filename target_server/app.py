@@ -31,8 +31,9 @@ access_log = logging.getLogger("target_server.access")
 # Each request runs in its own task and so its own context: the id is visible to everything it calls.
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Health checks and the operator's release button must work even while clients are being throttled.
-RATE_LIMIT_EXEMPT = frozenset({"/healthz", "/admin/release"})
+# Health checks, metrics scrapes and the operator's release button must work even while clients are
+# being throttled.
+RATE_LIMIT_EXEMPT = frozenset({"/healthz", "/metrics", "/admin/release"})
 DIAG_PREFIX = "/debug/diag"
 
 

@@ -10,8 +10,9 @@ if TYPE_CHECKING:
 
 def install_features(endpoints: "Endpoints") -> None:
     """Add every feature's routes to ``endpoints``."""
-    from diag.agent import objects_routes, profile_routes, sync_routes
+    from diag.agent import metrics_routes, objects_routes, profile_routes, sync_routes
 
     sync_routes.install(endpoints)
     profile_routes.install(endpoints)
     objects_routes.install(endpoints)
+    metrics_routes.install(endpoints)
