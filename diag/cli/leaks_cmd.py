@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, leak_report
+from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, LeakReport, leak_report
+from diag.analysis.merge import many_document, merge_findings
+from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
-from diag.render import jsonout, leaks_render
+from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import jsonout, leaks_render, many_leaks
 from diag.sync_source import load_sync
 
 FORMATS = ("table", "text", "json")
@@ -20,7 +24,8 @@ DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_O
 
 
 def leaks(
-    target: str = typer.Argument(..., help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o"),
+    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o; "
+                                                  "several for one merged view"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
     min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
     held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),
@@ -30,9 +35,14 @@ def leaks(
     proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
     budget: float = typer.Option(10.0, "--proof-budget", help="seconds the proof may take"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the sync snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (plus the proof budget)"),
+    timeout: float = typer.Option(10.0, "--timeout",
+                                  help="seconds to wait for the target (plus the proof budget; each target)"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+                                             help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """Say which waits will never end and why: exit 1 when a --fail-on finding is present."""
+    targets = list(target or [])
+    require_targets(targets, agent_dir)
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -41,7 +51,9 @@ def leaks(
     kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
     options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, fail_on=kinds)
     options.validate()
-    snap = load_sync(target, timeout=timeout, proof=proof, budget=budget)
+    if agent_dir is not None or len(targets) > 1:
+        return _many(targets, agent_dir, fmt, options, proof, budget, output, timeout)
+    snap = load_sync(targets[0], timeout=timeout, proof=proof, budget=budget)
     if output is not None:
         try:
             output.write_text(snap.to_json())
@@ -55,3 +67,31 @@ def leaks(
     else:
         leaks_render.render_table(report, Console(), cwd=os.getcwd())
     return EXIT_FINDINGS if report.fails(options.fail_on) else EXIT_OK
+
+
+def _many(targets: list[str], agent_dir: Path | None, fmt: str, options: LeakOptions, proof: bool, budget: float,
+          output: Path | None, timeout: float) -> int:
+    """Several processes: each proves and judges its own tasks; findings carry their process.
+    Exit 1 when any process has a --fail-on finding, 3 when no process answered."""
+    if output is not None:
+        raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
+    found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)
+
+    def fetch(t: Target) -> LeakReport:
+        return leak_report(load_sync(t.target, timeout=timeout, proof=proof, budget=budget), options)
+
+    results = fetch_all(found, fetch, timeout + (budget if proof else 0.0))
+    cwd = os.getcwd()
+    if fmt == "json":
+        jsonout.render(many_document("leaks", time.time(), results), sys.stdout)
+    else:
+        findings = merge_findings(results)
+        if fmt == "text":
+            many_leaks.render_text(results, findings, sys.stdout, cwd=cwd)
+        else:
+            many_leaks.render_table(results, findings, Console(), cwd=cwd)
+    sys.stdout.flush()
+    code = report_failures(results, lambda line: stderr.print(line, markup=False, highlight=False))
+    if any(r.value is not None and r.value.fails(options.fail_on) for r in results):
+        return EXIT_FINDINGS
+    return code

@@ -4,33 +4,45 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from diag.analysis.merge import many_document, merge_primitives
+from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.render import jsonout, sync_render
+from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import jsonout, many_sync, sync_render
+from diag.sync_snapshot import SyncSnapshot
 from diag.sync_source import load_sync
 
 FORMATS = ("table", "text", "json")
 
 
 def sync(
-    target: str = typer.Argument(..., help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o"),
+    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; "
+                                                  "several for one merged view"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
     show_all: bool = typer.Option(False, "--all", help="also primitives nobody holds or waits on"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (each target)"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+                                             help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """List live asyncio primitives: state, holders (task, site, for how long) and waiters."""
+    targets = list(target or [])
+    require_targets(targets, agent_dir)
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if not timeout > 0:
         raise UsageError("--timeout must be > 0")
-    snap = load_sync(target, timeout=timeout, proof=False)
+    if agent_dir is not None or len(targets) > 1:
+        return _many(targets, agent_dir, fmt, show_all, output, timeout)
+    snap = load_sync(targets[0], timeout=timeout, proof=False)
     if output is not None:
         try:
             output.write_text(snap.to_json())
@@ -43,3 +55,27 @@ def sync(
     else:
         sync_render.render_table(snap, Console(), cwd=os.getcwd(), show_all=show_all)
     return 0
+
+
+def _many(targets: list[str], agent_dir: Path | None, fmt: str, show_all: bool, output: Path | None,
+          timeout: float) -> int:
+    """Several processes: queried concurrently; each primitive with its process."""
+    if output is not None:
+        raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
+    found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)
+
+    def fetch(t: Target) -> SyncSnapshot:
+        return load_sync(t.target, timeout=timeout, proof=False)
+
+    results = fetch_all(found, fetch, timeout)
+    cwd = os.getcwd()
+    if fmt == "json":
+        jsonout.render(many_document("sync", time.time(), results), sys.stdout)
+    else:
+        shown = merge_primitives(results, show_all)
+        if fmt == "text":
+            many_sync.render_text(results, shown, sys.stdout, cwd=cwd)
+        else:
+            many_sync.render_table(results, shown, Console(), cwd=cwd)
+    sys.stdout.flush()
+    return report_failures(results, lambda line: stderr.print(line, markup=False, highlight=False))

@@ -1,0 +1,70 @@
+"""``diag leaks`` over several processes: every finding with the process it was found in."""
+
+from __future__ import annotations
+
+from typing import Sequence, TextIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from diag.analysis.leak_verdicts import LeakReport
+from diag.analysis.merge import ProcessFinding, process_name
+from diag.multi_source import TargetResult
+from diag.render import formatting as fmt
+from diag.render.leaks_render import _STYLE
+from diag.render.many_tasks import failure_lines
+
+
+def _summary(results: Sequence[TargetResult[LeakReport]]) -> list[str]:
+    answered = [r for r in results if r.value is not None]
+    total: dict[str, int] = {}
+    lines = []
+    for r in answered:
+        report = r.value
+        assert report is not None
+        counts: dict[str, int] = {}
+        for f in report.findings:
+            counts[f.kind] = counts.get(f.kind, 0) + 1
+            total[f.kind] = total.get(f.kind, 0) + 1
+        parts = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no findings"
+        lines.append(f"process {process_name(r)} at {r.target.target}: {parts}; {report.proof}")
+        lines += [f"pid {process_name(r)}: note: {n}" for n in report.notes]
+    parts = ", ".join(f"{n} {k}" for k, n in total.items()) or "no findings"
+    head = (f"diag leaks: {len(results)} processes ({len(answered)} answered, {len(results) - len(answered)} "
+            f"failed): {parts}")
+    return [head] + lines + failure_lines(results)
+
+
+def render_text(results: Sequence[TargetResult[LeakReport]], findings: Sequence[ProcessFinding], out: TextIO,
+                *, cwd: str | None = None) -> None:
+    lines = _summary(results)
+    for item in findings:
+        f = item.finding
+        lines += ["", f"{f.kind.upper()} [pid {item.process}]: {f.title}", f"    {f.evidence}"]
+        for frame in f.site[:6]:
+            lines.append(f"    at {fmt.where(frame, cwd)} {frame.function}")
+            if frame.source:
+                lines.append(f"        {frame.source}")
+        if f.tasks:
+            shown = ", ".join(f"{t.id} {t.name!r}" for t in f.tasks[:8])
+            more = f" and {f.task_count - 8} more" if f.task_count > 8 else ""
+            lines.append(f"    tasks: {shown}{more}")
+    out.write("\n".join(lines) + "\n")
+
+
+def render_table(results: Sequence[TargetResult[LeakReport]], findings: Sequence[ProcessFinding], console: Console,
+                 *, cwd: str | None = None) -> None:
+    for line in _summary(results):
+        console.print(Text(line, style="bold red" if line.startswith("FAILED") else "dim"))
+    if not findings:
+        return
+    table = Table(header_style="bold", show_lines=True)
+    for col in ("Process", "Kind", "What", "Evidence", "Where", "Tasks"):
+        table.add_column(col)
+    for item in findings:
+        f = item.finding
+        where = "\n".join(f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]) or "-"
+        table.add_row(item.process, Text(f.kind, style=_STYLE.get(f.kind, "")), f.title, f.evidence, where,
+                      str(f.task_count))
+    console.print(table)
