@@ -31,6 +31,8 @@ from diag.top_source import TopSample, fetch_sample, open_top_source
 QUIT_KEYS = b"qQ"
 #: How often a wait for the target looks at the keyboard, in seconds.
 KEY_POLL = 0.05
+#: The shortest refresh interval: each refresh walks the target's heap once.
+MIN_INTERVAL = 0.1
 
 
 class _Quit(Exception):
@@ -39,6 +41,21 @@ class _Quit(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class _Console(Console):
+    """stdout's console; a reader that stops reading (``| head``) ends ``diag top``
+    the way it ends the other commands (exit 0), not with rich's exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:  # nothing more can reach the reader, including Python's flush at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        raise BrokenPipeError
 
 
 class Keys:
@@ -109,8 +126,11 @@ class Keys:
             ready, _, _ = select.select([self.fd], [], [], left)
             if not ready:
                 return False
-            data = os.read(self.fd, 64)
-            if not data:  # stdin closed: no more keys to read
+            try:
+                data = os.read(self.fd, 64)
+            except OSError:  # the terminal went away (hung up)
+                data = b""
+            if not data:  # no more keys to read
                 self.fd = None
                 continue
             if any(b in QUIT_KEYS for b in data):
@@ -235,8 +255,8 @@ def top(
     timeout: float = typer.Option(5.0, "--timeout", help="seconds to wait for each answer of the target"),
 ) -> int:
     """Watch a running target: tasks by state and wait, stuck groups, contended primitives, loop lag, requests/s."""
-    if not (interval > 0 and math.isfinite(interval)):
-        raise UsageError("--interval must be a number of seconds > 0")
+    if not (interval >= MIN_INTERVAL and math.isfinite(interval)):
+        raise UsageError(f"--interval must be a number of seconds >= {MIN_INTERVAL:g}")
     if iterations is not None and iterations < 1:
         raise UsageError("--iterations must be at least 1")
     if once and iterations not in (None, 1):
@@ -250,7 +270,7 @@ def top(
     if once:
         iterations = 1
     source = open_top_source(target, timeout)
-    console = Console()
+    console = _Console()
     live = iterations is None and console.is_terminal and not console.is_dumb_terminal
     previous_handlers = {}
     for name in ("SIGTERM", "SIGHUP"):

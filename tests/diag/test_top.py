@@ -246,7 +246,7 @@ def test_failure_reason_drops_the_target_name() -> None:
 # --- the command ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
-    ["--interval", "0"], ["--interval", "-1"], ["--interval", "soon"], ["--iterations", "0"],
+    ["--interval", "0"], ["--interval", "0.01"], ["--interval", "-1"], ["--interval", "soon"], ["--interval", "nan"], ["--iterations", "0"],
     ["--once", "--iterations", "3"], ["--limit", "0"], ["--timeout", "0"],
 ])
 def test_bad_flags_are_usage_errors(args: list[str]) -> None:
