@@ -100,15 +100,6 @@ class TopSummary:
     def stale(self) -> bool:
         return self.outage is not None
 
-    @property
-    def worst_lag(self) -> float | None:
-        """The largest heartbeat lag of the loops that are turning, in seconds."""
-        return max((lp.lag_seconds for lp in self.loops if lp.lag_seconds is not None), default=None)
-
-    @property
-    def stalled(self) -> tuple[LoopInfo, ...]:
-        return tuple(lp for lp in self.loops if lp.stalled_seconds > 0)
-
 
 def summarize(target: str, sample: TopSample, previous: TopSample | None = None,
               options: TopOptions = TopOptions(), outage: Outage | None = None) -> TopSummary:
