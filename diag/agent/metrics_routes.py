@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from prometheus_client import CollectorRegistry
 
-from diag.analysis.metrics_model import Family, MetricsInputs, MetricsOptions, metric_families
+from diag.analysis.metrics_model import Family, MetricsInputs, MetricsOptions, metric_families, snapshot_families
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.sync_collector import collect_sync
 from diag.errors import DiagError
@@ -70,6 +70,7 @@ class Scraper:
         self.errors = 0
         self._lock = threading.Lock()
         self._last: tuple[float, float, SyncSnapshot] | None = None  # (monotonic end, seconds, snapshot)
+        self._derived: tuple[SyncSnapshot, tuple[Family, ...]] | None = None  # families of the last snapshot
 
     def _fresh(self, now: float) -> bool:
         last = self._last
@@ -100,7 +101,11 @@ class Scraper:
         snap, seconds, age = self.snapshot(exclude)
         inputs = MetricsInputs(snap, REQUESTS.counts(), seconds, age, self.errors, self.options)
         try:
-            return metric_families(inputs)
+            derived = self._derived
+            if snap is not None and (derived is None or derived[0] is not snap):
+                # a reused snapshot keeps its verdicts: only the request counts and ages are new
+                derived = self._derived = (snap, snapshot_families(snap, self.options))
+            return metric_families(inputs, derived[1] if derived is not None and snap is not None else None)
         except Exception:  # a verdict tripping over an odd snapshot: serve what does not need it
             self.errors += 1
             return metric_families(MetricsInputs(None, REQUESTS.counts(), scrape_errors=self.errors))

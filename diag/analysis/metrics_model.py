@@ -197,15 +197,19 @@ def request_family(requests: Mapping[str, int]) -> Family:
                   tuple(Sample(_labels(status_class=c), float(requests.get(c, 0))) for c in classes))
 
 
-def metric_families(inputs: MetricsInputs) -> tuple[Family, ...]:
-    """Every family of one scrape; parts whose input is missing are left out."""
-    out: list[Family] = []
+def snapshot_families(sync: SyncSnapshot, options: MetricsOptions = MetricsOptions()) -> tuple[Family, ...]:
+    """The families derived from the snapshot alone: tasks, primitives, loops, findings."""
+    return tuple(task_families(sync) + primitive_families(sync, options.max_primitive_series)
+                 + loop_families(sync) + finding_families(sync, options.leaks))
+
+
+def metric_families(inputs: MetricsInputs, derived: tuple[Family, ...] | None = None) -> tuple[Family, ...]:
+    """Every family of one scrape; parts whose input is missing are left out.  ``derived``
+    is ``snapshot_families(inputs.sync)`` when already computed (a reused snapshot)."""
     sync = inputs.sync
+    out: list[Family] = []
     if sync is not None:
-        out += task_families(sync)
-        out += primitive_families(sync, inputs.options.max_primitive_series)
-        out += loop_families(sync)
-        out += finding_families(sync, inputs.options.leaks)
+        out += derived if derived is not None else snapshot_families(sync, inputs.options)
     if inputs.requests is not None:
         out.append(request_family(inputs.requests))
     out += [
