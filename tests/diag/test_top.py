@@ -264,7 +264,8 @@ def test_unreachable_target_is_one_line_and_exit_3() -> None:
 
 
 class _FakeAgent(BaseHTTPRequestHandler):
-    """An agent with a request counter that grows by 25 on every read of /metrics."""
+    """An agent with a request counter that grows by 25 on every read of /metrics; with
+    ``hang_after`` set, sync answers after that many hang until the test ends."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -272,6 +273,10 @@ class _FakeAgent(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server: Any = self.server
         if self.path.startswith("/debug/diag/sync"):
+            server.syncs += 1
+            if server.hang_after is not None and server.syncs > server.hang_after:
+                server.release.wait(10)
+                return
             body, kind = server.sync.encode(), "application/json"
         elif self.path == "/debug/diag/metrics":
             server.served += 25
@@ -288,21 +293,28 @@ class _FakeAgent(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_agent() -> Iterator[str]:
+def fake_agent() -> Iterator[Any]:
     server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAgent)
     server.daemon_threads = True
     server.sync = sample().sync.to_json()
-    server.served = 0
+    server.served = server.syncs = 0
+    server.hang_after = None
+    server.release = threading.Event()
     thread = threading.Thread(target=server.serve_forever, name="fake-agent", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.release.set()
     server.shutdown()
     server.server_close()
     thread.join(5)
 
 
-def test_requests_per_second_from_the_metrics_endpoint(fake_agent: str) -> None:
-    proc = run_diag("top", fake_agent, "--iterations", "2", "--interval", "0.5", timeout=20)
+def url(server: Any) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_requests_per_second_from_the_metrics_endpoint(fake_agent: Any) -> None:
+    proc = run_diag("top", url(fake_agent), "--iterations", "2", "--interval", "0.5", timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     rates = re.findall(r"^requests/s: (.*)$", proc.stdout, re.M)
@@ -419,6 +431,22 @@ def test_quits_cleanly_on_a_terminal(leaky: TargetServer, pty_top: list[Pty], qu
     assert termios.tcgetattr(top.slave) == top.mode_before
     assert b"Traceback" not in top.output
     assert b"\x1b[?1049l" in top.output  # the alternate screen was left
+
+
+def test_q_answers_while_the_target_hangs(fake_agent: Any, pty_top: list[Pty]) -> None:
+    fake_agent.hang_after = 1
+    top = Pty(url(fake_agent), "--interval", "0.2", "--timeout", "20")
+    pty_top.append(top)
+    top.read_until(b"status: ok")
+    deadline = time.monotonic() + 10
+    while fake_agent.syncs < 2:  # the second fetch is under way, and will not come back
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    top.send(b"q")
+    assert top.wait(timeout=5) == 0, top.output[-3000:]
+    assert time.monotonic() - started < 3
+    assert termios.tcgetattr(top.slave) == top.mode_before
 
 
 def test_sigterm_restores_the_terminal(leaky: TargetServer, pty_top: list[Pty]) -> None:
