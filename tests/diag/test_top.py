@@ -25,6 +25,7 @@ import pytest
 from rich.console import Console
 
 from diag.analysis.top_summary import Outage, TopOptions, primitive_line, request_rate, summarize
+from diag.cli.app import main
 from diag.cli.top_cmd import Frames, Keys, failure_reason, run_view
 from diag.errors import TargetError
 from diag.render import top_view
@@ -246,16 +247,21 @@ def test_failure_reason_drops_the_target_name() -> None:
 # --- the command ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
-    ["--interval", "0"], ["--interval", "0.01"], ["--interval", "-1"], ["--interval", "soon"], ["--interval", "nan"], ["--iterations", "0"],
-    ["--once", "--iterations", "3"], ["--limit", "0"], ["--timeout", "0"],
+    ["--interval", "0"], ["--interval", "0.01"], ["--interval", "-1"], ["--interval", "soon"], ["--interval", "nan"],
+    ["--iterations", "0"], ["--once", "--iterations", "3"], ["--limit", "0"], ["--timeout", "0"], ["--min-wait", "-1"],
+    ["--bogus"],
 ])
-def test_bad_flags_are_usage_errors(args: list[str]) -> None:
-    assert_one_line_error(run_diag("top", "http://127.0.0.1:9", *args, timeout=20), 2)
+def test_bad_flags_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """In process (the CLI's own subprocess path is covered by the unreachable test)."""
+    assert main(["top", "http://127.0.0.1:9", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("diag: error: "), err
 
 
-def test_a_saved_file_is_not_a_live_target(tmp_path: Any) -> None:
-    line = assert_one_line_error(run_diag("top", str(tmp_path / "tasks.json"), timeout=20), 2)
-    assert "live" in line
+def test_a_saved_file_is_not_a_live_target(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["top", str(tmp_path / "tasks.json")]) == 2
+    assert "diag top watches a live process" in capsys.readouterr().err
 
 
 def test_unreachable_target_is_one_line_and_exit_3() -> None:
