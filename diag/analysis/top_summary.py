@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from diag.analysis.task_groups import group_tasks
+from diag.analysis.task_groups import await_cycles, group_tasks
 from diag.sync_snapshot import PrimitiveState
 from diag.task_snapshot import TASK_STATES, LoopInfo, TaskInfo
 from diag.top_source import REQUESTS_METRIC, TopSample
@@ -134,7 +134,7 @@ def summarize(target: str, sample: TopSample, previous: TopSample | None = None,
         waits=tuple(sorted(waits.items(), key=lambda kv: (-kv[1], kv[0]))),
         groups=groups[: options.limit], groups_total=len(groups),
         primitives=tuple(lines[: options.limit]), primitives_total=len(lines),
-        loops=tasks.loops, requests=requests, await_cycles=tasks.await_cycles, outage=outage,
+        loops=tasks.loops, requests=requests, await_cycles=tasks.await_cycles or await_cycles(tasks), outage=outage,
     )
 
 

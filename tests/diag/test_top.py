@@ -133,6 +133,17 @@ def test_an_outage_keeps_the_last_answer_and_gives_no_rate() -> None:
     assert summary.tasks_delta is None and summary.groups[0].count == 3
 
 
+def test_tasks_awaiting_each_other_are_a_deadlock() -> None:
+    one = sample()
+    a = task(5, name="a", wait=Wait("task", "await task", tasks=(7,), seconds=12.0))
+    b = task(7, name="b", wait=Wait("task", "await task", tasks=(5,), seconds=12.0))
+    tasks = snapshot(a, b)
+    sync = SyncSnapshot(tasks.taken_at, tasks.process, tasks, ())
+    summary = summarize("app:1", TopSample(1.0, T0, sync, one.metrics))
+    assert summary.await_cycles == ((5, 7),)
+    assert "DEADLOCK: await cycle task 5 -> task 7 -> task 5" in frame_text(summary)
+
+
 def test_parse_requests_sums_each_series() -> None:
     text = """# HELP diag_aiohttp_requests_total Requests served, by status class.
 # TYPE diag_aiohttp_requests_total counter
