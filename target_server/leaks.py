@@ -8,6 +8,7 @@ patterns need, never an awaited future or event, so a leak stays provable by rea
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 import random
@@ -22,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import CONFIG
-from .httputil import HTTPProblem, error_response, query_float
+from .httputil import HTTPProblem, error_response, query_float, query_int
 from .work import WORK_POOL, acquire_within
 
 LEAK_PREFIX = "leak:"
@@ -30,6 +31,7 @@ LEAK_PREFIX = "leak:"
 LEAK_NAMES = ("blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "cache",
               "silent-peer")
 MAX_BLOCKING_SECONDS = 30.0
+MAX_CACHE_ENTRY_KB = 1024  # /leak/cache?kb= makes one entry this big at most, so a few requests leak megabytes
 RELEASE_WAIT = 1.0  # how long release waits for cancelled tasks to unwind
 
 # Strong references to fire-and-forget tasks. The loop keeps only weak ones, so a task awaiting an object
@@ -254,19 +256,21 @@ async def deadlock_handler(request: web.Request) -> web.Response:
 
 # 7. Unbounded cache ---------------------------------------------------------------------------------
 
-def render_report(key: str) -> CachedResponse:
-    """Stand-in for an expensive rendering: 1-4 KB of bytes."""
-    return CachedResponse(key, os.urandom(random.randint(1024, 4096)))
+def render_report(key: str, size: int | None = None) -> CachedResponse:
+    """Stand-in for an expensive rendering: ``size`` bytes, or 1-4 KB when not given."""
+    return CachedResponse(key, os.urandom(random.randint(1024, 4096) if size is None else size))
 
 
 async def cache_leak_handler(request: web.Request) -> web.Response:
     """GET /leak/cache: a module-level dict cache keyed by a per-request id, so it only ever grows.
 
+    ``?kb=N`` makes the entry N KB instead of 1-4 KB, so a leak soak can make memory growth plain.
     Fix (/fixed/cache): a bounded LRU that evicts the oldest entry past 128.
     """
     _ensure_below_cap(request, "cache")
+    kb = query_int(request, "kb", 0, low=0, high=MAX_CACHE_ENTRY_KB)
     key = uuid.uuid4().hex
-    entry = _RESPONSE_CACHE[key] = render_report(key)
+    entry = _RESPONSE_CACHE[key] = render_report(key, kb * 1024 if kb else None)
     return web.json_response({"leak": "cache", "leaked": len(_RESPONSE_CACHE), "bytes": len(entry.body)},
                              status=202)
 
@@ -357,7 +361,11 @@ async def release_handler(request: web.Request) -> web.Response:
     """
     if not _is_loopback(request.remote):
         raise HTTPProblem(403, "loopback only")
-    return web.json_response({"released": await release_leaks(request.app)})
+    released = await release_leaks(request.app)
+    # Collect now, so that whatever the release freed, cycles included, is back before the answer:
+    # soaks and tests read the process's memory right after releasing.
+    gc.collect()
+    return web.json_response({"released": released})
 
 
 async def leak_lifecycle(app: web.Application) -> AsyncIterator[None]:
