@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import cast
 from dataclasses import replace
 
 import prometheus_client
@@ -12,10 +13,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from diag.agent.metrics_routes import Scraper
 from diag.analysis.leak_verdicts import LeakOptions
 from diag.analysis.metrics_model import (
     OTHER, UNNAMED, Family, MetricsInputs, MetricsOptions, metric_families, permits_in_use,
 )
+from diag.collect.loop_watch import LoopWatch
 from diag.render.prometheus import CONTENT_TYPE, exposition_text
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.task_snapshot import LoopInfo, Primitive, TaskSnapshot, Wait
@@ -129,6 +132,28 @@ def test_the_exposition_text_parses_back_to_the_same_values() -> None:
         name = family.name.removesuffix("_total") if family.kind == "counter" else family.name
         values = {tuple(sorted(s.labels.items())): s.value for s in parsed[name].samples}
         assert values == {tuple(sorted(s.labels)): s.value for s in family.samples}, name
+
+
+# -- the scraper, in process -------------------------------------------------------------------------
+
+def test_scrapes_close_together_share_one_collection() -> None:
+    scraper = Scraper(None)
+    first = {f.name: f for f in scraper.families()}
+    second = {f.name: f for f in scraper.families()}
+    collected = first["diag_scrape_collect_seconds"].samples[0].value
+    assert second["diag_scrape_collect_seconds"].samples[0].value == collected  # the same snapshot
+    assert second["diag_scrape_snapshot_age_seconds"].samples[0].value > 0
+    assert second["diag_tasks"] is first["diag_tasks"]  # and the same derived families
+    assert second["diag_scrape_errors_total"].samples[0].value == 0
+
+
+def test_a_collection_that_fails_is_counted_not_raised() -> None:
+    scraper = Scraper(cast(LoopWatch, object()))  # a watch without the methods the collector calls
+    for expected_errors in (1, 2):
+        got = {f.name: f for f in scraper.families()}
+        assert "diag_tasks" not in got and "diag_findings" not in got
+        assert got["diag_scrape_errors_total"].samples[0].value == expected_errors
+        assert got["diag_scrape_collect_seconds"].samples == ()
 
 
 # -- the aiohttp integration, in process ----------------------------------------------------------------
