@@ -11,7 +11,7 @@ from rich.text import Text
 from diag.analysis.leak_verdicts import LeakReport
 from diag.render import formatting as fmt
 
-_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
+KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
           "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow"}
 
 
@@ -48,5 +48,5 @@ def render_table(report: LeakReport, console: Console, *, cwd: str | None = None
         table.add_column(col)
     for f in report.findings:
         where = "\n".join(f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]) or "-"
-        table.add_row(Text(f.kind, style=_STYLE.get(f.kind, "")), f.title, f.evidence, where, str(f.task_count))
+        table.add_row(Text(f.kind, style=KIND_STYLE.get(f.kind, "")), f.title, f.evidence, where, str(f.task_count))
     console.print(table)

@@ -12,7 +12,7 @@ from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
 from diag.multi_source import TargetResult
 from diag.render import formatting as fmt
-from diag.render.leaks_render import _STYLE
+from diag.render.leaks_render import KIND_STYLE
 from diag.render.many_tasks import failure_lines
 
 
@@ -65,6 +65,6 @@ def render_table(results: Sequence[TargetResult[LeakReport]], findings: Sequence
     for item in findings:
         f = item.finding
         where = "\n".join(f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]) or "-"
-        table.add_row(item.process, Text(f.kind, style=_STYLE.get(f.kind, "")), f.title, f.evidence, where,
+        table.add_row(item.process, Text(f.kind, style=KIND_STYLE.get(f.kind, "")), f.title, f.evidence, where,
                       str(f.task_count))
     console.print(table)

@@ -10,10 +10,10 @@ from diag.render import formatting as fmt
 from diag.render.tasks_text import footer, header
 from diag.task_snapshot import TaskInfo, TaskSnapshot
 
-_STATE_STYLE = {"running": "green", "ready": "cyan", "waiting": "yellow"}
+STATE_STYLE = {"running": "green", "ready": "cyan", "waiting": "yellow"}
 
 
-def _innermost_user_frame(task: TaskInfo, cwd: str | None) -> str:
+def innermost_user_frame(task: TaskInfo, cwd: str | None) -> str:
     for frame in task.stack:
         path = fmt.short_path(frame.file, cwd)
         if not path.startswith("asyncio/"):
@@ -41,9 +41,9 @@ def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> N
         first = [str(task.count)] if snap.grouped else [str(task.id), task.name]
         waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
         created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
-        table.add_row(*first, Text(task.state, style=_STATE_STYLE.get(task.state, "")),
+        table.add_row(*first, Text(task.state, style=STATE_STYLE.get(task.state, "")),
                       fmt.wait_reason(task.wait, cwd), waited, task.coro,
-                      _innermost_user_frame(task, cwd), created)
+                      innermost_user_frame(task, cwd), created)
     console.print(table)
     for line in footer(snap, cwd):
         console.print(Text(line, style="bold red" if line.startswith(("DEADLOCK", "loop")) else ""))
