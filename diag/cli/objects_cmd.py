@@ -75,7 +75,8 @@ def objects(
     if not target.startswith(("http://", "https://", "unix:")) and (target.endswith(".json") or os.path.exists(target)):
         series = _load(target)
     else:
-        source = AgentSource(_agent_target(target), max(timeout, 2 * budget + 5))
+        # Each answer takes up to two heap walks of ``budget`` in the target.
+        source = AgentSource(_agent_target(target), max(timeout, 2 * budget + 1))
         params = {"budget": repr(budget)}
         snaps: list[HeapSnapshot] = []
         for i in range(n):
