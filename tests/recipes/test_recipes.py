@@ -28,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +113,7 @@ def test_recipe_output_still_shows_what_it_says(recipe: Path, tmp_path: Path) ->
 
 def run_phase(phase: Phase, tmp: Path) -> str:
     """Start a server, set up its lab, run the commands; what they printed."""
-    with TargetServer(*phase.lab.get("server", [])) as server:
+    with target_server(phase.lab.get("server", [])) as server:
         # Asked before the lab starts: a recipe may block the app's own port on purpose.
         agent = json.loads(http("GET", server.url + "/healthz")[2])["diag_agent"]
         for path in expand(phase.lab.get("get", [])):
@@ -140,6 +142,25 @@ def run_phase(phase: Phase, tmp: Path) -> str:
             http("POST", server.url + "/admin/release")
             for t in threads:
                 t.join(10)
+
+
+@contextmanager
+def target_server(args: list[str], attempts: int = 3) -> Iterator[TargetServer]:
+    """A started target server; tried again when another process took its free port first."""
+    for attempt in range(attempts):
+        server = TargetServer(*args)
+        try:
+            server.__enter__()
+        except RuntimeError as err:
+            server.__exit__(None, None, None)
+            if "address already in use" in str(err) and attempt + 1 < attempts:
+                continue
+            raise
+        try:
+            yield server
+        finally:
+            server.__exit__(None, None, None)
+        return
 
 
 def run_line(line: str, url: str, agent: str, tmp: Path) -> subprocess.CompletedProcess[str]:
