@@ -24,8 +24,9 @@ DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_O
 
 
 def leaks(
-    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o; "
-                                                  "several for one merged view"),
+    target: list[str] = typer.Argument(
+        None, metavar="TARGET",
+        help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o; several for one merged view"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
     min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
     held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),

@@ -23,8 +23,9 @@ FORMATS = ("table", "text", "json")
 
 
 def sync(
-    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; "
-                                                  "several for one merged view"),
+    target: list[str] = typer.Argument(
+        None, metavar="TARGET",
+        help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; several for one merged view"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
     show_all: bool = typer.Option(False, "--all", help="also primitives nobody holds or waits on"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the snapshot as JSON here"),

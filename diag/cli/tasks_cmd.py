@@ -24,8 +24,9 @@ FORMATS = ("table", "text", "json")
 
 
 def tasks(
-    target: list[str] = typer.Argument(None, help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; "
-                                                  "several for one merged view"),
+    target: list[str] = typer.Argument(
+        None, metavar="TARGET",
+        help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; several for one merged view"),
     debug: int = typer.Option(1, "--debug", "-d", help="1: group identical tasks; 2: every task in full"),
     format: Optional[str] = typer.Option(None, "--format", "-f",
                                          help="table, text or json (default: table on a terminal, else text)"),
