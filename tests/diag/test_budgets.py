@@ -1,0 +1,208 @@
+"""Each agent endpoint keeps to a time and a size budget, says when it cut its answer,
+and a client that goes away mid-request leaves nothing running.
+
+The agent runs in this process with its budgets lowered (they are module constants);
+the tasks it dumps run on an event loop in a thread of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import diag.agent
+from diag.agent import endpoints as api
+from diag.agent import server as agent_server
+from tests.support.target import http
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def diag_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("diag-") and t.is_alive()]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+class LoopWithTasks:
+    """An event loop in a thread with ``count`` tasks, each waiting on its own Event."""
+
+    def __init__(self, count: int, name_size: int = 20) -> None:
+        self.count = count
+        self.name_size = name_size
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="budget-loop", daemon=True)
+
+    async def _park(self, event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def _main(self) -> None:
+        self.stop = asyncio.Event()
+        tasks = [asyncio.create_task(self._park(asyncio.Event()), name=f"t{i:05d}".ljust(self.name_size, "x"))
+                 for i in range(self.count)]
+        self.ready.set()
+        await self.stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _run(self) -> None:
+        self.loop.run_until_complete(self._main())
+        self.loop.close()
+
+    def __enter__(self) -> "LoopWithTasks":
+        self.thread.start()
+        assert self.ready.wait(20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.stop is not None
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(20)
+
+
+@pytest.fixture
+def agent() -> Iterator[diag.agent.Agent]:
+    running = diag.agent.start("127.0.0.1:0")
+    try:
+        yield running
+    finally:
+        diag.agent.stop()
+        wait_until(lambda: not diag_threads(), timeout=15)
+
+
+def get(agent: diag.agent.Agent, path: str, method: str = "GET", timeout: float = 30) -> tuple[int, bytes]:
+    status, _, body = http(method, f"{agent.url}/debug/diag/{path}", timeout=timeout,
+                           data=b"" if method == "POST" else None)
+    return status, body
+
+
+@pytest.mark.parametrize(("path", "method", "entries"), [
+    ("tasks?debug=2", "GET", lambda d: d["tasks"]),
+    ("sync", "GET", lambda d: d["primitives"]),
+    ("objects?budget=1", "GET", lambda d: d["types"]),
+])
+def test_big_answers_are_cut_and_say_so(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch, path: str,
+                                        method: str, entries: Callable[[dict[str, Any]], list[Any]]) -> None:
+    with LoopWithTasks(400, name_size=150):
+        status, whole = get(agent, path, method)
+        assert status == 200
+        full = json.loads(whole)
+        assert full["truncated"] is False and not any(n.startswith("cut:") for n in full["notes"])
+        budget = len(whole) // 3
+        monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", budget)
+        time.sleep(api.SNAPSHOT_REUSE)
+        status, body = get(agent, path, method)
+    assert status == 200 and len(body) <= budget, (len(body), budget)
+    cut = json.loads(body)
+    assert cut["truncated"] is True
+    note = next(n for n in cut["notes"] if n.startswith("cut:"))
+    assert f"under {budget} bytes" in note
+    assert 0 < len(entries(cut)) < len(entries(full))
+
+
+def test_profile_answer_is_cut_and_says_so(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    with LoopWithTasks(50):
+        status, whole = get(agent, "profile?seconds=0.3&mode=sample&hz=500", "POST")
+        assert status == 200, whole
+        monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", int(len(whole) * 0.8))
+        status, body = get(agent, "profile?seconds=0.3&mode=sample&hz=500", "POST")
+    assert status in (200, 507), body
+    data = json.loads(body)
+    if status == 200:
+        assert data["truncated"] is True and any(n.startswith("cut:") for n in data["notes"])
+    else:
+        assert "budget" in data["error"]
+
+
+def test_an_answer_that_cannot_fit_is_an_error(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", 50)
+    status, body = get(agent, "tasks")
+    assert status == 507
+    assert "budget of 50" in json.loads(body)["error"]
+
+
+def test_task_walk_stops_at_its_time_budget(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "COLLECT_BUDGET", 0.0)
+    with LoopWithTasks(1000):
+        for path in ("tasks?debug=2", "sync"):
+            status, body = get(agent, path)
+            assert status == 200
+            data = json.loads(body)
+            snap = data if path.startswith("tasks") else data["tasks"]
+            note = next(n for n in snap["notes"] if n.startswith("cut:"))
+            assert "budget of 0s" in note and "of 10" in note  # described 256 of 1001+ tasks
+            assert snap["total_tasks"] >= 1000 > len(snap["tasks"])
+            time.sleep(api.SNAPSHOT_REUSE)
+
+
+def connect(agent: diag.agent.Agent) -> socket.socket:
+    url = urllib.parse.urlsplit(agent.url)
+    return socket.create_connection((url.hostname, url.port), timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["sample", "yappi"])
+def test_client_that_leaves_mid_profile_frees_everything(agent: diag.agent.Agent, mode: str) -> None:
+    with LoopWithTasks(10):
+        sock = connect(agent)
+        sock.sendall(f"POST /debug/diag/profile?seconds=1&mode={mode} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        assert wait_until(lambda: json.loads(get(agent, "profile/status")[1])["busy"], timeout=5)
+        sock.close()  # gone before the answer
+        started = time.monotonic()
+        status, body = get(agent, "health", timeout=5)  # answered while the profile still runs
+        assert status == 200 and time.monotonic() - started < 1.0
+        status_now = wait_until(lambda: (s := json.loads(get(agent, "profile/status")[1]))["busy"] is False and s,
+                                timeout=10)
+    assert status_now and status_now["yappi_running"] is False and status_now["sampler_running"] is False
+    assert wait_until(lambda: "diag-agent-request" not in diag_threads() and "diag-sampler" not in diag_threads())
+
+
+def test_client_that_leaves_mid_dump(agent: diag.agent.Agent) -> None:
+    with LoopWithTasks(3000):
+        for path in ("tasks?debug=2", "sync?proof=1&budget=2", "objects?budget=1"):
+            sock = connect(agent)
+            sock.sendall(f"GET /debug/diag/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.close()
+            status, _ = get(agent, "tasks")
+            assert status == 200
+    assert wait_until(lambda: "diag-agent-request" not in diag_threads())
+
+
+def test_idle_connections_are_dropped(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_server._Handler, "timeout", 0.3)
+    sock = connect(agent)
+    sock.sendall(b"GET /debug/diag/health HTTP/1.1\r\n")  # half a request, then silence
+    started = time.monotonic()
+    assert sock.recv(100) == b""  # the agent hung up
+    assert time.monotonic() - started < 5
+    sock.close()
+
+
+def test_connections_beyond_the_cap_get_503(agent: diag.agent.Agent) -> None:
+    idle = [connect(agent) for _ in range(agent_server.MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)  # each idle connection holds a request thread
+        status, body = get(agent, "health", timeout=5)
+        assert status == 503 and "too many connections" in json.loads(body)["error"]
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_until(lambda: get(agent, "health", timeout=5)[0] == 200, timeout=10)
