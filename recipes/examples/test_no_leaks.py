@@ -23,13 +23,6 @@ def test_forgotten_task():
     asyncio.run(main())
 
 
-def test_semaphore():
-    async def main():
-        async with no_leaks():
-            await serve(leaks.semaphore_leak_handler, "/leak/semaphore")
-    asyncio.run(main())
-
-
 def test_fixed_twins():
     async def main():
         await serve(fixed.fixed_forgotten_task_handler, "/fixed/forgotten-task")
