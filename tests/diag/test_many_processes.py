@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from diag.analysis.merge import merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
+from diag.cli.app import main
 from diag.multi_source import Target, TargetResult
 from diag.task_snapshot import ProcessInfo, TaskSnapshot, Wait
 from tests.diag.snapshots import POOL, task
@@ -317,18 +320,27 @@ def test_without_an_agent_dir_a_forked_child_has_no_agent(tmp_path: Path) -> Non
         proc.wait(10)
 
 
-def test_usage_and_unusable_agent_dirs(tmp_path: Path) -> None:
-    assert "missing TARGET" in assert_one_line_error(run_diag("tasks"), 2)
-    assert "no such directory" in assert_one_line_error(
-        run_diag("tasks", "--agent-dir", str(tmp_path / "nope")), 3)
-    assert "no agent files" in assert_one_line_error(run_diag("sync", "--agent-dir", str(tmp_path)), 3)
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str], code: int) -> str:
+    """``main(argv)`` in this process: the exit code, nothing on stdout, one line on stderr."""
+    assert main(argv) == code
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("diag: error: "), (out, err)
+    return err.strip()
+
+
+def test_usage_and_unusable_agent_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "missing TARGET" in one_error_line(capsys, ["tasks"], 2)
+    assert "missing TARGET" in one_error_line(capsys, ["leaks", "--format", "json"], 2)
+    assert "no such directory" in one_error_line(capsys, ["tasks", "--agent-dir", str(tmp_path / "nope")], 3)
+    assert "no agent files" in one_error_line(capsys, ["sync", "--agent-dir", str(tmp_path)], 3)
     url = f"http://127.0.0.1:{free_port()}"
-    assert "-o saves one process" in assert_one_line_error(
-        run_diag("tasks", url, url + "/", "-o", str(tmp_path / "x.json")), 2)
-    assert "needs an ephemeral agent port" in assert_one_line_error(
-        run_diag("run", "--agent-dir", str(tmp_path), "--agent", "127.0.0.1:9", "--", "true"), 2)
-    env = run_diag("run", "--print-env", "--agent-dir", str(tmp_path / "d"))
-    assert f"export DIAG_AGENT_DIR={tmp_path / 'd'}" in env.stdout
+    assert "-o saves one process" in one_error_line(
+        capsys, ["tasks", url, url + "/", "-o", str(tmp_path / "x.json")], 2)
+    assert "bad target" in one_error_line(capsys, ["tasks", url, "just-a-word"], 2)
+    assert "needs an ephemeral agent port" in one_error_line(
+        capsys, ["run", "--agent-dir", str(tmp_path), "--agent", "127.0.0.1:9", "--", "true"], 2)
+    assert main(["run", "--print-env", "--agent-dir", str(tmp_path / "d")]) == 0
+    assert f"export DIAG_AGENT_DIR={tmp_path / 'd'}" in capsys.readouterr().out
 
 
 def test_merge_sums_groups_across_processes_and_keeps_each_share() -> None:
