@@ -5,8 +5,9 @@ Usage::
     app = web.Application()
     diag.aiohttp.setup(app)             # GET /debug/diag/tasks and GET /metrics on the app's own port
 
-Requests are answered on the app's event loop; when that loop is blocked, the agent's
-own thread (``diag.agent.start``) still answers, so services usually run both.
+Requests are answered on the app's event loop (metrics are collected on a short-lived
+``diag-metrics-scrape`` thread, so the loop keeps turning); when that loop is blocked,
+the agent's own thread (``diag.agent.start``) still answers, so services usually run both.
 ``setup`` also counts the app's handled requests by status class, for
 ``diag_aiohttp_requests_total`` in both metrics outputs.
 """
@@ -14,14 +15,17 @@ own thread (``diag.agent.start``) still answers, so services usually run both.
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from diag.agent import current
-from diag.agent.endpoints import PREFIX, Endpoints
+from diag.agent.endpoints import PREFIX, Endpoints, Response
 from diag.agent.metrics_routes import REQUESTS
 
+_METRICS = PREFIX + "/metrics"
 #: Marks an app already set up, so a second ``setup`` changes nothing.
 _SET_UP = web.AppKey("diag_set_up", str)
 
@@ -63,22 +67,26 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
         return
     app[_SET_UP] = prefix
 
-    def dispatch(request: web.Request, method: str, path: str) -> web.Response:
+    async def dispatch(request: web.Request, method: str, path: str) -> web.Response:
         agent = current()
         endpoints = agent.endpoints if agent is not None else _fallback
         if agent is not None:
             agent.watch.add_loop(asyncio.get_running_loop())
         me = asyncio.current_task()
-        resp = endpoints.dispatch(method, path, dict(request.query),
-                                  exclude=frozenset({id(me)}) if me is not None else frozenset())
+        query = dict(request.query)
+        exclude = frozenset({id(me)}) if me is not None else frozenset()
+        if path.rstrip("/") == _METRICS:
+            resp = await _on_own_thread(lambda: endpoints.dispatch(method, path, query, exclude))
+        else:
+            resp = endpoints.dispatch(method, path, query, exclude)
         # As a header: Prometheus's content type carries a version parameter besides the charset.
         return web.Response(status=resp.status, body=resp.body, headers={"Content-Type": resp.content_type})
 
     async def handle(request: web.Request) -> web.Response:
-        return dispatch(request, request.method, PREFIX + request.path[len(prefix):])
+        return await dispatch(request, request.method, PREFIX + request.path[len(prefix):])
 
     async def metrics(request: web.Request) -> web.Response:
-        return dispatch(request, "GET", PREFIX + "/metrics")  # HEAD too
+        return await dispatch(request, "GET", _METRICS)  # HEAD too
 
     app.router.add_route("GET", prefix, handle)
     app.router.add_route("*", prefix + "/{tail:.*}", handle)
@@ -88,6 +96,30 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
         own += (metrics_path,)
     app.middlewares.insert(0, _request_counter(own))  # outermost: counts the status the client gets
     REQUESTS.enabled = True
+
+
+async def _on_own_thread(work: Callable[[], Response]) -> Response:
+    """Run ``work`` on a short-lived ``diag-`` thread and await its answer: a metrics
+    collection reads every task, and the app's loop should keep turning meanwhile."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Response] = loop.create_future()
+
+    def deliver(resp: Response) -> None:
+        if not done.done():  # the request may have been cancelled meanwhile
+            done.set_result(resp)
+
+    def run() -> None:
+        resp = work()  # Endpoints.dispatch never raises
+        try:
+            loop.call_soon_threadsafe(deliver, resp)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    thread = threading.Thread(target=run, name="diag-metrics-scrape", daemon=True)
+    thread.start()
+    resp = await done
+    thread.join(1.0)  # it has handed over its answer and is exiting
+    return resp
 
 
 _fallback = Endpoints(None)
