@@ -7,6 +7,7 @@ that fork.  Every process started here is killed in a ``finally``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from diag.analysis.merge import merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.cli.app import main
 from diag.multi_source import Target, TargetResult
+from diag.render import many_tasks
 from diag.task_snapshot import ProcessInfo, TaskSnapshot, Wait
 from tests.diag.snapshots import POOL, task
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
@@ -356,3 +359,31 @@ def test_merge_sums_groups_across_processes_and_keeps_each_share() -> None:
     assert group.count == 3 and [(s.process, s.task.count) for s in group.shares] == [("101", 2), ("102", 1)]
     assert group.task.wait.primitive is None and group.task.wait.seconds == 305.0
     assert group.task.wait.detail == "Semaphore.acquire (on 2 distinct semaphores in 2 processes)"
+
+
+def test_merged_text_and_table_name_each_process_and_each_failure() -> None:
+    one = TaskSnapshot(1.0, ProcessInfo(101, python="3.11.7"), (task(1), task(2)), total_tasks=2)
+    two = TaskSnapshot(1.0, ProcessInfo(102, python="3.11.7"), (task(7),), total_tasks=1)
+    dead = TargetResult(Target("http://c", 103, "agent_dir"), "dead", error="process 103 is not running")
+    grouped = [TargetResult(Target("http://a"), "ok", task_view(one, TaskQuery())),
+               TargetResult(Target("http://b"), "ok", task_view(two, TaskQuery())), dead]
+    out = io.StringIO()
+    many_tasks.render_text(merge_tasks(grouped, limit=None), out, cwd="/srv")
+    text = out.getvalue()
+    assert text.startswith("diag tasks: 3 processes (2 answered, 1 failed), 3 pending tasks, 3 matching in 1 groups\n")
+    assert "FAILED pid 103 at http://c: dead: process 103 is not running\n" in text
+    assert "\n3 tasks @ Semaphore.acquire (on 2 distinct semaphores in 2 processes), waiting up to 5m10s" in text
+    assert "#   pid 101: 2 tasks @ Semaphore.acquire <Client.pool 0x7f00a0 value=0 waiters=3>, created by " \
+           "handler in task 17 at app/handlers.py:88; task ids: 1, 2\n" in text
+
+    every = [TargetResult(Target("http://a"), "ok", task_view(one, TaskQuery(debug=2))),
+             TargetResult(Target("http://b"), "ok", task_view(two, TaskQuery(debug=2))), dead]
+    out = io.StringIO()
+    many_tasks.render_text(merge_tasks(every, limit=2), out, cwd="/srv")
+    assert '\npid 101 task 1 "Task-1" [Semaphore.acquire <Client.pool' in out.getvalue()
+    assert "pid 102 task 7" not in out.getvalue() and "note: showing 2 of 3 tasks (--limit)" in out.getvalue()
+
+    console = Console(file=io.StringIO(), width=200, no_color=True)
+    many_tasks.render_table(merge_tasks(grouped, limit=None), console, cwd="/srv")
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Processes" in table and "101:2 102:1" in table and "FAILED pid 103" in table
