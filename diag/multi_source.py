@@ -159,7 +159,8 @@ def failure_line(result: TargetResult[object]) -> str:
     return f"{result.target.label}: {result.status}: {result.error}"
 
 
-def require_targets(args: Sequence[str], agent_dir: object) -> None:
+def require_targets(args: Sequence[str], agent_dir: str | os.PathLike[str] | None) -> None:
+    """At least one TARGET or ``--agent-dir`` (``UsageError`` otherwise)."""
     if not args and agent_dir is None:
         raise UsageError("missing TARGET: give one or more targets, or --agent-dir DIR")
 
