@@ -79,6 +79,7 @@ class LoopWatch:
         self._lock = threading.Lock()
         self._install_factories = install_factories
         self._hook: Callable[[Any], None] | None = None
+        self._hooked: list[Any] = []  # the modules whose _set_running_loop is wrapped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # id(task) -> (id(awaited future), monotonic time first seen waiting on it)
@@ -107,7 +108,11 @@ class LoopWatch:
             return list(self._beats.keys())
 
     def hook_running_loop(self) -> None:
-        """Wrap ``asyncio.events._set_running_loop`` so every loop that starts is seen."""
+        """Wrap ``asyncio.events._set_running_loop`` so every loop that starts is seen.
+
+        ``asyncio._set_running_loop`` (the package's re-export, which uvloop binds when it
+        is imported) is wrapped too when it is the same function.
+        """
         if self._hook is not None:
             return
         watch = self
@@ -119,9 +124,14 @@ class LoopWatch:
             if loop is not None and watch._hook is _set_running_loop:  # a hook left in a chain stays quiet
                 watch.add_loop(loop)
 
-        _set_running_loop.__wrapped__ = asyncio.events._set_running_loop  # type: ignore[attr-defined]
+        current = asyncio.events._set_running_loop
+        _set_running_loop.__wrapped__ = current  # type: ignore[attr-defined]
         self._hook = _set_running_loop
-        asyncio.events._set_running_loop = _set_running_loop
+        self._hooked = [asyncio.events]
+        if getattr(asyncio, "_set_running_loop", None) is current:
+            self._hooked.append(asyncio)
+        for namespace in self._hooked:
+            namespace._set_running_loop = _set_running_loop  # type: ignore[attr-defined]
 
     def unhook_running_loop(self) -> None:
         """Take this watch's hook out, even when another was put on top of it since."""
@@ -129,21 +139,23 @@ class LoopWatch:
         if hook is None:
             return
         inner = hook.__wrapped__  # type: ignore[attr-defined]
-        node: Any = asyncio.events._set_running_loop
-        if node is hook:
-            asyncio.events._set_running_loop = inner
-            return
-        for _ in range(64):  # the chain of hooks above ours, each naming the one beneath
-            below = getattr(node, "__wrapped__", None)
-            if below is None:
-                return
-            if below is hook:
-                try:
-                    node.__wrapped__ = inner
-                except (AttributeError, TypeError):
-                    pass
-                return
-            node = below
+        for namespace in self._hooked:
+            node: Any = getattr(namespace, "_set_running_loop", None)
+            if node is hook:
+                namespace._set_running_loop = inner  # type: ignore[attr-defined]
+                continue
+            for _ in range(64):  # the chain of hooks above ours, each naming the one beneath
+                below = getattr(node, "__wrapped__", None)
+                if below is None:
+                    break
+                if below is hook:
+                    try:
+                        node.__wrapped__ = inner
+                    except (AttributeError, TypeError):
+                        pass
+                    break
+                node = below
+        self._hooked = []
 
     # -- watchdog thread ----------------------------------------------------------------
     def start(self) -> None:
@@ -223,7 +235,15 @@ class LoopWatch:
         start = time.monotonic()
         prev = self._waits
         new: dict[int, tuple[int, float]] = {}
+        seen_loops: set[int] = set()
         for task in iter_all_tasks():
+            loop = task.get_loop()
+            if id(loop) not in seen_loops:
+                # A loop that started without the hook seeing it (uvloop imported before the
+                # agent started) is found through its tasks.
+                seen_loops.add(id(loop))
+                if loop not in self._beats:
+                    self.add_loop(loop)
             waiter = getattr(task, "_fut_waiter", None)
             if waiter is None:
                 continue

@@ -125,15 +125,17 @@ def test_uvloop() -> None:
     with DiagRun(UVLOOP) as run:
         wait_for_line(run, "ready")
         assert "loop uvloop" in run.output()
-        snap = dump(run)
-        tasks = by_name(snap)
+        # uvloop sets the running loop through asyncio's package namespace: the agent sees
+        # the loop start (heartbeats reach it) before anyone asks for a dump.
+        time.sleep(0.3)
+        health = json.loads(http("GET", run.url + "/debug/diag/health")[2])
+        assert [lp["running"] for lp in health["loops"]] == [True], health
+        assert health["loops"][0]["lag_seconds"] is not None and health["loops"][0]["stalled_seconds"] == 0.0
+        tasks = by_name(dump(run))
         assert all(tasks[f"uv-park-{i}"]["wait"]["kind"] == "event" for i in range(3)), tasks
         assert tasks["uv-nap"]["wait"]["kind"] == "sleep"
         assert tasks["uv-park-0"]["stack"][-1]["function"] == "park"
-        time.sleep(0.5)  # the agent now knows the loop: heartbeats reach it
-        health = json.loads(http("GET", run.url + "/debug/diag/health")[2])
-        assert [lp["running"] for lp in health["loops"]] == [True]
-        assert health["loops"][0]["lag_seconds"] is not None and health["loops"][0]["stalled_seconds"] == 0.0
+        assert tasks["uv-park-0"]["created_by"]["function"] == "main"  # diag's factory runs on uvloop too
         assert "Traceback" not in run.output()
 
 
