@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks  # noqa: E402
 from diag.collect.task_collector import collect_tasks  # noqa: E402
-from diag.collect.task_origins import OriginFactory  # noqa: E402
+from diag.collect.task_origins import OriginFactory, accelerated, new_factory  # noqa: E402
 
 
 async def _leaf(event: asyncio.Event) -> None:
@@ -153,16 +153,23 @@ async def bench_factory(n: int, rounds: int) -> dict[str, float]:
             await asyncio.gather(*[asyncio.create_task(_noop()) for _ in range(n // 10)])
         return time.perf_counter() - t0
 
-    without, with_ = [], []
+    # Rounds interleave: no factory, the agent's factory (C when built), the Python one.
+    without, with_, python = [], [], []
     for _ in range(rounds):
         loop.set_task_factory(None)
         without.append(await batch())
-        loop.set_task_factory(OriginFactory(None))
+        loop.set_task_factory(new_factory(None))  # type: ignore[arg-type]
         with_.append(await batch())
+        loop.set_task_factory(OriginFactory(None))  # type: ignore[arg-type]
+        python.append(await batch())
     loop.set_task_factory(None)
-    return {"create_task_us": statistics.median(without) / n * 1e6,
+    base = statistics.median(without)
+    return {"create_task_us": base / n * 1e6,
             "create_task_factory_us": statistics.median(with_) / n * 1e6,
-            "factory_ratio": statistics.median(with_) / statistics.median(without)}
+            "factory_ratio": statistics.median(with_) / base,
+            "factory_is_c": float(accelerated()),
+            "create_task_python_factory_us": statistics.median(python) / n * 1e6,
+            "python_factory_ratio": statistics.median(python) / base}
 
 
 def main() -> None:
