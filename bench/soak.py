@@ -57,8 +57,11 @@ def vm_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def agent_task_count(agent_url: str) -> int:
-    """Pending tasks of the target, from the agent's own thread (limit=1 keeps the answer small)."""
+def task_count(server: TargetServer, agent_url: str | None) -> int:
+    """Pending tasks of the target: from the agent's own thread (limit=1 keeps the answer small), or
+    without an agent from /healthz (less the health check's own task)."""
+    if agent_url is None:
+        return int(get_json(server.url + "/healthz")["tasks"]) - 1
     return int(get_json(agent_url + "/debug/diag/tasks?limit=1")["total_tasks"])
 
 
@@ -94,9 +97,9 @@ def leak_once(server: TargetServer, cache_entries: int, entry_kb: int, errors: d
 class Sampler(threading.Thread):
     """Every ``interval`` seconds: (seconds since start, RSS MiB, tasks from the agent)."""
 
-    def __init__(self, pid: int, agent_url: str, interval: float = 0.5) -> None:
+    def __init__(self, server: TargetServer, pid: int, agent_url: str | None, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.pid, self.agent_url, self.interval = pid, agent_url, interval
+        self.server, self.pid, self.agent_url, self.interval = server, pid, agent_url, interval
         self.samples: list[tuple[float, float, int]] = []
         self.stop = threading.Event()
         self.started = time.monotonic()
@@ -104,7 +107,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.samples.append((round(time.monotonic() - self.started, 2), round(vm_rss_mb(self.pid), 1),
-                                 agent_task_count(self.agent_url)))
+                                 task_count(self.server, self.agent_url)))
             self.stop.wait(self.interval)
 
 
@@ -134,11 +137,11 @@ def parse_wrk(out: str) -> dict[str, int]:
     return result
 
 
-def settle(server: TargetServer, pid: int, agent_url: str, seconds: float = 2.0) -> tuple[float, int]:
+def settle(server: TargetServer, pid: int, agent_url: str | None, seconds: float = 2.0) -> tuple[float, int]:
     """Release, then wait ``seconds`` for memory to settle; (RSS MiB, tasks) after."""
     release(server)
     time.sleep(seconds)
-    return vm_rss_mb(pid), agent_task_count(agent_url)
+    return vm_rss_mb(pid), task_count(server, agent_url)
 
 
 # -- the shutdown check -------------------------------------------------------------------------------------
@@ -236,17 +239,23 @@ def main() -> None:
                         help="how far above the baseline the final RSS may be")
     parser.add_argument("--in-flight", type=int, default=40, help="slow requests in flight at SIGTERM")
     parser.add_argument("--fast-clients", type=int, default=4, help="clients still sending at SIGTERM")
+    parser.add_argument("--no-diag", action="store_true", help="the server without the agent (tasks from /healthz)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the server, e.g. DIAG_HOLDERS=0 (repeatable)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     leak_cap = max(LEAK_BATCH.values()) + 10
     flags = ("--rate", "1000000", "--burst", "1000000", "--log-level", "WARNING", "--leak-cap", str(leak_cap),
-             "--max-concurrency", str(args.in_flight + 24), "--shutdown-timeout", "10")
+             "--max-concurrency", str(args.in_flight + 24), "--shutdown-timeout", "10",
+             *(["--no-diag"] if args.no_diag else []))
     result: dict[str, Any] = {"python": sys.version.split()[0], "seconds": args.seconds, "cycle_s": args.cycle,
                               "connections": args.connections, "cache_entries_per_cycle": args.cache_entries,
-                              "entry_kb": args.entry_kb, "tolerance_mb": args.tolerance_mb}
+                              "entry_kb": args.entry_kb, "tolerance_mb": args.tolerance_mb,
+                              "diag_agent": not args.no_diag, "server_env": args.env}
     wrk_proc: subprocess.Popen[str] | None = None
-    with TargetServer(*flags) as server, tempfile.TemporaryDirectory(prefix="diag-soak-") as tmp:
+    env = dict(item.split("=", 1) for item in args.env)
+    with TargetServer(*flags, env=env) as server, tempfile.TemporaryDirectory(prefix="diag-soak-") as tmp:
         assert server.proc is not None
         pid = server.proc.pid
         agent_url = get_json(server.url + "/healthz")["diag_agent"]
@@ -261,7 +270,7 @@ def main() -> None:
             base_rss, base_tasks = settle(server, pid, agent_url)
             result["baseline"] = {"rss_mb": round(base_rss, 1), "tasks": base_tasks}
 
-            sampler = Sampler(pid, agent_url)
+            sampler = Sampler(server, pid, agent_url)
             sampler.start()
             wrk_proc = subprocess.Popen(
                 ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--timeout", "5s", "-s", script,
