@@ -225,15 +225,18 @@ class _Sampler:
         self.frames: list[SampleFrame] = []
         self.frame_index: dict[tuple[int, int], int] = {}
         self.pinned: list[types.CodeType] = []  # keeps the ids in the caches valid
-        self.stacks: dict[tuple[int, tuple[int, ...]], int] = {}
+        # Time each stack (and task) was seen for: a sample stands for the time since the
+        # previous one, so samples delayed while the target held the GIL (CPU-bound
+        # Python) count for as long as they were delayed, not as one tick.
+        self.stacks: dict[tuple[int, tuple[int, ...]], float] = {}
         self.task_index: dict[int, int] = {}
         self.task_coros: list[str] = []
-        self.task_samples: list[int] = []
+        self.task_samples: list[float] = []
         self.task_ids: list[set[int]] = []
         self.samples = 0
         self.errors = 0
 
-    def sample(self) -> None:
+    def sample(self, weight: float = 1.0) -> None:
         frame = sys._current_frames().get(self.target.ident)
         if frame is None:
             return
@@ -260,10 +263,10 @@ class _Sampler:
         del frame
         stack.reverse()
         skey = (task_idx, tuple(stack))
-        self.stacks[skey] = self.stacks.get(skey, 0) + 1
+        self.stacks[skey] = self.stacks.get(skey, 0.0) + weight
         self.samples += 1
         if task_idx >= 0:
-            self.task_samples[task_idx] += 1
+            self.task_samples[task_idx] += weight
 
     def _task(self, task: asyncio.Task[Any]) -> int:
         coro = task.get_coro()
@@ -274,7 +277,7 @@ class _Sampler:
             idx = self.task_index[key] = len(self.task_coros)
             name = getattr(code, "co_qualname", None) if code is not None else None
             self.task_coros.append(str(name or type(coro).__name__))
-            self.task_samples.append(0)
+            self.task_samples.append(0.0)
             self.task_ids.append(set())
             if code is not None:
                 self.pinned.append(code)
@@ -288,15 +291,17 @@ class _Sampler:
         started = time.monotonic()
         deadline = started + seconds
         next_at = started
+        last = started
         while True:
             now = time.monotonic()
             if now >= deadline:
                 break
             if now >= next_at:
                 try:
-                    self.sample()
+                    self.sample((now - last) / period)  # in periods: 1.0 when on time
                 except Exception:  # a frame torn down under us: skip this sample
                     self.errors += 1
+                last = now
                 next_at += period
                 if next_at < now:  # fell behind (GIL held by the target): do not burst
                     next_at = now + period
@@ -323,14 +328,22 @@ def _sample(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
         notes.append(f"{sampler.errors} samples skipped (stack changed while read)")
     if target.loop is None:
         notes.append("no event loop found on the sampled thread: samples are not charged to tasks")
-    stacks = tuple(SampleStack(frames, count, task)
-                   for (task, frames), count in sorted(sampler.stacks.items(), key=lambda kv: -kv[1]))
-    tasks = tuple(TaskTotal(coro, n, len(ids))
-                  for coro, n, ids in zip(sampler.task_coros, sampler.task_samples, sampler.task_ids))
+    # Counts are in sampling periods (weights summed per stack, then rounded), so
+    # count x interval is the time a stack was seen for, delayed samples included.
+    period = 1.0 / options.hz
+    stacks = tuple(SampleStack(frames, round(weight), task)
+                   for (task, frames), weight in sorted(sampler.stacks.items(), key=lambda kv: -kv[1])
+                   if round(weight) > 0)
+    tasks = tuple(TaskTotal(coro, round(w), len(ids))
+                  for coro, w, ids in zip(sampler.task_coros, sampler.task_samples, sampler.task_ids))
+    ticks = sum(s.count for s in stacks)
+    if sampler.samples and ticks > sampler.samples * 1.05:
+        notes.append(f"{sampler.samples} samples taken; some were late (the target held the GIL), "
+                     f"so each counts for the time since the one before: {ticks} periods of {period * 1000:.0f}ms")
     return ProfileSnapshot(
         taken_at=taken_at, process=process_info(), mode="sample", clock="wall", seconds=options.seconds,
         duration=duration, thread_name=target.name, frames=tuple(sampler.frames), stacks=stacks, tasks=tasks,
-        samples=sampler.samples, interval=duration / sampler.samples if sampler.samples else 1.0 / options.hz,
+        samples=ticks, interval=period,
         notes=tuple(notes))
 
 
