@@ -242,7 +242,7 @@ class LoopWatch:
                 # A loop that started without the hook seeing it (uvloop imported before the
                 # agent started) is found through its tasks.
                 seen_loops.add(id(loop))
-                if loop not in self._beats:
+                if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
             waiter = getattr(task, "_fut_waiter", None)
             if waiter is None:

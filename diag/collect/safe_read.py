@@ -52,6 +52,20 @@ def instance_dict(obj: object) -> dict[str, Any] | None:
     return None
 
 
+def plain_attr(obj: object, name: str) -> object:
+    """An attribute kept in the object itself (a slot or its instance dict), or None; no
+    property, ``__getattr__`` or ``__getattribute__`` of the object runs."""
+    try:
+        for klass in type(obj).__mro__:
+            attr = klass.__dict__.get(name)
+            if attr is not None:
+                return attr.__get__(obj, klass) if type(attr) is types.MemberDescriptorType else None
+        attrs = instance_dict(obj)
+        return None if attrs is None else attrs.get(name)
+    except Exception:
+        return None
+
+
 def clip(value: object, limit: int = 200) -> str:
     """A short, exact ``str`` for a name or label: strings (subclasses too, without their
     methods) cut to ``limit``; plain builtin values formatted; anything else its type."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import diag
 from diag.collect import holders, task_origins
-from diag.collect.safe_read import clip, instance_dict, is_a, quoted
+from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr, quoted
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
@@ -298,7 +298,8 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
                             offer(id(value), 3, clip(key, 100))  # an instance's __dict__ (owner below) or locals
                             plain_dicts[id(ref)] = ref
                         else:
-                            offer(id(value), 2, f"[{quoted(key, 60)}]")
+                            named = plain_attr(key, "_name")  # an aiohttp AppKey, say
+                            offer(id(value), 2, f"[{clip(named, 60) if type(named) is str else quoted(key, 60)}]")
                 continue
             attrs = instance_dict(ref)
             if attrs is not None:
