@@ -3,8 +3,11 @@
 Three target servers run side by side: one with ``--no-diag``, one carrying the agent
 without its task factory (``DIAG_CREATORS=0``: heartbeat, wait sampler, routes), and one
 with the full agent. wrk (Debian package ``wrk``)
-loads one at a time over loopback, alternating A and B for several rounds so machine
-noise hits both; the figure is the ratio of the medians. Optional ``--dump-clients N``
+loads one at a time over loopback for several rounds, the order rotating every round so
+no configuration always runs first; the figures are the medians of each round's ratio
+to the server without diag (paired within a round, so slow drifts of the machine
+cancel).  ``--same`` runs two identical servers without diag instead, to show how far
+apart two processes land on this machine with nothing to tell them apart. Optional ``--dump-clients N``
 adds N clients dumping tasks in a loop (``--dump-interval`` apart) from the full
 agent during its rounds; they run in this process, on the same two cores.
 """
@@ -55,38 +58,49 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--path", default="/")
     parser.add_argument("--dump-clients", type=int, default=0)
+    parser.add_argument("--same", action="store_true", help="A/A control: two servers without diag")
     parser.add_argument("--dump-interval", type=float, default=0.1, help="pause of each dumping client")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     flags = ("--rate", "1000000", "--burst", "1000000", "--log-level", "WARNING")
-    with TargetServer(*flags, "--no-diag") as plain, \
-            TargetServer(*flags, env={"DIAG_CREATORS": "0"}) as lean, TargetServer(*flags) as agent:
-        agent_url = get_json(agent.url + "/healthz")["diag_agent"]
-        a, b, c, dumps = [], [], [], [0]
-        for _ in range(args.rounds):
-            a.append(wrk(plain.url + args.path, args.seconds, args.connections))
-            b.append(wrk(lean.url + args.path, args.seconds, args.connections))
-            stop = threading.Event()
-            threads = [threading.Thread(target=dumper, args=(agent_url, stop, dumps, args.dump_interval))
-                       for _ in range(args.dump_clients)]
-            for t in threads:
-                t.start()
-            c.append(wrk(agent.url + args.path, args.seconds, args.connections))
-            stop.set()
-            for t in threads:
-                t.join()
-    base = statistics.median(a)
-    result = {
-        "python": sys.version.split()[0], "path": args.path, "rounds": args.rounds, "seconds": args.seconds,
-        "rps_without_agent": round(base),
-        "rps_agent_without_task_factory": round(statistics.median(b)),
-        "rps_agent_full": round(statistics.median(c)),
-        "ratio_agent_without_task_factory": round(statistics.median(b) / base, 4),
-        "ratio_agent_full": round(statistics.median(c) / base, 4),
-        "runs": {"without": [round(x) for x in a], "no_factory": [round(x) for x in b],
-                 "full": [round(x) for x in c]},
-    }
+    names = ("without", "no_factory", "full")
+    envs: tuple[dict[str, str], ...] = ({}, {"DIAG_CREATORS": "0"}, {})
+    extra: tuple[tuple[str, ...], ...] = (("--no-diag",), (), ())
+    if args.same:
+        names, envs, extra = ("without", "without_again"), ({}, {}), (("--no-diag",), ("--no-diag",))
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    dumps = [0]
+    servers = [TargetServer(*flags, *x, env=e) for x, e in zip(extra, envs)]
+    try:
+        for server in servers:
+            server.__enter__()
+        agent_url = None if args.same else get_json(servers[-1].url + "/healthz")["diag_agent"]
+        for r in range(args.rounds):
+            order = [(i + r) % len(names) for i in range(len(names))]
+            for i in order:
+                stop = threading.Event()
+                threads = [threading.Thread(target=dumper, args=(agent_url, stop, dumps, args.dump_interval))
+                           for _ in range(args.dump_clients if names[i] == "full" else 0)]
+                for t in threads:
+                    t.start()
+                runs[names[i]].append(wrk(servers[i].url + args.path, args.seconds, args.connections))
+                stop.set()
+                for t in threads:
+                    t.join()
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
+    base = runs["without"]
+    result: dict[str, object] = {
+        "python": sys.version.split()[0], "path": args.path, "rounds": args.rounds, "seconds": args.seconds}
+    for name in names:
+        result[f"rps_{name}"] = round(statistics.median(runs[name]))
+        if name != "without":
+            ratios = [x / b for x, b in zip(runs[name], base)]
+            result[f"ratio_{name}"] = round(statistics.median(ratios), 4)
+            result[f"ratio_{name}_range"] = [round(min(ratios), 4), round(max(ratios), 4)]
+    result["runs"] = {n: [round(x) for x in v] for n, v in runs.items()}
     if args.dump_clients:
         result["dump_clients"] = args.dump_clients
         result["dump_interval"] = args.dump_interval
