@@ -131,10 +131,8 @@ def listen_overflows() -> int:
     return 0
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
-    """One wrk run: requests/s, requests, and its errors (socket errors by kind, non-2xx/3xx answers)."""
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", url],
-                         capture_output=True, text=True, check=True).stdout
+def parse_wrk(out: str) -> dict[str, float]:
+    """wrk's summary: requests/s, requests, and its errors (socket errors by kind, non-2xx/3xx answers)."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     if rps is None or total is None:
@@ -149,6 +147,13 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     if non_2xx:
         result["non_2xx"] = int(non_2xx.group(1))
     return result
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    """One wrk run over loopback, parsed."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", url],
+                         capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
 
 
 def make_pending(server: TargetServer, pending: int) -> int:

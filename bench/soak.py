@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.concurrent_dumps import parse_wrk  # noqa: E402
 from tests.support.target import TargetServer, get_json, http  # noqa: E402
 
 LOAD_PATHS = ("/", "/fixed/forgotten-task", "/fixed/orphan-future", "/fixed/deadlock", "/fixed/blocked-put",
@@ -118,23 +119,6 @@ def wrk_script(directory: str) -> str:
     path.write_text(f"local paths = {{{paths}}}\nlocal i = 0\n"
                     "request = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n")
     return str(path)
-
-
-def parse_wrk(out: str) -> dict[str, int]:
-    import re
-
-    result = {"requests": 0, "non_2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
-    total = re.search(r"(\d+) requests in", out)
-    if total:
-        result["requests"] = int(total.group(1))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if errors:
-        for key, value in zip(("connect", "read", "write", "timeout"), errors.groups()):
-            result[key] = int(value)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non_2xx:
-        result["non_2xx"] = int(non_2xx.group(1))
-    return result
 
 
 def settle(server: TargetServer, pid: int, agent_url: str | None, seconds: float = 2.0) -> tuple[float, int]:
