@@ -65,10 +65,16 @@ def install(endpoints: "Endpoints") -> None:
         def build(keep: int | None) -> dict[str, object]:
             if keep is None:
                 return snap.to_dict()
-            # The busiest functions (with the edges among them) and the commonest stacks stay.
+            # The busiest functions (with the edges among them) and the commonest stacks
+            # stay, with only the frames those stacks use.
+            stacks = snap.stacks[:keep]
+            used = sorted({i for stack in stacks for i in stack.frames})
+            index = {old: new for new, old in enumerate(used)}
             return replace(snap, functions=snap.functions[:keep],
                            edges=tuple(e for e in snap.edges if e.caller < keep and e.callee < keep),
-                           stacks=snap.stacks[:keep]).to_dict()
+                           frames=tuple(snap.frames[i] for i in used),
+                           stacks=tuple(replace(st, frames=tuple(index[i] for i in st.frames)) for st in stacks),
+                           ).to_dict()
 
         return fit(build, max(len(snap.functions), len(snap.stacks)), "functions and stacks")
 
