@@ -72,9 +72,12 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
         endpoints = agent.endpoints if agent is not None else _fallback
         if agent is not None:
             agent.watch.add_loop(asyncio.get_running_loop())
-        me = asyncio.current_task()
+        # The dump leaves out the tasks serving this very request: the handler's own and
+        # its connection's (aiohttp keeps it on the protocol), whose state differs between
+        # Python versions and would otherwise show up as a group of its own.
+        own_tasks = (asyncio.current_task(), getattr(request.protocol, "_task_handler", None))
         query = dict(request.query)
-        exclude = frozenset({id(me)}) if me is not None else frozenset()
+        exclude = frozenset(id(t) for t in own_tasks if t is not None)
         if path.rstrip("/") == _METRICS:
             resp = await _on_own_thread(lambda: endpoints.dispatch(method, path, query, exclude))
         else:
