@@ -106,11 +106,19 @@ class AgentSource:
         whole operation plus a margin.  ``TargetError`` on any failure, as ``get``."""
         return self._request("POST", endpoint, params, self.timeout if timeout is None else timeout)
 
-    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, wait: float) -> Any:
-        path = f"{self.prefix}/{endpoint}"
-        if params:
-            path += "?" + urllib.parse.urlencode(params)
-        headers = {"Accept": "application/json"}
+    def get_text(self, endpoint: str, max_bytes: int) -> tuple[int, str]:
+        """GET an endpoint that answers text (the Prometheus page): (HTTP status, body).
+        Transport failures raise ``TargetError``; the status is left to the caller."""
+        status, body = self._exchange("GET", f"{self.prefix}/{endpoint}", "text/plain", self.timeout,
+                                      max_bytes + 1)
+        if len(body) > max_bytes:
+            raise TargetError(f"{self.name}: {endpoint} is larger than {max_bytes} bytes")
+        return status, body.decode("utf-8", errors="replace")
+
+    def _exchange(self, method: str, path: str, accept: str, wait: float,
+                  max_bytes: int | None = None) -> tuple[int, bytes]:
+        """One request and its whole answer (or its first ``max_bytes``)."""
+        headers = {"Accept": accept}
         if method == "POST":
             headers["Content-Length"] = "0"
         if self.token:
@@ -120,7 +128,7 @@ class AgentSource:
         try:
             conn.request(method, path, headers=headers)
             resp = conn.getresponse()
-            body = resp.read()
+            body = resp.read() if max_bytes is None else resp.read(max_bytes)
         except (TimeoutError, socket.timeout):
             hint = " (--timeout)" if method == "GET" else ""
             raise TargetTimeout(f"{self.name}: no answer within {wait:g}s{hint}") from None
@@ -132,26 +140,33 @@ class AgentSource:
             raise TargetError(f"{self.name}: {type(err).__name__}: {err}") from None
         finally:
             conn.close()
+        return resp.status, body
+
+    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, wait: float) -> Any:
+        path = f"{self.prefix}/{endpoint}"
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        status, body = self._exchange(method, path, "application/json", wait)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            if resp.status == 404:
+            if status == 404:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})") from None
-            raise TargetError(f"{self.name}: not a diag agent (HTTP {resp.status}, response is not JSON)") from None
+            raise TargetError(f"{self.name}: not a diag agent (HTTP {status}, response is not JSON)") from None
         message = data.get("error") if isinstance(data, dict) else None
-        if resp.status == 401:
+        if status == 401:
             raise TargetError(f"{self.name}: the agent wants a token (set DIAG_AGENT_TOKEN)")
-        if resp.status == 400:
+        if status == 400:
             raise UsageError(f"{self.name}: {message or data}")
-        if resp.status in (404, 405) and method == "POST":
-            raise TargetError(f"{self.name}: no {endpoint} endpoint here (HTTP {resp.status}): "
+        if status in (404, 405) and method == "POST":
+            raise TargetError(f"{self.name}: no {endpoint} endpoint here (HTTP {status}): "
                               "not a diag agent, or an older one")
-        if resp.status != 200:
-            if resp.status == 404 and not message:
+        if status != 200:
+            if status == 404 and not message:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})")
             if method == "POST":
-                raise TargetError(f"{self.name}: {message or f'HTTP {resp.status}: unexpected answer'}")
-            raise TargetError(f"{self.name}: HTTP {resp.status}: {message or 'unexpected answer'}")
+                raise TargetError(f"{self.name}: {message or f'HTTP {status}: unexpected answer'}")
+            raise TargetError(f"{self.name}: HTTP {status}: {message or 'unexpected answer'}")
         return data
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot:

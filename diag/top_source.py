@@ -16,9 +16,7 @@ Usage::
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -116,24 +114,7 @@ def fetch_sync(source: AgentSource) -> SyncSnapshot:
 def get_text(source: AgentSource, endpoint: str) -> tuple[int, str]:
     """GET ``{prefix}/{endpoint}`` as text: (HTTP status, body).  Transport failures
     raise ``TargetError``; the status is left to the caller."""
-    path = f"{source.prefix}/{endpoint}"
-    headers = {"Accept": "text/plain"}
-    if source.token:
-        headers["Authorization"] = f"Bearer {source.token}"
-    conn = source._connection()
-    try:
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read(MAX_METRICS_BYTES + 1)
-    except (TimeoutError, socket.timeout):
-        raise TargetError(f"{source.name}: no answer within {source.timeout:g}s") from None
-    except (OSError, http.client.HTTPException) as err:
-        raise TargetError(f"{source.name}: {type(err).__name__}: {err}") from None
-    finally:
-        conn.close()
-    if len(body) > MAX_METRICS_BYTES:
-        raise TargetError(f"{source.name}: {endpoint} is larger than {MAX_METRICS_BYTES} bytes")
-    return resp.status, body.decode("utf-8", errors="replace")
+    return source.get_text(endpoint, MAX_METRICS_BYTES)
 
 
 def parse_requests(text: str) -> tuple[tuple[str, float], ...] | None:
