@@ -65,10 +65,17 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+#: The longest wait for an answer (a day); more is a typo, and past the platform's clock
+#: range sockets refuse it.
+MAX_TIMEOUT = 86_400.0
+
+
 class AgentSource:
     """A diag agent (or an app with ``diag.aiohttp.setup``) at an HTTP URL or unix socket."""
 
     def __init__(self, target: str, timeout: float = 10.0, token: str | None = None) -> None:
+        if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails too
+            raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout:g}")
         self.name = target
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("DIAG_AGENT_TOKEN")
@@ -132,6 +139,10 @@ class AgentSource:
         except (TimeoutError, socket.timeout):
             hint = " (--timeout)" if method == "GET" else ""
             raise TargetTimeout(f"{self.name}: no answer within {wait:g}s{hint}") from None
+        except http.client.IncompleteRead as err:
+            got = len(err.partial)
+            total = f" of {got + err.expected}" if isinstance(err.expected, int) else ""
+            raise TargetError(f"{self.name}: the connection closed mid-answer ({got}{total} bytes)") from None
         except ConnectionRefusedError:
             raise TargetRefused(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
         except FileNotFoundError:

@@ -197,7 +197,9 @@ def test_profile_target_that_breaks_after_the_status(misbehaving: Misbehaving) -
 
 @pytest.mark.parametrize("misbehaving", ["half a body"], indirect=True)
 def test_half_a_body_as_a_real_process(misbehaving: Misbehaving) -> None:
-    assert misbehaving.url in assert_one_line_error(run_diag("sync", misbehaving.url, *COMMANDS["sync"], timeout=30), 3)
+    line = assert_one_line_error(run_diag("sync", misbehaving.url, *COMMANDS["sync"], timeout=30), 3)
+    assert misbehaving.url in line
+    assert "closed mid-answer" in line and "bytes)" in line  # says how much arrived, in words
 
 
 # -- saved documents ----------------------------------------------------------------------------
