@@ -84,7 +84,7 @@ class Scraper:
                     if not self._fresh(time.monotonic()):  # another scrape may have collected meanwhile
                         started = time.monotonic()
                         try:
-                            snap = collect_sync(self.watch, proof=False, exclude=exclude)
+                            snap = collect_sync(self.watch, proof=False, exclude=exclude, collect_budget=_collect_budget())
                         except Exception:
                             self.errors += 1
                             return None, 0.0, 0.0
@@ -121,6 +121,12 @@ class _Scrape:
     def families(self) -> tuple[Family, ...]:
         exclude: frozenset[int] = getattr(self.local, "exclude", frozenset())
         return self.scraper.families(exclude)
+
+
+def _collect_budget() -> float:
+    from diag.agent import endpoints as api  # the same walk limit as every other dump
+
+    return float(api.COLLECT_BUDGET)
 
 
 def install(endpoints: "Endpoints") -> None:
