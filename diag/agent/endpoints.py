@@ -26,6 +26,12 @@ AGENT_SCHEMA = "diag.agent/1"
 BUSY_WAIT = 10.0
 #: A snapshot younger than this is served again instead of collecting a new one.
 SNAPSHOT_REUSE = 0.25
+#: An answer to the same GET of a cached route (same query, same excluded tasks) is sent
+#: again for this long, so clients polling in a loop cost the target the HTTP exchange
+#: only, not a new view and JSON encoding each.
+ANSWER_REUSE = SNAPSHOT_REUSE
+#: Cached answers kept at once (distinct queries).
+MAX_CACHED_ANSWERS = 32
 #: The largest answer the agent sends.  A bigger one keeps its first entries (biggest
 #: groups, interesting primitives, busiest functions) and says so: ``"truncated": true``
 #: and a note starting "cut:".
@@ -131,9 +137,14 @@ RouteHandler = Callable[[Mapping[str, str], frozenset[int]], Response]
 
 @dataclass(frozen=True)
 class Route:
+    """``paced``: the agent's own server spaces out answers to it (see server.py);
+    ``cached``: an identical GET within ``ANSWER_REUSE`` gets the same answer."""
+
     handler: RouteHandler
     method: str
     help: str
+    paced: bool = False
+    cached: bool = False
 
 
 class Endpoints:
@@ -147,16 +158,47 @@ class Endpoints:
         self.watch = watch
         self._dump_lock = threading.Lock()
         self._last: tuple[float, frozenset[int], TaskSnapshot] | None = None
+        self._answers: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[int]], tuple[float, Response]] = {}
+        self._answers_lock = threading.Lock()
         self.routes: dict[str, Route] = {}
-        self.add("tasks", self.tasks, help="task dump (?debug=1|2&filter=&state=&min_wait=&limit=)")
+        self.add("tasks", self.tasks, help="task dump (?debug=1|2&filter=&state=&min_wait=&limit=)",
+                 paced=True, cached=True)
         self.add("health", self.health, help="event loop health")
         from diag.agent.features import install_features
 
         install_features(self)
 
-    def add(self, name: str, handler: RouteHandler, *, method: str = "GET", help: str = "") -> None:
-        """Serve ``handler`` at ``{PREFIX}/{name}``; mutating operations use POST."""
-        self.routes[name] = Route(handler, method, help)
+    def add(self, name: str, handler: RouteHandler, *, method: str = "GET", help: str = "",
+            paced: bool = False, cached: bool = False) -> None:
+        """Serve ``handler`` at ``{PREFIX}/{name}``; mutating operations use POST.  Routes
+        that walk the target's tasks or heap are ``paced``; ``cached`` ones also reuse
+        an identical answer for ``ANSWER_REUSE`` seconds."""
+        self.routes[name] = Route(handler, method, help, paced, cached and method == "GET")
+
+    def route(self, path: str) -> Route | None:
+        """The route serving ``path``, if any."""
+        route = path.rstrip("/")
+        if not route.startswith(PREFIX + "/"):
+            return None
+        return self.routes.get(route[len(PREFIX) + 1:])
+
+    def _cached(self, found: Route, path: str, query: Mapping[str, str],
+                exclude: frozenset[int]) -> Response:
+        key = (path.rstrip("/"), tuple(sorted(query.items())), exclude)
+        now = time.monotonic()
+        with self._answers_lock:
+            hit = self._answers.get(key)
+            if hit is not None and now - hit[0] < ANSWER_REUSE:
+                return hit[1]
+        resp = found.handler(query, exclude)
+        if resp.status == 200:
+            with self._answers_lock:
+                if len(self._answers) >= MAX_CACHED_ANSWERS:
+                    stale = [k for k, (t, _) in self._answers.items() if now - t >= ANSWER_REUSE]
+                    for k in stale or list(self._answers)[: MAX_CACHED_ANSWERS // 2]:
+                        del self._answers[k]
+                self._answers[key] = (time.monotonic(), resp)
+        return resp
 
     def dispatch(self, method: str, path: str, query: Mapping[str, str],
                  exclude: frozenset[int] = frozenset()) -> Response:
@@ -171,6 +213,8 @@ class Endpoints:
                 return error(404, f"no such endpoint {shown(path)}; try {PREFIX}/")
             if method != found.method and not (method == "HEAD" and found.method == "GET"):
                 return error(405, f"{shown(path)} takes {found.method}")
+            if found.cached:
+                return self._cached(found, path, query, exclude)
             return found.handler(query, exclude)
         except DiagError as err:
             return error(400, shown_error(err))

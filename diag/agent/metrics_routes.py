@@ -150,4 +150,5 @@ def install(endpoints: "Endpoints") -> None:
             scrape.local.exclude = frozenset()
         return Response(200, body, CONTENT_TYPE)
 
-    endpoints.add("metrics", metrics, help="Prometheus metrics: tasks, primitives, loop lag, findings, requests")
+    endpoints.add("metrics", metrics, help="Prometheus metrics: tasks, primitives, loop lag, findings, requests",
+                  paced=True)

@@ -44,6 +44,6 @@ def install(endpoints: "Endpoints") -> None:
         return fit(lambda keep: (snap if keep is None else replace(snap, types=snap.types[:keep])).to_dict(),
                    len(snap.types), "types")
 
-    endpoints.add("objects", objects,
+    endpoints.add("objects", objects, paced=True,
                   help=f"live objects by type (?budget=<= {MAX_BUDGET:g}s&type=NAME&max_depth=N for a "
                        "back-reference chain)")

@@ -12,6 +12,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -23,14 +24,24 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: request thread waits on a socket forever.
 REQUEST_TIMEOUT = 30.0
 #: Connections served at once; the next ones get 503 and are closed at once.
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 32
 #: Query parameters a request may carry.
 MAX_QUERY_FIELDS = 64
 #: A request body (the API takes none) up to this size is read and dropped; a larger
 #: one, or a chunked one, ends the connection after the answer.
 MAX_DISCARDED_BODY = 64 * 1024
+#: Answers of paced routes (task, sync and heap walks) served per second, all clients
+#: together: twenty clients dumping in a loop then cost the target a bounded share of
+#: its CPU instead of all the GIL time they can get.  A request waits for its turn (in
+#: this thread, without the GIL) up to MAX_PACE_WAIT, then gets 503 and Retry-After.
+PACED_ANSWERS_PER_SECOND = 20.0
+MAX_PACE_WAIT = 5.0
+#: Connections the kernel queues before the server accepts them (the standard
+#: library's default of 5 makes a sixth simultaneous client wait for a SYN retry).
+LISTEN_BACKLOG = 64
 _BUSY_BODY = b'{"error": "busy: too many connections to the agent; retry shortly"}'
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Retry-After: 1\r\n"
          b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
@@ -80,6 +91,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if status == 503:
+                self.send_header("Retry-After", "1")
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
@@ -127,7 +140,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         else:
-            resp = self.server.endpoints.dispatch(method, url.path, query)
+            route = self.server.endpoints.route(url.path)
+            if route is not None and route.paced and method in ("GET", "HEAD") and not self.server.pacer.wait():
+                resp = error(503, f"busy: the agent answers at most {PACED_ANSWERS_PER_SECOND:g} dumps a "
+                                  "second; retry shortly")
+                self.close_connection = True
+            else:
+                resp = self.server.endpoints.dispatch(method, url.path, query)
         self._send(resp.status, resp.body, resp.content_type)
 
     def do_GET(self) -> None:
@@ -144,13 +163,38 @@ def _clip(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class _Pacer:
+    """Spaces out answers: each caller gets the next free slot, ``gap`` seconds after the
+    one before, and sleeps until then; ``wait`` is False when that is too far off."""
+
+    def __init__(self, per_second: float, max_wait: float) -> None:
+        self.gap = 1.0 / per_second
+        self.max_wait = max_wait
+        self.lock = threading.Lock()
+        self.next_slot = 0.0
+
+    def wait(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_slot)
+            if slot - now > self.max_wait:
+                return False
+            self.next_slot = slot + self.gap
+        if slot > now:
+            time.sleep(slot - now)
+        return True
+
+
 class _Server(socketserver.ThreadingMixIn):
-    """What both servers share: a cap on connections and no output on the target's stderr."""
+    """What both servers share: a cap on connections, paced dumps and no output on the
+    target's stderr."""
 
     endpoints: Endpoints
     token: str | None
     slots: threading.BoundedSemaphore
+    pacer: _Pacer
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -209,6 +253,7 @@ class AgentServer:
         srv.endpoints = endpoints
         srv.token = token
         srv.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        srv.pacer = _Pacer(PACED_ANSWERS_PER_SECOND, MAX_PACE_WAIT)
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="diag-agent", daemon=True)

@@ -39,4 +39,5 @@ def install(endpoints: "Endpoints") -> None:
 
         return fit(build, max(len(snap.primitives), len(snap.tasks.tasks)), "primitives and tasks")
 
-    endpoints.add("sync", sync, help="primitives, holders, waiters (?proof=1 adds the reachability proof)")
+    endpoints.add("sync", sync, help="primitives, holders, waiters (?proof=1 adds the reachability proof)",
+                  paced=True, cached=True)

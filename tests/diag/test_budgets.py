@@ -222,3 +222,67 @@ def test_connections_beyond_the_cap_get_503(agent: diag.agent.Agent) -> None:
         for sock in idle:
             sock.close()
     assert wait_until(lambda: get(agent, "health", timeout=5)[0] == 200, timeout=10)
+
+
+def test_many_clients_dumping_at_once_are_paced_not_refused(agent: diag.agent.Agent) -> None:
+    # 25 clients ask at the same instant: all get their dump (none refused, none failed),
+    # spaced out by the pacer, so together they take at least 24 gaps.
+    clients = 25
+    barrier = threading.Barrier(clients)
+    statuses: list[int] = []
+
+    def client() -> None:
+        barrier.wait()
+        statuses.append(get(agent, "tasks", timeout=30)[0])
+
+    with LoopWithTasks(10):
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - started
+    assert statuses == [200] * clients
+    assert took >= (clients - 1) / agent_server.PACED_ANSWERS_PER_SECOND * 0.95
+
+
+def test_the_pacer_refuses_a_turn_too_far_off() -> None:
+    pacer = agent_server._Pacer(per_second=10, max_wait=0.25)
+    barrier = threading.Barrier(4)
+    turns: list[bool] = []
+
+    def ask() -> None:
+        barrier.wait()
+        turns.append(pacer.wait())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # At once: turns now, +0.1 s and +0.2 s are taken; the fourth (+0.3 s) is past max_wait.
+    assert sorted(turns) == [False, True, True, True]
+    time.sleep(0.3)
+    assert pacer.wait() is True  # the queue has moved on
+
+
+def test_paced_endpoints_answer_503_with_retry_after_past_the_wait(agent: diag.agent.Agent,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent.server._server, "pacer", agent_server._Pacer(per_second=0.5, max_wait=0.1))
+    assert get(agent, "tasks", timeout=5)[0] == 200  # takes the only turn for two seconds
+    status, headers, body = http("GET", f"{agent.url}/debug/diag/tasks", timeout=5)
+    assert status == 503 and headers.get("Retry-After") == "1"
+    assert "at most" in json.loads(body)["error"]
+    assert get(agent, "health", timeout=5)[0] == 200  # unpaced routes still answer at once
+
+
+def test_identical_requests_share_one_answer_within_the_reuse_window(agent: diag.agent.Agent) -> None:
+    with LoopWithTasks(10):
+        first = get(agent, "sync")[1]
+        second = get(agent, "sync")[1]
+        assert first == second  # same answer: same taken_at
+        other = get(agent, "sync?proof=0")[1]  # another query is another answer
+        assert json.loads(other)["taken_at"] != json.loads(first)["taken_at"]
+        time.sleep(api.ANSWER_REUSE + 0.05)
+        assert json.loads(get(agent, "sync")[1])["taken_at"] != json.loads(first)["taken_at"]
