@@ -397,6 +397,11 @@ class _Walker:
                 cache[id(obj)] = (weakref.ref(obj), found.get(id(obj), ""))
             except TypeError:  # not weakly referenceable: do not cache
                 pass
+        if len(cache) > 2 * len(self.primitive_objects) + 64:
+            # forget primitives that died, so a long-running agent's cache stays the size
+            # of what is alive (the heap scan it saves is per live primitive anyway)
+            for key in [k for k, (ref, _) in list(cache.items()) if ref() is None]:
+                cache.pop(key, None)
         for key, prim in self.primitives.items():
             entry = cache.get(key)
             label = found.get(key) or (entry[1] if entry is not None else "")

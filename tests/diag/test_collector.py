@@ -302,3 +302,32 @@ async def test_pure_python_tasks_are_seen_too() -> None:
     finally:
         event.set()
         await task
+
+
+async def test_the_label_cache_forgets_primitives_that_died() -> None:
+    # A long-running agent names primitives by what holds them and caches the name; the
+    # cache must follow what is alive, not grow with every lock the program ever made.
+    import gc
+
+    watch = LoopWatch(install_factories=False)
+    watch.add_loop(asyncio.get_running_loop())
+
+    async def hold(lock: asyncio.Lock) -> None:
+        async with lock:
+            await asyncio.sleep(30)
+
+    try:
+        for _ in range(30):
+            locks = [asyncio.Lock() for _ in range(20)]
+            tasks = [asyncio.create_task(hold(lock)) for lock in locks * 2]  # a holder and a waiter each
+            await asyncio.sleep(0.01)
+            snap = collect_tasks(watch)
+            assert sum(t.wait.kind == "lock" for t in snap.tasks) >= 20
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            del locks, tasks
+            gc.collect()
+        assert 0 < len(watch.holder_labels) <= 2 * 20 + 64  # 30 x 20 locks were made in all
+    finally:
+        watch.stop()
