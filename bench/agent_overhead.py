@@ -1,8 +1,11 @@
 """Requests/s of the target server with and without the diag agent: python bench/agent_overhead.py
 
-Three target servers run side by side: one with ``--no-diag``, one carrying the agent
-without its task factory (``DIAG_CREATORS=0``: heartbeat, wait sampler, routes), and one
-with the full agent. wrk (Debian package ``wrk``)
+Four target servers run side by side: one with ``--no-diag``, one carrying the agent
+without its task factory (``DIAG_CREATORS=0``: heartbeat, wait sampler, routes), one
+without the request counter of ``diag.aiohttp.setup`` (``DIAG_COUNT_REQUESTS=0``), and
+one with the full agent.  Besides requests/s, the server's CPU time per request (from
+/proc) is reported: it does not depend on how the kernel shares two cores between the
+server and wrk, so it is the steadier figure. wrk (Debian package ``wrk``)
 loads one at a time over loopback for several rounds, the order rotating every round so
 no configuration always runs first; the figures are the medians of each round's ratio
 to the server without diag (paired within a round, so slow drifts of the machine
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -38,6 +42,12 @@ def wrk(url: str, seconds: float, connections: int) -> float:
     if match is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     return float(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dumper(url: str, stop: threading.Event, counts: list[int], interval: float) -> None:
@@ -64,12 +74,13 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     flags = ("--rate", "1000000", "--burst", "1000000", "--log-level", "WARNING")
-    names = ("without", "no_factory", "full")
-    envs: tuple[dict[str, str], ...] = ({}, {"DIAG_CREATORS": "0"}, {})
-    extra: tuple[tuple[str, ...], ...] = (("--no-diag",), (), ())
+    names = ("without", "no_factory", "no_request_count", "full")
+    envs: tuple[dict[str, str], ...] = ({}, {"DIAG_CREATORS": "0"}, {"DIAG_COUNT_REQUESTS": "0"}, {})
+    extra: tuple[tuple[str, ...], ...] = (("--no-diag",), (), (), ())
     if args.same:
         names, envs, extra = ("without", "without_again"), ({}, {}), (("--no-diag",), ("--no-diag",))
     runs: dict[str, list[float]] = {n: [] for n in names}
+    cpu_us: dict[str, list[float]] = {n: [] for n in names}  # server CPU per request
     dumps = [0]
     servers = [TargetServer(*flags, *x, env=e) for x, e in zip(extra, envs)]
     try:
@@ -84,7 +95,11 @@ def main() -> None:
                            for _ in range(args.dump_clients if names[i] == "full" else 0)]
                 for t in threads:
                     t.start()
-                runs[names[i]].append(wrk(servers[i].url + args.path, args.seconds, args.connections))
+                pid = servers[i].proc.pid  # type: ignore[union-attr]
+                before = cpu_seconds(pid)
+                rps = wrk(servers[i].url + args.path, args.seconds, args.connections)
+                runs[names[i]].append(rps)
+                cpu_us[names[i]].append((cpu_seconds(pid) - before) / (rps * args.seconds) * 1e6)
                 stop.set()
                 for t in threads:
                     t.join()
@@ -96,6 +111,7 @@ def main() -> None:
         "python": sys.version.split()[0], "path": args.path, "rounds": args.rounds, "seconds": args.seconds}
     for name in names:
         result[f"rps_{name}"] = round(statistics.median(runs[name]))
+        result[f"server_cpu_us_per_request_{name}"] = round(statistics.median(cpu_us[name]), 1)
         if name != "without":
             ratios = [x / b for x, b in zip(runs[name], base)]
             result[f"ratio_{name}"] = round(statistics.median(ratios), 4)

@@ -15,6 +15,7 @@ the agent's own thread (``diag.agent.start``) still answers, so services usually
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Callable
 
@@ -97,8 +98,9 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
     if metrics_path is not None:
         app.router.add_get(metrics_path, metrics)
         own += (metrics_path,)
-    app.middlewares.insert(0, _request_counter(own))  # outermost: counts the status the client gets
-    REQUESTS.enabled = True
+    if os.environ.get("DIAG_COUNT_REQUESTS", "1") != "0":
+        app.middlewares.insert(0, _request_counter(own))  # outermost: counts the status the client gets
+        REQUESTS.enabled = True
 
 
 async def _on_own_thread(work: Callable[[], Response]) -> Response:
