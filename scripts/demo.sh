@@ -21,7 +21,17 @@ PY
     sleep 0.1
 done
 echo "target server: $url (log: $log)" >&2
-python scripts/demo_traffic.py "$url"
+# The traffic process keeps two queued requests in flight while diag looks.
+ready="$(mktemp -t demo-ready.XXXXXX)"
+: >"$ready"
+python scripts/demo_traffic.py "$url" --ready-file "$ready" --hold 60 &
+traffic=$!
+trap 'kill $traffic 2>/dev/null; kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log" "$ready"' EXIT
+for _ in $(seq 600); do
+    [ -s "$ready" ] && break
+    kill -0 $traffic 2>/dev/null || break
+    sleep 0.1
+done
 sleep 1.5   # let the wait clock see the stuck tasks
 
 echo; echo "\$ diag tasks $url" >&2
