@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from diag.analysis.leak_verdicts import LeakReport
+from diag.analysis.leak_verdicts import Finding, LeakReport
 from diag.render import formatting as fmt
 
 KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
@@ -23,18 +23,24 @@ def _summary(report: LeakReport) -> list[str]:
     return [f"diag leaks: pid {report.process.pid}: {parts}", report.proof] + [f"note: {n}" for n in report.notes]
 
 
+def finding_lines(f: Finding, cwd: str | None, tag: str = "") -> list[str]:
+    """One finding in the text form: a blank line, ``KIND[ tag]: title``, evidence, site, tasks."""
+    lines = ["", f"{f.kind.upper()}{tag}: {f.title}", f"    {f.evidence}"]
+    for frame in f.site[:6]:
+        lines.append(f"    at {fmt.where(frame, cwd)} {frame.function}")
+        if frame.source:
+            lines.append(f"        {frame.source}")
+    if f.tasks:
+        shown = ", ".join(f"{t.id} {t.name!r}" for t in f.tasks[:8])
+        more = f" and {f.task_count - 8} more" if f.task_count > 8 else ""
+        lines.append(f"    tasks: {shown}{more}")
+    return lines
+
+
 def render_text(report: LeakReport, out: TextIO, *, cwd: str | None = None) -> None:
     lines = _summary(report)
     for f in report.findings:
-        lines += ["", f"{f.kind.upper()}: {f.title}", f"    {f.evidence}"]
-        for frame in f.site[:6]:
-            lines.append(f"    at {fmt.where(frame, cwd)} {frame.function}")
-            if frame.source:
-                lines.append(f"        {frame.source}")
-        if f.tasks:
-            shown = ", ".join(f"{t.id} {t.name!r}" for t in f.tasks[:8])
-            more = f" and {f.task_count - 8} more" if f.task_count > 8 else ""
-            lines.append(f"    tasks: {shown}{more}")
+        lines += finding_lines(f, cwd)
     out.write("\n".join(lines) + "\n")
 
 

@@ -12,7 +12,7 @@ from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
 from diag.multi_source import TargetResult
 from diag.render import formatting as fmt
-from diag.render.leaks_render import KIND_STYLE
+from diag.render.leaks_render import KIND_STYLE, finding_lines
 from diag.render.many_tasks import failure_lines
 
 
@@ -40,16 +40,7 @@ def render_text(results: Sequence[TargetResult[LeakReport]], findings: Sequence[
                 *, cwd: str | None = None) -> None:
     lines = _summary(results)
     for item in findings:
-        f = item.finding
-        lines += ["", f"{f.kind.upper()} [pid {item.process}]: {f.title}", f"    {f.evidence}"]
-        for frame in f.site[:6]:
-            lines.append(f"    at {fmt.where(frame, cwd)} {frame.function}")
-            if frame.source:
-                lines.append(f"        {frame.source}")
-        if f.tasks:
-            shown = ", ".join(f"{t.id} {t.name!r}" for t in f.tasks[:8])
-            more = f" and {f.task_count - 8} more" if f.task_count > 8 else ""
-            lines.append(f"    tasks: {shown}{more}")
+        lines += finding_lines(item.finding, cwd, f" [pid {item.process}]")
     out.write("\n".join(lines) + "\n")
 
 

@@ -10,9 +10,8 @@ from rich.text import Text
 
 from diag.analysis.merge import ProcessPrimitive, process_name
 from diag.multi_source import TargetResult
-from diag.render import formatting as fmt
 from diag.render.many_tasks import failure_lines
-from diag.render.sync_render import holder_text, state_text, waiters_text
+from diag.render.sync_render import holder_text, state_lines, state_text, waiters_text
 from diag.sync_snapshot import SyncSnapshot
 
 
@@ -34,17 +33,7 @@ def render_text(results: Sequence[TargetResult[SyncSnapshot]], shown: Sequence[P
                 *, cwd: str | None = None) -> None:
     lines = header(results, len(shown))
     for item in shown:
-        state, p = item.state, item.state.primitive
-        lines.append("")
-        lines.append(f"pid {item.process}: {p.kind} {p.label or '?'} {p.id}: {state_text(state)}; "
-                     f"waiters {waiters_text(state)}")
-        for holder in state.holders:
-            lines.append(f"    held by {holder_text(holder, cwd)}")
-            for frame in holder.site[1:]:
-                lines.append(f"        from {fmt.where(frame, cwd)} {frame.function}")
-        if state.waiting_tasks:
-            ids = ", ".join(str(t) for t in state.waiting_tasks[:10]) + (", ..." if len(state.waiting_tasks) > 10 else "")
-            lines.append(f"    waiting: tasks {ids}")
+        lines += state_lines(item.state, cwd, f"pid {item.process}: ")
     out.write("\n".join(lines) + "\n")
 
 

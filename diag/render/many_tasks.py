@@ -17,7 +17,7 @@ from rich.text import Text
 from diag.analysis.merge import MergedGroup, MergedTasks, process_name
 from diag.multi_source import TargetResult, failure_line
 from diag.render import formatting as fmt
-from diag.render.tasks_table import STATE_STYLE, innermost_user_frame
+from diag.render.tasks_table import task_cells
 from diag.render.tasks_text import loop_line, stack_lines, task_title
 
 
@@ -118,11 +118,7 @@ def render_table(view: MergedTasks, console: Console, *, cwd: str | None = None)
             first = [str(task.count), " ".join(f"{s.process}:{s.task.count}" for s in group.shares)]
         else:
             first = [group.shares[0].process, str(task.id), task.name]
-        waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
-        created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
-        table.add_row(*first, Text(task.state, style=STATE_STYLE.get(task.state, "")),
-                      fmt.wait_reason(task.wait, cwd), waited, task.coro,
-                      innermost_user_frame(task, cwd), created)
+        table.add_row(*first, *task_cells(task, cwd))
     console.print(table)
     for line in footer(view, cwd):
         console.print(Text(line, style="bold red" if "DEADLOCK" in line or "is blocked" in line else ""))

@@ -59,17 +59,23 @@ def render_text(snap: SyncSnapshot, out: TextIO, *, cwd: str | None = None, show
     states = _interesting(snap, show_all)
     lines = header(snap, len(states))
     for state in states:
-        p = state.primitive
-        lines.append("")
-        lines.append(f"{p.kind} {p.label or '?'} {p.id}: {state_text(state)}; waiters {waiters_text(state)}")
-        for holder in state.holders:
-            lines.append(f"    held by {holder_text(holder, cwd)}")
-            for frame in holder.site[1:]:
-                lines.append(f"        from {fmt.where(frame, cwd)} {frame.function}")
-        if state.waiting_tasks:
-            ids = ", ".join(str(t) for t in state.waiting_tasks[:10]) + (", ..." if len(state.waiting_tasks) > 10 else "")
-            lines.append(f"    waiting: tasks {ids}")
+        lines += state_lines(state, cwd)
     out.write("\n".join(lines) + "\n")
+
+
+def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> list[str]:
+    """One primitive in the text form: a blank line, ``[prefix]kind label id: state``,
+    its holders with their acquire sites, and the waiting tasks."""
+    p = state.primitive
+    lines = ["", f"{prefix}{p.kind} {p.label or '?'} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
+    for holder in state.holders:
+        lines.append(f"    held by {holder_text(holder, cwd)}")
+        for frame in holder.site[1:]:
+            lines.append(f"        from {fmt.where(frame, cwd)} {frame.function}")
+    if state.waiting_tasks:
+        ids = ", ".join(str(t) for t in state.waiting_tasks[:10]) + (", ..." if len(state.waiting_tasks) > 10 else "")
+        lines.append(f"    waiting: tasks {ids}")
+    return lines
 
 
 def render_table(snap: SyncSnapshot, console: Console, *, cwd: str | None = None, show_all: bool = False) -> None:

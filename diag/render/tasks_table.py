@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -19,6 +21,14 @@ def innermost_user_frame(task: TaskInfo, cwd: str | None) -> str:
         if not path.startswith("asyncio/"):
             return f"{path}:{frame.line} {frame.function}"
     return f"{fmt.where(task.stack[0], cwd)} {task.stack[0].function}" if task.stack else "-"
+
+
+def task_cells(task: TaskInfo, cwd: str | None) -> list[Any]:
+    """The columns from State to Created by, for a task or a group's representative."""
+    waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
+    created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
+    return [Text(task.state, style=STATE_STYLE.get(task.state, "")), fmt.wait_reason(task.wait, cwd), waited,
+            task.coro, innermost_user_frame(task, cwd), created]
 
 
 def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> None:
@@ -39,11 +49,7 @@ def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> N
     table.add_column("Created by")
     for task in snap.tasks:
         first = [str(task.count)] if snap.grouped else [str(task.id), task.name]
-        waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
-        created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
-        table.add_row(*first, Text(task.state, style=STATE_STYLE.get(task.state, "")),
-                      fmt.wait_reason(task.wait, cwd), waited, task.coro,
-                      innermost_user_frame(task, cwd), created)
+        table.add_row(*first, *task_cells(task, cwd))
     console.print(table)
     for line in footer(snap, cwd):
         console.print(Text(line, style="bold red" if line.startswith(("DEADLOCK", "loop")) else ""))

@@ -104,10 +104,14 @@ def wait_text(task: TaskInfo, cwd: str | None) -> str:
     return f"{wait.detail or wait.kind} {wait.primitive.label or wait.primitive.id}"
 
 
+def _section(title: str) -> Table:
+    """A borderless table titled like the frame's other sections."""
+    return Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, pad_edge=False,
+                 title=Text(title), title_justify="left", title_style="bold")
+
+
 def groups_table(summary: TopSummary, cwd: str | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, pad_edge=False,
-                  title=Text(f"stuck tasks, biggest groups ({len(summary.groups)} of {summary.groups_total})"),
-                  title_justify="left", title_style="bold")
+    table = _section(f"stuck tasks, biggest groups ({len(summary.groups)} of {summary.groups_total})")
     table.add_column("Count", justify="right")
     table.add_column("Waits on", overflow="fold")
     table.add_column("Longest", justify="right")
@@ -147,9 +151,7 @@ def in_use_text(line: PrimitiveLine) -> str:
 
 
 def primitives_table(summary: TopSummary) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, pad_edge=False,
-                  title=Text(f"primitives with waiters ({len(summary.primitives)} of {summary.primitives_total})"),
-                  title_justify="left", title_style="bold")
+    table = _section(f"primitives with waiters ({len(summary.primitives)} of {summary.primitives_total})")
     table.add_column("Kind")
     table.add_column("Label", overflow="fold")
     table.add_column("In use", justify="right")
