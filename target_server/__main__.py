@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import asdict
 from collections.abc import Callable, Sequence
@@ -60,20 +61,28 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     return Config(**{name.replace("-", "_"): value for name, value in vars(args).items()})
 
 
+def start_agent(config: Config) -> None:
+    """Start the diag agent unless ``--no-diag``; a failure is logged, never fatal.
+
+    The agent's own thread answers even while a handler blocks the event loop; the same
+    endpoints are also on the app's port (/debug/diag/), see make_app.
+    """
+    if config.no_diag:
+        return
+    try:
+        agent = diag.agent.start(config.diag_agent)
+    except Exception:
+        log.exception("diag agent not started", extra=fields(address=config.diag_agent))
+    else:
+        log.info("diag agent listening", extra=fields(url=agent.url, pid=os.getpid()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully and return the exit status."""
     config = parse_args(argv)
     setup_logging(config.log_level)
     log.info("starting", extra=fields(version=__version__, **asdict(config)))
-    if not config.no_diag:
-        # The agent's own thread answers even while a handler blocks the event loop; the
-        # same endpoints are also on the app's port (/debug/diag/), see make_app.
-        try:
-            agent = diag.agent.start(config.diag_agent)
-        except Exception:
-            log.exception("diag agent not started", extra=fields(address=config.diag_agent))
-        else:
-            log.info("diag agent listening", extra=fields(url=agent.url))
+    start_agent(config)
     # run_app on SIGINT/SIGTERM: stop accepting, give in-flight requests up to shutdown_timeout,
     # run the cleanup contexts (which cancel leaked tasks), then cancel whatever task is left.
     try:

@@ -11,30 +11,19 @@ its own diag agent, or keeps the one ``diag run --agent-dir DIR`` already gave i
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 
 from aiohttp import web
 
-import diag.agent
-
-from .__main__ import parse_args
+from .__main__ import parse_args, start_agent
 from .app import make_app
-from .logs import fields, setup_logging
-
-log = logging.getLogger("target_server")
+from .logs import setup_logging
 
 
 async def app() -> web.Application:
     """The app factory gunicorn's aiohttp worker awaits once in each worker."""
     config = parse_args(shlex.split(os.environ.get("TARGET_SERVER_ARGS", "")))
     setup_logging(config.log_level)
-    if not config.no_diag:
-        try:
-            agent = diag.agent.start(config.diag_agent)
-        except Exception:
-            log.exception("diag agent not started", extra=fields(address=config.diag_agent))
-        else:
-            log.info("diag agent listening", extra=fields(url=agent.url, pid=os.getpid()))
+    start_agent(config)
     return make_app(config)
