@@ -223,3 +223,47 @@ def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> N
     path.write_text(json.dumps({"schema": "diag.profile/1", "mode": "yappi", "functions": []}))
     line = assert_one_line_error(run_diag("profile", str(path), "-o", str(tmp_path / "x.collapsed")), 2)
     assert "--mode sample" in line
+
+
+def test_samples_delayed_by_a_busy_loop_count_for_their_delay() -> None:
+    # The sampler thread needs the GIL to read a stack; while the loop thread runs Python,
+    # it gets it only at the next switch interval (raised to 50 ms here, 5 sampling
+    # periods). A late sample must count for the time it stood for, or busy code would
+    # read as a small share of the window: unweighted, `busy` below gets about 40 %.
+    import asyncio
+
+    from diag.collect import profiler
+    from diag.collect.profiler import LoopThread, ProfileOptions
+
+    def busy(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    async def main() -> tuple[Any, float]:
+        target = LoopThread(threading.get_ident(), "MainThread", asyncio.get_running_loop())
+        result: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: result.update(
+            snap=profiler.take_profile(ProfileOptions(mode="sample", seconds=2.0), target)))
+        thread.start()
+        busy_s = total_s = 0.0
+        while thread.is_alive():
+            t0 = time.perf_counter()
+            busy(0.12)
+            busy_s += time.perf_counter() - t0
+            await asyncio.sleep(0.04)
+            total_s += time.perf_counter() - t0
+        thread.join()
+        return result["snap"], busy_s / total_s
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    try:
+        snap, true_share = asyncio.run(main())
+    finally:
+        sys.setswitchinterval(previous)
+    in_busy = sum(s.count for s in snap.stacks if any(snap.frames[i].name.endswith("busy") for i in s.frames))
+    share = in_busy / snap.samples
+    assert true_share > 0.6
+    assert share > true_share - 0.15, (share, true_share, snap.notes)
+    assert any("late" in note for note in snap.notes)  # says its samples were weighted
