@@ -1,4 +1,11 @@
-/* diag._origins: task ids and "created by" records, in C.
+/* diag._origins: the hot paths of diag's bookkeeping, in C.
+ *
+ * Three jobs, each with a pure-Python twin that gives the same answers:
+ * - task ids and "created by" records (the task factory; diag/collect/task_origins.py);
+ * - who holds which Lock or Semaphore permit (the acquire and release wrappers;
+ *   diag/collect/holders.py);
+ * - reading a task's await chain for the dump (diag/collect/task_collector.py).
+ * Each section below says what the Python twin costs that this one does not.
  *
  * The pure-Python path in diag/collect/task_origins.py does the same work with a
  * Python task factory, sys._getframe and an attribute set on each task.  Each of those
@@ -18,12 +25,14 @@
  *
  * CPython's internal frame layout is read here, so the module is compiled against the
  * running interpreter's own headers and only for the layouts it knows (3.11 to 3.13,
- * with the GIL); anywhere else it exports nothing and diag uses the Python path.  Any
- * failure while recording is swallowed: the task is returned either way.
+ * with the GIL); anywhere else it exports nothing and diag uses the Python paths.  Any
+ * failure while recording is swallowed: the task is returned, the permit taken, either
+ * way.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
 #define DIAG_KNOWN_LAYOUT 1
@@ -31,6 +40,9 @@
 #define Py_BUILD_CORE 1
 #endif
 #include "internal/pycore_frame.h"
+#if PY_VERSION_HEX >= 0x030D0000
+#include "internal/pycore_genobject.h"
+#endif
 #if PY_VERSION_HEX < 0x030D0000
 #define DIAG_FRAME_CODE(f) ((f)->f_code)
 #else
@@ -235,6 +247,7 @@ seq_of(PyObject *task)
 #define VERDICTS 256
 static struct { PyCodeObject *code; int skip; int stored; } verdicts[VERDICTS];
 static PyObject *skip_prefix = NULL;
+static PyObject *skip_file = NULL;  /* diag's holder wrappers: passed over like asyncio */
 
 static int
 is_asyncio_code(PyCodeObject *code)
@@ -252,6 +265,13 @@ is_asyncio_code(PyCodeObject *code)
             m = 0;
         }
         skip = (int)m;
+        if (!skip && skip_file != NULL) {
+            int cmp = PyUnicode_Compare(filename, skip_file);
+            if (cmp == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            skip = cmp == 0;
+        }
     }
     Py_XSETREF(verdicts[i].code, (PyCodeObject *)Py_NewRef(code));
     verdicts[i].skip = skip;
@@ -508,6 +528,725 @@ static PyTypeObject OriginFactoryType = {
     .tp_getset = factory_getset,
 };
 
+/* ---- who holds a Lock or Semaphore permit ------------------------------------------
+ *
+ * The wrappers below replace asyncio's Lock and Semaphore acquire and release; after
+ * each acquire or release they call note_acquired or note_released here.  Each
+ * primitive gets one list in a plain attribute, read and written by the generic
+ * machinery (no __getattr__ or __setattr__ of the program's runs): item 0 is the
+ * time.monotonic() of the last acquire or release, then one record per permit held,
+ * oldest first.  A record is the tuple (holding task's id or None, site, since): site
+ * holds up to SITE_DEPTH (code, offset) pairs of the acquiring coroutines, innermost
+ * first, read from the frame chain without making frame objects.  A program acquires at
+ * a handful of places, so site tuples are cached by their pairs and shared, and a
+ * record costs one tuple.  The layout is holders.py's; so is SITE_DEPTH.
+ */
+
+#define SITE_DEPTH 3
+#define SITE_CACHE 64
+#define ASYNC_CODE_FLAGS (CO_COROUTINE | CO_ASYNC_GENERATOR | CO_ITERABLE_COROUTINE)
+
+static PyObject *get_running_loop = NULL;  /* asyncio.events._get_running_loop */
+static PyObject *loop_tasks = NULL;        /* asyncio.tasks._current_tasks */
+static PyObject *held_attr = NULL;         /* name of the attribute holding the list */
+
+typedef struct {
+    PyCodeObject *code[SITE_DEPTH];  /* borrowed: `site` holds them */
+    int offset[SITE_DEPTH];
+    int n;
+    PyObject *site;                  /* the shared tuple, or NULL */
+} SiteSlot;
+
+static SiteSlot sites[SITE_CACHE];
+
+static PyObject *
+running_task_seq(void)
+{
+    /* The running task's diag id as an int, or None; NULL with an exception on failure. */
+    if (get_running_loop == NULL || loop_tasks == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    if (loop == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *task = PyDict_GetItemWithError(loop_tasks, loop);  /* borrowed */
+    Py_DECREF(loop);
+    if (task == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(task);
+    long long seq = seq_of(task);
+    Py_DECREF(task);
+    return seq < 0 ? NULL : PyLong_FromLongLong(seq);
+}
+
+static PyObject *
+monotonic_now(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_Monotonic(&t) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(PyTime_AsSecondsDouble(t));
+#else
+    return PyFloat_FromDouble(_PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock()));
+#endif
+}
+
+static PyObject *
+acquire_site(void)
+{
+    /* The acquiring coroutines, innermost first (new reference): frames of asyncio and of
+     * diag's wrappers are passed over, and the walk ends at the first frame that is not a
+     * coroutine's (the loop's own machinery). */
+    PyCodeObject *code[SITE_DEPTH];
+    int offset[SITE_DEPTH];
+    int n = 0;
+    uintptr_t h = 0;
+    _PyInterpreterFrame *f = current_frame(PyThreadState_Get());
+    for (int depth = 0; f != NULL && depth < 64 && n < SITE_DEPTH; depth++, f = f->previous) {
+        if (not_python_code(f)) {
+            continue;
+        }
+        PyCodeObject *c = DIAG_FRAME_CODE(f);
+        if (is_asyncio_code(c)) {
+            continue;
+        }
+        if (!(c->co_flags & ASYNC_CODE_FLAGS)) {
+            break;
+        }
+        code[n] = c;
+        offset[n] = (int)(_PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+        h = (h ^ ((uintptr_t)c >> 4) ^ (uintptr_t)offset[n]) * (uintptr_t)0x9E3779B97F4A7C15ull;
+        n++;
+    }
+    SiteSlot *slot = &sites[(h >> 32) & (SITE_CACHE - 1)];
+    if (slot->site != NULL && slot->n == n) {
+        int same = 1;
+        for (int i = 0; i < n && same; i++) {
+            same = slot->code[i] == code[i] && slot->offset[i] == offset[i];
+        }
+        if (same) {
+            return Py_NewRef(slot->site);
+        }
+    }
+    PyObject *site = PyTuple_New(n);
+    if (site == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *off = PyLong_FromLong(offset[i]);
+        PyObject *pair = off == NULL ? NULL : PyTuple_Pack(2, (PyObject *)code[i], off);
+        Py_XDECREF(off);
+        if (pair == NULL) {
+            Py_DECREF(site);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(site, i, pair);
+    }
+    Py_XSETREF(slot->site, Py_NewRef(site));
+    for (int i = 0; i < n; i++) {
+        slot->code[i] = code[i];
+        slot->offset[i] = offset[i];
+    }
+    slot->n = n;
+    return site;
+}
+
+static PyObject *
+held_list(PyObject *primitive, PyObject *now, int create)
+{
+    /* The primitive's list with item 0 set to `now` (borrowed), created if asked; NULL
+     * with no error when there is none, NULL with an error on failure.  It is read and
+     * set as a plain attribute: asking for __dict__ would make the object trade its
+     * inline attribute values for a real dict, and every attribute access asyncio makes
+     * on it would then be slower. */
+    PyObject *held = PyObject_GenericGetAttr(primitive, held_attr);
+    if (held == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        if (!create) {
+            return NULL;
+        }
+        held = PyList_New(1);
+        if (held == NULL) {
+            return NULL;
+        }
+        PyList_SET_ITEM(held, 0, Py_NewRef(now));
+        int set = PyObject_GenericSetAttr(primitive, held_attr, held);
+        Py_DECREF(held);  /* the primitive keeps it */
+        return set < 0 ? NULL : held;
+    }
+    Py_DECREF(held);  /* the primitive keeps it */
+    if (!PyList_Check(held) || PyList_GET_SIZE(held) == 0) {
+        return NULL;
+    }
+    PyObject *old = PyList_GET_ITEM(held, 0);
+    PyList_SET_ITEM(held, 0, Py_NewRef(now));
+    Py_DECREF(old);
+    return held;
+}
+
+static int
+note_acquired(PyObject *primitive)
+{
+    int rc = -1;
+    PyObject *seq = NULL, *site = NULL, *entry = NULL;
+    PyObject *now = monotonic_now();
+    if (now == NULL) {
+        return -1;
+    }
+    PyObject *held = held_list(primitive, now, 1);
+    if (held != NULL && (seq = running_task_seq()) != NULL && (site = acquire_site()) != NULL
+            && (entry = PyTuple_Pack(3, seq, site, now)) != NULL) {
+        rc = PyList_Append(held, entry);
+    }
+    Py_XDECREF(entry);
+    Py_XDECREF(site);
+    Py_XDECREF(seq);
+    Py_DECREF(now);
+    return rc;
+}
+
+static int
+note_released(PyObject *primitive)
+{
+    /* Drop the releasing task's record, or the oldest when the permit is released on its
+     * holder's behalf. */
+    PyObject *now = monotonic_now();
+    if (now == NULL) {
+        return -1;
+    }
+    PyObject *held = held_list(primitive, now, 0);
+    Py_DECREF(now);
+    if (held == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(held);
+    if (size < 2) {
+        return 0;
+    }
+    Py_INCREF(held);
+    PyObject *seq = running_task_seq();
+    if (seq == NULL) {
+        Py_DECREF(held);
+        return -1;
+    }
+    Py_ssize_t found = 1;
+    for (Py_ssize_t i = 1; i < size; i++) {
+        PyObject *entry = PyList_GET_ITEM(held, i);
+        if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) > 0) {
+            PyObject *owner = PyTuple_GET_ITEM(entry, 0);
+            if (owner == seq || (PyLong_CheckExact(owner) && PyLong_CheckExact(seq)
+                                 && PyObject_RichCompareBool(owner, seq, Py_EQ) == 1)) {
+                found = i;
+                break;
+            }
+        }
+    }
+    int rc = PyList_SetSlice(held, found, found + 1, NULL);
+    Py_DECREF(seq);
+    Py_DECREF(held);
+    return rc;
+}
+
+static PyObject *
+mod_configure_holders(PyObject *mod, PyObject *args)
+{
+    PyObject *get_loop, *tasks, *held_name, *wrappers_file;
+    if (!PyArg_ParseTuple(args, "OO!UU:configure_holders", &get_loop, &PyDict_Type, &tasks,
+                          &held_name, &wrappers_file)) {
+        return NULL;
+    }
+    Py_XSETREF(skip_file, Py_NewRef(wrappers_file));
+    for (int i = 0; i < VERDICTS; i++) {  /* verdicts made before knew nothing of that file */
+        Py_CLEAR(verdicts[i].code);
+    }
+    Py_XSETREF(get_running_loop, Py_NewRef(get_loop));
+    Py_XSETREF(loop_tasks, Py_NewRef(tasks));
+    Py_XSETREF(held_attr, Py_NewRef(held_name));
+    Py_RETURN_NONE;
+}
+
+/* ---- the wrappers: asyncio's acquire and release, recorded ---------------------------
+ *
+ * HeldMethod replaces Lock.acquire, Lock.release, Semaphore.acquire and
+ * Semaphore.release on their classes.  A release calls asyncio's release, then
+ * note_released.  An acquire calls asyncio's acquire and hands back an Acquiring: an
+ * awaitable that drives asyncio's coroutine and calls note_acquired when it returns.
+ * Done in Python, the same takes a wrapper coroutine and a frame per acquire, which
+ * cost more than the recording itself.
+ */
+
+static PyObject *acquire_observer = NULL;  /* called with each acquired primitive, or NULL */
+
+static void
+acquired(PyObject *primitive)
+{
+    if (note_acquired(primitive) < 0) {
+        PyErr_Clear();  /* bookkeeping never breaks the program's acquire */
+    }
+    if (acquire_observer != NULL) {
+        PyObject *r = PyObject_CallOneArg(acquire_observer, primitive);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;      /* asyncio's acquire() coroutine */
+    PyObject *primitive;  /* the Lock or Semaphore */
+} Acquiring;
+
+static PyTypeObject AcquiringType;
+
+static PySendResult
+acquiring_am_send(Acquiring *self, PyObject *arg, PyObject **result)
+{
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an acquire() awaitable");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PySendResult r = PyIter_Send(self->inner, arg, result);
+    if (r == PYGEN_RETURN) {
+        acquired(self->primitive);
+    }
+    return r;
+}
+
+static PyObject *
+acquiring_send(Acquiring *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = acquiring_am_send(self, arg, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        if (result != Py_None) {
+            _PyGen_SetStopIterationValue(result);
+        }
+        else {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+acquiring_iternext(Acquiring *self)
+{
+    PyObject *result;
+    PySendResult r = acquiring_am_send(self, Py_None, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        if (result != Py_None) {
+            _PyGen_SetStopIterationValue(result);
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+acquiring_throw(Acquiring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an acquire() awaitable");
+        return NULL;
+    }
+    PyObject *meth = PyObject_GetAttrString(self->inner, "throw");
+    if (meth == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(meth, args, (size_t)nargs, NULL);
+    Py_DECREF(meth);
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        /* asyncio's acquire finished in spite of the exception: the permit is held */
+        PyObject *value = NULL;
+        if (_PyGen_FetchStopIterationValue(&value) == 0) {
+            acquired(self->primitive);
+            if (value != Py_None) {
+                _PyGen_SetStopIterationValue(value);
+            }
+            else {
+                PyErr_SetNone(PyExc_StopIteration);
+            }
+            Py_DECREF(value);
+        }
+    }
+    return result;
+}
+
+static PyObject *
+acquiring_close(Acquiring *self, PyObject *unused)
+{
+    if (self->inner == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethod(self->inner, "close", NULL);
+}
+
+static PyObject *
+acquiring_await(Acquiring *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+acquiring_get_inner(Acquiring *self, void *closure)
+{
+    return Py_NewRef(self->inner != NULL ? self->inner : Py_None);
+}
+
+static PyObject *
+acquiring_get_qualname(Acquiring *self, void *closure)
+{
+    if (self->inner == NULL) {
+        return PyUnicode_FromString("acquire");
+    }
+    return PyObject_GetAttrString(self->inner, "__qualname__");
+}
+
+static int
+acquiring_traverse(Acquiring *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->inner);
+    Py_VISIT(self->primitive);
+    return 0;
+}
+
+static int
+acquiring_clear(Acquiring *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->primitive);
+    return 0;
+}
+
+static void
+acquiring_dealloc(Acquiring *self)
+{
+    PyObject_GC_UnTrack(self);
+    acquiring_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyAsyncMethods acquiring_async = {
+    .am_await = (unaryfunc)acquiring_await,
+    .am_send = (sendfunc)acquiring_am_send,
+};
+
+static PyMethodDef acquiring_methods[] = {
+    {"send", (PyCFunction)acquiring_send, METH_O, "send(value): as a coroutine's send."},
+    {"throw", (PyCFunction)(void (*)(void))acquiring_throw, METH_FASTCALL, "throw(exc): as a coroutine's throw."},
+    {"close", (PyCFunction)acquiring_close, METH_NOARGS, "close(): as a coroutine's close."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef acquiring_getset[] = {
+    {"inner", (getter)acquiring_get_inner, NULL, "asyncio's acquire() coroutine", NULL},
+    {"__qualname__", (getter)acquiring_get_qualname, NULL, "asyncio's acquire()'s name", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject AcquiringType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "diag._origins.Acquiring",
+    .tp_basicsize = sizeof(Acquiring),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "An acquire() of an asyncio Lock or Semaphore whose holder diag records.",
+    .tp_dealloc = (destructor)acquiring_dealloc,
+    .tp_traverse = (traverseproc)acquiring_traverse,
+    .tp_clear = (inquiry)acquiring_clear,
+    .tp_as_async = &acquiring_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)acquiring_iternext,
+    .tp_methods = acquiring_methods,
+    .tp_getset = acquiring_getset,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *original;  /* asyncio's method */
+    int releases;        /* 0: an acquire, 1: a release */
+    vectorcallfunc vectorcall;
+    PyObject *dict;      /* attributes, as a function has: the coroutine-function marks */
+} HeldMethod;
+
+static PyObject *
+held_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HeldMethod *self = (HeldMethod *)callable;
+    PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (result == NULL || PyVectorcall_NARGS(nargsf) < 1) {
+        return result;
+    }
+    PyObject *primitive = args[0];
+    if (self->releases) {
+        if (note_released(primitive) < 0) {
+            PyErr_Clear();
+        }
+        return result;
+    }
+    Acquiring *aw = PyObject_GC_New(Acquiring, &AcquiringType);
+    if (aw == NULL) {
+        PyErr_Clear();
+        return result;  /* unrecorded, but the program's acquire goes on */
+    }
+    aw->inner = result;
+    aw->primitive = Py_NewRef(primitive);
+    PyObject_GC_Track(aw);
+    return (PyObject *)aw;
+}
+
+static PyObject *
+held_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "releases", NULL};
+    PyObject *original;
+    int releases;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op:HeldMethod", kwlist, &original, &releases)) {
+        return NULL;
+    }
+    HeldMethod *self = (HeldMethod *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->original = Py_NewRef(original);
+    self->releases = releases;
+    self->vectorcall = held_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyObject *
+held_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+held_get_wrapped(HeldMethod *self, void *closure)
+{
+    return Py_NewRef(self->original);
+}
+
+static PyObject *
+held_get_attr_of_original(HeldMethod *self, void *name)
+{
+    return PyObject_GetAttrString(self->original, (const char *)name);
+}
+
+static int
+held_traverse(HeldMethod *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+held_clear(HeldMethod *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+held_dealloc(HeldMethod *self)
+{
+    PyObject_GC_UnTrack(self);
+    held_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyGetSetDef held_getset[] = {
+    {"__wrapped__", (getter)held_get_wrapped, NULL, "asyncio's own method", NULL},
+    {"__name__", (getter)held_get_attr_of_original, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)held_get_attr_of_original, NULL, NULL, "__qualname__"},
+    {"__doc__", (getter)held_get_attr_of_original, NULL, NULL, "__doc__"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject HeldMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "diag._origins.HeldMethod",
+    .tp_basicsize = sizeof(HeldMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "HeldMethod(original, releases): asyncio's Lock/Semaphore acquire or release, "
+              "recording who holds the permit.",
+    .tp_new = held_new,
+    .tp_dealloc = (destructor)held_dealloc,
+    .tp_traverse = (traverseproc)held_traverse,
+    .tp_clear = (inquiry)held_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(HeldMethod, vectorcall),
+    .tp_descr_get = held_descr_get,
+    .tp_getset = held_getset,
+    .tp_getattro = PyObject_GenericGetAttr,
+    .tp_setattro = PyObject_GenericSetAttr,
+    .tp_dictoffset = offsetof(HeldMethod, dict),
+};
+
+static PyObject *
+mod_set_acquire_observer(PyObject *mod, PyObject *observer)
+{
+    Py_XSETREF(acquire_observer, observer == Py_None ? NULL : Py_NewRef(observer));
+    Py_RETURN_NONE;
+}
+
+/* ---- await chains, for the task dump ------------------------------------------------
+ *
+ * diag/collect/task_collector.py follows each task's await chain through cr_await (or
+ * gi_yieldfrom, ag_await) links.  Read from Python, every link's cr_frame makes a frame
+ * object, and the first dump of 100,000 tasks spends most of its time making them.
+ * Here the chain is read from the coroutines' embedded interpreter frames, and comes
+ * back as a key (bytes: code address and instruction offset per frame, for tasks stuck
+ * in the same place to share their analysis) and the coroutines themselves.
+ */
+
+static PyObject *str_cr_await = NULL, *str_gi_yieldfrom = NULL, *str_ag_await = NULL;
+static PyObject *str_cr_frame = NULL, *str_gi_frame = NULL;
+
+typedef struct {
+    uintptr_t code;
+    int32_t offset;
+    int32_t pad;  /* keeps the key free of uninitialised bytes */
+} ChainLink;
+
+/* await_chain(coro, max_frames, skip_codes) -> (key, nodes) or None */
+static PyObject *
+mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "await_chain(coro, max_frames, skip_codes: tuple)");
+        return NULL;
+    }
+    Py_ssize_t max_frames = PyLong_AsSsize_t(args[1]);
+    if (max_frames < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0");
+        }
+        return NULL;
+    }
+    PyObject *skip = args[2];
+    PyObject *nodes = PyList_New(0);
+    if (nodes == NULL) {
+        return NULL;
+    }
+    ChainLink small[16];
+    ChainLink *links = small;
+    Py_ssize_t cap = 16, n = 0;
+    PyObject *node = Py_NewRef(args[0]);
+    PyObject *result = NULL;
+    int fallback = 0;
+    while (node != Py_None && n < max_frames) {
+        PyTypeObject *type = Py_TYPE(node);
+        PyObject *link_name;
+        if (type == &PyCoro_Type) {
+            link_name = str_cr_await;
+        }
+        else if (type == &PyGen_Type) {
+            link_name = str_gi_yieldfrom;
+        }
+        else if (type == &PyAsyncGen_Type) {
+            link_name = str_ag_await;
+        }
+        else if (type == &AcquiringType) {
+            Py_SETREF(node, Py_NewRef(((Acquiring *)node)->inner ? ((Acquiring *)node)->inner : Py_None));
+            continue;  /* diag's own acquire: no frame, straight on to asyncio's */
+        }
+        else {
+            /* What the Python walk does: the awaitables of an async generator and
+             * coroutines of another implementation (with a cr_frame or gi_frame on a
+             * plain class) are left to it; anything else (a future's iterator) ends the
+             * chain. */
+            const char *name = type->tp_name;
+            fallback = strstr(name, "async_generator_asend") != NULL
+                       || strstr(name, "async_generator_athrow") != NULL
+                       || (type->tp_getattro == PyObject_GenericGetAttr
+                           && (_PyType_Lookup(type, str_cr_frame) != NULL
+                               || _PyType_Lookup(type, str_gi_frame) != NULL));
+            break;
+        }
+        PyGenObject *gen = (PyGenObject *)node;
+        if (gen->gi_frame_state >= FRAME_COMPLETED) {
+            break;  /* finished: no frame, the end of the chain */
+        }
+        _PyInterpreterFrame *f = (_PyInterpreterFrame *)gen->gi_iframe;
+        PyCodeObject *code = DIAG_FRAME_CODE(f);
+        int skipped = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(skip); i++) {
+            if (PyTuple_GET_ITEM(skip, i) == (PyObject *)code) {
+                skipped = 1;
+                break;
+            }
+        }
+        if (!skipped) {
+            if (n == cap) {
+                ChainLink *grown = PyMem_Malloc((size_t)cap * 2 * sizeof(ChainLink));
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                memcpy(grown, links, (size_t)n * sizeof(ChainLink));
+                if (links != small) {
+                    PyMem_Free(links);
+                }
+                links = grown;
+                cap *= 2;
+            }
+            links[n].code = (uintptr_t)code;
+            links[n].offset = (int32_t)_PyInterpreterFrame_LASTI(f);
+            links[n].pad = 0;
+            n++;
+            if (PyList_Append(nodes, node) < 0) {
+                goto done;
+            }
+        }
+        PyObject *next = PyObject_GetAttr(node, link_name);
+        if (next == NULL) {
+            goto done;
+        }
+        Py_SETREF(node, next);
+    }
+    if (fallback) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)links, (Py_ssize_t)(n * (Py_ssize_t)sizeof(ChainLink)));
+    if (key == NULL) {
+        goto done;
+    }
+    result = PyTuple_Pack(2, key, nodes);
+    Py_DECREF(key);
+done:
+    Py_DECREF(node);
+    Py_DECREF(nodes);
+    if (links != small) {
+        PyMem_Free(links);
+    }
+    return result;
+}
+
 /* ---- module functions ------------------------------------------------------------ */
 
 static PyObject *
@@ -557,6 +1296,17 @@ static PyMethodDef mod_methods[] = {
     {"task_seq", mod_task_seq, METH_O, "task_seq(task) -> the task's diag id (given now if new)."},
     {"task_origin", mod_task_origin, METH_O,
      "task_origin(task) -> (id(code), offset, creator id or None, id), or None."},
+    {"configure_holders", mod_configure_holders, METH_VARARGS,
+     "configure_holders(get_running_loop, current_tasks, held_attr, wrappers_file): how to "
+     "find the running task, the __dict__ key of a primitive's records, and the file whose "
+     "frames the acquire site leaves out."},
+    {"await_chain", (PyCFunction)(void (*)(void))mod_await_chain, METH_FASTCALL,
+     "await_chain(coro, max_frames, skip_codes) -> (key, coroutines) or None: the await "
+     "chain outermost first, without making frame objects; None when it passes through "
+     "an awaitable only the Python walk reads.  Coroutines whose code is in skip_codes "
+     "are left out."},
+    {"set_acquire_observer", mod_set_acquire_observer, METH_O,
+     "set_acquire_observer(callable or None): called with each primitive HeldMethod acquires."},
     {"stats", mod_stats, METH_NOARGS, "stats() -> the record table's size, for tests and benchmarks."},
     {NULL, NULL, 0, NULL},
 };
@@ -581,6 +1331,32 @@ PyInit__origins(void)
         return NULL;
     }
 #ifdef DIAG_KNOWN_LAYOUT
+    str_cr_await = PyUnicode_InternFromString("cr_await");
+    str_gi_yieldfrom = PyUnicode_InternFromString("gi_yieldfrom");
+    str_ag_await = PyUnicode_InternFromString("ag_await");
+    str_cr_frame = PyUnicode_InternFromString("cr_frame");
+    str_gi_frame = PyUnicode_InternFromString("gi_frame");
+    if (str_cr_await == NULL || str_gi_yieldfrom == NULL || str_ag_await == NULL
+            || str_cr_frame == NULL || str_gi_frame == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyType_Ready(&AcquiringType) < 0 || PyType_Ready(&HeldMethodType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&AcquiringType);
+    if (PyModule_AddObject(m, "Acquiring", (PyObject *)&AcquiringType) < 0) {
+        Py_DECREF(&AcquiringType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&HeldMethodType);
+    if (PyModule_AddObject(m, "HeldMethod", (PyObject *)&HeldMethodType) < 0) {
+        Py_DECREF(&HeldMethodType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyType_Ready(&OriginFactoryType) < 0) {
         Py_DECREF(m);
         return NULL;

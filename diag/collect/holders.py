@@ -4,8 +4,14 @@ asyncio's Lock and Semaphore (and so Condition and BoundedSemaphore) record no o
 ``install`` wraps their ``acquire`` and ``release`` at class level: each successful
 acquire appends a record to the primitive (the acquiring task's diag id, the call
 site and the time), each release removes the releasing task's record (or the oldest,
-when a permit is handed to another task to release).  Records hold only ints and
-floats, so they keep nothing alive.  ``uninstall`` puts the original methods back.
+when a permit is handed to another task to release).  Records hold ints, floats and
+code objects, never tasks or frames, so they keep nothing of the program's alive.
+``uninstall`` puts the original methods back.
+
+The recording runs in C (``diag._origins``, the accelerator that keeps task ids) when
+that is built: it reads the acquire site from the interpreter's frames without making
+frame objects, which is most of the cost otherwise (bench/holders_instructions.py).  The
+Python path here does the same work, and is used with ``DIAG_ORIGINS=python``.
 
 Usage::
 
@@ -28,8 +34,9 @@ from typing import Any, Callable
 
 from diag.collect import task_origins
 
+#: The primitive's attribute holding a list: [time of the last acquire or release,
+#: record, record, ...], records oldest first.
 _ATTR = "_diag_holders"
-_ACTIVITY_ATTR = "_diag_activity"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 #: How many frames of the acquiring code are kept (innermost first).
 SITE_DEPTH = 3
@@ -73,10 +80,10 @@ _code_kinds: dict[int, int] = {}
 
 
 def _code_kind(code: CodeType) -> int:
-    if not code.co_flags & _ASYNC_FLAGS:
+    if code.co_filename.startswith(_ASYNCIO_DIR) or code.co_filename == __file__:
+        kind = _SKIP  # asyncio's acquire and __aenter__, and the wrappers here
+    elif not code.co_flags & _ASYNC_FLAGS:
         kind = _STOP  # past the task's coroutines: the loop's own frames, not worth a walk
-    elif code.co_filename.startswith(_ASYNCIO_DIR) or code.co_filename == __file__:
-        kind = _SKIP
     else:
         kind = _KEEP
         _codes[id(code)] = code
@@ -100,41 +107,105 @@ def _site(frame: FrameType | None) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _note_acquired(primitive: object, frame: FrameType | None) -> None:
+_getattribute = object.__getattribute__
+_setattr = object.__setattr__
+
+
+def _held(primitive: object) -> Any:
+    """The primitive's list of records, if any.  A plain attribute, read and set by the
+    generic machinery: asking for ``__dict__`` would make an object with inline attribute
+    values (3.11+) build a real dict, slowing every attribute access asyncio makes on it."""
     try:
+        return _getattribute(primitive, _ATTR)
+    except AttributeError:
+        return None
+
+
+def _note_acquired(primitive: object) -> None:
+    try:
+        now = _monotonic()
         task = _current_task()
-        entry = (None if task is None else task_origins.task_seq(task), _site(frame), _monotonic())
-        held = primitive.__dict__.get(_ATTR)
+        entry = (None if task is None else task_origins.task_seq(task), _site(_getframe(1)), now)
+        held = _held(primitive)
         if held is None:
-            held = []
-            setattr(primitive, _ATTR, held)
-        held.append(entry)
-        setattr(primitive, _ACTIVITY_ATTR, entry[2])
+            _setattr(primitive, _ATTR, [now, entry])
+        else:
+            held[0] = now
+            held.append(entry)
     except Exception:  # bookkeeping must never break the program's acquire
         pass
+    if _logs:
+        _log_acquired(primitive)
 
 
 def _note_released(primitive: object) -> None:
     try:
-        setattr(primitive, _ACTIVITY_ATTR, _monotonic())
-        held = primitive.__dict__.get(_ATTR)
+        held = _held(primitive)
         if not held:
+            return
+        held[0] = _monotonic()
+        if len(held) < 2:
             return
         task = _current_task()
         seq = None if task is None else task_origins.task_seq(task)
-        for i, entry in enumerate(held):
-            if entry[0] == seq:
+        for i in range(1, len(held)):
+            if held[i][0] == seq:
                 del held[i]
                 return
-        del held[0]  # released on the holder's behalf: the oldest permit goes
+        del held[1]  # released on the holder's behalf: the oldest permit goes
     except Exception:
         pass
+
+
+def _load_accelerator() -> Any:
+    """The C wrappers of diag._origins, when task ids are kept there too (they must agree)."""
+    fast = task_origins._fast
+    if fast is None or not hasattr(fast, "HeldMethod") or not isinstance(_current_tasks, dict):
+        return None
+    try:
+        fast.configure_holders(asyncio.events._get_running_loop, _current_tasks, _ATTR, __file__)
+    except Exception:
+        return None
+    return fast
+
+
+_fast = _load_accelerator()
+
+#: Sets that collect every primitive acquired while they are registered (see add_acquire_log).
+_logs: list[Any] = []
+
+
+def _log_acquired(primitive: object) -> None:
+    for log in _logs:
+        try:
+            log.add(primitive)
+        except TypeError:  # not weak-referenceable
+            pass
+
+
+def add_acquire_log(log: Any) -> None:
+    """From now on add every acquired Lock or Semaphore to ``log`` (a WeakSet)."""
+    _logs.append(log)
+    if _fast is not None:
+        _fast.set_acquire_observer(_log_acquired)
+
+
+def remove_acquire_log(log: Any) -> None:
+    if log in _logs:
+        _logs.remove(log)
+    if not _logs and _fast is not None:
+        _fast.set_acquire_observer(None)
+
+
+def accelerated() -> bool:
+    """True when the wrappers and records are the C accelerator's."""
+    return _fast is not None
 
 
 def _wrap_acquire(original: Callable[..., Any]) -> Callable[..., Any]:
     async def acquire(self: Any) -> Any:
         result = await original(self)
-        _note_acquired(self, _getframe(1))
+        _note_acquired(self)
         return result
 
     acquire.__wrapped__ = original  # type: ignore[attr-defined]
@@ -154,24 +225,39 @@ def _wrap_release(original: Callable[..., Any]) -> Callable[..., Any]:
     return release
 
 
-#: Code objects of the wrappers, which the collector leaves out of await stacks.
+def _wrap(original: Callable[..., Any], releases: bool) -> Callable[..., Any]:
+    if _fast is None:
+        return (_wrap_release if releases else _wrap_acquire)(original)
+    wrapper: Callable[..., Any] = _fast.HeldMethod(original, releases)
+    if not releases:  # still a coroutine function to asyncio.iscoroutinefunction (and inspect's, 3.12+)
+        wrapper._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)  # type: ignore[attr-defined]
+        if hasattr(inspect, "markcoroutinefunction"):
+            inspect.markcoroutinefunction(wrapper)
+    return wrapper
+
+
+#: Code objects of the Python wrappers, which the collector leaves out of await stacks.
 WRAPPER_CODES: frozenset[int] = frozenset()
+WRAPPER_CODE_OBJECTS: tuple[CodeType, ...] = ()
 
 
 def install() -> None:
     """Start recording holders of every asyncio Lock and Semaphore; idempotent."""
-    global WRAPPER_CODES
+    global WRAPPER_CODES, WRAPPER_CODE_OBJECTS
     if _originals:
         return
-    codes = set()
+    codes: dict[int, CodeType] = {}
     for cls in (asyncio.Lock, asyncio.Semaphore):
-        for name, wrap in (("acquire", _wrap_acquire), ("release", _wrap_release)):
+        for name, releases in (("acquire", False), ("release", True)):
             original = cls.__dict__[name]
             _originals[(cls, name)] = original
-            wrapper = wrap(original)
-            codes.add(id(wrapper.__code__))
+            wrapper = _wrap(original, releases)
+            code = getattr(wrapper, "__code__", None)  # the C wrappers have no frames to hide
+            if code is not None:
+                codes[id(code)] = code
             setattr(cls, name, wrapper)
     WRAPPER_CODES = frozenset(codes)
+    WRAPPER_CODE_OBJECTS = tuple(codes.values())
 
 
 def uninstall() -> None:
@@ -188,12 +274,14 @@ def installed() -> bool:
 def records(primitive: object) -> list[HolderRecord]:
     """The permits of ``primitive`` held now, oldest first (empty when not tracked)."""
     try:
-        held = list(primitive.__dict__.get(_ATTR) or ())
+        held = list(_held(primitive) or ())[1:]
     except Exception:
         return []
     out = []
     for seq, site, since in held:
-        frames = tuple((_codes[cid], lasti) for cid, lasti in site if cid in _codes)
+        # the C recorder keeps the code objects themselves, the Python one their ids
+        frames = tuple((code, lasti) if isinstance(code, CodeType) else (_codes[code], lasti)
+                       for code, lasti in site if isinstance(code, CodeType) or code in _codes)
         out.append(HolderRecord(seq, frames, since))
     return out
 
@@ -201,7 +289,7 @@ def records(primitive: object) -> list[HolderRecord]:
 def last_activity(primitive: object) -> float | None:
     """Monotonic time of the last acquire or release diag saw, if any."""
     try:
-        value = primitive.__dict__.get(_ACTIVITY_ATTR)
+        held = _held(primitive)
+        return float(held[0]) if held else None
     except Exception:
         return None
-    return None if value is None else float(value)

@@ -15,7 +15,6 @@ import gc
 import threading
 import time
 import weakref
-from types import FrameType
 from typing import Any, Callable, Iterable
 
 from diag.analysis.leftovers import LeftoverReport, PermitLeak, ThreadLeak, TypeGrowth
@@ -139,20 +138,6 @@ def remove_runner_close(callback: Callable[[asyncio.AbstractEventLoop], None]) -
 
 
 # -- permits -------------------------------------------------------------------------------
-_logs: list["weakref.WeakSet[Any]"] = []
-_original_note: Callable[[object, FrameType | None], None] | None = None
-
-
-def _note_acquired(primitive: object, frame: FrameType | None) -> None:
-    assert _original_note is not None
-    _original_note(primitive, frame)
-    for log in _logs:
-        try:
-            log.add(primitive)
-        except TypeError:
-            pass
-
-
 class PermitLog:
     """The Locks and Semaphores acquired while it is open (weakly: a primitive that dies
     cannot hold anyone up).  Opening it turns on holder tracking if it was off."""
@@ -163,24 +148,15 @@ class PermitLog:
         self._installed_holders = False
 
     def open(self) -> PermitLog:
-        global _original_note
         if not holders.installed():
             holders.install()
             self._installed_holders = True
-        if _original_note is None:
-            _original_note = holders._note_acquired
-            holders._note_acquired = _note_acquired  # type: ignore[assignment]
         self.since = time.monotonic()
-        _logs.append(self.acquired)
+        holders.add_acquire_log(self.acquired)
         return self
 
     def close(self) -> None:
-        global _original_note
-        if self.acquired in _logs:
-            _logs.remove(self.acquired)
-        if not _logs and _original_note is not None:
-            holders._note_acquired = _original_note  # type: ignore[assignment]
-            _original_note = None
+        holders.remove_acquire_log(self.acquired)
         if self._installed_holders:
             holders.uninstall()
             self._installed_holders = False

@@ -13,6 +13,8 @@ its own thread so that a blocked event loop can still be dumped.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import gc
 import linecache
 import os
@@ -22,7 +24,7 @@ import time
 import types
 import weakref
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Iterator
 
 import diag
 from diag.collect import holders, task_origins
@@ -39,6 +41,7 @@ _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 _AsyncGeneratorType = types.AsyncGeneratorType
 _ASYNC_GEN_AWAITABLES = ("async_generator_asend", "async_generator_athrow")
+_ACQUIRING = getattr(task_origins._fast, "Acquiring", None)
 
 
 def _known_codes() -> dict[int, tuple[str, str]]:
@@ -86,6 +89,8 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 _KNOWN = _known_codes()
 _PRIMITIVE_KINDS = {"lock", "semaphore", "condition", "event", "queue_get", "queue_put"}
 _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
+#: Where those keep the futures of their waiting tasks.
+_WAITER_ATTRS = ("_waiters", "_getters", "_putters")
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,9 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
         elif type(node) is _AsyncGeneratorType:
             frame = node.ag_frame  # type: ignore[attr-defined]
             nxt = node.ag_await  # type: ignore[attr-defined]
+        elif type(node) is _ACQUIRING:  # diag's own acquire (C): no frame, on to asyncio's
+            node = node.inner  # type: ignore[attr-defined]
+            continue
         elif type(node).__name__ in _ASYNC_GEN_AWAITABLES:
             # ``await agen.asend()`` (async with on an @asynccontextmanager, async for):
             # the awaitable exposes its generator only to the GC.
@@ -173,14 +181,43 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
     return nodes, frames
 
 
-def _local_of_type(node: object, frame: types.FrameType, cls: type | tuple[type, ...], name: str) -> Any:
+def _frame_of(node: object) -> types.FrameType | None:
+    """The frame of a coroutine, generator or async generator (made now if it had none)."""
+    kind = type(node)
+    if kind is _CoroutineType:
+        return node.cr_frame  # type: ignore[attr-defined, no-any-return]
+    if kind is _GeneratorType:
+        return node.gi_frame  # type: ignore[attr-defined, no-any-return]
+    if kind is _AsyncGeneratorType:
+        return node.ag_frame  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def _frame_at(nodes: list[object], frames: list[types.FrameType] | None, i: int) -> types.FrameType | None:
+    return frames[i] if frames is not None else _frame_of(nodes[i])
+
+
+def _await_chain_fast(coro: object, max_frames: int) -> tuple[bytes, list[object]] | None:
+    """The await chain read by the C accelerator: a key that tasks stuck at the same place
+    share, and the coroutines outermost first; None where only the Python walk will do."""
+    assert _c_await_chain is not None
+    walked: tuple[bytes, list[object]] | None = _c_await_chain(coro, max_frames, holders.WRAPPER_CODE_OBJECTS)
+    return walked
+
+
+_c_await_chain = getattr(task_origins._fast, "await_chain", None)
+
+
+def _local_of_type(node: object, frame: types.FrameType | None, cls: type | tuple[type, ...], name: str) -> Any:
     """A local of a suspended coroutine by type.  ``gc.get_referents`` of a coroutine lists
     its frame's locals without building the ``f_locals`` dict, which costs far more."""
     for ref in gc.get_referents(node):
         if is_a(ref, cls):  # not isinstance: that would ask a hostile local for its __class__
             return ref
     try:
-        value = frame.f_locals.get(name)
+        if frame is None:
+            frame = _frame_of(node)
+        value = frame.f_locals.get(name)  # type: ignore[union-attr]
     except Exception:
         return None
     return value if is_a(value, cls) else None
@@ -262,6 +299,13 @@ _CLOCK_EVERY = 256
 MAX_HOLDER_SCAN = 64
 
 
+#: Referrers that never name what they hold (their locals are named from the frames).
+_NOT_HOLDERS: frozenset[type] = frozenset({
+    _CoroutineType, _GeneratorType, _AsyncGeneratorType, types.FrameType, types.CellType,
+    list, tuple, set, collections.deque,
+})
+
+
 def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dict[int, str]:
     """Name objects by what holds them: ``module.NAME``, ``Type.attr`` or ``[key]``.
 
@@ -284,9 +328,11 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
         if obj_id not in best or rank < best[obj_id][0]:
             best[obj_id] = (rank, label)
 
+    ignored = {id(i) for i in ignore}
     for ref in gc.get_referrers(*objects):
         try:
-            if is_a(ref, (types.FrameType, list, tuple, set)) or any(ref is i for i in ignore):
+            # coroutines come first: a primitive that 100k tasks wait on has 100k of them
+            if type(ref) in _NOT_HOLDERS or is_a(ref, (types.FrameType, list, tuple, set)) or id(ref) in ignored:
                 continue
             if is_a(ref, dict):
                 module_name = modules.get(id(ref))
@@ -374,16 +420,50 @@ class _Walker:
         self.coro_names: dict[int, str] = {}
         self.loop_ids: dict[int, str] = {}
         self.by_seq: dict[int, asyncio.Task[Any]] = {}
-        self.shapes: dict[tuple[tuple[int, int], ...], _Shape] = {}
+        self.shapes: dict[object, _Shape] = {}
         # Tasks stuck together share one Wait: same chain, same object, first seen together.
         self.waits: dict[tuple[int, int, float | None], Wait] = {}
+        # id(future) -> (future, primitive) for the futures queued in primitives already
+        # found: the next task waiting on one of them needs no look into its frame.
+        self.waiter_owners: dict[int, tuple[object, object]] = {}
+        self.label_tries: set[tuple[int, int]] = set()
 
-    def primitive(self, obj: object, caller: types.FrameType | None) -> Primitive | None:
+    def index_waiters(self, obj: object) -> None:
+        for attr in _WAITER_ATTRS:
+            queued = plain_attr(obj, attr)
+            if type(queued) is not collections.deque:
+                continue
+            try:
+                futures = list(queued)  # one C call: the loop cannot change it meanwhile
+            except Exception:
+                continue
+            owners = self.waiter_owners
+            for fut in futures:
+                owners[id(fut)] = (fut, obj)
+
+    def waited_primitive(self, waiter: object, node: object, frame: types.FrameType | None) -> object:
+        """The primitive whose queue holds ``waiter``: known from an earlier task's, or the
+        ``self`` of the primitive's method that awaits it (``node``)."""
+        entry = self.waiter_owners.get(id(waiter))
+        if entry is not None and entry[0] is waiter:
+            return entry[1]
+        obj = _local_of_type(node, frame, _PRIMITIVE_TYPES, "self")
+        if obj is not None:
+            self.index_waiters(obj)
+        return obj
+
+    def primitive(self, obj: object, nodes: list[object], frames: list[types.FrameType] | None,
+                  shape: _Shape) -> Primitive | None:
+        """The primitive's description, labelled by the awaiting code's name for it; a
+        primitive without a label is tried once per await chain, not once per task."""
         key = id(obj)
         prim = self.primitives.get(key)
-        if prim is None or (not prim.label and caller is not None):
-            prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
-            self.primitive_objects[key] = obj
+        if prim is None or (not prim.label and (key, id(shape)) not in self.label_tries):
+            self.label_tries.add((key, id(shape)))
+            caller = _frame_at(nodes, frames, shape.user) if shape.user >= 0 else None
+            if prim is None or caller is not None:
+                prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
+                self.primitive_objects[key] = obj
         return prim
 
     def relabel_by_holders(self) -> None:
@@ -408,9 +488,11 @@ class _Walker:
             if prim is not None and label and label != prim.label:
                 self.primitives[key] = replace(prim, label=label)
 
-    def shape(self, frames: list[types.FrameType]) -> _Shape:
-        key = tuple([(id(f.f_code), f.f_lasti) for f in frames])
-        shape = self.shapes.get(key)
+    def shape(self, frames: list[types.FrameType], key: object = None) -> _Shape:
+        """The shape of an await chain, under ``key`` (the accelerator's) or its own."""
+        if key is None:
+            key = tuple([(id(f.f_code), f.f_lasti) for f in frames])
+        shape = self.shapes.get(key)  # type: ignore[call-overload]
         if shape is None:
             frame_of = self.frames.of
             stack = tuple([frame_of(f) for f in reversed(frames)])
@@ -427,11 +509,13 @@ class _Walker:
                     if caller.co_filename.startswith(_ASYNCIO_DIR):
                         detail = getattr(caller, "co_qualname", caller.co_name)
                 break
-            shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)
+            shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)  # type: ignore[index]
         return shape
 
-    def classify(self, task: asyncio.Task[Any], nodes: list[object], frames: list[types.FrameType],
+    def classify(self, task: asyncio.Task[Any], nodes: list[object], frames: list[types.FrameType] | None,
                  shape: _Shape, running: bool) -> Wait:
+        """What the task waits on.  ``frames`` are the nodes' frames, or None when the chain
+        was read without them (they are then made only where a local must be read)."""
         if running:
             return _RUNNING
         waiter = getattr(task, "_fut_waiter", None)
@@ -447,8 +531,8 @@ class _Walker:
             return self._future_wait(waiter, seconds)
         kind, detail = shape.kind, shape.detail
         if kind in _PRIMITIVE_KINDS:
-            obj = _local_of_type(nodes[i], frames[i], _PRIMITIVE_TYPES, "self")
-            prim = self.primitive(obj, frames[shape.user] if shape.user >= 0 else None) if obj is not None else None
+            obj = self.waited_primitive(waiter, nodes[i], frames[i] if frames is not None else None)
+            prim = self.primitive(obj, nodes, frames, shape) if obj is not None else None
             key = (id(shape), id(obj), since)
             wait = self.waits.get(key)
             if wait is None:
@@ -457,7 +541,7 @@ class _Walker:
                 wait = self.waits[key] = Wait(kind, detail, prim, seconds)
             return wait
         if kind == "sleep":
-            handle = _local_of_type(nodes[i], frames[i], asyncio.TimerHandle, "h")
+            handle = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.TimerHandle, "h")
             left = None
             try:
                 if handle is not None:
@@ -469,7 +553,7 @@ class _Walker:
             return Wait("stream_read", detail, seconds=seconds)
         if kind == "gather":
             try:
-                f_locals = frames[i].f_locals
+                f_locals = _frame_at(nodes, frames, i).f_locals  # type: ignore[union-attr]
             except Exception:
                 return Wait("gather", detail, seconds=seconds)
             awaited: list[object] = []
@@ -513,8 +597,18 @@ class _Walker:
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
         coro = task.get_coro()
-        nodes, frames = _await_chain(coro, self.options.max_frames)
-        shape = self.shape(frames)
+        walked = _await_chain_fast(coro, self.options.max_frames) if _c_await_chain is not None else None
+        frames: list[types.FrameType] | None
+        if walked is None:
+            nodes, frames = _await_chain(coro, self.options.max_frames)
+            shape = self.shape(frames)
+        else:
+            key, nodes = walked
+            shape = self.shapes.get(key)  # type: ignore[assignment]
+            frames = None
+            if shape is None:  # the first task stuck here: its frames name the place
+                nodes, frames = _await_chain(coro, self.options.max_frames)
+                shape = self.shape(frames, key)
         try:
             wait = self.classify(task, nodes, frames, shape, running)
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
@@ -621,19 +715,26 @@ def _unify_primitives(infos: list[TaskInfo], final: dict[int, Primitive | None])
     return out
 
 
-def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
-    """Snapshot every pending task of this process; safe to call from any thread.
-
-    The cyclic GC is paused while the snapshot is built: it allocates a few objects per
-    task, and with 100k live tasks each collection it would trigger re-traverses them all.
-    """
-    gc_was_enabled = gc.isenabled()
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic GC paused for the block.  A dump allocates a few objects per task; with
+    100k live tasks, each collection those allocations trigger re-traverses them all, and
+    a full one holds the GIL (so stalls the target's loop) for a third of a second.
+    Objects made and freed within the block leave no debt to the next collection."""
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _collect_tasks(watch, options)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
+
+
+def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
+    """Snapshot every pending task of this process; safe to call from any thread.  The
+    cyclic GC is paused meanwhile (see ``paused_gc``)."""
+    with paused_gc():
+        return _collect_tasks(watch, options)
 
 
 def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnapshot:

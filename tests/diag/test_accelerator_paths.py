@@ -1,0 +1,292 @@
+"""Holder tracking and await-chain walking: the C accelerator and the Python path agree.
+
+With ``diag._origins`` built, asyncio's Lock and Semaphore methods are replaced by C
+wrappers (an acquire returns an ``Acquiring`` awaitable instead of a coroutine) and the
+task dump reads await chains without making frame objects.  These tests hold both to
+what the Python path does, and the wrappers to what asyncio's own methods do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import warnings
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator
+
+import pytest
+
+from diag.collect import holders, task_collector, task_origins
+from diag.collect.loop_watch import LoopWatch
+from diag.collect.task_collector import collect_tasks
+
+needs_accelerator = pytest.mark.skipif(not holders.accelerated(), reason="diag._origins is not built here")
+
+PROGRAM = textwrap.dedent('''
+    import asyncio, json, weakref
+    from diag.collect import holders, task_origins
+    holders.install()
+
+    def show(prim):
+        return [[rec.task_id, [[c.co_name, task_origins.origin_line(c, off)] for c, off in rec.site]]
+                for rec in holders.records(prim)]
+
+    async def inner(lock):
+        await lock.acquire()                      # LINE inner
+
+    async def outer(lock):
+        await inner(lock)                         # LINE outer
+
+    async def with_block(sem, ev):
+        async with sem:                           # LINE with
+            await ev.wait()
+
+    async def main():
+        lock, sem, cond = asyncio.Lock(), asyncio.Semaphore(2), asyncio.Condition()
+        bsem, ev = asyncio.BoundedSemaphore(1), asyncio.Event()
+        out = {"me": task_origins.task_seq(asyncio.current_task())}
+        await outer(lock)                         # LINE main
+        t1 = asyncio.create_task(with_block(sem, ev))
+        t2 = asyncio.create_task(with_block(sem, ev))
+        await asyncio.sleep(0)
+        out.update(lock=show(lock), sem=show(sem), t1=task_origins.task_seq(t1), t2=task_origins.task_seq(t2))
+        lock.release()
+        out["lock_after"] = show(lock)
+        ev.set()
+        await asyncio.gather(t1, t2)
+        out["sem_after"] = show(sem)
+        async with cond:                          # LINE cond
+            out["cond"] = show(cond._lock)
+        log = weakref.WeakSet()
+        holders.add_acquire_log(log)
+        async with bsem:                          # LINE bsem
+            out["bsem"] = show(bsem)
+        holders.remove_acquire_log(log)
+        out["logged"] = sorted(type(p).__name__ for p in log)
+        await lock.acquire()
+        async def release_for_me():
+            lock.release()
+        await asyncio.create_task(release_for_me())
+        out["released_on_behalf"] = show(lock)
+        out["activity"] = holders.last_activity(lock) is not None
+        out["ok_from_wait_for"] = await asyncio.wait_for(sem.acquire(), 5)
+        out["after_wait_for"] = len(holders.records(sem))
+        sem.release()
+        out["accelerated"] = holders.accelerated()
+        print(json.dumps(out))
+
+    asyncio.run(main())
+''')
+
+
+def _lines() -> dict[str, int]:
+    return {line.split("# LINE ")[1].strip(): n
+            for n, line in enumerate(PROGRAM.splitlines(), start=1) if "# LINE " in line}
+
+
+def _run(python_path: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
+    if python_path:
+        env["DIAG_ORIGINS"] = "python"
+    proc = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no "never awaited" or other warnings from the wrappers
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_the_holder_wrappers_are_built_in_ci() -> None:
+    if os.environ.get("CI") != "true":
+        pytest.skip("only required where CI=true")
+    assert holders.accelerated()
+
+
+def test_both_paths_record_the_same_holders_and_sites() -> None:
+    fast, slow = _run(python_path=False), _run(python_path=True)
+    assert slow["accelerated"] is False
+    if not os.environ.get("DIAG_ORIGINS"):
+        assert fast["accelerated"] is holders.accelerated()
+    lines = _lines()
+    for result in (fast, slow):
+        me = result["me"]
+        assert result["lock"] == [[me, [["inner", lines["inner"]], ["outer", lines["outer"]], ["main", lines["main"]]]]]
+        assert result["sem"] == [[result["t1"], [["with_block", lines["with"]]]],
+                                 [result["t2"], [["with_block", lines["with"]]]]]
+        assert result["lock_after"] == [] and result["sem_after"] == []
+        assert result["cond"] == [[me, [["main", lines["cond"]]]]]
+        assert result["bsem"] == [[me, [["main", lines["bsem"]]]]]
+        assert result["logged"] == ["BoundedSemaphore"]
+        assert result["released_on_behalf"] == []
+        assert result["activity"] is True
+        assert result["ok_from_wait_for"] is True and result["after_wait_for"] == 1
+    assert {k: v for k, v in fast.items() if k != "accelerated"} == {k: v for k, v in slow.items() if k != "accelerated"}
+
+
+@contextmanager
+def tracking() -> Iterator[None]:
+    was = holders.installed()
+    holders.install()
+    try:
+        yield
+    finally:
+        if not was:
+            holders.uninstall()
+
+
+@needs_accelerator
+async def test_the_c_wrappers_keep_asyncios_behaviour() -> None:
+    with tracking():
+        assert type(asyncio.Lock.__dict__["acquire"]).__name__ == "HeldMethod"
+        lock, sem = asyncio.Lock(), asyncio.Semaphore(1)
+        assert asyncio.Lock.acquire.__wrapped__ is holders._originals[(asyncio.Lock, "acquire")]
+        assert lock.acquire.__qualname__ == "Lock.acquire" and asyncio.Semaphore.release.__name__ == "release"
+        assert asyncio.iscoroutinefunction(lock.acquire) and not asyncio.iscoroutinefunction(lock.release)
+        if sys.version_info >= (3, 12):  # inspect reads the mark from 3.12 on
+            assert inspect.iscoroutinefunction(lock.acquire)
+        assert await lock.acquire() is True
+        assert lock.locked() and len(holders.records(lock)) == 1
+
+        # a waiter cancelled while queued: CancelledError reaches it, nothing is recorded
+        waiter = asyncio.create_task(lock.acquire())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert len(holders.records(lock)) == 1
+        lock.release()
+        assert not lock.locked() and holders.records(lock) == []
+
+        # a timeout while queued on a semaphore: the permit count is left as it was
+        await sem.acquire()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sem.acquire(), 0.01)
+        sem.release()
+        assert not sem.locked() and holders.records(sem) == []
+
+        # handed over: a waiter woken by a release holds the permit, recorded as its own
+        await sem.acquire()
+        async def take() -> int:
+            await sem.acquire()
+            return task_origins.task_seq(asyncio.current_task())  # type: ignore[arg-type]
+        taker = asyncio.create_task(take())
+        await asyncio.sleep(0)
+        sem.release()
+        seq = await taker
+        assert [r.task_id for r in holders.records(sem)] == [seq]
+        sem.release()
+
+        # Condition built on a tracked Lock still waits and wakes
+        cond = asyncio.Condition()
+        async def wait_for_it() -> str:
+            async with cond:
+                await cond.wait()
+                return "woken"
+        sleeper = asyncio.create_task(wait_for_it())
+        await asyncio.sleep(0)
+        async with cond:
+            cond.notify_all()
+        assert await sleeper == "woken"
+
+        # an acquire never awaited warns as asyncio's own does, naming asyncio's method
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lock.acquire()
+            gc.collect()
+        assert any("Lock.acquire" in str(w.message) and "never awaited" in str(w.message) for w in caught)
+    if not holders.installed():
+        assert type(asyncio.Lock.__dict__["acquire"]).__name__ == "function"
+
+
+# -- the await chain: read in C, read in Python, same dump -----------------------------------
+
+@asynccontextmanager
+async def slot(sem: asyncio.Semaphore) -> AsyncIterator[None]:
+    async with sem:
+        yield
+
+
+async def test_the_c_and_python_chain_walks_give_the_same_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    if task_collector._c_await_chain is None:
+        pytest.skip("diag._origins is not built here")
+    loop = asyncio.get_running_loop()
+    watch = LoopWatch()
+    watch.add_loop(loop)
+    stop = asyncio.Event()
+    sem, lock, cond = asyncio.Semaphore(1), asyncio.Lock(), asyncio.Condition()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    @types.coroutine
+    def gen_based() -> Any:  # a generator in the chain (yield from)
+        yield from asyncio.sleep(30)  # type: ignore[misc]
+
+    async def through_gen() -> None:
+        await gen_based()
+
+    async def nested(depth: int) -> None:
+        if depth:
+            await nested(depth - 1)
+        else:
+            await stop.wait()
+
+    async def in_slot() -> None:
+        async with slot(sem):  # an asend in the chain when blocked entering
+            await stop.wait()
+
+    async def cond_wait() -> None:
+        async with cond:
+            await cond.wait()
+
+    async def agen_consumer() -> None:
+        async def ticks() -> AsyncIterator[int]:
+            while True:
+                yield await queue.get()
+        async for _ in ticks():
+            pass
+
+    async def gathered() -> None:
+        await asyncio.gather(stop.wait(), asyncio.sleep(30))
+
+    with tracking():
+        tasks = [asyncio.create_task(c, name=n) for n, c in [
+            ("nested", nested(5)), ("holder", in_slot()), ("blocked", in_slot()),
+            ("lock", lock.acquire()), ("wait_for", asyncio.wait_for(lock.acquire(), 30)),
+            ("cond", cond_wait()), ("agen", agen_consumer()), ("gen", through_gen()),
+            ("gather", gathered()),
+        ]]
+        await lock.acquire()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        try:
+            fast = collect_tasks(watch)
+            monkeypatch.setattr(task_collector, "_c_await_chain", None)
+            slow = collect_tasks(watch)
+        finally:
+            stop.set()
+            lock.release()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watch.stop()
+
+    me = task_origins.task_seq(asyncio.current_task())  # type: ignore[arg-type]
+
+    def view(snap: Any) -> dict[int, Any]:  # every task but this one, which ran on meanwhile
+        return {t.id: (t.name, t.coro, t.stack, t.wait.kind, t.wait.detail,
+                       t.wait.primitive.id if t.wait.primitive else None, t.wait.tasks)
+                for t in snap.tasks if t.id != me}
+
+    assert view(fast) == view(slow)
+    kinds = {t.name: t.wait.kind for t in fast.tasks}
+    assert kinds["blocked"] == "semaphore" and kinds["lock"] == "lock" and kinds["wait_for"] == ("gather" if sys.version_info < (3, 12) else "lock")
+    assert kinds["cond"] == "condition" and kinds["agen"] == "queue_get" and kinds["nested"] == "event"
+    assert kinds["gen"] == "sleep" and kinds["gather"] == "gather"
+    nested_stack = next(t.stack for t in fast.tasks if t.name == "nested")
+    assert sum(f.function.endswith("nested") for f in nested_stack) == 6
