@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from diag.agent import current
-from diag.agent.endpoints import PREFIX, Endpoints, Response
+from diag.agent.endpoints import ANSWER_REUSE, PREFIX, Endpoints, Response
 from diag.agent.metrics_routes import REQUESTS
 
 _METRICS = PREFIX + "/metrics"
@@ -83,6 +83,8 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
             resp = await _on_own_thread(lambda: endpoints.dispatch(method, path, query, exclude))
         else:
             resp = endpoints.dispatch(method, path, query, exclude)
+        if agent is None:  # no agent thread to drop the caches once stale: a timer does
+            asyncio.get_running_loop().call_later(ANSWER_REUSE + 0.05, endpoints.sweep)
         # As a header: Prometheus's content type carries a version parameter besides the charset.
         return web.Response(status=resp.status, body=resp.body, headers={"Content-Type": resp.content_type})
 

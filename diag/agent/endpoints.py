@@ -16,7 +16,9 @@ from typing import Any, Callable, Mapping
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.collect.loop_watch import LoopWatch
-from diag.collect.task_collector import CollectOptions, collect_tasks, collect_loops, process_info, _FrameCache
+from diag.collect.task_collector import (
+    CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
+)
 from diag.errors import DiagError
 from diag.task_snapshot import TaskSnapshot
 
@@ -26,6 +28,8 @@ AGENT_SCHEMA = "diag.agent/1"
 BUSY_WAIT = 10.0
 #: A snapshot younger than this is served again instead of collecting a new one.
 SNAPSHOT_REUSE = 0.25
+#: Snapshots of more tasks than this are not kept for reuse (see ``Endpoints.tasks``).
+MAX_CACHED_SNAPSHOT_TASKS = 10_000
 #: An answer to the same GET of a cached route (same query, same excluded tasks) is sent
 #: again for this long, so clients polling in a loop cost the target the HTTP exchange
 #: only, not a new view and JSON encoding each.
@@ -40,6 +44,9 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 COLLECT_BUDGET = 5.0
 #: The longest --filter regex the agent compiles (it runs on the agent's thread).
 MAX_PATTERN = 1000
+#: Entries of a long list encoded per call of the JSON encoder, which holds the GIL for
+#: the whole call: the target's loop waits that long (2,000 tasks: a few milliseconds).
+ENCODE_SLICE = 2000
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,38 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+
+
+def encode(doc: Mapping[str, Any], limit: int | None = None) -> tuple[bytes | None, int]:
+    """``json.dumps(doc).encode()`` byte for byte, and its size; ``(None, estimated size)``
+    as soon as it is sure to pass ``limit`` bytes.
+
+    Long top-level lists are encoded a slice at a time: in between, the target's own
+    threads get the GIL.  In one call (and a few copies of the whole text), a 100,000-task
+    dump held it, so stalled the target's loop, for a third of a second."""
+    pieces: list[bytes] = []
+    size = 2 + 2 * max(0, len(doc) - 1)  # the braces and the ", " between members
+    for n, (key, value) in enumerate(doc.items()):
+        head = f"{json.dumps(key)}: ".encode()
+        pieces.append(head if n == 0 else b", " + head)
+        size += len(head)
+        if type(value) is list and len(value) > ENCODE_SLICE:
+            pieces.append(b"[")
+            for i in range(0, len(value), ENCODE_SLICE):
+                piece = json.dumps(value[i:i + ENCODE_SLICE])[1:-1].encode()
+                pieces.append(piece if i == 0 else b", " + piece)
+                size += len(pieces[-1])
+                if limit is not None and size > limit:
+                    done = min(i + ENCODE_SLICE, len(value))
+                    return None, size * len(value) // done
+            pieces.append(b"]")
+            size += 2
+        else:
+            pieces.append(json.dumps(value).encode())
+            size += len(pieces[-1])
+        if limit is not None and size > limit:
+            return None, size
+    return b"{" + b"".join(pieces) + b"}", size
 
 
 def json_response(status: int, data: object) -> Response:
@@ -95,17 +134,17 @@ def fit(build: Callable[[int | None], dict[str, Any]], count: int, what: str) ->
     """
     doc = build(None)
     doc["truncated"] = False
-    body = json.dumps(doc).encode()
+    body, size = encode(doc, MAX_RESPONSE_BYTES)
     keep = count
-    while len(body) > MAX_RESPONSE_BYTES and keep > 0:
-        keep = min(keep - 1, int(keep * MAX_RESPONSE_BYTES / len(body) * 0.9))
+    while body is None and keep > 0:
+        keep = min(keep - 1, int(keep * MAX_RESPONSE_BYTES / size * 0.9))
         doc = build(keep)
         doc["truncated"] = True
         doc["notes"] = [*doc.get("notes", ()), f"cut: kept {keep} of {count} {what} to stay under "
                                                 f"{MAX_RESPONSE_BYTES} bytes (the agent's answer budget)"]
-        body = json.dumps(doc).encode()
-    if len(body) > MAX_RESPONSE_BYTES:
-        return error(507, f"the answer would be {len(body)} bytes, over the agent's budget of "
+        body, size = encode(doc, MAX_RESPONSE_BYTES)
+    if body is None:
+        return error(507, f"the answer would be {size} bytes or more, over the agent's budget of "
                           f"{MAX_RESPONSE_BYTES}; narrow the request")
     return Response(200, body)
 
@@ -182,6 +221,25 @@ class Endpoints:
             return None
         return self.routes.get(route[len(PREFIX) + 1:])
 
+    def sweep(self) -> None:
+        """Drop the cached answers and snapshot once too old to be served again.  Kept to
+        the next request instead, a 100,000-task dump would hold tens of megabytes (and
+        give the cyclic GC a heap that much bigger to walk) for as long as nobody asks."""
+        now = time.monotonic()
+        with self._answers_lock:
+            for key in [k for k, (t, _) in self._answers.items() if now - t >= ANSWER_REUSE]:
+                del self._answers[key]
+        last = self._last
+        if last is None or now - last[0] < SNAPSHOT_REUSE or not self._dump_lock.acquire(blocking=False):
+            return
+        try:
+            with paused_gc():  # freed where it was made: no debt left to the next collection
+                if self._last is last:
+                    self._last = None
+                del last
+        finally:
+            self._dump_lock.release()
+
     def _cached(self, found: Route, path: str, query: Mapping[str, str],
                 exclude: frozenset[int]) -> Response:
         key = (path.rstrip("/"), tuple(sorted(query.items())), exclude)
@@ -229,24 +287,34 @@ class Endpoints:
 
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
-        if not self._dump_lock.acquire(timeout=BUSY_WAIT):
-            return error(503, "busy: another dump is being taken; retry shortly")
-        try:
-            # Clients asking within SNAPSHOT_REUSE of each other share one collection, so a
-            # dashboard or a script in a loop cannot make the agent eat the target's CPU.
-            now = time.monotonic()
-            cached = self._last
-            if cached is not None and cached[1] == exclude and now - cached[0] < SNAPSHOT_REUSE:
-                snap = cached[2]
-            else:
-                snap = collect_tasks(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
-                self._last = (time.monotonic(), exclude, snap)
-        finally:
-            self._dump_lock.release()
-        view = task_view(snap, tq)
-        what = "groups" if view.grouped else "tasks"
-        return fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
-                   len(view.tasks), what)
+        # The cyclic GC waits until the dump's objects are freed: a collection on the way
+        # (the snapshot makes a few objects per task) would walk them all while holding
+        # the GIL, a quarter of a second for 100,000 tasks, during which the loop stops.
+        with paused_gc():
+            if not self._dump_lock.acquire(timeout=BUSY_WAIT):
+                return error(503, "busy: another dump is being taken; retry shortly")
+            try:
+                # Clients asking within SNAPSHOT_REUSE of each other share one collection, so
+                # a dashboard or a script in a loop cannot make the agent eat the target's CPU.
+                now = time.monotonic()
+                cached = self._last
+                if cached is not None and cached[1] == exclude and now - cached[0] < SNAPSHOT_REUSE:
+                    snap = cached[2]
+                else:
+                    snap = collect_tasks(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
+                    # A big snapshot is not kept: alive once the GC runs again, it would be
+                    # the walk of a quarter of a second this block avoids.
+                    reusable = len(snap.tasks) <= MAX_CACHED_SNAPSHOT_TASKS
+                    self._last = (time.monotonic(), exclude, snap) if reusable else None
+                del cached
+            finally:
+                self._dump_lock.release()
+            view = task_view(snap, tq)
+            what = "groups" if view.grouped else "tasks"
+            answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
+                         len(view.tasks), what)
+            del view, snap
+        return answer
 
     def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         loops = collect_loops(self.watch, set(self.watch.loops()) if self.watch else set(), _FrameCache(True))

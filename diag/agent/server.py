@@ -220,6 +220,13 @@ class _Server(socketserver.ThreadingMixIn):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # the default prints a traceback into the target's stderr
 
+    def service_actions(self) -> None:
+        # serve_forever calls this after each request and every poll interval (0.5 s)
+        try:
+            self.endpoints.sweep()
+        except Exception:
+            pass
+
 
 class _TCPServer(_Server, http.server.HTTPServer):
     allow_reuse_address = True

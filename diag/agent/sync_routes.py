@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Mapping
 
 from diag.collect.sync_collector import collect_sync
+from diag.collect.task_collector import paused_gc
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
@@ -27,17 +28,20 @@ def install(endpoints: "Endpoints") -> None:
             raise DiagError(f"budget must be a number of seconds, not {shown(query.get('budget'))}") from None
         if not 0 < budget <= MAX_PROOF_BUDGET:
             raise DiagError(f"budget must be > 0 and at most {MAX_PROOF_BUDGET:g} seconds")
-        snap = collect_sync(endpoints.watch, proof=proof, exclude=exclude, proof_budget=budget,
-                            collect_budget=api.COLLECT_BUDGET)
+        with paused_gc():  # as for a task dump: everything made here is freed before the GC runs
+            snap = collect_sync(endpoints.watch, proof=proof, exclude=exclude, proof_budget=budget,
+                                collect_budget=api.COLLECT_BUDGET)
 
-        def build(keep: int | None) -> dict[str, object]:
-            if keep is None:
-                return snap.to_dict()
-            # Primitives someone holds or waits on come first, so they are the ones kept.
-            return replace(snap, primitives=snap.primitives[:keep],
-                           tasks=replace(snap.tasks, tasks=snap.tasks.tasks[:keep])).to_dict()
+            def build(keep: int | None) -> dict[str, object]:
+                if keep is None:
+                    return snap.to_dict()
+                # Primitives someone holds or waits on come first, so they are the ones kept.
+                return replace(snap, primitives=snap.primitives[:keep],
+                               tasks=replace(snap.tasks, tasks=snap.tasks.tasks[:keep])).to_dict()
 
-        return fit(build, max(len(snap.primitives), len(snap.tasks.tasks)), "primitives and tasks")
+            answer = fit(build, max(len(snap.primitives), len(snap.tasks.tasks)), "primitives and tasks")
+            del snap, build
+        return answer
 
     endpoints.add("sync", sync, help="primitives, holders, waiters (?proof=1 adds the reachability proof)",
                   paced=True, cached=True)

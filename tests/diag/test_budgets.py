@@ -286,3 +286,24 @@ def test_identical_requests_share_one_answer_within_the_reuse_window(agent: diag
         assert json.loads(other)["taken_at"] != json.loads(first)["taken_at"]
         time.sleep(api.ANSWER_REUSE + 0.05)
         assert json.loads(get(agent, "sync")[1])["taken_at"] != json.loads(first)["taken_at"]
+
+
+def test_stale_answers_and_snapshots_are_dropped_without_another_request(agent: diag.agent.Agent) -> None:
+    # Kept until the next request, a big dump would hold its memory for as long as nobody asks.
+    with LoopWithTasks(2000):
+        assert get(agent, "tasks?debug=2&limit=5000")[0] == 200
+        assert agent.endpoints._last is not None and agent.endpoints._answers
+        assert wait_until(lambda: agent.endpoints._last is None and not agent.endpoints._answers, timeout=5)
+
+
+@pytest.mark.parametrize("size", [1, api.ENCODE_SLICE, api.ENCODE_SLICE + 1, 3 * api.ENCODE_SLICE + 7])
+def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
+    doc = {"schema": "diag.tasks/1", "tasks": [{"id": i, "name": f"t{i}", "stack": [{"line": i}]} for i in range(size)],
+           "notes": ["x" * 3], "nested": {"big": list(range(size))}, "truncated": False}
+    body, size = api.encode(doc)
+    assert body == json.dumps(doc).encode() and size == len(body)
+    # Past a limit it stops early and says it would not fit, with a size estimate over it.
+    limit = len(body) // 2
+    cut, estimate = api.encode(doc, limit)
+    assert cut is None and estimate > limit
+    assert api.encode(doc, len(body)) == (body, len(body))
