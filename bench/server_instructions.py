@@ -87,7 +87,7 @@ def measure(name: str, args: argparse.Namespace, out_dir: str) -> dict[str, floa
            "target_server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
            "--rate", "1000000", "--burst", "1000000", *flags]
     log = open(f"{out_dir}/{port}.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0", **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         deadline = time.monotonic() + 300

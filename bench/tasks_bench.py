@@ -4,10 +4,11 @@ Measured side by side in one run, reported as ratios because these machines are 
 1. snapshot: the agent's full collection (classification, wait times, creators) of N
    pending tasks, each three coroutines deep on an Event, against a plain walk of the
    same tasks' cr_await chains grouped by stack;
-2. stall: the longest the target's loop went without turning while a dump ran on the
-   agent thread (a 1 ms ticker measures it);
+2. stall: the longest the target's loop went without turning while the agent answered
+   a grouped dump on its own thread (a 1 ms ticker measures it);
 3. end to end: ``diag tasks URL`` (CLI start-up, HTTP, grouping, rendering) against a
-   process holding N tasks;
+   process holding N tasks, and the longest its loop went without turning while the
+   agent answered that and ``--debug 2 --format json`` (every task in full);
 4. factory: create_task + run of trivial tasks with and without the agent's task
    factory, rounds interleaved.
 """
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diag.agent.endpoints import Endpoints  # noqa: E402
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks  # noqa: E402
 from diag.collect.task_collector import collect_tasks  # noqa: E402
 from diag.collect.task_origins import OriginFactory, accelerated, new_factory  # noqa: E402
@@ -80,12 +83,14 @@ async def bench_snapshot(n: int, rounds: int) -> dict[str, float]:
         result = await asyncio.to_thread(collect_tasks, watch)
         snap.append(time.perf_counter() - t0)
         assert result.total_tasks >= n
-    # Loop stall while a dump runs on another thread: a 1 ms ticker's worst lateness.
+    # Loop stall while the agent answers a dump on another thread (collection, grouping,
+    # JSON, as GET /debug/diag/tasks does): a 1 ms ticker's worst lateness.
     worst = 0.0
     done = threading.Event()
+    api = Endpoints(watch)
 
     def dump() -> None:
-        collect_tasks(watch)
+        assert api.dispatch("GET", "/debug/diag/tasks", {}).status == 200
         done.set()
 
     threading.Thread(target=dump).start()
@@ -100,21 +105,33 @@ async def bench_snapshot(n: int, rounds: int) -> dict[str, float]:
 
 
 HOLDER = """
-import asyncio, sys
+import asyncio, signal, sys, time
 async def leaf(e): await e.wait()
 async def middle(e): await leaf(e)
 async def top(e): await middle(e)
+worst = 0.0
+def report():  # SIGUSR1: print the loop's worst lateness since the last report
+    global worst
+    print(f"{worst:.4f}", flush=True)
+    worst = 0.0
 async def main():
+    global worst
     e = asyncio.Event()
     ts = [asyncio.create_task(top(e)) for _ in range(int(sys.argv[1]))]
     await asyncio.sleep(1)  # every task has started and is waiting
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, report)
     print("ready", flush=True)
-    await asyncio.sleep(3600)
+    while True:  # a 1 ms ticker: how late the loop gets to run it
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.001)
+        worst = max(worst, time.perf_counter() - t0 - 0.001)
 asyncio.run(main())
 """
 
 
 def bench_end_to_end(n: int, rounds: int, walk_s: float) -> dict[str, float]:
+    """``diag tasks URL`` against a process holding n tasks: the grouped view's time, and
+    how late the target's loop ran while it answered the grouped view and the full JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "holder.py"
         script.write_text(textwrap.dedent(HOLDER))
@@ -122,22 +139,43 @@ def bench_end_to_end(n: int, rounds: int, walk_s: float) -> dict[str, float]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "diag", "run", "--agent-file", str(addr), "--",
                                  sys.executable, str(script), str(n)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, env=env)
+                                stderr=subprocess.DEVNULL, env=env, text=True)
+
+        def stall_since_last() -> float:
+            assert proc.stdout is not None
+            os.kill(proc.pid, signal.SIGUSR1)
+            return float(proc.stdout.readline())
+
+        def cli(*args: str) -> str:
+            return subprocess.run([sys.executable, "-m", "diag", "tasks", url, *args],
+                                  capture_output=True, text=True, env=env, check=True).stdout
+
         try:
             assert proc.stdout is not None
             proc.stdout.readline()
             url = addr.read_text().strip()
-            times = []
+            times, stalls, full_stalls = [], [], []
             for _ in range(rounds):
+                stall_since_last()
                 t0 = time.perf_counter()
-                out = subprocess.run([sys.executable, "-m", "diag", "tasks", url, "--format", "text"],
-                                     capture_output=True, text=True, env=env, check=True).stdout
+                out = cli("--format", "text")
                 times.append(time.perf_counter() - t0)
+                stalls.append(stall_since_last())
                 assert f"{n} tasks @ Event.wait" in out, out
+                time.sleep(0.3)  # past the agent's answer cache
+                stall_since_last()
+                full = json.loads(cli("--debug", "2", "--format", "json", "--limit", str(n + 10)))
+                full_stalls.append(stall_since_last())
+                # past the agent's 32 MB answer budget the answer keeps the first tasks and says so
+                cut = any(note.startswith("cut:") for note in full.get("notes", ()))
+                assert len(full["tasks"]) >= n or cut, (len(full["tasks"]), full.get("notes"))
+                full_count = len(full["tasks"])
         finally:
             proc.kill()
             proc.wait()
-    return {"cli_end_to_end_s": min(times), "cli_ratio_to_plain_walk": min(times) / walk_s}
+    return {"cli_end_to_end_s": min(times), "cli_ratio_to_plain_walk": min(times) / walk_s,
+            "cli_loop_stall_max_s": max(stalls), "full_json_loop_stall_max_s": max(full_stalls),
+            "full_json_tasks": full_count}
 
 
 async def _noop() -> None:
