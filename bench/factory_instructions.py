@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
+
+from callgrind import ROOT, instructions, per_round, require_valgrind
 
 PROGRAM = """
 import asyncio, sys
@@ -41,31 +39,19 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-def instructions(mode: str, n: int) -> int:
-    proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", PROGRAM,
-         mode, str(n)], capture_output=True, text=True, timeout=1800)
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise SystemExit(f"callgrind failed for {mode}: {proc.stderr[-500:]}")
-    return int(found.group(1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000, help="N (the second run makes 3N)")
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    require_valgrind()
+    sys.path.insert(0, ROOT)
     from diag.collect import task_origins
 
     per_task = {}
     for mode in ("none", "c", "python"):
         if mode == "c" and not task_origins.accelerated():
             continue
-        low, high = instructions(mode, args.tasks), instructions(mode, 3 * args.tasks)
-        per_task[mode] = (high - low) / (2 * args.tasks)
+        per_task[mode] = per_round(lambda n: instructions(PROGRAM, mode, str(n)), args.tasks)
     base = per_task["none"]
     out: dict[str, object] = {"python": sys.version.split()[0], "tasks": args.tasks}
     for mode, cost in per_task.items():

@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from callgrind import ROOT, instructions, per_round, require_valgrind
 
 PROGRAM = """
 import asyncio, sys
@@ -49,17 +46,11 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-def instructions(mode: str, n: int) -> int:
+def count(mode: str, n: int) -> int:
     env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
     if mode == "python":
         env["DIAG_ORIGINS"] = "python"
-    proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", PROGRAM,
-         mode, str(n)], capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise SystemExit(f"callgrind failed for {mode}: {proc.stderr[-500:]}")
-    return int(found.group(1))
+    return instructions(PROGRAM, mode, str(n), env=env)
 
 
 def main() -> None:
@@ -68,20 +59,18 @@ def main() -> None:
     parser.add_argument("--per-request", type=float, default=None,
                         help="instructions of one GET /work/slow?ms=0 without diag, to give shares of it")
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
+    require_valgrind()
     sys.path.insert(0, ROOT)
     from diag.collect import holders
 
-    per_round = {}
+    costs = {}
     for mode in ("off", "c", "python"):
         if mode == "c" and not holders.accelerated():
             continue
-        low, high = instructions(mode, args.rounds), instructions(mode, 3 * args.rounds)
-        per_round[mode] = (high - low) / (2 * args.rounds)
-    base = per_round["off"]
+        costs[mode] = per_round(lambda n: count(mode, n), args.rounds)
+    base = costs["off"]
     out: dict[str, object] = {"python": sys.version.split()[0], "rounds": args.rounds}
-    for mode, cost in per_round.items():
+    for mode, cost in costs.items():
         out[f"{mode}_instructions_per_round"] = round(cost)
         if mode != "off":
             out[f"{mode}_extra_per_round"] = round(cost - base)
