@@ -606,7 +606,7 @@ acquire_site(void)
     PyCodeObject *code[SITE_DEPTH];
     int offset[SITE_DEPTH];
     int n = 0;
-    uintptr_t h = 0;
+    uint64_t h = 0;
     _PyInterpreterFrame *f = current_frame(PyThreadState_Get());
     for (int depth = 0; f != NULL && depth < 64 && n < SITE_DEPTH; depth++, f = f->previous) {
         if (not_python_code(f)) {
@@ -621,10 +621,10 @@ acquire_site(void)
         }
         code[n] = c;
         offset[n] = (int)(_PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
-        h = (h ^ ((uintptr_t)c >> 4) ^ (uintptr_t)offset[n]) * (uintptr_t)0x9E3779B97F4A7C15ull;
+        h = (h ^ ((uint64_t)(uintptr_t)c >> 4) ^ (uint64_t)offset[n]) * 0x9E3779B97F4A7C15ull;
         n++;
     }
-    SiteSlot *slot = &sites[(h >> 32) & (SITE_CACHE - 1)];
+    SiteSlot *slot = &sites[(size_t)(h >> 32) & (SITE_CACHE - 1)];
     if (slot->site != NULL && slot->n == n) {
         int same = 1;
         for (int i = 0; i < n && same; i++) {
@@ -660,9 +660,9 @@ acquire_site(void)
 static PyObject *
 held_list(PyObject *primitive, PyObject *now, int create)
 {
-    /* The primitive's list with item 0 set to `now` (borrowed), created if asked; NULL
-     * with no error when there is none, NULL with an error on failure.  It is read and
-     * set as a plain attribute: asking for __dict__ would make the object trade its
+    /* The primitive's list with item 0 set to `now` (a new reference), created if asked;
+     * NULL with no error when there is none, NULL with an error on failure.  It is read
+     * and set as a plain attribute: asking for __dict__ would make the object trade its
      * inline attribute values for a real dict, and every attribute access asyncio makes
      * on it would then be slower. */
     PyObject *held = PyObject_GenericGetAttr(primitive, held_attr);
@@ -679,12 +679,13 @@ held_list(PyObject *primitive, PyObject *now, int create)
             return NULL;
         }
         PyList_SET_ITEM(held, 0, Py_NewRef(now));
-        int set = PyObject_GenericSetAttr(primitive, held_attr, held);
-        Py_DECREF(held);  /* the primitive keeps it */
-        return set < 0 ? NULL : held;
+        if (PyObject_GenericSetAttr(primitive, held_attr, held) < 0) {
+            Py_CLEAR(held);
+        }
+        return held;
     }
-    Py_DECREF(held);  /* the primitive keeps it */
     if (!PyList_Check(held) || PyList_GET_SIZE(held) == 0) {
+        Py_DECREF(held);
         return NULL;
     }
     PyObject *old = PyList_GET_ITEM(held, 0);
@@ -694,8 +695,13 @@ held_list(PyObject *primitive, PyObject *now, int create)
 }
 
 static int
-note_acquired(PyObject *primitive)
+note_acquired(PyObject *primitive, int with_site)
 {
+    /* with_site 0: the frames running now are not the acquirer's (see acquiring_throw),
+     * so the record names no site. */
+    if (held_attr == NULL) {
+        return 0;  /* not configured: nothing to record into */
+    }
     int rc = -1;
     PyObject *seq = NULL, *site = NULL, *entry = NULL;
     PyObject *now = monotonic_now();
@@ -703,13 +709,15 @@ note_acquired(PyObject *primitive)
         return -1;
     }
     PyObject *held = held_list(primitive, now, 1);
-    if (held != NULL && (seq = running_task_seq()) != NULL && (site = acquire_site()) != NULL
+    if (held != NULL && (seq = running_task_seq()) != NULL
+            && (site = with_site ? acquire_site() : PyTuple_New(0)) != NULL
             && (entry = PyTuple_Pack(3, seq, site, now)) != NULL) {
         rc = PyList_Append(held, entry);
     }
     Py_XDECREF(entry);
     Py_XDECREF(site);
     Py_XDECREF(seq);
+    Py_XDECREF(held);
     Py_DECREF(now);
     return rc;
 }
@@ -719,6 +727,9 @@ note_released(PyObject *primitive)
 {
     /* Drop the releasing task's record, or the oldest when the permit is released on its
      * holder's behalf. */
+    if (held_attr == NULL) {
+        return 0;
+    }
     PyObject *now = monotonic_now();
     if (now == NULL) {
         return -1;
@@ -728,19 +739,19 @@ note_released(PyObject *primitive)
     if (held == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    Py_ssize_t size = PyList_GET_SIZE(held);
-    if (size < 2) {
-        return 0;
-    }
-    Py_INCREF(held);
-    PyObject *seq = running_task_seq();
+    PyObject *seq = PyList_GET_SIZE(held) < 2 ? NULL : running_task_seq();
     if (seq == NULL) {
         Py_DECREF(held);
-        return -1;
+        return PyErr_Occurred() ? -1 : 0;
     }
-    Py_ssize_t found = 1;
-    for (Py_ssize_t i = 1; i < size; i++) {
+    /* The size is read as the list is now: finding the task's id may have run a
+     * collection, and with it finalizers that changed the list. */
+    Py_ssize_t found = 0;
+    for (Py_ssize_t i = 1; i < PyList_GET_SIZE(held); i++) {
         PyObject *entry = PyList_GET_ITEM(held, i);
+        if (found == 0) {
+            found = i;  /* the oldest, unless the task's own record is found */
+        }
         if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) > 0) {
             PyObject *owner = PyTuple_GET_ITEM(entry, 0);
             if (owner == seq || (PyLong_CheckExact(owner) && PyLong_CheckExact(seq)
@@ -750,7 +761,7 @@ note_released(PyObject *primitive)
             }
         }
     }
-    int rc = PyList_SetSlice(held, found, found + 1, NULL);
+    int rc = found > 0 ? PyList_SetSlice(held, found, found + 1, NULL) : 0;
     Py_DECREF(seq);
     Py_DECREF(held);
     return rc;
@@ -786,19 +797,35 @@ mod_configure_holders(PyObject *mod, PyObject *args)
 
 static PyObject *acquire_observer = NULL;  /* called with each acquired primitive, or NULL */
 
-static void
-acquired(PyObject *primitive)
+static int
+swallowed(void)
 {
-    if (note_acquired(primitive) < 0) {
-        PyErr_Clear();  /* bookkeeping never breaks the program's acquire */
+    /* Bookkeeping never breaks the program's acquire or release: an Exception raised by
+     * it is dropped.  KeyboardInterrupt and SystemExit go on, as from the Python path. */
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
+static int
+acquired(PyObject *primitive, int with_site)
+{
+    /* Record the acquire; -1 with an exception only for one that must not be dropped. */
+    if (note_acquired(primitive, with_site) < 0 && !swallowed()) {
+        return -1;
     }
     if (acquire_observer != NULL) {
-        PyObject *r = PyObject_CallOneArg(acquire_observer, primitive);
-        if (r == NULL) {
-            PyErr_Clear();
+        PyObject *observer = Py_NewRef(acquire_observer);  /* it may unset itself */
+        PyObject *r = PyObject_CallOneArg(observer, primitive);
+        Py_DECREF(observer);
+        if (r == NULL && !swallowed()) {
+            return -1;
         }
         Py_XDECREF(r);
     }
+    return 0;
 }
 
 typedef struct {
@@ -818,8 +845,9 @@ acquiring_am_send(Acquiring *self, PyObject *arg, PyObject **result)
         return PYGEN_ERROR;
     }
     PySendResult r = PyIter_Send(self->inner, arg, result);
-    if (r == PYGEN_RETURN) {
-        acquired(self->primitive);
+    if (r == PYGEN_RETURN && acquired(self->primitive, 1) < 0) {
+        Py_CLEAR(*result);
+        return PYGEN_ERROR;
     }
     return r;
 }
@@ -872,13 +900,27 @@ acquiring_throw(Acquiring *self, PyObject *const *args, Py_ssize_t nargs)
     if (meth == NULL) {
         return NULL;
     }
+    if (nargs >= 2 && PyExceptionInstance_Check(args[1])) {
+        /* throw(type, value[, tb]): pass the exception alone, as a coroutine delegating
+         * to another would (the three-argument form is deprecated from 3.12) */
+        if (nargs == 3 && args[2] != Py_None && PyException_SetTraceback(args[1], args[2]) < 0) {
+            Py_DECREF(meth);
+            return NULL;
+        }
+        args = &args[1];
+        nargs = 1;
+    }
     PyObject *result = PyObject_Vectorcall(meth, args, (size_t)nargs, NULL);
     Py_DECREF(meth);
     if (result == NULL && PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        /* asyncio's acquire finished in spite of the exception: the permit is held */
+        /* asyncio's acquire finished in spite of the exception: the permit is held.  The
+         * frames running now are the thrower's, not the acquirer's: no site. */
         PyObject *value = NULL;
         if (_PyGen_FetchStopIterationValue(&value) == 0) {
-            acquired(self->primitive);
+            if (acquired(self->primitive, 0) < 0) {
+                Py_DECREF(value);
+                return NULL;
+            }
             if (value != Py_None) {
                 _PyGen_SetStopIterationValue(value);
             }
@@ -997,8 +1039,9 @@ held_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
     }
     PyObject *primitive = args[0];
     if (self->releases) {
-        if (note_released(primitive) < 0) {
-            PyErr_Clear();
+        if (note_released(primitive) < 0 && !swallowed()) {
+            Py_DECREF(result);
+            return NULL;
         }
         return result;
     }
@@ -1082,6 +1125,11 @@ static PyGetSetDef held_getset[] = {
     {"__name__", (getter)held_get_attr_of_original, NULL, NULL, "__name__"},
     {"__qualname__", (getter)held_get_attr_of_original, NULL, NULL, "__qualname__"},
     {"__doc__", (getter)held_get_attr_of_original, NULL, NULL, "__doc__"},
+    /* what inspect and unittest.mock read to tell a coroutine function */
+    {"__code__", (getter)held_get_attr_of_original, NULL, NULL, "__code__"},
+    {"__defaults__", (getter)held_get_attr_of_original, NULL, NULL, "__defaults__"},
+    {"__kwdefaults__", (getter)held_get_attr_of_original, NULL, NULL, "__kwdefaults__"},
+    {"__annotations__", (getter)held_get_attr_of_original, NULL, NULL, "__annotations__"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

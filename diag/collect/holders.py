@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable
 
 from diag.collect import task_origins
@@ -135,7 +135,10 @@ def _note_acquired(primitive: object) -> None:
     except Exception:  # bookkeeping must never break the program's acquire
         pass
     if _logs:
-        _log_acquired(primitive)
+        try:
+            _log_acquired(primitive)
+        except Exception:
+            pass
 
 
 def _note_released(primitive: object) -> None:
@@ -252,9 +255,8 @@ def install() -> None:
             original = cls.__dict__[name]
             _originals[(cls, name)] = original
             wrapper = _wrap(original, releases)
-            code = getattr(wrapper, "__code__", None)  # the C wrappers have no frames to hide
-            if code is not None:
-                codes[id(code)] = code
+            if isinstance(wrapper, FunctionType):  # the C wrappers have no frames to hide
+                codes[id(wrapper.__code__)] = wrapper.__code__
             setattr(cls, name, wrapper)
     WRAPPER_CODES = frozenset(codes)
     WRAPPER_CODE_OBJECTS = tuple(codes.values())

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import types
 import warnings
+from unittest import mock
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator
@@ -149,8 +150,9 @@ async def test_the_c_wrappers_keep_asyncios_behaviour() -> None:
         assert asyncio.Lock.acquire.__wrapped__ is holders._originals[(asyncio.Lock, "acquire")]
         assert lock.acquire.__qualname__ == "Lock.acquire" and asyncio.Semaphore.release.__name__ == "release"
         assert asyncio.iscoroutinefunction(lock.acquire) and not asyncio.iscoroutinefunction(lock.release)
-        if sys.version_info >= (3, 12):  # inspect reads the mark from 3.12 on
-            assert inspect.iscoroutinefunction(lock.acquire)
+        assert inspect.iscoroutinefunction(lock.acquire) and not inspect.iscoroutinefunction(lock.release)
+        # a test suite's autospec of a Lock still awaits a mocked acquire
+        assert type(mock.create_autospec(asyncio.Lock).acquire).__name__ == "AsyncMock"
         assert await lock.acquire() is True
         assert lock.locked() and len(holders.records(lock)) == 1
 
@@ -203,6 +205,67 @@ async def test_the_c_wrappers_keep_asyncios_behaviour() -> None:
         assert any("Lock.acquire" in str(w.message) and "never awaited" in str(w.message) for w in caught)
     if not holders.installed():
         assert type(asyncio.Lock.__dict__["acquire"]).__name__ == "function"
+
+
+OBSERVED = textwrap.dedent('''
+    import asyncio, sys
+    from diag.collect import holders
+    holders.install()
+
+    class Log:  # an acquire log whose add raises what argv[1] names
+        def add(self, primitive):
+            raise {"interrupt": KeyboardInterrupt, "error": ValueError}[sys.argv[1]]()
+
+    async def main():
+        lock = asyncio.Lock()
+        holders.add_acquire_log(Log())
+        try:
+            await lock.acquire()
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt reached the program")
+            return
+        print("acquired", lock.locked())
+
+    asyncio.run(main())
+''')
+
+
+@pytest.mark.parametrize("python_path", [False, True])
+def test_bookkeeping_errors_are_dropped_but_an_interrupt_reaches_the_program(python_path: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
+    if python_path:
+        env["DIAG_ORIGINS"] = "python"
+    outs = {}
+    for what in ("error", "interrupt"):
+        proc = subprocess.run([sys.executable, "-c", OBSERVED, what], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outs[what] = proc.stdout.strip()
+    assert outs == {"error": "acquired True", "interrupt": "KeyboardInterrupt reached the program"}
+
+
+def test_the_c_wrappers_do_not_need_the_holders_module() -> None:
+    # Used straight from the extension, before holders.py configured it: no records, no crash.
+    code = textwrap.dedent('''
+        import asyncio
+        from diag import _origins
+        if not hasattr(_origins, "HeldMethod"):
+            raise SystemExit(0)
+        class Lock(asyncio.Lock):
+            pass
+        Lock.acquire = _origins.HeldMethod(asyncio.Lock.acquire, False)
+        Lock.release = _origins.HeldMethod(asyncio.Lock.release, True)
+        async def main():
+            lock = Lock()
+            assert await lock.acquire() is True
+            lock.release()
+            assert not lock.locked() and not hasattr(lock, "_diag_holders")
+        asyncio.run(main())
+        print("ok")
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in ("ok", "")
 
 
 # -- the await chain: read in C, read in Python, same dump -----------------------------------
