@@ -197,14 +197,9 @@ def _frame_at(nodes: list[object], frames: list[types.FrameType] | None, i: int)
     return frames[i] if frames is not None else _frame_of(nodes[i])
 
 
-def _await_chain_fast(coro: object, max_frames: int) -> tuple[bytes, list[object]] | None:
-    """The await chain read by the C accelerator: a key that tasks stuck at the same place
-    share, and the coroutines outermost first; None where only the Python walk will do."""
-    assert _c_await_chain is not None
-    walked: tuple[bytes, list[object]] | None = _c_await_chain(coro, max_frames, holders.WRAPPER_CODE_OBJECTS)
-    return walked
-
-
+#: The await chain read by the C accelerator, ``(coro, max_frames, skip_codes) -> (key,
+#: coroutines outermost first)``: tasks stuck at the same place share the key; None where
+#: only the Python walk will do.
 _c_await_chain = getattr(task_origins._fast, "await_chain", None)
 
 
@@ -597,7 +592,8 @@ class _Walker:
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
         coro = task.get_coro()
-        walked = _await_chain_fast(coro, self.options.max_frames) if _c_await_chain is not None else None
+        walked = (None if _c_await_chain is None
+                  else _c_await_chain(coro, self.options.max_frames, holders.WRAPPER_CODE_OBJECTS))
         frames: list[types.FrameType] | None
         if walked is None:
             nodes, frames = _await_chain(coro, self.options.max_frames)
