@@ -13,7 +13,6 @@ import gc
 import inspect
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import types
@@ -28,6 +27,7 @@ import pytest
 from diag.collect import holders, task_collector, task_origins
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import collect_tasks
+from tests.support.programs import run_python
 
 needs_accelerator = pytest.mark.skipif(not holders.accelerated(), reason="diag._origins is not built here")
 
@@ -94,10 +94,7 @@ def _lines() -> dict[str, int]:
 
 
 def _run(python_path: bool) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
-    if python_path:
-        env["DIAG_ORIGINS"] = "python"
-    proc = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60, env=env)
+    proc = run_python(PROGRAM, python_path=python_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no "never awaited" or other warnings from the wrappers
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -232,13 +229,9 @@ OBSERVED = textwrap.dedent('''
 
 @pytest.mark.parametrize("python_path", [False, True])
 def test_bookkeeping_errors_are_dropped_but_an_interrupt_reaches_the_program(python_path: bool) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
-    if python_path:
-        env["DIAG_ORIGINS"] = "python"
     outs = {}
     for what in ("error", "interrupt"):
-        proc = subprocess.run([sys.executable, "-c", OBSERVED, what], capture_output=True, text=True,
-                              timeout=60, env=env)
+        proc = run_python(OBSERVED, what, python_path=python_path)
         assert proc.returncode == 0, proc.stderr
         outs[what] = proc.stdout.strip()
     assert outs == {"error": "acquired True", "interrupt": "KeyboardInterrupt reached the program"}
@@ -263,7 +256,7 @@ def test_the_c_wrappers_do_not_need_the_holders_module() -> None:
         asyncio.run(main())
         print("ok")
     ''')
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() in ("ok", "")
 

@@ -8,6 +8,7 @@ the tasks it dumps run on an event loop in a thread of this process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import threading
@@ -307,3 +308,44 @@ def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
     cut, estimate = api.encode(doc, limit)
     assert cut is None and estimate > limit
     assert api.encode(doc, len(body)) == (body, len(body))
+
+
+def test_a_dump_is_built_and_freed_with_the_gc_paused(agent: diag.agent.Agent,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A collection during a big dump walks every object the dump made while holding the
+    # GIL: the target's loop stops for as long.  None may run from the collection to the
+    # JSON, and a snapshot this big is not kept, so none is owed afterwards either.
+    seen: list[bool] = []
+    encode = api.encode
+
+    def watched(doc: Any, limit: int | None = None) -> tuple[bytes | None, int]:
+        seen.append(gc.isenabled())
+        return encode(doc, limit)
+
+    monkeypatch.setattr(api, "encode", watched)
+    with LoopWithTasks(api.MAX_CACHED_SNAPSHOT_TASKS + 2000):
+        status, body = get(agent, f"tasks?debug=2&limit={api.MAX_CACHED_SNAPSHOT_TASKS + 5000}")
+        assert status == 200 and len(json.loads(body)["tasks"]) > api.MAX_CACHED_SNAPSHOT_TASKS
+        assert seen and not any(seen) and gc.isenabled()
+        assert agent.endpoints._last is None  # too big to keep for reuse
+        seen.clear()
+        assert get(agent, "sync")[0] == 200
+        assert seen and not any(seen) and gc.isenabled()
+
+
+async def test_without_an_agent_the_aiohttp_routes_drop_stale_answers_too() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    import diag.aiohttp as integration
+
+    if diag.agent.current() is not None:
+        pytest.skip("an agent runs in this process")
+    app = web.Application()
+    integration.setup(app)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/debug/diag/tasks")
+        assert resp.status == 200
+        assert integration._fallback._answers
+        await asyncio.sleep(api.ANSWER_REUSE + 0.3)
+        assert not integration._fallback._answers and integration._fallback._last is None

@@ -331,3 +331,34 @@ async def test_the_label_cache_forgets_primitives_that_died() -> None:
         assert 0 < len(watch.holder_labels) <= 2 * 20 + 64  # 30 x 20 locks were made in all
     finally:
         watch.stop()
+
+
+async def test_many_waiters_on_several_primitives_each_name_their_own() -> None:
+    # After the first task, the others on a primitive are matched through its own queue of
+    # waiters; tasks stuck at the same line on different primitives must not be mixed up.
+    sems = [asyncio.Semaphore(0) for _ in range(3)]
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(2)]
+
+    async def take(sem: asyncio.Semaphore) -> None:
+        await sem.acquire()
+
+    async def get(queue: asyncio.Queue[int]) -> None:
+        await queue.get()
+
+    tasks = [asyncio.create_task(take(sems[i % 3]), name=f"sem{i % 3}") for i in range(60)]
+    tasks += [asyncio.create_task(get(queues[i % 2]), name=f"queue{i % 2}") for i in range(40)]
+    await settle()
+    try:
+        snap = collect_tasks(None)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    owners: dict[str, set[str]] = {}
+    for info in snap.tasks:
+        if info.name.startswith(("sem", "queue")):
+            assert info.wait.primitive is not None, info
+            owners.setdefault(info.name, set()).add(info.wait.primitive.id)
+    expected = {f"sem{i}": {hex(id(sems[i]))} for i in range(3)}
+    expected.update({f"queue{i}": {hex(id(queues[i]))} for i in range(2)})
+    assert owners == expected

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from diag.collect import task_origins
+from tests.support.programs import run_python
 
 PROGRAM = textwrap.dedent('''
     import asyncio, json, sys
@@ -73,12 +73,7 @@ def _lines() -> dict[str, int]:
 
 
 def _run(source: str, *args: str, python_path: bool) -> dict[str, object]:
-    env = dict(os.environ)
-    env.pop("DIAG_ORIGINS", None)
-    if python_path:
-        env["DIAG_ORIGINS"] = "python"
-    proc = subprocess.run([sys.executable, "-c", source, *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = run_python(source, *args, python_path=python_path)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout)
     return result
@@ -147,8 +142,7 @@ EAGER = textwrap.dedent('''
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
 def test_an_eager_parent_keeps_the_id_its_children_recorded() -> None:
     for python_path in (False, True):
-        proc = subprocess.run([sys.executable, "-c", EAGER], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "DIAG_ORIGINS": "python" if python_path else ""})
+        proc = run_python(EAGER, python_path=python_path)
         assert proc.returncode == 0, proc.stderr
         parent_seq, kid_creator, parent_recorded = json.loads(proc.stdout)
         assert kid_creator == parent_seq

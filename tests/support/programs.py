@@ -64,3 +64,14 @@ class DiagRun:
 
 
 __all__ = ["DiagRun", "ROOT", "os"]
+
+
+def run_python(source: str, *args: str, python_path: bool = False,
+               timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+    """``python -c source args...`` with diag's C accelerator, or with its pure-Python
+    paths (``DIAG_ORIGINS=python``) when ``python_path``."""
+    env = {k: v for k, v in os.environ.items() if k != "DIAG_ORIGINS"}
+    if python_path:
+        env["DIAG_ORIGINS"] = "python"
+    return subprocess.run([sys.executable, "-c", source, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
