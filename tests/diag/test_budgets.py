@@ -297,7 +297,7 @@ def test_stale_answers_and_snapshots_are_dropped_without_another_request(agent: 
         assert wait_until(lambda: agent.endpoints._last is None and not agent.endpoints._answers, timeout=5)
 
 
-@pytest.mark.parametrize("size", [1, api.ENCODE_SLICE, api.ENCODE_SLICE + 1, 3 * api.ENCODE_SLICE + 7])
+@pytest.mark.parametrize("size", [0, 1, api.ENCODE_SLICE, api.ENCODE_SLICE + 1, 3 * api.ENCODE_SLICE + 7])
 def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
     doc = {"schema": "diag.tasks/1", "tasks": [{"id": i, "name": f"t{i}", "stack": [{"line": i}]} for i in range(size)],
            "notes": ["x" * 3], "nested": {"big": list(range(size))}, "truncated": False}
