@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from diag.collect import task_origins
+from diag.collect.dead_tasks import DeadTaskLog
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop whose heartbeat is older than this is reported as stalled.
@@ -89,6 +90,10 @@ class LoopWatch:
         self.thread_ident: int | None = None
         #: id(primitive) -> (weakref to it, label from its holders); saves a heap scan per dump
         self.holder_labels: dict[int, tuple[Any, str]] = {}
+        #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
+        self.dead = DeadTaskLog()
+        # id(task) -> monotonic time the sampler first saw a cancellation pending on it
+        self._cancels: dict[int, float] = {}
 
     # -- loops -----------------------------------------------------------------------
     def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +103,7 @@ class LoopWatch:
                 if loop in self._beats:
                     return
                 self._beats[loop] = _Beat()
+            self.dead.hook_loop(loop)
             if self._install_factories:
                 task_origins.install_factory(loop)
         except Exception:
@@ -173,6 +179,7 @@ class LoopWatch:
         self.unhook_running_loop()
         for loop in self.loops():
             task_origins.uninstall_factory(loop)
+        self.dead.unhook_all()
 
     def _run(self) -> None:
         self.thread_ident = threading.get_ident()
@@ -235,8 +242,13 @@ class LoopWatch:
         start = time.monotonic()
         prev = self._waits
         new: dict[int, tuple[int, float]] = {}
+        prev_cancels = self._cancels
+        cancels: dict[int, float] = {}
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
+            if task.done():  # kept alive by the program: it may have died of an exception
+                self.dead.note_done(task)
+                continue
             loop = task.get_loop()
             if id(loop) not in seen_loops:
                 # A loop that started without the hook seeing it (uvloop imported before the
@@ -244,13 +256,19 @@ class LoopWatch:
                 seen_loops.add(id(loop))
                 if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
+            key = id(task)
+            try:
+                if task.cancelling():
+                    cancels[key] = prev_cancels.get(key, start)
+            except Exception:
+                pass
             waiter = getattr(task, "_fut_waiter", None)
             if waiter is None:
                 continue
-            key = id(task)
             old = prev.get(key)
             new[key] = old if old is not None and old[0] == id(waiter) else (id(waiter), start)
         self._waits = new
+        self._cancels = cancels
         if self.sampled_since is None:
             self.sampled_since = start
         return time.monotonic() - start
@@ -261,6 +279,10 @@ class LoopWatch:
         if rec is None or rec[0] != id(waiter):
             return None
         return rec[1]
+
+    def cancel_seen(self, task: asyncio.Task[Any]) -> float | None:
+        """When the sampler first saw a cancellation pending on ``task`` (monotonic), if it did."""
+        return self._cancels.get(id(task))
 
     def describe_clock(self) -> str:
         return (f"lower bound: the agent samples each task's awaited future every "

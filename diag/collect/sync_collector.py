@@ -13,14 +13,19 @@ import gc
 import time
 from typing import Any
 
-from diag.collect import holders, reachability, task_origins
+from dataclasses import replace
+
+from diag.collect import holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import clip
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
 )
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
-from diag.task_snapshot import TaskSnapshot
+from diag.task_snapshot import TaskInfo, TaskSnapshot
+
+#: Only futures awaited at least this long have their owners looked up (a heap scan).
+OWNER_MIN_WAIT = 1.0
 
 _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
 #: The search for primitives stops after this long (and the snapshot says so).
@@ -55,6 +60,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     started = time.monotonic()
     tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
     live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not t.done()}
+    try:
+        tasks = with_future_owners(tasks, live)
+    except Exception:
+        pass
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
     for info in tasks.tasks:
@@ -112,3 +121,37 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
 
 def _line(code: Any, offset: int) -> int:
     return task_origins.origin_line(code, offset)
+
+
+def with_future_owners(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
+    """``tasks`` with ``Wait.owner`` set for long waits on plain futures: which object keeps
+    the future, and whether that object's connection is closed (``future_owners``)."""
+    wanted: dict[str, Any] = {}
+    for info in tasks.tasks:
+        fid = info.wait.future_id
+        if not fid or fid in wanted or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT:
+            continue
+        task = live.get(info.id)
+        waiter = wait_evidence.fut_waiter(task) if task is not None else None
+        if waiter is not None and hex(id(waiter)) == fid and type(waiter) is asyncio.Future:
+            wanted[fid] = waiter
+        if len(wanted) >= wait_evidence.MAX_OWNER_SCAN:
+            break
+    if not wanted:
+        return tasks
+    futures = list(wanted.values())
+    owners = wait_evidence.future_owners(futures)
+    del futures
+    if not owners:
+        return tasks
+    by_fid = {fid: owners[id(fut)] for fid, fut in wanted.items() if id(fut) in owners}
+    wanted.clear()
+    out: list[TaskInfo] = []
+    for info in tasks.tasks:
+        found = by_fid.get(info.wait.future_id)
+        if found is not None:
+            label, closed = found
+            owner = f"{label}, {closed}" if closed else label
+            info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed)))
+        out.append(info)
+    return replace(tasks, tasks=tuple(out))
