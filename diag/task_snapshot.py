@@ -406,6 +406,8 @@ class TaskSnapshot:
     says what was cut or could not be read; ``grouped`` is set when ``tasks`` holds
     groups (``TaskInfo.count``) rather than single tasks.  ``dead_tasks`` is the agent's
     log of tasks that ended badly (newest last); ``threads`` every thread but the agent's.
+    ``destroyed_seen`` is set when every loop reports tasks the GC destroys while pending
+    (asyncio's loops do, through the agent's hook; uvloop's cannot be hooked).
     """
 
     taken_at: float
@@ -421,6 +423,7 @@ class TaskSnapshot:
     dead_tasks: tuple[DeadTask, ...] = ()
     threads: tuple[ThreadInfo, ...] = ()
     executors: tuple[ExecutorInfo, ...] = ()
+    destroyed_seen: bool = False
     schema: str = SCHEMA
 
     def with_tasks(self, tasks: tuple[TaskInfo, ...], *, grouped: bool | None = None,
@@ -439,7 +442,7 @@ class TaskSnapshot:
             "loops": [lp.to_dict() for lp in self.loops],
             "dead_tasks": [t.to_dict() for t in self.dead_tasks],
             "threads": [t.to_dict() for t in self.threads],
-            "executors": [e.to_dict() for e in self.executors],
+            "executors": [e.to_dict() for e in self.executors], "destroyed_seen": self.destroyed_seen,
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
@@ -467,6 +470,7 @@ class TaskSnapshot:
                 dead_tasks=tuple(DeadTask.from_dict(t) for t in d.get("dead_tasks") or ()),
                 threads=tuple(ThreadInfo.from_dict(t) for t in d.get("threads") or ()),
                 executors=tuple(ExecutorInfo.from_dict(e) for e in d.get("executors") or ()),
+                destroyed_seen=bool(d.get("destroyed_seen", False)),
             )
         except MALFORMED as err:
             raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None

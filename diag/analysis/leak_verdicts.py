@@ -148,7 +148,7 @@ def _dead_by_id(snap: SyncSnapshot) -> dict[int, DeadTask]:
     return {d.id: d for d in snap.tasks.dead_tasks}
 
 
-def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[int]) -> str:
+def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[int], destroyed_seen: bool) -> str:
     """What became of a holder that will never release: finished, died, destroyed, or
     unreachable (the proof: the GC will destroy it, still holding the permit)."""
     if holder.task_alive:
@@ -159,6 +159,9 @@ def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[
                 "and never released it")
     if record is not None and record.exception:
         return f"died with {record.exception} {_ago(record.ended_seconds)} without releasing it"
+    if not destroyed_seen:
+        return ("is gone without releasing it: it finished, or the GC destroyed it while it was still waiting "
+                "(this loop does not report which)")
     return "finished without releasing it"
 
 
@@ -185,7 +188,7 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
             who = f"task {holder.task_id}" if holder.task_id is not None else "code outside any task"
             name = f" {holder.task_name!r}" if holder.task_name else ""
             parts.append(f"{who}{name} acquired it at {_site_text(holder.site)} {_ago(holder.held_seconds)} and "
-                         f"{_holder_fate(holder, dead_log, unreachable)}")
+                         f"{_holder_fate(holder, dead_log, unreachable, snap.tasks.destroyed_seen)}")
         if len(culprits) > 5:
             parts.append(f"and {len(culprits) - 5} more")
         waiting = (f"{_plural(len(state.waiting_tasks), 'task')} "

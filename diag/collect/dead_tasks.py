@@ -196,7 +196,8 @@ class DeadTaskLog:
         self._records: collections.deque[_Record] = collections.deque(maxlen=maxlen)
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._hooked: "weakref.WeakKeyDictionary[Any, Callable[..., Any]]" = weakref.WeakKeyDictionary()
+        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
+            weakref.WeakKeyDictionary())
 
     # -- feeds ----------------------------------------------------------------------------
     def note_done(self, task: Any) -> None:
@@ -243,34 +244,55 @@ class DeadTaskLog:
 
     # -- the loop's exception handler ----------------------------------------------------------
     def hook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wrap ``loop.call_exception_handler`` (asyncio's loops; uvloop's cannot be)."""
+        """Wrap ``loop.call_exception_handler`` (asyncio's loops; uvloop's cannot be).
+        Wrappers chain: another log (the test plugin's, a second agent) may wrap it too."""
         try:
-            if loop in self._hooked or "call_exception_handler" in (instance_dict(loop) or {}):
+            if loop in self._hooked:
                 return
+            attrs = instance_dict(loop)
+            if attrs is None:
+                return  # uvloop: no instance attributes
+            below = attrs.get("call_exception_handler")  # another wrapper, or None: the class's method
             original = loop.call_exception_handler
             log = self
+            state = {"active": True}
 
             def call_exception_handler(context: dict[str, Any]) -> None:
-                try:
-                    log._from_context(context)
-                except Exception:
-                    pass
+                if state["active"]:
+                    try:
+                        log._from_context(context)
+                    except Exception:
+                        pass
                 original(context)
 
             call_exception_handler.__wrapped__ = original  # type: ignore[attr-defined]
             setattr(loop, "call_exception_handler", call_exception_handler)
-            self._hooked[loop] = call_exception_handler
+            self._hooked[loop] = (call_exception_handler, below, state)
         except Exception:
             pass
 
     def unhook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the wrapper out: put back what it wrapped when it is on top, else leave it
+        in the chain as a pass-through (a wrapper above it calls it)."""
         try:
-            mine = self._hooked.pop(loop, None)
+            entry = self._hooked.pop(loop, None)
+            if entry is None:
+                return
+            mine, below, state = entry
+            state["active"] = False
             attrs = instance_dict(loop)
-            if mine is not None and attrs is not None and attrs.get("call_exception_handler") is mine:
-                del attrs["call_exception_handler"]
+            if attrs is not None and attrs.get("call_exception_handler") is mine:
+                if below is None:
+                    del attrs["call_exception_handler"]
+                else:
+                    attrs["call_exception_handler"] = below
         except Exception:
             pass
+
+    def hooked(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when this log hears of tasks ``loop`` destroys while pending."""
+        entry = self._hooked.get(loop)
+        return entry is not None and entry[2]["active"]
 
     def unhook_all(self) -> None:
         for loop in list(self._hooked.keys()):

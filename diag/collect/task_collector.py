@@ -827,4 +827,5 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
         wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
         dead_tasks=watch.dead.snapshot() if watch is not None else (),
         threads=threads, executors=executors,
+        destroyed_seen=watch is not None and bool(loops) and all(watch.dead.hooked(lp) for lp in loops),
     )
