@@ -484,7 +484,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         prim = task.wait.primitive
         target = prim.id if prim is not None else task.wait.future_id
         if target and target in touched:
-            what = f"{prim.kind} {_where(prim)}" if prim is not None else "the future it awaits"
+            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+                    else "the future it awaits")
             why.append(_dead_text(touched[target], what))
         if task.wait.kind in _IDLE_KINDS and not why:
             continue

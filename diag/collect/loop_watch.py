@@ -41,6 +41,11 @@ class _Beat:
     lag: float | None = None
 
 
+def _no_ref() -> None:
+    """Stands for a weak reference to a future that cannot have one: never the same future."""
+    return None
+
+
 def iter_all_tasks() -> list[asyncio.Task[Any]]:
     """Every task of every loop, read without the loops' cooperation (any thread).
 
@@ -83,8 +88,8 @@ class LoopWatch:
         self._hooked: list[Any] = []  # the modules whose _set_running_loop is wrapped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # id(task) -> (id(awaited future), monotonic time first seen waiting on it)
-        self._waits: dict[int, tuple[int, float]] = {}
+        # id(task) -> (id(awaited future), monotonic time first seen waiting on it, weak ref to it)
+        self._waits: dict[int, tuple[int, float, Any]] = {}
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
@@ -241,7 +246,7 @@ class LoopWatch:
         """Note, for every waiting task, the future it waits on; returns the seconds spent."""
         start = time.monotonic()
         prev = self._waits
-        new: dict[int, tuple[int, float]] = {}
+        new: dict[int, tuple[int, float, Any]] = {}
         prev_cancels = self._cancels
         cancels: dict[int, float] = {}
         seen_loops: set[int] = set()
@@ -266,7 +271,16 @@ class LoopWatch:
             if waiter is None:
                 continue
             old = prev.get(key)
-            new[key] = old if old is not None and old[0] == id(waiter) else (id(waiter), start)
+            # The same wait only if it is the same future: a new one freed and made at the same
+            # address (asyncio reuses them constantly) starts a new wait.
+            if old is not None and old[0] == id(waiter) and old[2]() is waiter:
+                new[key] = old
+            else:
+                try:
+                    ref: Any = weakref.ref(waiter)
+                except TypeError:
+                    ref = _no_ref
+                new[key] = (id(waiter), start, ref)
         self._waits = new
         self._cancels = cancels
         if self.sampled_since is None:
@@ -276,7 +290,7 @@ class LoopWatch:
     def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
         """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""
         rec = self._waits.get(id(task))
-        if rec is None or rec[0] != id(waiter):
+        if rec is None or rec[0] != id(waiter) or rec[2]() is not waiter:
             return None
         return rec[1]
 

@@ -89,7 +89,9 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     roots: list[Any] = []
     for task in tasks:
         waiter = getattr(task, "_fut_waiter", None)
-        if waiter is None or id(task) in current:
+        # The runner's main task is a root: asyncio.run cancels it on Ctrl-C, so its frame runs
+        # again ("await asyncio.Event().wait()" to run forever is an idiom, not a leak).
+        if waiter is None or id(task) in current or wait_evidence.is_main_task(task):
             roots.append(task)
         else:
             blocked[id(task)] = task

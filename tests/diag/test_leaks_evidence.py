@@ -259,3 +259,32 @@ def test_the_fixed_twin_has_no_finding_at_all(loop: str) -> None:
         code, data = leaks(app.url, "--min-wait", "1", "--cancel-grace", "1", "--stall-threshold", "5",
                            "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+RUNS_FOREVER = """
+import asyncio
+
+async def worker(jobs):
+    while True:
+        await jobs.get()
+
+async def main():
+    jobs = asyncio.Queue()           # only main holds it: main's frame runs again on Ctrl-C
+    workers = [asyncio.create_task(worker(jobs), name=f"worker-{i}") for i in range(3)]
+    await asyncio.Event().wait()     # run until stopped: an idiom, not a leak
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_main_that_runs_forever_on_a_local_event_is_not_a_leak(loop: str) -> None:
+    with DiagRun(RUNS_FOREVER, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 30
+        while True:  # until the waits are old enough to be judged
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            if all((t["wait"]["seconds"] or 0) >= 1.5 for t in tasks["tasks"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        (main,) = [t for t in tasks["tasks"] if t.get("main")]  # uvloop.run wraps main in a coroutine of its own
+        assert "main" in {f["function"] for f in main["stack"]}
+        code, data = leaks(app.url, "--min-wait", "1", "--stall-threshold", "5", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]
