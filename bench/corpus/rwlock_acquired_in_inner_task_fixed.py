@@ -1,15 +1,16 @@
-"""A reader-writer lock taken through ``asyncio.wait_for``, which records the wrong task as its owner.
+"""A reader-writer lock acquired in a task of its own, which the lock then records as its owner.
 
 Modelled on aiorwlock #409, "Lock not properly acquired when using ``asyncio.wait_for()``":
-``wait_for`` runs the coroutine it is given in a task of its own, so a lock that records
-``current_task()`` as its owner records that short-lived inner task; the caller's ``release()``
-then fails the ownership check and the lock is never released.
+``wait_for`` ran the coroutine it was given in a task of its own (up to Python 3.11), so a lock
+that records ``current_task()`` as its owner recorded that short-lived inner task; the caller's
+``release()`` then failed the ownership check and the lock was never released.
 
 Mechanism: a configuration service serves reads under the read side of a reader-writer lock and
-reloads the configuration under the write side, bounding the wait for the write lock with
-``wait_for``.  The first reload acquires the lock as the inner task, ``release_write()`` raises
-RuntimeError in the reload task (which dies with it), the lock stays held by a finished task, and
-the three request handlers wait for the read lock forever.
+reloads the configuration under the write side, bounding the wait with ``wait_for`` around
+``shield()`` (so that a timeout does not cancel a half-finished acquire), which runs the acquire in
+an inner task on every Python version.  The first reload's ``release_write()`` raises RuntimeError
+in the reload task, which dies; the lock stays held by a finished task and the three request
+handlers wait for the read lock forever.
 
 Fix: bound the wait with ``async with asyncio.timeout()``, which runs the acquire in the caller's
 own task.
@@ -76,7 +77,8 @@ async def serve_reads(name, lock, config, served):
 async def reload_config(lock, config):
     while True:
         await asyncio.sleep(0.3)
-        await asyncio.wait_for(lock.acquire_write(), timeout=2.0)
+        async with asyncio.timeout(2.0):
+            await lock.acquire_write()
         try:
             config["version"] += 1
         finally:
