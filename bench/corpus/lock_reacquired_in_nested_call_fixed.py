@@ -2,8 +2,7 @@
 
 Modelled on python/asyncio #439, "Reentrant locks in asyncio": ``asyncio.Lock`` is not reentrant,
 so a coroutine holding it that calls another coroutine taking the same lock blocks forever; the
-thread's use case was a tool serialising git commands per repository, where one locked operation
-called another.
+use case raised in the thread was a tool that runs git commands under such a lock.
 
 Mechanism: a mirror service keeps four repositories up to date, one sync task each, and applies
 push webhooks through a worker.  Each repository's operations take its lock.  The ``docs``

@@ -1,9 +1,8 @@
 """A session whose reader waits for ``close()`` while ``close()`` waits for the reader.
 
-Modelled on python/asyncio #444, "Prohibit Tasks to await on themselves." (bpo-27972): a task that
-awaits itself hung silently, and the fix made ``Task`` raise RuntimeError for that case.  The check
-sees only a task awaiting itself directly; a task awaiting itself through another task still hangs
-without a word.
+Modelled on python/asyncio #444, "Prohibit Tasks to await on themselves." (bpo-27972): since that
+fix a task that awaits itself gets a RuntimeError.  The check covers only a task awaiting itself
+directly; a task that awaits itself through another task still hangs without a word.
 
 Mechanism: a streaming session's reader task, on a protocol error from the server, starts
 ``close()`` in its own task and awaits it so that the error is reported only once the session is
