@@ -16,6 +16,7 @@ Fix: decode inside ``try`` and hand a decoding error to the request's future wit
 """
 import asyncio
 import itertools
+import logging
 import signal
 
 DECODERS = {"INTEGER": int, "Counter32": int, "TimeTicks": int, "OctetString": str}
@@ -77,10 +78,13 @@ async def poll_device(name, client, samples):
 
 
 async def alert_worker(alerts):
+    log = logging.getLogger("alerts")
     while True:
-        alert = await alerts.get()
-        alert.clear()
-        alerts.task_done()
+        device, message = await alerts.get()
+        try:
+            log.warning("%s: %s", device, message)
+        finally:
+            alerts.task_done()
 
 
 async def main():

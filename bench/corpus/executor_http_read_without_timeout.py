@@ -68,9 +68,11 @@ async def poll_weather(api, states):
 
 
 async def history_writer(history):
+    rows = []
     while True:
-        entry = await history.get()
-        entry.clear()
+        zone, state = await history.get()
+        rows.append((zone, state))
+        del rows[:-1000]
         history.task_done()
 
 

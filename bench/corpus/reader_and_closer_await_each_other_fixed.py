@@ -79,9 +79,11 @@ async def consume_updates(session, seen):
 
 async def render_worker(jobs):
     while True:
-        job = await jobs.get()
-        job.clear()
-        jobs.task_done()
+        template, context = await jobs.get()
+        try:
+            template.format(**context)
+        finally:
+            jobs.task_done()
 
 
 async def stats(seen):

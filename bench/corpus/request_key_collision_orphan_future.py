@@ -82,7 +82,7 @@ async def risk_check(client, board):
 async def fill_worker(fills):
     while True:
         fill = await fills.get()
-        fill.clear()
+        fill["booked"] = True
         fills.task_done()
 
 

@@ -17,6 +17,7 @@ own task.
 """
 import asyncio
 import collections
+import logging
 import signal
 
 
@@ -86,9 +87,10 @@ async def reload_config(lock, config):
 
 
 async def audit_worker(events):
+    audit = logging.getLogger("audit")
     while True:
-        event = await events.get()
-        event.clear()
+        who, what = await events.get()
+        audit.info("%s %s", who, what)
         events.task_done()
 
 

@@ -86,8 +86,8 @@ async def housekeeping(cache, rounds):
 
 async def api_worker(requests):
     while True:
-        request = await requests.get()
-        request.clear()
+        key, reply = await requests.get()
+        reply.set_result(key)
         requests.task_done()
 
 

@@ -89,8 +89,10 @@ async def consume(stream, readings):
 async def report_worker(jobs):
     while True:
         job = await jobs.get()
-        job.clear()
-        jobs.task_done()
+        try:
+            await job()
+        finally:
+            jobs.task_done()
 
 
 async def health_check(readings):
