@@ -68,6 +68,13 @@ class ConnectionPool:
         self.idle = [asyncio.Event() for _ in range(size)]
         self.keepers = [asyncio.create_task(self._keep(event), name="db-conn") for event in self.idle]
 
+    def checkout(self):
+        for event in self.idle:
+            if not event.is_set():
+                event.set()
+                return event
+        raise RuntimeError("pool exhausted")
+
     async def _keep(self, checked_out):
         while True:
             await checked_out.wait()
