@@ -487,10 +487,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
                     else "the future it awaits")
             why.append(_dead_text(touched[target], what))
+        if task.wait.owner_closed:
+            what = "the future it awaits" if prim is None else _where(prim)
+            why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
         if task.wait.kind in _IDLE_KINDS and not why:
             continue
-        if task.wait.owner_closed:
-            why.append(f"the future it awaits is kept by {task.wait.owner}: nothing is left to resolve it")
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:

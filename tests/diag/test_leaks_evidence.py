@@ -233,7 +233,7 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         assert kind_of("producer") == {"suspect"}
         assert "consumer (task" in evidence("producer") and "ConnectionResetError: peer reset" in evidence("producer")
         assert kind_of("request") == {"suspect"}
-        assert "kept by Client.pending, its connection was lost" in evidence("request")
+        assert "is kept by Client.pending, its connection was lost" in evidence("request")
         assert kind_of("lookup") == {"suspect"}
         assert "in thread" in evidence("lookup") and "Condition.wait" in evidence("lookup")
         assert "main" not in {t["coro"] for f in data["findings"] for t in f["tasks"]}  # the runner holds it
