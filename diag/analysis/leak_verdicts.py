@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
@@ -412,11 +412,12 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
     return out
 
 
-def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
+def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozenset[int] | set[int] = frozenset()) -> list[Finding]:
+    """Blocked tasks the proof found unreachable, but for those a deadlock already tells."""
     proof = snap.reachability
     if not proof.ran or not proof.complete:
         return []
-    members = tuple(by_id[t] for t in proof.unreachable if t in by_id)
+    members = tuple(by_id[t] for t in proof.unreachable if t in by_id and t not in told)
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
@@ -553,7 +554,12 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     stuck = stuck_tasks(snap)
     permits = leaked_permits(snap, by_id, stuck)
     locks = deadlocks(snap, by_id, stuck)
-    proven = proven_leaks(snap, by_id)
+    in_deadlock = {t.id for f in locks for t in f.tasks}
+    proven = proven_leaks(snap, by_id, in_deadlock)  # one finding per cause: the deadlock says it
+    unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    locks = [replace(f, evidence=f.evidence + "; the proof confirms it: nothing outside these tasks can reach "
+                                               "what they wait on")
+             if f.tasks and all(t.id in unreachable for t in f.tasks) else f for f in locks]
     explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     for f in locks:
         explained.update(t.id for t in f.tasks)
