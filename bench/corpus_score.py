@@ -199,6 +199,12 @@ def group_state(obs: Observation, group: dict[str, Any]) -> dict[str, Any]:
             "finding_kinds": sorted({f["kind"] for f in covering(obs.findings, group["coro"])})}
 
 
+def finding_rows(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A finding as the JSON output keeps it: kind, title, evidence and the coroutines it names."""
+    return [{"kind": f["kind"], "title": f.get("title", ""), "evidence": f.get("evidence", ""),
+             "coros": sorted({t.get("coro", "?") for t in f.get("tasks") or ()})} for f in findings]
+
+
 def main_flagged(findings: list[dict[str, Any]]) -> int:
     return sum(1 for f in findings if any(t.get("coro") in MAIN_COROS for t in f.get("tasks") or ()))
 
@@ -231,7 +237,8 @@ def score_program(name: str, label: dict[str, Any], bug: Observation, twin: Obse
         "twin_leaks_exit": twin.leaks_exit,
         "twin_still_stuck": [g["coro"] for g in twin_groups if g["stuck"]],
         "main_flagged": sum(main_flagged(r.findings) for r in (bug, twin)),
-        "groups": groups, "errors": [e for e in (bug.error, twin.error) if e],
+        "groups": groups, "findings": finding_rows(bug.findings), "twin_findings": finding_rows(twin.findings),
+        "errors": [e for e in (bug.error, twin.error) if e],
         "seconds": round(bug.seconds + twin.seconds, 1),
     }
 
