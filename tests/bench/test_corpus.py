@@ -84,13 +84,14 @@ def test_every_program_has_a_twin_and_a_label_naming_a_public_bug() -> None:
     assert healthy, "the corpus needs healthy programs to measure precision on"
 
 
-@pytest.mark.parametrize("name", ["token_lock_not_released", "taskgroup_shard_never_ready",
-                                  "producer_dies_consumers_wait"])
-def test_program_is_stuck_as_labelled_and_its_twin_is_not(name: str) -> None:
+@pytest.mark.parametrize(("name", "loop"), [("token_lock_not_released", "asyncio"),
+                                          ("taskgroup_shard_never_ready", "asyncio"),
+                                          ("producer_dies_consumers_wait", "uvloop")])
+def test_program_is_stuck_as_labelled_and_its_twin_is_not(name: str, loop: str) -> None:
     label = LABELS[name]
     started = time.monotonic()
-    bug = scorer.observe(f"{name}.py", settle=0.5, min_wait=0.5)
-    twin = scorer.observe(f"{name}_fixed.py", settle=0.5, min_wait=0.5)
+    bug = scorer.observe(f"{name}.py", loop=loop, settle=0.5, min_wait=0.5)
+    twin = scorer.observe(f"{name}_fixed.py", loop=loop, settle=0.5, min_wait=0.5)
     assert bug.ready and twin.ready, (bug.error, twin.error)
     assert not bug.error and not twin.error, (bug.error, twin.error)
     assert bug.leaks_exit in (0, 1) and twin.leaks_exit in (0, 1)
