@@ -80,10 +80,11 @@ class Observation:
     seconds: float = 0.0
 
 
-def _lines(stream: Any, out: "queue.Queue[str]") -> None:
+def _lines(stream: Any, out: "queue.Queue[str | None]") -> None:
+    """The program's stdout, line by line, then None at its end."""
     for raw in iter(stream.readline, b""):
         out.put(raw.decode(errors="replace").strip())
-    out.put("")
+    out.put(None)
 
 
 def _diag(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -107,10 +108,11 @@ def observe(file: str, *, loop: str = "asyncio", settle: float = 3.0, min_wait: 
     with open(os.path.join(tmp, "stderr.log"), "wb") as err:
         proc = subprocess.Popen(cmd, cwd=corpus, env=env, stdout=subprocess.PIPE, stderr=err,
                                 start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
     try:
-        obs.ready = _wait_ready(lines, proc, sock)
+        obs.ready = _wait_ready(lines, sock)
         if not obs.ready:
             obs.error = "no 'ready' line within %gs: %s" % (READY_TIMEOUT, _tail(tmp))
             return obs
@@ -135,12 +137,16 @@ def observe(file: str, *, loop: str = "asyncio", settle: float = 3.0, min_wait: 
         obs.error = f"{type(exc).__name__}: {exc}"
     finally:
         _stop(proc)
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
         obs.seconds = round(time.monotonic() - started, 1)
     return obs
 
 
-def _wait_ready(lines: "queue.Queue[str]", proc: subprocess.Popen[bytes], sock: str) -> bool:
+def _wait_ready(lines: "queue.Queue[str | None]", sock: str) -> bool:
+    """Whether the program printed ``ready`` and its agent's socket exists, within READY_TIMEOUT."""
     deadline = time.monotonic() + READY_TIMEOUT
     seen = False
     while time.monotonic() < deadline and not seen:
@@ -148,25 +154,27 @@ def _wait_ready(lines: "queue.Queue[str]", proc: subprocess.Popen[bytes], sock: 
             line = lines.get(timeout=0.1)
         except queue.Empty:
             continue
-        if line == "ready":
-            seen = True
-        elif line == "" and proc.poll() is not None:
+        if line is None:
             return False
+        seen = line == "ready"
     while seen and time.monotonic() < deadline and not os.path.exists(sock):
         time.sleep(0.05)
     return seen and os.path.exists(sock)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM (the programs stop on it), then SIGKILL; to the program's whole process group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
+            continue
 
 
 def _tail(tmp: str) -> str:
@@ -268,13 +276,15 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], out: Any = sys.s
     def mark(v: Any) -> str:
         return "-" if v is None else ("yes" if v else "no")
 
-    head = (f"{'program':34} {'mechanism':22} {'flagged':7} {'sound':5} {'wait':4} {'twin-fail':9} {'twin-susp':9} "
-            f"{'kinds':24} twin-kinds")
-    print(head, file=out)
+    width = max([len("program")] + [len(r["name"]) for r in rows])
+    kinds_width = max([len("kinds")] + [len(",".join(r["finding_kinds"])) for r in rows])
+    print(f"{'program':{width}} {'mechanism':22} {'flagged':7} {'sound':5} {'wait':4} {'twin-fail':9} "
+          f"{'twin-susp':9} {'kinds':{kinds_width}} twin-kinds", file=out)
     for r in rows:
-        print(f"{r['name']:34} {r['mechanism']:22} {mark(r['flagged']):7} {mark(r['sound']):5} "
+        print(f"{r['name']:{width}} {r['mechanism']:22} {mark(r['flagged']):7} {mark(r['sound']):5} "
               f"{mark(r['wait_kind_right']):4} {r['twin_fail_on']:<9} {r['twin_suspects']:<9} "
-              f"{','.join(r['finding_kinds']) or '-':24} {','.join(r['twin_finding_kinds']) or '-'}", file=out)
+              f"{','.join(r['finding_kinds']) or '-':{kinds_width}} {','.join(r['twin_finding_kinds']) or '-'}",
+              file=out)
         for err in r["errors"]:
             print(f"    error: {err}", file=out)
         if r["twin_still_stuck"]:
