@@ -43,7 +43,7 @@ class Server:
     async def flush_access_log(self):
         while not self.access_log.empty():
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # fsync of the log file
+        await asyncio.sleep(0.5)  # fsync of the log file
 
     async def drain(self):
         self.listener.close()
