@@ -292,8 +292,8 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], out: Any = sys.s
     s = summary
     print(file=out)
     print(f"leaks flagged at all:          {s['flagged']}/{s['leaky']}", file=out)
-    print(f"with a sound verdict:          {s['sound']}/{s['leaky']} ({s['sound_decidable']}/{s['decidable']} decidable)",
-          file=out)
+    print(f"with a sound verdict:          {s['sound']}/{s['leaky']} "
+          f"({s['sound_decidable']}/{s['decidable']} decidable)", file=out)
     print(f"wait kind right:               {s['wait_kind_right']}/{s['with_stuck_groups']}", file=out)
     print(f"fail-on verdicts on twins:     {s['twin_fail_on']} (must be 0)", file=out)
     print(f"suspects on twins:             {s['twin_suspects']} (mean {s['twin_suspects_mean']} per healthy run)",
@@ -301,7 +301,8 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], out: Any = sys.s
     print(f"other findings on twins:       {s['twin_other']} (exhausted and kinds not failed on)", file=out)
     print(f"findings naming main:          {s['main_flagged']}", file=out)
     if s["corpus_errors"]:
-        print(f"programs with run errors:      {s['corpus_errors']}", file=out)
+        print(f"programs with corpus problems: {s['corpus_errors']} (run errors, or a twin stuck as labelled)",
+              file=out)
 
 
 def run_corpus(names: list[str], labels: dict[str, dict[str, Any]], *, loop: str, min_wait: float,
