@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from diag.collect import task_origins
+from diag.collect.safe_read import future_field
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop whose heartbeat is older than this is reported as stalled.
@@ -237,14 +238,14 @@ class LoopWatch:
         new: dict[int, tuple[int, float]] = {}
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
-            loop = task.get_loop()
+            loop = future_field(task, "_loop")  # read, not asked: a Task subclass may override get_loop
             if id(loop) not in seen_loops:
                 # A loop that started without the hook seeing it (uvloop imported before the
                 # agent started) is found through its tasks.
                 seen_loops.add(id(loop))
                 if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
-            waiter = getattr(task, "_fut_waiter", None)
+            waiter = future_field(task, "_fut_waiter")
             if waiter is None:
                 continue
             key = id(task)
