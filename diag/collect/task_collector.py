@@ -303,8 +303,16 @@ def _local_names(node: object, frame: types.FrameType, obj: object) -> tuple[str
                 name = key
         owner = view.get("self")
         return name, owner
-    if node is None or any(type(r) is dict for r in gc.get_referents(node)):
+    if node is None:
         return "", None
+    before = gc.get_referents(node)
+    # The GC visits a frame's parts in order: its frame object, its f_locals dict, its
+    # function, code, then the locals; a dict right before the function is f_locals.
+    first_function = next((i for i, r in enumerate(before) if type(r) is types.FunctionType), 0)
+    if first_function == 0 or type(before[first_function - 1]) is dict:
+        return "", None
+    dicts = {id(r) for r in before if type(r) is dict}
+    del before  # the locals' values: not to be held while the loop thread runs on
     made = frame.f_locals
     try:
         for key, value in made.items():
@@ -312,7 +320,8 @@ def _local_names(node: object, frame: types.FrameType, obj: object) -> tuple[str
                 name = key
         owner = made.get("self")
     finally:
-        made.clear()  # made by this call, so nobody else holds it: it keeps nothing alive
+        if id(made) not in dicts:  # made by this call, so nobody else holds it
+            made.clear()  # it keeps nothing alive
     return name, owner
 
 

@@ -9,6 +9,7 @@ by the Python walk alike; a task that cannot be described is still listed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from pathlib import Path
@@ -63,6 +64,27 @@ async def test_a_deep_chain_keeps_its_real_wait(c_reader: bool, monkeypatch: pyt
     assert all(f.function == "nested" for f in stack[1:64 - KEEP_OUTER] + stack[65 - KEEP_OUTER:])
     assert only(snap, "shallow").stack[0].function == "Event.wait"
     assert not any("elided" in f.function for f in only(snap, "shallow").stack)
+
+
+async def test_a_local_is_named_and_the_frame_keeps_no_dict_of_its_locals() -> None:
+    event = asyncio.Event()
+
+    async def with_a_dict_local(gate: asyncio.Event) -> None:
+        headers = {"kept": "by the program"}
+        await gate.wait()
+        assert headers
+
+    task = asyncio.create_task(with_a_dict_local(event), name="dict-local")
+    await asyncio.sleep(0)
+    try:
+        snap = collect_tasks(None)
+        coro = task.get_coro()
+        leftovers = [r for r in gc.get_referents(coro) if type(r) is dict and "kept" not in r]
+    finally:
+        event.set()
+        await task
+    assert only(snap, "dict-local").wait.primitive.label == "gate"  # type: ignore[union-attr]
+    assert all(d == {} for d in leftovers), leftovers  # 3.11/3.12: f_locals emptied; 3.13: none
 
 
 async def test_a_task_that_cannot_be_read_is_listed_as_such(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,7 +220,11 @@ async def main():
     await asyncio.sleep(3600)
 
 
-asyncio.run(main())
+if os.environ.get("TRAP_LOOP") == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 '''
 
 TASK_NAMES = {"holder", "lock-waiter", "sem-holder", "sem-waiter", "bounded-holder", "bounded-waiter",
@@ -228,11 +232,17 @@ TASK_NAMES = {"holder", "lock-waiter", "sem-holder", "sem-waiter", "bounded-hold
               "awaitable-waiter", "inner", "task-waiter", "gathered", "gather-waiter"}
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DiagRun, Path]]:
+@pytest.fixture(scope="module", params=["asyncio", "uvloop", "python-paths"])
+def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DiagRun, Path]]:
+    """The program on asyncio's loop, on uvloop, and with diag's pure-Python paths."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
     log = tmp_path_factory.mktemp("traps") / "sprung.log"
     log.write_text("")
-    with DiagRun(PROGRAM, env={"TRAP_LOG": str(log)}) as run:
+    env = {"TRAP_LOG": str(log), "TRAP_LOOP": request.param}
+    if request.param == "python-paths":
+        env["DIAG_ORIGINS"] = "python"
+    with DiagRun(PROGRAM, env=env) as run:
         deadline = time.monotonic() + 20
         while "ready" not in run.output() and time.monotonic() < deadline:
             time.sleep(0.05)
