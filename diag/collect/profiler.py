@@ -180,42 +180,25 @@ def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
         duration=duration, thread_name=target.name, functions=functions, edges=edges, notes=tuple(notes))
 
 
-_yappi_leak: list[bool] = []
-
-
-@types.coroutine
-def _suspend() -> Any:
-    yield
-
-
-async def _probe() -> None:
-    await _suspend()
+#: The last yappi release whose ``IS_SUSPENDED`` keeps the coroutines it sees.
+LAST_LEAKING_YAPPI = (1, 7, 6)
 
 
 def yappi_keeps_coroutines(yappi: Any) -> bool:
-    """Whether this yappi leaks a reference to each coroutine it sees leave a frame:
-    up to 1.7.6 its ``IS_SUSPENDED`` (3.11+) never releases the strong reference
+    """Whether this yappi leaks a reference to each coroutine it sees leave a frame: up
+    to 1.7.6, on 3.11 and later, its ``IS_SUSPENDED`` never releases the strong reference
     ``PyFrame_GetGenerator`` returns, so every coroutine a profile sees stays alive for
-    good, and no yappi call (``clear_stats`` included) gives it back.  Found once per
-    process by stepping a coroutine of diag's own under yappi on this thread only
-    (``profile_threads=False``: the program's threads are not profiled), and comparing
-    its reference count; a leaky yappi keeps that one probe."""
-    if not _yappi_leak:
-        coro = _probe()
-        before = sys.getrefcount(coro)
-        yappi.clear_stats()
-        yappi.start(builtins=False, profile_threads=False)
-        try:
-            coro.send(None)  # enters and suspends
-            try:
-                coro.send(None)  # resumes and returns
-            except StopIteration:
-                pass
-        finally:
-            yappi.stop()
-            yappi.clear_stats()
-        _yappi_leak.append(sys.getrefcount(coro) > before)
-    return _yappi_leak[0]
+    good, and no yappi call (``clear_stats`` included) gives it back (sumerc/yappi#217).
+    Told by the installed version: probing it would mean starting yappi once more."""
+    if sys.version_info < (3, 11):
+        return False
+    try:
+        from importlib.metadata import version
+
+        release = tuple(int(part) for part in version("yappi").split(".")[:3] if part.isdigit())
+    except Exception:  # not installed as a distribution: assume the worst
+        return True
+    return release <= LAST_LEAKING_YAPPI
 
 
 def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...], tuple[CallEdge, ...], int]:
