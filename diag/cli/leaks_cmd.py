@@ -31,6 +31,8 @@ def leaks(
     min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
     held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),
     stall: float = typer.Option(1.0, "--stall-threshold", help="seconds the loop may go without turning"),
+    cancel_grace: float = typer.Option(2.0, "--cancel-grace",
+                                       help="seconds a cancelled task may go on waiting before its cancel counts as swallowed"),
     fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on",
                                 help=f"finding kinds that make the exit code 1 (of {', '.join(KINDS)}; 'none')"),
     proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
@@ -50,7 +52,8 @@ def leaks(
     if not timeout > 0 or not 0 < budget <= 30:
         raise UsageError("--timeout must be > 0 and --proof-budget between 0 and 30 seconds")
     kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
-    options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, fail_on=kinds)
+    options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, fail_on=kinds,
+                          cancel_grace=cancel_grace)
     options.validate()
     if agent_dir is not None or len(targets) > 1:
         return _many(targets, agent_dir, fmt, options, proof, budget, output, timeout)
