@@ -27,6 +27,7 @@ import sys
 import threading
 
 from diag.agent import agent_dir as agent_files
+from diag.agent import fork_safety  # noqa: F401  (registers its fork handler first)
 from diag.agent.endpoints import Endpoints
 from diag.agent.server import AgentServer, parse_address
 from diag.collect import holders
