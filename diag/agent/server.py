@@ -11,6 +11,7 @@ import http.server
 import os
 import socket
 import socketserver
+import stat
 import threading
 import time
 import urllib.parse
@@ -63,6 +64,85 @@ def parse_address(address: str) -> tuple[str, str | int]:
     if not 0 <= number <= 65535:
         raise UsageError(f"bad agent port {number}")
     return host, number
+
+
+def check_agent_address(address: str, token: str | None) -> tuple[str, str | int]:
+    """``parse_address`` plus everything the agent would refuse at start, without binding:
+    a non-loopback address without a token, a token that cannot travel in a header, a
+    unix socket path taken by something else.  ``diag run`` asks before the program starts."""
+    host, port = parse_address(address)
+    check_token(token)
+    if port == "unix":
+        problem = unix_path_problem(host)
+        if problem:
+            raise UsageError(f"refusing unix:{host}: {problem}")
+    elif host not in LOOPBACK and not token:
+        raise UsageError(f"refusing to bind {host}: a non-loopback agent needs DIAG_AGENT_TOKEN")
+    return host, port
+
+
+def check_token(token: str | None) -> None:
+    """A token must reach the agent byte for byte in an HTTP header: printable ASCII only
+    (spaces included).  The message says where the bad character is, never the token."""
+    for n, char in enumerate(token or ""):
+        if not " " <= char <= "~":
+            kind = "a non-ASCII character" if ord(char) > 127 else "a newline or another control character"
+            raise UsageError(f"the agent token (DIAG_AGENT_TOKEN) holds {kind} at position {n + 1}; it travels "
+                             "in an HTTP header, so it must be printable ASCII")
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, the scheme in any case, one space, then the token
+    exactly as configured (compared in constant time)."""
+    scheme, space, given = (header or "").partition(" ")
+    # http.server decodes header values as latin-1, so this gives back the bytes sent.
+    match = hmac.compare_digest(given.encode("latin-1", "replace"), token.encode("ascii", "replace"))
+    return bool(space) and scheme.lower() == "bearer" and match
+
+
+#: The longest unix socket path Linux binds (108 bytes with the terminating NUL).
+MAX_UNIX_PATH = 107
+
+
+def unix_path_problem(path: str) -> str:
+    """Why the agent may not bind a unix socket at ``path``, or "" when it may: nothing is
+    there, or a socket nobody accepts on (left by an agent that was killed).  Anything
+    else there is somebody's: a file, a directory, a link, a socket in use."""
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        return f"the path is longer than {MAX_UNIX_PATH} bytes"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"no such directory {parent}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        return err.strerror or str(err)
+    if not stat.S_ISSOCK(st.st_mode):
+        what = ("a regular file" if stat.S_ISREG(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file")
+        return f"{what} is there; the agent only replaces a stale socket nobody listens on"
+    if st.st_uid != os.getuid():
+        return "a socket of another user is there"
+    if _accepts(path):
+        return "a process listens on that socket (another agent?); give each process its own path"
+    return ""
+
+
+def _accepts(path: str) -> bool:
+    """Whether anybody listens on the unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:  # a full backlog times out, and so on: somebody is there
+        return True
+    finally:
+        probe.close()
+    return True
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -126,8 +206,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._discard_body()
             token = self.server.token
             if token is not None:
-                given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(errors="replace"), token.encode()):
+                if not authorized(self.headers.get("Authorization"), token):
                     resp = error(401, "missing or wrong agent token")
                     self._send(resp.status, resp.body, resp.content_type)
                     return
@@ -243,17 +322,19 @@ class AgentServer:
     """Serves ``endpoints`` on ``address`` from a daemon thread."""
 
     def __init__(self, endpoints: Endpoints, address: str, token: str | None = None) -> None:
-        host, port = parse_address(address)
+        host, port = check_agent_address(address, token)
         self.unix_path: str | None = None
+        #: (device, inode) of the socket file this server made: only that is ever unlinked.
+        self._socket_file: tuple[int, int] | None = None
         srv: Any
         if port == "unix":
             self.unix_path = str(host)
-            if os.path.exists(self.unix_path):
-                os.unlink(self.unix_path)
+            if os.path.lexists(self.unix_path):
+                _remove_stale_socket(self.unix_path)
             srv = _UnixServer(self.unix_path, _Handler)
+            st = os.lstat(self.unix_path)
+            self._socket_file = (st.st_dev, st.st_ino)
         else:
-            if str(host) not in LOOPBACK and not token:
-                raise UsageError(f"refusing to bind {host}: a non-loopback agent needs DIAG_AGENT_TOKEN")
             family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
             _TCPServer.address_family = family
             srv = _TCPServer((str(host), int(port)), _Handler)
@@ -280,8 +361,28 @@ class AgentServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(2.0)
-        if self.unix_path is not None:
-            try:
+        self.remove_socket_file()
+
+    def remove_socket_file(self) -> None:
+        """Unlink the unix socket this server made, if it is still there (not a file that
+        replaced it since)."""
+        if self.unix_path is None or self._socket_file is None:
+            return
+        try:
+            st = os.lstat(self.unix_path)
+            if (st.st_dev, st.st_ino) == self._socket_file:
                 os.unlink(self.unix_path)
-            except OSError:
-                pass
+        except OSError:
+            pass
+        self._socket_file = None
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket left by an agent that is gone; refuse anything else."""
+    problem = unix_path_problem(path)
+    if problem:
+        raise UsageError(f"refusing unix:{path}: {problem}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

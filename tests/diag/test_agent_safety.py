@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import ROOT, diag_env
+from diag.cli.run_cmd import BOOTSTRAP_DIR, PACKAGE_PARENT
+from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
+from tests.support.programs import DiagRun
+from tests.support.target import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,3 +145,250 @@ def test_overlapping_pauses_keep_the_gc_off_until_the_last_ends_then_restore_the
         assert not gc.isenabled()  # the program's own setting, kept
     finally:
         gc.enable()
+
+
+# -- files that are not the agent's ----------------------------------------------------------
+
+# Writes a marker when it runs: a refused ``diag run`` must not have started it.
+MARKS_THAT_IT_RAN = "import sys; open(sys.argv[1], 'w').write('ran')"
+
+
+def deployment_env(**extra: str) -> dict[str, str]:
+    """The environment of a service deployed with the bootstrap (``diag run --print-env``)."""
+    env = {k: v for k, v in diag_env().items() if not k.startswith("DIAG_AGENT")}
+    env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, PACKAGE_PARENT])
+    env.update(extra)
+    return env
+
+
+def somebodys_paths(tmp_path: Path) -> dict[str, Path]:
+    """Things at a path the agent is told to bind, none of them the agent's."""
+    (tmp_path / "precious.txt").write_text("my data\n")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-link").symlink_to(tmp_path / "precious.txt")
+    return {"regular file": tmp_path / "precious.txt", "directory": tmp_path / "a-dir",
+            "symbolic link": tmp_path / "a-link"}
+
+
+def test_diag_run_refuses_a_socket_path_that_holds_somebodys_file(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    for what, path in somebodys_paths(tmp_path).items():
+        proc = run_diag("run", "--agent", f"unix:{path}", "--", sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker))
+        line = assert_one_line_error(proc, 2)
+        assert f"refusing unix:{path}: a {what} is there" in line, line
+        assert not marker.exists()
+    assert (tmp_path / "precious.txt").read_text() == "my data\n"
+    assert (tmp_path / "a-dir").is_dir() and (tmp_path / "a-link").is_symlink()
+
+
+def test_diag_run_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
+    path = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        inode = os.stat(path).st_ino
+        proc = run_diag("run", "--agent", f"unix:{path}", "--", sys.executable, "-c", "pass")
+        assert "a process listens on that socket" in assert_one_line_error(proc, 2)
+        assert os.stat(path).st_ino == inode
+
+
+def test_a_stale_socket_is_replaced_and_the_agent_removes_its_own_at_exit(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as dead:  # an agent killed with -9 leaves this
+        dead.bind(str(path))
+    source = f"import os, diag.agent; print(os.stat({str(path)!r}).st_ino, diag.agent.current().url)"
+    proc = subprocess.run([sys.executable, "-c", source], env=deployment_env(DIAG_AGENT=f"unix:{path}"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[1] == f"unix:{path}"
+    assert not path.exists()  # removed at exit: it was the agent's own
+
+
+def test_a_deployed_service_runs_without_the_agent_when_its_socket_path_is_taken(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    for what, path in somebodys_paths(tmp_path).items():
+        proc = subprocess.run([sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker)],
+                              env=deployment_env(DIAG_AGENT=f"unix:{path}"), capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and marker.read_text() == "ran", proc.stderr
+        assert proc.stderr.splitlines() == [f"diag agent: not started: refusing unix:{path}: a {what} is there; "
+                                            "the agent only replaces a stale socket nobody listens on"]
+        marker.unlink()
+    assert (tmp_path / "precious.txt").read_text() == "my data\n"
+
+
+def test_start_in_code_refuses_a_taken_socket_path_like_a_bad_address(tmp_path: Path) -> None:
+    path = somebodys_paths(tmp_path)["regular file"]
+    source = (f"import diag.agent\nfrom diag.errors import UsageError\ntry:\n"
+              f"    diag.agent.start('unix:{path}')\nexcept UsageError as err:\n    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", source], env=diag_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"refusing unix:{path}: a regular file is there")
+    assert path.read_text() == "my data\n"
+
+
+# Plants a link where the agent could write its temporary record, and replaces its
+# record by another file before exiting: the agent writes through neither and unlinks
+# neither.
+AGENT_DIR_NEIGHBOURS = """
+import os, sys, diag.agent
+agents, precious = sys.argv[1], sys.argv[2]
+os.makedirs(agents)
+for name in (f".{os.getpid()}.json.tmp", f"{os.getpid()}.json.tmp"):
+    os.symlink(precious, os.path.join(agents, name))
+diag.agent.start(agent_dir=agents)
+record = os.path.join(agents, f"{os.getpid()}.json")
+assert os.path.exists(record)
+os.replace(record, record + ".mine")
+with open(record, "w") as fh:
+    fh.write("somebody else's")
+print(os.getpid())
+"""
+
+
+def test_the_agent_directory_holds_nothing_of_ours_but_our_own_record(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my data\n")
+    agents = tmp_path / "agents"
+    proc = subprocess.run([sys.executable, "-c", AGENT_DIR_NEIGHBOURS, str(agents), str(precious)],
+                          env=diag_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pid = proc.stdout.strip()
+    assert precious.read_text() == "my data\n"
+    assert (agents / f"{pid}.json").read_text() == "somebody else's"
+    assert sorted(p.name for p in agents.iterdir()) == sorted(
+        [f".{pid}.json.tmp", f"{pid}.json.tmp", f"{pid}.json", f"{pid}.json.mine"])
+    assert json.loads((agents / f"{pid}.json.mine").read_text())["pid"] == int(pid)
+
+
+# -- one agent per process ----------------------------------------------------------------
+
+# Starts three Python subprocesses, which report whether they inherited the agent's
+# address and whether they have an agent; then keeps serving.
+SPAWNS_PYTHON_CHILDREN = """
+import asyncio, json, os, subprocess, sys
+
+CHILD = ("import json, os, diag.agent; a = diag.agent.current(); "
+         "print(json.dumps({'pid': os.getpid(), 'env': os.environ.get('DIAG_AGENT'), 'agent': a and a.url}))")
+
+async def main():
+    reports = []
+    for _ in range(3):
+        child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60)
+        reports.append({**json.loads(child.stdout), "stderr": child.stderr})
+    with open("children.tmp", "w") as fh:
+        json.dump(reports, fh)
+    os.replace("children.tmp", "children.json")
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def children_reports(app: DiagRun) -> list[dict[str, object]]:
+    report = Path(app.dir.name) / "children.json"
+    deadline = time.monotonic() + 60
+    while not report.exists():
+        assert time.monotonic() < deadline and app.proc is not None and app.proc.poll() is None, app.output()
+        time.sleep(0.05)
+    return list(json.loads(report.read_text()))
+
+
+@pytest.mark.parametrize("kind", ["unix", "fixed port"])
+def test_python_subprocesses_do_not_take_the_agents_address(kind: str, tmp_path: Path) -> None:
+    agent = f"unix:{tmp_path / 'agent.sock'}" if kind == "unix" else f"127.0.0.1:{free_port()}"
+    with DiagRun(SPAWNS_PYTHON_CHILDREN, agent=agent) as app:
+        inode = os.stat(tmp_path / "agent.sock").st_ino if kind == "unix" else None
+        children = children_reports(app)
+        assert [(c["env"], c["agent"], c["stderr"]) for c in children] == [(None, None, "")] * 3, children
+        if inode is not None:
+            assert os.stat(tmp_path / "agent.sock").st_ino == inode
+        proc = run_diag("tasks", app.url, "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["process"]["pid"] == app.proc.pid  # type: ignore[union-attr]
+
+
+def test_with_an_agent_dir_each_python_subprocess_has_its_own_agent(tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(SPAWNS_PYTHON_CHILDREN))
+    env = {k: v for k, v in diag_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, "-m", "diag", "run", "--agent-dir", str(agents), "--",
+                             sys.executable, str(script)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        report = tmp_path / "children.json"
+        deadline = time.monotonic() + 60
+        while not report.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        children = json.loads(report.read_text())
+        urls = {c["agent"] for c in children}
+        assert len(urls) == 3 and None not in urls, children
+        assert all("diag agent: http://127.0.0.1:" in c["stderr"] for c in children), children
+        parent = json.loads((agents / f"{proc.pid}.json").read_text())
+        assert parent["url"] not in urls
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- tokens and addresses a person asked for ----------------------------------------------------
+
+def raw_status(url: str, authorization: bytes) -> int:
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /debug/diag/health HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization
+                     + b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_the_token_is_compared_exactly_as_configured_after_bearer_in_any_case() -> None:
+    with DiagRun("import time\ntime.sleep(600)\n", env={"DIAG_AGENT_TOKEN": " padded "}) as app:
+        proc = run_diag("tasks", app.url, "--format", "json", env=diag_env(DIAG_AGENT_TOKEN=" padded "))
+        assert proc.returncode == 0, proc.stderr
+        for header in (b"Bearer  padded ", b"bearer  padded ", b"BEARER  padded "):
+            assert raw_status(app.url, header) == 200, header
+        for header in (b" padded ", b"padded", b"Bearer padded", b"Bearer  padded", b"Basic  padded ",
+                       b"Bearer"):
+            assert raw_status(app.url, header) == 401, header
+
+
+@pytest.mark.parametrize("token", ["caf\u00e9-\u20ac", "two\nlines"])
+def test_a_token_that_cannot_travel_in_a_header_is_one_clean_line(token: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    env = diag_env(DIAG_AGENT_TOKEN=token)
+    line = assert_one_line_error(run_diag("run", "--", sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker),
+                                          env=env), 2)
+    assert "the agent token (DIAG_AGENT_TOKEN) holds" in line and "printable ASCII" in line
+    assert token not in line and not marker.exists()
+    deployed = subprocess.run([sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker)],
+                              env=deployment_env(DIAG_AGENT="127.0.0.1:0", DIAG_AGENT_TOKEN=token),
+                              capture_output=True, text=True, timeout=60)
+    assert deployed.returncode == 0 and marker.exists(), deployed.stderr
+    assert len(deployed.stderr.splitlines()) == 1 and "Traceback" not in deployed.stderr
+    assert deployed.stderr.startswith("diag agent: not started: the agent token")
+    in_code = subprocess.run([sys.executable, "-c", "import diag.agent\nfrom diag.errors import UsageError\n"
+                              "try:\n    diag.agent.start()\nexcept UsageError as err:\n    print(err)\n"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert in_code.returncode == 0 and in_code.stdout.startswith("the agent token"), in_code.stderr
+
+
+def test_diag_run_refuses_a_public_agent_without_a_token_before_starting_the_program(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    env = {k: v for k, v in diag_env().items() if k != "DIAG_AGENT_TOKEN"}
+    proc = run_diag("run", "--agent", "0.0.0.0:0", "--", sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker),
+                    env=env)
+    assert "refusing to bind 0.0.0.0: a non-loopback agent needs DIAG_AGENT_TOKEN" in assert_one_line_error(proc, 2)
+    assert not marker.exists()
+    # Deployed with the environment, the service still runs, without its agent.
+    deployed = subprocess.run([sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker)],
+                              env=deployment_env(DIAG_AGENT="0.0.0.0:0"), capture_output=True, text=True,
+                              timeout=60)
+    assert deployed.returncode == 0 and marker.exists()
+    assert deployed.stderr.splitlines() == [
+        "diag agent: not started: refusing to bind 0.0.0.0: a non-loopback agent needs DIAG_AGENT_TOKEN"]
