@@ -10,11 +10,17 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import diag.agent
+from diag.agent import server as agent_server
+from diag.agent.endpoints import PREFIX, Response
 from diag.cli.run_cmd import BOOTSTRAP_DIR, PACKAGE_PARENT
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
@@ -392,3 +398,109 @@ def test_diag_run_refuses_a_public_agent_without_a_token_before_starting_the_pro
     assert deployed.returncode == 0 and marker.exists()
     assert deployed.stderr.splitlines() == [
         "diag agent: not started: refusing to bind 0.0.0.0: a non-loopback agent needs DIAG_AGENT_TOKEN"]
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+def agent_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_slow_clients_are_cut_and_cannot_keep_others_out() -> None:
+    with DiagRun("import time\ntime.sleep(600)\n") as app:
+        port = agent_port(app.url)
+        slow = []
+        for _ in range(40):  # more than MAX_CONNECTIONS, each trickling its request head
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /debug/diag/health HTTP/1.1\r\n")
+            slow.append(sock)
+        opened = time.monotonic()
+        try:
+            # A new client gets in once the slow ones have waited EVICT_AFTER: each takes
+            # the place of the one that has waited longest.
+            answered = None
+            while time.monotonic() - opened < agent_server.EVICT_AFTER + 5:
+                for sock in slow:
+                    try:
+                        sock.sendall(b"X")
+                    except OSError:
+                        pass
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                        client.sendall(b"GET /debug/diag/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        status = client.recv(12)
+                except OSError:
+                    status = b""
+                if status.startswith(b"HTTP/1.1 200"):
+                    answered = time.monotonic() - opened
+                    break
+                time.sleep(0.2)
+            assert answered is not None, "a client never got in past the slow ones"
+            # Every slow connection is cut once its head is late, however it trickles.
+            cut_by = opened + agent_server.HEAD_TIMEOUT + 5
+            for sock in slow:
+                sock.settimeout(max(0.1, cut_by - time.monotonic()))
+                try:
+                    while sock.recv(4096):  # a 503 for the ones past the cap, then the end
+                        pass
+                except ConnectionResetError:
+                    pass
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+@pytest.fixture
+def agent() -> Iterator[diag.agent.Agent]:
+    running = diag.agent.start("127.0.0.1:0")
+    try:
+        yield running
+    finally:
+        diag.agent.stop()
+        deadline = time.monotonic() + 15
+        while any(t.name.startswith("diag-") and t.is_alive() for t in threading.enumerate()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_big_answers_are_built_one_at_a_time_and_sent_within_the_budget(agent: diag.agent.Agent) -> None:
+    size = 20 * 1024 * 1024
+    built: list[float] = []
+    building = [0, 0]  # now, most at once
+
+    def big(query: Any, exclude: Any) -> Response:
+        building[0] += 1
+        building[1] = max(building)
+        time.sleep(0.05)
+        body = query["n"].encode().ljust(size, b" ")
+        built.append(time.monotonic())
+        building[0] -= 1
+        return Response(200, body)
+
+    agent.endpoints.add("test-big", big, paced=True)
+    port = agent_port(agent.url)
+    clients = []
+    for n in range(6):  # they ask, then read nothing: the answers pile up in the agent
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(f"GET {PREFIX}/test-big?n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        clients.append(sock)
+    try:
+        in_flight = agent_server.MAX_SENDING_BYTES // size
+        deadline = time.monotonic() + 20
+        while len(built) < in_flight + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Nothing more is built while nobody reads (a pause can only miss a bug, not fake one).
+        time.sleep(0.5)
+        assert len(built) == in_flight + 1, built
+        assert building[1] == 1
+        bodies = []
+        for sock in clients:  # reading frees room: every client gets its answer
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+            bodies.append(data)
+        assert all(b.startswith(b"HTTP/1.1 200") and len(b) > size for b in bodies)
+        assert len(built) == 6 and building[1] == 1
+    finally:
+        for sock in clients:
+            sock.close()
