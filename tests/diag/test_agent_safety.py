@@ -103,7 +103,11 @@ async def main():
         thread.join(60)
     print(json.dumps({"baseline": baseline, "children": reports, "parent_gc": gc.isenabled()}))
 
-asyncio.run(main())
+if sys.argv[2] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 
@@ -114,9 +118,11 @@ def run_program(source: str, *args: str, timeout: float = 100) -> subprocess.Com
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("program_gc", ["on", "off"])
-def test_a_child_forked_mid_dump_or_profile_runs_as_the_program_set_it(program_gc: str) -> None:
-    proc = run_program(FORKS_WHILE_PROFILED, program_gc)
+@pytest.mark.parametrize(("program_gc", "loop"), [("on", "asyncio"), ("off", "asyncio"), ("on", "uvloop")])
+def test_a_child_forked_mid_dump_or_profile_runs_as_the_program_set_it(program_gc: str, loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    proc = run_program(FORKS_WHILE_PROFILED, program_gc, loop)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     children = result["children"]
