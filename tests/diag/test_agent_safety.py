@@ -378,6 +378,8 @@ def test_a_token_that_cannot_travel_in_a_header_is_one_clean_line(token: str, tm
                                           env=env), 2)
     assert "the agent token (DIAG_AGENT_TOKEN) holds" in line and "printable ASCII" in line
     assert token not in line and not marker.exists()
+    client = run_diag("tasks", f"http://127.0.0.1:{free_port()}", env=env)
+    assert "the agent token (DIAG_AGENT_TOKEN) holds" in assert_one_line_error(client, 2)
     deployed = subprocess.run([sys.executable, "-c", MARKS_THAT_IT_RAN, str(marker)],
                               env=deployment_env(DIAG_AGENT="127.0.0.1:0", DIAG_AGENT_TOKEN=token),
                               capture_output=True, text=True, timeout=60)
