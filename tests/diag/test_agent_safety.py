@@ -10,9 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import diag.agent
 from diag.agent import server as agent_server
 from diag.agent.endpoints import PREFIX, Response
 from diag.cli.run_cmd import BOOTSTRAP_DIR, PACKAGE_PARENT
+from tests.diag.test_budgets import agent  # noqa: F401  (the fixture: an agent in this process)
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
 from tests.support.target import free_port
@@ -456,19 +455,6 @@ def test_slow_clients_are_cut_and_cannot_keep_others_out() -> None:
         finally:
             for sock in slow:
                 sock.close()
-
-
-@pytest.fixture
-def agent() -> Iterator[diag.agent.Agent]:
-    running = diag.agent.start("127.0.0.1:0")
-    try:
-        yield running
-    finally:
-        diag.agent.stop()
-        deadline = time.monotonic() + 15
-        while any(t.name.startswith("diag-") and t.is_alive() for t in threading.enumerate()):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
 
 
 def test_big_answers_are_built_one_at_a_time_and_sent_within_the_budget(agent: diag.agent.Agent) -> None:
