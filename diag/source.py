@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from diag.agent.endpoints import PREFIX
+from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.errors import TargetError, UsageError
 from diag.task_snapshot import TaskSnapshot
@@ -79,6 +80,7 @@ class AgentSource:
         self.name = target
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("DIAG_AGENT_TOKEN")
+        check_token(self.token)  # one line, not http.client's traceback quoting the token
         self.unix_path: str | None = None
         if target.startswith("unix:"):
             self.unix_path = target[len("unix:"):]

@@ -29,7 +29,7 @@ from dataclasses import replace
 from types import FrameType, ModuleType
 from typing import Any
 
-from diag.collect import task_origins, wait_evidence
+from diag.collect import gc_pause, task_origins, wait_evidence
 from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.safe_read import future_done, future_field, instance_dict
 from diag.sync_snapshot import Reachability
@@ -47,9 +47,8 @@ RECHECK_PAUSE = 0.05
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
     """Run the proof over this process; safe from any thread (the caller's thread is not a root)."""
-    gc_was_enabled = gc.isenabled()
     interval = sys.getswitchinterval()
-    gc.disable()
+    gc_pause.pause()
     # The object graph must not change while it is marked: a timer firing half-way would
     # move a sleeper's future from one list the proof has read to one it has not.  Keep
     # the GIL for the whole proof; the program pauses for its duration (docs/leaks.md).
@@ -71,8 +70,7 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
     finally:
         sys.setswitchinterval(interval)
-        if gc_was_enabled:
-            gc.enable()
+        gc_pause.resume()
 
 
 def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:

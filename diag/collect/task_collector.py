@@ -887,19 +887,8 @@ def _unify_primitives(infos: list[TaskInfo], final: dict[int, Primitive | None])
     return out
 
 
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic GC paused for the block.  A dump allocates a few objects per task; with
-    100k live tasks, each collection those allocations trigger re-traverses them all, and
-    a full one holds the GIL (so stalls the target's loop) for a third of a second.
-    Objects made and freed within the block leave no debt to the next collection."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+# Its state lives in gc_pause, which puts the program's setting back in a forked child.
+from diag.collect.gc_pause import paused_gc as paused_gc  # noqa: E402
 
 
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
