@@ -56,4 +56,4 @@ def render(report: LeftoverReport, where: str, cwd: str | None = None) -> str:
             lines.append(f"object growth: {growth.type_name} +{growth.after - growth.before} "
                          f"({growth.before} -> {growth.after})")
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    return fmt.text_lines(lines).removesuffix("\n")
