@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import time
+import types
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -21,9 +23,10 @@ from diag.analysis.leftovers import LeftoverReport, PermitLeak, ThreadLeak, Type
 from diag.collect import holders, reachability, task_origins
 from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.task_collector import (
-    _FrameCache, collect_tasks, describe_primitive, holder_labels, thread_stack,
+    CollectOptions, _FrameCache, _Walker, collect_tasks, describe_primitive, holder_labels, thread_stack,
 )
 from diag.sync_snapshot import Reachability
+from diag.task_snapshot import TaskInfo
 
 Task = asyncio.Task[Any]
 #: The proof is only run on leftovers, in a test process: keep it short.
@@ -48,6 +51,68 @@ def new_tasks(baseline: "weakref.WeakSet[Task]", *, loop: asyncio.AbstractEventL
     """Pending tasks not in ``baseline`` (the fast path: no frames are read)."""
     skip = {id(t) for t in exclude}
     return [t for t in pending_tasks(loop) if t not in baseline and id(t) not in skip]
+
+
+class CoroutineCodes:
+    """The code objects of coroutine functions named ``module:qualname``, to know a task by
+    what it runs.  A module is looked up in ``sys.modules`` only (never imported): until it
+    is imported, no task can run its code."""
+
+    def __init__(self, specs: Iterable[str]) -> None:
+        self.codes: set[types.CodeType] = set()
+        self._unresolved = list(dict.fromkeys(specs))
+
+    def _resolve(self) -> None:
+        for spec in list(self._unresolved):
+            module_name, _, qualname = spec.partition(":")
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            self._unresolved.remove(spec)
+            code = _code_of(module, qualname)
+            if code is not None:
+                self.codes.add(code)
+
+    def matches(self, task: Task) -> bool:
+        """Whether ``task``'s own coroutine runs one of these functions (cheap: a set lookup)."""
+        if self._unresolved:
+            self._resolve()
+        if not self.codes:
+            return False
+        try:
+            code = getattr(task.get_coro(), "cr_code", None)
+        except Exception:
+            return False
+        return code in self.codes
+
+
+def _code_of(module: types.ModuleType, qualname: str) -> types.CodeType | None:
+    """The code object of ``module.qualname``, read from namespaces (no descriptor or
+    ``__getattr__`` of the library runs)."""
+    obj: Any = module
+    try:
+        for part in qualname.split("."):
+            obj = vars(obj)[part]
+        obj = getattr(obj, "__func__", obj)  # staticmethod, classmethod
+        code = getattr(obj, "__code__", None)
+    except Exception:  # renamed in another version of the library: nothing to match
+        return None
+    return code if isinstance(code, types.CodeType) else None
+
+
+def sift_infos(tasks: Iterable[Task]) -> dict[int, TaskInfo]:
+    """Tasks described as the ignores look at them (stack, name, creator), by ``id(task)``.
+    Cheaper than a dump: no source lines, and primitives are not named by what holds them
+    (that is a scan of the whole heap)."""
+    walker = _Walker(None, CollectOptions(source_lines=False), time.monotonic())
+    out = {}
+    for task in tasks:
+        try:
+            if not task.done():
+                out[id(task)] = walker.task_info(task, False)
+        except Exception:  # finishing under our feet: the next look sees it gone
+            continue
+    return out
 
 
 def _loop_of(task: Task) -> asyncio.AbstractEventLoop | None:
@@ -230,6 +295,6 @@ def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
 
 
 __all__ = [
-    "PermitLog", "on_runner_close", "remove_runner_close", "cancel", "describe", "describe_threads", "give_turns", "new_tasks", "new_threads",
+    "CoroutineCodes", "PermitLog", "on_runner_close", "sift_infos", "remove_runner_close", "cancel", "describe", "describe_threads", "give_turns", "new_tasks", "new_threads",
     "pending_tasks", "task_set", "threads_now", "type_counts",
 ]
