@@ -59,7 +59,9 @@ class CoroutineCodes:
     is imported, no task can run its code."""
 
     def __init__(self, specs: Iterable[str]) -> None:
-        self.codes: set[types.CodeType] = set()
+        # by identity: code objects compare equal by content, so an identical function
+        # in another module would match by ``==``
+        self.codes: dict[int, types.CodeType] = {}
         self._unresolved = list(dict.fromkeys(specs))
 
     def _resolve(self) -> None:
@@ -71,7 +73,7 @@ class CoroutineCodes:
             self._unresolved.remove(spec)
             code = _code_of(module, qualname)
             if code is not None:
-                self.codes.add(code)
+                self.codes[id(code)] = code
 
     def matches(self, task: Task) -> bool:
         """Whether ``task``'s own coroutine runs one of these functions (cheap: a set lookup)."""
@@ -83,7 +85,7 @@ class CoroutineCodes:
             code = getattr(task.get_coro(), "cr_code", None)
         except Exception:
             return False
-        return code in self.codes
+        return code is not None and self.codes.get(id(code)) is code
 
 
 def _code_of(module: types.ModuleType, qualname: str) -> types.CodeType | None:

@@ -240,3 +240,58 @@ def test_excusing_a_task_by_name_scans_no_heap(pytester: pytest.Pytester) -> Non
                            "--diag-leaks-ignore", "top_function=never_called")
     assert set(outcomes.values()) == {"passed"} and len(outcomes) == 20, result.stdout.str()
     assert json.loads((pytester.path / "scans.json").read_text()) == 0
+
+
+# -- the rule, in process ----------------------------------------------------------------------
+def test_framework_coroutines_are_default_ignores_and_specs_are_checked() -> None:
+    from diag.analysis.leftovers import FRAMEWORK_COROUTINES, build_options, parse_ignore
+    from diag.errors import UsageError
+
+    kept = {i.value for i in build_options().ignores if i.kind == "coroutine"}
+    assert kept == {spec for spec, _why in FRAMEWORK_COROUTINES}
+    assert parse_ignore("coroutine=mylib.pool:Pool._reaper").value == "mylib.pool:Pool._reaper"
+    for bad in ("coroutine=Pool._reaper", "coroutine=mylib:", "coroutine=:reaper"):
+        with pytest.raises(UsageError, match="module:qualname"):
+            parse_ignore(bad)
+
+
+def test_coroutine_codes_know_a_task_by_its_code_not_its_name() -> None:
+    import asyncio
+    import types
+
+    from diag.collect.leftovers import CoroutineCodes
+
+    module = types.ModuleType("diag_test_fw_lib")
+    exec(textwrap.dedent('''
+        import asyncio
+
+        class Pool:
+            async def _reaper(self):
+                await asyncio.sleep(3600)
+    '''), module.__dict__)
+    lookalike = types.ModuleType("diag_test_fw_other")
+    exec(textwrap.dedent('''
+        import asyncio
+
+        class Pool:
+            async def _reaper(self):
+                await asyncio.sleep(3600)
+    '''), lookalike.__dict__)
+    codes = CoroutineCodes(["diag_test_fw_lib:Pool._reaper", "diag_test_fw_lib:Gone.method"])
+
+    async def main() -> tuple[bool, bool, bool]:
+        real = asyncio.create_task(module.Pool()._reaper())
+        other = asyncio.create_task(lookalike.Pool()._reaper())
+        before = codes.matches(real)  # the module is not imported yet: nothing matches
+        import sys
+
+        sys.modules["diag_test_fw_lib"] = module
+        try:
+            result = (before, codes.matches(real), codes.matches(other))
+        finally:
+            del sys.modules["diag_test_fw_lib"]
+            real.cancel()
+            other.cancel()
+        return result
+
+    assert asyncio.run(main()) == (False, True, False)
