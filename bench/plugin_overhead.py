@@ -203,11 +203,13 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--heap", type=int, default=0, help="objects kept alive in the test process")
+    parser.add_argument("--suites", default="clean,excused,anyio", help="comma-separated: clean, excused, anyio")
     parser.add_argument("--pyleak-path", default=None, help="a directory where `import pyleak` works")
     opts = parser.parse_args()
     pyleak = has_pyleak(opts.pyleak_path)
-    modes = ["off", "diag"] + (["pyleak"] if pyleak else []) + [
-        f"{check} {suite}" for suite in SUITES if suite for check in ("off", "diag")]
+    suites = ["" if s.strip() in ("", "clean") else s.strip() for s in opts.suites.split(",")]
+    modes = (["off", "diag"] + (["pyleak"] if pyleak else []) if "" in suites else []) + [
+        f"{check} {suite}" for suite in SUITES if suite and suite in suites for check in ("off", "diag")]
     with tempfile.TemporaryDirectory(prefix="diag-plugin-bench-") as tmp:
         directory = Path(tmp)
         (directory / "pytest.ini").write_text(INI)
@@ -232,6 +234,8 @@ def main() -> None:
             print(f"| {mode} | {median * 1000:.2f} ms | {(median - base) * 1000:+.2f} ms | {p90 * 1000:.2f} ms |")
         print()
         results = {mode: detection(directory, mode, opts.pyleak_path) for mode in modes if mode in ("diag", "pyleak")}
+        if not results:
+            return
         print("| test | " + " | ".join(results) + " |")
         print("| --- | " + " | ".join("---" for _ in results) + " |")
         for name in results["diag"]:
