@@ -184,6 +184,13 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
     original(loop)
 
 
+def run_interrupted() -> bool:
+    """Whether the loop is closing because KeyboardInterrupt or SystemExit escaped its run
+    (the exception in flight while ``asyncio.Runner`` closes).  Its tasks were not left
+    behind: the run never finished, and ``asyncio.run`` cancels them by design."""
+    return isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+
+
 def on_runner_close(callback: Callable[[asyncio.AbstractEventLoop], None]) -> None:
     """Call ``callback(loop)`` when ``asyncio.run`` (or an ``asyncio.Runner``, as
     pytest-asyncio's loop fixtures use) is about to cancel the loop's remaining tasks:
@@ -297,6 +304,7 @@ def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
 
 
 __all__ = [
-    "CoroutineCodes", "PermitLog", "on_runner_close", "sift_infos", "remove_runner_close", "cancel", "describe", "describe_threads", "give_turns", "new_tasks", "new_threads",
-    "pending_tasks", "task_set", "threads_now", "type_counts",
+    "CoroutineCodes", "PermitLog", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
+    "new_threads", "on_runner_close", "pending_tasks", "remove_runner_close", "run_interrupted", "sift_infos",
+    "task_set", "threads_now", "type_counts",
 ]

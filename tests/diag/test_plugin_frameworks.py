@@ -90,6 +90,28 @@ async def test_lookalike_of_the_runner_task():
     await asyncio.sleep(0)
 
 
+def test_interrupted_run():
+    # KeyboardInterrupt escapes the loop with tasks pending: asyncio.run cancels them by design
+    async def nested():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 5)
+            await anyio.sleep(5)
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(nested)
+            await anyio.sleep(0.01)
+            asyncio.get_running_loop().call_soon(interrupt)
+            await anyio.sleep(5)
+
+    with pytest.raises(KeyboardInterrupt):
+        anyio.run(main, backend="asyncio")
+
+
+def interrupt():
+    raise KeyboardInterrupt
+
+
 def test_asyncio_run_leftover():
     async def main():
         asyncio.create_task(asyncio.Event().wait(), name="canary-run")
@@ -176,6 +198,7 @@ def test_anyio_runner_and_process_pool_tasks_are_not_blamed_and_canaries_are_cau
         "test_forgotten_task": "error",
         "test_unreleased_permit": "error",
         "test_lookalike_of_the_runner_task": "error",
+        "test_interrupted_run": "passed",
         "test_asyncio_run_leftover": "error",
     }, out
     assert "_run_tests_and_fixtures" not in out.split("canary-lookalike")[0], out  # the real one: never
