@@ -288,22 +288,10 @@ def test_coroutine_codes_know_a_task_by_its_code_not_its_name() -> None:
 
     from diag.collect.leftovers import CoroutineCodes
 
-    module = types.ModuleType("diag_test_fw_lib")
-    exec(textwrap.dedent('''
-        import asyncio
-
-        class Pool:
-            async def _reaper(self):
-                await asyncio.sleep(3600)
-    '''), module.__dict__)
-    lookalike = types.ModuleType("diag_test_fw_other")
-    exec(textwrap.dedent('''
-        import asyncio
-
-        class Pool:
-            async def _reaper(self):
-                await asyncio.sleep(3600)
-    '''), lookalike.__dict__)
+    source = "import asyncio\n\nclass Pool:\n    async def _reaper(self):\n        await asyncio.sleep(3600)\n"
+    module, lookalike = types.ModuleType("diag_test_fw_lib"), types.ModuleType("diag_test_fw_other")
+    exec(source, module.__dict__)
+    exec(source, lookalike.__dict__)  # the same code, equal by ==, in another module
     codes = CoroutineCodes(["diag_test_fw_lib:Pool._reaper", "diag_test_fw_lib:Gone.method"])
 
     async def main() -> tuple[bool, bool, bool]:
