@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from diag.analysis.leftovers import (
     DEFAULT_TIMEOUT, Ignore, LeakCheckOptions, LeftoverReport, TypeGrowth, build_options, excused, grown_types,
-    ignore_coroutine, ignore_creator, ignore_function, ignore_name, ignore_thread, ignore_top_function, thread_excused,
+    ignore_coroutine, ignore_creator, ignore_function, ignore_name, ignore_thread, ignore_top_function,
+    thread_excused,
 )
 from diag.collect import leftovers
 from diag.render import leftovers_text
@@ -302,6 +303,6 @@ def _current_task() -> Task | None:
 
 __all__ = [
     "Ignore", "LeakCheck", "LeakCheckOptions", "LeakError", "assert_no_leaks", "assert_no_leaks_async",
-    "build_options", "ignore_coroutine", "ignore_creator", "ignore_function", "ignore_name", "ignore_thread", "ignore_top_function",
-    "no_leaks", "set_baseline",
+    "build_options", "ignore_coroutine", "ignore_creator", "ignore_function", "ignore_name", "ignore_thread",
+    "ignore_top_function", "no_leaks", "set_baseline",
 ]
