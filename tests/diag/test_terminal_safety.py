@@ -160,7 +160,9 @@ def test_every_command_shows_hostile_names_escaped(program: DiagRun, command: st
         out.encode("utf-8")  # strict: no surrogate survives
         # the names are there, whole, with their controls as data; the surrogate replaced
         wanted = EVIL_TYPE if command in ("objects", "backrefs") else EVIL.replace("\ud800", "\ufffd")
-        assert any(wanted in s for s in strings(json.loads(out))), command
+        parsed = list(strings(json.loads(out)))
+        assert any(wanted in s for s in parsed), command
+        assert not any(re.search("[\ud800-\udfff]", s) for s in parsed), command  # none escaped either
     else:
         assert r"\x1b[31m" in out, out  # shown, escaped
         if form == "text" and command not in ("objects", "backrefs"):
