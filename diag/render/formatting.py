@@ -2,7 +2,8 @@
 
 Every string that comes from the target (task names, primitive labels, type names,
 dict keys, source lines) is escaped for its medium here, once: ``text_lines`` for plain
-text, ``cell`` for rich tables and lines, ``json_text`` for JSON.  Numbers from the
+text, ``cell`` for rich tables and lines, ``json_text`` for JSON, ``encodable`` for
+Prometheus label values (whose format escapes the rest).  Numbers from the
 target may be infinite, NaN or huge: ``duration`` and ``timestamp`` put them in words.
 """
 
@@ -72,10 +73,15 @@ def cell_lines(lines: Iterable[str], style: str = "") -> Text:
     return Text("\n".join(safe_text(line) for line in lines), style=style)
 
 
+def encodable(text: str) -> str:
+    """``text`` with every surrogate replaced by U+FFFD, so it encodes as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def json_safe(data: Any) -> Any:
     """``data`` with every surrogate in its strings (keys too) replaced by U+FFFD."""
     if isinstance(data, str):
-        return _SURROGATE.sub("\ufffd", data)
+        return encodable(data)
     if isinstance(data, dict):
         return {json_safe(k): json_safe(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):

@@ -214,6 +214,16 @@ def test_json_text_replaces_surrogates_only() -> None:
     assert fmt.json_text({"a": "\U0001f600"}, indent=None) == '{"a": "\\ud83d\\ude00"}'  # pairs kept
 
 
+def test_prometheus_label_values_encode() -> None:
+    from diag.analysis.metrics_model import Family, Sample
+    from diag.render.prometheus import exposition_text
+
+    family = Family("diag_x", "gauge", "help", ("primitive",), (Sample((("primitive", EVIL),), 1.0),))
+    text = exposition_text([family])
+    assert 'primitive="evil\\nDEADLOCK: fake' in text and "\ufffd" in text  # the format escapes the newline
+    assert not any(line.startswith("DEADLOCK") for line in text.splitlines())
+
+
 def test_table_cell_is_never_markup() -> None:
     buf = io.StringIO()
     Console(file=buf, width=200, color_system=None).print(fmt.cell("[/bold][bold red]x\x1b[31m"))
