@@ -17,6 +17,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -97,13 +98,18 @@ asyncio.run(main())
 #: Raw controls that must never reach stdout (a newline only ends lines of diag's own).
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 FORMATS = ("text", "table", "json")
+URL = "{url}"
+#: Each command's arguments; two URLs give the view over several processes.
 COMMANDS = {
-    "tasks-debug1": ("tasks", "--debug", "1"),
-    "tasks-debug2": ("tasks", "--debug", "2"),
-    "sync": ("sync",),
-    "leaks": ("leaks",),
-    "objects": ("objects", "--filter", "Evil"),
-    "backrefs": ("objects", "--type", f"__main__.{EVIL_TYPE}", "--backrefs"),
+    "tasks-debug1": ("tasks", URL, "--debug", "1"),
+    "tasks-debug2": ("tasks", URL, "--debug", "2"),
+    "sync": ("sync", URL),
+    "leaks": ("leaks", URL),
+    "objects": ("objects", URL, "--filter", "Evil"),
+    "backrefs": ("objects", URL, "--type", f"__main__.{EVIL_TYPE}", "--backrefs"),
+    "tasks-many": ("tasks", URL, URL, "--debug", "2"),
+    "sync-many": ("sync", URL, URL),
+    "leaks-many": ("leaks", URL, URL),
 }
 
 
@@ -153,8 +159,7 @@ def strings(data: object) -> Iterator[str]:
 @pytest.mark.parametrize("form", FORMATS)
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_shows_hostile_names_escaped(program: DiagRun, command: str, form: str) -> None:
-    args = COMMANDS[command]
-    out = diag_out(args[0], program.url, *args[1:], "--format", form)
+    out = diag_out(*(program.url if a == URL else a for a in COMMANDS[command]), "--format", form)
     assert_nothing_raw(out)
     if form == "json":
         out.encode("utf-8")  # strict: no surrogate survives
@@ -184,6 +189,20 @@ def test_top_once_shows_hostile_names_escaped(program: DiagRun) -> None:
     out = diag_out("top", program.url, "--once", "--idle")
     assert_nothing_raw(out)
     assert r"\x1b[31m" in out, out
+
+
+def test_check_text_and_junit_show_hostile_names_escaped(program: DiagRun, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "check.xml"
+    proc = run_diag("check", program.url, "--settle", "0", "--junit", str(junit), "--timeout", "10", timeout=60)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # everything is new without a baseline
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert_nothing_raw(proc.stdout)
+    assert r"\x1b[31m" in proc.stdout, proc.stdout
+    failures = "\n".join(f.text or "" for f in ET.parse(junit).getroot().iter("failure"))  # well-formed XML
+    assert_nothing_raw(failures)
+    assert r"\x1b[31m" in failures, failures
 
 
 # -- the helpers, on hand-built values ------------------------------------------------------
