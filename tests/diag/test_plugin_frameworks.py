@@ -33,6 +33,7 @@ import os
 import anyio
 import anyio.to_process
 import pytest
+from hypothesis import given, settings, strategies as st
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +56,19 @@ async def test_task_group(resource):
     assert resource == "ready"
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.sleep, 0.01)
+
+
+@settings(max_examples=20, deadline=200)  # a wait at a loop's close would miss the deadline
+@given(st.integers())
+async def test_hypothesis(n):
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.sleep, 0)
+
+
+@settings(max_examples=20, deadline=200)
+@given(st.integers())
+def test_hypothesis_nested_runs(n):
+    anyio.run(anyio.sleep, 0, backend="asyncio")
 
 
 async def test_worker_thread():
@@ -193,6 +207,8 @@ def test_anyio_runner_and_process_pool_tasks_are_not_blamed_and_canaries_are_cau
     out = result.stdout.str()
     assert outcomes == {
         "test_task_group": "passed",
+        "test_hypothesis": "passed",
+        "test_hypothesis_nested_runs": "passed",
         "test_worker_thread": "passed",
         "test_worker_process": "passed",
         "test_forgotten_task": "error",
