@@ -17,7 +17,7 @@ from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, profile_vie
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
-from diag.render import profile_export, profile_table, profile_text
+from diag.render import jsonout, profile_export, profile_table, profile_text
 from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -164,7 +164,7 @@ def profile(
     view = profile_view(snap, query, base_snap)
     cwd = os.getcwd()
     if fmt == "json":
-        sys.stdout.write(snap.to_json(indent=2) + "\n")
+        jsonout.render(snap, sys.stdout)
     elif fmt == "text":
         profile_text.render(view, sys.stdout, cwd=cwd)
     else:
