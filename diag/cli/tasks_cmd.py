@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import formatting as fmt_text
 from diag.render import jsonout, many_tasks, tasks_table, tasks_text
 from diag.source import open_source
 from diag.task_snapshot import SCHEMA, TaskSnapshot
@@ -111,11 +111,10 @@ def tasks(
     cwd = os.getcwd()
     if dead:
         if fmt == "json":
-            json.dump({"schema": SCHEMA, "process": view.process.to_dict(),
-                       "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write("\n".join(tasks_text.dead_lines(view, cwd)) + "\n")
+            jsonout.render({"schema": SCHEMA, "process": view.process.to_dict(),
+                            "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
+        else:  # escaped line by line: names and messages come from the program
+            sys.stdout.write(fmt_text.text_lines(tasks_text.dead_lines(view, cwd)))
         return 0
     if fmt == "json":
         jsonout.render(view, sys.stdout)
