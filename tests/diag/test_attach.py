@@ -1,0 +1,414 @@
+"""``diag attach PID``: programs started without diag, attached to while they run.
+
+Every target here is a plain ``python app.py`` that never imports diag; the CLI runs as a
+subprocess as a user would run it.  Targets run the same interpreter as the suite, so the
+suite under 3.11, 3.12 and 3.13 covers each; ``LOOPS`` adds uvloop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable
+
+import pytest
+
+from diag.attach import inspect, records
+from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
+from tests.support.cli import assert_one_line_error, diag_env, run_diag
+from tests.support.programs import DiagRun
+
+LOOPS = ["asyncio", "uvloop"]
+RUN_LOOP = {"asyncio": "asyncio.run(main())", "uvloop": "import uvloop\nuvloop.run(main())"}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Plain:
+    """``python app.py`` with no diag anywhere in its environment; ready once it prints 'ready'."""
+
+    def __init__(self, source: str, python: str = sys.executable) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="diag-plain-")
+        self.path = Path(self.dir.name)
+        (self.path / "app.py").write_text(textwrap.dedent(source))
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Plain":
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIAG_", "PYTHONPATH"))}
+        with open(self.path / "out", "wb") as out, open(self.path / "err", "wb") as err:
+            self.proc = subprocess.Popen([self.python, "app.py"], cwd=self.path, env=env, stdout=out, stderr=err)
+        wait_for(lambda: "ready" in self.stdout() or self.proc.poll() is not None, what="the program to start")
+        assert self.proc.poll() is None, self.stderr()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stdout(self) -> str:
+        return (self.path / "out").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.path / "err").read_text(errors="replace")
+
+    def touch(self, name: str) -> None:
+        (self.path / name).write_text("")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        records.remove_record(self.pid)
+        self.dir.cleanup()
+
+
+def attach(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_diag("attach", str(pid), *args, timeout=60)
+
+
+def leaks(target: str, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_diag("leaks", target, "--format", "json", *args, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def names(finding: dict[str, Any]) -> set[str]:
+    return {t["name"] for t in finding["tasks"]}
+
+
+def by_kind(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in data["findings"]:
+        out.setdefault(f["kind"], []).append(f)
+    return out
+
+
+HUNG = """
+import asyncio, os, sys
+
+JOBS = asyncio.Queue()          # reachable: its idle worker is not a leak
+LOCK = asyncio.Lock()
+GATE = asyncio.Event()          # reachable, never set
+LATE_LOCK = asyncio.Lock()
+
+async def idle_worker():
+    while True:
+        await JOBS.get()
+
+async def lonely_worker():
+    queue = asyncio.Queue()     # nobody else can ever put into it
+    await queue.get()
+
+async def forgets_to_release():
+    await LOCK.acquire()        # returns without LOCK.release()
+
+async def needs_lock():
+    async with LOCK:
+        pass
+
+async def ordered(first, second):
+    async with first:
+        await asyncio.sleep(0.01)
+        async with second:
+            pass
+
+async def after_attach():
+    async with LATE_LOCK:
+        await GATE.wait()
+
+async def main():
+    keep = [asyncio.create_task(idle_worker(), name="idle-worker"),
+            asyncio.create_task(lonely_worker(), name="lonely-worker")]
+    await asyncio.create_task(forgets_to_release(), name="forgetful")
+    keep.append(asyncio.create_task(needs_lock(), name="needs-lock"))
+    a, b = asyncio.Lock(), asyncio.Lock()
+    keep += [asyncio.create_task(ordered(a, b), name="ab"), asyncio.create_task(ordered(b, a), name="ba")]
+    del a, b
+    await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    while not os.path.exists("go"):
+        await asyncio.sleep(0.02)
+    keep.append(asyncio.create_task(after_attach(), name="after-attach"))
+    await asyncio.sleep(3600)
+
+"""
+
+
+def hung(loop: str) -> str:
+    return HUNG + RUN_LOOP[loop] + "\n"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_hung_program_gets_the_verdicts_of_diag_run_minus_holders_from_before(loop: str) -> None:
+    with DiagRun(hung(loop)) as started_with:
+        wait_for(lambda: "ready" in started_with.output(), what="the diag run program")
+        _code, under_run = leaks(started_with.url, "--min-wait", "0")
+    with Plain(hung(loop)) as app:
+        proc = attach(app.pid)
+        assert proc.returncode == 0, proc.stderr
+        url = proc.stdout.strip()
+        assert url == f"unix:{records.user_dir(os.geteuid()) / f'{app.pid}.sock'}"
+        assert oct(os.stat(url[len("unix:"):]).st_mode & 0o777) == "0o600"
+        code, late = leaks(f"pid:{app.pid}", "--min-wait", "0")
+        assert code == 1
+    run_kinds, late_kinds = by_kind(under_run), by_kind(late)
+    # The reachability proof needs no history: the same proven leaks, task for task.
+    proven = set().union(*(names(f) for f in late_kinds["proven_leak"]))
+    assert proven == set().union(*(names(f) for f in run_kinds["proven_leak"])) == {"lonely-worker", "ab", "ba"}
+    # What needs to know who took a lock before diag came in is all that is missing.
+    assert set(run_kinds) - set(late_kinds) <= {"leaked_permit", "deadlock"}
+    assert {"leaked_permit", "deadlock"} <= set(run_kinds)
+    assert "idle-worker" not in set().union(*(names(f) for f in late["findings"]))
+    assert any(n.startswith("attached to the running process at ") for n in late["notes"]), late["notes"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_after_attach_creators_and_holders_are_recorded_and_earlier_ones_said_unknown(loop: str) -> None:
+    with Plain(hung(loop)) as app:
+        assert attach(app.pid).returncode == 0
+        app.touch("go")
+        def dump() -> dict[str, Any] | None:
+            proc = run_diag("tasks", f"pid:{app.pid}", "--debug", "2", "--format", "json")
+            assert proc.returncode == 0, proc.stderr
+            data: dict[str, Any] = json.loads(proc.stdout)
+            return data if any(t["name"] == "after-attach" for t in data["tasks"]) else None
+        data = wait_for(dump, what="the task made after attach")
+        tasks = {t["name"]: t for t in data["tasks"]}
+        assert tasks["after-attach"]["created_by"] is not None
+        assert tasks["after-attach"]["created_by"]["function"] == "main"
+        assert tasks["lonely-worker"]["created_by"] is None
+        header = run_diag("tasks", f"pid:{app.pid}", "--format", "text").stdout.splitlines()
+        assert any(line.startswith("note: attached to the running process at ") for line in header[:6]), header
+        sync = json.loads(run_diag("sync", f"pid:{app.pid}", "--format", "json").stdout)
+        late_lock = [p for p in sync["primitives"] if p["primitive"]["label"].endswith("LATE_LOCK")]
+        assert late_lock and late_lock[0]["holders"], sync["primitives"]
+
+
+BLOCKED = """
+import asyncio, time
+
+async def stuck():
+    print("ready", flush=True)
+    time.sleep(120)             # blocks the loop
+
+async def main():
+    await asyncio.create_task(stuck())
+
+""" + RUN_LOOP["asyncio"] + "\n"
+
+
+def test_a_loop_blocked_in_time_sleep_is_reported_blocked_after_attach() -> None:
+    with Plain(BLOCKED) as app:
+        proc = attach(app.pid)
+        assert proc.returncode == 0, proc.stderr
+
+        def blocked() -> dict[str, Any] | None:
+            _code, data = leaks(f"pid:{app.pid}", "--no-proof", "--stall-threshold", "0.5")
+            found = [f for f in data["findings"] if f["kind"] == "loop_blocked"]
+            return found[0] if found else None
+        finding = wait_for(blocked, what="a loop_blocked verdict")
+        assert finding["site"][0]["function"] == "stuck"
+
+
+# Holds the GIL in one C call (ctypes.PyDLL never releases it) until the file 'go' exists.
+HOLDS_GIL = """
+import ctypes, os, sys, threading
+print("ready", flush=True)
+ctypes.PyDLL(None).system(b"while [ ! -e go ]; do sleep 0.02; done; " + sys.argv[1].encode() if len(sys.argv) > 1
+                          else b"while [ ! -e go ]; do sleep 0.02; done")
+print("after", sorted(t.name for t in threading.enumerate()), flush=True)
+"""
+
+
+def library_loaded(pid: int) -> bool:
+    try:
+        return "/diag-attach-" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_a_main_thread_that_never_releases_the_gil_times_out_and_is_left_as_it_was() -> None:
+    with Plain(HOLDS_GIL) as app:
+        started = time.monotonic()
+        proc = attach(app.pid, "--timeout", "1")
+        line = assert_one_line_error(proc, 3)
+        assert f"pid {app.pid} did not let diag in within 1s: its main thread keeps the GIL" in line
+        assert time.monotonic() - started < 30
+        app.touch("go")
+        assert app.wait() == 0
+        assert app.stdout() == "ready\nafter ['MainThread']\n" and app.stderr() == ""
+        assert not (records.user_dir(os.geteuid()) / f"{app.pid}.sock").exists()
+
+
+def test_a_process_that_exits_during_attach() -> None:
+    source = HOLDS_GIL.replace("sys.argv[1].encode() if len(sys.argv) > 1", "b'kill -9 $PPID' if True")
+    with Plain(source) as app:
+        cli = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(app.pid), "--timeout", "60"],
+                               env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: library_loaded(app.pid), what="the attach library in the target")
+            app.touch("go")
+            out, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        line = assert_one_line_error(subprocess.CompletedProcess(cli.args, cli.returncode, out, err), 3)
+        assert line == f"diag: error: pid {app.pid} exited during attach"
+
+
+SERVES = """
+import asyncio, os, sys, threading
+
+async def main():
+    print("ready", flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    while not os.path.exists("go"):
+        await asyncio.sleep(0.02)
+    print("done", sorted(t.name for t in threading.enumerate()), flush=True)
+    sys.exit(7)
+
+"""
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: str) -> None:
+    with Plain(SERVES + RUN_LOOP[loop] + "\n") as app:
+        first = attach(app.pid)
+        assert first.returncode == 0 and "attached in" in first.stderr, first.stderr
+        again = attach(app.pid)
+        assert again.returncode == 0 and again.stdout == first.stdout and "already attached" in again.stderr
+        assert run_diag("tasks", f"pid:{app.pid}").returncode == 0
+        url = first.stdout.strip()
+        gone = run_diag("detach", str(app.pid))
+        assert gone.returncode == 0 and "agent stopped" in gone.stderr, gone.stderr
+        assert_one_line_error(run_diag("tasks", url), 3)
+        assert "no agent was running" in run_diag("detach", str(app.pid)).stderr
+        back = attach(app.pid)
+        assert back.returncode == 0 and "attached in" in back.stderr, back.stderr
+        assert run_diag("tasks", f"pid:{app.pid}").returncode == 0
+        assert run_diag("detach", str(app.pid)).returncode == 0
+        app.touch("go")
+        assert app.wait() == 7
+        assert app.stdout() == "ready\ndone ['MainThread']\n"
+        assert app.stderr() == "to stderr\n"
+
+
+def test_agent_and_agent_file_options(tmp_path: Path) -> None:
+    with Plain(SERVES + RUN_LOOP["asyncio"] + "\n") as app:
+        where = tmp_path / "agent.addr"
+        proc = attach(app.pid, "--agent", "127.0.0.1:0", "--agent-file", str(where))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("http://127.0.0.1:") and where.read_text() == proc.stdout
+        assert run_diag("tasks", proc.stdout.strip()).returncode == 0
+        assert run_diag("detach", str(app.pid)).returncode == 0
+
+
+def test_refusals_are_one_line_with_exit_3(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert assert_one_line_error(attach(dead.pid), 3) == f"diag: error: no such process: {dead.pid}"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        line = assert_one_line_error(attach(sleeper.pid), 3)
+        assert line == f"diag: error: pid {sleeper.pid} is not a Python process ({os.path.realpath('/bin/sleep')})"
+        assert_one_line_error(run_diag("tasks", f"pid:{sleeper.pid}"), 3)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert_one_line_error(run_diag("attach", "nope"), 2)
+    assert_one_line_error(run_diag("tasks", "pid:nope"), 2)
+
+
+OLD_PYTHON = "/root/.pyenv/versions/3.10.13/bin/python"
+
+
+@pytest.mark.skipif(not os.path.exists(OLD_PYTHON), reason="no Python 3.10 here")
+def test_an_interpreter_diag_does_not_support_is_refused_by_name() -> None:
+    with Plain("import time\nprint('ready', flush=True)\ntime.sleep(60)\n", python=OLD_PYTHON) as app:
+        line = assert_one_line_error(attach(app.pid), 3)
+        assert line == f"diag: error: pid {app.pid} runs Python 3.10: diag attaches to CPython 3.11, 3.12 and 3.13"
+
+
+# -- pure parts: hand-built facts ---------------------------------------------------------
+
+def facts(exe: str, *maps: str) -> ProcessFacts:
+    return ProcessFacts(1, exe, maps, 0, 1, "S")
+
+
+def test_python_version_from_the_executable_libpython_or_extension_tags() -> None:
+    assert python_version(facts("/usr/bin/python3.12")) == (3, 12)
+    assert python_version(facts("/usr/bin/uwsgi", "/usr/lib/libpython3.11.so.1.0")) == (3, 11)
+    assert python_version(facts("/opt/py/bin/python", "/x/_asyncio.cpython-313-x86_64-linux-gnu.so")) == (3, 13)
+    assert python_version(facts("/usr/bin/sleep", "/usr/lib/libc.so.6")) is None
+
+
+@pytest.mark.parametrize("ptrace, says", [
+    (PtraceFacts(1000, 1001, 0, False, False), "another user's process (uid 1001); run diag attach as that user"),
+    (PtraceFacts(1000, 1000, 1, False, False), "kernel.yama.ptrace_scope is 1 (only a parent may attach)"),
+    (PtraceFacts(1000, 1000, 2, False, False), "kernel.yama.ptrace_scope is 2"),
+    (PtraceFacts(0, 1000, 3, True, False), "kernel.yama.ptrace_scope is 3"),
+    (PtraceFacts(0, 0, 0, False, True), "this container lacks CAP_SYS_PTRACE; start it with --cap-add SYS_PTRACE"),
+    (PtraceFacts(0, 0, None, True, False), "a seccomp or security-module policy"),
+])
+def test_each_ptrace_denial_says_which_rule(ptrace: PtraceFacts, says: str) -> None:
+    line = explain_denial(42, ptrace)
+    assert line.startswith("cannot attach to pid 42: permission denied: ") and says in line
+
+
+def test_inspect_refuses_this_interpreter_only_when_unsupported() -> None:
+    _facts, version = inspect(os.getpid())
+    assert version == sys.version_info[:2]
+
+
+# -- the accelerator's version gate --------------------------------------------------------
+
+GATE = """
+import sys
+sys.version_info = (3, 15, 0, "final", 0)     # an interpreter newer than any diag was built for
+import asyncio, json
+from diag.collect import holders, task_origins
+from diag.collect.task_collector import collect_tasks
+
+async def main():
+    lock = asyncio.Lock()
+    async with lock:
+        snap = collect_tasks()
+    print(json.dumps({"accelerated": task_origins.accelerated(), "holders_c": holders._fast is not None,
+                      "notes": list(snap.notes)}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unknown_interpreter_version_runs_the_pure_python_paths_and_says_so_once() -> None:
+    proc = subprocess.run([sys.executable, "-c", GATE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["accelerated"] is False and out["holders_c"] is False
+    gate = [n for n in out["notes"] if "C accelerator" in n]
+    assert gate == ["Python 3.15 is not one diag's C accelerator was built and tested for (3.11 to 3.13): "
+                    "task ids, creators and holders are kept by the pure-Python path"]
