@@ -32,6 +32,10 @@ def _work(order: dict) -> None:  # type: ignore[type-arg]
                 if path not in sys.path:
                     sys.path.append(path)
                     added.append(path)
+        elif "diag.attach.in_target" not in sys.modules and not os.path.exists(
+                os.path.join(os.path.dirname(loaded), "attach", "in_target.py")):
+            _answer({"error": f"the process already runs another diag, without attach support ({loaded})"})
+            return
         from diag.attach import in_target
 
         if order["action"] == "detach":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +44,11 @@ def attach(
         except OSError as err:
             raise UsageError(f"--agent-file {agent_file}: {err.strerror or err}") from None
     print(done.url)
+    if done.python and done.python.rsplit(".", 1)[0] != "%d.%d" % sys.version_info[:2]:
+        stderr.print(f"diag: note: pid {done.pid} runs Python {done.python} and this diag "
+                     f"{sys.version_info[0]}.{sys.version_info[1]}: its C accelerator and yappi are not built for it, "
+                     f"so diag profile needs --mode sample; a diag installed for {done.python.rsplit('.', 1)[0]} "
+                     f"gives everything", markup=False, highlight=False)
     how = "already attached" if done.reused else f"attached in {done.seconds:.2f}s"
     stderr.print(f"diag agent: {done.url} (pid {done.pid}, {how}); run: diag tasks {done.url} "
                  f"or diag tasks pid:{done.pid}", markup=False, highlight=False)

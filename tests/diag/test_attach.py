@@ -343,6 +343,35 @@ def test_refusals_are_one_line_with_exit_3(tmp_path: Path) -> None:
     assert_one_line_error(run_diag("tasks", "pid:nope"), 2)
 
 
+def other_python() -> str | None:
+    """A bare CPython 3.11-3.13 of another minor version than the suite's, if one is installed."""
+    for minor in (11, 12, 13):
+        if minor == sys.version_info[1]:
+            continue
+        found = sorted(Path("/root/.pyenv/versions").glob(f"3.{minor}.*/bin/python"))
+        if found:
+            return str(found[-1])
+    return None
+
+
+@pytest.mark.skipif(other_python() is None, reason="no other CPython 3.11-3.13 here")
+def test_a_target_on_another_python_version_runs_the_pure_python_paths() -> None:
+    python = other_python()
+    assert python is not None
+    with Plain(hung("asyncio"), python=python) as app:
+        proc = attach(app.pid)
+        assert proc.returncode == 0, proc.stderr
+        assert f"diag: note: pid {app.pid} runs Python 3." in proc.stderr and "--mode sample" in proc.stderr
+        _code, data = leaks(f"pid:{app.pid}", "--min-wait", "0")
+        proven = set().union(*(names(f) for f in by_kind(data)["proven_leak"]))
+        assert proven == {"lonely-worker", "ab", "ba"}
+        sampled = run_diag("profile", f"pid:{app.pid}", "--mode", "sample", "--seconds", "0.5")
+        assert sampled.returncode == 0, sampled.stderr
+        refused = run_diag("profile", f"pid:{app.pid}", "--seconds", "0.5")
+        assert refused.returncode == 3 and "Traceback" not in refused.stderr
+        assert "yappi is not installed for this process's Python" in refused.stderr.splitlines()[-1]
+
+
 OLD_PYTHON = "/root/.pyenv/versions/3.10.13/bin/python"
 
 
