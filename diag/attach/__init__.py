@@ -113,13 +113,16 @@ def detach(pid: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
 
 def _run(facts: ProcessFacts, version: tuple[int, int], order: dict[str, Any], timeout: float) -> dict[str, Any]:
     pid = facts.pid
+    started = time.monotonic()
     staged = inject.stage(order, facts.uid)
     try:
         if version > SUPPORTED[-1]:
             inject.load_with_remote_exec(pid, staged)
         else:
-            inject.load_with_pyinjector(pid, staged, lambda: explain_denial(pid, read_ptrace_facts(facts.uid)))
-        return inject.await_result(pid, staged, timeout, lambda: alive(pid, facts.start_ticks))
+            inject.load_with_pyinjector(pid, staged, lambda: explain_denial(pid, read_ptrace_facts(facts.uid)),
+                                        timeout)
+        left = max(0.1, timeout - (time.monotonic() - started))
+        return inject.await_result(pid, staged, left, lambda: alive(pid, facts.start_ticks), said=timeout)
     except TargetError:
         if not alive(pid, facts.start_ticks):
             raise TargetError(f"pid {pid} exited during attach") from None

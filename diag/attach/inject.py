@@ -105,14 +105,76 @@ def stage(order: dict[str, Any], owner_uid: int) -> Order:
     return Order(directory, library)
 
 
-def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str]) -> None:
-    """Make ``pid`` load the order's library; ``PtraceDenied`` with ``explain()`` on EPERM."""
+#: Syscalls that the C library makes while holding its allocator's lock (malloc growing
+#: or trimming the heap), by machine.
+_ALLOCATOR_SYSCALLS = {
+    "x86_64": {9, 10, 11, 12, 25, 28},        # mmap mprotect munmap brk mremap madvise
+    "aarch64": {214, 215, 216, 222, 226, 233},  # brk munmap mremap mmap mprotect madvise
+}
+
+
+def loader_ranges(pid: int) -> list[tuple[int, int]]:
+    """The executable mappings of the C library and the dynamic loader in ``pid``."""
+    out: list[tuple[int, int]] = []
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            for line in fh:
+                parts = line.split(None, 5)
+                name = os.path.basename(parts[5].strip()) if len(parts) == 6 else ""
+                if "x" in parts[1] and name.startswith(("libc.so", "libc-", "ld-linux", "ld-musl")):
+                    lo, hi = parts[0].split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def safe_to_borrow(syscall_line: str, libc: list[tuple[int, int]], machine: str) -> bool:
+    """Whether a thread stopped where ``/proc/PID/syscall`` says may run ``dlopen``:
+    blocked in a syscall other than the allocator's, or in code outside the C library and
+    the loader (so not inside malloc, stdio or the loader, whose locks it may hold)."""
+    fields = syscall_line.split()
+    if not fields or fields[0] == "running":
+        return False
+    try:
+        number = int(fields[0])
+        pc = int(fields[-1], 16)
+    except ValueError:
+        return False
+    if number >= 0:
+        return number not in _ALLOCATOR_SYSCALLS.get(machine, set())
+    return bool(libc) and not any(lo <= pc < hi for lo, hi in libc)
+
+
+def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], timeout: float) -> None:
+    """Make ``pid`` load the order's library; ``PtraceDenied`` with ``explain()`` on EPERM.
+
+    ptrace borrows the target's main thread for the ``dlopen``.  Stopped inside malloc
+    (or the loader), that thread would deadlock on a lock it holds itself, so diag looks
+    where it stopped and lets it go again until it is at a safe point."""
     try:
         import pyinjector  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise TargetError("diag attach needs pyinjector: pip install pyinjector") from None
+    libc = loader_ranges(pid)
+    machine = os.uname().machine
+    deadline = time.monotonic() + timeout
     try:
-        pyinjector.inject(pid, str(order.library))
+        while True:
+            with pyinjector.attach(pid) as injector:
+                try:
+                    with open(f"/proc/{pid}/syscall") as fh:
+                        where = fh.read()
+                except OSError:
+                    where = ""
+                if safe_to_borrow(where, libc, machine):
+                    injector.inject(str(order.library).encode())
+                    return
+            if time.monotonic() > deadline:
+                raise AttachTimeout(f"pid {pid} was inside its C library at every look for {timeout:g}s "
+                                    f"(allocating memory or loading a library); the process is unchanged; "
+                                    f"retry later")
+            time.sleep(0.002)
     except pyinjector.InjectorError as err:
         if err.ret_val == -8:  # INJERR_PERMISSION
             raise PtraceDenied(explain()) from None
@@ -120,6 +182,8 @@ def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str]) -> 
             raise TargetError(f"pid {pid} exited during attach") from None
         detail = (err.error_str or "").splitlines()[0] if err.error_str else f"error {err.ret_val}"
         raise TargetError(f"cannot attach to pid {pid}: {err.func_name}: {detail}") from None
+    except TargetError:
+        raise
     except Exception as err:  # anything else from the injector is still one line
         raise TargetError(f"cannot attach to pid {pid}: {type(err).__name__}: {err}") from None
 
@@ -145,9 +209,9 @@ def load_with_remote_exec(pid: int, order: Order) -> None:
 
 
 def await_result(pid: int, order: Order, timeout: float, alive: Callable[[], bool],
-                 grace: float = 5.0) -> dict[str, Any]:
-    """Wait up to ``timeout`` seconds for the target's answer.  Past it the order is
-    withdrawn, so a target that gets to it later does nothing; if the target claimed it
+                 grace: float = 5.0, said: float | None = None) -> dict[str, Any]:
+    """Wait up to ``timeout`` seconds for the target's answer (``said``: the whole attach's
+    timeout, for the message).  Past it the order is withdrawn, so a target that gets to it later does nothing; if the target claimed it
     just in time, its answer gets ``grace`` seconds more."""
     deadline = time.monotonic() + timeout
     claimed = False
@@ -162,7 +226,7 @@ def await_result(pid: int, order: Order, timeout: float, alive: Callable[[], boo
                 raise AttachTimeout(f"pid {pid} took diag's order but did not answer within {timeout + grace:g}s")
             if order.withdraw():
                 raise AttachTimeout(
-                    f"pid {pid} did not let diag in within {timeout:g}s: its main thread keeps the GIL "
+                    f"pid {pid} did not let diag in within {said or timeout:g}s: its main thread keeps the GIL "
                     f"(a long C call); the process is unchanged; retry later or raise --timeout")
             claimed, deadline = True, time.monotonic() + grace
         time.sleep(POLL)

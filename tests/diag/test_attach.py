@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from diag.attach import inspect, records
+from diag.attach.inject import safe_to_borrow
 from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
 from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
@@ -283,11 +284,22 @@ def test_a_process_that_exits_during_attach() -> None:
 SERVES = """
 import asyncio, os, sys, threading
 
+async def until(name):
+    while not os.path.exists(name):
+        await asyncio.sleep(0.02)
+
 async def main():
+    lock, pool = asyncio.Lock(), asyncio.Semaphore(2)
+    await lock.acquire()        # taken before diag comes in, given back while it is there
+    await pool.acquire()
     print("ready", flush=True)
     print("to stderr", file=sys.stderr, flush=True)
-    while not os.path.exists("go"):
-        await asyncio.sleep(0.02)
+    await until("go")
+    lock.release()
+    pool.release()
+    async with lock, pool:
+        print("released", flush=True)
+    await until("end")
     print("done", sorted(t.name for t in threading.enumerate()), flush=True)
     sys.exit(7)
 
@@ -299,6 +311,8 @@ def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: st
     with Plain(SERVES + RUN_LOOP[loop] + "\n") as app:
         first = attach(app.pid)
         assert first.returncode == 0 and "attached in" in first.stderr, first.stderr
+        app.touch("go")
+        wait_for(lambda: "released" in app.stdout(), what="the program to give its lock back")
         again = attach(app.pid)
         assert again.returncode == 0 and again.stdout == first.stdout and "already attached" in again.stderr
         assert run_diag("tasks", f"pid:{app.pid}").returncode == 0
@@ -311,10 +325,20 @@ def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: st
         assert back.returncode == 0 and "attached in" in back.stderr, back.stderr
         assert run_diag("tasks", f"pid:{app.pid}").returncode == 0
         assert run_diag("detach", str(app.pid)).returncode == 0
-        app.touch("go")
+        app.touch("end")
         assert app.wait() == 7
-        assert app.stdout() == "ready\ndone ['MainThread']\n"
+        assert app.stdout() == "ready\nreleased\ndone ['MainThread']\n"
         assert app.stderr() == "to stderr\n"
+
+
+def test_attaching_to_a_program_run_under_diag_run_reuses_its_agent() -> None:
+    with DiagRun(SERVES + RUN_LOOP["asyncio"] + "\n") as app:
+        assert app.proc is not None
+        proc = attach(app.proc.pid)
+        assert proc.returncode == 0 and proc.stdout.strip() == app.url, (proc.stdout, proc.stderr)
+        assert "already attached" in proc.stderr
+        data = json.loads(run_diag("tasks", f"pid:{app.proc.pid}", "--format", "json").stdout)
+        assert not any(n.startswith("attached to the running process") for n in data["notes"])
 
 
 def test_agent_and_agent_file_options(tmp_path: Path) -> None:
@@ -406,6 +430,23 @@ def test_python_version_from_the_executable_libpython_or_extension_tags() -> Non
 def test_each_ptrace_denial_says_which_rule(ptrace: PtraceFacts, says: str) -> None:
     line = explain_denial(42, ptrace)
     assert line.startswith("cannot attach to pid 42: permission denied: ") and says in line
+
+
+LIBC = [(0x7F0000000000, 0x7F0000100000)]
+
+
+@pytest.mark.parametrize("where, safe", [
+    ("232 0x3 0x7ffd 0x1 0x0 0x0 0x0 0x7ffd0 0x7f0000000100", True),   # epoll_wait: holds no lock
+    ("202 0x3 0x7ffd 0x1 0x0 0x0 0x0 0x7ffd0 0x7f0000000100", True),   # futex: waiting for the GIL
+    ("12 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd0 0x7f0000000100", False),      # brk: malloc growing the heap
+    ("9 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd0 0x7f0000000100", False),       # mmap
+    ("-1 0x7ffd0 0x7f0000000100", False),                              # in the C library's code
+    ("-1 0x7ffd0 0x55d000001000", True),                               # in the interpreter's code
+    ("running", False),
+    ("", False),
+])
+def test_the_borrowed_thread_must_be_outside_malloc_and_the_loader(where: str, safe: bool) -> None:
+    assert safe_to_borrow(where, LIBC, "x86_64") is safe
 
 
 def test_inspect_refuses_this_interpreter_only_when_unsupported() -> None:
