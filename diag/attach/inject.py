@@ -5,9 +5,9 @@
   starts a thread.
 - Before that, ``pyinjector`` (ptrace) makes the target ``dlopen`` a copy of
   ``diag/_attach_boot.c``'s library, whose constructor starts a thread that takes the
-  GIL and runs ``boot.py``.  Measured against gdb's ``call dlopen`` on this design:
-  about 30 ms of wall time and a ~10 ms pause of the target, against 0.4 s and 0.3 s
-  with gdb stopping every thread while it loads symbols (docs/benchmarks.md).
+  GIL and runs ``boot.py``.  Chosen by measurement over gdb's ``call dlopen`` of the
+  same library, which stops every thread for about a second while it reads symbols
+  (and whose inferior calls fail on some kernels): docs/benchmarks.md.
 
 Either way the order travels in files: ``<lib>.json`` (claimed by renaming it, so a
 timed-out attach can withdraw it atomically) and the answer comes back in ``<lib>.result``.
@@ -211,8 +211,9 @@ def load_with_remote_exec(pid: int, order: Order) -> None:
 def await_result(pid: int, order: Order, timeout: float, alive: Callable[[], bool],
                  grace: float = 5.0, said: float | None = None) -> dict[str, Any]:
     """Wait up to ``timeout`` seconds for the target's answer (``said``: the whole attach's
-    timeout, for the message).  Past it the order is withdrawn, so a target that gets to it later does nothing; if the target claimed it
-    just in time, its answer gets ``grace`` seconds more."""
+    timeout, for the message).  Past it the order is withdrawn, so a target that gets to
+    it later does nothing; if the target claimed it just in time, its answer gets
+    ``grace`` seconds more."""
     deadline = time.monotonic() + timeout
     claimed = False
     while True:
