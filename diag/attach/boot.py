@@ -39,7 +39,7 @@ def _work(order: dict) -> None:  # type: ignore[type-arg]
         from diag.attach import in_target
 
         if order["action"] == "detach":
-            _answer(in_target.detach())
+            _answer(in_target.detach(added))
         else:
             _answer(in_target.attach(order, added))
     except BaseException as err:

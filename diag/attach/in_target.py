@@ -36,15 +36,16 @@ def attach(order: dict[str, Any], added_paths: list[str]) -> dict[str, Any]:
             "attached_at": attached_at}
 
 
-def detach() -> dict[str, Any]:
+def detach(added_paths: list[str]) -> dict[str, Any]:
     """Stop the agent and take out what it installed: task factories, lock wrappers, its
-    threads, its socket and the sys.path entries attach added.  Modules stay imported."""
+    threads, its socket and the sys.path entries attach added (``added_paths``: those
+    this very detach had to add to import diag again).  Modules stay imported."""
     global attached_at
     import diag.agent
 
     had = diag.agent.current() is not None
     diag.agent.stop()
-    _drop_paths(_added_paths)
+    _drop_paths(_added_paths + added_paths)
     _added_paths.clear()
     attached_at = None
     return {"stopped": had, "pid": os.getpid()}

@@ -25,20 +25,12 @@ from diag.attach import inspect, records
 from diag.attach.inject import safe_to_borrow
 from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
 from tests.support.cli import assert_one_line_error, diag_env, run_diag
+from tests.diag.test_leaks_programs import EVERY_VERDICT
 from tests.support.programs import DiagRun
+from tests.target.helpers import wait_until
 
 LOOPS = ["asyncio", "uvloop"]
 RUN_LOOP = {"asyncio": "asyncio.run(main())", "uvloop": "import uvloop\nuvloop.run(main())"}
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Plain:
@@ -55,7 +47,7 @@ class Plain:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DIAG_", "PYTHONPATH"))}
         with open(self.path / "out", "wb") as out, open(self.path / "err", "wb") as err:
             self.proc = subprocess.Popen([self.python, "app.py"], cwd=self.path, env=env, stdout=out, stderr=err)
-        wait_for(lambda: "ready" in self.stdout() or self.proc.poll() is not None, what="the program to start")
+        wait_until(lambda: "ready" in self.stdout() or self.proc.poll() is not None, timeout=30)
         assert self.proc.poll() is None, self.stderr()
         return self
 
@@ -107,53 +99,24 @@ def by_kind(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-HUNG = """
-import asyncio, os, sys
-
-JOBS = asyncio.Queue()          # reachable: its idle worker is not a leak
-LOCK = asyncio.Lock()
-GATE = asyncio.Event()          # reachable, never set
-LATE_LOCK = asyncio.Lock()
-
-async def idle_worker():
-    while True:
-        await JOBS.get()
-
-async def lonely_worker():
-    queue = asyncio.Queue()     # nobody else can ever put into it
-    await queue.get()
-
-async def forgets_to_release():
-    await LOCK.acquire()        # returns without LOCK.release()
-
-async def needs_lock():
-    async with LOCK:
-        pass
-
-async def ordered(first, second):
-    async with first:
-        await asyncio.sleep(0.01)
-        async with second:
-            pass
-
-async def after_attach():
-    async with LATE_LOCK:
-        await GATE.wait()
-
-async def main():
-    keep = [asyncio.create_task(idle_worker(), name="idle-worker"),
-            asyncio.create_task(lonely_worker(), name="lonely-worker")]
-    await asyncio.create_task(forgets_to_release(), name="forgetful")
-    keep.append(asyncio.create_task(needs_lock(), name="needs-lock"))
-    a, b = asyncio.Lock(), asyncio.Lock()
-    keep += [asyncio.create_task(ordered(a, b), name="ab"), asyncio.create_task(ordered(b, a), name="ba")]
-    del a, b
+# test_leaks_programs' program with every verdict, made to say when it is ready and to
+# take a lock in a new task once told to ('go'), after diag came in.
+_TAIL = "    del a, b\n    await asyncio.sleep(3600)\n\nasyncio.run(main())\n"
+assert EVERY_VERDICT.endswith(_TAIL)
+HUNG = "import os\n" + EVERY_VERDICT[:-len(_TAIL)] + """    del a, b
     await asyncio.sleep(0.05)
     print("ready", flush=True)
     while not os.path.exists("go"):
         await asyncio.sleep(0.02)
     keep.append(asyncio.create_task(after_attach(), name="after-attach"))
     await asyncio.sleep(3600)
+
+GATE = asyncio.Event()          # reachable, never set
+LATE_LOCK = asyncio.Lock()
+
+async def after_attach():
+    async with LATE_LOCK:
+        await GATE.wait()
 
 """
 
@@ -165,7 +128,7 @@ def hung(loop: str) -> str:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_hung_program_gets_the_verdicts_of_diag_run_minus_holders_from_before(loop: str) -> None:
     with DiagRun(hung(loop)) as started_with:
-        wait_for(lambda: "ready" in started_with.output(), what="the diag run program")
+        wait_until(lambda: "ready" in started_with.output(), timeout=30)
         _code, under_run = leaks(started_with.url, "--min-wait", "0")
     with Plain(hung(loop)) as app:
         proc = attach(app.pid)
@@ -196,7 +159,7 @@ def test_after_attach_creators_and_holders_are_recorded_and_earlier_ones_said_un
             assert proc.returncode == 0, proc.stderr
             data: dict[str, Any] = json.loads(proc.stdout)
             return data if any(t["name"] == "after-attach" for t in data["tasks"]) else None
-        data = wait_for(dump, what="the task made after attach")
+        data = wait_until(dump, timeout=30)
         tasks = {t["name"]: t for t in data["tasks"]}
         assert tasks["after-attach"]["created_by"] is not None
         assert tasks["after-attach"]["created_by"]["function"] == "main"
@@ -230,7 +193,7 @@ def test_a_loop_blocked_in_time_sleep_is_reported_blocked_after_attach() -> None
             _code, data = leaks(f"pid:{app.pid}", "--no-proof", "--stall-threshold", "0.5")
             found = [f for f in data["findings"] if f["kind"] == "loop_blocked"]
             return found[0] if found else None
-        finding = wait_for(blocked, what="a loop_blocked verdict")
+        finding = wait_until(blocked, timeout=30)
         assert finding["site"][0]["function"] == "stuck"
 
 
@@ -270,7 +233,7 @@ def test_a_process_that_exits_during_attach() -> None:
         cli = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(app.pid), "--timeout", "60"],
                                env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: library_loaded(app.pid), what="the attach library in the target")
+            wait_until(lambda: library_loaded(app.pid), timeout=30)
             app.touch("go")
             out, err = cli.communicate(timeout=60)
         finally:
@@ -289,6 +252,7 @@ async def until(name):
         await asyncio.sleep(0.02)
 
 async def main():
+    path = list(sys.path)
     lock, pool = asyncio.Lock(), asyncio.Semaphore(2)
     await lock.acquire()        # taken before diag comes in, given back while it is there
     await pool.acquire()
@@ -300,7 +264,9 @@ async def main():
     async with lock, pool:
         print("released", flush=True)
     await until("end")
-    print("done", sorted(t.name for t in threading.enumerate()), flush=True)
+    # After detach: no diag thread, no task factory, sys.path as it was.
+    print("done", sorted(t.name for t in threading.enumerate()), asyncio.get_running_loop().get_task_factory(),
+          sys.path == path, flush=True)
     sys.exit(7)
 
 """
@@ -312,7 +278,7 @@ def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: st
         first = attach(app.pid)
         assert first.returncode == 0 and "attached in" in first.stderr, first.stderr
         app.touch("go")
-        wait_for(lambda: "released" in app.stdout(), what="the program to give its lock back")
+        wait_until(lambda: "released" in app.stdout(), timeout=30)
         again = attach(app.pid)
         assert again.returncode == 0 and again.stdout == first.stdout and "already attached" in again.stderr
         assert run_diag("tasks", f"pid:{app.pid}").returncode == 0
@@ -327,7 +293,7 @@ def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: st
         assert run_diag("detach", str(app.pid)).returncode == 0
         app.touch("end")
         assert app.wait() == 7
-        assert app.stdout() == "ready\nreleased\ndone ['MainThread']\n"
+        assert app.stdout() == "ready\nreleased\ndone ['MainThread'] None True\n"
         assert app.stderr() == "to stderr\n"
 
 
