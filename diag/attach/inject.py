@@ -188,16 +188,23 @@ def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], tim
         raise TargetError(f"cannot attach to pid {pid}: {type(err).__name__}: {err}") from None
 
 
-def load_with_remote_exec(pid: int, order: Order) -> None:
-    """Python 3.14+: ask the target to run a script that starts the boot on a thread."""
-    script = Path(f"{order.library}.remote.py")
+def remote_script(order: Order) -> Path:
+    """The script ``sys.remote_exec`` hands the target: one expression statement (the
+    target runs it in ``__main__``, which must gain nothing) that, in globals of its own,
+    starts a thread running ``boot.py`` as the attach library's thread would."""
     boot = str(order.library)
-    # One expression statement: the target runs it in __main__ and must gain no names there.
-    script.write_text(
-        "(lambda threading: threading.Thread(target=lambda: exec(compile(open("
-        f"{boot + '.py'!r}, 'rb').read(), '<diag attach>', 'exec'), "
-        f"{{'__name__': '__diag_attach__', 'BOOT': {boot!r}}}), daemon=True).start())"
-        "(__import__('threading'))\n")
+    inner = ("import threading\n"
+             "threading.Thread(target=lambda: exec(compile(open(BOOT + '.py', 'rb').read(), '<diag attach>', "
+             "'exec'), {'__name__': '__diag_attach__', 'BOOT': BOOT}), name='diag-attach', daemon=True).start()\n")
+    script = Path(f"{order.library}.remote.py")
+    script.write_text(f"exec(compile({inner!r}, '<diag attach>', 'exec'), "
+                      f"{{'__name__': '__diag_attach__', 'BOOT': {boot!r}}})\n")
+    return script
+
+
+def load_with_remote_exec(pid: int, order: Order) -> None:
+    """Python 3.14+: ask the target to run ``remote_script`` at its next safe point."""
+    script = remote_script(order)
     try:
         sys.remote_exec(pid, str(script))  # type: ignore[attr-defined,unused-ignore]
     except PermissionError:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from diag.attach import inspect, records
+from diag.attach import importable_paths, inject, inspect, records
 from diag.attach.inject import safe_to_borrow
 from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
 from tests.support.cli import assert_one_line_error, diag_env, run_diag
@@ -331,6 +331,46 @@ def test_refusals_are_one_line_with_exit_3(tmp_path: Path) -> None:
         sleeper.wait()
     assert_one_line_error(run_diag("attach", "nope"), 2)
     assert_one_line_error(run_diag("tasks", "pid:nope"), 2)
+
+
+# What sys.remote_exec (3.14+) does, done by the program itself: run a script file in
+# its main thread, in __main__'s namespace, at a point of its own choosing.
+RUNS_SCRIPTS = """
+import asyncio, os, sys
+
+async def main():
+    print("ready", flush=True)
+    while not os.path.exists("script"):
+        await asyncio.sleep(0.02)
+    with open("script") as fh:
+        path = fh.read()
+    with open(path) as fh:
+        code = compile(fh.read(), path, "exec")
+    names = set(vars(sys.modules["__main__"]))
+    exec(code, vars(sys.modules["__main__"]))
+    print("new names:", sorted(set(vars(sys.modules["__main__"])) - names), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_the_remote_exec_script_starts_the_agent_and_leaves_main_alone() -> None:
+    with Plain(RUNS_SCRIPTS) as app:
+        facts, _version = inspect(app.pid)
+        order = {"action": "attach", "address": records.default_address(app.pid, facts.uid),
+                 "paths": importable_paths()}
+        staged = inject.stage(order, facts.uid)
+        try:
+            (app.path / "script").write_text(str(inject.remote_script(staged)))
+            answer = inject.await_result(app.pid, staged, 30, lambda: True)
+        finally:
+            staged.remove()
+        assert answer["url"] == order["address"] and answer["reused"] is False
+        assert wait_until(lambda: "new names:" in app.stdout(), timeout=30)
+        assert "new names: []\n" in app.stdout()
+        assert run_diag("tasks", answer["url"]).returncode == 0
+        assert run_diag("detach", str(app.pid)).returncode == 0
 
 
 def other_python() -> str | None:
