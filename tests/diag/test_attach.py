@@ -17,15 +17,15 @@ import textwrap
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from diag.attach import importable_paths, inject, inspect, records
 from diag.attach.inject import safe_to_borrow
 from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
-from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.diag.test_leaks_programs import EVERY_VERDICT
+from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
 from tests.target.helpers import wait_until
 
@@ -199,10 +199,9 @@ def test_a_loop_blocked_in_time_sleep_is_reported_blocked_after_attach() -> None
 
 # Holds the GIL in one C call (ctypes.PyDLL never releases it) until the file 'go' exists.
 HOLDS_GIL = """
-import ctypes, os, sys, threading
+import ctypes, threading
 print("ready", flush=True)
-ctypes.PyDLL(None).system(b"while [ ! -e go ]; do sleep 0.02; done; " + sys.argv[1].encode() if len(sys.argv) > 1
-                          else b"while [ ! -e go ]; do sleep 0.02; done")
+ctypes.PyDLL(None).system(b"while [ ! -e go ]; do sleep 0.02; done{then}")
 print("after", sorted(t.name for t in threading.enumerate()), flush=True)
 """
 
@@ -215,7 +214,7 @@ def library_loaded(pid: int) -> bool:
 
 
 def test_a_main_thread_that_never_releases_the_gil_times_out_and_is_left_as_it_was() -> None:
-    with Plain(HOLDS_GIL) as app:
+    with Plain(HOLDS_GIL.format(then="")) as app:
         started = time.monotonic()
         proc = attach(app.pid, "--timeout", "1")
         line = assert_one_line_error(proc, 3)
@@ -228,8 +227,7 @@ def test_a_main_thread_that_never_releases_the_gil_times_out_and_is_left_as_it_w
 
 
 def test_a_process_that_exits_during_attach() -> None:
-    source = HOLDS_GIL.replace("sys.argv[1].encode() if len(sys.argv) > 1", "b'kill -9 $PPID' if True")
-    with Plain(source) as app:
+    with Plain(HOLDS_GIL.format(then="; kill -9 $PPID")) as app:
         cli = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(app.pid), "--timeout", "60"],
                                env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
