@@ -24,7 +24,8 @@ import pytest
 from diag.attach import importable_paths, inject, inspect, records
 from diag.attach.inject import safe_to_borrow
 from diag.attach.process import ProcessFacts, PtraceFacts, explain_denial, python_version
-from tests.diag.test_leaks_programs import EVERY_VERDICT
+from tests.diag.test_leaks_programs import EVERY_VERDICT, names
+from tests.diag.test_leaks_programs import report as leaks
 from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.support.programs import DiagRun
 from tests.target.helpers import wait_until
@@ -80,16 +81,6 @@ class Plain:
 
 def attach(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
     return run_diag("attach", str(pid), *args, timeout=60)
-
-
-def leaks(target: str, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = run_diag("leaks", target, "--format", "json", *args, timeout=60)
-    assert proc.returncode in (0, 1), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def names(finding: dict[str, Any]) -> set[str]:
-    return {t["name"] for t in finding["tasks"]}
 
 
 def by_kind(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
