@@ -84,6 +84,7 @@ class Target:
         self.proc.kill()
         self.proc.wait()
         records.remove_record(self.proc.pid)
+        (records.user_dir(os.geteuid()) / f"{self.proc.pid}.sock").unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -76,6 +76,8 @@ class Plain:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         records.remove_record(self.pid)
+        # A killed process cannot remove its agent's socket.
+        (records.user_dir(os.geteuid()) / f"{self.pid}.sock").unlink(missing_ok=True)
         self.dir.cleanup()
 
 
