@@ -27,7 +27,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
 import diag
-from diag.attach import in_target
 from diag.collect import holders, task_origins
 from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr, quoted
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
@@ -731,11 +730,15 @@ def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = Coll
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
     with paused_gc():
-        return _collect_tasks(watch, options)
+        snap = _collect_tasks(watch, options)
+    first = process_notes()
+    return replace(snap, notes=first + snap.notes) if first else snap
 
 
 def process_notes() -> tuple[str, ...]:
-    """What every dump of this process should say first: a late attach, a pure-Python path."""
+    """What every dump of this process says first: a late attach, a pure-Python path."""
+    from diag.attach import in_target
+
     return tuple(n for n in (in_target.note(), task_origins.accelerator_note()) if n)
 
 
@@ -772,7 +775,6 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)
     clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
-    notes = process_notes() + notes
     return TaskSnapshot(
         taken_at=taken_at, process=process_info(), tasks=tuple(infos),
         loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos) if not notes else len(all_tasks),
