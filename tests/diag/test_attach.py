@@ -291,11 +291,14 @@ def test_attach_twice_detach_attach_again_and_the_program_never_notices(loop: st
 def test_attaching_to_a_program_run_under_diag_run_reuses_its_agent() -> None:
     with DiagRun(SERVES + RUN_LOOP["asyncio"] + "\n") as app:
         assert app.proc is not None
-        proc = attach(app.proc.pid)
-        assert proc.returncode == 0 and proc.stdout.strip() == app.url, (proc.stdout, proc.stderr)
-        assert "already attached" in proc.stderr
-        data = json.loads(run_diag("tasks", f"pid:{app.proc.pid}", "--format", "json").stdout)
-        assert not any(n.startswith("attached to the running process") for n in data["notes"])
+        try:
+            proc = attach(app.proc.pid)
+            assert proc.returncode == 0 and proc.stdout.strip() == app.url, (proc.stdout, proc.stderr)
+            assert "already attached" in proc.stderr
+            data = json.loads(run_diag("tasks", f"pid:{app.proc.pid}", "--format", "json").stdout)
+            assert not any(n.startswith("attached to the running process") for n in data["notes"])
+        finally:
+            records.remove_record(app.proc.pid)
 
 
 def test_agent_and_agent_file_options(tmp_path: Path) -> None:
