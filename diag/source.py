@@ -205,7 +205,11 @@ def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
 
 
 def agent_url(target: str, what: str = "a saved .json file") -> str:
-    """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``."""
+    """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``,
+    ``pid:N`` as the address of the agent attached to process N (attaching on first use)."""
+    if target.startswith("pid:"):
+        from diag.attach import pid_target
+        return pid_target(target)
     if target.startswith(("http://", "https://", "unix:")):
         return target
     if ":" in target and target.rsplit(":", 1)[1].isdigit():

@@ -113,9 +113,12 @@ def loop_thread(watch: LoopWatch | None) -> LoopThread:
 
 def status() -> dict[str, Any]:
     """Whether a profile is being taken and whether any profiler is installed."""
-    import yappi  # type: ignore[import-untyped]
-
-    return {"busy": _busy.locked(), "yappi_running": bool(yappi.is_running()),
+    try:
+        import yappi  # type: ignore[import-untyped]
+        yappi_running = bool(yappi.is_running())
+    except ImportError:  # a process diag attached to from another Python version
+        yappi_running = False
+    return {"busy": _busy.locked(), "yappi_running": yappi_running,
             "sampler_running": any(t.name == "diag-sampler" and t.is_alive() for t in threading.enumerate()),
             "max_seconds": MAX_SECONDS, "task_limit": TASK_LIMIT}
 
@@ -136,7 +139,11 @@ def take_profile(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot
 # -- yappi -----------------------------------------------------------------------------------
 
 def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
-    import yappi  # type: ignore[import-untyped]
+    try:
+        import yappi  # type: ignore[import-untyped]
+    except ImportError:
+        raise ProfileRefused(f"yappi is not installed for this process's Python "
+                             f"{sys.version_info[0]}.{sys.version_info[1]}: use --mode sample") from None
 
     if yappi.is_running():
         raise ProfileRefused("busy: yappi is already running in the target (started by someone else)")

@@ -20,6 +20,7 @@ from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import clip, future_done, is_a, read_attr, task_name
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
+    process_notes,
 )
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.task_snapshot import TaskInfo, TaskSnapshot
@@ -118,7 +119,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     return SyncSnapshot(
         taken_at=tasks.taken_at, process=process_info(), tasks=tasks, primitives=tuple(states),
         reachability=proof_result, holders_tracked=holders.installed(),
-        notes=tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
+        notes=process_notes() + tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
     )
 
 

@@ -895,7 +895,16 @@ def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = Coll
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
     with paused_gc():
-        return _collect_tasks(watch, options)
+        snap = _collect_tasks(watch, options)
+    first = process_notes()
+    return replace(snap, notes=first + snap.notes) if first else snap
+
+
+def process_notes() -> tuple[str, ...]:
+    """What every dump of this process says first: a late attach, a pure-Python path."""
+    from diag.attach import in_target
+
+    return tuple(n for n in (in_target.note(), task_origins.accelerator_note()) if n)
 
 
 def _unreadable_task(task: asyncio.Task[Any], err: Exception) -> TaskInfo:

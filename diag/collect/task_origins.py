@@ -45,8 +45,25 @@ Origin = tuple[int, int, "int | None", int]
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
+#: The interpreters the C accelerator was built and tested for.  On any other (a newer
+#: CPython whose frames or tasks it has never seen) it is not even imported: the Python
+#: path runs and dumps say so once (``accelerator_note``).
+ACCELERATOR_VERSIONS = ((3, 11), (3, 12), (3, 13))
+
+
+def accelerator_note() -> str | None:
+    """The dump's note when this interpreter is one the accelerator was not built for."""
+    version = tuple(sys.version_info[:2])
+    if version in ACCELERATOR_VERSIONS:
+        return None
+    return (f"Python {version[0]}.{version[1]} is not one diag's C accelerator was built and tested for (3.11 to 3.13): "
+            f"task ids, creators and holders are kept by the pure-Python path")
+
+
 def _load_accelerator() -> Any:
     if os.environ.get("DIAG_ORIGINS", "").strip().lower() == "python":
+        return None
+    if accelerator_note() is not None:
         return None
     try:
         from diag import _origins  # type: ignore[attr-defined]
