@@ -153,7 +153,7 @@ def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], tim
     (or the loader), that thread would deadlock on a lock it holds itself, so diag looks
     where it stopped and lets it go again until it is at a safe point."""
     try:
-        import pyinjector  # type: ignore[import-untyped,unused-ignore]
+        import pyinjector  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         raise TargetError("diag attach needs pyinjector: pip install pyinjector") from None
     libc = loader_ranges(pid)
