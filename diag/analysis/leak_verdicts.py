@@ -467,6 +467,16 @@ def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
     return f"the executor call has run for {seconds:.0f}s in thread {thread.name}{at}"
 
 
+def _idle_by_design(task: TaskInfo) -> bool:
+    """A worker waiting for work: on ``Queue.get``, asleep, the server's end of a stream
+    waiting for a client's next request, or ``Condition.wait_for`` (which re-checks its
+    predicate under the lock, so it cannot miss a notify: a bare ``Condition.wait`` can)."""
+    wait = task.wait
+    if wait.kind in _IDLE_KINDS or wait.stream_side == "server":
+        return True
+    return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
+
+
 def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
              excluded: set[int]) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
@@ -474,6 +484,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
+    fired: dict[str, int] = {}  # event label -> how many events of that name were set
+    for state in snap.primitives:
+        event = state.primitive
+        if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
+            fired[event.label] = fired.get(event.label, 0) + 1
     reasons: dict[int, list[str]] = {}
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
@@ -491,12 +506,21 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.owner_closed:
             what = "the future it awaits" if prim is None else _where(prim)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
-        if task.wait.kind in _IDLE_KINDS and not why:
+        if _idle_by_design(task) and not why:
             continue
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
-                why.append(f"no acquire or release on {_where(prim)} since the wait began")
+                if prim.kind == "event":
+                    why.append(f"{_where(prim)} was last set {idle:.1f}s ago, before this wait began, and not since: "
+                               f"a wake-up this task missed, or a signal that stopped coming")
+                else:
+                    why.append(f"no acquire or release on {_where(prim)} since the wait began")
+            elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
+                  and fired.get(prim.label)):
+                n = fired[prim.label]
+                why.append(f"{_plural(n, 'other event')} named {prim.label} {'was' if n == 1 else 'were'} set; "
+                           f"this one never was")
             if task.wait.kind == "queue_put" and not getters.get(prim.id):
                 why.append("no task is waiting to get from this queue")
         if task.wait.kind == "stream_read":

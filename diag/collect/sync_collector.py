@@ -15,7 +15,7 @@ from typing import Any
 
 from dataclasses import replace
 
-from diag.collect import holders, reachability, task_origins, wait_evidence
+from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import clip, future_done, is_a, read_attr, task_name
 from diag.collect.task_collector import (
@@ -109,6 +109,9 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         waiters = waiting.get(prim.id, [])
         longest = max((s for _, s in waiters if s is not None), default=None)
         activity = holders.last_activity(source)
+        if activity is None and is_a(obj, asyncio.Event):  # an event's activity is its last set()
+            last = event_activity.last_set(obj)
+            activity = None if last is None else last[1]
         states.append(PrimitiveState(
             primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
