@@ -109,7 +109,7 @@ def test_program_is_stuck_as_labelled_and_its_twin_is_not(name: str, loop: str) 
 def test_scoring_counts_a_covering_finding_and_the_twin_s_fail_on_verdicts() -> None:
     label = {"mechanism": "permit_leak", "decidable": True, "loop_blocked": False,
              "stuck": [{"coro": "request", "wait_kind": "semaphore", "count": 2}]}
-    waiting = {"coro": "request", "wait": {"kind": "semaphore"}}
+    waiting = {"coro": "request", "wait": {"kind": "semaphore", "seconds": 5.0}}
     bug = scorer.Observation("p.py", ready=True, leaks_exit=1, tasks=[waiting, waiting, {"coro": "main",
                                                                                          "wait": {"kind": "event"}}],
                              findings=[{"kind": "leaked_permit", "tasks": [waiting]}])
@@ -125,6 +125,11 @@ def test_scoring_counts_a_covering_finding_and_the_twin_s_fail_on_verdicts() -> 
         "p.py", tasks=bug.tasks, findings=[{"kind": "suspect", "tasks": [waiting]}]), scorer.Observation("q"),
         frozenset({"leaked_permit"}))
     assert (suspect_only["flagged"], suspect_only["sound"]) == (True, False)
+    # a twin whose tasks wait the labelled way only briefly is not "still stuck"; a long wait is
+    brief = scorer.Observation("q.py", tasks=[{"coro": "request", "wait": {"kind": "semaphore", "seconds": 0.3}}])
+    assert scorer.score_program("p", label, bug, brief, frozenset())["twin_still_stuck"] == []
+    long = scorer.Observation("q.py", tasks=[waiting])
+    assert scorer.score_program("p", label, bug, long, frozenset())["twin_still_stuck"] == ["request"]
 
 
 def test_poller_blocks_its_loop_and_its_twin_does_not() -> None:
