@@ -300,7 +300,8 @@ def _local_names(node: object, frame: types.FrameType, obj: object) -> tuple[str
     the frame's ``self``, read without leaving a reference behind: on 3.11 and 3.12 the
     dict ``f_locals`` builds stays on the frame, so it is read only when this call made
     it, and emptied at once (nothing else can hold a dict that did not exist); a frame
-    whose dict already exists keeps its local names to itself."""
+    whose dict already exists and holds something (the program called ``locals()``) keeps
+    its local names to itself; an empty one is an earlier dump's, made and emptied."""
     name, owner = "", None
     if _LOCALS_ARE_A_VIEW:
         view = frame.f_locals
@@ -315,9 +316,13 @@ def _local_names(node: object, frame: types.FrameType, obj: object) -> tuple[str
     # The GC visits a frame's parts in order: its frame object, its f_locals dict, its
     # function, code, then the locals; a dict right before the function is f_locals.
     first_function = next((i for i, r in enumerate(before) if type(r) is types.FunctionType), 0)
-    if first_function == 0 or type(before[first_function - 1]) is dict:
-        return "", None
-    dicts = {id(r) for r in before if type(r) is dict}
+    existing = before[first_function - 1] if first_function else None
+    if first_function == 0 or (type(existing) is dict and existing):
+        return "", None  # the program's own locals() dict: neither refreshed nor emptied by diag
+    # An f_locals dict that exists but is empty is one an earlier dump made and emptied:
+    # refreshing and emptying it again changes nothing anyone can see.
+    dicts = {id(r) for r in before if type(r) is dict and r is not existing}
+    del existing
     del before  # the locals' values: not to be held while the loop thread runs on
     made = frame.f_locals
     try:

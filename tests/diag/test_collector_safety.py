@@ -239,3 +239,28 @@ def test_backrefs_never_collect_in_a_program_that_turned_the_gc_off() -> None:
             time.sleep(0.05)
         last = [line for line in run.output().splitlines() if line.startswith("finalised")][-1]
         assert last == "finalised []", last
+
+
+async def test_a_second_dump_names_a_primitive_by_its_local_as_the_first_did() -> None:
+    """The first dump makes (and empties) the frame's f_locals dict on 3.11/3.12; the next
+    one must still read the local's name, not take the empty dict for the program's."""
+    import asyncio as aio
+
+    from diag.collect.task_collector import collect_tasks
+
+    async def fetch() -> None:
+        pool = aio.Semaphore(0)
+        await pool.acquire()
+
+    task = aio.create_task(fetch(), name="fetch")
+    await aio.sleep(0.01)
+    try:
+        labels = []
+        for _ in range(3):
+            (info,) = [t for t in collect_tasks(None).tasks if t.name == "fetch"]
+            assert info.wait.primitive is not None
+            labels.append(info.wait.primitive.label)
+        assert labels == ["pool", "pool", "pool"]
+    finally:
+        task.cancel()
+        await aio.gather(task, return_exceptions=True)
