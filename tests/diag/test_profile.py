@@ -95,7 +95,8 @@ def test_cpu_endpoint_dominates_a_cpu_clock_profile(server: TargetServer, agent:
 
 def test_slow_await_dominates_wall_clock_and_not_cpu(server: TargetServer, agent: str, tmp_path: Path) -> None:
     with Load(server.url + "/work/slow?ms=100", threads=4):
-        wall = profile_json(agent, "--seconds", "1.5", "--clock", "wall", "-o", str(tmp_path / "wall.json"))
+        wall = profile_json(agent, "--mode", "yappi", "--seconds", "1.5", "--clock", "wall", "-o",
+                            str(tmp_path / "wall.json"))
         cpu = profile_json(agent, "--seconds", "1.5", "--clock", "cpu")
     # the middlewares wrap every request; below them, the simulated I/O is where the time goes
     busiest = max(f["total_seconds"] for f in wall["functions"] if "target_server" in f["file"])
@@ -135,7 +136,8 @@ def test_sample_mode_stacks_hold_the_cpu_chain(server: TargetServer, agent: str,
 
 
 def test_killed_client_leaves_no_profiler_running(agent: str) -> None:
-    cmd = [sys.executable, "-m", "diag", "profile", agent, "--seconds", "2.5", "--format", "json", "--force"]
+    cmd = [sys.executable, "-m", "diag", "profile", agent, "--mode", "yappi", "--seconds", "2.5", "--format", "json",
+           "--force"]
     client = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     assert get_json(agent + "/debug/diag/profile/status")["yappi_running"] is True
@@ -144,12 +146,13 @@ def test_killed_client_leaves_no_profiler_running(agent: str) -> None:
     status = wait_until(lambda: (s := get_json(agent + "/debug/diag/profile/status"))["busy"] is False and s,
                         timeout=10, interval=0.1)
     assert status["yappi_running"] is False and status["sampler_running"] is False
-    again = run_diag("profile", agent, "--seconds", "0.3", "--format", "text", "--force")
+    again = run_diag("profile", agent, "--mode", "yappi", "--seconds", "0.3", "--format", "text", "--force")
     assert again.returncode == 0, again.stderr
 
 
 def test_second_profile_is_refused_as_busy(agent: str) -> None:
-    cmd = [sys.executable, "-m", "diag", "profile", agent, "--seconds", "2", "--format", "json", "--force"]
+    cmd = [sys.executable, "-m", "diag", "profile", agent, "--mode", "yappi", "--seconds", "2", "--format", "json",
+           "--force"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: get_json(agent + "/debug/diag/profile/status")["busy"], timeout=10, interval=0.05)
@@ -167,7 +170,7 @@ def test_wall_clock_yappi_is_refused_with_too_many_tasks(server: TargetServer, a
     try:
         for _ in range(30):
             assert get(server, "/leak/forgotten-task")[0] == 202
-        refused = run_diag("profile", agent, "--seconds", "0.3", "--max-tasks", "20")
+        refused = run_diag("profile", agent, "--mode", "yappi", "--seconds", "0.3", "--max-tasks", "20")
         assert refused.returncode == 3, refused.stderr
         last = refused.stderr.strip().splitlines()[-1]
         assert "live tasks" in last and "--mode sample" in last and refused.stdout == ""
@@ -175,7 +178,7 @@ def test_wall_clock_yappi_is_refused_with_too_many_tasks(server: TargetServer, a
         if cpu.returncode != 0:  # refused only for yappi's own leak (test_profile_leftovers.py)
             assert "sumerc/yappi#217" in cpu.stderr, cpu.stderr
         assert "live tasks" not in cpu.stderr  # the cpu clock does not have the slowdown
-        forced = profile_json(agent, "--seconds", "0.3", "--max-tasks", "20", "--force")
+        forced = profile_json(agent, "--mode", "yappi", "--seconds", "0.3", "--max-tasks", "20", "--force")
         assert any("forced" in n for n in forced["notes"])
     finally:
         release(server)
@@ -190,8 +193,9 @@ def test_profile_on_the_apps_own_port_points_to_the_agent(server: TargetServer, 
 @pytest.mark.parametrize(("args", "code", "expected"), [
     (("--clock", "sundial"), 2, "--clock must be one of wall, cpu"),
     (("--mode", "guess"), 2, "--mode must be one of"),
-    (("-o", "out.collapsed"), 2, "use --mode sample"),
-    (("-o", "out.speedscope.json"), 2, "use --mode sample"),
+    (("--mode", "yappi", "-o", "out.collapsed"), 2, "use --mode sample"),
+    (("--mode", "yappi", "-o", "out.speedscope.json"), 2, "use --mode sample"),
+    (("-o", "out.pstat"), 2, "use --mode yappi"),  # the default is the sampler
     (("--mode", "sample", "-o", "out.pstat"), 2, "use --mode yappi"),
     (("--mode", "sample", "--clock", "cpu"), 2, "--clock cpu needs --mode yappi"),
     (("--seconds", "61"), 2, "at most 60"),
