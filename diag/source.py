@@ -40,6 +40,9 @@ class TargetRefused(TargetError):
     """Nothing listens at the target's address."""
 
 
+T = TypeVar("T")
+
+
 class Source(Protocol):
     """Something that can produce task snapshots."""
 
@@ -246,9 +249,9 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
             sock.close()
     except (_Expired, TimeoutError, socket.timeout):
         got = reader.received if reader is not None else 0
-        how = f"no answer within {deadline.seconds:g}s" if not got else (
-            f"the answer did not finish within {deadline.seconds:g}s ({got} bytes arrived)")
-        raise TargetTimeout(f"{name}: {how} ({deadline.why})") from None
+        within = f"within {deadline.seconds:g}s ({deadline.why})"
+        how = f"no answer {within}" if not got else f"the answer did not finish {within}; {got} bytes arrived"
+        raise TargetTimeout(f"{name}: {how}") from None
     except _TooLarge:
         raise TargetError(f"{name}: the answer is larger than the {size_text(max_bytes or 0)} diag reads; "
                           "stopped reading") from None
@@ -384,14 +387,17 @@ class AgentSource:
             raise TargetError(f"{self.name}: HTTP {status}: {message or 'unexpected answer'}")
         return data
 
-    def tasks(self, query: TaskQuery) -> TaskSnapshot:
-        data = self.get("tasks", _query_params(query))
+    def snapshot(self, data: Any, parse: Callable[[Any], T]) -> T:
+        """An answer read as a snapshot by ``parse``; ``TargetError`` naming the agent otherwise."""
         if not isinstance(data, dict) or "schema" not in data:
             raise TargetError(f"{self.name}: not a diag agent (no schema in the answer)")
-        return TaskSnapshot.from_dict(data)
+        try:
+            return parse(data)
+        except TargetError as err:
+            raise TargetError(f"{self.name}: {err}") from None
 
-
-T = TypeVar("T")
+    def tasks(self, query: TaskQuery) -> TaskSnapshot:
+        return self.snapshot(self.get("tasks", _query_params(query)), TaskSnapshot.from_dict)
 
 
 def read_saved(path: str, parse: Callable[[bytes], T]) -> T:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from diag.errors import TargetError
 from diag.source import AgentSource, open_source, read_saved
 from diag.sync_snapshot import SyncSnapshot
 
@@ -21,8 +20,5 @@ def load_sync(target: str, *, timeout: float, proof: bool, budget: float = 10.0)
     if isinstance(source, AgentSource):
         params = {"proof": "1" if proof else "0", "budget": repr(budget)}
         extra, why = proof_allowance(budget) if proof else (0.0, "")
-        data = source.get("sync", params, extra=extra, extra_why=why)
-        if not isinstance(data, dict) or "schema" not in data:
-            raise TargetError(f"{target}: not a diag agent (no schema in the answer)")
-        return SyncSnapshot.from_dict(data)
+        return source.snapshot(source.get("sync", params, extra=extra, extra_why=why), SyncSnapshot.from_dict)
     return read_saved(target, SyncSnapshot.from_json)

@@ -102,10 +102,7 @@ def open_top_source(target: str, timeout: float) -> AgentSource:
 
 def fetch_sync(source: AgentSource) -> SyncSnapshot:
     """Primitives and every task, without the reachability proof."""
-    data = source.get("sync", {"proof": "0"})
-    if not isinstance(data, dict) or "schema" not in data:
-        raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-    return SyncSnapshot.from_dict(data)
+    return source.snapshot(source.get("sync", {"proof": "0"}), SyncSnapshot.from_dict)
 
 
 def get_text(source: AgentSource, endpoint: str) -> tuple[int, str]:

@@ -87,9 +87,7 @@ def objects(
                 p.update({"type": type, "max_depth": str(max_depth)})
             # Each answer takes up to two heap walks of ``budget`` in the target.
             data = source.get("objects", p, extra=2 * budget, extra_why=f"two heap walks of --budget {budget:g}s")
-            if not isinstance(data, dict) or "schema" not in data:
-                raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-            snaps.append(HeapSnapshot.from_dict(data))
+            snaps.append(source.snapshot(data, HeapSnapshot.from_dict))
             if n > 1 and stderr.is_terminal:
                 stderr.print(f"diag objects: snapshot {i + 1}/{n}", markup=False, highlight=False)
         series = HeapSeries(tuple(snaps), interval or 0.0)

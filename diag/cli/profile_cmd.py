@@ -145,10 +145,7 @@ def profile(
             raise TargetError(f"{source.name}: not a diag agent (no profile status in the answer)")
         stderr.print(f"diag profile: {OVERHEAD['sample' if mode == 'sample' else clock]}; "
                      f"profiling {seconds:g}s", markup=False, highlight=False)
-        data = _take(source, params, seconds)
-        if not isinstance(data, dict) or "schema" not in data:
-            raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-        snap = ProfileSnapshot.from_dict(data)
+        snap = source.snapshot(_take(source, params, seconds), ProfileSnapshot.from_dict)
     if base_snap is not None and base_snap.mode != snap.mode:
         raise UsageError(f"--base is a {base_snap.mode} profile and this is a {snap.mode} one; compare like with like")
 
