@@ -22,7 +22,7 @@ import pytest
 from diag.source import MAX_ANSWER_BYTES
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.fake_agent import Answer, FakeAgent, answer, http_head
-from tests.support.target import TargetServer
+from tests.support.target import TargetServer, free_port
 
 #: Room for a Python process to start and import diag on a loaded machine.
 STARTUP = 5.0
@@ -165,3 +165,14 @@ def test_a_token_that_cannot_be_sent_is_a_usage_error(token: str, tmp_path: Path
     for args in (["tasks", "http://127.0.0.1:1"], ["tasks", "--agent-dir", str(tmp_path)]):
         line = assert_one_line_error(run_diag(*args, env=diag_env(DIAG_AGENT_TOKEN=token)), 2)
         assert "DIAG_AGENT_TOKEN" in line and token not in line, line
+
+
+def test_a_warm_up_answer_dripped_ends_at_the_timeout() -> None:
+    # diag check's warm-up requests go to the service itself, under the same deadline.
+    with FakeAgent(answer(200, b"x" * 5000, chunk=1, delay=0.05)) as app:
+        proc, took = timed("check", f"http://127.0.0.1:{free_port()}", "--app", app.url, "-r", "GET /slow x3",
+                           "--timeout", "2", "--settle", "0")
+    line = assert_one_line_error(proc, 3)
+    assert f"{app.url}: GET /slow: the answer did not finish within 2s (--timeout)" in line, line
+    assert took < 2 + STARTUP, took
+    assert app.requests == ["GET /slow HTTP/1.1"]
