@@ -16,6 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Callable
 
 #: Paths answered properly when ``Answer.alive`` is set, so that the misbehaviour hits the
 #: request that does the work (the probe before a proof, the status before a profile).
@@ -30,6 +31,23 @@ def http_head(status: int = 200, length: int | str | None = None, *, extra: tupl
     if length is not None:
         lines.append(f"Content-Length: {length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def accept_loop(sock: socket.socket, stop: threading.Event, conns: list[socket.socket],
+                serve: Callable[[socket.socket], None]) -> list[threading.Thread]:
+    """Accept until ``stop``, each connection served on its own daemon thread; the threads."""
+    threads = []
+    sock.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            continue
+        conns.append(conn)
+        thread = threading.Thread(target=serve, args=(conn,), name="fake-agent-answer", daemon=True)
+        threads.append(thread)
+        thread.start()
+    return threads
 
 
 @dataclass(frozen=True)
@@ -90,16 +108,7 @@ class FakeAgent:
         self.sock.close()
 
     def _accept(self) -> None:
-        self.sock.settimeout(0.05)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), name="fake-agent-answer", daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        self.threads += accept_loop(self.sock, self.stop, self.conns, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
