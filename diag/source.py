@@ -81,7 +81,7 @@ class Deadline:
     of the answer share it, so an answer dripped a byte at a time still ends on time.
 
     ``why`` says what the seconds are made of, for the message: ``--timeout``, or
-    ``--timeout 5 plus the 10s --proof-budget``."""
+    ``--timeout 5 plus two proofs of --proof-budget 10s``."""
 
     def __init__(self, seconds: float, why: str = "--timeout") -> None:
         self.seconds = seconds
