@@ -110,6 +110,8 @@ def check(
             before = CheckBaseline.from_json(text)
         except RecursionError:
             raise UsageError(f"{baseline}: not a diag check baseline: invalid JSON (nested too deep)") from None
+        except OverflowError as err:  # an infinite count
+            raise UsageError(f"{baseline}: malformed diag check baseline: {err}") from None
         except TargetError as err:
             raise UsageError(f"{baseline}: {err}") from None
     if steps:

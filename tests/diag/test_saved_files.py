@@ -143,3 +143,16 @@ def test_lone_surrogates_are_read_as_replacement_characters(tmp_path: Path, docs
     raw.write_bytes(Path(path).read_bytes().replace(b"\\ud800", b"\xed\xa0\x80"))
     code, stdout, stderr = run_main(["tasks", str(raw), "--debug", "2", "--format", "text"])
     assert code == 0 and "bad\ufffdname" in stdout, stderr
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("[" * 100_000, "nested too deep"),
+    ('{"schema": "diag.check-baseline/1", "groups": {"g": Infinity}}', "cannot convert float infinity"),
+    ('{"schema": "diag.check-baseline/1", "groups": {"g": NaN}}', "malformed diag check baseline"),
+])
+def test_check_refuses_a_baseline_it_cannot_read(tmp_path: Path, content: str, expected: str) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(content)
+    line = one_line_error(["check", f"http://127.0.0.1:{free_port()}", "--baseline", str(baseline),
+                           "--settle", "0"], 2)
+    assert str(baseline) in line and expected in line, line
