@@ -35,7 +35,8 @@ def timed(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     return proc, time.monotonic() - started
 
 
-@pytest.mark.parametrize("command", [["tasks"], ["sync"], ["leaks"], ["objects"], ["check", "--settle", "0"]])
+@pytest.mark.parametrize("command", [["tasks"], ["sync"], ["leaks"], ["objects"], ["check", "--settle", "0"],
+                                     ["top", "--once"]])
 def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeout(command: list[str]) -> None:
     # Every byte arrives well within any per-read timeout; only an overall deadline ends it.
     with FakeAgent(answer(200, TASKS_DOC, chunk=1, delay=0.05)) as fake:
