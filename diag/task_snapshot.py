@@ -169,7 +169,7 @@ class Wait:
             tasks=tuple(int(t) for t in d.get("tasks") or ()),
             time_left=None if d.get("time_left") is None else finite_float(d["time_left"], "time_left", infinite=True),
             created_at=Frame.from_dict(created) if isinstance(created, Mapping) else None,
-            deadline=None if d.get("deadline") is None else float(d["deadline"]),
+            deadline=None if d.get("deadline") is None else finite_float(d["deadline"], "deadline", infinite=True),
             deadline_by=str(d.get("deadline_by") or ""),
             deadline_known="deadline" in d,
             owner=str(d.get("owner") or ""),
@@ -255,7 +255,8 @@ class TaskInfo:
             loop=str(d.get("loop") or ""), cancelling=bool(d.get("cancelling", False)),
             count=int(d.get("count", 1)), ids=tuple(int(i) for i in d.get("ids") or ()),
             main=bool(d.get("main", False)),
-            cancel_seconds=None if d.get("cancel_seconds") is None else float(d["cancel_seconds"]),
+            cancel_seconds=(None if d.get("cancel_seconds") is None
+                            else finite_float(d["cancel_seconds"], "cancel_seconds")),
         )
 
 
@@ -325,7 +326,7 @@ class DeadTask:
     def from_dict(cls, d: Mapping[str, Any]) -> DeadTask:
         created = d.get("created_by")
         return cls(int(d.get("id") or 0), str(d.get("name") or ""), str(d.get("coro") or "?"),
-                   str(d.get("how") or "exception"), float(d.get("ended_seconds") or 0.0),
+                   str(d.get("how") or "exception"), finite_float(d.get("ended_seconds") or 0.0, "ended_seconds"),
                    str(d.get("exception") or ""), tuple(Frame.from_dict(f) for f in d.get("stack") or ()),
                    CreatedBy.from_dict(created) if isinstance(created, Mapping) else None,
                    tuple(str(t) for t in d.get("touched") or ()))
