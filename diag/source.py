@@ -285,9 +285,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def client_token() -> str | None:
-    """``DIAG_AGENT_TOKEN``, checked: it goes into a header, so visible ASCII only."""
-    token = os.environ.get("DIAG_AGENT_TOKEN")
+def client_token(token: str | None = None) -> str | None:
+    """``token``, or else ``DIAG_AGENT_TOKEN``, checked: it goes into a header, so visible
+    ASCII only (``UsageError`` saying what is wrong, never showing the token)."""
+    if token is None:
+        token = os.environ.get("DIAG_AGENT_TOKEN")
     if token and not _TOKEN.fullmatch(token):
         what = ("a line break" if "\n" in token or "\r" in token else "a space" if " " in token
                 else "a control character" if any(ord(c) < 32 or ord(c) == 127 for c in token)
@@ -307,9 +309,7 @@ class AgentSource:
             raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout:g}")
         self.name = target
         self.timeout = timeout
-        self.token = token if token is not None else client_token()
-        if token is not None and not _TOKEN.fullmatch(token):
-            raise UsageError("the agent token holds characters outside visible ASCII")
+        self.token = client_token(token)
         self.address, self.prefix = parse_agent_url(target)
 
     @property
