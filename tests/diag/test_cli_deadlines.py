@@ -177,3 +177,17 @@ def test_a_warm_up_answer_dripped_ends_at_the_timeout() -> None:
     assert f"{app.url}: GET /slow: the answer did not finish within 2s (--timeout)" in line, line
     assert took < 2 + STARTUP, took
     assert app.requests == ["GET /slow HTTP/1.1"]
+
+
+def test_several_hostile_targets_end_together_at_the_timeout() -> None:
+    # Each target is asked on its own thread; none holds up the view of the others.
+    with FakeAgent(answer(200, TASKS_DOC, chunk=1, delay=0.05)) as drip, FakeAgent(Answer(hang=True)) as silent, \
+            FakeAgent(answer(200, b"{}", length=99999999999)) as huge:
+        proc, took = timed("tasks", drip.url, silent.url, huge.url, "--timeout", "2")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "diag: error: none of the 3 targets answered", lines
+    assert f"{drip.url}: timeout: the answer did not finish within 2s (--timeout)" in proc.stderr
+    assert f"{silent.url}: timeout: no answer within 2s (--timeout)" in proc.stderr
+    assert f"{huge.url}: error: the answer would be 99999999999 bytes" in proc.stderr
+    assert took < 2 + STARTUP, took
