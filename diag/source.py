@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from diag.agent.endpoints import PREFIX
+from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
@@ -286,19 +287,12 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def client_token(token: str | None = None) -> str | None:
-    """``token``, or else ``DIAG_AGENT_TOKEN``, checked: it goes into a header, so visible
-    ASCII only (``UsageError`` saying what is wrong, never showing the token)."""
+    """``token``, or else ``DIAG_AGENT_TOKEN``, checked as the agent checks it (it travels
+    in a header): a ``UsageError`` line saying what is wrong, never showing the token."""
     if token is None:
         token = os.environ.get("DIAG_AGENT_TOKEN")
-    if token and not _TOKEN.fullmatch(token):
-        what = ("a line break" if "\n" in token or "\r" in token else "a space" if " " in token
-                else "a control character" if any(ord(c) < 32 or ord(c) == 127 for c in token)
-                else "a character outside ASCII")
-        raise UsageError(f"DIAG_AGENT_TOKEN holds {what}; a token is visible ASCII characters only")
+    check_token(token)
     return token or None
-
-
-_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 class AgentSource:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
@@ -417,11 +417,12 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
     return out
 
 
-def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
+def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozenset[int] | set[int] = frozenset()) -> list[Finding]:
+    """Blocked tasks the proof found unreachable, but for those a deadlock already tells."""
     proof = snap.reachability
     if not proof.ran or not proof.complete:
         return []
-    members = tuple(by_id[t] for t in proof.unreachable if t in by_id)
+    members = tuple(by_id[t] for t in proof.unreachable if t in by_id and t not in told)
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
@@ -489,12 +490,14 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         prim = task.wait.primitive
         target = prim.id if prim is not None else task.wait.future_id
         if target and target in touched:
-            what = f"{prim.kind} {_where(prim)}" if prim is not None else "the future it awaits"
+            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+                    else "the future it awaits")
             why.append(_dead_text(touched[target], what))
+        if task.wait.owner_closed:
+            what = "the future it awaits" if prim is None else _where(prim)
+            why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
         if task.wait.kind in _IDLE_KINDS and not why:
             continue
-        if task.wait.owner_closed:
-            why.append(f"the future it awaits is kept by {task.wait.owner}: nothing is left to resolve it")
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
@@ -556,7 +559,12 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     stuck = stuck_tasks(snap)
     permits = leaked_permits(snap, by_id, stuck)
     locks = deadlocks(snap, by_id, stuck)
-    proven = proven_leaks(snap, by_id)
+    in_deadlock = {t.id for f in locks for t in f.tasks}
+    proven = proven_leaks(snap, by_id, in_deadlock)  # one finding per cause: the deadlock says it
+    unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    locks = [replace(f, evidence=f.evidence + "; the proof confirms it: nothing outside these tasks can reach "
+                                               "what they wait on")
+             if f.tasks and all(t.id in unreachable for t in f.tasks) else f for f in locks]
     explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     for f in locks:
         explained.update(t.id for t in f.tasks)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
+from diag.collect.safe_read import future_done, future_field, task_cancelling
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop whose heartbeat is older than this is reported as stalled.
@@ -39,6 +40,11 @@ class _Beat:
     sent_at: float | None = None  # monotonic time of the beat in flight, None when none is
     last_turn: float = field(default_factory=time.monotonic)
     lag: float | None = None
+
+
+def _no_ref() -> None:
+    """Stands for a weak reference to a future that cannot have one: never the same future."""
+    return None
 
 
 def iter_all_tasks() -> list[asyncio.Task[Any]]:
@@ -83,8 +89,8 @@ class LoopWatch:
         self._hooked: list[Any] = []  # the modules whose _set_running_loop is wrapped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # id(task) -> (id(awaited future), monotonic time first seen waiting on it)
-        self._waits: dict[int, tuple[int, float]] = {}
+        # id(task) -> (id(awaited future), monotonic time first seen waiting on it, weak ref to it)
+        self._waits: dict[int, tuple[int, float, Any]] = {}
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
@@ -241,15 +247,15 @@ class LoopWatch:
         """Note, for every waiting task, the future it waits on; returns the seconds spent."""
         start = time.monotonic()
         prev = self._waits
-        new: dict[int, tuple[int, float]] = {}
+        new: dict[int, tuple[int, float, Any]] = {}
         prev_cancels = self._cancels
         cancels: dict[int, float] = {}
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
-            if task.done():  # kept alive by the program: it may have died of an exception
+            if future_done(task):  # kept alive by the program: it may have died of an exception
                 self.dead.note_done(task)
                 continue
-            loop = task.get_loop()
+            loop = future_field(task, "_loop")  # read, not asked: a Task subclass may override get_loop
             if id(loop) not in seen_loops:
                 # A loop that started without the hook seeing it (uvloop imported before the
                 # agent started) is found through its tasks.
@@ -257,16 +263,22 @@ class LoopWatch:
                 if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
             key = id(task)
-            try:
-                if task.cancelling():
-                    cancels[key] = prev_cancels.get(key, start)
-            except Exception:
-                pass
-            waiter = getattr(task, "_fut_waiter", None)
+            if task_cancelling(task):
+                cancels[key] = prev_cancels.get(key, start)
+            waiter = future_field(task, "_fut_waiter")
             if waiter is None:
                 continue
             old = prev.get(key)
-            new[key] = old if old is not None and old[0] == id(waiter) else (id(waiter), start)
+            # The same wait only if it is the same future: a new one freed and made at the same
+            # address (asyncio reuses them constantly) starts a new wait.
+            if old is not None and old[0] == id(waiter) and old[2]() is waiter:
+                new[key] = old
+            else:
+                try:
+                    ref: Any = weakref.ref(waiter)
+                except TypeError:
+                    ref = _no_ref
+                new[key] = (id(waiter), start, ref)
         self._waits = new
         self._cancels = cancels
         if self.sampled_since is None:
@@ -276,7 +288,7 @@ class LoopWatch:
     def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
         """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""
         rec = self._waits.get(id(task))
-        if rec is None or rec[0] != id(waiter):
+        if rec is None or rec[0] != id(waiter) or rec[2]() is not waiter:
             return None
         return rec[1]
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from diag.collect import holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
-from diag.collect.safe_read import clip
+from diag.collect.safe_read import clip, future_done, is_a, read_attr, task_name
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
 )
@@ -49,7 +49,10 @@ def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
 
 def _holder_source(obj: Any) -> Any:
     """A Condition's permits live on its lock."""
-    return getattr(obj, "_lock", obj) if isinstance(obj, asyncio.Condition) else obj
+    if is_a(obj, asyncio.Condition):
+        lock = read_attr(obj, "_lock")
+        return lock if is_a(lock, asyncio.Lock) else obj
+    return obj
 
 
 def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: frozenset[int] = frozenset(),
@@ -59,11 +62,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     ``collect_budget`` bounds the task walk (see ``CollectOptions.budget``)."""
     started = time.monotonic()
     tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
-    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not t.done()}
-    try:
-        tasks = with_future_owners(tasks, live)
-    except Exception:
-        pass
+    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
     for info in tasks.tasks:
@@ -80,6 +79,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         notes.append(f"showing {MAX_PRIMITIVES} of {len(objects)} primitives")
         objects = objects[:MAX_PRIMITIVES]
     interesting = [o for o in objects if holders.records(_holder_source(o)) or hex(id(o)) in waiting]
+    try:
+        tasks = with_owners(tasks, live, {hex(id(o)): o for o in interesting})
+    except Exception:
+        pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
     frames = _FrameCache(True)
     now = time.monotonic()
@@ -95,7 +98,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
             held.append(Holder(
                 task_id=rec.task_id,
-                task_name=None if task is None else clip(task.get_name()),
+                task_name=None if task is None else clip(task_name(task)),
                 task_alive=task is not None,
                 task_state=(holder_info.state if holder_info is not None
                             else ("finished" if task is None else "waiting")),
@@ -108,7 +111,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         states.append(PrimitiveState(
             primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
-            tracked=holders.installed() and isinstance(source, (asyncio.Lock, asyncio.Semaphore)),
+            tracked=holders.installed() and is_a(source, (asyncio.Lock, asyncio.Semaphore)),
         ))
     proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
     del live, objects, interesting
@@ -123,32 +126,43 @@ def _line(code: Any, offset: int) -> int:
     return task_origins.origin_line(code, offset)
 
 
-def with_future_owners(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
-    """``tasks`` with ``Wait.owner`` set for long waits on plain futures: which object keeps
-    the future, and whether that object's connection is closed (``future_owners``)."""
+#: Waits on primitives whose keeper may be a closed connection (a stream's data event).
+OWNER_KINDS = frozenset({"event", "condition", "queue_get", "queue_put"})
+
+
+def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:
+    """``tasks`` with ``Wait.owner`` set for long waits on plain futures and on events,
+    conditions and queues: which object keeps the awaited thing, and whether it (or what
+    keeps it) has a closed connection (``wait_evidence.closed_owners``)."""
     wanted: dict[str, Any] = {}
     for info in tasks.tasks:
-        fid = info.wait.future_id
-        if not fid or fid in wanted or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT:
+        if (info.wait.seconds or 0.0) < OWNER_MIN_WAIT or info.main:
             continue
-        task = live.get(info.id)
-        waiter = wait_evidence.fut_waiter(task) if task is not None else None
-        if waiter is not None and hex(id(waiter)) == fid and type(waiter) is asyncio.Future:
-            wanted[fid] = waiter
+        prim = info.wait.primitive
+        if prim is not None and info.wait.kind in OWNER_KINDS:
+            if prim.id not in wanted and prim.id in primitives:
+                wanted[prim.id] = primitives[prim.id]
+        elif info.wait.future_id and info.wait.future_id not in wanted:
+            task = live.get(info.id)
+            waiter = wait_evidence.fut_waiter(task) if task is not None else None
+            if waiter is not None and hex(id(waiter)) == info.wait.future_id and type(waiter) is asyncio.Future:
+                wanted[info.wait.future_id] = waiter
         if len(wanted) >= wait_evidence.MAX_OWNER_SCAN:
             break
     if not wanted:
         return tasks
-    futures = list(wanted.values())
-    owners = wait_evidence.future_owners(futures)
-    del futures
+    objects = list(wanted.values())
+    owners = wait_evidence.closed_owners(objects)
+    del objects
     if not owners:
         return tasks
-    by_fid = {fid: owners[id(fut)] for fid, fut in wanted.items() if id(fut) in owners}
+    by_key = {key: owners[id(obj)] for key, obj in wanted.items() if id(obj) in owners}
     wanted.clear()
     out: list[TaskInfo] = []
     for info in tasks.tasks:
-        found = by_fid.get(info.wait.future_id)
+        prim = info.wait.primitive
+        key = prim.id if prim is not None and info.wait.kind in OWNER_KINDS else info.wait.future_id
+        found = by_key.get(key) if key else None
         if found is not None:
             label, closed = found
             owner = f"{label}, {closed}" if closed else label

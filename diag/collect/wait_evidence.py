@@ -371,22 +371,25 @@ def _owner_closed(owner: object) -> str:
     return ""
 
 
-def future_owners(futures: list[object]) -> dict[int, tuple[str, str]]:
-    """id(future) -> (owner label, why it is closed or "") for the objects that keep each
-    future: an instance attribute, or a container (dict, list, deque) that is one.  One
-    ``gc.get_referrers`` pass for the futures, one for their containers."""
-    if not futures or len(futures) > MAX_OWNER_SCAN:
-        return {}
-    wanted = {id(f) for f in futures}
-    ignore = {id(futures)}
-    found: dict[int, tuple[str, str]] = {}
+#: Levels of owners searched above an awaited object (the event of a stream of a connection).
+OWNER_DEPTH = 3
+
+
+def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[object, str]]]:
+    """id(object) -> [(owning instance, attribute path)], for the instances that keep each
+    object in an attribute, directly or in a dict/list/deque/set attribute.  Two
+    ``gc.get_referrers`` passes: the objects', then their containers'."""
+    wanted = {id(o) for o in objects}
+    found: dict[int, list[tuple[object, str]]] = {}
     containers: dict[int, tuple[object, set[int]]] = {}
-    for ref in gc.get_referrers(*futures):
-        if id(ref) in ignore or type(ref) in (types.FrameType, types.CoroutineType, types.MethodType):
+    for ref in gc.get_referrers(*objects):
+        if id(ref) in ignore or type(ref) in (types.FrameType, types.CoroutineType, types.MethodType,
+                                              types.GeneratorType, types.CellType):
             continue
         try:
             if type(ref) in _CONTAINERS:
-                held = {id(v) for v in (ref.values() if type(ref) is dict else ref) if id(v) in wanted}  # type: ignore[attr-defined]
+                values = ref.values() if type(ref) is dict else ref  # type: ignore[attr-defined]
+                held = {id(v) for v in list(values) if id(v) in wanted}
                 if held:
                     containers[id(ref)] = (ref, held)
                 continue
@@ -394,34 +397,105 @@ def future_owners(futures: list[object]) -> dict[int, tuple[str, str]]:
             if attrs is None:
                 continue
             for key, value in list(attrs.items()):
-                if id(value) in wanted and id(value) not in found:
-                    found[id(value)] = (f"{type(ref).__qualname__}.{clip(key, 60)}", _owner_closed(ref))
+                if id(value) in wanted:
+                    found.setdefault(id(value), []).append((ref, f"{type(ref).__qualname__}.{clip(key, 60)}"))
         except Exception:
             continue
     if containers:
         boxes = [c for c, _ in containers.values()]
-        ignore.add(id(boxes))
+        skip = ignore | {id(boxes)}
+        # instance __dict__s that hold one of the containers: their instances are found below
+        dict_holders: dict[int, tuple[dict[Any, Any], list[tuple[str, set[int]]]]] = {}
         for owner in gc.get_referrers(*boxes):
-            if id(owner) in ignore or type(owner) in _CONTAINERS or type(owner) is types.FrameType:
+            if id(owner) in skip or type(owner) is types.FrameType:
                 continue
-            attrs = instance_dict(owner) if type(owner) is not dict else None
+            if type(owner) is dict:
+                try:
+                    keyed = [(clip(k, 60), containers[id(v)][1]) for k, v in list(owner.items())
+                             if type(k) is str and id(v) in containers]
+                except Exception:
+                    keyed = []
+                if keyed:
+                    dict_holders[id(owner)] = (owner, keyed)
+                continue
+            if type(owner) in _CONTAINERS:
+                continue
+            attrs = instance_dict(owner)
             if attrs is None:
                 continue
             try:
+                own = containers.get(id(attrs))
+                if own is not None:  # the container is the owner's own __dict__: its attributes
+                    for key, value in list(attrs.items()):
+                        if id(value) in own[1]:
+                            found.setdefault(id(value), []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
+                    continue
                 for key, value in list(attrs.items()):
                     entry = containers.get(id(value))
-                    if entry is None:
-                        continue
-                    label = f"{type(owner).__qualname__}.{clip(key, 60)}"
-                    closed = _owner_closed(owner)
-                    for fid in entry[1]:
-                        if fid not in found or (closed and not found[fid][1]):
-                            found[fid] = (label, closed)
+                    if entry is not None:
+                        for oid in entry[1]:
+                            found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
             except Exception:
                 continue
         del boxes
+        if dict_holders:
+            dicts = [d for d, _ in dict_holders.values()]
+            skip.add(id(dicts))
+            for owner in gc.get_referrers(*dicts):
+                if id(owner) in skip or type(owner) in _CONTAINERS or type(owner) is types.FrameType:
+                    continue
+                attrs = instance_dict(owner)
+                entry2 = dict_holders.get(id(attrs)) if attrs is not None else None
+                if entry2 is None:
+                    continue
+                for key, held in entry2[1]:
+                    for oid in held:
+                        found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{key}"))
+            del dicts
     return found
 
 
-__all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners",
+def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, tuple[str, str]]:
+    """id(object) -> (where it is kept, why that owner is closed, or "") for awaited futures
+    and primitives: the instance keeping each one, or the one keeping that (up to ``depth``
+    levels), whose transport or stream is closed or whose connection was lost."""
+    if not objects or len(objects) > MAX_OWNER_SCAN:
+        return {}
+    ignore = {id(objects)}
+    result: dict[int, tuple[str, str]] = {}
+    # the objects still looked for, each with the path from its original object
+    level: dict[int, tuple[object, int, str]] = {id(o): (o, id(o), "") for o in objects}
+    seen: set[int] = set(level)
+    for _ in range(depth):
+        if not level:
+            break
+        current = [entry[0] for entry in level.values()]
+        ignore.add(id(current))
+        owners = _owners(current, ignore)
+        del current
+        nxt: dict[int, tuple[object, int, str]] = {}
+        for key, (obj, origin, path) in level.items():
+            for owner, label in owners.get(key, ()):
+                where = label if not path else f"{path} in {label}"
+                if origin not in result:
+                    result[origin] = (where, "")
+                reason = _owner_closed(owner)
+                if reason:
+                    result[origin] = (where, reason)
+                    nxt.pop(id(owner), None)
+                    break
+                if id(owner) not in seen:
+                    seen.add(id(owner))
+                    nxt[id(owner)] = (owner, origin, where)
+        closed = {o for o, (_w, r) in result.items() if r}
+        level = {k: v for k, v in nxt.items() if v[1] not in closed}
+    return result
+
+
+def future_owners(futures: list[object]) -> dict[int, tuple[str, str]]:
+    """``closed_owners`` of awaited futures (kept for its name in the sync collector)."""
+    return closed_owners(futures)
+
+
+__all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners", "closed_owners",
            "asyncio_futures_by_concurrent"]

@@ -161,7 +161,7 @@ def test_a_malformed_url_as_a_real_process() -> None:
         in line, line
 
 
-@pytest.mark.parametrize("token", ["s\u20acret", "line\nbreak", "two words"])
+@pytest.mark.parametrize("token", ["s\u20acret", "line\nbreak", "tab\tbed"])
 def test_a_token_that_cannot_be_sent_is_a_usage_error(token: str, tmp_path: Path) -> None:
     for args in (["tasks", "http://127.0.0.1:1"], ["tasks", "--agent-dir", str(tmp_path)]):
         line = assert_one_line_error(run_diag(*args, env=diag_env(DIAG_AGENT_TOKEN=token)), 2)

@@ -101,3 +101,36 @@ async def test_the_runners_task_is_the_main_task() -> None:
     other = asyncio.create_task(asyncio.sleep(0))
     assert not is_main_task(other)
     await other
+
+
+async def test_a_new_future_at_a_recycled_address_starts_a_new_wait() -> None:
+    """A reader awaiting a fresh future every few milliseconds never waits long, even when
+    asyncio hands each new future the address of the one just freed."""
+    from diag.collect.loop_watch import LoopWatch
+    from diag.collect.task_collector import collect_tasks
+
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    async def reader() -> None:
+        while not stop:
+            fut = loop.create_future()
+            loop.call_later(0.005, fut.set_result, None)
+            await fut
+            del fut
+
+    task = asyncio.create_task(reader(), name="reader")
+    watch = LoopWatch(install_factories=False)
+    try:
+        addresses = set()
+        for _ in range(12):
+            await asyncio.sleep(0.05)
+            waiter = task._fut_waiter  # type: ignore[attr-defined]
+            addresses.add(id(waiter))
+            del waiter
+            watch.sample_waits()
+        (info,) = [t for t in collect_tasks(watch).tasks if t.name == "reader"]
+        assert info.wait.seconds is not None and info.wait.seconds < 0.2, (info.wait.seconds, len(addresses))
+    finally:
+        stop = True
+        await task

@@ -202,7 +202,8 @@ def test_a_future_kept_by_a_closed_connection_is_a_suspect() -> None:
                   wait=Wait("future", "Future", seconds=12.0, deadline_known=True, future_id="0x5",
                             owner="Client._pending, its transport is closed", owner_closed=True))
     (finding,) = leak_report(sync(snapshot(waiter)), OPTIONS).findings
-    assert "kept by Client._pending, its transport is closed: nothing is left to resolve it" in finding.evidence
+    assert "the future it awaits is kept by Client._pending, its transport is closed: nothing is left to wake it" \
+        in finding.evidence
 
 
 def test_a_bare_future_with_no_timeout_in_the_programs_own_code_is_a_suspect_but_not_in_a_library() -> None:
