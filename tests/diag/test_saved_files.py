@@ -121,6 +121,9 @@ def test_a_sleep_without_end_is_read(tmp_path: Path) -> None:
     code, stdout, stderr = run_main(["tasks", str(path), "--format", "json", "--debug", "2"])
     assert code == 0 and stderr == "", stderr
     assert any(t["wait"].get("time_left") == math.inf for t in json.loads(stdout)["tasks"])
+    for fmt in ("text", "table"):
+        code, stdout, stderr = run_main(["tasks", str(path), "--format", fmt, "--debug", "2"])
+        assert code == 0 and stderr == "" and "worker-4" in stdout, stderr
 
 
 @pytest.mark.parametrize("kind", ["tasks", "sync", "objects", "profile"])
