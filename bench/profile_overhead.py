@@ -34,7 +34,7 @@ def profiled(agent_url: str, url: str, seconds: int, connections: int, mode: str
 
     def take() -> None:
         result["data"] = source.post("profile", {"seconds": str(seconds + 1), "mode": mode, "clock": clock},
-                                     timeout=seconds + 60)
+                                     extra=seconds + 50, extra_why="the profile window and a margin", probe=False)
 
     thread = threading.Thread(target=take)
     thread.start()

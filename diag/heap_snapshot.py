@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from diag.documents import finite_float, load_json, require, timestamp
 from diag.errors import TargetError
 from diag.task_snapshot import MALFORMED, NOT_JSON, ProcessInfo, check_schema
 
@@ -101,7 +102,7 @@ class BackrefChain:
     def from_dict(cls, d: Mapping[str, Any]) -> BackrefChain:
         return cls(str(d.get("type", "?")), bool(d.get("found", False)),
                    tuple(ChainLink.from_dict(c) for c in d.get("chain") or ()), int(d.get("matched") or 0),
-                   int(d.get("max_depth") or 0), float(d.get("searched_seconds") or 0.0),
+                   int(d.get("max_depth") or 0), finite_float(d.get("searched_seconds") or 0.0, "searched_seconds"),
                    bool(d.get("cut_short", False)))
 
 
@@ -140,16 +141,17 @@ class HeapSnapshot:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag objects snapshot (expected a JSON object)")
         check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        require(d, ("taken_at", "types"), "diag objects snapshot")
         try:
             back = d.get("backrefs")
             return cls(
-                taken_at=float(d.get("taken_at") or 0.0),
+                taken_at=timestamp(d.get("taken_at")),
                 process=ProcessInfo.from_dict(d.get("process") or {}),
                 objects=int(d.get("objects") or 0),
                 types=tuple(TypeCount.from_dict(t) for t in d.get("types") or ()),
                 types_total=int(d.get("types_total") or 0),
                 complete=bool(d.get("complete", True)),
-                collect_seconds=float(d.get("collect_seconds") or 0.0),
+                collect_seconds=finite_float(d.get("collect_seconds") or 0.0, "collect_seconds"),
                 notes=tuple(str(n) for n in d.get("notes") or ()),
                 backrefs=BackrefChain.from_dict(back) if isinstance(back, Mapping) else None,
             )
@@ -182,7 +184,7 @@ class HeapSeries:
         if not isinstance(items, list) or not items:
             raise TargetError("malformed diag objects snapshot: no snapshots")
         try:
-            interval = float(d.get("interval") or 0.0)
+            interval = finite_float(d.get("interval") or 0.0, "interval")
         except (TypeError, ValueError, OverflowError):
             raise TargetError("malformed diag objects snapshot: bad interval") from None
         return cls(tuple(HeapSnapshot.from_dict(s) for s in items), interval)
@@ -190,7 +192,7 @@ class HeapSeries:
     @classmethod
     def from_json(cls, text: str | bytes) -> HeapSeries:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except NOT_JSON as err:
             raise TargetError(f"not a diag objects snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from diag.agent.agent_dir import process_alive, read_records
 from diag.errors import EXIT_OK, EXIT_TARGET, DiagError, TargetError, UsageError
-from diag.source import AgentSource, TargetRefused, TargetTimeout, agent_url
+from diag.source import AgentSource, TargetRefused, TargetTimeout, agent_url, client_token, is_url
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ class TargetResult(Generic[T]):
 
 def check_target(target: str) -> None:
     """Refuse a malformed TARGET string before anything is queried (``UsageError``)."""
-    if target.startswith(("http://", "https://", "unix:")):
+    if is_url(target):
         AgentSource(target)
     elif not (target.endswith(".json") or os.path.exists(target)):
         agent_url(target)
@@ -74,6 +74,7 @@ def check_target(target: str) -> None:
 
 def resolve_targets(args: Sequence[str], agent_dir: str | None) -> list[Target]:
     """The command line's targets, then the agent directory's files by pid; duplicates once."""
+    client_token()  # a token that cannot be sent is a usage error, before any target is asked
     out: list[Target] = []
     for arg in args:
         check_target(arg)

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from diag.documents import finite_float, load_json, require, timestamp
 from diag.errors import TargetError
 from diag.task_snapshot import MALFORMED, NOT_JSON, ProcessInfo, check_schema
 
@@ -64,8 +65,8 @@ class FunctionStat:
         calls = int(d.get("calls") or 0)
         return cls(str(d.get("name", "?")), str(d.get("file", "?")), int(d.get("line") or 0), calls,
                    _int_or(d.get("primitive_calls"), calls),
-                   float(d.get("own_seconds") or 0.0), float(d.get("total_seconds") or 0.0),
-                   bool(d.get("coroutine", False)))
+                   finite_float(d.get("own_seconds") or 0.0, "own_seconds"),
+                   finite_float(d.get("total_seconds") or 0.0, "total_seconds"), bool(d.get("coroutine", False)))
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class CallEdge:
         calls = int(d.get("calls") or 0)
         return cls(int(d["caller"]), int(d["callee"]), calls,
                    _int_or(d.get("primitive_calls"), calls),
-                   float(d.get("own_seconds") or 0.0), float(d.get("total_seconds") or 0.0))
+                   finite_float(d.get("own_seconds") or 0.0, "own_seconds"),
+                   finite_float(d.get("total_seconds") or 0.0, "total_seconds"))
 
 
 @dataclass(frozen=True)
@@ -190,16 +192,17 @@ class ProfileSnapshot:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag profile (expected a JSON object)")
         check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        require(d, ("taken_at", "mode"), "diag profile")
         try:
             mode = str(d.get("mode") or "yappi")
             clock = str(d.get("clock") or "wall")
             snap = cls(
-                taken_at=float(d.get("taken_at") or 0.0),
+                taken_at=timestamp(d.get("taken_at")),
                 process=ProcessInfo.from_dict(d.get("process") or {}),
                 mode=mode if mode in MODES else "yappi",
                 clock=clock if clock in CLOCKS else "wall",
-                seconds=float(d.get("seconds") or 0.0),
-                duration=float(d.get("duration") or 0.0),
+                seconds=finite_float(d.get("seconds") or 0.0, "seconds"),
+                duration=finite_float(d.get("duration") or 0.0, "duration"),
                 thread_name=str(d.get("thread_name") or ""),
                 functions=tuple(FunctionStat.from_dict(f) for f in d.get("functions") or ()),
                 edges=tuple(CallEdge.from_dict(e) for e in d.get("edges") or ()),
@@ -207,7 +210,7 @@ class ProfileSnapshot:
                 stacks=tuple(SampleStack.from_dict(s) for s in d.get("stacks") or ()),
                 tasks=tuple(TaskTotal.from_dict(t) for t in d.get("tasks") or ()),
                 samples=int(d.get("samples") or 0),
-                interval=float(d.get("interval") or 0.0),
+                interval=finite_float(d.get("interval") or 0.0, "interval"),
                 notes=tuple(str(n) for n in d.get("notes") or ()),
             )
         except MALFORMED as err:
@@ -221,7 +224,7 @@ class ProfileSnapshot:
     @classmethod
     def from_json(cls, text: str | bytes) -> ProfileSnapshot:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except NOT_JSON as err:
             raise TargetError(f"not a diag profile: invalid JSON ({err})") from None
         return cls.from_dict(data)

@@ -12,18 +12,25 @@ Usage::
 from __future__ import annotations
 
 import http.client
-import json
+import io
+import ipaddress
 import os
+import re
 import socket
+import ssl
+import threading
+import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from diag.agent.endpoints import PREFIX
 from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
+from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
-from diag.task_snapshot import TaskSnapshot
+from diag.task_snapshot import NOT_JSON, TaskSnapshot
 
 
 class TargetTimeout(TargetError):
@@ -32,6 +39,9 @@ class TargetTimeout(TargetError):
 
 class TargetRefused(TargetError):
     """Nothing listens at the target's address."""
+
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -54,21 +64,235 @@ def _query_params(query: TaskQuery) -> dict[str, str]:
     return params
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
 #: The longest wait for an answer (a day); more is a typo, and past the platform's clock
 #: range sockets refuse it.
 MAX_TIMEOUT = 86_400.0
+#: The most diag reads of one answer: twice the 32 MiB the agent ever sends.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: The forms of a live target, and of any target (a live one or a saved file).
+LIVE_FORMS = "http://HOST:PORT, HOST:PORT, unix:/PATH or pid:N"
+ACCEPTED = "http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N or a saved .json file"
+#: ``HOST:PORT`` without a scheme: a host name, an IPv4 or a bracketed IPv6 address.
+HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]+")
+_READ_SIZE = 1 << 16
+
+
+class Deadline:
+    """One deadline for a whole exchange: resolving, connecting, sending and every read
+    of the answer share it, so an answer dripped a byte at a time still ends on time.
+
+    ``why`` says what the seconds are made of, for the message: ``--timeout``, or
+    ``--timeout 5 plus two proofs of --proof-budget 10s``."""
+
+    def __init__(self, seconds: float, why: str = "--timeout") -> None:
+        self.seconds = seconds
+        self.why = why
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; ``_Expired`` once there are none."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise _Expired
+        return left
+
+
+class _Expired(Exception):
+    """The exchange's deadline passed."""
+
+
+class _TooLarge(Exception):
+    """The answer passed the size diag reads."""
+
+
+class _AnswerReader(io.RawIOBase):
+    """The socket as a file whose every read waits only for what is left of the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline, limit: int | None) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.limit = limit
+        self.received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.sock.settimeout(self.deadline.left())
+        n = self.sock.recv_into(buffer)
+        self.received += n
+        if self.limit is not None and self.received > self.limit:
+            raise _TooLarge
+        return n
+
+
+class _SocketView:
+    """What ``http.client.HTTPResponse`` needs of a socket: a file to read the answer from."""
+
+    def __init__(self, reader: _AnswerReader) -> None:
+        self.reader = reader
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(self.reader)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where an HTTP server listens: TCP (with TLS for https) or a unix socket."""
+
+    host: str
+    port: int
+    https: bool = False
+    unix_path: str | None = None
+
+    @property
+    def host_header(self) -> str:
+        if self.unix_path is not None:
+            return "localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _resolve(address: Address, deadline: Deadline) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` within the deadline (a resolver that hangs is left behind on a
+    daemon thread); IP literals need no lookup."""
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        pass
+    else:
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 0, "", (address.host, address.port))]
+    found: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM))
+        except Exception as err:  # handed to the caller
+            found.append(err)
+
+    worker = threading.Thread(target=lookup, name="diag-resolve", daemon=True)
+    worker.start()
+    worker.join(deadline.left())
+    if not found:
+        raise _Expired
+    if isinstance(found[0], BaseException):
+        raise found[0]
+    return list(found[0])
+
+
+def _connect(address: Address, deadline: Deadline) -> socket.socket:
+    if address.unix_path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(deadline.left())
+            sock.connect(address.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    error: OSError | None = None
+    for family, kind, proto, _, addr in _resolve(address, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.left())
+            sock.connect(addr)
+        except OSError as err:
+            sock.close()
+            error = err
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        if not address.https:
+            return sock
+        try:
+            sock.settimeout(deadline.left())
+            return ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
+        except BaseException:
+            sock.close()
+            raise
+    raise error if error is not None else OSError(f"no address found for {address.host}")
+
+
+def http_exchange(name: str, address: Address, request: bytes, deadline: Deadline,
+                  max_bytes: int | None = MAX_ANSWER_BYTES) -> tuple[int, bytes]:
+    """Send one request and read its whole answer, (HTTP status, body), within
+    ``deadline`` and at most ``max_bytes`` of body (``None``: read to the end and keep
+    nothing).  Every failure is a ``TargetError`` starting with ``name``, saying the
+    figure that was passed (seconds or bytes)."""
+    reader: _AnswerReader | None = None
+    try:
+        sock = _connect(address, deadline)
+        try:
+            sock.settimeout(deadline.left())
+            sock.sendall(request)
+            # The header section is bounded by http.client (100 lines of 64 KiB).
+            reader = _AnswerReader(sock, deadline, None if max_bytes is None else max_bytes + 8 * 1024 * 1024)
+            method = request.split(b" ", 1)[0].decode("ascii")  # a HEAD answer has no body to read
+            resp = http.client.HTTPResponse(_SocketView(reader), method=method)  # type: ignore[arg-type]
+            resp.begin()
+            if max_bytes is not None and resp.length is not None and resp.length > max_bytes:
+                raise TargetError(f"{name}: the answer would be {resp.length} bytes, more than the "
+                                  f"{size_text(max_bytes)} diag reads")
+            declared, got = resp.length, 0
+            body = bytearray()
+            while chunk := resp.read(_READ_SIZE):
+                got += len(chunk)
+                if max_bytes is not None:
+                    body += chunk
+                    if got > max_bytes:
+                        raise _TooLarge
+            if declared is not None and got < declared:  # read(amt) does not raise on an early end
+                raise TargetError(f"{name}: the connection closed mid-answer ({got} of {declared} bytes)")
+            return resp.status, bytes(body)
+        finally:
+            sock.close()
+    except (_Expired, TimeoutError, socket.timeout):
+        got = reader.received if reader is not None else 0
+        within = f"within {deadline.seconds:g}s ({deadline.why})"
+        how = f"no answer {within}" if not got else f"the answer did not finish {within}; {got} bytes arrived"
+        raise TargetTimeout(f"{name}: {how}") from None
+    except _TooLarge:
+        raise TargetError(f"{name}: the answer is larger than the {size_text(max_bytes or 0)} diag reads; "
+                          "stopped reading") from None
+    except http.client.IncompleteRead as err:
+        got = len(err.partial)
+        total = f" of {got + err.expected}" if isinstance(err.expected, int) else ""
+        raise TargetError(f"{name}: the connection closed mid-answer ({got}{total} bytes)") from None
+    except ConnectionRefusedError:
+        raise TargetRefused(f"{name}: connection refused (is the process running with the diag agent?)") from None
+    except FileNotFoundError:
+        raise TargetRefused(f"{name}: no such socket") from None
+    except socket.gaierror as err:
+        raise TargetError(f"{name}: cannot find host {address.host!r}: {err.strerror or err}") from None
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        # ValueError: http.client on a chunk size that is not a number.
+        raise TargetError(f"{name}: unreadable answer: {type(err).__name__}: {_one_line(str(err))}") from None
+
+
+def request_bytes(method: str, path: str, address: Address, headers: Sequence[str] = ()) -> bytes:
+    """A request without a body, asking the server to close the connection after it."""
+    path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~?#[]")
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {address.host_header}", "Connection: close", "User-Agent: diag",
+             *headers]
+    if method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def client_token(token: str | None = None) -> str | None:
+    """``token``, or else ``DIAG_AGENT_TOKEN``, checked as the agent checks it (it travels
+    in a header): a ``UsageError`` line saying what is wrong, never showing the token."""
+    if token is None:
+        token = os.environ.get("DIAG_AGENT_TOKEN")
+    check_token(token)
+    return token or None
 
 
 class AgentSource:
@@ -79,98 +303,73 @@ class AgentSource:
             raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout:g}")
         self.name = target
         self.timeout = timeout
-        self.token = token if token is not None else os.environ.get("DIAG_AGENT_TOKEN")
-        check_token(self.token)  # one line, not http.client's traceback quoting the token
-        self.unix_path: str | None = None
-        if target.startswith("unix:"):
-            self.unix_path = target[len("unix:"):]
-            self.host, self.port, self.prefix, self.https = "localhost", 0, PREFIX, False
-            return
-        url = urllib.parse.urlsplit(target)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, unix:/PATH or a saved .json file")
-        try:
-            port = url.port
-        except ValueError:
-            raise UsageError(f"bad port in target {target!r}") from None
-        self.https = url.scheme == "https"
-        self.host = url.hostname
-        self.port = port or (443 if self.https else 80)
-        path = url.path.rstrip("/")
-        self.prefix = path[: path.index(PREFIX) + len(PREFIX)] if PREFIX in path else path + PREFIX
+        self.token = client_token(token)
+        self.address, self.prefix = parse_agent_url(target)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.unix_path is not None:
-            return _UnixHTTPConnection(self.unix_path, self.timeout)
-        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=self.timeout)
+    @property
+    def unix_path(self) -> str | None:
+        return self.address.unix_path
 
-    def get(self, endpoint: str, params: dict[str, str] | None = None) -> Any:
-        """GET an agent endpoint and return its parsed JSON; ``TargetError`` on any failure."""
-        return self._request("GET", endpoint, params, self.timeout)
+    def get(self, endpoint: str, params: dict[str, str] | None = None, *,
+            extra: float = 0.0, extra_why: str = "", probe: bool = True) -> Any:
+        """GET an agent endpoint and return its parsed JSON; ``TargetError`` on any failure.
 
-    def post(self, endpoint: str, params: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        The answer may take ``--timeout`` plus ``extra`` seconds of work the endpoint was
+        asked to do (a proof budget), ``extra_why`` naming it for the message.  With
+        ``extra``, the agent is first asked something cheap within ``--timeout``
+        (``probe``), so that a stopped target is reported after ``--timeout``."""
+        return self._request("GET", endpoint, params, extra, extra_why, probe)
+
+    def post(self, endpoint: str, params: dict[str, str] | None = None, *,
+             extra: float = 0.0, extra_why: str = "", probe: bool = True) -> Any:
         """POST to an agent endpoint (an operation with effects, such as a profile window)
-        and return its parsed JSON; ``timeout`` (default the source's) should cover the
-        whole operation plus a margin.  ``TargetError`` on any failure, as ``get``."""
-        return self._request("POST", endpoint, params, self.timeout if timeout is None else timeout)
+        and return its parsed JSON; ``extra`` as for ``get`` (the window's length)."""
+        return self._request("POST", endpoint, params, extra, extra_why, probe)
+
+    def probe(self, deadline: Deadline) -> None:
+        """Ask the agent's cheap ``health`` endpoint: any HTTP answer shows it is alive
+        (an older agent may not know ``health``)."""
+        self._exchange("GET", f"{self.prefix}/health", "application/json", deadline, 1 << 20)
 
     def get_text(self, endpoint: str, max_bytes: int) -> tuple[int, str]:
         """GET an endpoint that answers text (the Prometheus page): (HTTP status, body).
         Transport failures raise ``TargetError``; the status is left to the caller."""
-        status, body = self._exchange("GET", f"{self.prefix}/{endpoint}", "text/plain", self.timeout,
-                                      max_bytes + 1)
-        if len(body) > max_bytes:
-            raise TargetError(f"{self.name}: {endpoint} is larger than {max_bytes} bytes")
+        status, body = self._exchange("GET", f"{self.prefix}/{endpoint}", "text/plain", Deadline(self.timeout),
+                                      max_bytes)
         return status, body.decode("utf-8", errors="replace")
 
-    def _exchange(self, method: str, path: str, accept: str, wait: float,
-                  max_bytes: int | None = None) -> tuple[int, bytes]:
-        """One request and its whole answer (or its first ``max_bytes``)."""
-        headers = {"Accept": accept}
-        if method == "POST":
-            headers["Content-Length"] = "0"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        conn = self._connection()
-        conn.timeout = wait
-        try:
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read() if max_bytes is None else resp.read(max_bytes)
-        except (TimeoutError, socket.timeout):
-            hint = " (--timeout)" if method == "GET" else ""
-            raise TargetTimeout(f"{self.name}: no answer within {wait:g}s{hint}") from None
-        except http.client.IncompleteRead as err:
-            got = len(err.partial)
-            total = f" of {got + err.expected}" if isinstance(err.expected, int) else ""
-            raise TargetError(f"{self.name}: the connection closed mid-answer ({got}{total} bytes)") from None
-        except ConnectionRefusedError:
-            raise TargetRefused(f"{self.name}: connection refused (is the process running with the diag agent?)") from None
-        except FileNotFoundError:
-            raise TargetRefused(f"{self.name}: no such socket") from None
-        except (OSError, http.client.HTTPException) as err:
-            raise TargetError(f"{self.name}: {type(err).__name__}: {err}") from None
-        finally:
-            conn.close()
-        return resp.status, body
+    def _exchange(self, method: str, path: str, accept: str, deadline: Deadline,
+                  max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, bytes]:
+        """One request and its whole answer, within ``deadline`` and ``max_bytes``."""
+        headers = [f"Accept: {accept}"] + ([f"Authorization: Bearer {self.token}"] if self.token else [])
+        return http_exchange(self.name, self.address, request_bytes(method, path, self.address, headers),
+                             deadline, max_bytes)
 
-    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, wait: float) -> Any:
+    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, extra: float, extra_why: str,
+                 probe: bool) -> Any:
         path = f"{self.prefix}/{endpoint}"
         if params:
             path += "?" + urllib.parse.urlencode(params)
-        status, body = self._exchange(method, path, "application/json", wait)
+        if extra > 0:
+            deadline = Deadline(self.timeout + extra, f"--timeout {self.timeout:g} plus {extra_why}")
+            if probe:
+                self.probe(Deadline(self.timeout))
+        else:
+            deadline = Deadline(self.timeout)
+        status, body = self._exchange(method, path, "application/json", deadline)
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            data = load_json(body)
+        except NOT_JSON:
             if status == 404:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})") from None
             raise TargetError(f"{self.name}: not a diag agent (HTTP {status}, response is not JSON)") from None
         message = data.get("error") if isinstance(data, dict) else None
+        if message is not None:
+            message = _one_line(str(message), 300)
         if status == 401:
             raise TargetError(f"{self.name}: the agent wants a token (set DIAG_AGENT_TOKEN)")
         if status == 400:
-            raise UsageError(f"{self.name}: {message or data}")
+            raise UsageError(f"{self.name}: {message or 'HTTP 400: bad request'}")
         if status in (404, 405) and method == "POST":
             raise TargetError(f"{self.name}: no {endpoint} endpoint here (HTTP {status}): "
                               "not a diag agent, or an older one")
@@ -182,39 +381,90 @@ class AgentSource:
             raise TargetError(f"{self.name}: HTTP {status}: {message or 'unexpected answer'}")
         return data
 
-    def tasks(self, query: TaskQuery) -> TaskSnapshot:
-        data = self.get("tasks", _query_params(query))
+    def snapshot(self, data: Any, parse: Callable[[Any], T]) -> T:
+        """An answer read as a snapshot by ``parse``; ``TargetError`` naming the agent otherwise."""
         if not isinstance(data, dict) or "schema" not in data:
             raise TargetError(f"{self.name}: not a diag agent (no schema in the answer)")
-        return TaskSnapshot.from_dict(data)
+        try:
+            return parse(data)
+        except TargetError as err:
+            raise TargetError(f"{self.name}: {err}") from None
 
-
-T = TypeVar("T")
+    def tasks(self, query: TaskQuery) -> TaskSnapshot:
+        return self.snapshot(self.get("tasks", _query_params(query)), TaskSnapshot.from_dict)
 
 
 def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
     """A document saved with ``-o``, parsed; ``TargetError`` naming the file otherwise."""
-    try:
-        text = Path(path).read_bytes()
-    except OSError as err:
-        raise TargetError(f"{path}: cannot read: {err.strerror or err}") from None
+    text = read_file(path, MAX_DOCUMENT_BYTES, "document")
     try:
         return parse(text)
     except TargetError as err:
         raise TargetError(f"{path}: {err}") from None
 
 
-def agent_url(target: str, what: str = "a saved .json file") -> str:
+def _shown(target: str, limit: int = 100) -> str:
+    return repr(target if len(target) <= limit else target[:limit] + "...")
+
+
+def is_url(target: str) -> bool:
+    """An ``http://``, ``https://`` (any case) or ``unix:`` target, as opposed to a file or HOST:PORT."""
+    return target[:8].lower().startswith(("http://", "https://")) or target.startswith("unix:")
+
+
+def parse_agent_url(target: str) -> tuple[Address, str]:
+    """(address, path prefix of the agent's endpoints) of an ``http(s)://`` or ``unix:``
+    target; ``UsageError`` naming the accepted forms for anything else."""
+    if target.startswith("unix:"):
+        path = target[len("unix:"):]
+        if not path or "\x00" in path:
+            raise UsageError(f"bad target {_shown(target)}: unix: needs the socket's path; expected {ACCEPTED}")
+        return Address("localhost", 0, unix_path=path), PREFIX
+    address, path = parse_http_url(target)
+    prefix = path[: path.index(PREFIX) + len(PREFIX)] if PREFIX in path else path + PREFIX
+    return address, prefix
+
+
+def parse_http_url(target: str, accepted: str = ACCEPTED) -> tuple[Address, str]:
+    """(address, path without its trailing slash, quoted for a request line) of an
+    ``http(s)://`` URL; ``UsageError`` saying ``accepted`` for anything else."""
+    try:
+        url = urllib.parse.urlsplit(target)
+        port = url.port
+    except ValueError as err:
+        raise UsageError(f"bad target {_shown(target)}: {err}; expected {accepted}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UsageError(f"bad target {_shown(target)}: expected {accepted}")
+    host = url.hostname
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise UsageError(f"bad target {_shown(target)}: {_shown(host, 40)} is not a host name; "
+                         f"expected {accepted}") from None
+    if port == 0:
+        raise UsageError(f"bad target {_shown(target)}: port 0; expected {accepted}")
+    https = url.scheme == "https"
+    path = urllib.parse.quote(url.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~")
+    return Address(host, port or (443 if https else 80), https), path
+
+
+def agent_url(target: str, what: str | None = "a saved .json file") -> str:
     """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``,
-    ``pid:N`` as the address of the agent attached to process N (attaching on first use)."""
+    ``pid:N`` as the address of the agent attached to process N (attaching on first use);
+    ``UsageError`` naming the accepted forms (``what`` is the file a command also reads,
+    ``None`` for a command that watches live targets only)."""
     if target.startswith("pid:"):
         from diag.attach import pid_target
         return pid_target(target)
-    if target.startswith(("http://", "https://", "unix:")):
+    if is_url(target):
         return target
-    if ":" in target and target.rsplit(":", 1)[1].isdigit():
+    if HOST_PORT.fullmatch(target):
         return f"http://{target}"
-    raise UsageError(f"bad target {target!r}: expected http://HOST:PORT, HOST:PORT, unix:/PATH or {what}")
+    accepted = LIVE_FORMS if what is None else f"http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N or {what}"
+    if "://" in target:
+        scheme = target.split("://", 1)[0]
+        raise UsageError(f"bad target {_shown(target)}: unknown scheme {_shown(scheme, 20)}; expected {accepted}")
+    raise UsageError(f"bad target {_shown(target)}: expected {accepted}")
 
 
 class FileSource:
@@ -230,7 +480,7 @@ class FileSource:
 
 def open_source(target: str, timeout: float = 10.0) -> Source:
     """Pick the source for a TARGET argument: URL, ``unix:`` socket or saved file."""
-    if target.startswith(("http://", "https://", "unix:")):
+    if is_url(target):
         return AgentSource(target, timeout)
     if target.endswith(".json") or os.path.exists(target):
         return FileSource(target)

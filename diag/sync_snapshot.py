@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from diag.documents import finite_float, load_json, require, timestamp
 from diag.errors import TargetError
 from diag.task_snapshot import MALFORMED, NOT_JSON, Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
 
@@ -51,7 +52,8 @@ class Holder:
         name = d.get("task_name")
         return cls(None if tid is None else int(tid), None if name is None else str(name),
                    bool(d.get("task_alive", True)), str(d.get("task_state") or "finished"),
-                   tuple(Frame.from_dict(f) for f in d.get("site") or ()), float(d.get("held_seconds") or 0.0))
+                   tuple(Frame.from_dict(f) for f in d.get("site") or ()),
+                   finite_float(d.get("held_seconds") or 0.0, "held_seconds"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class PrimitiveState:
         return cls(Primitive.from_dict(d.get("primitive") or {}),
                    tuple(Holder.from_dict(h) for h in d.get("holders") or ()),
                    tuple(int(t) for t in d.get("waiting_tasks") or ()),
-                   None if longest is None else float(longest), None if idle is None else float(idle),
+                   None if longest is None else finite_float(longest, "longest_wait"),
+                   None if idle is None else finite_float(idle, "idle_seconds"),
                    bool(d.get("tracked", False)))
 
 
@@ -110,7 +113,7 @@ class Reachability:
     def from_dict(cls, d: Mapping[str, Any]) -> Reachability:
         return cls(bool(d.get("ran", False)), tuple(int(t) for t in d.get("unreachable") or ()),
                    tuple(int(t) for t in d.get("unreferenced") or ()), int(d.get("blocked") or 0),
-                   int(d.get("objects_marked") or 0), float(d.get("seconds") or 0.0),
+                   int(d.get("objects_marked") or 0), finite_float(d.get("seconds") or 0.0, "proof seconds"),
                    bool(d.get("complete", True)), str(d.get("note") or ""))
 
 
@@ -141,9 +144,10 @@ class SyncSnapshot:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag sync snapshot (expected a JSON object)")
         check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        require(d, ("taken_at", "tasks", "primitives"), "diag sync snapshot")
         try:
             return cls(
-                taken_at=float(d.get("taken_at") or 0.0),
+                taken_at=timestamp(d.get("taken_at")),
                 process=ProcessInfo.from_dict(d.get("process") or {}),
                 tasks=TaskSnapshot.from_dict(d.get("tasks")),
                 primitives=tuple(PrimitiveState.from_dict(p) for p in d.get("primitives") or ()),
@@ -157,7 +161,7 @@ class SyncSnapshot:
     @classmethod
     def from_json(cls, text: str | bytes) -> SyncSnapshot:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except NOT_JSON as err:
             raise TargetError(f"not a diag sync snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from diag.errors import TargetError
 from diag.source import AgentSource, open_source, read_saved
 from diag.sync_snapshot import SyncSnapshot
 
 
+def proof_allowance(budget: float) -> tuple[float, str]:
+    """The time the reachability proof may take in the target, on top of ``--timeout``,
+    and its name: the agent proves twice when it finds something, each within the budget."""
+    return 2 * budget, f"two proofs of --proof-budget {budget:g}s"
+
+
 def load_sync(target: str, *, timeout: float, proof: bool, budget: float = 10.0) -> SyncSnapshot:
-    """A sync snapshot from TARGET; the proof's budget is added to the timeout."""
-    source = open_source(target, timeout + (budget if proof else 0.0))
+    """A sync snapshot from TARGET; with the proof, the answer may take ``--timeout``
+    plus the proof's allowance (and a target that does not answer at all is reported
+    after ``--timeout``)."""
+    source = open_source(target, timeout)
     if isinstance(source, AgentSource):
         params = {"proof": "1" if proof else "0", "budget": repr(budget)}
-        data = source.get("sync", params)
-        if not isinstance(data, dict) or "schema" not in data:
-            raise TargetError(f"{target}: not a diag agent (no schema in the answer)")
-        return SyncSnapshot.from_dict(data)
+        extra, why = proof_allowance(budget) if proof else (0.0, "")
+        return source.snapshot(source.get("sync", params, extra=extra, extra_why=why), SyncSnapshot.from_dict)
     return read_saved(target, SyncSnapshot.from_json)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from diag.documents import finite_float, load_json, require, timestamp
 from diag.errors import TargetError
 
 SCHEMA_NAME = "diag.tasks"
@@ -169,11 +170,11 @@ class Wait:
             kind=kind if kind in WAIT_KINDS else "unknown",
             detail=str(d.get("detail") or ""),
             primitive=Primitive.from_dict(prim) if isinstance(prim, Mapping) else None,
-            seconds=None if d.get("seconds") is None else float(d["seconds"]),
+            seconds=None if d.get("seconds") is None else finite_float(d["seconds"], "wait seconds"),
             tasks=tuple(int(t) for t in d.get("tasks") or ()),
-            time_left=None if d.get("time_left") is None else float(d["time_left"]),
+            time_left=None if d.get("time_left") is None else finite_float(d["time_left"], "time_left", infinite=True),
             created_at=Frame.from_dict(created) if isinstance(created, Mapping) else None,
-            deadline=None if d.get("deadline") is None else float(d["deadline"]),
+            deadline=None if d.get("deadline") is None else finite_float(d["deadline"], "deadline", infinite=True),
             deadline_by=str(d.get("deadline_by") or ""),
             deadline_known="deadline" in d,
             owner=str(d.get("owner") or ""),
@@ -260,7 +261,8 @@ class TaskInfo:
             loop=str(d.get("loop") or ""), cancelling=bool(d.get("cancelling", False)),
             count=int(d.get("count", 1)), ids=tuple(int(i) for i in d.get("ids") or ()),
             main=bool(d.get("main", False)),
-            cancel_seconds=None if d.get("cancel_seconds") is None else float(d["cancel_seconds"]),
+            cancel_seconds=(None if d.get("cancel_seconds") is None
+                            else finite_float(d["cancel_seconds"], "cancel_seconds")),
         )
 
 
@@ -291,8 +293,8 @@ class LoopInfo:
         tid = d.get("thread_id")
         lag = d.get("lag_seconds")
         return cls(str(d.get("id", "")), None if tid is None else int(tid), str(d.get("thread_name", "")),
-                   bool(d.get("running", False)), None if lag is None else float(lag),
-                   float(d.get("stalled_seconds") or 0.0),
+                   bool(d.get("running", False)), None if lag is None else finite_float(lag, "lag_seconds"),
+                   finite_float(d.get("stalled_seconds") or 0.0, "stalled_seconds"),
                    tuple(Frame.from_dict(f) for f in d.get("blocking_stack") or ()))
 
 
@@ -330,7 +332,7 @@ class DeadTask:
     def from_dict(cls, d: Mapping[str, Any]) -> DeadTask:
         created = d.get("created_by")
         return cls(int(d.get("id") or 0), str(d.get("name") or ""), str(d.get("coro") or "?"),
-                   str(d.get("how") or "exception"), float(d.get("ended_seconds") or 0.0),
+                   str(d.get("how") or "exception"), finite_float(d.get("ended_seconds") or 0.0, "ended_seconds"),
                    str(d.get("exception") or ""), tuple(Frame.from_dict(f) for f in d.get("stack") or ()),
                    CreatedBy.from_dict(created) if isinstance(created, Mapping) else None,
                    tuple(str(t) for t in d.get("touched") or ()))
@@ -461,9 +463,10 @@ class TaskSnapshot:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag task snapshot (expected a JSON object)")
         check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        require(d, ("taken_at", "tasks"), "diag task snapshot")
         try:
             return cls(
-                taken_at=float(d.get("taken_at") or 0.0),
+                taken_at=timestamp(d.get("taken_at")),
                 process=ProcessInfo.from_dict(d.get("process") or {}),
                 tasks=tuple(TaskInfo.from_dict(t) for t in d.get("tasks") or ()),
                 loops=tuple(LoopInfo.from_dict(lp) for lp in d.get("loops") or ()),
@@ -471,7 +474,7 @@ class TaskSnapshot:
                 grouped=bool(d.get("grouped", False)),
                 wait_clock=str(d.get("wait_clock") or ""),
                 notes=tuple(str(n) for n in d.get("notes") or ()),
-                collect_seconds=float(d.get("collect_seconds") or 0.0),
+                collect_seconds=finite_float(d.get("collect_seconds") or 0.0, "collect_seconds"),
                 await_cycles=tuple(tuple(int(i) for i in c) for c in d.get("await_cycles") or ()),
                 dead_tasks=tuple(DeadTask.from_dict(t) for t in d.get("dead_tasks") or ()),
                 threads=tuple(ThreadInfo.from_dict(t) for t in d.get("threads") or ()),
@@ -484,7 +487,7 @@ class TaskSnapshot:
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskSnapshot:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except NOT_JSON as err:
             raise TargetError(f"not a diag task snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)

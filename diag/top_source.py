@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from diag.errors import TargetError, UsageError
-from diag.source import AgentSource, agent_url
+from diag.source import HOST_PORT, LIVE_FORMS, AgentSource, agent_url, is_url
 from diag.sync_snapshot import SyncSnapshot
 from diag.task_snapshot import check_schema
 
@@ -95,20 +95,14 @@ class TopSample:
 
 def open_top_source(target: str, timeout: float) -> AgentSource:
     """The live target to watch; saved files are refused (there is nothing to refresh)."""
-    looks_live = target.startswith(("http://", "https://", "unix:")) or (
-        ":" in target and target.rsplit(":", 1)[1].isdigit())
-    if not looks_live:
-        raise UsageError(f"bad target {target!r}: diag top watches a live process: "
-                         "http://HOST:PORT, HOST:PORT or unix:/PATH")
-    return AgentSource(agent_url(target), timeout)
+    if not (is_url(target) or HOST_PORT.fullmatch(target) or "://" in target):
+        raise UsageError(f"bad target {target[:100]!r}: diag top watches a live process: {LIVE_FORMS}")
+    return AgentSource(agent_url(target, None), timeout)
 
 
 def fetch_sync(source: AgentSource) -> SyncSnapshot:
     """Primitives and every task, without the reachability proof."""
-    data = source.get("sync", {"proof": "0"})
-    if not isinstance(data, dict) or "schema" not in data:
-        raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-    return SyncSnapshot.from_dict(data)
+    return source.snapshot(source.get("sync", {"proof": "0"}), SyncSnapshot.from_dict)
 
 
 def get_text(source: AgentSource, endpoint: str) -> tuple[int, str]:

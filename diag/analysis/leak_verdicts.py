@@ -32,9 +32,10 @@ from typing import Any, Mapping
 
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
 from diag.analysis.task_groups import find_cycles, group_tasks
-from diag.errors import UsageError
+from diag.documents import finite_float, require, timestamp
+from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import DeadTask, Frame, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.task_snapshot import MALFORMED, DeadTask, Frame, Primitive, ProcessInfo, TaskInfo, check_schema
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
@@ -97,7 +98,7 @@ class Finding:
         return cls(str(d.get("kind")), str(d.get("title") or ""), str(d.get("evidence") or ""),
                    tuple(TaskInfo.from_dict(t) for t in d.get("tasks") or ()), int(d.get("task_count") or 0),
                    tuple(Primitive.from_dict(p) for p in d.get("primitives") or ()),
-                   tuple(Frame.from_dict(f) for f in d.get("site") or ()), float(d.get("score") or 0.0))
+                   tuple(Frame.from_dict(f) for f in d.get("site") or ()), finite_float(d.get("score") or 0.0, "score"))
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,13 @@ class LeakReport:
     @classmethod
     def from_dict(cls, d: Any) -> LeakReport:
         check_schema(d.get("schema") if isinstance(d, Mapping) else None, SCHEMA_NAME, 1)
-        return cls(float(d.get("taken_at") or 0.0), ProcessInfo.from_dict(d.get("process") or {}),
-                   tuple(Finding.from_dict(f) for f in d.get("findings") or ()), str(d.get("proof") or ""),
-                   tuple(str(n) for n in d.get("notes") or ()))
+        require(d, ("taken_at", "findings"), "diag leak report")
+        try:
+            return cls(timestamp(d.get("taken_at")), ProcessInfo.from_dict(d.get("process") or {}),
+                       tuple(Finding.from_dict(f) for f in d.get("findings") or ()), str(d.get("proof") or ""),
+                       tuple(str(n) for n in d.get("notes") or ()))
+        except MALFORMED as err:
+            raise TargetError(f"malformed diag leak report: {err.__class__.__name__}: {err}") from None
 
 
 def _where(prim: Primitive) -> str:

@@ -3,12 +3,9 @@ since a committed baseline (exit 1), for CI against a service under test."""
 
 from __future__ import annotations
 
-import http.client
 import re
-import socket
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -20,6 +17,8 @@ from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.render import check_text, junit
+from diag.documents import MAX_DOCUMENT_BYTES, read_file
+from diag.source import Deadline, http_exchange, parse_http_url, request_bytes
 from diag.sync_source import load_sync
 
 #: Most requests one warm-up may send, so a typo cannot flood the target.
@@ -48,12 +47,16 @@ def parse_request(text: str, where: str = "--request") -> WarmUp:
     return WarmUp(m.group(1).upper(), m.group(2), times)
 
 
+#: The largest scenario file read.
+MAX_SCENARIO_BYTES = 1024 * 1024
+
+
 def parse_scenario(path: Path) -> list[WarmUp]:
     """One ``METHOD PATH [xN]`` per line; blank lines and ``#`` comments are skipped."""
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"cannot read scenario {path}: {err.strerror or err}") from None
+        text = read_file(str(path), MAX_SCENARIO_BYTES, "scenario").decode("utf-8", errors="replace")
+    except TargetError as err:
+        raise UsageError(f"scenario {err}") from None
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0]
@@ -63,27 +66,14 @@ def parse_scenario(path: Path) -> list[WarmUp]:
 
 
 def warm_up(app: str, steps: list[WarmUp], timeout: float) -> int:
-    """Send every request, one after another, each on its own connection; any status is fine."""
-    url = urllib.parse.urlsplit(app)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise UsageError(f"bad --app {app!r}: expected http://HOST:PORT")
-    base = url.path.rstrip("/")
-    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    """Send every request, one after another, each on its own connection and within
+    ``timeout``; any status is fine, and the answers are read to the end, not kept."""
+    address, base = parse_http_url(app, "http://HOST:PORT for --app")
     sent = 0
     for step in steps:
+        request = request_bytes(step.method, base + step.path, address)
         for _ in range(step.times):
-            conn = cls(url.hostname, url.port, timeout=timeout)
-            try:
-                conn.request(step.method, base + step.path, headers={"Connection": "close"})
-                conn.getresponse().read()
-            except (ConnectionRefusedError, socket.gaierror) as err:
-                raise TargetError(f"{app}: cannot send the warm-up: {err}") from None
-            except (TimeoutError, socket.timeout):
-                raise TargetError(f"{app}: {step.method} {step.path} got no answer within {timeout:g}s") from None
-            except (OSError, http.client.HTTPException) as err:
-                raise TargetError(f"{app}: {step.method} {step.path}: {type(err).__name__}: {err}") from None
-            finally:
-                conn.close()
+            http_exchange(f"{app}: {step.method} {step.path}", address, request, Deadline(timeout), None)
             sent += 1
     return sent
 
@@ -113,10 +103,15 @@ def check(
     before = EMPTY
     if baseline is not None and not update_baseline:
         try:
-            before = CheckBaseline.from_json(baseline.read_bytes())
-        except OSError as err:
-            raise UsageError(f"cannot read baseline {baseline}: {err.strerror or err} "
-                             "(create it with --update-baseline)") from None
+            text = read_file(str(baseline), MAX_DOCUMENT_BYTES, "baseline")
+        except TargetError as err:
+            raise UsageError(f"baseline {err} (create it with --update-baseline)") from None
+        try:
+            before = CheckBaseline.from_json(text)
+        except RecursionError:
+            raise UsageError(f"{baseline}: not a diag check baseline: invalid JSON (nested too deep)") from None
+        except OverflowError as err:  # an infinite count
+            raise UsageError(f"{baseline}: malformed diag check baseline: {err}") from None
         except TargetError as err:
             raise UsageError(f"{baseline}: {err}") from None
     if steps:

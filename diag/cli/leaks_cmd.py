@@ -17,7 +17,7 @@ from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
 from diag.render import jsonout, leaks_render, many_leaks
-from diag.sync_source import load_sync
+from diag.sync_source import load_sync, proof_allowance
 
 FORMATS = ("table", "text", "json")
 DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)
@@ -84,7 +84,7 @@ def _many(targets: list[str], agent_dir: Path | None, fmt: str, options: LeakOpt
     def fetch(t: Target) -> LeakReport:
         return leak_report(load_sync(t.target, timeout=timeout, proof=proof, budget=budget), options)
 
-    results = fetch_all(found, fetch, timeout + (budget if proof else 0.0))
+    results = fetch_all(found, fetch, timeout + (proof_allowance(budget)[0] if proof else 0.0))
     cwd = os.getcwd()
     if fmt == "json":
         jsonout.render(many_document("leaks", time.time(), results), sys.stdout)

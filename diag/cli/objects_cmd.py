@@ -16,7 +16,7 @@ from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.heap_snapshot import HeapSeries, HeapSnapshot
 from diag.render import jsonout, objects_dot, objects_table, objects_text
-from diag.source import AgentSource, agent_url, read_saved
+from diag.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
 MAX_COUNT = 100
@@ -72,11 +72,10 @@ def objects(
         raise UsageError(f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds")
     compile_pattern(filter)
 
-    if not target.startswith(("http://", "https://", "unix:")) and (target.endswith(".json") or os.path.exists(target)):
+    if not is_url(target) and (target.endswith(".json") or os.path.exists(target)):
         series = _load(target)
     else:
-        # Each answer takes up to two heap walks of ``budget`` in the target.
-        source = AgentSource(_agent_target(target), max(timeout, 2 * budget + 1))
+        source = AgentSource(_agent_target(target), timeout)
         params = {"budget": repr(budget)}
         snaps: list[HeapSnapshot] = []
         for i in range(n):
@@ -86,10 +85,9 @@ def objects(
             p = dict(params)
             if last and backrefs and type:
                 p.update({"type": type, "max_depth": str(max_depth)})
-            data = source.get("objects", p)
-            if not isinstance(data, dict) or "schema" not in data:
-                raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-            snaps.append(HeapSnapshot.from_dict(data))
+            # Each answer takes up to two heap walks of ``budget`` in the target.
+            data = source.get("objects", p, extra=2 * budget, extra_why=f"two heap walks of --budget {budget:g}s")
+            snaps.append(source.snapshot(data, HeapSnapshot.from_dict))
             if n > 1 and stderr.is_terminal:
                 stderr.print(f"diag objects: snapshot {i + 1}/{n}", markup=False, highlight=False)
         series = HeapSeries(tuple(snaps), interval or 0.0)

@@ -18,13 +18,11 @@ from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
 from diag.render import jsonout, profile_export, profile_table, profile_text
-from diag.source import AgentSource, agent_url, read_saved
+from diag.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
 #: Agent-side hard limit on a profile window (diag.collect.profiler.MAX_SECONDS).
 MAX_SECONDS = 60.0
-#: Time allowed on top of the window for the agent to stop, read and answer.
-ANSWER_MARGIN = 30.0
 #: Longest --timeout accepted (a socket timeout must fit the platform's clock).
 MAX_TIMEOUT = 86400.0
 OVERHEAD = {
@@ -35,7 +33,7 @@ OVERHEAD = {
 
 
 def _is_file_target(target: str) -> bool:
-    if target.startswith(("http://", "https://", "unix:")):
+    if is_url(target):
         return False
     return target.endswith(".json") or os.path.exists(target)
 
@@ -49,15 +47,20 @@ def load_profile(path: str) -> ProfileSnapshot:
 
 
 def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
-    """POST the profile request; a progress bar on stderr while the window runs (terminals only)."""
-    timeout = seconds + ANSWER_MARGIN
+    """POST the profile request; a progress bar on stderr while the window runs (terminals
+    only).  The answer may take the window plus ``--timeout``; the agent has just answered
+    its status, so no other probe."""
+    def post() -> Any:
+        return source.post("profile", params, extra=seconds, extra_why=f"the {seconds:g}s profile window",
+                           probe=False)
+
     if not stderr.is_terminal:
-        return source.post("profile", params, timeout=timeout)
+        return post()
     result: dict[str, Any] = {}
 
     def request() -> None:
         try:
-            result["data"] = source.post("profile", params, timeout=timeout)
+            result["data"] = post()
         except BaseException as err:  # handed to the main thread
             result["error"] = err
 
@@ -147,10 +150,7 @@ def profile(
             raise TargetError(f"{source.name}: not a diag agent (no profile status in the answer)")
         stderr.print(f"diag profile: {OVERHEAD['sample' if mode == 'sample' else clock]}; "
                      f"profiling {seconds:g}s", markup=False, highlight=False)
-        data = _take(source, params, seconds)
-        if not isinstance(data, dict) or "schema" not in data:
-            raise TargetError(f"{source.name}: not a diag agent (no schema in the answer)")
-        snap = ProfileSnapshot.from_dict(data)
+        snap = source.snapshot(_take(source, params, seconds), ProfileSnapshot.from_dict)
     if base_snap is not None and base_snap.mode != snap.mode:
         raise UsageError(f"--base is a {base_snap.mode} profile and this is a {snap.mode} one; compare like with like")
 

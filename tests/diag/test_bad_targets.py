@@ -27,6 +27,7 @@ from diag.heap_snapshot import HeapSeries
 from diag.profile_snapshot import FunctionStat, ProfileSnapshot
 from diag.task_snapshot import ProcessInfo
 from tests.support.cli import assert_one_line_error, run_diag
+from tests.support.fake_agent import accept_loop
 
 #: Each command with the options that keep its waits short against a target that hangs.
 COMMANDS = {
@@ -57,14 +58,7 @@ class Misbehaving:
         self.thread.start()
 
     def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        accept_loop(self.sock, self.stop, self.conns, self._answer)
 
     def _answer(self, conn: socket.socket) -> None:
         try:
@@ -78,6 +72,9 @@ class Misbehaving:
             path = request.split(b" ", 2)[1].decode()
             if (self.status_ok or self.mode == "newer schema") and path.split("?")[0].endswith("/profile/status"):
                 self._send(conn, 200, json.dumps({"schema": "diag.profile-status/1", "busy": False}).encode())
+                return
+            if self.mode == "newer schema" and path.split("?")[0].endswith("/health"):  # asked before a proof
+                self._send(conn, 200, json.dumps({"schema": "diag.health/1", "loops": []}).encode())
                 return
             self._misbehave(conn, path)
         except OSError:

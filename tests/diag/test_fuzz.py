@@ -35,6 +35,8 @@ from diag.collect.task_collector import collect_tasks
 from diag.heap_snapshot import HeapSeries
 from diag.profile_snapshot import FunctionStat, ProfileSnapshot
 from diag.task_snapshot import ProcessInfo
+from tests.support.fake_agent import Answer, FakeAgent, http_head
+from tests.support.saved_documents import real_documents
 from tests.support.target import free_port
 
 FUZZ = settings(max_examples=40, derandomize=True, deadline=None, database=None, print_blob=True,
@@ -418,3 +420,141 @@ def test_profile_of_a_dead_target_is_one_line(files: dict[str, list[str]]) -> No
     code, stdout, stderr = run_main(argv)
     check_cli(argv, code, stdout, stderr)
     assert code == 3 and "connection refused" in stderr
+
+
+# -- the CLI against hostile agents ---------------------------------------------------------------
+
+#: Each command with short waits, and how long past --timeout it may legitimately run
+#: (a proof of 0.2 s runs at most twice, two heap walks of 0.1 s, a profile window of 0.2 s
+#: after its status within --timeout).
+HOSTILE_TIMEOUT = 1.0
+HOSTILE_COMMANDS = {
+    "tasks": ([], 0.0), "sync": ([], 0.0), "leaks --no-proof": (["--no-proof"], 0.0),
+    "leaks": (["--proof-budget", "0.2"], 0.4), "objects": (["--budget", "0.1"], 0.2),
+    "profile": (["--seconds", "0.2"], HOSTILE_TIMEOUT + 0.2),
+}
+#: Time for the in-process CLI itself, on a loaded machine.
+HOSTILE_MARGIN = 1.5
+BAD_BODIES = [
+    b"", b"null", b"[]", b"{}", b'{"error": "agent error: broke"}', b'{"schema": "diag.tasks/1"}',
+    b'{"schema": "diag.sync/1"}', b'{"schema": "diag.objects/1"}', b'{"schema": "diag.profile/1"}',
+    b'{"schema": "diag.tasks/9", "taken_at": 1, "tasks": []}', b'{"schema": "diag.leaks/1", "findings": []}',
+    b'{"schema": "diag.tasks/1", "taken_at": NaN, "tasks": []}', b'{"schema": "diag.tasks/1", "taken_at": 1e30, "tasks": []}',
+    b'{"schema": "diag.sync/1", "taken_at": 1, "tasks": 5, "primitives": []}',
+    b'{"schema": "diag.sync/1", "taken_at": 1, "tasks": {"schema": "diag.tasks/1", "taken_at": 1, "tasks": '
+    b'[{"id": Infinity}]}, "primitives": []}',
+    b'{"schema": "diag.objects/1", "taken_at": 1, "types": [{"name": "x", "count": -Infinity}]}',
+    b'{"schema": "diag.profile/1", "taken_at": 1, "mode": "yappi", "functions": [{"own_seconds": NaN}]}',
+    b'{"schema": "diag.tasks/1", "taken_at": 1, "tasks": [{"name": "\\ud800"}]}', b'"\\ud800"',
+    b"\xff\xfe\x00\x01", b"\xef\xbb\xbf{", b"<html>nginx</html>", b"1" * 5000, b"9" * 100_000,
+]
+BAD_HEADS = [
+    b"garbage\r\n\r\n", b"HTTP/1.1 abc X\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: " + b"b" * 70_000 + b"\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n" * 50,
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+]
+
+
+@st.composite
+def hostile_answers(draw: st.DrawFn) -> Answer:
+    status = draw(st.sampled_from([200, 200, 200, 404, 500, 401, 503, 302, 204, 101, 999]))
+    body = draw(st.one_of(st.sampled_from(BAD_BODIES), st.binary(max_size=300),
+                          st.integers(min_value=900, max_value=200_000).map(lambda n: b"[" * n),
+                          st.integers(min_value=0, max_value=2000).map(lambda n: _REAL_SYNC[:n])))
+    length = draw(st.sampled_from(["true", "none", "huge", "more", "less", "negative", "garbage"]))
+    declared: int | str | None = {"true": len(body), "none": None, "huge": 99_999_999_999, "more": len(body) + 100,
+                                  "less": max(0, len(body) - 5), "negative": -1, "garbage": "abc"}[length]
+    head = draw(st.one_of(st.just(http_head(status, declared)), st.sampled_from(BAD_HEADS)))
+    chunk, delay = draw(st.sampled_from([(1 << 16, 0.0), (1 << 16, 0.0), (1, 0.02), (7, 0.05), (100, 0.3)]))
+    filler = draw(st.sampled_from([b"", b"", b"", b"[", b"x" * 100]))
+    return Answer(head=head, body=body, filler=filler, endless=bool(filler), chunk=chunk, delay=delay,
+                  hang=draw(st.booleans()), alive=draw(st.booleans()))
+
+
+_REAL_SYNC = json.dumps({"schema": "diag.sync/1", "taken_at": 1.0, "primitives": [], "tasks": {
+    "schema": "diag.tasks/1", "taken_at": 1.0, "tasks": [{"id": i, "name": f"t{i}"} for i in range(40)]}}).encode()
+
+
+@FUZZ
+@given(how=hostile_answers(), command=st.sampled_from(sorted(HOSTILE_COMMANDS)))
+def test_cli_against_a_hostile_agent_ends_on_time_with_one_line(how: Answer, command: str) -> None:
+    options, extra = HOSTILE_COMMANDS[command]
+    with FakeAgent(how) as fake:
+        argv = [command.split()[0], fake.url, "--timeout", f"{HOSTILE_TIMEOUT:g}", *options]
+        started = time.monotonic()
+        code, stdout, stderr = run_main(argv)
+        took = time.monotonic() - started
+    assert took < HOSTILE_TIMEOUT + extra + HOSTILE_MARGIN, (argv, took, stderr)
+    assert code == 3 and stdout == "" and "Traceback" not in stderr, (argv, code, stdout, stderr)
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("diag profile: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"diag: error: {fake.url}"), (argv, stderr)
+
+
+# -- saved documents, mutated ---------------------------------------------------------------------
+
+#: What a mutation puts in place of a value (DELETE: the key or item goes).
+DELETE = object()
+REPLACEMENTS: list[Any] = [math.nan, math.inf, -math.inf, 1e30, -1e30, 1e308, -1, 0, 2 ** 70, -(2 ** 70), True, None,
+                           "", "x", "\ud800", "\udfff\ud800", [], {}, [[[]]], {"a": 1}, [1, "x", None], DELETE]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON value, the value itself first."""
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _paths(item, path + (i,))
+    return out
+
+
+def _mutate(doc: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return doc if new is DELETE else new
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    if new is DELETE:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = new
+    return doc
+
+
+@pytest.fixture(scope="module")
+def real_docs() -> dict[str, str]:
+    return real_documents(forever=True)
+
+
+@pytest.mark.parametrize(("kind", "command"), [("tasks", "tasks"), ("sync", "sync"), ("sync", "leaks")])
+def test_mutated_saved_documents_are_read_or_refused(tmp_path: Path, real_docs: dict[str, str], kind: str,
+                                                     command: str) -> None:
+    original = json.loads(real_docs[kind])
+    places = _paths(original)
+
+    @settings(FUZZ, max_examples=40)
+    @given(data=st.data(), fmt=st.sampled_from(["json", "text", "table"]))
+    def run(data: st.DataObject, fmt: str) -> None:
+        doc = json.loads(real_docs[kind])
+        for _ in range(data.draw(st.integers(min_value=1, max_value=4), label="mutations")):
+            path = data.draw(st.sampled_from(places), label="path")
+            new = data.draw(st.sampled_from(REPLACEMENTS), label="value")
+            try:
+                doc = _mutate(doc, path, new)
+            except (KeyError, IndexError, TypeError):
+                pass  # an earlier mutation moved this place
+        path_ = tmp_path / "doc.json"
+        path_.write_text(json.dumps(doc))
+        argv = [command, str(path_), "--format", fmt] + (["--debug", "2"] if command == "tasks" else [])
+        code, stdout, stderr = run_main(argv)
+        assert code in (0, 1, 3) and "Traceback" not in stderr, (argv, code, stderr)
+        if code == 3:
+            lines = stderr.strip().splitlines()
+            assert stdout == "" and len(lines) == 1 and lines[0].startswith(f"diag: error: {path_}"), stderr
+        elif fmt == "json":
+            json.loads(stdout)
+
+    run()

@@ -227,7 +227,7 @@ def test_garbage_profile_file(content: bytes, tmp_path: Path) -> None:
 
 def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
-    path.write_text(json.dumps({"schema": "diag.profile/1", "mode": "yappi", "functions": []}))
+    path.write_text(json.dumps({"schema": "diag.profile/1", "taken_at": 1.0, "mode": "yappi", "functions": []}))
     line = assert_one_line_error(run_diag("profile", str(path), "-o", str(tmp_path / "x.collapsed")), 2)
     assert "--mode sample" in line
 
