@@ -78,7 +78,7 @@ async def main():
     tasks = [asyncio.create_task(park(e)) for e in events]
     baseline = fastest()
     clients = [threading.Thread(target=client, args=(path, method), daemon=True)
-               for path, method in (("tasks?debug=2", "GET"), ("profile?seconds=0.5&clock=cpu", "POST"))]
+               for path, method in (("tasks?debug=2", "GET"), ("profile?seconds=0.5&clock=cpu&force=1", "POST"))]
     for thread in clients:
         thread.start()
     reports = []
