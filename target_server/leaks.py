@@ -65,8 +65,9 @@ class LeakRegistry:
     # maxsize=1 and no consumer: the first put fits, every later producer blocks for good.
     undrained_queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
     silent_peer: tuple[str, int] = ("127.0.0.1", 0)  # address of the loopback server that never writes
-    # The pipelines of /leak/dead-consumer: each keeps its queue, as a service keeps its pipeline objects.
-    pipelines: list[asyncio.Queue[str]] = field(default_factory=list)
+    # The pipelines of /leak/dead-consumer: each keeps its queue and its consumer task, as a service
+    # keeps its pipeline objects and workers (so the dead consumer's exception is never logged).
+    pipelines: list[tuple[asyncio.Queue[str], asyncio.Task[None]]] = field(default_factory=list)
     releasing: bool = False  # set while /admin/release runs: the swallowing heartbeats give up then
 
 
@@ -352,8 +353,8 @@ async def dead_consumer_handler(request: web.Request) -> web.Response:
     """
     _ensure_below_cap(request, "dead-consumer")
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
-    request.app[LEAKS].pipelines.append(queue)
-    spawn(pipeline_consumer(queue), "pipeline:consumer")
+    consumer = asyncio.create_task(pipeline_consumer(queue), name="pipeline:consumer")
+    request.app[LEAKS].pipelines.append((queue, consumer))
     spawn(pipeline_producer(queue, 3), LEAK_PREFIX + "dead-consumer")
     await asyncio.sleep(0.01)  # let the consumer meet its malformed message
     return await _accepted(request, "dead-consumer")
@@ -414,6 +415,11 @@ async def release_leaks(app: web.Application) -> dict[str, int]:
         # Cancelled deadlock workers leave their ``async with`` blocks, so each releases the lock it held.
         await asyncio.wait(tasks, timeout=RELEASE_WAIT)
     registry.releasing = False
+    for _queue, consumer in registry.pipelines:
+        if consumer.done() and not consumer.cancelled():
+            consumer.exception()  # seen by the release, so asyncio does not log it when it is freed
+        else:
+            consumer.cancel()
     registry.pipelines.clear()
     # The one put that fitted left its item behind; empty the queue so the next leak behaves the same.
     while not registry.undrained_queue.empty():

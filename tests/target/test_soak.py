@@ -20,9 +20,10 @@ CYCLES = 3
 # Leaked per cycle: tasks of every kind, a permit, the lock, and CACHE_ENTRIES cache entries of ENTRY_KB
 # each.  The cache alone is 32 MiB a cycle, far past RSS_BOUND_MB: a release that missed it fails.
 TASK_LEAKS = {"forgotten-task": 20, "orphan-future": 20, "blocked-put": 20, "deadlock": 5, "silent-peer": 5,
-              "semaphore": 2, "lock": 1}
-# Tasks those leave pending (a deadlock is two; the permit and the lock are not tasks).
-LEAKED_TASKS = sum(n * (2 if name == "deadlock" else 1) for name, n in TASK_LEAKS.items()
+              "semaphore": 2, "lock": 1, "dead-consumer": 5, "swallowed-cancel": 5}
+# Tasks those leave pending (a deadlock and a swallowed cancel are two each; the permit and the lock are
+# not tasks; a dead consumer leaves its producer).
+LEAKED_TASKS = sum(n * (2 if name in ("deadlock", "swallowed-cancel") else 1) for name, n in TASK_LEAKS.items()
                    if name not in ("semaphore", "lock"))
 CACHE_ENTRIES = 32
 ENTRY_KB = 1024
