@@ -7,19 +7,34 @@ has not run after a while means the loop is stalled, and the loop thread's curre
 stack (from ``sys._current_frames``) says on what.  The same thread samples every
 task's awaited future about once a second, so a dump can say how long a task has
 waited on the same object: a lower bound, exact to the sampling interval.
+
+Every stall is kept for ``STALL_WINDOW`` seconds (at most ``MAX_STALLS`` per loop): its
+length, the loop thread's stacks sampled while it lasted, and what the thread did
+meanwhile, from Linux's per-thread scheduler counters (``/proc/self/task/TID/schedstat``:
+CPU time and time runnable on a run queue, read when the beat is sent and when it runs),
+the process's CPU time and its cgroup's throttled time.  From these
+``diag.analysis.loop_stalls.classify`` tells a loop blocked by its own code from one
+that was starved of a CPU or of the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import collections
+import linecache
+import os
+import sys
 import threading
 import time
+import types
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
+from diag.task_snapshot import Frame, Stall, StallStack
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop whose heartbeat is older than this is reported as stalled.
@@ -27,6 +42,42 @@ STALL_THRESHOLD = 0.25
 #: The wait sampler may use at most this share of one core; with many tasks it samples less often.
 SAMPLER_CPU_SHARE = 0.01
 SAMPLER_MIN_INTERVAL = 1.0
+#: Seconds of stall history kept per loop, and at most this many stalls in it.
+STALL_WINDOW = 60.0
+MAX_STALLS = 256
+#: Distinct stacks kept per stall (the most sampled), and frames per stack.
+MAX_STALL_STACKS = 3
+MAX_STALL_FRAMES = 24
+
+#: (CPU seconds, seconds runnable on a run queue) of a thread, the process's CPU seconds,
+#: the cgroup's throttled seconds; ``None`` where not known.
+_Figures = tuple[float | None, float | None, float, float | None]
+#: A sampled stack: (file, line, function) per frame, innermost first.
+_StackKey = tuple[tuple[str, int, str], ...]
+
+
+@dataclass
+class _OpenStall:
+    """A stall the watchdog has seen in progress: the beat it waits for and the stacks sampled."""
+
+    sent_at: float
+    samples: int = 0
+    own_wait: int = 0
+    stacks: dict[_StackKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StallRecord:
+    """One finished stall, as kept in a loop's history."""
+
+    started_at: float  # Unix time
+    ended_mono: float
+    seconds: float
+    cause: str
+    reason: str
+    figures: tuple[float | None, float | None, float | None, float | None]  # cpu, runqueue, throttled, others
+    samples: int
+    stacks: tuple[tuple[_StackKey, int], ...]
 
 
 @dataclass
@@ -35,9 +86,125 @@ class _Beat:
 
     thread_id: int | None = None
     thread_name: str = ""
+    native_id: int | None = None
     sent_at: float | None = None  # monotonic time of the beat in flight, None when none is
     last_turn: float = field(default_factory=time.monotonic)
     lag: float | None = None
+    sent_figures: _Figures | None = None  # read as the beat was sent
+    # (sent at, ran at, figures at send, figures at run) of a stall that just ended: written
+    # by the loop thread in one assignment, taken by the watchdog
+    ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
+    base_stack: _StackKey | None = None  # uvloop: the stack beneath a callback, i.e. its idle stack
+    open: _OpenStall | None = None
+    history: "collections.deque[_StallRecord]" = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_STALLS))
+    watched_since: float = field(default_factory=time.monotonic)
+    stalls_total: int = 0
+    stall_seconds_total: float = 0.0
+    starved_total: int = 0
+    starved_seconds_total: float = 0.0
+
+
+@dataclass(frozen=True)
+class StallHistory:
+    """A loop's recent stalls as snapshot data (see ``diag.task_snapshot.LoopInfo``)."""
+
+    window: float = 0.0
+    stalls: tuple[Stall, ...] = ()
+    stacks: tuple[StallStack, ...] = ()
+    stalls_total: int = 0
+    stall_seconds_total: float = 0.0
+    starved_total: int = 0
+    starved_seconds_total: float = 0.0
+
+
+def thread_schedstat(native_id: int | None) -> tuple[float, float] | None:
+    """(CPU seconds, seconds runnable on a run queue) of one of this process's threads, from
+    Linux's ``/proc/self/task/TID/schedstat``; None elsewhere or when the thread is gone."""
+    if native_id is None or not _PROCFS[0]:
+        return None
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 128).split()
+        finally:
+            os.close(fd)
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except FileNotFoundError:
+        if not os.path.exists("/proc/self/schedstat"):
+            _PROCFS[0] = False  # no procfs or no scheduler statistics: stop trying
+        return None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PROCFS = [sys.platform.startswith("linux")]
+
+
+def _cgroup_cpu_stat() -> tuple[str, str] | None:
+    """(path of the process's cgroup ``cpu.stat``, its throttled-time field) when the cgroup
+    has a CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None otherwise."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            base = os.path.join("/sys/fs/cgroup", path)
+            quota, stat, key = os.path.join(base, "cpu.max"), os.path.join(base, "cpu.stat"), "throttled_usec"
+        elif "cpu" in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup", controllers, path)
+            quota, stat, key = os.path.join(base, "cpu.cfs_quota_us"), os.path.join(base, "cpu.stat"), "throttled_time"
+        else:
+            continue
+        try:
+            with open(quota) as f:
+                value = f.read().split()
+        except OSError:
+            continue
+        if value and value[0] not in ("max", "-1"):
+            return stat, key
+    return None
+
+
+def _throttled_seconds(source: tuple[str, str] | None) -> float | None:
+    if source is None:
+        return None
+    path, key = source
+    try:
+        with open(path, "rb") as f:
+            for line in f.read().splitlines():
+                name, _, value = line.partition(b" ")
+                if name.decode() == key:
+                    return int(value) / (1e6 if key == "throttled_usec" else 1e9)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _stack_key(frame: types.FrameType | None) -> _StackKey:
+    out: list[tuple[str, int, str]] = []
+    while frame is not None and len(out) < MAX_STALL_FRAMES:
+        code = frame.f_code
+        out.append((code.co_filename, frame.f_lineno or 0, getattr(code, "co_qualname", code.co_name)))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def _is_own_wait(key: _StackKey, base: _StackKey | None) -> bool:
+    """Is this the loop's own poll: asyncio's selector (or the loop's run between polls), or
+    for uvloop, whose loop is compiled, the bare stack beneath its callbacks?"""
+    if not key:
+        return False
+    file, _, function = key[0]
+    if file.endswith(("selectors.py", "selector_events.py")):
+        return True
+    if file.endswith("base_events.py") and function.endswith(("_run_once", "run_forever")):
+        return True
+    return base is not None and key == base
 
 
 def iter_all_tasks() -> list[asyncio.Task[Any]]:
@@ -89,6 +256,8 @@ class LoopWatch:
         self.thread_ident: int | None = None
         #: id(primitive) -> (weakref to it, label from its holders); saves a heap scan per dump
         self.holder_labels: dict[int, tuple[Any, str]] = {}
+        self._throttle = _cgroup_cpu_stat()
+        self._interned: dict[_StackKey, _StackKey] = {}
 
     # -- loops -----------------------------------------------------------------------
     def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -188,16 +357,28 @@ class LoopWatch:
             except Exception:  # the watchdog must outlive anything odd in the target
                 pass
 
+    def _figures(self, native_id: int | None) -> _Figures:
+        thread = thread_schedstat(native_id)
+        return (None if thread is None else thread[0], None if thread is None else thread[1],
+                time.process_time(), _throttled_seconds(self._throttle))
+
     def _send_beats(self) -> None:
         for loop in self.loops():
             beat = self._beats.get(loop)
-            if beat is None or beat.sent_at is not None:
+            if beat is None:
+                continue
+            if beat.ended is not None:
+                self._close_stall(beat)
+            if beat.sent_at is not None:
+                if time.monotonic() - beat.sent_at > STALL_THRESHOLD:
+                    self._sample_stall(beat)
                 continue
             try:
                 if loop.is_closed() or not loop.is_running():
                     continue
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
+                beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.sent_at = time.monotonic()
                 loop.call_soon_threadsafe(self._on_beat, beat)
             except Exception:
@@ -206,14 +387,126 @@ class LoopWatch:
     @staticmethod
     def _on_beat(beat: _Beat) -> None:
         now = time.monotonic()
-        if beat.sent_at is not None:
-            beat.lag = now - beat.sent_at
+        sent = beat.sent_at
+        if sent is not None:
+            beat.lag = now - sent
+            if beat.lag > STALL_THRESHOLD:
+                # The stall's end, read on the loop thread itself before the watchdog's next turn.
+                own = thread_schedstat(beat.native_id)
+                end: _Figures = (None if own is None else own[0], None if own is None else own[1],
+                                 time.process_time(), None)
+                beat.ended = (sent, now, beat.sent_figures, end)
         beat.sent_at = None
         beat.last_turn = now
         if beat.thread_id is None:
             thread = threading.current_thread()
             beat.thread_id = thread.ident
             beat.thread_name = thread.name
+            beat.native_id = threading.get_native_id()
+            caller = sys._getframe(1)
+            if not caller.f_code.co_filename.endswith("events.py"):  # called from compiled code (uvloop)
+                beat.base_stack = _stack_key(caller)
+
+    # -- stall history --------------------------------------------------------------------
+    def _intern(self, key: _StackKey) -> _StackKey:
+        """One tuple per distinct stack, so a site that stalls again and again costs once."""
+        got = self._interned.get(key)
+        if got is None:
+            if len(self._interned) >= 4 * MAX_STALL_STACKS * 16:
+                self._interned.clear()
+            got = self._interned[key] = key
+        return got
+
+    def _sample_stall(self, beat: _Beat) -> None:
+        """One sample of a stalled loop's thread: its stack, counted by distinct stack."""
+        sent = beat.sent_at
+        if sent is None or beat.thread_id is None:
+            return
+        stall = beat.open
+        if stall is None or stall.sent_at != sent:
+            stall = _OpenStall(sent)
+        key = _stack_key(sys._current_frames().get(beat.thread_id))
+        stall.samples += 1
+        if _is_own_wait(key, beat.base_stack):
+            stall.own_wait += 1
+        if key in stall.stacks or len(stall.stacks) < 4 * MAX_STALL_STACKS:
+            key = self._intern(key)
+            stall.stacks[key] = stall.stacks.get(key, 0) + 1
+        beat.open = stall
+
+    def _judge(self, beat: _Beat, seconds: float, start: _Figures | None, end: _Figures | None,
+               stall: _OpenStall | None) -> tuple[str, str, tuple[float | None, float | None, float | None, float | None]]:
+        def delta(i: int) -> float | None:
+            a = None if start is None else start[i]
+            b = None if end is None else end[i]
+            return None if a is None or b is None else max(0.0, b - a)
+
+        cpu, runq, throttled, proc = delta(0), delta(1), delta(3), delta(2)
+        others = None if proc is None or cpu is None else max(0.0, proc - cpu)
+        samples = stall.samples if stall is not None else 0
+        own = stall.own_wait if stall is not None else 0
+        cause, reason = classify(seconds, cpu=cpu, runqueue=runq, throttled=throttled, others_cpu=others,
+                                 samples=samples, own_wait_samples=own)
+        return cause, reason, (cpu, runq, throttled, others)
+
+    def _close_stall(self, beat: _Beat) -> None:
+        ended, beat.ended = beat.ended, None
+        if ended is None:
+            return
+        sent, ran, start, end = ended
+        stall = beat.open if beat.open is not None and beat.open.sent_at == sent else None
+        beat.open = None
+        if end is not None and self._throttle is not None:
+            end = (end[0], end[1], end[2], _throttled_seconds(self._throttle))
+        seconds = ran - sent
+        cause, reason, figures = self._judge(beat, seconds, start, end, stall)
+        stacks = () if stall is None else tuple(sorted(stall.stacks.items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
+        record = _StallRecord(time.time() - (time.monotonic() - sent), ran, seconds, cause, reason, figures,
+                              0 if stall is None else stall.samples, stacks)
+        with self._lock:
+            beat.history.append(record)
+            beat.stalls_total += 1
+            beat.stall_seconds_total += seconds
+            if cause == "starved":
+                beat.starved_total += 1
+                beat.starved_seconds_total += seconds
+
+    def stall_history(self, loop: asyncio.AbstractEventLoop) -> StallHistory:
+        """The loop's stalls of the last ``STALL_WINDOW`` seconds, the current one last, as
+        snapshot data; safe from any thread."""
+        beat = self._beats.get(loop)
+        if beat is None:
+            return StallHistory()
+        now = time.monotonic()
+        wall = time.time()
+        with self._lock:
+            while beat.history and beat.history[0].ended_mono < now - STALL_WINDOW:
+                beat.history.popleft()
+            records = list(beat.history)
+            totals = (beat.stalls_total, beat.stall_seconds_total, beat.starved_total, beat.starved_seconds_total)
+        sent, stall = beat.sent_at, beat.open
+        if sent is not None and now - sent > STALL_THRESHOLD and beat.ended is None:
+            if stall is None or stall.sent_at != sent:
+                stall = None
+            seconds = now - sent
+            cause, reason, figures = self._judge(beat, seconds, beat.sent_figures, self._figures(beat.native_id), stall)
+            top = () if stall is None else tuple(sorted(dict(stall.stacks).items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
+            records.append(_StallRecord(wall - seconds, now, seconds, cause, reason, figures,
+                                        0 if stall is None else stall.samples, top))
+            ongoing = True
+        else:
+            ongoing = False
+        table: dict[_StackKey, int] = {}
+        stalls = []
+        for n, rec in enumerate(records):
+            refs = tuple((table.setdefault(key, len(table)), count) for key, count in rec.stacks)
+            cpu, runq, throttled, others = rec.figures
+            stalls.append(Stall(rec.started_at, rec.seconds, rec.cause, rec.reason,
+                                ongoing and n == len(records) - 1, cpu, runq, throttled, others, rec.samples, refs))
+        stacks = tuple(StallStack(tuple(Frame(file, line, function, linecache.getline(file, line).strip()[:200])
+                                        for file, line, function in key), _is_own_wait(key, beat.base_stack))
+                       for key in table)
+        return StallHistory(min(STALL_WINDOW, now - beat.watched_since), tuple(stalls), stacks, *totals)
 
     def loop_health(self, loop: asyncio.AbstractEventLoop) -> tuple[int | None, str, float | None, float]:
         """(thread id, thread name, last heartbeat lag, seconds stalled) of a watched loop."""

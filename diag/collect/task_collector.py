@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import diag
 from diag.collect import holders, task_origins
 from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr, quoted
-from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
 )
@@ -691,7 +691,10 @@ def collect_loops(watch: LoopWatch | None, loops: set[asyncio.AbstractEventLoop]
         except Exception:
             running = False
         blocking = thread_stack(thread_id, frames) if stalled > 0 else ()
-        out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking))
+        h = watch.stall_history(loop) if watch is not None else StallHistory()
+        out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking,
+                            h.window, h.stalls, h.stacks, h.stalls_total, h.stall_seconds_total,
+                            h.starved_total, h.starved_seconds_total))
     return tuple(out)
 
 
