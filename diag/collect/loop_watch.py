@@ -370,7 +370,9 @@ class LoopWatch:
             if beat.ended is not None:
                 self._close_stall(beat)
             if beat.sent_at is not None:
-                if time.monotonic() - beat.sent_at > STALL_THRESHOLD:
+                # Sampled from the first late turn on: a stall just over the threshold still
+                # gets a stack from a watchdog that is itself a little late.
+                if time.monotonic() - beat.sent_at >= HEARTBEAT_INTERVAL:
                     self._sample_stall(beat)
                 continue
             try:
@@ -441,7 +443,9 @@ class LoopWatch:
             b = None if end is None else end[i]
             return None if a is None or b is None else max(0.0, b - a)
 
-        cpu, runq, throttled, proc = delta(0), delta(1), delta(3), delta(2)
+        # Linux adds a wait on the run queue when the thread gets the CPU, so one that began
+        # before the beat was sent may be counted whole: no figure exceeds the stall.
+        cpu, runq, throttled, proc = (None if v is None else min(v, seconds) for v in (delta(0), delta(1), delta(3), delta(2)))
         others = None if proc is None or cpu is None else max(0.0, proc - cpu)
         samples = stall.samples if stall is not None else 0
         own = stall.own_wait if stall is not None else 0
@@ -450,12 +454,14 @@ class LoopWatch:
         return cause, reason, (cpu, runq, throttled, others)
 
     def _close_stall(self, beat: _Beat) -> None:
-        ended, beat.ended = beat.ended, None
-        if ended is None:
-            return
-        sent, ran, start, end = ended
-        stall = beat.open if beat.open is not None and beat.open.sent_at == sent else None
-        beat.open = None
+        """File the stall the loop thread just ended (from the watchdog, or a dump that came first)."""
+        with self._lock:
+            ended, beat.ended = beat.ended, None
+            if ended is None:
+                return
+            sent, ran, start, end = ended
+            stall = beat.open if beat.open is not None and beat.open.sent_at == sent else None
+            beat.open = None
         if end is not None and self._throttle is not None:
             end = (end[0], end[1], end[2], _throttled_seconds(self._throttle))
         seconds = ran - sent
@@ -477,6 +483,8 @@ class LoopWatch:
         beat = self._beats.get(loop)
         if beat is None:
             return StallHistory()
+        if beat.ended is not None:  # ended a moment ago: the watchdog has not filed it yet
+            self._close_stall(beat)
         now = time.monotonic()
         wall = time.time()
         with self._lock:

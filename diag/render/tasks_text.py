@@ -59,7 +59,7 @@ def stall_history_text(loop: LoopInfo) -> str:
     if unknown:
         parts.append(f"{unknown} unexplained")
     n = len(loop.stalls)
-    return f"; {n} stall{'s' if n != 1 else ''} in the last {fmt.duration(loop.stall_window)}: " + "; ".join(parts)
+    return f"; {n} stall{'s' if n != 1 else ''} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
 
 
 def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
