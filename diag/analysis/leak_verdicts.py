@@ -312,15 +312,23 @@ def _history_text(summary: WindowSummary) -> str:
             f"by site: {sites}")
 
 
+def _reasons(summary: WindowSummary) -> str:
+    """What the loop thread did: the one reason in words, or each reason's count."""
+    reasons = {s.reason for s in summary.stalls}
+    if len(reasons) == 1:
+        return REASONS.get(next(iter(reasons)), "cause not measured")
+    return f"reasons: {reasons_text(summary)}"
+
+
 def _figures_text(summary: WindowSummary) -> str:
     parts = []
     if summary.cpu_seconds is not None:
-        parts.append(f"the loop thread ran {_pct(summary.cpu_seconds, summary.seconds)} of the stalled time")
+        parts.append(f"on CPU {_pct(summary.cpu_seconds, summary.seconds)} of the stalled time")
     if summary.runqueue_seconds is not None:
-        parts.append(f"waited for a CPU {_pct(summary.runqueue_seconds, summary.seconds)}")
+        parts.append(f"waiting for a CPU {_pct(summary.runqueue_seconds, summary.seconds)}")
     if summary.throttled_seconds:
         parts.append(f"the cgroup throttled the process {summary.throttled_seconds:.2f}s")
-    if summary.others_cpu_seconds:
+    if summary.others_cpu_seconds is not None and summary.others_cpu_seconds >= 0.1 * summary.seconds:
         parts.append(f"other threads ran {summary.others_cpu_seconds:.2f}s of CPU")
     return ", ".join(parts)
 
@@ -347,6 +355,7 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
                      f"in the last {summary.window:.0f}s, longest {summary.longest:.1f}s")
             site = summary.sites[0].frames
             evidence = f"thread {thread}: {_history_text(summary)}; every task on this loop waited"
+        evidence += f"; {_reasons(summary)}"
         figures = _figures_text(summary)
         out.append(Finding(kind="loop_blocked", title=title,
                            evidence=evidence + (f"; {figures}" if figures else ""), site=site,
@@ -361,8 +370,7 @@ def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
         summary = _stall_summary(loop, "starved", snap, options)
         if summary is None:
             continue
-        reasons = {s.reason for s in summary.stalls}
-        why = REASONS.get(next(iter(reasons)), "") if len(reasons) == 1 else f"reasons: {reasons_text(summary)}"
+        why = _reasons(summary)
         figures = _figures_text(summary)
         noun = "time" if summary.count == 1 else "times"
         out.append(Finding(

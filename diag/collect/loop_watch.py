@@ -95,6 +95,7 @@ class _Beat:
     # by the loop thread in one assignment, taken by the watchdog
     ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
     base_stack: _StackKey | None = None  # uvloop: the stack beneath a callback, i.e. its idle stack
+    base_known: bool = False  # base_stack was looked for (in the first beat)
     open: _OpenStall | None = None
     history: "collections.deque[_StallRecord]" = field(
         default_factory=lambda: collections.deque(maxlen=MAX_STALLS))
@@ -272,6 +273,16 @@ class LoopWatch:
         except Exception:
             pass
 
+    def _bind_thread(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
+        """Note the thread that runs ``loop`` before its first heartbeat has run, so that even
+        a stall that begins right away has the thread's stack and scheduler figures."""
+        beat = self._beats.get(loop)
+        if beat is None or beat.thread_id is not None or thread is None:
+            return
+        beat.native_id = thread.native_id
+        beat.thread_name = thread.name
+        beat.thread_id = thread.ident
+
     def loops(self) -> list[asyncio.AbstractEventLoop]:
         with self._lock:
             return list(self._beats.keys())
@@ -292,6 +303,7 @@ class LoopWatch:
             _set_running_loop.__wrapped__(loop)  # type: ignore[attr-defined]
             if loop is not None and watch._hook is _set_running_loop:  # a hook left in a chain stays quiet
                 watch.add_loop(loop)
+                watch._bind_thread(loop, threading.current_thread())
 
         current = asyncio.events._set_running_loop
         _set_running_loop.__wrapped__ = current  # type: ignore[attr-defined]
@@ -378,6 +390,9 @@ class LoopWatch:
             try:
                 if loop.is_closed() or not loop.is_running():
                     continue
+                if beat.thread_id is None:  # a loop found through its tasks: its thread, by its id
+                    ident = getattr(loop, "_thread_id", None)
+                    self._bind_thread(loop, next((t for t in threading.enumerate() if t.ident == ident), None))
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
@@ -400,11 +415,13 @@ class LoopWatch:
                 beat.ended = (sent, now, beat.sent_figures, end)
         beat.sent_at = None
         beat.last_turn = now
-        if beat.thread_id is None:
-            thread = threading.current_thread()
-            beat.thread_id = thread.ident
-            beat.thread_name = thread.name
-            beat.native_id = threading.get_native_id()
+        if not beat.base_known:
+            beat.base_known = True
+            if beat.thread_id is None:
+                thread = threading.current_thread()
+                beat.thread_id = thread.ident
+                beat.thread_name = thread.name
+                beat.native_id = threading.get_native_id()
             caller = sys._getframe(1)
             if not caller.f_code.co_filename.endswith("events.py"):  # called from compiled code (uvloop)
                 beat.base_stack = _stack_key(caller)

@@ -101,6 +101,7 @@ def test_repeated_short_blocks_make_loop_blocked_while_the_loop_turns() -> None:
     assert "4 stalls in the last 60s, 1.8s in all (3% of the time), longest 0.6s" in f.evidence
     assert "by site: 3x at app.py:12 fetch_sync (longest 0.6s); 1x at app.py:44 crunch (longest 0.4s)" in f.evidence
     assert f.site == (FETCH_SYNC, HANDLER)  # the most frequent blocking site
+    assert "the loop thread slept in a call of the program's (not the loop's poll)" in f.evidence
     assert report.fails(DEFAULT_FAIL_ON)
 
 
@@ -143,7 +144,7 @@ def test_starved_stalls_are_loop_starved_not_loop_blocked_and_do_not_fail_by_def
     f = report.findings[0]
     assert f.title == "event loop 0x7f00l was starved 3 times in the last 60s, longest 0.7s: ready to turn, not run"
     assert "the loop thread was ready but waited for a CPU" in f.evidence
-    assert "the loop thread ran 2% of the stalled time, waited for a CPU 96%" in f.evidence
+    assert "on CPU 2% of the stalled time, waiting for a CPU 96%" in f.evidence
     assert "loop_starved" in KINDS and "loop_starved" not in DEFAULT_FAIL_ON
     assert not report.fails(DEFAULT_FAIL_ON)
     assert report.fails(frozenset({"loop_starved"}))
