@@ -123,7 +123,7 @@ def test_intermittent_blocks_are_loop_blocked_even_while_the_loop_turns(kind: st
         by_site = {site(loop, s): s for s in loop["stalls"] if s["cause"] == "blocked" and not s["ongoing"]}
         assert by_site["sleep_on_the_loop"]["reason"] == "call"  # off-CPU in the program's call
         assert by_site["spin_on_the_loop"]["reason"] == "cpu"  # on-CPU in the program's code
-        assert all(0.25 < s["seconds"] < 5 for s in loop["stalls"] if not s["ongoing"])
+        assert all(s["seconds"] > 0.25 for s in loop["stalls"] if not s["ongoing"])  # the stall threshold
         for stall in loop["stalls"]:  # every finished stall sampled in the program's code is blocked
             if site(loop, stall).endswith("_on_the_loop") and not stall["ongoing"]:
                 assert stall["cause"] == "blocked", stall
