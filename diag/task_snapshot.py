@@ -111,6 +111,14 @@ class Wait:
     ``seconds`` is a lower bound of how long it has waited on the same awaited object
     (see ``TaskSnapshot.wait_clock``); ``tasks`` lists awaited task ids for ``task`` and
     ``gather`` waits; ``time_left`` is the remaining delay of a ``sleep``.
+
+    ``deadline`` is what can end the wait on its own, in seconds from the snapshot (an
+    ``asyncio.timeout``, ``wait_for``, a timer that cancels the task), with ``deadline_by``
+    naming it; None when diag found none (``deadline_known`` False: not looked for).
+    ``future_id`` is the awaited future's id (``Primitive.id`` form) for future and
+    executor waits.
+    ``owner`` describes the object that holds the awaited future when that says
+    something (``Client._pending, transport closed``); empty otherwise.
     """
 
     kind: str
@@ -120,9 +128,23 @@ class Wait:
     tasks: tuple[int, ...] = ()
     time_left: float | None = None
     created_at: Frame | None = None
+    deadline: float | None = None
+    deadline_by: str = ""
+    deadline_known: bool = False
+    owner: str = ""
+    owner_closed: bool = False
+    future_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.future_id:
+            d["future_id"] = self.future_id
+        if self.deadline_known:
+            d["deadline"] = self.deadline
+            d["deadline_by"] = self.deadline_by
+        if self.owner:
+            d["owner"] = self.owner
+            d["owner_closed"] = self.owner_closed
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -146,6 +168,12 @@ class Wait:
             tasks=tuple(int(t) for t in d.get("tasks") or ()),
             time_left=None if d.get("time_left") is None else float(d["time_left"]),
             created_at=Frame.from_dict(created) if isinstance(created, Mapping) else None,
+            deadline=None if d.get("deadline") is None else float(d["deadline"]),
+            deadline_by=str(d.get("deadline_by") or ""),
+            deadline_known="deadline" in d,
+            owner=str(d.get("owner") or ""),
+            owner_closed=bool(d.get("owner_closed", False)),
+            future_id=str(d.get("future_id") or ""),
         )
 
 
@@ -177,6 +205,10 @@ class TaskInfo:
 
     ``stack`` is innermost frame first, as in Go's goroutine dumps.  ``count`` and
     ``ids`` describe the group a task stands for (1 and its own id when ungrouped).
+    ``main`` marks the task an ``asyncio.run``/``run_until_complete`` waits on: the
+    program's own entry point, held by its runner.  ``cancel_seconds`` is how long ago
+    diag first saw a cancellation requested of the task (``cancelling()`` above 0),
+    None when none is pending.
     """
 
     id: int
@@ -190,6 +222,8 @@ class TaskInfo:
     cancelling: bool = False
     count: int = 1
     ids: tuple[int, ...] = ()
+    main: bool = False
+    cancel_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -198,6 +232,10 @@ class TaskInfo:
             "created_by": None if self.created_by is None else self.created_by.to_dict(),
             "loop": self.loop, "cancelling": self.cancelling,
         }
+        if self.main:
+            d["main"] = True
+        if self.cancel_seconds is not None:
+            d["cancel_seconds"] = self.cancel_seconds
         if self.count != 1 or self.ids:
             d["count"] = self.count
             d["ids"] = list(self.ids)
@@ -215,6 +253,8 @@ class TaskInfo:
             created_by=CreatedBy.from_dict(created) if isinstance(created, Mapping) else None,
             loop=str(d.get("loop") or ""), cancelling=bool(d.get("cancelling", False)),
             count=int(d.get("count", 1)), ids=tuple(int(i) for i in d.get("ids") or ()),
+            main=bool(d.get("main", False)),
+            cancel_seconds=None if d.get("cancel_seconds") is None else float(d["cancel_seconds"]),
         )
 
 
@@ -348,6 +388,95 @@ class LoopInfo:
 
 
 @dataclass(frozen=True)
+class DeadTask:
+    """A task that ended badly, from the agent's bounded log.
+
+    ``how`` is ``exception`` (it raised), or ``destroyed_pending`` (the GC destroyed it
+    while it was still waiting: nothing could ever wake it, and it never ran its
+    ``finally`` blocks or released what it held).  ``ended_seconds`` is how long before
+    the snapshot diag saw it end; ``stack`` is where it raised (innermost first), or the
+    last await stack diag saw; ``touched`` are the ids (``Primitive.id`` form) of the
+    primitives and futures its last frames referred to, so a waiter on one of them can
+    be told who was serving it.
+    """
+
+    id: int
+    name: str
+    coro: str
+    how: str
+    ended_seconds: float
+    exception: str = ""
+    stack: tuple[Frame, ...] = ()
+    created_by: CreatedBy | None = None
+    touched: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "coro": self.coro, "how": self.how,
+                "ended_seconds": self.ended_seconds, "exception": self.exception,
+                "stack": [f.to_dict() for f in self.stack],
+                "created_by": None if self.created_by is None else self.created_by.to_dict(),
+                "touched": list(self.touched)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeadTask:
+        created = d.get("created_by")
+        return cls(int(d.get("id") or 0), str(d.get("name") or ""), str(d.get("coro") or "?"),
+                   str(d.get("how") or "exception"), float(d.get("ended_seconds") or 0.0),
+                   str(d.get("exception") or ""), tuple(Frame.from_dict(f) for f in d.get("stack") or ()),
+                   CreatedBy.from_dict(created) if isinstance(created, Mapping) else None,
+                   tuple(str(t) for t in d.get("touched") or ()))
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """One thread of the process other than the agent's own, as Go's dump shows every
+    goroutine: its stack (innermost first) and, for an executor's worker, which executor
+    and the asyncio future of the call it runs (``Primitive.id`` form of that future)."""
+
+    id: int
+    name: str
+    stack: tuple[Frame, ...]
+    daemon: bool = False
+    executor: str = ""
+    runs_future: str = ""
+    loop: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "daemon": self.daemon, "executor": self.executor,
+                "runs_future": self.runs_future, "loop": self.loop,
+                "stack": [f.to_dict() for f in self.stack]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ThreadInfo:
+        return cls(int(d.get("id") or 0), str(d.get("name") or ""),
+                   tuple(Frame.from_dict(f) for f in d.get("stack") or ()), bool(d.get("daemon", False)),
+                   str(d.get("executor") or ""), str(d.get("runs_future") or ""), str(d.get("loop") or ""))
+
+
+@dataclass(frozen=True)
+class ExecutorInfo:
+    """A thread pool of ``concurrent.futures``: its workers, how many run a call now, and
+    how many calls wait in its queue for a free worker."""
+
+    name: str
+    max_workers: int
+    threads: tuple[int, ...]
+    busy: int
+    queued: int
+    default_of_loop: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "max_workers": self.max_workers, "threads": list(self.threads),
+                "busy": self.busy, "queued": self.queued, "default_of_loop": self.default_of_loop}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExecutorInfo:
+        return cls(str(d.get("name") or ""), int(d.get("max_workers") or 0),
+                   tuple(int(t) for t in d.get("threads") or ()), int(d.get("busy") or 0),
+                   int(d.get("queued") or 0), str(d.get("default_of_loop") or ""))
+
+
+@dataclass(frozen=True)
 class ProcessInfo:
     """Which process a snapshot came from."""
 
@@ -372,7 +501,10 @@ class TaskSnapshot:
 
     ``total_tasks`` counts every pending task seen, before filters and caps; ``notes``
     says what was cut or could not be read; ``grouped`` is set when ``tasks`` holds
-    groups (``TaskInfo.count``) rather than single tasks.
+    groups (``TaskInfo.count``) rather than single tasks.  ``dead_tasks`` is the agent's
+    log of tasks that ended badly (newest last); ``threads`` every thread but the agent's.
+    ``destroyed_seen`` is set when every loop reports tasks the GC destroys while pending
+    (asyncio's loops do, through the agent's hook; uvloop's cannot be hooked).
     """
 
     taken_at: float
@@ -385,6 +517,10 @@ class TaskSnapshot:
     notes: tuple[str, ...] = ()
     collect_seconds: float = 0.0
     await_cycles: tuple[tuple[int, ...], ...] = ()
+    dead_tasks: tuple[DeadTask, ...] = ()
+    threads: tuple[ThreadInfo, ...] = ()
+    executors: tuple[ExecutorInfo, ...] = ()
+    destroyed_seen: bool = False
     schema: str = SCHEMA
 
     def with_tasks(self, tasks: tuple[TaskInfo, ...], *, grouped: bool | None = None,
@@ -401,6 +537,9 @@ class TaskSnapshot:
             "notes": list(self.notes), "collect_seconds": self.collect_seconds,
             "await_cycles": [list(c) for c in self.await_cycles],
             "loops": [lp.to_dict() for lp in self.loops],
+            "dead_tasks": [t.to_dict() for t in self.dead_tasks],
+            "threads": [t.to_dict() for t in self.threads],
+            "executors": [e.to_dict() for e in self.executors], "destroyed_seen": self.destroyed_seen,
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
@@ -425,6 +564,10 @@ class TaskSnapshot:
                 notes=tuple(str(n) for n in d.get("notes") or ()),
                 collect_seconds=float(d.get("collect_seconds") or 0.0),
                 await_cycles=tuple(tuple(int(i) for i in c) for c in d.get("await_cycles") or ()),
+                dead_tasks=tuple(DeadTask.from_dict(t) for t in d.get("dead_tasks") or ()),
+                threads=tuple(ThreadInfo.from_dict(t) for t in d.get("threads") or ()),
+                executors=tuple(ExecutorInfo.from_dict(e) for e in d.get("executors") or ()),
+                destroyed_seen=bool(d.get("destroyed_seen", False)),
             )
         except MALFORMED as err:
             raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
@@ -457,5 +600,6 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 __all__ = [
     "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "Wait", "CreatedBy", "TaskInfo",
-    "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "check_schema", "MALFORMED", "NOT_JSON",
+    "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
+    "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from .config import CONFIG
 from .httputil import error_response, query_float
-from .leaks import (LEAKS, MAX_BLOCKING_SECONDS, CachedResponse, DownstreamError, flaky_downstream,
-                    render_report, spawn)
+from .leaks import (LEAKS, MAX_BLOCKING_SECONDS, CachedResponse, DownstreamError, MalformedMessage,
+                    flaky_downstream, parse_message, pipeline_producer, render_report, spawn)
 from .work import holding, work_slot
 
 FIXED_PREFIX = "fixed:"
@@ -165,6 +165,48 @@ async def fixed_silent_peer_handler(request: web.Request) -> web.Response:
     return web.json_response({"timed_out": line is None})
 
 
+async def tolerant_consumer(queue: asyncio.Queue[str], count: int) -> int:
+    """Take ``count`` messages off ``queue``; a malformed one is counted and skipped, not fatal."""
+    bad = 0
+    for _ in range(count):
+        try:
+            parse_message(await queue.get())
+        except MalformedMessage:
+            bad += 1
+        finally:
+            queue.task_done()
+    return bad
+
+
+async def fixed_dead_consumer_handler(request: web.Request) -> web.Response:
+    """GET /fixed/dead-consumer: the same pipeline, with a consumer that survives a bad message."""
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+    consumer = spawn(tolerant_consumer(queue, 3), FIXED_PREFIX + "dead-consumer")
+    async with asyncio.timeout(FIXED_WAIT):
+        await spawn(pipeline_producer(queue, 3), FIXED_PREFIX + "dead-consumer")
+        bad = await consumer
+    return web.json_response({"delivered": 3, "malformed": bad})
+
+
+async def fixed_heartbeat() -> None:
+    """The heartbeat with the fix: a failed ping is survived, a cancel is not."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except Exception:
+            continue
+
+
+async def fixed_swallowed_cancel_handler(request: web.Request) -> web.Response:
+    """GET /fixed/swallowed-cancel: the same stop, which now ends because the cancel is let through."""
+    beat = spawn(fixed_heartbeat(), FIXED_PREFIX + "swallowed-cancel")
+    await asyncio.sleep(0)
+    beat.cancel()
+    async with asyncio.timeout(FIXED_WAIT):
+        await asyncio.gather(beat, return_exceptions=True)
+    return web.json_response({"stopped": beat.cancelled()})
+
+
 async def queue_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: create the drained queue and run its consumer for the life of the app."""
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
@@ -186,5 +228,7 @@ def add_routes(app: web.Application) -> None:
         ("/fixed/cache", fixed_cache_handler),
         ("/fixed/blocking", fixed_blocking_handler),
         ("/fixed/silent-peer", fixed_silent_peer_handler),
+        ("/fixed/dead-consumer", fixed_dead_consumer_handler),
+        ("/fixed/swallowed-cancel", fixed_swallowed_cancel_handler),
     ):
         app.router.add_get(path, handler)

@@ -30,7 +30,7 @@ from .work import WORK_POOL, acquire_within
 LEAK_PREFIX = "leak:"
 # Endpoints whose leaks /healthz counts and /admin/release frees (``blocking`` stalls, it does not leak).
 LEAK_NAMES = ("blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "cache",
-              "silent-peer")
+              "silent-peer", "dead-consumer", "swallowed-cancel")
 MAX_BLOCKING_SECONDS = 30.0
 MAX_CACHE_ENTRY_KB = 1024  # /leak/cache?kb= makes one entry this big at most, so a few requests leak megabytes
 RELEASE_WAIT = 1.0  # how long release waits for cancelled tasks to unwind
@@ -65,6 +65,9 @@ class LeakRegistry:
     # maxsize=1 and no consumer: the first put fits, every later producer blocks for good.
     undrained_queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
     silent_peer: tuple[str, int] = ("127.0.0.1", 0)  # address of the loopback server that never writes
+    # The pipelines of /leak/dead-consumer: each keeps its queue, as a service keeps its pipeline objects.
+    pipelines: list[asyncio.Queue[str]] = field(default_factory=list)
+    releasing: bool = False  # set while /admin/release runs: the swallowing heartbeats give up then
 
 
 LEAKS = web.AppKey("leaks", LeakRegistry)
@@ -314,6 +317,81 @@ async def silent_peer_handler(request: web.Request) -> web.Response:
     return await _accepted(request, "silent-peer")
 
 
+# 10. A consumer that dies, and the producer that waits for it forever --------------------------------
+
+class MalformedMessage(ValueError):
+    """A message the consumer cannot parse."""
+
+
+def parse_message(item: str) -> str:
+    """Stand-in for real parsing: the pipeline's first message is malformed."""
+    if item.startswith("bad:"):
+        raise MalformedMessage(f"cannot parse {item[:12]!r}")
+    return item
+
+
+async def pipeline_consumer(queue: asyncio.Queue[str]) -> None:
+    """Take messages off ``queue`` and handle them; one malformed message kills it."""
+    while True:
+        parse_message(await queue.get())
+        queue.task_done()
+
+
+async def pipeline_producer(queue: asyncio.Queue[str], count: int) -> None:
+    """Feed ``count`` messages into the bounded ``queue``; once its consumer is gone, the second put
+    past the queue's size blocks for good."""
+    for i in range(count):
+        await queue.put(f"bad:{i}" if i == 0 else f"msg:{i}")
+
+
+async def dead_consumer_handler(request: web.Request) -> web.Response:
+    """GET /leak/dead-consumer: a pipeline whose consumer dies on a malformed message; its producer
+    then blocks on the full queue, which the pipeline still holds (so nothing proves it lost).
+
+    Fix (/fixed/dead-consumer): the consumer handles a bad message and goes on.
+    """
+    _ensure_below_cap(request, "dead-consumer")
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+    request.app[LEAKS].pipelines.append(queue)
+    spawn(pipeline_consumer(queue), "pipeline:consumer")
+    spawn(pipeline_producer(queue, 3), LEAK_PREFIX + "dead-consumer")
+    await asyncio.sleep(0.01)  # let the consumer meet its malformed message
+    return await _accepted(request, "dead-consumer")
+
+
+# 11. A heartbeat that swallows its cancellation, and the graceful stop that waits for it ------------
+
+async def heartbeat(registry: LeakRegistry) -> None:
+    """Ping every few seconds; catches *every* error so a failed ping never kills it, the
+    ``CancelledError`` of a stop included (until the app itself releases its leaks)."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except BaseException:  # the bug: CancelledError is swallowed too
+            if registry.releasing:
+                raise
+
+
+async def graceful_stop(task: asyncio.Task[None]) -> None:
+    """Stop ``task`` the usual way: cancel it, then wait for it to end."""
+    task.cancel()
+    await task
+
+
+async def swallowed_cancel_handler(request: web.Request) -> web.Response:
+    """GET /leak/swallowed-cancel: a heartbeat task swallows the cancel meant to stop it, so the
+    stop that awaits it waits forever.
+
+    Fix (/fixed/swallowed-cancel): the heartbeat catches ``Exception``, not ``BaseException``, so
+    the cancel ends it.
+    """
+    _ensure_below_cap(request, "swallowed-cancel", cost=2)
+    beat = spawn(heartbeat(request.app[LEAKS]), LEAK_PREFIX + "swallowed-cancel")
+    await asyncio.sleep(0)  # the heartbeat reaches its sleep
+    spawn(graceful_stop(beat), LEAK_PREFIX + "swallowed-cancel")
+    return await _accepted(request, "swallowed-cancel")
+
+
 async def _hold_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Server side of the silent peer: never write, close once the client hangs up."""
     try:
@@ -329,11 +407,14 @@ async def release_leaks(app: web.Application) -> dict[str, int]:
     registry = app[LEAKS]
     released = leak_counts(app)
     tasks = leaked_tasks()
+    registry.releasing = True
     for task in tasks:
         task.cancel()
     if tasks:
         # Cancelled deadlock workers leave their ``async with`` blocks, so each releases the lock it held.
         await asyncio.wait(tasks, timeout=RELEASE_WAIT)
+    registry.releasing = False
+    registry.pipelines.clear()
     # The one put that fitted left its item behind; empty the queue so the next leak behaves the same.
     while not registry.undrained_queue.empty():
         registry.undrained_queue.get_nowait()
@@ -419,6 +500,8 @@ def add_routes(app: web.Application) -> None:
         ("/leak/cache", cache_leak_handler),
         ("/leak/blocking", blocking_handler),
         ("/leak/silent-peer", silent_peer_handler),
+        ("/leak/dead-consumer", dead_consumer_handler),
+        ("/leak/swallowed-cancel", swallowed_cancel_handler),
     ):
         app.router.add_get(path, handler)
     app.router.add_post("/admin/release", release_handler)

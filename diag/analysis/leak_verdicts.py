@@ -2,11 +2,17 @@
 
 ``leak_report(snapshot, LeakOptions()) -> LeakReport``.  Kinds:
 
-- ``leaked_permit``: a Lock/Semaphore permit held by a task that has finished;
+- ``leaked_permit``: a Lock/Semaphore permit held by a task that has finished, was
+  destroyed while pending, or can never be woken (the proof);
 - ``exhausted``: a semaphore at zero with waiters, whose holders are stuck themselves
-  or have held it longer than ``held_threshold``;
-- ``deadlock``: a cycle of tasks each waiting on a primitive another one holds, or a
-  cycle of tasks awaiting each other;
+  or have held it longer than ``held_threshold``; an executor whose workers are all
+  busy while calls wait in its queue;
+- ``deadlock``: a cycle of tasks each waiting on a primitive another one holds, a task
+  waiting on a lock it holds itself, or a cycle of tasks awaiting each other;
+- ``stuck_behind``: tasks queued behind one of those: every way out of their wait
+  leads to a task that can never proceed (``diag.analysis.stuck_tasks``);
+- ``swallowed_cancel``: a task asked to cancel that is still waiting after
+  ``cancel_grace``: its code caught the ``CancelledError`` and went on;
 - ``proven_leak``: blocked tasks that nothing reachable can wake (the proof);
 - ``suspect``: long waits on things that are still reachable, each with a reason;
 - ``loop_blocked``: an event loop its own code kept from turning: stalled now for
@@ -24,19 +30,23 @@ Usage::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from diag.analysis.loop_stalls import REASONS, WindowSummary, reasons_text, site_text, window_summary
+from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
 from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.errors import UsageError
-from diag.sync_snapshot import PrimitiveState, SyncSnapshot
-from diag.task_snapshot import Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.task_snapshot import DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
-KINDS = ("proven_leak", "leaked_permit", "deadlock", "loop_blocked", "exhausted", "suspect", "loop_starved")
-DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "loop_blocked"})
+KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked",
+         "exhausted", "suspect", "loop_starved")
+DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel",
+                             "loop_blocked"})
 #: Waits that are normal when long: idle consumers and periodic sleepers.
 _IDLE_KINDS = frozenset({"queue_get", "sleep", "running", "ready"})
 #: Tasks listed per finding; ``task_count`` still counts them all.
@@ -49,7 +59,9 @@ class LeakOptions:
     seconds a permit may be held before an exhausted semaphore is reported;
     ``stall_threshold``: seconds a loop may go without turning; ``stall_window``: seconds
     of stall history judged; ``stall_repeats``: stalls in that window that make a verdict
-    however short; ``fail_on``: kinds that make the check fail (exit 1)."""
+    however short; ``cancel_grace``: seconds a cancelled task may go on waiting (cleaning
+    up) before its cancellation counts as swallowed; ``fail_on``: kinds that make the
+    check fail (exit 1)."""
 
     min_wait: float = 10.0
     held_threshold: float = 60.0
@@ -57,9 +69,10 @@ class LeakOptions:
     stall_window: float = 60.0
     stall_repeats: int = 3
     fail_on: frozenset[str] = DEFAULT_FAIL_ON
+    cancel_grace: float = 2.0
 
     def validate(self) -> None:
-        for name in ("min_wait", "held_threshold", "stall_threshold", "stall_window"):
+        for name in ("min_wait", "held_threshold", "stall_threshold", "stall_window", "cancel_grace"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
         if not self.stall_repeats >= 1:
@@ -134,23 +147,69 @@ def _site_text(site: tuple[Frame, ...]) -> str:
     return " <- ".join(f"{f.file.rsplit('/', 1)[-1]}:{f.line} {f.function}" for f in site) or "an unknown site"
 
 
-def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.1f}s ago"
+
+
+def _dead_by_id(snap: SyncSnapshot) -> dict[int, DeadTask]:
+    return {d.id: d for d in snap.tasks.dead_tasks}
+
+
+def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[int], destroyed_seen: bool) -> str:
+    """What became of a holder that will never release: finished, died, destroyed, or
+    unreachable (the proof: the GC will destroy it, still holding the permit)."""
+    if holder.task_alive:
+        return "can never be woken (proven leak): nothing reachable can end its wait, so it will never release it"
+    record = dead.get(holder.task_id) if holder.task_id is not None else None
+    if record is not None and record.how == "destroyed_pending":
+        return (f"was destroyed by the GC while still waiting {_ago(record.ended_seconds)}: it never finished, "
+                "and never released it")
+    if record is not None and record.exception:
+        return f"died with {record.exception} {_ago(record.ended_seconds)} without releasing it"
+    if not destroyed_seen:
+        return ("is gone without releasing it: it finished, or the GC destroyed it while it was still waiting "
+                "(this loop does not report which)")
+    return "finished without releasing it"
+
+
+def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks | None = None) -> list[Finding]:
+    """Permits that will never be released: their holders are gone, or proven leaked.
+    Every culprit is named with its acquire site; the waiters are listed apart."""
+    unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    dead_log = _dead_by_id(snap)
     out = []
     for state in snap.primitives:
-        dead = [h for h in state.holders if not h.task_alive]
-        if not dead:
+        # A holder the proof found unreachable counts when it keeps out a task that is not
+        # itself unreachable (the GC would destroy it holding the permit); between proven
+        # tasks only, the proof's own finding says it all.
+        outsiders = any(t not in unreachable for t in state.waiting_tasks)
+        culprits = [h for h in state.holders if not h.task_alive
+                    or (outsiders and h.task_id is not None and h.task_id in unreachable)]
+        if not culprits:
             continue
         prim = state.primitive
-        first = dead[0]
+        first = culprits[0]
         waiters = tuple(by_id[t] for t in state.waiting_tasks if t in by_id)
-        noun = "permit" if len(dead) == 1 else "permits"
-        who = f"task {first.task_id}" if first.task_id is not None else "code outside any task"
+        parts = []
+        for holder in culprits[:5]:
+            who = f"task {holder.task_id}" if holder.task_id is not None else "code outside any task"
+            name = f" {holder.task_name!r}" if holder.task_name else ""
+            parts.append(f"{who}{name} acquired it at {_site_text(holder.site)} {_ago(holder.held_seconds)} and "
+                         f"{_holder_fate(holder, dead_log, unreachable, snap.tasks.destroyed_seen)}")
+        if len(culprits) > 5:
+            parts.append(f"and {len(culprits) - 5} more")
+        waiting = (f"{_plural(len(state.waiting_tasks), 'task')} "
+                   f"{'waits' if len(state.waiting_tasks) == 1 else 'wait'} for it")
+        if stuck is not None and waiters and all(w.id in stuck for w in waiters):
+            waiting += ", and no other holder can release it: they are stuck for good"
         out.append(Finding(
             kind="leaked_permit",
-            title=f"{len(dead)} {noun} of {prim.kind} {_where(prim)} held by finished tasks",
-            evidence=(f"{who} acquired it at {_site_text(first.site)} {first.held_seconds:.1f}s ago and finished "
-                      f"without releasing it; {len(state.waiting_tasks)} tasks wait for it"
-                      + (f"; value is {prim.value}" if prim.value is not None else "")),
+            title=f"{_plural(len(culprits), 'permit')} of {prim.kind} {_where(prim)} will never be released",
+            evidence="; ".join(parts) + f"; {waiting}" + (f"; value is {prim.value}" if prim.value is not None else ""),
             tasks=waiters[:MAX_TASKS_PER_FINDING], task_count=len(waiters), primitives=(prim,), site=first.site,
         ))
     return out
@@ -174,15 +233,57 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
         waiters = tuple(by_id[t] for t in state.waiting_tasks if t in by_id)
         out.append(Finding(
             kind="exhausted", title=f"semaphore {_where(prim)} is exhausted",
-            evidence=f"value 0 with {len(state.waiting_tasks)} waiters; {reason}",
+            evidence=f"value 0 with {_plural(len(state.waiting_tasks), 'waiter')}; {reason}",
             tasks=waiters[:MAX_TASKS_PER_FINDING], task_count=len(waiters), primitives=(prim,),
             site=state.holders[0].site,
         ))
     return out
 
 
-def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
-    """Task -> primitive it waits on -> task holding it, and task -> awaited task."""
+def executors_exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
+    """Thread pools whose every worker is busy while calls wait in their queue: the tasks
+    awaiting those calls wait for a worker, not for their own work."""
+    out = []
+    threads = {t.id: t for t in snap.tasks.threads}
+    running = {t.runs_future for t in snap.tasks.threads if t.runs_future}
+    for ex in snap.tasks.executors:
+        if not ex.queued or ex.busy < max(1, ex.max_workers) or ex.busy < len(ex.threads):
+            continue
+        queued = [t for t in by_id.values() if t.wait.kind == "executor" and t.wait.future_id
+                  and t.wait.future_id not in running and (t.wait.seconds or 0.0) >= options.min_wait]
+        if not queued:
+            continue
+        longest = max(t.wait.seconds or 0.0 for t in queued)
+        sites = []
+        for ident in ex.threads[:3]:
+            thread = threads.get(ident)
+            top = _user_frame(thread.stack) if thread is not None else None
+            if thread is not None and top is not None:
+                sites.append(f"{thread.name} at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}")
+        out.append(Finding(
+            kind="exhausted", title=f"executor {ex.name} is exhausted",
+            evidence=(f"all {_plural(ex.max_workers, 'worker')} are busy and {ex.queued} calls wait in its queue, "
+                      f"the oldest for {longest:.0f}s" + (f"; workers are at: {'; '.join(sites)}" if sites else "")),
+            tasks=tuple(queued[:MAX_TASKS_PER_FINDING]), task_count=len(queued),
+            site=queued[0].stack if queued else (),
+        ))
+    return out
+
+
+def _user_frame(stack: tuple[Frame, ...]) -> Frame | None:
+    """The innermost frame of a thread's stack that is not the thread pool's machinery."""
+    for frame in stack:
+        if "/concurrent/futures/" not in frame.file and "/threading.py" not in frame.file:
+            return frame
+    return stack[0] if stack else None
+
+
+def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks | None = None) -> list[Finding]:
+    """Task -> primitive it waits on -> task holding it, and task -> awaited task, among
+    the tasks that can never proceed (a cycle through a semaphore whose other holder is
+    still running is no deadlock); and a task waiting on a lock it holds itself."""
+    if stuck is None:
+        stuck = stuck_tasks(snap)
     held_by: dict[str, list[int]] = {}
     prims: dict[str, Primitive] = {}
     for state in snap.primitives:
@@ -190,18 +291,29 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding
         held_by[state.primitive.id] = [h.task_id for h in state.holders if h.task_alive and h.task_id is not None]
     edges: dict[int, tuple[int, ...]] = {}
     via: dict[tuple[int, int], str] = {}
+    out = []
     for task in snap.tasks.tasks:
+        if task.id not in stuck:
+            continue
         prim = task.wait.primitive
         targets: list[int] = []
         if prim is not None and prim.id in held_by:
             for holder in held_by[prim.id]:
-                if holder != task.id:
+                if holder != task.id and holder in stuck:
                     targets.append(holder)
                     via[(task.id, holder)] = prim.id
-        targets.extend(task.wait.tasks if task.wait.kind in ("task", "gather") else ())
+        targets.extend(t for t in (task.wait.tasks if task.wait.kind in ("task", "gather") else ()) if t in stuck)
         if targets:
             edges[task.id] = tuple(targets)
-    out = []
+        why = stuck.reasons.get(task.id)
+        if why is not None and why.kind == "self" and prim is not None:
+            noun = "lock" if prim.kind == "lock" else prim.kind
+            out.append(Finding(
+                kind="deadlock", title=f"deadlock: task {task.id} waits for a {noun} it holds itself",
+                evidence=(f"task {task.id} {task.name!r} holds {_where(prim)} and waits to acquire it again; "
+                          f"asyncio's {prim.kind.replace('_', ' ')} is not reentrant, so the wait can never end"),
+                tasks=(task,), task_count=1, primitives=(prim,), site=task.stack,
+            ))
     for cycle in find_cycles(edges):
         members = tuple(by_id[t] for t in cycle if t in by_id)
         hops = []
@@ -218,6 +330,95 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding
             kind="deadlock", title=f"deadlock ({kind_text}) between tasks {', '.join(map(str, cycle))}",
             evidence="; ".join(hops), tasks=members, task_count=len(members), primitives=tuple(locks),
             site=members[0].stack if members else (),
+        ))
+    return out
+
+
+def stuck_behind(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks,
+                 explained: set[int]) -> list[Finding]:
+    """Tasks that can never proceed because what they wait for is held by, or is, a task
+    that can never proceed; one finding per thing they wait on, naming the chain."""
+    states = {s.primitive.id: s for s in snap.primitives}
+    groups: dict[tuple[str, tuple[int | None, ...]], list[TaskInfo]] = {}
+    for task_id, why in stuck.reasons.items():
+        task = by_id.get(task_id)
+        if task is None or task_id in explained or why.kind not in ("holder", "awaits"):
+            continue
+        groups.setdefault((why.on, why.tasks if why.kind == "awaits" else why.holders), []).append(task)
+    out = []
+    for (on, others), members in groups.items():
+        members.sort(key=lambda t: t.id)
+        first = members[0]
+        if on:
+            state = states.get(on)
+            prim = state.primitive if state is not None else first.wait.primitive
+            holders = [h for h in state.holders] if state is not None else []
+            chain = "; ".join(_chain_text(h.task_id, h.task_alive, by_id, stuck) for h in holders[:4])
+            what = f"{prim.kind} {_where(prim)}" if prim is not None else "a primitive"
+            evidence = f"they wait for {what}, whose every holder can never release it: {chain}"
+            prims: tuple[Primitive, ...] = (prim,) if prim is not None else ()
+        else:
+            chain = "; ".join(_chain_text(t, True, by_id, stuck) for t in others[:4])
+            evidence = f"they await {_plural(len(others), 'task')} that can never finish: {chain}"
+            prims = ()
+        out.append(Finding(
+            kind="stuck_behind",
+            title=f"{_plural(len(members), 'task')} of {first.coro} can never proceed",
+            evidence=evidence, tasks=tuple(members[:MAX_TASKS_PER_FINDING]), task_count=len(members),
+            primitives=prims, site=first.stack,
+        ))
+    return out
+
+
+def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> str:
+    if task_id is None:
+        return "code outside any task"
+    if not alive:
+        return f"task {task_id} is gone without releasing it"
+    why = stuck.reasons.get(task_id)
+    task = by_id.get(task_id)
+    name = f"task {task_id}" + (f" ({task.coro})" if task is not None else "")
+    if why is None:
+        return name
+    if why.kind == "proven":
+        return f"{name} can never be woken (proven leak)"
+    if why.kind == "self":
+        return f"{name} waits on a lock it holds itself (deadlock)"
+    if why.kind == "holder":
+        return f"{name} waits for {task.wait.detail if task is not None else 'a primitive'} held by stuck tasks"
+    return f"{name} awaits tasks that can never finish"
+
+
+def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
+    """Tasks asked to cancel (``cancelling()`` above 0) and still waiting, with no deadline,
+    past ``cancel_grace``: their code caught the ``CancelledError`` and went on.  Whoever
+    awaits them (``await task``, ``gather``, a ``TaskGroup`` exit, ``wait_for``) waits too."""
+    awaited_by: dict[int, list[TaskInfo]] = {}
+    for task in snap.tasks.tasks:
+        if task.wait.kind in ("task", "gather"):
+            for t in task.wait.tasks:
+                awaited_by.setdefault(t, []).append(task)
+    out = []
+    for task in snap.tasks.tasks:
+        seconds = task.cancel_seconds
+        if seconds is None or seconds < options.cancel_grace or task.state != "waiting":
+            continue
+        if task.wait.deadline_known and task.wait.deadline is not None:
+            continue  # cleaning up under a timeout: it ends on its own
+        waiting = awaited_by.get(task.id, [])
+        who = ""
+        if waiting:
+            names = ", ".join(f"task {w.id} ({w.wait.detail or w.wait.kind} in {w.coro})" for w in waiting[:4])
+            who = f"; {_plural(len(waiting), 'task')} {'waits' if len(waiting) == 1 else 'wait'} for it to end: {names}"
+        out.append(Finding(
+            kind="swallowed_cancel",
+            title=f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation",
+            evidence=(f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still running, "
+                      f"now waiting on {task.wait.detail or task.wait.kind}: its code caught CancelledError and "
+                      f"carried on instead of re-raising it (or calling uncancel()); where the cancel came from "
+                      f"is not recorded{who}"),
+            tasks=(task,) + tuple(waiting[:MAX_TASKS_PER_FINDING - 1]), task_count=1 + len(waiting),
+            site=task.stack,
         ))
     return out
 
@@ -243,22 +444,65 @@ def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Find
     return out
 
 
+#: Files of the standard library and installed packages: a library awaiting its own
+#: future (a server's keep-alive, ``serve_forever``) is its business, not a suspect.
+_LIBRARY_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
+
+
+def _touched_index(snap: SyncSnapshot) -> dict[str, list[DeadTask]]:
+    """Primitive or future id -> the dead tasks whose last frames referred to it."""
+    out: dict[str, list[DeadTask]] = {}
+    for dead in snap.tasks.dead_tasks:
+        for obj in dead.touched:
+            out.setdefault(obj, []).append(dead)
+    return out
+
+
+def _dead_text(deads: list[DeadTask], what: str) -> str:
+    dead = deads[-1]
+    how = (f"died {_ago(dead.ended_seconds)} with {dead.exception}" if dead.how == "exception"
+           else f"was destroyed while pending {_ago(dead.ended_seconds)}")
+    at = f" at {dead.stack[0].file.rsplit('/', 1)[-1]}:{dead.stack[0].line}" if dead.stack else ""
+    more = f" ({len(deads) - 1} more dead tasks used it too)" if len(deads) > 1 else ""
+    return f"the task that used {what}, {dead.coro} (task {dead.id}), {how}{at}{more}"
+
+
+def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
+    thread = threads.get(task.wait.future_id)
+    seconds = task.wait.seconds or 0.0
+    if thread is None:
+        return f"the executor call has waited {seconds:.0f}s (queued, or its worker is not visible)"
+    top = _user_frame(thread.stack)
+    at = f", now at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}" if top is not None else ""
+    return f"the executor call has run for {seconds:.0f}s in thread {thread.name}{at}"
+
+
 def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
              excluded: set[int]) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
     idle_since = {s.primitive.id: s.idle_seconds for s in snap.primitives}
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
+    touched = _touched_index(snap)
+    threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
     reasons: dict[int, list[str]] = {}
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
-        if task.id in excluded or task.state != "waiting" or seconds < options.min_wait:
+        if task.id in excluded or task.state != "waiting" or seconds < options.min_wait or task.main:
             continue
-        if task.wait.kind in _IDLE_KINDS:
-            continue
+        if task.wait.deadline_known and task.wait.deadline is not None:
+            continue  # something ends this wait on its own
         why = []
-        if task.id in unreferenced:
-            why.append("nothing holds a reference to the task (fire-and-forget)")
         prim = task.wait.primitive
+        target = prim.id if prim is not None else task.wait.future_id
+        if target and target in touched:
+            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+                    else "the future it awaits")
+            why.append(_dead_text(touched[target], what))
+        if task.wait.owner_closed:
+            what = "the future it awaits" if prim is None else _where(prim)
+            why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
+        if task.wait.kind in _IDLE_KINDS and not why:
+            continue
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
@@ -268,18 +512,26 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.kind == "stream_read":
             why.append(f"the peer has sent nothing for {seconds:.0f}s")
         if task.wait.kind == "executor":
-            why.append(f"the executor call has run for {seconds:.0f}s")
+            why.append(_executor_text(task, threads))
+        if task.id in unreferenced:
+            why.append("nothing holds a reference to the task (fire-and-forget)")
+        if (not why and task.wait.kind == "future" and task.wait.deadline_known
+                and task.stack and not _LIBRARY_RX.match(task.stack[0].file)):
+            why.append(f"its own code has awaited a bare future for {seconds:.0f}s with no timeout: only the "
+                       f"code that holds the future can end the wait")
+        elif why and task.wait.deadline_known:
+            why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:
             reasons[task.id] = why
     members = tuple(by_id[t] for t in sorted(reasons))
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
-        why = sorted({r for t in tasks for r in reasons[t.id]})
+        why = list(dict.fromkeys(r for t in tasks for r in reasons[t.id]))  # strongest first, once each
         longest = max((t.wait.seconds or 0.0) for t in tasks)
         out.append(Finding(
             kind="suspect",
-            title=f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} of {group.coro} waiting {longest:.0f}s "
+            title=f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s "
                   f"on {group.wait.detail or group.wait.kind}",
             evidence="; ".join(why) + " (still reachable: not proven)",
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
@@ -387,16 +639,28 @@ def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
 
 
 def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> LeakReport:
-    """Every verdict on ``snap``, in the order of ``KINDS``."""
+    """Every verdict on ``snap``, in the order of ``KINDS``.  A task explained by a sound
+    verdict is not repeated as a suspect (one finding per cause)."""
     options.validate()
     by_id = {t.id: t for t in snap.tasks.tasks}
-    permits = leaked_permits(snap, by_id)
-    locks = deadlocks(snap, by_id)
+    stuck = stuck_tasks(snap)
+    permits = leaked_permits(snap, by_id, stuck)
+    locks = deadlocks(snap, by_id, stuck)
     proven = proven_leaks(snap, by_id)
-    explained = {t.id for f in permits + locks + proven for t in f.tasks}
-    explained |= set(snap.reachability.unreachable)
-    findings = (proven + permits + locks + loops_blocked(snap, options)
-                + exhausted(snap, by_id, options, {p.id for f in permits for p in f.primitives})
+    explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    for f in locks:
+        explained.update(t.id for t in f.tasks)
+    permit_ids = {p.id for f in permits for p in f.primitives}
+    for state in snap.primitives:  # a leaked permit's waiters are told in its finding
+        if state.primitive.id in permit_ids:
+            explained.update(t for t in state.waiting_tasks if t in stuck)
+    behind = stuck_behind(snap, by_id, stuck, explained)
+    explained.update(stuck.reasons)
+    cancels = swallowed_cancels(snap, by_id, options)
+    explained.update(f.tasks[0].id for f in cancels)
+    findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options)
+                + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
+                + executors_exhausted(snap, by_id, options)
                 + suspects(snap, by_id, options, explained) + loops_starved(snap, options))
     if snap.reachability.ran:
         proof = snap.reachability

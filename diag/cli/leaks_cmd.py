@@ -36,6 +36,8 @@ def leaks(
                                        help="seconds of the agent's stall history judged"),
     stall_repeats: int = typer.Option(LeakOptions.stall_repeats, "--stall-repeats",
                                       help="stalls in the window that make a loop_blocked/loop_starved verdict"),
+    cancel_grace: float = typer.Option(2.0, "--cancel-grace",
+                                       help="seconds a cancelled task may go on waiting before its cancel counts as swallowed"),
     fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on",
                                 help=f"finding kinds that make the exit code 1 (of {', '.join(KINDS)}; 'none')"),
     proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
@@ -56,7 +58,7 @@ def leaks(
         raise UsageError("--timeout must be > 0 and --proof-budget between 0 and 30 seconds")
     kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
     options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, stall_window=stall_window,
-                          stall_repeats=stall_repeats, fail_on=kinds)
+                          stall_repeats=stall_repeats, fail_on=kinds, cancel_grace=cancel_grace)
     options.validate()
     if agent_dir is not None or len(targets) > 1:
         return _many(targets, agent_dir, fmt, options, proof, budget, output, timeout)

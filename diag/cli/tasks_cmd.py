@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
 from diag.render import jsonout, many_tasks, tasks_table, tasks_text
 from diag.source import open_source
-from diag.task_snapshot import TaskSnapshot
+from diag.task_snapshot import SCHEMA, TaskSnapshot
 
 FORMATS = ("table", "text", "json")
 
@@ -34,6 +35,8 @@ def tasks(
     state: list[str] = typer.Option([], "--state", help="running, ready or waiting (repeat or comma-separate)"),
     min_wait: Optional[float] = typer.Option(None, "--min-wait", help="only tasks waiting at least this many seconds"),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="show at most this many groups or tasks"),
+    dead: bool = typer.Option(False, "--dead", help="list the tasks that ended with an exception or were destroyed "
+                                                    "while pending, newest first, instead of the pending ones"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the full snapshot as JSON here"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (each target)"),
     agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
@@ -51,6 +54,8 @@ def tasks(
     query = TaskQuery(debug=debug, pattern=filter, states=states, min_wait=min_wait, limit=limit)
     query.validate()
     if agent_dir is not None or len(targets) > 1:
+        if dead:
+            raise UsageError("--dead lists one process's log; give one target")
         return _many(targets, agent_dir, query, fmt, output, timeout)
     source = open_source(targets[0], timeout)
     if output is not None:
@@ -63,6 +68,14 @@ def tasks(
     else:
         view = source.tasks(query)
     cwd = os.getcwd()
+    if dead:
+        if fmt == "json":
+            json.dump({"schema": SCHEMA, "process": view.process.to_dict(),
+                       "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write("\n".join(tasks_text.dead_lines(view, cwd)) + "\n")
+        return 0
     if fmt == "json":
         jsonout.render(view, sys.stdout)
     elif fmt == "text":

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
+from diag.collect.dead_tasks import DeadTaskLog
 from diag.task_snapshot import Frame, Stall, StallStack
 
 HEARTBEAT_INTERVAL = 0.1
@@ -208,6 +209,11 @@ def _is_own_wait(key: _StackKey, base: _StackKey | None) -> bool:
     return base is not None and key == base
 
 
+def _no_ref() -> None:
+    """Stands for a weak reference to a future that cannot have one: never the same future."""
+    return None
+
+
 def iter_all_tasks() -> list[asyncio.Task[Any]]:
     """Every task of every loop, read without the loops' cooperation (any thread).
 
@@ -250,8 +256,8 @@ class LoopWatch:
         self._hooked: list[Any] = []  # the modules whose _set_running_loop is wrapped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # id(task) -> (id(awaited future), monotonic time first seen waiting on it)
-        self._waits: dict[int, tuple[int, float]] = {}
+        # id(task) -> (id(awaited future), monotonic time first seen waiting on it, weak ref to it)
+        self._waits: dict[int, tuple[int, float, Any]] = {}
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
@@ -259,6 +265,10 @@ class LoopWatch:
         self.holder_labels: dict[int, tuple[Any, str]] = {}
         self._throttle = _cgroup_cpu_stat()
         self._interned: dict[_StackKey, _StackKey] = {}
+        #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
+        self.dead = DeadTaskLog()
+        # id(task) -> monotonic time the sampler first saw a cancellation pending on it
+        self._cancels: dict[int, float] = {}
 
     # -- loops -----------------------------------------------------------------------
     def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -268,6 +278,7 @@ class LoopWatch:
                 if loop in self._beats:
                     return
                 self._beats[loop] = _Beat()
+            self.dead.hook_loop(loop)
             if self._install_factories:
                 task_origins.install_factory(loop)
         except Exception:
@@ -354,6 +365,7 @@ class LoopWatch:
         self.unhook_running_loop()
         for loop in self.loops():
             task_origins.uninstall_factory(loop)
+        self.dead.unhook_all()
 
     def _run(self) -> None:
         self.thread_ident = threading.get_ident()
@@ -552,9 +564,14 @@ class LoopWatch:
         """Note, for every waiting task, the future it waits on; returns the seconds spent."""
         start = time.monotonic()
         prev = self._waits
-        new: dict[int, tuple[int, float]] = {}
+        new: dict[int, tuple[int, float, Any]] = {}
+        prev_cancels = self._cancels
+        cancels: dict[int, float] = {}
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
+            if task.done():  # kept alive by the program: it may have died of an exception
+                self.dead.note_done(task)
+                continue
             loop = task.get_loop()
             if id(loop) not in seen_loops:
                 # A loop that started without the hook seeing it (uvloop imported before the
@@ -562,13 +579,28 @@ class LoopWatch:
                 seen_loops.add(id(loop))
                 if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
+            key = id(task)
+            try:
+                if task.cancelling():
+                    cancels[key] = prev_cancels.get(key, start)
+            except Exception:
+                pass
             waiter = getattr(task, "_fut_waiter", None)
             if waiter is None:
                 continue
-            key = id(task)
             old = prev.get(key)
-            new[key] = old if old is not None and old[0] == id(waiter) else (id(waiter), start)
+            # The same wait only if it is the same future: a new one freed and made at the same
+            # address (asyncio reuses them constantly) starts a new wait.
+            if old is not None and old[0] == id(waiter) and old[2]() is waiter:
+                new[key] = old
+            else:
+                try:
+                    ref: Any = weakref.ref(waiter)
+                except TypeError:
+                    ref = _no_ref
+                new[key] = (id(waiter), start, ref)
         self._waits = new
+        self._cancels = cancels
         if self.sampled_since is None:
             self.sampled_since = start
         return time.monotonic() - start
@@ -576,9 +608,13 @@ class LoopWatch:
     def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
         """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""
         rec = self._waits.get(id(task))
-        if rec is None or rec[0] != id(waiter):
+        if rec is None or rec[0] != id(waiter) or rec[2]() is not waiter:
             return None
         return rec[1]
+
+    def cancel_seen(self, task: asyncio.Task[Any]) -> float | None:
+        """When the sampler first saw a cancellation pending on ``task`` (monotonic), if it did."""
+        return self._cancels.get(id(task))
 
     def describe_clock(self) -> str:
         return (f"lower bound: the agent samples each task's awaited future every "

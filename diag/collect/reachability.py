@@ -29,7 +29,7 @@ from dataclasses import replace
 from types import FrameType, ModuleType
 from typing import Any
 
-from diag.collect import task_origins
+from diag.collect import task_origins, wait_evidence
 from diag.collect.loop_watch import iter_all_tasks
 from diag.sync_snapshot import Reachability
 
@@ -89,7 +89,9 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     roots: list[Any] = []
     for task in tasks:
         waiter = getattr(task, "_fut_waiter", None)
-        if waiter is None or id(task) in current:
+        # The runner's main task is a root: asyncio.run cancels it on Ctrl-C, so its frame runs
+        # again ("await asyncio.Event().wait()" to run forever is an idiom, not a leak).
+        if waiter is None or id(task) in current or wait_evidence.is_main_task(task):
             roots.append(task)
         else:
             blocked[id(task)] = task
@@ -105,6 +107,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
             diag_namespaces.add(id(namespace))
         else:
             roots.append(namespace)
+    in_locals: set[int] = set()  # what executing frames hold: referenced, though the GC cannot tell
     for ident, top in sys._current_frames().items():
         if ident in exclude_threads or _is_diag_thread(ident, top):
             continue
@@ -114,10 +117,14 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
             # The GC does not see the locals of a frame that is executing in a thread:
             # read them, or a queue only a worker thread's local holds would look lost.
             try:
-                roots.extend(list(frame.f_locals.values()))
+                values = list(frame.f_locals.values())
+                roots.extend(values)
+                in_locals.update(id(v) for v in values)
             except Exception:
                 pass
             frame = frame.f_back
+        del frame
+    del top
     roots.extend(loops)
 
     seen: set[int] = {id(r) for r in roots if id(r) not in blocked}
@@ -217,6 +224,9 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     referenced_known = complete and len(blocked) <= MAX_REFERRER_CHECK
     if referenced_known and blocked:
         referenced = _referenced(blocked, seen, own)
+        # The task a runner waits on (asyncio.run's main) is held by the runner's frame,
+        # or by uvloop's C code: never fire-and-forget.
+        referenced.update(k for k, t in blocked.items() if k in in_locals or wait_evidence.is_main_task(t))
     waits = {task_origins.task_seq(t): id(getattr(t, "_fut_waiter", None)) for t in unreachable}
     return Reachability(
         ran=True,

@@ -13,14 +13,19 @@ import gc
 import time
 from typing import Any
 
-from diag.collect import holders, reachability, task_origins
+from dataclasses import replace
+
+from diag.collect import holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import clip
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
 )
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
-from diag.task_snapshot import TaskSnapshot
+from diag.task_snapshot import TaskInfo, TaskSnapshot
+
+#: Only futures awaited at least this long have their owners looked up (a heap scan).
+OWNER_MIN_WAIT = 1.0
 
 _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
 #: The search for primitives stops after this long (and the snapshot says so).
@@ -71,6 +76,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         notes.append(f"showing {MAX_PRIMITIVES} of {len(objects)} primitives")
         objects = objects[:MAX_PRIMITIVES]
     interesting = [o for o in objects if holders.records(_holder_source(o)) or hex(id(o)) in waiting]
+    try:
+        tasks = with_owners(tasks, live, {hex(id(o)): o for o in interesting})
+    except Exception:
+        pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
     frames = _FrameCache(True)
     now = time.monotonic()
@@ -112,3 +121,48 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
 
 def _line(code: Any, offset: int) -> int:
     return task_origins.origin_line(code, offset)
+
+
+#: Waits on primitives whose keeper may be a closed connection (a stream's data event).
+OWNER_KINDS = frozenset({"event", "condition", "queue_get", "queue_put"})
+
+
+def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:
+    """``tasks`` with ``Wait.owner`` set for long waits on plain futures and on events,
+    conditions and queues: which object keeps the awaited thing, and whether it (or what
+    keeps it) has a closed connection (``wait_evidence.closed_owners``)."""
+    wanted: dict[str, Any] = {}
+    for info in tasks.tasks:
+        if (info.wait.seconds or 0.0) < OWNER_MIN_WAIT or info.main:
+            continue
+        prim = info.wait.primitive
+        if prim is not None and info.wait.kind in OWNER_KINDS:
+            if prim.id not in wanted and prim.id in primitives:
+                wanted[prim.id] = primitives[prim.id]
+        elif info.wait.future_id and info.wait.future_id not in wanted:
+            task = live.get(info.id)
+            waiter = wait_evidence.fut_waiter(task) if task is not None else None
+            if waiter is not None and hex(id(waiter)) == info.wait.future_id and type(waiter) is asyncio.Future:
+                wanted[info.wait.future_id] = waiter
+        if len(wanted) >= wait_evidence.MAX_OWNER_SCAN:
+            break
+    if not wanted:
+        return tasks
+    objects = list(wanted.values())
+    owners = wait_evidence.closed_owners(objects)
+    del objects
+    if not owners:
+        return tasks
+    by_key = {key: owners[id(obj)] for key, obj in wanted.items() if id(obj) in owners}
+    wanted.clear()
+    out: list[TaskInfo] = []
+    for info in tasks.tasks:
+        prim = info.wait.primitive
+        key = prim.id if prim is not None and info.wait.kind in OWNER_KINDS else info.wait.future_id
+        found = by_key.get(key) if key else None
+        if found is not None:
+            label, closed = found
+            owner = f"{label}, {closed}" if closed else label
+            info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed)))
+        out.append(info)
+    return replace(tasks, tasks=tuple(out))

@@ -27,11 +27,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
 import diag
-from diag.collect import holders, task_origins
+from diag.collect import holders, task_origins, wait_evidence
 from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr, quoted
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.task_snapshot import (
-    CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait,
+    CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -87,6 +87,12 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 
 
 _KNOWN = _known_codes()
+#: Waits whose end diag looks for (a sleep says its own; a running task waits on nothing).
+_DEADLINE_KINDS = frozenset({"semaphore", "lock", "condition", "event", "queue_get", "queue_put", "future",
+                             "task", "gather", "stream_read", "executor", "unknown"})
+#: Tasks per dump whose await chains are searched for timeouts (a few microseconds each).
+MAX_DEADLINE_SCAN = 20_000
+
 _PRIMITIVE_KINDS = {"lock", "semaphore", "condition", "event", "queue_get", "queue_put"}
 _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue)
 #: Where those keep the futures of their waiting tasks.
@@ -422,6 +428,13 @@ class _Walker:
         # found: the next task waiting on one of them needs no look into its frame.
         self.waiter_owners: dict[int, tuple[object, object]] = {}
         self.label_tries: set[tuple[int, int]] = set()
+        # Deadline evidence: the loops' timers, each loop's clock, and how many more tasks
+        # may have their await chains searched for timeouts in this dump.
+        self.timers: wait_evidence.LoopTimers | None = None
+        self.loop_times: dict[int, float] = {}
+        self.deadline_budget = MAX_DEADLINE_SCAN
+        self.executor_waits: list[object] = []
+        self.loop_ids_loops: set[asyncio.AbstractEventLoop] = set()
 
     def index_waiters(self, obj: object) -> None:
         for attr in _WAITER_ATTRS:
@@ -620,6 +633,15 @@ class _Walker:
         loop_id = self.loop_ids.get(id(loop))
         if loop_id is None:
             loop_id = self.loop_ids[id(loop)] = hex(id(loop))
+        if wait.kind in _DEADLINE_KINDS:
+            try:
+                wait = self.wait_evidence(task, nodes, loop, wait)
+            except Exception:
+                pass
+        cancel_seconds = None
+        if cancelling:
+            seen = self.watch.cancel_seen(task) if self.watch is not None else None
+            cancel_seconds = 0.0 if seen is None else max(0.0, self.now - seen)
         return _task_info(
             id=origin[3] if origin is not None else task_origins.task_seq(task),
             name=_safe_str(task.get_name()),
@@ -627,7 +649,32 @@ class _Walker:
             state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             stack=stack, wait=wait, created_by=created_by,
             loop=loop_id, cancelling=cancelling, count=1, ids=(),
+            main=wait_evidence.is_main_task(task), cancel_seconds=cancel_seconds,
         )
+
+    def wait_evidence(self, task: asyncio.Task[Any], nodes: list[object], loop: asyncio.AbstractEventLoop,
+                      wait: Wait) -> Wait:
+        """``wait`` with what can end it (a deadline) and the awaited future's id."""
+        waiter = wait_evidence.fut_waiter(task)
+        future_id = ""
+        if wait.kind not in _PRIMITIVE_KINDS and waiter is not None:
+            future_id = hex(id(waiter))
+            if wait.kind == "executor":
+                self.executor_waits.append(waiter)
+        if self.deadline_budget <= 0 or not wait.seconds:
+            return replace(wait, future_id=future_id) if future_id else wait
+        self.deadline_budget -= 1
+        if self.timers is None:
+            self.timers = wait_evidence.LoopTimers(self.loop_ids_loops)
+        now = self.loop_times.get(id(loop))
+        if now is None:
+            try:
+                now = self.loop_times[id(loop)] = float(loop.time())
+            except Exception:
+                now = self.loop_times[id(loop)] = time.monotonic()
+        found = wait_evidence.deadline_of(task, nodes, waiter, self.timers, now)
+        return replace(wait, deadline=None if found is None else found[0],
+                       deadline_by="" if found is None else found[1], deadline_known=True, future_id=future_id)
 
     def coro_name(self, coro: object) -> str:
         if type(coro) is _CoroutineType:
@@ -753,6 +800,7 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
             watch.add_loop(loop)
     walker = _Walker(watch, options, time.monotonic())
     walker.by_seq = {task_origins.task_seq(t): t for t in all_tasks}
+    walker.loop_ids_loops = loops
     infos: list[TaskInfo] = []
     notes: tuple[str, ...] = ()
     deadline = None if options.budget is None else started + options.budget
@@ -769,8 +817,18 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)
     clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
+    if walker.deadline_budget <= 0:
+        notes += (f"deadlines were looked for in the first {MAX_DEADLINE_SCAN} waiting tasks only",)
+    try:
+        threads, executors = wait_evidence.collect_threads(walker.frames.of, walker.executor_waits, loops)
+    except Exception:
+        threads, executors = (), ()
+    walker.executor_waits = []
     return TaskSnapshot(
         taken_at=taken_at, process=process_info(), tasks=tuple(infos),
         loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos) if not notes else len(all_tasks),
         wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
+        dead_tasks=watch.dead.snapshot() if watch is not None else (),
+        threads=threads, executors=executors,
+        destroyed_seen=watch is not None and bool(loops) and all(watch.dead.hooked(lp) for lp in loops),
     )

@@ -23,6 +23,9 @@ def header(snap: TaskSnapshot) -> list[str]:
         f"wait times: {snap.wait_clock}" if snap.wait_clock else "wait times: not measured",
     ]
     lines += [loop_line(lp) for lp in snap.loops]
+    if snap.dead_tasks:
+        lines.append(f"dead tasks: {len(snap.dead_tasks)} ended with an exception or were destroyed while "
+                     f"pending (diag tasks --dead)")
     lines += [f"note: {n}" for n in snap.notes]
     return lines
 
@@ -76,7 +79,10 @@ def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
 def task_title(task: TaskInfo, cwd: str | None) -> str:
     waited = f", {fmt.duration(task.wait.seconds)}" if task.wait.seconds is not None and task.state == "waiting" else ""
     cancelling = ", cancelling" if task.cancelling else ""
-    return f'task {task.id} "{task.name}" [{fmt.wait_reason(task.wait, cwd)}{waited}{cancelling}]:'
+    if task.cancel_seconds is not None:
+        cancelling = f", cancel requested {fmt.duration(task.cancel_seconds)} ago"
+    main = " (main)" if task.main else ""
+    return f'task {task.id} "{task.name}"{main} [{fmt.wait_reason(task.wait, cwd)}{waited}{cancelling}]:'
 
 
 def render_debug2(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:
@@ -86,8 +92,57 @@ def render_debug2(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:
         lines.append(task_title(task, cwd))
         lines.append(f"coro {task.coro}")
         lines += stack_lines(task, cwd, "    ")
+        lines += evidence_lines(task)
         lines.append(fmt.created_by(task.created_by, cwd))
-    return lines + footer(snap, cwd)
+    return lines + footer(snap, cwd) + thread_lines(snap, cwd)
+
+
+def evidence_lines(task: TaskInfo) -> list[str]:
+    """What can end the wait, and who keeps the awaited future (``diag leaks`` reads these)."""
+    wait = task.wait
+    lines = []
+    if wait.deadline_known and task.state == "waiting":
+        if wait.deadline is None:
+            lines.append("ends: nothing ends this wait on its own (no timeout or timer)")
+        else:
+            lines.append(f"ends: within {fmt.duration(wait.deadline)} ({wait.deadline_by})")
+    if wait.owner:
+        lines.append(f"future kept by {wait.owner}")
+    return lines
+
+
+def thread_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
+    """Every thread but the agent's, as Go's dump shows every goroutine."""
+    lines = []
+    for thread in snap.threads:
+        role = f", executor {thread.executor}" if thread.executor else ""
+        runs = f", runs the call awaited as future {thread.runs_future}" if thread.runs_future else ""
+        lines += ["", f'thread {thread.id} "{thread.name}"{role}{runs}:']
+        for frame in thread.stack:
+            lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
+            if frame.source:
+                lines.append(f"        {frame.source}")
+    return lines
+
+
+def dead_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
+    """The agent's log of tasks that ended badly, newest first (``diag tasks --dead``)."""
+    count = len(snap.dead_tasks)
+    lines = [f"diag tasks --dead: pid {snap.process.pid}: {count} {'task' if count == 1 else 'tasks'} in the log"]
+    if not snap.dead_tasks:
+        lines.append("(none: no task has ended with an exception or been destroyed while pending since the agent started)")
+    for dead in reversed(snap.dead_tasks):
+        what = (f"died with {dead.exception}" if dead.how == "exception"
+                else "destroyed by the GC while pending (it never finished)")
+        lines += ["", f'task {dead.id} "{dead.name}" {what}, {fmt.duration(dead.ended_seconds)} ago:', f"coro {dead.coro}"]
+        for frame in dead.stack:
+            lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
+            if frame.source:
+                lines.append(f"        {frame.source}")
+        if dead.touched:
+            lines.append(f"used: {', '.join(dead.touched)}")
+        lines.append(fmt.created_by(dead.created_by, cwd))
+    return lines
 
 
 def render_debug1(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:

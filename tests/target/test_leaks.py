@@ -40,6 +40,8 @@ def released_after(server: TargetServer) -> Iterator[int]:
     ("deadlock", 2, 4),  # two workers per call
     ("silent-peer", 3, 3),
     ("blocked-put", 3, 2),  # the first put fits into the queue, later producers block
+    ("dead-consumer", 2, 2),  # one blocked producer per pipeline; its consumer died
+    ("swallowed-cancel", 2, 4),  # the heartbeat and the stop waiting for it
 ])
 def test_leaked_tasks_stay_pending_until_released(server: TargetServer, released_after: int, name: str,
                                                   hits: int, leaked: int) -> None:
@@ -130,7 +132,8 @@ def test_blocking_endpoint_stalls_the_loop_and_fixed_does_not(server: TargetServ
 
 
 @pytest.mark.parametrize("name", ["blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock",
-                                  "deadlock", "cache", "blocking", "silent-peer"])
+                                  "deadlock", "cache", "blocking", "silent-peer", "dead-consumer",
+                                  "swallowed-cancel"])
 def test_fixed_twins_leak_nothing(server: TargetServer, released_after: int, name: str) -> None:
     expected = 502 if name in ("semaphore", "lock") else 200
     for _ in range(3):
@@ -142,11 +145,11 @@ def test_fixed_twins_leak_nothing(server: TargetServer, released_after: int, nam
 
 def test_release_reports_everything_it_freed(server: TargetServer) -> None:
     for name in ("blocked-put", "blocked-put", "forgotten-task", "orphan-future", "deadlock", "cache",
-                 "silent-peer"):
+                 "silent-peer", "dead-consumer", "swallowed-cancel"):
         assert get(server, f"/leak/{name}")[0] == 202
     get(server, "/leak/semaphore")
     get(server, "/leak/lock")
     released = release(server)
     assert released == {"blocked-put": 1, "semaphore": 1, "forgotten-task": 1, "orphan-future": 1, "lock": 1,
-                        "deadlock": 2, "cache": 1, "silent-peer": 1}
+                        "deadlock": 2, "cache": 1, "silent-peer": 1, "dead-consumer": 1, "swallowed-cancel": 2}
     assert release(server) == dict.fromkeys(released, 0)  # idempotent

@@ -1,0 +1,334 @@
+"""A bounded log of tasks that ended badly: raised, or were destroyed while pending.
+
+A consumer that dies of a ``ConnectionResetError`` leaves its producer blocked on a
+full queue, and the queue is still reachable: nothing in the live state says why the
+producer waits.  The log remembers the dead: which coroutine, what it raised, where,
+and which primitives and futures its last frames referred to, so a waiter on one of
+them can be told "the task that served this queue died 3.2s ago".
+
+Two feeds, neither on the program's hot path:
+
+- the agent's wait sampler (about once a second) passes every finished task that is
+  still alive (a service keeps its workers in a list or a dict);
+- on asyncio's own loops, the loop's ``call_exception_handler`` is wrapped: asyncio
+  calls it when a task is destroyed while pending ("Task was destroyed but it is
+  pending!") or with an exception nobody retrieved.  The wrapper records, then calls
+  the program's handler unchanged.  uvloop's loop cannot be wrapped; there the sampler
+  is the only feed.
+
+Records hold plain data and weak references, never the task, its exception or its
+frames.  Reading a task uses the C Future's own descriptors: no ``exception()`` call,
+which would mark the exception retrieved and silence asyncio's own log.
+
+Usage::
+
+    log = DeadTaskLog()
+    log.hook_loop(loop)
+    log.note_done(task)                # from the sampler
+    for dead in log.snapshot():        # DeadTask records, oldest first
+        print(dead.coro, dead.exception)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import linecache
+import threading
+import time
+import types
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from diag.collect import task_origins
+from diag.collect.safe_read import clip, instance_dict, is_a
+from diag.task_snapshot import CreatedBy, DeadTask, Frame
+
+#: Records kept; the oldest are dropped first.
+MAX_DEAD = 200
+#: Frames kept from a dead task's traceback (innermost).
+MAX_FRAMES = 16
+#: Frames of the traceback whose locals are read for ``touched`` (innermost).
+TOUCH_FRAMES = 6
+#: Primitives and futures kept per record.
+MAX_TOUCHED = 16
+_TOUCHABLE = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event, asyncio.Queue, asyncio.Future)
+_DESTROYED = "Task was destroyed but it is pending!"
+_NOT_RETRIEVED = "exception was never retrieved"
+
+_future_exception = getattr(asyncio.Future, "_exception", None)
+_future_state = getattr(asyncio.Future, "_state", None)
+_exc_traceback = BaseException.__dict__["__traceback__"]
+_exc_args = BaseException.__dict__["args"]
+
+
+@dataclass
+class _Record:
+    """A log entry: plain data, plus weak references to what it touched."""
+
+    seq: int
+    name: str
+    coro: str
+    how: str
+    ended: float  # time.monotonic()
+    exception: str
+    stack: tuple[Frame, ...]
+    created_by: CreatedBy | None
+    touched: list[Any]  # weakref.ref to primitives and futures
+
+
+def _descriptor(descr: Any, obj: object) -> Any:
+    """``obj.<attr>`` through the base class's own descriptor (no subclass code runs)."""
+    if descr is None or not hasattr(descr, "__get__"):
+        return None
+    try:
+        return descr.__get__(obj, type(obj))
+    except Exception:
+        return None
+
+
+def exception_text(exc: object) -> str:
+    """``ConnectionResetError: peer reset``: the type, and the first argument when it is
+    plain text; never the exception's own ``__str__``."""
+    name = clip(type(exc).__qualname__, 100)
+    try:
+        args = _exc_args.__get__(exc, type(exc))
+    except Exception:
+        return name
+    if type(args) is tuple and args and type(args[0]) in (str, int, float):
+        return f"{name}: {clip(args[0], 200)}"
+    return name
+
+
+def _traceback_frames(exc: object) -> list[types.FrameType]:
+    """The frames of ``exc``'s traceback, innermost first (at most MAX_FRAMES)."""
+    try:
+        tb = _exc_traceback.__get__(exc, type(exc))
+    except Exception:
+        return []
+    frames: list[types.FrameType] = []
+    while type(tb) is types.TracebackType:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    frames.reverse()
+    return frames[:MAX_FRAMES]
+
+
+def _frame(code: types.CodeType, line: int) -> Frame:
+    source = linecache.getline(code.co_filename, line).strip()[:500] if line else ""
+    return Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
+
+
+def _traceback_stack(exc: object) -> tuple[Frame, ...]:
+    try:
+        tb = _exc_traceback.__get__(exc, type(exc))
+    except Exception:
+        return ()
+    out: list[Frame] = []
+    while type(tb) is types.TracebackType:
+        out.append(_frame(tb.tb_frame.f_code, tb.tb_lineno or 0))
+        tb = tb.tb_next
+    out.reverse()
+    return tuple(out[:MAX_FRAMES])
+
+
+def _touched_by(frames: list[types.FrameType]) -> list[Any]:
+    """Weak references to the primitives and futures the frames' locals hold, directly or
+    as attributes of an object a local holds (``self.queue``).  ``gc.get_referents`` of a
+    finished frame lists its locals without building ``f_locals``."""
+    found: dict[int, Any] = {}
+
+    def offer(value: object) -> None:
+        if len(found) < MAX_TOUCHED and id(value) not in found and is_a(value, _TOUCHABLE):
+            try:
+                found[id(value)] = weakref.ref(value)
+            except TypeError:
+                pass
+
+    for frame in frames[:TOUCH_FRAMES]:
+        try:
+            values = gc.get_referents(frame)
+            # the module globals the function names (a worker on a module-level queue)
+            names = frame.f_code.co_names
+            module = frame.f_globals
+            values += [module[n] for n in names if type(n) is str and n in module]
+        except Exception:
+            continue
+        for value in values:
+            offer(value)
+            attrs = instance_dict(value) if type(value) not in (dict, list, tuple, types.FrameType) else None
+            if attrs:
+                for attr in list(attrs.values())[:64]:
+                    offer(attr)
+    return list(found.values())
+
+
+def _creator(task: Any) -> CreatedBy | None:
+    origin = task_origins.task_origin(task)
+    if origin is None:
+        return None
+    code = task_origins.creating_code(origin)
+    if code is None:
+        return None
+    return CreatedBy(origin[2], None, code.co_filename, task_origins.origin_line(code, origin[1]),
+                     getattr(code, "co_qualname", code.co_name))
+
+
+def _coro_name(task: Any) -> str:
+    try:
+        coro = task.get_coro()
+    except Exception:
+        return "?"
+    code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
+    if code is None and type(coro) is types.GeneratorType:
+        code = coro.gi_code
+    if code is not None:
+        return clip(getattr(code, "co_qualname", code.co_name))
+    return clip(type(coro).__qualname__)
+
+
+class DeadTaskLog:
+    """The bounded log; safe to feed from any thread, never raises."""
+
+    def __init__(self, maxlen: int = MAX_DEAD) -> None:
+        self._records: collections.deque[_Record] = collections.deque(maxlen=maxlen)
+        self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
+            weakref.WeakKeyDictionary())
+
+    # -- feeds ----------------------------------------------------------------------------
+    def note_done(self, task: Any) -> None:
+        """Record ``task`` if it finished with an exception (not a cancellation)."""
+        try:
+            if _descriptor(_future_state, task) != "FINISHED":
+                return
+            exc = _descriptor(_future_exception, task)
+            if exc is None or not is_a(exc, BaseException):
+                return
+            self._add(task, "exception", exc)
+        except Exception:
+            pass
+
+    def note_destroyed(self, task: Any) -> None:
+        """Record ``task``, destroyed by the GC while it was still pending."""
+        try:
+            self._add(task, "destroyed_pending", None)
+        except Exception:
+            pass
+
+    def _add(self, task: Any, how: str, exc: object) -> None:
+        seq = task_origins.task_seq(task)
+        with self._lock:
+            if seq in self._seen:
+                return
+            self._seen[seq] = None
+            while len(self._seen) > 4 * (self._records.maxlen or MAX_DEAD):
+                self._seen.popitem(last=False)
+        try:
+            name = clip(task.get_name())
+        except Exception:
+            name = ""
+        frames = _traceback_frames(exc) if exc is not None else []
+        record = _Record(
+            seq=seq, name=name, coro=_coro_name(task), how=how, ended=time.monotonic(),
+            exception=exception_text(exc) if exc is not None else "",
+            stack=_traceback_stack(exc) if exc is not None else (),
+            created_by=_creator(task), touched=_touched_by(frames),
+        )
+        del frames
+        with self._lock:
+            self._records.append(record)
+
+    # -- the loop's exception handler ----------------------------------------------------------
+    def hook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wrap ``loop.call_exception_handler`` (asyncio's loops; uvloop's cannot be).
+        Wrappers chain: another log (the test plugin's, a second agent) may wrap it too."""
+        try:
+            if loop in self._hooked:
+                return
+            attrs = instance_dict(loop)
+            if attrs is None:
+                return  # uvloop: no instance attributes
+            below = attrs.get("call_exception_handler")  # another wrapper, or None: the class's method
+            original = loop.call_exception_handler
+            log = self
+            state = {"active": True}
+
+            def call_exception_handler(context: dict[str, Any]) -> None:
+                if state["active"]:
+                    try:
+                        log._from_context(context)
+                    except Exception:
+                        pass
+                original(context)
+
+            call_exception_handler.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(loop, "call_exception_handler", call_exception_handler)
+            self._hooked[loop] = (call_exception_handler, below, state)
+        except Exception:
+            pass
+
+    def unhook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the wrapper out: put back what it wrapped when it is on top, else leave it
+        in the chain as a pass-through (a wrapper above it calls it)."""
+        try:
+            entry = self._hooked.pop(loop, None)
+            if entry is None:
+                return
+            mine, below, state = entry
+            state["active"] = False
+            attrs = instance_dict(loop)
+            if attrs is not None and attrs.get("call_exception_handler") is mine:
+                if below is None:
+                    del attrs["call_exception_handler"]
+                else:
+                    attrs["call_exception_handler"] = below
+        except Exception:
+            pass
+
+    def hooked(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when this log hears of tasks ``loop`` destroys while pending."""
+        entry = self._hooked.get(loop)
+        return entry is not None and entry[2]["active"]
+
+    def unhook_all(self) -> None:
+        for loop in list(self._hooked.keys()):
+            self.unhook_loop(loop)
+
+    def _from_context(self, context: object) -> None:
+        if type(context) is not dict:
+            return
+        message = context.get("message")
+        if type(message) is not str:
+            return
+        if message == _DESTROYED:
+            task = context.get("task")
+            if is_a(task, asyncio.Task):
+                self.note_destroyed(task)
+        elif message.endswith(_NOT_RETRIEVED):
+            task = context.get("future")
+            if is_a(task, asyncio.Task):
+                self.note_done(task)
+
+    # -- reading ---------------------------------------------------------------------------
+    def snapshot(self, now: float | None = None) -> tuple[DeadTask, ...]:
+        """The log as plain records, oldest first; ``touched`` lists what is still alive."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            records = list(self._records)
+        out = []
+        for rec in records:
+            touched = []
+            for ref in rec.touched:
+                obj = ref()
+                if obj is not None:
+                    touched.append(hex(id(obj)))
+            out.append(DeadTask(rec.seq, rec.name, rec.coro, rec.how, max(0.0, now - rec.ended), rec.exception,
+                                rec.stack, rec.created_by, tuple(touched)))
+        return tuple(out)
+
+    def __len__(self) -> int:
+        return len(self._records)

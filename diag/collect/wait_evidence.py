@@ -1,0 +1,501 @@
+"""Evidence about waits beyond what the await chain says: can anything end the wait, is
+the task the program's main one, which thread runs an executor call, and does the
+object holding an awaited future still have a live connection.
+
+Everything here reads the program's objects as ``safe_read`` does (types by ``type()``,
+attributes through the base classes' descriptors and instance dicts): no code of the
+program's runs.  The functions are small and separate so that each verdict rule can
+name the evidence it used.
+
+- ``is_main_task``: the task ``asyncio.run``/``run_until_complete`` waits on (its done
+  callback is the runner's).  A runner holds it; it is never fire-and-forget.
+- ``LoopTimers`` and ``deadline_of``: what can end a wait on its own: an
+  ``asyncio.timeout`` (or 3.12's ``wait_for``, built on it) in the task's await chain,
+  a ``TimerHandle`` local (3.11's ``wait_for``, ``wait(timeout=)``), or a timer on the
+  loop that cancels the task or resolves the future it awaits (asyncio's loop; uvloop
+  keeps its timers in C).
+- ``collect_threads``: every thread but the agent's, and for ``ThreadPoolExecutor``
+  workers the executor and the asyncio future of the call they run.
+- ``future_owners``: for futures awaited a long time, the object that keeps them (a
+  client's map of pending requests) and whether its transport or stream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import concurrent.futures.thread as cf_thread
+import functools
+import gc
+import sys
+import threading
+import types
+import weakref
+from typing import Any, Iterable
+
+from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr
+from diag.task_snapshot import ExecutorInfo, Frame, ThreadInfo
+
+try:
+    from asyncio import timeouts as _timeouts
+    _TIMEOUT_TYPE: type | None = _timeouts.Timeout
+except ImportError:  # pragma: no cover - 3.11+ has it
+    _TIMEOUT_TYPE = None
+
+_future_callbacks = getattr(asyncio.Future, "_callbacks", None)
+_RUNNER_CALLBACKS = frozenset({"_run_until_complete_cb", "done_cb"})
+_WORKITEM_RUN = cf_thread._WorkItem.run.__code__
+_MethodType = types.MethodType
+_TimerHandle = asyncio.TimerHandle
+
+#: Futures whose owners one heap scan looks for (a scan costs the same for 1 or 64).
+MAX_OWNER_SCAN = 64
+
+
+_task_fut_waiter = asyncio.Task.__dict__.get("_fut_waiter")
+
+
+def fut_waiter(task: object) -> object:
+    """The future ``task`` awaits (``Task._fut_waiter``), read through asyncio's own
+    descriptor, so a Task subclass's attribute hooks do not run."""
+    if _task_fut_waiter is not None and is_a(task, asyncio.Task):
+        try:
+            return _task_fut_waiter.__get__(task, type(task))
+        except Exception:
+            return None
+    return plain_attr(task, "_fut_waiter")
+
+
+def _callbacks(fut: object) -> list[Any]:
+    if _future_callbacks is None or not is_a(fut, asyncio.Future):
+        return []
+    try:
+        found = _future_callbacks.__get__(fut, type(fut))
+    except Exception:
+        return []
+    return list(found) if type(found) is list else []
+
+
+def _callback_fn(entry: object) -> object:
+    return entry[0] if type(entry) is tuple and entry else entry
+
+
+def is_main_task(task: object) -> bool:
+    """True for the task a loop runner waits on (``asyncio.run``, ``Runner.run``,
+    ``run_until_complete``, and uvloop's): its done callbacks include the runner's."""
+    for entry in _callbacks(task):
+        fn = _callback_fn(entry)
+        if type(fn) is types.FunctionType:
+            if fn.__name__ == "_run_until_complete_cb" and fn.__module__ == "asyncio.base_events":
+                return True
+        elif "cyfunction" in type(fn).__name__ or "cython" in type(fn).__name__:
+            if _cy_attr(fn, "__name__") == "done_cb" and _cy_attr(fn, "__module__").startswith("uvloop"):
+                return True
+    return False
+
+
+def _cy_attr(fn: object, name: str) -> str:
+    """A string attribute of a Cython function, read through its type's descriptor."""
+    try:
+        descr = type(fn).__dict__.get(name)
+        value = descr.__get__(fn, type(fn)) if descr is not None and hasattr(descr, "__get__") else None
+        return value if type(value) is str else ""
+    except Exception:
+        return ""
+
+
+# -- deadlines ---------------------------------------------------------------------------
+class LoopTimers:
+    """The timers of asyncio's loops that end waits: task id -> when, future id -> when
+    (loop time), each with what set it.  uvloop keeps its timers in C: empty there."""
+
+    def __init__(self, loops: Iterable[asyncio.AbstractEventLoop]) -> None:
+        self.tasks: dict[int, tuple[float, str]] = {}
+        self.futures: dict[int, tuple[float, str]] = {}
+        for loop in loops:
+            scheduled = plain_attr(loop, "_scheduled")
+            if type(scheduled) is not list:
+                continue
+            try:
+                handles = list(scheduled)
+            except Exception:
+                continue
+            for handle in handles[:50_000]:
+                self._read(handle)
+
+    def _offer(self, table: dict[int, tuple[float, str]], key: int, when: float, by: str) -> None:
+        old = table.get(key)
+        if old is None or when < old[0]:
+            table[key] = (when, by)
+
+    def _read(self, handle: object) -> None:
+        if type(handle) is not _TimerHandle or plain_attr(handle, "_cancelled") is True:
+            return
+        when = plain_attr(handle, "_when")
+        if type(when) is not float:
+            return
+        callback = plain_attr(handle, "_callback")
+        args = plain_attr(handle, "_args")
+        if type(callback) is _MethodType:
+            owner = callback.__self__
+            name = callback.__func__.__name__ if type(callback.__func__) is types.FunctionType else ""
+            if _TIMEOUT_TYPE is not None and type(owner) is _TIMEOUT_TYPE:
+                task = plain_attr(owner, "_task")
+                if task is not None:
+                    self._offer(self.tasks, id(task), when, "asyncio.timeout")
+                return
+            if is_a(owner, asyncio.Task):
+                self._offer(self.tasks, id(owner), when, f"a timer calling task.{name or 'cancel'}()")
+                return
+            if is_a(owner, asyncio.Future):
+                self._offer(self.futures, id(owner), when, f"a timer calling future.{name or 'set_result'}()")
+                return
+        elif is_a(callback, asyncio.Task) or type(callback) is types.BuiltinMethodType:
+            owner = getattr(callback, "__self__", None)
+            if is_a(owner, asyncio.Task):
+                self._offer(self.tasks, id(owner), when, "a timer calling task.cancel()")
+                return
+            if is_a(owner, asyncio.Future):
+                self._offer(self.futures, id(owner), when, "a timer resolving the future")
+                return
+        if type(callback) is functools.partial:
+            args = tuple(callback.args) + (tuple(args) if type(args) is tuple else ())
+        if type(args) is tuple:
+            for arg in args[:4]:
+                if is_a(arg, asyncio.Task):
+                    self._offer(self.tasks, id(arg), when, "a timer that ends the task")
+                elif is_a(arg, asyncio.Future):
+                    self._offer(self.futures, id(arg), when, "a timer (wait_for/wait timeout)")
+
+
+def deadline_of(task: object, nodes: Iterable[object], waiter: object, timers: LoopTimers,
+                loop_time: float) -> tuple[float, str] | None:
+    """(seconds left, what) for the earliest thing that ends ``task``'s wait on its own,
+    or None: timeouts held by the coroutines of its await chain, then the loop's timers."""
+    best: tuple[float, str] | None = None
+
+    def offer(when: float, by: str) -> None:
+        nonlocal best
+        left = max(0.0, when - loop_time)
+        if best is None or left < best[0]:
+            best = (left, by)
+
+    for node in nodes:
+        if type(node) not in (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType):
+            continue
+        try:
+            refs = gc.get_referents(node)
+        except Exception:
+            continue
+        for ref in refs:
+            if type(ref) is _MethodType:
+                ref = ref.__self__
+            if _TIMEOUT_TYPE is not None and type(ref) is _TIMEOUT_TYPE:
+                when = plain_attr(ref, "_when")
+                state = plain_attr(ref, "_state")
+                if type(when) is float and getattr(state, "name", "") not in ("EXPIRED", "EXITED", "EXPIRING"):
+                    offer(when, "asyncio.timeout")
+            elif is_a(ref, _TimerHandle) and plain_attr(ref, "_cancelled") is not True:
+                when = plain_attr(ref, "_when")
+                if type(when) is float:
+                    offer(when, "a timeout timer")
+    hit = timers.tasks.get(id(task))
+    if hit is not None:
+        offer(*hit)
+    if waiter is not None:
+        hit = timers.futures.get(id(waiter))
+        if hit is not None:
+            offer(*hit)
+    return best
+
+
+# -- threads and executors ---------------------------------------------------------------------
+def _executor_of(thread: threading.Thread) -> concurrent.futures.ThreadPoolExecutor | None:
+    args = plain_attr(thread, "_args")
+    if type(args) is not tuple or not args or type(args[0]) is not weakref.ReferenceType:
+        return None
+    target = args[0]()
+    return target if is_a(target, concurrent.futures.ThreadPoolExecutor) else None
+
+
+def _work_item_future(frame: types.FrameType) -> object:
+    """The concurrent future of the call a ``_WorkItem.run`` frame runs.  The frame is
+    executing, so its locals are read through ``f_locals``; that frame's only local is
+    the work item itself, which it holds anyway."""
+    try:
+        item = frame.f_locals.get("self")
+    except Exception:
+        return None
+    return plain_attr(item, "future") if type(item) is cf_thread._WorkItem else None
+
+
+def asyncio_futures_by_concurrent(futures: Iterable[object]) -> dict[int, object]:
+    """id(concurrent future) -> the asyncio future chained to it (``run_in_executor``)."""
+    out: dict[int, object] = {}
+    for fut in futures:
+        for entry in _callbacks(fut):
+            fn = _callback_fn(entry)
+            if type(fn) is not types.FunctionType or fn.__name__ != "_call_check_cancel":
+                continue
+            for cell in fn.__closure__ or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:
+                    continue
+                if type(value) is concurrent.futures.Future:
+                    out[id(value)] = fut
+    return out
+
+
+def collect_threads(frame_of: Any, executor_waits: Iterable[object],
+                    loops: Iterable[asyncio.AbstractEventLoop] = (),
+                    max_frames: int = 48) -> tuple[tuple[ThreadInfo, ...], tuple[ExecutorInfo, ...]]:
+    """Every thread but the agent's (``diag-*``), innermost frame first; ``frame_of`` turns a
+    live frame into a ``Frame``; ``executor_waits`` are the asyncio futures tasks await
+    through ``run_in_executor``, so each worker says whose call it runs."""
+    by_cf = asyncio_futures_by_concurrent(executor_waits)
+    loop_names = {}
+    for loop in loops:
+        default = plain_attr(loop, "_default_executor")
+        if default is not None:
+            loop_names[id(default)] = hex(id(loop))
+    own = threading.get_ident()  # the collecting thread: its stack is this code
+    top = frame = None
+    frames = sys._current_frames()
+    executors: dict[int, tuple[concurrent.futures.ThreadPoolExecutor, list[int], list[int]]] = {}
+    out = []
+    for thread in threading.enumerate():
+        ident = thread.ident
+        if ident is None or ident == own or thread.name.startswith("diag-"):
+            continue
+        top = frames.get(ident)
+        stack: list[Frame] = []
+        runs = ""
+        frame = top
+        while frame is not None and len(stack) < max_frames:
+            stack.append(frame_of(frame))
+            if frame.f_code is _WORKITEM_RUN:
+                cf = _work_item_future(frame)
+                aio = by_cf.get(id(cf)) if cf is not None else None
+                runs = hex(id(aio)) if aio is not None else (hex(id(cf)) if cf is not None else "")
+            frame = frame.f_back
+        executor = _executor_of(thread)
+        name = ""
+        if executor is not None:
+            prefix = plain_attr(executor, "_thread_name_prefix")
+            name = clip(prefix) if type(prefix) is str and prefix else f"ThreadPoolExecutor {hex(id(executor))}"
+            entry = executors.setdefault(id(executor), (executor, [], []))
+            entry[1].append(ident)
+            if any(f.function == "_WorkItem.run" for f in stack):
+                entry[2].append(ident)
+        out.append(ThreadInfo(ident, clip(thread.name), tuple(stack), bool(thread.daemon), name, runs))
+    # The frames dict holds this function's own frame, which holds the dict: a cycle that
+    # would keep every frame (and what they hold) alive until the next collection.
+    frames.clear()
+    del frames, top, frame
+    infos = []
+    for key, (executor, idents, busy) in executors.items():
+        queue = plain_attr(executor, "_work_queue")
+        try:
+            queued = queue.qsize() if type(queue).__module__ == "queue" else 0  # type: ignore[attr-defined]
+        except Exception:
+            queued = 0
+        prefix = plain_attr(executor, "_thread_name_prefix")
+        workers = plain_attr(executor, "_max_workers")
+        infos.append(ExecutorInfo(
+            clip(prefix) if type(prefix) is str and prefix else f"ThreadPoolExecutor {hex(key)}",
+            workers if type(workers) is int else len(idents), tuple(idents), len(busy), int(queued),
+            loop_names.get(key, ""),
+        ))
+    return tuple(out), tuple(infos)
+
+
+# -- owners of awaited futures ---------------------------------------------------------------
+_CONTAINERS = (dict, list, collections.deque, set, tuple)
+_CLOSED_FLAGS = ("_closed", "closed", "_closing", "_connection_lost", "_conn_lost")
+_TRANSPORT_ATTRS = ("transport", "_transport")
+
+
+def _closed_reason(obj: object) -> str:
+    """Why ``obj`` (a transport, stream, protocol or a client holding one) is closed, or ""."""
+    if is_a(obj, asyncio.BaseTransport):
+        closing = plain_attr(obj, "_closing")
+        if closing is True:
+            return "its transport is closed"
+        sock = plain_attr(obj, "_sock")
+        if "_sock" in (instance_dict(obj) or {}) and sock is None:
+            return "its transport is closed"
+        return ""
+    if is_a(obj, asyncio.StreamReader):
+        if plain_attr(obj, "_eof") is True:
+            return "its stream reader is at EOF"
+        exc = plain_attr(obj, "_exception")
+        if exc is not None:
+            return f"its stream reader failed ({clip(type(exc).__qualname__)})"
+        return ""
+    if is_a(obj, asyncio.StreamWriter):
+        return _closed_reason(plain_attr(obj, "_transport"))
+    attrs = instance_dict(obj)
+    if attrs is None:
+        return ""
+    for flag in _CLOSED_FLAGS:
+        value = attrs.get(flag)
+        if value is True or (type(value) is int and flag.endswith("lost") and value > 0):
+            return f"{flag.strip('_')} is set"
+    is_protocol = callable(type(obj).__dict__.get("connection_lost")) or any(
+        "connection_lost" in klass.__dict__ for klass in type(obj).__mro__[1:] if klass is not asyncio.BaseProtocol
+        and klass is not asyncio.Protocol and klass is not object)
+    for name in _TRANSPORT_ATTRS:
+        if name in attrs:
+            value = attrs[name]
+            if value is None and is_protocol:
+                return "its connection was lost (transport is None)"
+            reason = _closed_reason(value) if is_a(value, (asyncio.BaseTransport,)) else ""
+            if reason:
+                return reason
+    return ""
+
+
+def _owner_closed(owner: object) -> str:
+    reason = _closed_reason(owner)
+    if reason:
+        return reason
+    attrs = instance_dict(owner) or {}
+    for name, value in list(attrs.items())[:64]:
+        if type(value) in _CONTAINERS or value is None or type(value) in (int, float, str, bool, bytes):
+            continue
+        reason = _closed_reason(value)
+        if reason:
+            return f"{clip(name, 60)}: {reason}"
+    return ""
+
+
+#: Levels of owners searched above an awaited object (the event of a stream of a connection).
+OWNER_DEPTH = 3
+
+
+def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[object, str]]]:
+    """id(object) -> [(owning instance, attribute path)], for the instances that keep each
+    object in an attribute, directly or in a dict/list/deque/set attribute.  Two
+    ``gc.get_referrers`` passes: the objects', then their containers'."""
+    wanted = {id(o) for o in objects}
+    found: dict[int, list[tuple[object, str]]] = {}
+    containers: dict[int, tuple[object, set[int]]] = {}
+    for ref in gc.get_referrers(*objects):
+        if id(ref) in ignore or type(ref) in (types.FrameType, types.CoroutineType, types.MethodType,
+                                              types.GeneratorType, types.CellType):
+            continue
+        try:
+            if type(ref) in _CONTAINERS:
+                values = ref.values() if type(ref) is dict else ref  # type: ignore[attr-defined]
+                held = {id(v) for v in list(values) if id(v) in wanted}
+                if held:
+                    containers[id(ref)] = (ref, held)
+                continue
+            attrs = instance_dict(ref)
+            if attrs is None:
+                continue
+            for key, value in list(attrs.items()):
+                if id(value) in wanted:
+                    found.setdefault(id(value), []).append((ref, f"{type(ref).__qualname__}.{clip(key, 60)}"))
+        except Exception:
+            continue
+    if containers:
+        boxes = [c for c, _ in containers.values()]
+        skip = ignore | {id(boxes)}
+        # instance __dict__s that hold one of the containers: their instances are found below
+        dict_holders: dict[int, tuple[dict[Any, Any], list[tuple[str, set[int]]]]] = {}
+        for owner in gc.get_referrers(*boxes):
+            if id(owner) in skip or type(owner) is types.FrameType:
+                continue
+            if type(owner) is dict:
+                try:
+                    keyed = [(clip(k, 60), containers[id(v)][1]) for k, v in list(owner.items())
+                             if type(k) is str and id(v) in containers]
+                except Exception:
+                    keyed = []
+                if keyed:
+                    dict_holders[id(owner)] = (owner, keyed)
+                continue
+            if type(owner) in _CONTAINERS:
+                continue
+            attrs = instance_dict(owner)
+            if attrs is None:
+                continue
+            try:
+                own = containers.get(id(attrs))
+                if own is not None:  # the container is the owner's own __dict__: its attributes
+                    for key, value in list(attrs.items()):
+                        if id(value) in own[1]:
+                            found.setdefault(id(value), []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
+                    continue
+                for key, value in list(attrs.items()):
+                    entry = containers.get(id(value))
+                    if entry is not None:
+                        for oid in entry[1]:
+                            found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
+            except Exception:
+                continue
+        del boxes
+        if dict_holders:
+            dicts = [d for d, _ in dict_holders.values()]
+            skip.add(id(dicts))
+            for owner in gc.get_referrers(*dicts):
+                if id(owner) in skip or type(owner) in _CONTAINERS or type(owner) is types.FrameType:
+                    continue
+                attrs = instance_dict(owner)
+                entry2 = dict_holders.get(id(attrs)) if attrs is not None else None
+                if entry2 is None:
+                    continue
+                for key, held in entry2[1]:
+                    for oid in held:
+                        found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{key}"))
+            del dicts
+    return found
+
+
+def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, tuple[str, str]]:
+    """id(object) -> (where it is kept, why that owner is closed, or "") for awaited futures
+    and primitives: the instance keeping each one, or the one keeping that (up to ``depth``
+    levels), whose transport or stream is closed or whose connection was lost."""
+    if not objects or len(objects) > MAX_OWNER_SCAN:
+        return {}
+    ignore = {id(objects)}
+    result: dict[int, tuple[str, str]] = {}
+    # the objects still looked for, each with the path from its original object
+    level: dict[int, tuple[object, int, str]] = {id(o): (o, id(o), "") for o in objects}
+    seen: set[int] = set(level)
+    for _ in range(depth):
+        if not level:
+            break
+        current = [entry[0] for entry in level.values()]
+        ignore.add(id(current))
+        owners = _owners(current, ignore)
+        del current
+        nxt: dict[int, tuple[object, int, str]] = {}
+        for key, (obj, origin, path) in level.items():
+            for owner, label in owners.get(key, ()):
+                where = label if not path else f"{path} in {label}"
+                if origin not in result:
+                    result[origin] = (where, "")
+                reason = _owner_closed(owner)
+                if reason:
+                    result[origin] = (where, reason)
+                    nxt.pop(id(owner), None)
+                    break
+                if id(owner) not in seen:
+                    seen.add(id(owner))
+                    nxt[id(owner)] = (owner, origin, where)
+        closed = {o for o, (_w, r) in result.items() if r}
+        level = {k: v for k, v in nxt.items() if v[1] not in closed}
+    return result
+
+
+def future_owners(futures: list[object]) -> dict[int, tuple[str, str]]:
+    """``closed_owners`` of awaited futures (kept for its name in the sync collector)."""
+    return closed_owners(futures)
+
+
+__all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners", "closed_owners",
+           "asyncio_futures_by_concurrent"]

@@ -1,0 +1,136 @@
+"""The dead-task log: what it records of a task that raised or was destroyed pending, and
+what it must leave alone (the program's own exception log, its memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+from diag.collect.dead_tasks import DeadTaskLog, exception_text
+from diag.collect.wait_evidence import is_main_task
+
+JOBS: asyncio.Queue[int] = asyncio.Queue()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[int] = asyncio.Queue()
+
+    async def run(self) -> None:
+        await asyncio.sleep(0)
+        raise ConnectionResetError("peer reset")
+
+
+async def global_consumer() -> None:
+    await asyncio.sleep(0)
+    JOBS.qsize()
+    raise ValueError("bad row")
+
+
+async def test_a_dead_task_is_recorded_with_its_exception_site_and_what_it_served() -> None:
+    log = DeadTaskLog()
+    worker = Worker()
+    tasks = [asyncio.create_task(worker.run(), name="worker"), asyncio.create_task(global_consumer())]
+    await asyncio.wait(tasks)
+    for t in tasks:
+        log.note_done(t)
+        log.note_done(t)  # the sampler sees a kept task every second: recorded once
+    first, second = log.snapshot()
+    assert (first.name, first.coro, first.how) == ("worker", "Worker.run", "exception")
+    assert first.exception == "ConnectionResetError: peer reset"
+    assert first.stack[0].function == "Worker.run" and first.stack[0].source == 'raise ConnectionResetError("peer reset")'
+    assert hex(id(worker.inbox)) in first.touched  # through self
+    assert hex(id(JOBS)) in second.touched  # through the module global it names
+    # the program's own "exception was never retrieved" log is not silenced by the read
+    assert all(t._log_traceback for t in tasks)  # type: ignore[attr-defined]
+    for t in tasks:
+        t.exception()  # retrieve them now, so this test does not log
+
+
+async def test_the_log_holds_no_task_exception_or_frame_and_stays_bounded() -> None:
+    log = DeadTaskLog(maxlen=5)
+    refs: list[Any] = []
+    for _ in range(20):
+        t = asyncio.create_task(Worker().run())
+        await asyncio.wait([t])
+        log.note_done(t)
+        refs.append(weakref.ref(t))
+        t.exception()
+        del t
+    gc.collect()
+    assert len(log) == 5 and len(log.snapshot()) == 5
+    assert all(r() is None for r in refs)  # nothing of theirs kept alive
+
+
+async def test_a_task_destroyed_while_pending_is_recorded_through_the_loops_exception_handler() -> None:
+    loop = asyncio.get_running_loop()
+    log = DeadTaskLog()
+    seen: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx["message"]))
+    before = vars(loop).get("call_exception_handler")
+    log.hook_loop(loop)
+    try:
+        async def lost() -> None:
+            await loop.create_future()  # nothing else refers to it
+
+        t = asyncio.create_task(lost(), name="lost")
+        await asyncio.sleep(0)
+        del t
+        gc.collect()
+        (dead,) = log.snapshot()
+        assert (dead.name, dead.how) == ("lost", "destroyed_pending")
+        assert seen == ["Task was destroyed but it is pending!"]  # the program's handler still runs
+    finally:
+        log.unhook_loop(loop)
+        loop.set_exception_handler(None)
+    assert vars(loop).get("call_exception_handler") is before  # as it was (the suite's own plugin may wrap it)
+
+
+def test_exception_text_never_runs_the_exceptions_own_str() -> None:
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            raise AssertionError("ran __str__")
+
+    assert exception_text(Hostile("plain", 1)) == "test_exception_text_never_runs_the_exceptions_own_str.<locals>.Hostile: plain"
+    assert exception_text(Hostile(object())).endswith("Hostile")
+
+
+async def test_the_runners_task_is_the_main_task() -> None:
+    other = asyncio.create_task(asyncio.sleep(0))
+    assert not is_main_task(other)
+    await other
+
+
+async def test_a_new_future_at_a_recycled_address_starts_a_new_wait() -> None:
+    """A reader awaiting a fresh future every few milliseconds never waits long, even when
+    asyncio hands each new future the address of the one just freed."""
+    from diag.collect.loop_watch import LoopWatch
+    from diag.collect.task_collector import collect_tasks
+
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    async def reader() -> None:
+        while not stop:
+            fut = loop.create_future()
+            loop.call_later(0.005, fut.set_result, None)
+            await fut
+            del fut
+
+    task = asyncio.create_task(reader(), name="reader")
+    watch = LoopWatch(install_factories=False)
+    try:
+        addresses = set()
+        for _ in range(12):
+            await asyncio.sleep(0.05)
+            waiter = task._fut_waiter  # type: ignore[attr-defined]
+            addresses.add(id(waiter))
+            del waiter
+            watch.sample_waits()
+        (info,) = [t for t in collect_tasks(watch).tasks if t.name == "reader"]
+        assert info.wait.seconds is not None and info.wait.seconds < 0.2, (info.wait.seconds, len(addresses))
+    finally:
+        stop = True
+        await task

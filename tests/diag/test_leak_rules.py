@@ -1,0 +1,257 @@
+"""The verdict rules of ``diag leaks`` on hand-built snapshots: each rule, what makes it
+fire, and what keeps it quiet (precision next to recall)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, LeakOptions, LeakReport, leak_report
+from diag.analysis.stuck_tasks import stuck_tasks
+from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.task_snapshot import (
+    DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
+)
+from tests.diag.snapshots import FETCH, snapshot, task
+
+LOCK_AT = Frame("/usr/lib/python3.11/asyncio/locks.py", 114, "Lock.acquire", "await fut")
+HANDLER = Frame("/srv/app/handlers.py", 40, "handler", "async with self.lock:")
+GATHER = Frame("/srv/app/batch.py", 9, "run_batch", "await asyncio.gather(*jobs)")
+QUEUE_PUT = Frame("/usr/lib/python3.11/asyncio/queues.py", 120, "Queue.put", "await putter")
+PRODUCE = Frame("/srv/app/pipeline.py", 31, "produce", "await self.queue.put(item)")
+REQUEST = Frame("/srv/app/client.py", 77, "Client.request", "return await fut")
+LIB_WAIT = Frame("/venv/lib/python3.11/site-packages/aiohttp/web_protocol.py", 600, "RequestHandler.start",
+                 "await self._waiter")
+
+OPTIONS = LeakOptions(min_wait=5.0)
+
+
+def lock(pid: str, label: str, waiters: int = 1) -> Primitive:
+    return Primitive("lock", pid, label, locked=True, waiters=waiters)
+
+
+def sem(pid: str, label: str, value: int = 0) -> Primitive:
+    return Primitive("semaphore", pid, label, value=value, locked=value == 0, waiters=1)
+
+
+def waiting_on(tid: int, prim: Primitive, *, coro: str = "handler", seconds: float = 30.0, **kw: object) -> TaskInfo:
+    kind = "lock" if prim.kind == "lock" else "semaphore"
+    return task(tid, coro=coro, stack=(LOCK_AT, HANDLER),
+                wait=Wait(kind, "Lock.acquire" if kind == "lock" else "Semaphore.acquire", prim, seconds, **kw))  # type: ignore[arg-type]
+
+
+def held(prim: Primitive, *holders: Holder, waiting: tuple[int, ...] = ()) -> PrimitiveState:
+    return PrimitiveState(prim, holders=holders, waiting_tasks=waiting, tracked=True)
+
+
+def holder(tid: int | None, *, alive: bool = True, state: str = "waiting", held_for: float = 20.0) -> Holder:
+    return Holder(tid, f"Task-{tid}", alive, state if alive else "finished", (HANDLER,), held_for)
+
+
+def sync(tasks: TaskSnapshot, *states: PrimitiveState, proof: Reachability = Reachability(False)) -> SyncSnapshot:
+    return SyncSnapshot(tasks.taken_at, tasks.process, tasks, states, proof, holders_tracked=True)
+
+
+def kinds(report: LeakReport) -> list[str]:
+    return [f.kind for f in report.findings]
+
+
+def ids_of(report: LeakReport, kind: str) -> set[int]:
+    return {t.id for f in report.findings if f.kind == kind for t in f.tasks}
+
+
+# -- the stuck-task fixed point ---------------------------------------------------------------
+def test_a_task_waiting_on_a_lock_it_holds_is_a_deadlock_and_its_queue_is_stuck_behind_it() -> None:
+    mine = lock("0x1", "Store.lock", waiters=2)
+    snap = sync(snapshot(waiting_on(1, mine), waiting_on(2, mine, coro="reader"), waiting_on(3, mine, coro="reader")),
+                held(mine, holder(1), waiting=(1, 2, 3)))
+    stuck = stuck_tasks(snap)
+    assert stuck.reasons[1].kind == "self" and {2, 3} <= set(stuck.reasons)
+    report = leak_report(snap, OPTIONS)
+    assert kinds(report) == ["deadlock", "stuck_behind"]
+    assert "waits for a lock it holds itself" in report.findings[0].title
+    behind = report.findings[1]
+    assert {t.id for t in behind.tasks} == {2, 3} and "task 1 (handler) waits on a lock it holds itself" in behind.evidence
+    assert report.fails(DEFAULT_FAIL_ON)
+
+
+def test_a_semaphore_with_one_free_holder_is_no_deadlock_even_when_the_others_wait_in_a_cycle() -> None:
+    pool = sem("0x2", "Client.pool")
+    other = lock("0x3", "Client.lock")
+    # 1 waits for the pool, held by 2 (waiting for the lock 1 holds) and by 3, which is running
+    tasks = snapshot(waiting_on(1, pool), waiting_on(2, other),
+                     task(3, state="running", wait=Wait("running")))
+    snap = sync(tasks, held(pool, holder(2), holder(3, state="running"), waiting=(1,)),
+                held(other, holder(1), waiting=(2,)))
+    assert not stuck_tasks(snap).reasons
+    assert "deadlock" not in kinds(leak_report(snap, OPTIONS))
+
+
+def test_a_lock_order_inversion_is_one_deadlock() -> None:
+    a, b = lock("0xa", "a"), lock("0xb", "b")
+    snap = sync(snapshot(waiting_on(1, b), waiting_on(2, a)), held(a, holder(1), waiting=(2,)),
+                held(b, holder(2), waiting=(1,)))
+    report = leak_report(snap, OPTIONS)
+    assert kinds(report) == ["deadlock"] and "lock-order inversion" in report.findings[0].title
+
+
+def test_a_deadline_is_a_way_out() -> None:
+    mine = lock("0x1", "Store.lock")
+    timed = waiting_on(1, mine, deadline=4.0, deadline_by="asyncio.timeout", deadline_known=True)
+    snap = sync(snapshot(timed), held(mine, holder(1), waiting=(1,)))
+    assert not stuck_tasks(snap).reasons and leak_report(snap, OPTIONS).findings == ()
+
+
+def test_a_gather_is_stuck_only_when_every_pending_child_is() -> None:
+    mine = lock("0x1", "Store.lock")
+    parent = task(10, coro="run_batch", stack=(GATHER,), wait=Wait("gather", "gather", seconds=30.0, tasks=(1, 2)))
+    running_child = task(2, state="ready", wait=Wait("ready"))
+    snap = sync(snapshot(parent, waiting_on(1, mine), running_child), held(mine, holder(1), waiting=(1,)))
+    assert 10 not in stuck_tasks(snap)  # child 2 may still raise and end the gather
+    snap = sync(snapshot(parent, waiting_on(1, mine)), held(mine, holder(1), waiting=(1,)))
+    report = leak_report(snap, OPTIONS)
+    assert ids_of(report, "stuck_behind") == {10}
+    assert "they await 1 task that can never finish" in next(f for f in report.findings if f.kind == "stuck_behind").evidence
+
+
+# -- leaked permits -----------------------------------------------------------------------------
+def test_a_leaked_permit_names_every_culprit_and_its_fate_and_lists_the_waiters_apart() -> None:
+    pool = sem("0x2", "Client.pool")
+    dead = (DeadTask(5, "Task-5", "holder", "destroyed_pending", 2.0),
+            DeadTask(6, "Task-6", "fetch", "exception", 1.0, "ConnectionResetError: reset"))
+    tasks = replace(snapshot(waiting_on(1, pool), waiting_on(2, pool)), dead_tasks=dead, destroyed_seen=True)
+    snap = sync(tasks, held(pool, holder(5, alive=False), holder(6, alive=False), holder(7, alive=False),
+                            waiting=(1, 2)))
+    (permit,) = [f for f in leak_report(snap, OPTIONS).findings if f.kind == "leaked_permit"]
+    assert permit.title.startswith("3 permits of semaphore Client.pool")
+    assert "task 5 'Task-5' acquired it at handlers.py:40 handler" in permit.evidence
+    assert "destroyed by the GC while still waiting" in permit.evidence and "never finished" in permit.evidence
+    assert "died with ConnectionResetError: reset" in permit.evidence
+    assert "task 7 'Task-7' acquired it" in permit.evidence and "finished without releasing it" in permit.evidence
+    assert "2 tasks wait for it, and no other holder can release it: they are stuck for good" in permit.evidence
+    assert {t.id for t in permit.tasks} == {1, 2}
+    assert kinds(leak_report(snap, OPTIONS)) == ["leaked_permit"]  # the waiters are not repeated
+    unhooked = replace(snap, tasks=replace(snap.tasks, destroyed_seen=False))  # uvloop: destruction unseen
+    (permit,) = [f for f in leak_report(unhooked, OPTIONS).findings if f.kind == "leaked_permit"]
+    assert "task 7 'Task-7' acquired it at handlers.py:40 handler 20.0s ago and is gone without releasing it: " \
+           "it finished, or the GC destroyed it" in permit.evidence
+
+
+def test_a_holder_the_proof_found_unreachable_leaks_its_permit_before_any_gc_runs() -> None:
+    pool = sem("0x2", "Client.pool")
+    lost = task(5, coro="holder", wait=Wait("future", "Future", seconds=30.0))
+    snap = sync(snapshot(lost, waiting_on(1, pool)), held(pool, holder(5), waiting=(1,)),
+                proof=Reachability(True, unreachable=(5,), blocked=2, objects_marked=10))
+    report = leak_report(snap, OPTIONS)
+    (permit,) = [f for f in report.findings if f.kind == "leaked_permit"]
+    assert "can never be woken (proven leak)" in permit.evidence and {t.id for t in permit.tasks} == {1}
+    assert "suspect" not in kinds(report) and "stuck_behind" not in kinds(report)
+
+
+# -- swallowed cancellation -------------------------------------------------------------------
+def test_a_cancel_swallowed_past_the_grace_is_a_verdict_naming_who_waits_for_it() -> None:
+    stubborn = task(1, coro="Worker.run", wait=Wait("sleep", "sleep", seconds=3.0))
+    stubborn = replace(stubborn, cancelling=True, cancel_seconds=4.0)
+    shutdown = task(2, coro="shutdown", wait=Wait("task", "await task", seconds=4.0, tasks=(1,)))
+    report = leak_report(sync(snapshot(stubborn, shutdown)), OPTIONS)
+    (finding,) = [f for f in report.findings if f.kind == "swallowed_cancel"]
+    assert {t.id for t in finding.tasks} == {1, 2} and "task 2 (await task in shutdown)" in finding.evidence
+    assert report.fails(DEFAULT_FAIL_ON)
+
+
+def test_a_cancelled_task_still_cleaning_up_within_the_grace_or_under_a_timeout_is_not_flagged() -> None:
+    young = replace(task(1, wait=Wait("event", "Event.wait", seconds=1.0)), cancelling=True, cancel_seconds=1.0)
+    timed = replace(task(2, wait=Wait("event", "Event.wait", seconds=9.0, deadline=3.0, deadline_known=True)),
+                    cancelling=True, cancel_seconds=9.0)
+    assert leak_report(sync(snapshot(young, timed)), OPTIONS).findings == ()
+
+
+# -- suspects -----------------------------------------------------------------------------------
+def test_the_main_task_is_never_a_suspect_even_when_nothing_else_refers_to_it() -> None:
+    main = replace(task(1, coro="main", wait=Wait("event", "Event.wait", seconds=600.0)), main=True)
+    proof = Reachability(True, unreferenced=(1,), blocked=1)
+    assert leak_report(sync(snapshot(main), proof=proof), OPTIONS).findings == ()
+
+
+def test_a_waiter_whose_counterpart_died_is_told_who_died_how_and_where() -> None:
+    queue = Primitive("queue", "0x9", "Pipeline.queue", size=1, maxsize=1, getters=0, putters=1)
+    producer = task(1, coro="produce", stack=(QUEUE_PUT, PRODUCE),
+                    wait=Wait("queue_put", "Queue.put", queue, 30.0, deadline_known=True))
+    consumer = DeadTask(2, "consumer", "Pipeline.consume", "exception", 31.5, "ConnectionResetError: peer reset",
+                        (Frame("/srv/app/pipeline.py", 44, "Pipeline.consume", "raise"),), touched=("0x9",))
+    snap = sync(replace(snapshot(producer), dead_tasks=(consumer,)), PrimitiveState(queue, waiting_tasks=(1,)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert finding.kind == "suspect"
+    assert finding.evidence.startswith("the task that used queue Pipeline.queue 0x9, Pipeline.consume (task 2), "
+                                       "died 31.5s ago with ConnectionResetError: peer reset at pipeline.py:44")
+    assert "no timeout or timer covers it" in finding.evidence
+
+
+def test_an_idle_consumer_is_quiet_unless_its_producer_died() -> None:
+    queue = Primitive("queue", "0x9", "jobs", size=0, maxsize=0, getters=1, putters=0)
+    idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", queue, 300.0, deadline_known=True))
+    snap = sync(snapshot(idle), PrimitiveState(queue, waiting_tasks=(1,)))
+    assert leak_report(snap, OPTIONS).findings == ()
+    producer = DeadTask(2, "producer", "produce", "exception", 3.0, "ValueError: bad row", touched=("0x9",))
+    snap = replace(snap, tasks=replace(snap.tasks, dead_tasks=(producer,)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert finding.kind == "suspect" and "produce (task 2), died 3.0s ago with ValueError: bad row" in finding.evidence
+
+
+def test_a_future_kept_by_a_closed_connection_is_a_suspect() -> None:
+    waiter = task(1, coro="Client.request", stack=(REQUEST,),
+                  wait=Wait("future", "Future", seconds=12.0, deadline_known=True, future_id="0x5",
+                            owner="Client._pending, its transport is closed", owner_closed=True))
+    (finding,) = leak_report(sync(snapshot(waiter)), OPTIONS).findings
+    assert "the future it awaits is kept by Client._pending, its transport is closed: nothing is left to wake it" \
+        in finding.evidence
+
+
+def test_a_bare_future_with_no_timeout_in_the_programs_own_code_is_a_suspect_but_not_in_a_library() -> None:
+    own = task(1, coro="Client.request", stack=(REQUEST,), wait=Wait("future", "Future", seconds=60.0, deadline_known=True))
+    lib = task(2, coro="RequestHandler.start", stack=(LIB_WAIT,),
+               wait=Wait("future", "Future", seconds=60.0, deadline_known=True))
+    timed = task(3, coro="Client.request", stack=(REQUEST,),
+                 wait=Wait("future", "Future", seconds=60.0, deadline=30.0, deadline_by="asyncio.timeout",
+                           deadline_known=True))
+    report = leak_report(sync(snapshot(own, lib, timed)), OPTIONS)
+    assert ids_of(report, "suspect") == {1}
+    assert "awaited a bare future for 60s with no timeout" in report.findings[0].evidence
+
+
+def test_an_executor_call_names_its_worker_thread_and_where_it_is_stuck() -> None:
+    call = task(1, coro="to_thread", stack=(FETCH,),
+                wait=Wait("executor", "run_in_executor", seconds=40.0, deadline_known=True, future_id="0x77"))
+    worker = ThreadInfo(11, "asyncio_0", (Frame("/srv/app/dns.py", 8, "resolve", "sock.recv(512)"),),
+                        True, "asyncio", "0x77")
+    snap = sync(replace(snapshot(call), threads=(worker,)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert "the executor call has run for 40s in thread asyncio_0, now at dns.py:8 resolve" in finding.evidence
+
+
+def test_an_executor_with_every_worker_busy_and_calls_queued_is_exhausted() -> None:
+    queued = task(3, coro="to_thread", wait=Wait("executor", "run_in_executor", seconds=20.0, future_id="0x9"))
+    busy = [ThreadInfo(i, f"pool_{i}", (Frame("/srv/app/dns.py", 8, "resolve", ""),), True, "pool", f"0x{i}")
+            for i in (1, 2)]
+    pool = ExecutorInfo("pool", 2, (1, 2), busy=2, queued=1)
+    snap = sync(replace(snapshot(queued), threads=tuple(busy), executors=(pool,)))
+    found = [f for f in leak_report(snap, OPTIONS).findings if f.kind == "exhausted"]
+    assert found and found[0].title == "executor pool is exhausted"
+    assert "all 2 workers are busy and 1 calls wait in its queue" in found[0].evidence
+    idle_pool = replace(pool, busy=1)
+    snap = sync(replace(snapshot(queued), threads=tuple(busy), executors=(idle_pool,)))
+    assert not [f for f in leak_report(snap, OPTIONS).findings if f.kind == "exhausted"]
+
+
+def test_every_new_field_round_trips_through_json() -> None:
+    info = replace(task(1, wait=Wait("future", "Future", seconds=2.0, deadline=None, deadline_by="",
+                                     deadline_known=True, future_id="0x5", owner="C.pending", owner_closed=True)),
+                   main=True, cancel_seconds=3.5, cancelling=True)
+    snap = replace(snapshot(info), dead_tasks=(DeadTask(2, "c", "consume", "exception", 1.0, "E: x",
+                                                        (FETCH,), None, ("0x9",)),),
+                   threads=(ThreadInfo(7, "w", (FETCH,), True, "pool", "0x5"),),
+                   executors=(ExecutorInfo("pool", 4, (7,), 1, 0, "0x1"),), destroyed_seen=True)
+    back = TaskSnapshot.from_json(snap.to_json())
+    assert back.tasks == snap.tasks and back.dead_tasks == snap.dead_tasks
+    assert back.threads == snap.threads and back.executors == snap.executors and back.destroyed_seen
+    older = TaskSnapshot.from_json(snapshot(task(1)).to_json())  # a file without them reads as before
+    assert older.tasks[0].wait.deadline_known is False and older.dead_tasks == ()

@@ -1,0 +1,290 @@
+"""The hangs real services have, as stand-alone programs under ``diag run``: each new
+piece of evidence and each new verdict on a real process over loopback, on asyncio's
+loop and on uvloop, next to a fixed twin that must stay quiet."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.cli import run_diag
+from tests.support.programs import DiagRun
+
+RUN_ON = """
+import os
+if os.environ.get("LOOP") == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+HANGS = """
+import asyncio, threading
+
+LOCK = asyncio.Lock()
+POOL = asyncio.Semaphore(1)
+JOBS = asyncio.Queue(maxsize=1)
+NEVER = threading.Event()
+
+class Client(asyncio.Protocol):
+    def __init__(self):
+        self.transport = None
+        self.pending = {}
+    def connection_made(self, transport):
+        self.transport = transport
+    def connection_lost(self, exc):
+        self.transport = None              # the bug: pending requests are never failed
+
+async def nested():
+    async with LOCK:
+        await helper()
+
+async def helper():
+    async with LOCK:                       # asyncio.Lock is not reentrant
+        pass
+
+async def queued_on_lock():
+    async with LOCK:
+        pass
+
+async def consumer():
+    await JOBS.get()
+    raise ConnectionResetError("peer reset")
+
+async def producer():
+    for i in range(10):
+        await JOBS.put(i)
+
+async def stubborn():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass                           # swallows the cancel
+
+async def shutdown(task):
+    task.cancel()
+    await task
+
+async def request(client):
+    fut = asyncio.get_running_loop().create_future()
+    client.pending[1] = fut
+    return await fut
+
+async def lookup():
+    await asyncio.to_thread(NEVER.wait)    # a blocking call with no timeout
+
+async def batch():
+    await asyncio.gather(asyncio.sleep(0.01), queued_on_lock())
+
+async def main():
+    loop = asyncio.get_running_loop()
+    keep = [asyncio.create_task(nested(), name="nested")]
+    await asyncio.sleep(0.05)
+    keep += [asyncio.create_task(queued_on_lock(), name="queued"), asyncio.create_task(batch(), name="batch"),
+             asyncio.create_task(consumer(), name="consumer"), asyncio.create_task(producer(), name="producer")]
+    worker = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0.05)
+    keep.append(asyncio.create_task(shutdown(worker), name="shutdown"))
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    transport, client = await loop.create_connection(Client, "127.0.0.1", server.sockets[0].getsockname()[1])
+    keep.append(asyncio.create_task(request(client), name="request"))
+    await asyncio.sleep(0.05)
+    transport.close()
+    keep.append(asyncio.create_task(lookup(), name="lookup"))
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+FIXED = """
+import asyncio, threading
+
+LOCK = asyncio.Lock()
+JOBS = asyncio.Queue(maxsize=1)
+NEVER = threading.Event()
+
+class Client(asyncio.Protocol):
+    def __init__(self):
+        self.transport = None
+        self.pending = {}
+    def connection_made(self, transport):
+        self.transport = transport
+    def connection_lost(self, exc):
+        self.transport = None
+        for fut in self.pending.values():  # the fix
+            if not fut.done():
+                fut.set_exception(ConnectionError("closed"))
+
+async def nested():
+    async with LOCK:
+        await helper()
+
+async def helper():                        # the fix: the caller holds the lock
+    pass
+
+async def queued_on_lock():
+    async with LOCK:
+        pass
+
+async def consumer():
+    while True:
+        item = await JOBS.get()
+        if item == 0:
+            try:
+                raise ConnectionResetError("peer reset")
+            except ConnectionResetError:
+                pass                       # the fix: a bad item does not kill the consumer
+
+async def producer():
+    for i in range(10):
+        await JOBS.put(i)
+
+async def worker_loop():
+    while True:
+        await asyncio.sleep(3600)          # the fix: the cancel ends it
+
+async def shutdown(task):
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+async def request(client):
+    fut = asyncio.get_running_loop().create_future()
+    client.pending[1] = fut
+    try:
+        return await fut
+    except ConnectionError:
+        return None
+
+async def lookup():
+    try:
+        async with asyncio.timeout(600):   # the fix: the call has a deadline
+            await asyncio.to_thread(NEVER.wait, 600)
+    except TimeoutError:
+        pass
+
+async def main():
+    loop = asyncio.get_running_loop()
+    keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
+            asyncio.create_task(consumer(), name="consumer"), asyncio.create_task(producer(), name="producer")]
+    worker = asyncio.create_task(worker_loop(), name="worker")
+    await asyncio.sleep(0.05)
+    keep.append(asyncio.create_task(shutdown(worker), name="shutdown"))
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    transport, client = await loop.create_connection(Client, "127.0.0.1", server.sockets[0].getsockname()[1])
+    keep.append(asyncio.create_task(request(client), name="request"))
+    await asyncio.sleep(0.05)
+    transport.close()
+    keep.append(asyncio.create_task(lookup(), name="lookup"))
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+ALL_KINDS = "proven_leak,leaked_permit,deadlock,stuck_behind,swallowed_cancel,loop_blocked,exhausted,suspect"
+WANTED = {"deadlock", "stuck_behind", "swallowed_cancel", "suspect"}
+
+
+def leaks(url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_diag("leaks", url, "--format", "json", *args, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def by_task(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in data["findings"]:
+        for t in f["tasks"]:
+            out.setdefault(t["name"], []).append(f)
+    return out
+
+
+def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) -> tuple[int, dict[str, Any]]:
+    """``diag leaks`` once every wanted task is named by some finding (waits are lower
+    bounds sampled once a second, so the verdicts appear over the first seconds)."""
+    deadline = time.monotonic() + within
+    while True:
+        code, data = leaks(url, *args)
+        if wanted_names <= set(by_task(data)) or time.monotonic() > deadline:
+            return code, data
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
+    names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup"}
+    with DiagRun(HANGS, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, names, "--min-wait", "1", "--cancel-grace", "1")
+        found = by_task(data)
+        assert names <= set(found), (sorted(found), data["findings"])
+        assert code == 1 and WANTED <= {f["kind"] for f in data["findings"]}
+
+        def kind_of(name: str) -> set[str]:
+            return {f["kind"] for f in found[name]}
+
+        def evidence(name: str) -> str:
+            return " | ".join(f["evidence"] for f in found[name])
+
+        assert kind_of("nested") == {"deadlock"} and "holds __main__.LOCK" in evidence("nested")
+        assert kind_of("queued") == {"stuck_behind"} and "waits on a lock it holds itself" in evidence("queued")
+        assert kind_of("batch") == {"stuck_behind"} and "can never finish" in evidence("batch")
+        assert kind_of("stubborn") == {"swallowed_cancel"} and kind_of("shutdown") == {"swallowed_cancel"}
+        assert "(await task in shutdown)" in evidence("stubborn")
+        assert kind_of("producer") == {"suspect"}
+        assert "consumer (task" in evidence("producer") and "ConnectionResetError: peer reset" in evidence("producer")
+        assert kind_of("request") == {"suspect"}
+        assert "is kept by Client.pending, its connection was lost" in evidence("request")
+        assert kind_of("lookup") == {"suspect"}
+        assert "in thread" in evidence("lookup") and "Condition.wait" in evidence("lookup")
+        assert "main" not in {t["coro"] for f in data["findings"] for t in f["tasks"]}  # the runner holds it
+        # every task appears in one finding only: one finding per cause
+        assert all(len(fs) == 1 for fs in found.values()), {n: [f["kind"] for f in fs] for n, fs in found.items()}
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+        dead = [d for d in tasks["dead_tasks"] if d["name"] == "consumer"]
+        assert dead and dead[0]["exception"] == "ConnectionResetError: peer reset"
+        assert any(t["runs_future"] for t in tasks["threads"])  # the worker thread of lookup's call
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_fixed_twin_has_no_finding_at_all(loop: str) -> None:
+    with DiagRun(FIXED, env={"LOOP": loop}) as app:
+        # Wait until the twin's long waits are old enough to be judged, then ask.
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            lookup = [t for t in tasks["tasks"] if t["name"] == "lookup"]
+            if lookup and (lookup[0]["wait"]["seconds"] or 0) >= 1.5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        code, data = leaks(app.url, "--min-wait", "1", "--cancel-grace", "1", "--stall-threshold", "5",
+                           "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]
+
+
+RUNS_FOREVER = """
+import asyncio
+
+async def worker(jobs):
+    while True:
+        await jobs.get()
+
+async def main():
+    jobs = asyncio.Queue()           # only main holds it: main's frame runs again on Ctrl-C
+    workers = [asyncio.create_task(worker(jobs), name=f"worker-{i}") for i in range(3)]
+    await asyncio.Event().wait()     # run until stopped: an idiom, not a leak
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_main_that_runs_forever_on_a_local_event_is_not_a_leak(loop: str) -> None:
+    with DiagRun(RUNS_FOREVER, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 30
+        while True:  # until the waits are old enough to be judged
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            if all((t["wait"]["seconds"] or 0) >= 1.5 for t in tasks["tasks"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        (main,) = [t for t in tasks["tasks"] if t.get("main")]  # uvloop.run wraps main in a coroutine of its own
+        assert "main" in {f["function"] for f in main["stack"]}
+        code, data = leaks(app.url, "--min-wait", "1", "--stall-threshold", "5", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]

@@ -1,0 +1,97 @@
+"""The evidence collectors on real asyncio objects: who keeps an awaited thing and whether
+its connection is closed, and what can end a wait."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import pytest
+
+from diag.collect import wait_evidence
+from diag.collect.loop_watch import LoopWatch
+from diag.collect.task_collector import collect_tasks
+
+
+class Stream:
+    def __init__(self) -> None:
+        self._ready = asyncio.Event()
+        self._buffer: collections.deque[bytes] = collections.deque()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._transport: Any = None
+        self._streams: dict[str, Stream] = {}
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+@pytest.mark.parametrize("materialised", [False, True])
+async def test_the_owner_of_an_awaited_event_is_found_up_the_chain_with_why_it_is_closed(materialised: bool) -> None:
+    conn = Connection()
+    stream = conn._streams["cpu"] = Stream()
+    fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    conn.pending[1] = fut
+    if materialised:  # instance dicts made real (by earlier introspection, say): other referrer shapes
+        vars(stream), vars(conn)
+    found = wait_evidence.closed_owners([stream._ready, fut])
+    assert found[id(stream._ready)] == ("Stream._ready in Connection._streams",
+                                        "its connection was lost (transport is None)")
+    assert found[id(fut)] == ("Connection.pending", "its connection was lost (transport is None)")
+    fut.cancel()
+
+
+async def test_an_open_connection_is_named_but_not_called_closed() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    transport, conn = await loop.create_connection(Connection, "127.0.0.1", server.sockets[0].getsockname()[1])
+    conn._transport = transport
+    stream = conn._streams["cpu"] = Stream()
+    try:
+        (label, closed), = wait_evidence.closed_owners([stream._ready]).values()
+        assert label.startswith("Stream._ready") and closed == ""
+        transport.close()
+        (label, closed), = wait_evidence.closed_owners([stream._ready]).values()
+        assert closed.endswith("its transport is closed"), closed
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() -> None:
+    loop = asyncio.get_running_loop()
+    never = asyncio.Event()
+
+    async def under_timeout() -> None:
+        async with asyncio.timeout(30):
+            await never.wait()
+
+    async def bare() -> None:
+        await never.wait()
+
+    timed = asyncio.create_task(under_timeout(), name="timeout")
+    waiting_for = asyncio.create_task(asyncio.wait_for(never.wait(), 20), name="wait_for")
+    cancelled_later = asyncio.create_task(bare(), name="timer")
+    handle = loop.call_later(10, cancelled_later.cancel)
+    plain = asyncio.create_task(bare(), name="bare")
+    watch = LoopWatch(install_factories=False)
+    await asyncio.sleep(0.05)
+    watch.sample_waits()
+    await asyncio.sleep(0.05)
+    try:
+        by_name = {t.name: t.wait for t in collect_tasks(watch).tasks}
+        assert by_name["timeout"].deadline_by == "asyncio.timeout" and 25 < by_name["timeout"].deadline < 30
+        assert by_name["wait_for"].deadline is not None and 15 < by_name["wait_for"].deadline < 20
+        assert by_name["timer"].deadline is not None and 5 < by_name["timer"].deadline < 10
+        assert "task.cancel" in by_name["timer"].deadline_by
+        assert by_name["bare"].deadline_known and by_name["bare"].deadline is None
+    finally:
+        handle.cancel()
+        for t in (timed, waiting_for, cancelled_later, plain):
+            t.cancel()
+        await asyncio.gather(timed, waiting_for, cancelled_later, plain, return_exceptions=True)
