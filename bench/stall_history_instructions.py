@@ -33,6 +33,7 @@ if path == "current":
 else:
     spec = importlib.util.spec_from_file_location("loop_watch_before", path)
     loop_watch = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loop_watch  # its dataclasses look their module up
     spec.loader.exec_module(loop_watch)
 
 

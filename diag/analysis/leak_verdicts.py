@@ -597,8 +597,7 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
         if current is not None and current.seconds >= max(options.stall_threshold, 1e-9):
             title = f"event loop {loop.id} has not turned for {current.seconds:.1f}s"
             site = loop.blocking_stack or summary.sites[0].frames
-            top = site[0] if site else None
-            at = f" at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}" if top is not None else ""
+            at = f" at {site_text(site)}" if site else ""
             evidence = f"thread {thread} is running{at}; every task on this loop waits"
             if summary.count > 1:
                 evidence += f"; {_history_text(summary)}"

@@ -48,7 +48,7 @@ STALL_WINDOW = 60.0
 MAX_STALLS = 256
 #: Distinct stacks kept per stall (the most sampled), and frames per stack.
 MAX_STALL_STACKS = 3
-MAX_STALL_FRAMES = 24
+MAX_STALL_FRAMES = 16
 
 #: (CPU seconds, seconds runnable on a run queue) of a thread, the process's CPU seconds,
 #: the cgroup's throttled seconds; ``None`` where not known.
