@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from diag.analysis.loop_stalls import REASONS, WindowSummary, reasons_text, site_text, window_summary
+from diag.analysis.loop_stalls import OWN_REASONS, REASONS, WindowSummary, reasons_text, site_text, window_summary
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
 from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.errors import UsageError
@@ -548,7 +548,7 @@ def _pct(part: float, whole: float) -> str:
 
 def _stall_summary(loop: LoopInfo, cause: str, snap: SyncSnapshot, options: LeakOptions) -> WindowSummary | None:
     """The loop's ``cause`` stalls in the window when they make a verdict, else None."""
-    summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at)
+    summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at, exclude_reasons=OWN_REASONS)
     threshold = max(options.stall_threshold, 1e-9)
     if summary.longest >= threshold or summary.count >= options.stall_repeats:
         return summary

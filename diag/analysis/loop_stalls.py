@@ -77,7 +77,10 @@ REASONS = {
     "throttled": "the cgroup's CPU quota throttled the process",
     "gil": "the loop thread was woken but waited for the GIL while other threads ran",
     "poll": "the loop thread sat in the loop's own poll: ready to turn, not given a CPU or the GIL",
+    "diag": "the loop thread waited for the GIL while diag's own dump or proof held it",
 }
+#: Stalls diag caused itself: shown, never a verdict on the program.
+OWN_REASONS = frozenset({"diag"})
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,17 @@ def stall_frames(loop: LoopInfo, stall: Stall) -> tuple[Frame, ...]:
     return best.frames
 
 
-def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None,
-                   now: float | None = None) -> WindowSummary:
+def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, now: float | None = None,
+                   exclude_reasons: frozenset[str] = frozenset()) -> WindowSummary:
     """The stalls of ``cause`` in the last ``window`` seconds before ``now`` (both default to
-    the agent's: its whole window).  An ``unknown`` current stall counts as ``blocked``: a loop
-    that has not turned says so even where its cause cannot be measured."""
+    the agent's: its whole window), but those of ``exclude_reasons``.  An ``unknown`` current
+    stall counts as ``blocked``: a loop that has not turned says so even where its cause
+    cannot be measured."""
     span = loop.stall_window if window is None else (min(window, loop.stall_window) if loop.stall_window else window)
     picked = []
     for stall in loop_stalls(loop):
         c = "blocked" if stall.cause == "unknown" and stall.ongoing else stall.cause
-        if c != cause:
+        if c != cause or stall.reason in exclude_reasons:
             continue
         if not stall.ongoing and now is not None and window is not None and stall.started_at + stall.seconds < now - window:
             continue
@@ -179,5 +183,5 @@ def reasons_text(summary: WindowSummary) -> str:
     return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-__all__ = ["BLOCKED_OWN_SECONDS", "MOSTLY", "REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
+__all__ = ["BLOCKED_OWN_SECONDS", "MOSTLY", "REASONS", "OWN_REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
            "stall_frames", "window_summary", "site_text", "reasons_text"]

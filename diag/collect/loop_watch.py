@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.events
 import collections
+import contextlib
 import linecache
 import os
 import sys
@@ -30,7 +31,7 @@ import time
 import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
@@ -265,6 +266,10 @@ class LoopWatch:
         self.holder_labels: dict[int, tuple[Any, str]] = {}
         self._throttle = _cgroup_cpu_stat()
         self._interned: dict[_StackKey, _StackKey] = {}
+        # The agent's own collections: how many run now, since when, and the last ones (start, end).
+        self._own_depth = 0
+        self._own_since = 0.0
+        self._own_spans: "collections.deque[tuple[float, float]]" = collections.deque(maxlen=64)
         #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
         self.dead = DeadTaskLog()
         # id(task) -> monotonic time the sampler first saw a cancellation pending on it
@@ -439,6 +444,30 @@ class LoopWatch:
                 beat.base_stack = _stack_key(caller)
 
     # -- stall history --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def own_work(self) -> Iterator[None]:
+        """Marks a collection of the agent's own (a dump, the proof): a stall it caused by
+        holding the GIL is told apart from one the program's threads caused."""
+        with self._lock:
+            if self._own_depth == 0:
+                self._own_since = time.monotonic()
+            self._own_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._own_depth -= 1
+                if self._own_depth == 0:
+                    self._own_spans.append((self._own_since, time.monotonic()))
+
+    def _own_overlap(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which the agent was collecting."""
+        with self._lock:
+            spans = list(self._own_spans)
+            if self._own_depth:
+                spans.append((self._own_since, end))
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
     def _intern(self, key: _StackKey) -> _StackKey:
         """One tuple per distinct stack, so a site that stalls again and again costs once."""
         got = self._interned.get(key)
@@ -466,7 +495,8 @@ class LoopWatch:
         beat.open = stall
 
     def _judge(self, beat: _Beat, seconds: float, start: _Figures | None, end: _Figures | None,
-               stall: _OpenStall | None) -> tuple[str, str, tuple[float | None, float | None, float | None, float | None]]:
+               stall: _OpenStall | None, stall_at: float | None = None
+               ) -> tuple[str, str, tuple[float | None, float | None, float | None, float | None]]:
         def delta(i: int) -> float | None:
             a = None if start is None else start[i]
             b = None if end is None else end[i]
@@ -480,6 +510,9 @@ class LoopWatch:
         own = stall.own_wait if stall is not None else 0
         cause, reason = classify(seconds, cpu=cpu, runqueue=runq, throttled=throttled, others_cpu=others,
                                  samples=samples, own_wait_samples=own)
+        if (cause, reason) in (("starved", "gil"), ("unknown", "")) and stall_at is not None \
+                and self._own_overlap(stall_at, stall_at + seconds) >= 0.5 * seconds:
+            cause, reason = "starved", "diag"  # the GIL was the agent's: its own dump or proof
         return cause, reason, (cpu, runq, throttled, others)
 
     def _close_stall(self, beat: _Beat) -> None:
@@ -494,7 +527,7 @@ class LoopWatch:
         if end is not None and self._throttle is not None:
             end = (end[0], end[1], end[2], _throttled_seconds(self._throttle))
         seconds = ran - sent
-        cause, reason, figures = self._judge(beat, seconds, start, end, stall)
+        cause, reason, figures = self._judge(beat, seconds, start, end, stall, sent)
         stacks = () if stall is None else tuple(sorted(stall.stacks.items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
         record = _StallRecord(time.time() - (time.monotonic() - sent), ran, seconds, cause, reason, figures,
                               0 if stall is None else stall.samples, stacks)
@@ -526,7 +559,8 @@ class LoopWatch:
             if stall is None or stall.sent_at != sent:
                 stall = None
             seconds = now - sent
-            cause, reason, figures = self._judge(beat, seconds, beat.sent_figures, self._figures(beat.native_id), stall)
+            cause, reason, figures = self._judge(beat, seconds, beat.sent_figures, self._figures(beat.native_id), stall,
+                                                 sent)
             top = () if stall is None else tuple(sorted(dict(stall.stacks).items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
             records.append(_StallRecord(wall - seconds, now, seconds, cause, reason, figures,
                                         0 if stall is None else stall.samples, top))

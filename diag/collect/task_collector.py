@@ -779,7 +779,7 @@ def paused_gc() -> Iterator[None]:
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
-    with paused_gc():
+    with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
         return _collect_tasks(watch, options)
 
 

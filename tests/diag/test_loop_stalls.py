@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, leak_report
 from diag.analysis.loop_stalls import classify, window_summary
 from diag.analysis.metrics_model import MetricsInputs, metric_families
+from diag.collect.loop_watch import LoopWatch, _Beat, _Figures
 from diag.errors import UsageError
 from diag.render.tasks_text import loop_line
 from diag.render.top_view import loop_line as top_loop_line
@@ -199,3 +201,24 @@ def test_metrics_count_stalls_by_cause() -> None:
     assert stalls.value(thread="MainThread", cause="starved") == 1
     assert seconds.value(thread="MainThread", cause="starved") == 0.5
     assert seconds.value(thread="MainThread", cause="blocked") == 9.0
+
+
+def test_stalls_diag_caused_itself_are_shown_but_never_a_verdict() -> None:
+    own = [Stall(NOW - ago, 0.6, "starved", "diag", cpu_seconds=0.0, runqueue_seconds=0.0, others_cpu_seconds=0.58,
+                 samples=0) for ago in (40, 20, 5)]
+    loop = loop_with(*own)
+    assert kinds(sync(loop)) == []
+    assert loop_line(loop).endswith("; 3 stalls in the last 60s: 3 starved (diag), longest 0.6s")
+
+
+def test_a_gil_wait_during_the_agents_own_collection_is_the_agents() -> None:
+    watch = LoopWatch(install_factories=False)
+    beat = _Beat()
+    idle: _Figures = (1.0, 0.5, 2.0, None)  # the loop thread neither ran nor waited for a CPU
+    busy: _Figures = (1.0, 0.5, 2.5, None)  # ... while another thread ran 0.5 s
+    start = time.monotonic()
+    assert watch._judge(beat, 0.5, idle, busy, None, start)[:2] == ("starved", "gil")
+    with watch.own_work():
+        assert watch._judge(beat, 0.5, idle, busy, None, time.monotonic())[:2] == ("starved", "diag")
+        assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic())[:2] == ("starved", "diag")
+    assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic() + 10)[:2] == ("unknown", "")
