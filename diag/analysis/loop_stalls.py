@@ -30,9 +30,14 @@ MOSTLY = 0.5
 
 
 def classify(seconds: float, *, cpu: float | None, runqueue: float | None, throttled: float | None,
-             others_cpu: float | None, samples: int, own_wait_samples: int) -> tuple[str, str]:
+             others_cpu: float | None, samples: int, own_wait_samples: int,
+             lock_wait_samples: int = 0) -> tuple[str, str]:
     """(cause, reason) of one stall from its figures; see ``diag.task_snapshot.Stall``.
 
+    ``lock_wait_samples`` are samples in the program's code with the thread in a futex
+    wait: a thread forced to hand the GIL over mid-callback waits for it there, as it
+    would for a lock.  While other threads ran for most of the time it slept they count
+    as waits for the GIL (starved), otherwise as the program's own lock (blocked).
     Without CPU figures (not Linux) the sampled stacks decide alone: the loop's own poll
     means it was ready to turn (starved), anything else that it was busy (blocked).
     """
@@ -52,7 +57,10 @@ def classify(seconds: float, *, cpu: float | None, runqueue: float | None, throt
         if runqueue >= MOSTLY * seconds:
             return _starved_by_cpu(runqueue, throttled)
         return "unknown", ""  # nothing ran: the process was stopped, or a call held the GIL
-    user_share = 1.0 - own_wait_samples / samples
+    gil_like = own_wait_samples
+    if lock_wait_samples and others_cpu is not None and others_cpu >= MOSTLY * asleep:
+        gil_like += lock_wait_samples
+    user_share = 1.0 - min(gil_like, samples) / samples
     own = cpu + asleep * user_share
     lost = runqueue + asleep * (1.0 - user_share)
     if own >= lost or own >= BLOCKED_OWN_SECONDS:

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import linecache
 import os
+import platform
 import sys
 import threading
 import time
@@ -65,6 +66,7 @@ class _OpenStall:
     sent_at: float
     samples: int = 0
     own_wait: int = 0
+    lock_wait: int = 0  # samples in the program's code, waiting in a futex: for the GIL or a lock
     stacks: dict[_StackKey, int] = field(default_factory=dict)
 
 
@@ -98,6 +100,7 @@ class _Beat:
     ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
     base_stack: _StackKey | None = None  # uvloop: the stack beneath a callback, i.e. its idle stack
     base_known: bool = False  # base_stack was looked for (in the first beat)
+    closing: bool = False  # the loop thread is reading a stall's end figures
     open: _OpenStall | None = None
     history: "collections.deque[_StallRecord]" = field(
         default_factory=lambda: collections.deque(maxlen=MAX_STALLS))
@@ -142,6 +145,24 @@ def thread_schedstat(native_id: int | None) -> tuple[float, float] | None:
 
 
 _PROCFS = [sys.platform.startswith("linux")]
+#: The futex system call's number, which a thread waiting for the GIL (or a lock) sits in.
+_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine()) if _PROCFS[0] else None
+
+
+def in_futex_wait(native_id: int | None) -> bool:
+    """Is this thread of the process blocked in a futex wait (``/proc/self/task/TID/syscall``):
+    waiting for the GIL or a lock, not sleeping or reading a socket?"""
+    if native_id is None or _FUTEX is None:
+        return False
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
+        try:
+            first = os.read(fd, 64).split(b" ", 1)[0]
+        finally:
+            os.close(fd)
+        return first.isdigit() and int(first) == _FUTEX
+    except (OSError, ValueError):
+        return False
 
 
 def _cgroup_cpu_stat() -> tuple[str, str] | None:
@@ -203,6 +224,8 @@ def _is_own_wait(key: _StackKey, base: _StackKey | None) -> bool:
     if not key:
         return False
     file, _, function = key[0]
+    if file == __file__:  # the heartbeat itself, on its way out of a stall
+        return True
     if file.endswith(("selectors.py", "selector_events.py")):
         return True
     if file.endswith("base_events.py") and function.endswith(("_run_once", "run_forever")):
@@ -394,7 +417,7 @@ class LoopWatch:
     def _send_beats(self) -> None:
         for loop in self.loops():
             beat = self._beats.get(loop)
-            if beat is None:
+            if beat is None or beat.closing:
                 continue
             if beat.ended is not None:
                 self._close_stall(beat)
@@ -421,17 +444,22 @@ class LoopWatch:
     @staticmethod
     def _on_beat(beat: _Beat) -> None:
         now = time.monotonic()
-        sent = beat.sent_at
+        sent, start = beat.sent_at, beat.sent_figures
+        late = sent is not None and now - sent > STALL_THRESHOLD
+        beat.closing = late  # no new beat until this stall is filed
+        beat.sent_at = None  # over: the watchdog samples no more (the read below gives up the GIL)
+        beat.last_turn = now
         if sent is not None:
             beat.lag = now - sent
-            if beat.lag > STALL_THRESHOLD:
+        if late:
+            try:
                 # The stall's end, read on the loop thread itself before the watchdog's next turn.
                 own = thread_schedstat(beat.native_id)
                 end: _Figures = (None if own is None else own[0], None if own is None else own[1],
                                  time.process_time(), None)
-                beat.ended = (sent, now, beat.sent_figures, end)
-        beat.sent_at = None
-        beat.last_turn = now
+                beat.ended = (sent or now, now, start, end)
+            finally:
+                beat.closing = False
         if not beat.base_known:
             beat.base_known = True
             if beat.thread_id is None:
@@ -489,6 +517,8 @@ class LoopWatch:
         stall.samples += 1
         if _is_own_wait(key, beat.base_stack):
             stall.own_wait += 1
+        elif in_futex_wait(beat.native_id):
+            stall.lock_wait += 1
         if key in stall.stacks or len(stall.stacks) < 4 * MAX_STALL_STACKS:
             key = self._intern(key)
             stall.stacks[key] = stall.stacks.get(key, 0) + 1
@@ -509,7 +539,8 @@ class LoopWatch:
         samples = stall.samples if stall is not None else 0
         own = stall.own_wait if stall is not None else 0
         cause, reason = classify(seconds, cpu=cpu, runqueue=runq, throttled=throttled, others_cpu=others,
-                                 samples=samples, own_wait_samples=own)
+                                 samples=samples, own_wait_samples=own,
+                                 lock_wait_samples=stall.lock_wait if stall is not None else 0)
         if (cause, reason) in (("starved", "gil"), ("unknown", "")) and stall_at is not None \
                 and self._own_overlap(stall_at, stall_at + seconds) >= 0.5 * seconds:
             cause, reason = "starved", "diag"  # the GIL was the agent's: its own dump or proof
