@@ -195,35 +195,3 @@ def test_a_loop_given_no_cpu_is_starved_not_blocked() -> None:
         text = run_diag("tasks", run.url, "--format", "text", timeout=60).stdout
         assert " starved (runqueue" in text.splitlines()[2], text
 
-
-GIL_HOG = """
-import asyncio, threading
-
-def crunch():
-    while True:
-        sum(range(20_000_000))  # one C call: keeps the GIL for its whole length
-
-async def ticker():
-    while True:
-        await asyncio.sleep(0.01)
-
-async def main():
-    threading.Thread(target=crunch, name="cruncher", daemon=True).start()
-    await asyncio.create_task(ticker(), name="ticker")
-
-asyncio.run(main())
-"""
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="needs Linux's schedstat")
-def test_a_loop_waiting_for_the_gil_another_thread_keeps_is_starved_not_blocked() -> None:
-    with DiagRun(GIL_HOG) as run:
-        loop = wait_for_history(run.url, lambda lp: any(s["reason"] == "gil" and not s["ongoing"]
-                                                        for s in lp["stalls"]), timeout=60)
-        done = [s for s in loop["stalls"] if not s["ongoing"]]
-        assert not [s for s in done if s["cause"] == "blocked"], done  # the loop's own code did nothing
-        gil = [s for s in done if s["reason"] == "gil"]
-        assert all(s["cause"] == "starved" and s["others_cpu_seconds"] > 0.5 * s["seconds"] for s in gil), gil
-        proc = run_diag("leaks", run.url, "--no-proof", "--format", "json", "--stall-repeats", "1", timeout=60)
-        kinds = [f["kind"] for f in json.loads(proc.stdout)["findings"]]
-        assert "loop_starved" in kinds and "loop_blocked" not in kinds, proc.stdout
