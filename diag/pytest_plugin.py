@@ -13,7 +13,9 @@ at the end of its teardown (loops that outlive the test, other threads).  Each l
 retries with backoff for ``--diag-leaks-timeout`` seconds, then reports the test as
 an error at teardown, with every leftover shown as ``diag tasks --debug 2`` shows it,
 and cancels the leftovers.  Tasks that were pending when the session started, or that
-a module/class/session-scoped fixture started, are never blamed.
+a module/class/session-scoped fixture started, are never blamed; nor are test frameworks'
+own tasks (``FRAMEWORK_COROUTINES``), nor the tasks of a run that KeyboardInterrupt or
+SystemExit interrupted (``asyncio.run`` cancels those by design).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class _State:
 
     def loop_closing(self, loop: asyncio.AbstractEventLoop) -> None:
         test = self.current
-        if test is None:
+        if test is None or leftovers.run_interrupted():
             return
         report = test.check.settle(loop=loop, tasks_only=True)
         if report is not None:

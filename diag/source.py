@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from diag.agent.endpoints import PREFIX
+from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.errors import TargetError, UsageError
 from diag.task_snapshot import TaskSnapshot
@@ -79,6 +80,7 @@ class AgentSource:
         self.name = target
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("DIAG_AGENT_TOKEN")
+        check_token(self.token)  # one line, not http.client's traceback quoting the token
         self.unix_path: str | None = None
         if target.startswith("unix:"):
             self.unix_path = target[len("unix:"):]
@@ -203,7 +205,11 @@ def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
 
 
 def agent_url(target: str, what: str = "a saved .json file") -> str:
-    """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``."""
+    """``http://``/``unix:`` targets as given, ``HOST:PORT`` as ``http://HOST:PORT``,
+    ``pid:N`` as the address of the agent attached to process N (attaching on first use)."""
+    if target.startswith("pid:"):
+        from diag.attach import pid_target
+        return pid_target(target)
     if target.startswith(("http://", "https://", "unix:")):
         return target
     if ":" in target and target.rsplit(":", 1)[1].isdigit():

@@ -116,7 +116,9 @@ class Wait:
     ``asyncio.timeout``, ``wait_for``, a timer that cancels the task), with ``deadline_by``
     naming it; None when diag found none (``deadline_known`` False: not looked for).
     ``future_id`` is the awaited future's id (``Primitive.id`` form) for future and
-    executor waits.
+    executor waits.  ``stream_side`` says, for a stream read, whether the stream is the
+    server's end of a connection (``server``: waiting for a client's next request, idle
+    by design) or a client's (``client``: waiting for an answer).
     ``owner`` describes the object that holds the awaited future when that says
     something (``Client._pending, transport closed``); empty otherwise.
     """
@@ -134,11 +136,14 @@ class Wait:
     owner: str = ""
     owner_closed: bool = False
     future_id: str = ""
+    stream_side: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
         if self.future_id:
             d["future_id"] = self.future_id
+        if self.stream_side:
+            d["stream_side"] = self.stream_side
         if self.deadline_known:
             d["deadline"] = self.deadline
             d["deadline_by"] = self.deadline_by
@@ -174,6 +179,7 @@ class Wait:
             owner=str(d.get("owner") or ""),
             owner_closed=bool(d.get("owner_closed", False)),
             future_id=str(d.get("future_id") or ""),
+            stream_side=str(d.get("stream_side") or ""),
         )
 
 

@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from diag.analysis.leftovers import (
     DEFAULT_TIMEOUT, Ignore, LeakCheckOptions, LeftoverReport, TypeGrowth, build_options, excused, grown_types,
-    ignore_creator, ignore_function, ignore_name, ignore_thread, ignore_top_function, thread_excused,
+    ignore_coroutine, ignore_creator, ignore_function, ignore_name, ignore_thread, ignore_top_function,
+    thread_excused,
 )
-from diag.collect import leftovers, task_origins
-from diag.collect.task_collector import collect_tasks
+from diag.collect import leftovers
 from diag.render import leftovers_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,6 +69,8 @@ class LeakCheck:
         self.excused = excused
         self._ignored: "weakref.WeakSet[Task]" = weakref.WeakSet()
         self._sifted: "weakref.WeakSet[Task]" = weakref.WeakSet()
+        self._codes = leftovers.CoroutineCodes(i.value for i in options.ignores if i.kind == "coroutine")
+        self._described = any(i.kind in _TASK_IGNORES for i in options.ignores)
         self.permit_log = leftovers.PermitLog() if options.permits else None
         self.threads_before = leftovers.threads_now() if options.threads else None
         self.types_before = leftovers.type_counts() if options.object_growth else None
@@ -90,17 +92,27 @@ class LeakCheck:
         tasks = leftovers.new_tasks(self.baseline, loop=loop, exclude=exclude)
         tasks = [t for t in tasks if t not in self._ignored and (self.excused is None or t not in self.excused)]
         unsifted = [t for t in tasks if t not in self._sifted]
-        if unsifted and any(i.kind in _TASK_IGNORES for i in self.options.ignores):
+        if unsifted:
             self._sift(unsifted)
             tasks = [t for t in tasks if t not in self._ignored]
         return tasks
 
     def _sift(self, tasks: list[Task]) -> None:
-        """Judge each new leftover against the ignores once (this reads its stack)."""
-        infos = {t.id: t for t in collect_tasks(None).tasks}
+        """Judge each new leftover against the ignores once: by the code it runs (a set
+        lookup), then, when stack, creator or name ignores are given, by its description
+        (its stack only: no heap scan)."""
+        rest = []
         for task in tasks:
             self._sifted.add(task)
-            info = infos.get(task_origins.task_seq(task))
+            if self._codes.matches(task):
+                self._ignored.add(task)
+            else:
+                rest.append(task)
+        if not (rest and self._described):
+            return
+        infos = leftovers.sift_infos(rest)
+        for task in rest:
+            info = infos.get(id(task))
             if info is not None and excused(info, self.options):
                 self._ignored.add(task)
 
@@ -291,6 +303,6 @@ def _current_task() -> Task | None:
 
 __all__ = [
     "Ignore", "LeakCheck", "LeakCheckOptions", "LeakError", "assert_no_leaks", "assert_no_leaks_async",
-    "build_options", "ignore_creator", "ignore_function", "ignore_name", "ignore_thread", "ignore_top_function",
-    "no_leaks", "set_baseline",
+    "build_options", "ignore_coroutine", "ignore_creator", "ignore_function", "ignore_name", "ignore_thread",
+    "ignore_top_function", "no_leaks", "set_baseline",
 ]

@@ -27,6 +27,7 @@ import sys
 import threading
 
 from diag.agent import agent_dir as agent_files
+from diag.agent import fork_safety  # noqa: F401  (registers its fork handler first)
 from diag.agent.endpoints import Endpoints
 from diag.agent.server import AgentServer, parse_address
 from diag.collect import holders
@@ -155,10 +156,7 @@ def start(address: str | None = None, *, token: str | None = None, announce: boo
             pass
     if address_file:
         try:
-            tmp = f"{address_file}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(agent.url + "\n")
-            os.replace(tmp, address_file)
+            agent_files.write_atomically(address_file, agent.url + "\n")
         except OSError as err:
             print(f"diag agent: cannot write {address_file}: {err}", file=sys.stderr)
     if agent.agent_dir is not None:
@@ -197,10 +195,12 @@ def stop() -> None:
 
 
 def _remove_record_at_exit() -> None:
-    # Registered once and inherited by forked children: each process removes only its own file.
+    # Registered once and inherited by forked children: each process removes only its own
+    # files (its <pid>.json, the unix socket it bound).
     agent = _agent
-    if agent is not None:
+    if agent is not None and agent.pid == os.getpid():
         agent.forget_record()
+        agent.server.remove_socket_file()
 
 
 def _after_fork_in_child() -> None:

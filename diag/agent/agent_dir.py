@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -85,22 +86,45 @@ def own_record(url: str) -> AgentRecord:
                        python=".".join(str(n) for n in sys.version_info[:3]))
 
 
+#: (device, inode) of each file this process wrote: ``remove_record`` unlinks nothing else.
+_written: dict[str, tuple[int, int]] = {}
+
+
+def write_atomically(path: str, text: str) -> tuple[int, int]:
+    """Write ``path`` through a new temporary file beside it (a name nobody has, opened
+    with ``O_EXCL``: never a file or link that was there), then rename; mode 0600.
+    Returns the written file's (device, inode)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            st = os.fstat(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)  # our own temporary file
+        except OSError:
+            pass
+        raise
+    return st.st_dev, st.st_ino
+
+
 def write_record(directory: str, record: AgentRecord) -> str:
     """Write ``<pid>.json`` atomically (temporary file, then rename), mode 0600."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = record_path(directory, record.pid)
-    tmp = os.path.join(directory, f".{record.pid}.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record.to_dict(), fh)
-        fh.write("\n")
-    os.replace(tmp, path)
+    _written[path] = write_atomically(path, json.dumps(record.to_dict()) + "\n")
     return path
 
 
 def remove_record(path: str) -> None:
+    """Unlink a record this process wrote, if it is still the file there."""
+    written = _written.pop(path, None)
     try:
-        os.unlink(path)
+        st = os.lstat(path)
+        if written == (st.st_dev, st.st_ino):
+            os.unlink(path)
     except OSError:
         pass
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hmac
 import http.server
+import io
 import os
 import socket
 import socketserver
+import stat
 import threading
 import time
 import urllib.parse
@@ -20,11 +22,29 @@ from diag.agent.endpoints import Endpoints, error
 from diag.errors import UsageError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-#: A client that sends nothing (or stops half-way) for this long is dropped, so no
-#: request thread waits on a socket forever.
-REQUEST_TIMEOUT = 30.0
-#: Connections served at once; the next ones get 503 and are closed at once.
+#: A connection waiting for a request (just opened, or kept alive after an answer) is
+#: closed after this long; so is one whose client stops reading or writing this long.
+IDLE_TIMEOUT = 10.0
+#: A request's line and headers (and a body to discard) must arrive in full within this
+#: long of their first byte: a client trickling a byte at a time is cut, not waited for.
+HEAD_TIMEOUT = 5.0
+#: Connections served at once.  When all are taken, a new client takes the place of the
+#: connection that has waited longest for a request, if that is EVICT_AFTER or more;
+#: otherwise it gets 503 and is closed at once.  Slow or silent clients cannot keep others out.
 MAX_CONNECTIONS = 32
+EVICT_AFTER = 2.0
+#: An answer must be taken at this rate (bytes a second) after a first SEND_GRACE
+#: seconds, or the connection is cut and the answer dropped.
+MIN_SEND_RATE = 1024 * 1024
+SEND_GRACE = 10.0
+#: Answers of paced routes (walks of the program's tasks or heap) are built one at a
+#: time: building one takes several times its size (a 26 MB dump of 30,000 tasks, about
+#: 170 MB), and two builds hold the GIL in turns, so running them together is no faster.
+#: Built answers then wait until the answers being sent total at most MAX_SENDING_BYTES
+#: (an answer is at most endpoints.MAX_RESPONSE_BYTES, 32 MiB).  A request waits for its
+#: turn at either step up to MAX_HEAVY_WAIT, then gets 503 and Retry-After.
+MAX_SENDING_BYTES = 64 * 1024 * 1024
+MAX_HEAVY_WAIT = 20.0
 #: Query parameters a request may carry.
 MAX_QUERY_FIELDS = 64
 #: A request body (the API takes none) up to this size is read and dropped; a larger
@@ -65,12 +85,116 @@ def parse_address(address: str) -> tuple[str, str | int]:
     return host, number
 
 
+def check_agent_address(address: str, token: str | None) -> tuple[str, str | int]:
+    """``parse_address`` plus everything the agent would refuse at start, without binding:
+    a non-loopback address without a token, a token that cannot travel in a header, a
+    unix socket path taken by something else.  ``diag run`` asks before the program starts."""
+    host, port = parse_address(address)
+    check_token(token)
+    if port == "unix":
+        problem = unix_path_problem(host)
+        if problem:
+            raise UsageError(f"refusing unix:{host}: {problem}")
+    elif host not in LOOPBACK and not token:
+        raise UsageError(f"refusing to bind {host}: a non-loopback agent needs DIAG_AGENT_TOKEN")
+    return host, port
+
+
+def check_token(token: str | None) -> None:
+    """A token must reach the agent byte for byte in an HTTP header: printable ASCII only
+    (spaces included).  The message says where the bad character is, never the token."""
+    for n, char in enumerate(token or ""):
+        if not " " <= char <= "~":
+            kind = "a non-ASCII character" if ord(char) > 127 else "a newline or another control character"
+            raise UsageError(f"the agent token (DIAG_AGENT_TOKEN) holds {kind} at position {n + 1}; it travels "
+                             "in an HTTP header, so it must be printable ASCII")
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, the scheme in any case, one space, then the token
+    exactly as configured (compared in constant time)."""
+    scheme, space, given = (header or "").partition(" ")
+    # http.server decodes header values as latin-1, so this gives back the bytes sent.
+    match = hmac.compare_digest(given.encode("latin-1", "replace"), token.encode("ascii", "replace"))
+    return bool(space) and scheme.lower() == "bearer" and match
+
+
+#: The longest unix socket path Linux binds (108 bytes with the terminating NUL).
+MAX_UNIX_PATH = 107
+
+
+def unix_path_problem(path: str) -> str:
+    """Why the agent may not bind a unix socket at ``path``, or "" when it may: nothing is
+    there, or a socket nobody accepts on (left by an agent that was killed).  Anything
+    else there is somebody's: a file, a directory, a link, a socket in use."""
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        return f"the path is longer than {MAX_UNIX_PATH} bytes"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"no such directory {parent}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        return err.strerror or str(err)
+    if not stat.S_ISSOCK(st.st_mode):
+        what = ("a regular file" if stat.S_ISREG(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file")
+        return f"{what} is there; the agent only replaces a stale socket nobody listens on"
+    if st.st_uid != os.getuid():
+        return "a socket of another user is there"
+    if _accepts(path):
+        return "a process listens on that socket (another agent?); give each process its own path"
+    return ""
+
+
+def _accepts(path: str) -> bool:
+    """Whether anybody listens on the unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:  # a full backlog times out, and so on: somebody is there
+        return True
+    finally:
+        probe.close()
+    return True
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: "_Server"  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
     server_version = "diag-agent"
     default_request_version = "HTTP/1.0"  # a malformed request line still gets a status line back
-    timeout = REQUEST_TIMEOUT
+    #: The longest any one read or write waits (the socket's timeout).
+    timeout = IDLE_TIMEOUT
+    #: When the request being read must be in: each read waits at most until then.
+    deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the standard reader: ours bounds each read by the deadline
+        self.rfile = self.reader = io.BufferedReader(_ReadsBefore(self))
+
+    def handle_one_request(self) -> None:
+        """Wait (up to IDLE_TIMEOUT) for a request to begin, then read its head within
+        HEAD_TIMEOUT; meanwhile this connection may give its place to a new client."""
+        waiting = self.server.waiting
+        self.deadline = time.monotonic() + IDLE_TIMEOUT
+        waiting.add(self.connection)
+        try:
+            if not self.reader.peek(1):
+                self.close_connection = True  # the client hung up (or was let go)
+                return
+            self.deadline = time.monotonic() + HEAD_TIMEOUT
+            super().handle_one_request()
+        except OSError:  # TimeoutError included: nothing came in time
+            self.close_connection = True
+        finally:
+            waiting.discard(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: never write into the target's stderr
         pass
@@ -88,6 +212,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         try:
+            # Since Python 3.5 a socket's timeout bounds a whole sendall: the answer must
+            # go out at MIN_SEND_RATE or better.
+            self.connection.settimeout(SEND_GRACE + len(body) / MIN_SEND_RATE)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -122,12 +249,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         # Named so that diag's own threads are never mistaken for the program's.
         threading.current_thread().name = "diag-agent-request"
+        self.server.waiting.discard(self.connection)  # the head is in: no longer idle
         try:
+            self.deadline = time.monotonic() + HEAD_TIMEOUT
             self._discard_body()
             token = self.server.token
             if token is not None:
-                given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(errors="replace"), token.encode()):
+                if not authorized(self.headers.get("Authorization"), token):
                     resp = error(401, "missing or wrong agent token")
                     self._send(resp.status, resp.body, resp.content_type)
                     return
@@ -141,13 +269,51 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         else:
             route = self.server.endpoints.route(url.path)
-            if route is not None and route.paced and method in ("GET", "HEAD") and not self.server.pacer.wait():
-                resp = error(503, f"busy: the agent answers at most {PACED_ANSWERS_PER_SECOND:g} dumps a "
-                                  "second; retry shortly")
-                self.close_connection = True
-            else:
-                resp = self.server.endpoints.dispatch(method, url.path, query)
+            if route is not None and route.paced and method in ("GET", "HEAD"):
+                self._paced(method, url.path, query)
+                return
+            resp = self.server.endpoints.dispatch(method, url.path, query)
         self._send(resp.status, resp.body, resp.content_type)
+
+    def _paced(self, method: str, path: str, query: dict[str, str]) -> None:
+        """A walk of the program's tasks or heap: built alone, paced, then sent within
+        the bytes budget of answers in flight."""
+        busy = error(503, "busy: the agent builds one big answer at a time and sends at most "
+                          f"{MAX_SENDING_BYTES >> 20} MiB of them at once; retry shortly")
+        sending = 0
+        if not self.server.building.acquire(timeout=MAX_HEAVY_WAIT):
+            resp = busy
+        else:
+            try:
+                if self._client_left():  # gave up while waiting: build nothing for nobody
+                    self.close_connection = True
+                    return
+                if not self.server.pacer.wait():
+                    resp = error(503, f"busy: the agent answers at most {PACED_ANSWERS_PER_SECOND:g} dumps a "
+                                      "second; retry shortly")
+                else:
+                    resp = self.server.endpoints.dispatch(method, path, query)
+                    if self.server.sending.take(len(resp.body), MAX_HEAVY_WAIT):
+                        sending = len(resp.body)
+                    else:
+                        resp = busy
+            finally:
+                self.server.building.release()
+        if resp.status == 503:
+            self.close_connection = True
+        try:
+            self._send(resp.status, resp.body, resp.content_type)
+        finally:
+            self.server.sending.give(sending)
+
+    def _client_left(self) -> bool:
+        try:
+            self.connection.settimeout(0.0)  # a look, not a wait
+            return not self.connection.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -157,6 +323,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._handle("HEAD")
+
+
+class _ReadsBefore(socket.SocketIO):
+    """The handler's socket for reading: each read waits at most until the handler's
+    ``deadline`` (and never more than its ``timeout``)."""
+
+    def __init__(self, handler: _Handler) -> None:
+        super().__init__(handler.connection, "rb")
+        self.handler = handler
+
+    def readinto(self, b: Any) -> int | None:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.handler.connection.settimeout(min(left, self.handler.timeout))
+        return super().readinto(b)
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -185,6 +367,61 @@ class _Pacer:
         return True
 
 
+class _Budget:
+    """A total (bytes) shared by threads: ``take`` waits until there is room."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.room = threading.Condition()
+
+    def take(self, amount: int, wait: float) -> bool:
+        with self.room:
+            # One answer alone always fits, whatever its size.
+            if not self.room.wait_for(lambda: self.used == 0 or self.used + amount <= self.total, wait):
+                return False
+            self.used += amount
+            return True
+
+    def give(self, amount: int) -> None:
+        if amount:
+            with self.room:
+                self.used -= amount
+                self.room.notify_all()
+
+
+class _Waiting:
+    """Connections waiting for a request, and since when."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: dict[socket.socket, float] = {}
+
+    def add(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.since[conn] = time.monotonic()
+
+    def discard(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.since.pop(conn, None)
+
+    def evict_oldest(self, min_age: float) -> bool:
+        """Hang up on the connection that has waited longest, if ``min_age`` or more: its
+        request thread sees the end of the stream, ends and frees its place."""
+        with self.lock:
+            if not self.since:
+                return False
+            conn, since = min(self.since.items(), key=lambda item: item[1])
+            if time.monotonic() - since < min_age:
+                return False
+            del self.since[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
+
 class _Server(socketserver.ThreadingMixIn):
     """What both servers share: a cap on connections, paced dumps and no output on the
     target's stderr."""
@@ -192,12 +429,16 @@ class _Server(socketserver.ThreadingMixIn):
     endpoints: Endpoints
     token: str | None
     slots: threading.BoundedSemaphore
+    building: threading.Lock
+    sending: _Budget
     pacer: _Pacer
+    waiting: _Waiting
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        if not self.slots.acquire(blocking=False) and not (
+                self.waiting.evict_oldest(EVICT_AFTER) and self.slots.acquire(timeout=1.0)):
             try:
                 request.settimeout(1.0)
                 request.sendall(_BUSY)
@@ -243,23 +484,28 @@ class AgentServer:
     """Serves ``endpoints`` on ``address`` from a daemon thread."""
 
     def __init__(self, endpoints: Endpoints, address: str, token: str | None = None) -> None:
-        host, port = parse_address(address)
+        host, port = check_agent_address(address, token)
         self.unix_path: str | None = None
+        #: (device, inode) of the socket file this server made: only that is ever unlinked.
+        self._socket_file: tuple[int, int] | None = None
         srv: Any
         if port == "unix":
             self.unix_path = str(host)
-            if os.path.exists(self.unix_path):
-                os.unlink(self.unix_path)
+            if os.path.lexists(self.unix_path):
+                _remove_stale_socket(self.unix_path)
             srv = _UnixServer(self.unix_path, _Handler)
+            st = os.lstat(self.unix_path)
+            self._socket_file = (st.st_dev, st.st_ino)
         else:
-            if str(host) not in LOOPBACK and not token:
-                raise UsageError(f"refusing to bind {host}: a non-loopback agent needs DIAG_AGENT_TOKEN")
             family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
             _TCPServer.address_family = family
             srv = _TCPServer((str(host), int(port)), _Handler)
         srv.endpoints = endpoints
         srv.token = token
         srv.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        srv.building = threading.Lock()
+        srv.sending = _Budget(MAX_SENDING_BYTES)
+        srv.waiting = _Waiting()
         srv.pacer = _Pacer(PACED_ANSWERS_PER_SECOND, MAX_PACE_WAIT)
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
@@ -280,8 +526,28 @@ class AgentServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(2.0)
-        if self.unix_path is not None:
-            try:
+        self.remove_socket_file()
+
+    def remove_socket_file(self) -> None:
+        """Unlink the unix socket this server made, if it is still there (not a file that
+        replaced it since)."""
+        if self.unix_path is None or self._socket_file is None:
+            return
+        try:
+            st = os.lstat(self.unix_path)
+            if (st.st_dev, st.st_ino) == self._socket_file:
                 os.unlink(self.unix_path)
-            except OSError:
-                pass
+        except OSError:
+            pass
+        self._socket_file = None
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket left by an agent that is gone; refuse anything else."""
+    problem = unix_path_problem(path)
+    if problem:
+        raise UsageError(f"refusing unix:{path}: {problem}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from diag.analysis.loop_stalls import OWN_REASONS, REASONS, WindowSummary, reasons_text, site_text, window_summary
@@ -423,11 +423,12 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
     return out
 
 
-def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo]) -> list[Finding]:
+def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozenset[int] | set[int] = frozenset()) -> list[Finding]:
+    """Blocked tasks the proof found unreachable, but for those a deadlock already tells."""
     proof = snap.reachability
     if not proof.ran or not proof.complete:
         return []
-    members = tuple(by_id[t] for t in proof.unreachable if t in by_id)
+    members = tuple(by_id[t] for t in proof.unreachable if t in by_id and t not in told)
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
@@ -477,6 +478,16 @@ def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
     return f"the executor call has run for {seconds:.0f}s in thread {thread.name}{at}"
 
 
+def _idle_by_design(task: TaskInfo) -> bool:
+    """A worker waiting for work: on ``Queue.get``, asleep, the server's end of a stream
+    waiting for a client's next request, or ``Condition.wait_for`` (which re-checks its
+    predicate under the lock, so it cannot miss a notify: a bare ``Condition.wait`` can)."""
+    wait = task.wait
+    if wait.kind in _IDLE_KINDS or wait.stream_side == "server":
+        return True
+    return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
+
+
 def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
              excluded: set[int]) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
@@ -484,6 +495,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
+    fired: dict[str, int] = {}  # event label -> how many events of that name were set
+    for state in snap.primitives:
+        event = state.primitive
+        if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
+            fired[event.label] = fired.get(event.label, 0) + 1
     reasons: dict[int, list[str]] = {}
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
@@ -501,12 +517,21 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.owner_closed:
             what = "the future it awaits" if prim is None else _where(prim)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
-        if task.wait.kind in _IDLE_KINDS and not why:
+        if _idle_by_design(task) and not why:
             continue
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
-                why.append(f"no acquire or release on {_where(prim)} since the wait began")
+                if prim.kind == "event":
+                    why.append(f"{_where(prim)} was last set {idle:.1f}s ago, before this wait began, and not since: "
+                               f"a wake-up this task missed, or a signal that stopped coming")
+                else:
+                    why.append(f"no acquire or release on {_where(prim)} since the wait began")
+            elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
+                  and fired.get(prim.label)):
+                n = fired[prim.label]
+                why.append(f"{_plural(n, 'other event')} named {prim.label} {'was' if n == 1 else 'were'} set; "
+                           f"this one never was")
             if task.wait.kind == "queue_put" and not getters.get(prim.id):
                 why.append("no task is waiting to get from this queue")
         if task.wait.kind == "stream_read":
@@ -645,7 +670,12 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     stuck = stuck_tasks(snap)
     permits = leaked_permits(snap, by_id, stuck)
     locks = deadlocks(snap, by_id, stuck)
-    proven = proven_leaks(snap, by_id)
+    in_deadlock = {t.id for f in locks for t in f.tasks}
+    proven = proven_leaks(snap, by_id, in_deadlock)  # one finding per cause: the deadlock says it
+    unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    locks = [replace(f, evidence=f.evidence + "; the proof confirms it: nothing outside these tasks can reach "
+                                               "what they wait on")
+             if f.tasks and all(t.id in unreachable for t in f.tasks) else f for f in locks]
     explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     for f in locks:
         explained.update(t.id for t in f.tasks)

@@ -22,13 +22,26 @@ from diag.sync_snapshot import Reachability
 from diag.task_snapshot import Frame, Primitive, TaskInfo, TaskSnapshot
 
 #: What an ``Ignore`` matches: the innermost stack function, any stack function, the
-#: creating function, the task name (a regex), or a thread name (a regex).
-IGNORE_KINDS = ("top_function", "function", "creator", "name", "thread")
+#: creating function, the task name (a regex), a thread name (a regex), or the coroutine
+#: function the task runs (``module:qualname``, matched by its code object).
+IGNORE_KINDS = ("top_function", "function", "creator", "name", "thread", "coroutine")
 DEFAULT_TIMEOUT = 1.0
 #: Object types whose count may grow by this much during a test before it is reported.
 DEFAULT_OBJECT_GROWTH = 100
 #: Threads that are never blamed: diag's own.
 DEFAULT_THREAD_IGNORES = (r"^diag-",)
+#: Tasks that test frameworks and libraries run for themselves, never blamed on a test:
+#: ``module:qualname`` of the coroutine function each runs, and why it outlives a test.
+#: They are recognised by the code object of the task's coroutine, looked up in the
+#: module once it is imported (diag never imports it).
+FRAMEWORK_COROUTINES = (
+    ("anyio._backends._asyncio:TestRunner._run_tests_and_fixtures",
+     "anyio's pytest plugin runs every test and async fixture inside this task; it lives as long as the "
+     "runner, and the runner cancels it when it closes"),
+    ("anyio._backends._asyncio:_shutdown_process_pool_on_exit",
+     "anyio's per-loop \"AnyIO process pool shutdown task\" sleeps until its loop closes, then stops the "
+     "worker processes"),
+)
 
 PROVEN = "proven leak: nothing can ever wake it"
 SUSPECT = "suspect: still reachable"
@@ -52,6 +65,11 @@ class Ignore:
                 re.compile(self.value)
             except re.error as err:
                 raise UsageError(f"bad {self.kind} regex {self.value!r}: {err}") from None
+        if self.kind == "coroutine":
+            module, sep, qualname = self.value.partition(":")
+            if not (module and sep and qualname):
+                raise UsageError(f"bad coroutine {self.value!r}: expected module:qualname, as "
+                                 "anyio._backends._asyncio:TestRunner._run_tests_and_fixtures")
 
 
 def ignore_top_function(name: str) -> Ignore:
@@ -77,6 +95,12 @@ def ignore_name(regex: str) -> Ignore:
 def ignore_thread(regex: str) -> Ignore:
     """Excuse threads whose name matches ``regex`` (with ``threads=True``)."""
     return Ignore("thread", regex)
+
+
+def ignore_coroutine(spec: str) -> Ignore:
+    """Excuse tasks running the coroutine function ``spec`` (``module:qualname``), known by
+    its code object, so a function of the same name elsewhere is not excused."""
+    return Ignore("coroutine", spec)
 
 
 def parse_ignore(text: str) -> Ignore:
@@ -127,8 +151,10 @@ class LeakCheckOptions:
 
 def build_options(*ignores: Ignore, timeout: float = DEFAULT_TIMEOUT, threads: bool = False,
                   object_growth: int = 0, permits: bool = True) -> LeakCheckOptions:
-    """The one place defaults are added: diag's own threads are never blamed."""
-    defaults = tuple(ignore_thread(rx) for rx in DEFAULT_THREAD_IGNORES)
+    """The one place defaults are added: diag's own threads and the frameworks' own tasks
+    (``FRAMEWORK_COROUTINES``) are never blamed."""
+    defaults = (tuple(ignore_thread(rx) for rx in DEFAULT_THREAD_IGNORES)
+                + tuple(ignore_coroutine(spec) for spec, _why in FRAMEWORK_COROUTINES))
     options = LeakCheckOptions(timeout=timeout, threads=threads, object_growth=object_growth,
                                permits=permits).with_ignores(defaults + ignores)
     options.validate()
@@ -140,7 +166,8 @@ def _same_function(frame_function: str, wanted: str) -> bool:
 
 
 def excused(task: TaskInfo, options: LeakCheckOptions) -> bool:
-    """Whether an ignore option matches this task."""
+    """Whether an ignore option matches this task (``coroutine`` ignores are matched by the
+    collector, on the task's code object, before a task is described)."""
     for ignore in options.ignores:
         kind, value = ignore.kind, ignore.value
         if kind == "top_function" and task.stack and _same_function(task.stack[0].function, value):

@@ -55,12 +55,16 @@ class TaskQuery:
 
 
 def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    """The ``--filter`` regex, compiled; ``UsageError`` with one line for any pattern
+    ``re`` refuses (a repeat count past its limit overflows, 500 nested groups recurse)."""
     if pattern is None or pattern == "":
         return None
     try:
         return re.compile(pattern)
-    except re.error as err:
-        raise UsageError(f"bad --filter regex {pattern!r}: {err}") from None
+    except (re.error, OverflowError, RecursionError, MemoryError) as err:
+        shown = repr(pattern) if len(pattern) <= 60 else repr(pattern[:56]) + "..."
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"bad --filter regex {shown}: {reason[:200]}") from None
 
 
 def _matches(task: TaskInfo, rx: re.Pattern[str]) -> bool:

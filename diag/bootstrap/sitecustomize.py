@@ -14,12 +14,17 @@ def _start_agent() -> None:
     agent_dir = os.environ.get("DIAG_AGENT_DIR")
     if not address and not agent_dir:
         return
+    # The address is this process's: a Python subprocess inheriting it would bind the
+    # same port (and fail) or the same unix socket.  With an agent directory each
+    # process gets its own agent on a free port, so DIAG_AGENT_DIR stays for children.
+    address = os.environ.pop("DIAG_AGENT", None)
+    address_file = os.environ.pop("DIAG_AGENT_FILE", None)
     try:
         import diag.agent
 
         # With DIAG_AGENT_DIR each process writes <pid>.json there; forked children
         # (gunicorn workers) get their own agent when the port is ephemeral.
-        diag.agent.start(address or None, announce=True, address_file=os.environ.get("DIAG_AGENT_FILE") or None,
+        diag.agent.start(address or None, announce=True, address_file=address_file or None,
                          agent_dir=agent_dir or None)
     except Exception as err:  # never stop the program from starting
         print(f"diag agent: not started: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ import typer
 
 from diag.cli import leaks_cmd, run_cmd, sync_cmd, tasks_cmd
 from diag.cli import objects_cmd, profile_cmd
-from diag.cli import check_cmd
+from diag.cli import attach_cmd, check_cmd
 from diag.cli import top_cmd
 from diag.cli.console import stderr
 from diag.errors import EXIT_USAGE, DiagError
@@ -34,6 +34,8 @@ app.command("sync")(sync_cmd.sync)
 app.command("leaks")(leaks_cmd.leaks)
 app.command("check")(check_cmd.check)
 app.command("top")(top_cmd.top)
+app.command("attach")(attach_cmd.attach)
+app.command("detach")(attach_cmd.detach)
 app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run_cmd.run)
 
 

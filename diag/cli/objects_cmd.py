@@ -15,7 +15,7 @@ from diag.analysis.heap_growth import compile_pattern, most_common, steady_growt
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.heap_snapshot import HeapSeries, HeapSnapshot
-from diag.render import objects_dot, objects_table, objects_text
+from diag.render import jsonout, objects_dot, objects_table, objects_text
 from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -109,7 +109,7 @@ def objects(
     types = most_common(latest, top, pattern=filter, type_name=type)
     growth = steady_growth(series.snapshots, top=top, pattern=filter) if len(series.snapshots) > 1 else None
     if fmt == "json":
-        sys.stdout.write(series.to_json(indent=2) + "\n")
+        jsonout.render(series, sys.stdout)
     elif fmt == "text":
         objects_text.render(latest, types, growth, sys.stdout, count=len(series.snapshots), interval=series.interval)
     else:

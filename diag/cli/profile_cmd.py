@@ -17,7 +17,7 @@ from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, profile_vie
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
-from diag.render import profile_export, profile_table, profile_text
+from diag.render import jsonout, profile_export, profile_table, profile_text
 from diag.source import AgentSource, agent_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -78,7 +78,8 @@ def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
 def profile(
     target: str = typer.Argument(..., help="http://HOST:PORT or unix:/PATH of a diag agent, or a profile saved with -o FILE.json"),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help=f"length of the profile window (at most {MAX_SECONDS:g})"),
-    mode: str = typer.Option("yappi", "--mode", help="yappi (every call, with edges) or sample (stacks at 100 Hz, low overhead)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="sample (stacks at 100 Hz, low overhead, leaves nothing "
+                                       "behind; the default) or yappi (every call, with edges; the default with --clock cpu)"),
     clock: str = typer.Option("wall", "--clock", help="wall (time including waits) or cpu (yappi mode)"),
     sort: str = typer.Option("own", "--sort", help="own, total, calls or percall"),
     top: int = typer.Option(30, "--top", help="show this many rows"),
@@ -88,7 +89,9 @@ def profile(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the profile; the name picks the format: .json, .pstat, .callgrind, .speedscope.json, .collapsed"),
     output_format: Optional[str] = typer.Option(None, "--output-format", help="json, pstat, callgrind, speedscope or collapsed, whatever -o is called"),
     base: Optional[Path] = typer.Option(None, "--base", help="show the difference from this saved profile (.json)"),
-    force: bool = typer.Option(False, "--force", help="run wall-clock yappi even with very many live tasks"),
+    force: bool = typer.Option(False, "--force", help="run yappi where it would harm the target: wall clock with very "
+                                                      "many live tasks, or a yappi that keeps every profiled coroutine "
+                                                      "alive (1.7.6 and older on Python 3.11+; see docs/profile.md)"),
     max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="refuse wall-clock yappi above this many live tasks (agent default 2000)"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait to connect to the target"),
 ) -> int:
@@ -96,6 +99,8 @@ def profile(
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if mode is None:  # the sampler leaves nothing behind and sees blocking calls; a cpu clock needs yappi
+        mode = "yappi" if clock == "cpu" else "sample"
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     if clock not in CLOCKS:
@@ -159,7 +164,7 @@ def profile(
     view = profile_view(snap, query, base_snap)
     cwd = os.getcwd()
     if fmt == "json":
-        sys.stdout.write(snap.to_json(indent=2) + "\n")
+        jsonout.render(snap, sys.stdout)
     elif fmt == "text":
         profile_text.render(view, sys.stdout, cwd=cwd)
     else:

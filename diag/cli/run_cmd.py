@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 import diag
-from diag.agent.server import parse_address
+from diag.agent.server import check_agent_address
 from diag.errors import UsageError
 
 BOOTSTRAP_DIR = str(Path(diag.__file__).resolve().parent / "bootstrap")
@@ -47,7 +47,9 @@ def run(
 ) -> int:
     """Run a Python program with the diag agent injected; its address is printed on stderr."""
     argv = list(command or []) + list(ctx.args)
-    _host, port = parse_address(agent)
+    # What the agent would refuse is refused here, before the program starts: a person
+    # asked for this agent and should not find the program running without it.
+    _host, port = check_agent_address(agent, os.environ.get("DIAG_AGENT_TOKEN") or None)
     directory = _agent_directory(agent_dir, port) if agent_dir is not None else None
     if print_env:
         env = agent_environment({"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, agent,

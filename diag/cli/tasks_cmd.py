@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -17,11 +20,45 @@ from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import formatting as fmt_text
 from diag.render import jsonout, many_tasks, tasks_table, tasks_text
 from diag.source import open_source
 from diag.task_snapshot import SCHEMA, TaskSnapshot
 
 FORMATS = ("table", "text", "json")
+#: Seconds the ``--filter`` regex may take over one answer before the command gives up.
+FILTER_BUDGET = 10.0
+
+
+def agent_query(query: TaskQuery) -> TaskQuery:
+    """What the agent is asked for.  A ``--filter`` regex is matched here, never on the
+    target's side: a pattern such as ``(a+)+$`` can backtrack for hours, and on the agent's
+    thread it would hold the target's GIL meanwhile.  So every task (``--debug 2``, no
+    limit) comes back, filtered by state and wait there, and grouped here after the match."""
+    if not query.pattern:
+        return query
+    return replace(query, pattern=None, debug=2, limit=None)
+
+
+@contextlib.contextmanager
+def filter_deadline(seconds: float = FILTER_BUDGET) -> Iterator[None]:
+    """Matching the ``--filter`` regex stops after ``seconds`` with a usage error (``re``
+    checks for signals while it backtracks); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise UsageError(f"the --filter regex took more than {seconds:g}s to match; "
+                         "nested repetition such as (a+)+ backtracks without end, simplify it")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def tasks(
@@ -64,17 +101,20 @@ def tasks(
             output.write_text(full.to_json())
         except OSError as err:
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
-        view = task_view(full, query)
     else:
-        view = source.tasks(query)
+        full = source.tasks(agent_query(query))
+    if output is not None or query.pattern:
+        with filter_deadline():
+            view = task_view(full, query)
+    else:
+        view = full
     cwd = os.getcwd()
     if dead:
         if fmt == "json":
-            json.dump({"schema": SCHEMA, "process": view.process.to_dict(),
-                       "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write("\n".join(tasks_text.dead_lines(view, cwd)) + "\n")
+            jsonout.render({"schema": SCHEMA, "process": view.process.to_dict(),
+                            "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
+        else:  # escaped line by line: names and messages come from the program
+            sys.stdout.write(fmt_text.text_lines(tasks_text.dead_lines(view, cwd)))
         return 0
     if fmt == "json":
         jsonout.render(view, sys.stdout)
@@ -93,9 +133,12 @@ def _many(targets: list[str], agent_dir: Path | None, query: TaskQuery, fmt: str
     found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)
 
     def fetch(t: Target) -> TaskSnapshot:
-        return open_source(t.target, timeout).tasks(query)
+        return open_source(t.target, timeout).tasks(agent_query(query))
 
     results = fetch_all(found, fetch, timeout)
+    if query.pattern:
+        with filter_deadline():
+            results = [replace(r, value=task_view(r.value, query)) if r.value is not None else r for r in results]
     cwd = os.getcwd()
     if fmt == "json":
         jsonout.render(many_document("tasks", time.time(), results), sys.stdout)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from diag.collect import task_origins
-from diag.collect.safe_read import clip, instance_dict, is_a
+from diag.collect.safe_read import clip, future_field, instance_dict, is_a, task_name
 from diag.task_snapshot import CreatedBy, DeadTask, Frame
 
 #: Records kept; the oldest are dropped first.
@@ -177,10 +177,7 @@ def _creator(task: Any) -> CreatedBy | None:
 
 
 def _coro_name(task: Any) -> str:
-    try:
-        coro = task.get_coro()
-    except Exception:
-        return "?"
+    coro = future_field(task, "_coro")
     code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
     if code is None and type(coro) is types.GeneratorType:
         code = coro.gi_code
@@ -227,10 +224,7 @@ class DeadTaskLog:
             self._seen[seq] = None
             while len(self._seen) > 4 * (self._records.maxlen or MAX_DEAD):
                 self._seen.popitem(last=False)
-        try:
-            name = clip(task.get_name())
-        except Exception:
-            name = ""
+        name = clip(task_name(task))
         frames = _traceback_frames(exc) if exc is not None else []
         record = _Record(
             seq=seq, name=name, coro=_coro_name(task), how=how, ended=time.monotonic(),

@@ -1,6 +1,6 @@
 """Count live objects by type and find why one object of a type is alive.
 
-This is the only module that walks ``gc`` and calls objgraph.  Both walks are heavy
+This is the only module that walks ``gc`` for ``diag objects``.  Both walks are heavy
 (the whole heap, and a breadth-first search over ``gc.get_referrers``, itself a heap
 walk per step), so each has a time budget checked while it runs; a cut-short result
 says so instead of stalling the target.  The counts are those of
@@ -11,14 +11,15 @@ stop on time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import sys
 import time
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from diag.collect.safe_read import clip, instance_dict, is_a, quoted
+from diag.collect.safe_read import clip, instance_dict, is_a, quoted, task_name
 from diag.collect.task_collector import process_info
 from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
 
@@ -42,8 +43,9 @@ class HeapOptions:
 
 
 def type_name(t: type) -> str:
-    module = getattr(t, "__module__", None)
-    qual = getattr(t, "__qualname__", None) or t.__name__
+    """``module.Qualname`` of a class, read through ``type``'s own descriptors."""
+    module = type.__dict__["__module__"].__get__(t)
+    qual = type.__dict__["__qualname__"].__get__(t)
     return qual if module in (None, "builtins") else f"{module}.{qual}"
 
 
@@ -109,9 +111,52 @@ def _is_root(obj: Any) -> bool:
     return is_a(obj, asyncio.Task)
 
 
-def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -> BackrefChain:
-    import objgraph  # type: ignore[import-untyped]
+def _backref_chain(sample: Any, stop_here: Callable[[Any], bool], max_depth: int) -> list[Any]:
+    """``[root, ..., sample]``: a shortest chain of referrers from ``sample`` to the first
+    object ``stop_here`` accepts, by breadth-first search over ``gc.get_referrers``;
+    ``[sample]`` when none is found.  As objgraph's ``find_backref_chain``, without the
+    ``gc.collect()`` it starts with: a collection runs the program's finalizers on this
+    thread, even in a program that turned the GC off."""
+    queue: collections.deque[Any] = collections.deque([sample])
+    depth = {id(sample): 0}
+    parent: dict[int, Any] = {id(sample): None}
+    ignore = {id(queue), id(depth), id(parent)}
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None:  # this thread's frames hold the search's own references
+        ignore.add(id(frame))
+        frame = frame.f_back
+    ignore.add(id(ignore))
+    try:
+        while queue:
+            target = queue.popleft()
+            if stop_here(target):
+                chain = [target]
+                while True:
+                    up = parent[id(chain[-1])]
+                    if up is None:
+                        return chain
+                    chain.append(up)
+            level = depth[id(target)]
+            if level >= max_depth:
+                continue
+            referrers = gc.get_referrers(target)
+            ignore.add(id(referrers))
+            source = None
+            for source in referrers:
+                key = id(source)
+                if key in ignore or key in depth:
+                    continue
+                depth[key] = level + 1
+                parent[key] = target
+                queue.append(source)
+            del referrers, source
+        return [sample]
+    finally:
+        queue.clear()
+        parent.clear()
 
+
+def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -> BackrefChain:
     wanted = str(options.type_name)
     depth = max(1, min(options.max_depth, MAX_DEPTH))
     if sample is None:
@@ -130,7 +175,7 @@ def _backrefs(sample: Any, options: HeapOptions, matched: int, complete: bool) -
             return True
         return False
 
-    chain = objgraph.find_backref_chain(sample, stop_here, max_depth=depth)
+    chain = _backref_chain(sample, stop_here, depth)
     found = bool(chain) and _is_root(chain[0])
     links = tuple(_link(obj, chain[i - 1] if i else None) for i, obj in enumerate(chain))
     return BackrefChain(wanted, found, links, matched, depth, time.monotonic() - started, cut[0])
@@ -141,14 +186,16 @@ def _label(obj: Any) -> str:
         namespace = instance_dict(obj)
         return clip(namespace.get("__name__") if namespace is not None else "?")
     if is_a(obj, asyncio.Task):
-        return clip(obj.get_name())
+        return clip(task_name(obj))
     if type(obj) is dict:
         name = obj.get("__name__")
         if type(name) is str and instance_dict(sys.modules.get(name)) is obj:
             return f"{clip(name)}.__dict__"
         return ""
-    if type(obj) is types.FunctionType or is_a(obj, type):
+    if type(obj) is types.FunctionType:
         return clip(obj.__qualname__)
+    if is_a(obj, type):
+        return clip(type.__dict__["__qualname__"].__get__(obj))
     return ""
 
 
@@ -192,8 +239,11 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 def _link(obj: Any, parent: Any) -> ChainLink:
     size: int | None = None
-    if is_a(obj, (dict, list, tuple, set, frozenset)):
-        size = len(obj)
+    bases: tuple[Any, ...] = (dict, list, tuple, set, frozenset)
+    for base in bases:
+        if is_a(obj, base):
+            size = base.__len__(obj)  # the builtin's own length, not a subclass's __len__
+            break
     kind, via = ("root", "") if parent is None else _via(parent, obj)
     return ChainLink(type_name(type(obj)), hex(id(obj)), _label(obj), size, kind, via)
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import time
+import types
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -21,9 +23,10 @@ from diag.analysis.leftovers import LeftoverReport, PermitLeak, ThreadLeak, Type
 from diag.collect import holders, reachability, task_origins
 from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.task_collector import (
-    _FrameCache, collect_tasks, describe_primitive, holder_labels, thread_stack,
+    CollectOptions, _FrameCache, _Walker, collect_tasks, describe_primitive, holder_labels, thread_stack,
 )
 from diag.sync_snapshot import Reachability
+from diag.task_snapshot import TaskInfo
 
 Task = asyncio.Task[Any]
 #: The proof is only run on leftovers, in a test process: keep it short.
@@ -48,6 +51,70 @@ def new_tasks(baseline: "weakref.WeakSet[Task]", *, loop: asyncio.AbstractEventL
     """Pending tasks not in ``baseline`` (the fast path: no frames are read)."""
     skip = {id(t) for t in exclude}
     return [t for t in pending_tasks(loop) if t not in baseline and id(t) not in skip]
+
+
+class CoroutineCodes:
+    """The code objects of coroutine functions named ``module:qualname``, to know a task by
+    what it runs.  A module is looked up in ``sys.modules`` only (never imported): until it
+    is imported, no task can run its code."""
+
+    def __init__(self, specs: Iterable[str]) -> None:
+        # by identity: code objects compare equal by content, so an identical function
+        # in another module would match by ``==``
+        self.codes: dict[int, types.CodeType] = {}
+        self._unresolved = list(dict.fromkeys(specs))
+
+    def _resolve(self) -> None:
+        for spec in list(self._unresolved):
+            module_name, _, qualname = spec.partition(":")
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            self._unresolved.remove(spec)
+            code = _code_of(module, qualname)
+            if code is not None:
+                self.codes[id(code)] = code
+
+    def matches(self, task: Task) -> bool:
+        """Whether ``task``'s own coroutine runs one of these functions (cheap: a set lookup)."""
+        if self._unresolved:
+            self._resolve()
+        if not self.codes:
+            return False
+        try:
+            code = getattr(task.get_coro(), "cr_code", None)
+        except Exception:
+            return False
+        return code is not None and self.codes.get(id(code)) is code
+
+
+def _code_of(module: types.ModuleType, qualname: str) -> types.CodeType | None:
+    """The code object of ``module.qualname``, read from namespaces (no descriptor or
+    ``__getattr__`` of the library runs)."""
+    obj: Any = module
+    try:
+        for part in qualname.split("."):
+            obj = vars(obj)[part]
+        obj = getattr(obj, "__func__", obj)  # staticmethod, classmethod
+        code = getattr(obj, "__code__", None)
+    except Exception:  # renamed in another version of the library: nothing to match
+        return None
+    return code if isinstance(code, types.CodeType) else None
+
+
+def sift_infos(tasks: Iterable[Task]) -> dict[int, TaskInfo]:
+    """Tasks described as the ignores look at them (stack, name, creator), by ``id(task)``.
+    Cheaper than a dump: no source lines, and primitives are not named by what holds them
+    (that is a scan of the whole heap)."""
+    walker = _Walker(None, CollectOptions(source_lines=False), time.monotonic())
+    out = {}
+    for task in tasks:
+        try:
+            if not task.done():
+                out[id(task)] = walker.task_info(task, False)
+        except Exception:  # finishing under our feet: the next look sees it gone
+            continue
+    return out
 
 
 def _loop_of(task: Task) -> asyncio.AbstractEventLoop | None:
@@ -115,6 +182,13 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
     if original is None:  # removed while this call was on its way
         original = asyncio.runners._cancel_all_tasks  # type: ignore[attr-defined]
     original(loop)
+
+
+def run_interrupted() -> bool:
+    """Whether the loop is closing because KeyboardInterrupt or SystemExit escaped its run
+    (the exception in flight while ``asyncio.Runner`` closes).  Its tasks were not left
+    behind: the run never finished, and ``asyncio.run`` cancels them by design."""
+    return isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
 
 
 def on_runner_close(callback: Callable[[asyncio.AbstractEventLoop], None]) -> None:
@@ -230,6 +304,7 @@ def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
 
 
 __all__ = [
-    "PermitLog", "on_runner_close", "remove_runner_close", "cancel", "describe", "describe_threads", "give_turns", "new_tasks", "new_threads",
-    "pending_tasks", "task_set", "threads_now", "type_counts",
+    "CoroutineCodes", "PermitLog", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
+    "new_threads", "on_runner_close", "pending_tasks", "remove_runner_close", "run_interrupted", "sift_infos",
+    "task_set", "threads_now", "type_counts",
 ]

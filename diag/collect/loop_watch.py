@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
+from diag.collect.safe_read import future_done, future_field, task_cancelling
 from diag.task_snapshot import Frame, Stall, StallStack
 
 HEARTBEAT_INTERVAL = 0.1
@@ -634,10 +635,10 @@ class LoopWatch:
         cancels: dict[int, float] = {}
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
-            if task.done():  # kept alive by the program: it may have died of an exception
+            if future_done(task):  # kept alive by the program: it may have died of an exception
                 self.dead.note_done(task)
                 continue
-            loop = task.get_loop()
+            loop = future_field(task, "_loop")  # read, not asked: a Task subclass may override get_loop
             if id(loop) not in seen_loops:
                 # A loop that started without the hook seeing it (uvloop imported before the
                 # agent started) is found through its tasks.
@@ -645,12 +646,9 @@ class LoopWatch:
                 if loop not in self._beats and loop.is_running():
                     self.add_loop(loop)
             key = id(task)
-            try:
-                if task.cancelling():
-                    cancels[key] = prev_cancels.get(key, start)
-            except Exception:
-                pass
-            waiter = getattr(task, "_fut_waiter", None)
+            if task_cancelling(task):
+                cancels[key] = prev_cancels.get(key, start)
+            waiter = future_field(task, "_fut_waiter")
             if waiter is None:
                 continue
             old = prev.get(key)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.safe_read import future_field, type_name
 from diag.collect.task_collector import process_info
 from diag.errors import DiagError
 from diag.profile_snapshot import (CLOCKS, MODES, CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack,
@@ -112,9 +113,12 @@ def loop_thread(watch: LoopWatch | None) -> LoopThread:
 
 def status() -> dict[str, Any]:
     """Whether a profile is being taken and whether any profiler is installed."""
-    import yappi  # type: ignore[import-untyped]
-
-    return {"busy": _busy.locked(), "yappi_running": bool(yappi.is_running()),
+    try:
+        import yappi  # type: ignore[import-untyped]
+        yappi_running = bool(yappi.is_running())
+    except ImportError:  # a process diag attached to from another Python version
+        yappi_running = False
+    return {"busy": _busy.locked(), "yappi_running": yappi_running,
             "sampler_running": any(t.name == "diag-sampler" and t.is_alive() for t in threading.enumerate()),
             "max_seconds": MAX_SECONDS, "task_limit": TASK_LIMIT}
 
@@ -135,7 +139,11 @@ def take_profile(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot
 # -- yappi -----------------------------------------------------------------------------------
 
 def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
-    import yappi  # type: ignore[import-untyped]
+    try:
+        import yappi  # type: ignore[import-untyped]
+    except ImportError:
+        raise ProfileRefused(f"yappi is not installed for this process's Python "
+                             f"{sys.version_info[0]}.{sys.version_info[1]}: use --mode sample") from None
 
     if yappi.is_running():
         raise ProfileRefused("busy: yappi is already running in the target (started by someone else)")
@@ -148,6 +156,14 @@ def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
                     f"refused: {live} live tasks (limit {options.max_tasks}); yappi's wall clock slows the "
                     f"target down sharply with many live coroutines; use --mode sample (or --force)")
             notes.append(f"forced: wall-clock yappi with {live} live tasks (limit {options.max_tasks})")
+    if yappi_keeps_coroutines(yappi):
+        if not options.force:
+            raise ProfileRefused(
+                "refused: this yappi keeps a reference to every coroutine it sees suspend or return "
+                "(sumerc/yappi#217, yappi 1.7.6 and older), so the target would keep them all for good; "
+                "use --mode sample (nothing left behind), or --force to accept the leak")
+        notes.append("forced: this yappi keeps a reference to every coroutine it saw suspend or return "
+                     "during the window (sumerc/yappi#217); they stay in the target")
     yappi.set_clock_type(options.clock)
     yappi.clear_stats()
     taken_at = time.time()
@@ -169,6 +185,27 @@ def _yappi(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
     return ProfileSnapshot(
         taken_at=taken_at, process=process_info(), mode="yappi", clock=options.clock, seconds=options.seconds,
         duration=duration, thread_name=target.name, functions=functions, edges=edges, notes=tuple(notes))
+
+
+#: The last yappi release whose ``IS_SUSPENDED`` keeps the coroutines it sees.
+LAST_LEAKING_YAPPI = (1, 7, 6)
+
+
+def yappi_keeps_coroutines(yappi: Any) -> bool:
+    """Whether this yappi leaks a reference to each coroutine it sees leave a frame: up
+    to 1.7.6, on 3.11 and later, its ``IS_SUSPENDED`` never releases the strong reference
+    ``PyFrame_GetGenerator`` returns, so every coroutine a profile sees stays alive for
+    good, and no yappi call (``clear_stats`` included) gives it back (sumerc/yappi#217).
+    Told by the installed version: probing it would mean starting yappi once more."""
+    if sys.version_info < (3, 11):
+        return False
+    try:
+        from importlib.metadata import version
+
+        release = tuple(int(part) for part in version("yappi").split(".")[:3] if part.isdigit())
+    except Exception:  # not installed as a distribution: assume the worst
+        return True
+    return release <= LAST_LEAKING_YAPPI
 
 
 def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...], tuple[CallEdge, ...], int]:
@@ -269,14 +306,16 @@ class _Sampler:
             self.task_samples[task_idx] += weight
 
     def _task(self, task: asyncio.Task[Any]) -> int:
-        coro = task.get_coro()
-        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-        key = id(code) if code is not None else id(type(coro))
+        coro = future_field(task, "_coro")  # read, not asked: a Task subclass may override get_coro
+        kind = type(coro)
+        code = (coro.cr_code if kind is types.CoroutineType  # type: ignore[union-attr]
+                else coro.gi_code if kind is types.GeneratorType else None)  # type: ignore[union-attr]
+        key = id(code) if code is not None else id(kind)
         idx = self.task_index.get(key)
         if idx is None:
             idx = self.task_index[key] = len(self.task_coros)
-            name = getattr(code, "co_qualname", None) if code is not None else None
-            self.task_coros.append(str(name or type(coro).__name__))
+            name = getattr(code, "co_qualname", code.co_name) if code is not None else None
+            self.task_coros.append(str(name or type_name(coro)))
             self.task_samples.append(0.0)
             self.task_ids.append(set())
             if code is not None:

@@ -29,10 +29,12 @@ from dataclasses import replace
 from types import FrameType, ModuleType
 from typing import Any
 
-from diag.collect import task_origins, wait_evidence
+from diag.collect import gc_pause, task_origins, wait_evidence
 from diag.collect.loop_watch import iter_all_tasks
+from diag.collect.safe_read import future_done, future_field, instance_dict
 from diag.sync_snapshot import Reachability
 
+_class_module = type.__dict__["__module__"].__get__
 #: The proof stops (and says so) after this long; an incomplete proof proves nothing.
 DEFAULT_BUDGET = 10.0
 _PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
@@ -45,9 +47,8 @@ RECHECK_PAUSE = 0.05
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
     """Run the proof over this process; safe from any thread (the caller's thread is not a root)."""
-    gc_was_enabled = gc.isenabled()
     interval = sys.getswitchinterval()
-    gc.disable()
+    gc_pause.pause()
     # The object graph must not change while it is marked: a timer firing half-way would
     # move a sleeper's future from one list the proof has read to one it has not.  Keep
     # the GIL for the whole proof; the program pauses for its duration (docs/leaks.md).
@@ -69,15 +70,14 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
     finally:
         sys.setswitchinterval(interval)
-        if gc_was_enabled:
-            gc.enable()
+        gc_pause.resume()
 
 
 def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
     started = time.monotonic()
     deadline = started + budget
-    tasks = [t for t in iter_all_tasks() if not t.done()]
-    loops = {t.get_loop() for t in tasks}
+    tasks = [t for t in iter_all_tasks() if not future_done(t)]
+    loops = {id(loop): loop for loop in (future_field(t, "_loop") for t in tasks) if loop is not None}.values()
     current = set()
     for loop in loops:
         cur = asyncio.current_task(loop)
@@ -88,7 +88,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     wakers: dict[int, list[asyncio.Task[Any]]] = {}  # id(awaited future) -> tasks it would wake
     roots: list[Any] = []
     for task in tasks:
-        waiter = getattr(task, "_fut_waiter", None)
+        waiter = future_field(task, "_fut_waiter")
         # The runner's main task is a root: asyncio.run cancels it on Ctrl-C, so its frame runs
         # again ("await asyncio.Event().wait()" to run forever is an idiom, not a leak).
         if waiter is None or id(task) in current or wait_evidence.is_main_task(task):
@@ -98,7 +98,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
             wakers.setdefault(id(waiter), []).append(task)
     diag_namespaces: set[int] = set()
     for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
+        namespace = instance_dict(module)
         if namespace is None:
             continue
         # diag's own state (label caches with weak references, the agent) must not make
@@ -141,10 +141,10 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
         kind = kinds.get(cls)
         if kind is None:
             try:
-                owner: object = cls.__module__
+                owner: object = _class_module(cls)
             except Exception:
                 owner = None
-            if isinstance(owner, str) and owner.partition(".")[0] == "diag":
+            if type(owner) is str and owner.partition(".")[0] == "diag":
                 kind = _MINE  # the agent itself, wherever the program (or a thread) keeps it
             elif issubclass(cls, ModuleType):
                 kind = _MODULE
@@ -201,7 +201,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
                     # traverse visits its free list of future iterators, objects with no
                     # references, and holding one corrupts that free list.  Its namespace
                     # is what matters.
-                    ref = getattr(ref, "__dict__", None)
+                    ref = instance_dict(ref)
                     if ref is None or id(ref) in seen:
                         continue
                     seen_add(id(ref))
@@ -227,7 +227,7 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
         # The task a runner waits on (asyncio.run's main) is held by the runner's frame,
         # or by uvloop's C code: never fire-and-forget.
         referenced.update(k for k, t in blocked.items() if k in in_locals or wait_evidence.is_main_task(t))
-    waits = {task_origins.task_seq(t): id(getattr(t, "_fut_waiter", None)) for t in unreachable}
+    waits = {task_origins.task_seq(t): id(future_field(t, "_fut_waiter")) for t in unreachable}
     return Reachability(
         ran=True,
         unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
@@ -243,11 +243,8 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
 
 def _about_to_wake(task: Any) -> bool:
     """A future already resolved wakes its task on the next loop turn."""
-    waiter = getattr(task, "_fut_waiter", None)
-    try:
-        return waiter is None or bool(waiter.done())
-    except Exception:
-        return True
+    waiter = future_field(task, "_fut_waiter")
+    return waiter is None or future_done(waiter)
 
 
 def _is_diag_thread(ident: int, top: FrameType) -> bool:

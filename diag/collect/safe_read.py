@@ -15,11 +15,29 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import types
 from typing import Any, TypeGuard, TypeVar, cast, overload
 
 _PLAIN = (int, float, bool, type(None), bytes)
 T = TypeVar("T")
+_MISSING: Any = object()
+#: A class's own namespace and MRO, read through ``type``'s descriptors: a metaclass
+#: that defines ``__dict__`` or ``__mro__`` is not asked.
+_class_dict = type.__dict__["__dict__"].__get__
+_class_mro = type.__dict__["__mro__"].__get__
+_class_qualname = type.__dict__["__qualname__"].__get__
+_generic_getattr = object.__getattribute__
+#: Descriptors that read a field and run no Python code: slots and C getters.
+_FIELD_DESCRIPTORS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+#: Class attributes that are values, not descriptors (an instance's own value wins).
+_CLASS_VALUES = frozenset({int, float, bool, type(None), str, bytes, tuple, frozenset})
+_PENDING = "PENDING"
+#: asyncio's C Future and Task, whose fields and methods are read through their own
+#: descriptors whatever a subclass overrides (None without the C module).
+_C_FUTURE: Any = getattr(asyncio.futures, "_CFuture", None)
+_C_TASK: Any = getattr(asyncio.tasks, "_CTask", None)
 
 
 @overload
@@ -39,8 +57,8 @@ def instance_dict(obj: object) -> dict[str, Any] | None:
     """``obj.__dict__`` read through its type's slot descriptor, or None (no dict, or the
     class defines ``__dict__`` itself: that would be the program's code)."""
     try:
-        for klass in type(obj).__mro__:
-            attr = klass.__dict__.get("__dict__")
+        for klass in _class_mro(type(obj)):
+            attr = _class_dict(klass).get("__dict__")
             if attr is None:
                 continue
             if type(attr) not in (types.GetSetDescriptorType, types.MemberDescriptorType):  # modules: a member
@@ -52,12 +70,112 @@ def instance_dict(obj: object) -> dict[str, Any] | None:
     return None
 
 
+def class_attr(kind: type, name: str) -> object:
+    """``name`` as ``kind``'s MRO defines it (read from the class namespaces), or ``MISSING``."""
+    for klass in _class_mro(kind):
+        namespace = _class_dict(klass)
+        value = namespace.get(name, _MISSING) if type(name) is str else _MISSING
+        if value is not _MISSING:
+            return value
+    return _MISSING
+
+
+MISSING = _MISSING
+
+
+def read_attr(obj: object, name: str, default: Any = None) -> Any:
+    """``obj.name`` as ``object.__getattribute__`` would find it, read without running the
+    program's code: a slot or a C field through its descriptor, else the instance's own
+    value (``object.__getattribute__`` itself once the class is known to define no
+    descriptor of that name: it never calls ``__getattr__``), else a plain value on the
+    class.  A property, ``__getattr__`` or ``__getattribute__`` of the program never runs:
+    such an attribute reads as ``default``."""
+    try:
+        kind = type(obj)
+        attr = class_attr(kind, name)
+        if type(attr) in _FIELD_DESCRIPTORS:
+            return attr.__get__(obj, kind)  # type: ignore[attr-defined]
+        if attr is not _MISSING and type(attr) not in _CLASS_VALUES and type(attr) is not types.FunctionType:
+            return default  # a property or another descriptor: code of the program
+        try:
+            value = _generic_getattr(obj, name)
+        except AttributeError:
+            return default
+        if attr is not _MISSING and type(attr) is types.FunctionType and type(value) is types.MethodType:
+            return default  # a method, not a value
+        return value
+    except Exception:
+        return default
+
+
+def future_field(fut: object, name: str, default: Any = None) -> Any:
+    """A field of an asyncio Future or Task (``_state``, ``_loop``, ``_fut_waiter``,
+    ``_callbacks``, ``_coro``...) through asyncio's own descriptor when the object is a C
+    future, whatever its subclass defines; ``read_attr`` for the pure-Python ones."""
+    kind = type(fut)
+    for base in (_C_TASK, _C_FUTURE):
+        if base is not None and issubclass(kind, base):
+            descriptor = _class_dict(base).get(name)
+            if type(descriptor) is types.GetSetDescriptorType:
+                try:
+                    return descriptor.__get__(fut, base)
+                except Exception:
+                    return default
+    return read_attr(fut, name, default)
+
+
+def future_done(fut: object) -> bool:
+    """``fut.done()`` read from its state, not asked (an unreadable one counts as done)."""
+    return bool(future_field(fut, "_state") != _PENDING)
+
+
+def task_name(task: object) -> object:
+    """``task.get_name()`` of asyncio's own Task, not a subclass's override."""
+    if _C_TASK is not None and issubclass(type(task), _C_TASK):
+        try:
+            return _C_TASK.get_name(task)
+        except Exception:
+            return None
+    return read_attr(task, "_name")
+
+
+def task_cancelling(task: object) -> int:
+    """``task.cancelling()`` of asyncio's own Task (0 when unreadable)."""
+    try:
+        if _C_TASK is not None and issubclass(type(task), _C_TASK):
+            value = _C_TASK.cancelling(task)
+        else:
+            value = read_attr(task, "_num_cancels_requested", 0)
+        return value if type(value) is int else 0
+    except Exception:
+        return 0
+
+
+def builtin_len(obj: object) -> int | None:
+    """The length of a builtin container (exact type: no ``__len__`` of the program runs)."""
+    kind = type(obj)
+    if kind in (list, tuple, dict, set, frozenset, collections.deque):
+        return len(obj)  # type: ignore[arg-type]
+    return None
+
+
+def builtin_items(obj: object) -> list[Any]:
+    """The items of a builtin list, tuple, set, frozenset or deque (exact types), else []."""
+    if type(obj) in (list, tuple, set, frozenset, collections.deque):
+        try:
+            items: list[Any] = list(obj)  # type: ignore[call-overload]
+            return items
+        except RuntimeError:  # changed size during the copy (another thread)
+            return []
+    return []
+
+
 def plain_attr(obj: object, name: str) -> object:
     """An attribute kept in the object itself (a slot or its instance dict), or None; no
     property, ``__getattr__`` or ``__getattribute__`` of the object runs."""
     try:
-        for klass in type(obj).__mro__:
-            attr = klass.__dict__.get(name)
+        for klass in _class_mro(type(obj)):
+            attr = _class_dict(klass).get(name)
             if attr is not None:
                 return attr.__get__(obj, klass) if type(attr) is types.MemberDescriptorType else None
         attrs = instance_dict(obj)
@@ -92,5 +210,6 @@ def quoted(value: object, limit: int = 80) -> str:
 
 
 def type_name(obj: object) -> str:
-    """The object's class name, read from the class (the object is not asked)."""
-    return str(type(obj).__qualname__)
+    """The object's class name, read from the class (neither the object nor a metaclass
+    is asked)."""
+    return str(_class_qualname(type(obj)))

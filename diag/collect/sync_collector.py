@@ -16,11 +16,12 @@ from typing import Any
 
 from dataclasses import replace
 
-from diag.collect import holders, reachability, task_origins, wait_evidence
+from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
-from diag.collect.safe_read import clip
+from diag.collect.safe_read import clip, future_done, is_a, read_attr, task_name
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
+    process_notes,
 )
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.task_snapshot import TaskInfo, TaskSnapshot
@@ -50,7 +51,10 @@ def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
 
 def _holder_source(obj: Any) -> Any:
     """A Condition's permits live on its lock."""
-    return getattr(obj, "_lock", obj) if isinstance(obj, asyncio.Condition) else obj
+    if is_a(obj, asyncio.Condition):
+        lock = read_attr(obj, "_lock")
+        return lock if is_a(lock, asyncio.Lock) else obj
+    return obj
 
 
 def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: frozenset[int] = frozenset(),
@@ -60,7 +64,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     ``collect_budget`` bounds the task walk (see ``CollectOptions.budget``)."""
     started = time.monotonic()
     tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
-    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not t.done()}
+    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
     for info in tasks.tasks:
@@ -96,7 +100,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
             held.append(Holder(
                 task_id=rec.task_id,
-                task_name=None if task is None else clip(task.get_name()),
+                task_name=None if task is None else clip(task_name(task)),
                 task_alive=task is not None,
                 task_state=(holder_info.state if holder_info is not None
                             else ("finished" if task is None else "waiting")),
@@ -106,10 +110,13 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         waiters = waiting.get(prim.id, [])
         longest = max((s for _, s in waiters if s is not None), default=None)
         activity = holders.last_activity(source)
+        if activity is None and is_a(obj, asyncio.Event):  # an event's activity is its last set()
+            last = event_activity.last_set(obj)
+            activity = None if last is None else last[1]
         states.append(PrimitiveState(
             primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
-            tracked=holders.installed() and isinstance(source, (asyncio.Lock, asyncio.Semaphore)),
+            tracked=holders.installed() and is_a(source, (asyncio.Lock, asyncio.Semaphore)),
         ))
     with watch.own_work() if watch is not None else contextlib.nullcontext():
         proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
@@ -117,7 +124,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     return SyncSnapshot(
         taken_at=tasks.taken_at, process=process_info(), tasks=tasks, primitives=tuple(states),
         reachability=proof_result, holders_tracked=holders.installed(),
-        notes=tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
+        notes=process_notes() + tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
     )
 
 

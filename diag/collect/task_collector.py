@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import types
 import weakref
 from dataclasses import dataclass, fields, replace
@@ -28,7 +29,10 @@ from typing import Any, Iterator
 
 import diag
 from diag.collect import holders, task_origins, wait_evidence
-from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr, quoted
+from diag.collect.safe_read import (
+    MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict, is_a, plain_attr,
+    quoted, read_attr, task_cancelling, task_name, type_name,
+)
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
@@ -40,7 +44,22 @@ _READY = Wait("ready")
 _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 _AsyncGeneratorType = types.AsyncGeneratorType
-_ASYNC_GEN_AWAITABLES = ("async_generator_asend", "async_generator_athrow")
+_GENERIC_GETATTR = object.__getattribute__
+_FIELDS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+
+
+def _async_gen_awaitable_types() -> tuple[type, ...]:
+    async def agen() -> Any:
+        yield
+    gen = agen()
+    asend, athrow = gen.asend(None), gen.athrow(GeneratorExit)
+    found = (type(asend), type(athrow))
+    asend.close()
+    athrow.close()
+    return found
+
+
+_ASYNC_GEN_AWAITABLE_TYPES = _async_gen_awaitable_types()
 _ACQUIRING = getattr(task_origins._fast, "Acquiring", None)
 
 
@@ -87,6 +106,8 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 
 
 _KNOWN = _known_codes()
+_GATHERING_FUTURE: Any = getattr(asyncio.tasks, "_GatheringFuture", None)
+_TASK_GROUP: Any = asyncio.TaskGroup
 #: Waits whose end diag looks for (a sleep says its own; a running task waits on nothing).
 _DEADLINE_KINDS = frozenset({"semaphore", "lock", "condition", "event", "queue_get", "queue_put", "future",
                              "task", "gather", "stream_read", "executor", "unknown"})
@@ -146,45 +167,85 @@ class _FrameCache:
         return fr
 
 
-def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[types.FrameType]]:
-    """The coroutines of an await chain and their frames, outermost first."""
+#: Await links followed at most: a chain is as deep as the recursion that resumes it.
+MAX_CHAIN = 10_000
+#: Of a chain deeper than ``max_frames``, this many outermost frames are kept; the rest
+#: of the budget goes to the innermost ones, which say what the task waits on.
+KEEP_OUTER = 8
+
+
+def _elide(items: list[Any], max_frames: int) -> tuple[list[Any], int]:
+    """The outermost and innermost ``max_frames`` of a chain, and how many were left out."""
+    over = len(items) - max_frames
+    if over <= 0:
+        return items, 0
+    head = min(KEEP_OUTER, max_frames // 4)
+    return items[:head] + items[len(items) - (max_frames - head):], over
+
+
+def _elided_frame(count: int) -> Frame:
+    """The stack entry standing for the frames left out of a deep chain."""
+    return Frame("<elided>", 0, f"... {count} frames elided ...")
+
+
+def _foreign_link(kind: type, node: object) -> tuple[Any, Any] | None:
+    """(frame, next) of a coroutine of another implementation (Cython), read through its
+    class's C field descriptors; None for anything else: a future's iterator, or an
+    awaitable whose attributes are code of the program (properties, ``__getattr__``)."""
+    if class_attr(kind, "__getattribute__") is not _GENERIC_GETATTR:
+        return None
+    for frame_name, next_name in (("cr_frame", "cr_await"), ("gi_frame", "gi_yieldfrom")):
+        frame = read_attr(node, frame_name, MISSING) if type(class_attr(kind, frame_name)) in _FIELDS else MISSING
+        if frame is MISSING:
+            continue
+        if type(frame) is not types.FrameType:
+            return None
+        nxt = read_attr(node, next_name) if type(class_attr(kind, next_name)) in _FIELDS else None
+        return frame, nxt
+    return None
+
+
+def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[types.FrameType], int]:
+    """The coroutines of an await chain and their frames, outermost first, and how many
+    links were elided: a chain deeper than ``max_frames`` keeps its outermost
+    ``KEEP_OUTER`` and its innermost links, where the real wait is.  Nothing of the
+    program runs: only coroutine types (and C fields of foreign ones) are read."""
     nodes: list[object] = []
     frames: list[types.FrameType] = []
     node: object = coro
-    while node is not None and len(frames) < max_frames:
-        if type(node) is _CoroutineType:
+    while node is not None and len(frames) < MAX_CHAIN:
+        kind = type(node)
+        if kind is _CoroutineType:
             frame = node.cr_frame  # type: ignore[attr-defined]
             nxt = node.cr_await  # type: ignore[attr-defined]
-        elif type(node) is _GeneratorType:
+        elif kind is _GeneratorType:
             frame = node.gi_frame  # type: ignore[attr-defined]
             nxt = node.gi_yieldfrom  # type: ignore[attr-defined]
-        elif type(node) is _AsyncGeneratorType:
+        elif kind is _AsyncGeneratorType:
             frame = node.ag_frame  # type: ignore[attr-defined]
             nxt = node.ag_await  # type: ignore[attr-defined]
-        elif type(node) is _ACQUIRING:  # diag's own acquire (C): no frame, on to asyncio's
+        elif kind is _ACQUIRING:  # diag's own acquire (C): no frame, on to asyncio's
             node = node.inner  # type: ignore[attr-defined]
             continue
-        elif type(node).__name__ in _ASYNC_GEN_AWAITABLES:
+        elif kind in _ASYNC_GEN_AWAITABLE_TYPES:
             # ``await agen.asend()`` (async with on an @asynccontextmanager, async for):
             # the awaitable exposes its generator only to the GC.
             node = next((r for r in gc.get_referents(node) if type(r) is _AsyncGeneratorType), None)
             continue
         else:
-            # A coroutine of another implementation (Cython): read its attributes only if
-            # its class does not run code on attribute access.
-            if type(node).__getattribute__ is not object.__getattribute__:
+            link = _foreign_link(kind, node)
+            if link is None:
                 break
-            frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
-            if type(frame) is not types.FrameType:
-                break
-            nxt = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
+            frame, nxt = link
         if frame is None:
             break
         if id(frame.f_code) not in holders.WRAPPER_CODES:  # diag's own acquire/release wrappers
             nodes.append(node)
             frames.append(frame)
         node = nxt
-    return nodes, frames
+    nodes, elided = _elide(nodes, max_frames)
+    frames, _ = _elide(frames, max_frames)
+    return nodes, frames, elided
 
 
 def _frame_of(node: object) -> types.FrameType | None:
@@ -210,18 +271,64 @@ _c_await_chain = getattr(task_origins._fast, "await_chain", None)
 
 
 def _local_of_type(node: object, frame: types.FrameType | None, cls: type | tuple[type, ...], name: str) -> Any:
-    """A local of a suspended coroutine by type.  ``gc.get_referents`` of a coroutine lists
-    its frame's locals without building the ``f_locals`` dict, which costs far more."""
+    """A local of a suspended coroutine by type (``name`` documents which).  Read from
+    ``gc.get_referents`` of the coroutine, its frame's values (closure cells opened),
+    never through ``f_locals``: on 3.11 and 3.12 that builds a dict the frame keeps,
+    holding every local alive after the program has deleted it."""
     for ref in gc.get_referents(node):
+        if type(ref) is types.CellType:
+            try:
+                ref = ref.cell_contents
+            except ValueError:  # an empty cell
+                continue
         if is_a(ref, cls):  # not isinstance: that would ask a hostile local for its __class__
             return ref
+    return None
+
+
+def _locals_of_type(node: object, cls: type | tuple[type, ...]) -> list[Any]:
+    """Every local of a suspended coroutine of type ``cls`` (see ``_local_of_type``)."""
+    return [ref for ref in gc.get_referents(node) if is_a(ref, cls)]
+
+
+#: On 3.13 ``frame.f_locals`` is a view of the fast locals (PEP 667): nothing is kept.
+_LOCALS_ARE_A_VIEW = sys.version_info >= (3, 13)
+
+
+def _local_names(node: object, frame: types.FrameType, obj: object) -> tuple[str, object]:
+    """The name of a local of ``frame`` (the suspended ``node``'s) holding ``obj``, and
+    the frame's ``self``, read without leaving a reference behind: on 3.11 and 3.12 the
+    dict ``f_locals`` builds stays on the frame, so it is read only when this call made
+    it, and emptied at once (nothing else can hold a dict that did not exist); a frame
+    whose dict already exists keeps its local names to itself."""
+    name, owner = "", None
+    if _LOCALS_ARE_A_VIEW:
+        view = frame.f_locals
+        for key, value in view.items():
+            if value is obj and key != "self" and not name:
+                name = key
+        owner = view.get("self")
+        return name, owner
+    if node is None:
+        return "", None
+    before = gc.get_referents(node)
+    # The GC visits a frame's parts in order: its frame object, its f_locals dict, its
+    # function, code, then the locals; a dict right before the function is f_locals.
+    first_function = next((i for i, r in enumerate(before) if type(r) is types.FunctionType), 0)
+    if first_function == 0 or type(before[first_function - 1]) is dict:
+        return "", None
+    dicts = {id(r) for r in before if type(r) is dict}
+    del before  # the locals' values: not to be held while the loop thread runs on
+    made = frame.f_locals
     try:
-        if frame is None:
-            frame = _frame_of(node)
-        value = frame.f_locals.get(name)  # type: ignore[union-attr]
-    except Exception:
-        return None
-    return value if is_a(value, cls) else None
+        for key, value in made.items():
+            if value is obj and key != "self" and not name:
+                name = key
+        owner = made.get("self")
+    finally:
+        if id(made) not in dicts:  # made by this call, so nobody else holds it
+            made.clear()  # it keeps nothing alive
+    return name, owner
 
 
 @dataclass(frozen=True)
@@ -235,58 +342,75 @@ class _Shape:
     user: int  # index of the nearest non-asyncio frame awaiting the known one, or -1
 
 
-def _safe_len(obj: object) -> int | None:
-    try:
-        return None if obj is None else len(obj)  # type: ignore[arg-type]
-    except Exception:
-        return None
+def _count(obj: object) -> int:
+    """Entries in a primitive's queue of waiters (a deque, or None before the first)."""
+    return builtin_len(obj) or 0
 
 
 def describe_primitive(obj: object, label: str = "") -> Primitive | None:
-    """The state of an asyncio Lock, Semaphore, Condition, Event or Queue, read without locking."""
+    """The state of an asyncio Lock, Semaphore, Condition, Event or Queue, read from its
+    fields without locking and without running any method of it (subclasses override
+    them); one whose fields cannot be read is an ``unknown`` primitive of its type."""
     pid = hex(id(obj))
     try:
-        if isinstance(obj, asyncio.Semaphore):
-            bound = getattr(obj, "_bound_value", None)
-            kind = "bounded_semaphore" if isinstance(obj, asyncio.BoundedSemaphore) else "semaphore"
-            value = int(obj._value)
+        if is_a(obj, asyncio.Semaphore):
+            bound = read_attr(obj, "_bound_value")
+            kind = "bounded_semaphore" if is_a(obj, asyncio.BoundedSemaphore) else "semaphore"
+            value = read_attr(obj, "_value")
+            if type(value) is not int or (bound is not None and type(bound) is not int):
+                raise TypeError(type_name(value))
             return Primitive(kind, pid, label, value=value, capacity=bound,
-                             locked=value == 0, waiters=_safe_len(obj._waiters) or 0)
-        waiters = _safe_len(getattr(obj, "_waiters", None)) or 0
-        if isinstance(obj, asyncio.Lock):
-            return Primitive("lock", pid, label, locked=obj.locked(), waiters=waiters)
-        if isinstance(obj, asyncio.Condition):
-            return Primitive("condition", pid, label, locked=obj.locked(), waiters=waiters)
-        if isinstance(obj, asyncio.Event):
-            return Primitive("event", pid, label, is_set=obj.is_set(), waiters=waiters)
-        if isinstance(obj, asyncio.Queue):
-            getters = _safe_len(getattr(obj, "_getters", None)) or 0
-            putters = _safe_len(getattr(obj, "_putters", None)) or 0
-            return Primitive("queue", pid, label, size=obj.qsize(), maxsize=obj.maxsize,
+                             locked=value == 0, waiters=_count(read_attr(obj, "_waiters")))
+        waiters = _count(read_attr(obj, "_waiters"))
+        if is_a(obj, asyncio.Lock):
+            return Primitive("lock", pid, label, locked=_flag(read_attr(obj, "_locked")), waiters=waiters)
+        if is_a(obj, asyncio.Condition):
+            lock = read_attr(obj, "_lock")
+            if not is_a(lock, asyncio.Lock):
+                raise TypeError(type_name(lock))
+            return Primitive("condition", pid, label, locked=_flag(read_attr(lock, "_locked")), waiters=waiters)
+        if is_a(obj, asyncio.Event):
+            return Primitive("event", pid, label, is_set=_flag(read_attr(obj, "_value")), waiters=waiters)
+        if is_a(obj, asyncio.Queue):
+            getters = _count(read_attr(obj, "_getters"))
+            putters = _count(read_attr(obj, "_putters"))
+            size = builtin_len(read_attr(obj, "_queue"))
+            maxsize = read_attr(obj, "_maxsize")
+            if size is None or type(maxsize) is not int:
+                raise TypeError("queue")
+            return Primitive("queue", pid, label, size=size, maxsize=maxsize,
                              getters=getters, putters=putters, waiters=getters + putters)
     except Exception:
-        return Primitive("unknown", pid, label)
+        return Primitive("unknown", pid, label or f"<unreadable {clip(type_name(obj), 100)}>")
     return None
 
 
-def _label_in_frame(obj: object, frame: types.FrameType | None) -> str:
-    """A name for ``obj`` as the awaiting code sees it: a local, ``self.attr`` or a global."""
+def _flag(value: object) -> bool:
+    if type(value) is not bool:
+        raise TypeError(type_name(value))
+    return value is True
+
+
+def _label_in_frame(obj: object, frame: types.FrameType | None, node: object = None) -> str:
+    """A name for ``obj`` as the awaiting code sees it: a local, ``self.attr`` or a global
+    (``node`` is the frame's coroutine; see ``_local_names``)."""
     try:
         if frame is None:
             return ""
-        f_locals = frame.f_locals
-        for name, value in f_locals.items():
-            if value is obj and name != "self":
-                return clip(name, 100)
-        owner = f_locals.get("self")
+        name, owner = _local_names(node, frame, obj)
+        if name:
+            return clip(name, 100)
         attrs = instance_dict(owner)
         if attrs is not None:
-            for name, value in attrs.items():
+            for key, value in list(attrs.items()):
                 if value is obj:
-                    return f"{type(owner).__name__}.{clip(name, 100)}"
-        for name, value in frame.f_globals.items():
-            if value is obj:
-                return f"{clip(frame.f_globals.get('__name__', '?'), 100)}.{clip(name, 100)}"
+                    return f"{type(owner).__name__}.{clip(key, 100)}"
+        del owner, attrs
+        namespace = frame.f_globals
+        if type(namespace) is dict:
+            for key, value in list(namespace.items()):
+                if value is obj:
+                    return f"{clip(namespace.get('__name__', '?'), 100)}.{clip(key, 100)}"
     except Exception:
         pass
     return ""
@@ -337,7 +461,7 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
                 continue
             if is_a(ref, dict):
                 module_name = modules.get(id(ref))
-                for key, value in list(ref.items()):
+                for key, value in list(dict.items(ref)):  # dict's own items(), not a subclass's
                     if id(value) in wanted:
                         if module_name is not None:
                             offer(id(value), 0, f"{module_name}.{key}")
@@ -371,12 +495,14 @@ def holder_labels(objects: list[object], ignore: tuple[object, ...] = ()) -> dic
 
 
 def _future_created_at(fut: object, frames: _FrameCache) -> Frame | None:
-    tb = getattr(fut, "_source_traceback", None)
+    """Where the future was made, from the traceback asyncio records in debug mode."""
+    tb = future_field(fut, "_source_traceback")
     try:
-        if tb:
-            for entry in reversed(tb):
-                if not entry.filename.startswith(_ASYNCIO_DIR):
-                    return Frame(entry.filename, entry.lineno or 0, entry.name, (entry.line or "").strip())
+        for entry in reversed(builtin_items(tb) if type(tb) is not traceback.StackSummary else list.copy(tb)):
+            if type(entry) is not traceback.FrameSummary:
+                return None
+            if not entry.filename.startswith(_ASYNCIO_DIR):
+                return Frame(entry.filename, entry.lineno or 0, entry.name, (entry.line or "").strip())
     except Exception:
         pass
     return None
@@ -385,8 +511,7 @@ def _future_created_at(fut: object, frames: _FrameCache) -> Frame | None:
 def _is_executor_future(fut: object) -> bool:
     """True for the asyncio future that ``run_in_executor``/``to_thread`` chains to a thread."""
     try:
-        callbacks = getattr(fut, "_callbacks", None) or ()
-        for cb in callbacks:
+        for cb in builtin_items(future_field(fut, "_callbacks")):
             fn = cb[0] if type(cb) is tuple else cb
             if type(fn) is types.FunctionType and fn.__name__ == "_call_check_cancel":
                 return True
@@ -470,7 +595,8 @@ class _Walker:
             self.label_tries.add((key, id(shape)))
             caller = _frame_at(nodes, frames, shape.user) if shape.user >= 0 else None
             if prim is None or caller is not None:
-                prim = self.primitives[key] = describe_primitive(obj, _label_in_frame(obj, caller))
+                label = _label_in_frame(obj, caller, nodes[shape.user] if caller is not None else None)
+                prim = self.primitives[key] = describe_primitive(obj, label)
                 self.primitive_objects[key] = obj
         return prim
 
@@ -496,14 +622,19 @@ class _Walker:
             if prim is not None and label and label != prim.label:
                 self.primitives[key] = replace(prim, label=label)
 
-    def shape(self, frames: list[types.FrameType], key: object = None) -> _Shape:
-        """The shape of an await chain, under ``key`` (the accelerator's) or its own."""
+    def shape(self, frames: list[types.FrameType], key: object = None, elided: int = 0) -> _Shape:
+        """The shape of an await chain, under ``key`` (the accelerator's) or its own;
+        ``elided`` links left out after the first ``KEEP_OUTER`` show as one entry."""
         if key is None:
-            key = tuple([(id(f.f_code), f.f_lasti) for f in frames])
+            key = (elided, tuple([(id(f.f_code), f.f_lasti) for f in frames]))
         shape = self.shapes.get(key)  # type: ignore[call-overload]
         if shape is None:
             frame_of = self.frames.of
-            stack = tuple([frame_of(f) for f in reversed(frames)])
+            inner_first = [frame_of(f) for f in reversed(frames)]
+            if elided:
+                inner_first.insert(len(frames) - min(KEEP_OUTER, self.options.max_frames // 4),
+                                   _elided_frame(elided))
+            stack = tuple(inner_first)
             known, kind, detail, user = -1, "", "", -1
             for i in range(len(frames) - 1, -1, -1):
                 found = _KNOWN.get(id(frames[i].f_code))
@@ -526,7 +657,7 @@ class _Walker:
         was read without them (they are then made only where a local must be read)."""
         if running:
             return _RUNNING
-        waiter = getattr(task, "_fut_waiter", None)
+        waiter = future_field(task, "_fut_waiter")
         if waiter is None:
             return _READY
         if self.watch is None:
@@ -552,26 +683,28 @@ class _Walker:
             handle = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.TimerHandle, "h")
             left = None
             try:
-                if handle is not None:
-                    left = max(0.0, handle.when() - handle._loop.time())
+                when, loop = read_attr(handle, "_when"), read_attr(handle, "_loop")
+                if type(when) is float and loop is not None:
+                    left = max(0.0, when - loop.time())
             except Exception:
                 left = None
             return Wait("sleep", "sleep", seconds=seconds, time_left=left)
         if kind == "stream_read":
-            return Wait("stream_read", detail, seconds=seconds)
+            reader = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.StreamReader, "self")
+            return Wait("stream_read", detail, seconds=seconds, stream_side=wait_evidence.stream_side(reader))
         if kind == "gather":
-            try:
-                f_locals = _frame_at(nodes, frames, i).f_locals  # type: ignore[union-attr]
-            except Exception:
-                return Wait("gather", detail, seconds=seconds)
+            # the awaited tasks are locals of the frame: found by type among its values
             awaited: list[object] = []
             if detail == "TaskGroup":
-                awaited = list(getattr(f_locals.get("self"), "_tasks", ()) or ())
+                group = _local_of_type(nodes[i], None, _TASK_GROUP, "self")
+                awaited = builtin_items(read_attr(group, "_tasks"))
             elif detail == "wait_for":
-                awaited = [f_locals.get("fut")]
+                awaited = _locals_of_type(nodes[i], asyncio.Task)
             else:
-                awaited = list(f_locals.get("fs") or ())
+                for ref in gc.get_referents(nodes[i]):
+                    awaited.extend(builtin_items(ref) if type(ref) in (set, list, tuple) else ())
             ids = tuple(task_origins.task_seq(t) for t in awaited if is_a(t, asyncio.Task))
+            del awaited
             return Wait("gather", detail, seconds=seconds, tasks=ids)
         return self._future_wait(waiter, seconds, detail=detail)
 
@@ -579,9 +712,9 @@ class _Walker:
         if is_a(waiter, asyncio.Task):
             return Wait("task", detail or "await task", seconds=seconds, tasks=(task_origins.task_seq(waiter),))
         if not is_a(waiter, asyncio.Future):  # a future-like object of the program's own: not read
-            return Wait("unknown", detail or clip(type(waiter).__name__, 100), seconds=seconds)
-        children = getattr(waiter, "_children", None)
-        if children is not None and type(waiter).__name__ == "_GatheringFuture":
+            return Wait("unknown", detail or clip(type_name(waiter), 100), seconds=seconds)
+        if type(waiter) is _GATHERING_FUTURE:
+            children = builtin_items(read_attr(waiter, "_children"))
             ids = tuple(task_origins.task_seq(c) for c in children if is_a(c, asyncio.Task))
             return Wait("gather", "gather", seconds=seconds, tasks=ids)
         if _is_executor_future(waiter):
@@ -599,25 +732,26 @@ class _Walker:
         if created is None:
             line = task_origins.origin_line(code, offset)
             parent_task = self.by_seq.get(parent) if parent is not None else None
-            name = _safe_str(parent_task.get_name()) if parent_task is not None else None
+            name = _safe_str(task_name(parent_task)) if parent_task is not None else None
             created = self.creators[key] = CreatedBy(parent, name, code.co_filename, line, _creator_function(code))
         return created
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
-        coro = task.get_coro()
+        coro = future_field(task, "_coro")
         walked = (None if _c_await_chain is None
-                  else _c_await_chain(coro, self.options.max_frames, holders.WRAPPER_CODE_OBJECTS))
+                  else _c_await_chain(coro, MAX_CHAIN, holders.WRAPPER_CODE_OBJECTS))
         frames: list[types.FrameType] | None
         if walked is None:
-            nodes, frames = _await_chain(coro, self.options.max_frames)
-            shape = self.shape(frames)
+            nodes, frames, elided = _await_chain(coro, self.options.max_frames)
+            shape = self.shape(frames, elided=elided)
         else:
             key, nodes = walked
+            nodes, elided = _elide(nodes, self.options.max_frames)
             shape = self.shapes.get(key)  # type: ignore[assignment]
             frames = None
             if shape is None:  # the first task stuck here: its frames name the place
-                nodes, frames = _await_chain(coro, self.options.max_frames)
-                shape = self.shape(frames, key)
+                nodes, frames, elided = _await_chain(coro, self.options.max_frames)
+                shape = self.shape(frames, key, elided)
         try:
             wait = self.classify(task, nodes, frames, shape, running)
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
@@ -625,11 +759,8 @@ class _Walker:
         stack = shape.stack
         origin = task_origins.task_origin(task)
         created_by = self.created_by(origin) if origin is not None else None
-        try:
-            cancelling = bool(task.cancelling())
-        except Exception:
-            cancelling = False
-        loop = task.get_loop()
+        cancelling = bool(task_cancelling(task))
+        loop = future_field(task, "_loop")
         loop_id = self.loop_ids.get(id(loop))
         if loop_id is None:
             loop_id = self.loop_ids[id(loop)] = hex(id(loop))
@@ -644,7 +775,7 @@ class _Walker:
             cancel_seconds = 0.0 if seen is None else max(0.0, self.now - seen)
         return _task_info(
             id=origin[3] if origin is not None else task_origins.task_seq(task),
-            name=_safe_str(task.get_name()),
+            name=_safe_str(task_name(task)),
             coro=self.coro_name(coro),
             state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             stack=stack, wait=wait, created_by=created_by,
@@ -681,10 +812,9 @@ class _Walker:
             code: Any = coro.cr_code  # type: ignore[attr-defined]
         elif type(coro) is _GeneratorType:
             code = coro.gi_code  # type: ignore[attr-defined]
-        elif type(coro).__getattribute__ is object.__getattribute__:  # another implementation (Cython)
-            return clip(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
-        else:  # an awaitable that runs code on attribute access: its class name only
-            return clip(type(coro).__qualname__)
+        else:  # another implementation (Cython) by its C field, or any awaitable by its class
+            name = read_attr(coro, "__qualname__") if type(class_attr(type(coro), "__qualname__")) in _FIELDS else None
+            return clip(name if type(name) is str else type_name(coro))
         name = self.coro_names.get(id(code))
         if name is None:
             name = _safe_str(getattr(coro, "__qualname__", None) or type(coro).__name__)
@@ -761,35 +891,46 @@ def _unify_primitives(infos: list[TaskInfo], final: dict[int, Primitive | None])
     return out
 
 
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic GC paused for the block.  A dump allocates a few objects per task; with
-    100k live tasks, each collection those allocations trigger re-traverses them all, and
-    a full one holds the GIL (so stalls the target's loop) for a third of a second.
-    Objects made and freed within the block leave no debt to the next collection."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+# Its state lives in gc_pause, which puts the program's setting back in a forked child.
+from diag.collect.gc_pause import paused_gc as paused_gc  # noqa: E402
 
 
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
     with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
-        return _collect_tasks(watch, options)
+        snap = _collect_tasks(watch, options)
+    first = process_notes()
+    return replace(snap, notes=first + snap.notes) if first else snap
+
+
+def process_notes() -> tuple[str, ...]:
+    """What every dump of this process says first: a late attach, a pure-Python path."""
+    from diag.attach import in_target
+
+    return tuple(n for n in (in_target.note(), task_origins.accelerator_note()) if n)
+
+
+def _unreadable_task(task: asyncio.Task[Any], err: Exception) -> TaskInfo:
+    """A task whose description failed: listed anyway, by its id, name and coroutine's
+    type, waiting on ``unknown: unreadable (Error)``."""
+    coro = future_field(task, "_coro")
+    return _task_info(
+        id=task_origins.task_seq(task), name=_safe_str(task_name(task)),
+        coro=clip(type_name(coro) if type(coro) is not _CoroutineType else coro.__qualname__),  # type: ignore[attr-defined]
+        state="waiting", stack=(), wait=Wait("unknown", f"unreadable ({type(err).__name__})"),
+        created_by=None, loop=hex(id(future_field(task, "_loop"))), cancelling=False, count=1, ids=(),
+    )
 
 
 def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnapshot:
     started = time.monotonic()
     taken_at = time.time()
-    all_tasks = [t for t in iter_all_tasks() if not t.done() and id(t) not in options.exclude]
+    all_tasks = [t for t in iter_all_tasks() if not future_done(t) and id(t) not in options.exclude]
     loops: set[asyncio.AbstractEventLoop] = set()
     current: set[int] = set()
-    for loop in {t.get_loop() for t in all_tasks}:
+    by_id = {id(loop): loop for loop in (future_field(t, "_loop") for t in all_tasks) if loop is not None}
+    for loop in by_id.values():
         loops.add(loop)
         cur = asyncio.current_task(loop)
         if cur is not None:
@@ -811,8 +952,11 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
             break
         try:
             infos.append(walker.task_info(task, id(task) in current))
-        except Exception:  # a task finishing under our feet, or a hostile object
-            continue
+        except Exception as err:  # an object that cannot be read costs its entry, not the dump
+            try:
+                infos.append(_unreadable_task(task, err))
+            except Exception:  # gone under our feet
+                continue
     walker.relabel_by_holders()
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)

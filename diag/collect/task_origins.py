@@ -24,6 +24,8 @@ import sys
 from types import CodeType, FrameType
 from typing import Any, Callable, Coroutine
 
+from diag.collect.safe_read import read_attr
+
 _SEQ_ATTR = "_diag_seq"
 _ORIGIN_ATTR = "_diag_origin"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -43,8 +45,25 @@ Origin = tuple[int, int, "int | None", int]
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
+#: The interpreters the C accelerator was built and tested for.  On any other (a newer
+#: CPython whose frames or tasks it has never seen) it is not even imported: the Python
+#: path runs and dumps say so once (``accelerator_note``).
+ACCELERATOR_VERSIONS = ((3, 11), (3, 12), (3, 13))
+
+
+def accelerator_note() -> str | None:
+    """The dump's note when this interpreter is one the accelerator was not built for."""
+    version = tuple(sys.version_info[:2])
+    if version in ACCELERATOR_VERSIONS:
+        return None
+    return (f"Python {version[0]}.{version[1]} is not one diag's C accelerator was built and tested for (3.11 to 3.13): "
+            f"task ids, creators and holders are kept by the pure-Python path")
+
+
 def _load_accelerator() -> Any:
     if os.environ.get("DIAG_ORIGINS", "").strip().lower() == "python":
+        return None
+    if accelerator_note() is not None:
         return None
     try:
         from diag import _origins  # type: ignore[attr-defined]
@@ -75,14 +94,14 @@ def task_seq(task: asyncio.Future[Any]) -> int:
             return int(_fast.task_seq(task))
         except Exception:  # not weak-referenceable: an odd Task subclass
             pass
-    origin = getattr(task, _ORIGIN_ATTR, None)
-    if origin is not None:
+    origin = read_attr(task, _ORIGIN_ATTR)  # read, not asked: a Task subclass may trap attributes
+    if type(origin) is tuple:
         return int(origin[3])
-    seq = getattr(task, _SEQ_ATTR, None)
-    if seq is None:
+    seq = read_attr(task, _SEQ_ATTR)
+    if type(seq) is not int:
         seq = next(_counter)
         try:
-            setattr(task, _SEQ_ATTR, seq)
+            object.__setattr__(task, _SEQ_ATTR, seq)
         except AttributeError:  # a Task subclass with __slots__: fall back to its address
             return id(task)
     return int(seq)
@@ -95,8 +114,8 @@ def task_origin(task: asyncio.Future[Any]) -> Origin | None:
             return fast
         except Exception:
             return None
-    origin: Origin | None = getattr(task, _ORIGIN_ATTR, None)
-    return origin
+    origin = read_attr(task, _ORIGIN_ATTR)
+    return origin if type(origin) is tuple else None
 
 
 def new_factory(inner: TaskFactory | None) -> TaskFactory:

@@ -105,6 +105,24 @@ def _cy_attr(fn: object, name: str) -> str:
         return ""
 
 
+def stream_side(reader: object) -> str:
+    """``server`` when ``reader`` is the server's end of a connection (its protocol was
+    made by ``start_server``, with a connected callback), ``client`` for a connection this
+    process opened, "" when unknown."""
+    transport = plain_attr(reader, "_transport")
+    if transport is None:
+        return ""
+    proto = plain_attr(transport, "_protocol")
+    if proto is None and type(transport).__module__.startswith("uvloop"):
+        try:
+            proto = transport.get_protocol()  # type: ignore[attr-defined]  # uvloop's own C method
+        except Exception:
+            proto = None
+    if not is_a(proto, asyncio.StreamReaderProtocol):
+        return ""
+    return "server" if plain_attr(proto, "_client_connected_cb") is not None else "client"
+
+
 # -- deadlines ---------------------------------------------------------------------------
 class LoopTimers:
     """The timers of asyncio's loops that end waits: task id -> when, future id -> when

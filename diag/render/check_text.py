@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from diag.analysis.check_baseline import CHECK_TITLES, CHECKS, CheckResult
+from diag.render.formatting import text_lines
 from diag.render.junit import regression_line
 
 
@@ -17,4 +18,4 @@ def render(result: CheckResult, out: TextIO, *, target: str = "", baseline: str 
         for reg in regs:
             lines += ["    " + part for part in regression_line(reg).splitlines()]
     lines.append("FAILED: new leaks since the baseline" if not result.passed else "passed: nothing new since the baseline")
-    out.write("\n".join(lines) + "\n")
+    out.write(text_lines(lines))

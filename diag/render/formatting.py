@@ -1,9 +1,22 @@
-"""Small, shared ways of turning snapshot values into words (used by every renderer)."""
+"""Small, shared ways of turning snapshot values into words (used by every renderer).
+
+Every string that comes from the target (task names, primitive labels, type names,
+dict keys, source lines) is escaped for its medium here, once: ``text_lines`` for plain
+text, ``cell`` for rich tables and lines, ``json_text`` for JSON, ``encodable`` for
+Prometheus label values (whose format escapes the rest).  Numbers from the
+target may be infinite, NaN or huge: ``duration`` and ``timestamp`` put them in words.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
 import os
 import re
+from typing import Any, Iterable
+
+from rich.text import Text
 
 from diag.task_snapshot import CreatedBy, Frame, Primitive, Wait
 
@@ -21,10 +34,93 @@ def short_path(path: str, cwd: str | None = None) -> str:
     return path
 
 
+#: Characters that would act on a terminal or forge a line instead of being read: C0 and C1
+#: controls (newline, ESC, BEL, NUL...), line and paragraph separators, bidirectional
+#: overrides, and surrogates (which cannot be encoded, so would crash the write).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    ch = match.group()
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every control character shown as an escape (``\\n``, ``\\x1b``,
+    ``\\ud800``): one line, printable, encodable as UTF-8."""
+    return _UNSAFE.sub(_visible, text)
+
+
+def text_lines(lines: Iterable[str]) -> str:
+    """Lines of a plain-text rendering joined into its output (with the final newline);
+    each line is escaped, so a name holding a newline cannot start a line of its own."""
+    return "\n".join(safe_text(line) for line in lines) + "\n"
+
+
+def cell(text: str, style: str = "") -> Text:
+    """A table cell or console line: never read as rich markup, controls escaped."""
+    return Text(safe_text(text), style=style)
+
+
+def cell_lines(lines: Iterable[str], style: str = "") -> Text:
+    """A cell of several lines, each escaped as ``cell`` does."""
+    return Text("\n".join(safe_text(line) for line in lines), style=style)
+
+
+def encodable(text: str) -> str:
+    """``text`` with every surrogate replaced by U+FFFD, so it encodes as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(data, str):
+        return encodable(data)
+    if isinstance(data, dict):
+        return {json_safe(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+#: In JSON escaped to ASCII, a surrogate (paired or not) is written ``\\udXXX``.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """``data`` as JSON that encodes as UTF-8: lone surrogates become U+FFFD (the slower
+    walk runs only when the fast dump shows one may be there)."""
+    text = json.dumps(data, indent=indent)
+    if _ESCAPED_SURROGATE.search(text):
+        text = json.dumps(json_safe(data), indent=indent)
+    return text
+
+
+#: Beyond this a duration is shown in years (a task sleeping ``1e12`` seconds).
+_YEAR = 365.25 * 86400
+
+
 def duration(seconds: float | None) -> str:
-    """Go-like durations: 0.4s, 12s, 5m03s, 2h05m."""
+    """Go-like durations: 0.4s, 12s, 5m03s, 2h05m, then years; ``forever`` for an infinite
+    one (``asyncio.sleep(math.inf)``), ``unknown`` for NaN."""
     if seconds is None:
         return "?"
+    if math.isnan(seconds):
+        return "unknown"
+    if math.isinf(seconds):
+        return "forever" if seconds > 0 else "unknown"
+    if seconds < 0:
+        return "-" + duration(-seconds)
+    if seconds >= 100 * _YEAR:
+        return "over 100 years"
+    if seconds >= _YEAR:
+        return f"{seconds / _YEAR:.1f} years"
     if seconds < 10:
         return f"{seconds:.1f}s"
     s = int(seconds)
@@ -33,6 +129,18 @@ def duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def timestamp(t: float | None, tz: datetime.tzinfo | None = datetime.timezone.utc,
+              pattern: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
+    """A Unix time as ``pattern`` in ``tz`` (None: local time); ``unknown`` when it is not
+    a time a clock can show (infinite, NaN, out of range)."""
+    if t is None:
+        return "unknown"
+    try:
+        return datetime.datetime.fromtimestamp(t, tz).strftime(pattern)
+    except (OverflowError, ValueError, OSError):
+        return "unknown"
 
 
 def where(frame: Frame, cwd: str | None = None) -> str:

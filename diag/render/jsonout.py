@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TextIO
+
+from diag.render.formatting import json_text
 
 
 def render(document: Any, out: TextIO, *, indent: int | None = 2) -> None:
-    """Write ``document.to_dict()`` (or a plain dict) as JSON followed by a newline."""
+    """Write ``document.to_dict()`` (or a plain dict) as JSON followed by a newline; strings
+    from the target are made encodable (see ``formatting.json_text``)."""
     data = document.to_dict() if hasattr(document, "to_dict") else document
-    json.dump(data, out, indent=indent)
-    out.write("\n")
+    out.write(json_text(data, indent=indent) + "\n")

@@ -6,12 +6,14 @@ import xml.etree.ElementTree as ET
 from typing import TextIO
 
 from diag.analysis.check_baseline import CHECK_TITLES, CHECKS, CheckResult, Regression
+from diag.render.formatting import safe_text
 
 
 def regression_line(reg: Regression) -> str:
+    """One regression, one line (two with a finding's detail); names from the target escaped."""
     if reg.check in ("task_groups", "permits"):
-        return f"{reg.signature}: {reg.before} -> {reg.now} (+{reg.now - reg.before})"
-    return f"new finding {reg.signature}" + (f"\n    {reg.detail}" if reg.detail else "")
+        return safe_text(f"{reg.signature}: {reg.before} -> {reg.now} (+{reg.now - reg.before})")
+    return safe_text(f"new finding {reg.signature}") + (f"\n    {safe_text(reg.detail)}" if reg.detail else "")
 
 
 def render(result: CheckResult, out: TextIO, *, suite: str = "diag check", target: str = "") -> None:

@@ -42,18 +42,24 @@ def render_text(report: LeakReport, out: TextIO, *, cwd: str | None = None) -> N
     lines = _summary(report)
     for f in report.findings:
         lines += finding_lines(f, cwd)
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))
+
+
+def finding_cells(f: Finding, cwd: str | None) -> list[Text]:
+    """The columns from Kind to Tasks of one finding."""
+    where = [f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]] or ["-"]
+    return [fmt.cell(f.kind, KIND_STYLE.get(f.kind, "")), fmt.cell(f.title), fmt.cell(f.evidence),
+            fmt.cell_lines(where), fmt.cell(str(f.task_count))]
 
 
 def render_table(report: LeakReport, console: Console, *, cwd: str | None = None) -> None:
     for line in _summary(report):
-        console.print(Text(line, style="dim"))
+        console.print(fmt.cell(line, "dim"))
     if not report.findings:
         return
     table = Table(header_style="bold", show_lines=True)
     for col in ("Kind", "What", "Evidence", "Where", "Tasks"):
         table.add_column(col)
     for f in report.findings:
-        where = "\n".join(f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]) or "-"
-        table.add_row(Text(f.kind, style=KIND_STYLE.get(f.kind, "")), f.title, f.evidence, where, str(f.task_count))
+        table.add_row(*finding_cells(f, cwd))
     console.print(table)

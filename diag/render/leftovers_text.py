@@ -29,7 +29,16 @@ def summary(report: LeftoverReport) -> str:
 
 
 def render(report: LeftoverReport, where: str, cwd: str | None = None) -> str:
-    """The whole message, one fact per line."""
+    """The whole message, one fact per line.  Describing a leftover never crashes the run
+    it reports on: if it fails, the summary is shown with the error."""
+    try:
+        return _render(report, where, cwd)
+    except Exception as err:
+        return fmt.safe_text(f"{PREFIX} {where}: {summary(report)} (checked for {report.waited:.1f}s); "
+                             f"the leftovers could not be described: {type(err).__name__}: {err}")
+
+
+def _render(report: LeftoverReport, where: str, cwd: str | None) -> str:
     lines = [f"{PREFIX} {where}: {summary(report)} (checked for {report.waited:.1f}s)"]
     for task in report.tasks.tasks:
         lines.append("")
@@ -56,4 +65,4 @@ def render(report: LeftoverReport, where: str, cwd: str | None = None) -> str:
             lines.append(f"object growth: {growth.type_name} +{growth.after - growth.before} "
                          f"({growth.before} -> {growth.after})")
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    return fmt.text_lines(lines).removesuffix("\n")

@@ -6,13 +6,12 @@ from typing import Sequence, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
 from diag.multi_source import TargetResult
 from diag.render import formatting as fmt
-from diag.render.leaks_render import KIND_STYLE, finding_lines
+from diag.render.leaks_render import finding_cells, finding_lines
 from diag.render.many_tasks import failure_lines
 
 
@@ -41,21 +40,18 @@ def render_text(results: Sequence[TargetResult[LeakReport]], findings: Sequence[
     lines = _summary(results)
     for item in findings:
         lines += finding_lines(item.finding, cwd, f" [pid {item.process}]")
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))
 
 
 def render_table(results: Sequence[TargetResult[LeakReport]], findings: Sequence[ProcessFinding], console: Console,
                  *, cwd: str | None = None) -> None:
     for line in _summary(results):
-        console.print(Text(line, style="bold red" if line.startswith("FAILED") else "dim"))
+        console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
     if not findings:
         return
     table = Table(header_style="bold", show_lines=True)
     for col in ("Process", "Kind", "What", "Evidence", "Where", "Tasks"):
         table.add_column(col)
     for item in findings:
-        f = item.finding
-        where = "\n".join(f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]) or "-"
-        table.add_row(item.process, Text(f.kind, style=KIND_STYLE.get(f.kind, "")), f.title, f.evidence, where,
-                      str(f.task_count))
+        table.add_row(fmt.cell(item.process), *finding_cells(item.finding, cwd))
     console.print(table)

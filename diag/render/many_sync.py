@@ -6,12 +6,12 @@ from typing import Any, Sequence, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from diag.analysis.merge import ProcessPrimitive, process_name
 from diag.multi_source import TargetResult
 from diag.render.many_tasks import failure_lines
-from diag.render.sync_render import holder_text, state_lines, state_text, waiters_text
+from diag.render import formatting as fmt
+from diag.render.sync_render import primitive_cells, state_lines
 from diag.sync_snapshot import SyncSnapshot
 
 
@@ -34,20 +34,16 @@ def render_text(results: Sequence[TargetResult[SyncSnapshot]], shown: Sequence[P
     lines = header(results, len(shown))
     for item in shown:
         lines += state_lines(item.state, cwd, f"pid {item.process}: ")
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))
 
 
 def render_table(results: Sequence[TargetResult[Any]], shown: Sequence[ProcessPrimitive], console: Console,
                  *, cwd: str | None = None) -> None:
     for line in header(results, len(shown)):
-        console.print(Text(line, style="bold red" if line.startswith("FAILED") else "dim"))
+        console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
     table = Table(header_style="bold")
     for col in ("Process", "Kind", "Label", "Id", "State", "Holders", "Waiters"):
         table.add_column(col)
     for item in shown:
-        state = item.state
-        held = "\n".join(holder_text(h, cwd) for h in state.holders) or "-"
-        style = "bold red" if any(not h.task_alive for h in state.holders) else ""
-        table.add_row(item.process, state.primitive.kind, state.primitive.label or "?", state.primitive.id,
-                      state_text(state), Text(held, style=style), waiters_text(state))
+        table.add_row(fmt.cell(item.process), *primitive_cells(item.state, cwd))
     console.print(table)

@@ -7,12 +7,10 @@ a ``FAILED`` line.  The table adds a Processes (or Process) column.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from diag.analysis.merge import MergedGroup, MergedTasks, process_name
 from diag.multi_source import TargetResult, failure_line
@@ -39,7 +37,7 @@ def header(view: MergedTasks) -> list[str]:
         snap = result.value
         if snap is None:
             continue
-        taken = datetime.datetime.fromtimestamp(snap.taken_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        taken = fmt.timestamp(snap.taken_at)
         lines.append(f"process {process_name(result)} (python {snap.process.python or '?'}) at {result.target.target}: "
                      f"{snap.total_tasks} pending tasks, taken {taken}")
     lines += failure_lines(view.results)
@@ -95,13 +93,13 @@ def render_text(view: MergedTasks, out: TextIO, *, cwd: str | None = None) -> No
             lines.append(f"coro {task.coro}")
             lines += stack_lines(task, cwd, "    ")
             lines.append(fmt.created_by(task.created_by, cwd))
-    out.write("\n".join(lines + footer(view, cwd)) + "\n")
+    out.write(fmt.text_lines(lines + footer(view, cwd)))
 
 
 def render_table(view: MergedTasks, console: Console, *, cwd: str | None = None) -> None:
     for line in header(view):
         style = "bold red" if "STALLED" in line or line.startswith("FAILED") else "dim"
-        console.print(Text(line, style=style))
+        console.print(fmt.cell(line, style))
     table = Table(show_lines=False, header_style="bold")
     if view.grouped:
         table.add_column("Count", justify="right")
@@ -115,10 +113,10 @@ def render_table(view: MergedTasks, console: Console, *, cwd: str | None = None)
     for group in view.groups:
         task = group.task
         if view.grouped:
-            first = [str(task.count), " ".join(f"{s.process}:{s.task.count}" for s in group.shares)]
+            first = [fmt.cell(str(task.count)), fmt.cell(" ".join(f"{s.process}:{s.task.count}" for s in group.shares))]
         else:
-            first = [group.shares[0].process, str(task.id), task.name]
+            first = [fmt.cell(group.shares[0].process), fmt.cell(str(task.id)), fmt.cell(task.name)]
         table.add_row(*first, *task_cells(task, cwd))
     console.print(table)
     for line in footer(view, cwd):
-        console.print(Text(line, style="bold red" if "DEADLOCK" in line or "is blocked" in line else ""))
+        console.print(fmt.cell(line, "bold red" if "DEADLOCK" in line or "is blocked" in line else ""))

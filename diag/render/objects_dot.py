@@ -4,6 +4,7 @@ is not needed to write it)."""
 from __future__ import annotations
 
 from diag.heap_snapshot import BackrefChain, ChainLink
+from diag.render.formatting import safe_text
 from diag.render.objects_text import link_label, via_label
 
 
@@ -12,7 +13,7 @@ def _quote(text: str) -> str:
 
 
 def _node(link: ChainLink) -> str:
-    return _quote(link_label(link) + f"\n{link.id}")
+    return _quote(safe_text(link_label(link)) + f"\n{link.id}")
 
 
 def dot_text(chain: BackrefChain) -> str:
@@ -23,6 +24,6 @@ def dot_text(chain: BackrefChain) -> str:
             attrs = ", style=filled, fillcolor=lightcoral"
         lines.append(f"  n{i} [label={_node(link)}{attrs}];")
     for i in range(1, len(chain.chain)):
-        lines.append(f"  n{i - 1} -> n{i} [label={_quote(via_label(chain.chain[i]))}];")
+        lines.append(f"  n{i - 1} -> n{i} [label={_quote(safe_text(via_label(chain.chain[i])))}];")
     lines.append("}")
     return "\n".join(lines) + "\n"

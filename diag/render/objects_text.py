@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import TextIO
 
 from diag.analysis.heap_growth import TypeGrowth
 from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
+from diag.render import formatting as fmt
 
 
 def header(snap: HeapSnapshot, count: int, interval: float) -> list[str]:
-    taken = datetime.datetime.fromtimestamp(snap.taken_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = fmt.timestamp(snap.taken_at)
     lines = [f"diag objects: pid {snap.process.pid} (python {snap.process.python or '?'}), "
              f"{snap.objects} GC-tracked objects of {snap.types_total} types, taken {taken} "
              f"in {snap.collect_seconds:.2f}s"]
@@ -64,20 +64,22 @@ def render(latest: HeapSnapshot, types: tuple[TypeCount, ...], growth: tuple[Typ
            out: TextIO, *, count: int = 1, interval: float = 0.0) -> None:
     lines = header(latest, count, interval)
     lines.append("")
-    width = max([len(t.name) for t in types] + [4])
+    names = [fmt.safe_text(t.name) for t in types]  # escaped first, so the columns line up
+    width = max([len(n) for n in names] + [4])
     lines.append(f"{'type'.ljust(width)}  {'count':>9}")
-    lines += [f"{t.name.ljust(width)}  {t.count:>9}" for t in types]
+    lines += [f"{name.ljust(width)}  {t.count:>9}" for name, t in zip(names, types)]
     if growth is not None:
         lines.append("")
         if not growth:
             lines.append("growing steadily: none (no type grew in every interval)")
         else:
             lines.append("growing steadily (grew in every interval), by total growth:")
-            gw = max([len(g.name) for g in growth] + [4])
+            grown = [fmt.safe_text(g.name) for g in growth]
+            gw = max([len(n) for n in grown] + [4])
             lines.append(f"{'type'.ljust(gw)}  {'first':>9}  {'last':>9}  {'growth':>9}  per interval")
-            lines += [f"{g.name.ljust(gw)}  {g.first:>9}  {g.last:>9}  {g.growth:>+9}  "
-                      + " ".join(f"{d:+d}" for d in g.per_interval) for g in growth]
+            lines += [f"{name.ljust(gw)}  {g.first:>9}  {g.last:>9}  {g.growth:>+9}  "
+                      + " ".join(f"{d:+d}" for d in g.per_interval) for name, g in zip(grown, growth)]
     if latest.backrefs is not None:
         lines.append("")
         lines += chain_lines(latest.backrefs)
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import TextIO
 
 from diag.analysis.profile_stats import ProfileView, TaskRow, per_call
 from diag.profile_snapshot import FunctionStat
-from diag.render.formatting import short_path
+from diag.render.formatting import safe_text, short_path, text_lines, timestamp
 
 FUNCTION_COLUMNS = ("calls", "own s", "own %", "total s", "total %", "per call ms", "where", "function")
 TASK_COLUMNS = ("tasks", "seconds", "share", "coroutine", "where")
@@ -15,14 +14,14 @@ TASK_COLUMNS = ("tasks", "seconds", "share", "coroutine", "where")
 
 def header(view: ProfileView) -> list[str]:
     snap = view.snapshot
-    taken = datetime.datetime.fromtimestamp(snap.taken_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = timestamp(snap.taken_at)
     what = (f"yappi, {snap.clock} clock" if snap.mode == "yappi"
             else f"sampling, {snap.samples} samples every {snap.interval * 1000:.1f}ms")
     lines = [f"diag profile: pid {snap.process.pid} (python {snap.process.python or '?'}), {what}, "
              f"{snap.duration:.1f}s on thread {snap.thread_name or '?'}, taken {taken}"]
     if view.base is not None:
         lines.append(f"difference: this profile minus the base taken "
-                     f"{datetime.datetime.fromtimestamp(view.base.taken_at, datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+                     f"{timestamp(view.base.taken_at)}"
                      " (negative: less than in the base)")
     if view.query.by == "task":
         lines.append(f"time per coroutine ({'sampled time of tasks running it' if snap.mode == 'sample' else 'yappi total of each async def; wall clock includes awaits'}), "
@@ -41,18 +40,19 @@ def _share(seconds: float, total: float) -> str:
 def function_cells(fn: FunctionStat, view: ProfileView, cwd: str | None) -> tuple[str, ...]:
     pc = per_call(fn)
     sampled = view.snapshot.mode == "sample"
-    return (
+    return tuple(safe_text(c) for c in (
         "-" if sampled else str(fn.calls),
         f"{fn.own_seconds:.4f}", _share(fn.own_seconds, view.total_seconds),
         f"{fn.total_seconds:.4f}", _share(fn.total_seconds, view.total_seconds),
         "-" if pc is None or sampled else f"{pc * 1000:.4f}",
         f"{short_path(fn.file, cwd)}:{fn.line}", fn.name,
-    )
+    ))
 
 
 def task_cells(row: TaskRow, cwd: str | None) -> tuple[str, ...]:
     where = f"{short_path(row.file, cwd)}:{row.line}" if row.file else "-"
-    return (str(row.tasks), f"{row.seconds:.4f}", f"{100 * row.share:.1f}%", row.coro, where)
+    cells = (str(row.tasks), f"{row.seconds:.4f}", f"{100 * row.share:.1f}%", row.coro, where)
+    return tuple(safe_text(c) for c in cells)
 
 
 def render(view: ProfileView, out: TextIO, *, cwd: str | None = None) -> None:
@@ -65,4 +65,4 @@ def render(view: ProfileView, out: TextIO, *, cwd: str | None = None) -> None:
     for r in rows:
         cells = [c.rjust(w) if i < len(r) - 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells).rstrip())
-    out.write("\n".join(lines) + "\n")
+    out.write(text_lines(lines))

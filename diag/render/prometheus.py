@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from diag.analysis.metrics_model import Family
+from diag.render.formatting import encodable
 
 #: The text format 0.0.4, which every Prometheus server reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,7 +33,7 @@ def to_prometheus(family: Family) -> Metric:
         metric = GaugeMetricFamily(family.name, family.help, labels=family.labels)
     for sample in family.samples:
         values = dict(sample.labels)
-        metric.add_metric([values.get(name, "") for name in family.labels], sample.value)
+        metric.add_metric([encodable(values.get(name, "")) for name in family.labels], sample.value)
     return metric
 
 

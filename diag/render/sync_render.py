@@ -60,7 +60,7 @@ def render_text(snap: SyncSnapshot, out: TextIO, *, cwd: str | None = None, show
     lines = header(snap, len(states))
     for state in states:
         lines += state_lines(state, cwd)
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))
 
 
 def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> list[str]:
@@ -78,16 +78,22 @@ def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> lis
     return lines
 
 
+def primitive_cells(state: PrimitiveState, cwd: str | None) -> list[Text]:
+    """The columns from Kind to Waiters of one primitive."""
+    p = state.primitive
+    held = [holder_text(h, cwd) for h in state.holders] or ["-"]
+    style = "bold red" if any(not h.task_alive for h in state.holders) else ""
+    return [fmt.cell(p.kind), fmt.cell(p.label or "?"), fmt.cell(p.id), fmt.cell(state_text(state)),
+            fmt.cell_lines(held, style), fmt.cell(waiters_text(state))]
+
+
 def render_table(snap: SyncSnapshot, console: Console, *, cwd: str | None = None, show_all: bool = False) -> None:
     states = _interesting(snap, show_all)
     for line in header(snap, len(states)):
-        console.print(Text(line, style="dim"))
+        console.print(fmt.cell(line, "dim"))
     table = Table(header_style="bold")
     for col in ("Kind", "Label", "Id", "State", "Holders", "Waiters"):
         table.add_column(col)
     for state in states:
-        held = "\n".join(holder_text(h, cwd) for h in state.holders) or "-"
-        style = "bold red" if any(not h.task_alive for h in state.holders) else ""
-        table.add_row(state.primitive.kind, state.primitive.label or "?", state.primitive.id, state_text(state),
-                      Text(held, style=style), waiters_text(state))
+        table.add_row(*primitive_cells(state, cwd))
     console.print(table)

@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from diag.render import formatting as fmt
 from diag.render.tasks_text import footer, header
@@ -27,14 +26,14 @@ def task_cells(task: TaskInfo, cwd: str | None) -> list[Any]:
     """The columns from State to Created by, for a task or a group's representative."""
     waited = fmt.duration(task.wait.seconds) if task.state == "waiting" and task.wait.seconds is not None else ""
     created = fmt.created_by(task.created_by, cwd).removeprefix("created by ")
-    return [Text(task.state, style=STATE_STYLE.get(task.state, "")), fmt.wait_reason(task.wait, cwd), waited,
-            task.coro, innermost_user_frame(task, cwd), created]
+    return [fmt.cell(task.state, STATE_STYLE.get(task.state, "")), fmt.cell(fmt.wait_reason(task.wait, cwd)),
+            fmt.cell(waited), fmt.cell(task.coro), fmt.cell(innermost_user_frame(task, cwd)), fmt.cell(created)]
 
 
 def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> None:
     for line in header(snap):
         style = "bold red" if "STALLED" in line else "dim"
-        console.print(Text(line, style=style))
+        console.print(fmt.cell(line, style))
     table = Table(show_lines=False, header_style="bold")
     if snap.grouped:
         table.add_column("Count", justify="right")
@@ -48,8 +47,8 @@ def render(snap: TaskSnapshot, console: Console, *, cwd: str | None = None) -> N
     table.add_column("Where")
     table.add_column("Created by")
     for task in snap.tasks:
-        first = [str(task.count)] if snap.grouped else [str(task.id), task.name]
+        first = [fmt.cell(str(task.count))] if snap.grouped else [fmt.cell(str(task.id)), fmt.cell(task.name)]
         table.add_row(*first, *task_cells(task, cwd))
     console.print(table)
     for line in footer(snap, cwd):
-        console.print(Text(line, style="bold red" if line.startswith(("DEADLOCK", "loop")) else ""))
+        console.print(fmt.cell(line, "bold red" if line.startswith(("DEADLOCK", "loop")) else ""))

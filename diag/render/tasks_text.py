@@ -5,7 +5,6 @@ Grep-friendly and stable: no colour, no wrapping, one fact per line.
 
 from __future__ import annotations
 
-import datetime
 from typing import TextIO
 
 from diag.analysis.loop_stalls import site_text, window_summary
@@ -14,7 +13,7 @@ from diag.task_snapshot import LoopInfo, TaskInfo, TaskSnapshot
 
 
 def header(snap: TaskSnapshot) -> list[str]:
-    taken = datetime.datetime.fromtimestamp(snap.taken_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = fmt.timestamp(snap.taken_at)
     shown = sum(t.count for t in snap.tasks)
     unit = f"{len(snap.tasks)} groups" if snap.grouped else f"{len(snap.tasks)} shown"
     lines = [
@@ -179,4 +178,4 @@ def footer(snap: TaskSnapshot, cwd: str | None) -> list[str]:
 
 def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
     lines = render_debug1(snap, cwd) if snap.grouped else render_debug2(snap, cwd)
-    out.write("\n".join(lines) + "\n")
+    out.write(fmt.text_lines(lines))

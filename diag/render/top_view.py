@@ -26,7 +26,7 @@ MAX_HOLDERS = 2
 
 def clock(t: float, tz: datetime.tzinfo | None = None) -> str:
     """``HH:MM:SS`` of a Unix time, in ``tz`` (local time by default)."""
-    return datetime.datetime.fromtimestamp(t, tz).strftime("%H:%M:%S")
+    return fmt.timestamp(t, tz, "%H:%M:%S")
 
 
 def title_line(summary: TopSummary, *, interval: float, hint: str = "", tz: datetime.tzinfo | None = None) -> str:
@@ -119,8 +119,8 @@ def groups_table(summary: TopSummary, cwd: str | None = None) -> Table:
     table.add_column("Coroutine", overflow="fold")
     table.add_column("Where", overflow="fold")
     for group in summary.groups:
-        table.add_row(Text(str(group.count)), Text(wait_text(group, cwd)), Text(fmt.duration(group.wait.seconds)),
-                      Text(group.coro), Text(_where(group, cwd)))
+        table.add_row(fmt.cell(str(group.count)), fmt.cell(wait_text(group, cwd)),
+                      fmt.cell(fmt.duration(group.wait.seconds)), fmt.cell(group.coro), fmt.cell(_where(group, cwd)))
     return table
 
 
@@ -162,8 +162,9 @@ def primitives_table(summary: TopSummary) -> Table:
     for line in summary.primitives:
         p = line.state.primitive
         style = "bold red" if line.leaked else ""
-        table.add_row(Text(p.kind), Text(p.label or p.id), Text(in_use_text(line)), Text(str(line.waiters)),
-                      Text(fmt.duration(line.state.longest_wait)), Text(holders_text(line), style=style))
+        table.add_row(fmt.cell(p.kind), fmt.cell(p.label or p.id), fmt.cell(in_use_text(line)),
+                      fmt.cell(str(line.waiters)), fmt.cell(fmt.duration(line.state.longest_wait)),
+                      fmt.cell(holders_text(line), style))
     return table
 
 
@@ -173,17 +174,17 @@ def render(summary: TopSummary, *, interval: float, hint: str = "", cwd: str | N
     shown in ``tz`` (local time by default)."""
     body = "dim" if summary.stale else ""
     parts: list[RenderableType] = [
-        Text(title_line(summary, interval=interval, hint=hint, tz=tz), style="bold"),
-        Text(status_line(summary, tz), style="bold red" if summary.stale else "green"),
-        Text(tasks_line(summary), style=body),
-        Text(waits_line(summary), style=body),
+        fmt.cell(title_line(summary, interval=interval, hint=hint, tz=tz), "bold"),
+        fmt.cell(status_line(summary, tz), "bold red" if summary.stale else "green"),
+        fmt.cell(tasks_line(summary), body),
+        fmt.cell(waits_line(summary), body),
     ]
     for loop in summary.loops:
         style = "bold red" if loop.stalled_seconds > 0 else "yellow" if loop.stalls else body
-        parts.append(Text(loop_line(loop, cwd), style=style))
+        parts.append(fmt.cell(loop_line(loop, cwd), style))
     if not summary.loops:
         parts.append(Text("loop: none seen by the agent", style=body))
-    parts.append(Text(requests_line(summary.requests), style=body))
+    parts.append(fmt.cell(requests_line(summary.requests), body))
     for cycle in summary.await_cycles:
         chain = " -> ".join(f"task {i}" for i in cycle + cycle[:1])
         parts.append(Text(f"DEADLOCK: await cycle {chain}", style="bold red"))

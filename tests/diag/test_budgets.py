@@ -134,13 +134,13 @@ def test_big_answers_are_cut_and_say_so(agent: diag.agent.Agent, monkeypatch: py
 
 def test_profile_answer_is_cut_and_says_so(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     with LoopWithTasks(50, busy=True):
-        status, whole = get(agent, "profile?seconds=0.3&mode=yappi", "POST")
+        status, whole = get(agent, "profile?seconds=0.3&mode=yappi&force=1", "POST")
         assert status == 200, whole
         full = json.loads(whole)
         assert len(full["functions"]) > 10, full["functions"]
         budget = len(whole) // 3  # the next profile may differ a little in size
         monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", budget)
-        status, body = get(agent, "profile?seconds=0.3&mode=yappi", "POST")
+        status, body = get(agent, "profile?seconds=0.3&mode=yappi&force=1", "POST")
     assert status == 200 and len(body) <= budget, body[:300]
     data = json.loads(body)
     assert data["truncated"] is True and any(n.startswith("cut:") for n in data["notes"])
@@ -179,7 +179,7 @@ def connect(agent: diag.agent.Agent) -> socket.socket:
 def test_client_that_leaves_mid_profile_frees_everything(agent: diag.agent.Agent, mode: str) -> None:
     with LoopWithTasks(10):
         sock = connect(agent)
-        sock.sendall(f"POST /debug/diag/profile?seconds=1&mode={mode} HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(f"POST /debug/diag/profile?seconds=1&mode={mode}&force=1 HTTP/1.1\r\nHost: x\r\n"
                      "Content-Length: 0\r\n\r\n".encode())
         assert wait_until(lambda: json.loads(get(agent, "profile/status")[1])["busy"], timeout=5)
         sock.close()  # gone before the answer

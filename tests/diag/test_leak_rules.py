@@ -255,3 +255,56 @@ def test_every_new_field_round_trips_through_json() -> None:
     assert back.threads == snap.threads and back.executors == snap.executors and back.destroyed_seen
     older = TaskSnapshot.from_json(snapshot(task(1)).to_json())  # a file without them reads as before
     assert older.tasks[0].wait.deadline_known is False and older.dead_tasks == ()
+
+
+def test_a_servers_end_of_a_stream_waiting_for_a_request_is_idle_a_clients_is_not() -> None:
+    def reader(tid: int, side: str) -> TaskInfo:
+        return task(tid, coro="handle", stack=(Frame("/srv/app/api.py", 12, "handle", "await reader.readline()"),),
+                    wait=Wait("stream_read", "StreamReader.readline", seconds=60.0, deadline_known=True,
+                              stream_side=side))
+
+    report = leak_report(sync(snapshot(reader(1, "server"), reader(2, "client"))), OPTIONS)
+    assert ids_of(report, "suspect") == {2}
+    assert "the peer has sent nothing for 60s" in report.findings[0].evidence
+
+
+def test_a_condition_waiter_with_a_predicate_cannot_miss_a_notify_one_without_can() -> None:
+    cond = Primitive("condition", "0xc", "Batcher.ready", locked=False, waiters=2)
+    bare = task(1, coro="check_then_wait", stack=(Frame("/usr/lib/python3.11/asyncio/locks.py", 270, "Condition.wait"),
+                                                   Frame("/srv/app/batch.py", 20, "check_then_wait")),
+                wait=Wait("condition", "Condition.wait", cond, 30.0, deadline_known=True))
+    predicate = task(2, coro="flush", stack=(Frame("/usr/lib/python3.11/asyncio/locks.py", 270, "Condition.wait"),
+                                              Frame("/usr/lib/python3.11/asyncio/locks.py", 300, "Condition.wait_for"),
+                                              Frame("/srv/app/batch.py", 40, "flush")),
+                     wait=Wait("condition", "Condition.wait", cond, 30.0, deadline_known=True))
+    state = PrimitiveState(cond, waiting_tasks=(1, 2), idle_seconds=31.0, tracked=True)
+    report = leak_report(sync(snapshot(bare, predicate), state), OPTIONS)
+    assert ids_of(report, "suspect") == {1}
+    assert "no acquire or release on Batcher.ready 0xc since the wait began" in report.findings[0].evidence
+
+
+def test_an_event_set_before_the_wait_and_never_since_is_a_missed_wake_up_a_never_set_one_is_not() -> None:
+    pulse = Primitive("event", "0xe1", "Store.changed", is_set=False, waiters=1)
+    stop = Primitive("event", "0xe2", "stop", is_set=False, waiters=1)
+    missed = task(1, coro="rollout", wait=Wait("event", "Event.wait", pulse, 20.0, deadline_known=True))
+    watcher = task(2, coro="watch_shutdown", wait=Wait("event", "Event.wait", stop, 600.0, deadline_known=True))
+    snap = sync(snapshot(missed, watcher), PrimitiveState(pulse, waiting_tasks=(1,), idle_seconds=21.5),
+                PrimitiveState(stop, waiting_tasks=(2,)))
+    report = leak_report(snap, OPTIONS)
+    assert ids_of(report, "suspect") == {1}
+    assert "Store.changed 0xe1 was last set 21.5s ago, before this wait began, and not since" in \
+        report.findings[0].evidence
+
+
+def test_an_event_never_set_while_others_of_its_name_were_is_a_suspect() -> None:
+    def ready(pid: str, is_set: bool) -> Primitive:
+        return Primitive("event", pid, "Shard.ready", is_set=is_set, waiters=0 if is_set else 1)
+
+    shards = [PrimitiveState(ready(f"0x{i}", True), idle_seconds=40.0) for i in range(1, 4)]
+    stuck = ready("0x9", False)
+    waiter = task(1, coro="Shard.wait_ready", wait=Wait("event", "Event.wait", stuck, 30.0, deadline_known=True))
+    report = leak_report(sync(snapshot(waiter), *shards, PrimitiveState(stuck, waiting_tasks=(1,))), OPTIONS)
+    (finding,) = report.findings
+    assert "3 other events named Shard.ready were set; this one never was" in finding.evidence
+    alone = leak_report(sync(snapshot(waiter), PrimitiveState(stuck, waiting_tasks=(1,))), OPTIONS)
+    assert alone.findings == ()

@@ -95,3 +95,45 @@ async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() ->
         for t in (timed, waiting_for, cancelled_later, plain):
             t.cancel()
         await asyncio.gather(timed, waiting_for, cancelled_later, plain, return_exceptions=True)
+
+
+async def test_event_sets_are_counted_and_timed_while_installed_and_not_after() -> None:
+    from diag.collect import event_activity
+
+    event = asyncio.Event()
+    was_installed = event_activity.installed()
+    event_activity.install()
+    try:
+        event.set()
+        event.clear()
+        event.set()
+        count, when = event_activity.last_set(event) or (0, 0.0)
+        assert count == 2 and when > 0
+        assert event.is_set()  # asyncio's own set still ran
+    finally:
+        if not was_installed:
+            event_activity.uninstall()
+    if not was_installed:
+        other = asyncio.Event()
+        other.set()
+        assert event_activity.last_set(other) is None
+
+
+async def test_a_stream_read_knows_which_end_of_the_connection_it_is() -> None:
+    sides: list[str] = []
+    got = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sides.append(wait_evidence.stream_side(reader))
+        got.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        await got.wait()
+        assert sides == ["server"] and wait_evidence.stream_side(reader) == "client"
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
