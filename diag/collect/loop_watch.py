@@ -426,7 +426,14 @@ class LoopWatch:
                 # Sampled from the first late turn on: a stall just over the threshold still
                 # gets a stack from a watchdog that is itself a little late.
                 if time.monotonic() - beat.sent_at >= HEARTBEAT_INTERVAL:
-                    self._sample_stall(beat)
+                    try:
+                        running = loop.is_running()
+                    except Exception:
+                        running = False
+                    if running:
+                        self._sample_stall(beat)
+                    else:  # stopped with a beat in flight: not a stall, and nothing to sample
+                        beat.sent_at, beat.open = None, None
                 continue
             try:
                 if loop.is_closed() or not loop.is_running():
