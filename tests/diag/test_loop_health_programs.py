@@ -174,8 +174,12 @@ def test_a_loop_given_no_cpu_is_starved_not_blocked() -> None:
         subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=True, capture_output=True)
         _idle_priority(pid)  # the hogs always win the core
         try:
-            for _ in range(4):  # however nice this test runs, the hogs outweigh SCHED_IDLE's weight by far
+            for _ in range(4):
                 hogs.append(subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-c", HOG]))
+                try:  # a niced hog leaves a SCHED_IDLE thread more of the core: undo a `nice pytest`
+                    os.setpriority(os.PRIO_PROCESS, hogs[-1].pid, 0)
+                except OSError:
+                    pass
             loop = wait_for_history(run.url, lambda lp: any(not s["ongoing"] for s in lp["stalls"]), timeout=80)
         finally:
             for hog in hogs:
@@ -183,15 +187,16 @@ def test_a_loop_given_no_cpu_is_starved_not_blocked() -> None:
                 hog.wait(10)
         done = [s for s in loop["stalls"] if not s["ongoing"]]
         assert all(s["cause"] == "starved" for s in done), done
-        assert {s["reason"] for s in done} <= {"runqueue", "throttled"}, done
-        assert all(s["runqueue_seconds"] > 0.5 * s["seconds"] for s in done), done
+        # diag: the loop waited for the GIL that this test's own dumps held while they, too, were starved
+        assert {s["reason"] for s in done} <= {"runqueue", "throttled", "diag"}, done
+        assert all(s["runqueue_seconds"] > 0.5 * s["seconds"] for s in done if s["reason"] == "runqueue"), done
         assert loop["starved_total"] >= len(done)
 
         proc = run_diag("leaks", run.url, "--no-proof", "--format", "json", "--stall-repeats", "1", timeout=60)
         findings = json.loads(proc.stdout)["findings"]
         assert proc.returncode == 0, proc.stderr  # loop_starved is not in the default --fail-on
         assert [f["kind"] for f in findings] == ["loop_starved"], findings
-        assert "waited for a CPU" in findings[0]["evidence"]
+        assert "waiting for a CPU" in findings[0]["evidence"]
         text = run_diag("tasks", run.url, "--format", "text", timeout=60).stdout
         assert " starved (runqueue" in text.splitlines()[2], text
 
