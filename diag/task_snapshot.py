@@ -266,12 +266,91 @@ class TaskInfo:
         )
 
 
+#: Why a loop stalled: its own thread was busy or asleep in a call (``blocked``), or it was
+#: ready to turn but did not get a CPU or the GIL (``starved``); ``unknown`` when not measured.
+STALL_CAUSES = ("blocked", "starved", "unknown")
+
+
+def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class StallStack:
+    """A loop thread's stack as sampled during stalls, innermost first; ``own_wait`` is set
+    when it is the loop's own poll (selector ``select``, uvloop's run): the loop was idle."""
+
+    frames: tuple[Frame, ...]
+    own_wait: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": [f.to_dict() for f in self.frames], "own_wait": self.own_wait}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StallStack:
+        return cls(tuple(Frame.from_dict(f) for f in d.get("frames") or ()), bool(d.get("own_wait", False)))
+
+
+@dataclass(frozen=True)
+class Stall:
+    """One stall of a loop: from the heartbeat's sending to its run (``seconds``).
+
+    ``cause`` is ``blocked`` or ``starved`` (see ``STALL_CAUSES``) and ``reason`` the fact
+    behind it: ``cpu`` (the loop thread ran code), ``call`` (it slept in a call that is
+    not the loop's poll), ``runqueue`` (runnable, waiting for a CPU), ``throttled`` (the
+    cgroup's CPU quota), ``gil`` (woken, waiting for the GIL while other threads ran),
+    ``process`` (no thread of the process ran).  The figures are seconds during the stall,
+    ``None`` where the platform does not give them: the loop thread's CPU time, its time
+    runnable on a run queue, the cgroup's throttled time, and the CPU time of the process's
+    other threads.  ``stacks`` are (index into ``LoopInfo.stall_stacks``, samples) pairs,
+    most sampled first; ``samples`` counts every sample taken (about one per 0.1 s).
+    """
+
+    started_at: float
+    seconds: float
+    cause: str = "unknown"
+    reason: str = ""
+    ongoing: bool = False
+    cpu_seconds: float | None = None
+    runqueue_seconds: float | None = None
+    throttled_seconds: float | None = None
+    others_cpu_seconds: float | None = None
+    samples: int = 0
+    stacks: tuple[tuple[int, int], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "seconds": self.seconds, "cause": self.cause,
+                "reason": self.reason, "ongoing": self.ongoing, "cpu_seconds": self.cpu_seconds,
+                "runqueue_seconds": self.runqueue_seconds, "throttled_seconds": self.throttled_seconds,
+                "others_cpu_seconds": self.others_cpu_seconds, "samples": self.samples,
+                "stacks": [list(s) for s in self.stacks]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Stall:
+        cause = str(d.get("cause") or "unknown")
+        return cls(
+            started_at=float(d.get("started_at") or 0.0), seconds=float(d.get("seconds") or 0.0),
+            cause=cause if cause in STALL_CAUSES else "unknown", reason=str(d.get("reason") or ""),
+            ongoing=bool(d.get("ongoing", False)), cpu_seconds=_opt_float(d, "cpu_seconds"),
+            runqueue_seconds=_opt_float(d, "runqueue_seconds"),
+            throttled_seconds=_opt_float(d, "throttled_seconds"),
+            others_cpu_seconds=_opt_float(d, "others_cpu_seconds"), samples=int(d.get("samples") or 0),
+            stacks=tuple((int(s[0]), int(s[1])) for s in d.get("stacks") or ()),
+        )
+
+
 @dataclass(frozen=True)
 class LoopInfo:
     """Health of one event loop, as the agent's heartbeat sees it.
 
     ``stalled_seconds`` is how long the loop has not turned (0 when it is turning);
     ``blocking_stack`` is the loop thread's stack when stalled, innermost first.
+    ``stalls`` are the stalls of the last ``stall_window`` seconds (the agent's history,
+    oldest first, the current one last with ``ongoing``), their sampled stacks in
+    ``stall_stacks``; ``stalls_total``/``stall_seconds_total`` and
+    ``starved_total``/``starved_seconds_total`` count every stall (and the starved ones)
+    since the agent started.
     """
 
     id: str
@@ -281,12 +360,23 @@ class LoopInfo:
     lag_seconds: float | None = None
     stalled_seconds: float = 0.0
     blocking_stack: tuple[Frame, ...] = ()
+    stall_window: float = 0.0
+    stalls: tuple[Stall, ...] = ()
+    stall_stacks: tuple[StallStack, ...] = ()
+    stalls_total: int = 0
+    stall_seconds_total: float = 0.0
+    starved_total: int = 0
+    starved_seconds_total: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "thread_id": self.thread_id, "thread_name": self.thread_name,
                 "running": self.running, "lag_seconds": self.lag_seconds,
                 "stalled_seconds": self.stalled_seconds,
-                "blocking_stack": [f.to_dict() for f in self.blocking_stack]}
+                "blocking_stack": [f.to_dict() for f in self.blocking_stack],
+                "stall_window": self.stall_window, "stalls": [s.to_dict() for s in self.stalls],
+                "stall_stacks": [s.to_dict() for s in self.stall_stacks],
+                "stalls_total": self.stalls_total, "stall_seconds_total": self.stall_seconds_total,
+                "starved_total": self.starved_total, "starved_seconds_total": self.starved_seconds_total}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoopInfo:
@@ -295,7 +385,14 @@ class LoopInfo:
         return cls(str(d.get("id", "")), None if tid is None else int(tid), str(d.get("thread_name", "")),
                    bool(d.get("running", False)), None if lag is None else finite_float(lag, "lag_seconds"),
                    finite_float(d.get("stalled_seconds") or 0.0, "stalled_seconds"),
-                   tuple(Frame.from_dict(f) for f in d.get("blocking_stack") or ()))
+                   tuple(Frame.from_dict(f) for f in d.get("blocking_stack") or ()),
+                   stall_window=finite_float(d.get("stall_window") or 0.0, "stall_window"),
+                   stalls=tuple(Stall.from_dict(s) for s in d.get("stalls") or ()),
+                   stall_stacks=tuple(StallStack.from_dict(s) for s in d.get("stall_stacks") or ()),
+                   stalls_total=int(d.get("stalls_total") or 0),
+                   stall_seconds_total=finite_float(d.get("stall_seconds_total") or 0.0, "stall_seconds_total"),
+                   starved_total=int(d.get("starved_total") or 0),
+                   starved_seconds_total=finite_float(d.get("starved_seconds_total") or 0.0, "starved_seconds_total"))
 
 
 @dataclass(frozen=True)
@@ -512,5 +609,6 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 __all__ = [
     "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "Wait", "CreatedBy", "TaskInfo",
-    "LoopInfo", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo", "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
+    "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
+    "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

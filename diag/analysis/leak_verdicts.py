@@ -15,7 +15,11 @@
   ``cancel_grace``: its code caught the ``CancelledError`` and went on;
 - ``proven_leak``: blocked tasks that nothing reachable can wake (the proof);
 - ``suspect``: long waits on things that are still reachable, each with a reason;
-- ``loop_blocked``: an event loop that has not turned for ``stall_threshold``.
+- ``loop_blocked``: an event loop its own code kept from turning: stalled now for
+  ``stall_threshold``, or in the last ``stall_window`` seconds once that long or
+  ``stall_repeats`` times (every recorded stall is at least 0.25 s);
+- ``loop_starved``: the same thresholds, for stalls in which the loop was ready to turn
+  but got no CPU or GIL (a loaded machine, a CPU quota, another thread holding the GIL).
 
 Usage::
 
@@ -30,17 +34,18 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from diag.analysis.loop_stalls import OWN_REASONS, REASONS, WindowSummary, reasons_text, site_text, window_summary
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
 from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import MALFORMED, DeadTask, Frame, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.task_snapshot import MALFORMED, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
 KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked",
-         "exhausted", "suspect")
+         "exhausted", "suspect", "loop_starved")
 DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel",
                              "loop_blocked"})
 #: Waits that are normal when long: idle consumers and periodic sleepers.
@@ -53,20 +58,26 @@ MAX_TASKS_PER_FINDING = 20
 class LeakOptions:
     """``min_wait``: seconds before a reachable wait is a suspect; ``held_threshold``:
     seconds a permit may be held before an exhausted semaphore is reported;
-    ``stall_threshold``: seconds a loop may go without turning; ``cancel_grace``:
-    seconds a cancelled task may go on waiting (cleaning up) before its cancellation
-    counts as swallowed; ``fail_on``: kinds that make the check fail (exit 1)."""
+    ``stall_threshold``: seconds a loop may go without turning; ``stall_window``: seconds
+    of stall history judged; ``stall_repeats``: stalls in that window that make a verdict
+    however short; ``cancel_grace``: seconds a cancelled task may go on waiting (cleaning
+    up) before its cancellation counts as swallowed; ``fail_on``: kinds that make the
+    check fail (exit 1)."""
 
     min_wait: float = 10.0
     held_threshold: float = 60.0
     stall_threshold: float = 1.0
+    stall_window: float = 60.0
+    stall_repeats: int = 3
     fail_on: frozenset[str] = DEFAULT_FAIL_ON
     cancel_grace: float = 2.0
 
     def validate(self) -> None:
-        for name in ("min_wait", "held_threshold", "stall_threshold", "cancel_grace"):
+        for name in ("min_wait", "held_threshold", "stall_threshold", "stall_window", "cancel_grace"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+        if not self.stall_repeats >= 1:
+            raise UsageError("--stall-repeats must be >= 1")
         bad = sorted(set(self.fail_on) - set(KINDS))
         if bad:
             raise UsageError(f"unknown finding kind {bad[0]!r} in --fail-on; choose from {', '.join(KINDS)}")
@@ -561,17 +572,98 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     return out
 
 
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole > 0 else "?"
+
+
+def _stall_summary(loop: LoopInfo, cause: str, snap: SyncSnapshot, options: LeakOptions) -> WindowSummary | None:
+    """The loop's ``cause`` stalls in the window when they make a verdict, else None."""
+    summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at, exclude_reasons=OWN_REASONS)
+    threshold = max(options.stall_threshold, 1e-9)
+    if summary.longest >= threshold or summary.count >= options.stall_repeats:
+        return summary
+    return None
+
+
+def _history_text(summary: WindowSummary) -> str:
+    noun = "stall" if summary.count == 1 else "stalls"
+    sites = "; ".join(f"{site.count}x at {site_text(site.frames)} (longest {site.longest:.1f}s)"
+                      for site in summary.sites[:4])
+    return (f"{summary.count} {noun} in the last {summary.window:.0f}s, {summary.seconds:.1f}s in all "
+            f"({_pct(summary.seconds, summary.window)} of the time), longest {summary.longest:.1f}s; "
+            f"by site: {sites}")
+
+
+def _reasons(summary: WindowSummary) -> str:
+    """What the loop thread did: the one reason in words, or each reason's count."""
+    reasons = {s.reason for s in summary.stalls}
+    if len(reasons) == 1:
+        return REASONS.get(next(iter(reasons)), "cause not measured")
+    return f"reasons: {reasons_text(summary)}"
+
+
+def _figures_text(summary: WindowSummary) -> str:
+    parts = []
+    if summary.cpu_seconds is not None:
+        parts.append(f"on CPU {_pct(summary.cpu_seconds, summary.seconds)} of the stalled time")
+    if summary.runqueue_seconds is not None:
+        parts.append(f"waiting for a CPU {_pct(summary.runqueue_seconds, summary.seconds)}")
+    if summary.throttled_seconds:
+        parts.append(f"the cgroup throttled the process {summary.throttled_seconds:.2f}s")
+    if summary.others_cpu_seconds is not None and summary.others_cpu_seconds >= 0.1 * summary.seconds:
+        parts.append(f"other threads ran {summary.others_cpu_seconds:.2f}s of CPU")
+    return ", ".join(parts)
+
+
 def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
+    """Loops kept from turning by their own code, now or repeatedly in the recent window."""
     out = []
     for loop in snap.tasks.loops:
-        if loop.stalled_seconds >= max(options.stall_threshold, 1e-9):
-            top = loop.blocking_stack[0] if loop.blocking_stack else None
-            at = f" at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}" if top is not None else ""
-            out.append(Finding(
-                kind="loop_blocked", title=f"event loop {loop.id} has not turned for {loop.stalled_seconds:.1f}s",
-                evidence=f"thread {loop.thread_name or loop.thread_id} is running{at}; every task on this loop waits",
-                site=loop.blocking_stack,
-            ))
+        summary = _stall_summary(loop, "blocked", snap, options)
+        if summary is None:
+            continue
+        thread = loop.thread_name or loop.thread_id
+        current = next((s for s in summary.stalls if s.ongoing), None)
+        if current is not None and current.seconds >= max(options.stall_threshold, 1e-9):
+            title = f"event loop {loop.id} has not turned for {current.seconds:.1f}s"
+            site = loop.blocking_stack or summary.sites[0].frames
+            at = f" at {site_text(site)}" if site else ""
+            evidence = f"thread {thread} is running{at}; every task on this loop waits"
+            if summary.count > 1:
+                evidence += f"; {_history_text(summary)}"
+        else:
+            title = (f"event loop {loop.id} was blocked {summary.count} time{'s' if summary.count != 1 else ''} "
+                     f"in the last {summary.window:.0f}s, longest {summary.longest:.1f}s")
+            site = summary.sites[0].frames
+            evidence = f"thread {thread}: {_history_text(summary)}; every task on this loop waited"
+        evidence += f"; {_reasons(summary)}"
+        figures = _figures_text(summary)
+        out.append(Finding(kind="loop_blocked", title=title,
+                           evidence=evidence + (f"; {figures}" if figures else ""), site=site,
+                           score=summary.seconds))
+    return out
+
+
+def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
+    """Loops that were ready to turn but got no CPU or GIL: the machine's or another thread's doing."""
+    out = []
+    for loop in snap.tasks.loops:
+        summary = _stall_summary(loop, "starved", snap, options)
+        if summary is None:
+            continue
+        why = _reasons(summary)
+        figures = _figures_text(summary)
+        noun = "time" if summary.count == 1 else "times"
+        out.append(Finding(
+            kind="loop_starved",
+            title=(f"event loop {loop.id} was starved {summary.count} {noun} in the last {summary.window:.0f}s, "
+                   f"longest {summary.longest:.1f}s: ready to turn, not run"),
+            evidence=(f"thread {loop.thread_name or loop.thread_id}: {summary.count} stalls, {summary.seconds:.1f}s "
+                      f"in all ({_pct(summary.seconds, summary.window)} of the time); {why}"
+                      + (f"; {figures}" if figures else "") + "; not the loop's own code: look at the machine's load, "
+                      "the CPU quota or the process's other threads"),
+            site=summary.sites[0].frames if summary.sites else (), score=summary.seconds,
+        ))
     return out
 
 
@@ -603,7 +695,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options)
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
                 + executors_exhausted(snap, by_id, options)
-                + suspects(snap, by_id, options, explained))
+                + suspects(snap, by_id, options, explained) + loops_starved(snap, options))
     if snap.reachability.ran:
         proof = snap.reachability
         proof_text = (f"reachability proof: {proof.blocked} blocked tasks, {proof.objects_marked} objects marked "

@@ -154,7 +154,7 @@ def primitive_families(sync: SyncSnapshot, max_series: int) -> list[Family]:
 
 
 def loop_families(sync: SyncSnapshot) -> list[Family]:
-    lag, stalled = [], []
+    lag, stalled, stalls, stall_seconds = [], [], [], []
     seen: set[str] = set()
     for loop in sync.tasks.loops:
         name = loop.thread_name or str(loop.thread_id or loop.id)
@@ -164,11 +164,22 @@ def loop_families(sync: SyncSnapshot) -> list[Family]:
         if loop.lag_seconds is not None:
             lag.append(Sample(_labels(thread=name), loop.lag_seconds))
         stalled.append(Sample(_labels(thread=name), loop.stalled_seconds))
+        for cause, count, seconds in (
+                ("blocked", loop.stalls_total - loop.starved_total, loop.stall_seconds_total - loop.starved_seconds_total),
+                ("starved", loop.starved_total, loop.starved_seconds_total)):
+            stalls.append(Sample(_labels(thread=name, cause=cause), float(max(0, count))))
+            stall_seconds.append(Sample(_labels(thread=name, cause=cause), max(0.0, seconds)))
     return [
         Family("diag_loop_lag_seconds", "gauge",
                "Delay of the agent's last heartbeat on each event loop.", ("thread",), tuple(lag)),
         Family("diag_loop_stalled_seconds", "gauge",
                "How long each event loop has not turned (0 while it turns).", ("thread",), tuple(stalled)),
+        Family("diag_loop_stalls_total", "counter",
+               "Finished stalls of each event loop (0.25 s or more without turning) since the agent started: "
+               "starved (ready, given no CPU or GIL) or blocked (every other one).", ("thread", "cause"),
+               tuple(stalls)),
+        Family("diag_loop_stall_seconds_total", "counter",
+               "Time each event loop spent in those stalls, by cause.", ("thread", "cause"), tuple(stall_seconds)),
     ]
 
 

@@ -30,7 +30,12 @@ def leaks(
     format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
     min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
     held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),
-    stall: float = typer.Option(1.0, "--stall-threshold", help="seconds the loop may go without turning"),
+    stall: float = typer.Option(LeakOptions.stall_threshold, "--stall-threshold",
+                                help="seconds the loop may go without turning (now, or once in the stall window)"),
+    stall_window: float = typer.Option(LeakOptions.stall_window, "--stall-window",
+                                       help="seconds of the agent's stall history judged"),
+    stall_repeats: int = typer.Option(LeakOptions.stall_repeats, "--stall-repeats",
+                                      help="stalls in the window that make a loop_blocked/loop_starved verdict"),
     cancel_grace: float = typer.Option(2.0, "--cancel-grace",
                                        help="seconds a cancelled task may go on waiting before its cancel counts as swallowed"),
     fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on",
@@ -52,8 +57,8 @@ def leaks(
     if not timeout > 0 or not 0 < budget <= 30:
         raise UsageError("--timeout must be > 0 and --proof-budget between 0 and 30 seconds")
     kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
-    options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, fail_on=kinds,
-                          cancel_grace=cancel_grace)
+    options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, stall_window=stall_window,
+                          stall_repeats=stall_repeats, fail_on=kinds, cancel_grace=cancel_grace)
     options.validate()
     if agent_dir is not None or len(targets) > 1:
         return _many(targets, agent_dir, fmt, options, proof, budget, output, timeout)

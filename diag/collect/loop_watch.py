@@ -7,21 +7,38 @@ has not run after a while means the loop is stalled, and the loop thread's curre
 stack (from ``sys._current_frames``) says on what.  The same thread samples every
 task's awaited future about once a second, so a dump can say how long a task has
 waited on the same object: a lower bound, exact to the sampling interval.
+
+Every stall is kept for ``STALL_WINDOW`` seconds (at most ``MAX_STALLS`` per loop): its
+length, the loop thread's stacks sampled while it lasted, and what the thread did
+meanwhile, from Linux's per-thread scheduler counters (``/proc/self/task/TID/schedstat``:
+CPU time and time runnable on a run queue, read when the beat is sent and when it runs),
+the process's CPU time and its cgroup's throttled time.  From these
+``diag.analysis.loop_stalls.classify`` tells a loop blocked by its own code from one
+that was starved of a CPU or of the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import collections
+import contextlib
+import linecache
+import os
+import platform
+import sys
 import threading
 import time
+import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
 from diag.collect.safe_read import future_done, future_field, task_cancelling
+from diag.task_snapshot import Frame, Stall, StallStack
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop whose heartbeat is older than this is reported as stalled.
@@ -29,6 +46,43 @@ STALL_THRESHOLD = 0.25
 #: The wait sampler may use at most this share of one core; with many tasks it samples less often.
 SAMPLER_CPU_SHARE = 0.01
 SAMPLER_MIN_INTERVAL = 1.0
+#: Seconds of stall history kept per loop, and at most this many stalls in it.
+STALL_WINDOW = 60.0
+MAX_STALLS = 256
+#: Distinct stacks kept per stall (the most sampled), and frames per stack.
+MAX_STALL_STACKS = 3
+MAX_STALL_FRAMES = 16
+
+#: (CPU seconds, seconds runnable on a run queue) of a thread, the process's CPU seconds,
+#: the cgroup's throttled seconds; ``None`` where not known.
+_Figures = tuple[float | None, float | None, float, float | None]
+#: A sampled stack: (file, line, function) per frame, innermost first.
+_StackKey = tuple[tuple[str, int, str], ...]
+
+
+@dataclass
+class _OpenStall:
+    """A stall the watchdog has seen in progress: the beat it waits for and the stacks sampled."""
+
+    sent_at: float
+    samples: int = 0
+    own_wait: int = 0
+    lock_wait: int = 0  # samples in the program's code, waiting in a futex: for the GIL or a lock
+    stacks: dict[_StackKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StallRecord:
+    """One finished stall, as kept in a loop's history."""
+
+    started_at: float  # Unix time
+    ended_mono: float
+    seconds: float
+    cause: str
+    reason: str
+    figures: tuple[float | None, float | None, float | None, float | None]  # cpu, runqueue, throttled, others
+    samples: int
+    stacks: tuple[tuple[_StackKey, int], ...]
 
 
 @dataclass
@@ -37,9 +91,147 @@ class _Beat:
 
     thread_id: int | None = None
     thread_name: str = ""
+    native_id: int | None = None
     sent_at: float | None = None  # monotonic time of the beat in flight, None when none is
     last_turn: float = field(default_factory=time.monotonic)
     lag: float | None = None
+    sent_figures: _Figures | None = None  # read as the beat was sent
+    # (sent at, ran at, figures at send, figures at run) of a stall that just ended: written
+    # by the loop thread in one assignment, taken by the watchdog
+    ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
+    base_stack: _StackKey | None = None  # uvloop: the stack beneath a callback, i.e. its idle stack
+    base_known: bool = False  # base_stack was looked for (in the first beat)
+    closing: bool = False  # the loop thread is reading a stall's end figures
+    open: _OpenStall | None = None
+    history: "collections.deque[_StallRecord]" = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_STALLS))
+    watched_since: float = field(default_factory=time.monotonic)
+    stalls_total: int = 0
+    stall_seconds_total: float = 0.0
+    starved_total: int = 0
+    starved_seconds_total: float = 0.0
+
+
+@dataclass(frozen=True)
+class StallHistory:
+    """A loop's recent stalls as snapshot data (see ``diag.task_snapshot.LoopInfo``)."""
+
+    window: float = 0.0
+    stalls: tuple[Stall, ...] = ()
+    stacks: tuple[StallStack, ...] = ()
+    stalls_total: int = 0
+    stall_seconds_total: float = 0.0
+    starved_total: int = 0
+    starved_seconds_total: float = 0.0
+
+
+def thread_schedstat(native_id: int | None) -> tuple[float, float] | None:
+    """(CPU seconds, seconds runnable on a run queue) of one of this process's threads, from
+    Linux's ``/proc/self/task/TID/schedstat``; None elsewhere or when the thread is gone."""
+    if native_id is None or not _PROCFS[0]:
+        return None
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 128).split()
+        finally:
+            os.close(fd)
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except FileNotFoundError:
+        if not os.path.exists("/proc/self/schedstat"):
+            _PROCFS[0] = False  # no procfs or no scheduler statistics: stop trying
+        return None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PROCFS = [sys.platform.startswith("linux")]
+#: The futex system call's number, which a thread waiting for the GIL (or a lock) sits in.
+_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine()) if _PROCFS[0] else None
+
+
+def in_futex_wait(native_id: int | None) -> bool:
+    """Is this thread of the process blocked in a futex wait (``/proc/self/task/TID/syscall``):
+    waiting for the GIL or a lock, not sleeping or reading a socket?"""
+    if native_id is None or _FUTEX is None:
+        return False
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
+        try:
+            first = os.read(fd, 64).split(b" ", 1)[0]
+        finally:
+            os.close(fd)
+        return first.isdigit() and int(first) == _FUTEX
+    except (OSError, ValueError):
+        return False
+
+
+def _cgroup_cpu_stat() -> tuple[str, str] | None:
+    """(path of the process's cgroup ``cpu.stat``, its throttled-time field) when the cgroup
+    has a CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None otherwise."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            base = os.path.join("/sys/fs/cgroup", path)
+            quota, stat, key = os.path.join(base, "cpu.max"), os.path.join(base, "cpu.stat"), "throttled_usec"
+        elif "cpu" in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup", controllers, path)
+            quota, stat, key = os.path.join(base, "cpu.cfs_quota_us"), os.path.join(base, "cpu.stat"), "throttled_time"
+        else:
+            continue
+        try:
+            with open(quota) as f:
+                value = f.read().split()
+        except OSError:
+            continue
+        if value and value[0] not in ("max", "-1"):
+            return stat, key
+    return None
+
+
+def _throttled_seconds(source: tuple[str, str] | None) -> float | None:
+    if source is None:
+        return None
+    path, key = source
+    try:
+        with open(path, "rb") as f:
+            for line in f.read().splitlines():
+                name, _, value = line.partition(b" ")
+                if name.decode() == key:
+                    return int(value) / (1e6 if key == "throttled_usec" else 1e9)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _stack_key(frame: types.FrameType | None) -> _StackKey:
+    out: list[tuple[str, int, str]] = []
+    while frame is not None and len(out) < MAX_STALL_FRAMES:
+        code = frame.f_code
+        out.append((code.co_filename, frame.f_lineno or 0, getattr(code, "co_qualname", code.co_name)))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def _is_own_wait(key: _StackKey, base: _StackKey | None) -> bool:
+    """Is this the loop's own poll: asyncio's selector (or the loop's run between polls), or
+    for uvloop, whose loop is compiled, the bare stack beneath its callbacks?"""
+    if not key:
+        return False
+    file, _, function = key[0]
+    if file == __file__:  # the heartbeat itself, on its way out of a stall
+        return True
+    if file.endswith(("selectors.py", "selector_events.py")):
+        return True
+    if file.endswith("base_events.py") and function.endswith(("_run_once", "run_forever")):
+        return True
+    return base is not None and key == base
 
 
 def _no_ref() -> None:
@@ -96,6 +288,12 @@ class LoopWatch:
         self.thread_ident: int | None = None
         #: id(primitive) -> (weakref to it, label from its holders); saves a heap scan per dump
         self.holder_labels: dict[int, tuple[Any, str]] = {}
+        self._throttle = _cgroup_cpu_stat()
+        self._interned: dict[_StackKey, _StackKey] = {}
+        # The agent's own collections: how many run now, since when, and the last ones (start, end).
+        self._own_depth = 0
+        self._own_since = 0.0
+        self._own_spans: "collections.deque[tuple[float, float]]" = collections.deque(maxlen=64)
         #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
         self.dead = DeadTaskLog()
         # id(task) -> monotonic time the sampler first saw a cancellation pending on it
@@ -114,6 +312,16 @@ class LoopWatch:
                 task_origins.install_factory(loop)
         except Exception:
             pass
+
+    def _bind_thread(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
+        """Note the thread that runs ``loop`` before its first heartbeat has run, so that even
+        a stall that begins right away has the thread's stack and scheduler figures."""
+        beat = self._beats.get(loop)
+        if beat is None or beat.thread_id is not None or thread is None:
+            return
+        beat.native_id = thread.native_id
+        beat.thread_name = thread.name
+        beat.thread_id = thread.ident
 
     def loops(self) -> list[asyncio.AbstractEventLoop]:
         with self._lock:
@@ -135,6 +343,7 @@ class LoopWatch:
             _set_running_loop.__wrapped__(loop)  # type: ignore[attr-defined]
             if loop is not None and watch._hook is _set_running_loop:  # a hook left in a chain stays quiet
                 watch.add_loop(loop)
+                watch._bind_thread(loop, threading.current_thread())
 
         current = asyncio.events._set_running_loop
         _set_running_loop.__wrapped__ = current  # type: ignore[attr-defined]
@@ -201,16 +410,40 @@ class LoopWatch:
             except Exception:  # the watchdog must outlive anything odd in the target
                 pass
 
+    def _figures(self, native_id: int | None) -> _Figures:
+        thread = thread_schedstat(native_id)
+        return (None if thread is None else thread[0], None if thread is None else thread[1],
+                time.process_time(), _throttled_seconds(self._throttle))
+
     def _send_beats(self) -> None:
         for loop in self.loops():
             beat = self._beats.get(loop)
-            if beat is None or beat.sent_at is not None:
+            if beat is None or beat.closing:
+                continue
+            if beat.ended is not None:
+                self._close_stall(beat)
+            if beat.sent_at is not None:
+                # Sampled from the first late turn on: a stall just over the threshold still
+                # gets a stack from a watchdog that is itself a little late.
+                if time.monotonic() - beat.sent_at >= HEARTBEAT_INTERVAL:
+                    try:
+                        running = loop.is_running()
+                    except Exception:
+                        running = False
+                    if running:
+                        self._sample_stall(beat)
+                    else:  # stopped with a beat in flight: not a stall, and nothing to sample
+                        beat.sent_at, beat.open = None, None
                 continue
             try:
                 if loop.is_closed() or not loop.is_running():
                     continue
+                if beat.thread_id is None:  # a loop found through its tasks: its thread, by its id
+                    ident = getattr(loop, "_thread_id", None)
+                    self._bind_thread(loop, next((t for t in threading.enumerate() if t.ident == ident), None))
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
+                beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.sent_at = time.monotonic()
                 loop.call_soon_threadsafe(self._on_beat, beat)
             except Exception:
@@ -219,14 +452,171 @@ class LoopWatch:
     @staticmethod
     def _on_beat(beat: _Beat) -> None:
         now = time.monotonic()
-        if beat.sent_at is not None:
-            beat.lag = now - beat.sent_at
-        beat.sent_at = None
+        sent, start = beat.sent_at, beat.sent_figures
+        late = sent is not None and now - sent > STALL_THRESHOLD
+        beat.closing = late  # no new beat until this stall is filed
+        beat.sent_at = None  # over: the watchdog samples no more (the read below gives up the GIL)
         beat.last_turn = now
-        if beat.thread_id is None:
-            thread = threading.current_thread()
-            beat.thread_id = thread.ident
-            beat.thread_name = thread.name
+        if sent is not None:
+            beat.lag = now - sent
+        if late:
+            try:
+                # The stall's end, read on the loop thread itself before the watchdog's next turn.
+                own = thread_schedstat(beat.native_id)
+                end: _Figures = (None if own is None else own[0], None if own is None else own[1],
+                                 time.process_time(), None)
+                beat.ended = (sent or now, now, start, end)
+            finally:
+                beat.closing = False
+        if not beat.base_known:
+            beat.base_known = True
+            if beat.thread_id is None:
+                thread = threading.current_thread()
+                beat.thread_id = thread.ident
+                beat.thread_name = thread.name
+                beat.native_id = threading.get_native_id()
+            caller = sys._getframe(1)
+            if not caller.f_code.co_filename.endswith("events.py"):  # called from compiled code (uvloop)
+                beat.base_stack = _stack_key(caller)
+
+    # -- stall history --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def own_work(self) -> Iterator[None]:
+        """Marks a collection of the agent's own (a dump, the proof): a stall it caused by
+        holding the GIL is told apart from one the program's threads caused."""
+        with self._lock:
+            if self._own_depth == 0:
+                self._own_since = time.monotonic()
+            self._own_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._own_depth -= 1
+                if self._own_depth == 0:
+                    self._own_spans.append((self._own_since, time.monotonic()))
+
+    def _own_overlap(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which the agent was collecting."""
+        with self._lock:
+            spans = list(self._own_spans)
+            if self._own_depth:
+                spans.append((self._own_since, end))
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
+    def _intern(self, key: _StackKey) -> _StackKey:
+        """One tuple per distinct stack, so a site that stalls again and again costs once."""
+        got = self._interned.get(key)
+        if got is None:
+            if len(self._interned) >= 4 * MAX_STALL_STACKS * 16:
+                self._interned.clear()
+            got = self._interned[key] = key
+        return got
+
+    def _sample_stall(self, beat: _Beat) -> None:
+        """One sample of a stalled loop's thread: its stack, counted by distinct stack."""
+        sent = beat.sent_at
+        if sent is None or beat.thread_id is None:
+            return
+        stall = beat.open
+        if stall is None or stall.sent_at != sent:
+            stall = _OpenStall(sent)
+        key = _stack_key(sys._current_frames().get(beat.thread_id))
+        stall.samples += 1
+        if _is_own_wait(key, beat.base_stack):
+            stall.own_wait += 1
+        elif in_futex_wait(beat.native_id):
+            stall.lock_wait += 1
+        if key in stall.stacks or len(stall.stacks) < 4 * MAX_STALL_STACKS:
+            key = self._intern(key)
+            stall.stacks[key] = stall.stacks.get(key, 0) + 1
+        beat.open = stall
+
+    def _judge(self, beat: _Beat, seconds: float, start: _Figures | None, end: _Figures | None,
+               stall: _OpenStall | None, stall_at: float | None = None
+               ) -> tuple[str, str, tuple[float | None, float | None, float | None, float | None]]:
+        def delta(i: int) -> float | None:
+            a = None if start is None else start[i]
+            b = None if end is None else end[i]
+            return None if a is None or b is None else max(0.0, b - a)
+
+        # Linux adds a wait on the run queue when the thread gets the CPU, so one that began
+        # before the beat was sent may be counted whole: no figure exceeds the stall.
+        cpu, runq, throttled, proc = (None if v is None else min(v, seconds) for v in (delta(0), delta(1), delta(3), delta(2)))
+        others = None if proc is None or cpu is None else max(0.0, proc - cpu)
+        samples = stall.samples if stall is not None else 0
+        own = stall.own_wait if stall is not None else 0
+        cause, reason = classify(seconds, cpu=cpu, runqueue=runq, throttled=throttled, others_cpu=others,
+                                 samples=samples, own_wait_samples=own,
+                                 lock_wait_samples=stall.lock_wait if stall is not None else 0)
+        if (cause, reason) in (("starved", "gil"), ("unknown", "")) and stall_at is not None \
+                and self._own_overlap(stall_at, stall_at + seconds) >= 0.5 * seconds:
+            cause, reason = "starved", "diag"  # the GIL was the agent's: its own dump or proof
+        return cause, reason, (cpu, runq, throttled, others)
+
+    def _close_stall(self, beat: _Beat) -> None:
+        """File the stall the loop thread just ended (from the watchdog, or a dump that came first)."""
+        with self._lock:
+            ended, beat.ended = beat.ended, None
+            if ended is None:
+                return
+            sent, ran, start, end = ended
+            stall = beat.open if beat.open is not None and beat.open.sent_at == sent else None
+            beat.open = None
+        if end is not None and self._throttle is not None:
+            end = (end[0], end[1], end[2], _throttled_seconds(self._throttle))
+        seconds = ran - sent
+        cause, reason, figures = self._judge(beat, seconds, start, end, stall, sent)
+        stacks = () if stall is None else tuple(sorted(stall.stacks.items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
+        record = _StallRecord(time.time() - (time.monotonic() - sent), ran, seconds, cause, reason, figures,
+                              0 if stall is None else stall.samples, stacks)
+        with self._lock:
+            beat.history.append(record)
+            beat.stalls_total += 1
+            beat.stall_seconds_total += seconds
+            if cause == "starved":
+                beat.starved_total += 1
+                beat.starved_seconds_total += seconds
+
+    def stall_history(self, loop: asyncio.AbstractEventLoop) -> StallHistory:
+        """The loop's stalls of the last ``STALL_WINDOW`` seconds, the current one last, as
+        snapshot data; safe from any thread."""
+        beat = self._beats.get(loop)
+        if beat is None:
+            return StallHistory()
+        if beat.ended is not None:  # ended a moment ago: the watchdog has not filed it yet
+            self._close_stall(beat)
+        now = time.monotonic()
+        wall = time.time()
+        with self._lock:
+            while beat.history and beat.history[0].ended_mono < now - STALL_WINDOW:
+                beat.history.popleft()
+            records = list(beat.history)
+            totals = (beat.stalls_total, beat.stall_seconds_total, beat.starved_total, beat.starved_seconds_total)
+        sent, stall = beat.sent_at, beat.open
+        if sent is not None and now - sent > STALL_THRESHOLD and beat.ended is None:
+            if stall is None or stall.sent_at != sent:
+                stall = None
+            seconds = now - sent
+            cause, reason, figures = self._judge(beat, seconds, beat.sent_figures, self._figures(beat.native_id), stall,
+                                                 sent)
+            top = () if stall is None else tuple(sorted(dict(stall.stacks).items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
+            records.append(_StallRecord(wall - seconds, now, seconds, cause, reason, figures,
+                                        0 if stall is None else stall.samples, top))
+            ongoing = True
+        else:
+            ongoing = False
+        table: dict[_StackKey, int] = {}
+        stalls = []
+        for n, rec in enumerate(records):
+            refs = tuple((table.setdefault(key, len(table)), count) for key, count in rec.stacks)
+            cpu, runq, throttled, others = rec.figures
+            stalls.append(Stall(rec.started_at, rec.seconds, rec.cause, rec.reason,
+                                ongoing and n == len(records) - 1, cpu, runq, throttled, others, rec.samples, refs))
+        stacks = tuple(StallStack(tuple(Frame(file, line, function, linecache.getline(file, line).strip()[:200])
+                                        for file, line, function in key), _is_own_wait(key, beat.base_stack))
+                       for key in table)
+        return StallHistory(min(STALL_WINDOW, now - beat.watched_since), tuple(stalls), stacks, *totals)
 
     def loop_health(self, loop: asyncio.AbstractEventLoop) -> tuple[int | None, str, float | None, float]:
         """(thread id, thread name, last heartbeat lag, seconds stalled) of a watched loop."""

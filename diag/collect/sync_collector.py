@@ -9,6 +9,7 @@ state is read.  The reachability proof runs only when asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from typing import Any
@@ -117,7 +118,8 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
             tracked=holders.installed() and is_a(source, (asyncio.Lock, asyncio.Semaphore)),
         ))
-    proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
+    with watch.own_work() if watch is not None else contextlib.nullcontext():
+        proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
     del live, objects, interesting
     return SyncSnapshot(
         taken_at=tasks.taken_at, process=process_info(), tasks=tasks, primitives=tuple(states),

@@ -33,7 +33,7 @@ from diag.collect.safe_read import (
     MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict, is_a, plain_attr,
     quoted, read_attr, task_cancelling, task_name, type_name,
 )
-from diag.collect.loop_watch import LoopWatch, iter_all_tasks
+from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.task_snapshot import (
     CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
@@ -873,7 +873,10 @@ def collect_loops(watch: LoopWatch | None, loops: set[asyncio.AbstractEventLoop]
         except Exception:
             running = False
         blocking = thread_stack(thread_id, frames) if stalled > 0 else ()
-        out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking))
+        h = watch.stall_history(loop) if watch is not None else StallHistory()
+        out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking,
+                            h.window, h.stalls, h.stacks, h.stalls_total, h.stall_seconds_total,
+                            h.starved_total, h.starved_seconds_total))
     return tuple(out)
 
 
@@ -900,7 +903,7 @@ from diag.collect.gc_pause import paused_gc as paused_gc  # noqa: E402
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
-    with paused_gc():
+    with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
         snap = _collect_tasks(watch, options)
     first = process_notes()
     return replace(snap, notes=first + snap.notes) if first else snap

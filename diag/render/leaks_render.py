@@ -12,7 +12,8 @@ from diag.analysis.leak_verdicts import Finding, LeakReport
 from diag.render import formatting as fmt
 
 KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
-          "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow"}
+          "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow",
+          "loop_starved": "yellow"}
 
 
 def _summary(report: LeakReport) -> list[str]:

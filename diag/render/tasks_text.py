@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from diag.analysis.loop_stalls import site_text, window_summary
 from diag.render import formatting as fmt
 from diag.task_snapshot import LoopInfo, TaskInfo, TaskSnapshot
 
@@ -30,12 +31,37 @@ def header(snap: TaskSnapshot) -> list[str]:
 
 def loop_line(loop: LoopInfo) -> str:
     where = f"loop {loop.id} on thread {loop.thread_name or loop.thread_id or '?'}"
+    history = stall_history_text(loop)
     if loop.stalled_seconds > 0:
-        return f"{where}: STALLED for {fmt.duration(loop.stalled_seconds)} (the loop has not turned)"
+        return f"{where}: STALLED for {fmt.duration(loop.stalled_seconds)} (the loop has not turned){history}"
     if not loop.running:
-        return f"{where}: not running"
+        return f"{where}: not running{history}"
     lag = "?" if loop.lag_seconds is None else f"{loop.lag_seconds * 1000:.1f}ms"
-    return f"{where}: turning (heartbeat lag {lag})"
+    return f"{where}: turning (heartbeat lag {lag}){history}"
+
+
+def stall_history_text(loop: LoopInfo) -> str:
+    """``; 5 stalls in the last 60s: 4 blocked, longest 0.8s at app.py:12 fetch_sync; 1 starved
+    (runqueue), longest 0.4s``, or nothing when the agent kept no stall."""
+    if not loop.stalls or loop.stall_window <= 0:
+        return ""
+    parts = []
+    for cause in ("blocked", "starved"):
+        summary = window_summary(loop, cause)
+        if not summary.count:
+            continue
+        text = f"{summary.count} {cause}"
+        if cause == "starved":
+            text += " (" + ", ".join(sorted({s.reason or "unmeasured" for s in summary.stalls})) + ")"
+        text += f", longest {fmt.duration(summary.longest)}"
+        if cause == "blocked" and summary.sites:
+            text += f" at {site_text(summary.sites[0].frames)}"
+        parts.append(text)
+    unknown = sum(1 for s in loop.stalls if s.cause == "unknown" and not s.ongoing)
+    if unknown:
+        parts.append(f"{unknown} unexplained")
+    n = len(loop.stalls)
+    return f"; {n} stall{'s' if n != 1 else ''} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
 
 
 def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
@@ -139,8 +165,10 @@ def footer(snap: TaskSnapshot, cwd: str | None) -> list[str]:
         chain = " -> ".join(f"task {i}" for i in cycle + cycle[:1])
         lines += ["", f"DEADLOCK: await cycle {chain}"]
     for loop in snap.loops:
+        current = next((s for s in loop.stalls if s.ongoing), None)
         if loop.stalled_seconds > 0 and loop.blocking_stack:
-            lines += ["", f"loop {loop.id} is blocked; thread {loop.thread_name or loop.thread_id} is at:"]
+            state = "is starved (ready to turn, not run)" if current is not None and current.cause == "starved" else "is blocked"
+            lines += ["", f"loop {loop.id} {state}; thread {loop.thread_name or loop.thread_id} is at:"]
             for frame in loop.blocking_stack:
                 lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
                 if frame.source:

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from diag.analysis.top_summary import PrimitiveLine, RequestRate, TopSummary
 from diag.render import formatting as fmt
+from diag.render.tasks_text import stall_history_text
 from diag.sync_snapshot import Holder
 from diag.task_snapshot import LoopInfo, TaskInfo
 
@@ -66,11 +67,11 @@ def loop_line(loop: LoopInfo, cwd: str | None = None) -> str:
         if loop.blocking_stack:
             frame = loop.blocking_stack[0]
             at = f" at {fmt.where(frame, cwd)} {frame.function}"
-        return f"{where}: STALLED for {fmt.duration(loop.stalled_seconds)}{at}"
+        return f"{where}: STALLED for {fmt.duration(loop.stalled_seconds)}{at}{stall_history_text(loop)}"
     if not loop.running:
-        return f"{where}: not running"
+        return f"{where}: not running{stall_history_text(loop)}"
     lag = "?" if loop.lag_seconds is None else f"{loop.lag_seconds * 1000:.1f}ms"
-    return f"{where}: turning, lag {lag}"
+    return f"{where}: turning, lag {lag}{stall_history_text(loop)}"
 
 
 def rate_text(rate: float) -> str:
@@ -179,7 +180,8 @@ def render(summary: TopSummary, *, interval: float, hint: str = "", cwd: str | N
         fmt.cell(waits_line(summary), body),
     ]
     for loop in summary.loops:
-        parts.append(fmt.cell(loop_line(loop, cwd), "bold red" if loop.stalled_seconds > 0 else body))
+        style = "bold red" if loop.stalled_seconds > 0 else "yellow" if loop.stalls else body
+        parts.append(fmt.cell(loop_line(loop, cwd), style))
     if not summary.loops:
         parts.append(Text("loop: none seen by the agent", style=body))
     parts.append(fmt.cell(requests_line(summary.requests), body))

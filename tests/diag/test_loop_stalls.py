@@ -1,0 +1,224 @@
+"""Stall history, blocked versus starved: the pure rules on hand-built snapshots."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, leak_report
+from diag.analysis.loop_stalls import classify, window_summary
+from diag.analysis.metrics_model import MetricsInputs, metric_families
+from diag.collect.loop_watch import LoopWatch, _Beat, _Figures
+from diag.errors import UsageError
+from diag.render.tasks_text import loop_line
+from diag.render.top_view import loop_line as top_loop_line
+from diag.sync_snapshot import SyncSnapshot
+from diag.task_snapshot import Frame, LoopInfo, Stall, StallStack, TaskSnapshot
+from tests.diag.snapshots import snapshot
+
+NOW = 1_800_000_000.0  # the hand-built snapshots' taken_at
+FETCH_SYNC = Frame("/srv/app/app.py", 12, "fetch_sync", "time.sleep(0.4)")
+HANDLER = Frame("/srv/app/app.py", 30, "handler", "fetch_sync()")
+CRUNCH = Frame("/srv/app/app.py", 44, "crunch", "while time.perf_counter() < end:")
+SELECT = Frame("/usr/lib/python3.11/selectors.py", 468, "EpollSelector.select", "fd_event_list = self._selector.poll(timeout, max_ev)")
+RUN_ONCE = Frame("/usr/lib/python3.11/asyncio/base_events.py", 1898, "BaseEventLoop._run_once", "event_list = self._selector.select(timeout)")
+STACKS = (StallStack((FETCH_SYNC, HANDLER)), StallStack((CRUNCH,)), StallStack((SELECT, RUN_ONCE), own_wait=True))
+
+
+def blocked(ago: float, seconds: float = 0.4, stack: int = 0, **kw: object) -> Stall:
+    figures: dict[str, object] = {"cpu_seconds": 0.0, "runqueue_seconds": 0.0, "others_cpu_seconds": 0.0}
+    figures.update(kw)
+    return Stall(NOW - ago, seconds, "blocked", "call", samples=3, stacks=((stack, 3),), **figures)  # type: ignore[arg-type]
+
+
+def starved(ago: float, seconds: float = 0.4, reason: str = "runqueue", **kw: object) -> Stall:
+    figures: dict[str, object] = {"cpu_seconds": 0.01, "runqueue_seconds": seconds - 0.02, "others_cpu_seconds": 0.0}
+    figures.update(kw)
+    return Stall(NOW - ago, seconds, "starved", reason, samples=2, stacks=((2, 2),), **figures)  # type: ignore[arg-type]
+
+
+def loop_with(*stalls: Stall, stalled: float = 0.0, blocking: tuple[Frame, ...] = ()) -> LoopInfo:
+    return LoopInfo("0x7f00l", 1, "MainThread", True, 0.0004, stalled, blocking, stall_window=60.0, stalls=stalls,
+                    stall_stacks=STACKS, stalls_total=len(stalls) + 7, stall_seconds_total=9.5,
+                    starved_total=sum(1 for s in stalls if s.cause == "starved"),
+                    starved_seconds_total=sum(s.seconds for s in stalls if s.cause == "starved"))
+
+
+def sync(*loops: LoopInfo) -> SyncSnapshot:
+    tasks: TaskSnapshot = snapshot(loops=loops)
+    return SyncSnapshot(taken_at=NOW, process=tasks.process, tasks=tasks, primitives=())
+
+
+def kinds(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> list[str]:
+    return [f.kind for f in leak_report(snap, options).findings]
+
+
+# -- classify: one stall's figures -> (cause, reason) ----------------------------------------
+@pytest.mark.parametrize("figures, want", [
+    # the loop thread ran code for most of the stall: a busy loop on the loop
+    ({"seconds": 0.42, "cpu": 0.41, "runqueue": 0.005, "samples": 4, "own_wait_samples": 0}, ("blocked", "cpu")),
+    # off-CPU, not waiting for a CPU, and the stack is the program's: time.sleep, a socket read
+    ({"seconds": 0.4, "cpu": 0.0, "runqueue": 0.001, "samples": 3, "own_wait_samples": 0}, ("blocked", "call")),
+    # a busy loop of 0.4 s on a loaded machine: its own CPU alone is longer than a stall
+    ({"seconds": 1.0, "cpu": 0.4, "runqueue": 0.6, "samples": 9, "own_wait_samples": 0}, ("blocked", "cpu")),
+    # runnable for most of the stall but given no CPU, even though preempted in the program's code
+    ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "samples": 4, "own_wait_samples": 0}, ("starved", "runqueue")),
+    # the same, and the cgroup's quota throttled the process
+    ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "throttled": 0.4, "samples": 4, "own_wait_samples": 4},
+     ("starved", "throttled")),
+    # woken from its poll, asleep: waiting for the GIL while another thread ran
+    ({"seconds": 0.5, "cpu": 0.0, "runqueue": 0.0, "others_cpu": 0.5, "samples": 4, "own_wait_samples": 4},
+     ("starved", "gil")),
+    # the watchdog could not sample (the GIL was held throughout): by another thread ...
+    ({"seconds": 0.5, "cpu": 0.0, "runqueue": 0.01, "others_cpu": 0.49, "samples": 0, "own_wait_samples": 0},
+     ("starved", "gil")),
+    # ... or by the loop thread itself in a long C call
+    ({"seconds": 0.5, "cpu": 0.49, "runqueue": 0.0, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
+     ("blocked", "cpu")),
+    # nothing of the process ran and nothing was sampled: stopped, or a call holding the GIL asleep
+    ({"seconds": 0.5, "cpu": 0.0, "runqueue": 0.0, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
+     ("unknown", "")),
+    # no scheduler figures (not Linux): the stacks decide
+    ({"seconds": 0.5, "cpu": None, "runqueue": None, "samples": 4, "own_wait_samples": 3}, ("starved", "poll")),
+    ({"seconds": 0.5, "cpu": None, "runqueue": None, "samples": 4, "own_wait_samples": 1}, ("blocked", "stack")),
+    ({"seconds": 0.5, "cpu": None, "runqueue": None, "samples": 0, "own_wait_samples": 0}, ("unknown", "")),
+])
+def test_classify(figures: dict[str, float | None], want: tuple[str, str]) -> None:
+    args: dict[str, float | None] = {"throttled": None, "others_cpu": None}
+    args.update(figures)
+    seconds = args.pop("seconds")
+    assert seconds is not None
+    assert classify(seconds, **args) == want  # type: ignore[arg-type]
+
+
+# -- verdicts ---------------------------------------------------------------------------------
+def test_repeated_short_blocks_make_loop_blocked_while_the_loop_turns() -> None:
+    loop = loop_with(blocked(50), blocked(30, 0.6), blocked(10, stack=1, cpu_seconds=0.4), blocked(2))
+    report = leak_report(sync(loop))
+    assert [f.kind for f in report.findings] == ["loop_blocked"]
+    f = report.findings[0]
+    assert f.title == "event loop 0x7f00l was blocked 4 times in the last 60s, longest 0.6s"
+    assert "4 stalls in the last 60s, 1.8s in all (3% of the time), longest 0.6s" in f.evidence
+    assert "by site: 3x at app.py:12 fetch_sync (longest 0.6s); 1x at app.py:44 crunch (longest 0.4s)" in f.evidence
+    assert f.site == (FETCH_SYNC, HANDLER)  # the most frequent blocking site
+    assert "the loop thread slept in a call of the program's (not the loop's poll)" in f.evidence
+    assert report.fails(DEFAULT_FAIL_ON)
+
+
+def test_one_long_stall_in_the_window_is_enough() -> None:
+    assert kinds(sync(loop_with(blocked(40, 1.2)))) == ["loop_blocked"]
+
+
+def test_below_the_thresholds_or_outside_the_window_no_verdict() -> None:
+    assert kinds(sync(loop_with(blocked(20), blocked(5)))) == []  # two short ones
+    assert kinds(sync(loop_with(blocked(300), blocked(200, 2.0), blocked(100)))) == []  # all older than 60 s
+    # the options move the thresholds
+    assert kinds(sync(loop_with(blocked(20), blocked(5))), LeakOptions(stall_repeats=2)) == ["loop_blocked"]
+    assert kinds(sync(loop_with(blocked(50), blocked(30), blocked(2))), LeakOptions(stall_window=20)) == []
+    assert kinds(sync(loop_with(blocked(40, 0.6))), LeakOptions(stall_threshold=0.5)) == ["loop_blocked"]
+
+
+def test_a_loop_blocked_now_is_reported_with_its_current_stack() -> None:
+    now = Stall(NOW - 1.4, 1.4, "blocked", "call", ongoing=True, cpu_seconds=0.0, runqueue_seconds=0.0,
+                samples=11, stacks=((0, 11),))
+    report = leak_report(sync(loop_with(blocked(30), now, stalled=1.4, blocking=(FETCH_SYNC, HANDLER))))
+    (f,) = report.findings
+    assert f.kind == "loop_blocked" and f.title == "event loop 0x7f00l has not turned for 1.4s"
+    assert f.evidence.startswith("thread MainThread is running at app.py:12 fetch_sync; every task on this loop waits")
+    assert "2 stalls in the last 60s" in f.evidence
+
+
+def test_an_older_snapshot_without_history_still_gives_loop_blocked() -> None:
+    old = LoopInfo.from_dict({"id": "0x7f00l", "thread_id": 1, "thread_name": "MainThread", "running": True,
+                              "stalled_seconds": 3.5, "blocking_stack": [FETCH_SYNC.to_dict()]})
+    assert old.stalls == () and old.stall_window == 0.0 and old.stalls_total == 0
+    (f,) = leak_report(sync(old)).findings
+    assert f.kind == "loop_blocked" and f.title == "event loop 0x7f00l has not turned for 3.5s"
+    assert f.site == (FETCH_SYNC,)
+
+
+def test_starved_stalls_are_loop_starved_not_loop_blocked_and_do_not_fail_by_default() -> None:
+    loop = loop_with(starved(40), starved(20, 0.7), starved(3))
+    report = leak_report(sync(loop))
+    assert [f.kind for f in report.findings] == ["loop_starved"]
+    f = report.findings[0]
+    assert f.title == "event loop 0x7f00l was starved 3 times in the last 60s, longest 0.7s: ready to turn, not run"
+    assert "the loop thread was ready but waited for a CPU" in f.evidence
+    assert "on CPU 2% of the stalled time, waiting for a CPU 96%" in f.evidence
+    assert "loop_starved" in KINDS and "loop_starved" not in DEFAULT_FAIL_ON
+    assert not report.fails(DEFAULT_FAIL_ON)
+    assert report.fails(frozenset({"loop_starved"}))
+
+
+def test_a_loop_starved_now_is_not_called_blocked() -> None:
+    now = Stall(NOW - 2.0, 2.0, "starved", "gil", ongoing=True, cpu_seconds=0.0, runqueue_seconds=0.0,
+                others_cpu_seconds=1.9, samples=4, stacks=((2, 4),))
+    (f,) = leak_report(sync(loop_with(now, stalled=2.0, blocking=(SELECT, RUN_ONCE)))).findings
+    assert f.kind == "loop_starved"
+    assert "waited for the GIL while other threads ran" in f.evidence and "other threads ran 1.90s of CPU" in f.evidence
+
+
+def test_blocked_and_starved_are_counted_apart() -> None:
+    loop = loop_with(starved(50), blocked(40), starved(30), blocked(20), starved(10))
+    assert kinds(sync(loop)) == ["loop_starved"]  # two blocked stalls only
+    summary = window_summary(loop, "starved", window=60, now=NOW)
+    assert (summary.count, round(summary.seconds, 3), summary.longest) == (3, 1.2, 0.4)
+    assert round(summary.share, 3) == 0.02
+
+
+def test_stall_options_are_checked() -> None:
+    with pytest.raises(UsageError, match="--stall-repeats must be >= 1"):
+        LeakOptions(stall_repeats=0).validate()
+    with pytest.raises(UsageError, match="--stall-window must be >= 0"):
+        LeakOptions(stall_window=-1).validate()
+
+
+# -- data, rendering and metrics ----------------------------------------------------------------
+def test_loop_history_round_trips_through_json() -> None:
+    loop = loop_with(blocked(30, throttled_seconds=0.0), starved(10, reason="gil", others_cpu_seconds=0.38))
+    back = LoopInfo.from_dict(json.loads(json.dumps(loop.to_dict())))
+    assert back == loop
+    odd = LoopInfo.from_dict({"id": "x", "stalls": [{"seconds": 0.5, "cause": "sleepy"}]})
+    assert odd.stalls[0].cause == "unknown" and odd.stalls[0].cpu_seconds is None
+
+
+def test_loop_lines_say_how_often_how_long_and_where() -> None:
+    loop = loop_with(blocked(50), blocked(30, 0.8), blocked(10), starved(5))
+    want = ("; 4 stalls in the last 60s: 3 blocked, longest 0.8s at app.py:12 fetch_sync; "
+            "1 starved (runqueue), longest 0.4s")
+    assert loop_line(loop) == "loop 0x7f00l on thread MainThread: turning (heartbeat lag 0.4ms)" + want
+    assert top_loop_line(loop) == "loop 0x7f00l on MainThread: turning, lag 0.4ms" + want
+    assert loop_line(loop_with()) == "loop 0x7f00l on thread MainThread: turning (heartbeat lag 0.4ms)"
+
+
+def test_metrics_count_stalls_by_cause() -> None:
+    loop = loop_with(blocked(20), starved(10, 0.5))
+    got = {f.name: f for f in metric_families(MetricsInputs(sync(loop)))}
+    stalls, seconds = got["diag_loop_stalls_total"], got["diag_loop_stall_seconds_total"]
+    assert stalls.kind == "counter" and stalls.value(thread="MainThread", cause="blocked") == 8
+    assert stalls.value(thread="MainThread", cause="starved") == 1
+    assert seconds.value(thread="MainThread", cause="starved") == 0.5
+    assert seconds.value(thread="MainThread", cause="blocked") == 9.0
+
+
+def test_stalls_diag_caused_itself_are_shown_but_never_a_verdict() -> None:
+    own = [Stall(NOW - ago, 0.6, "starved", "diag", cpu_seconds=0.0, runqueue_seconds=0.0, others_cpu_seconds=0.58,
+                 samples=0) for ago in (40, 20, 5)]
+    loop = loop_with(*own)
+    assert kinds(sync(loop)) == []
+    assert loop_line(loop).endswith("; 3 stalls in the last 60s: 3 starved (diag), longest 0.6s")
+
+
+def test_a_gil_wait_during_the_agents_own_collection_is_the_agents() -> None:
+    watch = LoopWatch(install_factories=False)
+    beat = _Beat()
+    idle: _Figures = (1.0, 0.5, 2.0, None)  # the loop thread neither ran nor waited for a CPU
+    busy: _Figures = (1.0, 0.5, 2.5, None)  # ... while another thread ran 0.5 s
+    start = time.monotonic()
+    assert watch._judge(beat, 0.5, idle, busy, None, start)[:2] == ("starved", "gil")
+    with watch.own_work():
+        assert watch._judge(beat, 0.5, idle, busy, None, time.monotonic())[:2] == ("starved", "diag")
+        assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic())[:2] == ("starved", "diag")
+    assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic() + 10)[:2] == ("unknown", "")
