@@ -79,7 +79,14 @@ def install(endpoints: "Endpoints") -> None:
         return fit(build, max(len(snap.functions), len(snap.stacks)), "functions and stacks")
 
     def status(query: Mapping[str, str], exclude: frozenset[int]) -> Response:
-        return json_response(200, {"schema": "diag.profile-status/1", **profiler.status()})
+        answer: dict[str, object] = {"schema": "diag.profile-status/1", **profiler.status()}
+        if profiler.on_event_loop_thread():  # an app's own port: a profile here would block its loop
+            from diag.agent import current
+
+            agent = current()
+            answer["profile_here"] = False
+            answer["agent"] = agent.url if agent is not None else None
+        return json_response(200, answer)
 
     endpoints.add("profile", profile, method="POST",
                   help=f"profile the loop thread (?seconds=<= {profiler.MAX_SECONDS:g}&mode=yappi|sample"

@@ -148,6 +148,16 @@ def profile(
         status = source.get("profile/status")
         if not isinstance(status, dict) or "busy" not in status:
             raise TargetError(f"{source.name}: not a diag agent (no profile status in the answer)")
+        agent = status.get("agent")
+        if status.get("profile_here") is False and isinstance(agent, str) and is_url(agent):
+            # an app's own port (diag.aiohttp.setup) answers on its event loop: the window
+            # runs on the agent's thread instead, at the address the app gives
+            stderr.print(f"diag profile: {source.name} answers on its event loop; profiling through its agent "
+                         f"at {agent}", markup=False, highlight=False)
+            source = AgentSource(agent, timeout)
+            status = source.get("profile/status")
+            if not isinstance(status, dict) or "busy" not in status:
+                raise TargetError(f"{source.name}: not a diag agent (no profile status in the answer)")
         stderr.print(f"diag profile: {OVERHEAD['sample' if mode == 'sample' else clock]}; "
                      f"profiling {seconds:g}s", markup=False, highlight=False)
         snap = source.snapshot(_take(source, params, seconds), ProfileSnapshot.from_dict)

@@ -4,6 +4,8 @@ under the right clock, the profiler never outlives its window, and bad requests 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import pstats
 import subprocess
 import sys
@@ -59,6 +61,15 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(15)
+
+
+def post_json(url: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def profile_json(*args: str) -> dict[str, Any]:
@@ -184,10 +195,14 @@ def test_wall_clock_yappi_is_refused_with_too_many_tasks(server: TargetServer, a
         release(server)
 
 
-def test_profile_on_the_apps_own_port_points_to_the_agent(server: TargetServer, agent: str) -> None:
-    proc = run_diag("profile", server.url, "--seconds", "0.3")
-    assert proc.returncode == 3
-    assert agent in proc.stderr.strip().splitlines()[-1] and "block this event loop" in proc.stderr
+def test_profile_on_the_apps_own_port_runs_through_its_agent(server: TargetServer, agent: str) -> None:
+    proc = run_diag("profile", server.url, "--seconds", "0.3", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert f"profiling through its agent at {agent}" in proc.stderr
+    assert json.loads(proc.stdout)["mode"] == "sample"
+    # the app's route itself still refuses a window on its own loop, naming the agent
+    status, body = post_json(server.url + "/debug/diag/profile?seconds=0.1")
+    assert status == 409 and agent in body["error"] and "block this event loop" in body["error"]
 
 
 @pytest.mark.parametrize(("args", "code", "expected"), [
