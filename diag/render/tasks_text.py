@@ -9,7 +9,7 @@ from typing import TextIO
 
 from diag.analysis.loop_stalls import site_text, window_summary
 from diag.render import formatting as fmt
-from diag.task_snapshot import LoopInfo, TaskInfo, TaskSnapshot
+from diag.task_snapshot import Frame, LoopInfo, TaskInfo, TaskSnapshot
 
 
 def header(snap: TaskSnapshot) -> list[str]:
@@ -64,12 +64,18 @@ def stall_history_text(loop: LoopInfo) -> str:
     return f"; {n} stall{'s' if n != 1 else ''} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
 
 
-def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
+def frame_lines(frames: tuple[Frame, ...], cwd: str | None, prefix: str = "    ") -> list[str]:
+    """``where function`` then the source line, for each frame (innermost first)."""
     lines = []
-    for frame in task.stack:
+    for frame in frames:
         lines.append(f"{prefix}{fmt.where(frame, cwd)} {frame.function}")
         if frame.source:
             lines.append(f"{prefix}    {frame.source}")
+    return lines
+
+
+def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
+    lines = frame_lines(task.stack, cwd, prefix)
     if not task.stack:
         lines.append(f"{prefix}(no coroutine frames: not started, or finished)")
     return lines
@@ -116,11 +122,7 @@ def thread_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
     for thread in snap.threads:
         role = f", executor {thread.executor}" if thread.executor else ""
         runs = f", runs the call awaited as future {thread.runs_future}" if thread.runs_future else ""
-        lines += ["", f'thread {thread.id} "{thread.name}"{role}{runs}:']
-        for frame in thread.stack:
-            lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
-            if frame.source:
-                lines.append(f"        {frame.source}")
+        lines += ["", f'thread {thread.id} "{thread.name}"{role}{runs}:'] + frame_lines(thread.stack, cwd)
     return lines
 
 
@@ -134,10 +136,7 @@ def dead_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
         what = (f"died with {dead.exception}" if dead.how == "exception"
                 else "destroyed by the GC while pending (it never finished)")
         lines += ["", f'task {dead.id} "{dead.name}" {what}, {fmt.duration(dead.ended_seconds)} ago:', f"coro {dead.coro}"]
-        for frame in dead.stack:
-            lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
-            if frame.source:
-                lines.append(f"        {frame.source}")
+        lines += frame_lines(dead.stack, cwd)
         if dead.touched:
             lines.append(f"used: {', '.join(dead.touched)}")
         lines.append(fmt.created_by(dead.created_by, cwd))
@@ -169,10 +168,7 @@ def footer(snap: TaskSnapshot, cwd: str | None) -> list[str]:
         if loop.stalled_seconds > 0 and loop.blocking_stack:
             state = "is starved (ready to turn, not run)" if current is not None and current.cause == "starved" else "is blocked"
             lines += ["", f"loop {loop.id} {state}; thread {loop.thread_name or loop.thread_id} is at:"]
-            for frame in loop.blocking_stack:
-                lines.append(f"    {fmt.where(frame, cwd)} {frame.function}")
-                if frame.source:
-                    lines.append(f"        {frame.source}")
+            lines += frame_lines(loop.blocking_stack, cwd)
     return lines
 
 
