@@ -390,7 +390,9 @@ def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo],
     if why.kind == "self":
         return f"{name} waits on a lock it holds itself (deadlock)"
     if why.kind == "holder":
-        return f"{name} waits for {task.wait.detail if task is not None else 'a primitive'} held by stuck tasks"
+        prim = task.wait.primitive if task is not None else None
+        what = _where(prim) if prim is not None else "a primitive"
+        return f"{name} waits for {what}, held by tasks that can never proceed"
     return f"{name} awaits tasks that can never finish"
 
 
