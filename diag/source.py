@@ -236,16 +236,18 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
                 raise TargetError(f"{name}: the answer would be {resp.length} bytes, more than the "
                                   f"{size_text(max_bytes)} diag reads")
             declared, got = resp.length, 0
-            body = bytearray()
+            # chunks joined once at the end: a growing bytearray copies itself as it grows, so an
+            # answer past the limit would briefly cost twice the limit
+            chunks: list[bytes] = []
             while chunk := resp.read(_READ_SIZE):
                 got += len(chunk)
                 if max_bytes is not None:
-                    body += chunk
                     if got > max_bytes:
                         raise _TooLarge
+                    chunks.append(chunk)
             if declared is not None and got < declared:  # read(amt) does not raise on an early end
                 raise TargetError(f"{name}: the connection closed mid-answer ({got} of {declared} bytes)")
-            return resp.status, bytes(body)
+            return resp.status, b"".join(chunks)
         finally:
             sock.close()
     except (_Expired, TimeoutError, socket.timeout):

@@ -89,19 +89,22 @@ def test_lock_order_inversion_is_a_deadlock_naming_both_tasks_and_locks(server: 
     assert "lock-order inversion" in finding["title"]
 
 
-def test_blocked_loop_is_reported_with_its_stack(server: TargetServer) -> None:
-    agent = healthz(server)["diag_agent"]
-    blocker = threading.Thread(target=http, args=("GET", server.url + "/leak/blocking?seconds=3"),
-                               kwargs={"timeout": 30})
-    blocker.start()
+def test_blocked_loop_is_reported_with_its_stack() -> None:
+    # A server of its own: the agent remembers stalls for a minute, and the module's shared
+    # server must not carry this one into the tests that assert no verdict.
+    with TargetServer("--max-concurrency", "4") as server:
+        agent = healthz(server)["diag_agent"]
+        blocker = threading.Thread(target=http, args=("GET", server.url + "/leak/blocking?seconds=3"),
+                                   kwargs={"timeout": 30})
+        blocker.start()
 
-    def blocked() -> dict[str, Any] | None:
-        proc = run_diag("leaks", agent, "--format", "json", "--stall-threshold", "0.5", "--no-proof")
-        found = findings(json.loads(proc.stdout), "loop_blocked")
-        return found[0] if found else None
-    finding = wait_until(blocked, timeout=10, interval=0.2)
-    assert any(f["function"] == "blocking_handler" for f in finding["site"])
-    blocker.join(10)
+        def blocked() -> dict[str, Any] | None:
+            proc = run_diag("leaks", agent, "--format", "json", "--stall-threshold", "0.5", "--no-proof")
+            found = findings(json.loads(proc.stdout), "loop_blocked")
+            return found[0] if found else None
+        finding = wait_until(blocked, timeout=10, interval=0.2)
+        assert any(f["function"] == "blocking_handler" for f in finding["site"])
+        blocker.join(10)
 
 
 def test_suspects_are_reported_apart_from_proven_leaks(server: TargetServer) -> None:

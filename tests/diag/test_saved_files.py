@@ -114,8 +114,9 @@ def test_non_finite_and_huge_numbers_are_refused_with_the_field(tmp_path: Path, 
         assert path in line and expected in line, (command, line)
 
 
-def test_a_sleep_without_end_is_read(tmp_path: Path) -> None:
+def test_a_sleep_without_end_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # asyncio.sleep(math.inf) is a real wait: its infinite time left is no damage.
+    monkeypatch.setenv("COLUMNS", "200")  # the table's width pinned: 80 columns would cut the names
     path = tmp_path / "tasks.json"
     path.write_text(real_documents(forever=True)["tasks"])
     code, stdout, stderr = run_main(["tasks", str(path), "--format", "json", "--debug", "2"])
