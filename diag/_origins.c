@@ -1331,6 +1331,30 @@ mod_task_origin(PyObject *mod, PyObject *task)
 }
 
 static PyObject *
+mod_dying_task_origin(PyObject *mod, PyObject *task)
+{
+    /* The record of a task the GC is finalizing: its weak reference is already cleared, so
+     * the entry at its address is taken as its own (nothing new can live at that address
+     * until it is freed).  (seq, origin or None), or None when there is no entry. */
+    Entry *e = find((uintptr_t)task);
+    if (e == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *ref_obj = referent(e->ref);
+    if (ref_obj != task && ref_obj != Py_None) {
+        Py_RETURN_NONE;  /* another, living object's entry: never the case for a dying task */
+    }
+    if (e->code == NULL) {
+        return Py_BuildValue("(LO)", e->seq, Py_None);
+    }
+    PyObject *parent = e->parent < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(e->parent);
+    if (parent == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(L(NiNL))", e->seq, PyLong_FromVoidPtr((void *)e->code), e->offset, parent, e->seq);
+}
+
+static PyObject *
 mod_stats(PyObject *mod, PyObject *unused)
 {
     return Py_BuildValue("{s:n,s:n,s:n,s:L}", "entries", (Py_ssize_t)used, "capacity",
@@ -1344,6 +1368,8 @@ static PyMethodDef mod_methods[] = {
     {"task_seq", mod_task_seq, METH_O, "task_seq(task) -> the task's diag id (given now if new)."},
     {"task_origin", mod_task_origin, METH_O,
      "task_origin(task) -> (id(code), offset, creator id or None, id), or None."},
+    {"dying_task_origin", mod_dying_task_origin, METH_O,
+     "dying_task_origin(task) -> (id, task_origin or None) of a task being finalized, or None."},
     {"configure_holders", mod_configure_holders, METH_VARARGS,
      "configure_holders(get_running_loop, current_tasks, held_attr, wrappers_file): how to "
      "find the running task, the __dict__ key of a primitive's records, and the file whose "

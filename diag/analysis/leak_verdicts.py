@@ -171,8 +171,9 @@ def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[
         return "can never be woken (proven leak): nothing reachable can end its wait, so it will never release it"
     record = dead.get(holder.task_id) if holder.task_id is not None else None
     if record is not None and record.how == "destroyed_pending":
-        return (f"was destroyed by the GC while still waiting {_ago(record.ended_seconds)}: it never finished, "
-                "and never released it")
+        where = f" (it was waiting at {_site_text(record.stack[:3])})" if record.stack else ""
+        return (f"was destroyed by the GC while still waiting {_ago(record.ended_seconds)}{where}: it never "
+                "finished, and never released it")
     if record is not None and record.exception:
         return f"died with {record.exception} {_ago(record.ended_seconds)} without releasing it"
     if not destroyed_seen:
@@ -472,7 +473,8 @@ def _dead_text(deads: list[DeadTask], what: str) -> str:
            else f"was destroyed while pending {_ago(dead.ended_seconds)}")
     at = f" at {dead.stack[0].file.rsplit('/', 1)[-1]}:{dead.stack[0].line}" if dead.stack else ""
     more = f" ({len(deads) - 1} more dead tasks used it too)" if len(deads) > 1 else ""
-    return f"the task that used {what}, {dead.coro} (task {dead.id}), {how}{at}{more}"
+    who = f" (task {dead.id})" if dead.id > 0 else ""
+    return f"the task that used {what}, {dead.coro}{who}, {how}{at}{more}"
 
 
 def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import itertools
 import linecache
 import threading
 import time
@@ -165,8 +166,26 @@ def _touched_by(frames: list[types.FrameType]) -> list[Any]:
     return list(found.values())
 
 
-def _creator(task: Any) -> CreatedBy | None:
-    origin = task_origins.task_origin(task)
+def _pending_frames(task: Any) -> list[types.FrameType]:
+    """The frames of a pending task's await chain, innermost first (at most MAX_FRAMES).
+    Read as the GC destroys the task: its coroutine is not closed yet, so the frames still
+    say where it was suspended."""
+    from diag.collect.task_collector import _await_chain  # the collector imports this module
+
+    coro = future_field(task, "_coro")
+    if coro is None:
+        return []
+    _, frames, _ = _await_chain(coro, MAX_FRAMES)
+    frames.reverse()
+    return frames
+
+
+def _frames_stack(frames: list[types.FrameType]) -> tuple[Frame, ...]:
+    return tuple(_frame(f.f_code, f.f_lineno or 0) for f in frames)
+
+
+def _creator(task: Any, origin: task_origins.Origin | None = None) -> CreatedBy | None:
+    origin = task_origins.task_origin(task) if origin is None else origin
     if origin is None:
         return None
     code = task_origins.creating_code(origin)
@@ -192,9 +211,13 @@ class DeadTaskLog:
     def __init__(self, maxlen: int = MAX_DEAD) -> None:
         self._records: collections.deque[_Record] = collections.deque(maxlen=maxlen)
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._unnumbered = itertools.count(1)  # a destroyed task diag never numbered
         self._lock = threading.Lock()
         self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
             weakref.WeakKeyDictionary())
+        #: Where a task was last seen waiting, ``(code, line)`` innermost first (the wait
+        #: sampler's): a task the GC destroys has had its coroutine closed by then.
+        self.last_stack: Callable[[Any], tuple[tuple[types.CodeType, int], ...]] = lambda task: ()
 
     # -- feeds ----------------------------------------------------------------------------
     def note_done(self, task: Any) -> None:
@@ -217,7 +240,12 @@ class DeadTaskLog:
             pass
 
     def _add(self, task: Any, how: str, exc: object) -> None:
-        seq = task_origins.task_seq(task)
+        origin = None
+        if how == "destroyed_pending":  # being finalized: its weak references are gone
+            found, origin = task_origins.dying_task_ids(task)
+            seq = found if found is not None else -next(self._unnumbered)
+        else:
+            seq = task_origins.task_seq(task)
         with self._lock:
             if seq in self._seen:
                 return
@@ -225,12 +253,20 @@ class DeadTaskLog:
             while len(self._seen) > 4 * (self._records.maxlen or MAX_DEAD):
                 self._seen.popitem(last=False)
         name = clip(task_name(task))
-        frames = _traceback_frames(exc) if exc is not None else []
+        if exc is not None:
+            frames = _traceback_frames(exc)
+            stack = _traceback_stack(exc)
+        else:  # destroyed while pending: where it was suspended, if its frames are left
+            frames = _pending_frames(task)
+            stack = _frames_stack(frames)
+            if not stack:  # the GC closed the coroutine first: where the sampler saw it wait
+                stack = tuple(_frame(code, line) for code, line in self.last_stack(task))
         record = _Record(
             seq=seq, name=name, coro=_coro_name(task), how=how, ended=time.monotonic(),
             exception=exception_text(exc) if exc is not None else "",
-            stack=_traceback_stack(exc) if exc is not None else (),
-            created_by=_creator(task), touched=_touched_by(frames),
+            stack=stack,
+            created_by=_creator(task, origin) if origin is not None or how != "destroyed_pending" else None,
+            touched=_touched_by(frames),
         )
         del frames
         with self._lock:

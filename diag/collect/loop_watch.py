@@ -52,6 +52,11 @@ MAX_STALLS = 256
 #: Distinct stacks kept per stall (the most sampled), and frames per stack.
 MAX_STALL_STACKS = 3
 MAX_STALL_FRAMES = 16
+#: Long waits (the same future in two samples) whose stack one sample reads, at most: the
+#: rest wait for the next sample, so a dump of 200,000 stuck tasks costs no long pause.
+STACKS_PER_SAMPLE = 256
+#: Coroutines kept of such a stack (innermost).
+STACK_DEPTH = 16
 
 #: (CPU seconds, seconds runnable on a run queue) of a thread, the process's CPU seconds,
 #: the cgroup's throttled seconds; ``None`` where not known.
@@ -234,6 +239,26 @@ def _is_own_wait(key: _StackKey, base: _StackKey | None) -> bool:
     return base is not None and key == base
 
 
+def _suspended_at(coro: object) -> tuple[tuple[types.CodeType, int], ...]:
+    """(code, line) of each coroutine of an await chain, innermost first: plain coroutines
+    and generators only, at most ``STACK_DEPTH`` of them."""
+    out: list[tuple[types.CodeType, int]] = []
+    node = coro
+    while node is not None and len(out) < STACK_DEPTH:
+        kind = type(node)
+        if kind is types.CoroutineType:
+            frame, node = node.cr_frame, node.cr_await  # type: ignore[attr-defined]
+        elif kind is types.GeneratorType:
+            frame, node = node.gi_frame, node.gi_yieldfrom  # type: ignore[attr-defined]
+        else:
+            break
+        if frame is None:
+            break
+        out.append((frame.f_code, frame.f_lineno or 0))
+    out.reverse()
+    return tuple(out)
+
+
 def _no_ref() -> None:
     """Stands for a weak reference to a future that cannot have one: never the same future."""
     return None
@@ -296,6 +321,11 @@ class LoopWatch:
         self._own_spans: "collections.deque[tuple[float, float]]" = collections.deque(maxlen=64)
         #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
         self.dead = DeadTaskLog()
+        # id(task) -> (id(awaited future), where it waits: (code, line) innermost first), for
+        # tasks seen on the same wait in two samples: a task the GC destroys while pending has
+        # its coroutine closed before anyone hears of it, so its last stack comes from here.
+        self._stacks: dict[int, tuple[int, tuple[tuple[types.CodeType, int], ...]]] = {}
+        self.dead.last_stack = self._last_stack
         # id(task) -> monotonic time the sampler first saw a cancellation pending on it
         self._cancels: dict[int, float] = {}
 
@@ -640,6 +670,9 @@ class LoopWatch:
         new: dict[int, tuple[int, float, Any]] = {}
         prev_cancels = self._cancels
         cancels: dict[int, float] = {}
+        prev_stacks = self._stacks
+        stacks: dict[int, tuple[int, tuple[tuple[types.CodeType, int], ...]]] = {}
+        budget = STACKS_PER_SAMPLE
         seen_loops: set[int] = set()
         for task in iter_all_tasks():
             if future_done(task):  # kept alive by the program: it may have died of an exception
@@ -663,6 +696,12 @@ class LoopWatch:
             # address (asyncio reuses them constantly) starts a new wait.
             if old is not None and old[0] == id(waiter) and old[2]() is waiter:
                 new[key] = old
+                kept = prev_stacks.get(key)
+                if kept is not None and kept[0] == id(waiter):
+                    stacks[key] = kept
+                elif budget > 0:
+                    budget -= 1
+                    stacks[key] = (id(waiter), _suspended_at(future_field(task, "_coro")))
             else:
                 try:
                     ref: Any = weakref.ref(waiter)
@@ -671,9 +710,15 @@ class LoopWatch:
                 new[key] = (id(waiter), start, ref)
         self._waits = new
         self._cancels = cancels
+        self._stacks = stacks
         if self.sampled_since is None:
             self.sampled_since = start
         return time.monotonic() - start
+
+    def _last_stack(self, task: object) -> tuple[tuple[types.CodeType, int], ...]:
+        """Where the sampler last saw ``task`` wait, if it saw the same wait twice."""
+        rec = self._stacks.get(id(task))
+        return rec[1] if rec is not None else ()
 
     def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
         """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""

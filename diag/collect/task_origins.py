@@ -107,6 +107,25 @@ def task_seq(task: asyncio.Future[Any]) -> int:
     return int(seq)
 
 
+def dying_task_ids(task: asyncio.Future[Any]) -> tuple[int | None, Origin | None]:
+    """``task_seq`` and ``task_origin`` of a task the GC is finalizing (its weak references
+    are cleared by then, so the usual lookup would take it for a new task); ``(None,
+    None)`` for a task diag never numbered, which is not given a number now."""
+    if _fast is not None:
+        try:
+            found = _fast.dying_task_origin(task)
+        except Exception:
+            return None, None
+        if found is None:
+            return None, None
+        return int(found[0]), found[1]
+    origin = read_attr(task, _ORIGIN_ATTR)
+    if type(origin) is tuple:
+        return int(origin[3]), origin
+    seq = read_attr(task, _SEQ_ATTR)
+    return (int(seq) if type(seq) is int else None), None
+
+
 def task_origin(task: asyncio.Future[Any]) -> Origin | None:
     if _fast is not None:
         try:

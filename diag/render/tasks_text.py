@@ -135,7 +135,8 @@ def dead_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
     for dead in reversed(snap.dead_tasks):
         what = (f"died with {dead.exception}" if dead.how == "exception"
                 else "destroyed by the GC while pending (it never finished)")
-        lines += ["", f'task {dead.id} "{dead.name}" {what}, {fmt.duration(dead.ended_seconds)} ago:', f"coro {dead.coro}"]
+        who = f"task {dead.id}" if dead.id > 0 else "a task diag had not numbered"
+        lines += ["", f'{who} "{dead.name}" {what}, {fmt.duration(dead.ended_seconds)} ago:', f"coro {dead.coro}"]
         lines += frame_lines(dead.stack, cwd)
         if dead.touched:
             lines.append(f"used: {', '.join(dead.touched)}")

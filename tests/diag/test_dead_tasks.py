@@ -8,7 +8,9 @@ import gc
 import weakref
 from typing import Any
 
+from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog, exception_text
+from diag.collect.loop_watch import STACKS_PER_SAMPLE, LoopWatch
 from diag.collect.wait_evidence import is_main_task
 
 JOBS: asyncio.Queue[int] = asyncio.Queue()
@@ -88,6 +90,53 @@ async def test_a_task_destroyed_while_pending_is_recorded_through_the_loops_exce
     assert vars(loop).get("call_exception_handler") is before  # as it was (the suite's own plugin may wrap it)
 
 
+async def test_a_task_destroyed_while_pending_keeps_where_the_sampler_last_saw_it_wait() -> None:
+    """The GC closes a garbage task's coroutine before the loop hears of it, so its frames
+    are gone: the record keeps the stack of the wait the sampler saw in two samples."""
+    loop = asyncio.get_running_loop()
+    watch = LoopWatch(install_factories=False)
+    watch.dead.hook_loop(loop)
+    loop.set_exception_handler(lambda _loop, ctx: None)
+    try:
+        async def wait_inside() -> None:
+            await loop.create_future()  # nothing else refers to it
+
+        async def lost() -> None:
+            await wait_inside()
+
+        t = asyncio.create_task(lost(), name="lost")
+        await asyncio.sleep(0)
+        watch.sample_waits()
+        watch.sample_waits()  # the same wait twice: its stack is read
+        del t
+        gc.collect()
+        (dead,) = watch.dead.snapshot()
+        assert dead.how == "destroyed_pending"
+        prefix = "test_a_task_destroyed_while_pending_keeps_where_the_sampler_last_saw_it_wait.<locals>."
+        assert [(f.function, f.source) for f in dead.stack] == [
+            (prefix + "wait_inside", "await loop.create_future()  # nothing else refers to it"),
+            (prefix + "lost", "await wait_inside()")]
+    finally:
+        watch.dead.unhook_loop(loop)
+        loop.set_exception_handler(None)
+
+
+async def test_the_sampler_reads_a_bounded_number_of_new_stacks_each_time() -> None:
+    watch = LoopWatch(install_factories=False)
+    stop = asyncio.Event()
+    waiters = [asyncio.create_task(stop.wait()) for _ in range(STACKS_PER_SAMPLE + 10)]
+    await asyncio.sleep(0)
+    try:
+        watch.sample_waits()
+        watch.sample_waits()
+        assert sum(1 for t in waiters if watch._last_stack(t)) == STACKS_PER_SAMPLE
+        watch.sample_waits()
+        assert all(watch._last_stack(t) for t in waiters)
+    finally:
+        stop.set()
+        await asyncio.gather(*waiters)
+
+
 def test_exception_text_never_runs_the_exceptions_own_str() -> None:
     class Hostile(Exception):
         def __str__(self) -> str:
@@ -134,3 +183,31 @@ async def test_a_new_future_at_a_recycled_address_starts_a_new_wait() -> None:
     finally:
         stop = True
         await task
+
+
+async def test_a_task_the_gc_destroys_keeps_its_id_and_creator() -> None:
+    """In a GC pass weak references die before finalizers run: the record must still carry
+    the id the task had (a holder record names it) and where it was created."""
+    loop = asyncio.get_running_loop()
+    log = DeadTaskLog()
+    log.hook_loop(loop)
+    loop.set_exception_handler(lambda _loop, ctx: None)
+    previous = loop.get_task_factory()
+    task_origins.install_factory(loop)
+    try:
+        async def lost() -> None:
+            await loop.create_future()  # nothing else refers to it
+
+        t = asyncio.create_task(lost(), name="lost")
+        seq = task_origins.task_seq(t)
+        await asyncio.sleep(0)
+        del t
+        gc.collect()
+        (dead,) = log.snapshot()
+        assert (dead.id, dead.how) == (seq, "destroyed_pending")
+        assert dead.created_by is not None
+        assert dead.created_by.function == "test_a_task_the_gc_destroys_keeps_its_id_and_creator"
+    finally:
+        loop.set_task_factory(previous)
+        log.unhook_loop(loop)
+        loop.set_exception_handler(None)

@@ -116,7 +116,7 @@ def test_a_gather_is_stuck_only_when_every_pending_child_is() -> None:
 # -- leaked permits -----------------------------------------------------------------------------
 def test_a_leaked_permit_names_every_culprit_and_its_fate_and_lists_the_waiters_apart() -> None:
     pool = sem("0x2", "Client.pool")
-    dead = (DeadTask(5, "Task-5", "holder", "destroyed_pending", 2.0),
+    dead = (DeadTask(5, "Task-5", "holder", "destroyed_pending", 2.0, stack=(REQUEST, HANDLER)),
             DeadTask(6, "Task-6", "fetch", "exception", 1.0, "ConnectionResetError: reset"))
     tasks = replace(snapshot(waiting_on(1, pool), waiting_on(2, pool)), dead_tasks=dead, destroyed_seen=True)
     snap = sync(tasks, held(pool, holder(5, alive=False), holder(6, alive=False), holder(7, alive=False),
@@ -124,7 +124,8 @@ def test_a_leaked_permit_names_every_culprit_and_its_fate_and_lists_the_waiters_
     (permit,) = [f for f in leak_report(snap, OPTIONS).findings if f.kind == "leaked_permit"]
     assert permit.title.startswith("3 permits of semaphore Client.pool")
     assert "task 5 'Task-5' acquired it at handlers.py:40 handler" in permit.evidence
-    assert "destroyed by the GC while still waiting" in permit.evidence and "never finished" in permit.evidence
+    assert ("destroyed by the GC while still waiting 2.0s ago (it was waiting at client.py:77 Client.request <- "
+            "handlers.py:40 handler): it never finished, and never released it") in permit.evidence
     assert "died with ConnectionResetError: reset" in permit.evidence
     assert "task 7 'Task-7' acquired it" in permit.evidence and "finished without releasing it" in permit.evidence
     assert "2 tasks wait for it, and no other holder can release it: they are stuck for good" in permit.evidence
