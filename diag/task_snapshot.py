@@ -121,7 +121,9 @@ class Wait:
     server's end of a connection (``server``: waiting for a client's next request, idle
     by design) or a client's (``client``: waiting for an answer).
     ``owner`` describes the object that holds the awaited future when that says
-    something (``Client._pending, transport closed``); empty otherwise.
+    something (``Client._pending, transport closed``); empty otherwise.  ``owner_ids``
+    are the ids (``Primitive.id`` form) of the objects found keeping it, nearest first,
+    so that a dead task or thread that used one of them can be named.
     """
 
     kind: str
@@ -138,6 +140,7 @@ class Wait:
     owner_closed: bool = False
     future_id: str = ""
     stream_side: str = ""
+    owner_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -151,6 +154,8 @@ class Wait:
         if self.owner:
             d["owner"] = self.owner
             d["owner_closed"] = self.owner_closed
+        if self.owner_ids:
+            d["owner_ids"] = list(self.owner_ids)
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -181,6 +186,7 @@ class Wait:
             owner_closed=bool(d.get("owner_closed", False)),
             future_id=str(d.get("future_id") or ""),
             stream_side=str(d.get("stream_side") or ""),
+            owner_ids=tuple(str(i) for i in d.get("owner_ids") or ()),
         )
 
 
@@ -399,7 +405,9 @@ class LoopInfo:
 class DeadTask:
     """A task that ended badly, from the agent's bounded log.
 
-    ``how`` is ``exception`` (it raised), or ``destroyed_pending`` (the GC destroyed it
+    ``how`` is ``exception`` (it raised), ``thread_exception`` (a thread, not a task, died
+    of an exception: ``name`` is the thread's, ``coro`` its function, ``id`` negative), or
+    ``destroyed_pending`` (the GC destroyed it
     while it was still waiting: nothing could ever wake it, and it never ran its
     ``finally`` blocks or released what it held).  ``ended_seconds`` is how long before
     the snapshot diag saw it end; ``stack`` is where it raised (innermost first), or the

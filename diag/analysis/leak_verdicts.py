@@ -469,12 +469,33 @@ def _touched_index(snap: SyncSnapshot) -> dict[str, list[DeadTask]]:
 
 def _dead_text(deads: list[DeadTask], what: str) -> str:
     dead = deads[-1]
-    how = (f"died {_ago(dead.ended_seconds)} with {dead.exception}" if dead.how == "exception"
-           else f"was destroyed while pending {_ago(dead.ended_seconds)}")
+    how = (f"was destroyed while pending {_ago(dead.ended_seconds)}" if dead.how == "destroyed_pending"
+           else f"died {_ago(dead.ended_seconds)} with {dead.exception}")
     at = f" at {dead.stack[0].file.rsplit('/', 1)[-1]}:{dead.stack[0].line}" if dead.stack else ""
+    if dead.how == "thread_exception":
+        others = sum(1 for d in deads[:-1] if d.how == "thread_exception")
+        more = f" ({_plural(others, 'more dead thread')} used it too)" if others else ""
+        return f"the thread that used {what}, {dead.name!r} running {dead.coro}, {how}{at}{more}"
     more = f" ({len(deads) - 1} more dead tasks used it too)" if len(deads) > 1 else ""
     who = f" (task {dead.id})" if dead.id > 0 else ""
     return f"the task that used {what}, {dead.coro}{who}, {how}{at}{more}"
+
+
+def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> str:
+    """Names the dead task or thread that used what ``task`` waits on, or the object that
+    keeps it (``Device.pending``: the thread reading for that Device died)."""
+    prim = task.wait.primitive
+    target = prim.id if prim is not None else task.wait.future_id
+    if target and target in touched:
+        what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+                else "the future it awaits")
+        return _dead_text(touched[target], what)
+    for owner_id in task.wait.owner_ids:
+        if owner_id in touched:
+            keeper = task.wait.owner.split(", ", 1)[0] or "its keeper"
+            what = f"the object that keeps {'it' if prim is None else _where(prim)} ({keeper}, {owner_id})"
+            return _dead_text(touched[owner_id], what)
+    return ""
 
 
 def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
@@ -518,11 +539,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             continue  # something ends this wait on its own
         why = []
         prim = task.wait.primitive
-        target = prim.id if prim is not None else task.wait.future_id
-        if target and target in touched:
-            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
-                    else "the future it awaits")
-            why.append(_dead_text(touched[target], what))
+        dead = _dead_counterpart(task, touched)
+        if dead:
+            why.append(dead)
         if task.wait.owner_closed:
             what = "the future it awaits" if prim is None else _where(prim)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")

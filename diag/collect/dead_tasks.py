@@ -149,6 +149,12 @@ def _touched_by(frames: list[types.FrameType]) -> list[Any]:
                 pass
 
     for frame in frames[:TOUCH_FRAMES]:
+        owner = _self_of(frame)
+        if owner is not None and len(found) < MAX_TOUCHED and id(owner) not in found:
+            try:
+                found[id(owner)] = weakref.ref(owner)  # the object whose method died: "served X"
+            except TypeError:
+                pass
         try:
             values = gc.get_referents(frame)
             # the module globals the function names (a worker on a module-level queue)
@@ -184,6 +190,37 @@ def _frames_stack(frames: list[types.FrameType]) -> tuple[Frame, ...]:
     return tuple(_frame(f.f_code, f.f_lineno or 0) for f in frames)
 
 
+def _self_of(frame: types.FrameType) -> Any:
+    """The instance a finished method frame ran for (its first argument, named ``self``):
+    an object of the program's own class with attributes, else None."""
+    code = frame.f_code
+    if not code.co_argcount or code.co_varnames[0] != "self":
+        return None
+    try:
+        value = frame.f_locals.get("self")  # a finished frame: nothing of the program runs
+    except Exception:
+        return None
+    if value is None or instance_dict(value) is None or is_a(value, _TOUCHABLE):
+        return None
+    module = getattr(type(value), "__module__", "")
+    if type(module) is not str or module.split(".", 1)[0] in _LIBRARY_ROOTS:
+        return None
+    return value
+
+
+#: Modules whose instances are machinery, not the program's objects (a thread, a loop).
+_LIBRARY_ROOTS = frozenset({"asyncio", "threading", "concurrent", "selectors", "socket", "diag", "builtins"})
+
+
+def _outer_function(frames: list[types.FrameType]) -> str:
+    """The outermost frame's function of a thread's traceback that is not threading's."""
+    for frame in reversed(frames):
+        if not frame.f_code.co_filename.endswith("threading.py"):
+            code = frame.f_code
+            return clip(getattr(code, "co_qualname", code.co_name))
+    return "?"
+
+
 def _creator(task: Any, origin: task_origins.Origin | None = None) -> CreatedBy | None:
     origin = task_origins.task_origin(task) if origin is None else origin
     if origin is None:
@@ -211,7 +248,8 @@ class DeadTaskLog:
     def __init__(self, maxlen: int = MAX_DEAD) -> None:
         self._records: collections.deque[_Record] = collections.deque(maxlen=maxlen)
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._unnumbered = itertools.count(1)  # a destroyed task diag never numbered
+        self._unnumbered = itertools.count(1)  # a destroyed task diag never numbered, a thread
+        self._thread_hook: Callable[[Any], None] | None = None
         self._lock = threading.Lock()
         self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
             weakref.WeakKeyDictionary())
@@ -272,6 +310,56 @@ class DeadTaskLog:
         with self._lock:
             self._records.append(record)
 
+    def note_thread(self, args: Any) -> None:
+        """Record a thread that died of an exception (``threading.excepthook``'s argument)."""
+        try:
+            exc = getattr(args, "exc_value", None)
+            thread = getattr(args, "thread", None)
+            if exc is None or not is_a(exc, Exception):
+                return  # SystemExit ends a thread quietly, by design
+            frames = _traceback_frames(exc)
+            # innermost first; the thread's own function is the outermost non-threading frame
+            all_frames = list(frames)
+            record = _Record(
+                seq=-next(self._unnumbered), name=clip(getattr(thread, "name", "") or "?"),
+                coro=_outer_function(all_frames), how="thread_exception", ended=time.monotonic(),
+                exception=exception_text(exc), stack=_traceback_stack(exc), created_by=None,
+                touched=_touched_by(frames),
+            )
+            del frames, all_frames
+            with self._lock:
+                self._records.append(record)
+        except Exception:
+            pass
+
+    def hook_threads(self) -> None:
+        """Wrap ``threading.excepthook``: a thread that serves the loop (a device reader, a
+        callback thread) and dies leaves its futures unresolved.  The wrapper records, then
+        calls the hook it wrapped, so the program's own hook and the default printout run
+        unchanged."""
+        try:
+            if self._thread_hook is not None:
+                return
+            below = threading.excepthook
+            log = self
+
+            def excepthook(args: Any) -> None:
+                if log._thread_hook is excepthook:
+                    log.note_thread(args)
+                below(args)
+
+            excepthook.__wrapped__ = below  # type: ignore[attr-defined]
+            self._thread_hook = excepthook
+            threading.excepthook = excepthook
+        except Exception:
+            pass
+
+    def unhook_threads(self) -> None:
+        """Put back the wrapped hook when ours is on top; else ours stays as a pass-through."""
+        hook, self._thread_hook = self._thread_hook, None
+        if hook is not None and threading.excepthook is hook:
+            threading.excepthook = hook.__wrapped__  # type: ignore[attr-defined]
+
     # -- the loop's exception handler ----------------------------------------------------------
     def hook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wrap ``loop.call_exception_handler`` (asyncio's loops; uvloop's cannot be).
@@ -325,6 +413,7 @@ class DeadTaskLog:
         return entry is not None and entry[2]["active"]
 
     def unhook_all(self) -> None:
+        self.unhook_threads()
         for loop in list(self._hooked.keys()):
             self.unhook_loop(loop)
 

@@ -413,6 +413,7 @@ class LoopWatch:
         if self._thread is not None:
             return
         self._stop.clear()
+        self.dead.hook_threads()
         self._thread = threading.Thread(target=self._run, name="diag-watchdog", daemon=True)
         self._thread.start()
 

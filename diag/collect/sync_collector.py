@@ -170,8 +170,9 @@ def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str,
         key = prim.id if prim is not None and info.wait.kind in OWNER_KINDS else info.wait.future_id
         found = by_key.get(key) if key else None
         if found is not None:
-            label, closed = found
+            label, closed, ids = found
             owner = f"{label}, {closed}" if closed else label
-            info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed)))
+            info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed),
+                                              owner_ids=tuple(hex(i) for i in ids)))
         out.append(info)
     return replace(tasks, tasks=tuple(out))

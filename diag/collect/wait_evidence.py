@@ -473,14 +473,20 @@ def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[obj
     return found
 
 
-def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, tuple[str, str]]:
-    """id(object) -> (where it is kept, why that owner is closed, or "") for awaited futures
-    and primitives: the instance keeping each one, or the one keeping that (up to ``depth``
-    levels), whose transport or stream is closed or whose connection was lost."""
+#: Owners' ids kept per awaited object (every level's, for matching with the dead-task log).
+MAX_OWNER_IDS = 8
+
+
+def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, tuple[str, str, tuple[int, ...]]]:
+    """id(object) -> (where it is kept, why that owner is closed, or "", the ids of the
+    owners found) for awaited futures and primitives: the instance keeping each one, or
+    the one keeping that (up to ``depth`` levels), whose transport or stream is closed or
+    whose connection was lost."""
     if not objects or len(objects) > MAX_OWNER_SCAN:
         return {}
     ignore = {id(objects)}
     result: dict[int, tuple[str, str]] = {}
+    owner_ids: dict[int, list[int]] = {}
     # the objects still looked for, each with the path from its original object
     level: dict[int, tuple[object, int, str]] = {id(o): (o, id(o), "") for o in objects}
     seen: set[int] = set(level)
@@ -497,6 +503,9 @@ def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, 
                 where = label if not path else f"{path} in {label}"
                 if origin not in result:
                     result[origin] = (where, "")
+                ids = owner_ids.setdefault(origin, [])
+                if len(ids) < MAX_OWNER_IDS and id(owner) not in ids:
+                    ids.append(id(owner))
                 reason = _owner_closed(owner)
                 if reason:
                     result[origin] = (where, reason)
@@ -507,10 +516,10 @@ def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, 
                     nxt[id(owner)] = (owner, origin, where)
         closed = {o for o, (_w, r) in result.items() if r}
         level = {k: v for k, v in nxt.items() if v[1] not in closed}
-    return result
+    return {origin: (where, reason, tuple(owner_ids.get(origin, ()))) for origin, (where, reason) in result.items()}
 
 
-def future_owners(futures: list[object]) -> dict[int, tuple[str, str]]:
+def future_owners(futures: list[object]) -> dict[int, tuple[str, str, tuple[int, ...]]]:
     """``closed_owners`` of awaited futures (kept for its name in the sync collector)."""
     return closed_owners(futures)
 

@@ -129,14 +129,27 @@ def thread_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
 def dead_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
     """The agent's log of tasks that ended badly, newest first (``diag tasks --dead``)."""
     count = len(snap.dead_tasks)
-    lines = [f"diag tasks --dead: pid {snap.process.pid}: {count} {'task' if count == 1 else 'tasks'} in the log"]
+    threads = sum(1 for d in snap.dead_tasks if d.how == "thread_exception")
+    tasks = count - threads
+    what_died = f"{tasks} {'task' if tasks == 1 else 'tasks'}"
+    if threads:
+        what_died += f" and {threads} {'thread' if threads == 1 else 'threads'}"
+    lines = [f"diag tasks --dead: pid {snap.process.pid}: {what_died} in the log"]
     if not snap.dead_tasks:
-        lines.append("(none: no task has ended with an exception or been destroyed while pending since the agent started)")
+        lines.append("(none: no task or thread has ended with an exception, and no task was destroyed while "
+                     "pending, since the agent started)")
     for dead in reversed(snap.dead_tasks):
+        ago = fmt.duration(dead.ended_seconds)
+        if dead.how == "thread_exception":
+            lines += ["", f'thread "{dead.name}" died with {dead.exception}, {ago} ago:', f"function {dead.coro}"]
+            lines += frame_lines(dead.stack, cwd)
+            if dead.touched:
+                lines.append(f"used: {', '.join(dead.touched)}")
+            continue
         what = (f"died with {dead.exception}" if dead.how == "exception"
                 else "destroyed by the GC while pending (it never finished)")
         who = f"task {dead.id}" if dead.id > 0 else "a task diag had not numbered"
-        lines += ["", f'{who} "{dead.name}" {what}, {fmt.duration(dead.ended_seconds)} ago:', f"coro {dead.coro}"]
+        lines += ["", f'{who} "{dead.name}" {what}, {ago} ago:', f"coro {dead.coro}"]
         lines += frame_lines(dead.stack, cwd)
         if dead.touched:
             lines.append(f"used: {', '.join(dead.touched)}")

@@ -211,3 +211,45 @@ async def test_a_task_the_gc_destroys_keeps_its_id_and_creator() -> None:
         loop.set_task_factory(previous)
         log.unhook_loop(loop)
         loop.set_exception_handler(None)
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.pending: dict[int, object] = {}
+
+    def serve(self) -> None:
+        raise OSError("device unplugged")
+
+
+def test_a_thread_that_dies_is_logged_with_what_it_served_and_the_programs_hook_still_runs() -> None:
+    import threading
+
+    seen: list[str] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: seen.append(type(args.exc_value).__name__)
+    log = DeadTaskLog()
+    try:
+        log.hook_threads()
+        feed = Feed()
+        worker = threading.Thread(target=feed.serve, name="feed-reader")
+        worker.start()
+        worker.join()
+        (dead,) = log.snapshot()
+        assert (dead.how, dead.name, dead.coro) == ("thread_exception", "feed-reader", "Feed.serve")
+        assert dead.exception == "OSError: device unplugged" and dead.id < 0
+        assert dead.stack[0].function == "Feed.serve"
+        assert hex(id(feed)) in dead.touched  # the object whose method died
+        assert seen == ["OSError"]  # the hook it wrapped still runs
+
+        def leave() -> None:
+            raise SystemExit(0)  # a thread's way to end on purpose: no death
+
+        quiet = threading.Thread(target=leave, name="exits")
+        quiet.start()
+        quiet.join()
+        assert len(log.snapshot()) == 1
+        log.unhook_threads()
+        assert threading.excepthook.__name__ == "<lambda>"  # the program's hook is back
+    finally:
+        log.unhook_threads()
+        threading.excepthook = previous

@@ -187,6 +187,25 @@ def test_a_waiter_whose_counterpart_died_is_told_who_died_how_and_where() -> Non
     assert "no timeout or timer covers it" in finding.evidence
 
 
+def test_a_future_kept_by_an_object_a_dead_thread_served_names_the_thread() -> None:
+    waiting = task(1, coro="refresh", stack=(REQUEST,),
+                   wait=Wait("future", "Future", None, 20.0, deadline_known=True, future_id="0x5",
+                             owner="FeedClient._pending", owner_ids=("0x77",)))
+    reader = DeadTask(-1, "quote-feed", "FeedClient._serve", "thread_exception", 21.0, "ValueError: bad line",
+                      (Frame("/srv/app/feed.py", 38, "FeedClient._serve", "price = float(raw)"),),
+                      touched=("0x77",))
+    snap = sync(replace(snapshot(waiting), dead_tasks=(reader,)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert finding.kind == "suspect"
+    assert finding.evidence.startswith(
+        "the thread that used the object that keeps it (FeedClient._pending, 0x77), 'quote-feed' running "
+        "FeedClient._serve, died 21.0s ago with ValueError: bad line at feed.py:38")
+    unrelated = replace(reader, touched=("0x78",))
+    snap = sync(replace(snapshot(waiting), dead_tasks=(unrelated,)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert "quote-feed" not in finding.evidence and "bare future" in finding.evidence
+
+
 def test_an_idle_consumer_is_quiet_unless_its_producer_died() -> None:
     queue = Primitive("queue", "0x9", "jobs", size=0, maxsize=0, getters=1, putters=0)
     idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", queue, 300.0, deadline_known=True))

@@ -78,6 +78,21 @@ async def request(client):
 async def lookup():
     await asyncio.to_thread(NEVER.wait)    # a blocking call with no timeout
 
+class Device:
+    def __init__(self, loop):
+        self.loop = loop
+        self.pending = {}
+        self.asked = threading.Event()
+    def read_loop(self):                   # a reader thread that dies, leaving its futures unresolved
+        self.asked.wait(10)
+        raise OSError("device unplugged")
+
+async def poll(device):
+    fut = device.loop.create_future()
+    device.pending[1] = fut
+    device.asked.set()
+    return await fut
+
 async def batch():
     await asyncio.gather(asyncio.sleep(0.01), queued_on_lock())
 
@@ -96,6 +111,9 @@ async def main():
     await asyncio.sleep(0.05)
     transport.close()
     keep.append(asyncio.create_task(lookup(), name="lookup"))
+    device = Device(loop)
+    threading.Thread(target=device.read_loop, name="device-reader", daemon=True).start()
+    keep.append(asyncio.create_task(poll(device), name="poll"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -165,6 +183,27 @@ async def lookup():
     except TimeoutError:
         pass
 
+class Device:
+    def __init__(self, loop):
+        self.loop = loop
+        self.pending = {}
+        self.asked = threading.Event()
+    def read_loop(self):
+        self.asked.wait(10)
+        error = OSError("device unplugged")
+        for fut in self.pending.values():  # the fix: a dying reader fails what it was asked
+            self.loop.call_soon_threadsafe(fut.set_exception, error)
+        raise error
+
+async def poll(device):
+    fut = device.loop.create_future()
+    device.pending[1] = fut
+    device.asked.set()
+    try:
+        return await fut
+    except OSError:
+        return None
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
@@ -178,6 +217,9 @@ async def main():
     await asyncio.sleep(0.05)
     transport.close()
     keep.append(asyncio.create_task(lookup(), name="lookup"))
+    device = Device(loop)
+    threading.Thread(target=device.read_loop, name="device-reader", daemon=True).start()
+    keep.append(asyncio.create_task(poll(device), name="poll"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -212,7 +254,7 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
-    names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup"}
+    names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll"}
     with DiagRun(HANGS, env={"LOOP": loop}) as app:
         code, data = settled(app.url, names, "--min-wait", "1", "--cancel-grace", "1")
         found = by_task(data)
@@ -236,6 +278,10 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         assert "is kept by Client.pending, its connection was lost" in evidence("request")
         assert kind_of("lookup") == {"suspect"}
         assert "in thread" in evidence("lookup") and "Condition.wait" in evidence("lookup")
+        assert kind_of("poll") == {"suspect"}
+        assert ("the thread that used the object that keeps it (Device.pending" in evidence("poll")
+                and "'device-reader' running Device.read_loop, died" in evidence("poll")
+                and "with OSError: device unplugged" in evidence("poll"))
         assert "main" not in {t["coro"] for f in data["findings"] for t in f["tasks"]}  # the runner holds it
         # every task appears in one finding only: one finding per cause
         assert all(len(fs) == 1 for fs in found.values()), {n: [f["kind"] for f in fs] for n, fs in found.items()}
@@ -243,6 +289,9 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         dead = [d for d in tasks["dead_tasks"] if d["name"] == "consumer"]
         assert dead and dead[0]["exception"] == "ConnectionResetError: peer reset"
         assert any(t["runs_future"] for t in tasks["threads"])  # the worker thread of lookup's call
+        (reader,) = [d for d in tasks["dead_tasks"] if d["how"] == "thread_exception"]
+        assert (reader["name"], reader["coro"], reader["exception"]) == (
+            "device-reader", "Device.read_loop", "OSError: device unplugged")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
