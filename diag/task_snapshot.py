@@ -62,7 +62,9 @@ class Primitive:
     """A synchronisation object a task waits on, identified so that waiters group by it.
 
     ``id`` is the object's address in hex: the same object has the same id in every task
-    of one snapshot.  State fields that do not apply to a kind are ``None``.
+    of one snapshot.  State fields that do not apply to a kind are ``None``.  A queue's
+    ``unfinished`` counts items put and not yet marked done (``task_done()``), queued ones
+    included: what ``Queue.join()`` waits for.
     """
 
     kind: str
@@ -77,11 +79,12 @@ class Primitive:
     maxsize: int | None = None
     getters: int | None = None
     putters: int | None = None
+    unfinished: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "id": self.id, "label": self.label}
         for name in ("value", "capacity", "locked", "waiters", "is_set", "size", "maxsize",
-                     "getters", "putters"):
+                     "getters", "putters", "unfinished"):
             v = getattr(self, name)
             if v is not None:
                 d[name] = v
@@ -102,6 +105,7 @@ class Primitive:
             value=opt_int("value"), capacity=opt_int("capacity"), locked=opt_bool("locked"),
             waiters=opt_int("waiters"), is_set=opt_bool("is_set"), size=opt_int("size"),
             maxsize=opt_int("maxsize"), getters=opt_int("getters"), putters=opt_int("putters"),
+            unfinished=opt_int("unfinished"),
         )
 
 

@@ -508,6 +508,30 @@ def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
     return f"the executor call has run for {seconds:.0f}s in thread {thread.name}{at}"
 
 
+def _join_evidence(queue: Primitive, tasks: tuple[TaskInfo, ...]) -> list[str]:
+    """Why a ``Queue.join()`` may never return: items taken by ``get()`` and never marked
+    done, while every task of the consumers' kind sits idle in ``get()`` (none of them is
+    working on an item, so no ``task_done()`` is coming)."""
+    if queue.kind != "queue" or queue.unfinished is None or queue.size is None:
+        return []
+    taken = queue.unfinished - queue.size
+    if queue.size or taken <= 0:
+        return []  # items still queued: join has work to wait for
+    getters = [t for t in tasks if t.wait.kind == "queue_get" and t.wait.primitive is not None
+               and t.wait.primitive.id == queue.id]
+    kinds = {t.coro for t in getters}
+    ids = {t.id for t in getters}
+    busy = [t for t in tasks if t.coro in kinds and t.id not in ids]
+    if busy:
+        return []  # a consumer is at work: its task_done() may still come
+    text = (f"{_plural(taken, 'item')} of {_where(queue)} {'was' if taken == 1 else 'were'} taken by get() and "
+            f"never marked done: join() returns only after a task_done() for each")
+    if getters:
+        text += (f"; every consumer ({_plural(len(getters), 'task')} of {', '.join(sorted(kinds))}) is idle in "
+                 f"get(), so none is working on one: a task_done() was skipped (an exception path?)")
+    return [text]
+
+
 def _idle_by_design(task: TaskInfo) -> bool:
     """A worker waiting for work: on ``Queue.get``, asleep, the server's end of a stream
     waiting for a client's next request, or ``Condition.wait_for`` (which re-checks its
@@ -562,6 +586,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                            f"this one never was")
             if task.wait.kind == "queue_put" and not getters.get(prim.id):
                 why.append("no task is waiting to get from this queue")
+            if task.wait.detail == "Queue.join":
+                why.extend(_join_evidence(prim, snap.tasks.tasks))
         if task.wait.kind == "stream_read":
             why.append(f"the peer has sent nothing for {seconds:.0f}s")
         if task.wait.kind == "executor":

@@ -106,6 +106,7 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 
 
 _KNOWN = _known_codes()
+_QUEUE_JOIN = id(asyncio.Queue.join.__code__)
 _GATHERING_FUTURE: Any = getattr(asyncio.tasks, "_GatheringFuture", None)
 _TASK_GROUP: Any = asyncio.TaskGroup
 #: Waits whose end diag looks for (a sleep says its own; a running task waits on nothing).
@@ -383,8 +384,10 @@ def describe_primitive(obj: object, label: str = "") -> Primitive | None:
             maxsize = read_attr(obj, "_maxsize")
             if size is None or type(maxsize) is not int:
                 raise TypeError("queue")
+            unfinished = read_attr(obj, "_unfinished_tasks")
             return Primitive("queue", pid, label, size=size, maxsize=maxsize,
-                             getters=getters, putters=putters, waiters=getters + putters)
+                             getters=getters, putters=putters, waiters=getters + putters,
+                             unfinished=unfinished if type(unfinished) is int else None)
     except Exception:
         return Primitive("unknown", pid, label or f"<unreadable {clip(type_name(obj), 100)}>")
     return None
@@ -652,6 +655,9 @@ class _Walker:
                     caller = frames[i - 1].f_code
                     if caller.co_filename.startswith(_ASYNCIO_DIR):
                         detail = getattr(caller, "co_qualname", caller.co_name)
+                elif i > 0 and id(frames[i - 1].f_code) == _QUEUE_JOIN:
+                    # Queue.join waits on the queue's own event: the queue is what it waits on
+                    known, (kind, detail) = i - 1, _KNOWN[_QUEUE_JOIN]
                 break
             shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)  # type: ignore[index]
         return shape
@@ -675,7 +681,10 @@ class _Walker:
             return self._future_wait(waiter, seconds)
         kind, detail = shape.kind, shape.detail
         if kind in _PRIMITIVE_KINDS:
-            obj = self.waited_primitive(waiter, nodes[i], frames[i] if frames is not None else None)
+            if detail == "Queue.join":  # the queue, not the event whose waiters hold the future
+                obj = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.Queue, "self")
+            else:
+                obj = self.waited_primitive(waiter, nodes[i], frames[i] if frames is not None else None)
             prim = self.primitive(obj, nodes, frames, shape) if obj is not None else None
             key = (id(shape), id(obj), since)
             wait = self.waits.get(key)

@@ -163,6 +163,8 @@ def primitive(prim: Primitive) -> str:
             parts.append(f"getters={prim.getters}")
         if prim.putters:
             parts.append(f"putters={prim.putters}")
+        if prim.unfinished is not None and prim.size is not None and prim.unfinished > prim.size:
+            parts.append(f"not_done={prim.unfinished - prim.size}")  # taken by get(), no task_done() yet
         return "<" + " ".join(parts) + ">"
     if prim.waiters is not None:
         parts.append(f"waiters={prim.waiters}")

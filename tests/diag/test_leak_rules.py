@@ -206,6 +206,29 @@ def test_a_future_kept_by_an_object_a_dead_thread_served_names_the_thread() -> N
     assert "quote-feed" not in finding.evidence and "bare future" in finding.evidence
 
 
+def test_a_join_is_suspect_when_items_were_never_marked_done_and_every_consumer_is_idle() -> None:
+    JOIN = Frame("/usr/lib/python3.11/asyncio/queues.py", 215, "Queue.join", "await self._finished.wait()")
+    queue = Primitive("queue", "0x9", "Batch.queue", size=0, maxsize=0, getters=2, putters=0, unfinished=1)
+    joiner = task(1, coro="submit", stack=(JOIN,), wait=Wait("event", "Queue.join", queue, 30.0, deadline_known=True))
+    idle = [task(i, coro="Runner.run", wait=Wait("queue_get", "Queue.get", queue, 30.0, deadline_known=True))
+            for i in (2, 3)]
+    snap = sync(snapshot(joiner, *idle), PrimitiveState(queue, waiting_tasks=(2, 3)))
+    (finding,) = leak_report(snap, OPTIONS).findings
+    assert finding.kind == "suspect" and [t.id for t in finding.tasks] == [1]
+    assert finding.evidence.startswith(
+        "1 item of Batch.queue 0x9 was taken by get() and never marked done: join() returns only after a "
+        "task_done() for each; every consumer (2 tasks of Runner.run) is idle in get()")
+    # a consumer still at work on an item may yet call task_done(): no claim
+    working = task(4, coro="Runner.run", wait=Wait("sleep", "sleep", None, 30.0))
+    snap = sync(snapshot(joiner, *idle, working), PrimitiveState(queue, waiting_tasks=(2, 3)))
+    assert leak_report(snap, OPTIONS).findings == ()
+    # items still queued: join has work to wait for
+    queued = replace(queue, size=1, unfinished=1)
+    snap = sync(snapshot(replace(joiner, wait=replace(joiner.wait, primitive=queued)), *idle),
+                PrimitiveState(queued, waiting_tasks=(2, 3)))
+    assert leak_report(snap, OPTIONS).findings == ()
+
+
 def test_an_idle_consumer_is_quiet_unless_its_producer_died() -> None:
     queue = Primitive("queue", "0x9", "jobs", size=0, maxsize=0, getters=1, putters=0)
     idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", queue, 300.0, deadline_known=True))

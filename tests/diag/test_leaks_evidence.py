@@ -93,6 +93,20 @@ async def poll(device):
     device.asked.set()
     return await fut
 
+BACKLOG = asyncio.Queue()
+
+async def drain():
+    while True:
+        item = await BACKLOG.get()
+        if item == 1:
+            continue                       # the bug: this path skips task_done()
+        BACKLOG.task_done()
+
+async def join_batch():
+    for i in range(3):
+        await BACKLOG.put(i)
+    await BACKLOG.join()
+
 async def batch():
     await asyncio.gather(asyncio.sleep(0.01), queued_on_lock())
 
@@ -114,6 +128,8 @@ async def main():
     device = Device(loop)
     threading.Thread(target=device.read_loop, name="device-reader", daemon=True).start()
     keep.append(asyncio.create_task(poll(device), name="poll"))
+    keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
+    keep.append(asyncio.create_task(join_batch(), name="join_batch"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -204,6 +220,18 @@ async def poll(device):
     except OSError:
         return None
 
+BACKLOG = asyncio.Queue()
+
+async def drain():
+    while True:
+        item = await BACKLOG.get()
+        BACKLOG.task_done()                # the fix: every item is marked done
+
+async def join_batch():
+    for i in range(3):
+        await BACKLOG.put(i)
+    await BACKLOG.join()
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
@@ -220,6 +248,8 @@ async def main():
     device = Device(loop)
     threading.Thread(target=device.read_loop, name="device-reader", daemon=True).start()
     keep.append(asyncio.create_task(poll(device), name="poll"))
+    keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
+    keep.append(asyncio.create_task(join_batch(), name="join_batch"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -254,7 +284,8 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
-    names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll"}
+    names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll",
+             "join_batch"}
     with DiagRun(HANGS, env={"LOOP": loop}) as app:
         code, data = settled(app.url, names, "--min-wait", "1", "--cancel-grace", "1")
         found = by_task(data)
@@ -289,6 +320,12 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         dead = [d for d in tasks["dead_tasks"] if d["name"] == "consumer"]
         assert dead and dead[0]["exception"] == "ConnectionResetError: peer reset"
         assert any(t["runs_future"] for t in tasks["threads"])  # the worker thread of lookup's call
+        assert kind_of("join_batch") == {"suspect"}
+        assert ("1 item of __main__.BACKLOG" in evidence("join_batch")
+                and "every consumer (2 tasks of drain) is idle in get()" in evidence("join_batch"))
+        (join,) = [t for t in tasks["tasks"] if t["name"] == "join_batch"]
+        assert (join["wait"]["kind"], join["wait"]["detail"]) == ("event", "Queue.join")
+        assert join["wait"]["primitive"]["unfinished"] == 1 and join["wait"]["primitive"]["size"] == 0
         (reader,) = [d for d in tasks["dead_tasks"] if d["how"] == "thread_exception"]
         assert (reader["name"], reader["coro"], reader["exception"]) == (
             "device-reader", "Device.read_loop", "OSError: device unplugged")

@@ -39,9 +39,10 @@ async def test_the_owner_of_an_awaited_event_is_found_up_the_chain_with_why_it_i
     if materialised:  # instance dicts made real (by earlier introspection, say): other referrer shapes
         vars(stream), vars(conn)
     found = wait_evidence.closed_owners([stream._ready, fut])
+    # where it is kept, why that is closed, and the keepers found, nearest first
     assert found[id(stream._ready)] == ("Stream._ready in Connection._streams",
-                                        "its connection was lost (transport is None)")
-    assert found[id(fut)] == ("Connection.pending", "its connection was lost (transport is None)")
+                                        "its connection was lost (transport is None)", (id(stream), id(conn)))
+    assert found[id(fut)] == ("Connection.pending", "its connection was lost (transport is None)", (id(conn),))
     fut.cancel()
 
 
@@ -52,10 +53,10 @@ async def test_an_open_connection_is_named_but_not_called_closed() -> None:
     conn._transport = transport
     stream = conn._streams["cpu"] = Stream()
     try:
-        (label, closed), = wait_evidence.closed_owners([stream._ready]).values()
-        assert label.startswith("Stream._ready") and closed == ""
+        (label, closed, keepers), = wait_evidence.closed_owners([stream._ready]).values()
+        assert label.startswith("Stream._ready") and closed == "" and keepers[0] == id(stream)
         transport.close()
-        (label, closed), = wait_evidence.closed_owners([stream._ready]).values()
+        (label, closed, keepers), = wait_evidence.closed_owners([stream._ready]).values()
         assert closed.endswith("its transport is closed"), closed
     finally:
         transport.close()
