@@ -508,6 +508,34 @@ def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
     return f"the executor call has run for {seconds:.0f}s in thread {thread.name}{at}"
 
 
+def _wait_text(task: TaskInfo) -> str:
+    wait = task.wait
+    what = wait.detail or wait.kind
+    if wait.primitive is not None:
+        what += f" {_where(wait.primitive)}"
+    return f"{what} for {wait.seconds or 0.0:.0f}s"
+
+
+def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo], waiter: int) -> str:
+    """Who holds the primitive a task waits for, when the holder is itself waiting: the
+    wait the queue behind it depends on (``held by task 5 ... which waits on
+    StreamReader.readline for 30s``)."""
+    parts = []
+    for holder in holders:
+        info = by_id.get(holder.task_id) if holder.task_id is not None else None
+        if info is None or info.id == waiter or not holder.task_alive or info.state != "waiting":
+            continue
+        name = f" {info.name!r}" if info.name else ""
+        parts.append(f"task {info.id}{name} (acquired at {_site_text(holder.site[:1])} "
+                     f"{_ago(holder.held_seconds)}), which waits on {_wait_text(info)}")
+        if len(parts) == 3:
+            break
+    if not parts:
+        return ""
+    more = len([h for h in holders if h.task_alive]) - len(parts)
+    return "held by " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def _join_evidence(queue: Primitive, tasks: tuple[TaskInfo, ...]) -> list[str]:
     """Why a ``Queue.join()`` may never return: items taken by ``get()`` and never marked
     done, while every task of the consumers' kind sits idle in ``get()`` (none of them is
@@ -548,6 +576,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     idle_since = {s.primitive.id: s.idle_seconds for s in snap.primitives}
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
+    holders = {s.primitive.id: s.holders for s in snap.primitives if s.holders}
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
     fired: dict[str, int] = {}  # event label -> how many events of that name were set
     for state in snap.primitives:
@@ -579,6 +608,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                                f"a wake-up this task missed, or a signal that stopped coming")
                 else:
                     why.append(f"no acquire or release on {_where(prim)} since the wait began")
+            held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id)
+            if held:
+                why.append(held)
             elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
                   and fired.get(prim.label)):
                 n = fired[prim.label]

@@ -229,6 +229,23 @@ def test_a_join_is_suspect_when_items_were_never_marked_done_and_every_consumer_
     assert leak_report(snap, OPTIONS).findings == ()
 
 
+def test_waiters_on_a_lock_are_told_what_its_holder_waits_for() -> None:
+    conn = lock("0x1", "Conn.lock")
+    reading = task(5, name="client-0", coro="client",
+                   wait=Wait("stream_read", "StreamReader.readline", None, 40.0, deadline_known=True))
+    queued = [waiting_on(i, conn, coro="client", deadline_known=True) for i in (6, 7)]
+    snap = sync(snapshot(reading, *queued), held(conn, holder(5, held_for=41.0), waiting=(6, 7)))
+    report = leak_report(snap, OPTIONS)
+    (behind,) = [f for f in report.findings if {t.id for t in f.tasks} == {6, 7}]
+    assert behind.kind == "suspect"
+    assert ("held by task 5 'client-0' (acquired at handlers.py:40 handler 41.0s ago), which waits on "
+            "StreamReader.readline for 40s") in behind.evidence
+    # a holder that is running, or the waiter itself, is not a wait to point at
+    busy = replace(reading, state="running", wait=Wait("running"))
+    snap = sync(snapshot(busy, *queued), held(conn, holder(5, state="running"), waiting=(6, 7)))
+    assert all("held by" not in f.evidence for f in leak_report(snap, OPTIONS).findings)
+
+
 def test_an_idle_consumer_is_quiet_unless_its_producer_died() -> None:
     queue = Primitive("queue", "0x9", "jobs", size=0, maxsize=0, getters=1, putters=0)
     idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", queue, 300.0, deadline_known=True))
