@@ -110,6 +110,50 @@ class Primitive:
 
 
 @dataclass(frozen=True)
+class ChildPipe:
+    """The parent's end of a child's output pipe: bytes read and not yet consumed by the
+    program, and whether reading is paused (the buffer is full: the child then blocks
+    writing once the OS pipe fills)."""
+
+    name: str  # stdout or stderr
+    buffered: int
+    paused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "buffered": self.buffered, "paused": self.paused}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChildPipe:
+        return cls(str(d.get("name") or ""), int(d.get("buffered") or 0), bool(d.get("paused", False)))
+
+
+@dataclass(frozen=True)
+class ChildProcess:
+    """The child process a ``Process.wait()`` waits for, as ``/proc`` shows it: ``state``
+    is the scheduler state letter (``S`` sleeping, ``R`` running, ``D`` disk, ``Z``
+    exited, not reaped), ``wchan`` the kernel function it sleeps in (``pipe_read``,
+    ``pipe_write``, ...; empty when not readable); ``stdin_open``: the parent has not
+    closed the child's stdin."""
+
+    pid: int
+    command: str = ""
+    state: str = ""
+    wchan: str = ""
+    stdin_open: bool = False
+    outputs: tuple[ChildPipe, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "command": self.command, "state": self.state, "wchan": self.wchan,
+                "stdin_open": self.stdin_open, "outputs": [o.to_dict() for o in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChildProcess:
+        return cls(int(d.get("pid") or 0), str(d.get("command") or ""), str(d.get("state") or ""),
+                   str(d.get("wchan") or ""), bool(d.get("stdin_open", False)),
+                   tuple(ChildPipe.from_dict(o) for o in d.get("outputs") or () if isinstance(o, Mapping)))
+
+
+@dataclass(frozen=True)
 class Wait:
     """What a task is waiting on.
 
@@ -127,7 +171,8 @@ class Wait:
     ``owner`` describes the object that holds the awaited future when that says
     something (``Client._pending, transport closed``); empty otherwise.  ``owner_ids``
     are the ids (``Primitive.id`` form) of the objects found keeping it, nearest first,
-    so that a dead task or thread that used one of them can be named.
+    so that a dead task or thread that used one of them can be named.  ``child`` is the
+    child process of a ``Process.wait()``.
     """
 
     kind: str
@@ -145,6 +190,7 @@ class Wait:
     future_id: str = ""
     stream_side: str = ""
     owner_ids: tuple[str, ...] = ()
+    child: ChildProcess | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -160,6 +206,8 @@ class Wait:
             d["owner_closed"] = self.owner_closed
         if self.owner_ids:
             d["owner_ids"] = list(self.owner_ids)
+        if self.child is not None:
+            d["child"] = self.child.to_dict()
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -191,6 +239,7 @@ class Wait:
             future_id=str(d.get("future_id") or ""),
             stream_side=str(d.get("stream_side") or ""),
             owner_ids=tuple(str(i) for i in d.get("owner_ids") or ()),
+            child=ChildProcess.from_dict(d["child"]) if isinstance(d.get("child"), Mapping) else None,
         )
 
 
@@ -620,7 +669,7 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 
 __all__ = [
-    "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "Wait", "CreatedBy", "TaskInfo",
+    "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "Wait", "CreatedBy", "TaskInfo",
     "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
     "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

@@ -40,7 +40,7 @@ from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import MALFORMED, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.task_snapshot import MALFORMED, ChildProcess, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
@@ -536,6 +536,32 @@ def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo],
     return "held by " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+#: Kernel wait channels of a process blocked writing to a full pipe (asyncio's loop gives a
+#: child pipes) or a full socket (uvloop gives it a socketpair), and reading an empty one.
+_WRITE_WCHANS = ("pipe_write", "sock_alloc_send", "unix_stream_sendmsg")
+_READ_WCHANS = ("pipe_read", "unix_stream_read", "unix_stream_recvmsg")
+
+
+def _child_evidence(child: ChildProcess) -> list[str]:
+    """Why a child that ``Process.wait()`` waits for will not exit: it is blocked on a pipe
+    only the waiting program could serve."""
+    name = f"child process {child.pid}" + (f" ({child.command})" if child.command else "")
+    if child.state == "Z":
+        return []  # it has exited; the wait ends as soon as the loop reaps it
+    where = f" (in {child.wchan})" if child.wchan else ""
+    paused = [p for p in child.outputs if p.paused]
+    if paused and (not child.wchan or any(w in child.wchan for w in _WRITE_WCHANS)):
+        pipe = paused[0]
+        return [f"{name} is blocked writing to its {pipe.name} pipe{where}: the parent stopped reading it, "
+                f"{pipe.buffered} bytes wait unread in the buffer, and this task waits for the child to exit "
+                f"instead of reading: wait() with {pipe.name}=PIPE deadlocks once the pipe fills (read the "
+                f"output while waiting: communicate())"]
+    if child.stdin_open and any(w in child.wchan for w in _READ_WCHANS):
+        return [f"{name} is blocked reading its stdin{where}, which the parent has not closed, while this task "
+                f"waits for it to exit (close stdin, or use communicate())"]
+    return []
+
+
 def _join_evidence(queue: Primitive, tasks: tuple[TaskInfo, ...]) -> list[str]:
     """Why a ``Queue.join()`` may never return: items taken by ``get()`` and never marked
     done, while every task of the consumers' kind sits idle in ``get()`` (none of them is
@@ -620,6 +646,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 why.append("no task is waiting to get from this queue")
             if task.wait.detail == "Queue.join":
                 why.extend(_join_evidence(prim, snap.tasks.tasks))
+        if task.wait.child is not None:
+            why.extend(_child_evidence(task.wait.child))
         if task.wait.kind == "stream_read":
             why.append(f"the peer has sent nothing for {seconds:.0f}s")
         if task.wait.kind == "executor":

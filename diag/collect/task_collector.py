@@ -82,6 +82,7 @@ def _known_codes() -> dict[int, tuple[str, str]]:
     add(queues.Queue.get, "queue_get", "Queue.get")
     add(queues.Queue.put, "queue_put", "Queue.put")
     add(queues.Queue.join, "event", "Queue.join")
+    add(asyncio.subprocess.Process.wait, "future", "Process.wait")
     add(tasks.sleep, "sleep", "sleep")
     add(tasks.wait, "gather", "wait")
     add(getattr(tasks, "_wait", None), "gather", "wait")
@@ -720,6 +721,13 @@ class _Walker:
             ids = tuple(task_origins.task_seq(t) for t in awaited if is_a(t, asyncio.Task))
             del awaited
             return Wait("gather", detail, seconds=seconds, tasks=ids)
+        if detail == "Process.wait":
+            process = _local_of_type(nodes[i], frames[i] if frames is not None else None,
+                                     asyncio.subprocess.Process, "self")
+            wait = self._future_wait(waiter, seconds, detail=detail)
+            child = wait_evidence.child_process(process) if wait.kind == "future" else None
+            del process
+            return replace(wait, child=child) if child is not None else wait
         return self._future_wait(waiter, seconds, detail=detail)
 
     def _future_wait(self, waiter: object, seconds: float | None, detail: str = "") -> Wait:

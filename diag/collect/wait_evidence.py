@@ -35,7 +35,7 @@ import weakref
 from typing import Any, Iterable
 
 from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr
-from diag.task_snapshot import ExecutorInfo, Frame, ThreadInfo
+from diag.task_snapshot import ChildPipe, ChildProcess, ExecutorInfo, Frame, ThreadInfo
 
 try:
     from asyncio import timeouts as _timeouts
@@ -329,6 +329,61 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
     return tuple(out), tuple(infos)
 
 
+# -- child processes ------------------------------------------------------------------------
+def _proc_text(pid: int, name: str, limit: int = 200) -> str:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _stream_state(reader: object) -> tuple[int, bool] | None:
+    """(bytes buffered, reading paused) of the parent's end of a child's output pipe."""
+    if not is_a(reader, asyncio.StreamReader):
+        return None
+    buffered = plain_attr(reader, "_buffer")
+    paused = plain_attr(reader, "_paused")
+    size = len(buffered) if type(buffered) is bytearray else 0
+    return size, paused is True
+
+
+def child_process(process: object) -> ChildProcess | None:
+    """What a ``Process.wait()`` waits for: the child's pid, command, scheduler state and
+    kernel wait channel (``/proc``), and the parent's ends of its pipes: an open stdin, an
+    output pipe whose reading is paused because nobody reads what is buffered."""
+    if not is_a(process, asyncio.subprocess.Process):
+        return None
+    pid = plain_attr(process, "pid")
+    if type(pid) is not int:
+        return None
+    cmdline = _proc_text(pid, "cmdline", 400).replace("\0", " ").strip()
+    stat = _proc_text(pid, "stat")
+    state = ""
+    if ")" in stat:
+        fields = stat.rsplit(")", 1)[1].split()
+        state = fields[0] if fields else ""
+    wchan = _proc_text(pid, "wchan").strip()
+    stdin = plain_attr(process, "stdin")
+    stdin_open = False
+    if is_a(stdin, asyncio.StreamWriter):
+        transport = plain_attr(stdin, "_transport")
+        closing = plain_attr(transport, "_closing")
+        if closing is None and type(transport).__module__.startswith("uvloop."):
+            try:  # uvloop's transports keep the flag in C: its own method, not the program's code
+                closing = type(transport).is_closing(transport)
+            except Exception:
+                closing = None
+        stdin_open = transport is not None and closing is False
+    outputs = []
+    for name in ("stdout", "stderr"):
+        found = _stream_state(plain_attr(process, name))
+        if found is not None:
+            outputs.append((name, found[0], found[1]))
+    return ChildProcess(pid, clip(cmdline, 200), state, "" if wchan == "0" else clip(wchan, 60), stdin_open,
+                        tuple(ChildPipe(n, size, paused) for n, size, paused in outputs))
+
+
 # -- owners of awaited futures ---------------------------------------------------------------
 _CONTAINERS = (dict, list, collections.deque, set, tuple)
 _CLOSED_FLAGS = ("_closed", "closed", "_closing", "_connection_lost", "_conn_lost")
@@ -525,4 +580,5 @@ def future_owners(futures: list[object]) -> dict[int, tuple[str, str, tuple[int,
 
 
 __all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners", "closed_owners",
+           "child_process",
            "asyncio_futures_by_concurrent"]

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from rich.text import Text
 
-from diag.task_snapshot import CreatedBy, Frame, Primitive, Wait
+from diag.task_snapshot import ChildProcess, CreatedBy, Frame, Primitive, Wait
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -171,6 +171,19 @@ def primitive(prim: Primitive) -> str:
     return "<" + " ".join(parts) + ">"
 
 
+def child_process(child: ChildProcess) -> str:
+    """``<child 4242 state=S in pipe_write stdin=open stdout=65536B paused>``"""
+    parts = [f"child {child.pid}"]
+    if child.state:
+        parts.append(f"state={child.state}" + (f" in {child.wchan}" if child.wchan else ""))
+    if child.stdin_open:
+        parts.append("stdin=open")
+    for pipe in child.outputs:
+        if pipe.buffered or pipe.paused:
+            parts.append(f"{pipe.name}={pipe.buffered}B" + (" paused" if pipe.paused else ""))
+    return "<" + " ".join(parts) + ">"
+
+
 def wait_reason(wait: Wait, cwd: str | None = None) -> str:
     """What a task waits on, in one line: ``Semaphore.acquire <pool 0x.. value=0 waiters=3>``."""
     kind = wait.kind
@@ -188,6 +201,8 @@ def wait_reason(wait: Wait, cwd: str | None = None) -> str:
         text += f" (tasks {shown})"
     if wait.created_at is not None:
         text += f" (future created at {where(wait.created_at, cwd)})"
+    if wait.child is not None:
+        text += " " + child_process(wait.child)
     if kind == "unknown":
         text = f"unknown wait ({wait.detail})" if wait.detail else "unknown wait"
     return text

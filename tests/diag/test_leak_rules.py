@@ -8,6 +8,7 @@ from dataclasses import replace
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, LeakOptions, LeakReport, leak_report
 from diag.analysis.stuck_tasks import stuck_tasks
 from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.task_snapshot import ChildPipe, ChildProcess
 from diag.task_snapshot import (
     DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
@@ -244,6 +245,28 @@ def test_waiters_on_a_lock_are_told_what_its_holder_waits_for() -> None:
     busy = replace(reading, state="running", wait=Wait("running"))
     snap = sync(snapshot(busy, *queued), held(conn, holder(5, state="running"), waiting=(6, 7)))
     assert all("held by" not in f.evidence for f in leak_report(snap, OPTIONS).findings)
+
+
+def test_a_process_wait_is_suspect_when_the_child_is_blocked_on_a_pipe_only_the_waiter_serves() -> None:
+    def waiting_for(child: ChildProcess) -> SyncSnapshot:
+        proc_wait = task(1, coro="run_snippet",
+                         wait=Wait("future", "Process.wait", None, 30.0, deadline_known=True, child=child))
+        return sync(snapshot(proc_wait))
+
+    full = ChildProcess(42, "python report.py", "S", "anon_pipe_write", False, (ChildPipe("stdout", 196608, True),))
+    (finding,) = leak_report(waiting_for(full), OPTIONS).findings
+    assert finding.kind == "suspect" and finding.evidence.startswith(
+        "child process 42 (python report.py) is blocked writing to its stdout pipe (in anon_pipe_write): the parent "
+        "stopped reading it, 196608 bytes wait unread in the buffer")
+    uvloop_socket = replace(full, wchan="sock_alloc_send_pskb")  # uvloop gives children a socketpair
+    assert "blocked writing to its stdout pipe" in leak_report(waiting_for(uvloop_socket), OPTIONS).findings[0].evidence
+    reading = ChildProcess(43, "gzip", "S", "pipe_read", True)
+    (finding,) = leak_report(waiting_for(reading), OPTIONS).findings
+    assert "is blocked reading its stdin (in pipe_read), which the parent has not closed" in finding.evidence
+    # a child busy on its own work, one that has exited, or one whose stdin is closed: nothing to say
+    for quiet in (ChildProcess(44, "worker", "S", "hrtimer_nanosleep", True, (ChildPipe("stdout", 10, False),)),
+                  replace(full, state="Z"), replace(reading, stdin_open=False)):
+        assert leak_report(waiting_for(quiet), OPTIONS).findings == (), quiet
 
 
 def test_an_idle_consumer_is_quiet_unless_its_producer_died() -> None:

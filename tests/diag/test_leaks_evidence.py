@@ -23,7 +23,7 @@ else:
 """
 
 HANGS = """
-import asyncio, threading
+import asyncio, sys, threading
 
 LOCK = asyncio.Lock()
 POOL = asyncio.Semaphore(1)
@@ -107,6 +107,12 @@ async def join_batch():
         await BACKLOG.put(i)
     await BACKLOG.join()
 
+async def export():
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "print('x' * 2000000)",
+                                                stdout=asyncio.subprocess.PIPE)
+    await proc.wait()                      # the bug: nothing reads stdout while waiting
+    return await proc.stdout.read()
+
 async def batch():
     await asyncio.gather(asyncio.sleep(0.01), queued_on_lock())
 
@@ -130,11 +136,12 @@ async def main():
     keep.append(asyncio.create_task(poll(device), name="poll"))
     keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
     keep.append(asyncio.create_task(join_batch(), name="join_batch"))
+    keep.append(asyncio.create_task(export(), name="export"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
 FIXED = """
-import asyncio, threading
+import asyncio, sys, threading
 
 LOCK = asyncio.Lock()
 JOBS = asyncio.Queue(maxsize=1)
@@ -232,6 +239,12 @@ async def join_batch():
         await BACKLOG.put(i)
     await BACKLOG.join()
 
+async def export():
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "print('x' * 2000000)",
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()      # the fix: read while waiting
+    return out
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
@@ -250,6 +263,7 @@ async def main():
     keep.append(asyncio.create_task(poll(device), name="poll"))
     keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
     keep.append(asyncio.create_task(join_batch(), name="join_batch"))
+    keep.append(asyncio.create_task(export(), name="export"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -285,7 +299,7 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
     names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll",
-             "join_batch"}
+             "join_batch", "export"}
     with DiagRun(HANGS, env={"LOOP": loop}) as app:
         code, data = settled(app.url, names, "--min-wait", "1", "--cancel-grace", "1")
         found = by_task(data)
@@ -326,6 +340,12 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         (join,) = [t for t in tasks["tasks"] if t["name"] == "join_batch"]
         assert (join["wait"]["kind"], join["wait"]["detail"]) == ("event", "Queue.join")
         assert join["wait"]["primitive"]["unfinished"] == 1 and join["wait"]["primitive"]["size"] == 0
+        assert kind_of("export") == {"suspect"}
+        assert "is blocked writing to its stdout pipe" in evidence("export")
+        (export,) = [t for t in tasks["tasks"] if t["name"] == "export"]
+        child = export["wait"]["child"]
+        assert (export["wait"]["detail"], child["state"], child["outputs"][0]["name"], child["outputs"][0]["paused"]) \
+            == ("Process.wait", "S", "stdout", True)
         (reader,) = [d for d in tasks["dead_tasks"] if d["how"] == "thread_exception"]
         assert (reader["name"], reader["coro"], reader["exception"]) == (
             "device-reader", "Device.read_loop", "OSError: device unplugged")
