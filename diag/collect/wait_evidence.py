@@ -371,7 +371,7 @@ def child_process(process: object) -> ChildProcess | None:
         closing = plain_attr(transport, "_closing")
         if closing is None and type(transport).__module__.startswith("uvloop."):
             try:  # uvloop's transports keep the flag in C: its own method, not the program's code
-                closing = type(transport).is_closing(transport)
+                closing = type(transport).is_closing(transport)  # type: ignore[attr-defined]
             except Exception:
                 closing = None
         stdin_open = transport is not None and closing is False
