@@ -62,7 +62,10 @@ class Primitive:
     """A synchronisation object a task waits on, identified so that waiters group by it.
 
     ``id`` is the object's address in hex: the same object has the same id in every task
-    of one snapshot.  State fields that do not apply to a kind are ``None``.
+    of one snapshot.  ``label`` is its name (what holds it, ``module.NAME`` or
+    ``Type.attr``, else a waiting frame's local); ``aliases`` are the other names frames
+    use for it (a lock that one task calls ``first`` and another ``second``).  State
+    fields that do not apply to a kind are ``None``.
     """
 
     kind: str
@@ -77,9 +80,17 @@ class Primitive:
     maxsize: int | None = None
     getters: int | None = None
     putters: int | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name of the primitive, its label first."""
+        return ((self.label,) if self.label else ()) + tuple(a for a in self.aliases if a != self.label)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "id": self.id, "label": self.label}
+        if self.aliases:
+            d["aliases"] = list(self.aliases)
         for name in ("value", "capacity", "locked", "waiters", "is_set", "size", "maxsize",
                      "getters", "putters"):
             v = getattr(self, name)
@@ -102,6 +113,7 @@ class Primitive:
             value=opt_int("value"), capacity=opt_int("capacity"), locked=opt_bool("locked"),
             waiters=opt_int("waiters"), is_set=opt_bool("is_set"), size=opt_int("size"),
             maxsize=opt_int("maxsize"), getters=opt_int("getters"), putters=opt_int("putters"),
+            aliases=tuple(str(a) for a in d.get("aliases") or ()),
         )
 
 
@@ -122,6 +134,8 @@ class Wait:
     by design) or a client's (``client``: waiting for an answer).
     ``owner`` describes the object that holds the awaited future when that says
     something (``Client._pending, transport closed``); empty otherwise.
+    ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
+    in ``async with second:``), which may differ from the primitive's label.
     """
 
     kind: str
@@ -138,9 +152,12 @@ class Wait:
     owner_closed: bool = False
     future_id: str = ""
     stream_side: str = ""
+    frame_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.frame_label:
+            d["frame_label"] = self.frame_label
         if self.future_id:
             d["future_id"] = self.future_id
         if self.stream_side:
@@ -181,6 +198,7 @@ class Wait:
             owner_closed=bool(d.get("owner_closed", False)),
             future_id=str(d.get("future_id") or ""),
             stream_side=str(d.get("stream_side") or ""),
+            frame_label=str(d.get("frame_label") or ""),
         )
 
 

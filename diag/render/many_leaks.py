@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
 from diag.multi_source import TargetResult
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.leaks_render import finding_cells, finding_lines
+from diag.render.fit import Cell, Column
+from diag.render.leaks_render import finding_lines, layouts
+from diag.render.tasks_table import print_table
 from diag.render.many_tasks import failure_lines
 
 
@@ -49,9 +51,5 @@ def render_table(results: Sequence[TargetResult[LeakReport]], findings: Sequence
         console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
     if not findings:
         return
-    table = Table(header_style="bold", show_lines=True)
-    for col in ("Process", "Kind", "What", "Evidence", "Where", "Tasks"):
-        table.add_column(col)
-    for item in findings:
-        table.add_row(fmt.cell(item.process), *finding_cells(item.finding, cwd))
-    console.print(table)
+    leads = [[Cell.of([fit.whole(item.process)])] for item in findings]
+    print_table(console, layouts([Column("Process")], leads, [item.finding for item in findings], cwd))

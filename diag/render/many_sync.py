@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.merge import ProcessPrimitive, process_name
 from diag.multi_source import TargetResult
 from diag.render.many_tasks import failure_lines
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.sync_render import primitive_cells, state_lines
+from diag.render.fit import Cell, Column
+from diag.render.sync_render import layouts, state_lines
+from diag.render.tasks_table import print_table
 from diag.sync_snapshot import SyncSnapshot
 
 
@@ -41,9 +43,5 @@ def render_table(results: Sequence[TargetResult[Any]], shown: Sequence[ProcessPr
                  *, cwd: str | None = None) -> None:
     for line in header(results, len(shown)):
         console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
-    table = Table(header_style="bold")
-    for col in ("Process", "Kind", "Label", "Id", "State", "Holders", "Waiters"):
-        table.add_column(col)
-    for item in shown:
-        table.add_row(fmt.cell(item.process), *primitive_cells(item.state, cwd))
-    console.print(table)
+    leads = [[Cell.of([fit.whole(item.process)])] for item in shown]
+    print_table(console, layouts([Column("Process")], leads, [item.state for item in shown], cwd))

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.merge import MergedGroup, MergedTasks, process_name
 from diag.multi_source import TargetResult, failure_line
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.tasks_table import task_cells
+from diag.render.fit import Cell, Column
+from diag.render.tasks_table import layouts, print_table
 from diag.render.tasks_text import loop_line, stack_lines, task_title
 
 
@@ -100,23 +101,15 @@ def render_table(view: MergedTasks, console: Console, *, cwd: str | None = None)
     for line in header(view):
         style = "bold red" if "STALLED" in line or line.startswith("FAILED") else "dim"
         console.print(fmt.cell(line, style))
-    table = Table(show_lines=False, header_style="bold")
+    tasks = [group.task for group in view.groups]
     if view.grouped:
-        table.add_column("Count", justify="right")
-        table.add_column("Processes")
+        lead = [Column("Count", justify="right"), Column("Processes", floor=8)]
+        leads = [[Cell.of([fit.whole(str(g.task.count))]),
+                  Cell.of([fit.whole(f"{s.process}:{s.task.count}") for s in g.shares])] for g in view.groups]
     else:
-        table.add_column("Process", justify="right")
-        table.add_column("Task", justify="right")
-        table.add_column("Name")
-    for col in ("State", "Waits on", "Waited", "Coroutine", "Where", "Created by"):
-        table.add_column(col, justify="right" if col == "Waited" else "left")
-    for group in view.groups:
-        task = group.task
-        if view.grouped:
-            first = [fmt.cell(str(task.count)), fmt.cell(" ".join(f"{s.process}:{s.task.count}" for s in group.shares))]
-        else:
-            first = [fmt.cell(group.shares[0].process), fmt.cell(str(task.id)), fmt.cell(task.name)]
-        table.add_row(*first, *task_cells(task, cwd))
-    console.print(table)
+        lead = [Column("Process", justify="right"), Column("Task", justify="right")]
+        leads = [[Cell.of([fit.whole(g.shares[0].process)]), Cell.of([fit.whole(str(g.task.id))])]
+                 for g in view.groups]
+    print_table(console, layouts(lead, leads, tasks, cwd, named=not view.grouped))
     for line in footer(view, cwd):
         console.print(fmt.cell(line, "bold red" if "DEADLOCK" in line or "is blocked" in line else ""))

@@ -6,14 +6,18 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
+from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.analysis.task_groups import TaskQuery, task_view
-from diag.render import formatting, jsonout, tasks_table, tasks_text
+from diag.render import formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
 from diag.task_snapshot import Frame, LoopInfo, TaskSnapshot, Wait
 
+from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, shop_sync, shop_tasks
 from .snapshots import fetchers_and_worker, snapshot, task
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -77,3 +81,112 @@ def test_short_paths() -> None:
     assert formatting.short_path("/v/lib/python3.11/site-packages/aiohttp/web.py") == "aiohttp/web.py"
     assert formatting.short_path("/srv/app/x.py", cwd="/srv/app") == "x.py"
     assert formatting.short_path("/elsewhere/x.py", cwd="/srv/app") == "/elsewhere/x.py"
+
+
+# -- tables that fit the terminal --------------------------------------------------------------
+WIDTHS = (80, 120)
+
+
+def table_text(width: int, draw: Callable[[Console], None]) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    draw(console)
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def assert_fits(text: str, width: int) -> None:
+    wide = [line for line in text.splitlines() if cell_len(line) > width]
+    assert not wide, f"lines wider than {width}: {wide}"
+
+
+def assert_whole(text: str, *pieces: str) -> None:
+    """Each piece on one line of ``text``, uncut."""
+    cut = [p for p in pieces if p not in text]
+    assert not cut, f"cut or missing: {cut}\n{text}"
+
+
+def frame_words(frame: Frame) -> tuple[str, str]:
+    """What a table must keep of a frame: the file's name with the line, and the function."""
+    return f"{frame.file.rsplit('/', 1)[-1]}:{frame.line}", frame.function
+
+
+def user_frame_of(stack: tuple[Frame, ...]) -> Frame:
+    return next(f for f in stack if "/asyncio/" not in f.file)
+
+
+def task_words(snap: TaskSnapshot) -> list[str]:
+    out: list[str] = []
+    for t in snap.tasks:
+        out += [*frame_words(user_frame_of(t.stack)), t.coro] + ([] if snap.grouped else [t.name])
+        if t.wait.primitive is not None:
+            out += [t.wait.detail, *t.wait.primitive.names]
+        if t.created_by is not None:
+            out += [t.created_by.function, f"{t.created_by.file.rsplit('/', 1)[-1]}:{t.created_by.line}"]
+    return out
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("debug", [1, 2])
+def test_task_tables_fit_and_keep_every_place_function_and_label_whole(width: int, debug: int) -> None:
+    view = task_view(shop_tasks(), TaskQuery(debug=debug))
+    text = table_text(width, lambda c: tasks_table.render(view, c, cwd=CWD))
+    check_golden(f"tasks_table_debug{debug}_{width}.txt", text)
+    assert_fits(text, width)
+    assert_whole(text, *task_words(view))
+    # the two transfers wait on locks their frames call "second"; the other name is an alias
+    assert_whole(text, "second (also: first)")
+    # the creators nobody recorded: one marker each, explained once under the table
+    assert text.count("?¹") == 2 and "not recorded" not in text.split("?¹")[1].split("\n")[0]
+    assert text.count("¹ creator not recorded: made before diag started, or by asyncio.Task() directly") == 1
+
+
+def test_a_long_path_loses_directories_from_the_left_never_its_name_or_line() -> None:
+    text = table_text(80, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=1)), c, cwd=CWD))
+    (line,) = [ln for ln in text.splitlines() if "batching_exporter.py:4471" in ln]
+    assert "…/" in line and "/opt/vendor" not in line
+    wide = table_text(400, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=1)), c, cwd=CWD))
+    assert f"{FLUSH.file}:{FLUSH.line}" in wide
+
+
+def test_a_wide_terminal_keeps_every_column() -> None:
+    text = table_text(400, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=2)), c, cwd=CWD))
+    header_line = next(line for line in text.splitlines() if "Waits on" in line)
+    for col in ("Task", "Name", "State", "Waits on", "Waited", "Coroutine", "Where", "Created by"):
+        assert col in header_line
+    assert STOCK.id in text  # ids go only when the width runs short
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sync_tables_fit_and_list_holders_compactly(width: int) -> None:
+    snap = shop_sync()
+    text = table_text(width, lambda c: sync_render.render_table(snap, c, cwd=CWD))
+    check_golden(f"sync_table_{width}.txt", text)
+    assert_fits(text, width)
+    for state in snap.primitives:
+        assert_whole(text, *state.primitive.names)
+    # three holders of the stock semaphore: counted, the leaked one shown
+    assert_whole(text, "task 90 LEAKED", "(+2 more holders)", *frame_words(RESERVE))
+    assert "task 91" not in text
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(rows) <= 4 * len(snap.primitives)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_leak_tables_fit_and_keep_the_programs_frames_whole(width: int) -> None:
+    report = leak_report(shop_sync(), LeakOptions(min_wait=5.0))
+    assert report.findings
+    text = table_text(width, lambda c: leaks_render.render_table(report, c, cwd=CWD))
+    check_golden(f"leaks_table_{width}.txt", text)
+    assert_fits(text, width)
+    for f in report.findings:
+        for frame in leaks_render.site_frames(f, CWD):
+            assert_whole(text, *frame_words(frame))
+        assert_whole(text, f.kind.upper() if width < 100 else f.kind)
+
+
+def test_the_piped_text_keeps_full_paths_and_every_holder() -> None:
+    out = io.StringIO()
+    sync_render.render_text(shop_sync(), out, cwd=CWD)
+    text = out.getvalue()
+    assert "task 91" in text and "myapp/services/shop/orders.py:123" in text
+    assert "lock second (also: first) 0x7ff9efa3d450: locked" in text
+    assert "waiting: 1 task (201)" in text and "waiting: 12 tasks (100, 101" in text
