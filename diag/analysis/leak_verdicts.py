@@ -41,6 +41,8 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.task_snapshot import MALFORMED, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.wording import agree
+from diag.wording import plural as _plural
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
@@ -152,10 +154,6 @@ def _site_text(site: tuple[Frame, ...]) -> str:
     return " <- ".join(f"{f.file.rsplit('/', 1)[-1]}:{f.line} {f.function}" for f in site) or "an unknown site"
 
 
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
-
-
 def _ago(seconds: float) -> str:
     return f"{seconds:.1f}s ago"
 
@@ -208,7 +206,7 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
         if len(culprits) > 5:
             parts.append(f"and {len(culprits) - 5} more")
         waiting = (f"{_plural(len(state.waiting_tasks), 'task')} "
-                   f"{'waits' if len(state.waiting_tasks) == 1 else 'wait'} for it")
+                   f"{agree(len(state.waiting_tasks), 'waits', 'wait')} for it")
         if stuck is not None and waiters and all(w.id in stuck for w in waiters):
             waiting += ", and no other holder can release it: they are stuck for good"
         out.append(Finding(
@@ -233,8 +231,9 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
         long_held = [h for h in state.holders if h.held_seconds >= options.held_threshold]
         if len(stuck) < len(state.holders) and not long_held:
             continue
-        reason = (f"all {len(state.holders)} holders are themselves waiting" if len(stuck) == len(state.holders)
-                  else f"{len(long_held)} permits held for over {options.held_threshold:g}s")
+        reason = (("its only holder is itself waiting" if len(state.holders) == 1
+                   else f"all {len(state.holders)} holders are themselves waiting") if len(stuck) == len(state.holders)
+                  else f"{_plural(len(long_held), 'permit')} held for over {options.held_threshold:g}s")
         waiters = tuple(by_id[t] for t in state.waiting_tasks if t in by_id)
         out.append(Finding(
             kind="exhausted", title=f"semaphore {_where(prim)} is exhausted",
@@ -267,7 +266,8 @@ def executors_exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], optio
                 sites.append(f"{thread.name} at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}")
         out.append(Finding(
             kind="exhausted", title=f"executor {ex.name} is exhausted",
-            evidence=(f"all {_plural(ex.max_workers, 'worker')} are busy and {ex.queued} calls wait in its queue, "
+            evidence=(("its only worker is busy" if ex.max_workers == 1 else f"all {ex.max_workers} workers are busy")
+                      + f" and {_plural(ex.queued, 'call')} {agree(ex.queued, 'waits', 'wait')} in its queue, "
                       f"the oldest for {longest:.0f}s" + (f"; workers are at: {'; '.join(sites)}" if sites else "")),
             tasks=tuple(queued[:MAX_TASKS_PER_FINDING]), task_count=len(queued),
             site=queued[0].stack if queued else (),
@@ -416,7 +416,7 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
         who = ""
         if waiting:
             names = ", ".join(f"task {w.id} ({w.wait.detail or w.wait.kind} in {w.coro})" for w in waiting[:4])
-            who = f"; {_plural(len(waiting), 'task')} {'waits' if len(waiting) == 1 else 'wait'} for it to end: {names}"
+            who = f"; {_plural(len(waiting), 'task')} {agree(len(waiting), 'waits', 'wait')} for it to end: {names}"
         out.append(Finding(
             kind="swallowed_cancel",
             title=f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation",
@@ -443,7 +443,7 @@ def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozen
         on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what)}" if what is not None else "")
         out.append(Finding(
             kind="proven_leak",
-            title=f"{group.count} task{'s' if group.count != 1 else ''} of {group.coro} can never be woken",
+            title=f"{_plural(group.count, 'task')} of {group.coro} can never be woken",
             evidence=(f"they wait on {on}, which nothing outside these tasks can reach: no module global, "
                       f"thread, loop callback, I/O callback or live task refers to it"),
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
@@ -471,7 +471,7 @@ def _dead_text(deads: list[DeadTask], what: str) -> str:
     how = (f"died {_ago(dead.ended_seconds)} with {dead.exception}" if dead.how == "exception"
            else f"was destroyed while pending {_ago(dead.ended_seconds)}")
     at = f" at {dead.stack[0].file.rsplit('/', 1)[-1]}:{dead.stack[0].line}" if dead.stack else ""
-    more = f" ({len(deads) - 1} more dead tasks used it too)" if len(deads) > 1 else ""
+    more = f" ({_plural(len(deads) - 1, 'more dead task')} used it too)" if len(deads) > 1 else ""
     return f"the task that used {what}, {dead.coro} (task {dead.id}), {how}{at}{more}"
 
 
@@ -660,7 +660,7 @@ def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
             kind="loop_starved",
             title=(f"event loop {loop.id} was starved {summary.count} {noun} in the last {summary.window:.0f}s, "
                    f"longest {summary.longest:.1f}s: ready to turn, not run"),
-            evidence=(f"thread {loop.thread_name or loop.thread_id}: {summary.count} stalls, {summary.seconds:.1f}s "
+            evidence=(f"thread {loop.thread_name or loop.thread_id}: {_plural(summary.count, 'stall')}, {summary.seconds:.1f}s "
                       f"in all ({_pct(summary.seconds, summary.window)} of the time); {why}"
                       + (f"; {figures}" if figures else "") + "; not the loop's own code: look at the machine's load, "
                       "the CPU quota or the process's other threads"),
@@ -700,7 +700,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
                 + suspects(snap, by_id, options, explained) + loops_starved(snap, options))
     if snap.reachability.ran:
         proof = snap.reachability
-        proof_text = (f"reachability proof: {proof.blocked} blocked tasks, {proof.objects_marked} objects marked "
+        proof_text = (f"reachability proof: {_plural(proof.blocked, 'blocked task')}, {_plural(proof.objects_marked, 'object')} marked "
                       f"in {proof.seconds:.2f}s" + ("" if proof.complete else f" ({proof.note})"))
     else:
         proof_text = "reachability proof not run: no proven_leak verdicts"

@@ -205,7 +205,7 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:
         shown = ", ".join(str(t) for t in wait.tasks[:5]) + (", ..." if len(wait.tasks) > 5 else "")
-        text += f" (tasks {shown})"
+        text += f" ({'task' if len(wait.tasks) == 1 else 'tasks'} {shown})"
     if wait.created_at is not None:
         text += f" (future created at {where(wait.created_at, cwd)})"
     if kind == "unknown":

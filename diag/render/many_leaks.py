@@ -15,6 +15,7 @@ from diag.render.fit import Cell, Column
 from diag.render.leaks_render import finding_lines, layouts
 from diag.render.tasks_table import print_table
 from diag.render.many_tasks import failure_lines
+from diag.wording import plural
 
 
 def _summary(results: Sequence[TargetResult[LeakReport]]) -> list[str]:
@@ -32,7 +33,7 @@ def _summary(results: Sequence[TargetResult[LeakReport]]) -> list[str]:
         lines.append(f"process {process_name(r)} at {r.target.target}: {parts}; {report.proof}")
         lines += [f"pid {process_name(r)}: note: {n}" for n in report.notes]
     parts = ", ".join(f"{n} {k}" for k, n in total.items()) or "no findings"
-    head = (f"diag leaks: {len(results)} processes ({len(answered)} answered, {len(results) - len(answered)} "
+    head = (f"diag leaks: {plural(len(results), 'process', 'processes')} ({len(answered)} answered, {len(results) - len(answered)} "
             f"failed): {parts}")
     return [head] + lines + failure_lines(results)
 

@@ -15,18 +15,19 @@ from diag.render.fit import Cell, Column
 from diag.render.sync_render import layouts, state_lines
 from diag.render.tasks_table import print_table
 from diag.sync_snapshot import SyncSnapshot
+from diag.wording import plural
 
 
 def header(results: Sequence[TargetResult[SyncSnapshot]], shown: int) -> list[str]:
     answered = [r for r in results if r.value is not None]
     live = sum(len(r.value.primitives) for r in answered if r.value is not None)
-    lines = [f"diag sync: {len(results)} processes ({len(answered)} answered, {len(results) - len(answered)} failed), "
-             f"{live} live primitives, {shown} shown (held, locked or waited on; --all for every one)"]
+    lines = [f"diag sync: {plural(len(results), 'process', 'processes')} ({len(answered)} answered, "
+             f"{len(results) - len(answered)} failed), {plural(live, 'live primitive')}, {shown} shown (held, locked or waited on; --all for every one)"]
     for r in answered:
         snap = r.value
         assert snap is not None
         tracking = "holders tracked" if snap.holders_tracked else "holders NOT tracked"
-        lines.append(f"process {process_name(r)} at {r.target.target}: {len(snap.primitives)} live primitives; {tracking}")
+        lines.append(f"process {process_name(r)} at {r.target.target}: {plural(len(snap.primitives), 'live primitive')}; {tracking}")
         lines += [f"pid {process_name(r)}: note: {n}" for n in snap.notes]
     return lines + failure_lines(results)
 

@@ -18,6 +18,7 @@ from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column
 from diag.render.tasks_table import layouts, print_table
 from diag.render.tasks_text import loop_line, stack_lines, task_title
+from diag.wording import plural
 
 
 def failure_lines(results: Sequence[TargetResult[Any]]) -> list[str]:
@@ -28,10 +29,10 @@ def failure_lines(results: Sequence[TargetResult[Any]]) -> list[str]:
 def header(view: MergedTasks) -> list[str]:
     answered = view.answered
     shown = sum(g.count for g in view.groups)
-    unit = f"{len(view.groups)} groups" if view.grouped else f"{len(view.groups)} shown"
+    unit = plural(len(view.groups), "group") if view.grouped else f"{len(view.groups)} shown"
     failed = len(view.results) - len(answered)
-    lines = [f"diag tasks: {len(view.results)} processes ({len(answered)} answered, {failed} failed), "
-             f"{view.total_tasks} pending tasks, {shown} matching in {unit}"]
+    lines = [f"diag tasks: {plural(len(view.results), 'process', 'processes')} ({len(answered)} answered, "
+             f"{failed} failed), {plural(view.total_tasks, 'pending task')}, {shown} matching in {unit}"]
     clock = next((snap.wait_clock for _, snap in answered if snap.wait_clock), "")
     lines.append(f"wait times: {clock}" if clock else "wait times: not measured")
     for result in view.results:
@@ -40,7 +41,7 @@ def header(view: MergedTasks) -> list[str]:
             continue
         taken = fmt.timestamp(snap.taken_at)
         lines.append(f"process {process_name(result)} (python {snap.process.python or '?'}) at {result.target.target}: "
-                     f"{snap.total_tasks} pending tasks, taken {taken}")
+                     f"{plural(snap.total_tasks, 'pending task')}, taken {taken}")
     lines += failure_lines(view.results)
     for process, snap in answered:
         lines += [f"pid {process}: {loop_line(lp)}" for lp in snap.loops]

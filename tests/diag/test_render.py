@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.analysis.task_groups import TaskQuery, task_view
+from diag import wording
 from diag.render import formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
 from diag.task_snapshot import Frame, LoopInfo, TaskSnapshot, Wait
 
@@ -189,4 +191,43 @@ def test_the_piped_text_keeps_full_paths_and_every_holder() -> None:
     text = out.getvalue()
     assert "task 91" in text and "myapp/services/shop/orders.py:123" in text
     assert "lock second (also: first) 0x7ff9efa3d450: locked" in text
-    assert "waiting: 1 task (201)" in text and "waiting: 12 tasks (100, 101" in text
+
+
+# -- counts and plurals --------------------------------------------------------------------------
+def test_plural_and_agreement() -> None:
+    assert wording.plural(1, "task") == "1 task" and wording.plural(2, "task") == "2 tasks"
+    assert wording.plural(0, "task") == "0 tasks"
+    assert wording.plural(1, "process", "processes") == "1 process"
+    assert wording.plural(3, "process", "processes") == "3 processes"
+    assert wording.agree(1, "waits", "wait") == "waits" and wording.agree(2, "waits", "wait") == "wait"
+
+
+def test_headers_count_tasks_and_groups_in_the_singular_and_the_plural() -> None:
+    one = tasks_text.header(task_view(snapshot(task(1)), TaskQuery(debug=1)))[0]
+    assert "1 pending task, 1 matching in 1 group," in one
+    many = tasks_text.header(task_view(fetchers_and_worker(), TaskQuery(debug=1)))[0]
+    assert "4 pending tasks, 4 matching in 2 groups," in many
+
+
+def test_a_wait_on_one_task_or_several() -> None:
+    assert formatting.wait_reason(Wait("gather", "gather", tasks=(5,))) == "gather (task 5)"
+    assert formatting.wait_reason(Wait("gather", "gather", tasks=(5, 6))) == "gather (tasks 5, 6)"
+
+
+def test_sync_text_counts_its_waiters_and_primitives() -> None:
+    out = io.StringIO()
+    sync_render.render_text(shop_sync(), out, cwd=CWD)
+    text = out.getvalue()
+    assert "4 live primitives" in text
+    assert "waiting: 1 task (300)" in text and "waiting: 12 tasks (100, 101, 102" in text
+    assert "tasks 1" not in text.replace("tasks (1", "")  # never "waiting: tasks 13"
+
+
+def test_findings_agree_with_their_counts() -> None:
+    snap = shop_sync()
+    permit = next(f for f in leak_report(snap, LeakOptions(min_wait=5.0)).findings if f.kind == "leaked_permit")
+    assert "12 tasks wait for it" in permit.evidence and permit.title.startswith("1 permit of ")
+    stock = snap.primitives[0]
+    alone = replace(snap, primitives=(replace(stock, waiting_tasks=(100,)),) + snap.primitives[1:])
+    permit = next(f for f in leak_report(alone, LeakOptions(min_wait=5.0)).findings if f.kind == "leaked_permit")
+    assert "1 task waits for it" in permit.evidence and "1 tasks" not in permit.evidence
