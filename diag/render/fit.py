@@ -149,6 +149,9 @@ class Cell:
     def natural(self) -> int:
         return max((para.natural() for para in self.paragraphs), default=0)
 
+    def widest_piece(self) -> int:
+        return max((p.width for para in self.paragraphs for p in para.pieces), default=0)
+
     def text(self, width: int) -> Text:
         out = Text(style=self.style)
         first = True
@@ -183,47 +186,60 @@ class Layout:
         space either side of every cell."""
         return 3 * len(self.columns) + 1
 
-    def bounds(self) -> list[tuple[int, int]]:
-        """(least, natural) width of each column."""
+    def bounds(self) -> list[tuple[int, int, int]]:
+        """(least, whole, natural) width of each column: with paths shortened; with every
+        piece as it is (paths in full); with every paragraph on one line."""
         out = []
         for i, col in enumerate(self.columns):
             cells = [row[i] for row in self.rows]
             natural = max([cell_len(col.header)] + [c.natural() for c in cells])
             least = max([cell_len(col.header), min(col.floor, natural)] + [c.min_width() for c in cells])
-            out.append((least, max(least, natural)))
+            full = max([least] + [c.widest_piece() for c in cells])
+            out.append((least, min(max(least, natural), full), max(least, natural)))
         return out
 
     def fits(self, width: int) -> bool:
-        return sum(least for least, _ in self.bounds()) + self.overhead() <= width
+        return sum(b[0] for b in self.bounds()) + self.overhead() <= width
 
     def widths(self, width: int) -> list[int]:
-        """Every column at its natural width if they fit; else each at its least, then the
-        columns that lack least get all they lack (so fewest cells wrap), and the room
-        left is shared among the rest in proportion to what each still lacks."""
+        """Every column at its natural width if they fit.  Else each at its least, raised
+        first towards showing every piece whole (paths in full; at most half the room to
+        one column), then towards its natural width: at each step the columns that lack
+        least get all they lack (so fewest cells wrap), and the room left is shared among
+        the rest in proportion to their lack."""
         bounds = self.bounds()
         room = width - self.overhead()
-        if sum(n for _, n in bounds) <= room:
-            return [n for _, n in bounds]
-        widths = [least for least, _ in bounds]
+        if sum(b[2] for b in bounds) <= room:
+            return [b[2] for b in bounds]
+        widths = [b[0] for b in bounds]
         while sum(widths) > room and max(widths) > 1:  # nothing fits: the widest give way
             widths[widths.index(max(widths))] -= 1
         spare = room - sum(widths)
-        lacking = [n - least for least, n in bounds]
-        for i in sorted(range(len(bounds)), key=lambda i: (lacking[i], i)):
-            if 0 < lacking[i] <= spare // 2:  # never all the room to one column
-                widths[i] += lacking[i]
-                spare -= lacking[i]
-                lacking[i] = 0
-        total = sum(lacking)
-        if spare <= 0 or total <= 0:
-            return widths
-        shares = [spare * lack / total for lack in lacking]
-        given = [int(s) for s in shares]
-        # the columns with the largest remainders get the last few cells
-        left = spare - sum(given)
-        for i in sorted(range(len(shares)), key=lambda i: (given[i] - shares[i], i))[:left]:
-            given[i] += 1
-        return [w + g for w, g in zip(widths, given)]
+        # pieces whole first, but no column takes more than half the room for it
+        widths = _share(widths, [min(max(0, b[1] - w), spare // 2) for b, w in zip(bounds, widths)], spare)
+        return _share(widths, [max(0, b[2] - w) for b, w in zip(bounds, widths)], room - sum(widths))
+
+
+def _share(widths: list[int], lacking: list[int], spare: int) -> list[int]:
+    """``widths`` raised by up to ``lacking`` within ``spare`` (see ``Layout.widths``)."""
+    widths, lacking = list(widths), list(lacking)
+    for i in sorted(range(len(widths)), key=lambda i: (lacking[i], i)):
+        if 0 < lacking[i] <= spare // 2:  # never all the room to one column
+            widths[i] += lacking[i]
+            spare -= lacking[i]
+            lacking[i] = 0
+    total = sum(lacking)
+    if spare <= 0 or total <= 0:
+        return widths
+    if total <= spare:
+        return [w + lack for w, lack in zip(widths, lacking)]
+    shares = [spare * lack / total for lack in lacking]
+    given = [int(s) for s in shares]
+    # the columns with the largest remainders get the last few cells
+    left = spare - sum(given)
+    for i in sorted(range(len(shares)), key=lambda i: (given[i] - shares[i], i))[:left]:
+        given[i] += 1
+    return [w + g for w, g in zip(widths, given)]
 
 
 def choose(layouts: Sequence[Layout], width: int) -> Layout:
