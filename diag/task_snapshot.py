@@ -57,6 +57,11 @@ class Frame:
                    str(d.get("source") or ""))
 
 
+def _shared_name(name: str) -> bool:
+    """``module.NAME``, ``Type.attr`` or ``[key]``: what holds the object, not a local."""
+    return "." in name or name.startswith("[")
+
+
 @dataclass(frozen=True)
 class Primitive:
     """A synchronisation object a task waits on, identified so that waiters group by it.
@@ -86,6 +91,18 @@ class Primitive:
     def names(self) -> tuple[str, ...]:
         """Every name of the primitive, its label first."""
         return ((self.label,) if self.label else ()) + tuple(a for a in self.aliases if a != self.label)
+
+    def named_by(self, frame_label: str = "") -> tuple[str, tuple[str, ...]]:
+        """The name to show to a task whose waiting code calls it ``frame_label``, and the
+        other names.  A bare local name is only what one frame calls it, so the waiting
+        frame's own name is shown first, unless the label is a name every frame shares
+        (``module.NAME``, ``Type.attr``, ``[key]``) and the frame's is a bare local."""
+        label = self.label or frame_label or self.kind
+        shown = label
+        if frame_label and (_shared_name(frame_label) or not _shared_name(label)):
+            shown = frame_label
+        return shown, tuple(n for n in self.names if n != shown)
+
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "id": self.id, "label": self.label}

@@ -146,8 +146,11 @@ class LeakReport:
             raise TargetError(f"malformed diag leak report: {err.__class__.__name__}: {err}") from None
 
 
-def _where(prim: Primitive) -> str:
-    return f"{prim.label or prim.kind} {prim.id}"
+def _where(prim: Primitive, name: str = "") -> str:
+    """``pool 0x7f..``; ``name`` is what the waiting code calls it, shown first, with the
+    primitive's other names after it: ``second (also: first) 0x7f..``."""
+    shown, others = prim.named_by(name)
+    return f"{shown}{' (also: ' + ', '.join(others) + ')' if others else ''} {prim.id}"
 
 
 def _site_text(site: tuple[Frame, ...]) -> str:
@@ -315,7 +318,7 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
             noun = "lock" if prim.kind == "lock" else prim.kind
             out.append(Finding(
                 kind="deadlock", title=f"deadlock: task {task.id} waits for a {noun} it holds itself",
-                evidence=(f"task {task.id} {task.name!r} holds {_where(prim)} and waits to acquire it again; "
+                evidence=(f"task {task.id} {task.name!r} holds {_where(prim, task.wait.frame_label)} and waits to acquire it again; "
                           f"asyncio's {prim.kind.replace('_', ' ')} is not reentrant, so the wait can never end"),
                 tasks=(task,), task_count=1, primitives=(prim,), site=task.stack,
             ))
@@ -327,7 +330,9 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
             pid = via.get((a, b))
             if pid is not None:
                 locks.append(prims[pid])
-                hops.append(f"task {a} waits for {_where(prims[pid])} held by task {b}")
+                waiter = by_id.get(a)
+                name = waiter.wait.frame_label if waiter is not None else ""
+                hops.append(f"task {a} waits for {_where(prims[pid], name)} held by task {b}")
             else:
                 hops.append(f"task {a} awaits task {b}")
         kind_text = "lock-order inversion" if locks else "await cycle"
@@ -359,7 +364,7 @@ def stuck_behind(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stuck
             prim = state.primitive if state is not None else first.wait.primitive
             holders = [h for h in state.holders] if state is not None else []
             chain = "; ".join(_chain_text(h.task_id, h.task_alive, by_id, stuck) for h in holders[:4])
-            what = f"{prim.kind} {_where(prim)}" if prim is not None else "a primitive"
+            what = f"{prim.kind} {_where(prim, first.wait.frame_label)}" if prim is not None else "a primitive"
             evidence = f"they wait for {what}, whose every holder can never release it: {chain}"
             prims: tuple[Primitive, ...] = (prim,) if prim is not None else ()
         else:
@@ -391,7 +396,7 @@ def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo],
         return f"{name} waits on a lock it holds itself (deadlock)"
     if why.kind == "holder":
         prim = task.wait.primitive if task is not None else None
-        what = _where(prim) if prim is not None else "a primitive"
+        what = _where(prim, task.wait.frame_label if task is not None else "") if prim is not None else "a primitive"
         return f"{name} waits for {what}, held by tasks that can never proceed"
     return f"{name} awaits tasks that can never finish"
 
@@ -440,7 +445,7 @@ def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozen
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
         what = group.wait.primitive
-        on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what)}" if what is not None else "")
+        on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what, group.wait.frame_label)}" if what is not None else "")
         out.append(Finding(
             kind="proven_leak",
             title=f"{_plural(group.count, 'task')} of {group.coro} can never be woken",
@@ -516,13 +521,14 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             continue  # something ends this wait on its own
         why = []
         prim = task.wait.primitive
+        name = task.wait.frame_label
         target = prim.id if prim is not None else task.wait.future_id
         if target and target in touched:
-            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+            what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim, name) if prim is not None
                     else "the future it awaits")
             why.append(_dead_text(touched[target], what))
         if task.wait.owner_closed:
-            what = "the future it awaits" if prim is None else _where(prim)
+            what = "the future it awaits" if prim is None else _where(prim, name)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
         if _idle_by_design(task) and not why:
             continue
@@ -530,10 +536,10 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
                 if prim.kind == "event":
-                    why.append(f"{_where(prim)} was last set {idle:.1f}s ago, before this wait began, and not since: "
+                    why.append(f"{_where(prim, name)} was last set {idle:.1f}s ago, before this wait began, and not since: "
                                f"a wake-up this task missed, or a signal that stopped coming")
                 else:
-                    why.append(f"no acquire or release on {_where(prim)} since the wait began")
+                    why.append(f"no acquire or release on {_where(prim, name)} since the wait began")
             elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
                   and fired.get(prim.label)):
                 n = fired[prim.label]

@@ -148,11 +148,9 @@ def where(frame: Frame, cwd: str | None = None) -> str:
 
 
 def primitive_names(prim: Primitive, name: str = "") -> tuple[str, tuple[str, ...]]:
-    """The name to show for ``prim`` and its other names: ``name`` (what the waiting
-    frame calls it) first when given, else the label (the kind when it has none)."""
-    names = prim.names
-    shown = name or (names[0] if names else prim.kind)
-    return shown, tuple(n for n in names if n != shown)
+    """The name to show for ``prim`` and its other names (``Primitive.named_by``);
+    ``name`` is what the waiting frame calls it."""
+    return prim.named_by(name)
 
 
 def primitive_state(prim: Primitive) -> str:

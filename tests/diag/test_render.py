@@ -17,7 +17,7 @@ from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag import wording
 from diag.render import formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
-from diag.task_snapshot import Frame, LoopInfo, TaskSnapshot, Wait
+from diag.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
 
 from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, shop_sync, shop_tasks
 from .snapshots import fetchers_and_worker, snapshot, task
@@ -231,3 +231,53 @@ def test_findings_agree_with_their_counts() -> None:
     alone = replace(snap, primitives=(replace(stock, waiting_tasks=(100,)),) + snap.primitives[1:])
     permit = next(f for f in leak_report(alone, LeakOptions(min_wait=5.0)).findings if f.kind == "leaked_permit")
     assert "1 task waits for it" in permit.evidence and "1 tasks" not in permit.evidence
+
+
+# -- a primitive with several names ---------------------------------------------------------------
+def test_a_primitive_is_named_as_the_waiting_frame_names_it_with_its_other_names_after() -> None:
+    lock = Primitive("lock", "0x7f01", "first", locked=True, waiters=1, aliases=("second",))
+    as_first = Wait("lock", "Lock.acquire", lock, 3.0, frame_label="first")
+    as_second = Wait("lock", "Lock.acquire", lock, 3.0, frame_label="second")
+    assert formatting.wait_reason(as_first) == "Lock.acquire <first (also: second) 0x7f01 locked waiters=1>"
+    assert formatting.wait_reason(as_second) == "Lock.acquire <second (also: first) 0x7f01 locked waiters=1>"
+    unnamed = Wait("lock", "Lock.acquire", replace(lock, aliases=()), 3.0)
+    assert formatting.wait_reason(unnamed) == "Lock.acquire <first 0x7f01 locked waiters=1>"
+    assert lock.names == ("first", "second") and Primitive("lock", "0x1").names == ()
+
+
+def test_names_round_trip_through_json_and_older_documents_default_them() -> None:
+    snap = shop_tasks()
+    assert TaskSnapshot.from_json(snap.to_json()) == snap
+    data = json.loads(snap.to_json())
+    for t in data["tasks"]:  # a document from before the names: neither field
+        t["wait"].pop("frame_label", None)
+        if "primitive" in t["wait"]:
+            t["wait"]["primitive"].pop("aliases", None)
+    old = TaskSnapshot.from_dict(data)
+    transfer = next(t for t in old.tasks if t.id == 201)
+    assert transfer.wait.frame_label == "" and transfer.wait.primitive is not None
+    assert transfer.wait.primitive.aliases == () and transfer.wait.primitive.label == "second"
+    sync = shop_sync()
+    assert type(sync).from_json(sync.to_json()) == sync
+
+
+def test_a_deadlock_names_each_lock_as_the_task_waiting_for_it_does() -> None:
+    report = leak_report(shop_sync(), LeakOptions(min_wait=5.0))
+    (deadlock,) = [f for f in report.findings if f.kind == "deadlock"]
+    assert "task 201 waits for second (also: first) 0x7ff9efa3d450 held by task 202" in deadlock.evidence
+    assert "task 202 waits for second (also: first) 0x7ff9efa3d010 held by task 201" in deadlock.evidence
+
+
+def test_the_filter_matches_every_name_of_a_primitive() -> None:
+    view = task_view(shop_tasks(), TaskQuery(debug=2, pattern="^first$"))
+    assert {t.id for t in view.tasks} == {201, 202}
+
+
+def test_a_name_every_frame_shares_stays_first_and_a_local_becomes_an_alias() -> None:
+    queue = Primitive("queue", "0x7f02", "[app.outbox]", size=0, maxsize=1, getters=1, aliases=("queue",))
+    wait = Wait("queue_get", "Queue.get", queue, 2.0, frame_label="queue")
+    assert formatting.wait_reason(wait) == "Queue.get <[app.outbox] (also: queue) 0x7f02 size=0/1 getters=1>"
+    pool = Primitive("semaphore", "0x7f03", "Client.pool", value=0, waiters=1, aliases=("sem",))
+    assert pool.named_by("sem") == ("Client.pool", ("sem",))
+    assert pool.named_by("Other.pool") == ("Other.pool", ("Client.pool", "sem"))
+    assert Primitive("lock", "0x7f04").named_by() == ("lock", ())
