@@ -617,8 +617,9 @@ class _Walker:
 
     def name_by_holders_frames(self) -> None:
         """Add the names the holding tasks' own frames give the primitives tasks wait on:
-        the lock one task waits for as ``second`` is ``first`` in the task holding it."""
-        for key, obj in list(self.primitive_objects.items()):
+        the lock one task waits for as ``second`` is ``first`` in the task holding it
+        (for the first ``MAX_HOLDER_SCAN`` primitives, as ``holder_labels``)."""
+        for key, obj in list(self.primitive_objects.items())[:MAX_HOLDER_SCAN]:
             source = read_attr(obj, "_lock") if is_a(obj, asyncio.Condition) else obj
             for rec in holders.records(source)[:MAX_HOLDERS_NAMED]:
                 task = self.by_seq.get(rec.task_id) if rec.task_id is not None else None
