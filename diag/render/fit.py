@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -75,9 +76,13 @@ def word(text: str) -> Piece:
     return Piece(safe_text(text), "free")
 
 
+#: A ``file.py:12`` in free text (a finding's evidence): kept whole like any other.
+_PLACE = re.compile(r"\.pyx?:\d+")
+
+
 def words(text: str) -> list[Piece]:
-    """Free text as pieces, one a word."""
-    return [word(w) for w in text.split()]
+    """Free text as pieces, one a word; a word naming a file:line is whole."""
+    return [whole(w) if _PLACE.search(w) else word(w) for w in text.split()]
 
 
 def shortened_path(where: str, width: int) -> str:

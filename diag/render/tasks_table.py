@@ -45,10 +45,8 @@ def primitive_pieces(prim: Primitive, name: str = "", *, with_id: bool = True) -
     if with_id:
         tokens.append(fit.word(prim.id))
     tokens += fit.words(fmt.primitive_state(prim))
-    first, last = tokens[0], tokens[-1]
-    tokens[0] = fit.Piece("<" + first.text, first.kind)
-    last = tokens[-1]
-    tokens[-1] = fit.Piece(last.text + ">", last.kind)
+    tokens[0] = fit.Piece("<" + tokens[0].text, tokens[0].kind)
+    tokens[-1] = fit.Piece(tokens[-1].text + ">", tokens[-1].kind)
     return tokens
 
 

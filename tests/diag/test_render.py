@@ -16,7 +16,7 @@ from rich.console import Console
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag import wording
-from diag.render import formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
+from diag.render import fit, formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
 from diag.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
 
 from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, shop_sync, shop_tasks
@@ -281,3 +281,19 @@ def test_a_name_every_frame_shares_stays_first_and_a_local_becomes_an_alias() ->
     assert pool.named_by("sem") == ("Client.pool", ("sem",))
     assert pool.named_by("Other.pool") == ("Other.pool", ("Client.pool", "sem"))
     assert Primitive("lock", "0x7f04").named_by() == ("lock", ())
+
+
+def test_a_path_is_shortened_at_a_directory_and_keeps_its_name_and_line() -> None:
+    where = "myapp/services/shop/orders.py:123"
+    assert fit.shortened_path(where, 80) == where
+    assert fit.shortened_path(where, 22) == "…/shop/orders.py:123"
+    assert fit.shortened_path(where, 5) == "…/orders.py:123"
+    assert fit.shortened_path("orders.py:123", 5) == "orders.py:123"
+
+
+@pytest.mark.parametrize("width", [40, 60])
+def test_a_terminal_too_narrow_for_any_layout_still_gets_no_line_wider_than_itself(width: int) -> None:
+    text = table_text(width, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=2)), c, cwd=CWD))
+    assert_fits(text, width)
+    text = table_text(width, lambda c: sync_render.render_table(shop_sync(), c, cwd=CWD))
+    assert_fits(text, width)
