@@ -78,7 +78,8 @@ def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> lis
     """One primitive in the text form: a blank line, ``[prefix]kind label id: state``,
     its holders with their acquire sites, and the waiting tasks."""
     p = state.primitive
-    lines = ["", f"{prefix}{p.kind} {fmt.primitive_name(p) if p.label else '?'} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
+    name = fmt.primitive_name(p) if p.label else "?"
+    lines = ["", f"{prefix}{p.kind} {name} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
     for holder in state.holders:
         lines.append(f"    held by {holder_text(holder, cwd)}")
         for frame in holder.site[1:]:
@@ -112,7 +113,7 @@ def holders_cell(state: PrimitiveState, cwd: str | None) -> Cell:
     pieces = holder_pieces(first_holder(state), cwd)
     more = len(state.holders) - 1
     if more:
-        pieces.append(fit.whole(f"(+{more} more {'holder' if more == 1 else 'holders'})"))
+        pieces.append(fit.whole(f"(+{plural(more, 'more holder')})"))
     return Cell.of(pieces, style=style)
 
 
