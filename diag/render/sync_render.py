@@ -8,7 +8,7 @@ from rich.console import Console
 
 from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.fit import Cell, Column, Layout, Piece
+from diag.render.fit import Cell, Column, Layout, Paragraph, Piece
 from diag.render.tasks_table import frame_pieces, print_table
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.wording import plural
@@ -120,8 +120,8 @@ def holders_cell(state: PrimitiveState, cwd: str | None) -> Cell:
 def layouts(lead: Sequence[Column], leads: Sequence[Sequence[Cell]], states: Sequence[PrimitiveState],
             cwd: str | None) -> list[Layout]:
     """The primitives table's layouts, widest first: every column; without Id; with Kind
-    joined to the label; then State and Waiters under it too; ``lead`` columns (Process)
-    first."""
+    joined to the label; then State and Waiters under it too; then the holder as well;
+    ``lead`` columns (Process) first."""
     out = []
     for with_id, joined in ((True, False), (False, False), (False, True)):
         cols = list(lead) + ([Column("Primitive")] if joined else [Column("Kind"), Column("Label")])
@@ -137,13 +137,20 @@ def layouts(lead: Sequence[Column], leads: Sequence[Sequence[Cell]], states: Seq
                       Cell.of([fit.whole(t) for t in waiters_parts(state)])]
             rows.append(list(first) + cells)
         out.append(Layout(cols, rows))
-    rows = []
-    for first, state in zip(leads, states):
-        waiting = waiters_parts(state)
-        cell = Cell.of(primitive_pieces(state), [fit.whole(t) for t in state_parts(state)],
-                       [fit.word("waiters:")] + [fit.whole(t) for t in waiting])
-        rows.append(list(first) + [cell, holders_cell(state, cwd)])
-    out.append(Layout(list(lead) + [Column("Primitive")] + [Column("Holders")], rows))
+    for apart in (True, False):
+        rows = []
+        for first, state in zip(leads, states):
+            about = [primitive_pieces(state), [fit.whole(t) for t in state_parts(state)],
+                     [fit.word("waiters:")] + [fit.whole(t) for t in waiters_parts(state)]]
+            held = holders_cell(state, cwd)
+            if apart:
+                rows.append(list(first) + [Cell.of(*about), held])
+            else:  # the holder under the primitive, in its colour
+                by = ((Paragraph((fit.word("held"), fit.word("by"), *held.paragraphs[0].pieces), held.style),)
+                      if state.holders else ())
+                rows.append(list(first) + [Cell(tuple(Paragraph(tuple(p)) for p in about) + by)])
+        cols = [Column("Primitive"), Column("Holders")] if apart else [Column("Primitive, holders")]
+        out.append(Layout(list(lead) + cols, rows))
     return out
 
 

@@ -14,12 +14,16 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
+from diag.analysis.merge import merge_findings, merge_primitives, merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag import wording
-from diag.render import fit, formatting, jsonout, leaks_render, sync_render, tasks_table, tasks_text
+from diag.multi_source import Target, TargetResult
+from diag.render import (
+    fit, formatting, jsonout, leaks_render, many_leaks, many_sync, many_tasks, sync_render, tasks_table, tasks_text,
+)
 from diag.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
 
-from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, shop_sync, shop_tasks
+from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, TRANSFER_A, shop_sync, shop_tasks
 from .snapshots import fetchers_and_worker, snapshot, task
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -297,3 +301,28 @@ def test_a_terminal_too_narrow_for_any_layout_still_gets_no_line_wider_than_itse
     assert_fits(text, width)
     text = table_text(width, lambda c: sync_render.render_table(shop_sync(), c, cwd=CWD))
     assert_fits(text, width)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_several_processes_tables_fit_too(width: int) -> None:
+    sync = shop_sync()
+    pid = replace(sync.process, pid=5152)
+    other = replace(sync, process=pid, tasks=replace(sync.tasks, process=pid))
+    syncs = [TargetResult(Target("http://a"), "ok", sync), TargetResult(Target("http://b"), "ok", other)]
+    for debug in (1, 2):
+        tasks = [TargetResult(r.target, "ok", task_view(r.value.tasks, TaskQuery(debug=debug))) for r in syncs
+                 if r.value is not None]
+        merged = merge_tasks(tasks, limit=None)
+        text = table_text(width, lambda c: many_tasks.render_table(merged, c, cwd=CWD))
+        assert_fits(text, width)
+        # groups of two processes name no one primitive ("on 2 distinct semaphores"): places and coroutines
+        for t in (g.task for g in merged.groups):
+            assert_whole(text, *frame_words(user_frame_of(t.stack)), t.coro, *([] if merged.grouped else [t.name]))
+    text = table_text(width, lambda c: many_sync.render_table(syncs, merge_primitives(syncs, False), c, cwd=CWD))
+    assert_fits(text, width)
+    assert_whole(text, "5151", "5152", *[n for s in sync.primitives for n in s.primitive.names])
+    reports = [TargetResult(r.target, "ok", leak_report(r.value, LeakOptions(min_wait=5.0))) for r in syncs
+               if r.value is not None]
+    text = table_text(width, lambda c: many_leaks.render_table(reports, merge_findings(reports), c, cwd=CWD))
+    assert_fits(text, width)
+    assert_whole(text, *frame_words(TRANSFER_A), *frame_words(RESERVE))
