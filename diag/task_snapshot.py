@@ -57,14 +57,22 @@ class Frame:
                    str(d.get("source") or ""))
 
 
+def _shared_name(name: str) -> bool:
+    """``module.NAME``, ``Type.attr`` or ``[key]``: what holds the object, not a local."""
+    return "." in name or name.startswith("[")
+
+
 @dataclass(frozen=True)
 class Primitive:
     """A synchronisation object a task waits on, identified so that waiters group by it.
 
     ``id`` is the object's address in hex: the same object has the same id in every task
-    of one snapshot.  State fields that do not apply to a kind are ``None``.  A queue's
-    ``unfinished`` counts items put and not yet marked done (``task_done()``), queued ones
-    included: what ``Queue.join()`` waits for.
+    of one snapshot.  ``label`` is its name (what holds it, ``module.NAME`` or
+    ``Type.attr``, else a waiting frame's local); ``aliases`` are the other names frames
+    use for it (a lock that one task calls ``first`` and another ``second``).  State
+    fields that do not apply to a kind are ``None``.  A queue's ``unfinished`` counts
+    items put and not yet marked done (``task_done()``), queued ones included: what
+    ``Queue.join()`` waits for.
     """
 
     kind: str
@@ -80,9 +88,28 @@ class Primitive:
     getters: int | None = None
     putters: int | None = None
     unfinished: int | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name of the primitive, its label first."""
+        return ((self.label,) if self.label else ()) + tuple(a for a in self.aliases if a != self.label)
+
+    def named_by(self, frame_label: str = "") -> tuple[str, tuple[str, ...]]:
+        """The name to show to a task whose waiting code calls it ``frame_label``, and the
+        other names.  A bare local name is only what one frame calls it, so the waiting
+        frame's own name is shown first, unless the label is a name every frame shares
+        (``module.NAME``, ``Type.attr``, ``[key]``) and the frame's is a bare local."""
+        label = self.label or frame_label or self.kind
+        shown = label
+        if frame_label and (_shared_name(frame_label) or not _shared_name(label)):
+            shown = frame_label
+        return shown, tuple(n for n in self.names if n != shown)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "id": self.id, "label": self.label}
+        if self.aliases:
+            d["aliases"] = list(self.aliases)
         for name in ("value", "capacity", "locked", "waiters", "is_set", "size", "maxsize",
                      "getters", "putters", "unfinished"):
             v = getattr(self, name)
@@ -106,6 +133,7 @@ class Primitive:
             waiters=opt_int("waiters"), is_set=opt_bool("is_set"), size=opt_int("size"),
             maxsize=opt_int("maxsize"), getters=opt_int("getters"), putters=opt_int("putters"),
             unfinished=opt_int("unfinished"),
+            aliases=tuple(str(a) for a in d.get("aliases") or ()),
         )
 
 
@@ -173,6 +201,8 @@ class Wait:
     are the ids (``Primitive.id`` form) of the objects found keeping it, nearest first,
     so that a dead task or thread that used one of them can be named.  ``child`` is the
     child process of a ``Process.wait()``.
+    ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
+    in ``async with second:``), which may differ from the primitive's label.
     """
 
     kind: str
@@ -191,9 +221,12 @@ class Wait:
     stream_side: str = ""
     owner_ids: tuple[str, ...] = ()
     child: ChildProcess | None = None
+    frame_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.frame_label:
+            d["frame_label"] = self.frame_label
         if self.future_id:
             d["future_id"] = self.future_id
         if self.stream_side:
@@ -240,6 +273,7 @@ class Wait:
             stream_side=str(d.get("stream_side") or ""),
             owner_ids=tuple(str(i) for i in d.get("owner_ids") or ()),
             child=ChildProcess.from_dict(d["child"]) if isinstance(d.get("child"), Mapping) else None,
+            frame_label=str(d.get("frame_label") or ""),
         )
 
 

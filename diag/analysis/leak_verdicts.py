@@ -41,6 +41,8 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.task_snapshot import MALFORMED, ChildProcess, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.wording import agree
+from diag.wording import plural as _plural
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
@@ -144,16 +146,15 @@ class LeakReport:
             raise TargetError(f"malformed diag leak report: {err.__class__.__name__}: {err}") from None
 
 
-def _where(prim: Primitive) -> str:
-    return f"{prim.label or prim.kind} {prim.id}"
+def _where(prim: Primitive, name: str = "") -> str:
+    """``pool 0x7f..``; ``name`` is what the waiting code calls it, shown first, with the
+    primitive's other names after it: ``second (also: first) 0x7f..``."""
+    shown, others = prim.named_by(name)
+    return f"{shown}{' (also: ' + ', '.join(others) + ')' if others else ''} {prim.id}"
 
 
 def _site_text(site: tuple[Frame, ...]) -> str:
     return " <- ".join(f"{f.file.rsplit('/', 1)[-1]}:{f.line} {f.function}" for f in site) or "an unknown site"
-
-
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _ago(seconds: float) -> str:
@@ -209,7 +210,7 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
         if len(culprits) > 5:
             parts.append(f"and {len(culprits) - 5} more")
         waiting = (f"{_plural(len(state.waiting_tasks), 'task')} "
-                   f"{'waits' if len(state.waiting_tasks) == 1 else 'wait'} for it")
+                   f"{agree(len(state.waiting_tasks), 'waits', 'wait')} for it")
         if stuck is not None and waiters and all(w.id in stuck for w in waiters):
             waiting += ", and no other holder can release it: they are stuck for good"
         out.append(Finding(
@@ -234,8 +235,9 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
         long_held = [h for h in state.holders if h.held_seconds >= options.held_threshold]
         if len(stuck) < len(state.holders) and not long_held:
             continue
-        reason = (f"all {len(state.holders)} holders are themselves waiting" if len(stuck) == len(state.holders)
-                  else f"{len(long_held)} permits held for over {options.held_threshold:g}s")
+        reason = (("its only holder is itself waiting" if len(state.holders) == 1
+                   else f"all {len(state.holders)} holders are themselves waiting") if len(stuck) == len(state.holders)
+                  else f"{_plural(len(long_held), 'permit')} held for over {options.held_threshold:g}s")
         waiters = tuple(by_id[t] for t in state.waiting_tasks if t in by_id)
         out.append(Finding(
             kind="exhausted", title=f"semaphore {_where(prim)} is exhausted",
@@ -268,7 +270,8 @@ def executors_exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], optio
                 sites.append(f"{thread.name} at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}")
         out.append(Finding(
             kind="exhausted", title=f"executor {ex.name} is exhausted",
-            evidence=(f"all {_plural(ex.max_workers, 'worker')} are busy and {ex.queued} calls wait in its queue, "
+            evidence=(("its only worker is busy" if ex.max_workers == 1 else f"all {ex.max_workers} workers are busy")
+                      + f" and {_plural(ex.queued, 'call')} {agree(ex.queued, 'waits', 'wait')} in its queue, "
                       f"the oldest for {longest:.0f}s" + (f"; workers are at: {'; '.join(sites)}" if sites else "")),
             tasks=tuple(queued[:MAX_TASKS_PER_FINDING]), task_count=len(queued),
             site=queued[0].stack if queued else (),
@@ -316,7 +319,7 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
             noun = "lock" if prim.kind == "lock" else prim.kind
             out.append(Finding(
                 kind="deadlock", title=f"deadlock: task {task.id} waits for a {noun} it holds itself",
-                evidence=(f"task {task.id} {task.name!r} holds {_where(prim)} and waits to acquire it again; "
+                evidence=(f"task {task.id} {task.name!r} holds {_where(prim, task.wait.frame_label)} and waits to acquire it again; "
                           f"asyncio's {prim.kind.replace('_', ' ')} is not reentrant, so the wait can never end"),
                 tasks=(task,), task_count=1, primitives=(prim,), site=task.stack,
             ))
@@ -328,7 +331,9 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
             pid = via.get((a, b))
             if pid is not None:
                 locks.append(prims[pid])
-                hops.append(f"task {a} waits for {_where(prims[pid])} held by task {b}")
+                waiter = by_id.get(a)
+                name = waiter.wait.frame_label if waiter is not None else ""
+                hops.append(f"task {a} waits for {_where(prims[pid], name)} held by task {b}")
             else:
                 hops.append(f"task {a} awaits task {b}")
         kind_text = "lock-order inversion" if locks else "await cycle"
@@ -360,7 +365,7 @@ def stuck_behind(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stuck
             prim = state.primitive if state is not None else first.wait.primitive
             holders = [h for h in state.holders] if state is not None else []
             chain = "; ".join(_chain_text(h.task_id, h.task_alive, by_id, stuck) for h in holders[:4])
-            what = f"{prim.kind} {_where(prim)}" if prim is not None else "a primitive"
+            what = f"{prim.kind} {_where(prim, first.wait.frame_label)}" if prim is not None else "a primitive"
             evidence = f"they wait for {what}, whose every holder can never release it: {chain}"
             prims: tuple[Primitive, ...] = (prim,) if prim is not None else ()
         else:
@@ -392,7 +397,7 @@ def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo],
         return f"{name} waits on a lock it holds itself (deadlock)"
     if why.kind == "holder":
         prim = task.wait.primitive if task is not None else None
-        what = _where(prim) if prim is not None else "a primitive"
+        what = _where(prim, task.wait.frame_label if task is not None else "") if prim is not None else "a primitive"
         return f"{name} waits for {what}, held by tasks that can never proceed"
     return f"{name} awaits tasks that can never finish"
 
@@ -417,7 +422,7 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
         who = ""
         if waiting:
             names = ", ".join(f"task {w.id} ({w.wait.detail or w.wait.kind} in {w.coro})" for w in waiting[:4])
-            who = f"; {_plural(len(waiting), 'task')} {'waits' if len(waiting) == 1 else 'wait'} for it to end: {names}"
+            who = f"; {_plural(len(waiting), 'task')} {agree(len(waiting), 'waits', 'wait')} for it to end: {names}"
         out.append(Finding(
             kind="swallowed_cancel",
             title=f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation",
@@ -441,10 +446,10 @@ def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozen
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
         what = group.wait.primitive
-        on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what)}" if what is not None else "")
+        on = f"{group.wait.detail or group.wait.kind}" + (f" {_where(what, group.wait.frame_label)}" if what is not None else "")
         out.append(Finding(
             kind="proven_leak",
-            title=f"{group.count} task{'s' if group.count != 1 else ''} of {group.coro} can never be woken",
+            title=f"{_plural(group.count, 'task')} of {group.coro} can never be woken",
             evidence=(f"they wait on {on}, which nothing outside these tasks can reach: no module global, "
                       f"thread, loop callback, I/O callback or live task refers to it"),
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
@@ -476,24 +481,24 @@ def _dead_text(deads: list[DeadTask], what: str) -> str:
         others = sum(1 for d in deads[:-1] if d.how == "thread_exception")
         more = f" ({_plural(others, 'more dead thread')} used it too)" if others else ""
         return f"the thread that used {what}, {dead.name!r} running {dead.coro}, {how}{at}{more}"
-    more = f" ({len(deads) - 1} more dead tasks used it too)" if len(deads) > 1 else ""
+    more = f" ({_plural(len(deads) - 1, 'more dead task')} used it too)" if len(deads) > 1 else ""
     who = f" (task {dead.id})" if dead.id > 0 else ""
     return f"the task that used {what}, {dead.coro}{who}, {how}{at}{more}"
 
 
-def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> str:
+def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]], name: str = "") -> str:
     """Names the dead task or thread that used what ``task`` waits on, or the object that
     keeps it (``Device.pending``: the thread reading for that Device died)."""
     prim = task.wait.primitive
     target = prim.id if prim is not None else task.wait.future_id
     if target and target in touched:
-        what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim) if prim is not None
+        what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim, name) if prim is not None
                 else "the future it awaits")
         return _dead_text(touched[target], what)
     for owner_id in task.wait.owner_ids:
         if owner_id in touched:
             keeper = task.wait.owner.split(", ", 1)[0] or "its keeper"
-            what = f"the object that keeps {'it' if prim is None else _where(prim)} ({keeper}, {owner_id})"
+            what = f"the object that keeps {'it' if prim is None else _where(prim, name)} ({keeper}, {owner_id})"
             return _dead_text(touched[owner_id], what)
     return ""
 
@@ -618,11 +623,12 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             continue  # something ends this wait on its own
         why = []
         prim = task.wait.primitive
-        dead = _dead_counterpart(task, touched)
+        name = task.wait.frame_label
+        dead = _dead_counterpart(task, touched, name)
         if dead:
             why.append(dead)
         if task.wait.owner_closed:
-            what = "the future it awaits" if prim is None else _where(prim)
+            what = "the future it awaits" if prim is None else _where(prim, name)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
         if _idle_by_design(task) and not why:
             continue
@@ -630,13 +636,10 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
                 if prim.kind == "event":
-                    why.append(f"{_where(prim)} was last set {idle:.1f}s ago, before this wait began, and not since: "
+                    why.append(f"{_where(prim, name)} was last set {idle:.1f}s ago, before this wait began, and not since: "
                                f"a wake-up this task missed, or a signal that stopped coming")
                 else:
-                    why.append(f"no acquire or release on {_where(prim)} since the wait began")
-            held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id)
-            if held:
-                why.append(held)
+                    why.append(f"no acquire or release on {_where(prim, name)} since the wait began")
             elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
                   and fired.get(prim.label)):
                 n = fired[prim.label]
@@ -646,6 +649,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 why.append("no task is waiting to get from this queue")
             if task.wait.detail == "Queue.join":
                 why.extend(_join_evidence(prim, snap.tasks.tasks))
+            held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id)
+            if held:
+                why.append(held)
         if task.wait.child is not None:
             why.extend(_child_evidence(task.wait.child))
         if task.wait.kind == "stream_read":
@@ -767,7 +773,7 @@ def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
             kind="loop_starved",
             title=(f"event loop {loop.id} was starved {summary.count} {noun} in the last {summary.window:.0f}s, "
                    f"longest {summary.longest:.1f}s: ready to turn, not run"),
-            evidence=(f"thread {loop.thread_name or loop.thread_id}: {summary.count} stalls, {summary.seconds:.1f}s "
+            evidence=(f"thread {loop.thread_name or loop.thread_id}: {_plural(summary.count, 'stall')}, {summary.seconds:.1f}s "
                       f"in all ({_pct(summary.seconds, summary.window)} of the time); {why}"
                       + (f"; {figures}" if figures else "") + "; not the loop's own code: look at the machine's load, "
                       "the CPU quota or the process's other threads"),
@@ -807,7 +813,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
                 + suspects(snap, by_id, options, explained) + loops_starved(snap, options))
     if snap.reachability.ran:
         proof = snap.reachability
-        proof_text = (f"reachability proof: {proof.blocked} blocked tasks, {proof.objects_marked} objects marked "
+        proof_text = (f"reachability proof: {_plural(proof.blocked, 'blocked task')}, {_plural(proof.objects_marked, 'object')} marked "
                       f"in {proof.seconds:.2f}s" + ("" if proof.complete else f" ({proof.note})"))
     else:
         proof_text = "reachability proof not run: no proven_leak verdicts"

@@ -31,7 +31,7 @@ class TaskQuery:
     """What to show: ``debug`` 1 groups identical tasks, 2 lists every task.
 
     ``pattern`` is a regex matched against task name, coroutine, wait reason, the
-    primitive's label and stack functions and files; ``states`` keeps only those states; ``min_wait`` keeps tasks waiting at least
+    primitive's names and stack functions and files; ``states`` keeps only those states; ``min_wait`` keeps tasks waiting at least
     that many seconds; ``limit`` caps the entries returned (stated in the notes).
     """
 
@@ -71,7 +71,7 @@ def _matches(task: TaskInfo, rx: re.Pattern[str]) -> bool:
     if rx.search(task.name) or rx.search(task.coro) or rx.search(task.wait.detail):
         return True
     prim = task.wait.primitive
-    if prim is not None and prim.label and rx.search(prim.label):
+    if prim is not None and any(rx.search(n) for n in prim.names):
         return True
     return any(rx.search(f.function) or rx.search(f.file) for f in task.stack)
 

@@ -86,6 +86,8 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     except Exception:
         pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
+    # the names the tasks' own frames use for what they wait on (see Primitive.aliases)
+    named = {p.id: p for p in (info.wait.primitive for info in tasks.tasks) if p is not None and p.names}
     frames = _FrameCache(True)
     now = time.monotonic()
     states = []
@@ -93,6 +95,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         prim = describe_primitive(obj, labels.get(id(obj), ""))
         if prim is None:
             continue
+        known = named.get(prim.id)
+        if known is not None:
+            label = prim.label or known.label
+            prim = replace(prim, label=label, aliases=tuple(n for n in known.names if n != label))
         source = _holder_source(obj)
         held = []
         for rec in holders.records(source):

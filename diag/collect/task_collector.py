@@ -431,6 +431,9 @@ _CLOCK_EVERY = 256
 #: Naming primitives by their holders scans the heap once per dump; beyond this many new
 #: primitives the local names are kept instead.
 MAX_HOLDER_SCAN = 64
+#: Holders per primitive whose acquiring frame is asked its name for it (a semaphore of
+#: a thousand permits is one name, asked a thousand times).
+MAX_HOLDERS_NAMED = 4
 
 
 #: Referrers that never name what they hold (their locals are named from the frames).
@@ -561,7 +564,10 @@ class _Walker:
         # id(future) -> (future, primitive) for the futures queued in primitives already
         # found: the next task waiting on one of them needs no look into its frame.
         self.waiter_owners: dict[int, tuple[object, object]] = {}
-        self.label_tries: set[tuple[int, int]] = set()
+        # (id(primitive), id(shape)) -> the name the awaiting code of that chain uses for it;
+        # id(primitive) -> every name found for it, in the order found (an ordered set)
+        self.frame_names: dict[tuple[int, int], str] = {}
+        self.names: dict[int, dict[str, None]] = {}
         # Deadline evidence: the loops' timers, each loop's clock, and how many more tasks
         # may have their await chains searched for timeouts in this dump.
         self.timers: wait_evidence.LoopTimers | None = None
@@ -595,19 +601,43 @@ class _Walker:
         return obj
 
     def primitive(self, obj: object, nodes: list[object], frames: list[types.FrameType] | None,
-                  shape: _Shape) -> Primitive | None:
-        """The primitive's description, labelled by the awaiting code's name for it; a
-        primitive without a label is tried once per await chain, not once per task."""
+                  shape: _Shape) -> tuple[Primitive | None, str]:
+        """The primitive's description and the awaiting code's name for it; that name is
+        looked up once per primitive and await chain, not once per task."""
         key = id(obj)
-        prim = self.primitives.get(key)
-        if prim is None or (not prim.label and (key, id(shape)) not in self.label_tries):
-            self.label_tries.add((key, id(shape)))
+        pair = (key, id(shape))
+        name = self.frame_names.get(pair)
+        if name is None:
             caller = _frame_at(nodes, frames, shape.user) if shape.user >= 0 else None
-            if prim is None or caller is not None:
-                label = _label_in_frame(obj, caller, nodes[shape.user] if caller is not None else None)
-                prim = self.primitives[key] = describe_primitive(obj, label)
-                self.primitive_objects[key] = obj
-        return prim
+            name = _label_in_frame(obj, caller, nodes[shape.user]) if caller is not None else ""
+            self.frame_names[pair] = name
+            if name:
+                self.names.setdefault(key, {})[name] = None
+        prim = self.primitives.get(key)
+        if prim is None or (name and not prim.label):
+            prim = self.primitives[key] = describe_primitive(obj, name)
+            self.primitive_objects[key] = obj
+        return prim, name
+
+    def name_by_holders_frames(self) -> None:
+        """Add the names the holding tasks' own frames give the primitives tasks wait on:
+        the lock one task waits for as ``second`` is ``first`` in the task holding it
+        (for the first ``MAX_HOLDER_SCAN`` primitives, as ``holder_labels``)."""
+        for key, obj in list(self.primitive_objects.items())[:MAX_HOLDER_SCAN]:
+            source = read_attr(obj, "_lock") if is_a(obj, asyncio.Condition) else obj
+            for rec in holders.records(source)[:MAX_HOLDERS_NAMED]:
+                task = self.by_seq.get(rec.task_id) if rec.task_id is not None else None
+                if task is None or not rec.site:
+                    continue
+                code = rec.site[0][0]
+                nodes, frames, _ = _await_chain(future_field(task, "_coro"), self.options.max_frames)
+                for node, frame in zip(nodes, frames):
+                    if frame.f_code is code:
+                        name = _label_in_frame(obj, frame, node)
+                        if name:
+                            self.names.setdefault(key, {})[name] = None
+                        break
+                del nodes, frames
 
     def relabel_by_holders(self) -> None:
         """Prefer what holds a primitive (``module.NAME``, ``Type.attr``) over a local name,
@@ -626,10 +656,13 @@ class _Walker:
             for key in [k for k, (ref, _) in list(cache.items()) if ref() is None]:
                 cache.pop(key, None)
         for key, prim in self.primitives.items():
+            if prim is None:
+                continue
             entry = cache.get(key)
-            label = found.get(key) or (entry[1] if entry is not None else "")
-            if prim is not None and label and label != prim.label:
-                self.primitives[key] = replace(prim, label=label)
+            label = found.get(key) or (entry[1] if entry is not None else "") or prim.label
+            aliases = tuple(n for n in self.names.get(key, ()) if n != label)
+            if label != prim.label or aliases != prim.aliases:
+                self.primitives[key] = replace(prim, label=label, aliases=aliases)
 
     def shape(self, frames: list[types.FrameType], key: object = None, elided: int = 0) -> _Shape:
         """The shape of an await chain, under ``key`` (the accelerator's) or its own;
@@ -686,13 +719,13 @@ class _Walker:
                 obj = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.Queue, "self")
             else:
                 obj = self.waited_primitive(waiter, nodes[i], frames[i] if frames is not None else None)
-            prim = self.primitive(obj, nodes, frames, shape) if obj is not None else None
+            prim, name = self.primitive(obj, nodes, frames, shape) if obj is not None else (None, "")
             key = (id(shape), id(obj), since)
             wait = self.waits.get(key)
             if wait is None:
                 if prim is not None and prim.kind == "bounded_semaphore":
                     detail = "BoundedSemaphore.acquire"
-                wait = self.waits[key] = Wait(kind, detail, prim, seconds)
+                wait = self.waits[key] = Wait(kind, detail, prim, seconds, frame_label=name)
             return wait
         if kind == "sleep":
             handle = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.TimerHandle, "h")
@@ -979,6 +1012,10 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
                 infos.append(_unreadable_task(task, err))
             except Exception:  # gone under our feet
                 continue
+    try:
+        walker.name_by_holders_frames()
+    except Exception:  # a name is a help, never worth the dump
+        pass
     walker.relabel_by_holders()
     infos = _unify_primitives(infos, walker.primitives)
     infos.sort(key=lambda t: t.id)

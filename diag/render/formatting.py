@@ -147,9 +147,15 @@ def where(frame: Frame, cwd: str | None = None) -> str:
     return f"{short_path(frame.file, cwd)}:{frame.line}"
 
 
-def primitive(prim: Primitive) -> str:
-    """``<work_pool 0x7f3a.. value=0/16 waiters=3>``"""
-    parts = [prim.label or prim.kind, prim.id]
+def primitive_names(prim: Primitive, name: str = "") -> tuple[str, tuple[str, ...]]:
+    """The name to show for ``prim`` and its other names (``Primitive.named_by``);
+    ``name`` is what the waiting frame calls it."""
+    return prim.named_by(name)
+
+
+def primitive_state(prim: Primitive) -> str:
+    """``value=0/16 waiters=3``, ``locked waiters=1``, ``size=0/1 getters=1``."""
+    parts = []
     if prim.kind in ("semaphore", "bounded_semaphore"):
         cap = f"/{prim.capacity}" if prim.capacity is not None else ""
         parts.append(f"value={prim.value}{cap}")
@@ -165,10 +171,10 @@ def primitive(prim: Primitive) -> str:
             parts.append(f"putters={prim.putters}")
         if prim.unfinished is not None and prim.size is not None and prim.unfinished > prim.size:
             parts.append(f"not_done={prim.unfinished - prim.size}")  # taken by get(), no task_done() yet
-        return "<" + " ".join(parts) + ">"
+        return " ".join(parts)
     if prim.waiters is not None:
         parts.append(f"waiters={prim.waiters}")
-    return "<" + " ".join(parts) + ">"
+    return " ".join(parts)
 
 
 def child_process(child: ChildProcess) -> str:
@@ -184,21 +190,35 @@ def child_process(child: ChildProcess) -> str:
     return "<" + " ".join(parts) + ">"
 
 
-def wait_reason(wait: Wait, cwd: str | None = None) -> str:
-    """What a task waits on, in one line: ``Semaphore.acquire <pool 0x.. value=0 waiters=3>``."""
+def primitive_name(prim: Primitive, name: str = "") -> str:
+    """``first (also: second)``: the name ``primitive_names`` shows, with the others."""
+    shown, aliases = primitive_names(prim, name)
+    return f"{shown} (also: {', '.join(aliases)})" if aliases else shown
+
+
+def primitive(prim: Primitive, name: str = "") -> str:
+    """``<work_pool 0x7f3a.. value=0/16 waiters=3>``; ``name`` is the waiting frame's name
+    for it (``<second (also: first) 0x7f3a.. locked waiters=1>``)."""
+    state = primitive_state(prim)
+    return f"<{primitive_name(prim, name)} {prim.id}" + (f" {state}>" if state else ">")
+
+
+def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = True) -> str:
+    """What a task waits on, in one line: ``Semaphore.acquire <pool 0x.. value=0 waiters=3>``
+    (without the primitive's part when not ``with_primitive``)."""
     kind = wait.kind
     if kind in ("running", "ready"):
         return kind
     text = wait.detail or kind
-    if wait.primitive is not None:
-        text += " " + primitive(wait.primitive)
+    if wait.primitive is not None and with_primitive:
+        text += " " + primitive(wait.primitive, wait.frame_label)
     if kind == "sleep" and wait.time_left is not None:
         text += f" ({duration(wait.time_left)} left)"
     if kind == "task" and len(wait.tasks) == 1:
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:
         shown = ", ".join(str(t) for t in wait.tasks[:5]) + (", ..." if len(wait.tasks) > 5 else "")
-        text += f" (tasks {shown})"
+        text += f" ({'task' if len(wait.tasks) == 1 else 'tasks'} {shown})"
     if wait.created_at is not None:
         text += f" (future created at {where(wait.created_at, cwd)})"
     if wait.child is not None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from diag.analysis.leak_verdicts import Finding, LeakReport
+from diag.render import fit
 from diag.render import formatting as fmt
+from diag.render.fit import Cell, Column, Layout, Paragraph
+from diag.render.tasks_table import frame_pieces, print_table
+from diag.task_snapshot import Frame
 
 KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
           "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow",
@@ -45,11 +47,41 @@ def render_text(report: LeakReport, out: TextIO, *, cwd: str | None = None) -> N
     out.write(fmt.text_lines(lines))
 
 
-def finding_cells(f: Finding, cwd: str | None) -> list[Text]:
-    """The columns from Kind to Tasks of one finding."""
-    where = [f"{fmt.where(fr, cwd)} {fr.function}" for fr in f.site[:3]] or ["-"]
-    return [fmt.cell(f.kind, KIND_STYLE.get(f.kind, "")), fmt.cell(f.title), fmt.cell(f.evidence),
-            fmt.cell_lines(where), fmt.cell(str(f.task_count))]
+def site_frames(f: Finding, cwd: str | None) -> list[Frame]:
+    """The finding's frames worth a table cell: the program's own (up to three), or
+    asyncio's when it has none."""
+    mine = [fr for fr in f.site if not fmt.short_path(fr.file, cwd).startswith("asyncio/")]
+    return (mine or list(f.site))[:3]
+
+
+def where_cell(f: Finding, cwd: str | None) -> Cell:
+    frames = site_frames(f, cwd)
+    return Cell.of(*(frame_pieces(fr, cwd) for fr in frames)) if frames else Cell.of([fit.word("-")])
+
+
+def layouts(lead: Sequence[Column], leads: Sequence[Sequence[Cell]], findings: Sequence[Finding],
+            cwd: str | None) -> list[Layout]:
+    """The findings table's layouts, widest first: every column; without Tasks (the title
+    counts them); then the kind, title and evidence in one column beside Where."""
+    out = []
+    for with_count in (True, False):
+        cols = list(lead) + [Column("Kind"), Column("What", floor=20), Column("Evidence", floor=24),
+                             Column("Where")] + ([Column("Tasks", justify="right")] if with_count else [])
+        rows = []
+        for first, f in zip(leads, findings):
+            cells = [Cell.of([fit.whole(f.kind)], style=KIND_STYLE.get(f.kind, "")), Cell.of(fit.words(f.title)),
+                     Cell.of(fit.words(f.evidence)), where_cell(f, cwd)]
+            if with_count:
+                cells.append(Cell.of([fit.whole(str(f.task_count))]))
+            rows.append(list(first) + cells)
+        out.append(Layout(cols, rows, show_lines=True))
+    rows = []
+    for first, f in zip(leads, findings):
+        finding = Cell((Paragraph((fit.whole(f.kind.upper()),), KIND_STYLE.get(f.kind, "")),
+                        Paragraph(tuple(fit.words(f.title)), "bold"), Paragraph(tuple(fit.words(f.evidence)))))
+        rows.append(list(first) + [finding, where_cell(f, cwd)])
+    out.append(Layout(list(lead) + [Column("Finding", floor=30), Column("Where")], rows, show_lines=True))
+    return out
 
 
 def render_table(report: LeakReport, console: Console, *, cwd: str | None = None) -> None:
@@ -57,9 +89,4 @@ def render_table(report: LeakReport, console: Console, *, cwd: str | None = None
         console.print(fmt.cell(line, "dim"))
     if not report.findings:
         return
-    table = Table(header_style="bold", show_lines=True)
-    for col in ("Kind", "What", "Evidence", "Where", "Tasks"):
-        table.add_column(col)
-    for f in report.findings:
-        table.add_row(*finding_cells(f, cwd))
-    console.print(table)
+    print_table(console, layouts([], [[] for _ in report.findings], report.findings, cwd))

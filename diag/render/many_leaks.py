@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
 from diag.multi_source import TargetResult
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.leaks_render import finding_cells, finding_lines
+from diag.render.fit import Cell, Column
+from diag.render.leaks_render import finding_lines, layouts
+from diag.render.tasks_table import print_table
 from diag.render.many_tasks import failure_lines
+from diag.wording import plural
 
 
 def _summary(results: Sequence[TargetResult[LeakReport]]) -> list[str]:
@@ -30,7 +33,7 @@ def _summary(results: Sequence[TargetResult[LeakReport]]) -> list[str]:
         lines.append(f"process {process_name(r)} at {r.target.target}: {parts}; {report.proof}")
         lines += [f"pid {process_name(r)}: note: {n}" for n in report.notes]
     parts = ", ".join(f"{n} {k}" for k, n in total.items()) or "no findings"
-    head = (f"diag leaks: {len(results)} processes ({len(answered)} answered, {len(results) - len(answered)} "
+    head = (f"diag leaks: {plural(len(results), 'process', 'processes')} ({len(answered)} answered, {len(results) - len(answered)} "
             f"failed): {parts}")
     return [head] + lines + failure_lines(results)
 
@@ -49,9 +52,5 @@ def render_table(results: Sequence[TargetResult[LeakReport]], findings: Sequence
         console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
     if not findings:
         return
-    table = Table(header_style="bold", show_lines=True)
-    for col in ("Process", "Kind", "What", "Evidence", "Where", "Tasks"):
-        table.add_column(col)
-    for item in findings:
-        table.add_row(fmt.cell(item.process), *finding_cells(item.finding, cwd))
-    console.print(table)
+    leads = [[Cell.of([fit.whole(item.process)])] for item in findings]
+    print_table(console, layouts([Column("Process")], leads, [item.finding for item in findings], cwd))

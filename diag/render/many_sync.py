@@ -5,26 +5,29 @@ from __future__ import annotations
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.merge import ProcessPrimitive, process_name
 from diag.multi_source import TargetResult
 from diag.render.many_tasks import failure_lines
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.sync_render import primitive_cells, state_lines
+from diag.render.fit import Cell, Column
+from diag.render.sync_render import layouts, state_lines
+from diag.render.tasks_table import print_table
 from diag.sync_snapshot import SyncSnapshot
+from diag.wording import plural
 
 
 def header(results: Sequence[TargetResult[SyncSnapshot]], shown: int) -> list[str]:
     answered = [r for r in results if r.value is not None]
     live = sum(len(r.value.primitives) for r in answered if r.value is not None)
-    lines = [f"diag sync: {len(results)} processes ({len(answered)} answered, {len(results) - len(answered)} failed), "
-             f"{live} live primitives, {shown} shown (held, locked or waited on; --all for every one)"]
+    lines = [f"diag sync: {plural(len(results), 'process', 'processes')} ({len(answered)} answered, "
+             f"{len(results) - len(answered)} failed), {plural(live, 'live primitive')}, {shown} shown (held, locked or waited on; --all for every one)"]
     for r in answered:
         snap = r.value
         assert snap is not None
         tracking = "holders tracked" if snap.holders_tracked else "holders NOT tracked"
-        lines.append(f"process {process_name(r)} at {r.target.target}: {len(snap.primitives)} live primitives; {tracking}")
+        lines.append(f"process {process_name(r)} at {r.target.target}: {plural(len(snap.primitives), 'live primitive')}; {tracking}")
         lines += [f"pid {process_name(r)}: note: {n}" for n in snap.notes]
     return lines + failure_lines(results)
 
@@ -41,9 +44,5 @@ def render_table(results: Sequence[TargetResult[Any]], shown: Sequence[ProcessPr
                  *, cwd: str | None = None) -> None:
     for line in header(results, len(shown)):
         console.print(fmt.cell(line, "bold red" if line.startswith("FAILED") else "dim"))
-    table = Table(header_style="bold")
-    for col in ("Process", "Kind", "Label", "Id", "State", "Holders", "Waiters"):
-        table.add_column(col)
-    for item in shown:
-        table.add_row(fmt.cell(item.process), *primitive_cells(item.state, cwd))
-    console.print(table)
+    leads = [[Cell.of([fit.whole(item.process)])] for item in shown]
+    print_table(console, layouts([Column("Process")], leads, [item.state for item in shown], cwd))

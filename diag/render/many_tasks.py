@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from diag.analysis.merge import MergedGroup, MergedTasks, process_name
 from diag.multi_source import TargetResult, failure_line
+from diag.render import fit
 from diag.render import formatting as fmt
-from diag.render.tasks_table import task_cells
+from diag.render.fit import Cell, Column
+from diag.render.tasks_table import layouts, print_table
 from diag.render.tasks_text import loop_line, stack_lines, task_title
+from diag.wording import plural
 
 
 def failure_lines(results: Sequence[TargetResult[Any]]) -> list[str]:
@@ -27,10 +29,10 @@ def failure_lines(results: Sequence[TargetResult[Any]]) -> list[str]:
 def header(view: MergedTasks) -> list[str]:
     answered = view.answered
     shown = sum(g.count for g in view.groups)
-    unit = f"{len(view.groups)} groups" if view.grouped else f"{len(view.groups)} shown"
+    unit = plural(len(view.groups), "group") if view.grouped else f"{len(view.groups)} shown"
     failed = len(view.results) - len(answered)
-    lines = [f"diag tasks: {len(view.results)} processes ({len(answered)} answered, {failed} failed), "
-             f"{view.total_tasks} pending tasks, {shown} matching in {unit}"]
+    lines = [f"diag tasks: {plural(len(view.results), 'process', 'processes')} ({len(answered)} answered, "
+             f"{failed} failed), {plural(view.total_tasks, 'pending task')}, {shown} matching in {unit}"]
     clock = next((snap.wait_clock for _, snap in answered if snap.wait_clock), "")
     lines.append(f"wait times: {clock}" if clock else "wait times: not measured")
     for result in view.results:
@@ -39,7 +41,7 @@ def header(view: MergedTasks) -> list[str]:
             continue
         taken = fmt.timestamp(snap.taken_at)
         lines.append(f"process {process_name(result)} (python {snap.process.python or '?'}) at {result.target.target}: "
-                     f"{snap.total_tasks} pending tasks, taken {taken}")
+                     f"{plural(snap.total_tasks, 'pending task')}, taken {taken}")
     lines += failure_lines(view.results)
     for process, snap in answered:
         lines += [f"pid {process}: {loop_line(lp)}" for lp in snap.loops]
@@ -100,23 +102,15 @@ def render_table(view: MergedTasks, console: Console, *, cwd: str | None = None)
     for line in header(view):
         style = "bold red" if "STALLED" in line or line.startswith("FAILED") else "dim"
         console.print(fmt.cell(line, style))
-    table = Table(show_lines=False, header_style="bold")
+    tasks = [group.task for group in view.groups]
     if view.grouped:
-        table.add_column("Count", justify="right")
-        table.add_column("Processes")
+        lead = [Column("Count", justify="right"), Column("Processes", floor=8)]
+        leads = [[Cell.of([fit.whole(str(g.task.count))]),
+                  Cell.of([fit.whole(f"{s.process}:{s.task.count}") for s in g.shares])] for g in view.groups]
     else:
-        table.add_column("Process", justify="right")
-        table.add_column("Task", justify="right")
-        table.add_column("Name")
-    for col in ("State", "Waits on", "Waited", "Coroutine", "Where", "Created by"):
-        table.add_column(col, justify="right" if col == "Waited" else "left")
-    for group in view.groups:
-        task = group.task
-        if view.grouped:
-            first = [fmt.cell(str(task.count)), fmt.cell(" ".join(f"{s.process}:{s.task.count}" for s in group.shares))]
-        else:
-            first = [fmt.cell(group.shares[0].process), fmt.cell(str(task.id)), fmt.cell(task.name)]
-        table.add_row(*first, *task_cells(task, cwd))
-    console.print(table)
+        lead = [Column("Process", justify="right"), Column("Task", justify="right")]
+        leads = [[Cell.of([fit.whole(g.shares[0].process)]), Cell.of([fit.whole(str(g.task.id))])]
+                 for g in view.groups]
+    print_table(console, layouts(lead, leads, tasks, cwd, named=not view.grouped))
     for line in footer(view, cwd):
         console.print(fmt.cell(line, "bold red" if "DEADLOCK" in line or "is blocked" in line else ""))

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Sequence, TextIO
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from diag.render import fit
 from diag.render import formatting as fmt
+from diag.render.fit import Cell, Column, Layout, Paragraph, Piece
+from diag.render.tasks_table import frame_pieces, print_table
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.wording import plural
+
+
+def state_parts(state: PrimitiveState) -> list[str]:
+    """``value 0/4``, ``locked``, ``size 0/1``, ``getters 1``...: the state in short parts."""
+    p = state.primitive
+    if p.kind in ("semaphore", "bounded_semaphore"):
+        return [f"value {p.value}" + (f"/{p.capacity}" if p.capacity is not None else "")]
+    if p.kind in ("lock", "condition"):
+        return ["locked" if p.locked else "unlocked"]
+    if p.kind == "event":
+        return ["set" if p.is_set else "unset"]
+    if p.kind == "queue":
+        return [f"size {p.size}/{p.maxsize or 'inf'}", f"getters {p.getters}", f"putters {p.putters}"]
+    return []
 
 
 def state_text(state: PrimitiveState) -> str:
-    p = state.primitive
-    if p.kind in ("semaphore", "bounded_semaphore"):
-        return f"value {p.value}" + (f"/{p.capacity}" if p.capacity is not None else "")
-    if p.kind in ("lock", "condition"):
-        return "locked" if p.locked else "unlocked"
-    if p.kind == "event":
-        return "set" if p.is_set else "unset"
-    if p.kind == "queue":
-        return f"size {p.size}/{p.maxsize or 'inf'} getters {p.getters} putters {p.putters}"
-    return ""
+    return " ".join(state_parts(state))
 
 
 def holder_text(holder: Holder, cwd: str | None) -> str:
@@ -35,11 +42,15 @@ def holder_text(holder: Holder, cwd: str | None) -> str:
     return f"{who}{at} for {fmt.duration(holder.held_seconds)}"
 
 
-def waiters_text(state: PrimitiveState) -> str:
+def waiters_parts(state: PrimitiveState) -> list[str]:
     n = len(state.waiting_tasks)
     if not n:
-        return "-"
-    return f"{n} (longest {fmt.duration(state.longest_wait)})"
+        return ["-"]
+    return [str(n), f"(longest {fmt.duration(state.longest_wait)})"]
+
+
+def waiters_text(state: PrimitiveState) -> str:
+    return " ".join(waiters_parts(state))
 
 
 def _interesting(snap: SyncSnapshot, show_all: bool) -> list[PrimitiveState]:
@@ -50,7 +61,7 @@ def _interesting(snap: SyncSnapshot, show_all: bool) -> list[PrimitiveState]:
 
 def header(snap: SyncSnapshot, shown: int) -> list[str]:
     tracking = "holders tracked" if snap.holders_tracked else "holders NOT tracked (agent without holder tracking)"
-    lines = [f"diag sync: pid {snap.process.pid}, {len(snap.primitives)} live primitives, {shown} shown "
+    lines = [f"diag sync: pid {snap.process.pid}, {plural(len(snap.primitives), 'live primitive')}, {shown} shown "
              f"(held, locked or waited on; --all for every one); {tracking}"]
     return lines + [f"note: {n}" for n in snap.notes]
 
@@ -67,33 +78,92 @@ def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> lis
     """One primitive in the text form: a blank line, ``[prefix]kind label id: state``,
     its holders with their acquire sites, and the waiting tasks."""
     p = state.primitive
-    lines = ["", f"{prefix}{p.kind} {p.label or '?'} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
+    name = fmt.primitive_name(p) if p.label else "?"
+    lines = ["", f"{prefix}{p.kind} {name} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
     for holder in state.holders:
         lines.append(f"    held by {holder_text(holder, cwd)}")
         for frame in holder.site[1:]:
             lines.append(f"        from {fmt.where(frame, cwd)} {frame.function}")
     if state.waiting_tasks:
         ids = ", ".join(str(t) for t in state.waiting_tasks[:10]) + (", ..." if len(state.waiting_tasks) > 10 else "")
-        lines.append(f"    waiting: tasks {ids}")
+        lines.append(f"    waiting: {plural(len(state.waiting_tasks), 'task')} ({ids})")
     return lines
 
 
-def primitive_cells(state: PrimitiveState, cwd: str | None) -> list[Text]:
-    """The columns from Kind to Waiters of one primitive."""
-    p = state.primitive
-    held = [holder_text(h, cwd) for h in state.holders] or ["-"]
+def first_holder(state: PrimitiveState) -> Holder:
+    """The holder to show when there is room for one: a leaked one, else the longest held."""
+    return min(state.holders, key=lambda h: (h.task_alive, -h.held_seconds))
+
+
+def holder_pieces(holder: Holder, cwd: str | None) -> list[Piece]:
+    """``task 12 waiting 6.4s at app.py:236 worker``: a holder in short pieces."""
+    who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
+    state = "LEAKED" if not holder.task_alive else holder.task_state
+    pieces = [fit.whole(who)] + ([fit.whole(state)] if state else []) + [fit.whole(fmt.duration(holder.held_seconds))]
+    if holder.site:
+        pieces += [fit.word("at"), *frame_pieces(holder.site[0], cwd)]
+    return pieces
+
+
+def holders_cell(state: PrimitiveState, cwd: str | None) -> Cell:
+    """One holder, the one that matters most, and how many more (the text form lists all)."""
     style = "bold red" if any(not h.task_alive for h in state.holders) else ""
-    return [fmt.cell(p.kind), fmt.cell(p.label or "?"), fmt.cell(p.id), fmt.cell(state_text(state)),
-            fmt.cell_lines(held, style), fmt.cell(waiters_text(state))]
+    if not state.holders:
+        return Cell.of([fit.word("-")])
+    pieces = holder_pieces(first_holder(state), cwd)
+    more = len(state.holders) - 1
+    if more:
+        pieces.append(fit.whole(f"(+{plural(more, 'more holder')})"))
+    return Cell.of(pieces, style=style)
+
+
+def layouts(lead: Sequence[Column], leads: Sequence[Sequence[Cell]], states: Sequence[PrimitiveState],
+            cwd: str | None) -> list[Layout]:
+    """The primitives table's layouts, widest first: every column; without Id; with Kind
+    joined to the label; then State and Waiters under it too; then the holder as well;
+    ``lead`` columns (Process) first."""
+    out = []
+    for with_id, joined in ((True, False), (False, False), (False, True)):
+        cols = list(lead) + ([Column("Primitive")] if joined else [Column("Kind"), Column("Label")])
+        cols += ([Column("Id")] if with_id else []) + [Column("State"), Column("Holders"), Column("Waiters")]
+        rows = []
+        for first, state in zip(leads, states):
+            p = state.primitive
+            cells = ([Cell.of(primitive_pieces(state))] if joined
+                     else [Cell.of([fit.whole(p.kind)]), Cell.of(primitive_pieces(state)[1:])])
+            if with_id:
+                cells.append(Cell.of([fit.whole(p.id)]))
+            cells += [Cell.of([fit.whole(t) for t in state_parts(state)]), holders_cell(state, cwd),
+                      Cell.of([fit.whole(t) for t in waiters_parts(state)])]
+            rows.append(list(first) + cells)
+        out.append(Layout(cols, rows))
+    for apart in (True, False):
+        rows = []
+        for first, state in zip(leads, states):
+            about = [primitive_pieces(state), [fit.whole(t) for t in state_parts(state)],
+                     [fit.word("waiters:")] + [fit.whole(t) for t in waiters_parts(state)]]
+            held = holders_cell(state, cwd)
+            if apart:
+                rows.append(list(first) + [Cell.of(*about), held])
+            else:  # the holder under the primitive, in its colour
+                by = ((Paragraph((fit.word("held"), fit.word("by"), *held.paragraphs[0].pieces), held.style),)
+                      if state.holders else ())
+                rows.append(list(first) + [Cell(tuple(Paragraph(tuple(p)) for p in about) + by)])
+        cols = [Column("Primitive"), Column("Holders")] if apart else [Column("Primitive, holders")]
+        out.append(Layout(list(lead) + cols, rows))
+    return out
+
+
+def primitive_pieces(state: PrimitiveState) -> list[Piece]:
+    """The kind, the label (``?`` when none) and its other names."""
+    p = state.primitive
+    shown, aliases = fmt.primitive_names(p)
+    pieces = [fit.whole(p.kind), fit.whole(shown if p.label else "?")]
+    return pieces + ([fit.whole(f"(also: {', '.join(aliases)})")] if aliases else [])
 
 
 def render_table(snap: SyncSnapshot, console: Console, *, cwd: str | None = None, show_all: bool = False) -> None:
     states = _interesting(snap, show_all)
     for line in header(snap, len(states)):
         console.print(fmt.cell(line, "dim"))
-    table = Table(header_style="bold")
-    for col in ("Kind", "Label", "Id", "State", "Holders", "Waiters"):
-        table.add_column(col)
-    for state in states:
-        table.add_row(*primitive_cells(state, cwd))
-    console.print(table)
+    print_table(console, layouts([], [[] for _ in states], states, cwd))

@@ -10,15 +10,16 @@ from typing import TextIO
 from diag.analysis.loop_stalls import site_text, window_summary
 from diag.render import formatting as fmt
 from diag.task_snapshot import Frame, LoopInfo, TaskInfo, TaskSnapshot
+from diag.wording import plural
 
 
 def header(snap: TaskSnapshot) -> list[str]:
     taken = fmt.timestamp(snap.taken_at)
     shown = sum(t.count for t in snap.tasks)
-    unit = f"{len(snap.tasks)} groups" if snap.grouped else f"{len(snap.tasks)} shown"
+    unit = plural(len(snap.tasks), "group") if snap.grouped else f"{len(snap.tasks)} shown"
     lines = [
         f"diag tasks: pid {snap.process.pid} (python {snap.process.python or '?'}), "
-        f"{snap.total_tasks} pending tasks, {shown} matching in {unit}, taken {taken}",
+        f"{plural(snap.total_tasks, 'pending task')}, {shown} matching in {unit}, taken {taken}",
         f"wait times: {snap.wait_clock}" if snap.wait_clock else "wait times: not measured",
     ]
     lines += [loop_line(lp) for lp in snap.loops]
@@ -61,7 +62,7 @@ def stall_history_text(loop: LoopInfo) -> str:
     if unknown:
         parts.append(f"{unknown} unexplained")
     n = len(loop.stalls)
-    return f"; {n} stall{'s' if n != 1 else ''} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
+    return f"; {plural(n, 'stall')} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
 
 
 def frame_lines(frames: tuple[Frame, ...], cwd: str | None, prefix: str = "    ") -> list[str]:

@@ -102,7 +102,8 @@ def wait_text(task: TaskInfo, cwd: str | None) -> str:
     wait = task.wait
     if wait.primitive is None:
         return fmt.wait_reason(wait, cwd)
-    return f"{wait.detail or wait.kind} {wait.primitive.label or wait.primitive.id}"
+    prim = wait.primitive  # the name its own code uses; the others are in diag tasks and sync
+    return f"{wait.detail or wait.kind} {prim.named_by(wait.frame_label)[0] if prim.names else prim.id}"
 
 
 def _section(title: str) -> Table:

@@ -319,7 +319,7 @@ def test_an_executor_with_every_worker_busy_and_calls_queued_is_exhausted() -> N
     snap = sync(replace(snapshot(queued), threads=tuple(busy), executors=(pool,)))
     found = [f for f in leak_report(snap, OPTIONS).findings if f.kind == "exhausted"]
     assert found and found[0].title == "executor pool is exhausted"
-    assert "all 2 workers are busy and 1 calls wait in its queue" in found[0].evidence
+    assert "all 2 workers are busy and 1 call waits in its queue" in found[0].evidence
     idle_pool = replace(pool, busy=1)
     snap = sync(replace(snapshot(queued), threads=tuple(busy), executors=(idle_pool,)))
     assert not [f for f in leak_report(snap, OPTIONS).findings if f.kind == "exhausted"]

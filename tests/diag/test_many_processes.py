@@ -370,7 +370,7 @@ def test_merged_text_and_table_name_each_process_and_each_failure() -> None:
     out = io.StringIO()
     many_tasks.render_text(merge_tasks(grouped, limit=None), out, cwd="/srv")
     text = out.getvalue()
-    assert text.startswith("diag tasks: 3 processes (2 answered, 1 failed), 3 pending tasks, 3 matching in 1 groups\n")
+    assert text.startswith("diag tasks: 3 processes (2 answered, 1 failed), 3 pending tasks, 3 matching in 1 group\n")
     assert "FAILED pid 103 at http://c: dead: process 103 is not running\n" in text
     assert "\n3 tasks @ Semaphore.acquire (on 2 distinct semaphores in 2 processes), waiting up to 5m10s" in text
     assert "#   pid 101: 2 tasks @ Semaphore.acquire <Client.pool 0x7f00a0 value=0 waiters=3>, created by " \

@@ -5,15 +5,25 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
+from diag.analysis.leak_verdicts import LeakOptions, leak_report
+from diag.analysis.merge import merge_findings, merge_primitives, merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
-from diag.render import formatting, jsonout, tasks_table, tasks_text
-from diag.task_snapshot import Frame, LoopInfo, TaskSnapshot, Wait
+from diag import wording
+from diag.multi_source import Target, TargetResult
+from diag.render import (
+    fit, formatting, jsonout, leaks_render, many_leaks, many_sync, many_tasks, sync_render, tasks_table, tasks_text,
+)
+from diag.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
 
+from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, TRANSFER_A, shop_sync, shop_tasks
 from .snapshots import fetchers_and_worker, snapshot, task
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -77,3 +87,242 @@ def test_short_paths() -> None:
     assert formatting.short_path("/v/lib/python3.11/site-packages/aiohttp/web.py") == "aiohttp/web.py"
     assert formatting.short_path("/srv/app/x.py", cwd="/srv/app") == "x.py"
     assert formatting.short_path("/elsewhere/x.py", cwd="/srv/app") == "/elsewhere/x.py"
+
+
+# -- tables that fit the terminal --------------------------------------------------------------
+WIDTHS = (80, 120)
+
+
+def table_text(width: int, draw: Callable[[Console], None]) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    draw(console)
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def assert_fits(text: str, width: int) -> None:
+    wide = [line for line in text.splitlines() if cell_len(line) > width]
+    assert not wide, f"lines wider than {width}: {wide}"
+
+
+def assert_whole(text: str, *pieces: str) -> None:
+    """Each piece on one line of ``text``, uncut."""
+    cut = [p for p in pieces if p not in text]
+    assert not cut, f"cut or missing: {cut}\n{text}"
+
+
+def frame_words(frame: Frame) -> tuple[str, str]:
+    """What a table must keep of a frame: the file's name with the line, and the function."""
+    return f"{frame.file.rsplit('/', 1)[-1]}:{frame.line}", frame.function
+
+
+def user_frame_of(stack: tuple[Frame, ...]) -> Frame:
+    return next(f for f in stack if "/asyncio/" not in f.file)
+
+
+def task_words(snap: TaskSnapshot) -> list[str]:
+    out: list[str] = []
+    for t in snap.tasks:
+        out += [*frame_words(user_frame_of(t.stack)), t.coro] + ([] if snap.grouped else [t.name])
+        if t.wait.primitive is not None:
+            out += [t.wait.detail, *t.wait.primitive.names]
+        if t.created_by is not None:
+            out += [t.created_by.function, f"{t.created_by.file.rsplit('/', 1)[-1]}:{t.created_by.line}"]
+    return out
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("debug", [1, 2])
+def test_task_tables_fit_and_keep_every_place_function_and_label_whole(width: int, debug: int) -> None:
+    view = task_view(shop_tasks(), TaskQuery(debug=debug))
+    text = table_text(width, lambda c: tasks_table.render(view, c, cwd=CWD))
+    check_golden(f"tasks_table_debug{debug}_{width}.txt", text)
+    assert_fits(text, width)
+    assert_whole(text, *task_words(view))
+    # the two transfers wait on locks their frames call "second"; the other name is an alias
+    assert_whole(text, "second (also: first)")
+    # the creators nobody recorded: one marker each, explained once under the table
+    assert text.count("?¹") == 2 and "not recorded" not in text.split("?¹")[1].split("\n")[0]
+    assert text.count("¹ creator not recorded: made before diag started, or by asyncio.Task() directly") == 1
+
+
+def test_a_long_path_loses_directories_from_the_left_never_its_name_or_line() -> None:
+    text = table_text(80, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=1)), c, cwd=CWD))
+    (line,) = [ln for ln in text.splitlines() if "batching_exporter.py:4471" in ln]
+    assert "…/" in line and "/opt/vendor" not in line
+    wide = table_text(400, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=1)), c, cwd=CWD))
+    assert f"{FLUSH.file}:{FLUSH.line}" in wide
+
+
+def test_a_wide_terminal_keeps_every_column() -> None:
+    text = table_text(400, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=2)), c, cwd=CWD))
+    header_line = next(line for line in text.splitlines() if "Waits on" in line)
+    for col in ("Task", "Name", "State", "Waits on", "Waited", "Coroutine", "Where", "Created by"):
+        assert col in header_line
+    assert STOCK.id in text  # ids go only when the width runs short
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sync_tables_fit_and_list_holders_compactly(width: int) -> None:
+    snap = shop_sync()
+    text = table_text(width, lambda c: sync_render.render_table(snap, c, cwd=CWD))
+    check_golden(f"sync_table_{width}.txt", text)
+    assert_fits(text, width)
+    for state in snap.primitives:
+        assert_whole(text, *state.primitive.names)
+    # three holders of the stock semaphore: counted, the leaked one shown
+    assert_whole(text, "task 90 LEAKED", "(+2 more holders)", *frame_words(RESERVE))
+    assert "task 91" not in text
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(rows) <= 4 * len(snap.primitives)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_leak_tables_fit_and_keep_the_programs_frames_whole(width: int) -> None:
+    report = leak_report(shop_sync(), LeakOptions(min_wait=5.0))
+    assert report.findings
+    text = table_text(width, lambda c: leaks_render.render_table(report, c, cwd=CWD))
+    check_golden(f"leaks_table_{width}.txt", text)
+    assert_fits(text, width)
+    for f in report.findings:
+        for frame in leaks_render.site_frames(f, CWD):
+            assert_whole(text, *frame_words(frame))
+        assert_whole(text, f.kind.upper() if width < 100 else f.kind)
+
+
+def test_the_piped_text_keeps_full_paths_and_every_holder() -> None:
+    out = io.StringIO()
+    sync_render.render_text(shop_sync(), out, cwd=CWD)
+    text = out.getvalue()
+    assert "task 91" in text and "myapp/services/shop/orders.py:123" in text
+    assert "lock second (also: first) 0x7ff9efa3d450: locked" in text
+
+
+# -- counts and plurals --------------------------------------------------------------------------
+def test_plural_and_agreement() -> None:
+    assert wording.plural(1, "task") == "1 task" and wording.plural(2, "task") == "2 tasks"
+    assert wording.plural(0, "task") == "0 tasks"
+    assert wording.plural(1, "process", "processes") == "1 process"
+    assert wording.plural(3, "process", "processes") == "3 processes"
+    assert wording.agree(1, "waits", "wait") == "waits" and wording.agree(2, "waits", "wait") == "wait"
+
+
+def test_headers_count_tasks_and_groups_in_the_singular_and_the_plural() -> None:
+    one = tasks_text.header(task_view(snapshot(task(1)), TaskQuery(debug=1)))[0]
+    assert "1 pending task, 1 matching in 1 group," in one
+    many = tasks_text.header(task_view(fetchers_and_worker(), TaskQuery(debug=1)))[0]
+    assert "4 pending tasks, 4 matching in 2 groups," in many
+
+
+def test_a_wait_on_one_task_or_several() -> None:
+    assert formatting.wait_reason(Wait("gather", "gather", tasks=(5,))) == "gather (task 5)"
+    assert formatting.wait_reason(Wait("gather", "gather", tasks=(5, 6))) == "gather (tasks 5, 6)"
+
+
+def test_sync_text_counts_its_waiters_and_primitives() -> None:
+    out = io.StringIO()
+    sync_render.render_text(shop_sync(), out, cwd=CWD)
+    text = out.getvalue()
+    assert "4 live primitives" in text
+    assert "waiting: 1 task (300)" in text and "waiting: 12 tasks (100, 101, 102" in text
+    assert "tasks 1" not in text.replace("tasks (1", "")  # never "waiting: tasks 13"
+
+
+def test_findings_agree_with_their_counts() -> None:
+    snap = shop_sync()
+    permit = next(f for f in leak_report(snap, LeakOptions(min_wait=5.0)).findings if f.kind == "leaked_permit")
+    assert "12 tasks wait for it" in permit.evidence and permit.title.startswith("1 permit of ")
+    stock = snap.primitives[0]
+    alone = replace(snap, primitives=(replace(stock, waiting_tasks=(100,)),) + snap.primitives[1:])
+    permit = next(f for f in leak_report(alone, LeakOptions(min_wait=5.0)).findings if f.kind == "leaked_permit")
+    assert "1 task waits for it" in permit.evidence and "1 tasks" not in permit.evidence
+
+
+# -- a primitive with several names ---------------------------------------------------------------
+def test_a_primitive_is_named_as_the_waiting_frame_names_it_with_its_other_names_after() -> None:
+    lock = Primitive("lock", "0x7f01", "first", locked=True, waiters=1, aliases=("second",))
+    as_first = Wait("lock", "Lock.acquire", lock, 3.0, frame_label="first")
+    as_second = Wait("lock", "Lock.acquire", lock, 3.0, frame_label="second")
+    assert formatting.wait_reason(as_first) == "Lock.acquire <first (also: second) 0x7f01 locked waiters=1>"
+    assert formatting.wait_reason(as_second) == "Lock.acquire <second (also: first) 0x7f01 locked waiters=1>"
+    unnamed = Wait("lock", "Lock.acquire", replace(lock, aliases=()), 3.0)
+    assert formatting.wait_reason(unnamed) == "Lock.acquire <first 0x7f01 locked waiters=1>"
+    assert lock.names == ("first", "second") and Primitive("lock", "0x1").names == ()
+
+
+def test_names_round_trip_through_json_and_older_documents_default_them() -> None:
+    snap = shop_tasks()
+    assert TaskSnapshot.from_json(snap.to_json()) == snap
+    data = json.loads(snap.to_json())
+    for t in data["tasks"]:  # a document from before the names: neither field
+        t["wait"].pop("frame_label", None)
+        if "primitive" in t["wait"]:
+            t["wait"]["primitive"].pop("aliases", None)
+    old = TaskSnapshot.from_dict(data)
+    transfer = next(t for t in old.tasks if t.id == 201)
+    assert transfer.wait.frame_label == "" and transfer.wait.primitive is not None
+    assert transfer.wait.primitive.aliases == () and transfer.wait.primitive.label == "second"
+    sync = shop_sync()
+    assert type(sync).from_json(sync.to_json()) == sync
+
+
+def test_a_deadlock_names_each_lock_as_the_task_waiting_for_it_does() -> None:
+    report = leak_report(shop_sync(), LeakOptions(min_wait=5.0))
+    (deadlock,) = [f for f in report.findings if f.kind == "deadlock"]
+    assert "task 201 waits for second (also: first) 0x7ff9efa3d450 held by task 202" in deadlock.evidence
+    assert "task 202 waits for second (also: first) 0x7ff9efa3d010 held by task 201" in deadlock.evidence
+
+
+def test_the_filter_matches_every_name_of_a_primitive() -> None:
+    view = task_view(shop_tasks(), TaskQuery(debug=2, pattern="^first$"))
+    assert {t.id for t in view.tasks} == {201, 202}
+
+
+def test_a_name_every_frame_shares_stays_first_and_a_local_becomes_an_alias() -> None:
+    queue = Primitive("queue", "0x7f02", "[app.outbox]", size=0, maxsize=1, getters=1, aliases=("queue",))
+    wait = Wait("queue_get", "Queue.get", queue, 2.0, frame_label="queue")
+    assert formatting.wait_reason(wait) == "Queue.get <[app.outbox] (also: queue) 0x7f02 size=0/1 getters=1>"
+    pool = Primitive("semaphore", "0x7f03", "Client.pool", value=0, waiters=1, aliases=("sem",))
+    assert pool.named_by("sem") == ("Client.pool", ("sem",))
+    assert pool.named_by("Other.pool") == ("Other.pool", ("Client.pool", "sem"))
+    assert Primitive("lock", "0x7f04").named_by() == ("lock", ())
+
+
+def test_a_path_is_shortened_at_a_directory_and_keeps_its_name_and_line() -> None:
+    where = "myapp/services/shop/orders.py:123"
+    assert fit.shortened_path(where, 80) == where
+    assert fit.shortened_path(where, 22) == "…/shop/orders.py:123"
+    assert fit.shortened_path(where, 5) == "…/orders.py:123"
+    assert fit.shortened_path("orders.py:123", 5) == "orders.py:123"
+
+
+@pytest.mark.parametrize("width", [40, 60])
+def test_a_terminal_too_narrow_for_any_layout_still_gets_no_line_wider_than_itself(width: int) -> None:
+    text = table_text(width, lambda c: tasks_table.render(task_view(shop_tasks(), TaskQuery(debug=2)), c, cwd=CWD))
+    assert_fits(text, width)
+    text = table_text(width, lambda c: sync_render.render_table(shop_sync(), c, cwd=CWD))
+    assert_fits(text, width)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_several_processes_tables_fit_too(width: int) -> None:
+    sync = shop_sync()
+    pid = replace(sync.process, pid=5152)
+    other = replace(sync, process=pid, tasks=replace(sync.tasks, process=pid))
+    syncs = [TargetResult(Target("http://a"), "ok", sync), TargetResult(Target("http://b"), "ok", other)]
+    for debug in (1, 2):
+        tasks = [TargetResult(r.target, "ok", task_view(r.value.tasks, TaskQuery(debug=debug))) for r in syncs
+                 if r.value is not None]
+        merged = merge_tasks(tasks, limit=None)
+        text = table_text(width, lambda c: many_tasks.render_table(merged, c, cwd=CWD))
+        assert_fits(text, width)
+        # groups of two processes name no one primitive ("on 2 distinct semaphores"): places and coroutines
+        for t in (g.task for g in merged.groups):
+            assert_whole(text, *frame_words(user_frame_of(t.stack)), t.coro, *([] if merged.grouped else [t.name]))
+    text = table_text(width, lambda c: many_sync.render_table(syncs, merge_primitives(syncs, False), c, cwd=CWD))
+    assert_fits(text, width)
+    assert_whole(text, "5151", "5152", *[n for s in sync.primitives for n in s.primitive.names])
+    reports = [TargetResult(r.target, "ok", leak_report(r.value, LeakOptions(min_wait=5.0))) for r in syncs
+               if r.value is not None]
+    text = table_text(width, lambda c: many_leaks.render_table(reports, merge_findings(reports), c, cwd=CWD))
+    assert_fits(text, width)
+    assert_whole(text, *frame_words(TRANSFER_A), *frame_words(RESERVE))

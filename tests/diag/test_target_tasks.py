@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_diag
+from tests.support.programs import DiagRun
 from tests.support.target import TargetServer, http
 from tests.target.helpers import get, healthz, release, wait_until
 
@@ -101,6 +102,23 @@ def test_deadlocked_workers_wait_on_each_others_lock(server: TargetServer) -> No
     assert a["created_by"]["task_id"] == b["created_by"]["task_id"]  # one request made both
 
 
+def test_a_deadlocked_worker_names_its_lock_as_its_own_frame_does(server: TargetServer) -> None:
+    """Each worker waits at ``async with second:``; the lock it waits for is ``first`` in the
+    other worker, which holds it: the wait says ``second``, the other name is an alias."""
+    get(server, "/leak/deadlock")
+    tasks_of(server, "deadlock_worker_a", 1)
+    tasks_of(server, "deadlock_worker_b", 1)
+    text = run_diag("tasks", server.url, "--debug", "2", "--filter", "deadlock_worker", "--format", "text")
+    assert text.returncode == 0, text.stderr
+    blocks = [b for b in text.stdout.split("\n\n") if "deadlock_worker" in b]
+    assert len(blocks) == 2, text.stdout
+    for block in blocks:
+        assert "[Lock.acquire <second (also: first) 0x" in block and "async with second:" in block, block
+    for task in dump(server.url, "--debug", "2", "--filter", "deadlock_worker")["tasks"]:
+        wait = task["wait"]
+        assert wait["frame_label"] == "second" and "first" in [wait["primitive"]["label"], *wait["primitive"]["aliases"]]
+
+
 def test_silent_peer_readers_wait_for_bytes(server: TargetServer) -> None:
     for _ in range(2):
         get(server, "/leak/silent-peer")
@@ -182,3 +200,41 @@ def test_the_apps_own_port_and_the_agent_agree(server: TargetServer) -> None:
     on_app = {t["id"] for t in dump(server.url, "--debug", "2", "--filter", "orphan")["tasks"]}
     on_agent = {t["id"] for t in dump(agent, "--debug", "2", "--filter", "orphan")["tasks"]}
     assert on_app == on_agent and len(on_app) == 1
+
+
+ONE_LOCK_TWO_NAMES = """
+import asyncio
+
+async def keep(first: asyncio.Lock, started: asyncio.Event) -> None:
+    async with first:
+        started.set()
+        await asyncio.sleep(3600)
+
+async def take(second: asyncio.Lock) -> None:
+    async with second:
+        pass
+
+async def main() -> None:
+    lock, started, forever = asyncio.Lock(), asyncio.Event(), asyncio.Event()
+    keeper = asyncio.create_task(keep(lock, started), name="keeper")
+    await started.wait()
+    taker = asyncio.create_task(take(lock), name="taker")
+    await forever.wait()  # keeps both tasks (and so the lock) alive
+
+asyncio.run(main())
+"""
+
+
+def test_a_lock_is_named_as_the_waiting_frame_names_it_with_the_holders_name_as_an_alias() -> None:
+    with DiagRun(ONE_LOCK_TWO_NAMES) as app:
+        def waiting() -> dict[str, Any] | None:
+            found = [t for t in dump(app.url, "--debug", "2")["tasks"] if t["name"] == "taker"]
+            return found[0] if found and found[0]["wait"]["kind"] == "lock" else None
+        taker = wait_until(waiting, timeout=10, interval=0.1)
+        assert taker["wait"]["frame_label"] == "second"
+        prim = taker["wait"]["primitive"]
+        assert prim["label"] == "second" and prim["aliases"] == ["first"]
+        text = run_diag("tasks", app.url, "--debug", "2", "--filter", "taker", "--format", "text")
+        assert '"taker" [Lock.acquire <second (also: first) 0x' in text.stdout, text.stdout
+        sync = run_diag("sync", app.url, "--format", "text")
+        assert "lock second (also: first) 0x" in sync.stdout, sync.stdout

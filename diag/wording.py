@@ -1,0 +1,18 @@
+"""Counted nouns and the verbs that agree with them, for findings and headers.
+
+Usage::
+
+    f"{plural(n, 'task')} {agree(n, 'waits', 'wait')} for it"   # 1 task waits / 2 tasks wait
+"""
+
+from __future__ import annotations
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 task``, ``2 tasks``; ``many`` for an irregular plural (``1 process``, ``2 processes``)."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def agree(n: int, one: str, many: str) -> str:
+    """The word that agrees with a count of ``n``: ``agree(1, 'waits', 'wait')`` is ``waits``."""
+    return one if n == 1 else many
