@@ -88,8 +88,8 @@ def _many(targets: list[str], agent_dir: Path | None, fmt: str, show_all: bool, 
     else:
         shown = merge_primitives(results, show_all)
         if fmt == "text":
-            many_sync.render_text(results, shown, sys.stdout, cwd=cwd)
+            many_sync.render_text(results, shown, sys.stdout, cwd=cwd, show_all=show_all)
         else:
-            many_sync.render_table(results, shown, Console(), cwd=cwd)
+            many_sync.render_table(results, shown, Console(), cwd=cwd, show_all=show_all)
     sys.stdout.flush()
     return report_failures(results, lambda line: stderr.print(line, markup=False, highlight=False))
