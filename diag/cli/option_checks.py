@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 from diag.errors import UsageError
@@ -20,8 +21,12 @@ from diag.errors import UsageError
 MAX_SECONDS = 86_400.0
 
 
+def _shown(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else _shown(str(value), 30)
 
 
 def in_range(option: str, value: float | None, *, above: float | None = None, at_least: float | None = None,
@@ -30,7 +35,7 @@ def in_range(option: str, value: float | None, *, above: float | None = None, at
     must be > 0 and at most 30 seconds, not -1`` otherwise.  NaN and infinities fail."""
     if value is None:
         return
-    ok = math.isfinite(value)
+    ok = not isinstance(value, float) or math.isfinite(value)  # an int of any size compares exactly
     ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
     ok = ok and (at_most is None or value <= at_most)
     if ok:
@@ -72,15 +77,27 @@ def writable_file(option: str, path: Path | None) -> None:
     if path is None:
         return
     text = str(path)
+    shown = _shown(text)
     if not text or "\x00" in text:
-        raise UsageError(f"{option}: {text!r} is not a file name")
-    where = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"{option} {text}: is a directory; name a file to write")
-    if not where.is_dir():
-        what = "no such directory" if not where.exists() else "not a directory"
-        raise UsageError(f"{option} {text}: {what}: {where}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {text}: cannot write: permission denied")
-    if not path.exists() and not os.access(where, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {text}: cannot write in {where}: permission denied")
+        raise UsageError(f"{option}: {shown!r} is not a file name")
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as err:  # a name too long, a loop of links, no permission to look
+        raise UsageError(f"{option} {shown}: cannot write: {err.strerror or err}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UsageError(f"{option} {shown}: is a directory; name a file to write")
+    where = path.parent
+    try:
+        where_mode = os.stat(where).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{option} {shown}: no such directory: {_shown(str(where))}") from None
+    except OSError as err:
+        raise UsageError(f"{option} {shown}: cannot write in {_shown(str(where))}: {err.strerror or err}") from None
+    if not stat.S_ISDIR(where_mode):
+        raise UsageError(f"{option} {shown}: not a directory: {_shown(str(where))}")
+    if mode is not None and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {shown}: cannot write: permission denied")
+    if mode is None and not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {shown}: cannot write in {_shown(str(where))}: permission denied")

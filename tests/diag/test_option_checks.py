@@ -114,3 +114,20 @@ def test_run_checks_its_agent_file_before_starting_the_program(tmp_path: Path) -
                     f"open({str(marker)!r}, 'w').close()")
     assert f"--agent-file {NO_DIR}/agent.txt: no such directory" in assert_one_line_error(proc, 2)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ("a" * 5000, ": cannot write: File name too long"),
+    ("/etc/passwd/x", "-o/--output /etc/passwd/x: not a directory: /etc/passwd"),
+    ("bad\x00name", "embedded null byte"),  # refused as the option is parsed
+])
+def test_an_output_path_that_cannot_be_a_file(output: str, expected: str) -> None:
+    from tests.diag.test_bad_targets import one_line_error
+
+    line = one_line_error(["tasks", f"http://127.0.0.1:{free_port()}", "-o", output], 2)
+    assert "--output" in line and expected in line and len(line) < 300, line
+
+
+def test_a_huge_number_is_refused_in_one_short_line() -> None:
+    line = assert_one_line_error(run_diag("tasks", f"http://127.0.0.1:{free_port()}", "--limit", "-" + "9" * 400), 2)
+    assert line.startswith("diag: error: --limit must be at least 1, not -999") and len(line) < 120, line
