@@ -113,7 +113,7 @@ def profile(
                                                 help="json, pstat, callgrind, speedscope or collapsed, whatever -o is called"),
     base: Optional[Path] = typer.Option(None, "--base", metavar="FILE", show_default="none",
                                         help="show the difference from this saved profile (.json)"),
-    force: bool = typer.Option(False, "--force", help="run yappi where it would harm the target: wall clock with very "
+    force: bool = typer.Option(False, "--force", show_default="off", help="run yappi where it would harm the target: wall clock with very "
                                                       "many live tasks, or a yappi that keeps every profiled coroutine "
                                                       "alive (1.7.6 and older on Python 3.11+; see docs/profile.md)"),
     max_tasks: Optional[int] = typer.Option(None, "--max-tasks", metavar="N", show_default="the agent's, 2000",

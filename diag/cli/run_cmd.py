@@ -56,7 +56,7 @@ def run(
     agent_dir: Optional[Path] = typer.Option(None, "--agent-dir", metavar="DIR", show_default="none",
                                              help="every process (and forked worker) writes <pid>.json with its "
                                                   "agent address here; read it with diag tasks --agent-dir DIR"),
-    print_env: bool = typer.Option(False, "--print-env",
+    print_env: bool = typer.Option(False, "--print-env", show_default="off",
                                    help="print the environment that injects the agent (for processes started "
                                         "another way: eval \"$(diag run --print-env)\") and exit"),
 ) -> int:

@@ -38,7 +38,7 @@ def sync(
              "several for one merged view"),
     format: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                          show_default="table on a terminal, else text", help="table, text or json"),
-    show_all: bool = typer.Option(False, "--all", help="also primitives nobody holds or waits on"),
+    show_all: bool = typer.Option(False, "--all", show_default="off", help="also primitives nobody holds or waits on"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
                                           help="also save the snapshot as JSON here"),
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",

@@ -89,7 +89,7 @@ def tasks(
     min_wait: Optional[float] = typer.Option(None, "--min-wait", metavar="SECONDS", show_default="0",
                                              help="only tasks waiting at least this many seconds"),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", metavar="N", help="show at most this many groups or tasks"),
-    dead: bool = typer.Option(False, "--dead", help="list the tasks that ended with an exception or were destroyed "
+    dead: bool = typer.Option(False, "--dead", show_default="off", help="list the tasks that ended with an exception or were destroyed "
                                                     "while pending, newest first, instead of the pending ones"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
                                           help="also save the full snapshot as JSON here"),

@@ -261,11 +261,11 @@ def top(
                                    help=f"seconds between refreshes (at least {MIN_INTERVAL:g})"),
     iterations: Optional[int] = typer.Option(None, "--iterations", metavar="N", show_default="until q or Ctrl-C",
                                              help="stop after this many frames (printed, not redrawn)"),
-    once: bool = typer.Option(False, "--once", help="print one frame and exit (same as --iterations 1)"),
+    once: bool = typer.Option(False, "--once", show_default="off", help="print one frame and exit (same as --iterations 1)"),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", metavar="N", help="task groups and primitives to list"),
     min_wait: float = typer.Option(0.0, "--min-wait", metavar="SECONDS",
                                    help="group only tasks waiting at least this many seconds"),
-    idle: bool = typer.Option(False, "--idle", help="also group tasks that sleep or wait on Queue.get"),
+    idle: bool = typer.Option(False, "--idle", show_default="off", help="also group tasks that sleep or wait on Queue.get"),
     timeout: float = typer.Option(5.0, "--timeout", metavar="SECONDS", help="seconds to wait for each answer of the target"),
 ) -> int:
     """Watch a running target: tasks by state and wait, stuck groups, contended primitives, loop lag, requests/s."""
