@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # The main job: start the bundled target server (it carries the diag agent), make it
 # leak, and point diag at it.  PORT=8080 by default; the server is stopped at the end.
-source "$(dirname "$0")/venv.sh"
 port="${PORT:-8080}"
+# A port someone else holds is said in one line, before anything is installed or started
+# (the server would only fail with its log; another demo's server would even answer).
+if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
+    echo "scripts/demo.sh: PORT=$port is not a port number (1-65535); for example: PORT=8081 scripts/demo.sh" >&2
+    exit 2
+fi
+if ! "${PYTHON:-python3}" - "$port" 2>/dev/null <<'PY'; then
+import socket, sys
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+PY
+    echo "scripts/demo.sh: port $port on 127.0.0.1 is taken; pick another: PORT=$((port == 65535 ? 8081 : port + 1)) scripts/demo.sh" >&2
+    exit 1
+fi
+source "$(dirname "$0")/venv.sh"
 url="http://127.0.0.1:$port"
 log="$(mktemp -t target-server.XXXXXX.log)"
 
@@ -17,7 +32,14 @@ try:
 except Exception:
     sys.exit(1)
 PY
-    kill -0 $server 2>/dev/null || { cat "$log"; echo "target server did not start" >&2; exit 3; }
+    if ! kill -0 $server 2>/dev/null; then
+        if grep -qi "address already in use" "$log"; then  # taken since the check above
+            echo "scripts/demo.sh: port $port on 127.0.0.1 is taken; pick another: PORT=$((port == 65535 ? 8081 : port + 1)) scripts/demo.sh" >&2
+            exit 1
+        fi
+        cat "$log" >&2; echo "target server did not start" >&2
+        exit 3
+    fi
     sleep 0.1
 done
 echo "target server: $url (log: $log)" >&2
@@ -34,9 +56,11 @@ for _ in $(seq 600); do
 done
 sleep 1.5   # let the wait clock see the stuck tasks
 
-echo; echo "\$ diag tasks $url" >&2
-diag tasks "$url"
-echo; echo "\$ diag tasks $url --debug 2 --filter deadlock_worker --format text" >&2
-diag tasks "$url" --debug 2 --filter deadlock_worker --format text
-echo; echo "\$ diag leaks $url" >&2
-diag leaks "$url" --min-wait 1 || echo "(diag leaks exits 1 when it finds leaks: usable as a CI gate)" >&2
+show() {  # the command line, exactly as it is run, then its output
+    echo
+    echo "\$ $*" >&2
+    "$@"
+}
+show diag tasks "$url"
+show diag tasks "$url" --debug 2 --filter deadlock_worker --format text
+show diag leaks "$url" --min-wait 1 || echo "(diag leaks exits 1 when it finds leaks: usable as a CI gate)" >&2

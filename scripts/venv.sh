@@ -10,10 +10,11 @@ stamp="$venv/.installed"
 if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
 fi
-# Reinstall only when the project's metadata or its C source changed since the last
-# install (the editable install compiles diag/_origins.c and diag/_attach_boot.c next to it).
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/diag/_origins.c" -nt "$stamp" ] \
-        || [ "$root/diag/_attach_boot.c" -nt "$stamp" ]; then
+# Reinstall only when the project's metadata (pyproject.toml, setup.py) or its C source
+# changed since the last install (the editable install compiles diag/_origins.c and
+# diag/_attach_boot.c next to it).
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] \
+        || [ "$root/diag/_origins.c" -nt "$stamp" ] || [ "$root/diag/_attach_boot.c" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
     touch "$stamp"

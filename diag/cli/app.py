@@ -8,7 +8,8 @@ and hints go to stderr as one line, never a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from importlib import metadata
+from typing import Any, Optional, Sequence
 
 import typer
 
@@ -17,30 +18,68 @@ from diag.cli import objects_cmd, profile_cmd
 from diag.cli import attach_cmd, check_cmd
 from diag.cli import top_cmd
 from diag.cli.console import stderr
+from diag.cli.help_layout import Command, Group, examples
 from diag.errors import EXIT_USAGE, DiagError
+
+EXAMPLES = (
+    ("what every task of a service waits on (the agent's address)", "diag tasks http://127.0.0.1:8080"),
+    ("the verdicts, exit 1 on a leak: for CI", "diag leaks http://127.0.0.1:8080"),
+    ("start a program with the agent in it", "diag run -- python app.py"),
+    ("put the agent into a process already running", "diag attach 4129"),
+)
 
 app = typer.Typer(
     name="diag",
+    cls=Group,
     help="Find why an asyncio service hangs, leaks or slows down.",
+    epilog=examples(EXAMPLES) + "\n\nA TARGET is http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N or a file\n"
+                                "saved with -o FILE; 'diag COMMAND --help' says which forms it takes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.command("tasks")(tasks_cmd.tasks)
-app.command("profile")(profile_cmd.profile)
-app.command("objects")(objects_cmd.objects)
-app.command("sync")(sync_cmd.sync)
-app.command("leaks")(leaks_cmd.leaks)
-app.command("check")(check_cmd.check)
-app.command("top")(top_cmd.top)
-app.command("attach")(attach_cmd.attach)
-app.command("detach")(attach_cmd.detach)
-app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run_cmd.run)
+
+
+def _command(name: str, function: Any, summary: str, pairs: Sequence[tuple[str, str]], **settings: Any) -> None:
+    """Register one command, with its one-line summary (never cut short in ``diag --help``)
+    and its examples."""
+    app.command(name, cls=Command, short_help=summary, epilog=examples(pairs), **settings)(function)
+
+
+_command("tasks", tasks_cmd.tasks, tasks_cmd.SUMMARY, tasks_cmd.EXAMPLES)
+_command("profile", profile_cmd.profile, profile_cmd.SUMMARY, profile_cmd.EXAMPLES)
+_command("objects", objects_cmd.objects, objects_cmd.SUMMARY, objects_cmd.EXAMPLES)
+_command("sync", sync_cmd.sync, sync_cmd.SUMMARY, sync_cmd.EXAMPLES)
+_command("leaks", leaks_cmd.leaks, leaks_cmd.SUMMARY, leaks_cmd.EXAMPLES)
+_command("check", check_cmd.check, check_cmd.SUMMARY, check_cmd.EXAMPLES)
+_command("top", top_cmd.top, top_cmd.SUMMARY, top_cmd.EXAMPLES)
+_command("attach", attach_cmd.attach, attach_cmd.ATTACH_SUMMARY, attach_cmd.ATTACH_EXAMPLES)
+_command("detach", attach_cmd.detach, attach_cmd.DETACH_SUMMARY, attach_cmd.DETACH_EXAMPLES)
+_command("run", run_cmd.run, run_cmd.SUMMARY, run_cmd.EXAMPLES,
+         context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+
+
+def version() -> str:
+    """This diag's version: the installed package's, else the source tree's."""
+    try:
+        return metadata.version("diag")
+    except metadata.PackageNotFoundError:
+        import diag
+        return str(getattr(diag, "__version__", "unknown"))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"diag {version()}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Optional[bool] = typer.Option(None, "--version", "-V", is_eager=True, callback=_print_version,
+                                                help="print diag's version and exit"),
+) -> None:
     """Find why an asyncio service hangs, leaks or slows down."""
 
 

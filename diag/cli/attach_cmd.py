@@ -11,6 +11,7 @@ import typer
 
 from diag import attach as attaching
 from diag.agent.server import parse_address
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import UsageError
 
@@ -22,17 +23,37 @@ def _pid(text: str) -> int:
     return int(digits)
 
 
+ATTACH_SUMMARY = "Put the diag agent into a running Python process and print its address."
+ATTACH_EXAMPLES = (
+    ("attach to process 4129; its agent's address is printed", "diag attach 4129"),
+    ("on a port of your choice, the address also written to a file",
+     "diag attach pid:4129 --agent 127.0.0.1:0 --agent-file agent.txt"),
+    ("then any command takes the process itself as its target", "diag tasks pid:4129"),
+)
+DETACH_SUMMARY = "Stop the agent in a running process and remove what it installed."
+DETACH_EXAMPLES = (
+    ("take the agent out of process 4129 again", "diag detach 4129"),
+    ("the same, waiting up to 20 seconds for the process to let diag in", "diag detach pid:4129 --timeout 20"),
+)
+#: The longest wait for a process to let diag in.
+MAX_TIMEOUT = 600.0
+
+
 def attach(
-    pid: str = typer.Argument(..., metavar="PID", help="the running Python process (3.11+)"),
-    agent: Optional[str] = typer.Option(None, "--agent",
-                                        help="agent address: HOST:PORT (0: free port) or unix:/PATH "
-                                             "(default: a 0600 unix socket in /tmp/diag-UID/)"),
-    agent_file: Optional[Path] = typer.Option(None, "--agent-file", help="write the agent address to this file"),
-    timeout: float = typer.Option(attaching.DEFAULT_TIMEOUT, "--timeout",
-                                  help="seconds to wait for the process to let diag in"),
+    pid: str = typer.Argument(..., metavar="PID", show_default=False,
+                              help="the running Python process (3.11+): N or pid:N"),
+    agent: Optional[str] = typer.Option(None, "--agent", metavar="ADDRESS",
+                                        show_default="a 0600 unix socket in /tmp/diag-UID/",
+                                        help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
+    agent_file: Optional[Path] = typer.Option(None, "--agent-file", metavar="FILE", show_default="not written",
+                                              help="write the agent address to this file"),
+    timeout: float = typer.Option(attaching.DEFAULT_TIMEOUT, "--timeout", metavar="SECONDS",
+                                  help=f"seconds to wait for the process to let diag in (at most {MAX_TIMEOUT:g})"),
 ) -> int:
     """Put the diag agent into a running Python process and print its address."""
     number = _pid(pid)
+    checks.seconds("--timeout", timeout, at_most=MAX_TIMEOUT)
+    checks.writable_file("--agent-file", agent_file)
     if agent is not None:
         parse_address(agent)
     done = attaching.attach(number, agent, timeout)
@@ -56,12 +77,14 @@ def attach(
 
 
 def detach(
-    pid: str = typer.Argument(..., metavar="PID", help="the process diag attach was used on"),
-    timeout: float = typer.Option(attaching.DEFAULT_TIMEOUT, "--timeout",
-                                  help="seconds to wait for the process to let diag in"),
+    pid: str = typer.Argument(..., metavar="PID", show_default=False,
+                              help="the process diag attach was used on: N or pid:N"),
+    timeout: float = typer.Option(attaching.DEFAULT_TIMEOUT, "--timeout", metavar="SECONDS",
+                                  help=f"seconds to wait for the process to let diag in (at most {MAX_TIMEOUT:g})"),
 ) -> int:
     """Stop the agent in a running process and remove what it installed."""
     number = _pid(pid)
+    checks.seconds("--timeout", timeout, at_most=MAX_TIMEOUT)
     stopped = attaching.detach(number, timeout)
     stderr.print(f"diag: pid {number}: " + ("agent stopped" if stopped else "no agent was running"),
                  markup=False, highlight=False)

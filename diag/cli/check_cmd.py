@@ -14,6 +14,8 @@ import typer
 
 from diag.analysis.check_baseline import EMPTY, CheckBaseline, compare, observe
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
+from diag.agent.sync_routes import MAX_PROOF_BUDGET
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.render import check_text, junit
@@ -78,23 +80,49 @@ def warm_up(app: str, steps: list[WarmUp], timeout: float) -> int:
     return sent
 
 
+SUMMARY = "For CI: fail (exit 1) on leaks that are new since a committed baseline."
+EXAMPLES = (
+    ("warm the service up, then write what it holds as the baseline",
+     "diag check http://127.0.0.1:8080 -r 'GET /fixed/lock x20' --baseline diag-baseline.json --update-baseline"),
+    ("the same warm-up in CI: exit 1 on anything new, with JUnit XML",
+     "diag check http://127.0.0.1:8080 -r 'GET /fixed/lock x20' --baseline diag-baseline.json --junit diag.xml"),
+    ("warm-up requests from a file, sent to the app's own port",
+     "diag check unix:/tmp/diag-1000/4129.sock --app http://127.0.0.1:8000 --scenario warmup.txt"),
+)
+
+
 def check(
-    target: str = typer.Argument(..., help="where diag's endpoints answer: http://HOST:PORT or unix:/PATH"),
-    request: List[str] = typer.Option([], "--request", "-r", help="warm-up request 'METHOD /PATH [xN]' (repeatable)"),
-    scenario: Optional[Path] = typer.Option(None, "--scenario", help="file of warm-up requests, one per line"),
-    app: Optional[str] = typer.Option(None, "--app", help="the service's base URL for the warm-up (default: TARGET)"),
-    settle: float = typer.Option(1.0, "--settle", help="seconds to wait after the warm-up"),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="the committed baseline JSON file"),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="write the baseline and exit 0"),
-    tolerance: int = typer.Option(0, "--tolerance", help="growth of a group or permit count that is still fine"),
-    junit_file: Optional[Path] = typer.Option(None, "--junit", help="also write JUnit XML here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for each request and for the agent"),
-    budget: float = typer.Option(10.0, "--proof-budget", help="seconds the reachability proof may take"),
+    target: str = typer.Argument(..., metavar="TARGET", show_default=False,
+                                 help="where diag's endpoints answer: http://HOST:PORT, HOST:PORT, unix:/PATH or pid:N "
+                                      "(or a sync snapshot saved with -o FILE)"),
+    request: List[str] = typer.Option([], "--request", "-r", metavar="REQUEST", show_default="none",
+                                      help="warm-up request 'METHOD /PATH [xN]', such as 'GET /fixed/lock x20' "
+                                           "(repeatable)"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", metavar="FILE", show_default="none",
+                                            help="file of warm-up requests, one per line"),
+    app: Optional[str] = typer.Option(None, "--app", metavar="URL", show_default="TARGET",
+                                      help="the service's base URL for the warm-up"),
+    settle: float = typer.Option(1.0, "--settle", metavar="SECONDS", help="seconds to wait after the warm-up"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="FILE", show_default="an empty baseline",
+                                            help="the committed baseline JSON file"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", show_default="off",
+                                         help="write the baseline and exit 0"),
+    tolerance: int = typer.Option(0, "--tolerance", metavar="N", help="growth of a group or permit count that is still fine"),
+    junit_file: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", show_default="not written",
+                                              help="also write JUnit XML here"),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",
+                                  help="seconds to wait for each request and for the agent"),
+    budget: float = typer.Option(10.0, "--proof-budget", metavar="SECONDS",
+                                 help=f"seconds the reachability proof may take (more than 0, at most {MAX_PROOF_BUDGET:g})"),
 ) -> int:
     """Fail (exit 1) on task groups, held permits or findings that are new since the baseline."""
-    if tolerance < 0 or not 0 <= settle <= MAX_WAIT or not 0 < timeout <= MAX_WAIT or not 0 < budget <= 30:
-        raise UsageError(f"--tolerance and --settle must be >= 0, --timeout > 0, both at most {MAX_WAIT:g}s, "
-                         "--proof-budget in (0, 30]")
+    checks.in_range("--tolerance", tolerance, at_least=0)
+    checks.seconds("--settle", settle, zero=True, at_most=MAX_WAIT)
+    checks.seconds("--timeout", timeout, at_most=MAX_WAIT)
+    checks.seconds("--proof-budget", budget, at_most=MAX_PROOF_BUDGET)
+    checks.writable_file("--junit", junit_file)
+    if update_baseline:
+        checks.writable_file("--baseline", baseline)
     if update_baseline and baseline is None:
         raise UsageError("--update-baseline needs --baseline FILE")
     steps = [parse_request(r) for r in request] + (parse_scenario(scenario) if scenario is not None else [])

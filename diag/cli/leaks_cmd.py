@@ -11,8 +11,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from diag.agent.sync_routes import MAX_PROOF_BUDGET
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, LeakReport, leak_report
 from diag.analysis.merge import many_document, merge_findings
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
@@ -23,29 +25,48 @@ FORMATS = ("table", "text", "json")
 DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)
 
 
+SUMMARY = "The verdicts: waits that will never end and why; exit 1 on a --fail-on finding."
+EXAMPLES = (
+    ("proven leaks, leaked permits, deadlocks, suspects; exit 1 on a leak", "diag leaks http://127.0.0.1:8080"),
+    ("waits of a second already count as suspects; no proof run in the target",
+     "diag leaks http://127.0.0.1:8080 --min-wait 1 --no-proof"),
+    ("fail only on deadlocks, with a report a program can read",
+     "diag leaks unix:/tmp/diag-1000/4129.sock --fail-on deadlock --format json"),
+    ("judge a sync snapshot saved earlier with diag sync -o", "diag leaks sync.json"),
+)
+
+
 def leaks(
     target: list[str] = typer.Argument(
-        None, metavar="TARGET",
-        help="http://HOST:PORT, unix:/PATH, or a sync snapshot saved with -o; several for one merged view"),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
-    min_wait: float = typer.Option(10.0, "--min-wait", help="seconds before a reachable wait is a suspect"),
-    held: float = typer.Option(60.0, "--held-threshold", help="seconds a permit may be held by a stuck holder"),
-    stall: float = typer.Option(LeakOptions.stall_threshold, "--stall-threshold",
+        None, metavar="TARGET", show_default=False,
+        help="http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N, or a sync snapshot saved with -o FILE; "
+             "several for one merged view"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                         show_default="table on a terminal, else text", help="table, text or json"),
+    min_wait: float = typer.Option(10.0, "--min-wait", metavar="SECONDS",
+                                   help="seconds before a reachable wait is a suspect"),
+    held: float = typer.Option(60.0, "--held-threshold", metavar="SECONDS",
+                               help="seconds a permit may be held by a stuck holder"),
+    stall: float = typer.Option(LeakOptions.stall_threshold, "--stall-threshold", metavar="SECONDS",
                                 help="seconds the loop may go without turning (now, or once in the stall window)"),
-    stall_window: float = typer.Option(LeakOptions.stall_window, "--stall-window",
+    stall_window: float = typer.Option(LeakOptions.stall_window, "--stall-window", metavar="SECONDS",
                                        help="seconds of the agent's stall history judged"),
-    stall_repeats: int = typer.Option(LeakOptions.stall_repeats, "--stall-repeats",
+    stall_repeats: int = typer.Option(LeakOptions.stall_repeats, "--stall-repeats", metavar="N",
                                       help="stalls in the window that make a loop_blocked/loop_starved verdict"),
-    cancel_grace: float = typer.Option(2.0, "--cancel-grace",
+    cancel_grace: float = typer.Option(2.0, "--cancel-grace", metavar="SECONDS",
                                        help="seconds a cancelled task may go on waiting before its cancel counts as swallowed"),
-    fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on",
-                                help=f"finding kinds that make the exit code 1 (of {', '.join(KINDS)}; 'none')"),
+    fail_on: str = typer.Option(DEFAULT_FAIL_ON_TEXT, "--fail-on", metavar="KINDS",
+                                show_default=DEFAULT_FAIL_ON_TEXT.replace(",", ", "),
+                                help=f"finding kinds that make the exit code 1, comma-separated (of {', '.join(KINDS)}; "
+                                     "'none')"),
     proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
-    budget: float = typer.Option(10.0, "--proof-budget", help="seconds the proof may take"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the sync snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout",
+    budget: float = typer.Option(10.0, "--proof-budget", metavar="SECONDS",
+                                 help=f"seconds the proof may take (more than 0, at most {MAX_PROOF_BUDGET:g})"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
+                                          help="also save the sync snapshot as JSON here"),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",
                                   help="seconds to wait for the target (plus the proof budget; each target)"),
-    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir", metavar="DIR", show_default="none",
                                              help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """Say which waits will never end and why: exit 1 when a --fail-on finding is present."""
@@ -54,8 +75,13 @@ def leaks(
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if not timeout > 0 or not 0 < budget <= 30:
-        raise UsageError("--timeout must be > 0 and --proof-budget between 0 and 30 seconds")
+    checks.seconds("--timeout", timeout)
+    checks.seconds("--proof-budget", budget, at_most=MAX_PROOF_BUDGET)
+    for option, value in (("--min-wait", min_wait), ("--held-threshold", held), ("--stall-threshold", stall),
+                          ("--stall-window", stall_window), ("--cancel-grace", cancel_grace)):
+        checks.threshold(option, value)
+    checks.in_range("--stall-repeats", stall_repeats, at_least=1)
+    checks.writable_file("-o/--output", output)
     kinds = frozenset() if fail_on.strip() == "none" else frozenset(k.strip() for k in fail_on.split(",") if k.strip())
     options = LeakOptions(min_wait=min_wait, held_threshold=held, stall_threshold=stall, stall_window=stall_window,
                           stall_repeats=stall_repeats, fail_on=kinds, cancel_grace=cancel_grace)

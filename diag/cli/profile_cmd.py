@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, profile_view
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
@@ -78,25 +79,46 @@ def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
     return result["data"]
 
 
+SUMMARY = "Where the event loop's thread spends its time: by function or by task."
+EXAMPLES = (
+    ("sample the loop's thread for 5 seconds: the top functions", "diag profile http://127.0.0.1:8080"),
+    ("10 seconds of yappi, time per coroutine", "diag profile http://127.0.0.1:8080 --mode yappi --seconds 10 --by task"),
+    ("save the profile for speedscope", "diag profile http://127.0.0.1:8080 -o profile.speedscope.json"),
+    ("a saved profile against an earlier one", "diag profile after.json --base before.json --top 20"),
+)
+
+
 def profile(
-    target: str = typer.Argument(..., help="http://HOST:PORT or unix:/PATH of a diag agent, or a profile saved with -o FILE.json"),
-    seconds: float = typer.Option(5.0, "--seconds", "-s", help=f"length of the profile window (at most {MAX_SECONDS:g})"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="sample (stacks at 100 Hz, low overhead, leaves nothing "
-                                       "behind; the default) or yappi (every call, with edges; the default with --clock cpu)"),
-    clock: str = typer.Option("wall", "--clock", help="wall (time including waits) or cpu (yappi mode)"),
-    sort: str = typer.Option("own", "--sort", help="own, total, calls or percall"),
-    top: int = typer.Option(30, "--top", help="show this many rows"),
-    filter: Optional[str] = typer.Option(None, "--filter", help="regex on function name or file path"),
-    by: str = typer.Option("function", "--by", help="function, or task: time per coroutine"),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json (default: table on a terminal, else text)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the profile; the name picks the format: .json, .pstat, .callgrind, .speedscope.json, .collapsed"),
-    output_format: Optional[str] = typer.Option(None, "--output-format", help="json, pstat, callgrind, speedscope or collapsed, whatever -o is called"),
-    base: Optional[Path] = typer.Option(None, "--base", help="show the difference from this saved profile (.json)"),
-    force: bool = typer.Option(False, "--force", help="run yappi where it would harm the target: wall clock with very "
+    target: str = typer.Argument(..., metavar="TARGET", show_default=False,
+                                 help="http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N, or a profile saved "
+                                      "with -o FILE.json"),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", metavar="SECONDS",
+                                  help=f"length of the profile window (more than 0, at most {MAX_SECONDS:g})"),
+    mode: Optional[str] = typer.Option(None, "--mode", metavar="MODE", show_default="sample; yappi with --clock cpu",
+                                       help="sample (stacks at 100 Hz, low overhead, leaves nothing behind) "
+                                            "or yappi (every call, with edges)"),
+    clock: str = typer.Option("wall", "--clock", metavar="CLOCK", help="wall (time including waits) or cpu (yappi mode)"),
+    sort: str = typer.Option("own", "--sort", metavar="KEY", help="own, total, calls or percall"),
+    top: int = typer.Option(30, "--top", metavar="N", help="show this many rows"),
+    filter: Optional[str] = typer.Option(None, "--filter", metavar="REGEX", show_default="every function",
+                                         help="regex on function name or file path"),
+    by: str = typer.Option("function", "--by", metavar="WHAT", help="function, or task: time per coroutine"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                         show_default="table on a terminal, else text", help="table, text or json"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
+                                          help="also save the profile; the name picks the format: .json, .pstat, "
+                                               ".callgrind, .speedscope.json, .collapsed"),
+    output_format: Optional[str] = typer.Option(None, "--output-format", metavar="FORMAT",
+                                                show_default="picked by the name of -o",
+                                                help="json, pstat, callgrind, speedscope or collapsed, whatever -o is called"),
+    base: Optional[Path] = typer.Option(None, "--base", metavar="FILE", show_default="none",
+                                        help="show the difference from this saved profile (.json)"),
+    force: bool = typer.Option(False, "--force", show_default="off", help="run yappi where it would harm the target: wall clock with very "
                                                       "many live tasks, or a yappi that keeps every profiled coroutine "
                                                       "alive (1.7.6 and older on Python 3.11+; see docs/profile.md)"),
-    max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="refuse wall-clock yappi above this many live tasks (agent default 2000)"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait to connect to the target"),
+    max_tasks: Optional[int] = typer.Option(None, "--max-tasks", metavar="N", show_default="the agent's, 2000",
+                                            help="refuse wall-clock yappi above this many live tasks"),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="seconds to wait to connect to the target"),
 ) -> int:
     """Profile the target's event loop thread (yappi or sampling) and show the top functions."""
     fmt = format or ("table" if sys.stdout.isatty() else "text")
@@ -114,12 +136,11 @@ def profile(
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
     if by not in BY:
         raise UsageError(f"--by must be one of {', '.join(BY)}, not {by!r}")
-    if not 0 < seconds <= MAX_SECONDS:
-        raise UsageError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}")
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise UsageError(f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds")
-    if max_tasks is not None and max_tasks < 0:
-        raise UsageError("--max-tasks must be >= 0")
+    checks.seconds("--seconds", seconds, at_most=MAX_SECONDS)
+    checks.seconds("--timeout", timeout, at_most=MAX_TIMEOUT)
+    checks.in_range("--top", top, at_least=1)
+    checks.in_range("--max-tasks", max_tasks, at_least=0)
+    checks.writable_file("-o/--output", output)
     query = ProfileQuery(sort=sort, top=top, pattern=filter, by=by)
     query.validate()
     export = None

@@ -12,6 +12,7 @@ import typer
 
 import diag
 from diag.agent.server import check_agent_address
+from diag.cli import option_checks as checks
 from diag.errors import UsageError
 
 BOOTSTRAP_DIR = str(Path(diag.__file__).resolve().parent / "bootstrap")
@@ -33,15 +34,29 @@ def agent_environment(env: dict[str, str], address: str, address_file: str | Non
     return out
 
 
+SUMMARY = "Run a Python program with the diag agent in it; its address goes to stderr."
+EXAMPLES = (
+    ("start a program with the agent on a free loopback port", "diag run -- python app.py --port 8000"),
+    ("the agent on a unix socket, its address written for scripts",
+     "diag run --agent unix:/tmp/app-diag.sock --agent-file agent.txt -- python app.py"),
+    ("gunicorn workers, each with its own agent, found by diag tasks --agent-dir",
+     "diag run --agent-dir /tmp/diag-agents -- gunicorn app:app -w 4"),
+    ("the environment for processes started some other way", "diag run --print-env"),
+)
+
+
 def run(
     ctx: typer.Context,
-    command: list[str] = typer.Argument(None, help="the program to run, after --: python app.py ARGS"),
-    agent: str = typer.Option("127.0.0.1:0", "--agent", help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
-    agent_file: Optional[Path] = typer.Option(None, "--agent-file", help="write the agent address to this file"),
-    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+    command: list[str] = typer.Argument(None, metavar="COMMAND", show_default=False,
+                                        help="the program to run, after --: python app.py ARGS"),
+    agent: str = typer.Option("127.0.0.1:0", "--agent", metavar="ADDRESS",
+                              help="agent address: HOST:PORT (0: free port) or unix:/PATH"),
+    agent_file: Optional[Path] = typer.Option(None, "--agent-file", metavar="FILE", show_default="not written",
+                                              help="write the agent address to this file"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir", metavar="DIR", show_default="none",
                                              help="every process (and forked worker) writes <pid>.json with its "
                                                   "agent address here; read it with diag tasks --agent-dir DIR"),
-    print_env: bool = typer.Option(False, "--print-env",
+    print_env: bool = typer.Option(False, "--print-env", show_default="off",
                                    help="print the environment that injects the agent (for processes started "
                                         "another way: eval \"$(diag run --print-env)\") and exit"),
 ) -> int:
@@ -49,6 +64,7 @@ def run(
     argv = list(command or []) + list(ctx.args)
     # What the agent would refuse is refused here, before the program starts: a person
     # asked for this agent and should not find the program running without it.
+    checks.writable_file("--agent-file", agent_file)
     _host, port = check_agent_address(agent, os.environ.get("DIAG_AGENT_TOKEN") or None)
     directory = _agent_directory(agent_dir, port) if agent_dir is not None else None
     if print_env:

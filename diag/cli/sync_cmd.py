@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from diag.analysis.merge import many_document, merge_primitives
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
@@ -22,15 +23,27 @@ from diag.sync_source import load_sync
 FORMATS = ("table", "text", "json")
 
 
+SUMMARY = "Every live Lock, Semaphore, Condition, Event and Queue: holders and waiters."
+EXAMPLES = (
+    ("the primitives someone holds or waits on", "diag sync http://127.0.0.1:8080"),
+    ("every live primitive, as JSON", "diag sync http://127.0.0.1:8080 --all --format json"),
+    ("every worker of a service started with diag run --agent-dir", "diag sync --agent-dir /tmp/diag-agents"),
+)
+
+
 def sync(
     target: list[str] = typer.Argument(
-        None, metavar="TARGET",
-        help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; several for one merged view"),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, text or json"),
-    show_all: bool = typer.Option(False, "--all", help="also primitives nobody holds or waits on"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (each target)"),
-    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+        None, metavar="TARGET", show_default=False,
+        help="http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N, or a snapshot saved with -o FILE; "
+             "several for one merged view"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                         show_default="table on a terminal, else text", help="table, text or json"),
+    show_all: bool = typer.Option(False, "--all", show_default="off", help="also primitives nobody holds or waits on"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
+                                          help="also save the snapshot as JSON here"),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",
+                                  help="seconds to wait for the target (each target)"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir", metavar="DIR", show_default="none",
                                              help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """List live asyncio primitives: state, holders (task, site, for how long) and waiters."""
@@ -39,8 +52,8 @@ def sync(
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if not timeout > 0:
-        raise UsageError("--timeout must be > 0")
+    checks.seconds("--timeout", timeout)
+    checks.writable_file("-o/--output", output)
     if agent_dir is not None or len(targets) > 1:
         return _many(targets, agent_dir, fmt, show_all, output, timeout)
     snap = load_sync(targets[0], timeout=timeout, proof=False)
@@ -75,8 +88,8 @@ def _many(targets: list[str], agent_dir: Path | None, fmt: str, show_all: bool, 
     else:
         shown = merge_primitives(results, show_all)
         if fmt == "text":
-            many_sync.render_text(results, shown, sys.stdout, cwd=cwd)
+            many_sync.render_text(results, shown, sys.stdout, cwd=cwd, show_all=show_all)
         else:
-            many_sync.render_table(results, shown, Console(), cwd=cwd)
+            many_sync.render_table(results, shown, Console(), cwd=cwd, show_all=show_all)
     sys.stdout.flush()
     return report_failures(results, lambda line: stderr.print(line, markup=False, highlight=False))

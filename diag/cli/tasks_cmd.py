@@ -17,6 +17,7 @@ from rich.console import Console
 
 from diag.analysis.merge import many_document, merge_tasks
 from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
+from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
@@ -61,22 +62,40 @@ def filter_deadline(seconds: float = FILTER_BUDGET) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+SUMMARY = "Every pending task: its await stack, what it waits on, how long, who created it."
+EXAMPLES = (
+    ("tasks grouped by what they wait on", "diag tasks http://127.0.0.1:8080"),
+    ("every task in full, Go style, only those matching a regex",
+     "diag tasks http://127.0.0.1:8080 --debug 2 --filter deadlock_worker --format text"),
+    ("in process 4129, attached without a restart: waits of 5 s or more; the whole dump saved",
+     "diag tasks pid:4129 --min-wait 5 -o tasks.json"),
+    ("read the saved dump again, the waiting tasks only", "diag tasks tasks.json --state waiting"),
+)
+
+
 def tasks(
     target: list[str] = typer.Argument(
-        None, metavar="TARGET",
-        help="http://HOST:PORT, unix:/PATH, or a snapshot saved with -o; several for one merged view"),
-    debug: int = typer.Option(1, "--debug", "-d", help="1: group identical tasks; 2: every task in full"),
-    format: Optional[str] = typer.Option(None, "--format", "-f",
-                                         help="table, text or json (default: table on a terminal, else text)"),
-    filter: Optional[str] = typer.Option(None, "--filter", help="regex on task name, coroutine, wait reason, primitive label, stack functions and files"),
-    state: list[str] = typer.Option([], "--state", help="running, ready or waiting (repeat or comma-separate)"),
-    min_wait: Optional[float] = typer.Option(None, "--min-wait", help="only tasks waiting at least this many seconds"),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="show at most this many groups or tasks"),
-    dead: bool = typer.Option(False, "--dead", help="list the tasks that ended with an exception or were destroyed "
+        None, metavar="TARGET", show_default=False,
+        help="http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N, or a snapshot saved with -o FILE; "
+             "several for one merged view"),
+    debug: int = typer.Option(1, "--debug", "-d", metavar="1|2", help="1: group identical tasks; 2: every task in full"),
+    format: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT", show_default="table on a terminal, else text",
+                                         help="table, text or json"),
+    filter: Optional[str] = typer.Option(None, "--filter", metavar="REGEX", show_default="every task",
+                                         help="regex on task name, coroutine, wait reason, primitive label, "
+                                              "stack functions and files"),
+    state: list[str] = typer.Option([], "--state", metavar="STATE", show_default="any",
+                                    help="running, ready or waiting (repeat or comma-separate)"),
+    min_wait: Optional[float] = typer.Option(None, "--min-wait", metavar="SECONDS", show_default="0",
+                                             help="only tasks waiting at least this many seconds"),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", metavar="N", help="show at most this many groups or tasks"),
+    dead: bool = typer.Option(False, "--dead", show_default="off", help="list the tasks that ended with an exception or were destroyed "
                                                     "while pending, newest first, instead of the pending ones"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also save the full snapshot as JSON here"),
-    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the target (each target)"),
-    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
+                                          help="also save the full snapshot as JSON here"),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",
+                                  help="seconds to wait for the target (each target)"),
+    agent_dir: Optional[Path] = typer.Option(None, "--agent-dir", metavar="DIR", show_default="none",
                                              help="every process that wrote its agent file here (diag run --agent-dir)"),
 ) -> int:
     """Dump the target's asyncio tasks: stacks, what each waits on, for how long, created where."""
@@ -85,8 +104,10 @@ def tasks(
     fmt = format or ("table" if sys.stdout.isatty() else "text")
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if not timeout > 0:
-        raise UsageError("--timeout must be > 0")
+    checks.seconds("--timeout", timeout)
+    checks.threshold("--min-wait", min_wait)
+    checks.in_range("--limit", limit, at_least=1)
+    checks.writable_file("-o/--output", output)
     states = tuple(s.strip() for item in state for s in item.split(",") if s.strip())
     query = TaskQuery(debug=debug, pattern=filter, states=states, min_wait=min_wait, limit=limit)
     query.validate()

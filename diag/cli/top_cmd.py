@@ -8,7 +8,6 @@ that a target that dies or hangs is shown as unreachable and retried, never rais
 
 from __future__ import annotations
 
-import math
 import os
 import select
 import signal
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 
 from diag.analysis.top_summary import DEFAULT_LIMIT, Outage, TopOptions, TopSummary, summarize
+from diag.cli import option_checks as checks
 from diag.errors import DiagError, UsageError
 from diag.render import top_view
 from diag.top_source import TopSample, fetch_sample, open_top_source
@@ -244,29 +244,38 @@ def _raise_quit(signum: int, frame: FrameType | None) -> None:
     raise _Quit(signum)
 
 
+SUMMARY = "A live view, refreshed every second: tasks, stuck groups, primitives, loop lag."
+EXAMPLES = (
+    ("watch a service; q or Ctrl-C quits", "diag top http://127.0.0.1:8080"),
+    ("one frame, for a script or a bug report", "diag top 127.0.0.1:8080 --once"),
+    ("five frames two seconds apart, only waits of a second or more",
+     "diag top unix:/tmp/diag-1000/4129.sock --interval 2 --iterations 5 --min-wait 1"),
+)
+
+
 def top(
-    target: str = typer.Argument(..., help="http://HOST:PORT, HOST:PORT or unix:/PATH of a running agent"),
-    interval: float = typer.Option(1.0, "--interval", "-n", help="seconds between refreshes"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="stop after this many frames (printed, not redrawn)"),
-    once: bool = typer.Option(False, "--once", help="print one frame and exit (same as --iterations 1)"),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="task groups and primitives to list"),
-    min_wait: float = typer.Option(0.0, "--min-wait", help="group only tasks waiting at least this many seconds"),
-    idle: bool = typer.Option(False, "--idle", help="also group tasks that sleep or wait on Queue.get"),
-    timeout: float = typer.Option(5.0, "--timeout", help="seconds to wait for each answer of the target"),
+    target: str = typer.Argument(..., metavar="TARGET", show_default=False,
+                                 help="http://HOST:PORT, HOST:PORT, unix:/PATH or pid:N of a running agent "
+                                      "(a live process: a saved file has nothing to refresh)"),
+    interval: float = typer.Option(1.0, "--interval", "-n", metavar="SECONDS",
+                                   help=f"seconds between refreshes (at least {MIN_INTERVAL:g})"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", metavar="N", show_default="until q or Ctrl-C",
+                                             help="stop after this many frames (printed, not redrawn)"),
+    once: bool = typer.Option(False, "--once", show_default="off", help="print one frame and exit (same as --iterations 1)"),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", metavar="N", help="task groups and primitives to list"),
+    min_wait: float = typer.Option(0.0, "--min-wait", metavar="SECONDS",
+                                   help="group only tasks waiting at least this many seconds"),
+    idle: bool = typer.Option(False, "--idle", show_default="off", help="also group tasks that sleep or wait on Queue.get"),
+    timeout: float = typer.Option(5.0, "--timeout", metavar="SECONDS", help="seconds to wait for each answer of the target"),
 ) -> int:
     """Watch a running target: tasks by state and wait, stuck groups, contended primitives, loop lag, requests/s."""
-    if not (interval >= MIN_INTERVAL and math.isfinite(interval)):
-        raise UsageError(f"--interval must be a number of seconds >= {MIN_INTERVAL:g}")
-    if iterations is not None and iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+    checks.in_range("--interval", interval, at_least=MIN_INTERVAL, at_most=checks.MAX_SECONDS, unit="seconds")
+    checks.in_range("--iterations", iterations, at_least=1)
     if once and iterations not in (None, 1):
         raise UsageError("--once and --iterations disagree; give one of them")
-    if limit < 1:
-        raise UsageError("--limit must be at least 1")
-    if not (min_wait >= 0 and math.isfinite(min_wait)):
-        raise UsageError("--min-wait must be a number of seconds >= 0")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise UsageError("--timeout must be a number of seconds > 0")
+    checks.in_range("--limit", limit, at_least=1)
+    checks.threshold("--min-wait", min_wait)
+    checks.seconds("--timeout", timeout)
     if once:
         iterations = 1
     source = open_top_source(target, timeout)

@@ -59,16 +59,21 @@ def _interesting(snap: SyncSnapshot, show_all: bool) -> list[PrimitiveState]:
     return [s for s in snap.primitives if s.holders or s.waiting_tasks or s.primitive.locked]
 
 
-def header(snap: SyncSnapshot, shown: int) -> list[str]:
+def which_shown(show_all: bool) -> str:
+    """What the count of shown primitives counts; the hint to ``--all`` only where it is missing."""
+    return "(every one, --all)" if show_all else "(held, locked or waited on; --all for every one)"
+
+
+def header(snap: SyncSnapshot, shown: int, show_all: bool = False) -> list[str]:
     tracking = "holders tracked" if snap.holders_tracked else "holders NOT tracked (agent without holder tracking)"
     lines = [f"diag sync: pid {snap.process.pid}, {plural(len(snap.primitives), 'live primitive')}, {shown} shown "
-             f"(held, locked or waited on; --all for every one); {tracking}"]
+             f"{which_shown(show_all)}; {tracking}"]
     return lines + [f"note: {n}" for n in snap.notes]
 
 
 def render_text(snap: SyncSnapshot, out: TextIO, *, cwd: str | None = None, show_all: bool = False) -> None:
     states = _interesting(snap, show_all)
-    lines = header(snap, len(states))
+    lines = header(snap, len(states), show_all)
     for state in states:
         lines += state_lines(state, cwd)
     out.write(fmt.text_lines(lines))
@@ -164,6 +169,6 @@ def primitive_pieces(state: PrimitiveState) -> list[Piece]:
 
 def render_table(snap: SyncSnapshot, console: Console, *, cwd: str | None = None, show_all: bool = False) -> None:
     states = _interesting(snap, show_all)
-    for line in header(snap, len(states)):
+    for line in header(snap, len(states), show_all):
         console.print(fmt.cell(line, "dim"))
     print_table(console, layouts([], [[] for _ in states], states, cwd))

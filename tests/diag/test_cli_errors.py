@@ -115,3 +115,25 @@ def test_bad_target_strings(target: str) -> None:
 def test_no_command_is_a_usage_error() -> None:
     proc = run_diag()
     assert proc.returncode == 2 and "Usage: diag" in proc.stderr and proc.stdout == ""
+
+
+TARGET_COMMANDS = [["tasks"], ["sync"], ["leaks"], ["objects"], ["profile"], ["top", "--once"],
+                   ["check", "--settle", "0"]]
+
+
+@pytest.mark.parametrize("command", TARGET_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("target", ["htp://127.0.0.1:1", "ftp://x", "http:/127.0.0.1:1", "unx:/tmp/agent.sock"])
+def test_a_mistyped_target_is_a_usage_error_naming_the_accepted_forms(command: list[str], target: str) -> None:
+    line = assert_one_line_error(run_diag(command[0], target, *command[1:]), 2)
+    assert f"bad target {target!r}" in line, line
+    assert "http://HOST:PORT" in line and "unix:/PATH" in line and "pid:N" in line, line
+    assert "gaierror" not in line and "http://htp" not in line, line
+    if "://" in target:
+        assert f"unknown scheme {target.split('://')[0]!r}" in line, line
+
+
+@pytest.mark.parametrize("command", TARGET_COMMANDS, ids=lambda c: c[0])
+def test_host_and_port_without_a_scheme_is_still_a_target(command: list[str]) -> None:
+    port = free_port()
+    line = assert_one_line_error(run_diag(command[0], f"127.0.0.1:{port}", *command[1:]), 3)
+    assert f"http://127.0.0.1:{port}: connection refused" in line, line

@@ -4,6 +4,7 @@ grows, its fixed twin is not, and the back-reference chain names the module glob
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -114,3 +115,81 @@ def test_garbage_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('{"schema": "diag.profile/1"}')
     assert "diag.objects" in assert_one_line_error(run_diag("objects", str(path)), 3)
+
+
+def _text_rows(stdout: str, title: str) -> list[str]:
+    """The type names of one table in the text form: the rows under the header that
+    starts with ``title``, up to the next blank line."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        rows.append(line.split()[0])
+    return rows
+
+
+@pytest.fixture
+def saved_series(server: TargetServer, tmp_path: Path) -> Path:
+    """Two snapshots of the target server while its unbounded cache grows, saved in full."""
+    for _ in range(5):
+        get(server, "/leak/cache")
+    out = tmp_path / "series.json"
+    cmd = [sys.executable, "-m", "diag", "objects", agent_of(server), "--interval", "0.5", "--count", "2",
+           "--format", "text", "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        get(server, "/leak/cache")
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    return out
+
+
+@pytest.mark.parametrize(("pattern", "top"), [(None, 5), ("Response|dict", 3), ("^(dict|list|tuple)$", 2), ("Cached", 20)])
+def test_json_shows_the_types_the_table_shows(saved_series: Path, pattern: str | None, top: int) -> None:
+    args = [str(saved_series), "--top", str(top)] + (["--filter", pattern] if pattern else [])
+    text = run_diag("objects", *args, "--format", "text")
+    data = run_diag("objects", *args, "--format", "json")
+    assert text.returncode == 0 and data.returncode == 0, (text.stderr, data.stderr)
+    doc = json.loads(data.stdout)
+    shown = [t["name"] for t in doc["snapshots"][-1]["types"]]
+    assert shown == _text_rows(text.stdout, "type ")
+    assert 0 < len(shown) <= top, shown
+    for snap in doc["snapshots"]:
+        assert len(snap["types"]) <= top
+        if pattern:
+            assert all(re.search(pattern, t["name"]) for t in snap["types"]), snap["types"]
+    growth = [g["name"] for g in doc["growth"]]
+    grew = text.stdout.split("growing steadily (grew in every interval)")
+    assert growth == (_text_rows(grew[1], "type ") if len(grew) > 1 else [])
+    assert len(growth) <= top
+    if pattern:
+        assert all(re.search(pattern, name) for name in growth), growth
+    if pattern == "Cached":  # the five cached responses; whether they grew is test_unbounded_cache_tops_the_growth_list's
+        assert CACHED in shown, shown
+
+
+def test_diag_types_are_hidden_unless_asked_for(saved_series: Path) -> None:
+    full = HeapSeries.from_json(saved_series.read_text())
+    own = [t.name for t in full.snapshots[-1].types if t.name.startswith("diag.")]
+    assert own, "the agent's own objects are in the target"  # what -o saves: everything
+    everything = ["--top", "100000", "--format", "json"]
+    hidden = json.loads(run_diag("objects", str(saved_series), *everything).stdout)
+    assert not [t["name"] for s in hidden["snapshots"] for t in s["types"] if t["name"].startswith("diag.")]
+    assert not [g["name"] for g in hidden["growth"] if g["name"].startswith("diag.")]
+    shown = json.loads(run_diag("objects", str(saved_series), *everything, "--include-diag").stdout)
+    assert {t["name"] for t in shown["snapshots"][-1]["types"]} >= set(own)
+    text = run_diag("objects", str(saved_series), "--top", "100000", "--format", "text").stdout
+    assert "\ndiag." not in text and "target_server." in text
+    only_own = run_diag("objects", str(saved_series), "--filter", "^diag\\.", "--format", "text")
+    assert _text_rows(only_own.stdout, "type ") == []
+    with_own = run_diag("objects", str(saved_series), "--filter", "^diag\\.", "--format", "text", "--include-diag")
+    assert _text_rows(with_own.stdout, "type ") and all(n.startswith("diag.") for n in _text_rows(with_own.stdout, "type "))
+
+
+def test_live_json_hides_diag_types_and_keeps_the_top(server: TargetServer) -> None:
+    proc = run_diag("objects", agent_of(server), "--format", "json", "--top", "7")
+    assert proc.returncode == 0, proc.stderr
+    types = json.loads(proc.stdout)["snapshots"][-1]["types"]
+    assert len(types) == 7 and not [t for t in types if t["name"].startswith("diag.")]

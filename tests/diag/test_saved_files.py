@@ -134,6 +134,27 @@ def test_a_document_of_only_its_schema_tag_is_malformed(tmp_path: Path, kind: st
     assert "malformed diag" in line and ": no taken_at" in line, line
 
 
+@pytest.mark.parametrize("command", sorted(READS))
+def test_only_a_schema_tag_is_an_unusable_file_not_an_empty_report(tmp_path: Path, command: str) -> None:
+    # as a real process: no report of "pid 0 ... taken 1970-01-01" on stdout, one line on stderr
+    path = tmp_path / "only-schema.json"
+    path.write_text(json.dumps({"schema": f"diag.{READS[command]}/1"}))
+    line = assert_one_line_error(run_diag(command, str(path)), 3)
+    assert f"{path}: malformed diag" in line and "1970" not in line, line
+
+
+@pytest.mark.parametrize(("argv", "document"), [
+    (["profile", "--base", "{path}", "{other}"], {"schema": "diag.profile/1"}),
+    (["objects", "{path}"], {"schema": "diag.objects/1", "interval": 1.0, "snapshots": [{"schema": "diag.objects/1"}]}),
+])
+def test_only_a_schema_tag_wherever_a_document_is_read(tmp_path: Path, argv: list[str],
+                                                       document: dict[str, Any]) -> None:
+    path, other = tmp_path / "only-schema.json", tmp_path / "other.json"  # --base is read first
+    path.write_text(json.dumps(document))
+    line = one_line_error([a.format(path=path, other=other) for a in argv], 3)
+    assert f"{path}: malformed diag" in line and ": no taken_at" in line, line
+
+
 def test_lone_surrogates_are_read_as_replacement_characters(tmp_path: Path, docs: dict[str, dict[str, Any]]) -> None:
     doc = json.loads(json.dumps(docs["tasks"]))
     doc["tasks"][0]["name"] = "bad\ud800name"
