@@ -58,36 +58,65 @@ class Response:
     content_type: str = "application/json"
 
 
+class _Full(Exception):
+    """The text being built passed its limit."""
+
+
 def encode(doc: Mapping[str, Any], limit: int | None = None) -> tuple[bytes | None, int]:
     """``json.dumps(doc).encode()`` byte for byte, and its size; ``(None, estimated size)``
     as soon as it is sure to pass ``limit`` bytes.
 
-    Long top-level lists are encoded a slice at a time: in between, the target's own
-    threads get the GIL.  In one call (and a few copies of the whole text), a 100,000-task
-    dump held it, so stalled the target's loop, for a third of a second."""
+    Long lists are encoded a slice at a time, at any depth (a sync answer's tasks sit
+    inside its ``tasks`` member): in between, the target's own threads get the GIL.  In
+    one call (and a few copies of the whole text), a 100,000-task dump held it, so
+    stalled the target's loop, for a third of a second; a 200,000-task sync answer for
+    over a second."""
     pieces: list[bytes] = []
-    size = 2 + 2 * max(0, len(doc) - 1)  # the braces and the ", " between members
-    for n, (key, value) in enumerate(doc.items()):
-        head = f"{json.dumps(key)}: ".encode()
-        pieces.append(head if n == 0 else b", " + head)
-        size += len(head)
-        if type(value) is list and len(value) > ENCODE_SLICE:
-            pieces.append(b"[")
+    size = [0]
+    estimate = [0]
+
+    def add(piece: bytes) -> None:
+        pieces.append(piece)
+        size[0] += len(piece)
+        if limit is not None and size[0] > limit:
+            raise _Full
+
+    def value_of(value: Any) -> None:
+        if type(value) is dict and _has_long_list(value):
+            add(b"{")
+            for n, (key, member) in enumerate(value.items()):
+                add((b"" if n == 0 else b", ") + f"{json.dumps(key)}: ".encode())
+                value_of(member)
+            add(b"}")
+        elif type(value) is list and len(value) > ENCODE_SLICE:
+            add(b"[")
             for i in range(0, len(value), ENCODE_SLICE):
                 piece = json.dumps(value[i:i + ENCODE_SLICE])[1:-1].encode()
-                pieces.append(piece if i == 0 else b", " + piece)
-                size += len(pieces[-1])
-                if limit is not None and size > limit:
+                try:
+                    add(piece if i == 0 else b", " + piece)
+                except _Full:
                     done = min(i + ENCODE_SLICE, len(value))
-                    return None, size * len(value) // done
-            pieces.append(b"]")
-            size += 2
+                    estimate[0] = size[0] * len(value) // done
+                    raise
+            add(b"]")
         else:
-            pieces.append(json.dumps(value).encode())
-            size += len(pieces[-1])
-        if limit is not None and size > limit:
-            return None, size
-    return b"{" + b"".join(pieces) + b"}", size
+            add(json.dumps(value).encode())
+
+    try:
+        value_of(dict(doc))
+    except _Full:
+        return None, max(size[0], estimate[0])
+    return b"".join(pieces), size[0]
+
+
+def _has_long_list(value: Mapping[str, Any], depth: int = 3) -> bool:
+    """Whether a long list sits in ``value``, within ``depth`` levels of members."""
+    for member in value.values():
+        if type(member) is list and len(member) > ENCODE_SLICE:
+            return True
+        if depth > 1 and type(member) is dict and _has_long_list(member, depth - 1):
+            return True
+    return False
 
 
 def json_response(status: int, data: object) -> Response:

@@ -300,7 +300,8 @@ def test_stale_answers_and_snapshots_are_dropped_without_another_request(agent: 
 @pytest.mark.parametrize("size", [0, 1, api.ENCODE_SLICE, api.ENCODE_SLICE + 1, 3 * api.ENCODE_SLICE + 7])
 def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
     doc = {"schema": "diag.tasks/1", "tasks": [{"id": i, "name": f"t{i}", "stack": [{"line": i}]} for i in range(size)],
-           "notes": ["x" * 3], "nested": {"big": list(range(size))}, "truncated": False}
+           "notes": ["x" * 3], "nested": {"big": list(range(size)), "deeper": {"rows": [[i] for i in range(size)]}},
+           "truncated": False}
     body, size = api.encode(doc)
     assert body == json.dumps(doc).encode() and size == len(body)
     # Past a limit it stops early and says it would not fit, with a size estimate over it.
@@ -308,6 +309,24 @@ def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
     cut, estimate = api.encode(doc, limit)
     assert cut is None and estimate > limit
     assert api.encode(doc, len(body)) == (body, len(body))
+
+
+def test_long_lists_are_encoded_in_slices_at_any_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync answer keeps its tasks one level down: they must be sliced too, or one
+    json.dumps call holds the GIL for the whole list."""
+    calls: list[int] = []
+    dumps = json.dumps
+
+    def counted(value: Any, *args: Any, **kwargs: Any) -> str:
+        calls.append(len(value) if type(value) is list else 0)
+        return dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(api.json, "dumps", counted)
+    doc = {"schema": "diag.sync/1", "tasks": {"tasks": [{"id": i} for i in range(3 * api.ENCODE_SLICE)]}}
+    body, _ = api.encode(doc)
+    monkeypatch.setattr(api.json, "dumps", dumps)
+    assert body == json.dumps(doc).encode()
+    assert max(calls) <= api.ENCODE_SLICE  # no call saw the whole list
 
 
 def test_a_dump_is_built_and_freed_with_the_gc_paused(agent: diag.agent.Agent,
