@@ -47,9 +47,9 @@ from diag.wording import plural as _plural
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
 KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked",
-         "exhausted", "suspect", "loop_starved")
+         "exhausted", "suspect", "loop_starved", "incomplete")
 DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel",
-                             "loop_blocked"})
+                             "loop_blocked", "incomplete"})
 #: Waits that are normal when long: idle consumers and periodic sleepers.
 _IDLE_KINDS = frozenset({"queue_get", "sleep", "running", "ready"})
 #: Tasks listed per finding; ``task_count`` still counts them all.
@@ -810,7 +810,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options)
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
                 + executors_exhausted(snap, by_id, options)
-                + suspects(snap, by_id, options, explained) + loops_starved(snap, options))
+                + suspects(snap, by_id, options, explained) + loops_starved(snap, options) + incomplete(snap))
     if snap.reachability.ran:
         proof = snap.reachability
         proof_text = (f"reachability proof: {_plural(proof.blocked, 'blocked task')}, {_plural(proof.objects_marked, 'object')} marked "
@@ -818,6 +818,23 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     else:
         proof_text = "reachability proof not run: no proven_leak verdicts"
     return LeakReport(snap.taken_at, snap.process, tuple(findings), proof_text, snap.notes)
+
+
+def incomplete(snap: SyncSnapshot) -> list[Finding]:
+    """The verdicts saw only part of the tasks (the agent cut its answer to fit its budget,
+    or its walk stopped at its time budget): a run that cannot say the process is clean."""
+    tasks = snap.tasks
+    judged = len(tasks.tasks)
+    if tasks.grouped or tasks.total_tasks <= judged:
+        return []
+    why = "; ".join(n for n in (*snap.notes, *tasks.notes) if n.startswith("cut")) or "the snapshot was cut"
+    return [Finding(
+        kind="incomplete",
+        title=f"the verdicts cover {judged:,} of {tasks.total_tasks:,} pending tasks",
+        evidence=(f"{tasks.total_tasks - judged:,} tasks were not judged ({why}): a leak among them would go "
+                  f"unreported, so this run cannot say the process is clean; judge fewer at a time "
+                  f"(diag tasks --debug 1 groups them all)"),
+    )]
 
 
 def states_by_id(snap: SyncSnapshot) -> dict[str, PrimitiveState]:

@@ -46,7 +46,9 @@ RECHECK_PAUSE = 0.05
 
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
-    """Run the proof over this process; safe from any thread (the caller's thread is not a root)."""
+    """Run the proof over this process; safe from any thread (the caller's thread is not a root).
+    ``budget`` bounds the time the program is paused, over both runs of a proof that found
+    something; a proof that runs out proves nothing and says so."""
     interval = sys.getswitchinterval()
     gc_pause.pause()
     # The object graph must not change while it is marked: a timer firing half-way would
@@ -63,8 +65,13 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         # state caught half-way through a loop iteration does not survive this.
         sys.setswitchinterval(interval)
         time.sleep(RECHECK_PAUSE)
-        sys.setswitchinterval(budget + 5.0)
-        second, waits_again = _prove(exclude, budget)
+        # The budget bounds the pause of both runs together: the second gets what is left.
+        left = budget - first.seconds
+        if left <= 0:
+            return replace(first, unreachable=(), complete=False,
+                           note=f"cut short after {budget:g}s (no time left to confirm): nothing is reported as proven")
+        sys.setswitchinterval(left + 5.0)
+        second, waits_again = _prove(exclude, left)
         keep = tuple(t for t in first.unreachable
                      if t in second.unreachable and waits.get(t) == waits_again.get(t))
         return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)

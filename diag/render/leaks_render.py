@@ -15,7 +15,7 @@ from diag.task_snapshot import Frame
 
 KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
           "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow",
-          "loop_starved": "yellow"}
+          "loop_starved": "yellow", "incomplete": "bold red"}
 
 
 def _summary(report: LeakReport) -> list[str]:

@@ -368,3 +368,27 @@ async def test_without_an_agent_the_aiohttp_routes_drop_stale_answers_too() -> N
         assert integration._fallback._answers
         await asyncio.sleep(api.ANSWER_REUSE + 0.3)
         assert not integration._fallback._answers and integration._fallback._last is None
+
+
+def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof that finds something runs again to confirm it; the second run gets what the
+    first left of the budget, so the pause never exceeds the budget."""
+    from diag.collect import reachability
+    from diag.sync_snapshot import Reachability
+
+    budgets: list[float] = []
+
+    def run(exclude: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
+        budgets.append(budget)
+        return Reachability(True, unreachable=(7,), blocked=1, seconds=0.75 * budget), {7: 1}
+
+    monkeypatch.setattr(reachability, "_prove", run)
+    result = reachability.prove(budget=2.0)
+    assert budgets == [2.0, 0.5] and result.unreachable == (7,)
+
+    budgets.clear()
+    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget: (
+        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}))
+    result = reachability.prove(budget=1.0)
+    assert budgets == [1.0] and result.unreachable == () and not result.complete
+    assert "nothing is reported as proven" in result.note

@@ -391,3 +391,14 @@ def test_an_event_never_set_while_others_of_its_name_were_is_a_suspect() -> None
     assert "3 other events named Shard.ready were set; this one never was" in finding.evidence
     alone = leak_report(sync(snapshot(waiter), PrimitiveState(stuck, waiting_tasks=(1,))), OPTIONS)
     assert alone.findings == ()
+
+
+def test_verdicts_on_a_cut_snapshot_say_so_and_fail_by_default() -> None:
+    idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", None, 300.0, deadline_known=True))
+    cut = replace(snapshot(idle), total_tasks=200_002, notes=("cut: kept 1 of 200002 primitives and tasks",))
+    report = leak_report(sync(cut), OPTIONS)
+    (finding,) = report.findings
+    assert finding.kind == "incomplete" and finding.title == "the verdicts cover 1 of 200,002 pending tasks"
+    assert "200,001 tasks were not judged (cut: kept 1 of 200002 primitives and tasks)" in finding.evidence
+    assert report.fails(DEFAULT_FAIL_ON)  # never "clean" on partial data
+    assert leak_report(sync(snapshot(idle)), OPTIONS).findings == ()  # the whole process: nothing to say
