@@ -607,7 +607,10 @@ class TaskSnapshot:
     groups (``TaskInfo.count``) rather than single tasks.  ``dead_tasks`` is the agent's
     log of tasks that ended badly (newest last); ``threads`` every thread but the agent's.
     ``destroyed_seen`` is set when every loop reports tasks the GC destroys while pending
-    (asyncio's loops do, through the agent's hook; uvloop's cannot be hooked).
+    (asyncio's loops do, through the agent's hook; uvloop's cannot be hooked).  ``totals``
+    counts every task by state (``running``, ``ready``, ``waiting``) and every waiting
+    one by wait kind (``wait:event``, ...) when ``tasks`` was cut to fit an answer, so
+    that counts stay totals.
     """
 
     taken_at: float
@@ -624,6 +627,7 @@ class TaskSnapshot:
     threads: tuple[ThreadInfo, ...] = ()
     executors: tuple[ExecutorInfo, ...] = ()
     destroyed_seen: bool = False
+    totals: tuple[tuple[str, int], ...] = ()
     schema: str = SCHEMA
 
     def with_tasks(self, tasks: tuple[TaskInfo, ...], *, grouped: bool | None = None,
@@ -643,6 +647,7 @@ class TaskSnapshot:
             "dead_tasks": [t.to_dict() for t in self.dead_tasks],
             "threads": [t.to_dict() for t in self.threads],
             "executors": [e.to_dict() for e in self.executors], "destroyed_seen": self.destroyed_seen,
+            **({"totals": dict(self.totals)} if self.totals else {}),
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
@@ -672,6 +677,7 @@ class TaskSnapshot:
                 threads=tuple(ThreadInfo.from_dict(t) for t in d.get("threads") or ()),
                 executors=tuple(ExecutorInfo.from_dict(e) for e in d.get("executors") or ()),
                 destroyed_seen=bool(d.get("destroyed_seen", False)),
+                totals=tuple((str(k), int(v)) for k, v in (d.get("totals") or {}).items()),
             )
         except MALFORMED as err:
             raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
@@ -703,7 +709,19 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 
 __all__ = [
-    "SCHEMA", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "Wait", "CreatedBy", "TaskInfo",
+    "SCHEMA", "count_totals", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "Wait", "CreatedBy", "TaskInfo",
     "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
     "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]
+
+
+def count_totals(tasks: tuple[TaskInfo, ...]) -> tuple[tuple[str, int], ...]:
+    """``TaskSnapshot.totals`` of ``tasks``: by state, and waiting tasks by wait kind."""
+    counts: dict[str, int] = {state: 0 for state in TASK_STATES}
+    for task in tasks:
+        counts[task.state] = counts.get(task.state, 0) + task.count
+        if task.state == "waiting":
+            key = f"wait:{task.wait.kind}"
+            counts[key] = counts.get(key, 0) + task.count
+    return tuple(counts.items())
+

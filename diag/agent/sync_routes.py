@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Mapping
 from diag.collect.sync_collector import collect_sync
 from diag.collect.task_collector import paused_gc
 from diag.errors import DiagError
+from diag.task_snapshot import count_totals
 
 if TYPE_CHECKING:
     from diag.agent.endpoints import Endpoints, Response
@@ -37,7 +38,9 @@ def install(endpoints: "Endpoints") -> None:
                     return snap.to_dict()
                 # Primitives someone holds or waits on come first, so they are the ones kept.
                 return replace(snap, primitives=snap.primitives[:keep],
-                               tasks=replace(snap.tasks, tasks=snap.tasks.tasks[:keep])).to_dict()
+                               tasks=replace(snap.tasks, tasks=snap.tasks.tasks[:keep], totals=totals)).to_dict()
+
+            totals = count_totals(snap.tasks.tasks)
 
             answer = fit(build, max(len(snap.primitives), len(snap.tasks.tasks)), "primitives and tasks")
             del snap, build

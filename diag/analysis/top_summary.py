@@ -109,10 +109,17 @@ def summarize(target: str, sample: TopSample, previous: TopSample | None = None,
     same_process = previous is not None and previous.sync.process.pid == sample.sync.process.pid
     states = Counter({s: 0 for s in TASK_STATES})
     waits: Counter[str] = Counter()
-    for task in tasks.tasks:
-        states[task.state] += task.count
-        if task.state == "waiting":
-            waits[task.wait.kind] += task.count
+    if tasks.totals:  # the answer was cut to fit: the agent counted every task before
+        for key, count in tasks.totals:
+            if key.startswith("wait:"):
+                waits[key[5:]] += count
+            else:
+                states[key] += count
+    else:
+        for task in tasks.tasks:
+            states[task.state] += task.count
+            if task.state == "waiting":
+                waits[task.wait.kind] += task.count
     waiting = tuple(t for t in tasks.tasks if t.state == "waiting"
                     and (options.idle or t.wait.kind not in IDLE_WAITS)
                     and (t.wait.seconds or 0.0) >= options.min_wait)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -30,7 +31,7 @@ from diag.cli.top_cmd import Frames, Keys, failure_reason, run_view
 from diag.errors import TargetError
 from diag.render import top_view
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import Frame, LoopInfo, Primitive, ProcessInfo, TaskSnapshot, Wait
+from diag.task_snapshot import Frame, LoopInfo, Primitive, ProcessInfo, TaskSnapshot, Wait, count_totals
 from diag.top_source import MetricsSample, TopSample, parse_requests
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.target import TargetServer, free_port, get_json, http
@@ -64,6 +65,18 @@ def sample(*, at: float = 100.0, requests: tuple[tuple[str, float], ...] | None 
     jobs = PrimitiveState(queue, waiting_tasks=(10,), longest_wait=40.0)
     sync = SyncSnapshot(tasks.taken_at, tasks.process, tasks, (idle_lock, jobs, pool), holders_tracked=True)
     return TopSample(at, T0 + at, sync, MetricsSample(at, requests, note))
+
+
+def test_counts_stay_totals_when_the_agent_cut_its_answer() -> None:
+    full = sample()
+    every = full.sync.tasks.tasks
+    totals = count_totals(every + tuple(replace(t, id=t.id + 1000) for t in every if t.state == "waiting") * 9)
+    cut = replace(full.sync.tasks, tasks=every[:2], total_tasks=51, totals=totals)
+    summary = summarize("app:1", replace(full, sync=replace(full.sync, tasks=cut)))
+    assert summary.total_tasks == 51
+    assert dict(summary.states) == {"running": 1, "ready": 0, "waiting": 50}
+    assert summary.waits == (("semaphore", 30), ("queue_get", 10), ("sleep", 10))
+    assert TaskSnapshot.from_dict(cut.to_dict()).totals == totals  # kept in saved files
 
 
 def test_summary_counts_states_and_waits_and_groups_only_stuck_tasks() -> None:
