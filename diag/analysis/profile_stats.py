@@ -73,11 +73,11 @@ class ProfileView:
 
     ``matched`` counts rows before ``top``; ``base`` is set for a difference
     (values are then new minus base).  ``total_seconds`` is what the percentages are
-    of: the window, or for yappi's wall clock the sum of every function's own time
-    when that is larger (a coroutine's awaits count as its own time there, and the
-    awaits of concurrent tasks overlap).  ``per_call`` holds each row's seconds per
-    call (for a difference: this profile's per call minus the base's), ``None`` when
-    unknown.
+    of: the window.  ``shared`` says, per row, whether it gets a percentage: under
+    yappi's wall clock an ``async def``'s times include its awaits, which overlap
+    across its tasks (asyncio.sleep's own time can be many windows long), so they are
+    no share of the window.  ``per_call`` holds each row's seconds per call (for a
+    difference: this profile's per call minus the base's), ``None`` when unknown.
     """
 
     snapshot: ProfileSnapshot
@@ -88,11 +88,7 @@ class ProfileView:
     total_seconds: float
     base: ProfileSnapshot | None = None
     per_call: tuple[float | None, ...] = ()
-
-    @property
-    def window_seconds(self) -> float:
-        snap = self.snapshot
-        return snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
+    shared: tuple[bool, ...] = ()
 
 
 def per_call(fn: FunctionStat) -> float | None:
@@ -180,12 +176,13 @@ def task_rows(snap: ProfileSnapshot) -> tuple[TaskRow, ...]:
     return tuple(rows)
 
 
-def percent_base(snap: ProfileSnapshot) -> float:
-    """What own % and total % are of: the window, or the sum of own times when larger
-    (yappi's wall clock counts awaits as own time), so no own % can pass 100."""
-    if snap.mode != "yappi":
-        return snap.samples * snap.interval
-    return max(snap.duration, sum(f.own_seconds for f in snap.functions))
+def has_share(snap: ProfileSnapshot, fn: FunctionStat) -> bool:
+    """Whether ``fn``'s times are a share of the window: not an ``async def``'s under
+    yappi's wall clock (they include its awaits), nor anything longer than the window."""
+    if snap.mode == "yappi" and snap.clock == "wall" and fn.coroutine:
+        return False
+    window = snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
+    return abs(fn.own_seconds) <= window * 1.0005 and abs(fn.total_seconds) <= window * 1.0005
 
 
 def per_call_change(new: tuple[FunctionStat, ...], base: tuple[FunctionStat, ...]
@@ -221,7 +218,9 @@ def profile_view(snap: ProfileSnapshot, query: ProfileQuery, base: ProfileSnapsh
         tasks = tuple(t for t in tasks if rx.search(t.coro) or rx.search(t.file))
     kept = tuple(ordered[: query.top])
     per = tuple(per_call(f) if changes is None else changes.get((f.name, f.file, f.line)) for f in kept)
-    return ProfileView(snap, kept, tasks[: query.top], query, len(ordered), percent_base(snap), base, per)
+    window = snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
+    shared = tuple(has_share(snap, f) for f in kept)
+    return ProfileView(snap, kept, tasks[: query.top], query, len(ordered), window, base, per, shared)
 
 
 #: Where the event loop itself spends time: waiting for events, running callbacks,
@@ -268,5 +267,5 @@ def loop_hint(view: ProfileView) -> str | None:
 
 
 __all__ = ["SORT_KEYS", "BY", "NO_TASK", "ProfileQuery", "ProfileView", "TaskRow", "function_stats",
-           "diff_functions", "task_rows", "profile_view", "per_call", "per_call_change", "percent_base",
+           "diff_functions", "task_rows", "profile_view", "per_call", "per_call_change", "has_share",
            "compile_pattern", "loop_frame", "loop_hint"]

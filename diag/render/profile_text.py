@@ -23,11 +23,10 @@ def header(view: ProfileView) -> list[str]:
         lines.append(f"difference: this profile minus the base taken {timestamp(view.base.taken_at)}, per function")
         lines.append("negative: less in this profile than in the base (less time, fewer calls, a cheaper call); "
                      "per call ms: this profile's time per call minus the base's")
-    window = view.window_seconds
-    if view.query.by == "function" and view.total_seconds > window * 1.0005:
-        lines.append(f"own % and total % are of {view.total_seconds:.1f}s, the sum of every function's own time: "
-                     f"yappi's wall clock counts a coroutine's awaits as its own time, and concurrent awaits "
-                     f"overlap, so they add up to more than the {window:.1f}s window")
+    if view.query.by == "function" and not all(view.shared):
+        lines.append(f"own % and total % are of the {view.total_seconds:.1f}s window; rows marked - have none: "
+                     f"an async def's times under yappi's wall clock include its awaits, which overlap across "
+                     f"its tasks")
     if view.query.by == "task":
         lines.append(f"time per coroutine ({'sampled time of tasks running it' if snap.mode == 'sample' else 'yappi total of each async def; wall clock includes awaits'}), "
                      f"top {len(view.tasks)}")
@@ -47,10 +46,11 @@ def function_cells(fn: FunctionStat, view: ProfileView, cwd: str | None, row: in
     pc = view.per_call[row] if row is not None and row < len(view.per_call) else per_call(fn)
     sampled = view.snapshot.mode == "sample"
     signed = "+" if view.base is not None else ""
+    shared = view.shared[row] if row is not None and row < len(view.shared) else True
     return tuple(safe_text(c) for c in (
         "-" if sampled else str(fn.calls),
-        f"{fn.own_seconds:.4f}", _share(fn.own_seconds, view.total_seconds),
-        f"{fn.total_seconds:.4f}", _share(fn.total_seconds, view.total_seconds),
+        f"{fn.own_seconds:.4f}", _share(fn.own_seconds, view.total_seconds) if shared else "-",
+        f"{fn.total_seconds:.4f}", _share(fn.total_seconds, view.total_seconds) if shared else "-",
         "-" if pc is None or sampled else f"{pc * 1000:{signed}.4f}",
         f"{short_path(fn.file, cwd)}:{fn.line}", fn.name,
     ))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diag.analysis.profile_stats import ProfileQuery, loop_hint, percent_base, profile_view
+from diag.analysis.profile_stats import ProfileQuery, loop_hint, profile_view
 from diag.profile_snapshot import FunctionStat, ProfileSnapshot, SampleFrame, SampleStack
 from diag.render import profile_text
 from diag.task_snapshot import ProcessInfo
@@ -46,32 +46,31 @@ def text(view: object) -> str:
     return out.getvalue()
 
 
-def percents(rendered: str, column: int) -> list[float]:
-    return [float(line.split()[column].rstrip("%")) for line in rendered.splitlines()
-            if line.split() and line.split()[0].lstrip("-").isdigit() and line.split()[2].endswith("%")]
-
-
-def test_wall_clock_own_percentages_are_of_the_sum_of_own_times_and_say_so() -> None:
+def test_no_percentage_passes_100_and_the_header_says_which_rows_have_none() -> None:
     snap = wall_snap()
-    assert percent_base(snap) == pytest.approx(8.9)  # 8.0 + 0.6 + 0.3 > the 5 s window
-    view = profile_view(snap, ProfileQuery())
-    rendered = text(view)
-    own = percents(rendered, 2)
-    assert len(own) == 4 and max(own) <= 100.0 and abs(sum(own) - 100.0) < 0.2
-    assert "own % and total % are of 8.9s, the sum of every function's own time" in rendered
-    assert "more than the 5.0s window" in rendered
-    # the filter keeps the base: a row's share does not grow because others were hidden
-    only = text(profile_view(snap, ProfileQuery(pattern="crunch")))
-    assert percents(only, 2) == [3.4]
+    rendered = text(profile_view(snap, ProfileQuery()))
+    rows = {line.split()[-1]: line.split() for line in rendered.splitlines()
+            if len(line.split()) == 8 and line.split()[0].isdigit()}
+    # asyncio.sleep's own time (8 s of awaits in a 5 s window) and the flusher are async defs
+    assert rows["sleep"][2] == "-" and rows["sleep"][4] == "-"
+    assert rows["OrderService.metrics_flusher"][2] == "-"
+    assert rows["crunch"][2:5] == ["6.0%", "0.3000", "6.0%"]  # of the 5 s window
+    assert rows["_run"][2] == "12.0%" and rows["_run"][4] == "30.0%"
+    shares = [float(cells[i].rstrip("%")) for cells in rows.values() for i in (2, 4) if cells[i] != "-"]
+    assert shares and max(shares) <= 100.0
+    assert "own % and total % are of the 5.0s window; rows marked - have none" in rendered
+    assert "include its awaits" in rendered
 
 
 def test_percentages_of_the_window_need_no_explanation() -> None:
     cpu = ProfileSnapshot(1.0e9, PROC, "yappi", "cpu", 5.0, 5.0, "MainThread",
-                          (FunctionStat("crunch", "/srv/app.py", 3, 9, 9, 0.3, 0.3),))
+                          (FunctionStat("crunch", "/srv/app.py", 3, 9, 9, 0.3, 0.3),
+                           FunctionStat("handler", "/srv/app.py", 20, 9, 9, 0.1, 0.4, coroutine=True)))
     for snap in (cpu, sample_snap()):
         view = profile_view(snap, ProfileQuery())
-        assert view.total_seconds == view.window_seconds
-        assert "are of" not in text(view)
+        assert all(view.shared)
+        assert view.total_seconds == (5.0 if snap is cpu else 1.0)
+        assert "rows marked - have none" not in text(view)
 
 
 def test_a_hint_when_the_loop_leads_pointing_to_what_shows_the_code() -> None:
