@@ -96,6 +96,8 @@ def test_default_profile_charges_blocking_calls_and_short_bursts_to_their_code(k
         done = wait_until(lambda: (s := spans(run)) and s["flush"][-1][1] > window[1] + 0.3
                           and s["burn"][-1][1] > window[1] + 0.1 and s, timeout=30, interval=0.1)
         assert "sampling" in proc.stdout  # the default mode
+        # the loop's poll leads (it waits about 60 % of the time): said on stderr, not stdout
+        assert "hint: the loop waited for events" in proc.stderr and "hint" not in proc.stdout, proc.stderr
         table = rows(proc.stdout)
 
         # The blocking call is the flusher's own time, under its own name: the 0.3 s
@@ -111,3 +113,20 @@ def test_default_profile_charges_blocking_calls_and_short_bursts_to_their_code(k
         assert 0.04 < true_share < 0.16, (true_share, done["burn"][-12:], window)
         share = float(table["crunch"][4].rstrip("%")) / 100  # total %: crunch has no callees
         assert true_share / 1.5 <= share <= true_share * 1.5, (share, true_share, proc.stdout)
+
+
+def test_yappi_wall_clock_on_the_same_program_points_to_the_sampler() -> None:
+    with DiagRun(PROGRAM.replace("if UVLOOP:", "if False:")) as run:
+        wait_until(lambda: len(spans(run)["burn"]) >= 3 and spans(run)["flush"], timeout=30, interval=0.1)
+        # --force: the yappi installed here keeps every coroutine it sees (test_profile_leftovers.py)
+        proc = run_diag("profile", run.url, "--mode", "yappi", "--force", "--seconds", "3", "--format", "text",
+                        "--top", "60", timeout=90)
+        assert proc.returncode == 0, proc.stderr
+        hint = next(line for line in proc.stderr.splitlines() if line.startswith("hint:"))
+        assert "--mode sample" in hint and "coroutine that made it" in hint
+        assert "rows marked - have none" in proc.stdout
+        shares = [cells for line in proc.stdout.splitlines() if len(cells := line.split()) == 8
+                  and cells[0].isdigit() and cells[1].replace(".", "").isdigit()]
+        assert shares, proc.stdout
+        assert all(cells[2] == "-" or float(cells[2].rstrip("%")) <= 100.0 for cells in shares), proc.stdout
+        assert any(cells[-1] == "sleep" and cells[2] == "-" for cells in shares), proc.stdout
