@@ -223,10 +223,11 @@ def profile_view(snap: ProfileSnapshot, query: ProfileQuery, base: ProfileSnapsh
     return ProfileView(snap, kept, tasks[: query.top], query, len(ordered), window, base, per, shared)
 
 
-#: Where the event loop itself spends time: waiting for events, running callbacks,
-#: and (yappi's wall clock) asyncio.sleep, whose own time is the wait.
 def loop_frame(fn: FunctionStat) -> str | None:
-    """What kind of loop machinery ``fn`` is ("idle" or "scheduling"), or None."""
+    """What kind of loop machinery ``fn`` is, or None: "idle" for the loop's wait for
+    events (its selector, or the code that started a compiled loop such as uvloop) and
+    asyncio.sleep (whose own time under yappi's wall clock is the wait), "scheduling"
+    for the loop's turn and the handle that runs each callback."""
     file = fn.file.replace("\\", "/")
     name = fn.name.rsplit(".", 1)[-1]
     if file.endswith("/selectors.py") or (file.endswith("/asyncio/base_events.py") and name == "select"):
