@@ -443,7 +443,9 @@ class LoopInfo:
     oldest first, the current one last with ``ongoing``), their sampled stacks in
     ``stall_stacks``; ``stalls_total``/``stall_seconds_total`` and
     ``starved_total``/``starved_seconds_total`` count every stall (and the starved ones)
-    since the agent started.
+    since the agent started.  ``lag_peaks`` holds, for each second of the last minute
+    whose worst heartbeat lag was 1 ms or more, (Unix time of that beat, its lag),
+    oldest first: ``lag_seconds`` is only the latest beat's.
     """
 
     id: str
@@ -460,6 +462,7 @@ class LoopInfo:
     stall_seconds_total: float = 0.0
     starved_total: int = 0
     starved_seconds_total: float = 0.0
+    lag_peaks: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "thread_id": self.thread_id, "thread_name": self.thread_name,
@@ -469,7 +472,8 @@ class LoopInfo:
                 "stall_window": self.stall_window, "stalls": [s.to_dict() for s in self.stalls],
                 "stall_stacks": [s.to_dict() for s in self.stall_stacks],
                 "stalls_total": self.stalls_total, "stall_seconds_total": self.stall_seconds_total,
-                "starved_total": self.starved_total, "starved_seconds_total": self.starved_seconds_total}
+                "starved_total": self.starved_total, "starved_seconds_total": self.starved_seconds_total,
+                "lag_peaks": [[at, lag] for at, lag in self.lag_peaks]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoopInfo:
@@ -485,7 +489,9 @@ class LoopInfo:
                    stalls_total=int(d.get("stalls_total") or 0),
                    stall_seconds_total=finite_float(d.get("stall_seconds_total") or 0.0, "stall_seconds_total"),
                    starved_total=int(d.get("starved_total") or 0),
-                   starved_seconds_total=finite_float(d.get("starved_seconds_total") or 0.0, "starved_seconds_total"))
+                   starved_seconds_total=finite_float(d.get("starved_seconds_total") or 0.0, "starved_seconds_total"),
+                   lag_peaks=tuple((finite_float(at, "lag_peaks"), finite_float(lag, "lag_peaks"))
+                                   for at, lag in d.get("lag_peaks") or ()))
 
 
 @dataclass(frozen=True)

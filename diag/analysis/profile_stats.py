@@ -72,7 +72,12 @@ class ProfileView:
     """What a renderer shows: the snapshot, the rows kept, and how they were chosen.
 
     ``matched`` counts rows before ``top``; ``base`` is set for a difference
-    (values are then new minus base).
+    (values are then new minus base).  ``total_seconds`` is what the percentages are
+    of: the window.  ``shared`` says, per row, whether it gets a percentage: under
+    yappi's wall clock an ``async def``'s times include its awaits, which overlap
+    across its tasks (asyncio.sleep's own time can be many windows long), so they are
+    no share of the window.  ``per_call`` holds each row's seconds per call (for a
+    difference: this profile's per call minus the base's), ``None`` when unknown.
     """
 
     snapshot: ProfileSnapshot
@@ -82,6 +87,8 @@ class ProfileView:
     matched: int
     total_seconds: float
     base: ProfileSnapshot | None = None
+    per_call: tuple[float | None, ...] = ()
+    shared: tuple[bool, ...] = ()
 
 
 def per_call(fn: FunctionStat) -> float | None:
@@ -169,11 +176,35 @@ def task_rows(snap: ProfileSnapshot) -> tuple[TaskRow, ...]:
     return tuple(rows)
 
 
+def has_share(snap: ProfileSnapshot, fn: FunctionStat) -> bool:
+    """Whether ``fn``'s times are a share of the window: not an ``async def``'s under
+    yappi's wall clock (they include its awaits), nor anything longer than the window."""
+    if snap.mode == "yappi" and snap.clock == "wall" and fn.coroutine:
+        return False
+    window = snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
+    return abs(fn.own_seconds) <= window * 1.0005 and abs(fn.total_seconds) <= window * 1.0005
+
+
+def per_call_change(new: tuple[FunctionStat, ...], base: tuple[FunctionStat, ...]
+                    ) -> dict[tuple[str, str, int], float | None]:
+    """For a difference: this profile's seconds per call minus the base's, per function
+    (``None`` where either side made no call)."""
+    old = _merged(base)
+    out: dict[tuple[str, str, int], float | None] = {}
+    for k, f in _merged(new).items():
+        b = old.get(k)
+        now, before = per_call(f), (per_call(b) if b is not None else None)
+        out[k] = None if now is None or before is None else now - before
+    return out
+
+
 def profile_view(snap: ProfileSnapshot, query: ProfileQuery, base: ProfileSnapshot | None = None) -> ProfileView:
     """Rows to show: filtered, sorted (by absolute change for a diff), cut to ``top``."""
     query.validate()
     functions = function_stats(snap)
+    changes: dict[tuple[str, str, int], float | None] | None = None
     if base is not None:
+        changes = per_call_change(functions, function_stats(base))
         functions = diff_functions(functions, function_stats(base))
     rx = compile_pattern(query.pattern)
     if rx is not None:
@@ -185,9 +216,57 @@ def profile_view(snap: ProfileSnapshot, query: ProfileQuery, base: ProfileSnapsh
     tasks = task_rows(snap)
     if rx is not None:
         tasks = tuple(t for t in tasks if rx.search(t.coro) or rx.search(t.file))
-    total = snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
-    return ProfileView(snap, tuple(ordered[: query.top]), tasks[: query.top], query, len(ordered), total, base)
+    kept = tuple(ordered[: query.top])
+    per = tuple(per_call(f) if changes is None else changes.get((f.name, f.file, f.line)) for f in kept)
+    window = snap.duration if snap.mode == "yappi" else snap.samples * snap.interval
+    shared = tuple(has_share(snap, f) for f in kept)
+    return ProfileView(snap, kept, tasks[: query.top], query, len(ordered), window, base, per, shared)
+
+
+def loop_frame(fn: FunctionStat) -> str | None:
+    """What kind of loop machinery ``fn`` is, or None: "idle" for the loop's wait for
+    events (its selector, or the code that started a compiled loop such as uvloop) and
+    asyncio.sleep (whose own time under yappi's wall clock is the wait), "scheduling"
+    for the loop's turn and the handle that runs each callback."""
+    file = fn.file.replace("\\", "/")
+    name = fn.name.rsplit(".", 1)[-1]
+    if file.endswith("/selectors.py") or (file.endswith("/asyncio/base_events.py") and name == "select"):
+        return "idle"
+    if file.endswith(("/asyncio/runners.py", "/uvloop/__init__.py")):
+        return "idle"
+    if file.endswith("/asyncio/base_events.py") and name in ("_run_once", "run_forever", "run_until_complete"):
+        return "scheduling"
+    if file.endswith("/asyncio/events.py") and name == "_run":
+        return "scheduling"
+    if file.endswith("/asyncio/tasks.py") and name == "sleep":
+        return "idle"
+    return None
+
+
+def loop_hint(view: ProfileView) -> str | None:
+    """One line for stderr when the first row is the loop's own waiting or scheduling
+    rather than the program's code, saying what shows the code; None otherwise."""
+    if view.base is not None or view.query.by != "function" or not view.functions:
+        return None
+    lead = view.functions[0]
+    kind = loop_frame(lead)
+    if kind is None:
+        return None
+    snap = view.snapshot
+    name = f"asyncio.{lead.name}" if lead.file.endswith("tasks.py") else lead.name
+    if snap.mode == "yappi":
+        return (f"hint: the top row is the event loop's own {name}, not the program's code: yappi charges a "
+                f"blocking call made in a coroutine (time.sleep, a slow C call) to the loop's frames, and its wall "
+                f"clock counts awaits as own time; the default --mode sample charges the call to the coroutine "
+                f"that made it")
+    if kind == "idle":
+        share = lead.own_seconds / view.total_seconds if view.total_seconds > 0 else 0.0
+        return (f"hint: the loop waited for events ({lead.name}) {100 * share:.0f}% of the window; the rows after it "
+                f"are the code that ran, blocking calls included (--by task sums them per coroutine)")
+    return (f"hint: the top row is the loop's own {lead.name}: time in C code a callback called directly, with no "
+            f"Python frame of its own; --mode yappi --clock cpu times C calls under their Python caller")
 
 
 __all__ = ["SORT_KEYS", "BY", "NO_TASK", "ProfileQuery", "ProfileView", "TaskRow", "function_stats",
-           "diff_functions", "task_rows", "profile_view", "per_call", "compile_pattern"]
+           "diff_functions", "task_rows", "profile_view", "per_call", "per_call_change", "has_share",
+           "compile_pattern", "loop_frame", "loop_hint"]

@@ -95,6 +95,9 @@ class TopSummary:
     requests: RequestRate
     await_cycles: tuple[tuple[int, ...], ...] = ()
     outage: Outage | None = None
+    #: per loop (as ``loops``): the worst heartbeat lag since the previous sample, or
+    #: ``None`` on the first frame, for another process, or a loop the previous sample lacked
+    worst_lags: tuple[float | None, ...] = ()
 
     @property
     def stale(self) -> bool:
@@ -142,7 +145,20 @@ def summarize(target: str, sample: TopSample, previous: TopSample | None = None,
         groups=groups[: options.limit], groups_total=len(groups),
         primitives=tuple(lines[: options.limit]), primitives_total=len(lines),
         loops=tasks.loops, requests=requests, await_cycles=tasks.await_cycles or await_cycles(tasks), outage=outage,
+        worst_lags=tuple(worst_lag(loop, previous.sync.taken_at if same_process and previous is not None
+                                   and outage is None else None) for loop in tasks.loops),
     )
+
+
+def worst_lag(loop: LoopInfo, since: float | None) -> float | None:
+    """The worst heartbeat lag of ``loop`` measured after ``since`` (Unix time, the previous
+    sample's), the latest beat's included; ``None`` without a previous sample."""
+    if since is None:
+        return None
+    lags = [lag for at, lag in loop.lag_peaks if at > since]
+    if loop.lag_seconds is not None:
+        lags.append(loop.lag_seconds)
+    return max(lags) if lags else None
 
 
 def primitive_line(state: PrimitiveState) -> PrimitiveLine:
@@ -190,4 +206,4 @@ def request_rate(sample: TopSample, previous: TopSample | None, *, restarted: bo
 
 
 __all__ = ["DEFAULT_LIMIT", "IDLE_WAITS", "TopOptions", "Outage", "RequestRate", "PrimitiveLine", "TopSummary", "summarize",
-           "primitive_line", "request_rate"]
+           "primitive_line", "request_rate", "worst_lag"]

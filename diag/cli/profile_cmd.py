@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, profile_view
+from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, loop_hint, profile_view
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
@@ -193,6 +193,9 @@ def profile(
         except OSError as err:
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
     view = profile_view(snap, query, base_snap)
+    hint = loop_hint(view)
+    if hint is not None:
+        stderr.print(hint, markup=False, highlight=False, soft_wrap=True)
     cwd = os.getcwd()
     if fmt == "json":
         jsonout.render(snap, sys.stdout)

@@ -49,6 +49,10 @@ SAMPLER_MIN_INTERVAL = 1.0
 #: Seconds of stall history kept per loop, and at most this many stalls in it.
 STALL_WINDOW = 60.0
 MAX_STALLS = 256
+#: The worst heartbeat lag of each second is kept this many seconds (for ``diag top``'s
+#: worst lag since its last refresh); lags under ``LAG_PEAK_FLOOR`` are not kept.
+LAG_PEAK_SECONDS = 60
+LAG_PEAK_FLOOR = 0.001
 #: Distinct stacks kept per stall (the most sampled), and frames per stack.
 MAX_STALL_STACKS = 3
 MAX_STALL_FRAMES = 16
@@ -100,6 +104,9 @@ class _Beat:
     sent_at: float | None = None  # monotonic time of the beat in flight, None when none is
     last_turn: float = field(default_factory=time.monotonic)
     lag: float | None = None
+    # (monotonic time, lag) of the worst beat of each second that had one over the floor
+    lag_peaks: "collections.deque[tuple[float, float]]" = field(
+        default_factory=lambda: collections.deque(maxlen=LAG_PEAK_SECONDS))
     sent_figures: _Figures | None = None  # read as the beat was sent
     # (sent at, ran at, figures at send, figures at run) of a stall that just ended: written
     # by the loop thread in one assignment, taken by the watchdog
@@ -489,7 +496,14 @@ class LoopWatch:
         beat.sent_at = None  # over: the watchdog samples no more (the read below gives up the GIL)
         beat.last_turn = now
         if sent is not None:
-            beat.lag = now - sent
+            lag = beat.lag = now - sent
+            if lag >= LAG_PEAK_FLOOR:
+                peaks = beat.lag_peaks
+                if peaks and int(peaks[-1][0]) == int(now):
+                    if lag > peaks[-1][1]:
+                        peaks[-1] = (now, lag)
+                else:
+                    peaks.append((now, lag))
         if late:
             try:
                 # The stall's end, read on the loop thread itself before the watchdog's next turn.
@@ -662,6 +676,16 @@ class LoopWatch:
             if waiting > STALL_THRESHOLD:
                 stalled = waiting
         return thread_id, beat.thread_name, beat.lag, stalled
+
+    def lag_peaks(self, loop: asyncio.AbstractEventLoop) -> tuple[tuple[float, float], ...]:
+        """(Unix time, seconds) of the worst heartbeat lag of each second of the last
+        ``LAG_PEAK_SECONDS`` that had one of at least ``LAG_PEAK_FLOOR``, oldest first."""
+        beat = self._beats.get(loop)
+        if beat is None:
+            return ()
+        peaks = tuple(beat.lag_peaks)  # one C-level copy: the loop thread may append meanwhile
+        now, wall = time.monotonic(), time.time()
+        return tuple((wall - (now - at), lag) for at, lag in peaks if now - at <= LAG_PEAK_SECONDS)
 
     # -- wait sampler -----------------------------------------------------------------------
     def sample_waits(self) -> float:

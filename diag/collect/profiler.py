@@ -42,6 +42,8 @@ TASK_LIMIT = 2000
 SAMPLE_HZ = 100.0
 #: Deepest stack a sample keeps (innermost frames are kept).
 MAX_SAMPLE_DEPTH = 256
+#: The frame charged with CPU time the loop thread spent where no sample saw it.
+UNSEEN = "(on the CPU between samples, not seen)"
 #: Most functions a yappi snapshot keeps (the busiest, by total time).
 MAX_FUNCTIONS = 20_000
 
@@ -257,8 +259,9 @@ def _is_coroutine(file: str, line: int, cache: dict[tuple[str, int], bool]) -> b
 class _Sampler:
     """Stack counts of one thread; all per-sample state is keyed by code object ids."""
 
-    def __init__(self, target: LoopThread) -> None:
+    def __init__(self, target: LoopThread, period: float = 1.0 / SAMPLE_HZ) -> None:
         self.target = target
+        self.period = period
         self.frames: list[SampleFrame] = []
         self.frame_index: dict[tuple[int, int], int] = {}
         self.pinned: list[types.CodeType] = []  # keeps the ids in the caches valid
@@ -272,8 +275,31 @@ class _Sampler:
         self.task_ids: list[set[int]] = []
         self.samples = 0
         self.errors = 0
+        # The loop thread's CPU clock: a sample that was late and finds the loop idle
+        # (the target held the GIL, then the loop went back to its poll before the sampler
+        # got in) stood for CPU time the loop spent elsewhere, not for idle time.
+        self.cpu_clock: int | None = None
+        try:
+            self.cpu_clock = time.pthread_getcpuclockid(target.ident)
+            time.clock_gettime(self.cpu_clock)
+        except (AttributeError, OSError, OverflowError):
+            self.cpu_clock = None
+        self.last_cpu: float | None = None
+        self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if not idle
+        self.unseen_index: int | None = None
+        self.moved = 0.0  # periods moved from the idle poll to the code that ran before it
+
+    def loop_cpu(self) -> float | None:
+        if self.cpu_clock is None:
+            return None
+        try:
+            return time.clock_gettime(self.cpu_clock)
+        except OSError:  # the thread has ended
+            self.cpu_clock = None
+            return None
 
     def sample(self, weight: float = 1.0) -> None:
+        cpu = self.loop_cpu()
         frame = sys._current_frames().get(self.target.ident)
         if frame is None:
             return
@@ -300,10 +326,42 @@ class _Sampler:
         del frame
         stack.reverse()
         skey = (task_idx, tuple(stack))
+        idle = task_idx < 0 and bool(stack) and self._idle(stack[-1])
+        ran = None if cpu is None or self.last_cpu is None else (cpu - self.last_cpu) / self.period
+        self.last_cpu = cpu
+        if idle and ran is not None and weight > 1.5:
+            # Late, and the loop is back in its poll: the periods it spent on the CPU
+            # beyond this sample's own were the code that held the GIL, i.e. the busy
+            # stack seen before (or, if none was, code no sample saw).
+            moved = min(max(0.0, ran), weight - 1.0)
+            if moved > 0.5:
+                other = self.last_busy if self.last_busy is not None else (-1, (self._unseen(),))
+                self.stacks[other] = self.stacks.get(other, 0.0) + moved
+                if other[0] >= 0:
+                    self.task_samples[other[0]] += moved
+                self.moved += moved
+                weight -= moved
+        self.last_busy = None if idle else skey
         self.stacks[skey] = self.stacks.get(skey, 0.0) + weight
         self.samples += 1
         if task_idx >= 0:
             self.task_samples[task_idx] += weight
+
+    def _idle(self, leaf: int) -> bool:
+        """Is this frame the loop's own wait for events (its poll, or for a compiled loop
+        such as uvloop, the code that started it)?"""
+        frame = self.frames[leaf]
+        file = frame.file.replace("\\", "/")
+        if file.endswith(("/selectors.py", "/asyncio/runners.py", "/uvloop/__init__.py")):
+            return True
+        return file.endswith("/asyncio/base_events.py") and frame.name.endswith(
+            ("_run_once", "run_forever", "run_until_complete"))
+
+    def _unseen(self) -> int:
+        if self.unseen_index is None:
+            self.unseen_index = len(self.frames)
+            self.frames.append(SampleFrame(UNSEEN, "", 0))
+        return self.unseen_index
 
     def _task(self, task: asyncio.Task[Any]) -> int:
         coro = future_field(task, "_coro")  # read, not asked: a Task subclass may override get_coro
@@ -351,7 +409,7 @@ class _Sampler:
 def _sample(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
     if target.ident == threading.get_ident():
         raise ProfileRefused("cannot sample the thread that asked for the profile")
-    sampler = _Sampler(target)
+    sampler = _Sampler(target, 1.0 / options.hz)
     taken_at = time.time()
     measured = [0.0]
 
@@ -376,6 +434,9 @@ def _sample(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
     tasks = tuple(TaskTotal(coro, round(w), len(ids))
                   for coro, w, ids in zip(sampler.task_coros, sampler.task_samples, sampler.task_ids))
     ticks = sum(s.count for s in stacks)
+    if sampler.moved >= 1:
+        notes.append(f"{sampler.moved * period:.2f}s the loop thread spent on the CPU before late samples "
+                     f"found it idle is charged to the busy stack seen before (or to \"{UNSEEN}\")")
     if sampler.samples and ticks > sampler.samples * 1.05:
         notes.append(f"{sampler.samples} samples taken; some were late (the target held the GIL), "
                      f"so each counts for the time since the one before: {ticks} periods of {period * 1000:.0f}ms")

@@ -926,7 +926,8 @@ def collect_loops(watch: LoopWatch | None, loops: set[asyncio.AbstractEventLoop]
         h = watch.stall_history(loop) if watch is not None else StallHistory()
         out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking,
                             h.window, h.stalls, h.stacks, h.stalls_total, h.stall_seconds_total,
-                            h.starved_total, h.starved_seconds_total))
+                            h.starved_total, h.starved_seconds_total,
+                            watch.lag_peaks(loop) if watch is not None else ()))
     return tuple(out)
 
 

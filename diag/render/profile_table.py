@@ -21,6 +21,6 @@ def render(view: ProfileView, console: Console, *, cwd: str | None = None) -> No
         for row in view.tasks:
             table.add_row(*map(cell, task_cells(row, cwd)))
     else:
-        for fn in view.functions:
-            table.add_row(*map(cell, function_cells(fn, view, cwd)))
+        for n, fn in enumerate(view.functions):
+            table.add_row(*map(cell, function_cells(fn, view, cwd, n)))
     console.print(table)

@@ -20,9 +20,13 @@ def header(view: ProfileView) -> list[str]:
     lines = [f"diag profile: pid {snap.process.pid} (python {snap.process.python or '?'}), {what}, "
              f"{snap.duration:.1f}s on thread {snap.thread_name or '?'}, taken {taken}"]
     if view.base is not None:
-        lines.append(f"difference: this profile minus the base taken "
-                     f"{timestamp(view.base.taken_at)}"
-                     " (negative: less than in the base)")
+        lines.append(f"difference: this profile minus the base taken {timestamp(view.base.taken_at)}, per function")
+        lines.append("negative: less in this profile than in the base (less time, fewer calls, a cheaper call); "
+                     "per call ms: this profile's time per call minus the base's")
+    if view.query.by == "function" and not all(view.shared):
+        lines.append(f"own % and total % are of the {view.total_seconds:.1f}s window; rows marked - have none: "
+                     f"an async def's times under yappi's wall clock include its awaits, which overlap across "
+                     f"its tasks")
     if view.query.by == "task":
         lines.append(f"time per coroutine ({'sampled time of tasks running it' if snap.mode == 'sample' else 'yappi total of each async def; wall clock includes awaits'}), "
                      f"top {len(view.tasks)}")
@@ -37,14 +41,17 @@ def _share(seconds: float, total: float) -> str:
     return f"{100 * seconds / total:.1f}%" if total > 0 else "-"
 
 
-def function_cells(fn: FunctionStat, view: ProfileView, cwd: str | None) -> tuple[str, ...]:
-    pc = per_call(fn)
+def function_cells(fn: FunctionStat, view: ProfileView, cwd: str | None, row: int | None = None) -> tuple[str, ...]:
+    """The cells of ``fn``, the ``row``-th of ``view.functions`` (its per-call figure is there)."""
+    pc = view.per_call[row] if row is not None and row < len(view.per_call) else per_call(fn)
     sampled = view.snapshot.mode == "sample"
+    signed = "+" if view.base is not None else ""
+    shared = view.shared[row] if row is not None and row < len(view.shared) else True
     return tuple(safe_text(c) for c in (
         "-" if sampled else str(fn.calls),
-        f"{fn.own_seconds:.4f}", _share(fn.own_seconds, view.total_seconds),
-        f"{fn.total_seconds:.4f}", _share(fn.total_seconds, view.total_seconds),
-        "-" if pc is None or sampled else f"{pc * 1000:.4f}",
+        f"{fn.own_seconds:.4f}", _share(fn.own_seconds, view.total_seconds) if shared else "-",
+        f"{fn.total_seconds:.4f}", _share(fn.total_seconds, view.total_seconds) if shared else "-",
+        "-" if pc is None or sampled else f"{pc * 1000:{signed}.4f}",
         f"{short_path(fn.file, cwd)}:{fn.line}", fn.name,
     ))
 
@@ -60,7 +67,7 @@ def render(view: ProfileView, out: TextIO, *, cwd: str | None = None) -> None:
     if view.query.by == "task":
         rows = [TASK_COLUMNS] + [task_cells(r, cwd) for r in view.tasks]
     else:
-        rows = [FUNCTION_COLUMNS] + [function_cells(f, view, cwd) for f in view.functions]
+        rows = [FUNCTION_COLUMNS] + [function_cells(f, view, cwd, n) for n, f in enumerate(view.functions)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [c.rjust(w) if i < len(r) - 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]

@@ -60,7 +60,8 @@ def waits_line(summary: TopSummary) -> str:
     return "waiting on: " + ", ".join(f"{kind} {count}" for kind, count in summary.waits)
 
 
-def loop_line(loop: LoopInfo, cwd: str | None = None) -> str:
+def loop_line(loop: LoopInfo, cwd: str | None = None, worst: float | None = None) -> str:
+    """The loop's state; ``worst`` is its worst lag since the last refresh, when known."""
     where = f"loop {loop.id} on {loop.thread_name or loop.thread_id or '?'}"
     if loop.stalled_seconds > 0:
         at = ""
@@ -71,6 +72,8 @@ def loop_line(loop: LoopInfo, cwd: str | None = None) -> str:
     if not loop.running:
         return f"{where}: not running{stall_history_text(loop)}"
     lag = "?" if loop.lag_seconds is None else f"{loop.lag_seconds * 1000:.1f}ms"
+    if worst is not None:
+        lag += f", worst {worst * 1000:.1f}ms since the last refresh"
     return f"{where}: turning, lag {lag}{stall_history_text(loop)}"
 
 
@@ -180,9 +183,10 @@ def render(summary: TopSummary, *, interval: float, hint: str = "", cwd: str | N
         fmt.cell(tasks_line(summary), body),
         fmt.cell(waits_line(summary), body),
     ]
-    for loop in summary.loops:
+    for n, loop in enumerate(summary.loops):
         style = "bold red" if loop.stalled_seconds > 0 else "yellow" if loop.stalls else body
-        parts.append(fmt.cell(loop_line(loop, cwd), style))
+        worst = summary.worst_lags[n] if n < len(summary.worst_lags) else None
+        parts.append(fmt.cell(loop_line(loop, cwd, worst), style))
     if not summary.loops:
         parts.append(Text("loop: none seen by the agent", style=body))
     parts.append(fmt.cell(requests_line(summary.requests), body))

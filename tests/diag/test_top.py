@@ -393,7 +393,8 @@ def test_top_shows_the_stuck_group_and_the_exhausted_pool(leaky: TargetServer) -
     pool = re.search(r"^semaphore\s+\S+\s+4/4\s+3\s+\S+\s+task \d+ LEAKED", last, re.M)
     assert pool, last
     assert re.search(r"^requests/s: (n/a|\d+\.\d)", last, re.M), last
-    assert re.search(r"^loop 0x[0-9a-f]+ on MainThread: turning, lag \d+\.\dms$", last, re.M), last
+    assert re.search(r"^loop 0x[0-9a-f]+ on MainThread: turning, lag \d+\.\dms, "
+                     r"worst \d+\.\dms since the last refresh$", last, re.M), last
 
 
 # --- under a pseudo-terminal ---------------------------------------------------------------------------------------
