@@ -41,6 +41,8 @@ _PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
 #: Which blocked tasks nothing refers to is one gc.get_referrers scan whose cost grows with
 #: the number of tasks asked about; above this many it is skipped (and said).
 MAX_REFERRER_CHECK = 64
+#: Objects whose referents one ``gc.get_referents`` call lists while marking.
+MARK_SLICE = 4096
 #: Pause between the two runs of a proof that found something (the program runs meanwhile).
 RECHECK_PAUSE = 0.05
 
@@ -182,13 +184,24 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     is_tracked = gc.is_tracked
     seen_add = seen.add
     append = frontier.append
+    clock = time.monotonic
+    if clock() > deadline:  # the roots alone took the budget (hundreds of thousands of tasks)
+        complete = False
+        frontier.clear()
     while frontier:
-        if time.monotonic() > deadline:
+        if clock() > deadline:
             complete = False
             break
-        refs = gc.get_referents(*frontier)
-        frontier.clear()
-        for ref in refs:
+        # A slice at a time, and the clock read between slices: one level of a big graph
+        # (200,000 futures behind one Event) is seconds of work in one call otherwise.
+        batch = frontier[-MARK_SLICE:]
+        del frontier[-MARK_SLICE:]
+        refs = gc.get_referents(*batch)
+        del batch
+        for n, ref in enumerate(refs):
+            if not n & 0x3FFF and n and clock() > deadline:
+                complete = False
+                break
             if not is_tracked(ref):
                 continue  # ints, strings, atomic-only containers: nothing inside to reach
             key = id(ref)
@@ -226,8 +239,12 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
             append(ref)
             if key in wakers:
                 activate(key)
+        del refs
+        if not complete:
+            break
 
-    unreachable = [t for key, t in blocked.items() if key not in activated and not _about_to_wake(t)]
+    unreachable = ([t for key, t in blocked.items() if key not in activated and not _about_to_wake(t)]
+                   if complete else [])  # a proof cut short proves nothing: no time spent on it
     referenced_known = complete and len(blocked) <= MAX_REFERRER_CHECK
     if referenced_known and blocked:
         referenced = _referenced(blocked, seen, own)
