@@ -43,6 +43,8 @@ _PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
 MAX_REFERRER_CHECK = 64
 #: Objects whose referents one ``gc.get_referents`` call lists while marking.
 MARK_SLICE = 4096
+#: A sleep after a proof, so that the threads it kept waiting get the GIL at once.
+HANDOFF_PAUSE = 0.001
 #: Pause between the two runs of a proof that found something (the program runs meanwhile).
 RECHECK_PAUSE = 0.05
 
@@ -80,6 +82,10 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
     finally:
         sys.setswitchinterval(interval)
         gc_pause.resume()
+        # A thread that asked for the GIL during the proof waits out the long interval it
+        # began waiting with, unless the GIL is let go: let it go now, or the loop stays
+        # paused for the rest of that interval while this thread goes on (encoding the answer).
+        time.sleep(HANDOFF_PAUSE)
 
 
 def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
