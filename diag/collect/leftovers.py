@@ -102,6 +102,50 @@ def _code_of(module: types.ModuleType, qualname: str) -> types.CodeType | None:
     return code if isinstance(code, types.CodeType) else None
 
 
+class TaskPins:
+    """Strong references to the pending tasks a check may blame, taken as each garbage
+    collection starts.  A forgotten task that nothing refers to (one waiting on an Event
+    only it knows) is garbage, and whichever collection comes first would free it before
+    the check can see it: asyncio would only log "Task was destroyed but it is pending!".
+    Pinned, it is still pending when the check looks.  A pinned task that has finished is
+    let go at the next collection, so finished tasks are freed as without the check.
+
+    Usage::
+
+        pins = TaskPins(baseline).open()
+        ...                                # the test runs; collections pin its pending tasks
+        pins.close()                       # after the check
+    """
+
+    def __init__(self, baseline: "weakref.WeakSet[Task]") -> None:
+        self.baseline = baseline
+        self.pinned: set[Task] = set()
+        self._open = False
+
+    def open(self) -> TaskPins:
+        self._open = True
+        if self._on_collection not in gc.callbacks:
+            gc.callbacks.append(self._on_collection)
+        return self
+
+    def close(self) -> None:
+        self._open = False
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
+        self.pinned = set()
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase != "start" or not self._open:
+            return
+        try:  # called from whichever thread allocates: it must never raise
+            pinned = {t for t in self.pinned if not t.done()}
+            pinned.update(t for t in iter_all_tasks() if not t.done() and t not in self.baseline)
+            if self._open:
+                self.pinned = pinned
+        except Exception:
+            pass
+
+
 def sift_infos(tasks: Iterable[Task]) -> dict[int, TaskInfo]:
     """Tasks described as the ignores look at them (stack, name, creator), by ``id(task)``.
     Cheaper than a dump: no source lines, and primitives are not named by what holds them
@@ -304,7 +348,7 @@ def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
 
 
 __all__ = [
-    "CoroutineCodes", "PermitLog", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
+    "CoroutineCodes", "PermitLog", "TaskPins", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
     "new_threads", "on_runner_close", "pending_tasks", "remove_runner_close", "run_interrupted", "sift_infos",
     "task_set", "threads_now", "type_counts",
 ]

@@ -326,3 +326,92 @@ def test_coroutine_codes_know_a_task_by_its_code_not_its_name() -> None:
         return result
 
     assert asyncio.run(main()) == (False, True, False)
+
+
+COLLECTED = '''
+import asyncio
+import gc
+import unittest
+
+import pytest
+
+
+# Each canary's task waits on an Event only the task itself refers to: garbage from the
+# moment the test drops it, and freed by whichever collection comes first, here at once.
+@pytest.mark.asyncio
+async def test_asyncio_forgotten_and_collected():
+    asyncio.create_task(asyncio.Event().wait(), name="canary-collected-asyncio")
+    await asyncio.sleep(0)
+    gc.collect()
+
+
+class TestIsolated(unittest.IsolatedAsyncioTestCase):
+    async def test_forgotten_and_collected(self):
+        asyncio.create_task(asyncio.Event().wait(), name="canary-collected-unittest")
+        await asyncio.sleep(0)
+        gc.collect()
+
+
+def test_run_forgotten_and_collected():
+    async def main():
+        asyncio.create_task(asyncio.Event().wait(), name="canary-collected-run")
+        await asyncio.sleep(0)
+        gc.collect()
+    asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_clean_with_collections():
+    event = asyncio.Event()
+    task = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    gc.collect()
+    event.set()
+    assert await task
+    gc.collect()
+'''
+
+
+def test_a_forgotten_task_is_caught_even_when_garbage_collection_frees_it_first(pytester: pytest.Pytester) -> None:
+    result, outcomes = run(pytester, COLLECTED)
+    out = result.stdout.str()
+    assert outcomes == {
+        "test_asyncio_forgotten_and_collected": "error",
+        "test_forgotten_and_collected": "error",
+        "test_run_forgotten_and_collected": "error",
+        "test_clean_with_collections": "passed",
+    }, out
+    for name in ("canary-collected-asyncio", "canary-collected-unittest", "canary-collected-run"):
+        assert f'"{name}" [Event.wait' in out, out
+    assert out.count("verdict: proven leak: nothing can ever wake it") == 3, out
+    assert "Task was destroyed but it is pending" not in out, out
+
+
+def test_task_pins_keep_pending_new_tasks_and_let_finished_ones_go() -> None:
+    import asyncio
+    import gc
+    import weakref
+
+    from diag.collect.leftovers import TaskPins, task_set
+
+    async def main() -> tuple[bool, bool, bool, bool, bool]:
+        pins = TaskPins(task_set()).open()  # the running task is in the baseline
+        try:
+            forgotten = weakref.ref(asyncio.create_task(asyncio.Event().wait()))
+            await asyncio.sleep(0)
+            gc.collect()
+            kept = forgotten()
+            if kept is None:
+                return False, False, False, False, False
+            held = kept in pins.pinned
+            baseline_free = asyncio.current_task() not in pins.pinned
+            kept.cancel()
+            await asyncio.gather(kept, return_exceptions=True)
+            gc.collect()
+            let_go = kept not in pins.pinned
+            del kept
+        finally:
+            pins.close()
+        return True, held, baseline_free, let_go, pins._on_collection not in gc.callbacks
+
+    assert asyncio.run(main()) == (True, True, True, True, True)
