@@ -107,8 +107,12 @@ class TaskPins:
     collection starts.  A forgotten task that nothing refers to (one waiting on an Event
     only it knows) is garbage, and whichever collection comes first would free it before
     the check can see it: asyncio would only log "Task was destroyed but it is pending!".
-    Pinned, it is still pending when the check looks.  A pinned task that has finished is
-    let go at the next collection, so finished tasks are freed as without the check.
+    Pinned, it is still pending when the check looks.  A pinned task is let go when it
+    finishes (a done callback), so finished tasks are freed as without the check.
+
+    A collection looks only at tasks registered since the one before (a set difference
+    of asyncio's registry, in C): its cost grows with the tasks the test starts, not with
+    every collection times every task.
 
     Usage::
 
@@ -121,8 +125,12 @@ class TaskPins:
         self.baseline = baseline
         self.pinned: set[Task] = set()
         self._open = False
+        self._registry: set[Any] | None = None  # asyncio's registry: weak references to tasks
+        self._known: set[Any] = set()
 
     def open(self) -> TaskPins:
+        self._registry = _registry_refs()
+        self._known = set(self._registry) if self._registry is not None else set()
         self._open = True
         if self._on_collection not in gc.callbacks:
             gc.callbacks.append(self._on_collection)
@@ -133,17 +141,38 @@ class TaskPins:
         if self._on_collection in gc.callbacks:
             gc.callbacks.remove(self._on_collection)
         self.pinned = set()
+        self._known = set()
 
     def _on_collection(self, phase: str, info: dict[str, int]) -> None:
-        if phase != "start" or not self._open:
+        registry = self._registry
+        if phase != "start" or not self._open or registry is None:
             return
         try:  # called from whichever thread allocates: it must never raise
-            pinned = {t for t in self.pinned if not t.done()}
-            pinned.update(t for t in iter_all_tasks() if not t.done() and t not in self.baseline)
-            if self._open:
-                self.pinned = pinned
+            fresh = registry - self._known  # one C-level step: a loop in another thread cannot break it
+            if not fresh:
+                return
+            self._known |= fresh
+            pinned = self.pinned
+            for ref in fresh:
+                task = ref()
+                if task is not None and not task.done() and task not in self.baseline:
+                    pinned.add(task)
+                    task.add_done_callback(pinned.discard)
+            if len(self._known) > 2 * len(registry) + 64:
+                self._known &= registry  # forget the freed tasks' references
         except Exception:
             pass
+
+
+def _registry_refs() -> set[Any] | None:
+    """asyncio's registry of scheduled tasks, as its set of weak references (eager tasks,
+    3.12+, are held strongly while they run eagerly: nothing to pin)."""
+    for name in ("_scheduled_tasks", "_all_tasks"):  # 3.12+, 3.11
+        registry = getattr(asyncio.tasks, name, None)
+        if registry is not None:
+            data = getattr(registry, "data", None)
+            return data if isinstance(data, set) else None
+    return None
 
 
 def sift_infos(tasks: Iterable[Task]) -> dict[int, TaskInfo]:
