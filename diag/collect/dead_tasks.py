@@ -193,7 +193,10 @@ class DeadTaskLog:
         self._records: collections.deque[_Record] = collections.deque(maxlen=maxlen)
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
+        # loop -> (a weak reference to its wrapper, the wrapper's state): nothing in a value may
+        # refer to the loop, or the weak key would never die (the wrapper does: it lives in
+        # the loop's own attributes, a cycle the collector frees with the loop)
+        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[weakref.ref[Callable[..., Any]], dict[str, bool]]]" = (
             weakref.WeakKeyDictionary())
 
     # -- feeds ----------------------------------------------------------------------------
@@ -260,8 +263,9 @@ class DeadTaskLog:
                 original(context)
 
             call_exception_handler.__wrapped__ = original  # type: ignore[attr-defined]
+            call_exception_handler.diag_below = below  # type: ignore[attr-defined]
             setattr(loop, "call_exception_handler", call_exception_handler)
-            self._hooked[loop] = (call_exception_handler, below, state)
+            self._hooked[loop] = (weakref.ref(call_exception_handler), state)
         except Exception:
             pass
 
@@ -272,10 +276,12 @@ class DeadTaskLog:
             entry = self._hooked.pop(loop, None)
             if entry is None:
                 return
-            mine, below, state = entry
+            mine_ref, state = entry
             state["active"] = False
+            mine = mine_ref()
             attrs = instance_dict(loop)
-            if attrs is not None and attrs.get("call_exception_handler") is mine:
+            if mine is not None and attrs is not None and attrs.get("call_exception_handler") is mine:
+                below = getattr(mine, "diag_below", None)
                 if below is None:
                     del attrs["call_exception_handler"]
                 else:
@@ -286,7 +292,7 @@ class DeadTaskLog:
     def hooked(self, loop: asyncio.AbstractEventLoop) -> bool:
         """True when this log hears of tasks ``loop`` destroys while pending."""
         entry = self._hooked.get(loop)
-        return entry is not None and entry[2]["active"]
+        return entry is not None and entry[1]["active"]
 
     def unhook_all(self) -> None:
         for loop in list(self._hooked.keys()):

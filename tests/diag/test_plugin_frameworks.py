@@ -285,6 +285,40 @@ def test_excusing_a_task_by_name_scans_no_heap(pytester: pytest.Pytester) -> Non
     assert json.loads((pytester.path / "scans.json").read_text()) == 0
 
 
+
+LOOPS_FREED = '''
+import asyncio
+import gc
+import weakref
+
+import anyio
+
+
+async def loop_ref():
+    await asyncio.sleep(0)
+    return weakref.ref(asyncio.get_running_loop())
+
+
+# as anyio's own suite checks that anyio.run frees its loop
+def test_asyncio_run_frees_its_loop():
+    ref = asyncio.run(loop_ref())
+    gc.collect()
+    assert ref() is None
+
+
+def test_anyio_run_frees_its_loop():
+    ref = anyio.run(loop_ref, backend="asyncio")
+    gc.collect()
+    assert ref() is None
+'''
+
+
+def test_a_loop_the_check_watched_is_freed_when_the_test_drops_it(pytester: pytest.Pytester) -> None:
+    result, outcomes = run(pytester, LOOPS_FREED)
+    assert outcomes == {"test_asyncio_run_frees_its_loop": "passed", "test_anyio_run_frees_its_loop": "passed"}, \
+        result.stdout.str()
+
+
 # -- the rule, in process ----------------------------------------------------------------------
 def test_framework_coroutines_are_default_ignores_and_specs_are_checked() -> None:
     from diag.analysis.leftovers import FRAMEWORK_COROUTINES, build_options, parse_ignore
