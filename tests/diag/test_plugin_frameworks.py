@@ -11,7 +11,9 @@ task sleeping forever is reported, not crashed on.
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -189,8 +191,6 @@ def run(pytester: pytest.Pytester, source: str, *args: str) -> tuple[pytest.RunR
     pytester.makepyfile(test_suite=textwrap.dedent(source))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--diag-leaks", "--diag-leaks-timeout", "0.5",
                                            "--junitxml=report.xml", *args)
-    import xml.etree.ElementTree as ET
-
     outcomes = {}
     for case in ET.parse(pytester.path / "report.xml").getroot().iter("testcase"):
         bad = [c.tag for c in case if c.tag in ("failure", "error")]
@@ -317,6 +317,49 @@ def test_a_loop_the_check_watched_is_freed_when_the_test_drops_it(pytester: pyte
     result, outcomes = run(pytester, LOOPS_FREED)
     assert outcomes == {"test_asyncio_run_frees_its_loop": "passed", "test_anyio_run_frees_its_loop": "passed"}, \
         result.stdout.str()
+
+
+ANYIO_EAGER = '''
+import asyncio
+
+import anyio
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+def eager_loop():
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    return loop
+
+
+@pytest.fixture
+def anyio_backend():
+    return ("asyncio", {"loop_factory": eager_loop})
+
+
+async def test_task_group_on_an_eager_loop():
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.sleep, 0.01)
+        await anyio.sleep(0)
+
+
+async def test_forgotten_task_on_an_eager_loop():
+    asyncio.create_task(asyncio.Event().wait(), name="canary-eager")
+    await asyncio.sleep(0)
+'''
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager task factories are 3.12+")
+def test_anyio_on_an_eager_loop_keeps_its_lazy_tasks(pytester: pytest.Pytester) -> None:
+    # anyio knows asyncio's eager factory by its code and starts its tasks lazily through it;
+    # behind diag's factory it would start them eagerly, before their cancel scopes are set
+    result, outcomes = run(pytester, ANYIO_EAGER)
+    out = result.stdout.str()
+    assert outcomes == {"test_task_group_on_an_eager_loop": "passed",
+                        "test_forgotten_task_on_an_eager_loop": "error"}, out
+    assert "cancel scope" not in out and '"canary-eager"' in out, out
 
 
 # -- the rule, in process ----------------------------------------------------------------------
