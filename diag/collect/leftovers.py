@@ -152,16 +152,19 @@ class TaskPins:
             if not fresh:
                 return
             self._known |= fresh
-            pinned = self.pinned
-            for ref in fresh:
+            if len(self._known) > 2 * len(registry) + 64:
+                self._known &= registry  # forget the freed tasks' references
+        except Exception:
+            return
+        pinned = self.pinned
+        for ref in fresh:
+            try:  # one task that cannot be pinned (a loop in debug mode, another thread) spoils no other
                 task = ref()
                 if task is not None and not task.done() and task not in self.baseline:
                     pinned.add(task)
                     task.add_done_callback(pinned.discard)
-            if len(self._known) > 2 * len(registry) + 64:
-                self._known &= registry  # forget the freed tasks' references
-        except Exception:
-            pass
+            except Exception:
+                continue
 
 
 def _registry_refs() -> set[Any] | None:
