@@ -59,7 +59,7 @@ class LeakCheck:
     """One check: a baseline when made, then ``check()`` (or ``await check_async()``).
 
     ``excused`` is a weak set of tasks never blamed (a session's baseline); ``start`` and
-    ``stop`` open and close the permit log.
+    ``stop`` open and close the permit log and the task pins.
     """
 
     def __init__(self, options: LeakCheckOptions, *, excused: "weakref.WeakSet[Task] | None" = None,
@@ -72,17 +72,22 @@ class LeakCheck:
         self._codes = leftovers.CoroutineCodes(i.value for i in options.ignores if i.kind == "coroutine")
         self._described = any(i.kind in _TASK_IGNORES for i in options.ignores)
         self.permit_log = leftovers.PermitLog() if options.permits else None
+        self.pins = leftovers.TaskPins(self.baseline)
         self.threads_before = leftovers.threads_now() if options.threads else None
         self.types_before = leftovers.type_counts() if options.object_growth else None
         #: The tasks of the last failed look, to cancel them (strong references: clear it).
         self.leftover: list[Task] = []
 
     def start(self) -> LeakCheck:
+        """Open the permit log, and keep the pending tasks the check may blame from being
+        garbage-collected before it looks (``TaskPins``)."""
         if self.permit_log is not None:
             self.permit_log.open()
+        self.pins.open()
         return self
 
     def stop(self) -> None:
+        self.pins.close()
         if self.permit_log is not None:
             self.permit_log.close()
 

@@ -19,6 +19,14 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/setu
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
     touch "$stamp"
 fi
+# anyio's own test suite ships only in its sdist: tests/diag/test_plugin_frameworks.py runs a
+# subset of it under the leak check. Fetched with pip, once, for the anyio version installed.
+anyio_version="$("$venv/bin/python" -c 'from importlib.metadata import version; print(version("anyio"))' 2>/dev/null || true)"
+if [ -n "$anyio_version" ] && [ ! -f "$venv/sdists/anyio-$anyio_version.tar.gz" ]; then
+    "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+        --dest "$venv/sdists" "anyio==$anyio_version" >&2 \
+        || echo "scripts/venv.sh: could not download anyio $anyio_version's sdist" >&2
+fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
 cd "$root"

@@ -251,7 +251,10 @@ class DeadTaskLog:
         self._unnumbered = itertools.count(1)  # a destroyed task diag never numbered, a thread
         self._thread_hook: Callable[[Any], None] | None = None
         self._lock = threading.Lock()
-        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Any, dict[str, bool]]]" = (
+        # loop -> (a weak reference to its wrapper, the wrapper's state): nothing in a value may
+        # refer to the loop, or the weak key would never die (the wrapper does: it lives in
+        # the loop's own attributes, a cycle the collector frees with the loop)
+        self._hooked: "weakref.WeakKeyDictionary[Any, tuple[weakref.ref[Callable[..., Any]], dict[str, bool]]]" = (
             weakref.WeakKeyDictionary())
         #: Where a task was last seen waiting, ``(code, line)`` innermost first (the wait
         #: sampler's): a task the GC destroys has had its coroutine closed by then.
@@ -384,8 +387,9 @@ class DeadTaskLog:
                 original(context)
 
             call_exception_handler.__wrapped__ = original  # type: ignore[attr-defined]
+            call_exception_handler.diag_below = below  # type: ignore[attr-defined]
             setattr(loop, "call_exception_handler", call_exception_handler)
-            self._hooked[loop] = (call_exception_handler, below, state)
+            self._hooked[loop] = (weakref.ref(call_exception_handler), state)
         except Exception:
             pass
 
@@ -396,10 +400,12 @@ class DeadTaskLog:
             entry = self._hooked.pop(loop, None)
             if entry is None:
                 return
-            mine, below, state = entry
+            mine_ref, state = entry
             state["active"] = False
+            mine = mine_ref()
             attrs = instance_dict(loop)
-            if attrs is not None and attrs.get("call_exception_handler") is mine:
+            if mine is not None and attrs is not None and attrs.get("call_exception_handler") is mine:
+                below = getattr(mine, "diag_below", None)
                 if below is None:
                     del attrs["call_exception_handler"]
                 else:
@@ -410,7 +416,7 @@ class DeadTaskLog:
     def hooked(self, loop: asyncio.AbstractEventLoop) -> bool:
         """True when this log hears of tasks ``loop`` destroys while pending."""
         entry = self._hooked.get(loop)
-        return entry is not None and entry[2]["active"]
+        return entry is not None and entry[1]["active"]
 
     def unhook_all(self) -> None:
         self.unhook_threads()

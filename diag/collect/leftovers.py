@@ -102,6 +102,82 @@ def _code_of(module: types.ModuleType, qualname: str) -> types.CodeType | None:
     return code if isinstance(code, types.CodeType) else None
 
 
+class TaskPins:
+    """Strong references to the pending tasks a check may blame, taken as each garbage
+    collection starts.  A forgotten task that nothing refers to (one waiting on an Event
+    only it knows) is garbage, and whichever collection comes first would free it before
+    the check can see it: asyncio would only log "Task was destroyed but it is pending!".
+    Pinned, it is still pending when the check looks.  A pinned task is let go when it
+    finishes (a done callback), so finished tasks are freed as without the check.
+
+    A collection looks only at tasks registered since the one before (a set difference
+    of asyncio's registry, in C): its cost grows with the tasks the test starts, not with
+    every collection times every task.
+
+    Usage::
+
+        pins = TaskPins(baseline).open()
+        ...                                # the test runs; collections pin its pending tasks
+        pins.close()                       # after the check
+    """
+
+    def __init__(self, baseline: "weakref.WeakSet[Task]") -> None:
+        self.baseline = baseline
+        self.pinned: set[Task] = set()
+        self._open = False
+        self._registry: set[Any] | None = None  # asyncio's registry: weak references to tasks
+        self._known: set[Any] = set()
+
+    def open(self) -> TaskPins:
+        self._registry = _registry_refs()
+        self._known = set(self._registry) if self._registry is not None else set()
+        self._open = True
+        if self._on_collection not in gc.callbacks:
+            gc.callbacks.append(self._on_collection)
+        return self
+
+    def close(self) -> None:
+        self._open = False
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
+        self.pinned = set()
+        self._known = set()
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        registry = self._registry
+        if phase != "start" or not self._open or registry is None:
+            return
+        try:  # called from whichever thread allocates: it must never raise
+            fresh = registry - self._known  # one C-level step: a loop in another thread cannot break it
+            if not fresh:
+                return
+            self._known |= fresh
+            if len(self._known) > 2 * len(registry) + 64:
+                self._known &= registry  # forget the freed tasks' references
+        except Exception:
+            return
+        pinned = self.pinned
+        for ref in fresh:
+            try:  # one task that cannot be pinned (a loop in debug mode, another thread) spoils no other
+                task = ref()
+                if task is not None and not task.done() and task not in self.baseline:
+                    pinned.add(task)
+                    task.add_done_callback(pinned.discard)
+            except Exception:
+                continue
+
+
+def _registry_refs() -> set[Any] | None:
+    """asyncio's registry of scheduled tasks, as its set of weak references (eager tasks,
+    3.12+, are held strongly while they run eagerly: nothing to pin)."""
+    for name in ("_scheduled_tasks", "_all_tasks"):  # 3.12+, 3.11
+        registry = getattr(asyncio.tasks, name, None)
+        if registry is not None:
+            data = getattr(registry, "data", None)
+            return data if isinstance(data, set) else None
+    return None
+
+
 def sift_infos(tasks: Iterable[Task]) -> dict[int, TaskInfo]:
     """Tasks described as the ignores look at them (stack, name, creator), by ``id(task)``.
     Cheaper than a dump: no source lines, and primitives are not named by what holds them
@@ -304,7 +380,7 @@ def describe(tasks: Iterable[Task], *, permits: tuple[PermitLeak, ...] = (),
 
 
 __all__ = [
-    "CoroutineCodes", "PermitLog", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
+    "CoroutineCodes", "PermitLog", "TaskPins", "cancel", "describe", "describe_threads", "give_turns", "new_tasks",
     "new_threads", "on_runner_close", "pending_tasks", "remove_runner_close", "run_interrupted", "sift_infos",
     "task_set", "threads_now", "type_counts",
 ]

@@ -206,15 +206,31 @@ def origin_line(code: CodeType, offset: int) -> int:
     return code.co_firstlineno
 
 
-def install_factory(loop: asyncio.AbstractEventLoop) -> bool:
+#: The code of asyncio's eager task factories (3.12+): ``asyncio.eager_task_factory`` and
+#: every factory ``asyncio.create_eager_task_factory`` makes share it.
+_EAGER_FACTORY_CODE = getattr(getattr(asyncio, "eager_task_factory", None), "__code__", None)
+
+
+def is_eager_factory(factory: object) -> bool:
+    """Whether ``factory`` is one of asyncio's eager task factories, known by its code, as
+    libraries know it: anyio, finding one on the loop, starts its own tasks lazily through
+    the factory's task constructor (its cancel scopes must be set before a task's first step)."""
+    return _EAGER_FACTORY_CODE is not None and getattr(factory, "__code__", None) is _EAGER_FACTORY_CODE
+
+
+def install_factory(loop: asyncio.AbstractEventLoop, *, over_eager: bool = True) -> bool:
     """Put an ``OriginFactory`` in front of the loop's current factory; idempotent.
 
+    With ``over_eager=False``, a loop whose factory is asyncio's eager one is left alone (and
+    False returned): behind another factory, libraries that look for it no longer see it.
     Returns False when the loop refuses (closed loop, foreign loop implementation).
     """
     try:
         current = loop.get_task_factory()
         if is_origin_factory(current):
             return True
+        if not over_eager and is_eager_factory(current):
+            return False
         loop.set_task_factory(new_factory(current))  # type: ignore[arg-type]
         return True
     except Exception:
