@@ -102,9 +102,9 @@ def test_findings_are_counted_by_kind_without_the_proof() -> None:
     findings = got["diag_findings"]
     assert {dict(s.labels)["kind"] for s in findings.samples} == {
         "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked", "exhausted",
-        "suspect", "loop_starved"}  # proven_leak needs the proof
+        "suspect", "loop_starved", "incomplete"}  # proven_leak needs the proof
     assert findings.value(kind="leaked_permit") == 1 and findings.value(kind="loop_blocked") == 1
-    assert findings.value(kind="loop_starved") == 0
+    assert findings.value(kind="loop_starved") == 0 and findings.value(kind="incomplete") == 0
     assert findings.value(kind="deadlock") == 0 and findings.value(kind="suspect") == 0
     assert got["diag_finding_tasks"].value(kind="leaked_permit") == 3
     assert got["diag_loop_lag_seconds"].value(thread="MainThread") == 0.5
