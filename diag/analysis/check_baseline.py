@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from diag.analysis.leak_verdicts import Finding, LeakReport
+from diag.documents import require
 from diag.errors import TargetError
 from diag.sync_snapshot import SyncSnapshot
 from diag.task_snapshot import TaskInfo, check_schema
@@ -72,6 +73,7 @@ class CheckBaseline:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag check baseline (expected a JSON object)")
         check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        require(d, ("groups",), "diag check baseline")
         try:
             return cls({str(k): int(v) for k, v in (d.get("groups") or {}).items()},
                        {str(k): int(v) for k, v in (d.get("permits") or {}).items()},

@@ -175,7 +175,7 @@ def test_every_example_runs_up_to_its_target(line: str, tmp_path: Path, monkeypa
     text = re.sub(r"\b4129\b", str(_dead_pid()), text)
     text = text.replace("/tmp/", f"{tmp_path}/")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "diag-baseline.json").write_text('{"schema": "diag.check-baseline/1"}')
+    (tmp_path / "diag-baseline.json").write_text('{"schema": "diag.check-baseline/1", "groups": {}}')
     (tmp_path / "warmup.txt").write_text("GET /fixed/lock x2\n")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -174,6 +174,7 @@ def test_lone_surrogates_are_read_as_replacement_characters(tmp_path: Path, docs
     ("[" * 100_000, "nested too deep"),
     ('{"schema": "diag.check-baseline/1", "groups": {"g": Infinity}}', "cannot convert float infinity"),
     ('{"schema": "diag.check-baseline/1", "groups": {"g": NaN}}', "malformed diag check baseline"),
+    ('{"schema": "diag.check-baseline/1"}', "malformed diag check baseline: no groups"),
 ])
 def test_check_refuses_a_baseline_it_cannot_read(tmp_path: Path, content: str, expected: str) -> None:
     baseline = tmp_path / "baseline.json"
