@@ -33,16 +33,16 @@ class FeedClient:
         self._thread.start()
 
     def _serve(self):
-        try:
-            for raw in self._lines:
-                req_id, symbol = self._requests.get()
+        for raw in self._lines:
+            req_id, symbol = self._requests.get()
+            try:
                 price = float(raw.split(",")[1])  # a malformed line raises here and ends the thread
-                fut = self._pending.pop(req_id)
-                self._loop.call_soon_threadsafe(fut.set_result, (symbol, price))
-        except Exception as exc:
-            for fut in self._pending.values():
-                self._loop.call_soon_threadsafe(fut.set_exception, exc)
-            raise
+            except Exception as exc:
+                for fut in self._pending.values():
+                    self._loop.call_soon_threadsafe(fut.set_exception, exc)
+                raise
+            fut = self._pending.pop(req_id)
+            self._loop.call_soon_threadsafe(fut.set_result, (symbol, price))
 
     async def quote(self, symbol):
         req_id = next(self._ids)

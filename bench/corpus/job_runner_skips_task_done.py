@@ -11,7 +11,7 @@ runner logs it and goes on to the next job without marking this one done.  Every
 soon idle on ``get()``, the queue is empty, and the batch's ``join()`` never returns.  A status
 reporter ticks along, and the runners themselves are idle by design.
 
-Fix: mark the item done in a ``finally``, whatever happened to it.
+Fix: mark the item done on the error path too.
 """
 import asyncio
 import logging

@@ -11,7 +11,7 @@ runner logs it and goes on to the next job without marking this one done.  Every
 soon idle on ``get()``, the queue is empty, and the batch's ``join()`` never returns.  A status
 reporter ticks along, and the runners themselves are idle by design.
 
-Fix: mark the item done in a ``finally``, whatever happened to it.
+Fix: mark the item done on the error path too.
 """
 import asyncio
 import logging
@@ -37,15 +37,14 @@ class Runner:
         while True:
             job_id = await self.queue.get()
             try:
-                try:
-                    job = await self.store.get_job(job_id)
-                except Exception:
-                    log.warning("%s: cannot load job %s", self.name, job_id)
-                    continue
-                await asyncio.sleep(0.02)  # transcribe
-                self.done.append(job["file"])
-            finally:
+                job = await self.store.get_job(job_id)
+            except Exception:
+                log.warning("%s: cannot load job %s", self.name, job_id)
                 self.queue.task_done()
+                continue
+            await asyncio.sleep(0.02)  # transcribe
+            self.done.append(job["file"])
+            self.queue.task_done()
 
 
 async def submit_batch(queue, job_ids, finished):
