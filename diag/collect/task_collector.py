@@ -1000,11 +1000,13 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
     walker.loop_ids_loops = loops
     infos: list[TaskInfo] = []
     notes: tuple[str, ...] = ()
+    cut = False  # the walk stopped at its budget: total_tasks counts the tasks it did not describe
     deadline = None if options.budget is None else started + options.budget
     for n, task in enumerate(all_tasks):
         if deadline is not None and n % _CLOCK_EVERY == 0 and n and time.monotonic() > deadline:
             notes = (f"cut: the dump stopped after its budget of {options.budget:g}s; "
                      f"described {len(infos)} of {len(all_tasks)} tasks",)
+            cut = True
             break
         try:
             infos.append(walker.task_info(task, id(task) in current))
@@ -1030,7 +1032,7 @@ def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnap
     walker.executor_waits = []
     return TaskSnapshot(
         taken_at=taken_at, process=process_info(), tasks=tuple(infos),
-        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(infos) if not notes else len(all_tasks),
+        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(all_tasks) if cut else len(infos),
         wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
         dead_tasks=watch.dead.snapshot() if watch is not None else (),
         threads=threads, executors=executors,

@@ -392,3 +392,29 @@ def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPa
     result = reachability.prove(budget=1.0)
     assert budgets == [1.0] and result.unreachable == () and not result.complete
     assert "nothing is reported as proven" in result.note
+
+
+def test_a_cut_sync_answer_makes_an_incomplete_verdict_and_keeps_the_totals(
+        agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verdicts on part of the tasks never say "clean", and top's counts stay totals."""
+    from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, leak_report
+    from diag.analysis.top_summary import summarize
+    from diag.sync_snapshot import SyncSnapshot
+    from diag.top_source import MetricsSample, TopSample
+
+    with LoopWithTasks(400, name_size=150):
+        status, whole = get(agent, "sync")
+        assert status == 200
+        full = SyncSnapshot.from_dict(json.loads(whole))
+        assert "incomplete" not in {f.kind for f in leak_report(full).findings}  # the whole answer: judged whole
+        monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", len(whole) // 3)
+        time.sleep(api.SNAPSHOT_REUSE)
+        status, body = get(agent, "sync")
+    assert status == 200
+    cut = SyncSnapshot.from_dict(json.loads(body))
+    assert len(cut.tasks.tasks) < cut.tasks.total_tasks == full.tasks.total_tasks
+    report = leak_report(cut)
+    (incomplete,) = [f for f in report.findings if f.kind == "incomplete"]
+    assert f"of {full.tasks.total_tasks:,} pending tasks" in incomplete.title and report.fails(DEFAULT_FAIL_ON)
+    summary = summarize("agent", TopSample(1.0, 1.0, cut, MetricsSample(1.0, None)))
+    assert summary.total_tasks == full.tasks.total_tasks == sum(n for _, n in summary.states)
