@@ -63,6 +63,7 @@ _future_exception = getattr(asyncio.Future, "_exception", None)
 _future_state = getattr(asyncio.Future, "_state", None)
 _exc_traceback = BaseException.__dict__["__traceback__"]
 _exc_args = BaseException.__dict__["args"]
+_class_module = type.__dict__["__module__"].__get__
 
 
 @dataclass
@@ -202,7 +203,10 @@ def _self_of(frame: types.FrameType) -> Any:
         return None
     if value is None or instance_dict(value) is None or is_a(value, _TOUCHABLE):
         return None
-    module = getattr(type(value), "__module__", "")
+    try:
+        module = _class_module(type(value))  # type's own descriptor: no metaclass code runs
+    except Exception:
+        return None
     if type(module) is not str or module.split(".", 1)[0] in _LIBRARY_ROOTS:
         return None
     return value
@@ -320,16 +324,14 @@ class DeadTaskLog:
             thread = getattr(args, "thread", None)
             if exc is None or not is_a(exc, Exception):
                 return  # SystemExit ends a thread quietly, by design
-            frames = _traceback_frames(exc)
-            # innermost first; the thread's own function is the outermost non-threading frame
-            all_frames = list(frames)
+            frames = _traceback_frames(exc)  # innermost first
             record = _Record(
-                seq=-next(self._unnumbered), name=clip(getattr(thread, "name", "") or "?"),
-                coro=_outer_function(all_frames), how="thread_exception", ended=time.monotonic(),
+                seq=-next(self._unnumbered), name=clip((instance_dict(thread) or {}).get("_name") or "?"),
+                coro=_outer_function(frames), how="thread_exception", ended=time.monotonic(),
                 exception=exception_text(exc), stack=_traceback_stack(exc), created_by=None,
                 touched=_touched_by(frames),
             )
-            del frames, all_frames
+            del frames
             with self._lock:
                 self._records.append(record)
         except Exception:
