@@ -567,7 +567,26 @@ def _child_evidence(child: ChildProcess) -> list[str]:
     return []
 
 
-def _join_evidence(queue: Primitive, tasks: tuple[TaskInfo, ...]) -> list[str]:
+def _queue_consumers(tasks: tuple[TaskInfo, ...]) -> dict[str, tuple[tuple[TaskInfo, ...], bool]]:
+    """Queue id -> (the tasks waiting in its ``get()``, whether a task of their coroutine
+    is elsewhere: at work on an item), in one pass over the tasks."""
+    getters: dict[str, list[TaskInfo]] = {}
+    for t in tasks:
+        if t.wait.kind == "queue_get" and t.wait.primitive is not None:
+            getters.setdefault(t.wait.primitive.id, []).append(t)
+    by_coro: dict[str, int] = {}
+    for t in tasks:
+        by_coro[t.coro] = by_coro.get(t.coro, 0) + t.count
+    out = {}
+    for queue_id, waiting in getters.items():
+        idle: dict[str, int] = {}
+        for t in waiting:
+            idle[t.coro] = idle.get(t.coro, 0) + t.count
+        out[queue_id] = (tuple(waiting), any(by_coro[c] > n for c, n in idle.items()))
+    return out
+
+
+def _join_evidence(queue: Primitive, consumers: tuple[tuple[TaskInfo, ...], bool]) -> list[str]:
     """Why a ``Queue.join()`` may never return: items taken by ``get()`` and never marked
     done, while every task of the consumers' kind sits idle in ``get()`` (none of them is
     working on an item, so no ``task_done()`` is coming)."""
@@ -576,17 +595,15 @@ def _join_evidence(queue: Primitive, tasks: tuple[TaskInfo, ...]) -> list[str]:
     taken = queue.unfinished - queue.size
     if queue.size or taken <= 0:
         return []  # items still queued: join has work to wait for
-    getters = [t for t in tasks if t.wait.kind == "queue_get" and t.wait.primitive is not None
-               and t.wait.primitive.id == queue.id]
-    kinds = {t.coro for t in getters}
-    ids = {t.id for t in getters}
-    busy = [t for t in tasks if t.coro in kinds and t.id not in ids]
+    getters, busy = consumers
     if busy:
         return []  # a consumer is at work: its task_done() may still come
+    kinds = sorted({t.coro for t in getters})
+    count = sum(t.count for t in getters)
     text = (f"{_plural(taken, 'item')} of {_where(queue)} {'was' if taken == 1 else 'were'} taken by get() and "
             f"never marked done: join() returns only after a task_done() for each")
     if getters:
-        text += (f"; every consumer ({_plural(len(getters), 'task')} of {', '.join(sorted(kinds))}) is idle in "
+        text += (f"; every consumer ({_plural(count, 'task')} of {', '.join(kinds)}) is idle in "
                  f"get(), so none is working on one: a task_done() was skipped (an exception path?)")
     return [text]
 
@@ -608,6 +625,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
     holders = {s.primitive.id: s.holders for s in snap.primitives if s.holders}
+    consumers: dict[str, tuple[tuple[TaskInfo, ...], bool]] | None = None  # made at the first Queue.join
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
     fired: dict[str, int] = {}  # event label -> how many events of that name were set
     for state in snap.primitives:
@@ -648,7 +666,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             if task.wait.kind == "queue_put" and not getters.get(prim.id):
                 why.append("no task is waiting to get from this queue")
             if task.wait.detail == "Queue.join":
-                why.extend(_join_evidence(prim, snap.tasks.tasks))
+                if consumers is None:
+                    consumers = _queue_consumers(snap.tasks.tasks)
+                why.extend(_join_evidence(prim, consumers.get(prim.id, ((), False))))
             held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id)
             if held:
                 why.append(held)
