@@ -210,7 +210,12 @@ def profile_view(snap: ProfileSnapshot, query: ProfileQuery, base: ProfileSnapsh
     if rx is not None:
         functions = tuple(f for f in functions if rx.search(f.file) or rx.search(f.name))
     if base is not None:
-        ordered = sorted(functions, key=lambda f: (-abs(_sort_value(f, query.sort)), f.name))
+        def change(f: FunctionStat) -> float:
+            if query.sort == "percall" and changes is not None:  # the column shown: per call now minus before
+                return changes.get((f.name, f.file, f.line)) or 0.0
+            return _sort_value(f, query.sort)
+
+        ordered = sorted(functions, key=lambda f: (-abs(change(f)), f.name))
     else:
         ordered = sorted(functions, key=lambda f: (-_sort_value(f, query.sort), f.name))
     tasks = task_rows(snap)

@@ -121,3 +121,14 @@ def test_the_cli_prints_the_legend_for_saved_profiles(tmp_path: Path) -> None:
     hinted = run_diag("profile", str(wall), "--format", "text")
     assert hinted.returncode == 0 and "hint:" not in hinted.stdout
     assert "--mode sample" in hinted.stderr.splitlines()[0]
+
+
+def test_a_difference_sorted_per_call_follows_the_per_call_column() -> None:
+    before = ProfileSnapshot(1.0e9, PROC, "yappi", "cpu", 5.0, 5.0, "MainThread",
+                             (FunctionStat("steady", "/srv/app.py", 3, 10, 10, 1.0, 1.0),
+                              FunctionStat("slower", "/srv/app.py", 9, 10, 10, 0.1, 0.1)))
+    after = ProfileSnapshot(1.0e9 + 60, PROC, "yappi", "cpu", 5.0, 5.0, "MainThread",
+                            (FunctionStat("steady", "/srv/app.py", 3, 30, 30, 3.0, 3.0),   # 100 ms a call, as before
+                             FunctionStat("slower", "/srv/app.py", 9, 10, 10, 0.5, 0.5)))  # 10 ms -> 50 ms a call
+    view = profile_view(after, ProfileQuery(sort="percall"), base=before)
+    assert [f.name for f in view.functions] == ["slower", "steady"]
