@@ -100,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:  # stdout itself failed (a full disk, a closed terminal): no traceback
+        stderr.print(f"diag: error: cannot write the output: {err.strerror or err}", markup=False, highlight=False)
+        return EXIT_USAGE
     except Exception as err:
         name = type(err).__name__
         if name == "Exit":

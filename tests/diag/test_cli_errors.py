@@ -137,3 +137,20 @@ def test_host_and_port_without_a_scheme_is_still_a_target(command: list[str]) ->
     port = free_port()
     line = assert_one_line_error(run_diag(command[0], f"127.0.0.1:{port}", *command[1:]), 3)
     assert f"http://127.0.0.1:{port}: connection refused" in line, line
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path, fmt: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.diag.snapshots import snapshot, task
+
+    saved = tmp_path / "tasks.json"
+    saved.write_text(snapshot(task(1), task(2)).to_json())
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "diag", "tasks", str(saved), "--format", fmt],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "diag: error: cannot write the output: No space left on device", proc.stderr
