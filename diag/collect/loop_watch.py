@@ -346,7 +346,7 @@ class LoopWatch:
                 self._beats[loop] = _Beat()
             self.dead.hook_loop(loop)
             if self._install_factories:
-                task_origins.install_factory(loop, over_eager=False)
+                task_origins.install_factory(loop)
         except Exception:
             pass
 
@@ -480,7 +480,7 @@ class LoopWatch:
                     ident = getattr(loop, "_thread_id", None)
                     self._bind_thread(loop, next((t for t in threading.enumerate() if t.ident == ident), None))
                 if self._install_factories:
-                    task_origins.install_factory(loop, over_eager=False)  # re-chain if the program replaced ours
+                    task_origins.install_factory(loop)  # re-chain if the program replaced ours
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.sent_at = time.monotonic()
                 loop.call_soon_threadsafe(self._on_beat, beat)

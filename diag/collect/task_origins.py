@@ -218,11 +218,12 @@ def is_eager_factory(factory: object) -> bool:
     return _EAGER_FACTORY_CODE is not None and getattr(factory, "__code__", None) is _EAGER_FACTORY_CODE
 
 
-def install_factory(loop: asyncio.AbstractEventLoop, *, over_eager: bool = True) -> bool:
+def install_factory(loop: asyncio.AbstractEventLoop, *, over_eager: bool = False) -> bool:
     """Put an ``OriginFactory`` in front of the loop's current factory; idempotent.
 
-    With ``over_eager=False``, a loop whose factory is asyncio's eager one is left alone (and
-    False returned): behind another factory, libraries that look for it no longer see it.
+    A loop whose factory is asyncio's eager one is left alone (and False returned): behind
+    another factory, libraries that look for it no longer see it.  ``over_eager=True``
+    wraps it all the same.
     Returns False when the loop refuses (closed loop, foreign loop implementation).
     """
     try:
