@@ -129,7 +129,7 @@ EAGER = textwrap.dedent('''
     async def main():
         loop = asyncio.get_running_loop()
         loop.set_task_factory(asyncio.eager_task_factory)
-        task_origins.install_factory(loop)
+        task_origins.install_factory(loop, over_eager=True)  # in front of the eager factory, on purpose
         p = asyncio.create_task(parent())
         kid = await p
         print(json.dumps([task_origins.task_seq(p), task_origins.task_origin(kid)[2],
