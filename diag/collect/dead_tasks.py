@@ -288,6 +288,11 @@ class DeadTaskLog:
         origin = None
         if how == "destroyed_pending":  # being finalized: its weak references are gone
             found, origin = task_origins.dying_task_ids(task)
+            with self._lock:
+                if found is not None and found in self._seen:
+                    # That id was an earlier task's, freed at this address: a task diag never
+                    # numbered is destroyed here.  Recorded, with no id of its own.
+                    found, origin = None, None
             seq = found if found is not None else -next(self._unnumbered)
         else:
             seq = task_origins.task_seq(task)

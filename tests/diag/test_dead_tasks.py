@@ -258,3 +258,47 @@ def test_a_thread_that_dies_is_logged_with_what_it_served_and_the_programs_hook_
     finally:
         log.unhook_threads()
         threading.excepthook = previous
+
+
+@pytest.mark.diag_allow_leaks  # loses a pending task on purpose
+async def test_a_never_numbered_task_at_a_reused_address_is_not_taken_for_the_task_before_it() -> None:
+    """A task diag never numbered, destroyed at the address of an earlier task the log
+    already holds, is recorded with no id rather than dropped as a repeat or given the
+    earlier task's id."""
+    loop = asyncio.get_running_loop()
+    log = DeadTaskLog()
+    log.hook_loop(loop)
+    loop.set_exception_handler(lambda _loop, ctx: None)
+    try:
+        async def boom() -> None:
+            raise ValueError("first")
+
+        async def lost() -> None:
+            await loop.create_future()
+
+        first = asyncio.Task(boom(), loop=loop)  # asyncio.Task() directly: not numbered at creation
+        await asyncio.sleep(0)
+        log.note_done(first)  # numbered and logged
+        (earlier,) = log.snapshot()
+        address = id(first)
+        first.exception()
+        del first
+        gc.collect()
+        reused = None
+        for _ in range(2000):  # allocate until a new task lands where the first one was
+            candidate = asyncio.Task(lost(), loop=loop)
+            if id(candidate) == address:
+                reused = candidate
+                break
+            candidate.cancel()
+        if reused is None:
+            pytest.skip("the allocator did not reuse the address")
+        await asyncio.sleep(0)
+        del reused, candidate
+        gc.collect()
+        records = log.snapshot()
+        assert len(records) == 2, records
+        assert records[1].how == "destroyed_pending" and records[1].id != earlier.id and records[1].id < 0
+    finally:
+        log.unhook_loop(loop)
+        loop.set_exception_handler(None)
