@@ -68,11 +68,6 @@ def cell(text: str, style: str = "") -> Text:
     return Text(safe_text(text), style=style)
 
 
-def cell_lines(lines: Iterable[str], style: str = "") -> Text:
-    """A cell of several lines, each escaped as ``cell`` does."""
-    return Text("\n".join(safe_text(line) for line in lines), style=style)
-
-
 def encodable(text: str) -> str:
     """``text`` with every surrogate replaced by U+FFFD, so it encodes as UTF-8."""
     return _SURROGATE.sub("\ufffd", text)
