@@ -127,7 +127,9 @@ def test_sampling_leaves_nothing_behind(churn: Churn) -> None:
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_a_leaking_yappi_is_refused_unless_forced(churn: Churn, clock: str) -> None:
-    assert profile(churn, "--mode", "sample", "--seconds", "0.3").returncode == 0
+    # yappi's own import and the agent's first use of it are paid once, before the count
+    warm = profile(churn, "--clock", clock, "--seconds", "0.3", "--force")
+    assert warm.returncode == 0, warm.stderr
     dead, objects = churn.counts()
     refused = profile(churn, "--clock", clock)
     forced = profile(churn, "--clock", clock, "--force")
@@ -138,7 +140,7 @@ def test_a_leaking_yappi_is_refused_unless_forced(churn: Churn, clock: str) -> N
     if leaky:  # yappi 1.7.6: refused, and what a forced profile left is what it said
         assert refused.returncode == 3 and refused.stdout == "", refused
         assert "--mode sample" in refused.stderr and "--force" in refused.stderr
-        assert dead_after > 100
+        assert dead_after - dead > 100
     else:  # a yappi that releases what it sees: it runs, and leaves nothing
         assert refused.returncode == 0, refused.stderr
         assert dead_after == 0
