@@ -1180,6 +1180,25 @@ typedef struct {
     int32_t pad;  /* keeps the key free of uninitialised bytes */
 } ChainLink;
 
+/* The coroutine behind a coroutine_wrapper (what coro.__await__() returns), found the
+ * way the GC finds it: through the type's traverse function, no layout assumed. */
+static int
+find_coroutine(PyObject *obj, void *found)
+{
+    if (Py_TYPE(obj) == &PyCoro_Type) {
+        *(PyObject **)found = obj;
+        return 1;
+    }
+    return 0;
+}
+
+static int
+is_coroutine_wrapper(PyTypeObject *type)
+{
+    return !(type->tp_flags & Py_TPFLAGS_HEAPTYPE) && type->tp_traverse != NULL
+           && strcmp(type->tp_name, "coroutine_wrapper") == 0;
+}
+
 /* await_chain(coro, max_frames, skip_codes) -> (key, nodes) or None */
 static PyObject *
 mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -1217,6 +1236,13 @@ mod_await_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
         else if (type == &PyAsyncGen_Type) {
             link_name = str_ag_await;
+        }
+        else if (is_coroutine_wrapper(type)) {
+            /* a library's __await__ handing on a coroutine's (aiohttp's session.get) */
+            PyObject *inner = NULL;
+            type->tp_traverse(node, find_coroutine, &inner);
+            Py_SETREF(node, Py_NewRef(inner != NULL ? inner : Py_None));
+            continue;
         }
         else if (type == &AcquiringType) {
             Py_SETREF(node, Py_NewRef(((Acquiring *)node)->inner ? ((Acquiring *)node)->inner : Py_None));

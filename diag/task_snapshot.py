@@ -182,6 +182,56 @@ class ChildProcess:
 
 
 @dataclass(frozen=True)
+class PoolLease:
+    """A connection of a client pool that is in use, and what keeps it: ``holder`` is the
+    object holding it (``ClientResponse``; empty while its request is still being sent),
+    ``request`` what it was taken for (``GET http://host/path``), ``status`` the response
+    status (0 before one came), ``reading`` whether a task waits on the response body now,
+    ``body_read`` whether the program has read the whole body."""
+
+    holder: str = ""
+    request: str = ""
+    status: int = 0
+    reading: bool = False
+    body_read: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"holder": self.holder, "request": self.request, "status": self.status,
+                "reading": self.reading, "body_read": self.body_read}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PoolLease:
+        return cls(str(d.get("holder") or ""), str(d.get("request") or ""), int(d.get("status") or 0),
+                   bool(d.get("reading", False)), bool(d.get("body_read", False)))
+
+
+@dataclass(frozen=True)
+class ConnectionPool:
+    """The client connection pool a task waits for a free connection of (an aiohttp
+    connector): ``limit`` (0: none) and ``limit_per_host``, connections ``in_use`` and
+    requests ``waiting`` for one, and what holds the ones in use (``leases``, a bounded
+    sample; empty when not looked for)."""
+
+    kind: str
+    id: str
+    limit: int = 0
+    limit_per_host: int = 0
+    in_use: int = 0
+    waiting: int = 0
+    leases: tuple[PoolLease, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "limit": self.limit, "limit_per_host": self.limit_per_host,
+                "in_use": self.in_use, "waiting": self.waiting, "leases": [lease.to_dict() for lease in self.leases]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConnectionPool:
+        return cls(str(d.get("kind") or ""), str(d.get("id") or ""), int(d.get("limit") or 0),
+                   int(d.get("limit_per_host") or 0), int(d.get("in_use") or 0), int(d.get("waiting") or 0),
+                   tuple(PoolLease.from_dict(x) for x in d.get("leases") or () if isinstance(x, Mapping)))
+
+
+@dataclass(frozen=True)
 class Wait:
     """What a task is waiting on.
 
@@ -200,7 +250,8 @@ class Wait:
     something (``Client._pending, transport closed``); empty otherwise.  ``owner_ids``
     are the ids (``Primitive.id`` form) of the objects found keeping it, nearest first,
     so that a dead task or thread that used one of them can be named.  ``child`` is the
-    child process of a ``Process.wait()``.
+    child process of a ``Process.wait()``; ``pool`` the client connection pool of a wait
+    for a free connection.
     ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
     in ``async with second:``), which may differ from the primitive's label.
     """
@@ -222,6 +273,7 @@ class Wait:
     owner_ids: tuple[str, ...] = ()
     child: ChildProcess | None = None
     frame_label: str = ""
+    pool: ConnectionPool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -241,6 +293,8 @@ class Wait:
             d["owner_ids"] = list(self.owner_ids)
         if self.child is not None:
             d["child"] = self.child.to_dict()
+        if self.pool is not None:
+            d["pool"] = self.pool.to_dict()
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -273,6 +327,7 @@ class Wait:
             stream_side=str(d.get("stream_side") or ""),
             owner_ids=tuple(str(i) for i in d.get("owner_ids") or ()),
             child=ChildProcess.from_dict(d["child"]) if isinstance(d.get("child"), Mapping) else None,
+            pool=ConnectionPool.from_dict(d["pool"]) if isinstance(d.get("pool"), Mapping) else None,
             frame_label=str(d.get("frame_label") or ""),
         )
 
@@ -715,7 +770,8 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 
 __all__ = [
-    "SCHEMA", "count_totals", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "Wait", "CreatedBy", "TaskInfo",
+    "SCHEMA", "count_totals", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "PoolLease",
+    "ConnectionPool", "Wait", "CreatedBy", "TaskInfo",
     "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
     "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

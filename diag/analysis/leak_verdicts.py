@@ -40,7 +40,7 @@ from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import MALFORMED, ChildProcess, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.task_snapshot import MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
 from diag.wording import agree
 from diag.wording import plural as _plural
 
@@ -567,6 +567,28 @@ def _child_evidence(child: ChildProcess) -> list[str]:
     return []
 
 
+def _pool_evidence(pool: ConnectionPool) -> list[str]:
+    """Why a wait for a free connection of a client pool may never end: every connection
+    is in use, and some are held by responses that no task is reading, which keep their
+    connection until their body is read to the end or they are released."""
+    limits = [n for n in (pool.limit, pool.limit_per_host) if n]
+    if not limits or pool.in_use < min(limits):
+        return []
+    unread = [lease for lease in pool.leases if lease.holder and not lease.reading]
+    if not unread:
+        return []  # each connection serves a request in flight or a body being read: busy, not lost
+    holder = unread[0].holder
+    requests = sorted({lease.request for lease in unread if lease.request})
+    shown = ", ".join(requests[:3]) + (", ..." if len(requests) > 3 else "")
+    statuses = sorted({lease.status for lease in unread if lease.status})
+    return [f"every connection of {pool.kind} {pool.id} is in use ({pool.in_use}, limit {min(limits)}) and "
+            f"{len(unread)} {agree(len(unread), 'is', 'are')} held by {_plural(len(unread), holder)} that no task reads "
+            f"or releases" + (f" ({shown}" + (f", status {', '.join(map(str, statuses))}" if statuses else "") + ")"
+                              if shown else "")
+            + f": a response keeps its connection until its body is read to the end or it is released "
+              f"(async with, release()); {_plural(pool.waiting, 'request')} wait for one"]
+
+
 def _queue_consumers(tasks: tuple[TaskInfo, ...]) -> dict[str, tuple[tuple[TaskInfo, ...], bool]]:
     """Queue id -> (the tasks waiting in its ``get()``, whether a task of their coroutine
     is elsewhere: at work on an item), in one pass over the tasks."""
@@ -637,9 +659,13 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         seconds = task.wait.seconds or 0.0
         if task.id in excluded or task.state != "waiting" or seconds < options.min_wait or task.main:
             continue
-        if task.wait.deadline_known and task.wait.deadline is not None:
-            continue  # something ends this wait on its own
-        why = []
+        pooled = _pool_evidence(task.wait.pool) if task.wait.pool is not None else []
+        if task.wait.deadline_known and task.wait.deadline is not None and not pooled:
+            continue  # something ends this wait on its own (a lost connection stays lost after it)
+        why = pooled
+        if pooled and task.wait.deadline is not None:
+            why.append(f"{task.wait.deadline_by or 'a timeout'} ends this wait in {task.wait.deadline:.0f}s with an error, "
+                       f"but leaves the connections held: every later request waits the same")
         prim = task.wait.primitive
         name = task.wait.frame_label
         dead = _dead_counterpart(task, touched, name)
@@ -684,7 +710,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 and task.stack and not _LIBRARY_RX.match(task.stack[0].file)):
             why.append(f"its own code has awaited a bare future for {seconds:.0f}s with no timeout: only the "
                        f"code that holds the future can end the wait")
-        elif why and task.wait.deadline_known:
+        elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:
             reasons[task.id] = why

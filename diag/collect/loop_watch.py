@@ -37,7 +37,9 @@ from typing import Any, Callable, Iterator
 from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
-from diag.collect.safe_read import future_done, future_field, task_cancelling
+from diag.collect.safe_read import (
+    COROUTINE_WRAPPER, future_done, future_field, task_cancelling, task_coroutine, wrapped_coroutine,
+)
 from diag.task_snapshot import Frame, Stall, StallStack
 
 HEARTBEAT_INTERVAL = 0.1
@@ -257,6 +259,9 @@ def _suspended_at(coro: object) -> tuple[tuple[types.CodeType, int], ...]:
             frame, node = node.cr_frame, node.cr_await  # type: ignore[attr-defined]
         elif kind is types.GeneratorType:
             frame, node = node.gi_frame, node.gi_yieldfrom  # type: ignore[attr-defined]
+        elif kind is COROUTINE_WRAPPER:  # a library's __await__ handing on a coroutine's
+            node = wrapped_coroutine(node)
+            continue
         else:
             break
         if frame is None:
@@ -726,7 +731,7 @@ class LoopWatch:
                     stacks[key] = kept
                 elif budget > 0:
                     budget -= 1
-                    stacks[key] = (id(waiter), _suspended_at(future_field(task, "_coro")))
+                    stacks[key] = (id(waiter), _suspended_at(task_coroutine(future_field(task, "_coro"))))
             else:
                 try:
                     ref: Any = weakref.ref(waiter)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import types
 from typing import Any, TypeGuard, TypeVar, cast, overload
 
@@ -213,3 +214,33 @@ def type_name(obj: object) -> str:
     """The object's class name, read from the class (neither the object nor a metaclass
     is asked)."""
     return str(_class_qualname(type(obj)))
+
+
+def _coroutine_wrapper_type() -> type:
+    async def coro() -> None:
+        return None
+    made = coro()
+    found = type(made.__await__())
+    made.close()
+    return found
+
+
+#: What ``coro.__await__()`` returns: awaitables whose ``__await__`` hands on a
+#: coroutine's (aiohttp's ``session.get``, asyncpg's ``pool.acquire``) put one in an
+#: await chain.  It shows its coroutine only to the GC.
+COROUTINE_WRAPPER = _coroutine_wrapper_type()
+
+
+def wrapped_coroutine(wrapper: object) -> object:
+    """The coroutine behind a ``COROUTINE_WRAPPER`` (None if it has gone)."""
+    return next((ref for ref in gc.get_referents(wrapper) if type(ref) is types.CoroutineType), None)
+
+
+def task_coroutine(coro: object) -> object:
+    """What a task runs: its coroutine, or the coroutine a library's coroutine-like object
+    keeps in a ``_coro`` field and hands every step on to (aiohttp's ``session.get(...)``
+    made a task by ``gather`` or ``create_task``)."""
+    if type(coro) in (types.CoroutineType, types.GeneratorType):
+        return coro
+    inner = plain_attr(coro, "_coro")
+    return inner if type(inner) is types.CoroutineType else coro

@@ -30,12 +30,12 @@ from typing import Any, Iterator
 import diag
 from diag.collect import holders, task_origins, wait_evidence
 from diag.collect.safe_read import (
-    MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict, is_a, plain_attr,
-    quoted, read_attr, task_cancelling, task_name, type_name,
+    COROUTINE_WRAPPER, MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict,
+    is_a, plain_attr, quoted, read_attr, task_cancelling, task_coroutine, task_name, type_name, wrapped_coroutine,
 )
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.task_snapshot import (
-    CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
+    ConnectionPool, CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -107,6 +107,29 @@ def _known_codes() -> dict[int, tuple[str, str]]:
 
 
 _KNOWN = _known_codes()
+#: A wait for a free connection of a client pool (aiohttp's connector).
+POOL_WAIT = "connection pool"
+#: Library code objects added to ``_KNOWN`` once their modules are imported (kept alive
+#: here, as ``_KNOWN`` is keyed by id).
+_LIBRARY_CODES: list[types.CodeType] = []
+#: Pool waits at least this long have their pool's leases looked up (a heap scan).
+LEASE_MIN_WAIT = 1.0
+
+
+def _learn_library_codes() -> None:
+    """Waits of libraries the program imported after diag (never imported here): aiohttp's
+    ``BaseConnector._wait_for_available_connection`` (3.10 and later), where a request
+    waits for a free connection of the pool."""
+    if _LIBRARY_CODES:
+        return
+    base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
+    if type(base) is not type:
+        return
+    fn = class_attr(base, "_wait_for_available_connection")
+    code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
+    if type(code) is types.CodeType:
+        _LIBRARY_CODES.append(code)
+        _KNOWN[id(code)] = ("future", POOL_WAIT)
 _QUEUE_JOIN = id(asyncio.Queue.join.__code__)
 _GATHERING_FUTURE: Any = getattr(asyncio.tasks, "_GatheringFuture", None)
 _TASK_GROUP: Any = asyncio.TaskGroup
@@ -228,6 +251,9 @@ def _await_chain(coro: object, max_frames: int) -> tuple[list[object], list[type
             nxt = node.ag_await  # type: ignore[attr-defined]
         elif kind is _ACQUIRING:  # diag's own acquire (C): no frame, on to asyncio's
             node = node.inner  # type: ignore[attr-defined]
+            continue
+        elif kind is COROUTINE_WRAPPER:  # a library's __await__ handing on a coroutine's
+            node = wrapped_coroutine(node)
             continue
         elif kind in _ASYNC_GEN_AWAITABLE_TYPES:
             # ``await agen.asend()`` (async with on an @asynccontextmanager, async for):
@@ -574,6 +600,7 @@ class _Walker:
         self.loop_times: dict[int, float] = {}
         self.deadline_budget = MAX_DEADLINE_SCAN
         self.executor_waits: list[object] = []
+        self.pools: dict[int, tuple[ConnectionPool | None, bool]] = {}
         self.loop_ids_loops: set[asyncio.AbstractEventLoop] = set()
 
     def index_waiters(self, obj: object) -> None:
@@ -630,7 +657,7 @@ class _Walker:
                 if task is None or not rec.site:
                     continue
                 code = rec.site[0][0]
-                nodes, frames, _ = _await_chain(future_field(task, "_coro"), self.options.max_frames)
+                nodes, frames, _ = _await_chain(task_coroutine(future_field(task, "_coro")), self.options.max_frames)
                 for node, frame in zip(nodes, frames):
                     if frame.f_code is code:
                         name = _label_in_frame(obj, frame, node)
@@ -754,6 +781,10 @@ class _Walker:
             ids = tuple(task_origins.task_seq(t) for t in awaited if is_a(t, asyncio.Task))
             del awaited
             return Wait("gather", detail, seconds=seconds, tasks=ids)
+        if detail == POOL_WAIT:
+            wait = self._future_wait(waiter, seconds, detail=detail)
+            pool = self.pool_of(nodes[i], (seconds or 0.0) >= LEASE_MIN_WAIT)
+            return replace(wait, pool=pool) if pool is not None else wait
         if detail == "Process.wait":
             process = _local_of_type(nodes[i], frames[i] if frames is not None else None,
                                      asyncio.subprocess.Process, "self")
@@ -762,6 +793,19 @@ class _Walker:
             del process
             return replace(wait, child=child) if child is not None else wait
         return self._future_wait(waiter, seconds, detail=detail)
+
+    def pool_of(self, node: object, leases: bool) -> ConnectionPool | None:
+        """The pool whose ``_wait_for_available_connection`` ``node`` runs, read once per
+        dump (with its leases if any of its waits asks for them)."""
+        base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
+        connector = _local_of_type(node, None, base, "self") if type(base) is type else None
+        if connector is None:
+            return None
+        key = id(connector)
+        known = self.pools.get(key)
+        if known is None or (leases and not known[1]):
+            known = self.pools[key] = (wait_evidence.connection_pool(connector, leases), leases)
+        return known[0]
 
     def _future_wait(self, waiter: object, seconds: float | None, detail: str = "") -> Wait:
         if is_a(waiter, asyncio.Task):
@@ -792,7 +836,7 @@ class _Walker:
         return created
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
-        coro = future_field(task, "_coro")
+        coro = task_coroutine(future_field(task, "_coro"))
         walked = (None if _c_await_chain is None
                   else _c_await_chain(coro, MAX_CHAIN, holders.WRAPPER_CODE_OBJECTS))
         frames: list[types.FrameType] | None
@@ -954,6 +998,7 @@ from diag.collect.gc_pause import paused_gc as paused_gc  # noqa: E402
 def collect_tasks(watch: LoopWatch | None = None, options: CollectOptions = CollectOptions()) -> TaskSnapshot:
     """Snapshot every pending task of this process; safe to call from any thread.  The
     cyclic GC is paused meanwhile (see ``paused_gc``)."""
+    _learn_library_codes()
     with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
         snap = _collect_tasks(watch, options)
     first = process_notes()

@@ -34,8 +34,8 @@ import types
 import weakref
 from typing import Any, Iterable
 
-from diag.collect.safe_read import clip, instance_dict, is_a, plain_attr
-from diag.task_snapshot import ChildPipe, ChildProcess, ExecutorInfo, Frame, ThreadInfo
+from diag.collect.safe_read import builtin_items, builtin_len, clip, future_done, instance_dict, is_a, plain_attr
+from diag.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
 
 try:
     from asyncio import timeouts as _timeouts
@@ -124,6 +124,12 @@ def stream_side(reader: object) -> str:
 
 
 # -- deadlines ---------------------------------------------------------------------------
+def _is_aiohttp(obj: object, name: str) -> bool:
+    """Whether ``obj`` is an instance of ``aiohttp.helpers.<name>`` exactly."""
+    kind = type(obj)
+    return kind.__name__ == name and kind.__module__ == "aiohttp.helpers"
+
+
 class LoopTimers:
     """The timers of asyncio's loops that end waits: task id -> when, future id -> when
     (loop time), each with what set it.  uvloop keeps its timers in C: empty there."""
@@ -147,10 +153,23 @@ class LoopTimers:
         if old is None or when < old[0]:
             table[key] = (when, by)
 
+    def _aiohttp_timeout(self, handle: object, when: float) -> None:
+        """aiohttp's ``ClientTimeout``: a ``TimeoutHandle`` whose callbacks include the
+        ``timeout`` of a ``TimerContext``, which cancels the request's tasks."""
+        for entry in builtin_items(plain_attr(handle, "_callbacks"))[:8]:
+            callback = entry[0] if type(entry) is tuple and entry else None
+            context = callback.__self__ if type(callback) is _MethodType else None
+            if _is_aiohttp(context, "TimerContext"):
+                for task in builtin_items(plain_attr(context, "_tasks"))[:8]:
+                    if is_a(task, asyncio.Task):
+                        self._offer(self.tasks, id(task), when, "aiohttp's ClientTimeout")
+
     def _read(self, handle: object) -> None:
         if type(handle) is not _TimerHandle or plain_attr(handle, "_cancelled") is True:
             return
         when = plain_attr(handle, "_when")
+        if type(when) is int:  # aiohttp rounds its timeouts up to whole seconds
+            when = float(when)
         if type(when) is not float:
             return
         callback = plain_attr(handle, "_callback")
@@ -165,6 +184,9 @@ class LoopTimers:
                 return
             if is_a(owner, asyncio.Task):
                 self._offer(self.tasks, id(owner), when, f"a timer calling task.{name or 'cancel'}()")
+                return
+            if _is_aiohttp(owner, "TimeoutHandle"):
+                self._aiohttp_timeout(owner, when)
                 return
             if is_a(owner, asyncio.Future):
                 self._offer(self.futures, id(owner), when, f"a timer calling future.{name or 'set_result'}()")
@@ -580,5 +602,117 @@ def future_owners(futures: list[object]) -> dict[int, tuple[str, str, tuple[int,
 
 
 __all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners", "closed_owners",
-           "child_process",
+           "child_process", "connection_pool",
            "asyncio_futures_by_concurrent"]
+
+
+# -- client connection pools (aiohttp) -------------------------------------------------------
+#: Leases looked at per pool: enough to say what holds a pool's connections.
+MAX_LEASES = 32
+_DICTS = (dict, collections.OrderedDict, collections.defaultdict)
+
+
+def _aiohttp_class(module: str, name: str) -> type | None:
+    """A class of aiohttp if the program has imported it (never imported here)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if type(found) is type else None
+
+
+def _dict_values(obj: object) -> list[Any]:
+    if type(obj) not in _DICTS:
+        return []
+    try:
+        return list(dict.values(obj))  # type: ignore[arg-type]
+    except RuntimeError:  # changed size during the copy (another thread)
+        return []
+
+
+def _waiting_futures(container: object) -> int:
+    """Futures queued in one of a connector's per-host waiter containers (an OrderedDict
+    keyed by future in aiohttp 3.10+, a deque before)."""
+    if type(container) in _DICTS:
+        return dict.__len__(container)  # type: ignore[arg-type]
+    return len(builtin_items(container))
+
+
+def _url_text(url: object) -> str:
+    if type(url).__module__.split(".")[0] != "yarl":
+        return ""
+    try:
+        return clip(str(url), 200)  # yarl's own formatting: a library type, not the program's
+    except Exception:
+        return ""
+
+
+def _lease(response: object | None) -> PoolLease:
+    if response is None:
+        return PoolLease()
+    method = plain_attr(response, "method")
+    url = _url_text(plain_attr(response, "_url"))
+    status = plain_attr(response, "status")
+    content = plain_attr(response, "content")
+    waiter = plain_attr(content, "_waiter")
+    body = plain_attr(response, "_body")
+    return PoolLease(holder=type(response).__qualname__,
+                     request=f"{clip(method, 10)} {url}".strip() if type(method) is str else url,
+                     status=status if type(status) is int else 0,
+                     reading=is_a(waiter, asyncio.Future) and not future_done(waiter),
+                     body_read=body is not None or plain_attr(content, "_eof") is True
+                     and not builtin_len(plain_attr(content, "_buffer")))
+
+
+def _keepers(objects: list[object], cls: type, attr: str) -> dict[int, object]:
+    """id(object) -> the instance of ``cls`` whose ``attr`` is that object.  An instance
+    refers to its attributes itself until something reads its ``__dict__``, and through
+    that dict after: both are looked for (a second ``gc.get_referrers`` pass for dicts)."""
+    wanted = {id(o) for o in objects}
+    found: dict[int, object] = {}
+    dicts: dict[int, tuple[dict[str, Any], int]] = {}  # id(instance dict) -> (it, id(the object it holds))
+    for ref in gc.get_referrers(*objects):
+        if is_a(ref, cls):
+            held = plain_attr(ref, attr)
+            if id(held) in wanted:
+                found[id(held)] = ref
+        elif type(ref) is dict:
+            held = ref.get(attr)
+            if id(held) in wanted:
+                dicts[id(ref)] = (ref, id(held))
+    if dicts:
+        for ref in gc.get_referrers(*[box for box, _ in dicts.values()]):
+            own = instance_dict(ref) if is_a(ref, cls) else None
+            if own is not None and id(own) in dicts:
+                found.setdefault(dicts[id(own)][1], ref)
+        dicts.clear()
+    return found
+
+
+def _leases(acquired: list[object]) -> tuple[PoolLease, ...]:
+    """What holds each connection in use: the ``ClientResponse`` that keeps its
+    ``Connection`` (none while the request is still being sent)."""
+    connection_type = _aiohttp_class("aiohttp.connector", "Connection")
+    response_type = _aiohttp_class("aiohttp.client_reqrep", "ClientResponse")
+    protocols = acquired[:MAX_LEASES]
+    if connection_type is None or not protocols:
+        return ()
+    connections = _keepers(protocols, connection_type, "_protocol")
+    responses = (_keepers(list(connections.values()), response_type, "_connection")
+                 if connections and response_type is not None else {})
+    held = [_lease(responses.get(id(conn))) for conn in connections.values()]
+    held.extend(PoolLease() for _ in range(len(protocols) - len(connections)))
+    return tuple(held)
+
+
+def connection_pool(connector: object, leases: bool) -> ConnectionPool | None:
+    """The state of an aiohttp connector that a task waits on for a free connection:
+    its limits, connections in use, requests waiting, and (``leases``) what holds the
+    connections in use.  Read from its fields; no method of it runs."""
+    base = _aiohttp_class("aiohttp.connector", "BaseConnector")
+    if base is None or not is_a(connector, base):
+        return None
+    limit, per_host = plain_attr(connector, "_limit"), plain_attr(connector, "_limit_per_host")
+    acquired = builtin_items(plain_attr(connector, "_acquired"))
+    waiting = sum(_waiting_futures(c) for c in _dict_values(plain_attr(connector, "_waiters")))
+    return ConnectionPool(
+        kind=type(connector).__qualname__, id=hex(id(connector)),
+        limit=limit if type(limit) is int else 0, limit_per_host=per_host if type(per_host) is int else 0,
+        in_use=len(acquired), waiting=waiting, leases=_leases(acquired) if leases else ())

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from rich.text import Text
 
-from diag.task_snapshot import ChildProcess, CreatedBy, Frame, Primitive, Wait
+from diag.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -185,6 +185,15 @@ def child_process(child: ChildProcess) -> str:
     return "<" + " ".join(parts) + ">"
 
 
+def connection_pool(pool: ConnectionPool) -> str:
+    """``<TCPConnector 0x7f3a.. in_use=3/3 waiting=2>`` (``/-`` for no limit)."""
+    limit = str(pool.limit) if pool.limit else "-"
+    text = f"<{pool.kind} {pool.id} in_use={pool.in_use}/{limit}"
+    if pool.limit_per_host:
+        text += f" per_host={pool.limit_per_host}"
+    return text + f" waiting={pool.waiting}>"
+
+
 def primitive_name(prim: Primitive, name: str = "") -> str:
     """``first (also: second)``: the name ``primitive_names`` shows, with the others."""
     shown, aliases = primitive_names(prim, name)
@@ -218,6 +227,8 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
         text += f" (future created at {where(wait.created_at, cwd)})"
     if wait.child is not None:
         text += " " + child_process(wait.child)
+    if wait.pool is not None and with_primitive:
+        text += " " + connection_pool(wait.pool)
     if kind == "unknown":
         text = f"unknown wait ({wait.detail})" if wait.detail else "unknown wait"
     return text
