@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from rich.text import Text
 
 from diag.task_snapshot import ChildProcess, CreatedBy, Frame, Primitive, Wait
+from diag.wording import also_named
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -188,7 +189,7 @@ def child_process(child: ChildProcess) -> str:
 def primitive_name(prim: Primitive, name: str = "") -> str:
     """``first (also: second)``: the name ``primitive_names`` shows, with the others."""
     shown, aliases = primitive_names(prim, name)
-    return f"{shown} (also: {', '.join(aliases)})" if aliases else shown
+    return f"{shown} {also_named(aliases)}" if aliases else shown
 
 
 def primitive(prim: Primitive, name: str = "") -> str:
