@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from rich.text import Text
 
 from diag.task_snapshot import ChildProcess, CreatedBy, Frame, Primitive, Wait
-from diag.wording import also_named
+from diag.wording import also_named, plural
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -184,6 +184,12 @@ def child_process(child: ChildProcess) -> str:
         if pipe.buffered or pipe.paused:
             parts.append(f"{pipe.name}={pipe.buffered}B" + (" paused" if pipe.paused else ""))
     return "<" + " ".join(parts) + ">"
+
+
+def matching(shown: int, groups: int, grouped: bool) -> str:
+    """How many tasks of a dump match: ``12 matching in 3 groups``; ungrouped, every task
+    listed is one that matches, so ``12 matching``."""
+    return f"{shown} matching in {plural(groups, 'group')}" if grouped else f"{shown} matching"
 
 
 def primitive_name(prim: Primitive, name: str = "") -> str:
