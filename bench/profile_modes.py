@@ -28,61 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from diag.analysis.profile_stats import function_stats, has_share  # noqa: E402
 from diag.profile_snapshot import ProfileSnapshot  # noqa: E402
+from tests.support.order_service import order_service  # noqa: E402
 from tests.support.programs import DiagRun  # noqa: E402
 
-PROGRAM = """
-import asyncio, collections, json, os, time
-
-SPANS = {"flush": collections.deque(maxlen=100), "burn": collections.deque(maxlen=200)}
-
-def save(kind, start):
-    SPANS[kind].append((start, time.time()))
-    with open("spans.tmp", "w") as f:
-        json.dump({k: list(v) for k, v in SPANS.items()}, f)
-    os.replace("spans.tmp", "spans.json")
-
-def crunch(seconds):
-    if C_BURSTS:
-        return sum(range(int(seconds * RATE)))
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-C_BURSTS = False
-_t = time.perf_counter()
-sum(range(3_000_000))
-RATE = 3_000_000 / (time.perf_counter() - _t)
-
-class OrderService:
-    async def metrics_flusher(self):
-        while True:
-            t0 = time.time()
-            time.sleep(0.3)
-            save("flush", t0)
-            await asyncio.sleep(0.7)
-
-    async def burner(self):
-        n = 0
-        while True:
-            t0 = time.time()
-            crunch((0.020, 0.035, 0.050)[n % 3])
-            n += 1
-            save("burn", t0)
-            await asyncio.sleep(0.4)
-
-    async def idle(self):
-        while True:
-            await asyncio.sleep(0.05)
-
-async def main():
-    service = OrderService()
-    await asyncio.gather(service.metrics_flusher(), service.burner(), *(service.idle() for _ in range(40)))
-
-if UVLOOP:
-    import uvloop
-    uvloop.install()
-asyncio.run(main())
-"""
 
 MODES = {"sample": ("--mode", "sample"), "yappi wall": ("--mode", "yappi", "--force"),
          "yappi cpu": ("--mode", "yappi", "--clock", "cpu", "--force")}
@@ -115,8 +63,7 @@ def main() -> None:
     opts = parser.parse_args()
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(opts.hogs)]
     try:
-        source = PROGRAM.replace("if UVLOOP:", f"if {opts.uvloop}:").replace(
-            "C_BURSTS = False", f"C_BURSTS = {opts.c_bursts}")
+        source = order_service(uvloop=opts.uvloop, c_bursts=opts.c_bursts, idle_tasks=40)
         with DiagRun(source) as run, \
                 tempfile.TemporaryDirectory() as tmp:
             spans_file = Path(run.dir.name) / "spans.json"

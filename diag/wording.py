@@ -1,11 +1,15 @@
-"""Counted nouns and the verbs that agree with them, for findings and headers.
+"""Counted nouns, the verbs that agree with them and a thing's other names, for
+findings and headers.
 
 Usage::
 
     f"{plural(n, 'task')} {agree(n, 'waits', 'wait')} for it"   # 1 task waits / 2 tasks wait
+    f"second {also_named(['first'])}"                            # second (also: first)
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -16,3 +20,8 @@ def plural(n: int, one: str, many: str | None = None) -> str:
 def agree(n: int, one: str, many: str) -> str:
     """The word that agrees with a count of ``n``: ``agree(1, 'waits', 'wait')`` is ``waits``."""
     return one if n == 1 else many
+
+
+def also_named(others: Sequence[str]) -> str:
+    """The other names of one primitive or object, after the one shown: ``(also: first, pool)``."""
+    return f"(also: {', '.join(others)})"

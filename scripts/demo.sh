@@ -8,14 +8,17 @@ if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
     echo "scripts/demo.sh: PORT=$port is not a port number (1-65535); for example: PORT=8081 scripts/demo.sh" >&2
     exit 2
 fi
+port_taken() {  # said the same whether the check below or the server finds it taken
+    echo "scripts/demo.sh: port $port on 127.0.0.1 is taken; pick another: PORT=$((port == 65535 ? 8081 : port + 1)) scripts/demo.sh" >&2
+    exit 1
+}
 if ! "${PYTHON:-python3}" - "$port" 2>/dev/null <<'PY'; then
 import socket, sys
 with socket.socket() as s:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
     s.bind(("127.0.0.1", int(sys.argv[1])))
 PY
-    echo "scripts/demo.sh: port $port on 127.0.0.1 is taken; pick another: PORT=$((port == 65535 ? 8081 : port + 1)) scripts/demo.sh" >&2
-    exit 1
+    port_taken
 fi
 source "$(dirname "$0")/venv.sh"
 url="http://127.0.0.1:$port"
@@ -34,8 +37,7 @@ except Exception:
 PY
     if ! kill -0 $server 2>/dev/null; then
         if grep -qi "address already in use" "$log"; then  # taken since the check above
-            echo "scripts/demo.sh: port $port on 127.0.0.1 is taken; pick another: PORT=$((port == 65535 ? 8081 : port + 1)) scripts/demo.sh" >&2
-            exit 1
+            port_taken
         fi
         cat "$log" >&2; echo "target server did not start" >&2
         exit 3

@@ -793,7 +793,7 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
             if summary.count > 1:
                 evidence += f"; {_history_text(summary)}"
         else:
-            title = (f"event loop {loop.id} was blocked {summary.count} time{'s' if summary.count != 1 else ''} "
+            title = (f"event loop {loop.id} was blocked {_plural(summary.count, 'time')} "
                      f"in the last {summary.window:.0f}s, longest {summary.longest:.1f}s")
             site = summary.sites[0].frames
             evidence = f"thread {thread}: {_history_text(summary)}; every task on this loop waited"

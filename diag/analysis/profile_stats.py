@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from diag import loop_frames
 from diag.errors import UsageError
 from diag.profile_snapshot import FunctionStat, ProfileSnapshot
 
@@ -232,20 +233,11 @@ def loop_frame(fn: FunctionStat) -> str | None:
     """What kind of loop machinery ``fn`` is, or None: "idle" for the loop's wait for
     events (its selector, or the code that started a compiled loop such as uvloop) and
     asyncio.sleep (whose own time under yappi's wall clock is the wait), "scheduling"
-    for the loop's turn and the handle that runs each callback."""
-    file = fn.file.replace("\\", "/")
-    name = fn.name.rsplit(".", 1)[-1]
-    if file.endswith("/selectors.py") or (file.endswith("/asyncio/base_events.py") and name == "select"):
-        return "idle"
-    if file.endswith(("/asyncio/runners.py", "/uvloop/__init__.py")):
-        return "idle"
-    if file.endswith("/asyncio/base_events.py") and name in ("_run_once", "run_forever", "run_until_complete"):
-        return "scheduling"
-    if file.endswith("/asyncio/events.py") and name == "_run":
-        return "scheduling"
-    if file.endswith("/asyncio/tasks.py") and name == "sleep":
-        return "idle"
-    return None
+    for the loop's turn and the handle that runs each callback (``diag.loop_frames``)."""
+    kind = loop_frames.loop_frame(fn.file, fn.name)
+    if kind is None:
+        return None
+    return "idle" if kind == loop_frames.IDLE else "scheduling"
 
 
 def loop_hint(view: ProfileView) -> str | None:

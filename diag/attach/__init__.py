@@ -62,13 +62,14 @@ def check_timeout(timeout: float) -> None:
         raise UsageError(f"--timeout must be more than 0 and at most 600 seconds, not {timeout:g}")
 
 
-def inspect(pid: int) -> tuple[ProcessFacts, tuple[int, int]]:
-    """The process's facts and Python version, or the one-line reason diag cannot attach."""
+def inspect(pid: int, command: str = "attach") -> tuple[ProcessFacts, tuple[int, int]]:
+    """The process's facts and Python version, or the one-line reason diag cannot ``command``
+    (attach or detach) there."""
     facts = read_facts(pid)
     if facts.state in ("Z", "X"):
         raise TargetError(f"pid {pid} has exited (a zombie waiting for its parent)")
     if not facts.maps and not facts.exe:
-        raise inject.PtraceDenied(explain_denial(pid, read_ptrace_facts(facts.uid)))
+        raise inject.PtraceDenied(explain_denial(pid, read_ptrace_facts(facts.uid), command))
     version = python_version(facts)
     if version is None:
         raise TargetError(f"pid {pid} is not a Python process ({facts.exe or 'unknown executable'})")
@@ -103,7 +104,7 @@ def attach(pid: int, address: str | None = None, timeout: float = DEFAULT_TIMEOU
 def detach(pid: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Stop the agent in ``pid`` and remove what it installed; False when none was running."""
     check_timeout(timeout)
-    facts, version = inspect(pid)
+    facts, version = inspect(pid, "detach")
     answer = _run(facts, version, {"action": "detach", "paths": importable_paths()}, timeout)
     if "error" in answer:
         raise TargetError(f"pid {pid}: detach failed: {answer['error']}")
@@ -113,19 +114,21 @@ def detach(pid: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
 
 def _run(facts: ProcessFacts, version: tuple[int, int], order: dict[str, Any], timeout: float) -> dict[str, Any]:
     pid = facts.pid
+    command = order["action"]
     started = time.monotonic()
     staged = inject.stage(order, facts.uid)
     try:
         if version > SUPPORTED[-1]:
-            inject.load_with_remote_exec(pid, staged)
+            inject.load_with_remote_exec(pid, staged, command)
         else:
-            inject.load_with_pyinjector(pid, staged, lambda: explain_denial(pid, read_ptrace_facts(facts.uid)),
-                                        timeout)
+            inject.load_with_pyinjector(
+                pid, staged, lambda: explain_denial(pid, read_ptrace_facts(facts.uid), command), timeout, command)
         left = max(0.1, timeout - (time.monotonic() - started))
-        return inject.await_result(pid, staged, left, lambda: alive(pid, facts.start_ticks), said=timeout)
+        return inject.await_result(pid, staged, left, lambda: alive(pid, facts.start_ticks), said=timeout,
+                                   command=command)
     except TargetError:
         if not alive(pid, facts.start_ticks):
-            raise TargetError(f"pid {pid} exited during attach") from None
+            raise TargetError(f"pid {pid} exited during {command}") from None
         raise
     finally:
         staged.remove()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import diag
+from diag.attach.process import DOING
 from diag.errors import TargetError
 
 PACKAGE_DIR = Path(diag.__file__).resolve().parent
@@ -146,8 +147,10 @@ def safe_to_borrow(syscall_line: str, libc: list[tuple[int, int]], machine: str)
     return bool(libc) and not any(lo <= pc < hi for lo, hi in libc)
 
 
-def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], timeout: float) -> None:
-    """Make ``pid`` load the order's library; ``PtraceDenied`` with ``explain()`` on EPERM.
+def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], timeout: float,
+                         command: str = "attach") -> None:
+    """Make ``pid`` load the order's library; ``PtraceDenied`` with ``explain()`` on EPERM;
+    ``command`` (attach or detach) is what the other errors say was being done.
 
     ptrace borrows the target's main thread for the ``dlopen``.  Stopped inside malloc
     (or the loader), that thread would deadlock on a lock it holds itself, so diag looks
@@ -179,13 +182,13 @@ def load_with_pyinjector(pid: int, order: Order, explain: Callable[[], str], tim
         if err.ret_val == -8:  # INJERR_PERMISSION
             raise PtraceDenied(explain()) from None
         if err.ret_val == -3:  # INJERR_NO_PROCESS
-            raise TargetError(f"pid {pid} exited during attach") from None
+            raise TargetError(f"pid {pid} exited during {command}") from None
         detail = (err.error_str or "").splitlines()[0] if err.error_str else f"error {err.ret_val}"
-        raise TargetError(f"cannot attach to pid {pid}: {err.func_name}: {detail}") from None
+        raise TargetError(f"cannot {DOING[command]} pid {pid}: {err.func_name}: {detail}") from None
     except TargetError:
         raise
     except Exception as err:  # anything else from the injector is still one line
-        raise TargetError(f"cannot attach to pid {pid}: {type(err).__name__}: {err}") from None
+        raise TargetError(f"cannot {DOING[command]} pid {pid}: {type(err).__name__}: {err}") from None
 
 
 def remote_script(order: Order) -> Path:
@@ -202,23 +205,23 @@ def remote_script(order: Order) -> Path:
     return script
 
 
-def load_with_remote_exec(pid: int, order: Order) -> None:
+def load_with_remote_exec(pid: int, order: Order, command: str = "attach") -> None:
     """Python 3.14+: ask the target to run ``remote_script`` at its next safe point."""
     script = remote_script(order)
     try:
         sys.remote_exec(pid, str(script))  # type: ignore[attr-defined,unused-ignore]
     except PermissionError:
-        raise PtraceDenied(f"cannot attach to pid {pid}: permission denied") from None
+        raise PtraceDenied(f"cannot {DOING[command]} pid {pid}: permission denied") from None
     except ProcessLookupError:
-        raise TargetError(f"pid {pid} exited during attach") from None
+        raise TargetError(f"pid {pid} exited during {command}") from None
     except Exception as err:
-        raise TargetError(f"cannot attach to pid {pid}: {type(err).__name__}: {err}") from None
+        raise TargetError(f"cannot {DOING[command]} pid {pid}: {type(err).__name__}: {err}") from None
 
 
 def await_result(pid: int, order: Order, timeout: float, alive: Callable[[], bool],
-                 grace: float = 5.0, said: float | None = None) -> dict[str, Any]:
-    """Wait up to ``timeout`` seconds for the target's answer (``said``: the whole attach's
-    timeout, for the message).  Past it the order is withdrawn, so a target that gets to
+                 grace: float = 5.0, said: float | None = None, command: str = "attach") -> dict[str, Any]:
+    """Wait up to ``timeout`` seconds for the target's answer (``said``: the whole
+    ``command``'s timeout, for the message).  Past it the order is withdrawn, so a target that gets to
     it later does nothing; if the target claimed it just in time, its answer gets
     ``grace`` seconds more."""
     deadline = time.monotonic() + timeout
@@ -228,7 +231,7 @@ def await_result(pid: int, order: Order, timeout: float, alive: Callable[[], boo
         if result is not None:
             return result
         if not alive():
-            raise TargetError(f"pid {pid} exited during attach")
+            raise TargetError(f"pid {pid} exited during {command}")
         if time.monotonic() >= deadline:
             if claimed:
                 raise AttachTimeout(f"pid {pid} took diag's order but did not answer within {timeout + grace:g}s")

@@ -150,20 +150,26 @@ def read_ptrace_facts(target_uid: int) -> PtraceFacts:
     return PtraceFacts(os.geteuid(), target_uid, scope, cap, container)
 
 
-def explain_denial(pid: int, facts: PtraceFacts) -> str:
-    """The one-line reason ptrace refused ``pid``, with what to do about it."""
-    where = f"cannot attach to pid {pid}: permission denied"
+#: What each command does to a process, as its messages say it.
+DOING = {"attach": "attach to", "detach": "detach from"}
+
+
+def explain_denial(pid: int, facts: PtraceFacts, command: str = "attach") -> str:
+    """The one-line reason ptrace refused ``pid``, with what to do about it; ``command``
+    (attach or detach) is what the user ran, and what the advice tells them to run again."""
+    where = f"cannot {DOING[command]} pid {pid}: permission denied"
+    run = f"diag {command}"
     if facts.own_uid != 0 and facts.target_uid not in (-1, facts.own_uid):
         return (f"{where}: it is another user's process (uid {facts.target_uid}); "
-                f"run diag attach as that user or as root")
+                f"run {run} as that user or as root")
     if facts.yama_scope == 3:
-        return f"{where}: kernel.yama.ptrace_scope is 3 (no process may attach); it resets only at reboot"
+        return f"{where}: kernel.yama.ptrace_scope is 3 (no process may ptrace another); it resets only at reboot"
     if facts.yama_scope == 2 and not facts.has_cap_sys_ptrace:
-        return f"{where}: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may attach); run diag attach as root"
+        return f"{where}: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may ptrace); run {run} as root"
     if facts.yama_scope == 1 and not facts.has_cap_sys_ptrace:
-        return (f"{where}: kernel.yama.ptrace_scope is 1 (only a parent may attach); run diag attach as root "
+        return (f"{where}: kernel.yama.ptrace_scope is 1 (only a parent may ptrace its child); run {run} as root "
                 f"or set it to 0: sysctl kernel.yama.ptrace_scope=0")
     if not facts.has_cap_sys_ptrace and facts.in_container:
         return (f"{where}: this container lacks CAP_SYS_PTRACE; start it with --cap-add SYS_PTRACE "
-                f"(or run diag attach from the host)")
+                f"(or run {run} from the host)")
     return f"{where}: ptrace is refused here (a seccomp or security-module policy)"

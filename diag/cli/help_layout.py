@@ -47,8 +47,23 @@ def _argument_records(command: Any, ctx: Any) -> tuple[list[tuple[str, str]], li
             name = param.metavar or (param.name or "").upper()
             args.append((name + ("..." if param.nargs != 1 and not name.endswith("...") else ""), record[1]))
         elif param.param_type_name == "option":
-            opts.append(record)
+            opts.append((record[0], _natural_default(param, record[1])))
     return args, opts
+
+
+def _natural_default(param: Any, text: str) -> str:
+    """An option's help with its default written as people say it: typer puts a described
+    default in parentheses (``[default: (off)]``, ``[default: (0)]``) and a float as Python
+    prints it (``[default: 10.0]``); help says ``off``, ``0`` and ``10``."""
+    shown = param.show_default
+    if isinstance(shown, str):
+        typer_wrote, natural = f"({shown})", shown
+    elif isinstance(param.default, float):
+        typer_wrote, natural = str(param.default), f"{param.default:g}"
+    else:
+        return text
+    head, found, tail = text.rpartition(f"[default: {typer_wrote}")
+    return f"{head}[default: {natural}{tail}" if found else text
 
 
 def _usage_name(param: Any) -> str:

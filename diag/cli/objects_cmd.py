@@ -146,9 +146,14 @@ def is_own_type(name: str) -> bool:
 
 
 def without_own_types(series: HeapSeries) -> HeapSeries:
-    """The series without diag's own types (``--include-diag`` keeps them)."""
-    return HeapSeries(tuple(replace(s, types=tuple(t for t in s.types if not is_own_type(t.name)))
-                            for s in series.snapshots), series.interval)
+    """The series without diag's own types (``--include-diag`` keeps them), each snapshot's
+    object and type counts less theirs, so the header counts what the rows list."""
+    kept = []
+    for snap in series.snapshots:
+        own = [t for t in snap.types if is_own_type(t.name)]
+        kept.append(replace(snap, types=tuple(t for t in snap.types if not is_own_type(t.name)),
+                            objects=snap.objects - sum(t.count for t in own), types_total=snap.types_total - len(own)))
+    return HeapSeries(tuple(kept), series.interval)
 
 
 def json_view(series: HeapSeries, top: int, pattern: str | None, type_name: str | None,

@@ -31,6 +31,7 @@ from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import future_field, type_name
 from diag.collect.task_collector import process_info
 from diag.errors import DiagError
+from diag.loop_frames import IDLE, TURN, loop_frame
 from diag.profile_snapshot import (CLOCKS, MODES, CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack,
                                    TaskTotal)
 
@@ -285,7 +286,7 @@ class _Sampler:
         except (AttributeError, OSError, OverflowError):
             self.cpu_clock = None
         self.last_cpu: float | None = None
-        self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if not idle
+        self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if busy
         self.unseen_index: int | None = None
         self.moved = 0.0  # periods moved from the idle poll to the code that ran before it
 
@@ -326,13 +327,13 @@ class _Sampler:
         del frame
         stack.reverse()
         skey = (task_idx, tuple(stack))
-        idle = task_idx < 0 and bool(stack) and self._idle(stack[-1])
+        in_loop = task_idx < 0 and bool(stack) and self._in_loop(stack[-1])
         ran = None if cpu is None or self.last_cpu is None else (cpu - self.last_cpu) / self.period
         self.last_cpu = cpu
-        if idle and ran is not None and weight > 1.5:
-            # Late, and the loop is back in its poll: the periods it spent on the CPU
-            # beyond this sample's own were the code that held the GIL, i.e. the busy
-            # stack seen before (or, if none was, code no sample saw).
+        if in_loop and ran is not None and weight > 1.5:
+            # Late, and the loop is back in its poll (or its turn on the way there): the
+            # periods it spent on the CPU beyond this sample's own were the code that held
+            # the GIL, i.e. the busy stack seen before (or, if none was, code no sample saw).
             moved = min(max(0.0, ran), weight - 1.0)
             if moved > 0.5:
                 other = self.last_busy if self.last_busy is not None else (-1, (self._unseen(),))
@@ -341,21 +342,18 @@ class _Sampler:
                     self.task_samples[other[0]] += moved
                 self.moved += moved
                 weight -= moved
-        self.last_busy = None if idle else skey
+        self.last_busy = None if in_loop else skey
         self.stacks[skey] = self.stacks.get(skey, 0.0) + weight
         self.samples += 1
         if task_idx >= 0:
             self.task_samples[task_idx] += weight
 
-    def _idle(self, leaf: int) -> bool:
-        """Is this frame the loop's own wait for events (its poll, or for a compiled loop
-        such as uvloop, the code that started it)?"""
+    def _in_loop(self, leaf: int) -> bool:
+        """Is this frame the loop's own wait for events or its turn between two waits, where
+        none of the program's code runs?  (Not the handle running a callback: its own time
+        is the callback's C code, maybe the very code that held the GIL.)"""
         frame = self.frames[leaf]
-        file = frame.file.replace("\\", "/")
-        if file.endswith(("/selectors.py", "/asyncio/runners.py", "/uvloop/__init__.py")):
-            return True
-        return file.endswith("/asyncio/base_events.py") and frame.name.endswith(
-            ("_run_once", "run_forever", "run_until_complete"))
+        return loop_frame(frame.file, frame.name) in (IDLE, TURN)
 
     def _unseen(self) -> int:
         if self.unseen_index is None:

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from rich.text import Text
 
 from diag.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait
+from diag.wording import also_named, plural
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -194,10 +195,16 @@ def connection_pool(pool: ConnectionPool) -> str:
     return text + f" waiting={pool.waiting}>"
 
 
+def matching(shown: int, groups: int, grouped: bool) -> str:
+    """How many tasks of a dump match: ``12 matching in 3 groups``; ungrouped, every task
+    listed is one that matches, so ``12 matching``."""
+    return f"{shown} matching in {plural(groups, 'group')}" if grouped else f"{shown} matching"
+
+
 def primitive_name(prim: Primitive, name: str = "") -> str:
     """``first (also: second)``: the name ``primitive_names`` shows, with the others."""
     shown, aliases = primitive_names(prim, name)
-    return f"{shown} (also: {', '.join(aliases)})" if aliases else shown
+    return f"{shown} {also_named(aliases)}" if aliases else shown
 
 
 def primitive(prim: Primitive, name: str = "") -> str:

@@ -28,11 +28,10 @@ def failure_lines(results: Sequence[TargetResult[Any]]) -> list[str]:
 
 def header(view: MergedTasks) -> list[str]:
     answered = view.answered
-    shown = sum(g.count for g in view.groups)
-    unit = plural(len(view.groups), "group") if view.grouped else f"{len(view.groups)} shown"
+    matching = fmt.matching(sum(g.count for g in view.groups), len(view.groups), view.grouped)
     failed = len(view.results) - len(answered)
     lines = [f"diag tasks: {plural(len(view.results), 'process', 'processes')} ({len(answered)} answered, "
-             f"{failed} failed), {plural(view.total_tasks, 'pending task')}, {shown} matching in {unit}"]
+             f"{failed} failed), {plural(view.total_tasks, 'pending task')}, {matching}"]
     clock = next((snap.wait_clock for _, snap in answered if snap.wait_clock), "")
     lines.append(f"wait times: {clock}" if clock else "wait times: not measured")
     for result in view.results:

@@ -11,7 +11,7 @@ from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column, Layout, Paragraph, Piece
 from diag.render.tasks_table import frame_pieces, print_table
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.wording import plural
+from diag.wording import also_named, plural
 
 
 def state_parts(state: PrimitiveState) -> list[str]:
@@ -164,7 +164,7 @@ def primitive_pieces(state: PrimitiveState) -> list[Piece]:
     p = state.primitive
     shown, aliases = fmt.primitive_names(p)
     pieces = [fit.whole(p.kind), fit.whole(shown if p.label else "?")]
-    return pieces + ([fit.whole(f"(also: {', '.join(aliases)})")] if aliases else [])
+    return pieces + ([fit.whole(also_named(aliases))] if aliases else [])
 
 
 def render_table(snap: SyncSnapshot, console: Console, *, cwd: str | None = None, show_all: bool = False) -> None:

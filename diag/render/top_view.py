@@ -19,6 +19,7 @@ from diag.render import formatting as fmt
 from diag.render.tasks_text import stall_history_text
 from diag.sync_snapshot import Holder
 from diag.task_snapshot import LoopInfo, TaskInfo
+from diag.wording import plural
 
 #: Holders listed per primitive; the rest are counted.
 MAX_HOLDERS = 2
@@ -41,7 +42,7 @@ def status_line(summary: TopSummary, tz: datetime.tzinfo | None = None) -> str:
     if summary.outage is None:
         return "status: ok"
     out = summary.outage
-    tries = f"{out.attempts} failed attempt{'s' if out.attempts != 1 else ''}"
+    tries = plural(out.attempts, "failed attempt")
     return (f"status: target unreachable since {clock(out.since, tz)}: {out.reason} "
             f"({tries}, retrying; showing the answer of {clock(summary.taken_at, tz)})")
 

@@ -428,17 +428,44 @@ def test_python_version_from_the_executable_libpython_or_extension_tags() -> Non
     assert python_version(facts("/usr/bin/sleep", "/usr/lib/libc.so.6")) is None
 
 
-@pytest.mark.parametrize("ptrace, says", [
+DENIALS = [
     (PtraceFacts(1000, 1001, 0, False, False), "another user's process (uid 1001); run diag attach as that user"),
-    (PtraceFacts(1000, 1000, 1, False, False), "kernel.yama.ptrace_scope is 1 (only a parent may attach)"),
-    (PtraceFacts(1000, 1000, 2, False, False), "kernel.yama.ptrace_scope is 2"),
+    (PtraceFacts(1000, 1000, 1, False, False), "kernel.yama.ptrace_scope is 1 (only a parent may ptrace its child); "
+                                               "run diag attach as root"),
+    (PtraceFacts(1000, 1000, 2, False, False), "kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may ptrace); "
+                                               "run diag attach as root"),
     (PtraceFacts(0, 1000, 3, True, False), "kernel.yama.ptrace_scope is 3"),
-    (PtraceFacts(0, 0, 0, False, True), "this container lacks CAP_SYS_PTRACE; start it with --cap-add SYS_PTRACE"),
+    (PtraceFacts(0, 0, 0, False, True), "this container lacks CAP_SYS_PTRACE; start it with --cap-add SYS_PTRACE "
+                                        "(or run diag attach from the host)"),
     (PtraceFacts(0, 0, None, True, False), "a seccomp or security-module policy"),
-])
+]
+
+
+@pytest.mark.parametrize("ptrace, says", DENIALS)
 def test_each_ptrace_denial_says_which_rule(ptrace: PtraceFacts, says: str) -> None:
     line = explain_denial(42, ptrace)
     assert line.startswith("cannot attach to pid 42: permission denied: ") and says in line
+
+
+@pytest.mark.parametrize("ptrace, says", DENIALS)
+def test_a_ptrace_denial_during_detach_speaks_of_detaching(ptrace: PtraceFacts, says: str) -> None:
+    line = explain_denial(42, ptrace, "detach")
+    assert line.startswith("cannot detach from pid 42: permission denied: ")
+    assert says.replace("diag attach", "diag detach") in line and "attach" not in line
+
+
+def test_diag_detach_refused_by_ptrace_says_detach(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diag import attach as attaching
+    hidden = ProcessFacts(42, "", (), 1001, 7, "S")  # what /proc shows of a process ptrace rules hide
+    monkeypatch.setattr(attaching, "read_facts", lambda pid: hidden)
+    monkeypatch.setattr(attaching, "read_ptrace_facts", lambda uid: PtraceFacts(1000, uid, 1, False, False))
+    with pytest.raises(inject.PtraceDenied) as refused:
+        attaching.detach(42)
+    assert str(refused.value) == ("cannot detach from pid 42: permission denied: it is another user's process "
+                                  "(uid 1001); run diag detach as that user or as root")
+    with pytest.raises(inject.PtraceDenied) as refused:
+        attaching.attach(42)
+    assert str(refused.value).startswith("cannot attach to pid 42: permission denied: ")
 
 
 LIBC = [(0x7F0000000000, 0x7F0000100000)]

@@ -107,6 +107,24 @@ def test_every_option_shows_its_default(helps: dict[str, str], command: str) -> 
         assert metavar == metavar.upper(), (name, metavar)  # SECONDS, N, FILE, REGEX, FORMAT
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_defaults_read_as_people_write_them(helps: dict[str, str], command: str) -> None:
+    for name, text in entries(section(helps[command], "Options:")):
+        if name == "--help":
+            continue
+        default = text.rsplit("[default: ", 1)[1].removesuffix("]")
+        assert not default.startswith("("), (name, default)  # off, not (off); 0, not (0)
+        assert not re.fullmatch(r"\d+\.0", default), (name, default)  # 10, not 10.0
+
+
+def test_defaults_of_tasks_options() -> None:
+    rows = dict(entries(section(help_text("tasks"), "Options:")))
+    assert rows["--min-wait SECONDS"].endswith("[default: 0]")
+    assert rows["--timeout SECONDS"].endswith("[default: 10]")
+    assert rows["--dead"].endswith("[default: off]")
+    assert rows["-f, --format FORMAT"].endswith("[default: table on a terminal, else text]")
+
+
 @pytest.mark.parametrize("command", ["tasks", "sync", "leaks", "profile", "objects", "top", "check"])
 def test_target_forms_are_the_ones_accepted(helps: dict[str, str], command: str) -> None:
     rows = dict(entries(section(helps[command], "Arguments:")))

@@ -379,6 +379,10 @@ def test_merged_text_and_table_name_each_process_and_each_failure() -> None:
     every = [TargetResult(Target("http://a"), "ok", task_view(one, TaskQuery(debug=2))),
              TargetResult(Target("http://b"), "ok", task_view(two, TaskQuery(debug=2))), dead]
     out = io.StringIO()
+    many_tasks.render_text(merge_tasks(every, limit=None), out, cwd="/srv")
+    # every task listed matches: said once, not "3 matching in 3 shown"
+    assert out.getvalue().startswith("diag tasks: 3 processes (2 answered, 1 failed), 3 pending tasks, 3 matching\n")
+    out = io.StringIO()
     many_tasks.render_text(merge_tasks(every, limit=2), out, cwd="/srv")
     assert '\npid 101 task 1 "Task-1" [Semaphore.acquire <Client.pool' in out.getvalue()
     assert "pid 102 task 7" not in out.getvalue() and "note: showing 2 of 3 tasks (--limit)" in out.getvalue()

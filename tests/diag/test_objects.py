@@ -182,6 +182,15 @@ def test_diag_types_are_hidden_unless_asked_for(saved_series: Path) -> None:
     assert {t["name"] for t in shown["snapshots"][-1]["types"]} >= set(own)
     text = run_diag("objects", str(saved_series), "--top", "100000", "--format", "text").stdout
     assert "\ndiag." not in text and "target_server." in text
+    # the header counts what the rows list: diag's own objects and types are out of it too
+    last = full.snapshots[-1]
+    own_objects = sum(t.count for t in last.types if t.name.startswith("diag."))
+    assert (f", {last.objects - own_objects} GC-tracked objects of {last.types_total - len(own)} types, "
+            in text.splitlines()[0]), text.splitlines()[0]
+    assert hidden["snapshots"][-1]["objects"] == last.objects - own_objects
+    assert hidden["snapshots"][-1]["types_total"] == last.types_total - len(own)
+    every = run_diag("objects", str(saved_series), "--format", "text", "--include-diag").stdout.splitlines()[0]
+    assert f", {last.objects} GC-tracked objects of {last.types_total} types, " in every, every
     only_own = run_diag("objects", str(saved_series), "--filter", "^diag\\.", "--format", "text")
     assert _text_rows(only_own.stdout, "type ") == []
     with_own = run_diag("objects", str(saved_series), "--filter", "^diag\\.", "--format", "text", "--include-diag")

@@ -11,54 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import run_diag
+from tests.support.order_service import order_service
 from tests.support.programs import DiagRun
 from tests.target.helpers import wait_until
-
-#: ``metrics_flusher`` blocks the loop 0.3 s a second; ``burner`` spins 20, 35 or 50 ms
-#: (wall clock, in Python) every 0.4 s, about 8 % of the time.  Each keeps its last
-#: intervals (Unix time) in ``spans.json``, to compare with the profile's window.
-PROGRAM = """
-import asyncio, collections, json, os, time
-
-SPANS = {"flush": collections.deque(maxlen=100), "burn": collections.deque(maxlen=200)}
-
-def save(kind, start):
-    SPANS[kind].append((start, time.time()))
-    with open("spans.tmp", "w") as f:
-        json.dump({k: list(v) for k, v in SPANS.items()}, f)
-    os.replace("spans.tmp", "spans.json")
-
-def crunch(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-class OrderService:
-    async def metrics_flusher(self):
-        while True:
-            t0 = time.time()
-            time.sleep(0.3)
-            save("flush", t0)
-            await asyncio.sleep(0.7)
-
-    async def burner(self):
-        n = 0
-        while True:
-            t0 = time.time()
-            crunch((0.020, 0.035, 0.050)[n % 3])
-            n += 1
-            save("burn", t0)
-            await asyncio.sleep(0.4)
-
-async def main():
-    service = OrderService()
-    await asyncio.gather(service.metrics_flusher(), service.burner())
-
-if UVLOOP:
-    import uvloop
-    uvloop.install()
-asyncio.run(main())
-"""
 
 
 def spans(run: DiagRun) -> dict[str, list[tuple[float, float]]]:
@@ -84,7 +39,7 @@ def rows(text: str) -> dict[str, list[str]]:
 def test_default_profile_charges_blocking_calls_and_short_bursts_to_their_code(kind: str, tmp_path: Path) -> None:
     if kind == "uvloop":
         pytest.importorskip("uvloop")
-    with DiagRun(PROGRAM.replace("if UVLOOP:", f"if {kind == 'uvloop'}:")) as run:
+    with DiagRun(order_service(uvloop=kind == "uvloop")) as run:
         wait_until(lambda: len(spans(run)["burn"]) >= 3 and spans(run)["flush"], timeout=30, interval=0.1)
         saved = tmp_path / "p.json"
         proc = run_diag("profile", run.url, "--seconds", "4", "--format", "text", "--top", "40", "-o", str(saved),
@@ -116,7 +71,7 @@ def test_default_profile_charges_blocking_calls_and_short_bursts_to_their_code(k
 
 
 def test_yappi_wall_clock_on_the_same_program_points_to_the_sampler() -> None:
-    with DiagRun(PROGRAM.replace("if UVLOOP:", "if False:")) as run:
+    with DiagRun(order_service()) as run:
         wait_until(lambda: len(spans(run)["burn"]) >= 3 and spans(run)["flush"], timeout=30, interval=0.1)
         # --force: the yappi installed here keeps every coroutine it sees (test_profile_leftovers.py)
         proc = run_diag("profile", run.url, "--mode", "yappi", "--force", "--seconds", "3", "--format", "text",

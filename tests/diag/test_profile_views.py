@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from diag.analysis.profile_stats import ProfileQuery, loop_hint, profile_view
+from diag import loop_frames
+from diag.analysis.profile_stats import ProfileQuery, loop_frame, loop_hint, profile_view
+from diag.collect.profiler import LoopThread, _Sampler
 from diag.profile_snapshot import FunctionStat, ProfileSnapshot, SampleFrame, SampleStack
 from diag.render import profile_text
 from diag.task_snapshot import ProcessInfo
@@ -132,3 +135,27 @@ def test_a_difference_sorted_per_call_follows_the_per_call_column() -> None:
                              FunctionStat("slower", "/srv/app.py", 9, 10, 10, 0.5, 0.5)))  # 10 ms -> 50 ms a call
     view = profile_view(after, ProfileQuery(sort="percall"), base=before)
     assert [f.name for f in view.functions] == ["slower", "steady"]
+
+
+@pytest.mark.parametrize("file, function, kind", [
+    ("/usr/lib/python3.11/selectors.py", "EpollSelector.select", loop_frames.IDLE),
+    (f"{ASYNCIO}/runners.py", "Runner.run", loop_frames.IDLE),
+    ("/venv/site-packages/uvloop/__init__.py", "run", loop_frames.IDLE),
+    (f"{ASYNCIO}/tasks.py", "sleep", loop_frames.IDLE),
+    (f"{ASYNCIO}/base_events.py", "BaseEventLoop._run_once", loop_frames.TURN),
+    (f"{ASYNCIO}/base_events.py", "BaseEventLoop.run_forever", loop_frames.TURN),
+    (f"{ASYNCIO}/base_events.py", "BaseEventLoop.run_until_complete", loop_frames.TURN),
+    (f"{ASYNCIO}/events.py", "Handle._run", loop_frames.CALLBACK),
+    (f"{ASYNCIO}/base_events.py", "BaseEventLoop.create_task", None),
+    (f"{ASYNCIO}/tasks.py", "gather", None),
+    ("/srv/app.py", "select", None),
+])
+def test_the_sampler_and_the_analysis_read_the_loops_frames_alike(file: str, function: str, kind: str | None) -> None:
+    assert loop_frames.loop_frame(file, function) == kind
+    # the analysis: the loop's wait is "idle", its turn and its callbacks' handle "scheduling"
+    stat = FunctionStat(function, file, 1, 1, 1, 0.1, 0.1)
+    assert loop_frame(stat) == {loop_frames.IDLE: "idle", None: None}.get(kind, "scheduling")
+    # the sampler: a late sample is moved off the loop's wait and its turn, never off a callback
+    sampler = _Sampler(LoopThread(threading.get_ident(), "MainThread", None))
+    sampler.frames.append(SampleFrame(function, file, 1))
+    assert sampler._in_loop(len(sampler.frames) - 1) is (kind in (loop_frames.IDLE, loop_frames.TURN))

@@ -206,6 +206,14 @@ def test_plural_and_agreement() -> None:
     assert wording.agree(1, "waits", "wait") == "waits" and wording.agree(2, "waits", "wait") == "wait"
 
 
+def test_other_names_read_the_same_in_task_text_and_sync_tables() -> None:
+    assert wording.also_named(["first"]) == "(also: first)"
+    assert wording.also_named(["first", "pool"]) == "(also: first, pool)"
+    state = next(s for s in shop_sync().primitives if s.primitive.aliases)
+    assert formatting.primitive_name(state.primitive) == "first (also: second)"
+    assert [p.text for p in sync_render.primitive_pieces(state)][1:] == ["first", "(also: second)"]
+
+
 def test_headers_count_tasks_and_groups_in_the_singular_and_the_plural() -> None:
     one = tasks_text.header(task_view(snapshot(task(1)), TaskQuery(debug=1)))[0]
     assert "1 pending task, 1 matching in 1 group," in one

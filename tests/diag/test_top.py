@@ -224,6 +224,9 @@ def test_frame_of_an_unreachable_target() -> None:
                         "(2 failed attempts, retrying; showing the answer of 08:00:02)")
     assert "requests/s: n/a (target unreachable)" in lines
     assert "loop 0x7f00l on MainThread: turning, lag 0.2ms" in lines
+    once = frame_text(summarize("app:1", sample(at=2.0), sample(at=1.0), outage=Outage(T0 + 7, "refused", 1)),
+                      width=160)
+    assert "(1 failed attempt, retrying;" in once.splitlines()[1]
 
 
 def test_labels_are_not_markup() -> None:

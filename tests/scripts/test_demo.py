@@ -7,7 +7,9 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,13 +26,26 @@ def taken_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-def demo(port: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PORT": port}
+def demo(port: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PORT": port, **env_vars}
     return subprocess.run(["bash", str(DEMO)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_a_taken_port_is_one_line_and_a_non_zero_exit(taken_port: int) -> None:
     proc = demo(str(taken_port))
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"scripts/demo.sh: port {taken_port} on 127.0.0.1 is taken; pick another: "
+        f"PORT={taken_port + 1} scripts/demo.sh"]
+
+
+def test_a_port_taken_after_the_check_is_the_same_one_line(taken_port: int, tmp_path: Path) -> None:
+    # An interpreter whose port check passes whatever the port: the server is the one to find it taken.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-" ]; then cat >/dev/null; exit 0; fi\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    proc = demo(str(taken_port), PYTHON=str(python))
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
