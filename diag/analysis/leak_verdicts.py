@@ -41,7 +41,7 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.task_snapshot import MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
-from diag.wording import agree
+from diag.wording import agree, also_named
 from diag.wording import plural as _plural
 
 SCHEMA_NAME = "diag.leaks"
@@ -150,7 +150,7 @@ def _where(prim: Primitive, name: str = "") -> str:
     """``pool 0x7f..``; ``name`` is what the waiting code calls it, shown first, with the
     primitive's other names after it: ``second (also: first) 0x7f..``."""
     shown, others = prim.named_by(name)
-    return f"{shown}{' (also: ' + ', '.join(others) + ')' if others else ''} {prim.id}"
+    return f"{shown}{' ' + also_named(others) if others else ''} {prim.id}"
 
 
 def _site_text(site: tuple[Frame, ...]) -> str:
