@@ -630,6 +630,12 @@ def _join_evidence(queue: Primitive, consumers: tuple[tuple[TaskInfo, ...], bool
     return [text]
 
 
+def _awaits_response(task: TaskInfo) -> bool:
+    """A client request waiting for its answer's head: aiohttp's ``ClientResponse.start``
+    near the top of the stack (the body, a websocket's next message, are other waits)."""
+    return any(f.function == "ClientResponse.start" and "aiohttp" in f.file for f in task.stack[:4])
+
+
 def _idle_by_design(task: TaskInfo) -> bool:
     """A worker waiting for work: on ``Queue.get``, asleep, the server's end of a stream
     waiting for a client's next request, or ``Condition.wait_for`` (which re-checks its
@@ -702,6 +708,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             why.extend(_child_evidence(task.wait.child))
         if task.wait.kind == "stream_read":
             why.append(f"the peer has sent nothing for {seconds:.0f}s")
+        elif task.wait.kind == "future" and _awaits_response(task):
+            why.append(f"the server has not answered this HTTP request for {seconds:.0f}s")
         if task.wait.kind == "executor":
             why.append(_executor_text(task, threads))
         if task.id in unreferenced:

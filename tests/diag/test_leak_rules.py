@@ -402,3 +402,20 @@ def test_verdicts_on_a_cut_snapshot_say_so_and_fail_by_default() -> None:
     assert "200,001 tasks were not judged (cut: kept 1 of 200002 primitives and tasks)" in finding.evidence
     assert report.fails(DEFAULT_FAIL_ON)  # never "clean" on partial data
     assert leak_report(sync(snapshot(idle)), OPTIONS).findings == ()  # the whole process: nothing to say
+
+
+def test_an_http_request_with_no_answer_and_no_timeout_is_a_suspect_and_with_a_timeout_is_not() -> None:
+    site = Frame("/srv/app/client.py", 15, "fetch")
+    awaiting = (Frame("/venv/lib/python3.11/site-packages/aiohttp/streams.py", 716, "DataQueue.read"),
+                Frame("/venv/lib/python3.11/site-packages/aiohttp/client_reqrep.py", 745, "ClientResponse.start"),
+                site)
+    body = (Frame("/venv/lib/python3.11/site-packages/aiohttp/streams.py", 380, "StreamReader.read"), site)
+    open_ended = Wait("future", "Future", seconds=40.0, deadline_known=True)
+    report = leak_report(sync(snapshot(task(1, stack=awaiting, wait=open_ended),
+                                       task(2, stack=body, wait=open_ended))))
+    (found,) = report.findings
+    assert found.kind == "suspect" and [t.id for t in found.tasks] == [1]
+    assert "the server has not answered this HTTP request for 40s" in found.evidence
+    assert "nothing can end the wait on its own" in found.evidence
+    timed = replace(open_ended, deadline=250.0, deadline_by="aiohttp's ClientTimeout")
+    assert leak_report(sync(snapshot(task(1, stack=awaiting, wait=timed)))).findings == ()
