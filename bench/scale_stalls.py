@@ -46,7 +46,7 @@ TARGET = textwrap.dedent("""
 """)
 
 COMMANDS = (("tasks",), ("tasks", "--debug", "2", "--format", "json"), ("sync",),
-            ("leaks", "--min-wait", "1"), ("leaks", "--min-wait", "1", "--proof-budget", "0.5"),
+            ("leaks", "--min-wait", "1"), ("leaks", "--min-wait", "1", "--proof-budget", "10"),
             ("leaks", "--min-wait", "1", "--no-proof"))
 
 

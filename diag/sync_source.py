@@ -12,13 +12,16 @@ def proof_allowance(budget: float) -> tuple[float, str]:
     return 2 * budget, f"two proofs of --proof-budget {budget:g}s"
 
 
-def load_sync(target: str, *, timeout: float, proof: bool, budget: float = 10.0) -> SyncSnapshot:
+def load_sync(target: str, *, timeout: float, proof: bool, budget: float = 0.0) -> SyncSnapshot:
     """A sync snapshot from TARGET; with the proof, the answer may take ``--timeout``
     plus the proof's allowance (and a target that does not answer at all is reported
-    after ``--timeout``)."""
+    after ``--timeout``).  A ``budget`` of 0 leaves the agent's default (and
+    allows the proof no time of its own)."""
     source = open_source(target, timeout)
     if isinstance(source, AgentSource):
-        params = {"proof": "1" if proof else "0", "budget": repr(budget)}
-        extra, why = proof_allowance(budget) if proof else (0.0, "")
+        params = {"proof": "1" if proof else "0"}
+        if budget > 0:
+            params["budget"] = repr(budget)
+        extra, why = proof_allowance(budget) if proof and budget > 0 else (0.0, "")
         return source.snapshot(source.get("sync", params, extra=extra, extra_why=why), SyncSnapshot.from_dict)
     return read_saved(target, SyncSnapshot.from_json)

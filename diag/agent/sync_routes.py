@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Mapping
 
+from diag.collect import reachability
 from diag.collect.sync_collector import collect_sync
 from diag.collect.task_collector import paused_gc
 from diag.errors import DiagError
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 
 #: The longest a client may let the reachability proof run.
 MAX_PROOF_BUDGET = 30.0
+#: The proof's budget when the client names none (CPU seconds, the program paused meanwhile).
+DEFAULT_PROOF_BUDGET = reachability.DEFAULT_BUDGET
 
 
 def install(endpoints: "Endpoints") -> None:
@@ -24,7 +27,7 @@ def install(endpoints: "Endpoints") -> None:
     def sync(query: Mapping[str, str], exclude: frozenset[int]) -> "Response":
         proof = query.get("proof", "0") not in ("", "0", "false", "no")
         try:
-            budget = float(query.get("budget") or 10.0)
+            budget = float(query.get("budget") or DEFAULT_PROOF_BUDGET)
         except ValueError:
             raise DiagError(f"budget must be a number of seconds, not {shown(query.get('budget'))}") from None
         if not 0 < budget <= MAX_PROOF_BUDGET:

@@ -14,7 +14,7 @@ import typer
 
 from diag.analysis.check_baseline import EMPTY, CheckBaseline, compare, observe
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
-from diag.agent.sync_routes import MAX_PROOF_BUDGET
+from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
@@ -112,8 +112,9 @@ def check(
                                               help="also write JUnit XML here"),
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",
                                   help="seconds to wait for each request and for the agent"),
-    budget: float = typer.Option(10.0, "--proof-budget", metavar="SECONDS",
-                                 help=f"seconds the reachability proof may take (more than 0, at most {MAX_PROOF_BUDGET:g})"),
+    budget: float = typer.Option(DEFAULT_PROOF_BUDGET, "--proof-budget", metavar="SECONDS",
+                                 help=f"CPU seconds the reachability proof may take, the target paused meanwhile "
+                                      f"(more than 0, at most {MAX_PROOF_BUDGET:g})"),
 ) -> int:
     """Fail (exit 1) on task groups, held permits or findings that are new since the baseline."""
     checks.in_range("--tolerance", tolerance, at_least=0)

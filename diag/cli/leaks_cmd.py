@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from diag.agent.sync_routes import MAX_PROOF_BUDGET
+from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, LeakReport, leak_report
 from diag.analysis.merge import many_document, merge_findings
 from diag.cli import option_checks as checks
@@ -60,8 +60,9 @@ def leaks(
                                 help=f"finding kinds that make the exit code 1, comma-separated (of {', '.join(KINDS)}; "
                                      "'none')"),
     proof: bool = typer.Option(True, "--proof/--no-proof", help="run the reachability proof in the target"),
-    budget: float = typer.Option(10.0, "--proof-budget", metavar="SECONDS",
-                                 help=f"seconds the proof may take (more than 0, at most {MAX_PROOF_BUDGET:g})"),
+    budget: float = typer.Option(DEFAULT_PROOF_BUDGET, "--proof-budget", metavar="SECONDS",
+                                 help=f"CPU seconds the proof may take, the target paused meanwhile (more than 0, at "
+                                      f"most {MAX_PROOF_BUDGET:g}); a bigger heap needs more: about 1s a million objects"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", show_default="not saved",
                                           help="also save the sync snapshot as JSON here"),
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS",

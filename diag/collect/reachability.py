@@ -35,8 +35,10 @@ from diag.collect.safe_read import future_done, future_field, instance_dict
 from diag.sync_snapshot import Reachability
 
 _class_module = type.__dict__["__module__"].__get__
-#: The proof stops (and says so) after this long; an incomplete proof proves nothing.
-DEFAULT_BUDGET = 10.0
+#: The proof stops (and says so) once it has used this much CPU time; an incomplete proof
+#: proves nothing.  The program is paused meanwhile: half a second by default, enough for
+#: about half a million objects (``--proof-budget`` lets a bigger heap be proven).
+DEFAULT_BUDGET = 0.5
 _PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
 #: Which blocked tasks nothing refers to is one gc.get_referrers scan whose cost grows with
 #: the number of tasks asked about; above this many it is skipped (and said).
@@ -51,8 +53,10 @@ RECHECK_PAUSE = 0.05
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
     """Run the proof over this process; safe from any thread (the caller's thread is not a root).
-    ``budget`` bounds the time the program is paused, over both runs of a proof that found
-    something; a proof that runs out proves nothing and says so."""
+    ``budget`` bounds the CPU time the proof spends with the program paused, over both runs
+    of a proof that found something (on a machine with a CPU to spare, the pause itself):
+    CPU time, so that a busy machine slows a proof down without cutting it short.  A proof
+    that runs out proves nothing and says so."""
     interval = sys.getswitchinterval()
     gc_pause.pause()
     # The object graph must not change while it is marked: a timer firing half-way would
@@ -60,8 +64,9 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
     # the GIL for the whole proof; the program pauses for its duration (docs/leaks.md).
     exclude = exclude_threads | {threading.get_ident()}
     try:
+        wall_deadline = time.monotonic() + wall_limit(budget)
         sys.setswitchinterval(budget + 5.0)
-        first, waits = _prove(exclude, budget)
+        first, waits, used = _prove(exclude, budget, wall_deadline)
         if not first.unreachable:
             return first
         # A leak stays a leak: prove it again after letting the program run a moment, and
@@ -70,12 +75,12 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         sys.setswitchinterval(interval)
         time.sleep(RECHECK_PAUSE)
         # The budget bounds the pause of both runs together: the second gets what is left.
-        left = budget - first.seconds
+        left = budget - used
         if left <= 0:
             return replace(first, unreachable=(), complete=False,
                            note=f"cut short after {budget:g}s (no time left to confirm): nothing is reported as proven")
         sys.setswitchinterval(left + 5.0)
-        second, waits_again = _prove(exclude, left)
+        second, waits_again, _ = _prove(exclude, left, wall_deadline)
         keep = tuple(t for t in first.unreachable
                      if t in second.unreachable and waits.get(t) == waits_again.get(t))
         return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
@@ -88,9 +93,35 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         time.sleep(HANDOFF_PAUSE)
 
 
-def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
+def wall_limit(budget: float) -> float:
+    """The longest a proof of ``budget`` CPU seconds may pause the program on the wall
+    clock, however busy the machine: twice the budget, and at least a second more."""
+    return max(2 * budget, budget + 1.0)
+
+
+def _spent(cpu: float, budget: float, wall: float) -> str:
+    """What stopped a proof: its CPU budget, or the wall clock on a busy machine."""
+    if cpu >= budget:
+        return f"{budget:g}s of CPU time"
+    return f"{wall:.1f}s with {cpu:.2f}s of CPU time (the machine is busy)"
+
+
+def _prove(exclude_threads: frozenset[int], budget: float,
+           wall_deadline: float = float("inf")) -> tuple[Reachability, dict[int, int], float]:
+    """One run of the proof, its waits (task id -> id of the awaited future, for the
+    unreachable ones) and the CPU time it used.  It stops once it has used ``budget``
+    seconds of CPU time, or at ``wall_deadline`` (``time.monotonic``)."""
     started = time.monotonic()
-    deadline = started + budget
+    cpu = time.thread_time  # the proof's own CPU time: what the budget bounds
+    cpu_started = cpu()
+    cpu_deadline = cpu_started + budget
+    wall = time.monotonic
+
+    def clock() -> float:
+        """How far past its limits the proof is: positive once either is passed."""
+        return max(cpu() - cpu_deadline, wall() - wall_deadline)
+
+    deadline = 0.0
     tasks = [t for t in iter_all_tasks() if not future_done(t)]
     loops = {id(loop): loop for loop in (future_field(t, "_loop") for t in tasks) if loop is not None}.values()
     current = set()
@@ -190,7 +221,6 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
     is_tracked = gc.is_tracked
     seen_add = seen.add
     append = frontier.append
-    clock = time.monotonic
     if clock() > deadline:  # the roots alone took the budget (hundreds of thousands of tasks)
         complete = False
         frontier.clear()
@@ -265,10 +295,12 @@ def _prove(exclude_threads: frozenset[int], budget: float) -> tuple[Reachability
                                   if k not in referenced)) if referenced_known else (),
         blocked=len(blocked), objects_marked=len(seen), seconds=time.monotonic() - started,
         complete=complete,
-        note=(f"cut short after {budget:g}s: nothing is reported as proven" if not complete else
+        note=(f"cut short after {_spent(cpu() - cpu_started, budget, wall() - started)} ({len(seen)} objects "
+              f"marked): nothing is reported as proven; a bigger --proof-budget lets it finish, pausing the "
+              f"program longer" if not complete else
               "" if referenced_known else
               f"fire-and-forget check skipped: {len(blocked)} blocked tasks (at most {MAX_REFERRER_CHECK})"),
-    ), waits
+    ), waits, cpu() - cpu_started
 
 
 def _about_to_wake(task: Any) -> bool:

@@ -123,7 +123,7 @@ def _learn_library_codes() -> None:
     if _LIBRARY_CODES:
         return
     base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
-    if type(base) is not type:
+    if not isinstance(base, type):  # a class object (asking a class is safe: aiohttp's own)
         return
     fn = class_attr(base, "_wait_for_available_connection")
     code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
@@ -798,7 +798,7 @@ class _Walker:
         """The pool whose ``_wait_for_available_connection`` ``node`` runs, read once per
         dump (with its leases if any of its waits asks for them)."""
         base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
-        connector = _local_of_type(node, None, base, "self") if type(base) is type else None
+        connector = _local_of_type(node, None, base, "self") if isinstance(base, type) else None
         if connector is None:
             return None
         key = id(connector)

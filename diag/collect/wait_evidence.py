@@ -34,7 +34,9 @@ import types
 import weakref
 from typing import Any, Iterable
 
-from diag.collect.safe_read import builtin_items, builtin_len, clip, future_done, instance_dict, is_a, plain_attr
+from diag.collect.safe_read import (
+    builtin_items, builtin_len, clip, future_done, instance_dict, is_a, plain_attr, type_name,
+)
 from diag.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
 
 try:
@@ -126,8 +128,8 @@ def stream_side(reader: object) -> str:
 # -- deadlines ---------------------------------------------------------------------------
 def _is_aiohttp(obj: object, name: str) -> bool:
     """Whether ``obj`` is an instance of ``aiohttp.helpers.<name>`` exactly."""
-    kind = type(obj)
-    return kind.__name__ == name and kind.__module__ == "aiohttp.helpers"
+    cls = _aiohttp_class("aiohttp.helpers", name)
+    return cls is not None and type(obj) is cls
 
 
 class LoopTimers:
@@ -615,7 +617,7 @@ _DICTS = (dict, collections.OrderedDict, collections.defaultdict)
 def _aiohttp_class(module: str, name: str) -> type | None:
     """A class of aiohttp if the program has imported it (never imported here)."""
     found = getattr(sys.modules.get(module), name, None)
-    return found if type(found) is type else None
+    return found if issubclass(type(found), type) else None  # a class (ABCMeta's included)
 
 
 def _dict_values(obj: object) -> list[Any]:
@@ -635,8 +637,13 @@ def _waiting_futures(container: object) -> int:
     return len(builtin_items(container))
 
 
+def _yarl_url() -> type | None:
+    found = getattr(sys.modules.get("yarl"), "URL", None)
+    return found if type(found) is type else None
+
+
 def _url_text(url: object) -> str:
-    if type(url).__module__.split(".")[0] != "yarl":
+    if type(url) is not _yarl_url():
         return ""
     try:
         return clip(str(url), 200)  # yarl's own formatting: a library type, not the program's
@@ -653,7 +660,7 @@ def _lease(response: object | None) -> PoolLease:
     content = plain_attr(response, "content")
     waiter = plain_attr(content, "_waiter")
     body = plain_attr(response, "_body")
-    return PoolLease(holder=type(response).__qualname__,
+    return PoolLease(holder=type_name(response),
                      request=f"{clip(method, 10)} {url}".strip() if type(method) is str else url,
                      status=status if type(status) is int else 0,
                      reading=is_a(waiter, asyncio.Future) and not future_done(waiter),
@@ -713,6 +720,6 @@ def connection_pool(connector: object, leases: bool) -> ConnectionPool | None:
     acquired = builtin_items(plain_attr(connector, "_acquired"))
     waiting = sum(_waiting_futures(c) for c in _dict_values(plain_attr(connector, "_waiters")))
     return ConnectionPool(
-        kind=type(connector).__qualname__, id=hex(id(connector)),
+        kind=type_name(connector), id=hex(id(connector)),
         limit=limit if type(limit) is int else 0, limit_per_host=per_host if type(per_host) is int else 0,
         in_use=len(acquired), waiting=waiting, leases=_leases(acquired) if leases else ())

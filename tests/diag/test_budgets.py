@@ -372,26 +372,49 @@ async def test_without_an_agent_the_aiohttp_routes_drop_stale_answers_too() -> N
 
 def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPatch) -> None:
     """A proof that finds something runs again to confirm it; the second run gets what the
-    first left of the budget, so the pause never exceeds the budget."""
+    first left of the budget (CPU time), so the two never use more than the budget."""
     from diag.collect import reachability
     from diag.sync_snapshot import Reachability
 
     budgets: list[float] = []
 
-    def run(exclude: frozenset[int], budget: float) -> tuple[Reachability, dict[int, int]]:
+    def run(exclude: frozenset[int], budget: float, wall_deadline: float) -> tuple[Reachability, dict[int, int], float]:
         budgets.append(budget)
-        return Reachability(True, unreachable=(7,), blocked=1, seconds=0.75 * budget), {7: 1}
+        # a busy machine: the run took twice its CPU time on the wall clock
+        return Reachability(True, unreachable=(7,), blocked=1, seconds=1.5 * budget), {7: 1}, 0.75 * budget
 
     monkeypatch.setattr(reachability, "_prove", run)
     result = reachability.prove(budget=2.0)
     assert budgets == [2.0, 0.5] and result.unreachable == (7,)
 
     budgets.clear()
-    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget: (
-        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}))
+    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: (
+        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}, budget))
     result = reachability.prove(budget=1.0)
     assert budgets == [1.0] and result.unreachable == () and not result.complete
     assert "nothing is reported as proven" in result.note
+
+
+_HEAP: list[list[object]] = []
+
+
+def test_a_proof_stops_at_its_cpu_budget_or_on_the_wall_clock_of_a_busy_machine() -> None:
+    """The budget is the proof's CPU time; a machine too busy to give it that stops it at
+    the wall-clock limit, and the note says which."""
+    import time
+
+    from diag.collect import reachability
+
+    global _HEAP
+    _HEAP = [[] for _ in range(300_000)]  # a heap to mark, reached from a module's globals
+    cut, _, used = reachability._prove(frozenset(), 0.001)
+    assert not cut.complete and used >= 0.001 and "0.001s of CPU time" in cut.note, cut
+    past, _, _ = reachability._prove(frozenset(), 30.0, time.monotonic() - 1)
+    assert not past.complete and "(the machine is busy)" in past.note, past
+    whole, _, _ = reachability._prove(frozenset(), 30.0)
+    assert whole.complete and whole.objects_marked > 300_000, whole
+    assert reachability.wall_limit(0.5) == 1.5 and reachability.wall_limit(10) == 20
+    _HEAP = []
 
 
 def test_a_cut_sync_answer_makes_an_incomplete_verdict_and_keeps_the_totals(
