@@ -36,9 +36,10 @@ from diag.sync_snapshot import Reachability
 
 _class_module = type.__dict__["__module__"].__get__
 #: The proof stops (and says so) once it has used this much CPU time; an incomplete proof
-#: proves nothing.  The program is paused meanwhile: half a second by default, enough for
-#: about half a million objects (``--proof-budget`` lets a bigger heap be proven).
-DEFAULT_BUDGET = 0.5
+#: proves nothing.  The program is paused meanwhile: with what the proof does around its
+#: marking, under half a second by default, enough for about 400,000 objects
+#: (``--proof-budget`` lets a bigger heap be proven).
+DEFAULT_BUDGET = 0.4
 _PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
 #: Which blocked tasks nothing refers to is one gc.get_referrers scan whose cost grows with
 #: the number of tasks asked about; above this many it is skipped (and said).
