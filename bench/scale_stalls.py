@@ -47,7 +47,8 @@ TARGET = textwrap.dedent("""
 
 COMMANDS = (("tasks",), ("tasks", "--debug", "2", "--format", "json"), ("sync",),
             ("leaks", "--min-wait", "1"), ("leaks", "--min-wait", "1", "--proof-budget", "10"),
-            ("leaks", "--min-wait", "1", "--no-proof"))
+            ("leaks", "--min-wait", "1", "--no-proof"), ("objects",), ("top", "--once"),
+            ("profile", "--mode", "sample", "--seconds", "2"), ("profile", "--seconds", "2"))
 
 
 def run(n: int) -> list[tuple[str, int, float, float]]:
