@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Mapping
 from prometheus_client import CollectorRegistry
 
 from diag.analysis.metrics_model import Family, MetricsInputs, MetricsOptions, metric_families, snapshot_families
+from diag.collect.gc_pause import paused_gc
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.sync_collector import collect_sync
 from diag.errors import DiagError
 from diag.render.prometheus import CONTENT_TYPE, exposition, metrics_registry
-from diag.sync_snapshot import SyncSnapshot
 
 if TYPE_CHECKING:
     from diag.agent.endpoints import Endpoints, Response
@@ -69,27 +69,24 @@ class Scraper:
         self.options = options
         self.errors = 0
         self._lock = threading.Lock()
-        self._last: tuple[float, float, SyncSnapshot] | None = None  # (monotonic end, seconds, snapshot)
-        self._derived: tuple[SyncSnapshot, tuple[Family, ...]] | None = None  # families of the last snapshot
+        self._last: tuple[float, float, tuple[Family, ...]] | None = None  # (monotonic end, seconds, families)
 
     def _fresh(self, now: float) -> bool:
         last = self._last
         return last is not None and now - last[0] < max(REUSE_MIN, REUSE_FACTOR * last[1])
 
-    def snapshot(self, exclude: frozenset[int]) -> tuple[SyncSnapshot | None, float, float]:
-        """(snapshot or None on failure, its collection seconds, its age)."""
+    def snapshot(self, exclude: frozenset[int]) -> tuple[tuple[Family, ...] | None, float, float]:
+        """(the families of the snapshot, or None on failure; its collection seconds; its age)."""
         if not self._fresh(time.monotonic()):
             if self._lock.acquire(timeout=BUSY_WAIT):
                 try:
                     if not self._fresh(time.monotonic()):  # another scrape may have collected meanwhile
                         started = time.monotonic()
-                        try:
-                            snap = collect_sync(self.watch, proof=False, exclude=exclude, collect_budget=_collect_budget())
-                        except Exception:
-                            self.errors += 1
+                        families = self._collect(exclude)
+                        if families is None:
                             return None, 0.0, 0.0
                         ended = time.monotonic()
-                        self._last = (ended, ended - started, snap)
+                        self._last = (ended, ended - started, families)
                 finally:
                     self._lock.release()
         last = self._last
@@ -97,16 +94,30 @@ class Scraper:
             return None, 0.0, 0.0
         return last[2], last[1], max(0.0, time.monotonic() - last[0])
 
+    def _collect(self, exclude: frozenset[int]) -> tuple[Family, ...] | None:
+        """A snapshot's families, the snapshot made and dropped with the GC paused: kept
+        for the reuse window, its objects (hundreds of thousands with as many tasks) would
+        be what the program's next full collection traverses, a pause of its loop."""
+        with paused_gc():
+            try:
+                snap = collect_sync(self.watch, proof=False, exclude=exclude, collect_budget=_collect_budget())
+            except Exception:
+                self.errors += 1
+                return None
+            try:
+                return snapshot_families(snap, self.options)
+            except Exception:  # a verdict tripping over an odd snapshot: serve what does not need it
+                self.errors += 1
+                return None
+            finally:
+                del snap
+
     def families(self, exclude: frozenset[int] = frozenset()) -> tuple[Family, ...]:
-        snap, seconds, age = self.snapshot(exclude)
-        inputs = MetricsInputs(snap, REQUESTS.counts(), seconds, age, self.errors, self.options)
+        derived, seconds, age = self.snapshot(exclude)
+        inputs = MetricsInputs(None, REQUESTS.counts(), seconds, age, self.errors, self.options)
         try:
-            derived = self._derived
-            if snap is not None and (derived is None or derived[0] is not snap):
-                # a reused snapshot keeps its verdicts: only the request counts and ages are new
-                derived = self._derived = (snap, snapshot_families(snap, self.options))
-            return metric_families(inputs, derived[1] if derived is not None and snap is not None else None)
-        except Exception:  # a verdict tripping over an odd snapshot: serve what does not need it
+            return metric_families(inputs, derived)
+        except Exception:
             self.errors += 1
             return metric_families(MetricsInputs(None, REQUESTS.counts(), scrape_errors=self.errors))
 

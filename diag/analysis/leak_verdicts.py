@@ -586,7 +586,8 @@ def _pool_evidence(pool: ConnectionPool) -> list[str]:
             f"or releases" + (f" ({shown}" + (f", status {', '.join(map(str, statuses))}" if statuses else "") + ")"
                               if shown else "")
             + f": a response keeps its connection until its body is read to the end or it is released "
-              f"(async with, release()); {_plural(pool.waiting, 'request')} wait for one"]
+              f"(async with, release()); {_plural(pool.waiting, 'request')} {agree(pool.waiting, 'waits', 'wait')} "
+              f"for one"]
 
 
 def _queue_consumers(tasks: tuple[TaskInfo, ...]) -> dict[str, tuple[tuple[TaskInfo, ...], bool]]:

@@ -216,20 +216,24 @@ def snapshot_families(sync: SyncSnapshot, options: MetricsOptions = MetricsOptio
 
 def metric_families(inputs: MetricsInputs, derived: tuple[Family, ...] | None = None) -> tuple[Family, ...]:
     """Every family of one scrape; parts whose input is missing are left out.  ``derived``
-    is ``snapshot_families(inputs.sync)`` when already computed (a reused snapshot)."""
+    is ``snapshot_families`` of the scrape's snapshot when already computed (then
+    ``inputs.sync`` may be None: the snapshot itself need not be kept)."""
     sync = inputs.sync
+    have = sync is not None or derived is not None
     out: list[Family] = []
-    if sync is not None:
-        out += derived if derived is not None else snapshot_families(sync, inputs.options)
+    if derived is not None:
+        out += derived
+    elif sync is not None:
+        out += snapshot_families(sync, inputs.options)
     if inputs.requests is not None:
         out.append(request_family(inputs.requests))
     out += [
         Family("diag_scrape_collect_seconds", "gauge",
                "Time the agent took to collect the snapshot behind these metrics.", (),
-               (Sample((), inputs.collect_seconds),) if sync is not None else ()),
+               (Sample((), inputs.collect_seconds),) if have else ()),
         Family("diag_scrape_snapshot_age_seconds", "gauge",
                "Age of that snapshot: scrapes close together share one collection.", (),
-               (Sample((), inputs.snapshot_age),) if sync is not None else ()),
+               (Sample((), inputs.snapshot_age),) if have else ()),
         Family("diag_scrape_errors_total", "counter",
                "Scrapes whose collection failed (their answer lacks the task, primitive, loop and finding metrics).",
                (), (Sample((), float(inputs.scrape_errors)),)),

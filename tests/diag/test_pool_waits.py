@@ -169,6 +169,8 @@ def test_a_pool_is_evidence_only_when_full_and_held_by_what_no_task_reads() -> N
     (text,) = _pool_evidence(full)
     assert "in use (3, limit 3)" in text and "1 is held by 1 ClientResponse that no task reads or releases" in text
     assert "(GET http://upstream/a, status 503)" in text and "5 requests wait for one" in text
+    one_waiting = ConnectionPool("TCPConnector", "0x1", limit=1, in_use=1, waiting=1, leases=(unread,))
+    assert _pool_evidence(one_waiting)[0].endswith("1 request waits for one")
     assert _pool_evidence(ConnectionPool("TCPConnector", "0x1", limit=4, in_use=3, leases=(unread,))) == []
     assert _pool_evidence(ConnectionPool("TCPConnector", "0x1", limit=2, in_use=2, leases=(reading, in_flight))) == []
     per_host = ConnectionPool("TCPConnector", "0x1", limit=100, limit_per_host=2, in_use=2, waiting=1,
