@@ -72,7 +72,10 @@ def test_fixed_twin_under_load_gives_no_pool_finding(server: TargetServer) -> No
     for client in clients:
         client.start()
     try:
-        wait_until(lambda: len(statuses) >= 50, timeout=30)  # the pool has been full, with requests queued
+        wait_until(lambda: len(statuses) >= 50, timeout=30)
+        # The premise: the pool is full at times, with requests queued for a connection.
+        wait_until(lambda: "connection pool <TCPConnector " in run_diag("tasks", server.url, "--format", "text").stdout,
+                   timeout=15, interval=0.1)
         proc = run_diag("leaks", server.url, "--format", "text", "--min-wait", str(MIN_WAIT), "--fail-on", "suspect")
     finally:
         stop.set()
