@@ -15,7 +15,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 requests=()
-for name in semaphore orphan-future deadlock forgotten-task lock blocked-put cache; do
+for name in semaphore orphan-future deadlock forgotten-task lock blocked-put cache upstream-pool; do
     requests+=(--request "GET /fixed/$name x20")
 done
 diag check "http://127.0.0.1:$port" "${requests[@]}" --baseline .ci/diag-check-baseline.json \

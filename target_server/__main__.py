@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                    help="per-request deadline in seconds before 504 (default %(default)s)")
     p.add_argument("--leak-cap", type=_number(int, 0), default=d.leak_cap,
                    help="most things each leaky endpoint may leak before 429 (default %(default)s)")
+    p.add_argument("--upstream-pool", type=_number(int, 1), default=d.upstream_pool,
+                   help="connections of the client pool /leak/upstream-pool shares (default %(default)s)")
     p.add_argument("--no-diag", action="store_true", help="run without the diagnostics agent")
     p.add_argument("--diag-agent", default=d.diag_agent,
                    help="address of the diag agent's own thread: HOST:PORT or unix:/PATH (default %(default)s)")

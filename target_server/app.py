@@ -183,6 +183,7 @@ def make_app(config: Config) -> web.Application:
     fixed.add_routes(app)
     if not config.no_diag:
         diag.aiohttp.setup(app, prefix=DIAG_PREFIX)
-    app.cleanup_ctx.extend([qps_reporter, leaks.leak_lifecycle, fixed.queue_lifecycle])
+    # The upstream's context is entered before the leaks' one, so it is left after their release.
+    app.cleanup_ctx.extend([qps_reporter, leaks.upstream_lifecycle, leaks.leak_lifecycle, fixed.queue_lifecycle])
     app.on_shutdown.append(log_shutdown)
     return app

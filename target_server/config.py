@@ -20,6 +20,7 @@ class Config:
     pool_wait: float = 2.0  # seconds a request waits for a pool slot or the shared lock before 503
     request_timeout: float = 10.0  # per-request deadline before 504
     leak_cap: int = 100  # most things each leaky endpoint may leak before it answers 429
+    upstream_pool: int = 4  # connections of the shared client's pool (TCPConnector limit) to the upstream
     no_diag: bool = False  # run without the diagnostics agent
     diag_agent: str = "127.0.0.1:0"  # where the agent's own thread listens (port 0: a free one)
     log_level: str = "INFO"

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from .config import CONFIG
 from .httputil import error_response, query_float
-from .leaks import (LEAKS, MAX_BLOCKING_SECONDS, CachedResponse, DownstreamError, MalformedMessage,
-                    flaky_downstream, parse_message, pipeline_producer, render_report, spawn)
+from .leaks import (LEAKS, MAX_BLOCKING_SECONDS, UPSTREAM, CachedResponse, DownstreamError, MalformedMessage,
+                    flaky_downstream, parse_message, pipeline_producer, render_report, spawn, upstream_pool_slot)
 from .work import holding, work_slot
 
 FIXED_PREFIX = "fixed:"
@@ -207,6 +207,17 @@ async def fixed_swallowed_cancel_handler(request: web.Request) -> web.Response:
     return web.json_response({"stopped": beat.cancelled()})
 
 
+async def fixed_upstream_pool_handler(request: web.Request) -> web.Response:
+    """GET /fixed/upstream-pool: the same call with the response under ``async with``, so the error path
+    releases it too and its slot in the pool comes free (the connection is closed: its body was not read)."""
+    upstream = request.app[UPSTREAM]
+    async with upstream_pool_slot(), upstream.session.get(upstream.url) as resp:
+        if resp.status != 200:
+            return error_response(502, "upstream failed", upstream_status=resp.status)
+        await resp.read()
+    return web.json_response({"ok": True})
+
+
 async def queue_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: create the drained queue and run its consumer for the life of the app."""
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
@@ -230,5 +241,6 @@ def add_routes(app: web.Application) -> None:
         ("/fixed/silent-peer", fixed_silent_peer_handler),
         ("/fixed/dead-consumer", fixed_dead_consumer_handler),
         ("/fixed/swallowed-cancel", fixed_swallowed_cancel_handler),
+        ("/fixed/upstream-pool", fixed_upstream_pool_handler),
     ):
         app.router.add_get(path, handler)

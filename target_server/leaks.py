@@ -17,11 +17,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientResponse, ClientSession, ClientTimeout, TCPConnector, web
 
 from .config import CONFIG
 from .httputil import HTTPProblem, error_response, query_float, query_int
@@ -30,7 +30,7 @@ from .work import WORK_POOL, acquire_within
 LEAK_PREFIX = "leak:"
 # Endpoints whose leaks /healthz counts and /admin/release frees (``blocking`` stalls, it does not leak).
 LEAK_NAMES = ("blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "cache",
-              "silent-peer", "dead-consumer", "swallowed-cancel")
+              "silent-peer", "dead-consumer", "swallowed-cancel", "upstream-pool")
 MAX_BLOCKING_SECONDS = 30.0
 MAX_CACHE_ENTRY_KB = 1024  # /leak/cache?kb= makes one entry this big at most, so a few requests leak megabytes
 RELEASE_WAIT = 1.0  # how long release waits for cancelled tasks to unwind
@@ -92,9 +92,9 @@ def leak_counts(app: web.Application) -> dict[str, int]:
     registry = app[LEAKS]
     counts = dict.fromkeys(LEAK_NAMES, 0)
     counts.update(Counter(t.get_name().removeprefix(LEAK_PREFIX) for t in leaked_tasks()))
-    counts["semaphore"] = registry.leaked_permits
-    counts["lock"] = int(registry.lock_leaked)
-    counts["cache"] = len(_RESPONSE_CACHE)
+    counts.update({"semaphore": registry.leaked_permits, "lock": int(registry.lock_leaked),
+                   "cache": len(_RESPONSE_CACHE),
+                   "upstream-pool": sum(err.response.connection is not None for err in _RECENT_UPSTREAM_ERRORS)})
     return counts
 
 
@@ -393,6 +393,101 @@ async def swallowed_cancel_handler(request: web.Request) -> web.Response:
     return await _accepted(request, "swallowed-cancel")
 
 
+# 12. Error responses never released: the client pool runs dry ---------------------------------------
+
+@dataclass(frozen=True)
+class Upstream:
+    """The shared client of /leak/upstream-pool and its twin, and the URL of the upstream it calls."""
+
+    session: ClientSession
+    url: str
+
+
+UPSTREAM = web.AppKey("upstream", Upstream)
+UPSTREAM_PAGE_CHUNK = b"<p>upstream unavailable: down for maintenance</p>\n" * 1300  # about 64 KB
+UPSTREAM_PAGE_CHUNKS = 256  # a 16 MB error page: far more than the client buffers, so it must be read or released
+
+
+class UpstreamError(Exception):
+    """An upstream answer other than 200; like many such errors it keeps the response, for whoever handles it."""
+
+    def __init__(self, response: ClientResponse) -> None:
+        super().__init__(f"upstream answered {response.status}")
+        self.response = response
+
+
+# The last upstream errors, kept for a status page. Each keeps its response, and so the connection under it.
+_RECENT_UPSTREAM_ERRORS: list[UpstreamError] = []
+
+
+async def status_page_handler(request: web.Request) -> web.StreamResponse:
+    """The upstream's one endpoint: 503 with a 16 MB error page, streamed in chunks."""
+    page = web.StreamResponse(status=503, headers={"Content-Type": "text/html"})
+    page.content_length = len(UPSTREAM_PAGE_CHUNK) * UPSTREAM_PAGE_CHUNKS
+    await page.prepare(request)
+    try:
+        for _ in range(UPSTREAM_PAGE_CHUNKS):
+            await page.write(UPSTREAM_PAGE_CHUNK)  # waits while the client reads nothing
+        await page.write_eof()
+    except ConnectionError:
+        pass  # the client released the response unread, which closes the connection
+    return page
+
+
+@asynccontextmanager
+async def upstream_pool_slot() -> AsyncIterator[None]:
+    """A request to the upstream that found no free connection within ``--pool-wait`` answers 503."""
+    try:
+        yield
+    except TimeoutError:  # aiohttp's ClientTimeout(connect=...) covers the wait for a pooled connection
+        raise HTTPProblem(503, "upstream pool busy", retry_after=1) from None
+
+
+async def fetch_status(upstream: Upstream) -> bytes:
+    """Ask the upstream for its status; an error status is raised before the body is read, and the
+    response is neither read nor released on that path, so it keeps its pooled connection."""
+    resp = await upstream.session.get(upstream.url)
+    if resp.status != 200:
+        raise UpstreamError(resp)  # the bug: ``resp`` is not released on this path
+    async with resp:
+        return await resp.read()
+
+
+async def upstream_pool_handler(request: web.Request) -> web.Response:
+    """GET /leak/upstream-pool: a call through the shared client (a ``TCPConnector`` of ``--upstream-pool``
+    connections) to an upstream that answers 503 with a large page; the error keeps the unreleased
+    response, and the handler keeps the error. Once every connection is held, later calls wait in the
+    connector for ``--pool-wait``, then answer 503.
+
+    Fix (/fixed/upstream-pool): the response is taken with ``async with``, so every exit releases it.
+    """
+    _ensure_below_cap(request, "upstream-pool")
+    try:
+        async with upstream_pool_slot():
+            await fetch_status(request.app[UPSTREAM])
+    except UpstreamError as err:
+        _RECENT_UPSTREAM_ERRORS.append(err)
+        return error_response(502, "upstream failed", upstream_status=err.response.status)
+    return web.json_response({"ok": True})
+
+
+async def upstream_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: serve the upstream on a loopback port of its own and open the shared client to it."""
+    config = app[CONFIG]
+    upstream = web.Application()
+    upstream.router.add_get("/status", status_page_handler)
+    runner = web.AppRunner(upstream, access_log=None, handle_signals=False, shutdown_timeout=RELEASE_WAIT)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    session = ClientSession(connector=TCPConnector(limit=config.upstream_pool),
+                            timeout=ClientTimeout(total=None, connect=config.pool_wait))
+    app[UPSTREAM] = Upstream(session, f"http://{host}:{port}/status")
+    yield
+    await session.close()
+    await runner.cleanup()
+
+
 async def _hold_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Server side of the silent peer: never write, close once the client hangs up."""
     try:
@@ -432,6 +527,9 @@ async def release_leaks(app: web.Application) -> dict[str, int]:
         registry.shared_lock.release()
         registry.lock_leaked = False
     _RESPONSE_CACHE.clear()
+    for err in _RECENT_UPSTREAM_ERRORS:
+        err.response.release()  # unread, so its connection is closed rather than reused
+    _RECENT_UPSTREAM_ERRORS.clear()
     return released
 
 
@@ -508,6 +606,7 @@ def add_routes(app: web.Application) -> None:
         ("/leak/silent-peer", silent_peer_handler),
         ("/leak/dead-consumer", dead_consumer_handler),
         ("/leak/swallowed-cancel", swallowed_cancel_handler),
+        ("/leak/upstream-pool", upstream_pool_handler),
     ):
         app.router.add_get(path, handler)
     app.router.add_post("/admin/release", release_handler)

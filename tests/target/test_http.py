@@ -14,7 +14,7 @@ from tests.target.helpers import find_log, get, healthz, log_records, raw_exchan
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 LEAK_NAMES = {"blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "cache",
-              "silent-peer", "dead-consumer", "swallowed-cancel"}
+              "silent-peer", "dead-consumer", "swallowed-cancel", "upstream-pool"}
 
 
 @pytest.fixture(scope="module")

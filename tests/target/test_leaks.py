@@ -14,11 +14,13 @@ from tests.target.helpers import get, healthz, release, wait_until
 POOL_SIZE = 4
 LEAK_CAP = 5
 POOL_WAIT = 0.3
+UPSTREAM_POOL = 3
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[TargetServer]:
-    args = ("--max-concurrency", str(POOL_SIZE), "--pool-wait", str(POOL_WAIT), "--leak-cap", str(LEAK_CAP))
+    args = ("--max-concurrency", str(POOL_SIZE), "--pool-wait", str(POOL_WAIT), "--leak-cap", str(LEAK_CAP),
+            "--upstream-pool", str(UPSTREAM_POOL))
     with TargetServer(*args) as srv:
         yield srv
 
@@ -103,6 +105,23 @@ def test_lock_leak_blocks_later_lock_users(server: TargetServer) -> None:
     assert healthz(server)["leaked"]["lock"] == 0
 
 
+def test_upstream_pool_leak_leaves_later_requests_waiting_for_a_connection(server: TargetServer) -> None:
+    upstream_failed = (502, {"error": "upstream failed", "upstream_status": 503})
+    for _ in range(UPSTREAM_POOL):
+        assert get(server, "/leak/upstream-pool")[::2] == upstream_failed
+    assert healthz(server)["leaked"]["upstream-pool"] == UPSTREAM_POOL
+    for path in ("/leak/upstream-pool", "/fixed/upstream-pool"):  # every connection is held: both queue
+        started = time.monotonic()
+        status, headers, body = get(server, path)
+        assert (status, body["error"]) == (503, "upstream pool busy") and int(headers["retry-after"]) >= 1
+        assert time.monotonic() - started >= POOL_WAIT
+    assert healthz(server)["leaked"]["upstream-pool"] == UPSTREAM_POOL
+    assert release(server)["upstream-pool"] == UPSTREAM_POOL
+    for _ in range(UPSTREAM_POOL + 2):  # the fixed twin fails the same way but gives the connection back
+        assert get(server, "/fixed/upstream-pool")[::2] == upstream_failed
+    assert healthz(server)["leaked"]["upstream-pool"] == 0
+
+
 def test_cache_leak_grows_and_fixed_cache_is_bounded(server: TargetServer) -> None:
     for i in range(1, 21):
         status, _, body = get(server, "/leak/cache")
@@ -133,9 +152,9 @@ def test_blocking_endpoint_stalls_the_loop_and_fixed_does_not(server: TargetServ
 
 @pytest.mark.parametrize("name", ["blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock",
                                   "deadlock", "cache", "blocking", "silent-peer", "dead-consumer",
-                                  "swallowed-cancel"])
+                                  "swallowed-cancel", "upstream-pool"])
 def test_fixed_twins_leak_nothing(server: TargetServer, released_after: int, name: str) -> None:
-    expected = 502 if name in ("semaphore", "lock") else 200
+    expected = 502 if name in ("semaphore", "lock", "upstream-pool") else 200
     for _ in range(3):
         assert get(server, f"/fixed/{name}?seconds=0.01")[0] == expected
     health = wait_until(lambda: (h := healthz(server))["tasks"] <= released_after and h)
@@ -147,9 +166,11 @@ def test_release_reports_everything_it_freed(server: TargetServer) -> None:
     for name in ("blocked-put", "blocked-put", "forgotten-task", "orphan-future", "deadlock", "cache",
                  "silent-peer", "dead-consumer", "swallowed-cancel"):
         assert get(server, f"/leak/{name}")[0] == 202
+    assert get(server, "/leak/upstream-pool")[0] == 502
     get(server, "/leak/semaphore")
     get(server, "/leak/lock")
     released = release(server)
     assert released == {"blocked-put": 1, "semaphore": 1, "forgotten-task": 1, "orphan-future": 1, "lock": 1,
-                        "deadlock": 2, "cache": 1, "silent-peer": 1, "dead-consumer": 1, "swallowed-cancel": 2}
+                        "deadlock": 2, "cache": 1, "silent-peer": 1, "dead-consumer": 1, "swallowed-cancel": 2,
+                        "upstream-pool": 1}
     assert release(server) == dict.fromkeys(released, 0)  # idempotent

@@ -50,7 +50,7 @@ def test_shutdown_with_leaks_present_is_prompt() -> None:
     with TargetServer("--shutdown-timeout", str(SHUTDOWN_TIMEOUT)) as server:
         assert server.proc is not None
         for name in ("blocked-put", "blocked-put", "forgotten-task", "orphan-future", "deadlock", "silent-peer",
-                     "cache", "semaphore", "lock", "dead-consumer", "swallowed-cancel"):
+                     "cache", "semaphore", "lock", "dead-consumer", "swallowed-cancel", "upstream-pool"):
             get(server, f"/leak/{name}")
         leaked = healthz(server)["leaked"]
         assert all(leaked.values()), leaked

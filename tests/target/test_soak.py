@@ -20,11 +20,11 @@ CYCLES = 3
 # Leaked per cycle: tasks of every kind, a permit, the lock, and CACHE_ENTRIES cache entries of ENTRY_KB
 # each.  The cache alone is 32 MiB a cycle, far past RSS_BOUND_MB: a release that missed it fails.
 TASK_LEAKS = {"forgotten-task": 20, "orphan-future": 20, "blocked-put": 20, "deadlock": 5, "silent-peer": 5,
-              "semaphore": 2, "lock": 1, "dead-consumer": 5, "swallowed-cancel": 5}
-# Tasks those leave pending (a deadlock and a swallowed cancel are two each; the permit and the lock are
-# not tasks; a dead consumer leaves its producer).
+              "semaphore": 2, "lock": 1, "dead-consumer": 5, "swallowed-cancel": 5, "upstream-pool": 4}
+# Tasks those leave pending (a deadlock and a swallowed cancel are two each; the permit, the lock and the
+# upstream responses, one per connection of the default pool, are not tasks; a dead consumer leaves its producer).
 LEAKED_TASKS = sum(n * (2 if name in ("deadlock", "swallowed-cancel") else 1) for name, n in TASK_LEAKS.items()
-                   if name not in ("semaphore", "lock"))
+                   if name not in ("semaphore", "lock", "upstream-pool"))
 CACHE_ENTRIES = 32
 ENTRY_KB = 1024
 # RSS after a release may stay this far above the baseline (allocator slack, lazily grown buffers).
@@ -70,7 +70,7 @@ def leak_everything(server: TargetServer) -> None:
     for name, count in TASK_LEAKS.items():
         for _ in range(count):
             status, _, body = get(server, f"/leak/{name}")
-            # 502: the permit and the lock leak on the handler's error path, by design.
+            # 502: the permit, the lock and the upstream response leak on the handler's error path, by design.
             assert status in (202, 502), (name, status, body)
     for _ in range(CACHE_ENTRIES):
         status, _, body = get(server, f"/leak/cache?kb={ENTRY_KB}")
@@ -106,9 +106,10 @@ def test_leak_cycles_return_to_baseline() -> None:
             assert after - base_rss <= RSS_BOUND_MB, (
                 f"cycle {cycle}: RSS {after:.1f} MiB after release, baseline {base_rss:.1f} MiB, "
                 f"bound +{RSS_BOUND_MB} MiB")
-            # What the leaks held is usable again: the work pool and the shared lock.
+            # What the leaks held is usable again: the work pool, the shared lock and the client pool.
             assert healthz(server)["work_pool"]["available"] == healthz(server)["work_pool"]["size"]
             assert get(server, "/fixed/lock")[0] == 502  # got the lock; the downstream fails by design
+            assert get(server, "/fixed/upstream-pool")[2] == {"error": "upstream failed", "upstream_status": 503}
 
 
 def _one_request(port: int, path: str) -> tuple[str, object]:
