@@ -180,3 +180,94 @@ def test_a_pool_is_evidence_only_when_full_and_held_by_what_no_task_reads() -> N
     # the wire form keeps it all
     wait = Wait("future", POOL_WAIT, pool=full)
     assert Wait.from_dict(wait.to_dict()) == wait
+
+
+POOL_PROGRAM = """
+import asyncio, os
+import aiohttp
+from aiohttp import web
+
+KEPT = []
+
+async def page(request):
+    answer = web.StreamResponse(status=503)
+    await answer.prepare(request)
+    try:
+        for _ in range(256):
+            await answer.write(b"x" * 65536)
+    except ConnectionError:
+        pass
+    return answer
+
+async def status(session, url):
+    {fetch}
+
+ROUNDS = [0]
+
+async def poll(session, url):
+    while True:
+        await status(session, url)
+        ROUNDS[0] += 1
+        if ROUNDS[0] == 30:
+            print("30 rounds", flush=True)
+        await asyncio.sleep(0.05)
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = "http://127.0.0.1:%d/" % site._server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2)) as session:
+        pollers = [asyncio.create_task(poll(session, url), name="poller") for _ in range(3)]
+        await asyncio.Event().wait()
+
+if os.environ.get("LOOP") == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+LEAKY = """resp = await session.get(url)
+    KEPT.append(resp)  # never read nor released
+    return resp.status"""
+FIXED = """async with session.get(url) as resp:
+        return resp.status"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pool_run_dry_is_named_in_a_real_process_and_its_fix_is_quiet(loop: str) -> None:
+    import json
+    import time
+
+    from tests.support.cli import run_diag
+    from tests.support.programs import DiagRun
+
+    with DiagRun(POOL_PROGRAM.replace("{fetch}", LEAKY), env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 40
+        while True:
+            proc = run_diag("leaks", app.url, "--min-wait", "1", "--format", "json")
+            report = json.loads(proc.stdout)
+            pooled = [f for f in report["findings"] if "ClientResponses that no task reads" in f["evidence"]]
+            if pooled or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert pooled, (report, app.output())
+        (found,) = pooled
+        assert found["kind"] == "suspect" and {t["name"] for t in found["tasks"]} == {"poller"}
+        assert "in use (2, limit 2) and 2 are held by 2 ClientResponses" in found["evidence"]
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+        waiting = [t for t in tasks["tasks"] if t["name"] == "poller" and t["wait"]["detail"] == POOL_WAIT]
+        assert waiting and waiting[0]["wait"]["pool"]["in_use"] == 2
+        assert waiting[0]["stack"][0]["function"] == "BaseConnector._wait_for_available_connection"
+        assert [f["function"] for f in waiting[0]["stack"]][-2:] == ["status", "poll"]
+
+    with DiagRun(POOL_PROGRAM.replace("{fetch}", FIXED), env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 40
+        while "30 rounds" not in app.output():  # the pollers went round the pool many times
+            assert time.monotonic() < deadline, app.output()
+            time.sleep(0.1)
+        report = json.loads(run_diag("leaks", app.url, "--min-wait", "1", "--format", "json").stdout)
+        assert not [f for f in report["findings"] if "ClientResponse" in f["evidence"]], report
