@@ -30,6 +30,7 @@ from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
+from diag import task_wire
 from diag.task_snapshot import NOT_JSON, TaskSnapshot
 
 
@@ -51,6 +52,11 @@ class Source(Protocol):
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot: ...
 
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        """The snapshot ``tasks`` would give as its ``diag.tasks/1`` document, built the
+        cheapest way the source can (from the compact form's tables, not task by task)."""
+        ...
+
 
 def _query_params(query: TaskQuery) -> dict[str, str]:
     params = {"debug": str(query.debug)}
@@ -61,6 +67,7 @@ def _query_params(query: TaskQuery) -> dict[str, str]:
     if query.min_wait is not None:
         params["min_wait"] = repr(query.min_wait)
     params["limit"] = str(query.limit) if query.limit is not None else "1000000000"
+    params["wire"] = "2"  # the compact form (an older agent ignores it and answers diag.tasks/1)
     return params
 
 
@@ -395,6 +402,17 @@ class AgentSource:
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return self.snapshot(self.get("tasks", _query_params(query)), TaskSnapshot.from_dict)
 
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        return self.snapshot(self.get("tasks", _query_params(query)), _document)
+
+
+def _document(data: Any) -> dict[str, Any]:
+    """An agent's task answer as a ``diag.tasks/1`` document: the compact form expanded
+    from its tables, the older form read (so checked) and written again."""
+    if isinstance(data, dict) and data.get("schema") == task_wire.WIRE_SCHEMA:
+        return task_wire.expand(data)
+    return TaskSnapshot.from_dict(data).to_dict()
+
 
 def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
     """A document saved with ``-o``, parsed; ``TargetError`` naming the file otherwise."""
@@ -478,6 +496,9 @@ class FileSource:
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return task_view(read_saved(self.name, TaskSnapshot.from_json), query)
+
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        return self.tasks(query).to_dict()
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:

@@ -19,6 +19,7 @@ from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
     CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
 )
+from diag import task_wire
 from diag.errors import DiagError
 from diag.task_snapshot import TaskSnapshot
 
@@ -197,6 +198,20 @@ def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     return tq
 
 
+def parse_wire(query: Mapping[str, str]) -> int:
+    """The form of a task dump a client asks for with ``wire=``: 1 (``diag.tasks/1``, the
+    default: what older clients read) or 2 (``diag.tasks/2``, compact, see ``diag.task_wire``)."""
+    raw = query.get("wire") or "1"
+    if raw not in ("1", "2"):
+        raise DiagError(f"wire must be 1 or 2, not {shown(raw)}")
+    return int(raw)
+
+
+def wire_encoder(wire: int) -> Callable[[TaskSnapshot], dict[str, Any]]:
+    """``TaskSnapshot`` -> the document of the form ``wire``."""
+    return task_wire.encode if wire == 2 else TaskSnapshot.to_dict
+
+
 def shown_error(err: Exception, limit: int = 300) -> str:
     """An error's message, clipped (it may quote what the client sent)."""
     text = str(err)
@@ -232,7 +247,7 @@ class Endpoints:
         self._answers: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[int]], tuple[float, Response]] = {}
         self._answers_lock = threading.Lock()
         self.routes: dict[str, Route] = {}
-        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=)",
+        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=&wire=1|2)",
                  paced=True, cached=True)
         self.add("health", self.health, help="event loop health")
         from diag.agent.features import install_features
@@ -319,6 +334,7 @@ class Endpoints:
 
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
+        wire = parse_wire(query)
         # The cyclic GC waits until the dump's objects are freed: a collection on the way
         # (the snapshot makes a few objects per task) would walk them all while holding
         # the GIL, a quarter of a second for 100,000 tasks, during which the loop stops.
@@ -343,7 +359,8 @@ class Endpoints:
                 self._dump_lock.release()
             view = task_view(snap, tq)
             what = "groups" if view.grouped else "tasks"
-            answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
+            form = wire_encoder(wire)
+            answer = fit(lambda keep: form(view if keep is None else replace(view, tasks=view.tasks[:keep])),
                          len(view.tasks), what)
             del view, snap
         return answer
