@@ -30,8 +30,9 @@ Usage::
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from diag.documents import finite_float, require
 from diag.errors import TargetError
@@ -166,11 +167,19 @@ def encode(snapshot: TaskSnapshot) -> dict[str, Any]:
     return doc
 
 
-def rows(tasks: Iterable[TaskInfo], tables: Tables) -> Iterator[list[Any]]:
-    """Rows of ``tasks`` one by one, filling ``tables``: for a writer that sends the rows as
-    it builds them and the tables after them."""
-    for task in tasks:
-        yield tables.row(task)
+def stream(snapshot: TaskSnapshot, slice_size: int = 2000) -> Generator[bytes, None, None]:
+    """The ``diag.tasks/2`` document of ``snapshot`` as UTF-8 JSON, in pieces: the other
+    members, then the rows ``slice_size`` at a time, then the tables the rows filled.  No
+    more than one slice's text is held at once, and each ``json.dumps`` call (which holds
+    the GIL throughout) encodes one slice."""
+    tables = Tables()
+    head = json.dumps(header(snapshot))
+    yield (head[:-1] + ', "tasks": [').encode()
+    tasks = snapshot.tasks
+    for start in range(0, len(tasks), slice_size):
+        text = json.dumps([tables.row(t) for t in tasks[start:start + slice_size]])[1:-1]
+        yield (text if start == 0 else ", " + text).encode()
+    yield ("], " + json.dumps(tables.to_dict())[1:]).encode()
 
 
 def _list(doc: Mapping[str, Any], name: str) -> Sequence[Any]:
@@ -308,4 +317,4 @@ def expand(doc: Any) -> dict[str, Any]:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "Tables", "header", "encode", "rows", "decode", "expand"]
+__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "Tables", "header", "encode", "stream", "decode", "expand"]

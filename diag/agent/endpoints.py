@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping
 
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
@@ -54,9 +54,17 @@ ENCODE_SLICE = 2000
 
 @dataclass(frozen=True)
 class Response:
+    """An answer: ``body``, or, for an answer sent as it is built, ``stream``: its pieces
+    (a generator run by the server while it sends; ``body`` is then empty)."""
+
     status: int
     body: bytes
     content_type: str = "application/json"
+    stream: Generator[bytes, None, None] | None = None
+
+    def whole(self) -> bytes:
+        """The body, the stream's pieces joined (for a server that cannot stream)."""
+        return self.body if self.stream is None else b"".join(self.stream)
 
 
 class _Full(Exception):
@@ -207,11 +215,6 @@ def parse_wire(query: Mapping[str, str]) -> int:
     return int(raw)
 
 
-def wire_encoder(wire: int) -> Callable[[TaskSnapshot], dict[str, Any]]:
-    """``TaskSnapshot`` -> the document of the form ``wire``."""
-    return task_wire.encode if wire == 2 else TaskSnapshot.to_dict
-
-
 def shown_error(err: Exception, limit: int = 300) -> str:
     """An error's message, clipped (it may quote what the client sent)."""
     text = str(err)
@@ -296,7 +299,7 @@ class Endpoints:
             if hit is not None and now - hit[0] < ANSWER_REUSE:
                 return hit[1]
         resp = found.handler(query, exclude)
-        if resp.status == 200:
+        if resp.status == 200 and resp.stream is None:  # a stream is sent once, as it is built
             with self._answers_lock:
                 if len(self._answers) >= MAX_CACHED_ANSWERS:
                     stale = [k for k, (t, _) in self._answers.items() if now - t >= ANSWER_REUSE]
@@ -358,11 +361,13 @@ class Endpoints:
             finally:
                 self._dump_lock.release()
             view = task_view(snap, tq)
+            del snap
+            if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
+                return Response(200, b"", stream=task_wire.stream(view, ENCODE_SLICE))
             what = "groups" if view.grouped else "tasks"
-            form = wire_encoder(wire)
-            answer = fit(lambda keep: form(view if keep is None else replace(view, tasks=view.tasks[:keep])),
+            answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
                          len(view.tasks), what)
-            del view, snap
+            del view
         return answer
 
     def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:

@@ -108,3 +108,14 @@ def test_newer_majors_are_refused() -> None:
     doc["schema"] = "diag.tasks/3"
     with pytest.raises(TargetError, match="newer than this diag understands"):
         TaskSnapshot.from_dict(doc)
+
+
+@pytest.mark.parametrize("slice_size", [1, 2, 1000])
+@pytest.mark.parametrize("make", [_varied, lambda: snapshot()])
+def test_the_streamed_pieces_make_the_same_document(make: Any, slice_size: int) -> None:
+    from diag.task_wire import stream
+
+    snap = make()
+    pieces = list(stream(snap, slice_size))
+    assert len(pieces) >= 2 + (len(snap.tasks) - 1) // slice_size
+    assert json.loads(b"".join(pieces)) == _wire(snap)

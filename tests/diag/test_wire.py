@@ -99,3 +99,18 @@ def test_saved_dumps_are_compact_and_read_back(program: DiagRun, tmp_path: Path)
     text = run_diag("tasks", str(saved), "--format", "text", "--state", "waiting")
     assert text.returncode == 0, text.stderr
     assert f"{TASKS - 100} tasks" in text.stdout or str(TASKS - 100) in text.stdout
+
+
+def test_gzip_for_clients_that_take_it(program: DiagRun) -> None:
+    import gzip
+
+    _, plain = answer(program.url, "debug=2&limit=100000&wire=2")
+    head, packed = answer(program.url, "debug=2&limit=100000&wire=2", {"Accept-Encoding": "gzip"})
+    assert head.get("Content-Encoding") == "gzip"
+    assert len(packed) * 3 < len(plain)
+    unpacked = json.loads(gzip.decompress(packed))
+    assert unpacked["schema"] == "diag.tasks/2" and len(unpacked["tasks"]) == len(json.loads(plain)["tasks"])
+    head, v1 = answer(program.url, "debug=2&limit=100000", {"Accept-Encoding": "gzip"})
+    assert head.get("Content-Encoding") == "gzip" and json.loads(gzip.decompress(v1))["schema"] == "diag.tasks/1"
+    head, _ = answer(program.url, "debug=2&limit=100000", {"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in head
