@@ -41,6 +41,15 @@ async def leaf(e): await e.wait()
 async def middle(e): await leaf(e)
 async def top(e): await middle(e)
 worst = 0.0
+gc_worst = [0.0, 0.0]  # the longest full collection since the last report, and when the current began
+def on_gc(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            gc_worst[1] = time.perf_counter()
+        else:
+            gc_worst[0] = max(gc_worst[0], time.perf_counter() - gc_worst[1])
+import gc
+gc.callbacks.append(on_gc)
 def rss(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -49,8 +58,9 @@ def rss(field):
     return 0
 def report():  # SIGUSR1: the loop's worst lateness and peak RSS since the last report, RSS now
     global worst
-    print(f"{worst:.4f} {rss('VmHWM:')} {rss('VmRSS:')}", flush=True)
+    print(f"{worst:.4f} {rss('VmHWM:')} {rss('VmRSS:')} {gc_worst[0]:.4f}", flush=True)
     worst = 0.0
+    gc_worst[0] = 0.0
     try:  # peak RSS starts again from here
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -92,11 +102,12 @@ def main() -> None:
     n = args.tasks
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     variants = {
+        "nothing (the target alone for 2 s: the noise floor)": [],
         "grouped (--format json)": ["--format", "json"],
         "full JSON (--debug 2 --format json)": ["--debug", "2", "--format", "json", "--limit", str(n + 10)],
         "full text (--debug 2 --format text)": ["--debug", "2", "--format", "text", "--limit", str(n + 10)],
     }
-    results: dict[str, dict[str, list[float]]] = {name: {"time": [], "stall": [], "growth": []} for name in variants}
+    results: dict[str, dict[str, list[float]]] = {name: {"time": [], "stall": [], "growth": [], "full_gc": []} for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "holder.py"
         script.write_text(textwrap.dedent(HOLDER))
@@ -109,9 +120,11 @@ def main() -> None:
         def report() -> tuple[float, int, int]:
             assert proc.stdout is not None
             os.kill(proc.pid, signal.SIGUSR1)
-            stall, peak, now = proc.stdout.readline().split()
+            stall, peak, now, full_gc = proc.stdout.readline().split()
+            gcs.append(float(full_gc))
             return float(stall), int(peak), int(now)
 
+        gcs: list[float] = []
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
@@ -122,14 +135,18 @@ def main() -> None:
                     time.sleep(0.3)  # past the agent's answer cache
                     _, _, before = report()
                     t0 = time.perf_counter()
-                    with open(out_file, "w") as out:
-                        subprocess.run([sys.executable, "-m", "diag", "tasks", url, *extra], stdout=out,
-                                       env=env, check=True)
+                    if not extra:
+                        time.sleep(2.0)
+                    else:
+                        with open(out_file, "w") as out:
+                            subprocess.run([sys.executable, "-m", "diag", "tasks", url, *extra], stdout=out,
+                                           env=env, check=True)
                     took = time.perf_counter() - t0
                     stall, peak, _ = report()
                     results[name]["time"].append(took)
                     results[name]["stall"].append(stall)
                     results[name]["growth"].append(max(0, peak - before))
+                    results[name]["full_gc"].append(gcs[-1])
                     if "JSON" in name:
                         doc = json.loads(out_file.read_text())
                         counts[name] = len(doc["tasks"])
@@ -150,9 +167,14 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for name, r in results.items():
         median = statistics.median(r["time"])
-        print(f"| `diag tasks URL` {name} | {median:.2f} s | {median / grouped:.1f}x | "
+        what = name if name.startswith("nothing") else f"`diag tasks URL` {name}"
+        print(f"| {what} | {median:.2f} s | {median / grouped:.1f}x | "
               f"{max(r['stall']) * 1000:.0f} ms | {max(r['growth']) / 1e6:.0f} MB |")
     print()
+    for name, r in results.items():
+        print(f"- {name}: stalls of each round " + ", ".join(f"{s * 1000:.0f} ms" for s in r["stall"])
+              + "; the target's longest full GC collection meanwhile "
+              + ", ".join(f"{g * 1000:.0f} ms" for g in r["full_gc"]))
     for name, count in counts.items():
         print(f"- {name}: {count:,} tasks in the output")
     for name, (size, status) in sizes.items():

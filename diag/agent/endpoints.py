@@ -15,6 +15,7 @@ from typing import Any, Callable, Generator, Mapping
 
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
+from diag.collect import gc_pause
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
     CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
@@ -47,6 +48,8 @@ COLLECT_BUDGET = 5.0
 FILTER_REFUSED = ("filter= is not matched by the agent (a regex can backtrack for hours holding the "
                   "target's GIL): fetch the tasks and filter them in the client, as the diag CLI does "
                   "(upgrade an older one)")
+#: The longest a streamed task dump keeps the cyclic GC paused while it is sent.
+STREAM_GC_PAUSE = 2.0
 #: Entries of a long list encoded per call of the JSON encoder, which holds the GIL for
 #: the whole call: the target's loop waits that long (2,000 tasks: a few milliseconds).
 ENCODE_SLICE = 2000
@@ -60,11 +63,16 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
-    stream: Generator[bytes, None, None] | None = None
+    stream: GcPausedStream | None = None
 
     def whole(self) -> bytes:
         """The body, the stream's pieces joined (for a server that cannot stream)."""
-        return self.body if self.stream is None else b"".join(self.stream)
+        if self.stream is None:
+            return self.body
+        try:
+            return b"".join(self.stream)
+        finally:
+            self.stream.close()
 
 
 class _Full(Exception):
@@ -206,20 +214,63 @@ def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     return tq
 
 
-def _gc_paused_pieces(pieces: Generator[bytes, None, None]) -> Generator[bytes, None, None]:
-    """``pieces``, each made with the cyclic GC paused (see ``paused_gc``), but not while
-    it is sent: the rows of a slice would otherwise trigger collections that walk every
-    task of the program, holding the GIL for a third of a second at 100,000 tasks, and a
-    slow client must not keep the program's GC off."""
-    try:
-        while True:
-            with paused_gc():
-                piece = next(pieces, None)
-            if piece is None:
-                return
-            yield piece
-    finally:
-        pieces.close()
+class GcPausedStream:
+    """The pieces of a streamed answer, made with the cyclic GC paused (see ``paused_gc``).
+
+    It starts holding a pause taken where its snapshot was collected, and keeps it while
+    the pieces are sent, for up to ``STREAM_GC_PAUSE`` seconds: a collection while the
+    snapshot is alive walks it and every task of the program, holding the GIL for a third
+    of a second at 100,000 tasks, and the objects made in the pause would count towards
+    one as soon as it ended.  The snapshot is freed in a pause too.  Past the limit (a
+    slow client) the GC runs between pieces again: no client keeps it off for long.
+    ``close`` (or the end of the pieces) gives the pause back, whatever happened."""
+
+    def __init__(self, pieces: Generator[bytes, None, None]) -> None:
+        gc_pause.pause()
+        self._held = True
+        self._pieces: Generator[bytes, None, None] | None = pieces
+        self._start = time.monotonic()
+
+    def __iter__(self) -> GcPausedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pieces is None:
+            raise StopIteration
+        if not self._held:
+            gc_pause.pause()
+        try:
+            piece = next(self._pieces, None)
+        except BaseException:
+            if not self._held:
+                gc_pause.resume()
+            self.close()
+            raise
+        if not self._held:
+            gc_pause.resume()
+        if piece is None:
+            self.close()
+            raise StopIteration
+        if self._held and time.monotonic() - self._start > STREAM_GC_PAUSE:
+            self._held = False
+            gc_pause.resume()
+        return piece
+
+    def close(self) -> None:
+        pieces, self._pieces = self._pieces, None
+        if pieces is None:
+            return
+        if not self._held:
+            gc_pause.pause()
+        self._held = False
+        try:
+            pieces.close()
+            del pieces  # the snapshot goes with it, freed while the GC is paused
+        finally:
+            gc_pause.resume()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def parse_wire(query: Mapping[str, str]) -> int:
@@ -379,7 +430,7 @@ class Endpoints:
             view = task_view(snap, tq)
             del snap
             if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
-                return Response(200, b"", stream=_gc_paused_pieces(task_wire.stream(view, ENCODE_SLICE)))
+                return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE)))
             what = "groups" if view.grouped else "tasks"
             answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
                          len(view.tasks), what)

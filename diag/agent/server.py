@@ -17,9 +17,9 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Generator
+from typing import Any
 
-from diag.agent.endpoints import Endpoints, error
+from diag.agent.endpoints import Endpoints, GcPausedStream, error
 from diag.errors import UsageError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -232,7 +232,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return weight > 0
         return False
 
-    def _send(self, status: int, body: bytes, content_type: str, stream: Generator[bytes, None, None] | None = None) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, stream: GcPausedStream | None = None) -> None:
         """Send one answer: ``body``, or the pieces of ``stream`` as they are made (chunked
         transfer encoding), gzip-compressed when the client takes it and it is worth it."""
         gzip = status == 200 and self._gzip_wanted() and (stream is not None or len(body) >= GZIP_MIN_BYTES)
@@ -273,7 +273,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if stream is not None:
                 stream.close()
 
-    def _send_stream(self, stream: Generator[bytes, None, None], gzip: bool, chunked: bool) -> None:
+    def _send_stream(self, stream: GcPausedStream, gzip: bool, chunked: bool) -> None:
         """The pieces of ``stream`` as they come, each compressed (``gzip``) and framed as a
         chunk (``chunked``).  The client must take them at MIN_SEND_RATE after SEND_GRACE,
         as a whole answer.  A stream that fails midway ends the connection without the

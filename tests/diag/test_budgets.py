@@ -459,3 +459,23 @@ def test_a_stream_that_fails_midway_is_seen_cut(agent: diag.agent.Agent, monkeyp
         monkeypatch.undo()
         status, body = get(agent, "tasks?debug=2&wire=2")
     assert status == 200 and json.loads(body)["schema"] == "diag.tasks/2"
+
+
+def test_a_streamed_dump_gives_the_gc_back_whatever_the_client_does(agent: diag.agent.Agent) -> None:
+    """The GC is paused while a streamed dump is made and sent; a client that reads it all,
+    one that hangs up after the headers, and a HEAD all leave it as the program had it."""
+    import http.client
+
+    from diag.collect import gc_pause
+
+    with LoopWithTasks(3000):
+        host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+        for method, read in (("GET", True), ("GET", False), ("HEAD", False)):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request(method, "/debug/diag/tasks?debug=2&wire=2&limit=100000")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            if read:
+                assert len(json.loads(resp.read())["tasks"]) > 3000
+            conn.close()
+            assert wait_until(lambda: gc_pause.pauses_running() == 0 and gc.isenabled()), method
