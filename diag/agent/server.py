@@ -276,21 +276,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_stream(self, stream: GcPausedStream, gzip: bool, chunked: bool) -> None:
         """The pieces of ``stream`` as they come, each compressed (``gzip``) and framed as a
         chunk (``chunked``).  The client must take them at MIN_SEND_RATE after SEND_GRACE,
-        as a whole answer.  A stream that fails midway ends the connection without the
+        as a whole answer, counting the time its writes wait.  A stream that fails midway ends the connection without the
         last chunk: the client sees an answer cut short, never a complete-looking one."""
         packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
-        start = time.monotonic()
         sent = 0
+        blocked = 0.0  # time spent waiting for the client to take what was sent
 
         def put(data: bytes) -> None:
-            nonlocal sent
+            nonlocal sent, blocked
             if not data:  # an empty chunk would end the answer
                 return
-            late = time.monotonic() - start - SEND_GRACE
-            self.connection.settimeout(max(SEND_GRACE, SEND_GRACE + (sent + len(data)) / MIN_SEND_RATE - late))
-            if late > 0 and sent < late * MIN_SEND_RATE:
+            # the rule of a whole answer, on the time the client makes the agent wait (the
+            # time spent making the pieces is the agent's own, not held against the client)
+            left = SEND_GRACE + (sent + len(data)) / MIN_SEND_RATE - blocked
+            if left <= 0:
                 raise TimeoutError("the client takes the answer too slowly")
+            self.connection.settimeout(left)
+            began = time.monotonic()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            blocked += time.monotonic() - began
             sent += len(data)
 
         try:
