@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from diag.agent import current
 from diag.agent.endpoints import ANSWER_REUSE, PREFIX, Endpoints, Response
+from diag.agent.server import GZIP_MIN_BYTES
 from diag.agent.metrics_routes import REQUESTS
 
 _METRICS = PREFIX + "/metrics"
@@ -86,7 +87,12 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
         if agent is None:  # no agent thread to drop the caches once stale: a timer does
             asyncio.get_running_loop().call_later(ANSWER_REUSE + 0.05, endpoints.sweep)
         # As a header: Prometheus's content type carries a version parameter besides the charset.
-        return web.Response(status=resp.status, body=resp.body, headers={"Content-Type": resp.content_type})
+        # a streamed answer is joined here: this server answers on the app's loop, not
+        # from a thread of its own that could send it piece by piece
+        answer = web.Response(status=resp.status, body=resp.whole(), headers={"Content-Type": resp.content_type})
+        if resp.status == 200 and len(answer.body or b"") >= GZIP_MIN_BYTES:  # type: ignore[arg-type]
+            answer.enable_compression()  # gzip or deflate, when the client takes them
+        return answer
 
     async def handle(request: web.Request) -> web.Response:
         return await dispatch(request, request.method, PREFIX + request.path[len(prefix):])

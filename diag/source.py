@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
@@ -30,6 +31,7 @@ from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
+from diag import task_wire
 from diag.task_snapshot import NOT_JSON, TaskSnapshot
 
 
@@ -51,6 +53,11 @@ class Source(Protocol):
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot: ...
 
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        """The snapshot ``tasks`` would give as its ``diag.tasks/1`` document, built the
+        cheapest way the source can (from the compact form's tables, not task by task)."""
+        ...
+
 
 def _query_params(query: TaskQuery) -> dict[str, str]:
     params = {"debug": str(query.debug)}
@@ -61,6 +68,7 @@ def _query_params(query: TaskQuery) -> dict[str, str]:
     if query.min_wait is not None:
         params["min_wait"] = repr(query.min_wait)
     params["limit"] = str(query.limit) if query.limit is not None else "1000000000"
+    params["wire"] = "2"  # the compact form (an older agent ignores it and answers diag.tasks/1)
     return params
 
 
@@ -69,12 +77,17 @@ def _query_params(query: TaskQuery) -> dict[str, str]:
 MAX_TIMEOUT = 86_400.0
 #: The most diag reads of one answer: twice the 32 MiB the agent ever sends.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: The most diag reads of a task dump (compact, streamed whole by the agent): as much as
+#: it reads of a saved one.
+MAX_TASKS_BYTES = MAX_DOCUMENT_BYTES
 #: The forms of a live target, and of any target (a live one or a saved file).
 LIVE_FORMS = "http://HOST:PORT, HOST:PORT, unix:/PATH or pid:N"
 ACCEPTED = "http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N or a saved .json file"
 #: ``HOST:PORT`` without a scheme: a host name, an IPv4 or a bracketed IPv6 address.
 HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]+")
 _READ_SIZE = 1 << 16
+#: The most one inflating step of a gzip answer makes at once.
+_INFLATE_SIZE = 1 << 20
 
 
 class Deadline:
@@ -235,18 +248,35 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
             if max_bytes is not None and resp.length is not None and resp.length > max_bytes:
                 raise TargetError(f"{name}: the answer would be {resp.length} bytes, more than the "
                                   f"{size_text(max_bytes)} diag reads")
-            declared, got = resp.length, 0
+            declared, got, kept = resp.length, 0, 0
+            coding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
+            if coding not in ("identity", "gzip", "x-gzip"):
+                raise TargetError(f"{name}: unreadable answer: content encoding {_one_line(coding, 40)!r}")
+            # gzip is inflated as it comes, a bounded piece at a time: the limit is on what
+            # it inflates to, so a small answer cannot become gigabytes here
+            inflater = zlib.decompressobj(31) if coding != "identity" and max_bytes is not None else None
             # chunks joined once at the end: a growing bytearray copies itself as it grows, so an
             # answer past the limit would briefly cost twice the limit
             chunks: list[bytes] = []
             while chunk := resp.read(_READ_SIZE):
                 got += len(chunk)
-                if max_bytes is not None:
-                    if got > max_bytes:
+                if max_bytes is None:
+                    continue
+                pieces = [chunk]
+                if inflater is not None:
+                    pieces = [inflater.decompress(chunk, _INFLATE_SIZE)]
+                    while inflater.unconsumed_tail:
+                        pieces.append(inflater.decompress(inflater.unconsumed_tail, _INFLATE_SIZE))
+                for piece in pieces:
+                    kept += len(piece)
+                    if kept > max_bytes:
                         raise _TooLarge
-                    chunks.append(chunk)
+                    chunks.append(piece)
             if declared is not None and got < declared:  # read(amt) does not raise on an early end
                 raise TargetError(f"{name}: the connection closed mid-answer ({got} of {declared} bytes)")
+            if inflater is not None and not inflater.eof:
+                raise TargetError(f"{name}: the connection closed mid-answer (the gzip stream stops after "
+                                  f"{got} bytes)")
             return resp.status, b"".join(chunks)
         finally:
             sock.close()
@@ -268,7 +298,7 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
         raise TargetRefused(f"{name}: no such socket") from None
     except socket.gaierror as err:
         raise TargetError(f"{name}: cannot find host {address.host!r}: {err.strerror or err}") from None
-    except (OSError, http.client.HTTPException, ValueError) as err:
+    except (OSError, http.client.HTTPException, ValueError, zlib.error) as err:
         # ValueError: http.client on a chunk size that is not a number.
         raise TargetError(f"{name}: unreadable answer: {type(err).__name__}: {_one_line(str(err))}") from None
 
@@ -313,14 +343,15 @@ class AgentSource:
         return self.address.unix_path
 
     def get(self, endpoint: str, params: dict[str, str] | None = None, *,
-            extra: float = 0.0, extra_why: str = "", probe: bool = True) -> Any:
+            extra: float = 0.0, extra_why: str = "", probe: bool = True,
+            max_bytes: int = MAX_ANSWER_BYTES) -> Any:
         """GET an agent endpoint and return its parsed JSON; ``TargetError`` on any failure.
 
         The answer may take ``--timeout`` plus ``extra`` seconds of work the endpoint was
         asked to do (a proof budget), ``extra_why`` naming it for the message.  With
         ``extra``, the agent is first asked something cheap within ``--timeout``
         (``probe``), so that a stopped target is reported after ``--timeout``."""
-        return self._request("GET", endpoint, params, extra, extra_why, probe)
+        return self._request("GET", endpoint, params, extra, extra_why, probe, max_bytes)
 
     def post(self, endpoint: str, params: dict[str, str] | None = None, *,
              extra: float = 0.0, extra_why: str = "", probe: bool = True) -> Any:
@@ -343,12 +374,13 @@ class AgentSource:
     def _exchange(self, method: str, path: str, accept: str, deadline: Deadline,
                   max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, bytes]:
         """One request and its whole answer, within ``deadline`` and ``max_bytes``."""
-        headers = [f"Accept: {accept}"] + ([f"Authorization: Bearer {self.token}"] if self.token else [])
+        headers = [f"Accept: {accept}", "Accept-Encoding: gzip"] + (
+            [f"Authorization: Bearer {self.token}"] if self.token else [])
         return http_exchange(self.name, self.address, request_bytes(method, path, self.address, headers),
                              deadline, max_bytes)
 
     def _request(self, method: str, endpoint: str, params: dict[str, str] | None, extra: float, extra_why: str,
-                 probe: bool) -> Any:
+                 probe: bool, max_bytes: int = MAX_ANSWER_BYTES) -> Any:
         path = f"{self.prefix}/{endpoint}"
         if params:
             path += "?" + urllib.parse.urlencode(params)
@@ -358,7 +390,7 @@ class AgentSource:
                 self.probe(Deadline(self.timeout))
         else:
             deadline = Deadline(self.timeout)
-        status, body = self._exchange(method, path, "application/json", deadline)
+        status, body = self._exchange(method, path, "application/json", deadline, max_bytes)
         try:
             data = load_json(body)
         except NOT_JSON:
@@ -393,7 +425,22 @@ class AgentSource:
             raise TargetError(f"{self.name}: {err}") from None
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
-        return self.snapshot(self.get("tasks", _query_params(query)), TaskSnapshot.from_dict)
+        return self.snapshot(self._tasks_answer(query), TaskSnapshot.from_dict)
+
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        return self.snapshot(self._tasks_answer(query), _document)
+
+    def _tasks_answer(self, query: TaskQuery) -> Any:
+        # streamed whole by the agent, never cut: read up to what a saved dump may hold
+        return self.get("tasks", _query_params(query), max_bytes=MAX_TASKS_BYTES)
+
+
+def _document(data: Any) -> dict[str, Any]:
+    """An agent's task answer as a ``diag.tasks/1`` document: the compact form expanded
+    from its tables, the older form read (so checked) and written again."""
+    if isinstance(data, dict) and data.get("schema") == task_wire.WIRE_SCHEMA:
+        return task_wire.expand(data)
+    return TaskSnapshot.from_dict(data).to_dict()
 
 
 def read_saved(path: str, parse: Callable[[bytes], T]) -> T:
@@ -478,6 +525,9 @@ class FileSource:
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return task_view(read_saved(self.name, TaskSnapshot.from_json), query)
+
+    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
+        return self.tasks(query).to_dict()
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:

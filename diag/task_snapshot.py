@@ -699,6 +699,12 @@ class TaskSnapshot:
                        await_cycles=self.await_cycles if await_cycles is None else await_cycles)
 
     def to_dict(self) -> dict[str, Any]:
+        d = self.to_dict_without_tasks()
+        d["tasks"] = [t.to_dict() for t in self.tasks]
+        return d
+
+    def to_dict_without_tasks(self) -> dict[str, Any]:
+        """``to_dict`` but for ``tasks``: what the compact form (``diag.task_wire``) shares."""
         return {
             "schema": SCHEMA, "taken_at": self.taken_at, "process": self.process.to_dict(),
             "total_tasks": self.total_tasks, "grouped": self.grouped, "wait_clock": self.wait_clock,
@@ -709,7 +715,6 @@ class TaskSnapshot:
             "threads": [t.to_dict() for t in self.threads],
             "executors": [e.to_dict() for e in self.executors], "destroyed_seen": self.destroyed_seen,
             **({"totals": dict(self.totals)} if self.totals else {}),
-            "tasks": [t.to_dict() for t in self.tasks],
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -720,7 +725,9 @@ class TaskSnapshot:
         """Build from parsed JSON; raises ``TargetError`` for anything that is not a snapshot."""
         if not isinstance(d, Mapping):
             raise TargetError("not a diag task snapshot (expected a JSON object)")
-        check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
+        if schema_major(d.get("schema"), SCHEMA_NAME, (SCHEMA_MAJOR, 2)) == 2:
+            from diag.task_wire import decode  # the compact form, built on these types
+            return decode(d)
         require(d, ("taken_at", "tasks"), "diag task snapshot")
         try:
             return cls(
@@ -750,6 +757,23 @@ class TaskSnapshot:
         except NOT_JSON as err:
             raise TargetError(f"not a diag task snapshot: invalid JSON ({err})") from None
         return cls.from_dict(data)
+
+
+def schema_major(tag: object, name: str, majors: tuple[int, ...]) -> int:
+    """The major version of ``tag`` when it is ``name/N`` with N one of ``majors``; other
+    documents, older and newer majors are refused as ``check_schema`` does."""
+    if isinstance(tag, str):
+        got_name, _, got_major = tag.partition("/")
+        try:
+            got = int(got_major.split(".")[0])
+        except ValueError:
+            got = -1
+        if got_name == name and got in majors:
+            return got
+    check_schema(tag, name, max(majors))
+    if isinstance(tag, str) and tag.partition("/")[0] == name:  # older than all of them
+        raise TargetError(f"{tag} is older than this diag reads ({name}/{min(majors)})")
+    raise TargetError(f"not a {name} document")
 
 
 def check_schema(tag: object, name: str, major: int) -> None:

@@ -11,14 +11,16 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping
 
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
+from diag.collect import gc_pause
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
     CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
 )
+from diag import task_wire
 from diag.errors import DiagError
 from diag.task_snapshot import TaskSnapshot
 
@@ -46,6 +48,8 @@ COLLECT_BUDGET = 5.0
 FILTER_REFUSED = ("filter= is not matched by the agent (a regex can backtrack for hours holding the "
                   "target's GIL): fetch the tasks and filter them in the client, as the diag CLI does "
                   "(upgrade an older one)")
+#: The longest a streamed task dump keeps the cyclic GC paused while it is sent.
+STREAM_GC_PAUSE = 2.0
 #: Entries of a long list encoded per call of the JSON encoder, which holds the GIL for
 #: the whole call: the target's loop waits that long (2,000 tasks: a few milliseconds).
 ENCODE_SLICE = 2000
@@ -53,9 +57,22 @@ ENCODE_SLICE = 2000
 
 @dataclass(frozen=True)
 class Response:
+    """An answer: ``body``, or, for an answer sent as it is built, ``stream``: its pieces
+    (a generator run by the server while it sends; ``body`` is then empty)."""
+
     status: int
     body: bytes
     content_type: str = "application/json"
+    stream: GcPausedStream | None = None
+
+    def whole(self) -> bytes:
+        """The body, the stream's pieces joined (for a server that cannot stream)."""
+        if self.stream is None:
+            return self.body
+        try:
+            return b"".join(self.stream)
+        finally:
+            self.stream.close()
 
 
 class _Full(Exception):
@@ -197,6 +214,74 @@ def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
     return tq
 
 
+class GcPausedStream:
+    """The pieces of a streamed answer, made with the cyclic GC paused (see ``paused_gc``).
+
+    It starts holding a pause taken where its snapshot was collected, and keeps it while
+    the pieces are sent, for up to ``STREAM_GC_PAUSE`` seconds: a collection while the
+    snapshot is alive walks it and every task of the program, holding the GIL for a third
+    of a second at 100,000 tasks, and the objects made in the pause would count towards
+    one as soon as it ended.  The snapshot is freed in a pause too.  Past the limit (a
+    slow client) the GC runs between pieces again: no client keeps it off for long.
+    ``close`` (or the end of the pieces) gives the pause back, whatever happened."""
+
+    def __init__(self, pieces: Generator[bytes, None, None]) -> None:
+        gc_pause.pause()
+        self._held = True
+        self._pieces: Generator[bytes, None, None] | None = pieces
+        self._start = time.monotonic()
+
+    def __iter__(self) -> GcPausedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pieces is None:
+            raise StopIteration
+        if not self._held:
+            gc_pause.pause()
+        try:
+            piece = next(self._pieces, None)
+        except BaseException:
+            if not self._held:
+                gc_pause.resume()
+            self.close()
+            raise
+        if not self._held:
+            gc_pause.resume()
+        if piece is None:
+            self.close()
+            raise StopIteration
+        if self._held and time.monotonic() - self._start > STREAM_GC_PAUSE:
+            self._held = False
+            gc_pause.resume()
+        return piece
+
+    def close(self) -> None:
+        pieces, self._pieces = self._pieces, None
+        if pieces is None:
+            return
+        if not self._held:
+            gc_pause.pause()
+        self._held = False
+        try:
+            pieces.close()
+            del pieces  # the snapshot goes with it, freed while the GC is paused
+        finally:
+            gc_pause.resume()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def parse_wire(query: Mapping[str, str]) -> int:
+    """The form of a task dump a client asks for with ``wire=``: 1 (``diag.tasks/1``, the
+    default: what older clients read) or 2 (``diag.tasks/2``, compact, see ``diag.task_wire``)."""
+    raw = query.get("wire") or "1"
+    if raw not in ("1", "2"):
+        raise DiagError(f"wire must be 1 or 2, not {shown(raw)}")
+    return int(raw)
+
+
 def shown_error(err: Exception, limit: int = 300) -> str:
     """An error's message, clipped (it may quote what the client sent)."""
     text = str(err)
@@ -232,7 +317,7 @@ class Endpoints:
         self._answers: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[int]], tuple[float, Response]] = {}
         self._answers_lock = threading.Lock()
         self.routes: dict[str, Route] = {}
-        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=)",
+        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=&wire=1|2)",
                  paced=True, cached=True)
         self.add("health", self.health, help="event loop health")
         from diag.agent.features import install_features
@@ -281,7 +366,7 @@ class Endpoints:
             if hit is not None and now - hit[0] < ANSWER_REUSE:
                 return hit[1]
         resp = found.handler(query, exclude)
-        if resp.status == 200:
+        if resp.status == 200 and resp.stream is None:  # a stream is sent once, as it is built
             with self._answers_lock:
                 if len(self._answers) >= MAX_CACHED_ANSWERS:
                     stale = [k for k, (t, _) in self._answers.items() if now - t >= ANSWER_REUSE]
@@ -319,6 +404,7 @@ class Endpoints:
 
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
+        wire = parse_wire(query)
         # The cyclic GC waits until the dump's objects are freed: a collection on the way
         # (the snapshot makes a few objects per task) would walk them all while holding
         # the GIL, a quarter of a second for 100,000 tasks, during which the loop stops.
@@ -342,10 +428,13 @@ class Endpoints:
             finally:
                 self._dump_lock.release()
             view = task_view(snap, tq)
+            del snap
+            if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
+                return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE)))
             what = "groups" if view.grouped else "tasks"
             answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
                          len(view.tasks), what)
-            del view, snap
+            del view
         return answer
 
     def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:

@@ -18,6 +18,7 @@ from diag.cli import objects_cmd, profile_cmd
 from diag.cli import attach_cmd, check_cmd
 from diag.cli import top_cmd
 from diag.cli.console import stderr
+from diag.cli.output import BufferedOutput, buffered_stdout, silence_stdout
 from diag.cli.help_layout import Command, Group, examples
 from diag.errors import EXIT_USAGE, DiagError
 
@@ -89,6 +90,31 @@ def _is_cli_exception(err: BaseException) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command with stdout written through one buffered writer (see
+    ``diag.cli.output``), flushed before the exit code is returned: a write that fails
+    there is reported like one that fails midway."""
+    with buffered_stdout() as out:
+        code = _main(argv, out)
+        try:
+            out.flush()
+        except BrokenPipeError:  # the reader left (| head): what it did not take is dropped
+            out.discard()
+            silence_stdout(out.stream)
+            return 0
+        except OSError as err:
+            out.discard()
+            silence_stdout(out.stream)
+            return _unwritable(err)
+    return code
+
+
+def _unwritable(err: OSError) -> int:
+    """stdout itself failed (a full disk, a closed terminal): one line, no traceback."""
+    stderr.print(f"diag: error: cannot write the output: {err.strerror or err}", markup=False, highlight=False)
+    return EXIT_USAGE
+
+
+def _main(argv: Sequence[str] | None, out: BufferedOutput) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -99,10 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        out.discard()
+        silence_stdout(out.stream)
         return 0
-    except OSError as err:  # stdout itself failed (a full disk, a closed terminal): no traceback
-        stderr.print(f"diag: error: cannot write the output: {err.strerror or err}", markup=False, highlight=False)
-        return EXIT_USAGE
+    except OSError as err:
+        out.discard()
+        silence_stdout(out.stream)
+        return _unwritable(err)
     except Exception as err:
         name = type(err).__name__
         if name == "Exit":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -80,6 +81,7 @@ def run(
     if exe is None:
         raise UsageError(f"command not found: {argv[0]}")
     env = agent_environment(dict(os.environ), agent, str(agent_file) if agent_file else None, directory)
+    sys.stdout.flush()  # nothing written so far may be lost with this process's image
     os.execve(exe, argv, env)
     return 0  # pragma: no cover - execve does not return
 

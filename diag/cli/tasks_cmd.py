@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
 from diag.render import formatting as fmt_text
+from diag import task_wire
 from diag.render import jsonout, many_tasks, tasks_table, tasks_text
 from diag.source import open_source
 from diag.task_snapshot import SCHEMA, TaskSnapshot
@@ -119,9 +121,13 @@ def tasks(
     if output is not None:
         full = source.tasks(TaskQuery(debug=2, limit=None))
         try:
-            output.write_text(full.to_json())
+            output.write_text(json.dumps(task_wire.encode(full)))
         except OSError as err:
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
+    elif fmt == "json" and not query.pattern and not dead:
+        # printed as the agent's tables give it: no dataclass per task on the way
+        jsonout.render(source.tasks_document(query), sys.stdout)
+        return 0
     else:
         full = source.tasks(agent_query(query))
     if output is not None or query.pattern:

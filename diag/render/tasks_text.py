@@ -9,7 +9,7 @@ from typing import TextIO
 
 from diag.analysis.loop_stalls import site_text, window_summary
 from diag.render import formatting as fmt
-from diag.task_snapshot import Frame, LoopInfo, TaskInfo, TaskSnapshot
+from diag.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot
 from diag.wording import plural
 
 
@@ -188,5 +188,24 @@ def footer(snap: TaskSnapshot, cwd: str | None) -> list[str]:
 
 
 def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
-    lines = render_debug1(snap, cwd) if snap.grouped else render_debug2(snap, cwd)
-    out.write(fmt.text_lines(lines))
+    if snap.grouped:
+        out.write(fmt.text_lines(render_debug1(snap, cwd)))
+        return
+    # every task in full, written as it is made: the text of a stack (and of a creator)
+    # is made once however many tasks share it, as the compact form's tables share them
+    out.write(fmt.text_lines(header(snap)))
+    stacks: dict[tuple[Frame, ...], str] = {}
+    creators: dict[CreatedBy | None, str] = {}
+    for task in snap.tasks:
+        stack = stacks.get(task.stack)
+        if stack is None:
+            stack = stacks[task.stack] = fmt.text_lines(stack_lines(task, cwd, "    "))
+        creator = creators.get(task.created_by)
+        if creator is None:
+            creator = creators[task.created_by] = fmt.text_lines([fmt.created_by(task.created_by, cwd)])
+        evidence = evidence_lines(task)
+        out.write(fmt.text_lines(["", task_title(task, cwd), f"coro {task.coro}"]) + stack
+                  + (fmt.text_lines(evidence) if evidence else "") + creator)
+    tail = footer(snap, cwd) + thread_lines(snap, cwd)
+    if tail:
+        out.write(fmt.text_lines(tail))

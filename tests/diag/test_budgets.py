@@ -441,3 +441,64 @@ def test_a_cut_sync_answer_makes_an_incomplete_verdict_and_keeps_the_totals(
     assert f"of {full.tasks.total_tasks:,} pending tasks" in incomplete.title and report.fails(DEFAULT_FAIL_ON)
     summary = summarize("agent", TopSample(1.0, 1.0, cut, MetricsSample(1.0, None)))
     assert summary.total_tasks == full.tasks.total_tasks == sum(n for _, n in summary.states)
+
+
+def test_a_compact_dump_is_streamed_whole_whatever_the_budget(agent: diag.agent.Agent,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """wire=2 answers are sent as they are encoded (chunked), so the answer budget that
+    cuts a diag.tasks/1 answer does not apply: every task is there."""
+    with LoopWithTasks(400, name_size=150):
+        monkeypatch.setattr(api, "MAX_RESPONSE_BYTES", 1000)
+        status, head, body = http("GET", f"{agent.url}/debug/diag/tasks?debug=2&limit=100000&wire=2", timeout=30)
+    assert status == 200, body[:300]
+    assert head.get("Transfer-Encoding") == "chunked" and "Content-Length" not in head
+    doc = json.loads(body)
+    assert doc["schema"] == "diag.tasks/2" and len(body) > 1000
+    assert sum(row[1].startswith("t0") for row in doc["tasks"]) == 400
+    assert not any(n.startswith("cut:") for n in doc["notes"])
+
+
+def test_a_stream_that_fails_midway_is_seen_cut(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer the agent cannot finish ends without its last chunk: the client sees it
+    cut short, never a document that merely looks complete; the agent keeps serving."""
+    import http.client
+
+    from diag import task_wire
+
+    def failing(snapshot: Any, slice_size: int = 2000) -> Any:
+        yield b'{"schema": "diag.tasks/2", "tasks": ['
+        raise RuntimeError("encoding failed")
+
+    monkeypatch.setattr(task_wire, "stream", failing)
+    with LoopWithTasks(10):
+        host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/debug/diag/tasks?debug=2&wire=2")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        conn.close()
+        monkeypatch.undo()
+        status, body = get(agent, "tasks?debug=2&wire=2")
+    assert status == 200 and json.loads(body)["schema"] == "diag.tasks/2"
+
+
+def test_a_streamed_dump_gives_the_gc_back_whatever_the_client_does(agent: diag.agent.Agent) -> None:
+    """The GC is paused while a streamed dump is made and sent; a client that reads it all,
+    one that hangs up after the headers, and a HEAD all leave it as the program had it."""
+    import http.client
+
+    from diag.collect import gc_pause
+
+    with LoopWithTasks(3000):
+        host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+        for method, read in (("GET", True), ("GET", False), ("HEAD", False)):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request(method, "/debug/diag/tasks?debug=2&wire=2&limit=100000")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            if read:
+                assert len(json.loads(resp.read())["tasks"]) > 3000
+            conn.close()
+            assert wait_until(lambda: gc_pause.pauses_running() == 0 and gc.isenabled()), method

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from diag.source import MAX_ANSWER_BYTES
+from diag.source import MAX_TASKS_BYTES
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.fake_agent import Answer, FakeAgent, answer, http_head
 from tests.support.target import TargetServer, free_port
@@ -106,9 +106,9 @@ def test_a_body_without_end_stops_at_the_stated_size_in_bounded_memory() -> None
         usage_kb = result["maxrss_kb"]
     assert os.waitstatus_to_exitcode(status) == 3, stderr
     assert stdout == "" and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
-    assert f"larger than the 64 MiB ({MAX_ANSWER_BYTES} bytes) diag reads" in stderr, stderr
+    assert f"larger than the 256 MiB ({MAX_TASKS_BYTES} bytes) diag reads" in stderr, stderr
     max_rss = usage_kb * 1024  # kilobytes on Linux
-    assert max_rss < 4 * MAX_ANSWER_BYTES, max_rss
+    assert max_rss < 4 * MAX_TASKS_BYTES, max_rss
     assert took < 20, took
 
 
@@ -116,7 +116,7 @@ def test_a_huge_content_length_is_refused_before_reading() -> None:
     with FakeAgent(answer(200, b"{}", length=99999999999)) as fake:
         proc, took = timed("tasks", fake.url, "--timeout", "5")
     line = assert_one_line_error(proc, 3)
-    assert f"the answer would be 99999999999 bytes, more than the 64 MiB ({MAX_ANSWER_BYTES} bytes)" in line, line
+    assert f"the answer would be 99999999999 bytes, more than the 256 MiB ({MAX_TASKS_BYTES} bytes)" in line, line
     assert took < STARTUP, took
 
 

@@ -75,7 +75,8 @@ def test_target_that_hangs_times_out(impostor: str) -> None:
 @pytest.mark.parametrize(("content", "expected"), [
     ("{not json", "invalid JSON"),
     ('{"schema": "diag.tasks/1", "tasks": [{"id": 1', "invalid JSON"),
-    ('{"schema": "diag.tasks/2", "tasks": []}', "newer than this diag understands"),
+    ('{"schema": "diag.tasks/3", "tasks": []}', "newer than this diag understands"),
+        ('{"schema": "diag.tasks/2", "tasks": [[1]]}', "malformed"),
     ('{"schema": "diag.leaks/1"}', "expected a diag.tasks document"),
     ('{"tasks": []}', "no schema tag"),
     ('[1, 2]', "expected a JSON object"),

@@ -19,7 +19,8 @@ class DiagRun:
     """``diag run --agent-file F -- python SCRIPT``; ``.url`` is the agent address once ready."""
 
     def __init__(self, source: str, *, agent: str = "127.0.0.1:0", ready_timeout: float = 20.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.args = args
         self.extra_env = env or {}
         self.dir = tempfile.TemporaryDirectory(prefix="diag-run-")
         self.script = Path(self.dir.name) / "app.py"
@@ -33,7 +34,7 @@ class DiagRun:
 
     def __enter__(self) -> "DiagRun":
         cmd = [sys.executable, "-m", "diag", "run", "--agent", self.agent, "--agent-file", str(self.addr_file),
-               "--", sys.executable, str(self.script)]
+               "--", sys.executable, str(self.script), *self.args]
         env = diag_env(**self.extra_env)
         env.pop("PYTHONPATH", None)
         with open(self.log, "wb") as log:
