@@ -14,6 +14,7 @@ from typing import Sequence
 from rich.console import Console
 
 from diag.render import fit
+from diag.wording import also_named
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column, Layout, Legend, Piece
 from diag.render.tasks_text import footer, header
@@ -41,7 +42,7 @@ def primitive_pieces(prim: Primitive, name: str = "", *, with_id: bool = True) -
     shown, aliases = fmt.primitive_names(prim, name)
     tokens = [fit.whole(shown)]
     if aliases:
-        tokens.append(fit.whole(f"(also: {', '.join(aliases)})"))
+        tokens.append(fit.whole(also_named(aliases)))
     if with_id:
         tokens.append(fit.word(prim.id))
     tokens += fit.words(fmt.primitive_state(prim))

@@ -16,10 +16,10 @@ from diag.wording import plural
 def header(snap: TaskSnapshot) -> list[str]:
     taken = fmt.timestamp(snap.taken_at)
     shown = sum(t.count for t in snap.tasks)
-    unit = plural(len(snap.tasks), "group") if snap.grouped else f"{len(snap.tasks)} shown"
     lines = [
         f"diag tasks: pid {snap.process.pid} (python {snap.process.python or '?'}), "
-        f"{plural(snap.total_tasks, 'pending task')}, {shown} matching in {unit}, taken {taken}",
+        f"{plural(snap.total_tasks, 'pending task')}, {fmt.matching(shown, len(snap.tasks), snap.grouped)}, "
+        f"taken {taken}",
         f"wait times: {snap.wait_clock}" if snap.wait_clock else "wait times: not measured",
     ]
     lines += [loop_line(lp) for lp in snap.loops]
