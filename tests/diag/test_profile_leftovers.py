@@ -128,11 +128,12 @@ def test_sampling_leaves_nothing_behind(churn: Churn) -> None:
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_a_leaking_yappi_is_refused_unless_forced(churn: Churn, clock: str) -> None:
     # yappi's own import and the agent's first use of it are paid once, before the count
-    warm = profile(churn, "--clock", clock, "--seconds", "0.3", "--force")
+    yappi = ("--mode", "yappi", "--clock", clock)  # explicit: the default mode with the wall clock samples
+    warm = profile(churn, *yappi, "--seconds", "0.3", "--force")
     assert warm.returncode == 0, warm.stderr
     dead, objects = churn.counts()
-    refused = profile(churn, "--clock", clock)
-    forced = profile(churn, "--clock", clock, "--force")
+    refused = profile(churn, *yappi)
+    forced = profile(churn, *yappi, "--force")
     assert forced.returncode == 0, forced.stderr
     notes = json.loads(forced.stdout)["notes"]
     leaky = any("sumerc/yappi#217" in note for note in notes)
