@@ -271,3 +271,60 @@ def test_a_pool_run_dry_is_named_in_a_real_process_and_its_fix_is_quiet(loop: st
             time.sleep(0.1)
         report = json.loads(run_diag("leaks", app.url, "--min-wait", "1", "--format", "json").stdout)
         assert not [f for f in report["findings"] if "ClientResponse" in f["evidence"]], report
+
+
+SILENT_PROGRAM = """
+import asyncio
+import aiohttp
+from aiohttp import web
+
+async def never(request):
+    await asyncio.sleep(3600)  # an upstream that never answers
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", never)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = "http://127.0.0.1:%d/" % site._server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession(timeout={timeout}) as session:
+        async def fetch():
+            async with session.get(url) as resp:
+                return await resp.text()
+        asyncio.create_task(fetch(), name="fetch")
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("timeout", ["aiohttp.ClientTimeout(total=None)", "aiohttp.ClientTimeout(total=300)"])
+def test_a_request_never_answered_is_a_suspect_unless_a_timeout_ends_it(timeout: str) -> None:
+    import json
+    import time
+
+    from tests.support.cli import run_diag
+    from tests.support.programs import DiagRun
+
+    with DiagRun(SILENT_PROGRAM.replace("{timeout}", timeout)) as app:
+        deadline = time.monotonic() + 30
+        while True:  # until the request has waited past --min-wait for its answer
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            fetch = [t for t in tasks["tasks"] if t["name"] == "fetch"]
+            if fetch and (fetch[0]["wait"]["seconds"] or 0) > 1.5:
+                break
+            assert time.monotonic() < deadline, (tasks, app.output())
+            time.sleep(0.2)
+        assert "ClientResponse.start" in [f["function"] for f in fetch[0]["stack"]]
+        report = json.loads(run_diag("leaks", app.url, "--min-wait", "1", "--format", "json").stdout)
+        about = [f for f in report["findings"] if "fetch" in {t["name"] for t in f["tasks"]}]
+        if "None" in timeout:
+            (found,) = about
+            assert found["kind"] == "suspect"
+            assert "the server has not answered this HTTP request for" in found["evidence"]
+            assert "nothing can end the wait on its own" in found["evidence"]
+        else:  # aiohttp's total timeout ends it: not a suspect
+            assert about == [], about
+            assert fetch[0]["wait"]["deadline_by"] == "aiohttp's ClientTimeout"
