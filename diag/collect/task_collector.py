@@ -122,8 +122,8 @@ def _learn_library_codes() -> None:
     waits for a free connection of the pool."""
     if _LIBRARY_CODES:
         return
-    base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
-    if not isinstance(base, type):  # a class object (asking a class is safe: aiohttp's own)
+    base = wait_evidence.loaded_class("aiohttp.connector", "BaseConnector")
+    if base is None:
         return
     fn = class_attr(base, "_wait_for_available_connection")
     code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
@@ -797,8 +797,8 @@ class _Walker:
     def pool_of(self, node: object, leases: bool) -> ConnectionPool | None:
         """The pool whose ``_wait_for_available_connection`` ``node`` runs, read once per
         dump (with its leases if any of its waits asks for them)."""
-        base = getattr(sys.modules.get("aiohttp.connector"), "BaseConnector", None)
-        connector = _local_of_type(node, None, base, "self") if isinstance(base, type) else None
+        base = wait_evidence.loaded_class("aiohttp.connector", "BaseConnector")
+        connector = _local_of_type(node, None, base, "self") if base is not None else None
         if connector is None:
             return None
         key = id(connector)

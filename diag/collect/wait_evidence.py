@@ -128,7 +128,7 @@ def stream_side(reader: object) -> str:
 # -- deadlines ---------------------------------------------------------------------------
 def _is_aiohttp(obj: object, name: str) -> bool:
     """Whether ``obj`` is an instance of ``aiohttp.helpers.<name>`` exactly."""
-    cls = _aiohttp_class("aiohttp.helpers", name)
+    cls = loaded_class("aiohttp.helpers", name)
     return cls is not None and type(obj) is cls
 
 
@@ -604,7 +604,7 @@ def future_owners(futures: list[object]) -> dict[int, tuple[str, str, tuple[int,
 
 
 __all__ = ["is_main_task", "LoopTimers", "deadline_of", "collect_threads", "future_owners", "closed_owners",
-           "child_process", "connection_pool",
+           "child_process", "connection_pool", "loaded_class",
            "asyncio_futures_by_concurrent"]
 
 
@@ -614,8 +614,8 @@ MAX_LEASES = 32
 _DICTS = (dict, collections.OrderedDict, collections.defaultdict)
 
 
-def _aiohttp_class(module: str, name: str) -> type | None:
-    """A class of aiohttp if the program has imported it (never imported here)."""
+def loaded_class(module: str, name: str) -> type | None:
+    """A library's class if the program has imported its module (never imported here)."""
     found = getattr(sys.modules.get(module), name, None)
     return found if issubclass(type(found), type) else None  # a class (ABCMeta's included)
 
@@ -637,13 +637,8 @@ def _waiting_futures(container: object) -> int:
     return len(builtin_items(container))
 
 
-def _yarl_url() -> type | None:
-    found = getattr(sys.modules.get("yarl"), "URL", None)
-    return found if type(found) is type else None
-
-
 def _url_text(url: object) -> str:
-    if type(url) is not _yarl_url():
+    if type(url) is not loaded_class("yarl", "URL"):
         return ""
     try:
         return clip(str(url), 200)  # yarl's own formatting: a library type, not the program's
@@ -696,8 +691,8 @@ def _keepers(objects: list[object], cls: type, attr: str) -> dict[int, object]:
 def _leases(acquired: list[object]) -> tuple[PoolLease, ...]:
     """What holds each connection in use: the ``ClientResponse`` that keeps its
     ``Connection`` (none while the request is still being sent)."""
-    connection_type = _aiohttp_class("aiohttp.connector", "Connection")
-    response_type = _aiohttp_class("aiohttp.client_reqrep", "ClientResponse")
+    connection_type = loaded_class("aiohttp.connector", "Connection")
+    response_type = loaded_class("aiohttp.client_reqrep", "ClientResponse")
     protocols = acquired[:MAX_LEASES]
     if connection_type is None or not protocols:
         return ()
@@ -713,7 +708,7 @@ def connection_pool(connector: object, leases: bool) -> ConnectionPool | None:
     """The state of an aiohttp connector that a task waits on for a free connection:
     its limits, connections in use, requests waiting, and (``leases``) what holds the
     connections in use.  Read from its fields; no method of it runs."""
-    base = _aiohttp_class("aiohttp.connector", "BaseConnector")
+    base = loaded_class("aiohttp.connector", "BaseConnector")
     if base is None or not is_a(connector, base):
         return None
     limit, per_host = plain_attr(connector, "_limit"), plain_attr(connector, "_limit_per_host")
