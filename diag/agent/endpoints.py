@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, Mapping
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import diag
 from diag.analysis.task_groups import TaskQuery, task_view
@@ -22,7 +22,7 @@ from diag.collect.task_collector import (
 )
 from diag import task_wire
 from diag.errors import DiagError
-from diag.task_snapshot import TaskSnapshot
+from diag.task_snapshot import TaskInfo, TaskSnapshot
 
 PREFIX = "/debug/diag"
 AGENT_SCHEMA = "diag.agent/1"
@@ -79,6 +79,20 @@ class _Full(Exception):
     """The text being built passed its limit."""
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A list member of a document whose entries are made as they are encoded:
+    ``convert(item)`` for each of ``items``, a slice at a time.  A document of 60,000
+    tasks made whole is about 380 MB of dicts for a 30 MB text; made a slice at a time,
+    only one slice's dicts exist at once."""
+
+    items: Sequence[Any]
+    convert: Callable[[Any], Any]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def encode(doc: Mapping[str, Any], limit: int | None = None) -> tuple[bytes | None, int]:
     """``json.dumps(doc).encode()`` byte for byte, and its size; ``(None, estimated size)``
     as soon as it is sure to pass ``limit`` bytes.
@@ -88,48 +102,62 @@ def encode(doc: Mapping[str, Any], limit: int | None = None) -> tuple[bytes | No
     one call (and a few copies of the whole text), a 100,000-task dump held it, so
     stalled the target's loop, for a third of a second; a 200,000-task sync answer for
     over a second."""
-    pieces: list[bytes] = []
-    size = [0]
-    estimate = [0]
+    encoder = _Encoder(limit)
+    try:
+        encoder.value(dict(doc))
+    except _Full:
+        return None, max(encoder.size, encoder.estimate)
+    return b"".join(encoder.pieces), encoder.size
 
-    def add(piece: bytes) -> None:
-        pieces.append(piece)
-        size[0] += len(piece)
-        if limit is not None and size[0] > limit:
+
+class _Encoder:
+    """The state of one ``encode``.  A class, not nested functions: a function that
+    calls itself through its closure is a reference cycle, and the pieces it closes over
+    (the whole answer) would then live until the cyclic GC's next full collection, which
+    a large program (and a GC paused while dumps are taken) may not run for a long time:
+    the program grew by the size of every answer, 65 MB a dump at 60,000 tasks."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.estimate = 0
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.size += len(piece)
+        if self.limit is not None and self.size > self.limit:
             raise _Full
 
-    def value_of(value: Any) -> None:
+    def value(self, value: Any) -> None:
         if type(value) is dict and _has_long_list(value):
-            add(b"{")
+            self.add(b"{")
             for n, (key, member) in enumerate(value.items()):
-                add((b"" if n == 0 else b", ") + f"{json.dumps(key)}: ".encode())
-                value_of(member)
-            add(b"}")
-        elif type(value) is list and len(value) > ENCODE_SLICE:
-            add(b"[")
+                self.add((b"" if n == 0 else b", ") + f"{json.dumps(key)}: ".encode())
+                self.value(member)
+            self.add(b"}")
+        elif type(value) is Rows or (type(value) is list and len(value) > ENCODE_SLICE):
+            self.add(b"[")
             for i in range(0, len(value), ENCODE_SLICE):
-                piece = json.dumps(value[i:i + ENCODE_SLICE])[1:-1].encode()
+                part = ([value.convert(item) for item in value.items[i:i + ENCODE_SLICE]]
+                        if isinstance(value, Rows) else value[i:i + ENCODE_SLICE])
+                piece = json.dumps(part)[1:-1].encode()
+                del part
                 try:
-                    add(piece if i == 0 else b", " + piece)
+                    self.add(piece if i == 0 else b", " + piece)
                 except _Full:
                     done = min(i + ENCODE_SLICE, len(value))
-                    estimate[0] = size[0] * len(value) // done
+                    self.estimate = self.size * len(value) // done
                     raise
-            add(b"]")
+            self.add(b"]")
         else:
-            add(json.dumps(value).encode())
-
-    try:
-        value_of(dict(doc))
-    except _Full:
-        return None, max(size[0], estimate[0])
-    return b"".join(pieces), size[0]
+            self.add(json.dumps(value).encode())
 
 
 def _has_long_list(value: Mapping[str, Any], depth: int = 3) -> bool:
     """Whether a long list sits in ``value``, within ``depth`` levels of members."""
     for member in value.values():
-        if type(member) is list and len(member) > ENCODE_SLICE:
+        if type(member) is Rows or (type(member) is list and len(member) > ENCODE_SLICE):
             return True
         if depth > 1 and type(member) is dict and _has_long_list(member, depth - 1):
             return True
@@ -195,6 +223,13 @@ def fit(build: Callable[[int | None], dict[str, Any]], count: int, what: str) ->
         return error(507, f"the answer would be {size} bytes or more, over the agent's budget of "
                           f"{MAX_RESPONSE_BYTES}; narrow the request")
     return Response(200, body)
+
+
+def _task_document(view: TaskSnapshot) -> dict[str, Any]:
+    """``view.to_dict()``, its tasks made as they are encoded (see ``Rows``)."""
+    doc = view.to_dict_without_tasks()
+    doc["tasks"] = Rows(view.tasks, TaskInfo.to_dict)
+    return doc
 
 
 def parse_task_query(query: Mapping[str, str]) -> TaskQuery:
@@ -432,7 +467,7 @@ class Endpoints:
             if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
                 return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE)))
             what = "groups" if view.grouped else "tasks"
-            answer = fit(lambda keep: (view if keep is None else replace(view, tasks=view.tasks[:keep])).to_dict(),
+            answer = fit(lambda keep: _task_document(view if keep is None else replace(view, tasks=view.tasks[:keep])),
                          len(view.tasks), what)
             del view
         return answer

@@ -16,6 +16,7 @@ import stat
 import threading
 import time
 import urllib.parse
+import weakref
 import zlib
 from typing import Any
 
@@ -413,11 +414,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _ReadsBefore(socket.SocketIO):
     """The handler's socket for reading: each read waits at most until the handler's
-    ``deadline`` (and never more than its ``timeout``)."""
+    ``deadline`` (and never more than its ``timeout``).  It refers to the handler weakly:
+    the handler holds it, and a cycle would keep each connection's objects in the
+    program's memory until its cyclic GC next runs."""
 
     def __init__(self, handler: _Handler) -> None:
         super().__init__(handler.connection, "rb")
-        self.handler = handler
+        self.handler = weakref.proxy(handler)
 
     def readinto(self, b: Any) -> int | None:
         left = self.handler.deadline - time.monotonic()
