@@ -237,14 +237,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Send one answer: ``body``, or the pieces of ``stream`` as they are made (chunked
         transfer encoding), gzip-compressed when the client takes it and it is worth it."""
         gzip = status == 200 and self._gzip_wanted() and (stream is not None or len(body) >= GZIP_MIN_BYTES)
-        if self.command == "HEAD" and stream is not None:
+        streamed = stream is not None
+        if self.command == "HEAD" and stream is not None:  # the head a GET gets, without the pieces
             stream.close()
             stream = None
         try:
-            if gzip and stream is None:
+            if gzip and not streamed:
                 body = _gzip(body)  # zlib lets go of the GIL while it compresses
-            chunked = stream is not None and self.request_version == "HTTP/1.1"
-            if stream is not None and not chunked:
+            chunked = streamed and self.request_version == "HTTP/1.1"
+            if streamed and not chunked:
                 self.close_connection = True  # an HTTP/1.0 client reads to the end
             # Since Python 3.5 a socket's timeout bounds a whole sendall: the answer must
             # go out at MIN_SEND_RATE or better.
@@ -257,7 +258,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Vary", "Accept-Encoding")
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
-            elif stream is None:
+            elif not streamed:
                 self.send_header("Content-Length", str(len(body)))
             if status == 503:
                 self.send_header("Retry-After", "1")
