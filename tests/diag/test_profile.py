@@ -152,10 +152,11 @@ def test_killed_client_leaves_no_profiler_running(agent: str) -> None:
     cmd = [sys.executable, "-m", "diag", "profile", agent, "--mode", "yappi", "--seconds", "2.5", "--format", "json",
            "--force"]
     client = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    assert get_json(agent + "/debug/diag/profile/status")["yappi_running"] is True
-    client.kill()
-    client.wait(5)
+    try:  # killed mid-profile, once the profile runs (a loaded machine starts the CLI slowly)
+        wait_until(lambda: get_json(agent + "/debug/diag/profile/status")["yappi_running"], timeout=20, interval=0.05)
+    finally:
+        client.kill()
+        client.wait(5)
     status = wait_until(lambda: (s := get_json(agent + "/debug/diag/profile/status"))["busy"] is False and s,
                         timeout=10, interval=0.1)
     assert status["yappi_running"] is False and status["sampler_running"] is False
@@ -164,11 +165,12 @@ def test_killed_client_leaves_no_profiler_running(agent: str) -> None:
 
 
 def test_second_profile_is_refused_as_busy(agent: str) -> None:
-    cmd = [sys.executable, "-m", "diag", "profile", agent, "--mode", "yappi", "--seconds", "2", "--format", "json",
+    # long enough for a second CLI to start and ask while it runs, on a loaded machine too
+    cmd = [sys.executable, "-m", "diag", "profile", agent, "--mode", "yappi", "--seconds", "4", "--format", "json",
            "--force"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=diag_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: get_json(agent + "/debug/diag/profile/status")["busy"], timeout=10, interval=0.05)
+        wait_until(lambda: get_json(agent + "/debug/diag/profile/status")["busy"], timeout=20, interval=0.05)
         second = run_diag("profile", agent, "--seconds", "1", "--mode", "sample")
         assert second.returncode == 3 and second.stdout == ""
         assert second.stderr.strip().splitlines()[-1].startswith("diag: error: ")
