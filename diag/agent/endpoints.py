@@ -82,9 +82,9 @@ class _Full(Exception):
 @dataclass(frozen=True)
 class Rows:
     """A list member of a document whose entries are made as they are encoded:
-    ``convert(item)`` for each of ``items``, a slice at a time.  A document of 60,000
-    tasks made whole is about 380 MB of dicts for a 30 MB text; made a slice at a time,
-    only one slice's dicts exist at once."""
+    ``convert(item)`` for each of ``items``, a slice at a time.  Made whole, the entries
+    of a 60,000-task dump are 88 MB of dicts besides their 51 MB of text; made a slice
+    at a time, only one slice's dicts exist at once."""
 
     items: Sequence[Any]
     convert: Callable[[Any], Any]
