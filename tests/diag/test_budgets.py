@@ -351,6 +351,28 @@ def test_sliced_json_encoding_is_byte_for_byte_json_dumps(size: int) -> None:
     assert api.encode(doc, len(body)) == (body, len(body))
 
 
+def test_rows_are_made_a_slice_at_a_time_and_encode_as_the_whole_list() -> None:
+    """A /1 dump's task entries are made as they are encoded: never all at once."""
+    alive: list[int] = []
+    made = [0]
+
+    class Entry(dict):  # type: ignore[type-arg]
+        def __del__(self) -> None:
+            made[0] -= 1
+
+    def convert(i: int) -> dict[str, Any]:
+        made[0] += 1
+        alive.append(made[0])
+        return Entry(id=i, name=f"t{i}")
+
+    count = 3 * api.ENCODE_SLICE + 7
+    body, size = api.encode({"schema": "diag.tasks/1", "tasks": api.Rows(range(count), convert)})
+    assert body == json.dumps({"schema": "diag.tasks/1",
+                               "tasks": [{"id": i, "name": f"t{i}"} for i in range(count)]}).encode()
+    assert size == len(body) and len(alive) == count
+    assert max(alive) <= api.ENCODE_SLICE  # no more than one slice's entries existed at once
+
+
 def test_long_lists_are_encoded_in_slices_at_any_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sync answer keeps its tasks one level down: they must be sliced too, or one
     json.dumps call holds the GIL for the whole list."""
