@@ -554,7 +554,10 @@ class DeadTask:
     """A task that ended badly, from the agent's bounded log.
 
     ``how`` is ``exception`` (it raised), ``thread_exception`` (a thread, not a task, died
-    of an exception: ``name`` is the thread's, ``coro`` its function, ``id`` negative), or
+    of an exception: ``name`` is the thread's, ``coro`` its function, ``id`` negative),
+    ``callback_exception`` (a callback of the loop raised, a protocol's
+    ``datagram_received`` say, and the loop only logged it: ``name`` is the loop's
+    message, ``coro`` the program's function it called, ``id`` negative), or
     ``destroyed_pending`` (the GC destroyed it
     while it was still waiting: nothing could ever wake it, and it never ran its
     ``finally`` blocks or released what it held).  ``ended_seconds`` is how long before

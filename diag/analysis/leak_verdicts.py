@@ -481,6 +481,12 @@ def _dead_text(deads: list[DeadTask], what: str) -> str:
         others = sum(1 for d in deads[:-1] if d.how == "thread_exception")
         more = f" ({_plural(others, 'more dead thread')} used it too)" if others else ""
         return f"the thread that used {what}, {dead.name!r} running {dead.coro}, {how}{at}{more}"
+    if dead.how == "callback_exception":
+        others = sum(1 for d in deads[:-1] if d.how == "callback_exception")
+        more = f" (and {_plural(others, 'earlier time')})" if others else ""
+        return (f"the loop's callback {dead.coro}, which used {what}, raised {dead.exception} "
+                f"{_ago(dead.ended_seconds)}{at}{more}: the loop logged it and went on, and the callback never "
+                f"got to what it was to do")
     more = f" ({_plural(len(deads) - 1, 'more dead task')} used it too)" if len(deads) > 1 else ""
     who = f" (task {dead.id})" if dead.id > 0 else ""
     return f"the task that used {what}, {dead.coro}{who}, {how}{at}{more}"

@@ -12,13 +12,20 @@ Two feeds, neither on the program's hot path:
   still alive (a service keeps its workers in a list or a dict);
 - on asyncio's own loops, the loop's ``call_exception_handler`` is wrapped: asyncio
   calls it when a task is destroyed while pending ("Task was destroyed but it is
-  pending!") or with an exception nobody retrieved.  The wrapper records, then calls
-  the program's handler unchanged.  uvloop's loop cannot be wrapped; there the sampler
-  is the only feed.
+  pending!"), with an exception nobody retrieved, and when a callback of the loop (a
+  protocol's ``datagram_received``, a ``call_soon`` callback) raised: the loop only logs
+  that and goes on, and what the callback was to resolve stays pending, as if a
+  worker had died.  The wrapper records, then calls the program's handler unchanged.
+  uvloop's loop cannot be wrapped; there the sampler feeds the tasks, and a filter on
+  the ``asyncio`` logger hears the callbacks that raised when the loop's default
+  handler logs them (a filter changes nothing of where the records go).
 
 Records hold plain data and weak references, never the task, its exception or its
 frames.  Reading a task uses the C Future's own descriptors: no ``exception()`` call,
 which would mark the exception retrieved and silence asyncio's own log.
+
+A thread that dies of an exception is heard through ``threading.excepthook``, wrapped
+the same way.
 
 Usage::
 
@@ -36,6 +43,8 @@ import collections
 import gc
 import itertools
 import linecache
+import logging
+import os
 import threading
 import time
 import types
@@ -59,7 +68,14 @@ _TOUCHABLE = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.Event,
 _DESTROYED = "Task was destroyed but it is pending!"
 _NOT_RETRIEVED = "exception was never retrieved"
 
+#: Where asyncio's own files are: a callback's frames in them are the loop's machinery.
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+#: Set on a thread while the wrapped ``call_exception_handler`` runs the program's handler:
+#: the logger filter leaves alone what the wrapper has recorded.
+_handling = threading.local()
+
 _future_exception = getattr(asyncio.Future, "_exception", None)
+_handle_callback = getattr(asyncio.Handle, "_callback", None)
 _future_state = getattr(asyncio.Future, "_state", None)
 _exc_traceback = BaseException.__dict__["__traceback__"]
 _exc_args = BaseException.__dict__["args"]
@@ -201,6 +217,12 @@ def _self_of(frame: types.FrameType) -> Any:
         value = frame.f_locals.get("self")  # a finished frame: nothing of the program runs
     except Exception:
         return None
+    return _program_object(value)
+
+
+def _program_object(value: object) -> Any:
+    """``value`` when it is an object of the program's own class with attributes (not a
+    primitive, not the loop's or a library's machinery), else None."""
     if value is None or instance_dict(value) is None or is_a(value, _TOUCHABLE):
         return None
     try:
@@ -223,6 +245,50 @@ def _outer_function(frames: list[types.FrameType]) -> str:
             code = frame.f_code
             return clip(getattr(code, "co_qualname", code.co_name))
     return "?"
+
+
+def _is_loop_machinery(filename: str) -> bool:
+    return filename.startswith(_ASYNCIO_DIR) or filename.startswith("uvloop/") or "/uvloop/" in filename
+
+
+def _callback_function(frames: list[types.FrameType]) -> str:
+    """The function the loop called back, as the program wrote it: the outermost frame of
+    the traceback that is not asyncio's or uvloop's (``SnmpClient.datagram_received``)."""
+    for frame in reversed(frames):
+        code = frame.f_code
+        if not _is_loop_machinery(code.co_filename):
+            return clip(getattr(code, "co_qualname", code.co_name))
+    if frames:
+        code = frames[0].f_code
+        return clip(getattr(code, "co_qualname", code.co_name))
+    return "?"
+
+
+class _LoopLogFilter(logging.Filter):
+    """A filter on the ``asyncio`` logger: hears a callback that raised when the loop's
+    default handler logs it (uvloop's loop, whose handler cannot be wrapped).  It always
+    lets the record through."""
+
+    def __init__(self, log: "DeadTaskLog") -> None:
+        super().__init__("asyncio")
+        self.log: "weakref.ref[DeadTaskLog]" = weakref.ref(log)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            log = self.log()
+            handling: int = getattr(_handling, "depth", 0)
+            if log is None or handling or record.levelno < logging.ERROR:
+                return True
+            info = record.exc_info
+            if type(info) is not tuple or len(info) != 3 or info[1] is None:
+                return True
+            message = record.msg.split("\n", 1)[0] if type(record.msg) is str else ""
+            if message.endswith(_NOT_RETRIEVED) or message == _DESTROYED:
+                return True  # a task's or future's: the sampler hears of those
+            log.note_callback(info[1], message)
+        except Exception:
+            pass
+        return True
 
 
 def _creator(task: Any, origin: task_origins.Origin | None = None) -> CreatedBy | None:
@@ -255,6 +321,7 @@ class DeadTaskLog:
         self._unnumbered = itertools.count(1)  # a destroyed task diag never numbered, a thread
         self._thread_hook: Callable[[Any], None] | None = None
         self._lock = threading.Lock()
+        self._log_filter: _LoopLogFilter | None = None
         # loop -> (a weak reference to its wrapper, the wrapper's state): nothing in a value may
         # refer to the loop, or the weak key would never die (the wrapper does: it lives in
         # the loop's own attributes, a cycle the collector frees with the loop)
@@ -342,6 +409,54 @@ class DeadTaskLog:
         except Exception:
             pass
 
+    def note_callback(self, exc: object, message: str, extras: tuple[object, ...] = ()) -> None:
+        """Record a callback of the loop that raised ``exc`` (the loop's ``message``:
+        "Exception in callback ...", "Fatal error: protocol.data_received() call
+        failed."); ``extras`` are objects the loop named with it (the protocol, the
+        callback's own object), kept as touched when they are the program's."""
+        try:
+            if not is_a(exc, Exception):
+                return  # a cancellation, an exit: not a callback dying
+            frames = _traceback_frames(exc)  # innermost first
+            touched = _touched_by(frames)
+            known = {id(ref()) for ref in touched}
+            for value in extras:
+                obj = _program_object(value)
+                if obj is not None and id(obj) not in known and len(touched) < MAX_TOUCHED:
+                    try:
+                        touched.append(weakref.ref(obj))
+                        known.add(id(obj))
+                    except TypeError:
+                        pass
+            record = _Record(
+                seq=-next(self._unnumbered), name=clip(message or "Unhandled exception in event loop", 120),
+                coro=_callback_function(frames), how="callback_exception", ended=time.monotonic(),
+                exception=exception_text(exc), stack=_traceback_stack(exc), created_by=None, touched=touched,
+            )
+            del frames
+            with self._lock:
+                self._records.append(record)
+        except Exception:
+            pass
+
+    def hook_logger(self) -> None:
+        """Put a filter on the ``asyncio`` logger that hears callbacks that raised (see
+        ``_LoopLogFilter``); on asyncio's loops the wrapped handler hears them first."""
+        try:
+            if self._log_filter is None:
+                self._log_filter = _LoopLogFilter(self)
+                logging.getLogger("asyncio").addFilter(self._log_filter)
+        except Exception:
+            pass
+
+    def unhook_logger(self) -> None:
+        found, self._log_filter = self._log_filter, None
+        if found is not None:
+            try:
+                logging.getLogger("asyncio").removeFilter(found)
+            except Exception:
+                pass
+
     def hook_threads(self) -> None:
         """Wrap ``threading.excepthook``: a thread that serves the loop (a device reader, a
         callback thread) and dies leaves its futures unresolved.  The wrapper records, then
@@ -386,12 +501,18 @@ class DeadTaskLog:
             state = {"active": True}
 
             def call_exception_handler(context: dict[str, Any]) -> None:
-                if state["active"]:
-                    try:
-                        log._from_context(context)
-                    except Exception:
-                        pass
-                original(context)
+                if not state["active"]:
+                    original(context)
+                    return
+                try:
+                    log._from_context(context)
+                except Exception:
+                    pass
+                _handling.depth = getattr(_handling, "depth", 0) + 1
+                try:
+                    original(context)
+                finally:
+                    _handling.depth -= 1
 
             call_exception_handler.__wrapped__ = original  # type: ignore[attr-defined]
             call_exception_handler.diag_below = below  # type: ignore[attr-defined]
@@ -427,6 +548,7 @@ class DeadTaskLog:
 
     def unhook_all(self) -> None:
         self.unhook_threads()
+        self.unhook_logger()
         for loop in list(self._hooked.keys()):
             self.unhook_loop(loop)
 
@@ -435,7 +557,7 @@ class DeadTaskLog:
             return
         message = context.get("message")
         if type(message) is not str:
-            return
+            message = ""
         if message == _DESTROYED:
             task = context.get("task")
             if is_a(task, asyncio.Task):
@@ -444,6 +566,14 @@ class DeadTaskLog:
             task = context.get("future")
             if is_a(task, asyncio.Task):
                 self.note_done(task)
+        elif "exception" in context and not is_a(context.get("future"), asyncio.Future) \
+                and not is_a(context.get("task"), asyncio.Future):
+            # a callback of the loop raised: a protocol method, a call_soon callback
+            callback = _descriptor(_handle_callback, context.get("handle")) if is_a(
+                context.get("handle"), asyncio.Handle) else None
+            owner = callback.__self__ if type(callback) is types.MethodType else None
+            self.note_callback(context.get("exception"), message.split("\n", 1)[0],
+                               (context.get("protocol"), owner))
 
     # -- reading ---------------------------------------------------------------------------
     def snapshot(self, now: float | None = None) -> tuple[DeadTask, ...]:

@@ -426,6 +426,7 @@ class LoopWatch:
             return
         self._stop.clear()
         self.dead.hook_threads()
+        self.dead.hook_logger()
         self._thread = threading.Thread(target=self._run, name="diag-watchdog", daemon=True)
         self._thread.start()
 

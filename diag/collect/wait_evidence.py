@@ -35,7 +35,7 @@ import weakref
 from typing import Any, Iterable
 
 from diag.collect.safe_read import (
-    builtin_items, builtin_len, clip, future_done, instance_dict, is_a, plain_attr, type_name,
+    builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
 )
 from diag.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
 
@@ -432,7 +432,15 @@ def _closed_reason(obj: object) -> str:
             return f"its stream reader failed ({clip(type(exc).__qualname__)})"
         return ""
     if is_a(obj, asyncio.StreamWriter):
-        return _closed_reason(plain_attr(obj, "_transport"))
+        reason = _closed_reason(plain_attr(obj, "_transport"))
+        if reason:
+            return reason
+        # The peer closed its end: the transport stays open for writing (half-closed), but
+        # nothing more will come in.
+        reader = plain_attr(obj, "_reader")
+        if is_a(reader, asyncio.StreamReader) and plain_attr(reader, "_eof") is True:
+            return "its stream's reader is at EOF (the peer closed the connection)"
+        return ""
     attrs = instance_dict(obj)
     if attrs is None:
         return ""
@@ -454,7 +462,36 @@ def _closed_reason(obj: object) -> str:
     return ""
 
 
-def _owner_closed(owner: object) -> str:
+def _ended_task(attrs: dict[str, Any]) -> str:
+    """An owner's own task that has ended (the reader loop of a client, kept as
+    ``self.receiver``), when no task it keeps is still running: whatever that task
+    served (futures in ``self._pending``) has nobody left to resolve it."""
+    ended = []
+    for name, value in list(attrs.items())[:64]:
+        if not is_a(value, asyncio.Task):
+            continue
+        state = future_field(value, "_state")
+        if state == "PENDING":
+            return ""  # one of its tasks still runs: it may yet end the wait
+        ended.append((name, value, state))
+    if not ended:
+        return ""
+    name, task, state = ended[0]
+    coro = future_field(task, "_coro")
+    code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
+    what = clip(getattr(code, "co_qualname", code.co_name)) if code is not None else "?"
+    if state == "CANCELLED":
+        how = "it was cancelled"
+    else:
+        exc = future_field(task, "_exception")  # the descriptor: the exception is not marked retrieved
+        how = f"it raised {clip(type(exc).__qualname__)}" if exc is not None else "it returned"
+    return f"{clip(name, 60)}: its task {what} has ended ({how})"
+
+
+def _owner_closed(owner: object, ended_tasks: bool = False) -> str:
+    """Why ``owner`` (or an object in its attributes) is closed, or ""; with
+    ``ended_tasks``, an ended task of its own counts too (for a future it keeps: a
+    request's answer that its reader loop would have set)."""
     reason = _closed_reason(owner)
     if reason:
         return reason
@@ -465,7 +502,7 @@ def _owner_closed(owner: object) -> str:
         reason = _closed_reason(value)
         if reason:
             return f"{clip(name, 60)}: {reason}"
-    return ""
+    return _ended_task(attrs) if ended_tasks else ""
 
 
 #: Levels of owners searched above an awaited object (the event of a stream of a connection).
@@ -568,6 +605,9 @@ def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, 
     owner_ids: dict[int, list[int]] = {}
     # the objects still looked for, each with the path from its original object
     level: dict[int, tuple[object, int, str]] = {id(o): (o, id(o), "") for o in objects}
+    # A worker idle on a queue of an object whose start-up task has ended is not stuck; a
+    # request whose answer only the ended reader loop could set is.
+    futures = {id(o) for o in objects if is_a(o, asyncio.Future)}
     seen: set[int] = set(level)
     for _ in range(depth):
         if not level:
@@ -585,7 +625,7 @@ def closed_owners(objects: list[object], depth: int = OWNER_DEPTH) -> dict[int, 
                 ids = owner_ids.setdefault(origin, [])
                 if len(ids) < MAX_OWNER_IDS and id(owner) not in ids:
                     ids.append(id(owner))
-                reason = _owner_closed(owner)
+                reason = _owner_closed(owner, origin in futures)
                 if reason:
                     result[origin] = (where, reason)
                     nxt.pop(id(owner), None)

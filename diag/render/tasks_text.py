@@ -24,8 +24,8 @@ def header(snap: TaskSnapshot) -> list[str]:
     ]
     lines += [loop_line(lp) for lp in snap.loops]
     if snap.dead_tasks:
-        lines.append(f"dead tasks: {len(snap.dead_tasks)} ended with an exception or were destroyed while "
-                     f"pending (diag tasks --dead)")
+        lines.append(f"dead: {len(snap.dead_tasks)} tasks, threads or loop callbacks ended with an exception, or "
+                     f"tasks destroyed while pending (diag tasks --dead)")
     lines += [f"note: {n}" for n in snap.notes]
     return lines
 
@@ -131,18 +131,25 @@ def dead_lines(snap: TaskSnapshot, cwd: str | None) -> list[str]:
     """The agent's log of tasks that ended badly, newest first (``diag tasks --dead``)."""
     count = len(snap.dead_tasks)
     threads = sum(1 for d in snap.dead_tasks if d.how == "thread_exception")
-    tasks = count - threads
+    callbacks = sum(1 for d in snap.dead_tasks if d.how == "callback_exception")
+    tasks = count - threads - callbacks
     what_died = f"{tasks} {'task' if tasks == 1 else 'tasks'}"
     if threads:
-        what_died += f" and {threads} {'thread' if threads == 1 else 'threads'}"
+        what_died += f", {threads} {'thread' if threads == 1 else 'threads'}"
+    if callbacks:
+        what_died += f", {callbacks} loop {'callback' if callbacks == 1 else 'callbacks'}"
     lines = [f"diag tasks --dead: pid {snap.process.pid}: {what_died} in the log"]
     if not snap.dead_tasks:
-        lines.append("(none: no task or thread has ended with an exception, and no task was destroyed while "
-                     "pending, since the agent started)")
+        lines.append("(none: no task, thread or callback of the loop has ended with an exception, and no task "
+                     "was destroyed while pending, since the agent started)")
     for dead in reversed(snap.dead_tasks):
         ago = fmt.duration(dead.ended_seconds)
-        if dead.how == "thread_exception":
-            lines += ["", f'thread "{dead.name}" died with {dead.exception}, {ago} ago:', f"function {dead.coro}"]
+        if dead.how in ("thread_exception", "callback_exception"):
+            if dead.how == "thread_exception":
+                lines += ["", f'thread "{dead.name}" died with {dead.exception}, {ago} ago:']
+            else:
+                lines += ["", f"a callback of the loop raised {dead.exception}, {ago} ago ({dead.name}):"]
+            lines.append(f"function {dead.coro}")
             lines += frame_lines(dead.stack, cwd)
             if dead.touched:
                 lines.append(f"used: {', '.join(dead.touched)}")

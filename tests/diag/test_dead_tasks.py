@@ -302,3 +302,127 @@ async def test_a_never_numbered_task_at_a_reused_address_is_not_taken_for_the_ta
     finally:
         log.unhook_loop(loop)
         loop.set_exception_handler(None)
+
+
+class Poller(asyncio.DatagramProtocol):
+    """Resolves the request a datagram answers, but fails to decode one first."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[str]] = {}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        fut = self.pending[1]
+        kind = data.decode()
+        {"INTEGER": int}[kind]  # KeyError for a kind it does not know
+        fut.set_result(kind)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.due: asyncio.Event = asyncio.Event()
+
+    def fire(self) -> None:
+        raise RuntimeError("clock went backwards")
+
+
+async def _callbacks_that_raise(loop: asyncio.AbstractEventLoop, heard: Any) -> tuple[Poller, Timer]:
+    """A protocol's datagram_received and a call_soon callback, each raising once;
+    returns once ``heard()`` says both were reported."""
+    poller = Poller()
+    poller.pending[1] = loop.create_future()
+    receiver, _ = await loop.create_datagram_endpoint(lambda: poller, local_addr=("127.0.0.1", 0))
+    sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                   remote_addr=receiver.get_extra_info("sockname"))
+    timer = Timer()
+    try:
+        sender.sendto(b"Opaque")
+        loop.call_soon(timer.fire)
+        for _ in range(1000):  # the datagram crosses loopback
+            await asyncio.sleep(0.01)
+            if heard():
+                break
+    finally:
+        sender.close()
+        receiver.close()
+    return poller, timer
+
+
+async def test_a_callback_of_the_loop_that_raises_is_logged_with_what_it_was_serving() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    def handler(_loop: Any, context: dict[str, Any]) -> None:
+        seen.append(type(context.get("exception")).__name__)
+        _loop.default_exception_handler(context)  # logs it: the logger filter must not record it again
+
+    log = DeadTaskLog()
+    log.hook_loop(loop)
+    log.hook_logger()  # both feeds on: the callback is recorded once
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(handler)
+    try:
+        poller, timer = await _callbacks_that_raise(loop, lambda: len(seen) >= 2)
+        assert sorted(seen) == ["KeyError", "RuntimeError"]  # the program's handler still runs, once each
+        records = {d.coro: d for d in log.snapshot()}
+        assert set(records) == {"Poller.datagram_received", "Timer.fire"}, records
+        assert len(log.snapshot()) == 2  # heard by the wrapper; the logger filter let them be
+        got = records["Poller.datagram_received"]
+        assert (got.how, got.exception, got.id < 0) == ("callback_exception", "KeyError: Opaque", True)
+        assert got.name.startswith("Exception in callback")
+        assert got.stack[0].function == "Poller.datagram_received"
+        assert hex(id(poller.pending[1])) in got.touched and hex(id(poller)) in got.touched
+        fired = records["Timer.fire"]
+        assert fired.exception == "RuntimeError: clock went backwards" and hex(id(timer)) in fired.touched
+        poller.pending[1].cancel()
+    finally:
+        loop.set_exception_handler(previous)
+        log.unhook_all()
+
+
+def test_on_uvloop_the_asyncio_logger_tells_of_a_callback_that_raised() -> None:
+    """uvloop's handler cannot be wrapped: its default handler's log record is the feed."""
+    import logging
+
+    uvloop = pytest.importorskip("uvloop")
+    log = DeadTaskLog()
+    log.hook_logger()
+    logger = logging.getLogger("asyncio")
+    assert any(type(f).__name__ == "_LoopLogFilter" for f in logger.filters)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logger.addHandler(keep)
+
+    async def main() -> Poller:
+        loop = asyncio.get_running_loop()
+        log.hook_loop(loop)  # a no-op on uvloop
+        poller = Poller()
+        poller.pending[1] = loop.create_future()
+        receiver, _ = await loop.create_datagram_endpoint(lambda: poller, local_addr=("127.0.0.1", 0))
+        sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       remote_addr=receiver.get_extra_info("sockname"))
+        sender.sendto(b"Opaque")
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            if log.snapshot():
+                break
+        sender.close()
+        receiver.close()
+        poller.pending[1].cancel()
+        return poller
+
+    try:
+        poller = uvloop.run(main())
+        (got,) = log.snapshot()
+        assert (got.how, got.coro, got.exception) == ("callback_exception", "Poller.datagram_received",
+                                                      "KeyError: Opaque")
+        assert hex(id(poller)) in got.touched
+        assert len(records) == 1 and records[0].exc_info  # the record still went on to the handlers
+    finally:
+        logger.removeHandler(keep)
+        log.unhook_all()
+    assert not any(type(f).__name__ == "_LoopLogFilter" for f in logger.filters)

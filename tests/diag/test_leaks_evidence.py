@@ -116,6 +116,42 @@ async def export():
 async def batch():
     await asyncio.gather(asyncio.sleep(0.01), queued_on_lock())
 
+class Snmp(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.pending = {}
+    def datagram_received(self, data, addr):
+        fut = self.pending[1]
+        value = {"INTEGER": int}[data.decode()]  # the bug: a kind it cannot decode raises before the set
+        del self.pending[1]
+        fut.set_result(value)
+
+async def snmp_get(client):
+    fut = asyncio.get_running_loop().create_future()
+    client.pending[1] = fut
+    return await fut
+
+class Rpc:
+    def __init__(self, reader, writer):
+        self.writer = writer
+        self.pending = {}
+        self.receiver = asyncio.create_task(self.receive(reader), name="rpc-receive")
+    async def receive(self, reader):
+        while line := await reader.readline():
+            fut = self.pending.pop(int(line), None)
+            if fut is not None:
+                fut.set_result(line)
+        # the bug: on EOF the requests in flight are left pending
+
+async def rpc_call(rpc):
+    fut = asyncio.get_running_loop().create_future()
+    rpc.pending[2] = fut
+    rpc.writer.write(b"2\\n")
+    return await fut
+
+async def hang_up(reader, writer):
+    await reader.readline()
+    writer.close()
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested")]
@@ -137,6 +173,14 @@ async def main():
     keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
     keep.append(asyncio.create_task(join_batch(), name="join_batch"))
     keep.append(asyncio.create_task(export(), name="export"))
+    udp, snmp = await loop.create_datagram_endpoint(Snmp, local_addr=("127.0.0.1", 0))
+    keep.append(asyncio.create_task(snmp_get(snmp), name="snmp_get"))
+    await asyncio.sleep(0.05)
+    peer, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=udp.get_extra_info("sockname"))
+    peer.sendto(b"Opaque")
+    rpc_server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    rpc = Rpc(*await asyncio.open_connection("127.0.0.1", rpc_server.sockets[0].getsockname()[1]))
+    keep.append(asyncio.create_task(rpc_call(rpc), name="rpc_call"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -245,6 +289,50 @@ async def export():
     out, _ = await proc.communicate()      # the fix: read while waiting
     return out
 
+class Snmp(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.pending = {}
+    def datagram_received(self, data, addr):
+        fut = self.pending.pop(1)
+        try:
+            fut.set_result({"INTEGER": int}[data.decode()])
+        except KeyError as exc:            # the fix: a decoding error goes to the waiter
+            fut.set_exception(ValueError(f"cannot decode {exc}"))
+
+async def snmp_get(client):
+    fut = asyncio.get_running_loop().create_future()
+    client.pending[1] = fut
+    try:
+        return await fut
+    except ValueError:
+        return None
+
+class Rpc:
+    def __init__(self, reader, writer):
+        self.writer = writer
+        self.pending = {}
+        self.receiver = asyncio.create_task(self.receive(reader), name="rpc-receive")
+    async def receive(self, reader):
+        while line := await reader.readline():
+            fut = self.pending.pop(int(line), None)
+            if fut is not None:
+                fut.set_result(line)
+        for fut in self.pending.values():  # the fix: EOF fails the requests in flight
+            fut.set_exception(ConnectionError("closed"))
+
+async def rpc_call(rpc):
+    fut = asyncio.get_running_loop().create_future()
+    rpc.pending[2] = fut
+    rpc.writer.write(b"2\\n")
+    try:
+        return await fut
+    except ConnectionError:
+        return None
+
+async def hang_up(reader, writer):
+    await reader.readline()
+    writer.close()
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
@@ -264,6 +352,14 @@ async def main():
     keep += [asyncio.create_task(drain(), name=f"drain-{i}") for i in range(2)]
     keep.append(asyncio.create_task(join_batch(), name="join_batch"))
     keep.append(asyncio.create_task(export(), name="export"))
+    udp, snmp = await loop.create_datagram_endpoint(Snmp, local_addr=("127.0.0.1", 0))
+    keep.append(asyncio.create_task(snmp_get(snmp), name="snmp_get"))
+    await asyncio.sleep(0.05)
+    peer, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=udp.get_extra_info("sockname"))
+    peer.sendto(b"Opaque")
+    rpc_server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    rpc = Rpc(*await asyncio.open_connection("127.0.0.1", rpc_server.sockets[0].getsockname()[1]))
+    keep.append(asyncio.create_task(rpc_call(rpc), name="rpc_call"))
     await asyncio.Event().wait()
 """ + RUN_ON
 
@@ -299,7 +395,7 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
     names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll",
-             "join_batch", "export"}
+             "join_batch", "export", "snmp_get", "rpc_call"}
     with DiagRun(HANGS, env={"LOOP": loop}) as app:
         code, data = settled(app.url, names, "--min-wait", "1", "--cancel-grace", "1")
         found = by_task(data)
@@ -349,6 +445,16 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         (reader,) = [d for d in tasks["dead_tasks"] if d["how"] == "thread_exception"]
         assert (reader["name"], reader["coro"], reader["exception"]) == (
             "device-reader", "Device.read_loop", "OSError: device unplugged")
+        # a protocol callback that raised before it set the future: the loop only logged it
+        assert kind_of("snmp_get") == {"suspect"}
+        assert ("the loop's callback Snmp.datagram_received, which used the future it awaits, raised KeyError: "
+                "Opaque" in evidence("snmp_get")), evidence("snmp_get")
+        (callback,) = [d for d in tasks["dead_tasks"] if d["how"] == "callback_exception"]
+        assert (callback["coro"], callback["exception"]) == ("Snmp.datagram_received", "KeyError: Opaque")
+        # a reader loop that returned on EOF, leaving the request in flight
+        assert kind_of("rpc_call") == {"suspect"}
+        assert ("kept by Rpc.pending, writer: its stream's reader is at EOF (the peer closed the connection)"
+                in evidence("rpc_call")), evidence("rpc_call")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -64,6 +64,80 @@ async def test_an_open_connection_is_named_but_not_called_closed() -> None:
         await server.wait_closed()
 
 
+class RpcClient:
+    """A client whose reader loop resolves the requests it keeps in ``_pending``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self.receiver = asyncio.create_task(self._receive_loop(reader))
+
+    async def _receive_loop(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            self._pending.pop(int(line), None)
+
+
+async def test_a_stream_the_peer_closed_is_a_closed_owner_though_its_transport_stays_open() -> None:
+    served: list[asyncio.StreamWriter] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        holder = Connection()
+        holder._transport = writer  # a writer kept where a transport would be is read the same
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        holder.pending[1] = fut
+        (label, closed, _), = wait_evidence.closed_owners([fut]).values()
+        assert (label, closed) == ("Connection.pending", "")  # open both ways: not closed
+        assert await reader.read() == b""  # the peer hung up
+        assert not writer.transport.is_closing()  # half-closed: still open for writing
+        (label, closed, _), = wait_evidence.closed_owners([fut]).values()
+        assert closed == "_transport: its stream's reader is at EOF (the peer closed the connection)", closed
+        fut.cancel()
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_future_whose_owners_reader_task_has_ended_has_nobody_left_to_set_it() -> None:
+    stream = asyncio.StreamReader()
+    client = RpcClient(stream, writer=None)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bytes] = loop.create_future()
+    client._pending[7] = fut
+    idle: asyncio.Queue[int] = asyncio.Queue()
+    client.jobs = idle  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    # the reader loop still runs: it may yet answer
+    assert wait_evidence.closed_owners([fut])[id(fut)][1] == ""
+    stream.feed_eof()
+    await client.receiver
+    assert wait_evidence.closed_owners([fut])[id(fut)][1] == (
+        "receiver: its task RpcClient._receive_loop has ended (it returned)")
+    # a queue of the same object is a worker's to get from, not the reader's to answer
+    assert wait_evidence.closed_owners([idle])[id(idle)][1] == ""
+    fut.cancel()
+    for end, how in (("raise", "it raised ConnectionResetError"), ("cancel", "it was cancelled")):
+        broken = asyncio.StreamReader()
+        failing = RpcClient(broken, writer=None)  # type: ignore[arg-type]
+        answer: asyncio.Future[bytes] = loop.create_future()
+        failing._pending[1] = answer
+        await asyncio.sleep(0)
+        if end == "raise":
+            broken.set_exception(ConnectionResetError("peer reset"))
+        else:
+            failing.receiver.cancel()
+        await asyncio.gather(failing.receiver, return_exceptions=True)
+        assert wait_evidence.closed_owners([answer])[id(answer)][1] == (
+            f"receiver: its task RpcClient._receive_loop has ended ({how})")
+        answer.cancel()
+
+
 async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() -> None:
     loop = asyncio.get_running_loop()
     never = asyncio.Event()
