@@ -549,6 +549,7 @@ static PyTypeObject OriginFactoryType = {
 static PyObject *get_running_loop = NULL;  /* asyncio.events._get_running_loop */
 static PyObject *loop_tasks = NULL;        /* asyncio.tasks._current_tasks */
 static PyObject *held_attr = NULL;         /* name of the attribute holding the list */
+static PyObject *handoff_attr = NULL;      /* name of the attribute: time of the last handed-off release */
 
 typedef struct {
     PyCodeObject *code[SITE_DEPTH];  /* borrowed: `site` holds them */
@@ -723,10 +724,20 @@ note_acquired(PyObject *primitive, int with_site)
 }
 
 static int
+mark_handoff(PyObject *primitive, PyObject *now)
+{
+    /* A release by other code than the acquirer's (another task, a callback): the
+     * primitive's permits are handed on by design, so a holder that ended without
+     * releasing may not have lost its permit. */
+    return handoff_attr == NULL ? 0 : PyObject_GenericSetAttr(primitive, handoff_attr, now);
+}
+
+static int
 note_released(PyObject *primitive)
 {
     /* Drop the releasing task's record, or the oldest when the permit is released on its
-     * holder's behalf. */
+     * holder's behalf (then marked as handed off, unless the oldest was acquired by a
+     * task running the acquire itself: wait_for's inner task on 3.11). */
     if (held_attr == NULL) {
         return 0;
     }
@@ -735,18 +746,24 @@ note_released(PyObject *primitive)
         return -1;
     }
     PyObject *held = held_list(primitive, now, 0);
-    Py_DECREF(now);
-    if (held == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
+    if (held == NULL || PyList_GET_SIZE(held) < 2) {
+        /* a release with no permit recorded as held: handed on, or taken before diag came */
+        int failed = held == NULL && PyErr_Occurred();
+        Py_XDECREF(held);
+        int rc = failed ? -1 : mark_handoff(primitive, now);
+        Py_DECREF(now);
+        return rc;
     }
-    PyObject *seq = PyList_GET_SIZE(held) < 2 ? NULL : running_task_seq();
+    PyObject *seq = running_task_seq();
     if (seq == NULL) {
         Py_DECREF(held);
+        Py_DECREF(now);
         return PyErr_Occurred() ? -1 : 0;
     }
     /* The size is read as the list is now: finding the task's id may have run a
      * collection, and with it finalizers that changed the list. */
     Py_ssize_t found = 0;
+    int own = 0;
     for (Py_ssize_t i = 1; i < PyList_GET_SIZE(held); i++) {
         PyObject *entry = PyList_GET_ITEM(held, i);
         if (found == 0) {
@@ -757,13 +774,25 @@ note_released(PyObject *primitive)
             if (owner == seq || (PyLong_CheckExact(owner) && PyLong_CheckExact(seq)
                                  && PyObject_RichCompareBool(owner, seq, Py_EQ) == 1)) {
                 found = i;
+                own = 1;
                 break;
             }
         }
     }
+    int handed = 0;
+    if (found > 0 && !own) {
+        /* the oldest record's site: empty when its task ran the acquire itself */
+        PyObject *entry = PyList_GET_ITEM(held, found);
+        handed = !(PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) > 1
+                   && PyTuple_Check(PyTuple_GET_ITEM(entry, 1)) && PyTuple_GET_SIZE(PyTuple_GET_ITEM(entry, 1)) == 0);
+    }
     int rc = found > 0 ? PyList_SetSlice(held, found, found + 1, NULL) : 0;
+    if (rc == 0 && handed) {
+        rc = mark_handoff(primitive, now);
+    }
     Py_DECREF(seq);
     Py_DECREF(held);
+    Py_DECREF(now);
     return rc;
 }
 
@@ -782,6 +811,11 @@ mod_configure_holders(PyObject *mod, PyObject *args)
     Py_XSETREF(get_running_loop, Py_NewRef(get_loop));
     Py_XSETREF(loop_tasks, Py_NewRef(tasks));
     Py_XSETREF(held_attr, Py_NewRef(held_name));
+    PyObject *handoff = PyUnicode_FromFormat("%U_handoff", held_name);
+    if (handoff == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(handoff_attr, handoff);
     Py_RETURN_NONE;
 }
 

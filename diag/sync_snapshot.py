@@ -60,7 +60,9 @@ class Holder:
 class PrimitiveState:
     """One live primitive with its holders (Lock, Semaphore, Condition: when tracked)
     and the tasks waiting on it.  ``idle_seconds`` is the time since the last acquire
-    or release diag saw (None when unknown)."""
+    or release diag saw (None when unknown); ``handoff_seconds`` the time since the last
+    release made by other code than the acquirer's (another task, a callback: permits
+    handed on by design), None when diag saw none."""
 
     primitive: Primitive
     holders: tuple[Holder, ...] = ()
@@ -68,22 +70,25 @@ class PrimitiveState:
     longest_wait: float | None = None
     idle_seconds: float | None = None
     tracked: bool = False
+    handoff_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"primitive": self.primitive.to_dict(), "holders": [h.to_dict() for h in self.holders],
                 "waiting_tasks": list(self.waiting_tasks), "longest_wait": self.longest_wait,
-                "idle_seconds": self.idle_seconds, "tracked": self.tracked}
+                "idle_seconds": self.idle_seconds, "tracked": self.tracked, "handoff_seconds": self.handoff_seconds}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PrimitiveState:
         longest = d.get("longest_wait")
         idle = d.get("idle_seconds")
+        handoff = d.get("handoff_seconds")
         return cls(Primitive.from_dict(d.get("primitive") or {}),
                    tuple(Holder.from_dict(h) for h in d.get("holders") or ()),
                    tuple(int(t) for t in d.get("waiting_tasks") or ()),
                    None if longest is None else finite_float(longest, "longest_wait"),
                    None if idle is None else finite_float(idle, "idle_seconds"),
-                   bool(d.get("tracked", False)))
+                   bool(d.get("tracked", False)),
+                   None if handoff is None else finite_float(handoff, "handoff_seconds"))
 
 
 @dataclass(frozen=True)

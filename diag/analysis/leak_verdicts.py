@@ -194,7 +194,11 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
         # itself unreachable (the GC would destroy it holding the permit); between proven
         # tasks only, the proof's own finding says it all.
         outsiders = any(t not in unreachable for t in state.waiting_tasks)
-        culprits = [h for h in state.holders if not h.task_alive
+        # A holder that ended without releasing has lost its permit, unless the program
+        # hands permits on (acquired by one task, released by another or by a timer): then
+        # its permit may yet come back, and only the proof can tell.
+        handed_on = state.handoff_seconds is not None
+        culprits = [h for h in state.holders if (not h.task_alive and not handed_on)
                     or (outsiders and h.task_id is not None and h.task_id in unreachable)]
         if not culprits:
             continue
@@ -229,8 +233,8 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
         prim = state.primitive
         if prim.kind not in ("semaphore", "bounded_semaphore") or prim.value != 0 or not state.waiting_tasks:
             continue
-        if prim.id in already or not state.holders:
-            continue
+        if prim.id in already or not state.holders or state.handoff_seconds is not None:
+            continue  # permits handed on: who releases them is not who holds them
         stuck = [h for h in state.holders if h.task_state == "waiting"]
         long_held = [h for h in state.holders if h.held_seconds >= options.held_threshold]
         if len(stuck) < len(state.holders) and not long_held:

@@ -79,6 +79,8 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
             state = states.get(prim.id)
             if state is None or not state.holders or not _exhausted(state):
                 continue
+            if state.handoff_seconds is not None:
+                continue  # its permits are handed on: other code than the holders may release them
             candidates[task.id] = task
         elif kind in AWAIT_KINDS and task.wait.tasks:
             candidates[task.id] = task

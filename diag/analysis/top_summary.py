@@ -180,7 +180,8 @@ def primitive_line(state: PrimitiveState) -> PrimitiveLine:
     elif p.kind == "queue":
         in_use = p.size
         capacity = p.maxsize or None
-    leaked = sum(1 for h in state.holders if not h.task_alive)
+    # a finished holder of permits the program hands on has not lost them
+    leaked = 0 if state.handoff_seconds is not None else sum(1 for h in state.holders if not h.task_alive)
     return PrimitiveLine(state, waiters, in_use, capacity, leaked)
 
 

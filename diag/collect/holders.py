@@ -37,6 +37,10 @@ from diag.collect import event_activity, task_origins
 #: The primitive's attribute holding a list: [time of the last acquire or release,
 #: record, record, ...], records oldest first.
 _ATTR = "_diag_holders"
+#: The primitive's attribute holding the time of the last release made by other code than
+#: the acquirer's (a permit handed on by design: acquired by one task, released by another
+#: or by a callback).  The C recorder derives the same name.
+_HANDOFF_ATTR = _ATTR + "_handoff"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 #: How many frames of the acquiring code are kept (innermost first).
 SITE_DEPTH = 3
@@ -143,11 +147,13 @@ def _note_acquired(primitive: object) -> None:
 
 def _note_released(primitive: object) -> None:
     try:
+        now = _monotonic()
         held = _held(primitive)
-        if not held:
-            return
-        held[0] = _monotonic()
-        if len(held) < 2:
+        if held:
+            held[0] = now
+        if not held or len(held) < 2:
+            # a release with no permit recorded as held: handed on, or taken before diag came
+            _setattr(primitive, _HANDOFF_ATTR, now)
             return
         task = _current_task()
         seq = None if task is None else task_origins.task_seq(task)
@@ -155,7 +161,12 @@ def _note_released(primitive: object) -> None:
             if held[i][0] == seq:
                 del held[i]
                 return
-        del held[1]  # released on the holder's behalf: the oldest permit goes
+        # released on the holder's behalf: the oldest permit goes, and the primitive is one
+        # whose permits are handed on, unless that permit's task ran the acquire itself
+        # (wait_for's inner task on 3.11: no site of the program's)
+        oldest = held.pop(1)
+        if oldest[1]:
+            _setattr(primitive, _HANDOFF_ATTR, now)
     except Exception:
         pass
 
@@ -289,6 +300,16 @@ def records(primitive: object) -> list[HolderRecord]:
                        for code, lasti in site if isinstance(code, CodeType) or code in _codes)
         out.append(HolderRecord(seq, frames, since))
     return out
+
+
+def last_handoff(primitive: object) -> float | None:
+    """Monotonic time of the last release diag saw made by other code than the
+    acquirer's (see ``_HANDOFF_ATTR``), if any."""
+    try:
+        value = _getattribute(primitive, _HANDOFF_ATTR)
+        return float(value) if type(value) is float else None
+    except Exception:
+        return None
 
 
 def last_activity(primitive: object) -> float | None:

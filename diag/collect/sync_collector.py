@@ -119,10 +119,12 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         if activity is None and is_a(obj, asyncio.Event):  # an event's activity is its last set()
             last = event_activity.last_set(obj)
             activity = None if last is None else last[1]
+        handoff = holders.last_handoff(source)
         states.append(PrimitiveState(
             primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
             tracked=holders.installed() and is_a(source, (asyncio.Lock, asyncio.Semaphore)),
+            handoff_seconds=None if handoff is None else max(0.0, now - handoff),
         ))
     with watch.own_work() if watch is not None else contextlib.nullcontext():
         proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)

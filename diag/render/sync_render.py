@@ -17,10 +17,13 @@ from diag.wording import also_named, plural
 def state_parts(state: PrimitiveState) -> list[str]:
     """``value 0/4``, ``locked``, ``size 0/1``, ``getters 1``...: the state in short parts."""
     p = state.primitive
+    # permits acquired by one task and released by another or by a timer (by design)
+    handed = [] if state.handoff_seconds is None else [
+        f"(handed on: last released by other code than its holder's {fmt.duration(state.handoff_seconds)} ago)"]
     if p.kind in ("semaphore", "bounded_semaphore"):
-        return [f"value {p.value}" + (f"/{p.capacity}" if p.capacity is not None else "")]
+        return [f"value {p.value}" + (f"/{p.capacity}" if p.capacity is not None else "")] + handed
     if p.kind in ("lock", "condition"):
-        return ["locked" if p.locked else "unlocked"]
+        return ["locked" if p.locked else "unlocked"] + handed
     if p.kind == "event":
         return ["set" if p.is_set else "unset"]
     if p.kind == "queue":
@@ -32,10 +35,10 @@ def state_text(state: PrimitiveState) -> str:
     return " ".join(state_parts(state))
 
 
-def holder_text(holder: Holder, cwd: str | None) -> str:
+def holder_text(holder: Holder, cwd: str | None, handed_on: bool = False) -> str:
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
     if not holder.task_alive:
-        who += " (FINISHED: leaked)"
+        who += " (finished: other code releases it)" if handed_on else " (FINISHED: leaked)"
     elif holder.task_state:
         who += f" ({holder.task_state})"
     at = f" at {fmt.where(holder.site[0], cwd)} {holder.site[0].function}" if holder.site else ""
@@ -86,7 +89,7 @@ def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> lis
     name = fmt.primitive_name(p) if p.label else "?"
     lines = ["", f"{prefix}{p.kind} {name} {p.id}: {state_text(state)}; waiters {waiters_text(state)}"]
     for holder in state.holders:
-        lines.append(f"    held by {holder_text(holder, cwd)}")
+        lines.append(f"    held by {holder_text(holder, cwd, state.handoff_seconds is not None)}")
         for frame in holder.site[1:]:
             lines.append(f"        from {fmt.where(frame, cwd)} {frame.function}")
     if state.waiting_tasks:
@@ -100,10 +103,10 @@ def first_holder(state: PrimitiveState) -> Holder:
     return min(state.holders, key=lambda h: (h.task_alive, -h.held_seconds))
 
 
-def holder_pieces(holder: Holder, cwd: str | None) -> list[Piece]:
+def holder_pieces(holder: Holder, cwd: str | None, handed_on: bool = False) -> list[Piece]:
     """``task 12 waiting 6.4s at app.py:236 worker``: a holder in short pieces."""
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
-    state = "LEAKED" if not holder.task_alive else holder.task_state
+    state = ("finished" if handed_on else "LEAKED") if not holder.task_alive else holder.task_state
     pieces = [fit.whole(who)] + ([fit.whole(state)] if state else []) + [fit.whole(fmt.duration(holder.held_seconds))]
     if holder.site:
         pieces += [fit.word("at"), *frame_pieces(holder.site[0], cwd)]
@@ -112,10 +115,11 @@ def holder_pieces(holder: Holder, cwd: str | None) -> list[Piece]:
 
 def holders_cell(state: PrimitiveState, cwd: str | None) -> Cell:
     """One holder, the one that matters most, and how many more (the text form lists all)."""
-    style = "bold red" if any(not h.task_alive for h in state.holders) else ""
+    handed_on = state.handoff_seconds is not None
+    style = "bold red" if not handed_on and any(not h.task_alive for h in state.holders) else ""
     if not state.holders:
         return Cell.of([fit.word("-")])
-    pieces = holder_pieces(first_holder(state), cwd)
+    pieces = holder_pieces(first_holder(state), cwd, handed_on)
     more = len(state.holders) - 1
     if more:
         pieces.append(fit.whole(f"(+{plural(more, 'more holder')})"))

@@ -129,9 +129,9 @@ def groups_table(summary: TopSummary, cwd: str | None = None) -> Table:
     return table
 
 
-def holder_text(holder: Holder) -> str:
+def holder_text(holder: Holder, handed_on: bool = False) -> str:
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
-    state = "LEAKED" if not holder.task_alive else holder.task_state
+    state = ("finished" if handed_on else "LEAKED") if not holder.task_alive else holder.task_state
     return f"{who} {state} {fmt.duration(holder.held_seconds)}"
 
 
@@ -140,7 +140,7 @@ def holders_text(line: PrimitiveLine) -> str:
     if not holders:
         owned = line.state.primitive.kind in ("lock", "condition", "semaphore", "bounded_semaphore")
         return "not tracked" if owned and not line.state.tracked else "-"
-    shown = ", ".join(holder_text(h) for h in holders[:MAX_HOLDERS])
+    shown = ", ".join(holder_text(h, line.state.handoff_seconds is not None) for h in holders[:MAX_HOLDERS])
     if len(holders) > MAX_HOLDERS:
         shown += f", +{len(holders) - MAX_HOLDERS} more"
     if line.leaked:

@@ -64,6 +64,7 @@ PROGRAM = textwrap.dedent('''
         ev.set()
         await asyncio.gather(t1, t2)
         out["sem_after"] = show(sem)
+        out["own_releases_handed_on"] = [holders.last_handoff(p) is not None for p in (lock, sem)]
         async with cond:                          # LINE cond
             out["cond"] = show(cond._lock)
         log = weakref.WeakSet()
@@ -77,10 +78,18 @@ PROGRAM = textwrap.dedent('''
             lock.release()
         await asyncio.create_task(release_for_me())
         out["released_on_behalf"] = show(lock)
+        out["handed_on"] = holders.last_handoff(lock) is not None
         out["activity"] = holders.last_activity(lock) is not None
         out["ok_from_wait_for"] = await asyncio.wait_for(sem.acquire(), 5)
         out["after_wait_for"] = len(holders.records(sem))
         sem.release()
+        out["wait_for_handed_on"] = holders.last_handoff(sem) is not None  # 3.11: acquired by wait_for's task
+        timed, signal = asyncio.Semaphore(1), asyncio.Semaphore(0)
+        await timed.acquire()
+        asyncio.get_running_loop().call_soon(timed.release)  # a rate limit's idiom: a timer gives it back
+        await asyncio.sleep(0)
+        signal.release()                                     # a release with no acquire recorded
+        out["timer_and_signal_handed_on"] = [holders.last_handoff(p) is not None for p in (timed, signal)]
         out["accelerated"] = holders.accelerated()
         print(json.dumps(out))
 
@@ -123,6 +132,12 @@ def test_both_paths_record_the_same_holders_and_sites() -> None:
         assert result["bsem"] == [[me, [["main", lines["bsem"]]]]]
         assert result["logged"] == ["BoundedSemaphore"]
         assert result["released_on_behalf"] == []
+        # releases by the acquirer are not hand-offs; one by another task, a timer, or with no
+        # acquire recorded is (a holder that ends without releasing may not have lost its permit)
+        assert result["own_releases_handed_on"] == [False, False]
+        assert result["handed_on"] is True
+        assert result["wait_for_handed_on"] is False
+        assert result["timer_and_signal_handed_on"] == [True, True]
         assert result["activity"] is True
         assert result["ok_from_wait_for"] is True and result["after_wait_for"] == 1
     assert {k: v for k, v in fast.items() if k != "accelerated"} == {k: v for k, v in slow.items() if k != "accelerated"}

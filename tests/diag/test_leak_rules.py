@@ -149,6 +149,24 @@ def test_a_holder_the_proof_found_unreachable_leaks_its_permit_before_any_gc_run
     assert "suspect" not in kinds(report) and "stuck_behind" not in kinds(report)
 
 
+def test_permits_the_program_hands_on_are_not_lost_when_their_acquirer_ends() -> None:
+    """Acquired by submitters that end, released by a consumer or a timer (a rate limit):
+    a finished holder may still get its permit back, so no sound verdict says otherwise."""
+    pool = sem("0x2", "Client.pool")
+    waiters = (waiting_on(1, pool), waiting_on(2, pool))
+    gone = held(pool, holder(5, alive=False), holder(6, alive=False), waiting=(1, 2))
+    assert kinds(leak_report(sync(snapshot(*waiters), gone), OPTIONS))[0] == "leaked_permit"
+    handed_on = replace(gone, handoff_seconds=3.0)
+    report = leak_report(sync(snapshot(*waiters), handed_on), OPTIONS)
+    assert not report.fails(DEFAULT_FAIL_ON), [(f.kind, f.evidence) for f in report.findings]
+    assert not {"leaked_permit", "stuck_behind", "deadlock"} & set(kinds(report))
+    # the proof still decides: a holder proven leaked keeps its permit whatever the program does
+    lost = task(5, coro="holder", wait=Wait("future", "Future", seconds=30.0))
+    proven = sync(snapshot(lost, *waiters), replace(held(pool, holder(5), waiting=(1, 2)), handoff_seconds=3.0),
+                  proof=Reachability(True, unreachable=(5,), blocked=3, objects_marked=10))
+    assert "leaked_permit" in kinds(leak_report(proven, OPTIONS))
+
+
 # -- swallowed cancellation -------------------------------------------------------------------
 def test_a_cancel_swallowed_past_the_grace_is_a_verdict_naming_who_waits_for_it() -> None:
     stubborn = task(1, coro="Worker.run", wait=Wait("sleep", "sleep", seconds=3.0))

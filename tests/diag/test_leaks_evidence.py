@@ -333,6 +333,21 @@ async def hang_up(reader, writer):
     await reader.readline()
     writer.close()
 
+async def submit(gate, work, i):
+    await gate.acquire()                   # handed on: the consumer gives it back once the item is done
+    await work.put(i)
+
+async def consume(gate, work):
+    while True:
+        await work.get()
+        await asyncio.sleep(0.2)
+        gate.release()
+
+async def rate_limited(rate):
+    while True:
+        await rate.acquire()               # a rate limit: a timer gives the permit back
+        asyncio.get_running_loop().call_later(0.3, rate.release)
+
 async def main():
     loop = asyncio.get_running_loop()
     keep = [asyncio.create_task(nested(), name="nested"), asyncio.create_task(queued_on_lock(), name="queued"),
@@ -360,6 +375,10 @@ async def main():
     rpc_server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     rpc = Rpc(*await asyncio.open_connection("127.0.0.1", rpc_server.sockets[0].getsockname()[1]))
     keep.append(asyncio.create_task(rpc_call(rpc), name="rpc_call"))
+    gate, work = asyncio.Semaphore(2), asyncio.Queue()
+    keep.append(asyncio.create_task(consume(gate, work), name="consume"))
+    keep += [asyncio.create_task(submit(gate, work, i), name=f"submit-{i}") for i in range(300)]
+    keep.append(asyncio.create_task(rate_limited(asyncio.Semaphore(2)), name="rate_limited"))
     await asyncio.Event().wait()
 """ + RUN_ON
 

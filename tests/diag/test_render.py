@@ -176,6 +176,22 @@ def test_sync_tables_fit_and_list_holders_compactly(width: int) -> None:
     assert len(rows) <= 4 * len(snap.primitives)
 
 
+def test_a_finished_holder_of_permits_handed_on_is_not_called_leaked() -> None:
+    snap = shop_sync()
+    (stock,) = [s for s in snap.primitives if s.primitive.id == STOCK.id]
+    handed = replace(snap, primitives=tuple(replace(s, handoff_seconds=0.4) if s is stock else s
+                                            for s in snap.primitives))
+    for shown in (snap, handed):
+        text = table_text(200, lambda c: sync_render.render_table(shown, c, cwd=CWD))
+        lines = "\n".join(line for s in shown.primitives for line in sync_render.state_lines(s, CWD))
+        if shown is snap:
+            assert "task 90 LEAKED" in text and "task 90 (FINISHED: leaked)" in lines
+        else:
+            assert "LEAKED" not in text and "task 90 finished" in text
+            assert "task 90 (finished: other code releases it)" in lines and "leaked" not in lines.lower()
+            assert "(handed on: last released by other code than its holder's 0.4s ago)" in lines
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_leak_tables_fit_and_keep_the_programs_frames_whole(width: int) -> None:
     report = leak_report(shop_sync(), LeakOptions(min_wait=5.0))
