@@ -489,6 +489,32 @@ class Stall:
 
 
 @dataclass(frozen=True)
+class Unwoken:
+    """An episode of a loop asleep in its selector with callbacks in its ready queue and
+    its thread not woken: they were scheduled from another thread without
+    ``call_soon_threadsafe`` (``Future.set_result``, ``Event.set``, ``call_soon`` from a
+    thread).  ``started_at`` is Unix time, ``seconds`` how long it lasted (a lower bound;
+    so far, when ``ongoing``), ``callbacks`` what they would do, ``task_ids`` the tasks
+    they would wake."""
+
+    started_at: float
+    seconds: float
+    ongoing: bool = False
+    callbacks: tuple[str, ...] = ()
+    task_ids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "seconds": self.seconds, "ongoing": self.ongoing,
+                "callbacks": list(self.callbacks), "task_ids": list(self.task_ids)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Unwoken:
+        return cls(finite_float(d.get("started_at") or 0.0, "started_at"),
+                   finite_float(d.get("seconds") or 0.0, "seconds"), bool(d.get("ongoing", False)),
+                   tuple(str(c) for c in d.get("callbacks") or ()), tuple(int(t) for t in d.get("task_ids") or ()))
+
+
+@dataclass(frozen=True)
 class LoopInfo:
     """Health of one event loop, as the agent's heartbeat sees it.
 
@@ -500,7 +526,9 @@ class LoopInfo:
     ``starved_total``/``starved_seconds_total`` count every stall (and the starved ones)
     since the agent started.  ``lag_peaks`` holds, for each second of the last minute
     whose worst heartbeat lag was 1 ms or more, (Unix time of that beat, its lag),
-    oldest first: ``lag_seconds`` is only the latest beat's.
+    oldest first: ``lag_seconds`` is only the latest beat's.  ``unwoken`` are the
+    episodes of the window in which the loop slept with callbacks ready (asyncio's loops;
+    ``unwoken_total`` counts them all since the agent started).
     """
 
     id: str
@@ -518,6 +546,8 @@ class LoopInfo:
     starved_total: int = 0
     starved_seconds_total: float = 0.0
     lag_peaks: tuple[tuple[float, float], ...] = ()
+    unwoken: tuple[Unwoken, ...] = ()
+    unwoken_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "thread_id": self.thread_id, "thread_name": self.thread_name,
@@ -528,7 +558,8 @@ class LoopInfo:
                 "stall_stacks": [s.to_dict() for s in self.stall_stacks],
                 "stalls_total": self.stalls_total, "stall_seconds_total": self.stall_seconds_total,
                 "starved_total": self.starved_total, "starved_seconds_total": self.starved_seconds_total,
-                "lag_peaks": [[at, lag] for at, lag in self.lag_peaks]}
+                "lag_peaks": [[at, lag] for at, lag in self.lag_peaks],
+                "unwoken": [u.to_dict() for u in self.unwoken], "unwoken_total": self.unwoken_total}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoopInfo:
@@ -546,7 +577,9 @@ class LoopInfo:
                    starved_total=int(d.get("starved_total") or 0),
                    starved_seconds_total=finite_float(d.get("starved_seconds_total") or 0.0, "starved_seconds_total"),
                    lag_peaks=tuple((finite_float(at, "lag_peaks"), finite_float(lag, "lag_peaks"))
-                                   for at, lag in d.get("lag_peaks") or ()))
+                                   for at, lag in d.get("lag_peaks") or ()),
+                   unwoken=tuple(Unwoken.from_dict(u) for u in d.get("unwoken") or ()),
+                   unwoken_total=int(d.get("unwoken_total") or 0))
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,9 @@ from diag.wording import plural as _plural
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
 KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked",
-         "exhausted", "suspect", "loop_starved", "incomplete")
+         "lost_wakeup", "exhausted", "suspect", "loop_starved", "incomplete")
 DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel",
-                             "loop_blocked", "incomplete"})
+                             "loop_blocked", "lost_wakeup", "incomplete"})
 #: Waits that are normal when long: idle consumers and periodic sleepers.
 _IDLE_KINDS = frozenset({"queue_get", "sleep", "running", "ready"})
 #: Tasks listed per finding; ``task_count`` still counts them all.
@@ -824,6 +824,40 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
     return out
 
 
+def lost_wakeups(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
+    """Loops that slept in their selector with callbacks ready and their thread not woken:
+    code in another thread scheduled them without ``call_soon_threadsafe``.  A loop asleep
+    with work to do is the proof; the callbacks say what waited."""
+    out = []
+    for loop in snap.tasks.loops:
+        episodes = [u for u in loop.unwoken if snap.taken_at - (u.started_at + u.seconds) <= options.stall_window]
+        if not episodes:
+            continue
+        longest = max(episodes, key=lambda u: u.seconds)
+        current = next((u for u in episodes if u.ongoing), None)
+        task_ids = list(dict.fromkeys(t for u in episodes for t in u.task_ids))
+        tasks = tuple(by_id[t] for t in task_ids if t in by_id)
+        callbacks = list(dict.fromkeys(c for u in (current or longest,) for c in u.callbacks))
+        if current is not None:
+            title = (f"event loop {loop.id} has slept {current.seconds:.1f}s with "
+                     f"{_plural(len(current.callbacks), 'callback')} ready: a wake-up from another thread was lost")
+        else:
+            title = (f"event loop {loop.id} slept with callbacks ready {_plural(len(episodes), 'time')} in the "
+                     f"last {options.stall_window:.0f}s, longest {longest.seconds:.1f}s: wake-ups from another "
+                     f"thread were lost")
+        evidence = (f"thread {loop.thread_name or loop.thread_id} sat in its selector while its ready queue held "
+                    f"{', '.join(callbacks)}; nothing woke it: a Future.set_result, Event.set, Queue.put_nowait or "
+                    f"loop.call_soon made in a thread other than the loop's queues the callback without waking the "
+                    f"loop, which sleeps until some I/O or timer happens to wake it (or for good): call it through "
+                    f"loop.call_soon_threadsafe (or asyncio.run_coroutine_threadsafe)")
+        if len(episodes) > 1:
+            evidence += f"; {_plural(len(episodes), 'episode')} in the last {options.stall_window:.0f}s"
+        out.append(Finding(kind="lost_wakeup", title=title, evidence=evidence,
+                           tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
+                           score=sum(u.seconds for u in episodes)))
+    return out
+
+
 def loops_starved(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
     """Loops that were ready to turn but got no CPU or GIL: the machine's or another thread's doing."""
     out = []
@@ -872,7 +906,9 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     explained.update(stuck.reasons)
     cancels = swallowed_cancels(snap, by_id, options)
     explained.update(f.tasks[0].id for f in cancels)
-    findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options)
+    wakeups = lost_wakeups(snap, by_id, options)
+    explained.update(t.id for f in wakeups for t in f.tasks)
+    findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options) + wakeups
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
                 + executors_exhausted(snap, by_id, options)
                 + suspects(snap, by_id, options, explained) + loops_starved(snap, options) + incomplete(snap))

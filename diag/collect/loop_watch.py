@@ -23,9 +23,11 @@ import asyncio
 import asyncio.events
 import collections
 import contextlib
+import itertools
 import linecache
 import os
 import platform
+import selectors
 import sys
 import threading
 import time
@@ -38,11 +40,25 @@ from diag.analysis.loop_stalls import classify
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
 from diag.collect.safe_read import (
-    COROUTINE_WRAPPER, future_done, future_field, task_cancelling, task_coroutine, wrapped_coroutine,
+    COROUTINE_WRAPPER, clip, future_done, future_field, instance_dict, is_a, task_cancelling, task_coroutine,
+    wrapped_coroutine,
 )
-from diag.task_snapshot import Frame, Stall, StallStack
+from diag.task_snapshot import Frame, Stall, StallStack, Unwoken
 
 HEARTBEAT_INTERVAL = 0.1
+#: A loop asleep in its selector this long with callbacks in its ready queue, its thread
+#: not woken, has lost a wake-up: they were scheduled from another thread without
+#: ``call_soon_threadsafe``.
+UNWOKEN_MIN = 0.25
+#: Such episodes kept per loop (the last ``STALL_WINDOW`` seconds are reported).
+MAX_UNWOKEN = 32
+#: Ready callbacks described per episode.
+UNWOKEN_CALLBACKS = 8
+#: The ``select`` methods of the selectors asyncio's loops sleep in: a loop thread whose
+#: innermost frame is one of these is idle.
+_SELECT_CODES = frozenset(
+    cls.__dict__["select"].__code__ for cls in vars(selectors).values()
+    if isinstance(cls, type) and callable(cls.__dict__.get("select")) and hasattr(cls.__dict__["select"], "__code__"))
 #: A loop whose heartbeat is older than this is reported as stalled.
 STALL_THRESHOLD = 0.25
 #: The wait sampler may use at most this share of one core; with many tasks it samples less often.
@@ -97,6 +113,20 @@ class _StallRecord:
 
 
 @dataclass
+class _Unwoken:
+    """An episode of a loop asleep in its selector with callbacks ready (see ``UNWOKEN_MIN``)."""
+
+    first: float  # monotonic time it was first seen
+    wall: float  # time.time() then
+    last: float  # monotonic time it was last seen
+    callbacks: tuple[str, ...]
+    tasks: tuple[int, ...]  # diag ids of the tasks the callbacks would wake
+    handles: frozenset[int]  # ids of the ready handles first seen (to tell one episode from the next)
+    recorded: bool = False
+    ongoing: bool = True
+
+
+@dataclass
 class _Beat:
     """Heartbeat state of one loop (mutated by the watchdog and the loop thread)."""
 
@@ -124,6 +154,9 @@ class _Beat:
     stall_seconds_total: float = 0.0
     starved_total: int = 0
     starved_seconds_total: float = 0.0
+    asleep: _Unwoken | None = None  # the loop is asleep with callbacks ready (asyncio's loops)
+    unwoken: "collections.deque[_Unwoken]" = field(default_factory=lambda: collections.deque(maxlen=MAX_UNWOKEN))
+    unwoken_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +193,51 @@ def thread_schedstat(native_id: int | None) -> tuple[float, float] | None:
 
 
 _PROCFS = [sys.platform.startswith("linux")]
+_RUN_ONCE_CODE = getattr(asyncio.base_events.BaseEventLoop, "_run_once").__code__
+_handle_callback = getattr(asyncio.Handle, "_callback", None)
+
+
+def thread_state(native_id: int | None) -> str | None:
+    """The scheduler state of one of this process's threads (``R`` running or runnable,
+    ``S`` asleep...), from ``/proc/self/task/TID/stat``; None where it cannot be read."""
+    if native_id is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/stat", os.O_RDONLY)
+        try:
+            text = os.read(fd, 512)
+        finally:
+            os.close(fd)
+        return text.rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _describe_ready(handles: list[Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """What ready callbacks would do (``wakes task 5 (poll)``, ``Client._on_timer``) and the
+    ids of the tasks they would wake; no code of the program's runs."""
+    described: list[str] = []
+    tasks: list[int] = []
+    for handle in handles:
+        if not is_a(handle, asyncio.Handle) or _handle_callback is None:
+            continue
+        try:
+            callback = _handle_callback.__get__(handle, asyncio.Handle)
+        except Exception:
+            continue
+        owner = callback.__self__ if type(callback) in (types.MethodType, types.BuiltinMethodType) else None
+        if is_a(owner, asyncio.Task):
+            seq = task_origins.task_seq(owner)
+            coro = future_field(owner, "_coro")
+            code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
+            name = getattr(code, "co_qualname", "?") if code is not None else clip(type(coro).__qualname__)
+            described.append(f"wakes task {seq} ({clip(name)})")
+            tasks.append(seq)
+        elif type(callback) in (types.FunctionType, types.MethodType, types.BuiltinFunctionType):
+            described.append(clip(getattr(callback, "__qualname__", "?")))
+        else:
+            described.append(clip(type(callback).__qualname__))
+    return tuple(described), tuple(tasks)
 #: The futex system call's number, which a thread waiting for the GIL (or a lock) sits in.
 _FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine()) if _PROCFS[0] else None
 
@@ -460,6 +538,7 @@ class LoopWatch:
                 time.process_time(), _throttled_seconds(self._throttle))
 
     def _send_beats(self) -> None:
+        frames: dict[int, types.FrameType] | None = None
         for loop in self.loops():
             beat = self._beats.get(loop)
             if beat is None or beat.closing:
@@ -487,11 +566,81 @@ class LoopWatch:
                     self._bind_thread(loop, next((t for t in threading.enumerate() if t.ident == ident), None))
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
+                if frames is None:
+                    frames = sys._current_frames()
+                if self._idle_in_select(loop, beat, frames):
+                    continue
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.sent_at = time.monotonic()
                 loop.call_soon_threadsafe(self._on_beat, beat)
             except Exception:
                 beat.sent_at = None
+
+    def _idle_in_select(self, loop: Any, beat: _Beat, frames: dict[int, types.FrameType]) -> bool:
+        """True when the loop (one of asyncio's) sleeps in its selector: it is idle, and no
+        beat is sent, for a beat would wake it and hide a wake-up the program lost.  Notes
+        an episode of callbacks left ready while its thread sleeps (see ``UNWOKEN_MIN``)."""
+        attrs = instance_dict(loop)
+        ready = attrs.get("_ready") if attrs is not None else None
+        if type(ready) is not collections.deque or beat.thread_id is None:
+            return False  # uvloop: its ready queue is not to be read
+        top = frames.get(beat.thread_id)
+        if top is None or top.f_code not in _SELECT_CODES or top.f_back is None or top.f_back.f_code is not _RUN_ONCE_CODE:
+            self._woke(beat)
+            return False
+        if thread_state(beat.native_id) != "S":
+            # the kernel has woken the thread (it runs, or waits for a CPU: a stall may be
+            # starting), or its state cannot be read: beaten as usual
+            self._woke(beat)
+            return False
+        if not ready:
+            self._woke(beat)
+            beat.lag = 0.0  # idle: a callback now would run at once
+            return True
+        self._note_unwoken(beat, ready)
+        return True
+
+    def _note_unwoken(self, beat: _Beat, ready: "collections.deque[Any]") -> None:
+        now = time.monotonic()
+        try:
+            handles = list(itertools.islice(ready, 64))
+        except RuntimeError:  # changed while read: the loop is awake after all
+            return
+        ids = frozenset(id(h) for h in handles)
+        episode = beat.asleep
+        if episode is None or not ids & episode.handles:
+            self._woke(beat)
+            callbacks, tasks = _describe_ready(handles[:UNWOKEN_CALLBACKS])
+            if len(handles) > UNWOKEN_CALLBACKS:
+                callbacks += (f"and {len(ready) - UNWOKEN_CALLBACKS} more",)
+            beat.asleep = _Unwoken(now, time.time(), now, callbacks, tasks, ids)
+            return
+        episode.last = now
+        if not episode.recorded and now - episode.first >= UNWOKEN_MIN:
+            episode.recorded = True
+            with self._lock:
+                beat.unwoken.append(episode)
+                beat.unwoken_total += 1
+
+    @staticmethod
+    def _woke(beat: _Beat) -> None:
+        episode, beat.asleep = beat.asleep, None
+        if episode is not None:
+            episode.ongoing = False
+
+    def unwoken(self, loop: asyncio.AbstractEventLoop) -> tuple[tuple[Unwoken, ...], int]:
+        """The loop's episodes of sleeping with callbacks ready, of the last ``STALL_WINDOW``
+        seconds (oldest first), and how many there were since the agent started."""
+        beat = self._beats.get(loop)
+        if beat is None:
+            return (), 0
+        now = time.monotonic()
+        with self._lock:
+            episodes = [e for e in beat.unwoken if now - e.last <= STALL_WINDOW]
+            total = beat.unwoken_total
+        current = beat.asleep
+        return tuple(Unwoken(e.wall, max(0.0, (now if e is current else e.last) - e.first), e is current,
+                             e.callbacks, e.tasks) for e in episodes), total
 
     @staticmethod
     def _on_beat(beat: _Beat) -> None:

@@ -968,10 +968,11 @@ def collect_loops(watch: LoopWatch | None, loops: set[asyncio.AbstractEventLoop]
             running = False
         blocking = thread_stack(thread_id, frames) if stalled > 0 else ()
         h = watch.stall_history(loop) if watch is not None else StallHistory()
+        unwoken, unwoken_total = watch.unwoken(loop) if watch is not None else ((), 0)
         out.append(LoopInfo(hex(id(loop)), thread_id, thread_name, running, lag, stalled, blocking,
                             h.window, h.stalls, h.stacks, h.stalls_total, h.stall_seconds_total,
                             h.starved_total, h.starved_seconds_total,
-                            watch.lag_peaks(loop) if watch is not None else ()))
+                            watch.lag_peaks(loop) if watch is not None else (), unwoken, unwoken_total))
     return tuple(out)
 
 

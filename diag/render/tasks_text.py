@@ -41,9 +41,26 @@ def loop_line(loop: LoopInfo) -> str:
     return f"{where}: turning (heartbeat lag {lag}){history}"
 
 
+def unwoken_text(loop: LoopInfo) -> str:
+    """``; ASLEEP 2.3s with 1 callback ready (a lost wake-up: diag leaks)``, or the count of
+    such episodes in the window, or nothing."""
+    if not loop.unwoken:
+        return ""
+    current = next((u for u in loop.unwoken if u.ongoing), None)
+    if current is not None:
+        return (f"; ASLEEP {fmt.duration(current.seconds)} with {plural(len(current.callbacks), 'callback')} ready "
+                f"(a lost wake-up: diag leaks)")
+    return f"; {plural(len(loop.unwoken), 'lost wake-up')} in the last {loop.stall_window:.0f}s (diag leaks)"
+
+
 def stall_history_text(loop: LoopInfo) -> str:
     """``; 5 stalls in the last 60s: 4 blocked, longest 0.8s at app.py:12 fetch_sync; 1 starved
-    (runqueue), longest 0.4s``, or nothing when the agent kept no stall."""
+    (runqueue), longest 0.4s``, or nothing when the agent kept no stall; then any lost
+    wake-ups (``unwoken_text``)."""
+    return _stalls_text(loop) + unwoken_text(loop)
+
+
+def _stalls_text(loop: LoopInfo) -> str:
     if not loop.stalls or loop.stall_window <= 0:
         return ""
     parts = []

@@ -382,7 +382,7 @@ async def main():
     await asyncio.Event().wait()
 """ + RUN_ON
 
-ALL_KINDS = "proven_leak,leaked_permit,deadlock,stuck_behind,swallowed_cancel,loop_blocked,exhausted,suspect"
+ALL_KINDS = "proven_leak,leaked_permit,deadlock,stuck_behind,swallowed_cancel,loop_blocked,lost_wakeup,exhausted,suspect"
 WANTED = {"deadlock", "stuck_behind", "swallowed_cancel", "suspect"}
 
 
