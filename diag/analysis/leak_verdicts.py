@@ -663,7 +663,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     idle_since = {s.primitive.id: s.idle_seconds for s in snap.primitives}
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
-    holders = {s.primitive.id: s.holders for s in snap.primitives if s.holders}
+    # a primitive whose permits are handed on is released by others than its holders
+    holders = {s.primitive.id: s.holders for s in snap.primitives if s.holders and s.handoff_seconds is None}
     consumers: dict[str, tuple[tuple[TaskInfo, ...], bool]] | None = None  # made at the first Queue.join
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
     fired: dict[str, int] = {}  # event label -> how many events of that name were set
@@ -840,16 +841,16 @@ def lost_wakeups(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: Lea
         callbacks = list(dict.fromkeys(c for u in (current or longest,) for c in u.callbacks))
         if current is not None:
             title = (f"event loop {loop.id} has slept {current.seconds:.1f}s with "
-                     f"{_plural(len(current.callbacks), 'callback')} ready: a wake-up from another thread was lost")
+                     f"{_plural(len(current.callbacks), 'callback')} ready: a wake-up was lost")
         else:
             title = (f"event loop {loop.id} slept with callbacks ready {_plural(len(episodes), 'time')} in the "
-                     f"last {options.stall_window:.0f}s, longest {longest.seconds:.1f}s: wake-ups from another "
-                     f"thread were lost")
-        evidence = (f"thread {loop.thread_name or loop.thread_id} sat in its selector while its ready queue held "
+                     f"last {options.stall_window:.0f}s, longest {longest.seconds:.1f}s: wake-ups were lost")
+        evidence = (f"thread {loop.thread_name or loop.thread_id} sat in its poll while its ready queue held "
                     f"{', '.join(callbacks)}; nothing woke it: a Future.set_result, Event.set, Queue.put_nowait or "
-                    f"loop.call_soon made in a thread other than the loop's queues the callback without waking the "
-                    f"loop, which sleeps until some I/O or timer happens to wake it (or for good): call it through "
-                    f"loop.call_soon_threadsafe (or asyncio.run_coroutine_threadsafe)")
+                    f"loop.call_soon made in a thread other than the loop's, or in a handler installed with "
+                    f"signal.signal, queues the callback without waking the loop, which then sleeps until some I/O "
+                    f"or timer happens to wake it (or for good): call it through loop.call_soon_threadsafe (or "
+                    f"asyncio.run_coroutine_threadsafe; for a signal, loop.add_signal_handler)")
         if len(episodes) > 1:
             evidence += f"; {_plural(len(episodes), 'episode')} in the last {options.stall_window:.0f}s"
         out.append(Finding(kind="lost_wakeup", title=title, evidence=evidence,

@@ -121,7 +121,8 @@ class _Unwoken:
     last: float  # monotonic time it was last seen
     callbacks: tuple[str, ...]
     tasks: tuple[int, ...]  # diag ids of the tasks the callbacks would wake
-    handles: frozenset[int]  # ids of the ready handles first seen (to tell one episode from the next)
+    handles: frozenset[int]  # ids of the ready handles (or tasks) first seen (to tell one episode from the next)
+    source: str = "ready"  # "ready": the loop's ready queue; "tasks": tasks on done futures (uvloop)
     recorded: bool = False
     ongoing: bool = True
 
@@ -154,7 +155,8 @@ class _Beat:
     stall_seconds_total: float = 0.0
     starved_total: int = 0
     starved_seconds_total: float = 0.0
-    asleep: _Unwoken | None = None  # the loop is asleep with callbacks ready (asyncio's loops)
+    asleep: _Unwoken | None = None  # the loop is asleep with callbacks ready
+    idle_since: float | None = None  # monotonic time the watchdog first saw the loop idle, while it is
     unwoken: "collections.deque[_Unwoken]" = field(default_factory=lambda: collections.deque(maxlen=MAX_UNWOKEN))
     unwoken_total: int = 0
 
@@ -213,6 +215,21 @@ def thread_state(native_id: int | None) -> str | None:
         return None
 
 
+def _has_ready_queue(loop: object) -> bool:
+    """An asyncio loop whose ready queue the watchdog reads (not uvloop's, which is compiled)."""
+    attrs = instance_dict(loop)
+    return attrs is not None and type(attrs.get("_ready")) is collections.deque
+
+
+def _wakes(task: Any) -> tuple[int, str]:
+    """(diag id, ``wakes task 5 (poll)``) of a task a callback would wake."""
+    seq = task_origins.task_seq(task)
+    coro = future_field(task, "_coro")
+    code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
+    name = getattr(code, "co_qualname", "?") if code is not None else clip(type(coro).__qualname__)
+    return seq, f"wakes task {seq} ({clip(name)})"
+
+
 def _describe_ready(handles: list[Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """What ready callbacks would do (``wakes task 5 (poll)``, ``Client._on_timer``) and the
     ids of the tasks they would wake; no code of the program's runs."""
@@ -227,11 +244,8 @@ def _describe_ready(handles: list[Any]) -> tuple[tuple[str, ...], tuple[int, ...
             continue
         owner = callback.__self__ if type(callback) in (types.MethodType, types.BuiltinMethodType) else None
         if is_a(owner, asyncio.Task):
-            seq = task_origins.task_seq(owner)
-            coro = future_field(owner, "_coro")
-            code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
-            name = getattr(code, "co_qualname", "?") if code is not None else clip(type(coro).__qualname__)
-            described.append(f"wakes task {seq} ({clip(name)})")
+            seq, text = _wakes(owner)
+            described.append(text)
             tasks.append(seq)
         elif type(callback) in (types.FunctionType, types.MethodType, types.BuiltinFunctionType):
             described.append(clip(getattr(callback, "__qualname__", "?")))
@@ -240,6 +254,25 @@ def _describe_ready(handles: list[Any]) -> tuple[tuple[str, ...], tuple[int, ...
     return tuple(described), tuple(tasks)
 #: The futex system call's number, which a thread waiting for the GIL (or a lock) sits in.
 _FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine()) if _PROCFS[0] else None
+#: The epoll wait system calls (epoll_wait, epoll_pwait, epoll_pwait2), which an idle uvloop sits in.
+_EPOLL_WAITS = {"x86_64": frozenset({232, 281, 441}), "aarch64": frozenset({22, 441}),
+                "arm64": frozenset({22, 441})}.get(platform.machine(), frozenset()) if _PROCFS[0] else frozenset()
+
+
+def in_epoll_wait(native_id: int | None) -> bool:
+    """Is this thread of the process blocked in an epoll wait (``/proc/self/task/TID/syscall``):
+    an event loop polling for I/O, not a call that blocks?"""
+    if native_id is None or not _EPOLL_WAITS:
+        return False
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
+        try:
+            first = os.read(fd, 64).split(b" ", 1)[0]
+        finally:
+            os.close(fd)
+        return first.isdigit() and int(first) in _EPOLL_WAITS
+    except (OSError, ValueError):
+        return False
 
 
 def in_futex_wait(native_id: int | None) -> bool:
@@ -577,28 +610,53 @@ class LoopWatch:
                 beat.sent_at = None
 
     def _idle_in_select(self, loop: Any, beat: _Beat, frames: dict[int, types.FrameType]) -> bool:
-        """True when the loop (one of asyncio's) sleeps in its selector: it is idle, and no
-        beat is sent, for a beat would wake it and hide a wake-up the program lost.  Notes
-        an episode of callbacks left ready while its thread sleeps (see ``UNWOKEN_MIN``)."""
-        attrs = instance_dict(loop)
-        ready = attrs.get("_ready") if attrs is not None else None
-        if type(ready) is not collections.deque or beat.thread_id is None:
-            return False  # uvloop: its ready queue is not to be read
-        top = frames.get(beat.thread_id)
-        if top is None or top.f_code not in _SELECT_CODES or top.f_back is None or top.f_back.f_code is not _RUN_ONCE_CODE:
+        """True when the loop sleeps in its poll: it is idle, and no beat is sent, for a beat
+        would wake it and hide a wake-up the program lost.  On asyncio's loops, notes an
+        episode of callbacks left ready while the thread sleeps (see ``UNWOKEN_MIN``); on
+        uvloop's, whose ready queue cannot be read, the wait sampler looks for tasks whose
+        awaited future is done while the loop sleeps (``_note_done_waits``)."""
+        idle = self._idle(loop, beat, frames)
+        if idle is None:
+            beat.idle_since = None
             self._woke(beat)
             return False
+        if beat.idle_since is None:
+            beat.idle_since = time.monotonic()
+        if idle:
+            self._note_unwoken(beat, idle)
+        else:  # nothing ready (on uvloop: nothing to see from here)
+            if beat.asleep is not None and beat.asleep.source == "ready":
+                self._woke(beat)
+            beat.lag = 0.0  # idle: a callback now would run at once
+        return True
+
+    def _idle(self, loop: Any, beat: _Beat, frames: dict[int, types.FrameType]) -> Any:
+        """None when the loop thread is not asleep in the loop's own poll (or that cannot be
+        told); else its ready queue when callbacks wait in it (asyncio's loops), or an empty
+        tuple."""
+        if beat.thread_id is None:
+            return None
+        top = frames.get(beat.thread_id)
+        if top is None:
+            return None
+        attrs = instance_dict(loop)
+        ready = attrs.get("_ready") if attrs is not None else None
+        if type(ready) is collections.deque:
+            if top.f_code not in _SELECT_CODES or top.f_back is None or top.f_back.f_code is not _RUN_ONCE_CODE:
+                return None
+        elif beat.base_stack is not None:
+            # uvloop: compiled, so an idle loop shows the bare stack beneath its callbacks, and
+            # its thread sits in epoll (a C call that blocks under that stack would not)
+            if _stack_key(top) != beat.base_stack or not in_epoll_wait(beat.native_id):
+                return None
+            ready = ()
+        else:
+            return None
         if thread_state(beat.native_id) != "S":
             # the kernel has woken the thread (it runs, or waits for a CPU: a stall may be
             # starting), or its state cannot be read: beaten as usual
-            self._woke(beat)
-            return False
-        if not ready:
-            self._woke(beat)
-            beat.lag = 0.0  # idle: a callback now would run at once
-            return True
-        self._note_unwoken(beat, ready)
-        return True
+            return None
+        return ready if ready else ()
 
     def _note_unwoken(self, beat: _Beat, ready: "collections.deque[Any]") -> None:
         now = time.monotonic()
@@ -614,6 +672,26 @@ class LoopWatch:
             if len(handles) > UNWOKEN_CALLBACKS:
                 callbacks += (f"and {len(ready) - UNWOKEN_CALLBACKS} more",)
             beat.asleep = _Unwoken(now, time.time(), now, callbacks, tasks, ids)
+            return
+        episode.last = now
+        if not episode.recorded and now - episode.first >= UNWOKEN_MIN:
+            episode.recorded = True
+            with self._lock:
+                beat.unwoken.append(episode)
+                beat.unwoken_total += 1
+
+    def _note_done_waits(self, beat: _Beat, tasks: list[Any], now: float) -> None:
+        """Tasks of an idle loop whose awaited future is done: their wake-up was queued
+        without waking the loop (uvloop, whose ready queue cannot be read)."""
+        ids = frozenset(id(t) for t in tasks)
+        episode = beat.asleep
+        if episode is None or episode.source != "tasks" or not ids & episode.handles:
+            self._woke(beat)
+            woken = [_wakes(t) for t in tasks[:UNWOKEN_CALLBACKS]]
+            callbacks = tuple(text for _, text in woken)
+            if len(tasks) > UNWOKEN_CALLBACKS:
+                callbacks += (f"and {len(tasks) - UNWOKEN_CALLBACKS} more",)
+            beat.asleep = _Unwoken(now, time.time(), now, callbacks, tuple(seq for seq, _ in woken), ids, "tasks")
             return
         episode.last = now
         if not episode.recorded and now - episode.first >= UNWOKEN_MIN:
@@ -854,6 +932,7 @@ class LoopWatch:
         stacks: dict[int, tuple[int, tuple[tuple[types.CodeType, int], ...]]] = {}
         budget = STACKS_PER_SAMPLE
         seen_loops: set[int] = set()
+        done_waits: dict[int, tuple[_Beat, list[Any]]] = {}
         for task in iter_all_tasks():
             if future_done(task):  # kept alive by the program: it may have died of an exception
                 self.dead.note_done(task)
@@ -871,6 +950,11 @@ class LoopWatch:
             waiter = future_field(task, "_fut_waiter")
             if waiter is None:
                 continue
+            if future_done(waiter) and not _has_ready_queue(loop):
+                # woken, not yet run, on uvloop: late, or never to run (a lost wake-up)
+                beat = self._beats.get(loop)
+                if beat is not None and beat.idle_since is not None and beat.idle_since < start:
+                    done_waits.setdefault(id(beat), (beat, []))[1].append(task)
             old = prev.get(key)
             # The same wait only if it is the same future: a new one freed and made at the same
             # address (asyncio reuses them constantly) starts a new wait.
@@ -891,6 +975,17 @@ class LoopWatch:
         self._waits = new
         self._cancels = cancels
         self._stacks = stacks
+        # Tasks on a done future of a loop asleep since before this sample: on uvloop the only
+        # sign of a lost wake-up (asyncio's loops show their ready queue to the watchdog).
+        with self._lock:
+            beats = list(self._beats.values())
+        for beat in beats:
+            found = done_waits.get(id(beat))
+            if found is not None:
+                self._note_done_waits(beat, found[1], start)
+            elif beat.asleep is not None and beat.asleep.source == "tasks":
+                self._woke(beat)
+        del done_waits
         if self.sampled_since is None:
             self.sampled_since = start
         return time.monotonic() - start

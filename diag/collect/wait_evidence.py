@@ -83,14 +83,28 @@ def _callback_fn(entry: object) -> object:
     return entry[0] if type(entry) is tuple and entry else entry
 
 
-def is_main_task(task: object) -> bool:
+_release_waiter = getattr(asyncio.tasks, "_release_waiter", None)
+
+
+def is_main_task(task: object, depth: int = 3) -> bool:
     """True for the task a loop runner waits on (``asyncio.run``, ``Runner.run``,
-    ``run_until_complete``, and uvloop's): its done callbacks include the runner's."""
+    ``run_until_complete``, and uvloop's): its done callbacks include the runner's.  Also
+    for the task 3.11's ``wait_for`` runs a main task's coroutine in (``asyncio.run(
+    asyncio.wait_for(main(), limit))``): that task is the program's main in all but name,
+    and it is cancelled with the main task."""
     for entry in _callbacks(task):
         fn = _callback_fn(entry)
         if type(fn) is types.FunctionType:
             if fn.__name__ == "_run_until_complete_cb" and fn.__module__ == "asyncio.base_events":
                 return True
+        elif type(fn) is functools.partial:
+            if depth > 0 and _release_waiter is not None and fn.func is _release_waiter and fn.args:
+                # wait_for's inner task: its waiter future wakes the task that called wait_for
+                for waiting in _callbacks(fn.args[0]):
+                    wake = _callback_fn(waiting)
+                    owner = getattr(wake, "__self__", None) if type(wake) is types.BuiltinMethodType else None
+                    if is_a(owner, asyncio.Task) and is_main_task(owner, depth - 1):
+                        return True
         elif "cyfunction" in type(fn).__name__ or "cython" in type(fn).__name__:
             if _cy_attr(fn, "__name__") == "done_cb" and _cy_attr(fn, "__module__").startswith("uvloop"):
                 return True

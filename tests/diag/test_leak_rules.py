@@ -160,6 +160,14 @@ def test_permits_the_program_hands_on_are_not_lost_when_their_acquirer_ends() ->
     report = leak_report(sync(snapshot(*waiters), handed_on), OPTIONS)
     assert not report.fails(DEFAULT_FAIL_ON), [(f.kind, f.evidence) for f in report.findings]
     assert not {"leaked_permit", "stuck_behind", "deadlock"} & set(kinds(report))
+    # a holder that waits does not keep such permits out either: others release them
+    busy = task(7, coro="submit", wait=Wait("future", "Future", seconds=30.0))
+    waiting = held(pool, holder(7), waiting=(1, 2))
+    plain = leak_report(sync(snapshot(busy, *waiters), waiting), OPTIONS)
+    assert any("held by task 7" in f.evidence for f in plain.findings), [(f.kind, f.evidence) for f in plain.findings]
+    handed = leak_report(sync(snapshot(busy, *waiters), replace(waiting, handoff_seconds=0.5)), OPTIONS)
+    assert not any("held by task 7" in f.evidence for f in handed.findings)
+    assert not {1, 2} & ids_of(handed, "suspect") and not {1, 2} & ids_of(handed, "exhausted")
     # the proof still decides: a holder proven leaked keeps its permit whatever the program does
     lost = task(5, coro="holder", wait=Wait("future", "Future", seconds=30.0))
     proven = sync(snapshot(lost, *waiters), replace(held(pool, holder(5), waiting=(1, 2)), handoff_seconds=3.0),
