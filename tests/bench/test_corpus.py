@@ -70,6 +70,7 @@ def test_every_program_has_a_twin_and_a_label_naming_a_public_bug() -> None:
         docstring = source.split('"""')[1]
         assert bug.group(1) in docstring, f"{name}: the docstring does not name the bug it is modelled on"
         assert label["mechanism"] in MECHANISMS, name
+        assert set(label.get("loops", scorer.LOOPS)) <= set(scorer.LOOPS) and label.get("loops", scorer.LOOPS), name
         assert source.endswith(FOOTER) and twin.endswith(FOOTER), f"{name}: does not end with the runner"
         assert not re.search(r"\bdiag\b", source + twin, re.I), f"{name} mentions diag"
         assert 0 < changed_lines(source, twin) < 15, f"{name}: the twin should differ only in the fix's lines"
