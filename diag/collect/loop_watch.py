@@ -4,7 +4,10 @@
 loop that starts running, in any thread) and from tasks seen in dumps.  A watchdog
 thread sends each running loop a heartbeat with ``call_soon_threadsafe``: a beat that
 has not run after a while means the loop is stalled, and the loop thread's current
-stack (from ``sys._current_frames``) says on what.  The same thread samples every
+stack (from ``sys._current_frames``) says on what.  A loop whose thread sleeps in the
+loop's own poll is idle and gets no beat: waking it would hide a wake-up the program
+lost (a future set from another thread), which is recorded instead when callbacks stay
+ready while the thread sleeps (``UNWOKEN_MIN``).  The same thread samples every
 task's awaited future about once a second, so a dump can say how long a task has
 waited on the same object: a lower bound, exact to the sampling interval.
 
@@ -252,6 +255,8 @@ def _describe_ready(handles: list[Any]) -> tuple[tuple[str, ...], tuple[int, ...
         else:
             described.append(clip(type(callback).__qualname__))
     return tuple(described), tuple(tasks)
+
+
 #: The futex system call's number, which a thread waiting for the GIL (or a lock) sits in.
 _FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine()) if _PROCFS[0] else None
 #: The epoll wait system calls (epoll_wait, epoll_pwait, epoll_pwait2), which an idle uvloop sits in.
