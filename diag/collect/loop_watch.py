@@ -576,7 +576,6 @@ class LoopWatch:
                 time.process_time(), _throttled_seconds(self._throttle))
 
     def _send_beats(self) -> None:
-        frames: dict[int, types.FrameType] | None = None
         for loop in self.loops():
             beat = self._beats.get(loop)
             if beat is None or beat.closing:
@@ -604,9 +603,7 @@ class LoopWatch:
                     self._bind_thread(loop, next((t for t in threading.enumerate() if t.ident == ident), None))
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
-                if frames is None:
-                    frames = sys._current_frames()
-                if self._idle_in_select(loop, beat, frames):
+                if self._idle_in_select(loop, beat):
                     continue
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.sent_at = time.monotonic()
@@ -614,13 +611,13 @@ class LoopWatch:
             except Exception:
                 beat.sent_at = None
 
-    def _idle_in_select(self, loop: Any, beat: _Beat, frames: dict[int, types.FrameType]) -> bool:
+    def _idle_in_select(self, loop: Any, beat: _Beat) -> bool:
         """True when the loop sleeps in its poll: it is idle, and no beat is sent, for a beat
         would wake it and hide a wake-up the program lost.  On asyncio's loops, notes an
         episode of callbacks left ready while the thread sleeps (see ``UNWOKEN_MIN``); on
         uvloop's, whose ready queue cannot be read, the wait sampler looks for tasks whose
         awaited future is done while the loop sleeps (``_note_done_waits``)."""
-        idle = self._idle(loop, beat, frames)
+        idle = self._idle(loop, beat)
         if idle is None:
             beat.idle_since = None
             self._woke(beat)
@@ -635,28 +632,39 @@ class LoopWatch:
             beat.lag = 0.0  # idle: a callback now would run at once
         return True
 
-    def _idle(self, loop: Any, beat: _Beat, frames: dict[int, types.FrameType]) -> Any:
+    def _idle(self, loop: Any, beat: _Beat) -> Any:
         """None when the loop thread is not asleep in the loop's own poll (or that cannot be
         told); else its ready queue when callbacks wait in it (asyncio's loops), or an empty
         tuple."""
         if beat.thread_id is None:
             return None
-        top = frames.get(beat.thread_id)
-        if top is None:
-            return None
         attrs = instance_dict(loop)
         ready = attrs.get("_ready") if attrs is not None else None
-        if type(ready) is collections.deque:
-            if top.f_code not in _SELECT_CODES or top.f_back is None or top.f_back.f_code is not _RUN_ONCE_CODE:
-                return None
-        elif beat.base_stack is not None:
+        asyncio_loop = type(ready) is collections.deque
+        if not asyncio_loop and beat.base_stack is None:
+            return None
+        # The frames of every thread are made into frame objects here: they are read and let
+        # go before anything gives up the GIL, so no thread returns from a function whose
+        # frame object this still holds (the frame would then keep its locals: an agent
+        # answer, say, until the next collection).
+        frames = sys._current_frames()
+        top = frames.get(beat.thread_id)
+        del frames
+        if top is None:
+            return None
+        if asyncio_loop:
+            back = top.f_back
+            in_poll = top.f_code in _SELECT_CODES and back is not None and back.f_code is _RUN_ONCE_CODE
+            del back
+        else:
             # uvloop: compiled, so an idle loop shows the bare stack beneath its callbacks, and
             # its thread sits in epoll (a C call that blocks under that stack would not)
-            if _stack_key(top) != beat.base_stack or not in_epoll_wait(beat.native_id):
-                return None
-            ready = ()
-        else:
+            in_poll = _stack_key(top) == beat.base_stack
+        del top
+        if not in_poll or (not asyncio_loop and not in_epoll_wait(beat.native_id)):
             return None
+        if not asyncio_loop:
+            ready = ()
         if thread_state(beat.native_id) != "S":
             # the kernel has woken the thread (it runs, or waits for a CPU: a stall may be
             # starting), or its state cannot be read: beaten as usual
