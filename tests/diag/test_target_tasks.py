@@ -162,7 +162,9 @@ def test_requests_queue_on_the_exhausted_work_pool(server: TargetServer) -> None
 def test_blocked_loop_is_reported_by_the_agent_thread_with_the_blocking_frame(server: TargetServer) -> None:
     agent = healthz(server)["diag_agent"]
     assert agent and agent.startswith("http://127.0.0.1:")
-    blocker = in_background(server, "/leak/blocking?seconds=3")
+    # Long enough for two CLI runs to start and dump while it lasts on a loaded machine (each
+    # may take 2-3 s to start there): the text dump below must still find the loop stalled.
+    blocker = in_background(server, "/leak/blocking?seconds=8")
 
     def stalled() -> dict[str, Any] | None:
         snap = dump(agent, "--timeout", "5")
@@ -172,7 +174,7 @@ def test_blocked_loop_is_reported_by_the_agent_thread_with_the_blocking_frame(se
     assert any(f["function"] == "blocking_handler" for f in loop["blocking_stack"])
     text = run_diag("tasks", agent, "--format", "text")
     assert "STALLED" in text.stdout and "blocking_handler" in text.stdout
-    blocker.join(10)
+    blocker.join(15)
 
 
 FIXED = ["blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "silent-peer", "cache",
