@@ -24,7 +24,10 @@ source "$(dirname "$0")/venv.sh"
 url="http://127.0.0.1:$port"
 log="$(mktemp -t target-server.XXXXXX.log)"
 
-python -m target_server --host 127.0.0.1 --port "$port" --max-concurrency 4 --pool-wait 30 >"$log" 2>&1 &
+# The queued requests below wait up to --pool-wait for a slot and --request-timeout in all: both
+# longer than the traffic's --hold, so they are still in flight however long diag takes to look.
+python -m target_server --host 127.0.0.1 --port "$port" --max-concurrency 4 --pool-wait 90 \
+    --request-timeout 120 >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do
@@ -50,7 +53,9 @@ ready="$(mktemp -t demo-ready.XXXXXX)"
 : >"$ready"
 python scripts/demo_traffic.py "$url" --ready-file "$ready" --hold 60 &
 traffic=$!
-trap 'kill $traffic 2>/dev/null; kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log" "$ready"' EXIT
+# venv.sh leaves `set -e` on, which holds in this trap too: a traffic process that has already
+# ended (its kill fails) must not turn the demo's exit status into 1.
+trap 'kill $traffic 2>/dev/null || true; kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log" "$ready"' EXIT
 for _ in $(seq 600); do
     [ -s "$ready" ] && break
     kill -0 $traffic 2>/dev/null || break

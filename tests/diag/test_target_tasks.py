@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -162,17 +163,24 @@ def test_requests_queue_on_the_exhausted_work_pool(server: TargetServer) -> None
 def test_blocked_loop_is_reported_by_the_agent_thread_with_the_blocking_frame(server: TargetServer) -> None:
     agent = healthz(server)["diag_agent"]
     assert agent and agent.startswith("http://127.0.0.1:")
-    blocker = in_background(server, "/leak/blocking?seconds=3")
+    # The CLI's two dumps must both be taken while the loop is blocked. On a loaded machine a
+    # CLI process may take several seconds to start, so the stall is found by asking the
+    # agent thread directly (no process to start), and then both dumps start at once, each
+    # with the rest of the block to start in.
+    blocker = in_background(server, "/leak/blocking?seconds=8")
 
-    def stalled() -> dict[str, Any] | None:
-        snap = dump(agent, "--timeout", "5")
-        loops = [lp for lp in snap["loops"] if lp["stalled_seconds"] > 0]
-        return loops[0] if loops else None
-    loop = wait_until(stalled, timeout=10, interval=0.2)
+    def stalled() -> bool:
+        snap = json.loads(http("GET", agent + "/debug/diag/tasks", timeout=5)[2])
+        return any(lp["stalled_seconds"] > 0 for lp in snap["loops"])
+    wait_until(stalled, timeout=10, interval=0.05)
+    with ThreadPoolExecutor(2) as pool:
+        as_json = pool.submit(dump, agent, "--timeout", "5")
+        as_text = pool.submit(run_diag, "tasks", agent, "--format", "text")
+        snap, text = as_json.result(), as_text.result()
+    (loop,) = [lp for lp in snap["loops"] if lp["stalled_seconds"] > 0]
     assert any(f["function"] == "blocking_handler" for f in loop["blocking_stack"])
-    text = run_diag("tasks", agent, "--format", "text")
     assert "STALLED" in text.stdout and "blocking_handler" in text.stdout
-    blocker.join(10)
+    blocker.join(15)
 
 
 FIXED = ["blocked-put", "semaphore", "forgotten-task", "orphan-future", "lock", "deadlock", "silent-peer", "cache",
