@@ -51,7 +51,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def dumper(url: str, stop: threading.Event, counts: list[int], interval: float) -> None:
-    from diag.source import AgentSource
+    from diag.sources.source import AgentSource
     from diag.analysis.task_groups import TaskQuery
 
     source = AgentSource(url, timeout=10)

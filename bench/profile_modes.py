@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diag.analysis.profile_stats import function_stats, has_share  # noqa: E402
-from diag.profile_snapshot import ProfileSnapshot  # noqa: E402
+from diag.model.profile_snapshot import ProfileSnapshot  # noqa: E402
 from tests.support.order_service import order_service  # noqa: E402
 from tests.support.programs import DiagRun  # noqa: E402
 

@@ -27,7 +27,7 @@ from tests.support.target import TargetServer, get_json  # noqa: E402
 
 def profiled(agent_url: str, url: str, seconds: int, connections: int, mode: str, clock: str) -> tuple[float, int]:
     """wrk's requests/s while a profile covers the run; also the profile's sample or function count."""
-    from diag.source import AgentSource
+    from diag.sources.source import AgentSource
 
     source = AgentSource(agent_url, timeout=10)
     result: dict[str, object] = {}

@@ -20,9 +20,9 @@ from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
     CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
 )
-from diag import task_wire
+from diag.model import task_wire
 from diag.errors import DiagError
-from diag.task_snapshot import TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import TaskInfo, TaskSnapshot
 
 PREFIX = "/debug/diag"
 AGENT_SCHEMA = "diag.agent/1"
@@ -310,7 +310,7 @@ class GcPausedStream:
 
 def parse_wire(query: Mapping[str, str]) -> int:
     """The form of a task dump a client asks for with ``wire=``: 1 (``diag.tasks/1``, the
-    default: what older clients read) or 2 (``diag.tasks/2``, compact, see ``diag.task_wire``)."""
+    default: what older clients read) or 2 (``diag.tasks/2``, compact, see ``diag.model.task_wire``)."""
     raw = query.get("wire") or "1"
     if raw not in ("1", "2"):
         raise DiagError(f"wire must be 1 or 2, not {shown(raw)}")

@@ -9,7 +9,7 @@ from diag.collect import reachability
 from diag.collect.sync_collector import collect_sync
 from diag.collect.task_collector import paused_gc
 from diag.errors import DiagError
-from diag.task_snapshot import count_totals
+from diag.model.task_snapshot import count_totals
 
 if TYPE_CHECKING:
     from diag.agent.endpoints import Endpoints, Response

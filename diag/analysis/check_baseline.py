@@ -24,8 +24,8 @@ from typing import Any, Mapping
 from diag.analysis.leak_verdicts import Finding, LeakReport
 from diag.documents import require
 from diag.errors import TargetError
-from diag.sync_snapshot import SyncSnapshot
-from diag.task_snapshot import TaskInfo, check_schema
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.model.task_snapshot import TaskInfo, check_schema
 
 SCHEMA_NAME = "diag.check-baseline"
 SCHEMA_MAJOR = 1

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from diag.errors import UsageError
-from diag.heap_snapshot import HeapSnapshot, TypeCount
+from diag.model.heap_snapshot import HeapSnapshot, TypeCount
 
 
 @dataclass(frozen=True)

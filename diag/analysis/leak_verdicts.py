@@ -39,8 +39,10 @@ from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
 from diag.analysis.task_groups import find_cycles, group_tasks
 from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
-from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema
+from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.model.task_snapshot import (
+    MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema,
+)
 from diag.wording import agree, also_named
 from diag.wording import plural as _plural
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from diag.errors import UsageError
-from diag.sync_snapshot import Reachability
-from diag.task_snapshot import Frame, Primitive, TaskInfo, TaskSnapshot
+from diag.model.sync_snapshot import Reachability
+from diag.model.task_snapshot import Frame, Primitive, TaskInfo, TaskSnapshot
 
 #: What an ``Ignore`` matches: the innermost stack function, any stack function, the
 #: creating function, the task name (a regex), a thread name (a regex), or the coroutine

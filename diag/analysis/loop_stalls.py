@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diag.task_snapshot import Frame, LoopInfo, Stall, StallStack
+from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack
 
 #: The loop's own code taking this long within a stall makes it a blocked stall, however
 #: long the loop also waited for a CPU: without the wait it would still have stalled.
@@ -32,7 +32,7 @@ MOSTLY = 0.5
 def classify(seconds: float, *, cpu: float | None, runqueue: float | None, throttled: float | None,
              others_cpu: float | None, samples: int, own_wait_samples: int,
              lock_wait_samples: int = 0) -> tuple[str, str]:
-    """(cause, reason) of one stall from its figures; see ``diag.task_snapshot.Stall``.
+    """(cause, reason) of one stall from its figures; see ``diag.model.task_snapshot.Stall``.
 
     ``lock_wait_samples`` are samples in the program's code with the thread in a futex
     wait: a thread forced to hand the GIL over mid-callback waits for it there, as it

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from diag.analysis.leak_verdicts import KINDS, Finding, LeakReport
-from diag.multi_source import TargetResult
-from diag.sync_snapshot import PrimitiveState, SyncSnapshot
-from diag.task_snapshot import TaskInfo, TaskSnapshot
+from diag.model.sync_snapshot import PrimitiveState, SyncSnapshot
+from diag.model.target_result import TargetResult
+from diag.model.task_snapshot import TaskInfo, TaskSnapshot
 
 SCHEMA_NAME = "diag.many"
 SCHEMA = f"{SCHEMA_NAME}/1"

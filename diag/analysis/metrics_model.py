@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from diag.analysis.leak_verdicts import KINDS, LeakOptions, leak_report
-from diag.sync_snapshot import PrimitiveState, SyncSnapshot
+from diag.model.sync_snapshot import PrimitiveState, SyncSnapshot
 
 #: Primitive series per metric at most; the rest are summed into ``primitive="<other>"``.
 MAX_PRIMITIVE_SERIES = 50

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from diag import loop_frames
 from diag.errors import UsageError
-from diag.profile_snapshot import FunctionStat, ProfileSnapshot
+from diag.model.profile_snapshot import FunctionStat, ProfileSnapshot
 
 SORT_KEYS = ("own", "total", "calls", "percall")
 BY = ("function", "task")

@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from diag.sync_snapshot import PrimitiveState, SyncSnapshot
-from diag.task_snapshot import TaskInfo
+from diag.model.sync_snapshot import PrimitiveState, SyncSnapshot
+from diag.model.task_snapshot import TaskInfo
 
 #: Waits a holder's release ends.
 HELD_KINDS = frozenset({"lock", "semaphore"})  # Condition.wait waits for a notify, not a release

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from diag.errors import UsageError
-from diag.task_snapshot import TASK_STATES, TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import TASK_STATES, TaskInfo, TaskSnapshot
 
 #: Grouped entries keep at most this many member ids; ``count`` still counts them all.
 MAX_GROUP_IDS = 1000

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from diag.analysis.task_groups import await_cycles, group_tasks
-from diag.sync_snapshot import PrimitiveState
-from diag.task_snapshot import TASK_STATES, LoopInfo, TaskInfo
-from diag.top_source import REQUESTS_METRIC, TopSample
+from diag.model.sync_snapshot import PrimitiveState
+from diag.model.task_snapshot import TASK_STATES, LoopInfo, TaskInfo
+from diag.model.top_sample import REQUESTS_METRIC, TopSample
 
 DEFAULT_LIMIT = 5
 #: Waits that are a task's normal rest, not a sign of trouble: left out of the groups

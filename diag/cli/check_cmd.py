@@ -20,8 +20,8 @@ from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.render import check_text, junit
 from diag.documents import MAX_DOCUMENT_BYTES, read_file
-from diag.source import Deadline, http_exchange, parse_http_url, request_bytes
-from diag.sync_source import load_sync
+from diag.sources.source import Deadline, http_exchange, parse_http_url, request_bytes
+from diag.sources.sync_source import load_sync
 
 #: Most requests one warm-up may send, so a typo cannot flood the target.
 MAX_REQUESTS = 100_000

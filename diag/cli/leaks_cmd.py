@@ -17,9 +17,10 @@ from diag.analysis.merge import many_document, merge_findings
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
-from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.model.target_result import Target
+from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
 from diag.render import jsonout, leaks_render, many_leaks
-from diag.sync_source import load_sync, proof_allowance
+from diag.sources.sync_source import load_sync, proof_allowance
 
 FORMATS = ("table", "text", "json")
 DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)

@@ -16,9 +16,9 @@ from diag.analysis.heap_growth import TypeGrowth, compile_pattern, most_common, 
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.heap_snapshot import HeapSeries, HeapSnapshot
+from diag.model.heap_snapshot import HeapSeries, HeapSnapshot
 from diag.render import jsonout, objects_dot, objects_table, objects_text
-from diag.source import AgentSource, agent_url, is_url, read_saved
+from diag.sources.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
 MAX_COUNT = 100

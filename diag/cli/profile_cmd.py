@@ -17,9 +17,9 @@ from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, loop_hint, 
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
+from diag.model.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
 from diag.render import jsonout, profile_export, profile_table, profile_text
-from diag.source import AgentSource, agent_url, is_url, read_saved
+from diag.sources.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
 #: Agent-side hard limit on a profile window (diag.collect.profiler.MAX_SECONDS).

@@ -15,10 +15,11 @@ from diag.analysis.merge import many_document, merge_primitives
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.model.target_result import Target
 from diag.render import jsonout, many_sync, sync_render
-from diag.sync_snapshot import SyncSnapshot
-from diag.sync_source import load_sync
+from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
+from diag.sources.sync_source import load_sync
 
 FORMATS = ("table", "text", "json")
 

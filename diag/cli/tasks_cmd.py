@@ -21,12 +21,13 @@ from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.multi_source import Target, fetch_all, report_failures, require_targets, resolve_targets
+from diag.model import task_wire
+from diag.model.target_result import Target
 from diag.render import formatting as fmt_text
-from diag import task_wire
+from diag.model.task_snapshot import SCHEMA, TaskSnapshot
 from diag.render import jsonout, many_tasks, tasks_table, tasks_text
-from diag.source import open_source
-from diag.task_snapshot import SCHEMA, TaskSnapshot
+from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
+from diag.sources.source import open_source
 
 FORMATS = ("table", "text", "json")
 #: Seconds the ``--filter`` regex may take over one answer before the command gives up.

@@ -25,7 +25,8 @@ from diag.analysis.top_summary import DEFAULT_LIMIT, Outage, TopOptions, TopSumm
 from diag.cli import option_checks as checks
 from diag.errors import DiagError, UsageError
 from diag.render import top_view
-from diag.top_source import TopSample, fetch_sample, open_top_source
+from diag.model.top_sample import TopSample
+from diag.sources.top_source import fetch_sample, open_top_source
 
 #: Keys that quit the live view.
 QUIT_KEYS = b"qQ"

@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 from diag.collect import task_origins
 from diag.collect.safe_read import clip, future_field, instance_dict, is_a, task_name
-from diag.task_snapshot import CreatedBy, DeadTask, Frame
+from diag.model.task_snapshot import CreatedBy, DeadTask, Frame
 
 #: Records kept; the oldest are dropped first.
 MAX_DEAD = 200

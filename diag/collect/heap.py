@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from diag.collect.safe_read import clip, instance_dict, is_a, quoted, task_name
 from diag.collect.task_collector import process_info
-from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
+from diag.model.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
 
 #: Most distinct types a snapshot lists (the biggest); the rest are counted in ``types_total``.
 MAX_TYPES = 5000

@@ -25,8 +25,8 @@ from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.task_collector import (
     CollectOptions, _FrameCache, _Walker, collect_tasks, describe_primitive, holder_labels, thread_stack,
 )
-from diag.sync_snapshot import Reachability
-from diag.task_snapshot import TaskInfo
+from diag.model.sync_snapshot import Reachability
+from diag.model.task_snapshot import TaskInfo
 
 Task = asyncio.Task[Any]
 #: The proof is only run on leftovers, in a test process: keep it short.

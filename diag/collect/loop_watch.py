@@ -46,7 +46,7 @@ from diag.collect.safe_read import (
     COROUTINE_WRAPPER, clip, future_done, future_field, instance_dict, is_a, task_cancelling, task_coroutine,
     wrapped_coroutine,
 )
-from diag.task_snapshot import Frame, Stall, StallStack, Unwoken
+from diag.model.task_snapshot import Frame, Stall, StallStack, Unwoken
 
 HEARTBEAT_INTERVAL = 0.1
 #: A loop asleep in its selector this long with callbacks in its ready queue, its thread
@@ -166,7 +166,7 @@ class _Beat:
 
 @dataclass(frozen=True)
 class StallHistory:
-    """A loop's recent stalls as snapshot data (see ``diag.task_snapshot.LoopInfo``)."""
+    """A loop's recent stalls as snapshot data (see ``diag.model.task_snapshot.LoopInfo``)."""
 
     window: float = 0.0
     stalls: tuple[Stall, ...] = ()

@@ -32,8 +32,9 @@ from diag.collect.safe_read import future_field, type_name
 from diag.collect.task_collector import process_info
 from diag.errors import DiagError
 from diag.loop_frames import IDLE, TURN, loop_frame
-from diag.profile_snapshot import (CLOCKS, MODES, CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack,
-                                   TaskTotal)
+from diag.model.profile_snapshot import (
+    CLOCKS, MODES, CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack, TaskTotal,
+)
 
 #: Longest window the agent accepts, in seconds.
 MAX_SECONDS = 60.0

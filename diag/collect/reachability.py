@@ -32,7 +32,7 @@ from typing import Any
 from diag.collect import gc_pause, task_origins, wait_evidence
 from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.safe_read import future_done, future_field, instance_dict
-from diag.sync_snapshot import Reachability
+from diag.model.sync_snapshot import Reachability
 
 _class_module = type.__dict__["__module__"].__get__
 #: The proof stops (and says so) once it has used this much CPU time; an incomplete proof

@@ -23,8 +23,8 @@ from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
     process_notes,
 )
-from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
-from diag.task_snapshot import TaskInfo, TaskSnapshot
+from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.model.task_snapshot import TaskInfo, TaskSnapshot
 
 #: Only futures awaited at least this long have their owners looked up (a heap scan).
 OWNER_MIN_WAIT = 1.0

@@ -34,7 +34,7 @@ from diag.collect.safe_read import (
     is_a, plain_attr, quoted, read_attr, task_cancelling, task_coroutine, task_name, type_name, wrapped_coroutine,
 )
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
-from diag.task_snapshot import (
+from diag.model.task_snapshot import (
     ConnectionPool, CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
 

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 from diag.collect.safe_read import (
     builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
 )
-from diag.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
+from diag.model.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
 
 try:
     from asyncio import timeouts as _timeouts

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from rich.text import Text
 
-from diag.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait
+from diag.model.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait
 from diag.wording import also_named, plural
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")

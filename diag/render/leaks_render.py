@@ -11,7 +11,7 @@ from diag.render import fit
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column, Layout, Paragraph
 from diag.render.tasks_table import frame_pieces, print_table
-from diag.task_snapshot import Frame
+from diag.model.task_snapshot import Frame
 
 KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
           "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow",

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from diag.analysis.leak_verdicts import LeakReport
 from diag.analysis.merge import ProcessFinding, process_name
-from diag.multi_source import TargetResult
+from diag.model.target_result import TargetResult
 from diag.render import fit
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column

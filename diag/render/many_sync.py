@@ -7,14 +7,14 @@ from typing import Any, Sequence, TextIO
 from rich.console import Console
 
 from diag.analysis.merge import ProcessPrimitive, process_name
-from diag.multi_source import TargetResult
+from diag.model.sync_snapshot import SyncSnapshot
 from diag.render.many_tasks import failure_lines
 from diag.render import fit
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column
 from diag.render.sync_render import layouts, state_lines, which_shown
 from diag.render.tasks_table import print_table
-from diag.sync_snapshot import SyncSnapshot
+from diag.model.target_result import TargetResult
 from diag.wording import plural
 
 

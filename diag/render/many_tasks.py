@@ -12,7 +12,7 @@ from typing import Any, Sequence, TextIO
 from rich.console import Console
 
 from diag.analysis.merge import MergedGroup, MergedTasks, process_name
-from diag.multi_source import TargetResult, failure_line
+from diag.model.target_result import TargetResult, failure_line
 from diag.render import fit
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column

@@ -3,7 +3,7 @@ is not needed to write it)."""
 
 from __future__ import annotations
 
-from diag.heap_snapshot import BackrefChain, ChainLink
+from diag.model.heap_snapshot import BackrefChain, ChainLink
 from diag.render.formatting import safe_text
 from diag.render.objects_text import link_label, via_label
 

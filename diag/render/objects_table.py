@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from diag.analysis.heap_growth import TypeGrowth
-from diag.heap_snapshot import HeapSnapshot, TypeCount
+from diag.model.heap_snapshot import HeapSnapshot, TypeCount
 from diag.render import formatting as fmt
 from diag.render.objects_text import chain_lines, header
 

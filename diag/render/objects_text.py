@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from diag.analysis.heap_growth import TypeGrowth
-from diag.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
+from diag.model.heap_snapshot import BackrefChain, ChainLink, HeapSnapshot, TypeCount
 from diag.render import formatting as fmt
 
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import diag
 from diag.errors import UsageError
-from diag.profile_snapshot import ProfileSnapshot
+from diag.model.profile_snapshot import ProfileSnapshot
 from diag.render.formatting import short_path
 
 FORMATS = ("json", "pstat", "callgrind", "speedscope", "collapsed")

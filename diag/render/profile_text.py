@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from diag.analysis.profile_stats import ProfileView, TaskRow, per_call
-from diag.profile_snapshot import FunctionStat
+from diag.model.profile_snapshot import FunctionStat
 from diag.render.formatting import safe_text, short_path, text_lines, timestamp
 
 FUNCTION_COLUMNS = ("calls", "own s", "own %", "total s", "total %", "per call ms", "where", "function")

@@ -10,7 +10,7 @@ from diag.render import fit
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column, Layout, Paragraph, Piece
 from diag.render.tasks_table import frame_pieces, print_table
-from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.wording import also_named, plural
 
 

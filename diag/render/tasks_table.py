@@ -18,7 +18,7 @@ from diag.wording import also_named
 from diag.render import formatting as fmt
 from diag.render.fit import Cell, Column, Layout, Legend, Piece
 from diag.render.tasks_text import footer, header
-from diag.task_snapshot import CreatedBy, Frame, Primitive, TaskInfo, TaskSnapshot, Wait
+from diag.model.task_snapshot import CreatedBy, Frame, Primitive, TaskInfo, TaskSnapshot, Wait
 
 STATE_STYLE = {"running": "green", "ready": "cyan", "waiting": "yellow"}
 NOT_RECORDED = "creator not recorded: made before diag started, or by asyncio.Task() directly"

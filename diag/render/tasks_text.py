@@ -9,7 +9,7 @@ from typing import TextIO
 
 from diag.analysis.loop_stalls import site_text, window_summary
 from diag.render import formatting as fmt
-from diag.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot
 from diag.wording import plural
 
 

@@ -17,8 +17,8 @@ from rich.text import Text
 from diag.analysis.top_summary import PrimitiveLine, RequestRate, TopSummary
 from diag.render import formatting as fmt
 from diag.render.tasks_text import stall_history_text
-from diag.sync_snapshot import Holder
-from diag.task_snapshot import LoopInfo, TaskInfo
+from diag.model.sync_snapshot import Holder
+from diag.model.task_snapshot import LoopInfo, TaskInfo
 from diag.wording import plural
 
 #: Holders listed per primitive; the rest are counted.

@@ -20,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from diag.task_snapshot import WAIT_KINDS
+from diag.model.task_snapshot import WAIT_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "bench" / "corpus"

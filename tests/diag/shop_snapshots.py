@@ -3,8 +3,8 @@ for the tests that tables fit 80 and 120 columns without cutting what matters.""
 
 from __future__ import annotations
 
-from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
-from diag.task_snapshot import CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait
+from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait
 
 CWD = "/srv/shop"
 SEM_ACQUIRE = Frame("/usr/lib/python3.11/asyncio/locks.py", 387, "Semaphore.acquire", "await fut")

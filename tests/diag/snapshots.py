@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diag.task_snapshot import CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait
+from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, Wait
 
 ACQUIRE = Frame("/usr/lib/python3.11/asyncio/locks.py", 387, "Semaphore.acquire", "await fut")
 FETCH = Frame("/srv/app/client.py", 20, "fetch", "async with self.pool:")

@@ -23,9 +23,9 @@ import pytest
 from diag.cli.app import main
 from diag.collect.heap import HeapOptions, collect_heap
 from diag.collect.sync_collector import collect_sync
-from diag.heap_snapshot import HeapSeries
-from diag.profile_snapshot import FunctionStat, ProfileSnapshot
-from diag.task_snapshot import ProcessInfo
+from diag.model.heap_snapshot import HeapSeries
+from diag.model.profile_snapshot import FunctionStat, ProfileSnapshot
+from diag.model.task_snapshot import ProcessInfo
 from tests.support.cli import assert_one_line_error, run_diag
 from tests.support.fake_agent import accept_loop
 

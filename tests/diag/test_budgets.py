@@ -436,7 +436,7 @@ def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPa
     """A proof that finds something runs again to confirm it; the second run gets what the
     first left of the budget (CPU time), so the two never use more than the budget."""
     from diag.collect import reachability
-    from diag.sync_snapshot import Reachability
+    from diag.model.sync_snapshot import Reachability
 
     budgets: list[float] = []
 
@@ -484,8 +484,8 @@ def test_a_cut_sync_answer_makes_an_incomplete_verdict_and_keeps_the_totals(
     """Verdicts on part of the tasks never say "clean", and top's counts stay totals."""
     from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, leak_report
     from diag.analysis.top_summary import summarize
-    from diag.sync_snapshot import SyncSnapshot
-    from diag.top_source import MetricsSample, TopSample
+    from diag.model.sync_snapshot import SyncSnapshot
+    from diag.model.top_sample import MetricsSample, TopSample
 
     with LoopWithTasks(400, name_size=150):
         status, whole = get(agent, "sync")
@@ -525,7 +525,7 @@ def test_a_stream_that_fails_midway_is_seen_cut(agent: diag.agent.Agent, monkeyp
     cut short, never a document that merely looks complete; the agent keeps serving."""
     import http.client
 
-    from diag import task_wire
+    from diag.model import task_wire
 
     def failing(snapshot: Any, slice_size: int = 2000) -> Any:
         yield b'{"schema": "diag.tasks/2", "tasks": ['

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from diag.source import MAX_TASKS_BYTES
+from diag.sources.source import MAX_TASKS_BYTES
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.fake_agent import Answer, FakeAgent, answer, http_head
 from tests.support.target import TargetServer, free_port

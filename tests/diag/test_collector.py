@@ -11,7 +11,7 @@ from typing import Any
 from diag.collect import task_origins
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import collect_tasks
-from diag.task_snapshot import TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import TaskInfo, TaskSnapshot
 
 
 def by_name(snap: TaskSnapshot, name: str) -> TaskInfo:
@@ -212,7 +212,7 @@ async def test_heartbeat_reports_a_blocked_loop_with_its_stack() -> None:
 
 def test_fast_task_info_builds_the_same_object_as_the_constructor() -> None:
     from diag.collect.task_collector import _TASK_INFO_FIELDS, _task_info
-    from diag.task_snapshot import Wait as W
+    from diag.model.task_snapshot import Wait as W
 
     values = dict(id=1, name="a", coro="c", state="waiting", stack=(), wait=W("event"), created_by=None,
                   loop="0x1", cancelling=False, count=1, ids=(), main=False, cancel_seconds=None)

@@ -32,9 +32,9 @@ from diag.cli.app import main
 from diag.collect.heap import HeapOptions, collect_heap
 from diag.collect.sync_collector import collect_sync
 from diag.collect.task_collector import collect_tasks
-from diag.heap_snapshot import HeapSeries
-from diag.profile_snapshot import FunctionStat, ProfileSnapshot
-from diag.task_snapshot import ProcessInfo
+from diag.model.heap_snapshot import HeapSeries
+from diag.model.profile_snapshot import FunctionStat, ProfileSnapshot
+from diag.model.task_snapshot import ProcessInfo
 from tests.support.fake_agent import Answer, FakeAgent, http_head
 from tests.support.saved_documents import real_documents
 from tests.support.target import free_port

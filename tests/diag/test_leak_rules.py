@@ -7,9 +7,9 @@ from dataclasses import replace
 
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, LeakOptions, LeakReport, leak_report
 from diag.analysis.stuck_tasks import stuck_tasks
-from diag.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
-from diag.task_snapshot import ChildPipe, ChildProcess
-from diag.task_snapshot import (
+from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
+from diag.model.task_snapshot import ChildPipe, ChildProcess
+from diag.model.task_snapshot import (
     DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
 from tests.diag.snapshots import FETCH, snapshot, task

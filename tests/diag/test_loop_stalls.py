@@ -14,8 +14,8 @@ from diag.collect.loop_watch import LoopWatch, _Beat, _Figures
 from diag.errors import UsageError
 from diag.render.tasks_text import loop_line
 from diag.render.top_view import loop_line as top_loop_line
-from diag.sync_snapshot import SyncSnapshot
-from diag.task_snapshot import Frame, LoopInfo, Stall, StallStack, TaskSnapshot
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack, TaskSnapshot
 from tests.diag.snapshots import snapshot
 
 NOW = 1_800_000_000.0  # the hand-built snapshots' taken_at

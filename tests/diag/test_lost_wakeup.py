@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, LeakOptions, leak_report
-from diag.sync_snapshot import SyncSnapshot
-from diag.task_snapshot import Frame, LoopInfo, Unwoken, Wait
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.model.task_snapshot import Frame, LoopInfo, Unwoken, Wait
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 

@@ -27,9 +27,9 @@ from rich.console import Console
 from diag.analysis.merge import merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.cli.app import main
-from diag.multi_source import Target, TargetResult
+from diag.model.target_result import Target, TargetResult
 from diag.render import many_tasks
-from diag.task_snapshot import ProcessInfo, TaskSnapshot, Wait
+from diag.model.task_snapshot import ProcessInfo, TaskSnapshot, Wait
 from tests.diag.snapshots import POOL, task
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.target import TargetServer, free_port, http

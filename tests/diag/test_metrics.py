@@ -20,8 +20,8 @@ from diag.analysis.metrics_model import (
 )
 from diag.collect.loop_watch import LoopWatch
 from diag.render.prometheus import CONTENT_TYPE, exposition_text
-from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import LoopInfo, Primitive, TaskSnapshot, Wait
+from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.model.task_snapshot import LoopInfo, Primitive, TaskSnapshot, Wait
 from tests.diag.snapshots import FETCH, POOL, fetchers_and_worker, snapshot, task
 from tests.support.prometheus import PrometheusServer, prometheus_binary, scrape_config
 from tests.support.target import TargetServer, get_json, http
@@ -155,7 +155,7 @@ async def test_a_scrape_keeps_its_numbers_not_its_snapshot() -> None:
     import asyncio
     import gc
 
-    from diag.task_snapshot import TaskInfo
+    from diag.model.task_snapshot import TaskInfo
 
     never = asyncio.Event()
     waiting = [asyncio.create_task(never.wait(), name=f"scrape-waiter-{i}") for i in range(300)]

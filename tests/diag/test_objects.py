@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from diag.analysis.heap_growth import steady_growth
-from diag.heap_snapshot import HeapSeries, HeapSnapshot, TypeCount
-from diag.task_snapshot import ProcessInfo
+from diag.model.heap_snapshot import HeapSeries, HeapSnapshot, TypeCount
+from diag.model.task_snapshot import ProcessInfo
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.target import TargetServer, free_port, get_json
 from tests.target.helpers import get

@@ -21,7 +21,7 @@ from diag.collect import wait_evidence
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import POOL_WAIT, collect_tasks
 from diag.render.formatting import wait_reason
-from diag.task_snapshot import ConnectionPool, PoolLease, Wait
+from diag.model.task_snapshot import ConnectionPool, PoolLease, Wait
 
 
 class Request:

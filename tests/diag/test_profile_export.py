@@ -17,9 +17,9 @@ import pytest
 from diag.analysis.profile_stats import ProfileQuery, function_stats, profile_view, task_rows
 from diag.collect import profiler
 from diag.errors import TargetError, UsageError
-from diag.profile_snapshot import (CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack, TaskTotal)
+from diag.model.profile_snapshot import (CallEdge, FunctionStat, ProfileSnapshot, SampleFrame, SampleStack, TaskTotal)
 from diag.render import profile_export, profile_text
-from diag.task_snapshot import ProcessInfo
+from diag.model.task_snapshot import ProcessInfo
 
 PROC = ProcessInfo(42, ("app.py",), "3.11.7", "0.1.0")
 

@@ -14,9 +14,9 @@ import pytest
 from diag import loop_frames
 from diag.analysis.profile_stats import ProfileQuery, loop_frame, loop_hint, profile_view
 from diag.collect.profiler import LoopThread, _Sampler
-from diag.profile_snapshot import FunctionStat, ProfileSnapshot, SampleFrame, SampleStack
+from diag.model.profile_snapshot import FunctionStat, ProfileSnapshot, SampleFrame, SampleStack
 from diag.render import profile_text
-from diag.task_snapshot import ProcessInfo
+from diag.model.task_snapshot import ProcessInfo
 from tests.support.cli import run_diag
 
 PROC = ProcessInfo(42, ("app.py",), "3.11.7", "0.1.0")

@@ -17,11 +17,11 @@ from diag.analysis.leak_verdicts import LeakOptions, leak_report
 from diag.analysis.merge import merge_findings, merge_primitives, merge_tasks
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag import wording
-from diag.multi_source import Target, TargetResult
+from diag.model.target_result import Target, TargetResult
 from diag.render import (
     fit, formatting, jsonout, leaks_render, many_leaks, many_sync, many_tasks, sync_render, tasks_table, tasks_text,
 )
-from diag.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
+from diag.model.task_snapshot import Frame, LoopInfo, Primitive, TaskSnapshot, Wait
 
 from .shop_snapshots import CWD, FLUSH, RESERVE, STOCK, TRANSFER_A, shop_sync, shop_tasks
 from .snapshots import fetchers_and_worker, snapshot, task

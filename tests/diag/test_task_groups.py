@@ -8,7 +8,7 @@ import pytest
 
 from diag.analysis.task_groups import TaskQuery, await_cycles, group_tasks, task_view
 from diag.errors import UsageError
-from diag.task_snapshot import Wait
+from diag.model.task_snapshot import Wait
 
 from .snapshots import POOL, fetchers_and_worker, snapshot, task
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from diag.errors import TargetError
-from diag.task_snapshot import (
+from diag.model.task_snapshot import (
     ChildPipe, ChildProcess, CreatedBy, DeadTask, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
-from diag.task_wire import WIRE_SCHEMA, decode, encode, expand
+from diag.model.task_wire import WIRE_SCHEMA, decode, encode, expand
 from tests.diag.snapshots import ACQUIRE, FETCH, SLEEP, WORKER, fetchers_and_worker, snapshot, task
 
 
@@ -113,7 +113,7 @@ def test_newer_majors_are_refused() -> None:
 @pytest.mark.parametrize("slice_size", [1, 2, 1000])
 @pytest.mark.parametrize("make", [_varied, lambda: snapshot()])
 def test_the_streamed_pieces_make_the_same_document(make: Any, slice_size: int) -> None:
-    from diag.task_wire import stream
+    from diag.model.task_wire import stream
 
     snap = make()
     pieces = list(stream(snap, slice_size))

@@ -25,7 +25,7 @@ from rich.console import Console
 from diag.render import formatting as fmt
 from diag.render import leftovers_text, tasks_table, tasks_text
 from diag.analysis.leftovers import LeftoverReport
-from diag.task_snapshot import Wait
+from diag.model.task_snapshot import Wait
 from tests.diag.snapshots import SLEEP, snapshot, task
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun

@@ -30,9 +30,10 @@ from diag.cli.app import main
 from diag.cli.top_cmd import Frames, Keys, failure_reason, run_view
 from diag.errors import TargetError
 from diag.render import top_view
-from diag.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
-from diag.task_snapshot import Frame, LoopInfo, Primitive, ProcessInfo, TaskSnapshot, Wait, count_totals
-from diag.top_source import MetricsSample, TopSample, parse_requests
+from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
+from diag.model.task_snapshot import Frame, LoopInfo, Primitive, ProcessInfo, TaskSnapshot, Wait, count_totals
+from diag.model.top_sample import MetricsSample, TopSample
+from diag.sources.top_source import parse_requests
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag
 from tests.support.target import TargetServer, free_port, get_json, http
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from diag.analysis.top_summary import summarize, worst_lag
 from diag.render import top_view
-from diag.task_snapshot import LoopInfo
+from diag.model.task_snapshot import LoopInfo
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 

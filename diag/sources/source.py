@@ -31,8 +31,8 @@ from diag.agent.server import check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
-from diag import task_wire
-from diag.task_snapshot import NOT_JSON, TaskSnapshot
+from diag.model import task_wire
+from diag.model.task_snapshot import NOT_JSON, TaskSnapshot
 
 
 class TargetTimeout(TargetError):

@@ -37,7 +37,7 @@ from typing import Any, Generator, Mapping, Sequence
 
 from diag.documents import finite_float, require
 from diag.errors import TargetError
-from diag.task_snapshot import (
+from diag.model.task_snapshot import (
     MALFORMED, SCHEMA, SCHEMA_NAME, TASK_STATES, CreatedBy, Frame, TaskInfo, TaskSnapshot, Wait,
 )
 

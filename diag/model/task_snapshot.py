@@ -740,7 +740,7 @@ class TaskSnapshot:
         return d
 
     def to_dict_without_tasks(self) -> dict[str, Any]:
-        """``to_dict`` but for ``tasks``: what the compact form (``diag.task_wire``) shares."""
+        """``to_dict`` but for ``tasks``: what the compact form (``diag.model.task_wire``) shares."""
         return {
             "schema": SCHEMA, "taken_at": self.taken_at, "process": self.process.to_dict(),
             "total_tasks": self.total_tasks, "grouped": self.grouped, "wait_clock": self.wait_clock,
@@ -762,7 +762,7 @@ class TaskSnapshot:
         if not isinstance(d, Mapping):
             raise TargetError("not a diag task snapshot (expected a JSON object)")
         if schema_major(d.get("schema"), SCHEMA_NAME, (SCHEMA_MAJOR, 2)) == 2:
-            from diag.task_wire import decode  # the compact form, built on these types
+            from diag.model.task_wire import decode  # the compact form, built on these types
             return decode(d)
         require(d, ("taken_at", "tasks"), "diag task snapshot")
         try:

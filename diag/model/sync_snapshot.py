@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from diag.documents import finite_float, load_json, require, timestamp
 from diag.errors import TargetError
-from diag.task_snapshot import MALFORMED, NOT_JSON, Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
+from diag.model.task_snapshot import MALFORMED, NOT_JSON, Frame, Primitive, ProcessInfo, TaskSnapshot, check_schema
 
 SCHEMA_NAME = "diag.sync"
 SCHEMA_MAJOR = 1

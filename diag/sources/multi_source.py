@@ -18,50 +18,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from diag.agent.agent_dir import process_alive, read_records
 from diag.errors import EXIT_OK, EXIT_TARGET, DiagError, TargetError, UsageError
-from diag.source import AgentSource, TargetRefused, TargetTimeout, agent_url, client_token, is_url
+from diag.model.target_result import Target, TargetResult, failure_line
+from diag.sources.source import AgentSource, TargetRefused, TargetTimeout, agent_url, client_token, is_url
 
 T = TypeVar("T")
 
-#: Per-target outcomes, in the order the docs list them.
-STATUSES = ("ok", "dead", "refused", "timeout", "error")
 #: How long past its own timeout a target's thread may run before it counts as timed out.
 GRACE = 1.0
-
-
-@dataclass(frozen=True)
-class Target:
-    """One process to ask.  ``target`` is what gets queried (URL, ``unix:`` path or saved
-    file); ``pid`` is known for agent-directory entries; ``dead`` says why an entry is
-    not queried at all (its process is gone, or its file is unreadable)."""
-
-    target: str
-    pid: int | None = None
-    origin: str = "argument"  # or "agent_dir"
-    dead: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"pid {self.pid} at {self.target}" if self.pid is not None else self.target
-
-
-@dataclass(frozen=True)
-class TargetResult(Generic[T]):
-    """What one target gave: ``status`` is one of ``STATUSES``; ``value`` only when ok."""
-
-    target: Target
-    status: str
-    value: T | None = None
-    error: str = ""
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 def check_target(target: str) -> None:
@@ -153,11 +120,6 @@ def fetch_all(targets: Sequence[Target], fetch: Callable[[Target], T], deadline:
                                   seconds=time.monotonic() - started)
         out.append(result)
     return out
-
-
-def failure_line(result: TargetResult[object]) -> str:
-    """``pid 4242 at http://...: dead: process 4242 is not running (stale agent file)``"""
-    return f"{result.target.label}: {result.status}: {result.error}"
 
 
 def require_targets(args: Sequence[str], agent_dir: str | os.PathLike[str] | None) -> None:

@@ -16,81 +16,17 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from diag.errors import TargetError, UsageError
-from diag.source import HOST_PORT, LIVE_FORMS, AgentSource, agent_url, is_url
-from diag.sync_snapshot import SyncSnapshot
-from diag.task_snapshot import check_schema
-
-SCHEMA_NAME = "diag.top"
-SCHEMA_MAJOR = 1
-SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.model.top_sample import REQUESTS_METRIC, MetricsSample, TopSample
+from diag.sources.source import HOST_PORT, LIVE_FORMS, AgentSource, agent_url, is_url
 
 METRICS_ENDPOINT = "metrics"
-#: The counter ``diag top`` turns into requests per second (one series per status class).
-REQUESTS_METRIC = "diag_aiohttp_requests_total"
 #: A metrics page larger than this is not read to the end (and not parsed).
 MAX_METRICS_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class MetricsSample:
-    """The target's request counter at ``fetched_at`` (seconds on the viewer's monotonic
-    clock: only differences between two samples mean anything).
-
-    ``requests`` holds one ``(series, total)`` per series of the counter, ``series``
-    being its label values joined by "," (``"2xx"``), or ``""`` for an unlabelled one.
-    ``None`` when the target has no such counter; ``note`` then says why.
-    """
-
-    fetched_at: float
-    requests: tuple[tuple[str, float], ...] | None = None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fetched_at": self.fetched_at,
-                "requests": None if self.requests is None else [[k, v] for k, v in self.requests],
-                "note": self.note}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MetricsSample:
-        raw = d.get("requests")
-        requests = None if raw is None else tuple((str(k), float(v)) for k, v in raw)
-        return cls(float(d.get("fetched_at") or 0.0), requests, str(d.get("note") or ""))
-
-
-@dataclass(frozen=True)
-class TopSample:
-    """One refresh: the sync snapshot, the request counter, and when both were fetched
-    (``fetched_at`` on the viewer's monotonic clock, ``wall`` as Unix time)."""
-
-    fetched_at: float
-    wall: float
-    sync: SyncSnapshot
-    metrics: MetricsSample
-    schema: str = SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "fetched_at": self.fetched_at, "wall": self.wall,
-                "sync": self.sync.to_dict(), "metrics": self.metrics.to_dict()}
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_dict(cls, d: Any) -> TopSample:
-        if not isinstance(d, Mapping):
-            raise TargetError("not a diag top sample (expected a JSON object)")
-        check_schema(d.get("schema"), SCHEMA_NAME, SCHEMA_MAJOR)
-        try:
-            return cls(float(d.get("fetched_at") or 0.0), float(d.get("wall") or 0.0),
-                       SyncSnapshot.from_dict(d.get("sync")), MetricsSample.from_dict(d.get("metrics") or {}))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise TargetError(f"malformed diag top sample: {err.__class__.__name__}: {err}") from None
 
 
 def open_top_source(target: str, timeout: float) -> AgentSource:
@@ -164,5 +100,5 @@ def _after_name(message: str, name: str) -> str:
     return message[len(name) + 2:] if message.startswith(name + ": ") else message
 
 
-__all__ = ["SCHEMA", "METRICS_ENDPOINT", "REQUESTS_METRIC", "MetricsSample", "TopSample", "open_top_source",
-           "fetch_sync", "fetch_metrics", "fetch_sample", "get_text", "parse_requests"]
+__all__ = ["METRICS_ENDPOINT", "open_top_source", "fetch_sync", "fetch_metrics", "fetch_sample", "get_text",
+           "parse_requests"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from diag.source import AgentSource, open_source, read_saved
-from diag.sync_snapshot import SyncSnapshot
+from diag.model.sync_snapshot import SyncSnapshot
+from diag.sources.source import AgentSource, open_source, read_saved
 
 
 def proof_allowance(budget: float) -> tuple[float, str]:
