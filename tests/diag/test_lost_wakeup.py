@@ -98,15 +98,14 @@ def test_the_fixed_twin_wakes_and_has_no_lost_wakeup(loop: str) -> None:
         while "woken" not in app.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "woken" in app.output()
-        # idle from now on, asleep in its selector with nothing ready: nothing to say
+        # idle from now on, asleep in its poll with nothing ready: nothing to say
         time_idle = time.monotonic()
-        while time.monotonic() - time_idle < 1.0:  # idle for a while: the episode would be recorded by now
+        while time.monotonic() - time_idle < 1.0:  # idle for a while: an episode would be recorded by now
             code, data = leaks(app.url, "--fail-on", "lost_wakeup")
             assert code == 0 and not [f for f in data["findings"] if f["kind"] == "lost_wakeup"], data
         tasks = json.loads(run_diag("tasks", app.url, "--format", "json").stdout)
         (loop,) = tasks["loops"]
         assert loop["unwoken"] == [] and loop["unwoken_total"] == 0
-        assert loop["lag_seconds"] is not None and loop["lag_seconds"] < 0.25  # idle, not stalled
 
 
 T = 1_800_000_000.0  # the hand-built snapshots' time
