@@ -264,36 +264,34 @@ _EPOLL_WAITS = {"x86_64": frozenset({232, 281, 441}), "aarch64": frozenset({22, 
                 "arm64": frozenset({22, 441})}.get(platform.machine(), frozenset()) if _PROCFS[0] else frozenset()
 
 
-def in_epoll_wait(native_id: int | None) -> bool:
-    """Is this thread of the process blocked in an epoll wait (``/proc/self/task/TID/syscall``):
-    an event loop polling for I/O, not a call that blocks?"""
-    if native_id is None or not _EPOLL_WAITS:
-        return False
+def _syscall(native_id: int) -> int | None:
+    """The system call one of this process's threads is blocked in (``/proc/self/task/TID/syscall``),
+    or None (running, or not readable)."""
     try:
         fd = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
         try:
             first = os.read(fd, 64).split(b" ", 1)[0]
         finally:
             os.close(fd)
-        return first.isdigit() and int(first) in _EPOLL_WAITS
+        return int(first) if first.isdigit() else None
     except (OSError, ValueError):
+        return None
+
+
+def in_epoll_wait(native_id: int | None) -> bool:
+    """Is this thread of the process blocked in an epoll wait: an event loop polling for
+    I/O, not a call that blocks?"""
+    if native_id is None or not _EPOLL_WAITS:
         return False
+    return _syscall(native_id) in _EPOLL_WAITS
 
 
 def in_futex_wait(native_id: int | None) -> bool:
-    """Is this thread of the process blocked in a futex wait (``/proc/self/task/TID/syscall``):
-    waiting for the GIL or a lock, not sleeping or reading a socket?"""
+    """Is this thread of the process blocked in a futex wait: waiting for the GIL or a lock,
+    not sleeping or reading a socket?"""
     if native_id is None or _FUTEX is None:
         return False
-    try:
-        fd = os.open(f"/proc/self/task/{native_id}/syscall", os.O_RDONLY)
-        try:
-            first = os.read(fd, 64).split(b" ", 1)[0]
-        finally:
-            os.close(fd)
-        return first.isdigit() and int(first) == _FUTEX
-    except (OSError, ValueError):
-        return False
+    return _syscall(native_id) == _FUTEX
 
 
 def _cgroup_cpu_stat() -> tuple[str, str] | None:
