@@ -110,6 +110,13 @@ class Deadline:
         return left
 
 
+#: A busy agent (503) is asked again after this pause, doubled each time up to the maximum,
+#: while the command's deadline leaves at least ``BUSY_MIN_LEFT`` seconds after the pause.
+BUSY_FIRST_PAUSE = 0.1
+BUSY_MAX_PAUSE = 1.0
+BUSY_MIN_LEFT = 0.5
+
+
 class _Expired(Exception):
     """The exchange's deadline passed."""
 
@@ -390,7 +397,7 @@ class AgentSource:
                 self.probe(Deadline(self.timeout))
         else:
             deadline = Deadline(self.timeout)
-        status, body = self._exchange(method, path, "application/json", deadline, max_bytes)
+        status, body, waited = self._taking_turns(method, path, deadline, max_bytes)
         try:
             data = load_json(body)
         except NOT_JSON:
@@ -412,8 +419,30 @@ class AgentSource:
                 raise TargetError(f"{self.name}: not a diag agent (HTTP 404 for {path})")
             if method == "POST":
                 raise TargetError(f"{self.name}: {message or f'HTTP {status}: unexpected answer'}")
-            raise TargetError(f"{self.name}: HTTP {status}: {message or 'unexpected answer'}")
+            tried = f" (still busy after waiting {waited:.1f}s for a turn)" if waited else ""
+            raise TargetError(f"{self.name}: HTTP {status}: {message or 'unexpected answer'}{tried}")
         return data
+
+    def _taking_turns(self, method: str, path: str, deadline: Deadline,
+                      max_bytes: int) -> tuple[int, bytes, float]:
+        """(status, body, seconds spent waiting for a turn): a GET the agent answers 503 (busy
+        with another client's dump, or pacing dumps) is asked again after a short, growing
+        pause while ``deadline`` leaves room for it, as its ``retry shortly`` says.  Other
+        answers, and a POST (an operation with effects), come back at once."""
+        waited, pause = 0.0, BUSY_FIRST_PAUSE
+        while True:
+            status, body = self._exchange(method, path, "application/json", deadline, max_bytes)
+            if status != 503 or method != "GET":
+                return status, body, waited
+            try:
+                left = deadline.left()
+            except _Expired:
+                return status, body, waited
+            if left <= pause + BUSY_MIN_LEFT:
+                return status, body, waited
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, BUSY_MAX_PAUSE)
 
     def snapshot(self, data: Any, parse: Callable[[Any], T]) -> T:
         """An answer read as a snapshot by ``parse``; ``TargetError`` naming the agent otherwise."""

@@ -22,6 +22,9 @@ import pytest
 import diag.agent
 from diag.agent import endpoints as api
 from diag.agent import server as agent_server
+from diag.analysis.task_groups import TaskQuery
+from diag.errors import TargetError
+from diag.sources.source import AgentSource
 from tests.support.target import http
 
 pytestmark = pytest.mark.timeout(60)
@@ -276,6 +279,21 @@ def test_paced_endpoints_answer_503_with_retry_after_past_the_wait(agent: diag.a
     assert status == 503 and headers.get("Retry-After") == "1"
     assert "at most" in json.loads(body)["error"]
     assert get(agent, "health", timeout=5)[0] == 200  # unpaced routes still answer at once
+
+
+def test_the_cli_waits_its_turn_at_a_busy_agent_within_its_timeout(agent: diag.agent.Agent,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # One dump every two seconds: a client that comes just after another gets 503 at first,
+    # and is answered once the agent's next turn comes, within its --timeout.
+    monkeypatch.setattr(agent.server._server, "pacer", agent_server._Pacer(per_second=0.5, max_wait=0.1))
+    assert get(agent, "tasks", timeout=5)[0] == 200
+    started = time.monotonic()
+    snap = AgentSource(agent.url, timeout=10).tasks(TaskQuery())
+    assert snap.tasks is not None and time.monotonic() - started > 0.5  # it did wait for the turn
+    # A --timeout too short for the next turn: the busy answer, saying it waited.
+    assert wait_until(lambda: get(agent, "tasks", timeout=5)[0] == 200)
+    with pytest.raises(TargetError, match=r"HTTP 503: busy: .* \(still busy after waiting \d+\.\ds for a turn\)"):
+        AgentSource(agent.url, timeout=1).tasks(TaskQuery())
 
 
 def test_identical_requests_share_one_answer_within_the_reuse_window(agent: diag.agent.Agent) -> None:
