@@ -127,7 +127,7 @@ def tasks(
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
     elif fmt == "json" and not query.pattern and not dead:
         # printed as the agent's tables give it: no dataclass per task on the way
-        jsonout.render(source.tasks_document(query), sys.stdout)
+        jsonout.render(source.tasks_document(query), sys.stdout, shared=task_wire.SHARED_KEYS)
         return 0
     else:
         full = source.tasks(agent_query(query))

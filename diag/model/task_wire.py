@@ -284,6 +284,10 @@ def decode(doc: Any) -> TaskSnapshot:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
+#: Keys of an expanded task whose values tasks share (one list or dict per table entry).
+SHARED_KEYS = ("stack", "created_by")
+
+
 def expand(doc: Any) -> dict[str, Any]:
     """A ``diag.tasks/2`` document as the ``diag.tasks/1`` document of the same snapshot,
     built from the tables as plain dicts (tasks of one stack share its list): what
@@ -327,4 +331,4 @@ def expand(doc: Any) -> dict[str, Any]:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "Tables", "header", "encode", "stream", "decode", "expand"]
+__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "Tables", "header", "encode", "stream", "decode", "expand"]

@@ -75,6 +75,33 @@ def test_json_is_the_snapshot_and_round_trips() -> None:
     assert TaskSnapshot.from_dict(data) == view
 
 
+def test_long_json_lists_encode_shared_values_once_and_write_the_same_text() -> None:
+    # Tasks stuck in one place share one stack list; with shared=, it is encoded once and
+    # spliced into each line.  The text must be exactly what encoding each entry gives,
+    # whatever the strings around it hold (escaped quotes, the placeholder's own text,
+    # lone surrogates) and whatever the shared keys hold (nothing, an empty list, None).
+    stack = [{"function": "leaf", "file": "/srv/a.py", "line": 3}]
+    creator = {"function": "spawn", "file": "/srv/b.py", "line": 9}
+    tricky = ['plain', 'say "stack": "\x00shared\x00"', '"created_by": 0', "\ud800 lone", "\\"]
+    tasks = []
+    for i in range(jsonout.LONG_LIST + 5):
+        entry = {"id": i, "name": tricky[i % len(tricky)], "stack": stack if i % 7 else [],
+                 "wait": {"kind": "event", "detail": tricky[(i + 1) % len(tricky)]},
+                 "created_by": creator if i % 3 else None}
+        if i % 11 == 0:
+            del entry["created_by"]
+        tasks.append(entry)
+    tasks.append("not a dict")
+    doc = {"schema": "diag.tasks/1", "tasks": tasks}
+    plain, shared = io.StringIO(), io.StringIO()
+    jsonout.render(doc, plain)
+    jsonout.render(doc, shared, shared=("stack", "created_by"))
+    assert shared.getvalue() == plain.getvalue()
+    back = json.loads(shared.getvalue())
+    assert back["tasks"][1]["stack"] == stack and back["tasks"][1]["name"] == tricky[1]
+    assert back["tasks"][3]["name"] == "\ufffd lone"
+
+
 @pytest.mark.parametrize(("seconds", "text"), [
     (0.42, "0.4s"), (9.96, "10.0s"), (12.7, "12s"), (303, "5m03s"), (7500, "2h05m"), (None, "?"),
 ])
