@@ -22,6 +22,15 @@ def agree(n: int, one: str, many: str) -> str:
     return one if n == 1 else many
 
 
+def byte_count(n: int) -> str:
+    """``512 bytes``, ``64 KiB``, ``2.5 MiB``: a size in the unit that reads best."""
+    if n < 10 * 1024:
+        return plural(n, "byte")
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
 def also_named(others: Sequence[str]) -> str:
     """The other names of one primitive or object, after the one shown: ``(also: first, pool)``."""
     return f"(also: {', '.join(others)})"

@@ -41,9 +41,10 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.model.task_snapshot import (
-    MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, check_schema,
+    MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, WriteBacklog,
+    check_schema,
 )
-from diag.wording import agree, also_named
+from diag.wording import agree, also_named, byte_count
 from diag.wording import plural as _plural
 
 SCHEMA_NAME = "diag.leaks"
@@ -720,6 +721,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 why.append(held)
         if task.wait.child is not None:
             why.extend(_child_evidence(task.wait.child))
+        if task.wait.backlog is not None:
+            why.extend(_backlog_evidence(task.wait.backlog, seconds))
         if task.wait.kind == "stream_read":
             why.append(f"the peer has sent nothing for {seconds:.0f}s")
         elif task.wait.kind == "future" and _awaits_response(task):
@@ -753,6 +756,24 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         ))
     out.sort(key=lambda f: -f.score)
     return out
+
+
+def _backlog_evidence(backlog: WriteBacklog, seconds: float) -> list[str]:
+    """A write wait (``drain()``, or ``wait_closed()`` on a closing connection) that has
+    bytes in front of it: the peer is not taking them."""
+    peer = f" to {backlog.peer}" if backlog.peer else ""
+    if not backlog.buffered and not backlog.in_kernel:
+        return []
+    queued = [f"{byte_count(backlog.buffered)} in the transport's buffer"] if backlog.buffered else []
+    if backlog.in_kernel:
+        queued.append(f"{byte_count(backlog.in_kernel)} in the socket's send queue that the peer has not acknowledged")
+    have = " and ".join(queued)
+    if backlog.closing:
+        return [f"the connection{peer} is closing, but {have} still wait to be sent: it closes (and wait_closed() "
+                f"returns) only once the peer has read them, and in {seconds:.0f}s it has not"]
+    mark = f" (the pause mark is {byte_count(backlog.high_water)})" if backlog.high_water else ""
+    return [f"the peer{peer} is not reading: {have}{mark}; drain() returns only once it has read enough, and in "
+            f"{seconds:.0f}s it has not"]
 
 
 def _pct(part: float, whole: float) -> str:

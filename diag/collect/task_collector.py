@@ -63,6 +63,12 @@ _ASYNC_GEN_AWAITABLE_TYPES = _async_gen_awaitable_types()
 _ACQUIRING = getattr(task_origins._fast, "Acquiring", None)
 
 
+#: Waits for a connection's writes to go: a ``drain()`` (asyncio's streams, aiohttp's
+#: protocols) and a stream's ``wait_closed()``.
+DRAIN_WAIT = "StreamWriter.drain"
+CLOSE_WAIT = "StreamWriter.wait_closed"
+
+
 def _known_codes() -> dict[int, tuple[str, str]]:
     """Code objects of asyncio functions that mean "waiting on X", for this Python."""
     from asyncio import locks, queues, streams, tasks
@@ -89,7 +95,8 @@ def _known_codes() -> dict[int, tuple[str, str]]:
     add(tasks.wait_for, "gather", "wait_for")
     add(getattr(tasks, "as_completed", None), "gather", "as_completed")
     add(getattr(streams.StreamReader, "_wait_for_data", None), "stream_read", "StreamReader.read")
-    add(getattr(streams.StreamWriter, "drain", None), "unknown", "StreamWriter.drain")
+    add(getattr(streams.StreamWriter, "drain", None), "unknown", DRAIN_WAIT)
+    add(getattr(streams.StreamWriter, "wait_closed", None), "unknown", CLOSE_WAIT)
     try:
         from asyncio import taskgroups
 
@@ -116,20 +123,29 @@ _LIBRARY_CODES: list[types.CodeType] = []
 LEASE_MIN_WAIT = 1.0
 
 
+#: Library functions that mean "waiting on X": (module, class, function, kind, detail).
+_LIBRARY_WAITS = (
+    # aiohttp 3.10 and later: a request waits for a free connection of the pool
+    ("aiohttp.connector", "BaseConnector", "_wait_for_available_connection", "future", POOL_WAIT),
+    # aiohttp's protocols (client and server): a write waits for the peer to read
+    ("aiohttp.base_protocol", "BaseProtocol", "_drain_helper", "unknown", DRAIN_WAIT),
+)
+
+
 def _learn_library_codes() -> None:
-    """Waits of libraries the program imported after diag (never imported here): aiohttp's
-    ``BaseConnector._wait_for_available_connection`` (3.10 and later), where a request
-    waits for a free connection of the pool."""
-    if _LIBRARY_CODES:
+    """Waits of libraries the program imported after diag (never imported here), once
+    their modules are loaded (see ``_LIBRARY_WAITS``)."""
+    if len(_LIBRARY_CODES) == len(_LIBRARY_WAITS):
         return
-    base = wait_evidence.loaded_class("aiohttp.connector", "BaseConnector")
-    if base is None:
-        return
-    fn = class_attr(base, "_wait_for_available_connection")
-    code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
-    if type(code) is types.CodeType:
-        _LIBRARY_CODES.append(code)
-        _KNOWN[id(code)] = ("future", POOL_WAIT)
+    for module, name, attr, kind, detail in _LIBRARY_WAITS:
+        cls = wait_evidence.loaded_class(module, name)
+        fn = class_attr(cls, attr) if cls is not None else None
+        code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
+        if type(code) is types.CodeType and id(code) not in _KNOWN:
+            _LIBRARY_CODES.append(code)
+            _KNOWN[id(code)] = (kind, detail)
+
+
 _QUEUE_JOIN = id(asyncio.Queue.join.__code__)
 _GATHERING_FUTURE: Any = getattr(asyncio.tasks, "_GatheringFuture", None)
 _TASK_GROUP: Any = asyncio.TaskGroup
@@ -312,6 +328,14 @@ def _local_of_type(node: object, frame: types.FrameType | None, cls: type | tupl
         if is_a(ref, cls):  # not isinstance: that would ask a hostile local for its __class__
             return ref
     return None
+
+
+def _writer_types() -> tuple[type, ...]:
+    """What the ``self`` of a write wait is: a stream writer or a flow-controlled protocol
+    (asyncio's, aiohttp's once loaded)."""
+    aiohttp_protocol = wait_evidence.loaded_class("aiohttp.base_protocol", "BaseProtocol")
+    return (asyncio.StreamWriter, asyncio.streams.FlowControlMixin) + (
+        (aiohttp_protocol,) if aiohttp_protocol is not None else ())
 
 
 def _locals_of_type(node: object, cls: type | tuple[type, ...]) -> list[Any]:
@@ -792,6 +816,14 @@ class _Walker:
             child = wait_evidence.child_process(process) if wait.kind == "future" else None
             del process
             return replace(wait, child=child) if child is not None else wait
+        if detail in (DRAIN_WAIT, CLOSE_WAIT):
+            wait = self._future_wait(waiter, seconds, detail=detail)
+            owner = _local_of_type(nodes[i], frames[i] if frames is not None else None, _writer_types(), "self")
+            backlog = wait_evidence.write_backlog(owner) if owner is not None else None
+            del owner
+            if backlog is not None and (detail == DRAIN_WAIT or backlog.closing):
+                return replace(wait, backlog=backlog)
+            return wait
         return self._future_wait(waiter, seconds, detail=detail)
 
     def pool_of(self, node: object, leases: bool) -> ConnectionPool | None:

@@ -37,7 +37,9 @@ from typing import Any, Iterable
 from diag.collect.safe_read import (
     builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
 )
-from diag.model.task_snapshot import ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo
+from diag.model.task_snapshot import (
+    ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo, WriteBacklog,
+)
 
 try:
     from asyncio import timeouts as _timeouts
@@ -386,6 +388,73 @@ def _stream_state(reader: object) -> tuple[int, bool] | None:
     return size, paused is True
 
 
+# -- waits for a connection's writes --------------------------------------------------------
+#: Transports whose methods diag may call from its own thread: the event loops' own (their
+#: size and address getters read fields); a program's transport class is never called.
+_LOOP_TRANSPORT_MODULES = ("asyncio.", "uvloop")
+
+
+def _transport_of(owner: object) -> object:
+    """The transport a ``StreamWriter`` writes to, or a protocol's (``transport`` or
+    ``_transport``: asyncio's stream protocols, aiohttp's), or None."""
+    if is_a(owner, asyncio.BaseTransport):
+        return owner
+    if is_a(owner, asyncio.StreamWriter):
+        return plain_attr(owner, "_transport")
+    attrs = instance_dict(owner) or {}
+    for name in _TRANSPORT_ATTRS:
+        value = attrs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _unacknowledged(sock: object) -> int | None:
+    """Bytes in a socket's send queue that the peer has not acknowledged (Linux's
+    ``SIOCOUTQ``), or None where that cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import fcntl
+        import termios
+
+        fd = type(sock).fileno(sock)  # type: ignore[attr-defined]
+        if type(fd) is not int or fd < 0:
+            return None
+        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # TIOCOUTQ is SIOCOUTQ on a socket
+        value = int.from_bytes(raw, sys.byteorder, signed=True)
+        return value if value >= 0 else None
+    except Exception:
+        return None
+
+
+def write_backlog(owner: object) -> WriteBacklog | None:
+    """What stands between a waiting ``drain()`` or ``wait_closed()`` and its end: the
+    bytes in the transport's buffer and in the socket's send queue, the pause mark, the
+    peer.  None when ``owner`` has no transport of the loop's own."""
+    transport = _transport_of(owner)
+    cls = type(transport)
+    if transport is None or not cls.__module__.startswith(_LOOP_TRANSPORT_MODULES):
+        return None
+    try:
+        buffered = cls.get_write_buffer_size(transport)  # type: ignore[attr-defined]
+        limits = cls.get_write_buffer_limits(transport)  # type: ignore[attr-defined]
+        closing = cls.is_closing(transport)  # type: ignore[attr-defined]
+        peer = cls.get_extra_info(transport, "peername")  # type: ignore[attr-defined]
+        sock = cls.get_extra_info(transport, "socket")  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    if type(buffered) is not int:
+        return None
+    high = limits[1] if type(limits) is tuple and len(limits) == 2 and type(limits[1]) is int else None
+    if type(peer) is tuple and len(peer) >= 2:
+        peer_text = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    else:
+        peer_text = clip(str(peer), 100) if type(peer) in (str, bytes) and peer else ""
+    return WriteBacklog(peer=clip(peer_text, 120), buffered=buffered, high_water=high,
+                        in_kernel=_unacknowledged(sock) if sock is not None else None, closing=closing is True)
+
+
 def child_process(process: object) -> ChildProcess | None:
     """What a ``Process.wait()`` waits for: the child's pid, command, scheduler state and
     kernel wait channel (``/proc``), and the parent's ends of its pipes: an open stdin, an
@@ -431,12 +500,14 @@ _TRANSPORT_ATTRS = ("transport", "_transport")
 def _closed_reason(obj: object) -> str:
     """Why ``obj`` (a transport, stream, protocol or a client holding one) is closed, or ""."""
     if is_a(obj, asyncio.BaseTransport):
-        closing = plain_attr(obj, "_closing")
-        if closing is True:
-            return "its transport is closed"
         sock = plain_attr(obj, "_sock")
         if "_sock" in (instance_dict(obj) or {}) and sock is None:
             return "its transport is closed"
+        if plain_attr(obj, "_closing") is True:
+            # close() was called; with bytes still to send the connection stays up until
+            # the peer takes them (write_backlog says so), else it is lost at once
+            backlog = write_backlog(obj) if type(obj).__module__.startswith(_LOOP_TRANSPORT_MODULES) else None
+            return "" if backlog is not None and backlog.buffered else "its transport is closed"
         return ""
     if is_a(obj, asyncio.StreamReader):
         if plain_attr(obj, "_eof") is True:

@@ -232,6 +232,34 @@ class ConnectionPool:
 
 
 @dataclass(frozen=True)
+class WriteBacklog:
+    """What a task waiting for a connection's writes to go (``drain()``, or
+    ``wait_closed()`` on a closing transport) has in front of it: ``buffered`` bytes in
+    the transport's write buffer, ``high_water`` its pause mark, ``in_kernel`` bytes in
+    the socket's send queue not yet acknowledged by the peer (None where the OS does not
+    say), ``closing`` whether ``close()`` was called, ``peer`` the remote address."""
+
+    peer: str = ""
+    buffered: int = 0
+    high_water: int | None = None
+    in_kernel: int | None = None
+    closing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "buffered": self.buffered, "high_water": self.high_water,
+                "in_kernel": self.in_kernel, "closing": self.closing}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WriteBacklog:
+        def count(key: str) -> int | None:
+            value = d.get(key)
+            return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+        return cls(str(d.get("peer") or ""), count("buffered") or 0, count("high_water"), count("in_kernel"),
+                   bool(d.get("closing", False)))
+
+
+@dataclass(frozen=True)
 class Wait:
     """What a task is waiting on.
 
@@ -251,7 +279,8 @@ class Wait:
     are the ids (``Primitive.id`` form) of the objects found keeping it, nearest first,
     so that a dead task or thread that used one of them can be named.  ``child`` is the
     child process of a ``Process.wait()``; ``pool`` the client connection pool of a wait
-    for a free connection.
+    for a free connection.  ``backlog`` is what a wait for a connection's writes (``drain``,
+    ``wait_closed``) has in front of it.
     ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
     in ``async with second:``), which may differ from the primitive's label.
     """
@@ -274,6 +303,7 @@ class Wait:
     child: ChildProcess | None = None
     frame_label: str = ""
     pool: ConnectionPool | None = None
+    backlog: WriteBacklog | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -295,6 +325,8 @@ class Wait:
             d["child"] = self.child.to_dict()
         if self.pool is not None:
             d["pool"] = self.pool.to_dict()
+        if self.backlog is not None:
+            d["backlog"] = self.backlog.to_dict()
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -328,6 +360,7 @@ class Wait:
             owner_ids=tuple(str(i) for i in d.get("owner_ids") or ()),
             child=ChildProcess.from_dict(d["child"]) if isinstance(d.get("child"), Mapping) else None,
             pool=ConnectionPool.from_dict(d["pool"]) if isinstance(d.get("pool"), Mapping) else None,
+            backlog=WriteBacklog.from_dict(d["backlog"]) if isinstance(d.get("backlog"), Mapping) else None,
             frame_label=str(d.get("frame_label") or ""),
         )
 
@@ -831,7 +864,7 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 __all__ = [
     "SCHEMA", "count_totals", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "PoolLease",
-    "ConnectionPool", "Wait", "CreatedBy", "TaskInfo",
+    "ConnectionPool", "WriteBacklog", "Wait", "CreatedBy", "TaskInfo",
     "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
     "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

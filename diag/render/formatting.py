@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from rich.text import Text
 
-from diag.model.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait
+from diag.model.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait, WriteBacklog
 from diag.wording import also_named, plural
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
@@ -186,6 +186,18 @@ def child_process(child: ChildProcess) -> str:
     return "<" + " ".join(parts) + ">"
 
 
+def write_backlog(backlog: WriteBacklog) -> str:
+    """``<to 127.0.0.1:5555 buffered=1048576B unacked=2626560B closing>``: what a write wait
+    has in front of it."""
+    parts = [f"to {backlog.peer}"] if backlog.peer else ["write"]
+    parts.append(f"buffered={backlog.buffered}B" + (f"/{backlog.high_water}B" if backlog.high_water else ""))
+    if backlog.in_kernel is not None:
+        parts.append(f"unacked={backlog.in_kernel}B")
+    if backlog.closing:
+        parts.append("closing")
+    return "<" + " ".join(parts) + ">"
+
+
 def connection_pool(pool: ConnectionPool) -> str:
     """``<TCPConnector 0x7f3a.. in_use=3/3 waiting=2>`` (``/-`` for no limit)."""
     limit = str(pool.limit) if pool.limit else "-"
@@ -236,6 +248,8 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
         text += " " + child_process(wait.child)
     if wait.pool is not None and with_primitive:
         text += " " + connection_pool(wait.pool)
+    if wait.backlog is not None:
+        text += " " + write_backlog(wait.backlog)
     if kind == "unknown":
         text = f"unknown wait ({wait.detail})" if wait.detail else "unknown wait"
     return text

@@ -531,3 +531,78 @@ def test_a_main_that_runs_forever_on_a_local_event_is_not_a_leak(loop: str, boun
         assert "main" in {f["function"] for t in mains for f in t["stack"]}, mains
         code, data = leaks(app.url, "--min-wait", "1", "--stall-threshold", "5", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+PEER_NOT_READING = """
+import asyncio
+
+CHUNK = b"x" * (1 << 20)
+
+async def serve(reader, writer):
+    PEERS.append(writer)
+    await asyncio.Event().wait()           # the bug: the peer never reads what it is sent
+
+async def push():
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    while True:
+        writer.write(CHUNK)
+        await writer.drain()               # waits for the peer to read, with no timeout
+
+async def hang_up():
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(CHUNK * 8)
+    writer.close()
+    await writer.wait_closed()             # the close waits for those bytes to go
+
+async def main():
+    global PORT
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    PORT = server.sockets[0].getsockname()[1]
+    keep = [asyncio.create_task(push(), name="push"), asyncio.create_task(hang_up(), name="hang_up")]
+    await asyncio.Event().wait()
+
+PEERS = []
+""" + RUN_ON
+
+PEER_READING = PEER_NOT_READING.replace(
+    "    await asyncio.Event().wait()           # the bug: the peer never reads what it is sent",
+    "    while await reader.read(1 << 16):      # the fix: the peer reads\n        pass\n    writer.close()").replace(
+    "    while True:\n        writer.write(CHUNK)", "    for _ in range(16):\n        writer.write(CHUNK)")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_writes_to_a_peer_that_stopped_reading_name_the_bytes_waiting(loop: str) -> None:
+    # A drain() and a wait_closed() stuck behind a peer that accepted the connection but
+    # never reads: the suspect is the writer, with what waits in its buffers, and a closing
+    # transport with bytes still to send is never called closed.
+    with DiagRun(PEER_NOT_READING, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"push", "hang_up"}, "--min-wait", "1")
+        found = by_task(data)
+        assert {"push", "hang_up"} <= set(found), data["findings"]
+        push = " | ".join(f["evidence"] for f in found["push"])
+        close = " | ".join(f["evidence"] for f in found["hang_up"])
+        assert {f["kind"] for f in found["push"] + found["hang_up"]} == {"suspect"}
+        assert "is not reading: " in push and "drain() returns only once it has read enough" in push, push
+        assert "is closing, but " in close and "wait_closed() returns" in close, close
+        assert "transport is closed" not in close and "nothing is left to wake it" not in close, close
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+        backlog = {t["name"]: t["wait"].get("backlog") for t in tasks["tasks"] if t["name"] in ("push", "hang_up")}
+        assert backlog["push"]["closing"] is False and backlog["hang_up"]["closing"] is True, backlog
+        assert backlog["hang_up"]["buffered"] + (backlog["hang_up"]["in_kernel"] or 0) > 0, backlog
+        assert backlog["push"]["peer"].startswith("127.0.0.1:"), backlog
+        text = run_diag("tasks", app.url, "--format", "text").stdout
+        assert "StreamWriter.drain <to 127.0.0.1:" in text and "closing>" in text, text
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_writes_a_peer_reads_are_left_alone(loop: str) -> None:
+    with DiagRun(PEER_READING, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:  # both writers done: every byte was read
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            if not {t["name"] for t in tasks["tasks"]} & {"push", "hang_up"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert not {t["name"] for t in tasks["tasks"]} & {"push", "hang_up"}, tasks["tasks"]
+        code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]
