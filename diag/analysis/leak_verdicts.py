@@ -255,18 +255,22 @@ def exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOp
     return out
 
 
-def executors_exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
+def executors_exhausted(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
+                        explained: set[int] | frozenset[int] = frozenset()) -> list[Finding]:
     """Thread pools whose every worker is busy while calls wait in their queue: the tasks
-    awaiting those calls wait for a worker, not for their own work."""
+    awaiting those calls wait for a worker, not for their own work.  Calls a sound verdict
+    already explains (a pool deadlocked on itself) are left to it."""
     out = []
     threads = {t.id: t for t in snap.tasks.threads}
     running = {t.runs_future for t in snap.tasks.threads if t.runs_future}
     for ex in snap.tasks.executors:
         if not ex.queued or ex.busy < max(1, ex.max_workers) or ex.busy < len(ex.threads):
             continue
+        mine = set(ex.queued_futures)
         queued = [t for t in by_id.values() if t.wait.kind == "executor" and t.wait.future_id
-                  and t.wait.future_id not in running and (t.wait.seconds or 0.0) >= options.min_wait]
-        if not queued:
+                  and t.wait.future_id not in running and (not mine or t.wait.future_id in mine)
+                  and (t.wait.seconds or 0.0) >= options.min_wait]
+        if not queued or all(t.id in explained for t in queued):
             continue
         longest = max(t.wait.seconds or 0.0 for t in queued)
         sites = []
@@ -330,6 +334,7 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
                           f"asyncio's {prim.kind.replace('_', ' ')} is not reentrant, so the wait can never end"),
                 tasks=(task,), task_count=1, primitives=(prim,), site=task.stack,
             ))
+    out.extend(_pool_deadlocks(snap, by_id, stuck))
     for cycle in find_cycles(edges):
         members = tuple(by_id[t] for t in cycle if t in by_id)
         hops = []
@@ -352,29 +357,76 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
     return out
 
 
+def _pool_deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> list[Finding]:
+    """Thread pools whose every worker blocks, with no timeout, on a task whose own call
+    waits in the same pool's queue: no worker is free to run it, and none will be."""
+    queued: dict[str, list[TaskInfo]] = {}
+    for task_id, why in stuck.reasons.items():
+        if why.kind == "pool" and task_id in by_id:
+            queued.setdefault(why.on, []).append(by_id[task_id])
+    threads = {t.id: t for t in snap.tasks.threads}
+    out = []
+    for ex in snap.tasks.executors:
+        members = sorted(queued.get(ex.name, ()), key=lambda t: t.id)
+        workers = [threads[i] for i in ex.threads if i in threads]
+        waited = [w.waits_task for w in workers]
+        if not members or not waited or not all(
+                t is not None and (r := stuck.reasons.get(t)) is not None and r.kind == "pool" and r.on == ex.name
+                for t in waited):
+            continue  # its workers wait on tasks stuck elsewhere: stuck_behind tells that chain
+        hops = []
+        for w in workers[:4]:
+            task = by_id.get(w.waits_task) if w.waits_task is not None else None
+            top = _user_frame(w.stack)
+            at = f" (at {top.file.rsplit('/', 1)[-1]}:{top.line} {top.function})" if top is not None else ""
+            hops.append(f"thread {w.name}{at} waits in Future.result() for task {w.waits_task}"
+                        + (f" ({task.coro})" if task is not None else ""))
+        n = len(workers)
+        out.append(Finding(
+            kind="deadlock",
+            title=f"deadlock: every thread of executor {ex.name} waits for a call queued behind it",
+            evidence=(f"{'its only worker blocks' if n == 1 else f'all {n} workers block'} with no timeout on tasks "
+                      f"(run_coroutine_threadsafe(...).result()) whose own run_in_executor calls wait in the queue "
+                      f"of this same executor: {'; '.join(hops)}; {_plural(ex.queued, 'call')} "
+                      f"{agree(ex.queued, 'waits', 'wait')} for a free worker, and none will be free"),
+            tasks=tuple(members[:MAX_TASKS_PER_FINDING]), task_count=len(members),
+            site=members[0].stack,
+        ))
+    return out
+
+
 def stuck_behind(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks,
                  explained: set[int]) -> list[Finding]:
     """Tasks that can never proceed because what they wait for is held by, or is, a task
     that can never proceed; one finding per thing they wait on, naming the chain."""
     states = {s.primitive.id: s for s in snap.primitives}
-    groups: dict[tuple[str, tuple[int | None, ...]], list[TaskInfo]] = {}
+    groups: dict[tuple[str, str, tuple[int | None, ...]], list[TaskInfo]] = {}
     for task_id, why in stuck.reasons.items():
         task = by_id.get(task_id)
-        if task is None or task_id in explained or why.kind not in ("holder", "awaits"):
+        if task is None or task_id in explained or why.kind not in ("holder", "awaits", "thread", "pool"):
             continue
-        groups.setdefault((why.on, why.tasks if why.kind == "awaits" else why.holders), []).append(task)
+        groups.setdefault((why.kind, why.on, why.holders if why.kind == "holder" else why.tasks), []).append(task)
     out = []
-    for (on, others), members in groups.items():
+    for (kind, on, others), members in groups.items():
         members.sort(key=lambda t: t.id)
         first = members[0]
-        if on:
+        if kind in ("thread", "pool"):
+            chain = "; ".join(_chain_text(t, True, by_id, stuck) for t in others[:4])
+            if kind == "thread":
+                evidence = (f"they wait for their call running in thread {on}, which blocks with no timeout "
+                            f"(Future.result()) on a task that can never finish: {chain}")
+            else:
+                evidence = (f"their calls wait in the queue of executor {on}, whose every worker blocks with no "
+                            f"timeout on a task that can never finish: {chain}")
+            prims: tuple[Primitive, ...] = ()
+        elif on:
             state = states.get(on)
             prim = state.primitive if state is not None else first.wait.primitive
             holders = [h for h in state.holders] if state is not None else []
             chain = "; ".join(_chain_text(h.task_id, h.task_alive, by_id, stuck) for h in holders[:4])
             what = f"{prim.kind} {_where(prim, first.wait.frame_label)}" if prim is not None else "a primitive"
             evidence = f"they wait for {what}, whose every holder can never release it: {chain}"
-            prims: tuple[Primitive, ...] = (prim,) if prim is not None else ()
+            prims = (prim,) if prim is not None else ()
         else:
             chain = "; ".join(_chain_text(t, True, by_id, stuck) for t in others[:4])
             evidence = f"they await {_plural(len(others), 'task')} that can never finish: {chain}"
@@ -406,6 +458,10 @@ def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo],
         prim = task.wait.primitive if task is not None else None
         what = _where(prim, task.wait.frame_label if task is not None else "") if prim is not None else "a primitive"
         return f"{name} waits for {what}, held by tasks that can never proceed"
+    if why.kind == "thread":
+        return f"{name} waits for its call in thread {why.on}, which blocks on a task that can never finish"
+    if why.kind == "pool":
+        return f"{name} waits for a free worker of executor {why.on}, whose every worker blocks on such a task"
     return f"{name} awaits tasks that can never finish"
 
 
@@ -934,7 +990,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     explained.update(t.id for f in wakeups for t in f.tasks)
     findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options) + wakeups
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
-                + executors_exhausted(snap, by_id, options)
+                + executors_exhausted(snap, by_id, options, explained)
                 + suspects(snap, by_id, options, explained) + loops_starved(snap, options) + incomplete(snap))
     if snap.reachability.ran:
         proof = snap.reachability

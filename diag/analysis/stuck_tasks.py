@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from diag.model.sync_snapshot import PrimitiveState, SyncSnapshot
-from diag.model.task_snapshot import TaskInfo
+from diag.model.task_snapshot import ExecutorInfo, TaskInfo, ThreadInfo
 
 #: Waits a holder's release ends.
 HELD_KINDS = frozenset({"lock", "semaphore"})  # Condition.wait waits for a notify, not a release
@@ -40,8 +40,12 @@ AWAIT_KINDS = frozenset({"task", "gather"})
 class Blocker:
     """Why one task is stuck: ``kind`` is ``self`` (waits on a lock it holds), ``holder``
     (waits on a primitive whose holders are all stuck or gone), ``awaits`` (awaits only
-    stuck tasks) or ``proven`` (the reachability proof); ``on`` the primitive id or the
-    awaited task ids; ``holders`` the holders' task ids (None: code outside any task)."""
+    stuck tasks), ``thread`` (its executor call runs in a thread that blocks on a stuck
+    task), ``pool`` (its executor call is queued and every worker blocks on a stuck
+    task) or ``proven`` (the reachability proof); ``on`` the primitive id, the thread's
+    or the pool's name; ``tasks`` the awaited task ids (for ``thread`` and ``pool``, the
+    tasks the threads block on); ``holders`` the holders' task ids (None: code outside
+    any task)."""
 
     kind: str
     on: str = ""
@@ -84,9 +88,16 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
             candidates[task.id] = task
         elif kind in AWAIT_KINDS and task.wait.tasks:
             candidates[task.id] = task
+    pools = _Pools(snap)
+    for task in snap.tasks.tasks:
+        if (task.state == "waiting" and task.wait.kind == "executor" and task.id not in proven
+                and not _has_deadline(task) and pools.blocked_by(task) is not None):
+            candidates[task.id] = task
     stuck = set(candidates) | proven
 
     def can_proceed(task: TaskInfo) -> bool:
+        if task.wait.kind == "executor":
+            return any(t not in stuck for t in pools.blocked_by(task) or ())
         prim = task.wait.primitive
         if task.wait.kind in HELD_KINDS and prim is not None:
             state = states[prim.id]
@@ -114,6 +125,10 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
             continue
         waiting = candidates[task_id]
         prim = waiting.wait.primitive
+        if waiting.wait.kind == "executor":
+            kind, on = pools.where(waiting)
+            reasons[task_id] = Blocker(kind, on, tasks=tuple(pools.blocked_by(waiting) or ()))
+            continue
         if waiting.wait.kind in HELD_KINDS and prim is not None:
             holders = tuple(h.task_id for h in states[prim.id].holders)
             gone = tuple(h.task_id for h in states[prim.id].holders if not h.task_alive)
@@ -124,6 +139,50 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
         else:
             reasons[task_id] = Blocker("awaits", tasks=tuple(t for t in waiting.wait.tasks if t in stuck))
     return StuckTasks(reasons)
+
+
+class _Pools:
+    """Thread pools seen from a task's ``run_in_executor`` wait.  Its call either runs in a
+    worker thread, which proceeds unless it blocks with no timeout on a task (in the
+    ``result()`` of a ``run_coroutine_threadsafe`` future), or waits in the pool's queue,
+    which moves once any worker is done; when every worker blocks on a task, the queue
+    moves only if one of those tasks ends."""
+
+    def __init__(self, snap: SyncSnapshot) -> None:
+        self.running = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
+        threads = {t.id: t for t in snap.tasks.threads}
+        self.queued: dict[str, ExecutorInfo] = {}
+        self.workers: dict[str, list[ThreadInfo]] = {}
+        for ex in snap.tasks.executors:
+            for fut in ex.queued_futures:
+                self.queued[fut] = ex
+            self.workers[ex.name] = [threads[i] for i in ex.threads if i in threads]
+
+    def blocked_by(self, task: TaskInfo) -> tuple[int, ...] | None:
+        """The tasks whose end alone lets ``task``'s call go on; None when something else
+        may (a worker running other code, a free worker, a call not found)."""
+        fut = task.wait.future_id
+        thread = self.running.get(fut)
+        if thread is not None:
+            return (thread.waits_task,) if thread.waits_task is not None else None
+        ex = self.queued.get(fut)
+        if ex is None:
+            return None
+        workers = self.workers.get(ex.name, [])
+        if len(workers) < max(1, ex.max_workers) or len(ex.threads) < ex.max_workers:
+            return None  # room for another worker
+        if any(w.waits_task is None or not w.runs_future for w in workers):
+            return None  # a worker idle or running code that may end
+        return tuple(dict.fromkeys(w.waits_task for w in workers if w.waits_task is not None))
+
+    def where(self, task: TaskInfo) -> tuple[str, str]:
+        """(blocker kind, on): ``thread`` and the worker's name for a call that runs,
+        ``pool`` and the executor's name for one that waits in the queue."""
+        thread = self.running.get(task.wait.future_id)
+        if thread is not None:
+            return "thread", thread.name
+        ex = self.queued.get(task.wait.future_id)
+        return "pool", ex.name if ex is not None else ""
 
 
 def _exhausted(state: PrimitiveState) -> bool:

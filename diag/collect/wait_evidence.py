@@ -28,12 +28,14 @@ import concurrent.futures
 import concurrent.futures.thread as cf_thread
 import functools
 import gc
+import queue as queue_module
 import sys
 import threading
 import types
 import weakref
 from typing import Any, Iterable
 
+from diag.collect import task_origins
 from diag.collect.safe_read import (
     builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
 )
@@ -288,6 +290,58 @@ def _work_item_future(frame: types.FrameType) -> object:
     return plain_attr(item, "future") if type(item) is cf_thread._WorkItem else None
 
 
+_CF_RESULT = concurrent.futures.Future.result.__code__
+_SIMPLE_QUEUE = queue_module.SimpleQueue
+#: Queued calls of an executor read for the futures tasks await.
+MAX_QUEUED_READ = 256
+
+
+def _awaited_task(frame: types.FrameType) -> Any:
+    """The task a thread blocks on in ``frame`` (``concurrent.futures.Future.result``, no
+    timeout) when that future is the one ``run_coroutine_threadsafe`` chained to a task:
+    its done callback (asyncio's ``_call_check_cancel``) closes over the task.  The frame
+    is executing, so its two locals (the future and the timeout) are read through
+    ``f_locals``; it holds them anyway."""
+    try:
+        local = frame.f_locals
+        fut, timeout = local.get("self"), local.get("timeout")
+    except Exception:
+        return None
+    if timeout is not None or type(fut) is not concurrent.futures.Future:
+        return None
+    callbacks = plain_attr(fut, "_done_callbacks")
+    for callback in (callbacks[:8] if type(callbacks) is list else ()):
+        if type(callback) is not types.FunctionType:
+            continue
+        for cell in callback.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if is_a(value, asyncio.Task):
+                return value
+    return None
+
+
+def _queued_futures(queue: object, by_cf: dict[int, object]) -> tuple[str, ...]:
+    """The asyncio futures (``Primitive.id`` form) of the calls waiting in an executor's
+    queue that tasks await, from its first ``MAX_QUEUED_READ`` entries."""
+    items: Any
+    if type(queue) is _SIMPLE_QUEUE:  # what ThreadPoolExecutor uses: its items are its one referent list
+        items = next((r for r in gc.get_referents(queue) if type(r) is list), None)
+    else:
+        items = plain_attr(queue, "queue")
+    if type(items) is not collections.deque and type(items) is not list:
+        return ()
+    out = []
+    for item in list(items)[:MAX_QUEUED_READ]:  # list(): one step under the GIL
+        if type(item) is cf_thread._WorkItem:
+            aio = by_cf.get(id(plain_attr(item, "future")))
+            if aio is not None:
+                out.append(hex(id(aio)))
+    return tuple(out)
+
+
 def asyncio_futures_by_concurrent(futures: Iterable[object]) -> dict[int, object]:
     """id(concurrent future) -> the asyncio future chained to it (``run_in_executor``)."""
     out: dict[int, object] = {}
@@ -330,6 +384,7 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
         top = frames.get(ident)
         stack: list[Frame] = []
         runs = ""
+        waits: int | None = None
         frame = top
         while frame is not None and len(stack) < max_frames:
             stack.append(frame_of(frame))
@@ -337,6 +392,11 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
                 cf = _work_item_future(frame)
                 aio = by_cf.get(id(cf)) if cf is not None else None
                 runs = hex(id(aio)) if aio is not None else (hex(id(cf)) if cf is not None else "")
+            elif frame.f_code is _CF_RESULT and waits is None and len(stack) <= 4:
+                task = _awaited_task(frame)
+                if task is not None:
+                    waits = task_origins.task_seq(task)
+                del task
             frame = frame.f_back
         executor = _executor_of(thread)
         name = ""
@@ -347,7 +407,8 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
             entry[1].append(ident)
             if any(f.function == "_WorkItem.run" for f in stack):
                 entry[2].append(ident)
-        out.append(ThreadInfo(ident, clip(thread.name), tuple(stack), bool(thread.daemon), name, runs))
+        out.append(ThreadInfo(ident, clip(thread.name), tuple(stack), bool(thread.daemon), name, runs,
+                              waits_task=waits))
     # The frames dict holds this function's own frame, which holds the dict: a cycle that
     # would keep every frame (and what they hold) alive until the next collection.
     frames.clear()
@@ -356,7 +417,10 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
     for key, (executor, idents, busy) in executors.items():
         queue = plain_attr(executor, "_work_queue")
         try:
-            queued = queue.qsize() if type(queue).__module__ == "queue" else 0  # type: ignore[attr-defined]
+            # the standard library's queues only (SimpleQueue is ThreadPoolExecutor's): their
+            # qsize() reads a length
+            queued = (queue.qsize() if type(queue) is _SIMPLE_QUEUE or type(queue).__module__ == "queue"  # type: ignore[attr-defined]
+                      else 0)
         except Exception:
             queued = 0
         prefix = plain_attr(executor, "_thread_name_prefix")
@@ -364,7 +428,7 @@ def collect_threads(frame_of: Any, executor_waits: Iterable[object],
         infos.append(ExecutorInfo(
             clip(prefix) if type(prefix) is str and prefix else f"ThreadPoolExecutor {hex(key)}",
             workers if type(workers) is int else len(idents), tuple(idents), len(busy), int(queued),
-            loop_names.get(key, ""),
+            loop_names.get(key, ""), _queued_futures(queue, by_cf) if queued else (),
         ))
     return tuple(out), tuple(infos)
 

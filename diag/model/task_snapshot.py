@@ -664,7 +664,9 @@ class DeadTask:
 class ThreadInfo:
     """One thread of the process other than the agent's own, as Go's dump shows every
     goroutine: its stack (innermost first) and, for an executor's worker, which executor
-    and the asyncio future of the call it runs (``Primitive.id`` form of that future)."""
+    and the asyncio future of the call it runs (``Primitive.id`` form of that future).
+    ``waits_task`` is the task a thread blocks on with no timeout, in the ``result()``
+    of the future ``run_coroutine_threadsafe`` gave it (None: not such a wait)."""
 
     id: int
     name: str
@@ -673,23 +675,31 @@ class ThreadInfo:
     executor: str = ""
     runs_future: str = ""
     loop: str = ""
+    waits_task: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "daemon": self.daemon, "executor": self.executor,
-                "runs_future": self.runs_future, "loop": self.loop,
-                "stack": [f.to_dict() for f in self.stack]}
+        d: dict[str, Any] = {"id": self.id, "name": self.name, "daemon": self.daemon, "executor": self.executor,
+                             "runs_future": self.runs_future, "loop": self.loop,
+                             "stack": [f.to_dict() for f in self.stack]}
+        if self.waits_task is not None:
+            d["waits_task"] = self.waits_task
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ThreadInfo:
+        waits = d.get("waits_task")
         return cls(int(d.get("id") or 0), str(d.get("name") or ""),
                    tuple(Frame.from_dict(f) for f in d.get("stack") or ()), bool(d.get("daemon", False)),
-                   str(d.get("executor") or ""), str(d.get("runs_future") or ""), str(d.get("loop") or ""))
+                   str(d.get("executor") or ""), str(d.get("runs_future") or ""), str(d.get("loop") or ""),
+                   int(waits) if isinstance(waits, int) and not isinstance(waits, bool) else None)
 
 
 @dataclass(frozen=True)
 class ExecutorInfo:
     """A thread pool of ``concurrent.futures``: its workers, how many run a call now, and
-    how many calls wait in its queue for a free worker."""
+    how many calls wait in its queue for a free worker; ``queued_futures``: the asyncio
+    futures (``Primitive.id`` form) of the queued calls that tasks await
+    (``run_in_executor``), a bounded sample."""
 
     name: str
     max_workers: int
@@ -697,16 +707,21 @@ class ExecutorInfo:
     busy: int
     queued: int
     default_of_loop: str = ""
+    queued_futures: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "max_workers": self.max_workers, "threads": list(self.threads),
-                "busy": self.busy, "queued": self.queued, "default_of_loop": self.default_of_loop}
+        d: dict[str, Any] = {"name": self.name, "max_workers": self.max_workers, "threads": list(self.threads),
+                             "busy": self.busy, "queued": self.queued, "default_of_loop": self.default_of_loop}
+        if self.queued_futures:
+            d["queued_futures"] = list(self.queued_futures)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExecutorInfo:
         return cls(str(d.get("name") or ""), int(d.get("max_workers") or 0),
                    tuple(int(t) for t in d.get("threads") or ()), int(d.get("busy") or 0),
-                   int(d.get("queued") or 0), str(d.get("default_of_loop") or ""))
+                   int(d.get("queued") or 0), str(d.get("default_of_loop") or ""),
+                   tuple(str(f) for f in d.get("queued_futures") or ()))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from diag.analysis.stuck_tasks import stuck_tasks
 from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.model.task_snapshot import ChildPipe, ChildProcess
 from diag.model.task_snapshot import (
-    DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
+    DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait, WriteBacklog,
 )
 from tests.diag.snapshots import FETCH, snapshot, task
 
@@ -351,14 +351,47 @@ def test_an_executor_with_every_worker_busy_and_calls_queued_is_exhausted() -> N
     assert not [f for f in leak_report(snap, OPTIONS).findings if f.kind == "exhausted"]
 
 
+def test_a_pool_whose_workers_block_on_tasks_queued_in_it_is_a_deadlock_and_one_worker_free_is_not() -> None:
+    # Two workers each block in Future.result() on a task whose call waits in the same
+    # pool's queue; a third task awaits a call one of those workers runs.
+    queued = [task(i, coro="template", wait=Wait("executor", "run_in_executor", seconds=20.0, deadline_known=True,
+                                                 future_id=f"0xq{i}")) for i in (3, 4)]
+    page = task(5, coro="render_page", wait=Wait("executor", "run_in_executor", seconds=20.0, deadline_known=True,
+                                                 future_id="0xr1"))
+    workers = [ThreadInfo(1, "render_0", (Frame("/srv/app/render.py", 9, "render", ""),), True, "render", "0xr1",
+                          waits_task=3),
+               ThreadInfo(2, "render_1", (Frame("/srv/app/render.py", 9, "render", ""),), True, "render", "0xr2",
+                          waits_task=4)]
+    pool = ExecutorInfo("render", 2, (1, 2), busy=2, queued=2, queued_futures=("0xq3", "0xq4"))
+    snap = sync(replace(snapshot(*queued, page), threads=tuple(workers), executors=(pool,)))
+    report = leak_report(snap, OPTIONS)
+    kinds = sorted(f.kind for f in report.findings)
+    assert kinds == ["deadlock", "stuck_behind"], report.findings
+    lock = next(f for f in report.findings if f.kind == "deadlock")
+    assert {t.id for t in lock.tasks} == {3, 4}
+    assert "thread render_0 (at render.py:9 render) waits in Future.result() for task 3 (template)" in lock.evidence
+    behind = next(f for f in report.findings if f.kind == "stuck_behind")
+    assert [t.id for t in behind.tasks] == [5] and "running in thread render_0" in behind.evidence
+    # One worker blocks on nothing diag can see (it may finish): no verdict, only suspects.
+    free = [workers[0], replace(workers[1], waits_task=None)]
+    snap = sync(replace(snapshot(*queued, page), threads=tuple(free), executors=(pool,)))
+    assert not {"deadlock", "stuck_behind"} & {f.kind for f in leak_report(snap, OPTIONS).findings}
+    # A call with a timeout on the thread's side (waits_task None) or a task with a deadline: not stuck.
+    timed = [replace(q, wait=replace(q.wait, deadline=5.0)) for q in queued]
+    snap = sync(replace(snapshot(*timed, page), threads=tuple(workers), executors=(pool,)))
+    assert "deadlock" not in {f.kind for f in leak_report(snap, OPTIONS).findings}
+
+
 def test_every_new_field_round_trips_through_json() -> None:
     info = replace(task(1, wait=Wait("future", "Future", seconds=2.0, deadline=None, deadline_by="",
                                      deadline_known=True, future_id="0x5", owner="C.pending", owner_closed=True)),
                    main=True, cancel_seconds=3.5, cancelling=True)
-    snap = replace(snapshot(info), dead_tasks=(DeadTask(2, "c", "consume", "exception", 1.0, "E: x",
-                                                        (FETCH,), None, ("0x9",)),),
-                   threads=(ThreadInfo(7, "w", (FETCH,), True, "pool", "0x5"),),
-                   executors=(ExecutorInfo("pool", 4, (7,), 1, 0, "0x1"),), destroyed_seen=True)
+    writer = task(3, wait=Wait("future", "StreamWriter.drain", seconds=4.0,
+                               backlog=WriteBacklog("127.0.0.1:80", 70_000, 65_536, 2_000_000, True)))
+    snap = replace(snapshot(info, writer), dead_tasks=(DeadTask(2, "c", "consume", "exception", 1.0, "E: x",
+                                                                (FETCH,), None, ("0x9",)),),
+                   threads=(ThreadInfo(7, "w", (FETCH,), True, "pool", "0x5", waits_task=1),),
+                   executors=(ExecutorInfo("pool", 4, (7,), 1, 2, "0x1", ("0x6", "0x7")),), destroyed_seen=True)
     back = TaskSnapshot.from_json(snap.to_json())
     assert back.tasks == snap.tasks and back.dead_tasks == snap.dead_tasks
     assert back.threads == snap.threads and back.executors == snap.executors and back.destroyed_seen

@@ -606,3 +606,77 @@ def test_writes_a_peer_reads_are_left_alone(loop: str) -> None:
         assert not {t["name"] for t in tasks["tasks"]} & {"push", "hang_up"}, tasks["tasks"]
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+POOL_WAITS_ON_ITSELF = """
+import asyncio, concurrent.futures, threading
+
+POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+IO_POOL = POOL                             # the bug: template reads share the renderers' pool
+SLOW = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slow")
+NEVER = threading.Event()
+
+async def template(name):
+    return await asyncio.get_running_loop().run_in_executor(IO_POOL, str.upper, name)
+
+def render(loop, page):
+    return asyncio.run_coroutine_threadsafe(template(page), loop).result()
+
+async def render_page(page):
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(POOL, render, loop, page)
+
+async def blocking_call(i):
+    return await asyncio.get_running_loop().run_in_executor(SLOW, NEVER.wait)
+
+async def main():
+    keep = [asyncio.create_task(render_page(p), name=f"page-{p}") for p in ("index", "about")]
+    keep += [asyncio.create_task(blocking_call(i), name=f"slow-{i}") for i in range(3)]
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+POOL_WITH_ITS_OWN_IO = POOL_WAITS_ON_ITSELF.replace(
+    'IO_POOL = POOL                             # the bug: template reads share the renderers\' pool',
+    'IO_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2)  # the fix: reads have their own pool').replace(
+    "    keep += [asyncio.create_task(blocking_call(i), name=f\"slow-{i}\") for i in range(3)]\n", "")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pool_whose_threads_wait_on_calls_queued_in_it_is_a_deadlock(loop: str) -> None:
+    # Each worker of "render" blocks in run_coroutine_threadsafe(...).result() on a task
+    # whose run_in_executor call waits in the same pool's queue: a deadlock, proven from
+    # the threads' stacks and the queue.  A one-worker pool stuck in a blocking call with
+    # calls queued behind it is exhausted.
+    with DiagRun(POOL_WAITS_ON_ITSELF, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"page-index", "page-about", "slow-1"}, "--min-wait", "1")
+        kinds = {f["kind"]: f for f in data["findings"]}
+        assert code == 1 and "deadlock" in kinds, data["findings"]
+        lock = kinds["deadlock"]
+        assert lock["title"] == "deadlock: every thread of executor render waits for a call queued behind it", lock
+        assert "waits in Future.result() for task" in lock["evidence"] and "(template)" in lock["evidence"], lock
+        assert {t["coro"] for t in lock["tasks"]} == {"template"} and lock["task_count"] == 2, lock
+        behind = [f for f in data["findings"] if f["kind"] == "stuck_behind"]
+        assert {t["name"] for f in behind for t in f["tasks"]} == {"page-index", "page-about"}, data["findings"]
+        assert all("blocks with no timeout (Future.result())" in f["evidence"] for f in behind), behind
+        slow = [f for f in data["findings"] if f["kind"] == "exhausted"]
+        assert [f["title"] for f in slow] == ["executor slow is exhausted"], data["findings"]
+        assert "its only worker is busy and 2 calls wait in its queue" in slow[0]["evidence"], slow
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+        render = [t for t in tasks["threads"] if t["executor"] == "render"]
+        assert len(render) == 2 and all(t.get("waits_task") for t in render), render
+        (pool,) = [e for e in tasks["executors"] if e["name"] == "render"]
+        assert pool["queued"] == 2 and len(pool["queued_futures"]) == 2, pool
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pool_that_waits_on_another_pool_is_left_alone(loop: str) -> None:
+    with DiagRun(POOL_WITH_ITS_OWN_IO, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:  # both pages rendered
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            if not any(t["name"].startswith("page-") for t in tasks["tasks"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert not any(t["name"].startswith("page-") for t in tasks["tasks"]), tasks["tasks"]
+        code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]
