@@ -720,6 +720,12 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
              excluded: set[int]) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
     idle_since = {s.primitive.id: s.idle_seconds for s in snap.primitives}
+    states = {s.primitive.id: s for s in snap.primitives}
+    awaiters: dict[int, set[int]] = {}  # task id -> the tasks that await it
+    for t in snap.tasks.tasks:
+        if t.wait.kind in ("task", "gather"):
+            for awaited in t.wait.tasks:
+                awaiters.setdefault(awaited, set()).add(t.id)
     getters = {s.primitive.id: s.primitive.getters for s in snap.primitives}
     touched = _touched_index(snap)
     # a primitive whose permits are handed on is released by others than its holders
@@ -756,7 +762,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if prim is not None:
             idle = idle_since.get(prim.id)
             if idle is not None and idle >= seconds:
-                if prim.kind == "event":
+                if prim.kind == "event" and _rearmed_by_waiter(states.get(prim.id), task, idle, awaiters):
+                    pass  # cleared by the waiting side after the last set: it waits for the next one
+                elif prim.kind == "event":
                     why.append(f"{_where(prim, name)} was last set {idle:.1f}s ago, before this wait began, and not since: "
                                f"a wake-up this task missed, or a signal that stopped coming")
                 else:
@@ -812,6 +820,17 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         ))
     out.sort(key=lambda f: -f.score)
     return out
+
+
+def _rearmed_by_waiter(state: PrimitiveState | None, task: TaskInfo, idle: float,
+                       awaiters: Mapping[int, set[int]]) -> bool:
+    """An Event cleared after its last ``set()`` by the waiting side (the waiting task, or
+    a task that awaits it): ``clear(); await event.wait()`` waits for the next signal, so
+    a last set before the wait is no missed wake-up.  A pulse (``set(); clear()`` by the
+    signalling side, even the task that started the waiter) before the wait still is."""
+    if state is None or state.cleared_seconds is None or state.cleared_by is None or state.cleared_seconds > idle:
+        return False
+    return state.cleared_by == task.id or state.cleared_by in awaiters.get(task.id, ())
 
 
 def _backlog_evidence(backlog: WriteBacklog, seconds: float) -> list[str]:

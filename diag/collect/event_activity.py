@@ -10,7 +10,10 @@ never set is a one-shot signal still to come.
 ``install`` wraps ``asyncio.Event.set`` at class level: the original runs first, then
 the count and time are kept on the instance (one tuple in its ``__dict__``).  It costs a
 Python call per ``set()``; ``Event.set`` is not on asyncio's hot paths (a Queue sets its
-``join`` event only when its last task is done).  ``uninstall`` puts the original back.
+``join`` event only when its last task is done).  ``clear()`` is wrapped the same way and
+keeps when and by which task: a waiter that clears the event itself (or has it cleared
+by the task that made it or waits for it) and then waits is waiting for the next
+signal, not one it missed.  ``uninstall`` puts the originals back.
 
 Usage::
 
@@ -24,11 +27,15 @@ import asyncio
 import time
 from typing import Any
 
+from diag.collect import task_origins
 from diag.collect.safe_read import plain_attr
 
 _ATTR = "_diag_sets"
+_CLEARED = "_diag_cleared"
 _original: Any = None
+_original_clear: Any = None
 _monotonic = time.monotonic
+_current_task = asyncio.current_task
 
 
 def _wrap(original: Any) -> Any:
@@ -46,25 +53,55 @@ def _wrap(original: Any) -> Any:
     return set
 
 
+def _wrap_clear(original: Any) -> Any:
+    def clear(self: asyncio.Event) -> None:
+        original(self)
+        try:
+            try:
+                task = _current_task()
+            except RuntimeError:  # no running loop in this thread
+                task = None
+            self.__dict__[_CLEARED] = (_monotonic(), task_origins.task_seq(task) if task is not None else None)
+        except Exception:
+            pass
+
+    clear.__wrapped__ = original  # type: ignore[attr-defined]
+    clear.__doc__ = original.__doc__
+    clear.__qualname__ = original.__qualname__
+    return clear
+
+
 def install() -> None:
-    """Record every ``Event.set``; idempotent."""
-    global _original
+    """Record every ``Event.set`` and ``Event.clear``; idempotent."""
+    global _original, _original_clear
     if _original is not None:
         return
     _original = asyncio.Event.__dict__["set"]
+    _original_clear = asyncio.Event.__dict__["clear"]
     asyncio.Event.set = _wrap(_original)  # type: ignore[method-assign]
+    asyncio.Event.clear = _wrap_clear(_original_clear)  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
-    """Put asyncio's own ``Event.set`` back (counts already made stay on their events)."""
-    global _original
+    """Put asyncio's own ``Event.set`` and ``clear`` back (what was recorded stays on the events)."""
+    global _original, _original_clear
     if _original is not None:
         asyncio.Event.set = _original  # type: ignore[method-assign]
-        _original = None
+        asyncio.Event.clear = _original_clear  # type: ignore[method-assign]
+        _original = _original_clear = None
 
 
 def installed() -> bool:
     return _original is not None
+
+
+def last_clear(event: object) -> tuple[float, int | None] | None:
+    """(monotonic time of the last ``clear()``, the id of the task that called it, None
+    outside a task) since recording began, or None."""
+    seen = plain_attr(event, _CLEARED)
+    if type(seen) is tuple and len(seen) == 2 and type(seen[0]) is float and (seen[1] is None or type(seen[1]) is int):
+        return seen[0], seen[1]
+    return None
 
 
 def last_set(event: object) -> tuple[int, float] | None:

@@ -120,11 +120,14 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             last = event_activity.last_set(obj)
             activity = None if last is None else last[1]
         handoff = holders.last_handoff(source)
+        cleared = event_activity.last_clear(obj) if is_a(obj, asyncio.Event) else None
         states.append(PrimitiveState(
             primitive=prim, holders=tuple(held), waiting_tasks=tuple(sorted(t for t, _ in waiters)),
             longest_wait=longest, idle_seconds=None if activity is None else max(0.0, now - activity),
             tracked=holders.installed() and is_a(source, (asyncio.Lock, asyncio.Semaphore)),
             handoff_seconds=None if handoff is None else max(0.0, now - handoff),
+            cleared_seconds=None if cleared is None else max(0.0, now - cleared[0]),
+            cleared_by=None if cleared is None else cleared[1],
         ))
     with watch.own_work() if watch is not None else contextlib.nullcontext():
         proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)

@@ -62,7 +62,9 @@ class PrimitiveState:
     and the tasks waiting on it.  ``idle_seconds`` is the time since the last acquire
     or release diag saw (None when unknown); ``handoff_seconds`` the time since the last
     release made by other code than the acquirer's (another task, a callback: permits
-    handed on by design), None when diag saw none."""
+    handed on by design), None when diag saw none.  For an Event, ``cleared_seconds``
+    is the time since its last ``clear()`` and ``cleared_by`` the task that called it
+    (None: outside a task, or not seen)."""
 
     primitive: Primitive
     holders: tuple[Holder, ...] = ()
@@ -71,24 +73,34 @@ class PrimitiveState:
     idle_seconds: float | None = None
     tracked: bool = False
     handoff_seconds: float | None = None
+    cleared_seconds: float | None = None
+    cleared_by: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"primitive": self.primitive.to_dict(), "holders": [h.to_dict() for h in self.holders],
-                "waiting_tasks": list(self.waiting_tasks), "longest_wait": self.longest_wait,
-                "idle_seconds": self.idle_seconds, "tracked": self.tracked, "handoff_seconds": self.handoff_seconds}
+        d = {"primitive": self.primitive.to_dict(), "holders": [h.to_dict() for h in self.holders],
+             "waiting_tasks": list(self.waiting_tasks), "longest_wait": self.longest_wait,
+             "idle_seconds": self.idle_seconds, "tracked": self.tracked, "handoff_seconds": self.handoff_seconds}
+        if self.cleared_seconds is not None:
+            d["cleared_seconds"] = self.cleared_seconds
+            d["cleared_by"] = self.cleared_by
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PrimitiveState:
         longest = d.get("longest_wait")
         idle = d.get("idle_seconds")
         handoff = d.get("handoff_seconds")
+        cleared = d.get("cleared_seconds")
+        by = d.get("cleared_by")
         return cls(Primitive.from_dict(d.get("primitive") or {}),
                    tuple(Holder.from_dict(h) for h in d.get("holders") or ()),
                    tuple(int(t) for t in d.get("waiting_tasks") or ()),
                    None if longest is None else finite_float(longest, "longest_wait"),
                    None if idle is None else finite_float(idle, "idle_seconds"),
                    bool(d.get("tracked", False)),
-                   None if handoff is None else finite_float(handoff, "handoff_seconds"))
+                   None if handoff is None else finite_float(handoff, "handoff_seconds"),
+                   None if cleared is None else finite_float(cleared, "cleared_seconds"),
+                   int(by) if isinstance(by, int) and not isinstance(by, bool) else None)
 
 
 @dataclass(frozen=True)

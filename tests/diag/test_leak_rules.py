@@ -10,7 +10,7 @@ from diag.analysis.stuck_tasks import stuck_tasks
 from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.model.task_snapshot import ChildPipe, ChildProcess
 from diag.model.task_snapshot import (
-    DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait, WriteBacklog,
+    CreatedBy, DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait, WriteBacklog,
 )
 from tests.diag.snapshots import FETCH, snapshot, task
 
@@ -436,6 +436,27 @@ def test_an_event_set_before_the_wait_and_never_since_is_a_missed_wake_up_a_neve
     assert ids_of(report, "suspect") == {1}
     assert "Store.changed 0xe1 was last set 21.5s ago, before this wait began, and not since" in \
         report.findings[0].evidence
+
+
+def test_an_event_the_waiting_side_cleared_after_its_last_set_waits_for_the_next_one() -> None:
+    # clear(); await wait() by the waiter (or by a task awaiting it) re-arms the event: a
+    # last set before the wait is no missed wake-up.  A pulse (set(); clear()) by the
+    # signalling side, here the task that started the waiter, still is.
+    event = Primitive("event", "0xe1", "Channel.added", is_set=False, waiters=1)
+    waiter = task(1, coro="Channel.added_wait", wait=Wait("event", "Event.wait", event, 20.0, deadline_known=True),
+                  created=CreatedBy(3, "receive", "/srv/app/chan.py", 40, "receive"))
+    receive = task(3, coro="receive", wait=Wait("gather", "wait", seconds=20.0, tasks=(1,), deadline_known=True))
+    main = task(4, coro="main", wait=Wait("sleep", "sleep", seconds=20.0))
+
+    def report(cleared_by: int, cleared: float = 20.5) -> set[int]:
+        state = PrimitiveState(event, waiting_tasks=(1,), idle_seconds=21.5, cleared_seconds=cleared,
+                               cleared_by=cleared_by)
+        return ids_of(leak_report(sync(snapshot(waiter, receive, main), state), OPTIONS), "suspect")
+
+    assert 1 not in report(cleared_by=1)  # the waiter itself
+    assert 1 not in report(cleared_by=3)  # the task awaiting it
+    assert 1 in report(cleared_by=4)  # someone else: a pulse the waiter missed
+    assert 1 in report(cleared_by=1, cleared=22.0)  # cleared before the last set: that set was missed
 
 
 def test_an_event_never_set_while_others_of_its_name_were_is_a_suspect() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from diag.collect import wait_evidence
+from diag.collect import task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import collect_tasks
 
@@ -185,6 +185,15 @@ async def test_event_sets_are_counted_and_timed_while_installed_and_not_after() 
         count, when = event_activity.last_set(event) or (0, 0.0)
         assert count == 2 and when > 0
         assert event.is_set()  # asyncio's own set still ran
+
+        async def rearm() -> None:
+            event.clear()
+
+        clearer = asyncio.create_task(rearm())
+        await clearer
+        cleared = event_activity.last_clear(event)
+        assert cleared is not None and cleared[0] >= when and not event.is_set()
+        assert cleared[1] == task_origins.task_seq(clearer)  # which task cleared it
     finally:
         if not was_installed:
             event_activity.uninstall()
