@@ -477,7 +477,10 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
     out = []
     for task in snap.tasks.tasks:
         seconds = task.cancel_seconds
-        if seconds is None or seconds < options.cancel_grace or task.state != "waiting":
+        # A task still inside the except/finally block handling its CancelledError is
+        # cleaning up (a graceful drain) and may yet re-raise: judged after --min-wait.
+        grace = max(options.cancel_grace, options.min_wait) if task.handling_cancel else options.cancel_grace
+        if seconds is None or seconds < grace or task.state != "waiting":
             continue
         if task.wait.deadline_known and task.wait.deadline is not None:
             continue  # cleaning up under a timeout: it ends on its own
@@ -486,17 +489,26 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
         if waiting:
             names = ", ".join(f"task {w.id} ({w.wait.detail or w.wait.kind} in {w.coro})" for w in waiting[:4])
             who = f"; {_plural(len(waiting), 'task')} {agree(len(waiting), 'waits', 'wait')} for it to end: {names}"
+        if task.handling_cancel:
+            title = f"task {task.id} {task.name!r} ({task.coro}) never finishes handling its cancellation"
+            how = (f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still in the except "
+                   f"or finally block handling the CancelledError, waiting on {task.wait.detail or task.wait.kind} "
+                   f"with no timeout: a cleanup that does not end, so the cancel never completes")
+        else:
+            title = f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation"
+            how = (f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still running, "
+                   f"now waiting on {task.wait.detail or task.wait.kind}: its code caught CancelledError and "
+                   f"carried on instead of re-raising it (or calling uncancel())")
         out.append(Finding(
             kind="swallowed_cancel",
-            title=f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation",
-            evidence=(f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still running, "
-                      f"now waiting on {task.wait.detail or task.wait.kind}: its code caught CancelledError and "
-                      f"carried on instead of re-raising it (or calling uncancel()); where the cancel came from "
-                      f"is not recorded{who}"),
+            title=title,
+            evidence=f"{how}; where the cancel came from is not recorded{who}",
             tasks=(task,) + tuple(waiting[:MAX_TASKS_PER_FINDING - 1]), task_count=1 + len(waiting),
             site=task.stack,
         ))
-    return out
+    # a task that waits for one of these to end is told in its finding, not again on its own
+    told = {t.id for f in out for t in f.tasks[1:]}
+    return [f for f in out if f.tasks[0].id not in told]
 
 
 def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozenset[int] | set[int] = frozenset()) -> list[Finding]:

@@ -586,6 +586,20 @@ _new_object = object.__new__
 _TASK_INFO_FIELDS = frozenset(f.name for f in fields(TaskInfo))
 
 
+def _handling_cancel(nodes: list[object]) -> bool:
+    """Whether a coroutine of the await chain is suspended inside an ``except`` or
+    ``finally`` block handling a ``CancelledError``: a coroutine keeps the exception it is
+    handling (its saved exception state, or the name ``except ... as`` bound) among its
+    referents, and drops it when the block ends."""
+    for node in nodes:
+        if type(node) is not types.CoroutineType:
+            continue
+        for ref in gc.get_referents(node):
+            if is_a(ref, asyncio.CancelledError):
+                return True
+    return False
+
+
 def _task_info(**values: Any) -> TaskInfo:
     """Build a ``TaskInfo`` without the frozen dataclass ``__init__``, which sets every field
     through ``object.__setattr__`` (2 us a task, a fifth of a dump); the object is the same."""
@@ -901,9 +915,11 @@ class _Walker:
             except Exception:
                 pass
         cancel_seconds = None
+        handling = False
         if cancelling:
             seen = self.watch.cancel_seen(task) if self.watch is not None else None
             cancel_seconds = 0.0 if seen is None else max(0.0, self.now - seen)
+            handling = _handling_cancel(nodes)
         return _task_info(
             id=origin[3] if origin is not None else task_origins.task_seq(task),
             name=_safe_str(task_name(task)),
@@ -911,7 +927,7 @@ class _Walker:
             state="running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             stack=stack, wait=wait, created_by=created_by,
             loop=loop_id, cancelling=cancelling, count=1, ids=(),
-            main=wait_evidence.is_main_task(task), cancel_seconds=cancel_seconds,
+            main=wait_evidence.is_main_task(task), cancel_seconds=cancel_seconds, handling_cancel=handling,
         )
 
     def wait_evidence(self, task: asyncio.Task[Any], nodes: list[object], loop: asyncio.AbstractEventLoop,

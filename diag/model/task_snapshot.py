@@ -396,7 +396,9 @@ class TaskInfo:
     ``main`` marks the task an ``asyncio.run``/``run_until_complete`` waits on: the
     program's own entry point, held by its runner.  ``cancel_seconds`` is how long ago
     diag first saw a cancellation requested of the task (``cancelling()`` above 0),
-    None when none is pending.
+    None when none is pending; ``handling_cancel`` says such a task is inside the
+    ``except`` or ``finally`` block that is handling its ``CancelledError`` (cleaning up
+    before it re-raises, or not).
     """
 
     id: int
@@ -412,6 +414,7 @@ class TaskInfo:
     ids: tuple[int, ...] = ()
     main: bool = False
     cancel_seconds: float | None = None
+    handling_cancel: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -424,6 +427,8 @@ class TaskInfo:
             d["main"] = True
         if self.cancel_seconds is not None:
             d["cancel_seconds"] = self.cancel_seconds
+        if self.handling_cancel:
+            d["handling_cancel"] = True
         if self.count != 1 or self.ids:
             d["count"] = self.count
             d["ids"] = list(self.ids)
@@ -444,6 +449,7 @@ class TaskInfo:
             main=bool(d.get("main", False)),
             cancel_seconds=(None if d.get("cancel_seconds") is None
                             else finite_float(d["cancel_seconds"], "cancel_seconds")),
+            handling_cancel=bool(d.get("handling_cancel", False)),
         )
 
 

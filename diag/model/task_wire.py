@@ -15,7 +15,7 @@ once and tasks refer to it by index:
   ``[id, name, coro, state, stack, wait, created_by, loop, seconds]`` (``coro``,
   ``state`` and ``loop`` string indexes, ``created_by`` null when unknown), then, only
   when the task has any, a mapping of the rarer fields: ``time_left``, ``deadline``,
-  ``cancelling``, ``main``, ``cancel_seconds``, ``count``, ``ids``.
+  ``cancelling``, ``main``, ``cancel_seconds``, ``handling_cancel``, ``count``, ``ids``.
 
 Every other member (process, loops, threads, dead tasks, notes, ...) is as in
 ``diag.tasks/1``.  The tables may come after ``tasks`` in the text: the agent streams the
@@ -131,6 +131,8 @@ class Tables:
             extra["main"] = True
         if task.cancel_seconds is not None:
             extra["cancel_seconds"] = task.cancel_seconds
+        if task.handling_cancel:
+            extra["handling_cancel"] = True
         if task.count != 1 or task.ids:
             extra["count"] = task.count
             extra["ids"] = list(task.ids)
@@ -276,6 +278,7 @@ def decode(doc: Any) -> TaskSnapshot:
                 count=int(extra.get("count", 1)), ids=tuple(int(i) for i in extra.get("ids") or ()),
                 main=bool(extra.get("main", False)),
                 cancel_seconds=_seconds(extra.get("cancel_seconds"), "cancel_seconds"),
+                handling_cancel=bool(extra.get("handling_cancel", False)),
             ))
         return replace(_rest(doc), tasks=tuple(tasks))
     except TargetError:
@@ -318,6 +321,8 @@ def expand(doc: Any) -> dict[str, Any]:
                 task["main"] = True
             if extra.get("cancel_seconds") is not None:
                 task["cancel_seconds"] = _seconds(extra["cancel_seconds"], "cancel_seconds")
+            if extra.get("handling_cancel"):
+                task["handling_cancel"] = True
             if "count" in extra:
                 task["count"] = int(extra["count"])
                 task["ids"] = [int(i) for i in extra.get("ids") or ()]

@@ -680,3 +680,57 @@ def test_a_pool_that_waits_on_another_pool_is_left_alone(loop: str) -> None:
         assert not any(t["name"].startswith("page-") for t in tasks["tasks"]), tasks["tasks"]
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+CANCEL_CLEANUPS = """
+import asyncio
+
+FLUSHED = asyncio.Event()
+NEVER = asyncio.Event()
+
+async def drain_then_stop():
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await FLUSHED.wait()                # a graceful drain: flushes, then lets the cancel through
+        raise
+
+async def stuck_cleanup():
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        await NEVER.wait()                  # the bug: a cleanup that never ends
+
+async def main():
+    tasks = [asyncio.create_task(drain_then_stop(), name="drain"), asyncio.create_task(stuck_cleanup(), name="stuck")]
+    await asyncio.sleep(0.05)
+    for t in tasks:
+        t.cancel()
+    await asyncio.Event().wait()
+
+GLOBAL_KEEP = (FLUSHED, NEVER)
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_task_still_cleaning_up_after_its_cancel_is_judged_after_min_wait_not_the_cancel_grace(loop: str) -> None:
+    # Both tasks were cancelled and wait in the block handling their CancelledError.  Past
+    # --cancel-grace but under --min-wait neither is a swallowed cancel (a drain may take a
+    # while); past --min-wait, a cleanup still waiting with no timeout is one, worded so.
+    with DiagRun(CANCEL_CLEANUPS, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            cancelled = {t["name"]: t for t in tasks["tasks"] if t.get("cancel_seconds") is not None}
+            if (len(cancelled) == 2 and min(t["cancel_seconds"] for t in cancelled.values()) >= 1.5
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.3)
+        assert all(t.get("handling_cancel") for t in cancelled.values()) and len(cancelled) == 2, cancelled
+        code, data = leaks(app.url, "--cancel-grace", "1", "--min-wait", "600")
+        assert not [f for f in data["findings"] if f["kind"] == "swallowed_cancel"], data["findings"]
+        code, data = settled(app.url, {"drain", "stuck"}, "--cancel-grace", "1", "--min-wait", "1")
+        swallowed = {t["name"]: f for f in data["findings"] if f["kind"] == "swallowed_cancel" for t in f["tasks"]}
+        assert set(swallowed) == {"drain", "stuck"}, data["findings"]
+        assert "never finishes handling its cancellation" in swallowed["stuck"]["title"], swallowed
+        assert "still in the except or finally block handling the CancelledError" in swallowed["stuck"]["evidence"]
