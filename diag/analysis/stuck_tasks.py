@@ -64,8 +64,20 @@ class StuckTasks:
         return task_id in self.reasons
 
 
+#: A wait younger than this (by the agent's sampled clock) is not judged: the snapshot is
+#: read while the loop runs on, so a hot lock's waiter can be read waiting on the lock it
+#: was just given back (its holder record from a moment later).  A wait the sampler has
+#: seen before is a state that held, not an instant.
+MIN_JUDGED_WAIT = 0.5
+
+
 def _has_deadline(task: TaskInfo) -> bool:
     return task.wait.deadline_known and task.wait.deadline is not None
+
+
+def _too_fresh(task: TaskInfo) -> bool:
+    """A wait the sampler has just begun to see (None: no clock, judged as it is)."""
+    return task.wait.seconds is not None and task.wait.seconds < MIN_JUDGED_WAIT
 
 
 def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
@@ -75,7 +87,7 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
     proven = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     candidates: dict[int, TaskInfo] = {}
     for task in snap.tasks.tasks:
-        if task.state != "waiting" or task.id in proven or _has_deadline(task):
+        if task.state != "waiting" or task.id in proven or _has_deadline(task) or _too_fresh(task):
             continue
         kind = task.wait.kind
         prim = task.wait.primitive
@@ -91,7 +103,7 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
     pools = _Pools(snap)
     for task in snap.tasks.tasks:
         if (task.state == "waiting" and task.wait.kind == "executor" and task.id not in proven
-                and not _has_deadline(task) and pools.blocked_by(task) is not None):
+                and not _has_deadline(task) and not _too_fresh(task) and pools.blocked_by(task) is not None):
             candidates[task.id] = task
     stuck = set(candidates) | proven
 
