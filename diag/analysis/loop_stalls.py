@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack
 
 #: The loop's own code taking this long within a stall makes it a blocked stall, however
-#: long the loop also waited for a CPU: without the wait it would still have stalled.
-BLOCKED_OWN_SECONDS = 0.25
+#: long the loop also waited for a CPU: it would have held the loop that long on an idle
+#: machine too.  asyncio's debug mode calls a callback of 0.1 s slow for the same reason.
+BLOCKED_OWN_SECONDS = 0.1
 #: "Mostly": the share of a stall a figure must reach to explain it on its own.
 MOSTLY = 0.5
 
@@ -50,7 +51,7 @@ def classify(seconds: float, *, cpu: float | None, runqueue: float | None, throt
     asleep = max(0.0, seconds - cpu - runqueue)
     if not samples:
         # The watchdog could not run either: some thread held the GIL throughout.
-        if cpu >= MOSTLY * seconds:
+        if cpu >= MOSTLY * seconds or cpu >= BLOCKED_OWN_SECONDS:
             return "blocked", "cpu"
         if others_cpu is not None and others_cpu >= MOSTLY * seconds:
             return "starved", "gil"
@@ -178,7 +179,7 @@ def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, n
 def site_text(frames: tuple[Frame, ...]) -> str:
     """``file:line function`` of a stall site's innermost frame."""
     if not frames:
-        return "an unsampled site"
+        return "no stack (one call held the GIL throughout, so none could be sampled)"
     top = frames[0]
     return f"{top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}"
 

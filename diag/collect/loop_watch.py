@@ -39,7 +39,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from diag.analysis.loop_stalls import classify
+from diag.analysis.loop_stalls import MOSTLY, classify
 from diag.collect import task_origins
 from diag.collect.dead_tasks import DeadTaskLog
 from diag.collect.safe_read import (
@@ -160,6 +160,7 @@ class _Beat:
     starved_seconds_total: float = 0.0
     asleep: _Unwoken | None = None  # the loop is asleep with callbacks ready
     idle_since: float | None = None  # monotonic time the watchdog first saw the loop idle, while it is
+    idle_figures: _Figures | None = None  # read as the watchdog went to sleep with the loop idle
     unwoken: "collections.deque[_Unwoken]" = field(default_factory=lambda: collections.deque(maxlen=MAX_UNWOKEN))
     unwoken_total: int = 0
 
@@ -437,6 +438,7 @@ class LoopWatch:
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
+        self.native_id: int | None = None  # the watchdog thread's
         #: id(primitive) -> (weakref to it, label from its holders); saves a heap scan per dump
         self.holder_labels: dict[int, tuple[Any, str]] = {}
         self._throttle = _cgroup_cpu_stat()
@@ -556,17 +558,57 @@ class LoopWatch:
 
     def _run(self) -> None:
         self.thread_ident = threading.get_ident()
+        self.native_id = threading.get_native_id()
         next_sample = time.monotonic()
+        slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
         while not self._stop.wait(HEARTBEAT_INTERVAL):
             try:
+                self._held_throughout(slept_at, own_at)
                 self._send_beats()
                 now = time.monotonic()
                 if now >= next_sample:
                     cost = self.sample_waits()
                     self.sample_interval = max(SAMPLER_MIN_INTERVAL, cost / SAMPLER_CPU_SHARE)
                     next_sample = time.monotonic() + self.sample_interval
+                self._note_idle_figures()
+                slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
             except Exception:  # the watchdog must outlive anything odd in the target
                 pass
+
+    def _note_idle_figures(self) -> None:
+        """Each idle loop thread's figures as the watchdog goes to sleep (see ``_held_throughout``)."""
+        for beat in list(self._beats.values()):
+            idle = beat.idle_since is not None and beat.sent_at is None and beat.native_id is not None
+            beat.idle_figures = self._figures(beat.native_id) if idle else None
+
+    def _held_throughout(self, slept_at: float, own_at: tuple[float, float] | None) -> None:
+        """A stall no beat was in flight for.  An idle loop gets no beat (it would hide a lost
+        wake-up), so a loop that wakes from its poll into one long call holding the GIL (a
+        big ``json.dumps``, a regex) is never late with one, and the watchdog, which needs
+        the GIL too, cannot sample it.  What is left is the watchdog's own lateness: waking
+        ``STALL_THRESHOLD`` late, not kept off a CPU (its own run-queue time), while the
+        idle loop's thread ran for the time it was late, the loop held the GIL: a blocked
+        stall, with no stack to show."""
+        woke = time.monotonic()
+        late = woke - slept_at - HEARTBEAT_INTERVAL
+        if late <= STALL_THRESHOLD:
+            return
+        own = thread_schedstat(self.native_id)
+        if own_at is not None and own is not None and own[1] - own_at[1] >= MOSTLY * late:
+            return  # the watchdog waited for a CPU: a loaded machine, nothing to tell
+        for beat in list(self._beats.values()):
+            start, beat.idle_figures = beat.idle_figures, None
+            if start is None or beat.native_id is None:
+                continue
+            end = self._figures(beat.native_id)
+            cause, reason, figures = self._judge(beat, late, start, end, None, slept_at)
+            if cause != "blocked":
+                continue  # another thread held the GIL, or nothing ran: not this loop's stall
+            record = _StallRecord(time.time() - (woke - slept_at), woke, late, cause, reason, figures, 0, ())
+            with self._lock:
+                beat.history.append(record)
+                beat.stalls_total += 1
+                beat.stall_seconds_total += late
 
     def _figures(self, native_id: int | None) -> _Figures:
         thread = thread_schedstat(native_id)

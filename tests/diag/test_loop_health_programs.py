@@ -158,6 +158,53 @@ def test_intermittent_blocks_are_loop_blocked_even_while_the_loop_turns(kind: st
         assert counted and float(counted[0].split()[-1]) >= 2, metrics
 
 
+HOLDS_THE_GIL_FROM_IDLE = """
+import asyncio, json, sys, time
+
+if sys.argv[1:] == ["uvloop"]:
+    import uvloop
+    uvloop.install()
+
+ROWS = [{"id": i, "value": i / 7, "tags": ["a", "b"]} for i in range(20_000)]
+
+def publish():
+    end = time.thread_time() + 0.4
+    while time.thread_time() < end:   # 0.4 s of CPU, however loaded the machine ...
+        json.dumps(ROWS)              # ... in C calls that hold the GIL: no thread can sample
+
+async def publisher():
+    while True:
+        await asyncio.sleep(1.0)      # idle in its poll in between: no heartbeat is in flight
+        publish()
+
+async def main():
+    task = asyncio.create_task(publisher(), name="publisher")
+    print("ready", flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_loop_woken_from_idle_into_calls_holding_the_gil_is_blocked(kind: str) -> None:
+    # An idle loop gets no heartbeat, and the watchdog cannot run while the GIL is held:
+    # what shows the stall is the watchdog waking late, not for want of a CPU, while the
+    # loop's thread ran.  The switch interval, raised past the stall, makes the 0.4 s of
+    # json.dumps calls hold the GIL throughout, as one big call would.
+    source = HOLDS_THE_GIL_FROM_IDLE.replace('sys.argv[1:] == ["uvloop"]', repr(kind == "uvloop")).replace(
+        "import asyncio, json, sys, time", "import asyncio, json, sys, time\nsys.setswitchinterval(5.0)")
+    with DiagRun(source) as run:
+        loop = wait_for_history(run.url, lambda lp: sum(s["cause"] == "blocked" and not s["ongoing"]
+                                                        for s in lp["stalls"]) >= 3, timeout=60)
+        blocked = [s for s in loop["stalls"] if s["cause"] == "blocked" and not s["ongoing"]]
+        assert all(s["reason"] == "cpu" and s["seconds"] > 0.25 for s in blocked), blocked
+        proc = run_diag("leaks", run.url, "--no-proof", "--format", "json", timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        (finding,) = [f for f in json.loads(proc.stdout)["findings"] if f["kind"] == "loop_blocked"]
+        assert "the loop thread ran code" in finding["evidence"], finding
+
+
 def _idle_priority(pid: int) -> None:
     """Every thread of ``pid`` to SCHED_IDLE: it runs only when its core has nothing else to run."""
     for tid in os.listdir(f"/proc/{pid}/task"):

@@ -63,8 +63,15 @@ def kinds(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> list[str]
     ({"seconds": 0.4, "cpu": 0.0, "runqueue": 0.001, "samples": 3, "own_wait_samples": 0}, ("blocked", "call")),
     # a busy loop of 0.4 s on a loaded machine: its own CPU alone is longer than a stall
     ({"seconds": 1.0, "cpu": 0.4, "runqueue": 0.6, "samples": 9, "own_wait_samples": 0}, ("blocked", "cpu")),
+    # a 0.15 s callback stretched to 0.6 s by a loaded machine: slow on an idle one too
+    ({"seconds": 0.6, "cpu": 0.15, "runqueue": 0.45, "samples": 5, "own_wait_samples": 0}, ("blocked", "cpu")),
+    # the same in one C call holding the GIL throughout (a big json.dumps): nothing sampled
+    ({"seconds": 0.6, "cpu": 0.2, "runqueue": 0.4, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
+     ("blocked", "cpu")),
     # runnable for most of the stall but given no CPU, even though preempted in the program's code
     ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "samples": 4, "own_wait_samples": 0}, ("starved", "runqueue")),
+    ({"seconds": 0.6, "cpu": 0.05, "runqueue": 0.55, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
+     ("starved", "runqueue")),
     # the same, and the cgroup's quota throttled the process
     ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "throttled": 0.4, "samples": 4, "own_wait_samples": 4},
      ("starved", "throttled")),
