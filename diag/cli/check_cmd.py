@@ -80,7 +80,6 @@ def warm_up(app: str, steps: list[WarmUp], timeout: float) -> int:
     return sent
 
 
-SUMMARY = "For CI: fail (exit 1) on leaks that are new since a committed baseline."
 EXAMPLES = (
     ("warm the service up, then write what it holds as the baseline",
      "diag check http://127.0.0.1:8080 -r 'GET /fixed/lock x20' --baseline diag-baseline.json --update-baseline"),

@@ -26,7 +26,6 @@ FORMATS = ("table", "text", "json")
 DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)
 
 
-SUMMARY = "The verdicts: waits that will never end and why; exit 1 on a --fail-on finding."
 EXAMPLES = (
     ("proven leaks, leaked permits, deadlocks, suspects; exit 1 on a leak", "diag leaks http://127.0.0.1:8080"),
     ("waits of a second already count as suspects; no proof run in the target",

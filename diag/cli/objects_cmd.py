@@ -34,7 +34,6 @@ def _load(path: str) -> HeapSeries:
     return read_saved(path, HeapSeries.from_json)
 
 
-SUMMARY = "Live objects by type, the types that grow, and why one object is alive."
 EXAMPLES = (
     ("the 20 most common types", "diag objects http://127.0.0.1:8080"),
     ("the types that grow over 3 snapshots 5 seconds apart", "diag objects http://127.0.0.1:8080 --interval 5 --count 3"),

@@ -79,7 +79,6 @@ def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
     return result["data"]
 
 
-SUMMARY = "Where the event loop's thread spends its time: by function or by task."
 EXAMPLES = (
     ("sample the loop's thread for 5 seconds: the top functions", "diag profile http://127.0.0.1:8080"),
     ("10 seconds of yappi, time per coroutine", "diag profile http://127.0.0.1:8080 --mode yappi --seconds 10 --by task"),

@@ -24,7 +24,6 @@ from diag.sources.sync_source import load_sync
 FORMATS = ("table", "text", "json")
 
 
-SUMMARY = "Every live Lock, Semaphore, Condition, Event and Queue: holders and waiters."
 EXAMPLES = (
     ("the primitives someone holds or waits on", "diag sync http://127.0.0.1:8080"),
     ("every live primitive, as JSON", "diag sync http://127.0.0.1:8080 --all --format json"),

@@ -65,7 +65,6 @@ def filter_deadline(seconds: float = FILTER_BUDGET) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-SUMMARY = "Every pending task: its await stack, what it waits on, how long, who created it."
 EXAMPLES = (
     ("tasks grouped by what they wait on", "diag tasks http://127.0.0.1:8080"),
     ("every task in full, Go style, only those matching a regex",
