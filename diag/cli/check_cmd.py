@@ -20,8 +20,8 @@ from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
 from diag.render import check_text, junit
 from diag.documents import MAX_DOCUMENT_BYTES, read_file
-from diag.sources.source import Deadline, http_exchange, parse_http_url, request_bytes
-from diag.sources.sync_source import load_sync
+from diag.sources.source import Deadline, http_exchange, open_source, parse_http_url, request_bytes
+from diag.sources.sync_source import read_sync
 
 #: Most requests one warm-up may send, so a typo cannot flood the target.
 MAX_REQUESTS = 100_000
@@ -142,6 +142,9 @@ def check(
             raise UsageError(f"{baseline}: malformed diag check baseline: {err}") from None
         except TargetError as err:
             raise UsageError(f"{baseline}: {err}") from None
+    # the target is parsed (and a pid: target attached to) before the warm-up and the settle
+    # time: a bad TARGET or token is a usage error now, not after the wait
+    source = open_source(target, timeout)
     if steps:
         base = app or (target if target.startswith(("http://", "https://")) else None)
         if base is None:
@@ -151,7 +154,7 @@ def check(
                      markup=False, highlight=False)
     if settle:
         time.sleep(settle)
-    snap = load_sync(target, timeout=timeout, proof=True, budget=budget)
+    snap = read_sync(source, proof=True, budget=budget)
     report = leak_report(snap, LeakOptions())
     now = observe(snap, report)
     if update_baseline:
