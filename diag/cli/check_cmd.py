@@ -18,7 +18,6 @@ from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
-from diag.render import check_text, junit
 from diag.documents import MAX_DOCUMENT_BYTES, read_file
 from diag.sources.source import Deadline, http_exchange, open_source, parse_http_url, request_bytes
 from diag.sources.sync_source import read_sync
@@ -168,6 +167,8 @@ def check(
                      markup=False, highlight=False)
         return EXIT_OK
     result = compare(before, now, tolerance, report)
+    from diag.render import check_text, junit  # only for a report: not for a usage error or a baseline
+
     check_text.render(result, sys.stdout, target=target, baseline=str(baseline or "an empty baseline"))
     if junit_file is not None:
         try:

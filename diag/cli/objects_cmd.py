@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
 from diag.analysis.heap_growth import TypeGrowth, compile_pattern, most_common, steady_growth
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.model.heap_snapshot import HeapSeries, HeapSnapshot
-from diag.render import jsonout, objects_dot, objects_table, objects_text
 from diag.sources.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -122,6 +120,8 @@ def objects(
         if latest.backrefs is None:
             raise TargetError("no back-reference chain to write (the snapshot has none)")
         try:
+            from diag.render import objects_dot
+
             dot.write_text(objects_dot.dot_text(latest.backrefs))
         except OSError as err:
             raise TargetError(f"cannot write {dot}: {err.strerror or err}") from None
@@ -129,11 +129,20 @@ def objects(
     latest = shown.snapshots[-1]
     types = most_common(latest, top, pattern=filter, type_name=type)
     growth = steady_growth(shown.snapshots, top=top, pattern=filter) if len(shown.snapshots) > 1 else None
+    # each renderer (and rich's table) imported for the format asked only
     if fmt == "json":
+        from diag.render import jsonout
+
         jsonout.render(json_view(shown, top, filter, type, growth), sys.stdout)
     elif fmt == "text":
+        from diag.render import objects_text
+
         objects_text.render(latest, types, growth, sys.stdout, count=len(shown.snapshots), interval=shown.interval)
     else:
+        from rich.console import Console
+
+        from diag.render import objects_table
+
         objects_table.render(latest, types, growth, Console(), count=len(shown.snapshots), interval=shown.interval)
     return 0
 
