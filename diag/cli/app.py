@@ -7,17 +7,15 @@ and hints go to stderr as one line, never a traceback.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
-from importlib import metadata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import typer
 
-from diag.cli import leaks_cmd, run_cmd, sync_cmd, tasks_cmd
-from diag.cli import objects_cmd, profile_cmd
-from diag.cli import attach_cmd, check_cmd
-from diag.cli import top_cmd
-from diag.cli.console import stderr
 from diag.cli.output import BufferedOutput, buffered_stdout, silence_stdout
 from diag.cli.help_layout import Command, Group, examples
 from diag.errors import EXIT_USAGE, DiagError
@@ -29,9 +27,89 @@ EXAMPLES = (
     ("put the agent into a process already running", "diag attach 4129"),
 )
 
+
+@dataclass(frozen=True)
+class Entry:
+    """One command: the module that defines it, imported only when the command is used,
+    and its one-line summary, kept here so that ``diag --help`` imports none of them."""
+
+    module: str
+    function: str
+    summary: str
+    examples: str = "EXAMPLES"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Entry] = {
+    "tasks": Entry("diag.cli.tasks_cmd", "tasks",
+                   "Every pending task: its await stack, what it waits on, how long, who created it."),
+    "profile": Entry("diag.cli.profile_cmd", "profile",
+                     "Where the event loop's thread spends its time: by function or by task."),
+    "objects": Entry("diag.cli.objects_cmd", "objects",
+                     "Live objects by type, the types that grow, and why one object is alive."),
+    "sync": Entry("diag.cli.sync_cmd", "sync",
+                  "Every live Lock, Semaphore, Condition, Event and Queue: holders and waiters."),
+    "leaks": Entry("diag.cli.leaks_cmd", "leaks",
+                   "The verdicts: waits that will never end and why; exit 1 on a --fail-on finding."),
+    "check": Entry("diag.cli.check_cmd", "check",
+                   "For CI: fail (exit 1) on leaks that are new since a committed baseline."),
+    "top": Entry("diag.cli.top_cmd", "top",
+                 "A live view, refreshed every second: tasks, stuck groups, primitives, loop lag."),
+    "attach": Entry("diag.cli.attach_cmd", "attach",
+                    "Put the diag agent into a running Python process and print its address.",
+                    examples="ATTACH_EXAMPLES"),
+    "detach": Entry("diag.cli.attach_cmd", "detach",
+                    "Stop the agent in a running process and remove what it installed.",
+                    examples="DETACH_EXAMPLES"),
+    "run": Entry("diag.cli.run_cmd", "run",
+                 "Run a Python program with the diag agent in it; its address goes to stderr.",
+                 settings={"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}),
+}
+
+
+@functools.cache
+def load_command(name: str) -> Any:
+    """The click command of ``name``, built from its module on first use."""
+    entry = COMMANDS[name]
+    module = importlib.import_module(entry.module)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    one.command(name, cls=Command, short_help=entry.summary, epilog=examples(getattr(module, entry.examples)),
+                **entry.settings)(getattr(module, entry.function))
+    return typer.main.get_command(one)
+
+
+class _Commands(Mapping[str, Any]):
+    """The commands by name, each loaded when it is looked up (click and typer only ever
+    look up the one that runs; the names alone serve ``--help`` and typo suggestions)."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        return load_command(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class LazyGroup(Group):
+    """The ``diag`` group: a command's module is imported only when that command runs or
+    shows its own help; ``diag --help`` lists every command from ``COMMANDS`` alone."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands()  # type: ignore[assignment]
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry.summary) for name, entry in COMMANDS.items()])
+
+
 app = typer.Typer(
     name="diag",
-    cls=Group,
+    cls=LazyGroup,
     help="Find why an asyncio service hangs, leaks or slows down.",
     epilog=examples(EXAMPLES) + "\n\nA TARGET is http://HOST:PORT, HOST:PORT, unix:/PATH, pid:N or a file\n"
                                 "saved with -o FILE; 'diag COMMAND --help' says which forms it takes.",
@@ -42,27 +120,10 @@ app = typer.Typer(
 )
 
 
-def _command(name: str, function: Any, summary: str, pairs: Sequence[tuple[str, str]], **settings: Any) -> None:
-    """Register one command, with its one-line summary (never cut short in ``diag --help``)
-    and its examples."""
-    app.command(name, cls=Command, short_help=summary, epilog=examples(pairs), **settings)(function)
-
-
-_command("tasks", tasks_cmd.tasks, tasks_cmd.SUMMARY, tasks_cmd.EXAMPLES)
-_command("profile", profile_cmd.profile, profile_cmd.SUMMARY, profile_cmd.EXAMPLES)
-_command("objects", objects_cmd.objects, objects_cmd.SUMMARY, objects_cmd.EXAMPLES)
-_command("sync", sync_cmd.sync, sync_cmd.SUMMARY, sync_cmd.EXAMPLES)
-_command("leaks", leaks_cmd.leaks, leaks_cmd.SUMMARY, leaks_cmd.EXAMPLES)
-_command("check", check_cmd.check, check_cmd.SUMMARY, check_cmd.EXAMPLES)
-_command("top", top_cmd.top, top_cmd.SUMMARY, top_cmd.EXAMPLES)
-_command("attach", attach_cmd.attach, attach_cmd.ATTACH_SUMMARY, attach_cmd.ATTACH_EXAMPLES)
-_command("detach", attach_cmd.detach, attach_cmd.DETACH_SUMMARY, attach_cmd.DETACH_EXAMPLES)
-_command("run", run_cmd.run, run_cmd.SUMMARY, run_cmd.EXAMPLES,
-         context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-
-
 def version() -> str:
     """This diag's version: the installed package's, else the source tree's."""
+    from importlib import metadata  # its import costs more than the rest of ``diag --help``
+
     try:
         return metadata.version("diag")
     except metadata.PackageNotFoundError:
@@ -110,8 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _unwritable(err: OSError) -> int:
     """stdout itself failed (a full disk, a closed terminal): one line, no traceback."""
-    stderr.print(f"diag: error: cannot write the output: {err.strerror or err}", markup=False, highlight=False)
+    _say(f"diag: error: cannot write the output: {err.strerror or err}")
     return EXIT_USAGE
+
+
+def _say(line: str) -> None:
+    """One line on the stderr console (rich, imported only when there is something to say)."""
+    from diag.cli.console import stderr
+
+    stderr.print(line, markup=False, highlight=False)
 
 
 def _main(argv: Sequence[str] | None, out: BufferedOutput) -> int:
@@ -120,7 +188,7 @@ def _main(argv: Sequence[str] | None, out: BufferedOutput) -> int:
     try:
         result = command.main(args=args, prog_name="diag", standalone_mode=False)
     except DiagError as err:
-        stderr.print(f"diag: error: {err}", markup=False, highlight=False)
+        _say(f"diag: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         return 130
@@ -137,16 +205,16 @@ def _main(argv: Sequence[str] | None, out: BufferedOutput) -> int:
         if name == "Exit":
             return int(getattr(err, "exit_code", 0))
         if name == "Abort":
-            stderr.print("diag: aborted", markup=False)
+            _say("diag: aborted")
             return 130
         if _is_cli_exception(err):
             ctx = getattr(err, "ctx", None)
             where = f"diag {ctx.info_name}" if ctx is not None and ctx.info_name not in (None, "diag") else "diag"
             message = err.format_message()  # type: ignore[attr-defined]
             if name == "NoArgsIsHelpError":  # bare "diag": the help text, as a usage error
-                stderr.print(message, markup=False, highlight=False)
+                _say(message)
                 return EXIT_USAGE
-            stderr.print(f"diag: error: {message} (try '{where} --help')", markup=False, highlight=False)
+            _say(f"diag: error: {message} (try '{where} --help')")
             return EXIT_USAGE
         raise
     return int(result) if isinstance(result, int) else 0

@@ -23,14 +23,12 @@ def _pid(text: str) -> int:
     return int(digits)
 
 
-ATTACH_SUMMARY = "Put the diag agent into a running Python process and print its address."
 ATTACH_EXAMPLES = (
     ("attach to process 4129; its agent's address is printed", "diag attach 4129"),
     ("on a port of your choice, the address also written to a file",
      "diag attach pid:4129 --agent 127.0.0.1:0 --agent-file agent.txt"),
     ("then any command takes the process itself as its target", "diag tasks pid:4129"),
 )
-DETACH_SUMMARY = "Stop the agent in a running process and remove what it installed."
 DETACH_EXAMPLES = (
     ("take the agent out of process 4129 again", "diag detach 4129"),
     ("the same, waiting up to 20 seconds for the process to let diag in", "diag detach pid:4129 --timeout 20"),

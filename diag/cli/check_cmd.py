@@ -18,10 +18,9 @@ from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
-from diag.render import check_text, junit
 from diag.documents import MAX_DOCUMENT_BYTES, read_file
-from diag.sources.source import Deadline, http_exchange, parse_http_url, request_bytes
-from diag.sources.sync_source import load_sync
+from diag.sources.source import Deadline, http_exchange, open_source, parse_http_url, request_bytes
+from diag.sources.sync_source import read_sync
 
 #: Most requests one warm-up may send, so a typo cannot flood the target.
 MAX_REQUESTS = 100_000
@@ -80,7 +79,6 @@ def warm_up(app: str, steps: list[WarmUp], timeout: float) -> int:
     return sent
 
 
-SUMMARY = "For CI: fail (exit 1) on leaks that are new since a committed baseline."
 EXAMPLES = (
     ("warm the service up, then write what it holds as the baseline",
      "diag check http://127.0.0.1:8080 -r 'GET /fixed/lock x20' --baseline diag-baseline.json --update-baseline"),
@@ -143,6 +141,9 @@ def check(
             raise UsageError(f"{baseline}: malformed diag check baseline: {err}") from None
         except TargetError as err:
             raise UsageError(f"{baseline}: {err}") from None
+    # the target is parsed (and a pid: target attached to) before the warm-up and the settle
+    # time: a bad TARGET or token is a usage error now, not after the wait
+    source = open_source(target, timeout)
     if steps:
         base = app or (target if target.startswith(("http://", "https://")) else None)
         if base is None:
@@ -152,7 +153,7 @@ def check(
                      markup=False, highlight=False)
     if settle:
         time.sleep(settle)
-    snap = load_sync(target, timeout=timeout, proof=True, budget=budget)
+    snap = read_sync(source, proof=True, budget=budget)
     report = leak_report(snap, LeakOptions())
     now = observe(snap, report)
     if update_baseline:
@@ -166,6 +167,8 @@ def check(
                      markup=False, highlight=False)
         return EXIT_OK
     result = compare(before, now, tolerance, report)
+    from diag.render import check_text, junit  # only for a report: not for a usage error or a baseline
+
     check_text.render(result, sys.stdout, target=target, baseline=str(baseline or "an empty baseline"))
     if junit_file is not None:
         try:

@@ -6,27 +6,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 
 from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, LeakReport, leak_report
-from diag.analysis.merge import many_document, merge_findings
 from diag.cli import option_checks as checks
-from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError
-from diag.model.target_result import Target
-from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
-from diag.render import jsonout, leaks_render, many_leaks
+from diag.sources.multi_source import require_targets
 from diag.sources.sync_source import load_sync, proof_allowance
+
+if TYPE_CHECKING:
+    from diag.model.target_result import Target
+
+# The renderers, rich and the merging of several targets are imported where they are
+# used: a command that ends in a usage error or on an unreachable target needs none of them.
 
 FORMATS = ("table", "text", "json")
 DEFAULT_FAIL_ON_TEXT = ",".join(kind for kind in KINDS if kind in DEFAULT_FAIL_ON)
 
 
-SUMMARY = "The verdicts: waits that will never end and why; exit 1 on a --fail-on finding."
 EXAMPLES = (
     ("proven leaks, leaked permits, deadlocks, suspects; exit 1 on a leak", "diag leaks http://127.0.0.1:8080"),
     ("waits of a second already count as suspects; no proof run in the target",
@@ -98,10 +98,18 @@ def leaks(
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
     report = leak_report(snap, options)
     if fmt == "json":
+        from diag.render import jsonout
+
         jsonout.render(report, sys.stdout)
     elif fmt == "text":
+        from diag.render import leaks_render
+
         leaks_render.render_text(report, sys.stdout, cwd=os.getcwd())
     else:
+        from rich.console import Console
+
+        from diag.render import leaks_render
+
         leaks_render.render_table(report, Console(), cwd=os.getcwd())
     return EXIT_FINDINGS if report.fails(options.fail_on) else EXIT_OK
 
@@ -110,6 +118,13 @@ def _many(targets: list[str], agent_dir: Path | None, fmt: str, options: LeakOpt
           output: Path | None, timeout: float) -> int:
     """Several processes: each proves and judges its own tasks; findings carry their process.
     Exit 1 when any process has a --fail-on finding, 3 when no process answered."""
+    from rich.console import Console
+
+    from diag.analysis.merge import many_document, merge_findings
+    from diag.cli.console import stderr
+    from diag.render import jsonout, many_leaks
+    from diag.sources.multi_source import fetch_all, report_failures, resolve_targets
+
     if output is not None:
         raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
     found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)

@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
 from diag.analysis.heap_growth import TypeGrowth, compile_pattern, most_common, steady_growth
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.model.heap_snapshot import HeapSeries, HeapSnapshot
-from diag.render import jsonout, objects_dot, objects_table, objects_text
 from diag.sources.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -34,7 +32,6 @@ def _load(path: str) -> HeapSeries:
     return read_saved(path, HeapSeries.from_json)
 
 
-SUMMARY = "Live objects by type, the types that grow, and why one object is alive."
 EXAMPLES = (
     ("the 20 most common types", "diag objects http://127.0.0.1:8080"),
     ("the types that grow over 3 snapshots 5 seconds apart", "diag objects http://127.0.0.1:8080 --interval 5 --count 3"),
@@ -123,6 +120,8 @@ def objects(
         if latest.backrefs is None:
             raise TargetError("no back-reference chain to write (the snapshot has none)")
         try:
+            from diag.render import objects_dot
+
             dot.write_text(objects_dot.dot_text(latest.backrefs))
         except OSError as err:
             raise TargetError(f"cannot write {dot}: {err.strerror or err}") from None
@@ -130,11 +129,20 @@ def objects(
     latest = shown.snapshots[-1]
     types = most_common(latest, top, pattern=filter, type_name=type)
     growth = steady_growth(shown.snapshots, top=top, pattern=filter) if len(shown.snapshots) > 1 else None
+    # each renderer (and rich's table) imported for the format asked only
     if fmt == "json":
+        from diag.render import jsonout
+
         jsonout.render(json_view(shown, top, filter, type, growth), sys.stdout)
     elif fmt == "text":
+        from diag.render import objects_text
+
         objects_text.render(latest, types, growth, sys.stdout, count=len(shown.snapshots), interval=shown.interval)
     else:
+        from rich.console import Console
+
+        from diag.render import objects_table
+
         objects_table.render(latest, types, growth, Console(), count=len(shown.snapshots), interval=shown.interval)
     return 0
 

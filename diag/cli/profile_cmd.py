@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diag.analysis.profile_stats import BY, SORT_KEYS, ProfileQuery, loop_hint, profile_view
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.model.profile_snapshot import CLOCKS, MODES, ProfileSnapshot
-from diag.render import jsonout, profile_export, profile_table, profile_text
+from diag.render import profile_export
 from diag.sources.source import AgentSource, agent_url, is_url, read_saved
 
 FORMATS = ("table", "text", "json")
@@ -57,6 +55,8 @@ def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
 
     if not stderr.is_terminal:
         return post()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     result: dict[str, Any] = {}
 
     def request() -> None:
@@ -79,7 +79,6 @@ def _take(source: AgentSource, params: dict[str, str], seconds: float) -> Any:
     return result["data"]
 
 
-SUMMARY = "Where the event loop's thread spends its time: by function or by task."
 EXAMPLES = (
     ("sample the loop's thread for 5 seconds: the top functions", "diag profile http://127.0.0.1:8080"),
     ("10 seconds of yappi, time per coroutine", "diag profile http://127.0.0.1:8080 --mode yappi --seconds 10 --by task"),
@@ -197,10 +196,19 @@ def profile(
     if hint is not None:
         stderr.print(hint, markup=False, highlight=False, soft_wrap=True)
     cwd = os.getcwd()
+    # each renderer (and rich's table) imported for the format asked only
     if fmt == "json":
+        from diag.render import jsonout
+
         jsonout.render(snap, sys.stdout)
     elif fmt == "text":
+        from diag.render import profile_text
+
         profile_text.render(view, sys.stdout, cwd=cwd)
     else:
+        from rich.console import Console
+
+        from diag.render import profile_table
+
         profile_table.render(view, Console(), cwd=cwd)
     return 0

@@ -35,7 +35,6 @@ def agent_environment(env: dict[str, str], address: str, address_file: str | Non
     return out
 
 
-SUMMARY = "Run a Python program with the diag agent in it; its address goes to stderr."
 EXAMPLES = (
     ("start a program with the agent on a free loopback port", "diag run -- python app.py --port 8000"),
     ("the agent on a unix socket, its address written for scripts",

@@ -6,25 +6,25 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 
-from diag.analysis.merge import many_document, merge_primitives
 from diag.cli import option_checks as checks
-from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
-from diag.model.sync_snapshot import SyncSnapshot
-from diag.model.target_result import Target
-from diag.render import jsonout, many_sync, sync_render
-from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
+from diag.sources.multi_source import require_targets
 from diag.sources.sync_source import load_sync
+
+if TYPE_CHECKING:
+    from diag.model.sync_snapshot import SyncSnapshot
+    from diag.model.target_result import Target
+
+# The renderers, rich and the merging of several targets are imported where they are
+# used: a command that ends in a usage error or on an unreachable target needs none of them.
 
 FORMATS = ("table", "text", "json")
 
 
-SUMMARY = "Every live Lock, Semaphore, Condition, Event and Queue: holders and waiters."
 EXAMPLES = (
     ("the primitives someone holds or waits on", "diag sync http://127.0.0.1:8080"),
     ("every live primitive, as JSON", "diag sync http://127.0.0.1:8080 --all --format json"),
@@ -64,10 +64,18 @@ def sync(
         except OSError as err:
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
     if fmt == "json":
+        from diag.render import jsonout
+
         jsonout.render(snap, sys.stdout)
     elif fmt == "text":
+        from diag.render import sync_render
+
         sync_render.render_text(snap, sys.stdout, cwd=os.getcwd(), show_all=show_all)
     else:
+        from rich.console import Console
+
+        from diag.render import sync_render
+
         sync_render.render_table(snap, Console(), cwd=os.getcwd(), show_all=show_all)
     return 0
 
@@ -75,6 +83,13 @@ def sync(
 def _many(targets: list[str], agent_dir: Path | None, fmt: str, show_all: bool, output: Path | None,
           timeout: float) -> int:
     """Several processes: queried concurrently; each primitive with its process."""
+    from rich.console import Console
+
+    from diag.analysis.merge import many_document, merge_primitives
+    from diag.cli.console import stderr
+    from diag.render import jsonout, many_sync
+    from diag.sources.multi_source import fetch_all, report_failures, resolve_targets
+
     if output is not None:
         raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
     found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)

@@ -11,23 +11,23 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
-from rich.console import Console
 
-from diag.analysis.merge import many_document, merge_tasks
 from diag.analysis.task_groups import DEFAULT_LIMIT, TaskQuery, task_view
 from diag.cli import option_checks as checks
-from diag.cli.console import stderr
 from diag.errors import TargetError, UsageError
 from diag.model import task_wire
-from diag.model.target_result import Target
-from diag.render import formatting as fmt_text
-from diag.model.task_snapshot import SCHEMA, TaskSnapshot
-from diag.render import jsonout, many_tasks, tasks_table, tasks_text
-from diag.sources.multi_source import fetch_all, report_failures, require_targets, resolve_targets
+from diag.render import jsonout
+from diag.sources.multi_source import require_targets
 from diag.sources.source import open_source
+
+if TYPE_CHECKING:
+    from diag.model.task_snapshot import TaskSnapshot
+
+# The renderers, rich and the merging of several targets are imported where they are
+# used: a command that ends in a usage error or on an unreachable target needs none of them.
 
 FORMATS = ("table", "text", "json")
 #: Seconds the ``--filter`` regex may take over one answer before the command gives up.
@@ -65,7 +65,6 @@ def filter_deadline(seconds: float = FILTER_BUDGET) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-SUMMARY = "Every pending task: its await stack, what it waits on, how long, who created it."
 EXAMPLES = (
     ("tasks grouped by what they wait on", "diag tasks http://127.0.0.1:8080"),
     ("every task in full, Go style, only those matching a regex",
@@ -138,6 +137,10 @@ def tasks(
         view = full
     cwd = os.getcwd()
     if dead:
+        from diag.model.task_snapshot import SCHEMA
+        from diag.render import formatting as fmt_text
+        from diag.render import tasks_text
+
         if fmt == "json":
             jsonout.render({"schema": SCHEMA, "process": view.process.to_dict(),
                             "dead_tasks": [d.to_dict() for d in view.dead_tasks]}, sys.stdout)
@@ -147,8 +150,14 @@ def tasks(
     if fmt == "json":
         jsonout.render(view, sys.stdout)
     elif fmt == "text":
+        from diag.render import tasks_text
+
         tasks_text.render(view, sys.stdout, cwd=cwd)
     else:
+        from rich.console import Console
+
+        from diag.render import tasks_table
+
         tasks_table.render(view, Console(), cwd=cwd)
     return 0
 
@@ -156,6 +165,14 @@ def tasks(
 def _many(targets: list[str], agent_dir: Path | None, query: TaskQuery, fmt: str, output: Path | None,
           timeout: float) -> int:
     """Several processes: queried concurrently, merged, a failed target never blocks the rest."""
+    from rich.console import Console
+
+    from diag.analysis.merge import many_document, merge_tasks
+    from diag.cli.console import stderr
+    from diag.model.target_result import Target
+    from diag.render import many_tasks
+    from diag.sources.multi_source import fetch_all, report_failures, resolve_targets
+
     if output is not None:
         raise UsageError("-o saves one process's snapshot; with several targets use --format json > FILE")
     found = resolve_targets(targets, str(agent_dir) if agent_dir is not None else None)

@@ -245,7 +245,6 @@ def _raise_quit(signum: int, frame: FrameType | None) -> None:
     raise _Quit(signum)
 
 
-SUMMARY = "A live view, refreshed every second: tasks, stuck groups, primitives, loop lag."
 EXAMPLES = (
     ("watch a service; q or Ctrl-C quits", "diag top http://127.0.0.1:8080"),
     ("one frame, for a script or a bug report", "diag top 127.0.0.1:8080 --once"),

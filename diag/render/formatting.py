@@ -14,12 +14,13 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterable
-
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Iterable
 
 from diag.model.task_snapshot import ChildProcess, ConnectionPool, CreatedBy, Frame, Primitive, Wait, WriteBacklog
 from diag.wording import also_named, plural
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 _LIB_RX = re.compile(r".*/(?:site-packages|dist-packages)/|.*/lib/python3\.\d+/")
 
@@ -66,6 +67,8 @@ def text_lines(lines: Iterable[str]) -> str:
 
 def cell(text: str, style: str = "") -> Text:
     """A table cell or console line: never read as rich markup, controls escaped."""
+    from rich.text import Text  # here: the text and JSON renderers do without rich
+
     return Text(safe_text(text), style=style)
 
 

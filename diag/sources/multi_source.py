@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
-from diag.agent.agent_dir import process_alive, read_records
 from diag.errors import EXIT_OK, EXIT_TARGET, DiagError, TargetError, UsageError
 from diag.model.target_result import Target, TargetResult, failure_line
 from diag.sources.source import AgentSource, TargetRefused, TargetTimeout, agent_url, client_token, is_url
@@ -47,6 +46,8 @@ def resolve_targets(args: Sequence[str], agent_dir: str | None) -> list[Target]:
         check_target(arg)
         out.append(Target(arg))
     if agent_dir is not None:
+        from diag.agent.agent_dir import process_alive, read_records  # only here (see source.client_token)
+
         try:
             entries = read_records(agent_dir)
         except FileNotFoundError:

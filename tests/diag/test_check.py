@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from diag.analysis.check_baseline import SCHEMA
-from tests.support.cli import assert_one_line_error, run_diag
+from tests.support.cli import assert_one_line_error, diag_env, run_diag
 from tests.support.target import TargetServer, free_port
 from tests.target.helpers import get, release
 
@@ -96,6 +96,17 @@ def test_unreachable_target_is_exit_3() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert_one_line_error(run_diag("check", url, "--request", "GET / x1", "--settle", "0"), 3)
     assert_one_line_error(run_diag("check", url, "--settle", "0", "--timeout", "2"), 3)
+
+
+def test_usage_errors_come_before_the_settle_time() -> None:
+    """A bad TARGET or agent token is exit 2 at once: the hour of --settle is never waited
+    (the run's own deadline, far shorter, would end it first)."""
+    for target in ("not-a-target", "ftp://127.0.0.1:1"):
+        line = assert_one_line_error(run_diag("check", target, "--settle", "3600", timeout=60), 2)
+        assert "bad target" in line
+    proc = run_diag("check", f"http://127.0.0.1:{free_port()}", "--settle", "3600", timeout=60,
+                    env=diag_env(DIAG_AGENT_TOKEN="bad\ntoken"))
+    assert "DIAG_AGENT_TOKEN" in assert_one_line_error(proc, 2)
 
 
 def test_compare_is_pure_and_blanks_ids_in_signatures() -> None:
