@@ -725,6 +725,8 @@ def _idle_by_design(task: TaskInfo) -> bool:
     wait = task.wait
     if wait.kind in _IDLE_KINDS or wait.stream_side == "server":
         return True
+    if wait.kind == "stream_read" and wait.traffic is not None and wait.traffic.answered:
+        return True  # a client's reader with nothing asked and unanswered: waits for what the peer pushes
     return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
 
 
@@ -749,11 +751,14 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         event = state.primitive
         if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
             fired[event.label] = fired.get(event.label, 0) + 1
+    timed = _ended_by_awaiters(snap.tasks.tasks)
     reasons: dict[int, list[str]] = {}
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
         if task.id in excluded or task.state != "waiting" or seconds < options.min_wait or task.main:
             continue
+        if task.id in timed:
+            continue  # a task awaiting it under a deadline cancels it then (3.11's wait_for runs its own)
         pooled = _pool_evidence(task.wait.pool) if task.wait.pool is not None else []
         if task.wait.deadline_known and task.wait.deadline is not None and not pooled:
             continue  # something ends this wait on its own (a lost connection stays lost after it)
@@ -800,7 +805,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.backlog is not None:
             why.extend(_backlog_evidence(task.wait.backlog, seconds))
         if task.wait.kind == "stream_read":
-            why.append(f"the peer has sent nothing for {seconds:.0f}s")
+            why.append(_silence_text(task, seconds))
         elif task.wait.kind == "future" and _awaits_response(task):
             why.append(f"the server has not answered this HTTP request for {seconds:.0f}s")
         if task.wait.kind == "executor":
@@ -834,6 +839,23 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     return out
 
 
+#: Waits whose cancellation cancels what they await: ``await task``, ``gather``, 3.11's
+#: ``wait_for`` (which runs the awaitable in a task of its own) and a ``TaskGroup``'s exit.
+#: ``asyncio.wait`` and ``as_completed`` only stop watching.
+_CANCEL_PROPAGATES = frozenset({"await task", "gather", "wait_for", "TaskGroup"})
+
+
+def _ended_by_awaiters(tasks: tuple[TaskInfo, ...]) -> set[int]:
+    """Tasks awaited, through a wait whose cancellation reaches them, by a task whose wait
+    has a deadline: when it expires they are cancelled too, so their own wait has an end."""
+    ended: set[int] = set()
+    for t in tasks:
+        if (t.wait.kind in ("task", "gather") and t.wait.deadline_known and t.wait.deadline is not None
+                and (t.wait.kind == "task" or t.wait.detail in _CANCEL_PROPAGATES)):
+            ended.update(t.wait.tasks)
+    return ended
+
+
 def _rearmed_by_waiter(state: PrimitiveState | None, task: TaskInfo, idle: float,
                        awaiters: Mapping[int, set[int]]) -> bool:
     """An Event cleared after its last ``set()`` by the waiting side (the waiting task, or
@@ -843,6 +865,23 @@ def _rearmed_by_waiter(state: PrimitiveState | None, task: TaskInfo, idle: float
     if state is None or state.cleared_seconds is None or state.cleared_by is None or state.cleared_seconds > idle:
         return False
     return state.cleared_by == task.id or state.cleared_by in awaiters.get(task.id, ())
+
+
+def _silence_text(task: TaskInfo, seconds: float) -> str:
+    """A stream read's peer silence, with the connection's last data each way when known."""
+    t = task.wait.traffic
+    if t is None:
+        return f"the peer has sent nothing for {seconds:.0f}s"
+    if t.unanswered:
+        return (f"the peer has sent nothing since this end sent data {t.sent_ago:.0f}s ago"
+                + ("" if t.bytes_received != 0 else ", and nothing at all on this connection"))
+    if t.silent:
+        return (f"the peer has sent nothing since the connection opened {t.received_ago:.0f}s ago, and this end "
+                f"nothing either")
+    if t.unread:
+        return (f"the peer has sent nothing for {t.received_ago:.0f}s after part of a message "
+                f"({byte_count(t.unread)} read, the rest awaited)")
+    return f"the peer has sent nothing for {t.received_ago:.0f}s, after answering what this end last sent"
 
 
 def _backlog_evidence(backlog: WriteBacklog, seconds: float) -> list[str]:

@@ -804,7 +804,8 @@ class _Walker:
             return Wait("sleep", "sleep", seconds=seconds, time_left=left)
         if kind == "stream_read":
             reader = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.StreamReader, "self")
-            return Wait("stream_read", detail, seconds=seconds, stream_side=wait_evidence.stream_side(reader))
+            return Wait("stream_read", detail, seconds=seconds, stream_side=wait_evidence.stream_side(reader),
+                        traffic=wait_evidence.traffic(reader))
         if kind == "gather":
             # the awaited tasks are locals of the frame: found by type among its values
             awaited: list[object] = []

@@ -29,6 +29,7 @@ import concurrent.futures.thread as cf_thread
 import functools
 import gc
 import queue as queue_module
+import socket as socket_module
 import sys
 import threading
 import types
@@ -40,7 +41,7 @@ from diag.collect.safe_read import (
     builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
 )
 from diag.model.task_snapshot import (
-    ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo, WriteBacklog,
+    ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo, Traffic, WriteBacklog,
 )
 
 try:
@@ -141,6 +142,46 @@ def stream_side(reader: object) -> str:
     if not is_a(proto, asyncio.StreamReaderProtocol):
         return ""
     return "server" if plain_attr(proto, "_client_connected_cb") is not None else "client"
+
+
+#: ``struct tcp_info`` (Linux): offsets of ``tcpi_last_data_sent`` and ``tcpi_last_data_recv``,
+#: milliseconds since this end last sent and last received data.
+_TCP_INFO_SIZE = 232
+_LAST_DATA_SENT = 44
+_LAST_DATA_RECV = 52
+#: ``tcpi_bytes_received`` (Linux 4.1) and ``tcpi_bytes_sent`` (4.19), 64 bits each.
+_BYTES_RECEIVED = 128
+_BYTES_SENT = 200
+
+
+def traffic(reader: object) -> Traffic | None:
+    """A stream reader's TCP connection: its last data each way and what the reader holds
+    unread; None where the kernel does not say (not Linux, not TCP, not the loop's own
+    transport)."""
+    if not sys.platform.startswith("linux") or not hasattr(socket_module, "TCP_INFO"):
+        return None
+    transport = plain_attr(reader, "_transport")
+    cls = type(transport)
+    if transport is None or not cls.__module__.startswith(_LOOP_TRANSPORT_MODULES):
+        return None
+    try:
+        sock = cls.get_extra_info(transport, "socket")  # type: ignore[attr-defined]
+        # the loop's own socket wrapper (asyncio's TransportSocket, uvloop's): its getters read the socket
+        if sock is None or sock.family not in (socket_module.AF_INET, socket_module.AF_INET6):
+            return None
+        raw = sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_INFO, _TCP_INFO_SIZE)
+        if type(raw) is not bytes or len(raw) < _LAST_DATA_RECV + 4:
+            return None
+        sent = int.from_bytes(raw[_LAST_DATA_SENT:_LAST_DATA_SENT + 4], sys.byteorder)
+        received = int.from_bytes(raw[_LAST_DATA_RECV:_LAST_DATA_RECV + 4], sys.byteorder)
+        bytes_received = (int.from_bytes(raw[_BYTES_RECEIVED:_BYTES_RECEIVED + 8], sys.byteorder)
+                          if len(raw) >= _BYTES_RECEIVED + 8 else None)
+        bytes_sent = int.from_bytes(raw[_BYTES_SENT:_BYTES_SENT + 8], sys.byteorder) if len(raw) >= _BYTES_SENT + 8 else None
+    except Exception:
+        return None
+    buffer = plain_attr(reader, "_buffer")
+    unread = len(buffer) if type(buffer) is bytearray else 0
+    return Traffic(sent / 1000.0, received / 1000.0, unread, bytes_sent, bytes_received)
 
 
 # -- deadlines ---------------------------------------------------------------------------

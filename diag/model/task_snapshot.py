@@ -232,6 +232,56 @@ class ConnectionPool:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """A TCP connection's last data each way, as the kernel keeps it (Linux's TCP_INFO):
+    seconds since this end last sent data and last received data (kept in scheduler
+    ticks: a request and its answer on loopback often share one), the bytes sent and
+    received so far (None on kernels without them), and ``unread`` bytes the stream
+    reader holds (part of a message read, the rest awaited)."""
+
+    sent_ago: float
+    received_ago: float
+    unread: int = 0
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sent_ago": self.sent_ago, "received_ago": self.received_ago, "unread": self.unread,
+                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Traffic:
+        def count(key: str) -> int | None:
+            value = d.get(key)
+            return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+        return cls(finite_float(d.get("sent_ago") or 0.0, "sent_ago"),
+                   finite_float(d.get("received_ago") or 0.0, "received_ago"), count("unread") or 0,
+                   count("bytes_sent"), count("bytes_received"))
+
+    @property
+    def unanswered(self) -> bool:
+        """This end sent data after the peer's last: a question still waiting for its answer."""
+        if self.sent_ago != self.received_ago:
+            return self.sent_ago < self.received_ago
+        return self.bytes_received == 0 and bool(self.bytes_sent)  # sent, and never heard a byte
+
+    @property
+    def silent(self) -> bool:
+        """Neither end has sent a byte since the connection opened."""
+        return self.sent_ago == self.received_ago and self.bytes_sent == 0 and self.bytes_received == 0
+
+    @property
+    def answered(self) -> bool:
+        """The peer sent last, after (or in the same tick as) this end's last data, and no
+        message is half read: what this end asked for (if anything) was answered, and a read
+        now waits for whatever the peer sends next of its own accord."""
+        if self.unread or self.unanswered or self.silent:
+            return False
+        return self.received_ago < self.sent_ago or bool(self.bytes_received)
+
+
+@dataclass(frozen=True)
 class WriteBacklog:
     """What a task waiting for a connection's writes to go (``drain()``, or
     ``wait_closed()`` on a closing transport) has in front of it: ``buffered`` bytes in
@@ -280,7 +330,7 @@ class Wait:
     so that a dead task or thread that used one of them can be named.  ``child`` is the
     child process of a ``Process.wait()``; ``pool`` the client connection pool of a wait
     for a free connection.  ``backlog`` is what a wait for a connection's writes (``drain``,
-    ``wait_closed``) has in front of it.
+    ``wait_closed``) has in front of it; ``traffic`` a TCP stream read's last data each way.
     ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
     in ``async with second:``), which may differ from the primitive's label.
     """
@@ -304,6 +354,7 @@ class Wait:
     frame_label: str = ""
     pool: ConnectionPool | None = None
     backlog: WriteBacklog | None = None
+    traffic: Traffic | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -327,6 +378,8 @@ class Wait:
             d["pool"] = self.pool.to_dict()
         if self.backlog is not None:
             d["backlog"] = self.backlog.to_dict()
+        if self.traffic is not None:
+            d["traffic"] = self.traffic.to_dict()
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -361,6 +414,7 @@ class Wait:
             child=ChildProcess.from_dict(d["child"]) if isinstance(d.get("child"), Mapping) else None,
             pool=ConnectionPool.from_dict(d["pool"]) if isinstance(d.get("pool"), Mapping) else None,
             backlog=WriteBacklog.from_dict(d["backlog"]) if isinstance(d.get("backlog"), Mapping) else None,
+            traffic=Traffic.from_dict(d["traffic"]) if isinstance(d.get("traffic"), Mapping) else None,
             frame_label=str(d.get("frame_label") or ""),
         )
 
@@ -885,7 +939,7 @@ def check_schema(tag: object, name: str, major: int) -> None:
 
 __all__ = [
     "SCHEMA", "count_totals", "WAIT_KINDS", "TASK_STATES", "Frame", "Primitive", "ChildPipe", "ChildProcess", "PoolLease",
-    "ConnectionPool", "WriteBacklog", "Wait", "CreatedBy", "TaskInfo",
+    "ConnectionPool", "Traffic", "WriteBacklog", "Wait", "CreatedBy", "TaskInfo",
     "LoopInfo", "Stall", "StallStack", "STALL_CAUSES", "ProcessInfo", "TaskSnapshot", "DeadTask", "ThreadInfo",
     "ExecutorInfo", "check_schema", "MALFORMED", "NOT_JSON",
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, LeakOptions, LeakReport, leak_report
 from diag.analysis.stuck_tasks import stuck_tasks
 from diag.model.sync_snapshot import Holder, PrimitiveState, Reachability, SyncSnapshot
 from diag.model.task_snapshot import ChildPipe, ChildProcess
 from diag.model.task_snapshot import (
-    CreatedBy, DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait, WriteBacklog,
+    CreatedBy, DeadTask, ExecutorInfo, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Traffic, Wait, WriteBacklog,
 )
 from tests.diag.snapshots import FETCH, snapshot, task
 
@@ -397,6 +399,46 @@ def test_every_new_field_round_trips_through_json() -> None:
     assert back.threads == snap.threads and back.executors == snap.executors and back.destroyed_seen
     older = TaskSnapshot.from_json(snapshot(task(1)).to_json())  # a file without them reads as before
     assert older.tasks[0].wait.deadline_known is False and older.dead_tasks == ()
+
+
+def test_a_task_awaited_under_a_deadline_that_cancels_it_has_an_end() -> None:
+    # 3.11's wait_for(reader.readline(), 25) runs the read in a task of its own, with the
+    # deadline on the outer task's wait: when it expires the inner task is cancelled.
+    # asyncio.wait(timeout=) only stops watching: its tasks go on, with no end.
+    read = task(2, coro="StreamReader.readline", stack=(Frame("/srv/app/cfg.py", 12, "watch", ""),),
+                wait=Wait("stream_read", "StreamReader.readuntil", seconds=60.0, deadline_known=True,
+                          stream_side="client"))
+
+    def outer(detail: str, deadline: float | None) -> TaskInfo:
+        return task(1, coro="watch", wait=Wait("gather", detail, seconds=60.0, tasks=(2,), deadline_known=True,
+                                               deadline=deadline, deadline_by="a timer"))
+
+    assert 2 not in ids_of(leak_report(sync(snapshot(outer("wait_for", 20.0), read)), OPTIONS), "suspect")
+    assert 2 in ids_of(leak_report(sync(snapshot(outer("wait_for", None), read)), OPTIONS), "suspect")
+    assert 2 in ids_of(leak_report(sync(snapshot(outer("wait", 20.0), read)), OPTIONS), "suspect")
+
+
+@pytest.mark.parametrize(("traffic", "suspect", "words"), [
+    # sent a question 30 s ago, the answer's last byte came 40 s ago: unanswered
+    (Traffic(30.0, 40.0, 0, 10, 90), True, "the peer has sent nothing since this end sent data 30s ago"),
+    # question and answer in one clock tick (loopback): the bytes tell; none came back
+    (Traffic(50.0, 50.0, 0, 8, 0), True, "and nothing at all on this connection"),
+    (Traffic(50.0, 50.0, 0, 8, 9), False, ""),
+    # the peer answered last: a subscription's reader waiting for the next push
+    (Traffic(50.0, 20.0, 0, 8, 900), False, ""),
+    # ... unless it holds half a message
+    (Traffic(50.0, 20.0, 12, 8, 900), True, "after part of a message (12 bytes read, the rest awaited)"),
+    # nothing either way since it opened (waiting for a greeting that never comes)
+    (Traffic(45.0, 45.0, 0, 0, 0), True, "since the connection opened 45s ago, and this end nothing either"),
+])
+def test_a_clients_read_is_judged_by_which_end_sent_last(traffic: Traffic, suspect: bool, words: str) -> None:
+    reader = task(1, coro="read_loop", stack=(Frame("/srv/app/client.py", 12, "read_loop", ""),),
+                  wait=Wait("stream_read", "StreamReader.readuntil", seconds=60.0, deadline_known=True,
+                            stream_side="client", traffic=traffic))
+    report = leak_report(sync(snapshot(reader)), OPTIONS)
+    assert (ids_of(report, "suspect") == {1}) is suspect, report.findings
+    if suspect:
+        assert words in report.findings[0].evidence, report.findings[0].evidence
 
 
 def test_a_servers_end_of_a_stream_waiting_for_a_request_is_idle_a_clients_is_not() -> None:

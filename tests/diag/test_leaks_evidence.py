@@ -767,3 +767,57 @@ def test_a_hot_lock_passed_between_tasks_is_never_a_deadlock(loop: str) -> None:
             code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
             seen += [f["title"] for f in data["findings"]]
         assert seen == [], seen
+
+
+READERS = """
+import asyncio
+
+async def serve(reader, writer):
+    line = await reader.readline()
+    if line == b"hello\\n":
+        writer.write(b"welcome\\n")       # answers, then pushes nothing more
+    PEERS.append(writer)                 # asked anything else, never answers
+    await asyncio.Event().wait()
+
+async def subscriber():
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(b"hello\\n")
+    await reader.readline()
+    while True:
+        await reader.readline()          # waits for what the server pushes: idle by design
+
+async def requester():
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(b"status?\\n")
+    return await reader.readline()       # an answer that never comes
+
+async def main():
+    global PORT
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    PORT = server.sockets[0].getsockname()[1]
+    keep = [asyncio.create_task(subscriber(), name="subscriber"), asyncio.create_task(requester(), name="requester")]
+    await asyncio.Event().wait()
+
+PEERS = []
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_read_is_suspect_when_a_question_is_unanswered_not_after_an_answer(loop: str) -> None:
+    # TCP_INFO says which end sent last: a reader whose peer answered everything sent waits
+    # for what the peer pushes (a subscription), one that sent and heard nothing back waits
+    # for an answer.
+    with DiagRun(READERS, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"requester"}, "--min-wait", "1")
+        time.sleep(1.0)  # the subscriber's read as old as the requester's, past --min-wait
+        code, data = leaks(app.url, "--min-wait", "1")
+        found = by_task(data)
+        assert "requester" in found and "subscriber" not in found, data["findings"]
+        evidence = " | ".join(f["evidence"] for f in found["requester"])
+        assert "the peer has sent nothing since this end sent data" in evidence, evidence
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+        traffic = {t["name"]: t["wait"].get("traffic") for t in tasks["tasks"] if t["name"] in ("subscriber", "requester")}
+        # (the two times are kept in scheduler ticks: on loopback a question and its answer share one)
+        sub, req = traffic["subscriber"], traffic["requester"]
+        assert sub["received_ago"] <= sub["sent_ago"] and sub["bytes_received"] == len("welcome\n"), traffic
+        assert req["bytes_sent"] == len("status?\n") and req["bytes_received"] == 0, traffic
