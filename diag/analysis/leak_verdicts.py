@@ -360,19 +360,17 @@ def deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTas
 def _pool_deadlocks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> list[Finding]:
     """Thread pools whose every worker blocks, with no timeout, on a task whose own call
     waits in the same pool's queue: no worker is free to run it, and none will be."""
-    queued: dict[str, list[TaskInfo]] = {}
-    for task_id, why in stuck.reasons.items():
-        if why.kind == "pool" and task_id in by_id:
-            queued.setdefault(why.on, []).append(by_id[task_id])
     threads = {t.id: t for t in snap.tasks.threads}
     out = []
-    for ex in snap.tasks.executors:
-        members = sorted(queued.get(ex.name, ()), key=lambda t: t.id)
+    for ex in snap.tasks.executors:  # matched by its queued calls, not its name (names may repeat)
+        mine = set(ex.queued_futures)
+        members = sorted((by_id[t] for t, why in stuck.reasons.items()
+                          if why.kind == "pool" and t in by_id and by_id[t].wait.future_id in mine), key=lambda t: t.id)
         workers = [threads[i] for i in ex.threads if i in threads]
         waited = [w.waits_task for w in workers]
         if not members or not waited or not all(
-                t is not None and (r := stuck.reasons.get(t)) is not None and r.kind == "pool" and r.on == ex.name
-                for t in waited):
+                t is not None and t in by_id and (r := stuck.reasons.get(t)) is not None and r.kind == "pool"
+                and by_id[t].wait.future_id in mine for t in waited):
             continue  # its workers wait on tasks stuck elsewhere: stuck_behind tells that chain
         hops = []
         for w in workers[:4]:
@@ -490,10 +488,11 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
             names = ", ".join(f"task {w.id} ({w.wait.detail or w.wait.kind} in {w.coro})" for w in waiting[:4])
             who = f"; {_plural(len(waiting), 'task')} {agree(len(waiting), 'waits', 'wait')} for it to end: {names}"
         if task.handling_cancel:
-            title = f"task {task.id} {task.name!r} ({task.coro}) never finishes handling its cancellation"
+            title = f"task {task.id} {task.name!r} ({task.coro}) has not finished handling its cancellation"
             how = (f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still in the except "
                    f"or finally block handling the CancelledError, waiting on {task.wait.detail or task.wait.kind} "
-                   f"with no timeout: a cleanup that does not end, so the cancel never completes")
+                   f"with no timeout: a cleanup that has not ended in {seconds:.0f}s, and nothing ends it, so the "
+                   f"cancel has not completed")
         else:
             title = f"task {task.id} {task.name!r} ({task.coro}) swallowed its cancellation"
             how = (f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still running, "
@@ -881,7 +880,9 @@ def _silence_text(task: TaskInfo, seconds: float) -> str:
     if t.unread:
         return (f"the peer has sent nothing for {t.received_ago:.0f}s after part of a message "
                 f"({byte_count(t.unread)} read, the rest awaited)")
-    return f"the peer has sent nothing for {t.received_ago:.0f}s, after answering what this end last sent"
+    if t.answered:
+        return f"the peer has sent nothing for {t.received_ago:.0f}s, after answering what this end last sent"
+    return f"the peer has sent nothing for {seconds:.0f}s"
 
 
 def _backlog_evidence(backlog: WriteBacklog, seconds: float) -> list[str]:

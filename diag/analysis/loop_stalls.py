@@ -51,10 +51,12 @@ def classify(seconds: float, *, cpu: float | None, runqueue: float | None, throt
     asleep = max(0.0, seconds - cpu - runqueue)
     if not samples:
         # The watchdog could not run either: some thread held the GIL throughout.
-        if cpu >= MOSTLY * seconds or cpu >= BLOCKED_OWN_SECONDS:
+        if cpu >= MOSTLY * seconds:
             return "blocked", "cpu"
         if others_cpu is not None and others_cpu >= MOSTLY * seconds:
             return "starved", "gil"
+        if cpu >= BLOCKED_OWN_SECONDS:
+            return "blocked", "cpu"
         if runqueue >= MOSTLY * seconds:
             return _starved_by_cpu(runqueue, throttled)
         return "unknown", ""  # nothing ran: the process was stopped, or a call held the GIL

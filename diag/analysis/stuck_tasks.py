@@ -163,12 +163,12 @@ class _Pools:
     def __init__(self, snap: SyncSnapshot) -> None:
         self.running = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
         threads = {t.id: t for t in snap.tasks.threads}
-        self.queued: dict[str, ExecutorInfo] = {}
-        self.workers: dict[str, list[ThreadInfo]] = {}
+        # by the executor itself, not its name: two pools may share a thread name prefix
+        self.queued: dict[str, tuple[ExecutorInfo, list[ThreadInfo]]] = {}
         for ex in snap.tasks.executors:
+            workers = [threads[i] for i in ex.threads if i in threads]
             for fut in ex.queued_futures:
-                self.queued[fut] = ex
-            self.workers[ex.name] = [threads[i] for i in ex.threads if i in threads]
+                self.queued[fut] = (ex, workers)
 
     def blocked_by(self, task: TaskInfo) -> tuple[int, ...] | None:
         """The tasks whose end alone lets ``task``'s call go on; None when something else
@@ -177,10 +177,10 @@ class _Pools:
         thread = self.running.get(fut)
         if thread is not None:
             return (thread.waits_task,) if thread.waits_task is not None else None
-        ex = self.queued.get(fut)
-        if ex is None:
+        found = self.queued.get(fut)
+        if found is None:
             return None
-        workers = self.workers.get(ex.name, [])
+        ex, workers = found
         if len(workers) < max(1, ex.max_workers) or len(ex.threads) < ex.max_workers:
             return None  # room for another worker
         if any(w.waits_task is None or not w.runs_future for w in workers):
@@ -193,8 +193,8 @@ class _Pools:
         thread = self.running.get(task.wait.future_id)
         if thread is not None:
             return "thread", thread.name
-        ex = self.queued.get(task.wait.future_id)
-        return "pool", ex.name if ex is not None else ""
+        found = self.queued.get(task.wait.future_id)
+        return "pool", found[0].name if found is not None else ""
 
 
 def _exhausted(state: PrimitiveState) -> bool:

@@ -11,7 +11,8 @@ never set is a one-shot signal still to come.
 the count and time are kept on the instance (one tuple in its ``__dict__``).  It costs a
 Python call per ``set()``; ``Event.set`` is not on asyncio's hot paths (a Queue sets its
 ``join`` event only when its last task is done).  ``clear()`` is wrapped the same way and
-keeps when and by which task: a waiter that clears the event itself (or has it cleared
+keeps, for a clear that unsets a set event, when and by which task (a Queue clears its
+join event on every ``put``: a clear of an unset one costs a dict read and is not kept): a waiter that clears the event itself (or has it cleared
 by the task that made it or waits for it) and then waits is waiting for the next
 signal, not one it missed.  ``uninstall`` puts the originals back.
 
@@ -55,7 +56,12 @@ def _wrap(original: Any) -> Any:
 
 def _wrap_clear(original: Any) -> Any:
     def clear(self: asyncio.Event) -> None:
+        # Queue.put clears its join event on every put: only a clear that unsets a set
+        # event is recorded, which leaves that hot path one attribute read dearer.
+        was_set = self.__dict__.get("_value") is True
         original(self)
+        if not was_set:
+            return
         try:
             try:
                 task = _current_task()

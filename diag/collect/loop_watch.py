@@ -600,8 +600,11 @@ class LoopWatch:
             start, beat.idle_figures = beat.idle_figures, None
             if start is None or beat.native_id is None:
                 continue
+            if self._own_overlap(slept_at, woke) >= 0.5 * late:
+                continue  # the agent's own dump or proof held the GIL
             end = self._figures(beat.native_id)
-            cause, reason, figures = self._judge(beat, late, start, end, None, slept_at)
+            # judged over the whole span the figures cover (the expected sleep included)
+            cause, reason, figures = self._judge(beat, woke - slept_at, start, end, None, slept_at)
             if cause != "blocked":
                 continue  # another thread held the GIL, or nothing ran: not this loop's stall
             record = _StallRecord(time.time() - (woke - slept_at), woke, late, cause, reason, figures, 0, ())

@@ -368,8 +368,12 @@ def _queued_futures(queue: object, by_cf: dict[int, object]) -> tuple[str, ...]:
     """The asyncio futures (``Primitive.id`` form) of the calls waiting in an executor's
     queue that tasks await, from its first ``MAX_QUEUED_READ`` entries."""
     items: Any
-    if type(queue) is _SIMPLE_QUEUE:  # what ThreadPoolExecutor uses: its items are its one referent list
-        items = next((r for r in gc.get_referents(queue) if type(r) is list), None)
+    if type(queue) is _SIMPLE_QUEUE:  # what ThreadPoolExecutor uses: its items are its referents
+        refs = gc.get_referents(queue)
+        # up to 3.12 one list holds them; 3.13's ring buffer lists each item itself
+        items = next((r for r in refs if type(r) is list), None)
+        if items is None:
+            items = [r for r in refs if type(r) is cf_thread._WorkItem]
     else:
         items = plain_attr(queue, "queue")
     if type(items) is not collections.deque and type(items) is not list:
@@ -496,7 +500,7 @@ def _stream_state(reader: object) -> tuple[int, bool] | None:
 # -- waits for a connection's writes --------------------------------------------------------
 #: Transports whose methods diag may call from its own thread: the event loops' own (their
 #: size and address getters read fields); a program's transport class is never called.
-_LOOP_TRANSPORT_MODULES = ("asyncio.", "uvloop")
+_LOOP_TRANSPORT_MODULES = ("asyncio.", "uvloop.")
 
 
 def _transport_of(owner: object) -> object:

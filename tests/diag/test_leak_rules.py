@@ -378,6 +378,15 @@ def test_a_pool_whose_workers_block_on_tasks_queued_in_it_is_a_deadlock_and_one_
     free = [workers[0], replace(workers[1], waits_task=None)]
     snap = sync(replace(snapshot(*queued, page), threads=tuple(free), executors=(pool,)))
     assert not {"deadlock", "stuck_behind"} & {f.kind for f in leak_report(snap, OPTIONS).findings}
+    # Another pool of the same name, with a free worker: its queued call is not judged by the first's.
+    other = task(6, coro="report", wait=Wait("executor", "run_in_executor", seconds=20.0, deadline_known=True,
+                                            future_id="0xq6"))
+    idle = ThreadInfo(9, "render_0", (Frame("/srv/app/report.py", 3, "build", ""),), True, "render", "0xr9")
+    twin = ExecutorInfo("render", 2, (9,), busy=1, queued=1, queued_futures=("0xq6",))
+    snap = sync(replace(snapshot(*queued, page, other), threads=tuple(workers) + (idle,), executors=(pool, twin)))
+    report = leak_report(snap, OPTIONS)
+    assert 6 not in {t.id for f in report.findings if f.kind in ("deadlock", "stuck_behind") for t in f.tasks}
+    assert {t.id for f in report.findings if f.kind == "deadlock" for t in f.tasks} == {3, 4}
     # A call with a timeout on the thread's side (waits_task None) or a task with a deadline: not stuck.
     timed = [replace(q, wait=replace(q.wait, deadline=5.0)) for q in queued]
     snap = sync(replace(snapshot(*timed, page), threads=tuple(workers), executors=(pool,)))

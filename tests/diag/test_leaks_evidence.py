@@ -732,7 +732,7 @@ def test_a_task_still_cleaning_up_after_its_cancel_is_judged_after_min_wait_not_
         code, data = settled(app.url, {"drain", "stuck"}, "--cancel-grace", "1", "--min-wait", "1")
         swallowed = {t["name"]: f for f in data["findings"] if f["kind"] == "swallowed_cancel" for t in f["tasks"]}
         assert set(swallowed) == {"drain", "stuck"}, data["findings"]
-        assert "never finishes handling its cancellation" in swallowed["stuck"]["title"], swallowed
+        assert "has not finished handling its cancellation" in swallowed["stuck"]["title"], swallowed
         assert "still in the except or finally block handling the CancelledError" in swallowed["stuck"]["evidence"]
 
 

@@ -68,6 +68,9 @@ def kinds(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> list[str]
     # the same in one C call holding the GIL throughout (a big json.dumps): nothing sampled
     ({"seconds": 0.6, "cpu": 0.2, "runqueue": 0.4, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
      ("blocked", "cpu")),
+    # nothing sampled, another thread held the GIL for most of it: the loop's 0.15 s is not the cause
+    ({"seconds": 2.0, "cpu": 0.15, "runqueue": 0.0, "others_cpu": 1.85, "samples": 0, "own_wait_samples": 0},
+     ("starved", "gil")),
     # runnable for most of the stall but given no CPU, even though preempted in the program's code
     ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "samples": 4, "own_wait_samples": 0}, ("starved", "runqueue")),
     ({"seconds": 0.6, "cpu": 0.05, "runqueue": 0.55, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},

@@ -194,6 +194,8 @@ async def test_event_sets_are_counted_and_timed_while_installed_and_not_after() 
         cleared = event_activity.last_clear(event)
         assert cleared is not None and cleared[0] >= when and not event.is_set()
         assert cleared[1] == task_origins.task_seq(clearer)  # which task cleared it
+        event.clear()  # already clear (as a Queue's join event on each put): nothing to keep
+        assert event_activity.last_clear(event) == cleared
     finally:
         if not was_installed:
             event_activity.uninstall()
