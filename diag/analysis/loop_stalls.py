@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack
 
 #: The loop's own code taking this long within a stall makes it a blocked stall, however
-#: long the loop also waited for a CPU: it would have held the loop that long on an idle
-#: machine too.  asyncio's debug mode calls a callback of 0.1 s slow for the same reason.
-BLOCKED_OWN_SECONDS = 0.1
+#: long the loop also waited for a CPU: on an idle machine it would have been a stall by
+#: itself (the watchdog's threshold, ``loop_watch.STALL_THRESHOLD``).
+BLOCKED_OWN_SECONDS = 0.25
 #: "Mostly": the share of a stall a figure must reach to explain it on its own.
 MOSTLY = 0.5
 

@@ -63,13 +63,15 @@ def kinds(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> list[str]
     ({"seconds": 0.4, "cpu": 0.0, "runqueue": 0.001, "samples": 3, "own_wait_samples": 0}, ("blocked", "call")),
     # a busy loop of 0.4 s on a loaded machine: its own CPU alone is longer than a stall
     ({"seconds": 1.0, "cpu": 0.4, "runqueue": 0.6, "samples": 9, "own_wait_samples": 0}, ("blocked", "cpu")),
-    # a 0.15 s callback stretched to 0.6 s by a loaded machine: slow on an idle one too
-    ({"seconds": 0.6, "cpu": 0.15, "runqueue": 0.45, "samples": 5, "own_wait_samples": 0}, ("blocked", "cpu")),
+    # a 0.3 s callback stretched to 0.9 s by a loaded machine: a stall on an idle one too
+    ({"seconds": 0.9, "cpu": 0.3, "runqueue": 0.6, "samples": 5, "own_wait_samples": 0}, ("blocked", "cpu")),
     # the same in one C call holding the GIL throughout (a big json.dumps): nothing sampled
-    ({"seconds": 0.6, "cpu": 0.2, "runqueue": 0.4, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
+    ({"seconds": 0.9, "cpu": 0.3, "runqueue": 0.6, "others_cpu": 0.0, "samples": 0, "own_wait_samples": 0},
      ("blocked", "cpu")),
-    # nothing sampled, another thread held the GIL for most of it: the loop's 0.15 s is not the cause
-    ({"seconds": 2.0, "cpu": 0.15, "runqueue": 0.0, "others_cpu": 1.85, "samples": 0, "own_wait_samples": 0},
+    # 0.15 s of its own, under the stall threshold, stretched to 0.6 s: the wait for a CPU made it
+    ({"seconds": 0.6, "cpu": 0.15, "runqueue": 0.45, "samples": 5, "own_wait_samples": 0}, ("starved", "runqueue")),
+    # nothing sampled, another thread held the GIL for most of it: the loop's 0.3 s is not the cause
+    ({"seconds": 2.0, "cpu": 0.3, "runqueue": 0.0, "others_cpu": 1.7, "samples": 0, "own_wait_samples": 0},
      ("starved", "gil")),
     # runnable for most of the stall but given no CPU, even though preempted in the program's code
     ({"seconds": 0.5, "cpu": 0.02, "runqueue": 0.47, "samples": 4, "own_wait_samples": 0}, ("starved", "runqueue")),
