@@ -301,6 +301,14 @@ def deadline_of(task: object, nodes: Iterable[object], waiter: object, timers: L
                 when = plain_attr(ref, "_when")
                 if type(when) is float:
                     offer(when, "a timeout timer")
+            elif type(ref).__module__ == "uvloop.loop" and type(ref).__name__ == "TimerHandle":
+                # uvloop's own handle (3.11's wait_for keeps one): its C getters read fields
+                try:
+                    when = None if ref.cancelled() else ref.when()
+                except Exception:
+                    when = None
+                if type(when) is float:
+                    offer(when, "a timeout timer")
     hit = timers.tasks.get(id(task))
     if hit is not None:
         offer(*hit)

@@ -821,3 +821,40 @@ def test_a_client_read_is_suspect_when_a_question_is_unanswered_not_after_an_ans
         sub, req = traffic["subscriber"], traffic["requester"]
         assert sub["received_ago"] <= sub["sent_ago"] and sub["bytes_received"] == len("welcome\n"), traffic
         assert req["bytes_sent"] == len("status?\n") and req["bytes_received"] == 0, traffic
+
+
+TIMED_CLEANUP = """
+import asyncio
+
+ACK = asyncio.Event()
+
+async def handler():
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.wait_for(ACK.wait(), 600)   # a close handshake, bounded
+        raise
+
+async def main():
+    task = asyncio.create_task(handler(), name="handler")
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cleanup_under_wait_for_has_an_end_on_either_loop(loop: str) -> None:
+    # 3.11's wait_for keeps its timer handle in its frame (uvloop's own handle type on
+    # uvloop); 3.12's is an asyncio.timeout.  Either way the wait has an end.
+    with DiagRun(TIMED_CLEANUP, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:
+            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
+            (handler,) = [t for t in tasks["tasks"] if t["name"] == "handler"] or [None]
+            if handler and (handler.get("cancel_seconds") or 0) >= 2.5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert handler and handler.get("handling_cancel"), handler
+        code, data = leaks(app.url, "--cancel-grace", "1", "--min-wait", "1", "--fail-on", ALL_KINDS)
+        assert not [f for f in data["findings"] if f["kind"] == "swallowed_cancel"], data["findings"]
