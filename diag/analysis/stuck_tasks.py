@@ -87,7 +87,7 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
     proven = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     candidates: dict[int, TaskInfo] = {}
     for task in snap.tasks.tasks:
-        if task.state != "waiting" or task.id in proven or _has_deadline(task) or _too_fresh(task):
+        if task.state != "waiting" or task.id in proven or _has_deadline(task):
             continue
         kind = task.wait.kind
         prim = task.wait.primitive
@@ -97,8 +97,10 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
                 continue
             if state.handoff_seconds is not None:
                 continue  # its permits are handed on: other code than the holders may release them
+            if _too_fresh(task) and any(h.task_alive for h in state.holders):
+                continue  # a live holder's record may be a moment apart from the wait (a handover)
             candidates[task.id] = task
-        elif kind in AWAIT_KINDS and task.wait.tasks:
+        elif kind in AWAIT_KINDS and task.wait.tasks and not _too_fresh(task):
             candidates[task.id] = task
     pools = _Pools(snap)
     for task in snap.tasks.tasks:

@@ -215,7 +215,8 @@ def test_fast_task_info_builds_the_same_object_as_the_constructor() -> None:
     from diag.model.task_snapshot import Wait as W
 
     values = dict(id=1, name="a", coro="c", state="waiting", stack=(), wait=W("event"), created_by=None,
-                  loop="0x1", cancelling=False, count=1, ids=(), main=False, cancel_seconds=None)
+                  loop="0x1", cancelling=False, count=1, ids=(), main=False, cancel_seconds=None,
+                  handling_cancel=False)
     assert set(values) == _TASK_INFO_FIELDS  # every field is filled
     assert _task_info(**values) == TaskInfo(**values)  # type: ignore[arg-type]
     assert hash(_task_info(**values)) == hash(TaskInfo(**values))  # type: ignore[arg-type]
