@@ -231,6 +231,12 @@ class ConnectionPool:
                    tuple(PoolLease.from_dict(x) for x in d.get("leases") or () if isinstance(x, Mapping)))
 
 
+def _count(d: Mapping[str, Any], key: str) -> int | None:
+    """A byte count read from a document: a non-negative int, or None (absent or not one)."""
+    value = d.get(key)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 @dataclass(frozen=True)
 class Traffic:
     """A TCP connection's last data each way, as the kernel keeps it (Linux's TCP_INFO):
@@ -251,13 +257,9 @@ class Traffic:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Traffic:
-        def count(key: str) -> int | None:
-            value = d.get(key)
-            return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
         return cls(finite_float(d.get("sent_ago") or 0.0, "sent_ago"),
-                   finite_float(d.get("received_ago") or 0.0, "received_ago"), count("unread") or 0,
-                   count("bytes_sent"), count("bytes_received"))
+                   finite_float(d.get("received_ago") or 0.0, "received_ago"), _count(d, "unread") or 0,
+                   _count(d, "bytes_sent"), _count(d, "bytes_received"))
 
     @property
     def unanswered(self) -> bool:
@@ -301,12 +303,8 @@ class WriteBacklog:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WriteBacklog:
-        def count(key: str) -> int | None:
-            value = d.get(key)
-            return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-        return cls(str(d.get("peer") or ""), count("buffered") or 0, count("high_water"), count("in_kernel"),
-                   bool(d.get("closing", False)))
+        return cls(str(d.get("peer") or ""), _count(d, "buffered") or 0, _count(d, "high_water"),
+                   _count(d, "in_kernel"), bool(d.get("closing", False)))
 
 
 @dataclass(frozen=True)

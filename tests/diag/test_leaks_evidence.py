@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -411,6 +411,17 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
         time.sleep(0.3)
 
 
+def dump_until(url: str, ready: Callable[[list[dict[str, Any]]], bool], within: float = 60.0) -> list[dict[str, Any]]:
+    """``diag tasks --debug 2`` asked until ``ready`` holds of its tasks (or ``within``
+    seconds pass: the caller's assertion then says what was seen)."""
+    deadline = time.monotonic() + within
+    while True:
+        tasks: list[dict[str, Any]] = json.loads(run_diag("tasks", url, "--format", "json", "--debug", "2").stdout)["tasks"]
+        if ready(tasks) or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.3)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
     names = {"nested", "queued", "batch", "producer", "stubborn", "shutdown", "request", "lookup", "poll",
@@ -597,13 +608,11 @@ def test_writes_to_a_peer_that_stopped_reading_name_the_bytes_waiting(loop: str)
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_writes_a_peer_reads_are_left_alone(loop: str) -> None:
     with DiagRun(PEER_READING, env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 60
-        while True:  # both writers done: every byte was read
-            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
-            if not {t["name"] for t in tasks["tasks"]} & {"push", "hang_up"} or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert not {t["name"] for t in tasks["tasks"]} & {"push", "hang_up"}, tasks["tasks"]
+        def writers(tasks: list[dict[str, Any]]) -> set[str]:
+            return {t["name"] for t in tasks} & {"push", "hang_up"}
+
+        tasks = dump_until(app.url, lambda ts: not writers(ts))  # both done: every byte was read
+        assert not writers(tasks), tasks
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
 
@@ -671,13 +680,11 @@ def test_a_pool_whose_threads_wait_on_calls_queued_in_it_is_a_deadlock(loop: str
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_pool_that_waits_on_another_pool_is_left_alone(loop: str) -> None:
     with DiagRun(POOL_WITH_ITS_OWN_IO, env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 60
-        while True:  # both pages rendered
-            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
-            if not any(t["name"].startswith("page-") for t in tasks["tasks"]) or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert not any(t["name"].startswith("page-") for t in tasks["tasks"]), tasks["tasks"]
+        def pages(tasks: list[dict[str, Any]]) -> list[str]:
+            return [t["name"] for t in tasks if t["name"].startswith("page-")]
+
+        tasks = dump_until(app.url, lambda ts: not pages(ts))  # both pages rendered
+        assert not pages(tasks), tasks
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
 
@@ -718,15 +725,12 @@ def test_a_task_still_cleaning_up_after_its_cancel_is_judged_after_min_wait_not_
     # --cancel-grace but under --min-wait neither is a swallowed cancel (a drain may take a
     # while); past --min-wait, a cleanup still waiting with no timeout is one, worded so.
     with DiagRun(CANCEL_CLEANUPS, env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 60
-        while True:
-            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
-            cancelled = {t["name"]: t for t in tasks["tasks"] if t.get("cancel_seconds") is not None}
-            if (len(cancelled) == 2 and min(t["cancel_seconds"] for t in cancelled.values()) >= 1.5
-                    or time.monotonic() > deadline):
-                break
-            time.sleep(0.3)
-        assert all(t.get("handling_cancel") for t in cancelled.values()) and len(cancelled) == 2, cancelled
+        def cancelled(tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {t["name"]: t for t in tasks if t.get("cancel_seconds") is not None}
+
+        found = cancelled(dump_until(app.url, lambda ts: len(cancelled(ts)) == 2 and min(
+            t["cancel_seconds"] for t in cancelled(ts).values()) >= 1.5))
+        assert all(t.get("handling_cancel") for t in found.values()) and len(found) == 2, found
         code, data = leaks(app.url, "--cancel-grace", "1", "--min-wait", "600")
         assert not [f for f in data["findings"] if f["kind"] == "swallowed_cancel"], data["findings"]
         code, data = settled(app.url, {"drain", "stuck"}, "--cancel-grace", "1", "--min-wait", "1")
@@ -851,13 +855,10 @@ def test_a_cleanup_under_wait_for_has_an_end_on_either_loop(loop: str) -> None:
     # 3.11's wait_for keeps its timer handle in its frame (uvloop's own handle type on
     # uvloop); 3.12's is an asyncio.timeout.  Either way the wait has an end.
     with DiagRun(TIMED_CLEANUP, env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 60
-        while True:
-            tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)
-            (handler,) = [t for t in tasks["tasks"] if t["name"] == "handler"] or [None]
-            if handler and (handler.get("cancel_seconds") or 0) >= 2.5 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+        def handler_of(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
+            return next((t for t in tasks if t["name"] == "handler"), None)
+
+        handler = handler_of(dump_until(app.url, lambda ts: ((handler_of(ts) or {}).get("cancel_seconds") or 0) >= 2.5))
         assert handler and handler.get("handling_cancel"), handler
         code, data = leaks(app.url, "--cancel-grace", "1", "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert not [f for f in data["findings"] if f["kind"] == "swallowed_cancel"], data["findings"]
