@@ -17,7 +17,7 @@
 - ``suspect``: long waits on things that are still reachable, each with a reason;
 - ``loop_blocked``: an event loop its own code kept from turning: stalled now for
   ``stall_threshold``, or in the last ``stall_window`` seconds once that long or
-  ``stall_repeats`` times (every recorded stall is at least 0.25 s);
+  ``stall_repeats`` times (every recorded stall is at least 0.1 s);
 - ``loop_starved``: the same thresholds, for stalls in which the loop was ready to turn
   but got no CPU or GIL (a loaded machine, a CPU quota, another thread holding the GIL).
 
@@ -918,7 +918,7 @@ def _stall_summary(loop: LoopInfo, cause: str, snap: SyncSnapshot, options: Leak
 
 def _history_text(summary: WindowSummary) -> str:
     noun = "stall" if summary.count == 1 else "stalls"
-    sites = "; ".join(f"{site.count}x at {site_text(site.frames)} (longest {site.longest:.1f}s)"
+    sites = "; ".join(f"{site.count}x at {site_text(site.frames, site.at_end)} (longest {site.longest:.1f}s)"
                       for site in summary.sites[:4])
     return (f"{summary.count} {noun} in the last {summary.window:.0f}s, {summary.seconds:.1f}s in all "
             f"({_pct(summary.seconds, summary.window)} of the time), longest {summary.longest:.1f}s; "
@@ -958,7 +958,7 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
         if current is not None and current.seconds >= max(options.stall_threshold, 1e-9):
             title = f"event loop {loop.id} has not turned for {current.seconds:.1f}s"
             site = loop.blocking_stack or summary.sites[0].frames
-            at = f" at {site_text(site)}" if site else ""
+            at = f" at {site_text(site, not loop.blocking_stack and summary.sites[0].at_end)}" if site else ""
             evidence = f"thread {thread} is running{at}; every task on this loop waits"
             if summary.count > 1:
                 evidence += f"; {_history_text(summary)}"

@@ -24,7 +24,9 @@ from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack
 
 #: The loop's own code taking this long within a stall makes it a blocked stall, however
 #: long the loop also waited for a CPU: on an idle machine it would have been a stall by
-#: itself (the watchdog's threshold, ``loop_watch.STALL_THRESHOLD``).
+#: itself, and one a heartbeat sent at a random moment in it would almost surely catch
+#: (``loop_watch.STALL_THRESHOLD`` is the least stall recorded; a shorter own part in a
+#: stall stretched by a loaded machine is starvation's doing more than the loop's).
 BLOCKED_OWN_SECONDS = 0.25
 #: "Mostly": the share of a stall a figure must reach to explain it on its own.
 MOSTLY = 0.5
@@ -88,7 +90,8 @@ REASONS = {
     "throttled": "the cgroup's CPU quota throttled the process",
     "gil": "the loop thread was woken but waited for the GIL while other threads ran",
     "poll": "the loop thread sat in the loop's own poll: ready to turn, not given a CPU or the GIL",
-    "diag": "the loop thread waited for the GIL while diag's own dump or proof held it",
+    "diag": "diag's own dump or proof held the loop: it held the GIL, or ran on the loop thread (diag's endpoints "
+            "served by the program's own server)",
 }
 #: Stalls diag caused itself: shown, never a verdict on the program.
 OWN_REASONS = frozenset({"diag"})
@@ -102,6 +105,9 @@ class StallSite:
     count: int
     seconds: float
     longest: float
+    #: no sample was taken in these stalls: ``frames`` is where the loop thread was as they
+    #: ended (see ``ended_stack``)
+    at_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,12 @@ def stall_frames(loop: LoopInfo, stall: Stall) -> tuple[Frame, ...]:
     return best.frames
 
 
+def ended_stack(stall: Stall) -> bool:
+    """True when the stall's stack was not sampled in it but read as it ended: one call held
+    the GIL throughout, and the loop thread gave it up just after that call returned."""
+    return stall.samples == 0 and bool(stall.stacks)
+
+
 def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, now: float | None = None,
                    exclude_reasons: frozenset[str] = frozenset()) -> WindowSummary:
     """The stalls of ``cause`` in the last ``window`` seconds before ``now`` (both default to
@@ -161,13 +173,13 @@ def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, n
             continue
         picked.append(stall)
     total = sum(s.seconds for s in picked)
-    groups: dict[tuple[str, int, str], list[tuple[Stall, tuple[Frame, ...]]]] = {}
+    groups: dict[tuple[str, int, str, bool], list[tuple[Stall, tuple[Frame, ...]]]] = {}
     for stall in picked:
         frames = stall_frames(loop, stall)
         top = frames[0] if frames else Frame("?", 0, "?")
-        groups.setdefault((top.file, top.line, top.function), []).append((stall, frames))
+        groups.setdefault((top.file, top.line, top.function, ended_stack(stall)), []).append((stall, frames))
     sites = sorted((StallSite(members[0][1], len(members), sum(s.seconds for s, _ in members),
-                              max(s.seconds for s, _ in members)) for members in groups.values()),
+                              max(s.seconds for s, _ in members), key[3]) for key, members in groups.items()),
                    key=lambda site: (-site.count, -site.seconds))
     return WindowSummary(
         cause=cause, window=span, stalls=tuple(picked), count=len(picked), seconds=total,
@@ -178,12 +190,18 @@ def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, n
     )
 
 
-def site_text(frames: tuple[Frame, ...]) -> str:
-    """``file:line function`` of a stall site's innermost frame."""
+def site_text(frames: tuple[Frame, ...], at_end: bool = False, short: bool = False) -> str:
+    """``file:line function`` of a stall site's innermost frame; ``at_end``: read as the
+    stall ended, said so (in brief with ``short``)."""
     if not frames:
         return "no stack (one call held the GIL throughout, so none could be sampled)"
     top = frames[0]
-    return f"{top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}"
+    where = f"{top.file.rsplit('/', 1)[-1]}:{top.line} {top.function}"
+    if at_end:
+        return where + (" (as it ended)" if short else
+                        " (read as the stall ended: one call held the GIL throughout, so none could be sampled in "
+                        "it; the thread had just returned from a call at this line)")
+    return where
 
 
 def reasons_text(summary: WindowSummary) -> str:
@@ -194,5 +212,5 @@ def reasons_text(summary: WindowSummary) -> str:
     return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-__all__ = ["BLOCKED_OWN_SECONDS", "MOSTLY", "REASONS", "OWN_REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
+__all__ = ["BLOCKED_OWN_SECONDS", "ended_stack", "MOSTLY", "REASONS", "OWN_REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
            "stall_frames", "window_summary", "site_text", "reasons_text"]

@@ -175,7 +175,7 @@ def loop_families(sync: SyncSnapshot) -> list[Family]:
         Family("diag_loop_stalled_seconds", "gauge",
                "How long each event loop has not turned (0 while it turns).", ("thread",), tuple(stalled)),
         Family("diag_loop_stalls_total", "counter",
-               "Finished stalls of each event loop (0.25 s or more without turning) since the agent started: "
+               "Finished stalls of each event loop (0.1 s or more without turning) since the agent started: "
                "starved (ready, given no CPU or GIL) or blocked (every other one).", ("thread", "cause"),
                tuple(stalls)),
         Family("diag_loop_stall_seconds_total", "counter",

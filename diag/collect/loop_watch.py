@@ -62,8 +62,10 @@ UNWOKEN_CALLBACKS = 8
 _SELECT_CODES = frozenset(
     cls.__dict__["select"].__code__ for cls in vars(selectors).values()
     if isinstance(cls, type) and callable(cls.__dict__.get("select")) and hasattr(cls.__dict__["select"], "__code__"))
-#: A loop whose heartbeat is older than this is reported as stalled.
-STALL_THRESHOLD = 0.25
+#: A loop whose heartbeat is older than this is reported as stalled: asyncio's own
+#: ``slow_callback_duration``, the time its debug mode calls one callback slow.  A beat
+#: is sent at some moment inside a stall, so a stall is seen from about 1.5 times this on.
+STALL_THRESHOLD = 0.1
 #: The wait sampler may use at most this share of one core; with many tasks it samples less often.
 SAMPLER_CPU_SHARE = 0.01
 SAMPLER_MIN_INTERVAL = 1.0
@@ -443,10 +445,11 @@ class LoopWatch:
         self.holder_labels: dict[int, tuple[Any, str]] = {}
         self._throttle = _cgroup_cpu_stat()
         self._interned: dict[_StackKey, _StackKey] = {}
-        # The agent's own collections: how many run now, since when, and the last ones (start, end).
-        self._own_depth = 0
-        self._own_since = 0.0
-        self._own_spans: "collections.deque[tuple[float, float]]" = collections.deque(maxlen=64)
+        # The agent's own collections: per thread running one, how deep and since when; and
+        # the last ones (start, end, thread).  A program that serves diag's endpoints from
+        # its own server (diag.aiohttp) runs them on its loop's thread.
+        self._own_running: dict[int, tuple[int, float]] = {}
+        self._own_spans: "collections.deque[tuple[float, float, int]]" = collections.deque(maxlen=64)
         #: Tasks that ended badly (fed by the sampler and the loops' exception handlers).
         self.dead = DeadTaskLog()
         # id(task) -> (id(awaited future), where it waits: (code, line) innermost first), for
@@ -563,7 +566,7 @@ class LoopWatch:
         slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
         while not self._stop.wait(HEARTBEAT_INTERVAL):
             try:
-                self._held_throughout(slept_at, own_at)
+                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at))
                 self._send_beats()
                 now = time.monotonic()
                 if now >= next_sample:
@@ -581,14 +584,33 @@ class LoopWatch:
             idle = beat.idle_since is not None and beat.sent_at is None and beat.native_id is not None
             beat.idle_figures = self._figures(beat.native_id) if idle else None
 
-    def _held_throughout(self, slept_at: float, own_at: tuple[float, float] | None) -> None:
+    def _stacks_as_woken(self, slept_at: float) -> dict[int, _StackKey]:
+        """The stacks of idle loops' threads when the watchdog woke ``STALL_THRESHOLD`` late,
+        read before anything gives the GIL up: the loop thread that held it throughout a
+        long call (see ``_held_throughout``) handed it over just after that call returned,
+        so its stack is the line after the call, in the function that made it."""
+        if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
+            return {}
+        frames = sys._current_frames()
+        out = {}
+        for beat in list(self._beats.values()):
+            if beat.idle_figures is not None and beat.thread_id is not None:
+                key = _stack_key(frames.get(beat.thread_id))
+                if key and not _is_own_wait(key, beat.base_stack):
+                    out[beat.thread_id] = key
+        del frames
+        return out
+
+    def _held_throughout(self, slept_at: float, own_at: tuple[float, float] | None,
+                         stacks: dict[int, _StackKey] | None = None) -> None:
         """A stall no beat was in flight for.  An idle loop gets no beat (it would hide a lost
         wake-up), so a loop that wakes from its poll into one long call holding the GIL (a
         big ``json.dumps``, a regex) is never late with one, and the watchdog, which needs
         the GIL too, cannot sample it.  What is left is the watchdog's own lateness: waking
         ``STALL_THRESHOLD`` late, not kept off a CPU (its own run-queue time), while the
         idle loop's thread ran for the time it was late, the loop held the GIL: a blocked
-        stall, with no stack to show."""
+        stall, with no stack sampled in it; ``stacks`` (by thread) are where each loop
+        thread was as the watchdog woke, kept with 0 samples: the stack as the stall ended."""
         woke = time.monotonic()
         late = woke - slept_at - HEARTBEAT_INTERVAL
         if late <= STALL_THRESHOLD:
@@ -607,7 +629,9 @@ class LoopWatch:
             cause, reason, figures = self._judge(beat, woke - slept_at, start, end, None, slept_at)
             if cause != "blocked":
                 continue  # another thread held the GIL, or nothing ran: not this loop's stall
-            record = _StallRecord(time.time() - (woke - slept_at), woke, late, cause, reason, figures, 0, ())
+            ended = (stacks or {}).get(beat.thread_id) if beat.thread_id is not None else None
+            record = _StallRecord(time.time() - (woke - slept_at), woke, late, cause, reason, figures, 0,
+                                  ((self._intern(ended), 0),) if ended else ())
             with self._lock:
                 beat.history.append(record)
                 beat.stalls_total += 1
@@ -816,27 +840,37 @@ class LoopWatch:
     # -- stall history --------------------------------------------------------------------
     @contextlib.contextmanager
     def own_work(self) -> Iterator[None]:
-        """Marks a collection of the agent's own (a dump, the proof): a stall it caused by
-        holding the GIL is told apart from one the program's threads caused."""
+        """Marks a collection of the agent's own (a dump, the proof): a stall it caused, by
+        holding the GIL or by running on the loop's thread, is told apart from one the
+        program caused."""
+        ident = threading.get_ident()
         with self._lock:
-            if self._own_depth == 0:
-                self._own_since = time.monotonic()
-            self._own_depth += 1
+            depth, since = self._own_running.get(ident, (0, time.monotonic()))
+            self._own_running[ident] = (depth + 1, since)
         try:
             yield
         finally:
             with self._lock:
-                self._own_depth -= 1
-                if self._own_depth == 0:
-                    self._own_spans.append((self._own_since, time.monotonic()))
+                depth, since = self._own_running.pop(ident)
+                if depth > 1:
+                    self._own_running[ident] = (depth - 1, since)
+                else:
+                    self._own_spans.append((since, time.monotonic(), ident))
 
-    def _own_overlap(self, start: float, end: float) -> float:
-        """Seconds of [start, end] during which the agent was collecting."""
+    def _own_overlap(self, start: float, end: float, thread: int | None = None) -> float:
+        """Seconds of [start, end] during which the agent was collecting (on ``thread`` only,
+        when given)."""
         with self._lock:
-            spans = list(self._own_spans)
-            if self._own_depth:
-                spans.append((self._own_since, end))
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+            spans = [(a, b) for a, b, ident in self._own_spans if thread is None or ident == thread]
+            spans += [(since, end) for ident, (_, since) in self._own_running.items() if thread is None or ident == thread]
+        # merged, so that two threads collecting at once count once
+        total, reach = 0.0, start
+        for a, b in sorted(spans):
+            a, b = max(a, reach), min(b, end)
+            if b > a:
+                total += b - a
+                reach = b
+        return total
 
     def _intern(self, key: _StackKey) -> _StackKey:
         """One tuple per distinct stack, so a site that stalls again and again costs once."""
@@ -883,9 +917,14 @@ class LoopWatch:
         cause, reason = classify(seconds, cpu=cpu, runqueue=runq, throttled=throttled, others_cpu=others,
                                  samples=samples, own_wait_samples=own,
                                  lock_wait_samples=stall.lock_wait if stall is not None else 0)
-        if (cause, reason) in (("starved", "gil"), ("unknown", "")) and stall_at is not None \
-                and self._own_overlap(stall_at, stall_at + seconds) >= 0.5 * seconds:
-            cause, reason = "starved", "diag"  # the GIL was the agent's: its own dump or proof
+        if stall_at is not None and (
+                ((cause, reason) in (("starved", "gil"), ("unknown", ""))
+                 and self._own_overlap(stall_at, stall_at + seconds) >= 0.5 * seconds)
+                or (cause == "blocked" and beat.thread_id is not None
+                    and self._own_overlap(stall_at, stall_at + seconds, beat.thread_id) >= 0.5 * seconds)):
+            # The GIL was the agent's (its own dump or proof), or the loop thread itself ran
+            # the agent's collection for an endpoint the program serves.
+            cause, reason = "starved", "diag"
         return cause, reason, (cpu, runq, throttled, others)
 
     def _close_stall(self, beat: _Beat) -> None:

@@ -73,7 +73,7 @@ def _stalls_text(loop: LoopInfo) -> str:
             text += " (" + ", ".join(sorted({s.reason or "unmeasured" for s in summary.stalls})) + ")"
         text += f", longest {fmt.duration(summary.longest)}"
         if cause == "blocked" and summary.sites:
-            text += f" at {site_text(summary.sites[0].frames)}"
+            text += f" at {site_text(summary.sites[0].frames, summary.sites[0].at_end, short=True)}"
         parts.append(text)
     unknown = sum(1 for s in loop.stalls if s.cause == "unknown" and not s.ongoing)
     if unknown:

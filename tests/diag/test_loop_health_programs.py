@@ -205,6 +205,61 @@ def test_a_loop_woken_from_idle_into_calls_holding_the_gil_is_blocked(kind: str)
         assert "the loop thread ran code" in finding["evidence"], finding
 
 
+ONE_LONG_CALL_FROM_IDLE = """
+import asyncio, sys, time
+
+if sys.argv[1:] == ["uvloop"]:
+    import uvloop
+    uvloop.install()
+
+def calibrated(seconds):
+    n = 2_000_000
+    started = time.thread_time()
+    sum(range(n))
+    return int(n * seconds / max(time.thread_time() - started, 1e-4))
+
+N = calibrated(0.4)
+TOTALS = []
+
+def publish():
+    return sum(range(N))              # one C call: 0.4 s of CPU holding the GIL throughout
+
+async def publisher():
+    while True:
+        await asyncio.sleep(1.0)      # idle in its poll in between: no heartbeat is in flight
+        TOTALS.append(publish())
+
+async def main():
+    task = asyncio.create_task(publisher(), name="publisher")
+    print("ready", flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_stall_no_sample_could_see_names_the_call_it_ended_in(kind: str) -> None:
+    # No thread can sample during one long C call holding the GIL; the loop thread gives the
+    # GIL up just after the call returns, to the watchdog waiting for it, which reads the
+    # loop thread's stack before it lets go: the function that made the call.
+    source = ONE_LONG_CALL_FROM_IDLE.replace('sys.argv[1:] == ["uvloop"]', repr(kind == "uvloop"))
+    with DiagRun(source) as run:
+        loop = wait_for_history(run.url, lambda lp: sum(s["cause"] == "blocked" and not s["ongoing"]
+                                                        for s in lp["stalls"]) >= 3, timeout=60)
+        blocked = [s for s in loop["stalls"] if s["cause"] == "blocked" and not s["ongoing"]]
+        assert all(s["samples"] == 0 for s in blocked), blocked
+        ended = [loop["stall_stacks"][s["stacks"][0][0]]["frames"][0] for s in blocked if s["stacks"]]
+        call = line_of(source, "return sum(range(N))")
+        assert [(f["function"], f["line"]) for f in ended].count(("publish", call)) >= 2, (blocked, loop["stall_stacks"])
+        proc = run_diag("leaks", run.url, "--no-proof", "--format", "json", timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        (finding,) = [f for f in json.loads(proc.stdout)["findings"] if f["kind"] == "loop_blocked"]
+        assert "publish (read as the stall ended: one call held the GIL throughout" in finding["evidence"], finding
+        lines = run_diag("tasks", run.url, timeout=60).stdout
+        assert "publish (as it ended)" in lines, lines
+
+
 def _idle_priority(pid: int) -> None:
     """Every thread of ``pid`` to SCHED_IDLE: it runs only when its core has nothing else to run."""
     for tid in os.listdir(f"/proc/{pid}/task"):

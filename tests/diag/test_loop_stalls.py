@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -236,3 +237,36 @@ def test_a_gil_wait_during_the_agents_own_collection_is_the_agents() -> None:
         assert watch._judge(beat, 0.5, idle, busy, None, time.monotonic())[:2] == ("starved", "diag")
         assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic())[:2] == ("starved", "diag")
     assert watch._judge(beat, 0.5, idle, idle, None, time.monotonic() + 10)[:2] == ("unknown", "")
+
+
+def test_the_agents_collection_run_on_the_loop_thread_is_the_agents_not_the_programs() -> None:
+    # diag.aiohttp mounts the endpoints in the program's own server: a dump or a proof then
+    # runs on the loop thread, which is busy, not starved, and it is diag's doing.
+    watch = LoopWatch(install_factories=False)
+    beat = _Beat()
+    beat.thread_id = threading.get_ident()
+    start: _Figures = (1.0, 0.5, 2.0, None)
+    ran: _Figures = (1.4, 0.5, 2.4, None)  # the loop thread ran 0.4 s of the 0.5 s
+    assert watch._judge(beat, 0.5, start, ran, None, time.monotonic())[:2] == ("blocked", "cpu")
+    with watch.own_work():
+        with watch.own_work():  # a proof inside a sync collection: one span
+            assert watch._judge(beat, 0.5, start, ran, None, time.monotonic())[:2] == ("starved", "diag")
+    # A collection on another thread while the loop thread ran the program's own code
+    # leaves the program's stall the program's.
+    entered, done = threading.Event(), threading.Event()
+
+    def collect() -> None:
+        with watch.own_work():
+            entered.set()
+            done.wait(30)
+
+    other = threading.Thread(target=collect)
+    other.start()
+    try:
+        assert entered.wait(30)
+        now = time.monotonic()
+        assert watch._own_overlap(now - 0.5, now) > 0
+        assert watch._judge(beat, 0.5, start, ran, None, now - 0.5)[:2] == ("blocked", "cpu")
+    finally:
+        done.set()
+        other.join(30)
