@@ -41,7 +41,7 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.model.task_snapshot import (
-    MALFORMED, ChildProcess, ConnectionPool, DeadTask, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, WriteBacklog,
+    MALFORMED, ChildProcess, ConnectionPool, DeadTask, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, WriteBacklog,
     check_schema,
 )
 from diag.wording import agree, also_named, byte_count
@@ -751,6 +751,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
             fired[event.label] = fired.get(event.label, 0) + 1
     timed = _ended_by_awaiters(snap.tasks.tasks)
+    gathered: dict[int, TaskInfo] = {}  # a task -> the task gathering it, when others it gathers have ended
+    for t in snap.tasks.tasks:
+        if t.wait.kind == "gather" and t.wait.detail == "gather" and t.wait.finished:
+            for child in t.wait.tasks:
+                gathered[child] = t
     reasons: dict[int, list[str]] = {}
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
@@ -773,6 +778,19 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.owner_closed:
             what = "the future it awaits" if prim is None else _where(prim, name)
             why.append(f"{what} is kept by {task.wait.owner}: nothing is left to wake it")
+        gathering = gathered.get(task.id)
+        if gathering is not None and not _has_deadline(task):
+            why.append(f"{_ended_text(gathering.wait.finished)}, gathered with it by {gathering.coro} (task "
+                       f"{gathering.id}): gather returns only once every task it runs has ended, and this one "
+                       f"waits with nothing to end it; what the ended one fed it may never come")
+        if task.wait.kind == "gather" and task.wait.detail == "gather" and task.wait.finished:
+            left = [by_id[c] for c in task.wait.tasks if c in by_id]
+            if left and all(t.state == "waiting" and not _has_deadline(t) for t in left):
+                why.append(f"{_ended_text(task.wait.finished)}; gather returns only once the other "
+                           f"{_plural(len(left), 'task')} end too, and "
+                           f"{'it waits' if len(left) == 1 else 'they wait'} with nothing to end "
+                           f"{'its' if len(left) == 1 else 'their'} wait: "
+                           + ", ".join(f"{t.coro} on {t.wait.detail or t.wait.kind}" for t in left[:4]))
         if _idle_by_design(task) and not why:
             continue
         if prim is not None:
@@ -842,6 +860,17 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
 #: ``wait_for`` (which runs the awaitable in a task of its own) and a ``TaskGroup``'s exit.
 #: ``asyncio.wait`` and ``as_completed`` only stop watching.
 _CANCEL_PROPAGATES = frozenset({"await task", "gather", "wait_for", "TaskGroup"})
+
+
+def _has_deadline(task: TaskInfo) -> bool:
+    """Something ends the task's wait on its own (a timeout, a timer, a sleep)."""
+    return task.wait.kind == "sleep" or (task.wait.deadline_known and task.wait.deadline is not None)
+
+
+def _ended_text(finished: tuple[FinishedChild, ...]) -> str:
+    """``StationClient.read_loop (task 11) returned``, for the ended tasks of a gather."""
+    return "; ".join(f"{f.coro or 'a task'} (task {f.id}) already {f.outcome}" for f in finished[:3]) + (
+        f" and {len(finished) - 3} more ended" if len(finished) > 3 else "")
 
 
 def _ended_by_awaiters(tasks: tuple[TaskInfo, ...]) -> set[int]:

@@ -35,7 +35,8 @@ from diag.collect.safe_read import (
 )
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.model.task_snapshot import (
-    ConnectionPool, CreatedBy, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
+    ConnectionPool, CreatedBy, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot,
+    ThreadInfo, Wait,
 )
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -818,8 +819,9 @@ class _Walker:
                 for ref in gc.get_referents(nodes[i]):
                     awaited.extend(builtin_items(ref) if type(ref) in (set, list, tuple) else ())
             ids = tuple(task_origins.task_seq(t) for t in awaited if is_a(t, asyncio.Task))
+            finished = self.finished_children(awaited) if detail == "gather" else ()
             del awaited
-            return Wait("gather", detail, seconds=seconds, tasks=ids)
+            return Wait("gather", detail, seconds=seconds, tasks=ids, finished=finished)
         if detail == POOL_WAIT:
             wait = self._future_wait(waiter, seconds, detail=detail)
             pool = self.pool_of(nodes[i], (seconds or 0.0) >= LEASE_MIN_WAIT)
@@ -862,7 +864,7 @@ class _Walker:
         if type(waiter) is _GATHERING_FUTURE:
             children = builtin_items(read_attr(waiter, "_children"))
             ids = tuple(task_origins.task_seq(c) for c in children if is_a(c, asyncio.Task))
-            return Wait("gather", "gather", seconds=seconds, tasks=ids)
+            return Wait("gather", "gather", seconds=seconds, tasks=ids, finished=self.finished_children(children))
         if _is_executor_future(waiter):
             return Wait("executor", "run_in_executor", seconds=seconds)
         return Wait("future", detail or "Future", seconds=seconds,
@@ -954,6 +956,26 @@ class _Walker:
         found = wait_evidence.deadline_of(task, nodes, waiter, self.timers, now)
         return replace(wait, deadline=None if found is None else found[0],
                        deadline_by="" if found is None else found[1], deadline_known=True, future_id=future_id)
+
+    def finished_children(self, children: list[object]) -> tuple[FinishedChild, ...]:
+        """The tasks among a gather's ``children`` that have ended, and how: read from their
+        fields, never asked (``exception()`` would mark an error as retrieved)."""
+        out = []
+        for child in children:
+            if not is_a(child, asyncio.Task) or not future_done(child):
+                continue
+            state = future_field(child, "_state")
+            if state == "CANCELLED":
+                outcome = "cancelled"
+            else:
+                exc = future_field(child, "_exception")
+                outcome = f"raised {type_name(exc)}" if is_a(exc, BaseException) else "returned"
+            coro = future_field(child, "_coro")
+            out.append(FinishedChild(task_origins.task_seq(child),
+                                     self.coro_name(coro) if coro is not None else clip(task_name(child)), outcome))
+            if len(out) >= 16:
+                break
+        return tuple(out)
 
     def coro_name(self, coro: object) -> str:
         if type(coro) is _CoroutineType:

@@ -238,6 +238,24 @@ def _count(d: Mapping[str, Any], key: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class FinishedChild:
+    """A task a ``gather`` waits on that has already ended: its id, coroutine and how it
+    ended (``returned``, ``raised ExcType``, ``cancelled``).  Ended tasks are not in the
+    dump, so what the gather still waits for is told by these."""
+
+    id: int
+    coro: str
+    outcome: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "coro": self.coro, "outcome": self.outcome}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinishedChild:
+        return cls(int(d.get("id") or 0), str(d.get("coro") or ""), str(d.get("outcome") or ""))
+
+
+@dataclass(frozen=True)
 class Traffic:
     """A TCP connection's last data each way, as the kernel keeps it (Linux's TCP_INFO):
     seconds since this end last sent data and last received data (kept in scheduler
@@ -330,7 +348,8 @@ class Wait:
     for a free connection.  ``backlog`` is what a wait for a connection's writes (``drain``,
     ``wait_closed``) has in front of it; ``traffic`` a TCP stream read's last data each way.
     ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
-    in ``async with second:``), which may differ from the primitive's label.
+    in ``async with second:``), which may differ from the primitive's label.  ``finished``
+    are the awaited tasks of a ``gather`` wait that have ended already.
     """
 
     kind: str
@@ -353,6 +372,7 @@ class Wait:
     pool: ConnectionPool | None = None
     backlog: WriteBacklog | None = None
     traffic: Traffic | None = None
+    finished: tuple[FinishedChild, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
@@ -378,6 +398,8 @@ class Wait:
             d["backlog"] = self.backlog.to_dict()
         if self.traffic is not None:
             d["traffic"] = self.traffic.to_dict()
+        if self.finished:
+            d["finished"] = [f.to_dict() for f in self.finished]
         if self.primitive is not None:
             d["primitive"] = self.primitive.to_dict()
         if self.tasks:
@@ -414,6 +436,7 @@ class Wait:
             backlog=WriteBacklog.from_dict(d["backlog"]) if isinstance(d.get("backlog"), Mapping) else None,
             traffic=Traffic.from_dict(d["traffic"]) if isinstance(d.get("traffic"), Mapping) else None,
             frame_label=str(d.get("frame_label") or ""),
+            finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
         )
 
 

@@ -244,7 +244,10 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:
         shown = ", ".join(str(t) for t in wait.tasks[:5]) + (", ..." if len(wait.tasks) > 5 else "")
-        text += f" ({'task' if len(wait.tasks) == 1 else 'tasks'} {shown})"
+        ended = "; ".join(f"{f.id} {f.coro} {f.outcome}" for f in wait.finished[:3])
+        if len(wait.finished) > 3:
+            ended += f"; {len(wait.finished) - 3} more"
+        text += f" ({'task' if len(wait.tasks) == 1 else 'tasks'} {shown}" + (f"; ended: {ended})" if ended else ")")
     if wait.created_at is not None:
         text += f" (future created at {where(wait.created_at, cwd)})"
     if wait.child is not None:

@@ -5,6 +5,7 @@ loop and on uvloop, next to a fixed twin that must stay quiet."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Callable
 
@@ -862,3 +863,57 @@ def test_a_cleanup_under_wait_for_has_an_end_on_either_loop(loop: str) -> None:
         assert handler and handler.get("handling_cancel"), handler
         code, data = leaks(app.url, "--cancel-grace", "1", "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert not [f for f in data["findings"] if f["kind"] == "swallowed_cancel"], data["findings"]
+
+
+GATHERED_LOOPS = """
+import asyncio
+
+async def reader(inbox):
+    for n in range(3):
+        await inbox.put(n)
+    return "eof"                         # the connection ended: it returns, nobody reconnects
+
+async def processor(inbox):
+    while True:
+        await inbox.get()                # only the reader fed it
+
+async def ticker():
+    while True:
+        await asyncio.sleep(0.2)         # has an end every time: never stuck
+
+INBOXES = []                             # reachable: no proof can call it leaked
+
+async def session():
+    inbox = asyncio.Queue()
+    INBOXES.append(inbox)
+    await asyncio.gather(reader(inbox), processor(inbox))
+
+async def service():
+    async def once():
+        return "migrated"
+    await asyncio.gather(once(), ticker())  # one ended, the other runs forever by design
+
+async def main():
+    keep = [asyncio.create_task(session(), name="session"), asyncio.create_task(service(), name="service")]
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_gather_whose_other_tasks_wait_forever_after_one_ended_is_a_suspect(loop: str) -> None:
+    with DiagRun(GATHERED_LOOPS, env={"LOOP": loop}) as app:
+        proc = run_diag("tasks", app.url, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r"gather \(tasks \d+, \d+; ended: \d+ reader returned\)", proc.stdout), proc.stdout
+        assert re.search(r"gather \(tasks \d+, \d+; ended: \d+ service.<locals>.once returned\)", proc.stdout), proc.stdout
+        code, data = settled(app.url, {"session"}, "--min-wait", "1")
+        found = by_task(data)
+        (waiter,) = found["session"]
+        assert "reader (task" in waiter["evidence"] and "already returned" in waiter["evidence"], waiter
+        assert "processor on Queue.get" in waiter["evidence"], waiter
+        processors = [f for f in data["findings"] if any(t["coro"] == "processor" for t in f["tasks"])]
+        assert processors and "gathered with it by session" in processors[0]["evidence"], data["findings"]
+        # The ended task's sibling that sleeps has an end: the other gather is no suspect.
+        assert "service" not in found and not any(t["coro"] == "ticker" for f in data["findings"] for t in f["tasks"]), \
+            data["findings"]
+        assert code == 0  # suspects only: still reachable, not proven

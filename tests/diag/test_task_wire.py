@@ -11,7 +11,7 @@ import pytest
 
 from diag.errors import TargetError
 from diag.model.task_snapshot import (
-    ChildPipe, ChildProcess, CreatedBy, DeadTask, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
+    ChildPipe, ChildProcess, CreatedBy, DeadTask, FinishedChild, Frame, Primitive, TaskInfo, TaskSnapshot, ThreadInfo, Wait,
 )
 from diag.model.task_wire import WIRE_SCHEMA, decode, encode, expand
 from tests.diag.snapshots import ACQUIRE, FETCH, SLEEP, WORKER, fetchers_and_worker, snapshot, task
@@ -25,6 +25,8 @@ def _varied() -> TaskSnapshot:
              owner="Client._pending, transport closed", owner_closed=True, future_id="0x1", owner_ids=("0x2",)),
         Wait("future", "Future", seconds=9.0, deadline=None, deadline_by="", deadline_known=True),
         Wait("task", "await other", seconds=None, tasks=(3, 4), created_at=FETCH),
+        Wait("gather", "gather", seconds=3.0, tasks=(5, 6, 7),
+             finished=(FinishedChild(5, "Client.read_loop", "returned"), FinishedChild(6, "x", "raised OSError"))),
         Wait("stream_read", "read", seconds=0.25, stream_side="server"),
         Wait("executor", "run_in_executor", child=child, frame_label="pool"),
         Wait("lock", "Lock.acquire", Primitive("lock", "0x9", "first", locked=True, waiters=2, aliases=("second",)),
