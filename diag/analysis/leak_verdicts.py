@@ -191,6 +191,7 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
     Every culprit is named with its acquire site; the waiters are listed apart."""
     unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     dead_log = _dead_by_id(snap)
+    touched: dict[str, list[DeadTask]] | None = None
     out = []
     for state in snap.primitives:
         # A holder the proof found unreachable counts when it keeps out a task that is not
@@ -216,6 +217,11 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
                          f"{_holder_fate(holder, dead_log, unreachable, snap.tasks.destroyed_seen)}")
         if len(culprits) > 5:
             parts.append(f"and {len(culprits) - 5} more")
+        if touched is None:
+            touched = _touched_index(snap)
+        others = [d for d in touched.get(prim.id, ()) if d.id not in {h.task_id for h in culprits}]
+        if others:  # a release tried elsewhere, and refused, say
+            parts.append(_dead_text(others, "it"))
         waiting = (f"{_plural(len(state.waiting_tasks), 'task')} "
                    f"{agree(len(state.waiting_tasks), 'waits', 'wait')} for it")
         if stuck is not None and waiters and all(w.id in stuck for w in waiters):
@@ -563,7 +569,15 @@ def _dead_text(deads: list[DeadTask], what: str) -> str:
                 f"got to what it was to do")
     more = f" ({_plural(len(deads) - 1, 'more dead task')} used it too)" if len(deads) > 1 else ""
     who = f" (task {dead.id})" if dead.id > 0 else ""
+    if dead.coro in _GENERATOR_FINALIZERS:
+        who += (", the loop's closing of an async generator dropped without aclose(), run in a task of its "
+                "own: code after its yield ran there, not in the task that started it")
     return f"the task that used {what}, {dead.coro}{who}, {how}{at}{more}"
+
+
+#: The coroutine of the task a loop runs to close an async generator the program dropped
+#: (``loop._asyncgen_finalizer_hook``): ``aclose()``'s awaitable.
+_GENERATOR_FINALIZERS = frozenset({"async_generator_athrow"})
 
 
 def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]], name: str = "") -> str:

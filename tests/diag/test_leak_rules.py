@@ -117,6 +117,24 @@ def test_a_gather_is_stuck_only_when_every_pending_child_is() -> None:
 
 
 # -- leaked permits -----------------------------------------------------------------------------
+def test_a_leaked_permit_names_a_task_that_died_using_it_after_its_holder_finished() -> None:
+    # An async generator dropped inside ``async with lock`` is closed by the loop in a task of
+    # its own; a lock only its owner may release refuses there, and that task dies.
+    mine = lock("0x3", "TaskLock._lock")
+    closer = DeadTask(16, "Task-16", "async_generator_athrow", "exception", 5.0,
+                      "RuntimeError: released by a task that does not own it", stack=(REQUEST,), touched=("0x3",))
+    tasks = replace(snapshot(waiting_on(1, mine)), dead_tasks=(closer,), destroyed_seen=True)
+    snap = sync(tasks, held(mine, holder(9, alive=False), waiting=(1,)))
+    (permit,) = [f for f in leak_report(snap, OPTIONS).findings if f.kind == "leaked_permit"]
+    assert "task 9 'Task-9' acquired it" in permit.evidence and "finished without releasing it" in permit.evidence
+    assert ("the task that used it, async_generator_athrow (task 16), the loop's closing of an async generator "
+            "dropped without aclose()") in permit.evidence
+    assert "died 5.0s ago with RuntimeError: released by a task that does not own it" in permit.evidence
+    unrelated = replace(snap, tasks=replace(tasks, dead_tasks=(replace(closer, touched=("0x4",)),)))
+    (permit,) = [f for f in leak_report(unrelated, OPTIONS).findings if f.kind == "leaked_permit"]
+    assert "async_generator_athrow" not in permit.evidence
+
+
 def test_a_leaked_permit_names_every_culprit_and_its_fate_and_lists_the_waiters_apart() -> None:
     pool = sem("0x2", "Client.pool")
     dead = (DeadTask(5, "Task-5", "holder", "destroyed_pending", 2.0, stack=(REQUEST, HANDLER)),
