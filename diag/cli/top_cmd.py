@@ -61,12 +61,17 @@ class _Console(Console):
 
 class Keys:
     """The keyboard, when stdin is a terminal this process has in the foreground: put in
-    cbreak mode (keys arrive one by one, unechoed; Ctrl-C still interrupts) on enter and
-    restored on exit, whatever happened in between."""
+    cbreak mode (keys arrive one by one, unechoed) on enter and restored on exit, whatever
+    happened in between.  Ctrl-C quits like ``q``: its SIGINT only sets a flag and wakes
+    the key poll (``signal.set_wakeup_fd``), so no KeyboardInterrupt is raised at some
+    arbitrary point of a redraw or of the terminal's restore."""
 
     def __init__(self, stream: TextIO | None) -> None:
         self.fd: int | None = None
         self._saved: list[Any] | None = None
+        self.interrupted = False
+        self._wakeup: tuple[int, int] | None = None
+        self._restore_signals: Callable[[], None] | None = None
         try:
             fd = stream.fileno() if stream is not None else -1
         except (AttributeError, OSError, ValueError):
@@ -100,7 +105,33 @@ class Keys:
             self.fd = None
             return self
         self._saved = saved
+        self._catch_interrupt()
         return self
+
+    def _catch_interrupt(self) -> None:
+        """SIGINT sets ``interrupted`` and writes to a pipe the key poll also watches."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread: Ctrl-C raises as usual
+        read_end, write_end = os.pipe()
+        try:
+            os.set_blocking(write_end, False)
+            os.set_blocking(read_end, False)
+            previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        except (ValueError, OSError):
+            os.close(read_end)
+            os.close(write_end)
+            return
+        self._wakeup = (read_end, write_end)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+            signal.set_wakeup_fd(previous_fd)
+
+        self._restore_signals = restore
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupted = True
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -112,19 +143,38 @@ class Keys:
             except (termios.error, OSError):
                 pass
             self._saved = None
+        if self._restore_signals is not None:
+            try:
+                self._restore_signals()
+            except (ValueError, OSError):
+                pass
+            self._restore_signals = None
+        if self._wakeup is not None:
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
 
     def quit_pressed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a quit key; other keys are ignored."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
+            if self.interrupted:
+                return True
             left = deadline - time.monotonic()
             if self.fd is None:
                 if left > 0:
                     time.sleep(left)
-                return False
+                return self.interrupted
             if left <= 0:
                 return False
-            ready, _, _ = select.select([self.fd], [], [], left)
+            watched = [self.fd] if self._wakeup is None else [self.fd, self._wakeup[0]]
+            ready, _, _ = select.select(watched, [], [], left)
+            if self._wakeup is not None and self._wakeup[0] in ready:
+                try:
+                    os.read(self._wakeup[0], 512)  # the signal numbers: the flag says what came
+                except OSError:
+                    pass
+                continue
             if not ready:
                 return False
             try:
