@@ -30,8 +30,8 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from diag.collect import gc_pause, task_origins, wait_evidence
-from diag.collect.loop_watch import iter_all_tasks
-from diag.collect.safe_read import future_done, future_field, instance_dict
+from diag.collect.loop_watch import _SELECT_CODES, iter_all_tasks, thread_schedstat
+from diag.collect.safe_read import future_done, future_field, instance_dict, read_attr
 from diag.model.sync_snapshot import Reachability
 
 _class_module = type.__dict__["__module__"].__get__
@@ -50,6 +50,9 @@ MARK_SLICE = 4096
 HANDOFF_PAUSE = 0.001
 #: Pause between the two runs of a proof that found something (the program runs meanwhile).
 RECHECK_PAUSE = 0.05
+#: The longest the second run waits for a loop whose thread was mid-turn at the first run
+#: to run at all (a busy machine may give it no CPU for a while).
+RECHECK_PATIENCE = 1.0
 
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
@@ -67,24 +70,44 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
     try:
         wall_deadline = time.monotonic() + wall_limit(budget)
         sys.setswitchinterval(budget + 5.0)
-        first, waits, used = _prove(exclude, budget, wall_deadline)
+        first, waits, used, marks = _prove(exclude, budget, wall_deadline)
         if not first.unreachable:
             return first
         # A leak stays a leak: prove it again after letting the program run a moment, and
         # keep only tasks unreachable both times, still waiting on the same future.  A
         # state caught half-way through a loop iteration does not survive this.
         sys.setswitchinterval(interval)
+        # (its CPU time read now: a read of /proc gives the GIL up, which under the proof's
+        # long switch interval could leave this thread waiting for it for seconds)
+        marks = _with_cpu(marks)
         time.sleep(RECHECK_PAUSE)
+        # A loop thread caught mid-turn may hold what wakes a task only on its evaluation
+        # stack, which nothing can read (a timer handle between the heap it left and the
+        # ready queue).  The second run is a new look only once that thread has run; until
+        # it has (a loaded machine), wait a little more, and prove nothing for its tasks
+        # if it never does.
+        patience = time.monotonic() + RECHECK_PATIENCE
+        stalled = {seq for seq, mark in marks.items() if not _moved(mark)}
+        while stalled and time.monotonic() < patience:
+            time.sleep(RECHECK_PAUSE)
+            stalled = {seq for seq in stalled if not _moved(marks[seq])}
         # The budget bounds the pause of both runs together: the second gets what is left.
         left = budget - used
         if left <= 0:
             return replace(first, unreachable=(), complete=False,
                            note=f"cut short after {budget:g}s (no time left to confirm): nothing is reported as proven")
         sys.setswitchinterval(left + 5.0)
-        second, waits_again, _ = _prove(exclude, left, wall_deadline)
+        second, waits_again, _, _ = _prove(exclude, left, wall_deadline)
         keep = tuple(t for t in first.unreachable
-                     if t in second.unreachable and waits.get(t) == waits_again.get(t))
-        return replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
+                     if t in second.unreachable and waits.get(t) == waits_again.get(t) and t not in stalled)
+        result = replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
+        dropped = [t for t in first.unreachable if t in stalled and t in second.unreachable]
+        if dropped:
+            note = (f"{len(dropped)} blocked {'task is' if len(dropped) == 1 else 'tasks are'} not reported as "
+                    f"proven: {'its' if len(dropped) == 1 else 'their'} loop's thread, caught mid-turn, got no CPU "
+                    f"between the two runs of the proof (a busy machine)")
+            result = replace(result, note="; ".join(n for n in (result.note, note) if n))
+        return result
     finally:
         sys.setswitchinterval(interval)
         gc_pause.resume()
@@ -107,10 +130,61 @@ def _spent(cpu: float, budget: float, wall: float) -> str:
     return f"{wall:.1f}s with {cpu:.2f}s of CPU time (the machine is busy)"
 
 
+#: Where a loop thread was when a run of the proof ended: (thread ident, native id, CPU
+#: seconds or None, id of its innermost code, instruction offset).
+_Mark = tuple[int, "int | None", "float | None", int, int]
+
+
+def _moved(mark: _Mark) -> bool:
+    """Has the thread run since ``mark`` (its CPU time grew, or it is elsewhere)?"""
+    ident, native, cpu, code, lasti = mark
+    if cpu is not None:
+        now = thread_schedstat(native)
+        if now is None or now[0] > cpu:
+            return True
+    frames = sys._current_frames()
+    top = frames.get(ident)
+    del frames
+    moved = top is None or id(top.f_code) != code or top.f_lasti != lasti
+    del top
+    return moved
+
+
+def _with_cpu(marks: dict[int, _Mark]) -> dict[int, _Mark]:
+    """The marks with their thread's CPU time as of now, where Linux tells it."""
+    cpu: dict[int, float | None] = {}
+    out = {}
+    for seq, (ident, native, _, code, lasti) in marks.items():
+        if ident not in cpu:
+            stat = thread_schedstat(native)
+            cpu[ident] = None if stat is None else stat[0]
+        out[seq] = (ident, native, cpu[ident], code, lasti)
+    return out
+
+
+def _mid_turn(loop: Any, exclude_threads: frozenset[int]) -> _Mark | None:
+    """The mark of an asyncio loop's thread when it is running Python code (mid-turn, not
+    asleep in its poll), else None.  uvloop's thread id is not readable: not marked."""
+    ident = read_attr(loop, "_thread_id")
+    if type(ident) is not int or ident in exclude_threads:
+        return None  # not running, or the prover's own thread (its frames are not roots)
+    frames = sys._current_frames()
+    top = frames.get(ident)
+    del frames
+    if top is None or top.f_code in _SELECT_CODES:
+        return None
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    native = getattr(thread, "native_id", None)
+    mark = (ident, native, None, id(top.f_code), top.f_lasti)  # no I/O here: the proof holds the GIL
+    del top
+    return mark
+
+
 def _prove(exclude_threads: frozenset[int], budget: float,
-           wall_deadline: float = float("inf")) -> tuple[Reachability, dict[int, int], float]:
+           wall_deadline: float = float("inf")) -> tuple[Reachability, dict[int, int], float, dict[int, _Mark]]:
     """One run of the proof, its waits (task id -> id of the awaited future, for the
-    unreachable ones) and the CPU time it used.  It stops once it has used ``budget``
+    unreachable ones), the CPU time it used, and for the unreachable tasks whose loop's
+    thread was mid-turn, where that thread was.  It stops once it has used ``budget``
     seconds of CPU time, or at ``wall_deadline`` (``time.monotonic``)."""
     started = time.monotonic()
     cpu = time.thread_time  # the proof's own CPU time: what the budget bounds
@@ -289,6 +363,15 @@ def _prove(exclude_threads: frozenset[int], budget: float,
         # or by uvloop's C code: never fire-and-forget.
         referenced.update(k for k, t in blocked.items() if k in in_locals or wait_evidence.is_main_task(t))
     waits = {task_origins.task_seq(t): id(future_field(t, "_fut_waiter")) for t in unreachable}
+    marks: dict[int, _Mark] = {}
+    loop_marks: dict[int, _Mark | None] = {}
+    for t in unreachable:
+        loop = future_field(t, "_loop")
+        if id(loop) not in loop_marks:
+            loop_marks[id(loop)] = _mid_turn(loop, exclude_threads)
+        mark = loop_marks[id(loop)]
+        if mark is not None:
+            marks[task_origins.task_seq(t)] = mark
     return Reachability(
         ran=True,
         unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
@@ -301,7 +384,7 @@ def _prove(exclude_threads: frozenset[int], budget: float,
               f"program longer" if not complete else
               "" if referenced_known else
               f"fire-and-forget check skipped: {len(blocked)} blocked tasks (at most {MAX_REFERRER_CHECK})"),
-    ), waits, cpu() - cpu_started
+    ), waits, cpu() - cpu_started, marks
 
 
 def _about_to_wake(task: Any) -> bool:

@@ -472,10 +472,11 @@ def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPa
 
     budgets: list[float] = []
 
-    def run(exclude: frozenset[int], budget: float, wall_deadline: float) -> tuple[Reachability, dict[int, int], float]:
+    def run(exclude: frozenset[int], budget: float,
+            wall_deadline: float) -> tuple[Reachability, dict[int, int], float, dict[int, Any]]:
         budgets.append(budget)
         # a busy machine: the run took twice its CPU time on the wall clock
-        return Reachability(True, unreachable=(7,), blocked=1, seconds=1.5 * budget), {7: 1}, 0.75 * budget
+        return Reachability(True, unreachable=(7,), blocked=1, seconds=1.5 * budget), {7: 1}, 0.75 * budget, {}
 
     monkeypatch.setattr(reachability, "_prove", run)
     result = reachability.prove(budget=2.0)
@@ -483,10 +484,28 @@ def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPa
 
     budgets.clear()
     monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: (
-        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}, budget))
+        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}, budget, {}))
     result = reachability.prove(budget=1.0)
     assert budgets == [1.0] and result.unreachable == () and not result.complete
     assert "nothing is reported as proven" in result.note
+
+
+def test_a_task_whose_loop_never_ran_between_the_two_runs_is_not_proven(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop thread caught mid-turn may hold a task's wake-up only on its evaluation stack;
+    the second run confirms nothing about it until that thread has run."""
+    from diag.collect import reachability
+    from diag.model.sync_snapshot import Reachability
+
+    mark = (1, None, None, 0, 0)
+    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: (
+        Reachability(True, unreachable=(7, 8), blocked=2, seconds=0.01), {7: 1, 8: 2}, 0.01, {7: mark}))
+    monkeypatch.setattr(reachability, "RECHECK_PATIENCE", 0.2)
+    monkeypatch.setattr(reachability, "_moved", lambda m: False)  # its thread got no CPU
+    result = reachability.prove(budget=1.0)
+    assert result.unreachable == (8,)  # task 8's loop was asleep in its poll: a still state
+    assert "1 blocked task is not reported as proven: its loop's thread, caught mid-turn, got no CPU" in result.note
+    monkeypatch.setattr(reachability, "_moved", lambda m: True)
+    assert reachability.prove(budget=1.0).unreachable == (7, 8)
 
 
 _HEAP: list[list[object]] = []
@@ -501,11 +520,11 @@ def test_a_proof_stops_at_its_cpu_budget_or_on_the_wall_clock_of_a_busy_machine(
 
     global _HEAP
     _HEAP = [[] for _ in range(300_000)]  # a heap to mark, reached from a module's globals
-    cut, _, used = reachability._prove(frozenset(), 0.001)
+    cut, _, used, _ = reachability._prove(frozenset(), 0.001)
     assert not cut.complete and used >= 0.001 and "0.001s of CPU time" in cut.note, cut
-    past, _, _ = reachability._prove(frozenset(), 30.0, time.monotonic() - 1)
+    past, _, _, _ = reachability._prove(frozenset(), 30.0, time.monotonic() - 1)
     assert not past.complete and "(the machine is busy)" in past.note, past
-    whole, _, _ = reachability._prove(frozenset(), 30.0)
+    whole, _, _, _ = reachability._prove(frozenset(), 30.0)
     assert whole.complete and whole.objects_marked > 300_000, whole
     assert reachability.wall_limit(0.5) == 1.5 and reachability.wall_limit(10) == 20
     _HEAP = []
