@@ -588,7 +588,7 @@ class LoopWatch:
         """The stacks of idle loops' threads when the watchdog woke ``STALL_THRESHOLD`` late,
         read before anything gives the GIL up: the loop thread that held it throughout a
         long call (see ``_held_throughout``) handed it over just after that call returned,
-        so its stack is the line after the call, in the function that made it."""
+        so its stack is the frame that made the call, at or just past the call's line."""
         if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
             return {}
         frames = sys._current_frames()

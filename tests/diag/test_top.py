@@ -409,15 +409,22 @@ def test_top_shows_the_stuck_group_and_the_exhausted_pool(leaky: TargetServer) -
 class Pty:
     """``diag top`` with a pseudo-terminal as its controlling terminal, stdin, stdout and stderr."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, sigint: Any = signal.SIG_DFL) -> None:
+        """``sigint``: the SIGINT disposition diag starts with, whatever the runner's (a job a
+        shell started in the background inherits SIG_IGN)."""
         self.master, self.slave = os.openpty()
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
         self.mode_before = termios.tcgetattr(self.slave)
         self.output = b""
+
+        def child_setup() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            signal.signal(signal.SIGINT, sigint)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "diag", "top", *args], cwd=ROOT, env=diag_env(TERM="xterm-256color"),
             stdin=self.slave, stdout=self.slave, stderr=self.slave, start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            preexec_fn=child_setup)
 
     def read_until(self, text: bytes, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -455,9 +462,13 @@ def pty_top() -> Iterator[list[Pty]]:
         p.close()
 
 
-@pytest.mark.parametrize("quit_with", [b"q", b"\x03"], ids=["q", "ctrl-c"])
-def test_quits_cleanly_on_a_terminal(leaky: TargetServer, pty_top: list[Pty], quit_with: bytes) -> None:
-    top = Pty(leaky.url, "--interval", "0.3")
+@pytest.mark.parametrize(("quit_with", "sigint"), [(b"q", signal.SIG_DFL), (b"\x03", signal.SIG_DFL),
+                                                  (b"\x03", signal.SIG_IGN)],
+                         ids=["q", "ctrl-c", "ctrl-c-started-with-sigint-ignored"])
+def test_quits_cleanly_on_a_terminal(leaky: TargetServer, pty_top: list[Pty], quit_with: bytes, sigint: Any) -> None:
+    # Ctrl-C quits even where diag started with SIGINT ignored (a shell's background job):
+    # on a terminal it reads Ctrl-C as a key to quit on, not as whatever SIGINT was left as.
+    top = Pty(leaky.url, "--interval", "0.3", sigint=sigint)
     pty_top.append(top)
     top.read_until(b"q quits")
     top.read_until(b"status: ok")
