@@ -113,12 +113,15 @@ class Keys:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread: Ctrl-C raises as usual
         read_end, write_end = os.pipe()
+        previous_fd: int | None = None
         try:
             os.set_blocking(write_end, False)
             os.set_blocking(read_end, False)
             previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
             previous = signal.signal(signal.SIGINT, self._on_interrupt)
         except (ValueError, OSError):
+            if previous_fd is not None:
+                signal.set_wakeup_fd(previous_fd)  # never left pointing at a closed pipe
             os.close(read_end)
             os.close(write_end)
             return
