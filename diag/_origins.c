@@ -1,10 +1,11 @@
 /* diag._origins: the hot paths of diag's bookkeeping, in C.
  *
- * Three jobs, each with a pure-Python twin that gives the same answers:
+ * Four jobs, each with a pure-Python twin that gives the same answers:
  * - task ids and "created by" records (the task factory; diag/collect/task_origins.py);
  * - who holds which Lock or Semaphore permit (the acquire and release wrappers;
  *   diag/collect/holders.py);
- * - reading a task's await chain for the dump (diag/collect/task_collector.py).
+ * - reading a task's await chain for the dump (diag/collect/task_collector.py);
+ * - the reachability proof's marking (diag/collect/reachability.py).
  * Each section below says what the Python twin costs that this one does not.
  *
  * The pure-Python path in diag/collect/task_origins.py does the same work with a
@@ -33,6 +34,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
 #define DIAG_KNOWN_LAYOUT 1
@@ -1421,6 +1423,358 @@ mod_stats(PyObject *mod, PyObject *unused)
                          (Py_ssize_t)capacity, "prune_at", (Py_ssize_t)prune_at, "next_seq", next_seq);
 }
 
+/* ---- the reachability proof's marking (diag/collect/reachability.py) ---------------- */
+
+/* The Python twin walks gc.get_referents a slice at a time in a bytecode loop, and the
+ * interpreter lets the GIL go between two bytecodes whenever another thread asks for it:
+ * the program then runs a loop turn in the middle of the marking, and what it moves from
+ * a list not yet read to one already read goes unseen.  The proof lengthens the switch
+ * interval so that nobody asks, but a thread that began waiting before still asks once,
+ * and the proof then waits the long interval to get the GIL back.  Here no bytecode runs
+ * from the first object to the last: the program is paused for the whole marking, and
+ * the switch interval need not be long.  Nothing here calls the program's code: the
+ * sets and dicts are keyed by ints (object addresses), and a type's module is read from
+ * its own dict or name, never through a metaclass.
+ *
+ * The same rules as the Python twin: an untracked object has nothing inside to reach; a
+ * blocked task reached as an object is not traversed (its coroutine stays closed until
+ * the future it awaits is reached); diag's own objects are neither traversed nor count;
+ * a module is never asked for its referents (on 3.12 the _asyncio module's traverse
+ * visits a free list whose objects must not be held), its dict is; a weak reference's
+ * live referent is reached, as code holding the reference can reach it. */
+
+#if defined(CLOCK_THREAD_CPUTIME_ID) && defined(CLOCK_MONOTONIC)
+#define DIAG_MARK 1
+
+enum { KIND_PLAIN = 0, KIND_MINE = 1, KIND_MODULE = 2, KIND_WEAKREF = 3 };
+
+static double
+clock_seconds(clockid_t clock)
+{
+    struct timespec ts;
+    if (clock_gettime(clock, &ts) != 0) {
+        return 0.0;
+    }
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static PyObject *str_module_attr = NULL;  /* "__module__" */
+static PyObject *str_dict_attr = NULL;    /* "__dict__" */
+
+static int
+is_diag_module(PyObject *name)
+{
+    if (name == NULL || !PyUnicode_Check(name)) {
+        return 0;
+    }
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(name, &size);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return size >= 4 && memcmp(text, "diag", 4) == 0 && (size == 4 || text[4] == '.');
+}
+
+static int
+type_kind(PyTypeObject *type)
+{
+    if (PyType_IsSubtype(type, &PyModule_Type)) {
+        return KIND_MODULE;
+    }
+    if (PyType_IsSubtype(type, &_PyWeakref_RefType)) {
+        return KIND_WEAKREF;
+    }
+    if (PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE)) {
+        /* a class: its __module__ as kept in its own dict (what type.__module__ reads) */
+        PyObject *module = type->tp_dict == NULL ? NULL : PyDict_GetItemWithError(type->tp_dict, str_module_attr);
+        if (module == NULL) {
+            PyErr_Clear();
+        }
+        return is_diag_module(module) ? KIND_MINE : KIND_PLAIN;
+    }
+    /* a static type: its module is its name up to the last dot */
+    const char *dot = strrchr(type->tp_name, '.');
+    if (dot == NULL) {
+        return KIND_PLAIN;
+    }
+    size_t size = (size_t)(dot - type->tp_name);
+    return size >= 4 && memcmp(type->tp_name, "diag", 4) == 0 && (size == 4 || type->tp_name[4] == '.')
+        ? KIND_MINE : KIND_PLAIN;
+}
+
+typedef struct {
+    PyObject *frontier;   /* list: objects to traverse */
+    PyObject *seen;       /* set of ids */
+    PyObject *blocked;    /* dict: id(task) -> task, for blocked tasks */
+    PyObject *wakers;     /* dict: id(future) -> list of the blocked tasks it would wake */
+    PyObject *activated;  /* set of ids of blocked tasks that can be woken */
+    PyObject *kinds;      /* dict: id(type) -> kind */
+} Marking;
+
+static int
+kind_of(Marking *m, PyTypeObject *type)
+{
+    PyObject *key = PyLong_FromVoidPtr((void *)type);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *known = PyDict_GetItemWithError(m->kinds, key);
+    if (known != NULL) {
+        Py_DECREF(key);
+        return (int)PyLong_AsLong(known);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int kind = type_kind(type);
+    PyObject *value = PyLong_FromLong(kind);
+    int err = value == NULL ? -1 : PyDict_SetItem(m->kinds, key, value);
+    Py_XDECREF(value);
+    Py_DECREF(key);
+    return err < 0 ? -1 : kind;
+}
+
+/* The future with id `key` is reachable: the tasks it would wake are live, and the tasks
+ * awaiting those, and so on. */
+static int
+activate(Marking *m, PyObject *key)
+{
+    if (!PyDict_GET_SIZE(m->wakers)) {
+        return 0;
+    }
+    PyObject *pending = PyList_New(0);
+    if (pending == NULL || PyList_Append(pending, key) < 0) {
+        Py_XDECREF(pending);
+        return -1;
+    }
+    while (PyList_GET_SIZE(pending)) {
+        Py_ssize_t last = PyList_GET_SIZE(pending) - 1;
+        PyObject *k = Py_NewRef(PyList_GET_ITEM(pending, last));
+        if (PyList_SetSlice(pending, last, last + 1, NULL) < 0) {
+            Py_DECREF(k);
+            goto fail;
+        }
+        PyObject *tasks = PyDict_GetItemWithError(m->wakers, k);
+        Py_DECREF(k);
+        if (tasks == NULL) {
+            if (PyErr_Occurred()) {
+                goto fail;
+            }
+            continue;
+        }
+        if (!PyList_Check(tasks)) {
+            continue;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
+            PyObject *task = PyList_GET_ITEM(tasks, i);
+            PyObject *tk = PyLong_FromVoidPtr((void *)task);
+            if (tk == NULL) {
+                goto fail;
+            }
+            int known = PySet_Contains(m->activated, tk);
+            if (known == 0) {
+                if (PySet_Add(m->activated, tk) < 0 || PySet_Add(m->seen, tk) < 0
+                        || PyList_Append(m->frontier, task) < 0 || PyList_Append(pending, tk) < 0) {
+                    known = -1;
+                }
+            }
+            Py_DECREF(tk);
+            if (known < 0) {
+                goto fail;
+            }
+        }
+    }
+    Py_DECREF(pending);
+    return 0;
+fail:
+    Py_DECREF(pending);
+    return -1;
+}
+
+/* Add `ref` to seen; 1 if it was new, 0 if seen before, -1 on error. */
+static int
+see(Marking *m, PyObject *key)
+{
+    int known = PySet_Contains(m->seen, key);
+    if (known != 0) {
+        return known < 0 ? -1 : 0;
+    }
+    return PySet_Add(m->seen, key) < 0 ? -1 : 1;
+}
+
+static int
+collect_referent(PyObject *op, void *arg)
+{
+    return op == NULL ? 0 : PyList_Append((PyObject *)arg, op);
+}
+
+/* One referent of a traversed object. */
+static int
+reach(Marking *m, PyObject *ref)
+{
+    if (!PyObject_IS_GC(ref) || !PyObject_GC_IsTracked(ref)) {
+        return 0;  /* ints, strings, atomic-only containers: nothing inside to reach */
+    }
+    PyObject *key = PyLong_FromVoidPtr((void *)ref);
+    if (key == NULL) {
+        return -1;
+    }
+    int status = see(m, key);
+    if (status <= 0) {
+        goto done;
+    }
+    status = PyDict_Contains(m->blocked, key);
+    if (status != 0) {
+        status = status < 0 ? -1 : 0;  /* reached as an object: not woken */
+        goto done;
+    }
+    int kind = kind_of(m, Py_TYPE(ref));
+    if (kind < 0) {
+        status = -1;
+        goto done;
+    }
+    if (kind == KIND_MINE) {
+        goto done;
+    }
+    Py_INCREF(ref);
+    if (kind == KIND_MODULE) {
+        /* its namespace, read through the type's __dict__ slot only when that is the
+         * module type's own (a subclass defining __dict__ itself is the program's code) */
+        PyObject *slot = _PyType_Lookup(Py_TYPE(ref), str_dict_attr);
+        PyObject *own = _PyType_Lookup(&PyModule_Type, str_dict_attr);
+        PyObject *namespace = slot != NULL && slot == own ? PyModule_GetDict(ref) : NULL;
+        Py_DECREF(ref);
+        if (namespace == NULL || !PyDict_CheckExact(namespace)) {
+            PyErr_Clear();
+            goto done;
+        }
+        Py_DECREF(key);
+        key = PyLong_FromVoidPtr((void *)namespace);
+        if (key == NULL) {
+            return -1;
+        }
+        status = see(m, key);
+        if (status <= 0) {
+            goto done;
+        }
+        ref = Py_NewRef(namespace);
+    }
+    else if (kind == KIND_WEAKREF) {
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *target = NULL;
+        if (PyWeakref_GetRef(ref, &target) < 0) {
+            target = NULL;
+        }
+#else
+        PyObject *target = PyWeakref_GetObject(ref);  /* borrowed; None once dead */
+        if (target == Py_None) {
+            target = NULL;
+        }
+        Py_XINCREF(target);
+#endif
+        if (target != NULL) {
+            PyObject *tkey = PyLong_FromVoidPtr((void *)target);
+            int fresh = tkey == NULL ? -1 : PySet_Contains(m->seen, tkey);
+            if (fresh == 0) {
+                fresh = PyDict_Contains(m->blocked, tkey);
+            }
+            if (fresh == 0) {
+                int tkind = kind_of(m, Py_TYPE(target));
+                if (tkind < 0) {
+                    fresh = -1;
+                }
+                else if (tkind != KIND_MINE) {
+                    if (PySet_Add(m->seen, tkey) < 0 || PyList_Append(m->frontier, target) < 0) {
+                        fresh = -1;
+                    }
+                    else {
+                        int wakes = PyDict_Contains(m->wakers, tkey);
+                        if (wakes < 0 || (wakes && activate(m, tkey) < 0)) {
+                            fresh = -1;
+                        }
+                    }
+                }
+            }
+            Py_XDECREF(tkey);
+            Py_DECREF(target);
+            if (fresh < 0) {
+                Py_DECREF(ref);
+                status = -1;
+                goto done;
+            }
+        }
+        PyErr_Clear();  /* a reference that cannot be read reaches nothing */
+    }
+    status = PyList_Append(m->frontier, ref);
+    Py_DECREF(ref);
+    if (status == 0) {
+        int wakes = PyDict_Contains(m->wakers, key);
+        status = wakes < 0 ? -1 : wakes ? activate(m, key) : 0;
+    }
+done:
+    Py_DECREF(key);
+    return status < 0 ? -1 : 0;
+}
+
+static PyObject *
+mod_mark(PyObject *mod, PyObject *args)
+{
+    Marking m;
+    double cpu_left, wall_left;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!dd:mark", &PyList_Type, &m.frontier, &PySet_Type, &m.seen,
+                          &PyDict_Type, &m.blocked, &PyDict_Type, &m.wakers, &PySet_Type, &m.activated,
+                          &PyDict_Type, &m.kinds, &cpu_left, &wall_left)) {
+        return NULL;
+    }
+    double cpu_deadline = clock_seconds(CLOCK_THREAD_CPUTIME_ID) + cpu_left;
+    double wall_deadline = clock_seconds(CLOCK_MONOTONIC) + wall_left;
+    PyObject *refs = PyList_New(0);
+    if (refs == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = 0;
+    int complete = 1;
+    while (PyList_GET_SIZE(m.frontier)) {
+        if ((++count & 0x3FF) == 0 && (clock_seconds(CLOCK_THREAD_CPUTIME_ID) > cpu_deadline
+                                       || clock_seconds(CLOCK_MONOTONIC) > wall_deadline)) {
+            complete = 0;
+            break;
+        }
+        Py_ssize_t last = PyList_GET_SIZE(m.frontier) - 1;
+        PyObject *obj = Py_NewRef(PyList_GET_ITEM(m.frontier, last));
+        if (PyList_SetSlice(m.frontier, last, last + 1, NULL) < 0) {
+            Py_DECREF(obj);
+            goto fail;
+        }
+        traverseproc traverse = Py_TYPE(obj)->tp_traverse;
+        int err = 0;
+        if (PyObject_IS_GC(obj) && traverse != NULL) {
+            err = traverse(obj, collect_referent, refs);
+        }
+        Py_DECREF(obj);
+        if (err) {
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(refs); i++) {
+            if (reach(&m, PyList_GET_ITEM(refs, i)) < 0) {
+                goto fail;
+            }
+        }
+        if (PyList_SetSlice(refs, 0, PyList_GET_SIZE(refs), NULL) < 0) {
+            goto fail;
+        }
+    }
+    Py_DECREF(refs);
+    return PyBool_FromLong(complete);
+fail:
+    Py_DECREF(refs);
+    return NULL;
+}
+
+#endif /* CLOCK_THREAD_CPUTIME_ID */
+
 static PyMethodDef mod_methods[] = {
     {"configure", mod_configure, METH_VARARGS,
      "configure(codes, asyncio_dir): where code objects are kept by id, and the directory "
@@ -1442,6 +1796,12 @@ static PyMethodDef mod_methods[] = {
     {"set_acquire_observer", mod_set_acquire_observer, METH_O,
      "set_acquire_observer(callable or None): called with each primitive HeldMethod acquires."},
     {"stats", mod_stats, METH_NOARGS, "stats() -> the record table's size, for tests and benchmarks."},
+#ifdef DIAG_MARK
+    {"mark", mod_mark, METH_VARARGS,
+     "mark(frontier, seen, blocked, wakers, activated, kinds, cpu_seconds, wall_seconds) -> complete: "
+     "the reachability proof's marking to its fixed point, or until it has used cpu_seconds of this "
+     "thread's CPU time or wall_seconds have passed (False)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -1469,6 +1829,14 @@ PyInit__origins(void)
     str_gi_yieldfrom = PyUnicode_InternFromString("gi_yieldfrom");
     str_ag_await = PyUnicode_InternFromString("ag_await");
     str_cr_frame = PyUnicode_InternFromString("cr_frame");
+#ifdef DIAG_MARK
+    str_module_attr = PyUnicode_InternFromString("__module__");
+    str_dict_attr = PyUnicode_InternFromString("__dict__");
+    if (str_module_attr == NULL || str_dict_attr == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     str_gi_frame = PyUnicode_InternFromString("gi_frame");
     if (str_cr_await == NULL || str_gi_yieldfrom == NULL || str_ag_await == NULL
             || str_cr_frame == NULL || str_gi_frame == NULL) {

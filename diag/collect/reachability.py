@@ -8,8 +8,10 @@ object lets you cancel it, not wake it.  It becomes a root only once the future 
 waits on is marked, because only then can something resolve that future.  Repeat to
 a fixed point; a blocked task whose future is never marked can never be woken.
 
-Marking walks ``gc.get_referents`` a batch at a time.  A proof cut short by its time
-budget proves nothing and says so.  Objects held only by C code outside the GC's view
+Marking follows what ``gc.get_referents`` lists, in C when diag's accelerator is built
+(``diag._origins.mark``: no bytecode runs, so no other thread gets the GIL in the
+middle), else in Python a batch at a time.  A proof cut short by its time budget proves
+nothing and says so.  Objects held only by C code outside the GC's view
 are not seen; asyncio's own structures (futures, handles, selector maps, queues) are
 all visible to it.
 
@@ -27,7 +29,7 @@ import time
 import weakref
 from dataclasses import replace
 from types import FrameType, ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from diag.collect import gc_pause, task_origins, wait_evidence
 from diag.collect.loop_watch import _SELECT_CODES, iter_all_tasks, thread_schedstat
@@ -53,6 +55,13 @@ RECHECK_PAUSE = 0.05
 #: The longest the second run waits for a loop whose thread was mid-turn at the first run
 #: to run at all (a busy machine may give it no CPU for a while).
 RECHECK_PATIENCE = 1.0
+#: The switch interval while a run of the proof holds the GIL: how long another thread
+#: waits before it asks for it (the C marking cannot be interrupted at all), and how long
+#: the proof waits to get it back.
+RUN_INTERVAL = 0.1
+#: Runs of the proof tried, one after another, when the program's threads ran during a run
+#: that found something (a run so disturbed proves nothing).
+MAX_TRIES = 3
 
 
 def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT_BUDGET) -> Reachability:
@@ -69,8 +78,7 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
     exclude = exclude_threads | {threading.get_ident()}
     try:
         wall_deadline = time.monotonic() + wall_limit(budget)
-        sys.setswitchinterval(budget + 5.0)
-        first, waits, used, marks = _prove(exclude, budget, wall_deadline)
+        first, waits, used, marks, _ = _steady(exclude, budget, wall_deadline, interval)
         if not first.unreachable:
             return first
         # A leak stays a leak: prove it again after letting the program run a moment, and
@@ -96,8 +104,7 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         if left <= 0:
             return replace(first, unreachable=(), complete=False,
                            note=f"cut short after {budget:g}s (no time left to confirm): nothing is reported as proven")
-        sys.setswitchinterval(left + 5.0)
-        second, waits_again, _, _ = _prove(exclude, left, wall_deadline)
+        second, waits_again, _, _, _ = _steady(exclude, left, wall_deadline, interval)
         keep = tuple(t for t in first.unreachable
                      if t in second.unreachable and waits.get(t) == waits_again.get(t) and t not in stalled)
         result = replace(second, unreachable=keep, seconds=first.seconds + second.seconds)
@@ -115,6 +122,102 @@ def prove(exclude_threads: frozenset[int] = frozenset(), budget: float = DEFAULT
         # began waiting with, unless the GIL is let go: let it go now, or the loop stays
         # paused for the rest of that interval while this thread goes on (encoding the answer).
         time.sleep(HANDOFF_PAUSE)
+
+
+class _Run(NamedTuple):
+    """One run of the proof."""
+
+    reach: Reachability
+    #: task seq -> id of the future it awaits, for the unreachable tasks
+    waits: dict[int, int]
+    #: CPU seconds the run used
+    used: float
+    #: for unreachable tasks whose loop's thread was mid-turn: where that thread was
+    marks: dict[int, "_Mark"]
+    #: names of the program's threads that ran Python code while the run marked
+    ran: tuple[str, ...]
+
+
+def _steady(exclude: frozenset[int], budget: float, wall_deadline: float, interval: float) -> _Run:
+    """A run of the proof during which none of the program's threads ran, tried up to
+    ``MAX_TRIES`` times within ``budget``; ``interval`` is the program's switch interval.
+
+    The proof pauses the program by keeping the GIL.  The C marking runs no bytecode, so
+    the interpreter never lets the GIL go during it; the Python marking is bytecode, and
+    keeps the GIL only because the switch interval is made longer than the run, so that
+    no thread asks for it.  The setting and reading around the marking are bytecode too.
+    A thread that began waiting for the GIL before the
+    interval changed asks once its wait times out, and the program runs a loop turn
+    during the run: a timer that fires moves a sleeper's future from the loop's heap,
+    not yet read, to its ready queue, already read, and the sleeper (with what it holds)
+    looks unreachable.  Such a wait asks only if the GIL has not changed hands since it
+    began, so each run starts by letting the GIL go once (:func:`_hold_gil`).  What is
+    left of the risk is checked: a run during which the program ran is tried again (a
+    run that found nothing needs no second look)."""
+    used = 0.0
+    ran: list[tuple[str, ...]] = []
+    took = 0.0  # how long the last disturbed run took
+    for _ in range(MAX_TRIES):
+        _hold_gil(budget - used, interval, took)
+        run = _prove(exclude, budget - used, wall_deadline)
+        took = run.reach.seconds
+        used += run.used
+        if not run.ran or not run.reach.unreachable:
+            return run._replace(used=used)
+        ran.append(run.ran)
+        if used >= budget or time.monotonic() >= wall_deadline:
+            break
+    names = ", ".join(sorted({name for names in ran for name in names}))
+    note = (f"the program ran while the proof marked ({names}), in each of {len(ran)} "
+            f"tries: nothing is reported as proven")
+    return run._replace(reach=replace(run.reach, unreachable=(), complete=False, note=note), used=used)
+
+
+def _hold_gil(budget: float, interval: float, took: float = 0.0) -> None:
+    """Let the GIL go once, then keep it for a run of ``budget`` CPU seconds.
+
+    The switch interval is ``RUN_INTERVAL`` (twice what a disturbed run before took, if
+    more), set before the GIL is let go, so that every thread waits that long before it
+    asks for the GIL back.  The C marking cannot be interrupted anyway; the Python one
+    is bytecode, and a run longer than the interval is interrupted by any thread that
+    wants the GIL, then tried again with a longer one.  Not longer from the start: a
+    thread running Python code without pause keeps the GIL for the whole interval each
+    time it gets it, and the proof waits that long to get it back."""
+    run = min(max(RUN_INTERVAL, interval, 2 * took), budget + 5.0)
+    sys.setswitchinterval(run)
+    time.sleep(HANDOFF_PAUSE)
+
+
+def _positions(frames: dict[int, FrameType], exclude_threads: frozenset[int]) -> dict[int, tuple[FrameType, int]]:
+    """Where each of the program's threads is: its innermost frame and instruction."""
+    return {ident: (top, top.f_lasti) for ident, top in frames.items()
+            if ident not in exclude_threads and not _is_diag_thread(ident, top)}
+
+
+def _ran_since(before: dict[int, tuple[FrameType, int]], exclude_threads: frozenset[int]) -> tuple[str, ...]:
+    """The program's threads that ran Python code since ``before`` was taken.  The frames
+    in ``before`` are held, so a thread that left one and came back to the same code is
+    in a new frame object: only a thread that never left its frame and is back at the
+    same instruction goes unseen."""
+    now = _positions(sys._current_frames(), exclude_threads)
+    ran = [ident for ident, (frame, lasti) in now.items()
+           if ident not in before or before[ident][0] is not frame or frame.f_lasti != before[ident][1]]
+    del now
+    names = []
+    for ident in ran:
+        thread = threading._active.get(ident)  # type: ignore[attr-defined]
+        names.append(thread.name if thread is not None else f"thread {ident}")
+    return tuple(names)
+
+
+def _stepped(states: list[tuple[Any, Any, bool]]) -> bool:
+    """Has any task ended, or begun or ended a wait, since ``states`` was read?"""
+    for task, waiter, done in states:
+        if future_done(task) or future_field(task, "_fut_waiter") is not waiter:
+            return True
+        if waiter is not None and future_done(waiter) != done:
+            return True
+    return False
 
 
 def wall_limit(budget: float) -> float:
@@ -180,12 +283,9 @@ def _mid_turn(loop: Any, exclude_threads: frozenset[int]) -> _Mark | None:
     return mark
 
 
-def _prove(exclude_threads: frozenset[int], budget: float,
-           wall_deadline: float = float("inf")) -> tuple[Reachability, dict[int, int], float, dict[int, _Mark]]:
-    """One run of the proof, its waits (task id -> id of the awaited future, for the
-    unreachable ones), the CPU time it used, and for the unreachable tasks whose loop's
-    thread was mid-turn, where that thread was.  It stops once it has used ``budget``
-    seconds of CPU time, or at ``wall_deadline`` (``time.monotonic``)."""
+def _prove(exclude_threads: frozenset[int], budget: float, wall_deadline: float = float("inf")) -> _Run:
+    """One run of the proof.  It stops once it has used ``budget`` seconds of CPU time, or
+    at ``wall_deadline`` (``time.monotonic``)."""
     started = time.monotonic()
     cpu = time.thread_time  # the proof's own CPU time: what the budget bounds
     cpu_started = cpu()
@@ -208,8 +308,12 @@ def _prove(exclude_threads: frozenset[int], budget: float,
     blocked: dict[int, asyncio.Task[Any]] = {}
     wakers: dict[int, list[asyncio.Task[Any]]] = {}  # id(awaited future) -> tasks it would wake
     roots: list[Any] = []
+    # Each task's wait as the run began (the futures held, so that no new one takes an id):
+    # a task that stepped while the proof marked shows in it, whatever loop ran it.
+    states: list[tuple[Any, Any, bool]] = []
     for task in tasks:
         waiter = future_field(task, "_fut_waiter")
+        states.append((task, waiter, waiter is not None and future_done(waiter)))
         # The runner's main task is a root: asyncio.run cancels it on Ctrl-C, so its frame runs
         # again ("await asyncio.Event().wait()" to run forever is an idiom, not a leak).
         if waiter is None or id(task) in current or wait_evidence.is_main_task(task):
@@ -229,7 +333,9 @@ def _prove(exclude_threads: frozenset[int], budget: float,
         else:
             roots.append(namespace)
     in_locals: set[int] = set()  # what executing frames hold: referenced, though the GC cannot tell
-    for ident, top in sys._current_frames().items():
+    current_frames = sys._current_frames()
+    positions = _positions(current_frames, exclude_threads)
+    for ident, top in current_frames.items():
         if ident in exclude_threads or _is_diag_thread(ident, top):
             continue
         frame: FrameType | None = top
@@ -245,14 +351,14 @@ def _prove(exclude_threads: frozenset[int], budget: float,
                 pass
             frame = frame.f_back
         del frame
-    del top
+    del top, current_frames
     roots.extend(loops)
 
     seen: set[int] = {id(r) for r in roots if id(r) not in blocked}
     referenced: set[int] = set()  # blocked tasks some marked object refers to
     activated: set[int] = set()
     # Our own bookkeeping is neither traversed nor counted as a reference to anything.
-    own = {id(tasks), id(blocked), id(wakers), id(roots), id(seen), id(referenced), id(activated)}
+    own = {id(tasks), id(blocked), id(wakers), id(roots), id(seen), id(referenced), id(activated), id(states)}
     own |= diag_namespaces
     seen.update(own)
     frontier: list[Any] = []
@@ -298,6 +404,16 @@ def _prove(exclude_threads: frozenset[int], budget: float,
     append = frontier.append
     if clock() > deadline:  # the roots alone took the budget (hundreds of thousands of tasks)
         complete = False
+        frontier.clear()
+    mark = _c_mark()
+    if mark is not None and frontier:
+        # The same marking in C: no bytecode runs, so no other thread gets the GIL, from
+        # the first object to the last (the Python loop below is its twin).
+        try:
+            complete = bool(mark(frontier, seen, blocked, wakers, activated, {},
+                                 cpu_deadline - cpu(), wall_deadline - wall()))
+        except Exception:
+            complete = False
         frontier.clear()
     while frontier:
         if clock() > deadline:
@@ -372,7 +488,7 @@ def _prove(exclude_threads: frozenset[int], budget: float,
         mark = loop_marks[id(loop)]
         if mark is not None:
             marks[task_origins.task_seq(t)] = mark
-    return Reachability(
+    reach = Reachability(
         ran=True,
         unreachable=tuple(sorted(task_origins.task_seq(t) for t in unreachable)) if complete else (),
         unreferenced=tuple(sorted(task_origins.task_seq(t) for k, t in blocked.items()
@@ -384,7 +500,18 @@ def _prove(exclude_threads: frozenset[int], budget: float,
               f"program longer" if not complete else
               "" if referenced_known else
               f"fire-and-forget check skipped: {len(blocked)} blocked tasks (at most {MAX_REFERRER_CHECK})"),
-    ), waits, cpu() - cpu_started, marks
+    )
+    ran = _ran_since(positions, exclude_threads) if unreachable else ()
+    if unreachable and _stepped(states):
+        ran += ("event loop",)  # uvloop runs its loop in C: only its tasks show that it ran
+    del positions, states
+    return _Run(reach, waits, cpu() - cpu_started, marks, ran)
+
+
+def _c_mark() -> Any:
+    """The C marking (``diag._origins.mark``), or None: not built, or the Python path
+    asked for (``DIAG_ORIGINS=python``)."""
+    return getattr(task_origins._fast, "mark", None)
 
 
 def _about_to_wake(task: Any) -> bool:

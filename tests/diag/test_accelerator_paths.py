@@ -361,3 +361,88 @@ async def test_the_c_and_python_chain_walks_give_the_same_dump(monkeypatch: pyte
     assert kinds["gen"] == "sleep" and kinds["gather"] == "gather"
     nested_stack = next(t.stack for t in fast.tasks if t.name == "nested")
     assert sum(f.function.endswith("nested") for f in nested_stack) == 6
+
+
+#: What the proof's test program keeps (a module global: a root).
+_HELD: dict[str, Any] = {}
+
+
+class _Keeper:
+    """Holds a future; reached only through a weak reference (as asyncio's stream
+    protocols hold their readers)."""
+
+    fut: "asyncio.Future[None]"
+
+
+def test_the_c_marking_and_the_python_marking_prove_the_same_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reachability proof marks in C when the accelerator is built; both markings
+    reach a module's namespace and a weak reference's live referent, pass over diag's own
+    objects, and prove the same tasks leaked."""
+    import threading
+
+    from diag.collect import reachability
+
+    if reachability._c_mark() is None:
+        pytest.skip("diag._origins is not built here")
+    loop = asyncio.new_event_loop()
+    names: dict[int, str] = {}
+    ready = threading.Event()
+
+    async def wait_on(fut: "asyncio.Future[None]") -> None:
+        await fut
+
+    async def wait_on_keeper(keeper: _Keeper) -> None:
+        await keeper.fut
+
+    async def main() -> None:
+        namespace = types.ModuleType("diag_test_proof_namespace")  # a module, reached through a dict
+        namespace.fut = loop.create_future()  # type: ignore[attr-defined]
+        keeper = _Keeper()
+        keeper.fut = loop.create_future()
+        mine = type("Mine", (), {"__module__": "diag.test_fixture"})()  # one of diag's own objects
+        mine.fut = loop.create_future()
+        _HELD.update(namespace=namespace, keeper=__import__("weakref").ref(keeper), mine=mine)
+        tasks = {
+            "lost": asyncio.create_task(wait_on(loop.create_future())),
+            "in a module": asyncio.create_task(wait_on(namespace.fut)),  # type: ignore[attr-defined]
+            "weakly kept": asyncio.create_task(wait_on_keeper(keeper)),
+            "only diag holds it": asyncio.create_task(wait_on(mine.fut)),
+        }
+        del keeper
+        _HELD["tasks"] = list(tasks.values())
+        asyncio.create_task(wait_on(loop.create_future()), name="fire and forget")  # nothing keeps it
+        names.update({task_origins.task_seq(t): name for name, t in tasks.items()})
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, name="proof-loop", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(main(), loop).result(30)
+        assert ready.wait(30)
+        forgotten = [t for t in asyncio.all_tasks(loop) if t.get_name() == "fire and forget"]
+        names[task_origins.task_seq(forgotten[0])] = "fire and forget"
+        del forgotten
+        me = frozenset({threading.get_ident()})
+        fast = reachability._prove(me, 30.0)
+        monkeypatch.setattr(reachability, "_c_mark", lambda: None)
+        slow = reachability._prove(me, 30.0)
+        for run in (fast, slow):
+            assert run.reach.complete and not run.ran, run
+            assert sorted(names[seq] for seq in run.reach.unreachable) == [
+                "fire and forget", "lost", "only diag holds it"]
+            assert [names[seq] for seq in run.reach.unreferenced] == ["fire and forget"]
+        assert abs(fast.reach.objects_marked - slow.reach.objects_marked) < 100
+    finally:
+        async def cancel_all() -> None:
+            others = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        _HELD.clear()
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

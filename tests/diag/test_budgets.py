@@ -12,6 +12,7 @@ import gc
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -472,19 +473,20 @@ def test_the_proof_budget_bounds_both_runs_together(monkeypatch: pytest.MonkeyPa
 
     budgets: list[float] = []
 
-    def run(exclude: frozenset[int], budget: float,
-            wall_deadline: float) -> tuple[Reachability, dict[int, int], float, dict[int, Any]]:
+    def run(exclude: frozenset[int], budget: float, wall_deadline: float) -> reachability._Run:
         budgets.append(budget)
         # a busy machine: the run took twice its CPU time on the wall clock
-        return Reachability(True, unreachable=(7,), blocked=1, seconds=1.5 * budget), {7: 1}, 0.75 * budget, {}
+        return reachability._Run(Reachability(True, unreachable=(7,), blocked=1, seconds=1.5 * budget),
+                                 {7: 1}, 0.75 * budget, {}, ())
 
     monkeypatch.setattr(reachability, "_prove", run)
     result = reachability.prove(budget=2.0)
     assert budgets == [2.0, 0.5] and result.unreachable == (7,)
 
     budgets.clear()
-    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: (
-        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}, budget, {}))
+    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: reachability._Run(
+        budgets.append(budget) or Reachability(True, unreachable=(7,), blocked=1, seconds=budget), {7: 1}, budget,
+        {}, ()))
     result = reachability.prove(budget=1.0)
     assert budgets == [1.0] and result.unreachable == () and not result.complete
     assert "nothing is reported as proven" in result.note
@@ -497,8 +499,8 @@ def test_a_task_whose_loop_never_ran_between_the_two_runs_is_not_proven(monkeypa
     from diag.model.sync_snapshot import Reachability
 
     mark = (1, None, None, 0, 0)
-    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: (
-        Reachability(True, unreachable=(7, 8), blocked=2, seconds=0.01), {7: 1, 8: 2}, 0.01, {7: mark}))
+    monkeypatch.setattr(reachability, "_prove", lambda exclude, budget, wall_deadline: reachability._Run(
+        Reachability(True, unreachable=(7, 8), blocked=2, seconds=0.01), {7: 1, 8: 2}, 0.01, {7: mark}, ()))
     monkeypatch.setattr(reachability, "RECHECK_PATIENCE", 0.2)
     monkeypatch.setattr(reachability, "_moved", lambda m: False)  # its thread got no CPU
     result = reachability.prove(budget=1.0)
@@ -506,6 +508,123 @@ def test_a_task_whose_loop_never_ran_between_the_two_runs_is_not_proven(monkeypa
     assert "1 blocked task is not reported as proven: its loop's thread, caught mid-turn, got no CPU" in result.note
     monkeypatch.setattr(reachability, "_moved", lambda m: True)
     assert reachability.prove(budget=1.0).unreachable == (7, 8)
+
+
+def test_a_run_during_which_the_program_ran_is_tried_again_and_never_proves_anything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread of the program that got the GIL in the middle of the marking may have
+    moved what wakes a task from a list not yet read to one already read: such a run is
+    tried again, and if every try is disturbed nothing is reported as proven."""
+    from diag.collect import reachability
+    from diag.model.sync_snapshot import Reachability
+
+    tries: list[float] = []
+
+    def runs(disturbed: int) -> Any:
+        def run(exclude: frozenset[int], budget: float, wall_deadline: float) -> reachability._Run:
+            tries.append(budget)
+            ran = ("MainThread",) if len(tries) <= disturbed else ()
+            return reachability._Run(Reachability(True, unreachable=(7,), blocked=1, seconds=0.01),
+                                     {7: 1}, 0.01, {}, ran)
+        return run
+
+    monkeypatch.setattr(reachability, "_prove", runs(disturbed=1))
+    result = reachability.prove(budget=1.0)
+    # the first run was disturbed: tried again; the confirming run was not
+    assert tries == pytest.approx([1.0, 0.99, 0.98]) and result.unreachable == (7,) and result.complete
+
+    tries.clear()
+    monkeypatch.setattr(reachability, "_prove", runs(disturbed=99))
+    result = reachability.prove(budget=1.0)
+    assert len(tries) == reachability.MAX_TRIES and result.unreachable == () and not result.complete
+    assert result.note == ("the program ran while the proof marked (MainThread), in each of 3 tries: "
+                           "nothing is reported as proven")
+
+
+def test_a_thread_that_ran_is_told_from_one_that_waited_throughout() -> None:
+    """A thread that ran Python code, even back to the same line, is in a new frame or at
+    a new instruction; one blocked all along is where it was."""
+    from diag.collect import reachability
+
+    go, went = threading.Event(), threading.Event()
+    rounds = []
+
+    def work() -> None:
+        while len(rounds) < 2:
+            go.wait()          # blocked here, between rounds
+            go.clear()
+            rounds.append(1)
+            went.set()
+
+    worker = threading.Thread(target=work, name="worker", daemon=True)
+    worker.start()
+    while worker.ident not in sys._current_frames() or sys._current_frames()[worker.ident].f_code.co_name != "wait":
+        went.wait(0.01)
+    me = frozenset({threading.get_ident()})
+    before = reachability._positions(sys._current_frames(), me)
+    assert worker.ident in before
+    went.wait(0.05)            # nothing woke it
+    assert "worker" not in reachability._ran_since(before, me)
+    go.set()
+    assert went.wait(30)       # one round, and back to the same line
+    while sys._current_frames()[worker.ident].f_code.co_name != "wait":
+        went.wait(0.01)
+    assert "worker" in reachability._ran_since(before, me)
+    go.set()
+    worker.join(30)
+
+
+def test_a_task_that_stepped_shows_in_the_waits_read_before() -> None:
+    """uvloop runs its loop in C, where no frame shows it ran: its tasks' waits do."""
+    from diag.collect import reachability
+    from diag.collect.safe_read import future_field
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def waiter() -> None:
+            await gate.wait()
+            await asyncio.sleep(3600)
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        states = [(task, future_field(task, "_fut_waiter"), False)]
+        assert not reachability._stepped(states)
+        gate.set()
+        assert reachability._stepped(states)        # its future is done: about to step
+        await asyncio.sleep(0)
+        assert reachability._stepped(states)        # it waits on another future now
+        task.cancel()
+
+    asyncio.run(main())
+
+
+_CPU_BOUND: list[bool] = []
+
+
+def test_a_proof_in_a_program_with_a_cpu_bound_thread_completes() -> None:
+    """A thread that runs Python code without pause was waiting for the GIL when the
+    proof lengthened the switch interval: once its short wait ran out it took the GIL in
+    the middle of the proof, which then waited the long interval to get it back and was
+    cut short (on 3.13, saying the machine was busy).  The proof lets the GIL go once
+    before it begins, which ends such waits."""
+    from diag.collect import reachability
+
+    def spin() -> None:
+        n = 0
+        while not _CPU_BOUND:
+            n += 1
+
+    spinner = threading.Thread(target=spin, name="spinner", daemon=True)
+    spinner.start()
+    try:
+        for _ in range(5):
+            result = reachability.prove()
+            assert result.complete, result.note
+    finally:
+        _CPU_BOUND.append(True)
+        spinner.join(30)
+    _CPU_BOUND.clear()
 
 
 _HEAP: list[list[object]] = []
@@ -520,11 +639,11 @@ def test_a_proof_stops_at_its_cpu_budget_or_on_the_wall_clock_of_a_busy_machine(
 
     global _HEAP
     _HEAP = [[] for _ in range(300_000)]  # a heap to mark, reached from a module's globals
-    cut, _, used, _ = reachability._prove(frozenset(), 0.001)
+    cut, _, used, _, _ = reachability._prove(frozenset(), 0.001)
     assert not cut.complete and used >= 0.001 and "0.001s of CPU time" in cut.note, cut
-    past, _, _, _ = reachability._prove(frozenset(), 30.0, time.monotonic() - 1)
+    past, _, _, _, _ = reachability._prove(frozenset(), 30.0, time.monotonic() - 1)
     assert not past.complete and "(the machine is busy)" in past.note, past
-    whole, _, _, _ = reachability._prove(frozenset(), 30.0)
+    whole, _, _, _, _ = reachability._prove(frozenset(), 30.0)
     assert whole.complete and whole.objects_marked > 300_000, whole
     assert reachability.wall_limit(0.5) == 1.5 and reachability.wall_limit(10) == 20
     _HEAP = []
