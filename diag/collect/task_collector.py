@@ -331,6 +331,54 @@ def _local_of_type(node: object, frame: types.FrameType | None, cls: type | tupl
     return None
 
 
+_WAIT_FOR_CODE = asyncio.locks.Condition.wait_for.__code__
+#: Predicates of ``Condition.wait_for`` described per dump (each reads a closure and the
+#: instance dicts it names); waits past this many show none.
+MAX_PREDICATES = 512
+#: Values of a predicate shown, at most.
+MAX_PREDICATE_VALUES = 6
+
+
+def wait_for_predicate(node: object) -> str:
+    """What a suspended ``Condition.wait_for`` waits to see true: its predicate, where it
+    is defined, and the values it reads (its closure's, and for a closure's object the
+    attributes the predicate names: ``<lambda> at app.py:74: failed_on=1, self.seq=1``).
+    Read, never called: calling it would run the program's code."""
+    if type(node) is not types.CoroutineType or node.cr_code is not _WAIT_FOR_CODE:
+        return ""
+    # its locals, as the GC lists them (the frame's own function, wait_for, among them)
+    pred: Any = next((ref for ref in gc.get_referents(node)
+                 if type(ref) is types.MethodType or (type(ref) is types.FunctionType
+                                                      and ref.__code__ is not _WAIT_FOR_CODE)), None)
+    bound: list[tuple[str, object]] = []
+    if type(pred) is types.MethodType:
+        bound.append(("self", pred.__self__))
+        pred = pred.__func__
+    if type(pred) is not types.FunctionType:
+        return ""
+    code = pred.__code__
+    for name, cell in zip(code.co_freevars, pred.__closure__ or ()):
+        try:
+            bound.append((name, cell.cell_contents))
+        except ValueError:
+            bound.append((name, MISSING))
+    values = []
+    for name, value in bound:
+        if value is MISSING:
+            values.append(f"{name}=<unset>")
+            continue
+        namespace = None if type(value) in (int, float, str, bytes, bool, type(None)) else instance_dict(value)
+        read = [attr for attr in code.co_names if namespace is not None and attr in namespace]
+        if read:
+            values.extend(f"{name}.{attr}={quoted(namespace[attr], 40)}" for attr in read)  # type: ignore[index]
+        else:
+            values.append(f"{name}={quoted(value, 40)}")
+    shown = ", ".join(values[:MAX_PREDICATE_VALUES]) + (", ..." if len(values) > MAX_PREDICATE_VALUES else "")
+    name = getattr(code, "co_qualname", code.co_name)
+    text = f"{name} at {os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+    return f"{text}: {shown}" if shown else text
+
+
 def _writer_types() -> tuple[type, ...]:
     """What the ``self`` of a write wait is: a stream writer or a flow-controlled protocol
     (asyncio's, aiohttp's once loaded)."""
@@ -626,6 +674,7 @@ class _Walker:
         self.shapes: dict[object, _Shape] = {}
         # Tasks stuck together share one Wait: same chain, same object, first seen together.
         self.waits: dict[tuple[int, int, float | None], Wait] = {}
+        self.predicates_left = MAX_PREDICATES
         # id(future) -> (future, primitive) for the futures queued in primitives already
         # found: the next task waiting on one of them needs no look into its frame.
         self.waiter_owners: dict[int, tuple[object, object]] = {}
@@ -792,6 +841,11 @@ class _Walker:
                 if prim is not None and prim.kind == "bounded_semaphore":
                     detail = "BoundedSemaphore.acquire"
                 wait = self.waits[key] = Wait(kind, detail, prim, seconds, frame_label=name)
+            if kind == "condition" and i > 0 and self.predicates_left > 0:
+                predicate = wait_for_predicate(nodes[i - 1])  # each waiting task has its own
+                if predicate:
+                    self.predicates_left -= 1
+                    wait = replace(wait, predicate=predicate)
             return wait
         if kind == "sleep":
             handle = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.TimerHandle, "h")

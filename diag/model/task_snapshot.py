@@ -349,7 +349,9 @@ class Wait:
     ``wait_closed``) has in front of it; ``traffic`` a TCP stream read's last data each way.
     ``frame_label`` is the name the waiting code itself uses for ``primitive`` (the local
     in ``async with second:``), which may differ from the primitive's label.  ``finished``
-    are the awaited tasks of a ``gather`` wait that have ended already.
+    are the awaited tasks of a ``gather`` wait that have ended already.  ``predicate`` is,
+    for a ``Condition.wait_for``, the predicate it waits to see true and the values it
+    reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``).
     """
 
     kind: str
@@ -373,9 +375,12 @@ class Wait:
     backlog: WriteBacklog | None = None
     traffic: Traffic | None = None
     finished: tuple[FinishedChild, ...] = ()
+    predicate: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.predicate:
+            d["predicate"] = self.predicate
         if self.frame_label:
             d["frame_label"] = self.frame_label
         if self.future_id:
@@ -437,6 +442,7 @@ class Wait:
             traffic=Traffic.from_dict(d["traffic"]) if isinstance(d.get("traffic"), Mapping) else None,
             frame_label=str(d.get("frame_label") or ""),
             finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
+            predicate=str(d.get("predicate") or ""),
         )
 
 

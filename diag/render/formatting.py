@@ -240,6 +240,8 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
         text += " " + primitive(wait.primitive, wait.frame_label)
     if kind == "sleep" and wait.time_left is not None:
         text += f" ({duration(wait.time_left)} left)"
+    if wait.predicate:
+        text += f" (wait_for {wait.predicate})"
     if kind == "task" and len(wait.tasks) == 1:
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:

@@ -917,3 +917,46 @@ def test_a_gather_whose_other_tasks_wait_forever_after_one_ended_is_a_suspect(lo
         assert "service" not in found and not any(t["coro"] == "ticker" for f in data["findings"] for t in f["tasks"]), \
             data["findings"]
         assert code == 0  # suspects only: still reachable, not proven
+
+
+RESET_SEQ = """
+import asyncio
+
+class Channel:
+    def __init__(self):
+        self.seq = 0
+        self.changed = asyncio.Condition()
+
+    async def reconnect(self):
+        async with self.changed:
+            self.seq = 1                   # the bug: counts from 0 again on each reconnect
+            self.changed.notify_all()
+
+    async def call(self, failed_on):
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.seq > failed_on)
+
+async def main():
+    channel = Channel()
+    await channel.reconnect()
+    keep = [asyncio.create_task(channel.call(1), name=f"export-{i}") for i in range(2)]
+    await channel.reconnect()              # woken, and back to waiting: seq is 1 again
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_diag_tasks_shows_what_a_condition_wait_for_waits_to_see(loop: str) -> None:
+    """The predicate of a wait_for that never holds, with the values that keep it false."""
+    with DiagRun(RESET_SEQ, env={"LOOP": loop}) as app:
+        want = "(wait_for Channel.call.<locals>.<lambda> at app.py:16: failed_on=1, self.seq=1)"
+        deadline = time.monotonic() + 60
+        while True:
+            out = run_diag("tasks", app.url, "--format", "text").stdout
+            if want in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert "2 tasks @ Condition.wait <Channel.changed" in out and want in out, out
+        tasks = dump_until(app.url, lambda ts: sum(t["wait"].get("predicate", "").endswith("self.seq=1")
+                                                     for t in ts) == 2)
+        assert sorted(t["name"] for t in tasks if "predicate" in t["wait"]) == ["export-0", "export-1"]

@@ -223,3 +223,53 @@ async def test_a_stream_read_knows_which_end_of_the_connection_it_is() -> None:
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+class Channel:
+    def __init__(self) -> None:
+        self.seq = 1
+        self.transport: object | None = object()
+        self.changed = asyncio.Condition()
+        self.asked = 0
+
+    async def call(self, failed_on: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.transport is not None and self.seq > failed_on)
+
+    def ready(self) -> bool:
+        self.asked += 1
+        return self.seq > 5
+
+    async def wait_ready(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(self.ready)
+
+
+async def test_a_condition_wait_for_shows_its_predicate_and_the_values_it_reads() -> None:
+    """``wait_for`` waits for its predicate to hold: the dump names the predicate and what
+    it reads, from its closure and the attributes it names, without calling it."""
+    channel = Channel()
+    tasks = [asyncio.create_task(channel.call(1)), asyncio.create_task(channel.wait_ready())]
+    try:
+        while len(channel.changed._waiters or ()) < 2:
+            await asyncio.sleep(0)
+        asked = channel.asked
+        snap = collect_tasks()
+        assert channel.asked == asked  # read, never called
+        by_coro = {t.coro: t.wait for t in snap.tasks if t.wait.kind == "condition"}
+        line = Channel.call.__code__.co_firstlineno + 2
+        assert by_coro["Channel.call"].predicate == (
+            f"Channel.call.<locals>.<lambda> at test_wait_evidence.py:{line}: failed_on=1, "
+            f"self.transport=<object>, self.seq=1")
+        assert by_coro["Channel.wait_ready"].predicate == (
+            f"Channel.ready at test_wait_evidence.py:{Channel.ready.__code__.co_firstlineno}: "
+            f"self.asked={asked}, self.seq=1")
+        from diag.model.task_snapshot import Wait
+        from diag.render.formatting import wait_reason
+        wait = by_coro["Channel.call"]
+        assert Wait.from_dict(wait.to_dict()) == wait
+        assert wait_reason(wait).endswith(f"(wait_for {wait.predicate})")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
