@@ -1477,30 +1477,35 @@ is_diag_module(PyObject *name)
 }
 
 static int
-type_kind(PyTypeObject *type)
+type_is_diag(PyTypeObject *type)
 {
-    if (PyType_IsSubtype(type, &PyModule_Type)) {
-        return KIND_MODULE;
-    }
-    if (PyType_IsSubtype(type, &_PyWeakref_RefType)) {
-        return KIND_WEAKREF;
-    }
     if (PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE)) {
         /* a class: its __module__ as kept in its own dict (what type.__module__ reads) */
         PyObject *module = type->tp_dict == NULL ? NULL : PyDict_GetItemWithError(type->tp_dict, str_module_attr);
         if (module == NULL) {
             PyErr_Clear();
         }
-        return is_diag_module(module) ? KIND_MINE : KIND_PLAIN;
+        return is_diag_module(module);
     }
     /* a static type: its module is its name up to the last dot */
     const char *dot = strrchr(type->tp_name, '.');
-    if (dot == NULL) {
-        return KIND_PLAIN;
+    size_t size = dot == NULL ? 0 : (size_t)(dot - type->tp_name);
+    return size >= 4 && memcmp(type->tp_name, "diag", 4) == 0 && (size == 4 || type->tp_name[4] == '.');
+}
+
+static int
+type_kind(PyTypeObject *type)
+{
+    if (type_is_diag(type)) {
+        return KIND_MINE;  /* the agent itself, wherever the program (or a thread) keeps it */
     }
-    size_t size = (size_t)(dot - type->tp_name);
-    return size >= 4 && memcmp(type->tp_name, "diag", 4) == 0 && (size == 4 || type->tp_name[4] == '.')
-        ? KIND_MINE : KIND_PLAIN;
+    if (PyType_IsSubtype(type, &PyModule_Type)) {
+        return KIND_MODULE;
+    }
+    if (PyType_IsSubtype(type, &_PyWeakref_RefType)) {
+        return KIND_WEAKREF;
+    }
+    return KIND_PLAIN;
 }
 
 typedef struct {
