@@ -615,14 +615,18 @@ def _wait_text(task: TaskInfo) -> str:
     return f"{what} for {wait.seconds or 0.0:.0f}s"
 
 
-def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo], waiter: int) -> str:
-    """Who holds the primitive a task waits for, when the holder is itself waiting: the
-    wait the queue behind it depends on (``held by task 5 ... which waits on
-    StreamReader.readline for 30s``)."""
+def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo], waiter: int,
+                     min_wait: float) -> str:
+    """Who holds the primitive a task waits for, when the holder is itself waiting, as
+    long as a wait must be to count (``min_wait``): the wait the queue behind it depends
+    on (``held by task 5 ... which waits on StreamReader.readline for 30s``).  A holder
+    waiting a moment on its work (a response on its way) is a busy pool, not a stuck one."""
     parts = []
     for holder in holders:
         info = by_id.get(holder.task_id) if holder.task_id is not None else None
         if info is None or info.id == waiter or not holder.task_alive or info.state != "waiting":
+            continue
+        if info.wait.seconds is not None and info.wait.seconds < min_wait:
             continue
         name = f" {info.name!r}" if info.name else ""
         parts.append(f"task {info.id}{name} (acquired at {_site_text(holder.site[:1])} "
@@ -828,7 +832,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 if consumers is None:
                     consumers = _queue_consumers(snap.tasks.tasks)
                 why.extend(_join_evidence(prim, consumers.get(prim.id, ((), False))))
-            held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id)
+            held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id, options.min_wait)
             if held:
                 why.append(held)
         if task.wait.child is not None:

@@ -291,6 +291,14 @@ def test_waiters_on_a_lock_are_told_what_its_holder_waits_for() -> None:
     busy = replace(reading, state="running", wait=Wait("running"))
     snap = sync(snapshot(busy, *queued), held(conn, holder(5, state="running"), waiting=(6, 7)))
     assert all("held by" not in f.evidence for f in leak_report(snap, OPTIONS).findings)
+    # nor is one waiting a moment on its work (a response on its way: a busy pool); it
+    # counts from --min-wait, as the waiters do
+    answering = replace(reading, wait=replace(reading.wait, seconds=OPTIONS.min_wait - 0.5))
+    snap = sync(snapshot(answering, *queued), held(conn, holder(5, held_for=1.7), waiting=(6, 7)))
+    assert leak_report(snap, OPTIONS).findings == ()
+    slow = replace(reading, wait=replace(reading.wait, seconds=OPTIONS.min_wait))
+    snap = sync(snapshot(slow, *queued), held(conn, holder(5, held_for=1.7), waiting=(6, 7)))
+    assert any("held by task 5" in f.evidence for f in leak_report(snap, OPTIONS).findings)
 
 
 def test_a_process_wait_is_suspect_when_the_child_is_blocked_on_a_pipe_only_the_waiter_serves() -> None:
