@@ -738,6 +738,7 @@ def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[obj
         except Exception:
             continue
     if containers:
+        _add_outer_containers(containers, ignore)
         boxes = [c for c, _ in containers.values()]
         skip = ignore | {id(boxes)}
         # instance __dict__s that hold one of the containers: their instances are found below
@@ -763,8 +764,9 @@ def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[obj
                 own = containers.get(id(attrs))
                 if own is not None:  # the container is the owner's own __dict__: its attributes
                     for key, value in list(attrs.items()):
-                        if id(value) in own[1]:
-                            found.setdefault(id(value), []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
+                        inner = containers.get(id(value))  # an attribute that is itself a container
+                        for oid in (own[1] & inner[1]) if inner is not None else own[1] & {id(value)}:
+                            found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{clip(key, 60)}"))
                     continue
                 for key, value in list(attrs.items()):
                     entry = containers.get(id(value))
@@ -789,6 +791,35 @@ def _owners(objects: list[object], ignore: set[int]) -> dict[int, list[tuple[obj
                         found.setdefault(oid, []).append((owner, f"{type(owner).__qualname__}.{key}"))
             del dicts
     return found
+
+
+#: Containers looked through between an awaited object and the instance keeping it: a
+#: list in a dict (subscribers' queues by topic), whatever the dict's own type.
+_NESTING = (dict, list, collections.deque, set, tuple, collections.defaultdict, collections.OrderedDict)
+
+
+def _add_outer_containers(containers: dict[int, tuple[object, set[int]]], ignore: set[int]) -> None:
+    """Add to ``containers`` (id -> (container, ids of the objects it holds)) the builtin
+    containers that hold one of them, with the objects they lead to: one level up."""
+    boxes = [c for c, _ in containers.values()]
+    skip = ignore | {id(boxes), id(containers)}
+    outer: dict[int, tuple[object, set[int]]] = {}
+    for ref in gc.get_referrers(*boxes):
+        if id(ref) in skip or id(ref) in containers or type(ref) not in _NESTING:
+            continue
+        try:  # the builtin's own iteration (exact types only): no program code runs
+            values = list(dict.values(ref)) if is_a(ref, dict) else list(ref)  # type: ignore[call-overload]
+        except Exception:
+            continue
+        held: set[int] = set()
+        for value in values:
+            entry = containers.get(id(value))
+            if entry is not None:
+                held |= entry[1]
+        if held:
+            outer[id(ref)] = (ref, held)
+    del boxes
+    containers.update(outer)
 
 
 #: Owners' ids kept per awaited object (every level's, for matching with the dead-task log).

@@ -46,6 +46,27 @@ async def test_the_owner_of_an_awaited_event_is_found_up_the_chain_with_why_it_i
     fut.cancel()
 
 
+@pytest.mark.parametrize("materialised", [False, True])
+@pytest.mark.parametrize("shape", ["defaultdict", "dict", "list"])
+async def test_a_queue_kept_in_a_container_in_a_container_is_traced_to_its_closed_connection(
+        materialised: bool, shape: str) -> None:
+    """Subscribers' queues by topic (a dict of lists): the client that keeps them is found
+    through both containers, and its lost connection with it."""
+    conn = Connection()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    subs: Any = collections.defaultdict(list) if shape == "defaultdict" else {} if shape == "dict" else []
+    if shape == "list":
+        subs.append([queue])
+    else:
+        subs.setdefault("headers", []).append(queue)
+    conn.subscriptions = subs  # type: ignore[attr-defined]
+    if materialised:
+        vars(conn)
+    found = wait_evidence.closed_owners([queue])
+    assert found[id(queue)] == ("Connection.subscriptions", "its connection was lost (transport is None)",
+                                (id(conn),))
+
+
 async def test_an_open_connection_is_named_but_not_called_closed() -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
