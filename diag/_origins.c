@@ -1764,9 +1764,18 @@ mod_mark(PyObject *mod, PyObject *args)
             goto fail;
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(refs); i++) {
+            /* one object can list millions (a big list): the clock is read among them too */
+            if (i && (i & 0x3FFF) == 0 && (clock_seconds(CLOCK_THREAD_CPUTIME_ID) > cpu_deadline
+                                            || clock_seconds(CLOCK_MONOTONIC) > wall_deadline)) {
+                complete = 0;
+                break;
+            }
             if (reach(&m, PyList_GET_ITEM(refs, i)) < 0) {
                 goto fail;
             }
+        }
+        if (!complete) {
+            break;
         }
         if (PyList_SetSlice(refs, 0, PyList_GET_SIZE(refs), NULL) < 0) {
             goto fail;
