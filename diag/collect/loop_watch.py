@@ -578,13 +578,7 @@ class LoopWatch:
             elif self._stop.wait(HEARTBEAT_INTERVAL):
                 break
             try:
-                try:
-                    stacks = self._stacks_as_woken(slept_at, frames)
-                finally:
-                    # never keep other threads' frames past the read: a frame object outlives
-                    # its call with every local in it (the program's objects, freed late)
-                    frames = None
-                self._held_throughout(slept_at, own_at, stacks)
+                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at, frames))
                 self._send_beats()
                 now = time.monotonic()
                 if now >= next_sample:
