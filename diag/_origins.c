@@ -1,12 +1,11 @@
 /* diag._origins: the hot paths of diag's bookkeeping, in C.
  *
- * Five jobs, each with a pure-Python twin that gives the same answers:
+ * Four jobs, each with a pure-Python twin that gives the same answers:
  * - task ids and "created by" records (the task factory; diag/collect/task_origins.py);
  * - who holds which Lock or Semaphore permit (the acquire and release wrappers;
  *   diag/collect/holders.py);
  * - reading a task's await chain for the dump (diag/collect/task_collector.py);
- * - the reachability proof's marking (diag/collect/reachability.py);
- * - the watchdog's sleep between heartbeats (diag/collect/loop_watch.py).
+ * - the reachability proof's marking (diag/collect/reachability.py).
  * Each section below says what the Python twin costs that this one does not.
  *
  * The pure-Python path in diag/collect/task_origins.py does the same work with a
@@ -1788,42 +1787,6 @@ fail:
     return NULL;
 }
 
-/* ---- the watchdog's sleep (diag/collect/loop_watch.py) ------------------------------- */
-
-/* The watchdog sleeps between heartbeats.  A loop thread that held the GIL through one long
- * call (a big json.dumps) gives it up just after the call returns, to the watchdog waiting
- * for it; the watchdog reads where that thread is, and that is the call's frame.  Woken in
- * Python, the watchdog runs bytecode before it gets to the read, and on a busy machine the
- * loop thread can take the GIL back in between and run on.  Here the frames are read as
- * the GIL comes back, before any bytecode runs. */
-static PyObject *
-mod_sleep_then_frames(PyObject *mod, PyObject *args)
-{
-    double seconds, late;
-    if (!PyArg_ParseTuple(args, "dd:sleep_then_frames", &seconds, &late)) {
-        return NULL;
-    }
-    if (!(seconds >= 0.0 && seconds < 3600.0)) {
-        PyErr_SetString(PyExc_ValueError, "seconds must be in [0, 3600)");
-        return NULL;
-    }
-    double start = clock_seconds(CLOCK_MONOTONIC);
-    struct timespec ts;
-    ts.tv_sec = (time_t)seconds;
-    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-    Py_BEGIN_ALLOW_THREADS
-    nanosleep(&ts, NULL);  /* a signal may end it early: the caller reads the clock anyway */
-    Py_END_ALLOW_THREADS
-    if (clock_seconds(CLOCK_MONOTONIC) - start - seconds <= late) {
-        Py_RETURN_NONE;
-    }
-    PyObject *current = PySys_GetObject("_current_frames");  /* borrowed; a builtin: no bytecode */
-    if (current == NULL || !PyCFunction_Check(current)) {
-        Py_RETURN_NONE;
-    }
-    return PyObject_CallNoArgs(current);
-}
-
 #endif /* CLOCK_THREAD_CPUTIME_ID */
 
 static PyMethodDef mod_methods[] = {
@@ -1852,9 +1815,6 @@ static PyMethodDef mod_methods[] = {
      "mark(frontier, seen, blocked, wakers, activated, kinds, cpu_seconds, wall_seconds) -> complete: "
      "the reachability proof's marking to its fixed point, or until it has used cpu_seconds of this "
      "thread's CPU time or wall_seconds have passed (False)."},
-    {"sleep_then_frames", mod_sleep_then_frames, METH_VARARGS,
-     "sleep_then_frames(seconds, late) -> sys._current_frames() read as the GIL comes back, if the "
-     "sleep ended more than late seconds late, else None."},
 #endif
     {NULL, NULL, 0, NULL},
 };

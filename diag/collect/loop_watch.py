@@ -564,21 +564,9 @@ class LoopWatch:
         self.native_id = threading.get_native_id()
         next_sample = time.monotonic()
         slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
-        # In C, the stacks of a late wake-up are read as the GIL comes back (see _stacks_as_woken)
-        sleep_then_frames = getattr(task_origins._fast, "sleep_then_frames", None)
-        while True:
-            frames = None
-            if sleep_then_frames is not None:
-                try:
-                    frames = sleep_then_frames(HEARTBEAT_INTERVAL, STALL_THRESHOLD)
-                except Exception:
-                    self._stop.wait(HEARTBEAT_INTERVAL)
-                if self._stop.is_set():
-                    break
-            elif self._stop.wait(HEARTBEAT_INTERVAL):
-                break
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
             try:
-                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at, frames))
+                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at))
                 self._send_beats()
                 now = time.monotonic()
                 if now >= next_sample:
@@ -596,19 +584,14 @@ class LoopWatch:
             idle = beat.idle_since is not None and beat.sent_at is None and beat.native_id is not None
             beat.idle_figures = self._figures(beat.native_id) if idle else None
 
-    def _stacks_as_woken(self, slept_at: float, frames: dict[int, types.FrameType] | None = None
-                         ) -> dict[int, _StackKey]:
+    def _stacks_as_woken(self, slept_at: float) -> dict[int, _StackKey]:
         """The stacks of idle loops' threads when the watchdog woke ``STALL_THRESHOLD`` late,
         read before anything gives the GIL up: the loop thread that held it throughout a
         long call (see ``_held_throughout``) handed it over just after that call returned,
-        so its stack is the frame that made the call, at or just past the call's line.
-        ``frames`` are the threads' frames as the C sleep read them when the GIL came back
-        (no bytecode ran in between); read here otherwise, a few bytecodes later, time in
-        which the loop thread may take the GIL back on a busy machine and run on."""
-        if frames is None:
-            if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
-                return {}
-            frames = sys._current_frames()
+        so its stack is the frame that made the call, at or just past the call's line."""
+        if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
+            return {}
+        frames = sys._current_frames()
         out = {}
         for beat in list(self._beats.values()):
             if beat.idle_figures is not None and beat.thread_id is not None:
