@@ -1,11 +1,14 @@
 /* diag._origins: the hot paths of diag's bookkeeping, in C.
  *
- * Four jobs, each with a pure-Python twin that gives the same answers:
+ * Five jobs, each with a pure-Python twin that gives the same answers (or, for the last,
+ * the best answer Python can give):
  * - task ids and "created by" records (the task factory; diag/collect/task_origins.py);
  * - who holds which Lock or Semaphore permit (the acquire and release wrappers;
  *   diag/collect/holders.py);
  * - reading a task's await chain for the dump (diag/collect/task_collector.py);
- * - the reachability proof's marking (diag/collect/reachability.py).
+ * - the reachability proof's marking (diag/collect/reachability.py);
+ * - the watchdog's sleep, which has the main thread read its own stack as a long call
+ *   holding the GIL returns (diag/collect/loop_watch.py).
  * Each section below says what the Python twin costs that this one does not.
  *
  * The pure-Python path in diag/collect/task_origins.py does the same work with a
@@ -35,6 +38,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
 #define DIAG_KNOWN_LAYOUT 1
@@ -1789,6 +1793,119 @@ fail:
 
 #endif /* CLOCK_THREAD_CPUTIME_ID */
 
+/* ---- the stack a long call holding the GIL ends in ----------------------------------
+ *
+ * A loop thread that wakes from its poll into one long C call holding the GIL (a big
+ * json.dumps, a regex) cannot be sampled by any thread: each needs the GIL.  When the
+ * call returns, the thread gives the GIL to whichever waiter the OS wakes first, often
+ * not the watchdog, and may have left the calling function before the watchdog reads
+ * its stack.  Python's pending calls are the one thing that runs on the main thread at
+ * that very point: a pending call asked for without the GIL runs there at the next
+ * check between bytecodes, which for a long call is as it returns, before the GIL is
+ * handed over.  sleep_arming() is the watchdog's sleep: it asks for that call as it
+ * wakes, still without the GIL, and ended_stack() gives what the call read.  The call
+ * reads code objects and line numbers, keeps no frame, and never raises. */
+
+#define ENDED_FRAMES 64
+
+static int ended_queued = 0;          /* asked for and not yet run: set without the GIL */
+static double ended_at = -1.0;        /* CLOCK_MONOTONIC seconds when the call last ran */
+static PyObject *ended_stack = NULL;  /* tuple of (code, line), innermost first */
+
+static double
+monotonic_seconds(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return -1.0;
+    }
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int
+read_ended_stack(void *unused)
+{
+    (void)unused;
+    __atomic_store_n(&ended_queued, 0, __ATOMIC_SEQ_CST);
+    double now = monotonic_seconds();
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *out = PyList_New(0);
+    PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
+    Py_XINCREF(frame);
+    while (out != NULL && frame != NULL && PyList_GET_SIZE(out) < ENDED_FRAMES) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        PyObject *item = Py_BuildValue("(Ni)", (PyObject *)code, PyFrame_GetLineNumber(frame));
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(item);
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    Py_XDECREF(frame);
+    if (out != NULL) {
+        PyObject *stack = PyList_AsTuple(out);
+        Py_DECREF(out);
+        if (stack != NULL) {
+            PyObject *old = ended_stack;
+            ended_stack = stack;
+            ended_at = now;
+            Py_XDECREF(old);
+        }
+    }
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    return 0;  /* never an error: it would be raised in the program's own code */
+}
+
+static PyObject *
+mod_sleep_arming(PyObject *self, PyObject *args)
+{
+    double seconds;
+    int arm;
+    if (!PyArg_ParseTuple(args, "dp", &seconds, &arm)) {
+        return NULL;
+    }
+    if (!(seconds >= 0.0) || seconds > 3600.0) {
+        PyErr_SetString(PyExc_ValueError, "seconds must be between 0 and 3600");
+        return NULL;
+    }
+    double armed_at = -1.0;
+    int fresh = 0;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec left;
+    left.tv_sec = (time_t)seconds;
+    left.tv_nsec = (long)((seconds - (double)left.tv_sec) * 1e9);
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
+    if (arm) {
+        armed_at = monotonic_seconds();
+        if (!__atomic_exchange_n(&ended_queued, 1, __ATOMIC_SEQ_CST)) {
+            if (Py_AddPendingCall(read_ended_stack, NULL) == 0) {
+                fresh = 1;
+            }
+            else {
+                __atomic_store_n(&ended_queued, 0, __ATOMIC_SEQ_CST);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(di)", armed_at, fresh);
+}
+
+static PyObject *
+mod_ended_stack(PyObject *self, PyObject *unused)
+{
+    if (ended_stack == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(dO)", ended_at, ended_stack);
+}
+
 static PyMethodDef mod_methods[] = {
     {"configure", mod_configure, METH_VARARGS,
      "configure(codes, asyncio_dir): where code objects are kept by id, and the directory "
@@ -1810,6 +1927,14 @@ static PyMethodDef mod_methods[] = {
     {"set_acquire_observer", mod_set_acquire_observer, METH_O,
      "set_acquire_observer(callable or None): called with each primitive HeldMethod acquires."},
     {"stats", mod_stats, METH_NOARGS, "stats() -> the record table's size, for tests and benchmarks."},
+    {"sleep_arming", mod_sleep_arming, METH_VARARGS,
+     "sleep_arming(seconds, arm) -> (armed_at, fresh): sleeps without the GIL; with arm, then asks "
+     "(still without it) for the main thread's stack to be read at its next check between "
+     "bytecodes.  armed_at is CLOCK_MONOTONIC seconds (-1.0 unarmed); fresh is false when an "
+     "earlier request had not run yet."},
+    {"ended_stack", mod_ended_stack, METH_NOARGS,
+     "ended_stack() -> (read_at, ((code, line), ...) innermost first) or None: what the last "
+     "request of sleep_arming read."},
 #ifdef DIAG_MARK
     {"mark", mod_mark, METH_VARARGS,
      "mark(frontier, seen, blocked, wakers, activated, kinds, cpu_seconds, wall_seconds) -> complete: "

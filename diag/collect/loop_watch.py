@@ -435,6 +435,7 @@ class LoopWatch:
         self._hooked: list[Any] = []  # the modules whose _set_running_loop is wrapped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._armed: tuple[float, bool] | None = None  # see _sleep
         # id(task) -> (id(awaited future), monotonic time first seen waiting on it, weak ref to it)
         self._waits: dict[int, tuple[int, float, Any]] = {}
         self.sampled_since: float | None = None
@@ -564,9 +565,10 @@ class LoopWatch:
         self.native_id = threading.get_native_id()
         next_sample = time.monotonic()
         slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
-        while not self._stop.wait(HEARTBEAT_INTERVAL):
+        while not self._sleep():
+            armed, self._armed = self._armed, None
             try:
-                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at))
+                self._held_throughout(slept_at, own_at, self._stacks_as_woken(slept_at, armed))
                 self._send_beats()
                 now = time.monotonic()
                 if now >= next_sample:
@@ -578,24 +580,52 @@ class LoopWatch:
             except Exception:  # the watchdog must outlive anything odd in the target
                 pass
 
+    def _sleep(self) -> bool:
+        """The watchdog's sleep between turns; True when it is told to stop.  With the C
+        accelerator, an idle loop on the main thread gets its stack read as the watchdog
+        wakes, by the loop thread itself at its next check between bytecodes (see
+        ``_stacks_as_woken``): ``self._armed`` is (when that was asked, whether the request
+        was a new one)."""
+        sleep_arming = getattr(task_origins._fast, "sleep_arming", None)
+        if sleep_arming is None:
+            return self._stop.wait(HEARTBEAT_INTERVAL)
+        main = threading.main_thread().ident
+        arm = any(beat.idle_figures is not None and beat.thread_id == main for beat in list(self._beats.values()))
+        try:
+            armed_at, fresh = sleep_arming(HEARTBEAT_INTERVAL, arm)
+        except Exception:
+            return self._stop.wait(HEARTBEAT_INTERVAL)
+        self._armed = (armed_at, bool(fresh)) if armed_at >= 0 else None
+        return self._stop.is_set()
+
     def _note_idle_figures(self) -> None:
         """Each idle loop thread's figures as the watchdog goes to sleep (see ``_held_throughout``)."""
         for beat in list(self._beats.values()):
             idle = beat.idle_since is not None and beat.sent_at is None and beat.native_id is not None
             beat.idle_figures = self._figures(beat.native_id) if idle else None
 
-    def _stacks_as_woken(self, slept_at: float) -> dict[int, _StackKey]:
-        """The stacks of idle loops' threads when the watchdog woke ``STALL_THRESHOLD`` late,
-        read before anything gives the GIL up: the loop thread that held it throughout a
-        long call (see ``_held_throughout``) handed it over just after that call returned,
-        so its stack is the frame that made the call, at or just past the call's line."""
+    def _stacks_as_woken(self, slept_at: float, armed: tuple[float, bool] | None = None) -> dict[int, _StackKey]:
+        """The stacks of idle loops' threads when the watchdog woke ``STALL_THRESHOLD`` late:
+        the loop thread that held the GIL throughout a long call (see ``_held_throughout``)
+        gives it up just after that call returns.  On the main thread, with the C
+        accelerator, the stack is the one the thread read itself at that very point (it was
+        asked for as the watchdog woke, ``armed``): the frame that made the call.  Otherwise
+        it is read here before anything gives the GIL up, and is that frame only when the
+        OS handed the GIL to the watchdog first."""
         if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
             return {}
+        ended = None
+        if armed is not None and armed[1]:
+            read = task_origins._fast.ended_stack()
+            if read is not None and read[0] >= armed[0]:
+                ended = tuple((code.co_filename, line or 0, getattr(code, "co_qualname", code.co_name))
+                              for code, line in read[1][:MAX_STALL_FRAMES])
+        main = threading.main_thread().ident
         frames = sys._current_frames()
         out = {}
         for beat in list(self._beats.values()):
             if beat.idle_figures is not None and beat.thread_id is not None:
-                key = _stack_key(frames.get(beat.thread_id))
+                key = ended if ended is not None and beat.thread_id == main else _stack_key(frames.get(beat.thread_id))
                 if key and not _is_own_wait(key, beat.base_stack):
                     out[beat.thread_id] = key
         del frames

@@ -446,3 +446,57 @@ def test_the_c_marking_and_the_python_marking_prove_the_same_tasks(monkeypatch: 
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+ENDED_STACK = textwrap.dedent('''
+    import json, threading, time
+    from diag import _origins
+
+    def long_call(n):
+        return sum(range(n))          # one C call holding the GIL throughout
+
+    def outer(n):
+        return long_call(n)
+
+    n = 20_000_000
+    results = []
+    for attempt in range(20):
+        armed = []
+        sleeper = threading.Thread(target=lambda: armed.append(_origins.sleep_arming(0.05, True)))
+        sleeper.start()
+        before = time.monotonic()
+        outer(n)
+        after = time.monotonic()
+        sleeper.join()
+        (armed_at, fresh), = armed
+        read = _origins.ended_stack()
+        if fresh and before < armed_at < after:   # asked for while the call held the GIL
+            results.append([read[0] >= armed_at, [(code.co_name, line) for code, line in read[1][:2]]])
+            if len(results) == 3:
+                break
+        else:
+            n *= 2 if armed_at >= after else 1
+    print(json.dumps(results))
+''')
+
+
+@needs_accelerator
+def test_a_long_call_s_stack_is_read_on_its_own_thread_as_it_returns() -> None:
+    # Asked for from another thread, without the GIL, while the main thread is in one long
+    # C call: the main thread reads its own stack as the call returns, before any other
+    # thread can run, so it is the function that made the call, on the call's line.
+    proc = run_python(ENDED_STACK, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    line = next(i for i, text in enumerate(ENDED_STACK.splitlines(), 1) if "return sum(range(n))" in text)
+    outer_line = next(i for i, text in enumerate(ENDED_STACK.splitlines(), 1) if "return long_call(n)" in text)
+    assert results == [[True, [["long_call", line], ["outer", outer_line]]]] * 3, results
+
+
+@needs_accelerator
+def test_the_watchdog_sleep_refuses_a_nonsense_duration() -> None:
+    from diag import _origins  # type: ignore[attr-defined]
+    for seconds in (-1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError):
+            _origins.sleep_arming(seconds, False)
+    assert _origins.sleep_arming(0.0, False) == (-1.0, 0)
