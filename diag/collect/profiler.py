@@ -19,13 +19,16 @@ refused as busy instead of queueing.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import linecache
+import os
 import sys
 import threading
 import time
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import future_field, type_name
@@ -203,13 +206,34 @@ def yappi_keeps_coroutines(yappi: Any) -> bool:
     Told by the installed version: probing it would mean starting yappi once more."""
     if sys.version_info < (3, 11):
         return False
-    try:
-        from importlib.metadata import version
+    release = _yappi_release(getattr(yappi, "__file__", None))
+    return release is None or release <= LAST_LEAKING_YAPPI  # not found: assume the worst
 
-        release = tuple(int(part) for part in version("yappi").split(".")[:3] if part.isdigit())
-    except Exception:  # not installed as a distribution: assume the worst
-        return True
-    return release <= LAST_LEAKING_YAPPI
+
+@functools.lru_cache(maxsize=4)
+def _yappi_release(module_file: str | None) -> tuple[int, ...] | None:
+    """yappi's version, from the ``yappi-X.Y.Z.dist-info`` beside the module: one directory
+    read, once.  ``importlib.metadata`` walks every distribution on ``sys.path`` instead, and
+    on a loop thread that never lets go of the GIL each of its thousands of file system
+    calls waits a whole switch interval for it back (27 s, measured)."""
+    name = None
+    if module_file:
+        try:
+            names = os.listdir(os.path.dirname(module_file))
+        except OSError:
+            names = []
+        found = [n for n in names if n.lower().startswith("yappi-") and n.endswith(".dist-info")]
+        if len(found) == 1:
+            name = found[0][len("yappi-"):-len(".dist-info")]
+    if name is None:
+        try:
+            from importlib.metadata import version
+
+            name = version("yappi")
+        except Exception:
+            return None
+    parts = tuple(int(part) for part in name.split(".")[:3] if part.isdigit())
+    return parts or None
 
 
 def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...], tuple[CallEdge, ...], int]:
@@ -222,13 +246,15 @@ def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...]
     index: dict[int, int] = {}
     functions: list[FunctionStat] = []
     coroutine_cache: dict[tuple[str, int], bool] = {}
+    by_file = _modules_by_file()
+    codes: dict[str, dict[int, types.CodeType]] = {}
     for stat in stats:
         index[int(stat.index)] = len(functions)
         file, line = str(stat.module), int(stat.lineno)
         functions.append(FunctionStat(
             name=str(stat.name), file=file, line=line, calls=int(stat.ncall), primitive_calls=int(stat.nactualcall),
             own_seconds=float(stat.tsub), total_seconds=float(stat.ttot),
-            coroutine=_is_coroutine(file, line, coroutine_cache)))
+            coroutine=_is_coroutine(file, line, coroutine_cache, _codes_of_file(file, by_file, codes))))
     edges: list[CallEdge] = []
     for stat in stats:
         caller = index[int(stat.index)]
@@ -241,10 +267,92 @@ def _read_yappi(yappi: Any, thread_ident: int) -> tuple[tuple[FunctionStat, ...]
     return tuple(functions), tuple(edges), more
 
 
-def _is_coroutine(file: str, line: int, cache: dict[tuple[str, int], bool]) -> bool:
-    """Whether the function defined at ``file:line`` is ``async def`` (decorators skipped)."""
+def _modules_by_file() -> dict[str, types.ModuleType]:
+    """The loaded modules by their file, read from memory."""
+    out: dict[str, types.ModuleType] = {}
+    for module in list(sys.modules.values()):
+        if not issubclass(type(module), types.ModuleType):
+            continue  # some libraries put other objects in sys.modules
+        try:
+            file = object.__getattribute__(module, "__dict__").get("__file__")
+        except Exception:
+            continue
+        if isinstance(file, str):
+            out.setdefault(file, module)
+    return out
+
+
+def _codes_of_file(file: str, by_file: dict[str, types.ModuleType],
+                   done: dict[str, dict[int, types.CodeType]]) -> dict[int, types.CodeType] | None:
+    module = by_file.get(file)
+    if module is None:
+        return None
+    found = done.get(file)
+    if found is None:
+        found = done[file] = _module_codes(module)
+    return found
+
+
+def _unwrapped_codes(node: Any) -> Iterator[types.CodeType]:
+    """The code objects of a namespace entry: a function, and what a staticmethod,
+    classmethod or ``functools.wraps`` wrapper holds."""
+    for _ in range(8):
+        try:
+            if type(node) is types.FunctionType:
+                yield node.__code__
+            if type(node) in (staticmethod, classmethod):
+                node = node.__func__
+                continue
+            space = object.__getattribute__(node, "__dict__") if type(node) is types.FunctionType else None
+            node = space.get("__wrapped__") if type(space) is dict else None
+        except Exception:
+            return
+        if node is None:
+            return
+
+
+def _module_codes(module: types.ModuleType) -> dict[int, types.CodeType]:
+    """The module's functions and its classes' methods (two levels of classes), by the line
+    they start at (yappi's line), found through the namespaces' own dicts: no attribute
+    hook of the program's runs."""
+    out: dict[int, types.CodeType] = {}
+    space = object.__getattribute__(module, "__dict__")
+    file = space.get("__file__")
+    spaces: list[tuple[Any, int]] = [(space, 0)]
+    seen: set[int] = set()
+    while spaces:
+        space, depth = spaces.pop()
+        try:
+            values = list(space.values())
+        except Exception:
+            continue
+        for value in values:
+            if issubclass(type(value), type):
+                if depth < 2 and id(value) not in seen:
+                    seen.add(id(value))
+                    try:
+                        spaces.append((type.__getattribute__(value, "__dict__"), depth + 1))
+                    except Exception:
+                        pass
+                continue
+            for code in _unwrapped_codes(value):
+                if code.co_filename == file:
+                    out.setdefault(code.co_firstlineno, code)
+    return out
+
+
+def _is_coroutine(file: str, line: int, cache: dict[tuple[str, int], bool],
+                  codes: dict[int, types.CodeType] | None = None) -> bool:
+    """Whether the function defined at ``file:line`` is ``async def``: from its code object
+    when the loaded module has it (``codes``, see ``_module_codes``), else from its source
+    (decorators skipped).  Reading the source is a file read, and on a loop thread that
+    never lets go of the GIL for long (one turning through ``select(0)``), each read
+    waits long for the GIL back."""
     key = (file, line)
     found = cache.get(key)
+    code = None if found is not None or codes is None else codes.get(line)
+    if code is not None:
+        found = cache[key] = bool(code.co_flags & inspect.CO_COROUTINE)
     if found is None:
         found = False
         for offset in range(8):
