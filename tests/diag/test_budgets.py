@@ -137,6 +137,10 @@ def test_big_answers_are_cut_and_say_so(agent: diag.agent.Agent, monkeypatch: py
     assert 0 < len(entries(cut)) < len(entries(full))
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason=(
+    "yappi 1.7.6 on 3.11 (profile_threads, set from another thread) crashed this process with a "
+    "segfault in the profiled loop thread, deep in a recursion, in CI and in 1 of 8 local runs; "
+    "3.12 and later start it with PyEval_SetProfileAllThreads"))
 def test_profile_answer_is_cut_and_says_so(agent: diag.agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     with LoopWithTasks(50, busy=True):
         status, whole = get(agent, "profile?seconds=0.3&mode=yappi&force=1", "POST")
