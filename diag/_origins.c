@@ -1809,6 +1809,9 @@ fail:
 #define ENDED_FRAMES 64
 
 static int ended_queued = 0;          /* asked for and not yet run: set without the GIL */
+static int arming_open = 0;           /* set_arming(): closed from atexit on, since a request
+                                         made while the interpreter is being torn down would
+                                         touch a pending-call queue that is being freed */
 static double ended_at = -1.0;        /* CLOCK_MONOTONIC seconds when the call last ran */
 static PyObject *ended_stack = NULL;  /* tuple of (code, line), innermost first */
 
@@ -1882,7 +1885,7 @@ mod_sleep_arming(PyObject *self, PyObject *args)
     left.tv_nsec = (long)((seconds - (double)left.tv_sec) * 1e9);
     while (nanosleep(&left, &left) != 0 && errno == EINTR) {
     }
-    if (arm) {
+    if (arm && __atomic_load_n(&arming_open, __ATOMIC_SEQ_CST)) {
         armed_at = monotonic_seconds();
         if (!__atomic_exchange_n(&ended_queued, 1, __ATOMIC_SEQ_CST)) {
             if (Py_AddPendingCall(read_ended_stack, NULL) == 0) {
@@ -1895,6 +1898,17 @@ mod_sleep_arming(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(di)", armed_at, fresh);
+}
+
+static PyObject *
+mod_set_arming(PyObject *self, PyObject *open)
+{
+    int value = PyObject_IsTrue(open);
+    if (value < 0) {
+        return NULL;
+    }
+    __atomic_store_n(&arming_open, value, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -1932,6 +1946,8 @@ static PyMethodDef mod_methods[] = {
      "(still without it) for the main thread's stack to be read at its next check between "
      "bytecodes.  armed_at is CLOCK_MONOTONIC seconds (-1.0 unarmed); fresh is false when an "
      "earlier request had not run yet."},
+    {"set_arming", mod_set_arming, METH_O,
+     "set_arming(open): whether sleep_arming may ask for the stack at all (closed at exit)."},
     {"ended_stack", mod_ended_stack, METH_NOARGS,
      "ended_stack() -> (read_at, ((code, line), ...) innermost first) or None: what the last "
      "request of sleep_arming read."},

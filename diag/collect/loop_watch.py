@@ -23,6 +23,7 @@ that was starved of a CPU or of the GIL.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import asyncio.events
 import collections
 import contextlib
@@ -424,6 +425,24 @@ def iter_all_tasks() -> list[asyncio.Task[Any]]:
     return out
 
 
+_arming: list[bool] = []  # [opened] once the first watchdog has opened it
+
+
+def _arming_opened() -> bool:
+    """Open the C sleep's requests for the main thread's stack, once per process, and close
+    them from ``atexit`` on: a request made while the interpreter tears itself down would
+    touch its pending-call queue as that is freed (a daemon watchdog still sleeps then)."""
+    if not _arming:
+        try:
+            fast = task_origins._fast
+            atexit.register(fast.set_arming, False)
+            fast.set_arming(True)
+            _arming.append(True)
+        except Exception:
+            _arming.append(False)
+    return _arming[0]
+
+
 class LoopWatch:
     """Loop registry, heartbeat and wait sampler; one per agent."""
 
@@ -587,7 +606,7 @@ class LoopWatch:
         ``_stacks_as_woken``): ``self._armed`` is (when that was asked, whether the request
         was a new one)."""
         sleep_arming = getattr(task_origins._fast, "sleep_arming", None)
-        if sleep_arming is None:
+        if sleep_arming is None or not _arming_opened():
             return self._stop.wait(HEARTBEAT_INTERVAL)
         main = threading.main_thread().ident
         arm = any(beat.idle_figures is not None and beat.thread_id == main for beat in list(self._beats.values()))

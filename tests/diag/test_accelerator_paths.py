@@ -460,6 +460,7 @@ ENDED_STACK = textwrap.dedent('''
 
     n = 20_000_000
     results = []
+    _origins.set_arming(True)
     for attempt in range(20):
         armed = []
         sleeper = threading.Thread(target=lambda: armed.append(_origins.sleep_arming(0.05, True)))
@@ -500,3 +501,24 @@ def test_the_watchdog_sleep_refuses_a_nonsense_duration() -> None:
         with pytest.raises(ValueError):
             _origins.sleep_arming(seconds, False)
     assert _origins.sleep_arming(0.0, False) == (-1.0, 0)
+
+
+ARMING_CLOSED = textwrap.dedent('''
+    import atexit
+    from diag import _origins
+    from diag.collect import loop_watch
+    assert loop_watch._arming_opened()
+    armed_at, fresh = _origins.sleep_arming(0.0, True)
+    assert armed_at >= 0, armed_at
+    atexit._run_exitfuncs()   # what the interpreter runs first as it exits
+    assert _origins.sleep_arming(0.0, True) == (-1.0, 0)
+    print("closed")
+''')
+
+
+@needs_accelerator
+def test_no_stack_is_asked_for_once_the_interpreter_exits() -> None:
+    # From atexit on, the interpreter tears down its pending-call queue: a daemon watchdog
+    # still sleeping then must not ask for anything.
+    proc = run_python(ARMING_CLOSED)
+    assert proc.returncode == 0 and proc.stdout.strip() == "closed", proc.stderr
