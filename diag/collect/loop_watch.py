@@ -425,6 +425,14 @@ def iter_all_tasks() -> list[asyncio.Task[Any]]:
     return out
 
 
+def _running(loop: Any) -> bool:
+    """``loop.is_running()``, False for a loop that cannot say."""
+    try:
+        return bool(loop.is_running())
+    except Exception:
+        return False
+
+
 _arming: list[bool] = []  # [opened] once the first watchdog has opened it
 
 
@@ -609,7 +617,8 @@ class LoopWatch:
         if sleep_arming is None or not _arming_opened():
             return self._stop.wait(HEARTBEAT_INTERVAL)
         main = threading.main_thread().ident
-        arm = any(beat.idle_figures is not None and beat.thread_id == main for beat in list(self._beats.values()))
+        arm = any(beat.idle_figures is not None and beat.thread_id == main and _running(loop)
+                  for loop, beat in list(self._beats.items()))
         try:
             armed_at, fresh = sleep_arming(HEARTBEAT_INTERVAL, arm)
         except Exception:

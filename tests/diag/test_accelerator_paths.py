@@ -522,3 +522,41 @@ def test_no_stack_is_asked_for_once_the_interpreter_exits() -> None:
     # still sleeping then must not ask for anything.
     proc = run_python(ARMING_CLOSED)
     assert proc.returncode == 0 and proc.stdout.strip() == "closed", proc.stderr
+
+
+STOPPED_LOOP = textwrap.dedent('''
+    import asyncio, time
+    import diag.agent
+    from diag import _origins
+
+    agent = diag.agent.start("127.0.0.1:0")
+
+    async def idle():
+        await asyncio.sleep(1.0)      # idle in its poll on the main thread: stacks are asked for
+
+    def after_the_loop(seconds):
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:   # plain Python: pending calls run between bytecodes
+            n += 1
+        return n
+
+    asyncio.run(idle())
+    read = _origins.ended_stack()
+    assert read is not None, "no stack was read while the loop idled"
+    after_the_loop(0.3)   # a request the watchdog made just before the loop stopped runs here
+    stopped_at = time.monotonic()
+    after_the_loop(1.0)
+    later = _origins.ended_stack()
+    print(later[0] < stopped_at, later[1][0][0].co_name)
+    agent.stop()
+''')
+
+
+@needs_accelerator
+def test_no_stack_is_asked_for_a_loop_that_has_stopped() -> None:
+    # Once asyncio.run has returned, the main thread runs the program's own code: the
+    # watchdog no longer asks it for its stack (ten times a second, for nothing).
+    proc = run_python(STOPPED_LOOP, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "True", proc.stdout
