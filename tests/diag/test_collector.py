@@ -218,8 +218,36 @@ def test_fast_task_info_builds_the_same_object_as_the_constructor() -> None:
                   loop="0x1", cancelling=False, count=1, ids=(), main=False, cancel_seconds=None,
                   handling_cancel=False)
     assert set(values) == _TASK_INFO_FIELDS  # every field is filled
-    assert _task_info(**values) == TaskInfo(**values)  # type: ignore[arg-type]
-    assert hash(_task_info(**values)) == hash(TaskInfo(**values))  # type: ignore[arg-type]
+    assert _task_info(dict(values)) == TaskInfo(**values)  # type: ignore[arg-type]
+    assert hash(_task_info(dict(values))) == hash(TaskInfo(**values))  # type: ignore[arg-type]
+    # the fields left at their defaults are read from the class, as the constructor's would be
+    required = {k: values[k] for k in ("id", "name", "coro", "state", "stack", "wait", "loop")}
+    assert _task_info(dict(required)) == TaskInfo(**values)  # type: ignore[arg-type]
+    assert _task_info(dict(required, main=True, cancelling=True)) == TaskInfo(  # type: ignore[arg-type]
+        **dict(values, main=True, cancelling=True))
+
+
+async def test_a_collected_task_stores_only_its_fields_not_at_their_default() -> None:
+    from diag.collect.task_collector import _TASK_INFO_FIELDS
+
+    event = asyncio.Event()
+    tasks = [asyncio.create_task(event.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    await asyncio.sleep(0)
+    try:
+        snap = collect_tasks()
+        infos = [t for t in snap.tasks if t.coro == "Event.wait"]
+        assert len(infos) == 2
+        for info in infos:
+            stored = set(vars(info))
+            assert stored <= _TASK_INFO_FIELDS, stored - _TASK_INFO_FIELDS  # no misspelt field
+            assert {"id", "name", "coro", "state", "stack", "wait", "loop"} <= stored
+            assert not stored & {"count", "ids", "main", "cancelling", "cancel_seconds", "handling_cancel"}
+            assert info.count == 1 and info.ids == () and not info.main and info.cancel_seconds is None
+    finally:
+        event.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_the_chain_continues_through_async_context_managers_and_generators() -> None:
