@@ -120,12 +120,27 @@ def exception_text(exc: object) -> str:
     return name
 
 
-def _traceback_frames(exc: object) -> list[types.FrameType]:
-    """The frames of ``exc``'s traceback, innermost first (at most MAX_FRAMES)."""
+def _traceback(exc: object, own: types.CodeType | None = None) -> object:
+    """``exc``'s traceback, from the first entry running ``own`` (a task's coroutine code) when
+    there is one.  The exception a task died of goes on to whoever awaits the task (``await
+    task``, ``gather``), and each frame it passes through on its way out is added to the
+    same traceback, outermost first: those frames, and their locals, are not the task's."""
     try:
         tb = _exc_traceback.__get__(exc, type(exc))
     except Exception:
-        return []
+        return None
+    if own is not None:
+        entry = tb
+        while type(entry) is types.TracebackType:
+            if entry.tb_frame.f_code is own:
+                return entry
+            entry = entry.tb_next
+    return tb
+
+
+def _traceback_frames(exc: object, own: types.CodeType | None = None) -> list[types.FrameType]:
+    """The frames of ``exc``'s traceback (see ``_traceback``), innermost first (at most MAX_FRAMES)."""
+    tb = _traceback(exc, own)
     frames: list[types.FrameType] = []
     while type(tb) is types.TracebackType:
         frames.append(tb.tb_frame)
@@ -139,11 +154,8 @@ def _frame(code: types.CodeType, line: int) -> Frame:
     return Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
 
 
-def _traceback_stack(exc: object) -> tuple[Frame, ...]:
-    try:
-        tb = _exc_traceback.__get__(exc, type(exc))
-    except Exception:
-        return ()
+def _traceback_stack(exc: object, own: types.CodeType | None = None) -> tuple[Frame, ...]:
+    tb = _traceback(exc, own)
     out: list[Frame] = []
     while type(tb) is types.TracebackType:
         out.append(_frame(tb.tb_frame.f_code, tb.tb_lineno or 0))
@@ -302,11 +314,17 @@ def _creator(task: Any, origin: task_origins.Origin | None = None) -> CreatedBy 
                      getattr(code, "co_qualname", code.co_name))
 
 
-def _coro_name(task: Any) -> str:
+def _coro_code(task: Any) -> types.CodeType | None:
     coro = future_field(task, "_coro")
-    code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
-    if code is None and type(coro) is types.GeneratorType:
-        code = coro.gi_code
+    if type(coro) is types.CoroutineType:
+        return coro.cr_code
+    if type(coro) is types.GeneratorType:
+        return coro.gi_code
+    return None
+
+
+def _coro_name(task: Any) -> str:
+    code = _coro_code(task)
     if code is not None:
         return clip(getattr(code, "co_qualname", code.co_name))
     return clip(type(coro).__qualname__)
@@ -371,8 +389,9 @@ class DeadTaskLog:
                 self._seen.popitem(last=False)
         name = clip(task_name(task))
         if exc is not None:
-            frames = _traceback_frames(exc)
-            stack = _traceback_stack(exc)
+            own = _coro_code(task)
+            frames = _traceback_frames(exc, own)
+            stack = _traceback_stack(exc, own)
         else:  # destroyed while pending: where it was suspended, if its frames are left
             frames = _pending_frames(task)
             stack = _frames_stack(frames)

@@ -53,6 +53,37 @@ async def test_a_dead_task_is_recorded_with_its_exception_site_and_what_it_serve
         t.exception()  # retrieve them now, so this test does not log
 
 
+async def lister(todo: asyncio.Queue[str]) -> None:
+    await asyncio.sleep(0)
+    todo.qsize()
+    raise PermissionError("listing denied")
+
+
+async def copier(todo: asyncio.Queue[str]) -> None:
+    await todo.get()
+
+
+async def test_what_a_dead_task_touched_is_read_from_its_own_frames_not_its_awaiters() -> None:
+    # The exception a gathered child dies of goes on into the frame awaiting the gather,
+    # and that frame is added to the same traceback: its locals (an audit queue the child
+    # never used) are not the child's, nor is that frame where the child died.
+    log = DeadTaskLog()
+    todo: asyncio.Queue[str] = asyncio.Queue()
+    audit: asyncio.Queue[str] = asyncio.Queue()
+    children = [asyncio.ensure_future(lister(todo)), asyncio.ensure_future(copier(todo))]
+    try:
+        await asyncio.gather(*children)
+    except PermissionError:
+        audit.put_nowait("failed")  # the awaiting frame uses audit: it is in its locals
+    log.note_done(children[0])  # the sampler sees it about a second later, as here
+    dead, = log.snapshot()
+    assert dead.coro == "lister" and dead.stack[-1].function == "lister", dead.stack
+    assert hex(id(todo)) in dead.touched
+    assert hex(id(audit)) not in dead.touched, dead.touched
+    children[1].cancel()
+    await asyncio.gather(*children, return_exceptions=True)
+
+
 async def test_the_log_holds_no_task_exception_or_frame_and_stays_bounded() -> None:
     log = DeadTaskLog(maxlen=5)
     refs: list[Any] = []
