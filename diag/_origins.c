@@ -1639,6 +1639,19 @@ reach(Marking *m, PyObject *ref)
         status = status < 0 ? -1 : 0;  /* reached as an object: not woken */
         goto done;
     }
+    if (PyFrame_Check(ref)) {
+        /* Every executing frame of the program's threads is a root, seen before marking
+         * starts; a frame owned by a coroutine or generator is suspended (or running) and
+         * is followed.  Any other frame has finished (an exception's traceback keeps it):
+         * it runs no code again, and what its locals hold is reached through it by no
+         * code that could wake a waiter.  Not followed. */
+        PyObject *gen = PyFrame_GetGenerator((PyFrameObject *)ref);
+        if (gen == NULL) {
+            status = 0;
+            goto done;
+        }
+        Py_DECREF(gen);
+    }
     int kind = kind_of(m, Py_TYPE(ref));
     if (kind < 0) {
         status = -1;

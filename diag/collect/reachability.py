@@ -7,6 +7,9 @@ and runnable tasks).  A blocked task's own coroutine is not a root: holding a ta
 object lets you cancel it, not wake it.  It becomes a root only once the future it
 waits on is marked, because only then can something resolve that future.  Repeat to
 a fixed point; a blocked task whose future is never marked can never be woken.
+A finished frame (kept by an exception's traceback: a task that died, a gathered child
+that failed) is not followed either: it runs no code again, so a queue only its locals
+hold can be reached by nothing that would put into it.
 
 Marking follows what ``gc.get_referents`` lists, in C when diag's accelerator is built
 (``diag._origins.mark``: no bytecode runs, so no other thread gets the GIL in the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import sys
 import threading
 import time
@@ -42,7 +46,9 @@ _class_module = type.__dict__["__module__"].__get__
 #: marking, under half a second by default, enough for about 400,000 objects
 #: (``--proof-budget`` lets a bigger heap be proven).
 DEFAULT_BUDGET = 0.4
-_PLAIN, _MINE, _MODULE, _WEAKREF = 0, 1, 2, 3
+_PLAIN, _MINE, _MODULE, _WEAKREF, _FRAME = 0, 1, 2, 3, 4
+#: Code flags of generators and coroutines: a frame of such code may be suspended, not finished.
+_RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 #: Which blocked tasks nothing refers to is one gc.get_referrers scan whose cost grows with
 #: the number of tasks asked about; above this many it is skipped (and said).
 MAX_REFERRER_CHECK = 64
@@ -377,6 +383,8 @@ def _prove(exclude_threads: frozenset[int], budget: float, wall_deadline: float 
                 kind = _MODULE
             elif issubclass(cls, weakref.ReferenceType):
                 kind = _WEAKREF
+            elif cls is FrameType:
+                kind = _FRAME
             else:
                 kind = _PLAIN
             kinds[cls] = kind
@@ -442,6 +450,12 @@ def _prove(exclude_threads: frozenset[int], budget: float, wall_deadline: float 
                 kind = kind_of(type(ref))
             if kind:
                 if kind == _MINE:
+                    continue
+                if kind == _FRAME and not ref.f_code.co_flags & _RESUMABLE:
+                    # Every executing frame is a root, seen already: a function's frame
+                    # reached here has finished (an exception's traceback keeps it) and
+                    # runs no code again.  Not followed.  (The C marking tells a finished
+                    # coroutine's frame from a suspended one too; Python cannot.)
                     continue
                 if kind == _MODULE:
                     # Never ask a module for its referents: on 3.12 the _asyncio module's

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
+from diag.collect import holders
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 
@@ -960,3 +961,51 @@ def test_diag_tasks_shows_what_a_condition_wait_for_waits_to_see(loop: str) -> N
         tasks = dump_until(app.url, lambda ts: sum(t["wait"].get("predicate", "").endswith("self.seq=1")
                                                      for t in ts) == 2)
         assert sorted(t["name"] for t in tasks if "predicate" in t["wait"]) == ["export-0", "export-1"]
+
+
+GATHER_CHILD_DIES = """
+import asyncio
+
+async def lister(todo):
+    await asyncio.sleep(0)
+    raise PermissionError("listing denied")   # its frame, in the traceback, still holds todo
+
+async def copier(todo):
+    while (key := await todo.get()) is not None:
+        pass
+
+async def sync_bucket(inflight):
+    todo = asyncio.Queue()
+    children = [asyncio.create_task(lister(todo))]
+    children += [asyncio.create_task(copier(todo), name=f"copier-{i}") for i in range(2)]
+    inflight.update(children[1:])          # kept: a service waits for its copies at shutdown
+    try:
+        await asyncio.gather(*children)    # the failed lister stays in the gather, kept by the copiers
+    except PermissionError:
+        pass
+
+async def main():
+    inflight = set()
+    await sync_bucket(inflight)
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_queue_only_a_dead_tasks_traceback_reaches_is_proven_lost(loop: str) -> None:
+    """The copiers' queue is reachable from a root only through the frame of the lister
+    that died (its exception, kept by the gather the copiers are part of): a finished
+    frame runs no code again, so nothing can put into that queue."""
+    if not holders.accelerated():
+        pytest.skip("the C marking tells a finished frame from a suspended one")
+    with DiagRun(GATHER_CHILD_DIES, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:  # waits are sampled once a second: the verdict comes in the first seconds
+            code, data = leaks(app.url, "--min-wait", "1")
+            found = by_task(data)
+            kinds = {f["kind"] for name in ("copier-0", "copier-1") for f in found.get(name, [])}
+            if kinds == {"proven_leak"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert kinds == {"proven_leak"}, data["findings"]
+        assert code == 1
