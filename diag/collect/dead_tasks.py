@@ -327,7 +327,7 @@ def _coro_name(task: Any) -> str:
     code = _coro_code(task)
     if code is not None:
         return clip(getattr(code, "co_qualname", code.co_name))
-    return clip(type(coro).__qualname__)
+    return clip(type(future_field(task, "_coro")).__qualname__)
 
 
 class DeadTaskLog:

@@ -4,6 +4,7 @@ what it must leave alone (the program's own exception log, its memory)."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import gc
 import weakref
 from typing import Any
@@ -457,3 +458,29 @@ def test_on_uvloop_the_asyncio_logger_tells_of_a_callback_that_raised() -> None:
         logger.removeHandler(keep)
         log.unhook_all()
     assert not any(type(f).__name__ == "_LoopLogFilter" for f in logger.filters)
+
+
+class HandRolled(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """A coroutine-like object that is no Python coroutine (as some libraries hand to tasks)."""
+
+    def send(self, value: Any) -> Any:
+        raise OSError("link down")
+
+    def throw(self, *args: Any) -> Any:
+        raise OSError("link down")
+
+    def close(self) -> None:
+        pass
+
+    def __await__(self) -> Any:
+        return self
+
+
+async def test_a_task_running_no_python_coroutine_is_recorded_under_its_class() -> None:
+    log = DeadTaskLog()
+    task = asyncio.ensure_future(HandRolled())
+    await asyncio.wait([task])
+    log.note_done(task)
+    dead, = log.snapshot()
+    assert (dead.coro, dead.exception) == ("HandRolled", "OSError: link down")
+    task.exception()
