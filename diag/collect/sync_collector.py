@@ -34,6 +34,9 @@ _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.
 FIND_BUDGET = 2.0
 #: Primitives beyond this many are counted but not listed.
 MAX_PRIMITIVES = 5_000
+#: Times one collection reads the tasks again for a holder it has not seen (a task made
+#: while it ran): each read walks every task.
+MAX_TASK_REREADS = 3
 
 
 def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
@@ -91,6 +94,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     frames = _FrameCache(True)
     now = time.monotonic()
     states = []
+    refreshes = MAX_TASK_REREADS
     for obj in objects:
         prim = describe_primitive(obj, labels.get(id(obj), ""))
         if prim is None:
@@ -100,8 +104,16 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             label = prim.label or known.label
             prim = replace(prim, label=label, aliases=tuple(n for n in known.names if n != label))
         source = _holder_source(obj)
+        records = holders.records(source)
+        if refreshes and any(rec.task_id is not None and rec.task_id not in live for rec in records):
+            # A holder the tasks were read without: perhaps a task made since, which took
+            # the permit while this ran (the program runs on).  Read the tasks again, then
+            # the records: a holder still listed and still not among them has ended.
+            refreshes -= 1
+            live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
+            records = holders.records(source)
         held = []
-        for rec in holders.records(source):
+        for rec in records:
             task = live.get(rec.task_id) if rec.task_id is not None else None
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
             held.append(Holder(

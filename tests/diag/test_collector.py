@@ -391,3 +391,38 @@ async def test_many_waiters_on_several_primitives_each_name_their_own() -> None:
     expected = {f"sem{i}": {hex(id(sems[i]))} for i in range(3)}
     expected.update({f"queue{i}": {hex(id(queues[i]))} for i in range(2)})
     assert owners == expected
+
+
+async def test_a_holder_made_while_the_sync_collection_runs_is_alive_not_ended(monkeypatch: Any) -> None:
+    # The collection reads the tasks, then the primitives' holders, while the program runs
+    # on: a task made in between that takes a permit must not read as one that ended
+    # without releasing it (a false leaked_permit on a healthy program).
+    from diag.collect import holders, sync_collector
+
+    if not holders.installed():
+        holders.install()
+    lock = asyncio.Lock()
+    took = threading.Event()
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def newcomer() -> None:
+        async with lock:
+            took.set()
+            await release.wait()
+
+    started: list[asyncio.Task[None]] = []
+    find = sync_collector.find_primitives
+
+    def find_after_a_new_holder() -> Any:  # runs once the tasks have been read
+        loop.call_soon_threadsafe(lambda: started.append(loop.create_task(newcomer(), name="newcomer")))
+        assert took.wait(10)
+        return find()
+
+    monkeypatch.setattr(sync_collector, "find_primitives", find_after_a_new_holder)
+    snap = await asyncio.to_thread(sync_collector.collect_sync, None)
+    state = next(s for s in snap.primitives if s.primitive.id == hex(id(lock)))
+    (holder,) = state.holders
+    assert holder.task_name == "newcomer" and holder.task_alive, holder
+    release.set()
+    await started[0]
