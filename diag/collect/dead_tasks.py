@@ -120,27 +120,42 @@ def exception_text(exc: object) -> str:
     return name
 
 
-def _traceback(exc: object, own: types.CodeType | None = None) -> object:
-    """``exc``'s traceback, from the first entry running ``own`` (a task's coroutine code) when
-    there is one.  The exception a task died of goes on to whoever awaits the task (``await
-    task``, ``gather``), and each frame it passes through on its way out is added to the
-    same traceback, outermost first: those frames, and their locals, are not the task's."""
+def _traceback(exc: object) -> object:
+    """``exc``'s traceback as it is now."""
     try:
-        tb = _exc_traceback.__get__(exc, type(exc))
+        return _exc_traceback.__get__(exc, type(exc))
     except Exception:
         return None
-    if own is not None:
-        entry = tb
-        while type(entry) is types.TracebackType:
-            if entry.tb_frame.f_code is own:
-                return entry
-            entry = entry.tb_next
+
+
+def _task_traceback(task: Any, exc: object) -> object:
+    """The traceback ``task`` ended with, as it was when it ended.  The exception goes on to
+    whoever awaits the task (``await task``, ``gather``), and each frame it passes through
+    on its way out is added to the same traceback, outermost first: those frames, and their
+    locals, are not the task's.  A future keeps the traceback it was given with its
+    exception (C futures among their referents, Python ones as ``_exception_tb``); failing
+    that, the traceback is read from the first entry running the task's own coroutine."""
+    try:
+        for ref in gc.get_referents(task):
+            if type(ref) is types.TracebackType:
+                return ref
+        kept = (instance_dict(task) or {}).get("_exception_tb")
+        if type(kept) is types.TracebackType:
+            return kept
+    except Exception:
+        pass
+    tb = _traceback(exc)
+    own = _coro_code(task)
+    entry = tb
+    while own is not None and type(entry) is types.TracebackType:
+        if entry.tb_frame.f_code is own:
+            return entry
+        entry = entry.tb_next
     return tb
 
 
-def _traceback_frames(exc: object, own: types.CodeType | None = None) -> list[types.FrameType]:
-    """The frames of ``exc``'s traceback (see ``_traceback``), innermost first (at most MAX_FRAMES)."""
-    tb = _traceback(exc, own)
+def _traceback_frames(tb: object) -> list[types.FrameType]:
+    """The frames of the traceback ``tb``, innermost first (at most MAX_FRAMES)."""
     frames: list[types.FrameType] = []
     while type(tb) is types.TracebackType:
         frames.append(tb.tb_frame)
@@ -154,8 +169,8 @@ def _frame(code: types.CodeType, line: int) -> Frame:
     return Frame(code.co_filename, line, getattr(code, "co_qualname", code.co_name), source)
 
 
-def _traceback_stack(exc: object, own: types.CodeType | None = None) -> tuple[Frame, ...]:
-    tb = _traceback(exc, own)
+def _traceback_stack(tb: object) -> tuple[Frame, ...]:
+    """The frames of the traceback ``tb``, innermost first (at most MAX_FRAMES)."""
     out: list[Frame] = []
     while type(tb) is types.TracebackType:
         out.append(_frame(tb.tb_frame.f_code, tb.tb_lineno or 0))
@@ -389,9 +404,10 @@ class DeadTaskLog:
                 self._seen.popitem(last=False)
         name = clip(task_name(task))
         if exc is not None:
-            own = _coro_code(task)
-            frames = _traceback_frames(exc, own)
-            stack = _traceback_stack(exc, own)
+            tb = _task_traceback(task, exc)
+            frames = _traceback_frames(tb)
+            stack = _traceback_stack(tb)
+            del tb
         else:  # destroyed while pending: where it was suspended, if its frames are left
             frames = _pending_frames(task)
             stack = _frames_stack(frames)
@@ -415,11 +431,11 @@ class DeadTaskLog:
             thread = getattr(args, "thread", None)
             if exc is None or not is_a(exc, Exception):
                 return  # SystemExit ends a thread quietly, by design
-            frames = _traceback_frames(exc)  # innermost first
+            frames = _traceback_frames(_traceback(exc))  # innermost first
             record = _Record(
                 seq=-next(self._unnumbered), name=clip((instance_dict(thread) or {}).get("_name") or "?"),
                 coro=_outer_function(frames), how="thread_exception", ended=time.monotonic(),
-                exception=exception_text(exc), stack=_traceback_stack(exc), created_by=None,
+                exception=exception_text(exc), stack=_traceback_stack(_traceback(exc)), created_by=None,
                 touched=_touched_by(frames),
             )
             del frames
@@ -436,7 +452,7 @@ class DeadTaskLog:
         try:
             if not is_a(exc, Exception):
                 return  # a cancellation, an exit: not a callback dying
-            frames = _traceback_frames(exc)  # innermost first
+            frames = _traceback_frames(_traceback(exc))  # innermost first
             touched = _touched_by(frames)
             known = {id(ref()) for ref in touched}
             for value in extras:
@@ -450,7 +466,7 @@ class DeadTaskLog:
             record = _Record(
                 seq=-next(self._unnumbered), name=clip(message or "Unhandled exception in event loop", 120),
                 coro=_callback_function(frames), how="callback_exception", ended=time.monotonic(),
-                exception=exception_text(exc), stack=_traceback_stack(exc), created_by=None, touched=touched,
+                exception=exception_text(exc), stack=_traceback_stack(_traceback(exc)), created_by=None, touched=touched,
             )
             del frames
             with self._lock:

@@ -85,6 +85,35 @@ async def test_what_a_dead_task_touched_is_read_from_its_own_frames_not_its_awai
     await asyncio.gather(*children, return_exceptions=True)
 
 
+async def crawl(depth: int, seen: asyncio.Queue[int], children: list[asyncio.Task[Any]]) -> None:
+    mine: asyncio.Queue[int] = asyncio.Queue()  # each level's own queue
+    if depth == 0:
+        await asyncio.sleep(0)
+        mine.qsize()
+        raise PermissionError("denied")
+    child = asyncio.ensure_future(crawl(depth - 1, seen, children))
+    children.append(child)
+    try:
+        await asyncio.gather(child)
+    except PermissionError:
+        seen.put_nowait(mine.qsize())
+
+
+async def test_a_recursive_task_s_dead_child_is_read_from_its_own_frames_not_its_parents() -> None:
+    # The parent awaiting the dead child runs the same coroutine: its frame, added to the
+    # traceback as the exception left the child, has the child's code but is not the child's.
+    log = DeadTaskLog()
+    seen: asyncio.Queue[int] = asyncio.Queue()
+    children: list[asyncio.Task[Any]] = []
+    await crawl(1, seen, children)
+    (child,) = children
+    log.note_done(child)
+    dead, = log.snapshot()
+    assert [f.function for f in dead.stack] == ["crawl"], dead.stack  # the child's frame alone
+    assert dead.stack[0].source == 'raise PermissionError("denied")', dead.stack
+    assert hex(id(seen)) in dead.touched  # its own argument
+
+
 async def test_the_log_holds_no_task_exception_or_frame_and_stays_bounded() -> None:
     log = DeadTaskLog(maxlen=5)
     refs: list[Any] = []
