@@ -34,8 +34,9 @@ _PRIMITIVE_TYPES = (asyncio.Lock, asyncio.Semaphore, asyncio.Condition, asyncio.
 FIND_BUDGET = 2.0
 #: Primitives beyond this many are counted but not listed.
 MAX_PRIMITIVES = 5_000
-#: Times one collection reads the tasks again for a holder it has not seen (a task made
-#: while it ran): each read walks every task.
+#: Times one collection reads the tasks again to name a holder too new to be among them
+#: (a task made while it ran): each read walks every task.  Past that, such a holder is
+#: still told alive, unnamed.
 MAX_TASK_REREADS = 3
 
 
@@ -67,6 +68,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     ``collect_budget`` bounds the task walk (see ``CollectOptions.budget``)."""
     started = time.monotonic()
     tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
+    read_at = time.monotonic()
     live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
@@ -105,23 +107,28 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             prim = replace(prim, label=label, aliases=tuple(n for n in known.names if n != label))
         source = _holder_source(obj)
         records = holders.records(source)
-        if refreshes and any(rec.task_id is not None and rec.task_id not in live for rec in records):
-            # A holder the tasks were read without: perhaps a task made since, which took
-            # the permit while this ran (the program runs on).  Read the tasks again, then
-            # the records: a holder still listed and still not among them has ended.
+        if refreshes and any(rec.task_id is not None and rec.task_id not in live and rec.since >= read_at
+                             for rec in records):
+            # A permit taken since the tasks were read, by a task they were read without:
+            # one made meanwhile (the program runs on).  Read the tasks again, to name it,
+            # then the records: one that released and ended since is gone from them.
             refreshes -= 1
+            read_at = time.monotonic()
             live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
             records = holders.records(source)
         held = []
         for rec in records:
             task = live.get(rec.task_id) if rec.task_id is not None else None
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
+            # Not among the tasks, and took the permit after they were read: a task too new
+            # to have been seen, not one that ended (that would be a leaked permit).
+            newer = task is None and rec.task_id is not None and rec.since >= read_at
             held.append(Holder(
                 task_id=rec.task_id,
                 task_name=None if task is None else clip(task_name(task)),
-                task_alive=task is not None,
+                task_alive=task is not None or newer,
                 task_state=(holder_info.state if holder_info is not None
-                            else ("finished" if task is None else "waiting")),
+                            else ("finished" if task is None and not newer else "waiting")),
                 site=tuple(frames.get(code, _line(code, offset)) for code, offset in rec.site),
                 held_seconds=max(0.0, now - rec.since),
             ))

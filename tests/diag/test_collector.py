@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from diag.collect import task_origins
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import collect_tasks
@@ -393,7 +395,8 @@ async def test_many_waiters_on_several_primitives_each_name_their_own() -> None:
     assert owners == expected
 
 
-async def test_a_holder_made_while_the_sync_collection_runs_is_alive_not_ended(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("rereads", [3, 0])
+async def test_a_holder_made_while_the_sync_collection_runs_is_alive_not_ended(monkeypatch: Any, rereads: int) -> None:
     # The collection reads the tasks, then the primitives' holders, while the program runs
     # on: a task made in between that takes a permit must not read as one that ended
     # without releasing it (a false leaked_permit on a healthy program).
@@ -420,9 +423,12 @@ async def test_a_holder_made_while_the_sync_collection_runs_is_alive_not_ended(m
         return find()
 
     monkeypatch.setattr(sync_collector, "find_primitives", find_after_a_new_holder)
+    monkeypatch.setattr(sync_collector, "MAX_TASK_REREADS", rereads)
     snap = await asyncio.to_thread(sync_collector.collect_sync, None)
     state = next(s for s in snap.primitives if s.primitive.id == hex(id(lock)))
     (holder,) = state.holders
-    assert holder.task_name == "newcomer" and holder.task_alive, holder
+    assert holder.task_alive and holder.task_state != "finished", holder
+    # read again, it is named; with no reading left, it is still alive, unnamed
+    assert holder.task_name == ("newcomer" if rereads else None), holder
     release.set()
     await started[0]
