@@ -534,21 +534,14 @@ STOPPED_LOOP = textwrap.dedent('''
     async def idle():
         await asyncio.sleep(1.0)      # idle in its poll on the main thread: stacks are asked for
 
-    def after_the_loop(seconds):
-        end = time.monotonic() + seconds
-        n = 0
-        while time.monotonic() < end:   # plain Python: pending calls run between bytecodes
-            n += 1
-        return n
-
     asyncio.run(idle())
-    read = _origins.ended_stack()
-    assert read is not None, "no stack was read while the loop idled"
-    after_the_loop(0.3)   # a request the watchdog made just before the loop stopped runs here
-    stopped_at = time.monotonic()
-    after_the_loop(1.0)
-    later = _origins.ended_stack()
-    print(later[0] < stopped_at, later[1][0][0].co_name)
+    assert _origins.ended_stack() is not None, "no stack was read while the loop idled"
+    reads = set()
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:     # plain Python: a pending call runs between bytecodes
+        reads.add(_origins.ended_stack()[0])
+    # the read asked for before the loop stopped may run here; none is asked for after
+    print(len(reads))
     agent.stop()
 ''')
 
@@ -559,4 +552,4 @@ def test_no_stack_is_asked_for_a_loop_that_has_stopped() -> None:
     # watchdog no longer asks it for its stack (ten times a second, for nothing).
     proc = run_python(STOPPED_LOOP, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[0] == "True", proc.stdout
+    assert int(proc.stdout) <= 2, proc.stdout  # the last read before, the one asked for before the stop
