@@ -1009,3 +1009,22 @@ def test_a_queue_only_a_dead_tasks_traceback_reaches_is_proven_lost(loop: str) -
             time.sleep(0.3)
         assert kinds == {"proven_leak"}, data["findings"]
         assert code == 1
+
+
+GATHER_CHILD_DIES_QUEUE_KEPT = GATHER_CHILD_DIES.replace(
+    "    except PermissionError:\n        pass\n", "    except PermissionError:\n        pass\n    return todo\n").replace(
+    "    await sync_bucket(inflight)\n", "    todo = await sync_bucket(inflight)   # kept by a live frame: a put may come\n")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_same_queue_kept_by_a_live_frame_too_is_not_proven_lost(loop: str) -> None:
+    """The healthy counterpart: the dead lister's traceback reaches the queue, and so does
+    the main task's own frame, which can still put into it: a suspect at most."""
+    assert "return todo" in GATHER_CHILD_DIES_QUEUE_KEPT and "todo = await sync_bucket" in GATHER_CHILD_DIES_QUEUE_KEPT
+    with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"copier-0", "copier-1"}, "--min-wait", "1")
+        found = by_task(data)
+        kinds = {f["kind"] for name in ("copier-0", "copier-1") for f in found.get(name, [])}
+        assert kinds == {"suspect"}, data["findings"]  # named by the lister's death, not proven
+        assert "died" in found["copier-0"][0]["evidence"], found["copier-0"]
+        assert code == 0
