@@ -40,6 +40,11 @@ MAX_PRIMITIVES = 5_000
 MAX_TASK_REREADS = 3
 
 
+def _live_tasks() -> dict[int, Any]:
+    """Every pending task by its diag id, as it is now."""
+    return {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
+
+
 def find_primitives(budget: float = FIND_BUDGET) -> tuple[list[Any], bool]:
     """Every live asyncio primitive the GC tracks; (found, complete)."""
     deadline = time.monotonic() + budget
@@ -69,7 +74,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
     started = time.monotonic()
     tasks: TaskSnapshot = collect_tasks(watch, CollectOptions(exclude=exclude, budget=collect_budget))
     read_at = time.monotonic()
-    live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
+    live = _live_tasks()
     by_id = {t.id: t for t in tasks.tasks}
     waiting: dict[str, list[tuple[int, float | None]]] = {}
     for info in tasks.tasks:
@@ -114,7 +119,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             # then the records: one that released and ended since is gone from them.
             refreshes -= 1
             read_at = time.monotonic()
-            live = {task_origins.task_seq(t): t for t in iter_all_tasks() if not future_done(t)}
+            live = _live_tasks()
             records = holders.records(source)
         held = []
         for rec in records:
