@@ -1028,3 +1028,54 @@ def test_the_same_queue_kept_by_a_live_frame_too_is_not_proven_lost(loop: str) -
         assert kinds == {"suspect"}, data["findings"]  # named by the lister's death, not proven
         assert "died" in found["copier-0"][0]["evidence"], found["copier-0"]
         assert code == 0
+
+
+GATHER_CHILD_DIES_AUDITED = """
+import asyncio
+
+async def lister(todo):
+    await asyncio.sleep(0)
+    raise PermissionError("listing denied")
+
+async def copier(todo):
+    while (key := await todo.get()) is not None:
+        pass
+
+async def audit_writer(audit):
+    while True:
+        await audit.get()                  # idle between failures: healthy
+
+async def sync_bucket(inflight, audit):
+    todo = asyncio.Queue()
+    children = [asyncio.create_task(lister(todo))]
+    children += [asyncio.create_task(copier(todo), name=f"copier-{i}") for i in range(2)]
+    inflight.update(children[1:])
+    try:
+        await asyncio.gather(*children)
+    except PermissionError:
+        audit.put_nowait("failed")         # this frame, not the lister's, uses audit
+
+async def main():
+    inflight, audit = set(), asyncio.Queue()
+    writer = asyncio.create_task(audit_writer(audit), name="audit-writer")
+    await sync_bucket(inflight, audit)
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_idle_worker_on_a_queue_the_awaiter_of_a_dead_task_used_is_left_alone(loop: str) -> None:
+    """The lister's exception passed through sync_bucket's frame, which uses the audit
+    queue: that queue is not the lister's, and its idle writer is no suspect."""
+    with DiagRun(GATHER_CHILD_DIES_AUDITED, env={"LOOP": loop}) as app:
+        # once the lister's death is logged and the writer has idled past --min-wait
+        deadline = time.monotonic() + 60
+        while "PermissionError" not in (dead := run_diag("tasks", app.url, "--dead").stdout):
+            assert time.monotonic() < deadline, dead
+            time.sleep(0.3)
+        dump_until(app.url, lambda tasks: any(t["name"] == "audit-writer" and (t["wait"].get("seconds") or 0) >= 2
+                                              for t in tasks))
+        code, data = settled(app.url, {"copier-0", "copier-1"}, "--min-wait", "1")
+        found = by_task(data)
+        assert "copier-0" in found and "copier-1" in found, data["findings"]
+        assert "audit-writer" not in found, found["audit-writer"]
