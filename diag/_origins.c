@@ -254,6 +254,7 @@ seq_of(PyObject *task)
 static struct { PyCodeObject *code; int skip; int stored; } verdicts[VERDICTS];
 static PyObject *skip_prefix = NULL;
 static PyObject *skip_file = NULL;  /* diag's holder wrappers: passed over like asyncio */
+static PyObject *skip_origins_file = NULL;  /* diag's create_task wrapper (task_origins.py): the same */
 
 static int
 is_asyncio_code(PyCodeObject *code)
@@ -273,6 +274,13 @@ is_asyncio_code(PyCodeObject *code)
         skip = (int)m;
         if (!skip && skip_file != NULL) {
             int cmp = PyUnicode_Compare(filename, skip_file);
+            if (cmp == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            skip = cmp == 0;
+        }
+        if (!skip && skip_origins_file != NULL) {
+            int cmp = PyUnicode_Compare(filename, skip_origins_file);
             if (cmp == -1 && PyErr_Occurred()) {
                 PyErr_Clear();
             }
@@ -1366,12 +1374,16 @@ done:
 static PyObject *
 mod_configure(PyObject *mod, PyObject *args)
 {
-    PyObject *codes_arg, *prefix_arg;
-    if (!PyArg_ParseTuple(args, "O!U:configure", &PyDict_Type, &codes_arg, &prefix_arg)) {
+    PyObject *codes_arg, *prefix_arg, *file_arg = NULL;
+    if (!PyArg_ParseTuple(args, "O!U|U:configure", &PyDict_Type, &codes_arg, &prefix_arg, &file_arg)) {
         return NULL;
     }
     Py_XSETREF(codes, Py_NewRef(codes_arg));
     Py_XSETREF(skip_prefix, Py_NewRef(prefix_arg));
+    Py_XSETREF(skip_origins_file, Py_XNewRef(file_arg));
+    for (int i = 0; i < VERDICTS; i++) {  /* verdicts made before knew nothing of that file */
+        Py_CLEAR(verdicts[i].code);
+    }
     Py_RETURN_NONE;
 }
 
@@ -1935,8 +1947,9 @@ mod_ended_stack(PyObject *self, PyObject *unused)
 
 static PyMethodDef mod_methods[] = {
     {"configure", mod_configure, METH_VARARGS,
-     "configure(codes, asyncio_dir): where code objects are kept by id, and the directory "
-     "whose frames are asyncio's own (skipped when looking for the creating code)."},
+     "configure(codes, asyncio_dir, wrapper_file=None): where code objects are kept by id, the "
+     "directory whose frames are asyncio's own (skipped when looking for the creating code), and "
+     "a file of diag's whose frames are skipped the same way."},
     {"task_seq", mod_task_seq, METH_O, "task_seq(task) -> the task's diag id (given now if new)."},
     {"task_origin", mod_task_origin, METH_O,
      "task_origin(task) -> (id(code), offset, creator id or None, id), or None."},

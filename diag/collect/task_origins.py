@@ -29,6 +29,9 @@ from diag.collect.safe_read import read_attr
 _SEQ_ATTR = "_diag_seq"
 _ORIGIN_ATTR = "_diag_origin"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+#: Frames of this file are passed over like asyncio's when the creating code is looked for:
+#: ``_NamedCreateTask`` calls the factory from here.
+_THIS_FILE = __file__
 
 _counter = itertools.count(1)
 #: Creating code objects by id, so task records hold ints only.  Kept alive here, so an
@@ -71,7 +74,7 @@ def _load_accelerator() -> Any:
         return None
     if not hasattr(_origins, "OriginFactory"):  # built for a frame layout it does not know
         return None
-    _origins.configure(_codes, _ASYNCIO_DIR)
+    _origins.configure(_codes, _ASYNCIO_DIR, _THIS_FILE)
     return _origins
 
 
@@ -218,6 +221,43 @@ def is_eager_factory(factory: object) -> bool:
     return _EAGER_FACTORY_CODE is not None and getattr(factory, "__code__", None) is _EAGER_FACTORY_CODE
 
 
+#: CPython 3.13.0 to 3.13.2 rename every task a factory made without a name "None": their
+#: ``BaseEventLoop.create_task`` calls ``task.set_name(name)`` after the factory, name or not
+#: (python/cpython gh-130033; 3.13.3 passes the name to the factory instead).  On those,
+#: a loop that had no factory of its own gets ``_NamedCreateTask`` as its ``create_task``.
+_SETS_NAME_NONE = sys.version_info[:2] == (3, 13) and sys.version_info[2] < 3
+_BASE_CREATE_TASK = asyncio.BaseEventLoop.create_task
+
+
+class _NamedCreateTask:
+    """``loop.create_task`` as 3.13.3 has it for a loop whose factory is diag's own: the name
+    goes to the factory (and so to ``Task()``), and an unnamed task keeps its ``Task-N``.
+    Any other factory (the program set one after diag's) gets asyncio's own method."""
+
+    __slots__ = ("loop", "factory")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, factory: TaskFactory) -> None:
+        self.loop = loop
+        self.factory = factory
+
+    def __call__(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None,
+                 context: Any = None) -> asyncio.Task[Any]:
+        loop = self.loop
+        factory = self.factory
+        if loop.get_task_factory() is not factory:
+            return _BASE_CREATE_TASK(loop, coro, name=name, context=context)  # type: ignore[arg-type]
+        loop._check_closed()  # type: ignore[attr-defined]
+        if context is None:
+            return factory(loop, coro, name=name)  # type: ignore[call-arg,return-value,unused-ignore]
+        return factory(loop, coro, name=name, context=context)  # type: ignore[call-arg,return-value,unused-ignore]
+
+
+def _keep_names(loop: asyncio.AbstractEventLoop, factory: TaskFactory) -> None:
+    own = getattr(loop, "__dict__", None)
+    if _SETS_NAME_NONE and type(loop).create_task is _BASE_CREATE_TASK and own is not None and "create_task" not in own:
+        own["create_task"] = _NamedCreateTask(loop, factory)
+
+
 def install_factory(loop: asyncio.AbstractEventLoop, *, over_eager: bool = False) -> bool:
     """Put an ``OriginFactory`` in front of the loop's current factory; idempotent.
 
@@ -232,7 +272,10 @@ def install_factory(loop: asyncio.AbstractEventLoop, *, over_eager: bool = False
             return True
         if not over_eager and is_eager_factory(current):
             return False
-        loop.set_task_factory(new_factory(current))  # type: ignore[arg-type]
+        factory = new_factory(current)
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        if current is None:
+            _keep_names(loop, factory)
         return True
     except Exception:
         return False
@@ -243,5 +286,7 @@ def uninstall_factory(loop: asyncio.AbstractEventLoop) -> None:
         current = loop.get_task_factory()
         if is_origin_factory(current):
             loop.set_task_factory(current.inner)  # type: ignore[union-attr]
+        if isinstance(getattr(loop, "__dict__", {}).get("create_task"), _NamedCreateTask):
+            del loop.create_task  # type: ignore[method-assign]
     except Exception:
         pass

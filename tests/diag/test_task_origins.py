@@ -61,6 +61,8 @@ PROGRAM = textwrap.dedent('''
         out["spawner_seq"] = task_origins.task_seq(made["spawner"])
         out["chained_calls"] = len(seen)
         out["accelerated"] = task_origins.accelerated()
+        out["names"] = sorted({t.get_name() if t.get_name() == "a" else t.get_name().split("-")[0]
+                               for t in made.values()})
         print(json.dumps(out))
 
     asyncio.run(main())
@@ -111,7 +113,53 @@ def test_both_paths_record_the_same_creators(mode: str) -> None:
         assert result["direct"] is None
         if mode == "chained":
             assert result["chained_calls"] == 6  # the program's factory still made every task
+        # the one named task keeps its name, the others asyncio's Task-N (3.13.0-3.13.2 named
+        # them "None" behind any factory: CPython gh-130033)
+        assert result["names"] == ["Task", "a"] or (mode == "chained" and task_origins._SETS_NAME_NONE
+                                                  and result["names"] == ["None", "a"]), result
     assert {k: v for k, v in fast.items() if k != "accelerated"} == {k: v for k, v in slow.items() if k != "accelerated"}
+
+
+NAMES = textwrap.dedent('''
+    import asyncio, json
+    from diag.collect import task_origins
+
+    async def child():
+        await asyncio.sleep(0)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task_origins.install_factory(loop)
+        out = {"diag": [asyncio.create_task(child()).get_name(), loop.create_task(child(), name="b").get_name()]}
+        seen = []
+        def program_factory(loop, coro, **kw):
+            seen.append(kw.get("name"))
+            return asyncio.Task(coro, loop=loop, **kw)
+        loop.set_task_factory(program_factory)   # the program's own, set after diag's
+        out["program"] = [asyncio.create_task(child(), name="c").get_name(), len(seen)]
+        loop.set_task_factory(None)
+        task_origins.install_factory(loop)
+        task_origins.uninstall_factory(loop)
+        out["after"] = [asyncio.create_task(child()).get_name(), "create_task" in vars(loop),
+                        loop.get_task_factory() is None]
+        await asyncio.sleep(0.01)
+        print(json.dumps(out))
+
+    asyncio.run(main())
+''')
+
+
+@pytest.mark.parametrize("python_path", [False, True])
+def test_tasks_keep_their_names_behind_the_factory(python_path: bool) -> None:
+    """An unnamed task is Task-N with or without diag's factory, a named one keeps its name;
+    a factory the program sets later is called as asyncio calls it, and uninstalling leaves
+    the loop as it was."""
+    out = _run(NAMES, python_path=python_path)
+    diag_made, named = out["diag"]  # type: ignore[misc]
+    assert diag_made.startswith("Task-") and diag_made[5:].isdigit() and named == "b", out
+    assert out["program"] == ["c", 1], out
+    unnamed, patched, no_factory = out["after"]  # type: ignore[misc]
+    assert unnamed.startswith("Task-") and not patched and no_factory, out
 
 
 EAGER = textwrap.dedent('''
