@@ -615,6 +615,20 @@ def _wait_text(task: TaskInfo) -> str:
     return f"{what} for {wait.seconds or 0.0:.0f}s"
 
 
+def _acquiring_call_returned(holder: Holder, info: TaskInfo) -> str:
+    """``the call that acquired it (Pool.send)`` when the function that took a permit is no
+    longer on its holder's stack: an acquire whose call ended by an exception (a timeout
+    that fired as the acquire completed, say) and left the release to nobody.  Released by
+    design elsewhere (``connect()`` acquires, ``close()`` releases) reads the same, so this
+    is evidence, never a verdict.  Empty when the stack is elided or the site unknown."""
+    if not holder.site or not info.stack or any(f.file == "<elided>" for f in info.stack):
+        return ""
+    site = holder.site[0]
+    if any(f.file == site.file and f.function == site.function for f in info.stack):
+        return ""
+    return f"the call that acquired it ({site.function})"
+
+
 def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo], waiter: int,
                      min_wait: float) -> str:
     """Who holds the primitive a task waits for, when the holder is itself waiting, as
@@ -629,8 +643,11 @@ def _held_by_waiting(holders: tuple[Holder, ...], by_id: Mapping[int, TaskInfo],
         if info.wait.seconds is not None and info.wait.seconds < min_wait:
             continue
         name = f" {info.name!r}" if info.name else ""
+        returned = _acquiring_call_returned(holder, info)
         parts.append(f"task {info.id}{name} (acquired at {_site_text(holder.site[:1])} "
-                     f"{_ago(holder.held_seconds)}), which waits on {_wait_text(info)}")
+                     f"{_ago(holder.held_seconds)}), which waits on {_wait_text(info)}"
+                     + (f"; {returned} has returned and the permit is still held: nothing on "
+                        f"the holder's stack is in the code that took it" if returned else ""))
         if len(parts) == 3:
             break
     if not parts:

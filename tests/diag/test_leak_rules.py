@@ -301,6 +301,33 @@ def test_waiters_on_a_lock_are_told_what_its_holder_waits_for() -> None:
     assert any("held by task 5" in f.evidence for f in leak_report(snap, OPTIONS).findings)
 
 
+def test_a_holder_whose_acquiring_call_has_returned_is_said_so_and_stays_a_suspect() -> None:
+    """A timeout that fires as the acquire completes (3.12's wait_for in the caller's task) leaves
+    the permit with a task that has moved on: the function that took it is off the holder's
+    stack.  Evidence, not a verdict: connect() may acquire what close() releases."""
+    conn = lock("0x1", "Pool.lock")
+    campaign = Frame("/srv/app/push.py", 90, "campaign", "await asyncio.sleep(60)")
+    sleeping = task(5, name="campaign", coro="campaign", stack=(campaign,),
+                    wait=Wait("sleep", "sleep", None, 40.0, deadline_known=True))
+    queued = [waiting_on(i, conn, coro="deliver", deadline_known=True) for i in (6, 7)]
+    snap = sync(snapshot(sleeping, *queued), held(conn, holder(5, held_for=41.0), waiting=(6, 7)))
+    report = leak_report(snap, OPTIONS)
+    (behind,) = [f for f in report.findings if {t.id for t in f.tasks} == {6, 7}]
+    assert behind.kind == "suspect" and not set(kinds(report)) & set(DEFAULT_FAIL_ON)
+    assert ("which waits on sleep for 40s; the call that acquired it (handler) has returned and the permit is "
+            "still held") in behind.evidence
+    # the acquiring function still on the holder's stack: it holds the lock across its own wait
+    inside = replace(sleeping, stack=(campaign, HANDLER))
+    snap = sync(snapshot(inside, *queued), held(conn, holder(5, held_for=41.0), waiting=(6, 7)))
+    evidence = " ".join(f.evidence for f in leak_report(snap, OPTIONS).findings)
+    assert "held by task 5" in evidence and "has returned" not in evidence
+    # an elided stack may hide it: no claim
+    elided = replace(sleeping, stack=(campaign, Frame("<elided>", 0, "... 40 frames elided ...")))
+    snap = sync(snapshot(elided, *queued), held(conn, holder(5, held_for=41.0), waiting=(6, 7)))
+    evidence = " ".join(f.evidence for f in leak_report(snap, OPTIONS).findings)
+    assert "held by task 5" in evidence and "has returned" not in evidence
+
+
 def test_a_process_wait_is_suspect_when_the_child_is_blocked_on_a_pipe_only_the_waiter_serves() -> None:
     def waiting_for(child: ChildProcess) -> SyncSnapshot:
         proc_wait = task(1, coro="run_snippet",
