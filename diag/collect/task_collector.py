@@ -148,6 +148,26 @@ def _learn_library_codes() -> None:
 
 
 _QUEUE_JOIN = id(asyncio.Queue.join.__code__)
+
+
+def _as_completed_codes() -> frozenset[int]:
+    """The coroutines of ``asyncio.as_completed`` that wait on its private queue of finished
+    futures: a closure in 3.11 and 3.12, a method of ``_AsCompletedIterator`` in 3.13."""
+    found = []
+    fn = getattr(asyncio.tasks, "as_completed", None)
+    for const in getattr(getattr(fn, "__code__", None), "co_consts", ()):
+        if isinstance(const, types.CodeType) and const.co_name == "_wait_for_one":
+            found.append(id(const))
+    method = getattr(getattr(asyncio.tasks, "_AsCompletedIterator", None), "_wait_for_one", None)
+    code = getattr(method, "__code__", None)
+    if isinstance(code, types.CodeType):
+        found.append(id(code))
+    return frozenset(found)
+
+
+#: ``as_completed`` waits on a Queue of its own: what the task waits for is the futures it was given.
+_AS_COMPLETED = _as_completed_codes()
+_AS_COMPLETED_ITERATOR: Any = getattr(asyncio.tasks, "_AsCompletedIterator", None)
 _GATHERING_FUTURE: Any = getattr(asyncio.tasks, "_GatheringFuture", None)
 _TASK_GROUP: Any = asyncio.TaskGroup
 #: Waits whose end diag looks for (a sleep says its own; a running task waits on nothing).
@@ -809,6 +829,8 @@ class _Walker:
                 elif i > 0 and id(frames[i - 1].f_code) == _QUEUE_JOIN:
                     # Queue.join waits on the queue's own event: the queue is what it waits on
                     known, (kind, detail) = i - 1, _KNOWN[_QUEUE_JOIN]
+                elif i > 0 and id(frames[i - 1].f_code) in _AS_COMPLETED:
+                    known, kind, detail = i - 1, "gather", "as_completed"
                 break
             shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)  # type: ignore[index]
         return shape
@@ -871,6 +893,10 @@ class _Walker:
                 awaited = builtin_items(read_attr(group, "_tasks"))
             elif detail == "wait_for":
                 awaited = _locals_of_type(nodes[i], asyncio.Task)
+            elif detail == "as_completed":  # 3.13 keeps the futures left in its iterator
+                if _AS_COMPLETED_ITERATOR is not None:
+                    iterator = _local_of_type(nodes[i], None, _AS_COMPLETED_ITERATOR, "self")
+                    awaited = builtin_items(read_attr(iterator, "_todo")) if iterator is not None else []
             else:
                 for ref in gc.get_referents(nodes[i]):
                     awaited.extend(builtin_items(ref) if type(ref) in (set, list, tuple) else ())
