@@ -764,6 +764,23 @@ def _idle_by_design(task: TaskInfo) -> bool:
     return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
 
 
+def _talking_readers(tasks: tuple[TaskInfo, ...]) -> frozenset[str]:
+    """Coroutines with a client's stream read whose connection has carried data both ways:
+    their peer answers when asked."""
+    return frozenset(t.coro for t in tasks if t.wait.kind == "stream_read" and t.wait.traffic is not None
+                     and t.wait.traffic.bytes_sent and t.wait.traffic.bytes_received)
+
+
+def _unused_connection(task: TaskInfo, talking: frozenset[str], awaiters: Mapping[int, set[int]]) -> bool:
+    """A reader on a connection nothing has crossed either way since it opened, while a
+    reader of the same coroutine on another connection has talked with its peer: a pool's
+    spare connection that nothing was asked on, idle by design.  One whose peer is to speak
+    first (a greeting that never comes) has no talking sibling, or a task waiting on it."""
+    traffic = task.wait.traffic
+    return (task.wait.kind == "stream_read" and traffic is not None and traffic.silent
+            and task.coro in talking and not awaiters.get(task.id))
+
+
 def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
              excluded: set[int]) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
@@ -786,6 +803,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
             fired[event.label] = fired.get(event.label, 0) + 1
     timed = _ended_by_awaiters(snap.tasks.tasks)
+    talking = _talking_readers(snap.tasks.tasks)
     gathered: dict[int, TaskInfo] = {}  # a task -> the task gathering it, when others it gathers have ended
     for t in snap.tasks.tasks:
         if t.wait.kind == "gather" and t.wait.detail == "gather" and t.wait.finished:
@@ -827,6 +845,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                            f"{'its' if len(left) == 1 else 'their'} wait: "
                            + ", ".join(f"{t.coro} on {t.wait.detail or t.wait.kind}" for t in left[:4]))
         if _idle_by_design(task) and not why:
+            continue
+        if _unused_connection(task, talking, awaiters) and not why:
             continue
         if prim is not None:
             idle = idle_since.get(prim.id)

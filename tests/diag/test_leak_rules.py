@@ -503,6 +503,32 @@ def test_a_clients_read_is_judged_by_which_end_sent_last(traffic: Traffic, suspe
         assert words in report.findings[0].evidence, report.findings[0].evidence
 
 
+def test_a_pools_unused_connection_is_idle_when_a_sibling_has_talked_with_the_peer() -> None:
+    """Readers of one coroutine, one per pooled connection: the connection in use has been
+    answered, the spare ones have carried nothing either way since they opened.  Nothing was
+    asked on those: idle.  Alone (no sibling ever heard its peer), or awaited by a task that
+    needs what it reads, a silent connection is a greeting that never came: a suspect."""
+    def reader(tid: int, traffic: Traffic, coro: str = "PooledConnection._read_loop") -> TaskInfo:
+        return task(tid, coro=coro, stack=(Frame("/srv/app/pool.py", 30, coro, "await self.reader.readline()"),),
+                    wait=Wait("stream_read", "StreamReader.readuntil", seconds=60.0, deadline_known=True,
+                              stream_side="client", traffic=traffic))
+
+    used = reader(1, Traffic(50.0, 49.0, 0, 120, 900))
+    spare = [reader(i, Traffic(60.0, 60.0, 0, 0, 0)) for i in (2, 3)]
+    assert leak_report(sync(snapshot(used, *spare)), OPTIONS).findings == ()
+    # no sibling has talked: each silent connection is a suspect
+    report = leak_report(sync(snapshot(*spare)), OPTIONS)
+    assert ids_of(report, "suspect") == {2, 3}
+    assert "since the connection opened 60s ago, and this end nothing either" in report.findings[0].evidence
+    # a sibling of another coroutine does not count
+    other = reader(4, Traffic(50.0, 49.0, 0, 120, 900), coro="Feed.read_loop")
+    assert ids_of(leak_report(sync(snapshot(other, *spare)), OPTIONS), "suspect") == {2, 3}
+    # a task awaiting the silent reader needs what it reads (a handshake)
+    handshake = task(5, coro="connect", wait=Wait("task", "await task", seconds=60.0, tasks=(2,), deadline_known=True))
+    report = leak_report(sync(snapshot(used, *spare, handshake)), OPTIONS)
+    assert 2 in ids_of(report, "suspect") and 3 not in ids_of(report, "suspect")
+
+
 def test_a_servers_end_of_a_stream_waiting_for_a_request_is_idle_a_clients_is_not() -> None:
     def reader(tid: int, side: str) -> TaskInfo:
         return task(tid, coro="handle", stack=(Frame("/srv/app/api.py", 12, "handle", "await reader.readline()"),),
