@@ -764,6 +764,28 @@ def _idle_by_design(task: TaskInfo) -> bool:
     return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
 
 
+def _runners_text(task: TaskInfo, by_id: Mapping[int, TaskInfo], min_wait: float) -> list[str]:
+    """The tasks of the object that keeps a waited-for future (its reader loop, say) that are
+    themselves waiting as long as a wait must be to count: where the wake-up would come from."""
+    keeper = task.wait.owner.split(", ", 1)[0].split(".", 1)[0] or "object"
+    out = []
+    for tid in task.wait.owner_tasks:
+        runner = by_id.get(tid)
+        if runner is None or runner.id == task.id or runner.state != "waiting":
+            continue
+        if task.wait.owner_ids[:1] == runner.wait.owner_ids[:1]:
+            continue  # waiting on the same keeper's futures: another request, not what answers them
+        if runner.wait.kind == "sleep" or (runner.wait.seconds or 0.0) < min_wait:
+            continue
+        wait = runner.wait
+        what = (wait.detail or wait.kind) + (f" {_where(wait.primitive)}" if wait.primitive is not None else "")
+        inner = next((f.function for f in runner.stack if "/asyncio/" not in f.file), "")
+        at = f" in {inner}" if inner and inner not in what and inner != runner.coro else ""
+        out.append(f"{runner.coro} (task {runner.id}), a task of the {keeper} that keeps it, has itself waited "
+                   f"{wait.seconds or 0.0:.0f}s on {what}{at}")
+    return out[:2]
+
+
 def _talking_readers(tasks: tuple[TaskInfo, ...]) -> frozenset[str]:
     """Coroutines with a client's stream read whose connection has carried data both ways:
     their peer answers when asked."""
@@ -888,6 +910,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 and task.stack and not _LIBRARY_RX.match(task.stack[0].file)):
             why.append(f"its own code has awaited a bare future for {seconds:.0f}s with no timeout: only the "
                        f"code that holds the future can end the wait")
+        if why and task.wait.owner_tasks:
+            why.extend(_runners_text(task, by_id, options.min_wait))
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:

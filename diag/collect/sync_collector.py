@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import gc
 import time
+import types
 from typing import Any
 
 from dataclasses import replace
 
 from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
-from diag.collect.safe_read import clip, future_done, is_a, read_attr, task_name
+from diag.collect.safe_read import clip, future_done, future_field, is_a, read_attr, task_coroutine, task_name
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
     process_notes,
@@ -171,6 +172,44 @@ def _line(code: Any, offset: int) -> int:
 OWNER_KINDS = frozenset({"event", "condition", "queue_get", "queue_put"})
 
 
+#: Tasks looked at for methods of the objects keeping awaited futures (each a look at its
+#: coroutine's references: about a microsecond).
+MAX_RUNNER_SCAN = 50_000
+#: Tasks named per keeping object.
+MAX_RUNNERS = 8
+
+
+def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> dict[int, tuple[int, ...]]:
+    """Keeping object's id -> the tasks whose coroutine is one of its methods:
+    code whose first argument is ``self``, of a function defined on the object's class,
+    that refers to the object.  Read from the coroutine's references, never its
+    ``f_locals``.  A client's reader loop is so found for the requests whose futures it
+    keeps."""
+    if not owner_ids:
+        return {}
+    found: dict[int, list[int]] = {}
+    for n, (tid, task) in enumerate(live.items()):
+        if n >= MAX_RUNNER_SCAN:
+            break
+        coro = task_coroutine(future_field(task, "_coro"))
+        code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
+        if code is None or code.co_argcount < 1 or code.co_varnames[:1] != ("self",) or "." not in code.co_qualname:
+            continue
+        try:
+            refs = gc.get_referents(coro)
+        except Exception:
+            continue
+        for ref in refs:
+            if id(ref) in owner_ids and any(code.co_qualname.startswith(k.__qualname__ + ".")
+                                            for k in type(ref).__mro__[:-1]):
+                runners = found.setdefault(id(ref), [])
+                if len(runners) < MAX_RUNNERS:
+                    runners.append(tid)
+                break
+        del refs, coro
+    return {k: tuple(v) for k, v in found.items()}
+
+
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:
     """``tasks`` with ``Wait.owner`` set for long waits on plain futures and on events,
     conditions and queues: which object keeps the awaited thing, and whether it (or what
@@ -199,6 +238,7 @@ def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str,
         return tasks
     by_key = {key: owners[id(obj)] for key, obj in wanted.items() if id(obj) in owners}
     wanted.clear()
+    runners = owner_tasks({i for _, _, ids in by_key.values() for i in ids[:1]}, live)
     out: list[TaskInfo] = []
     for info in tasks.tasks:
         prim = info.wait.primitive
@@ -208,6 +248,7 @@ def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str,
             label, closed, ids = found
             owner = f"{label}, {closed}" if closed else label
             info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed),
-                                              owner_ids=tuple(hex(i) for i in ids)))
+                                              owner_ids=tuple(hex(i) for i in ids),
+                                              owner_tasks=runners.get(ids[0], ()) if ids else ()))
         out.append(info)
     return replace(tasks, tasks=tuple(out))

@@ -351,7 +351,9 @@ class Wait:
     in ``async with second:``), which may differ from the primitive's label.  ``finished``
     are the awaited tasks of a ``gather`` wait that have ended already.  ``predicate`` is,
     for a ``Condition.wait_for``, the predicate it waits to see true and the values it
-    reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``).
+    reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``).  ``owner_tasks`` are the
+    tasks running a method of the nearest object found keeping the awaited future (a
+    client's reader loop, for a request's future in the client's table of pending ones).
     """
 
     kind: str
@@ -376,9 +378,12 @@ class Wait:
     traffic: Traffic | None = None
     finished: tuple[FinishedChild, ...] = ()
     predicate: str = ""
+    owner_tasks: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.owner_tasks:
+            d["owner_tasks"] = list(self.owner_tasks)
         if self.predicate:
             d["predicate"] = self.predicate
         if self.frame_label:
@@ -443,6 +448,7 @@ class Wait:
             frame_label=str(d.get("frame_label") or ""),
             finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
             predicate=str(d.get("predicate") or ""),
+            owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
         )
 
 

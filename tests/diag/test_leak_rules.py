@@ -529,6 +529,29 @@ def test_a_pools_unused_connection_is_idle_when_a_sibling_has_talked_with_the_pe
     assert 2 in ids_of(report, "suspect") and 3 not in ids_of(report, "suspect")
 
 
+def test_a_futures_evidence_names_the_keepers_own_task_when_it_waits_too() -> None:
+    """Requests wait on futures in Client.pending; the Client's reader loop (found running a
+    method of it) is where an answer would come from: named when it waits as long as a wait
+    must be to count; another request on the same keeper, or a sleeper, is not."""
+    at = (Frame("/srv/app/client.py", 20, "Client.call", "return await fut"),)
+    def request(tid: int, **kw: object) -> TaskInfo:
+        return task(tid, coro="request", stack=at, wait=Wait("future", "Future", seconds=30.0, deadline_known=True,
+                                                             owner="Client.pending", owner_ids=("0xc",), **kw))  # type: ignore[arg-type]
+    reader = task(5, coro="Client.read_loop", stack=(Frame("/srv/app/client.py", 9, "Client.read_loop"),),
+                  wait=Wait("stream_read", "StreamReader.readuntil", seconds=30.0, deadline_known=True,
+                            stream_side="client", owner="StreamReader._waiter", owner_ids=("0xa", "0xc")))
+    other = request(7)
+    report = leak_report(sync(snapshot(request(6, owner_tasks=(5, 7)), reader, other)), OPTIONS)
+    (found,) = [f for f in report.findings if 6 in {t.id for t in f.tasks}]
+    assert ("Client.read_loop (task 5), a task of the Client that keeps it, has itself waited 30s on "
+            "StreamReader.readuntil") in found.evidence, found.evidence
+    assert "(task 7)" not in found.evidence  # another request on Client.pending
+    for idle in (replace(reader, wait=Wait("sleep", "sleep", seconds=30.0)),
+                 replace(reader, wait=replace(reader.wait, seconds=OPTIONS.min_wait - 0.5))):
+        report = leak_report(sync(snapshot(request(6, owner_tasks=(5,)), idle)), OPTIONS)
+        assert all("a task of the Client" not in f.evidence for f in report.findings), report.findings
+
+
 def test_a_servers_end_of_a_stream_waiting_for_a_request_is_idle_a_clients_is_not() -> None:
     def reader(tid: int, side: str) -> TaskInfo:
         return task(tid, coro="handle", stack=(Frame("/srv/app/api.py", 12, "handle", "await reader.readline()"),),

@@ -1079,3 +1079,80 @@ def test_an_idle_worker_on_a_queue_the_awaiter_of_a_dead_task_used_is_left_alone
         found = by_task(data)
         assert "copier-0" in found and "copier-1" in found, data["findings"]
         assert "audit-writer" not in found, found["audit-writer"]
+
+
+SILENT_SERVER = """
+import asyncio
+
+class Client:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.pending = {}
+        self.seq = 0
+
+    async def read_loop(self):
+        while line := await self.reader.readline():
+            fut = self.pending.pop(int(line), None)
+            if fut is not None and not fut.done():
+                fut.set_result(line)
+
+    async def call(self):
+        self.seq += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.seq] = fut
+        self.writer.write(b"%d\\n" % self.seq)
+        return await fut
+
+async def request(client):
+    return await client.call()
+
+async def answer(reader, writer):
+    PEERS.append(writer)
+    while line := await reader.readline():
+        if ANSWERS:
+            writer.write(line)
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = Client(reader, writer)
+    loop_task = asyncio.create_task(client.read_loop(), name="read-loop")
+    calls = [asyncio.create_task(request(client), name="request") for _ in range(2)]
+    await asyncio.Event().wait()
+
+PEERS = []
+ANSWERS = False                            # the bug: the server reads requests and never answers
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_requests_future_names_the_reader_loop_of_the_client_that_keeps_it(loop: str) -> None:
+    # Requests wait on futures kept in Client.pending; what would resolve them is the
+    # client's reader loop (a task running a method of that Client), itself waiting on a
+    # server that never answers: the evidence leads from the requests to it.
+    with DiagRun(SILENT_SERVER, env={"LOOP": loop}) as app:
+        # the reader's wait counts once it is as long as --min-wait too (waits are sampled)
+        deadline = time.monotonic() + 60
+        while True:
+            code, data = settled(app.url, {"request", "read-loop"}, "--min-wait", "1")
+            found = by_task(data)
+            if "Client.read_loop (task " in str(found.get("request")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert {f["kind"] for f in found["request"]} == {"suspect"}, data["findings"]
+        request = " | ".join(f["evidence"] for f in found["request"])
+        assert "a task of the Client that keeps it, has itself waited" in request, request
+        assert "Client.read_loop (task " in request and "s on StreamReader.readuntil" in request, request
+        (reader,) = {t["id"] for f in found["read-loop"] for t in f["tasks"] if t["name"] == "read-loop"}
+        requests = {t["id"]: t for f in found["request"] for t in f["tasks"] if t["name"] == "request"}
+        assert len(requests) == 2 and all(t["wait"]["owner_tasks"] == [reader] for t in requests.values()), requests
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_whose_server_answers_has_no_finding(loop: str) -> None:
+    with DiagRun(SILENT_SERVER.replace("ANSWERS = False ", "ANSWERS = True  "), env={"LOOP": loop}) as app:
+        tasks = dump_until(app.url, lambda ts: not any(t["name"] == "request" for t in ts)
+                           and any(t["name"] == "read-loop" and (t["wait"].get("seconds") or 0) >= 1.5 for t in ts))
+        assert not [t for t in tasks if t["name"] == "request"], tasks
+        code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]

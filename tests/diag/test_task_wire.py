@@ -22,7 +22,8 @@ def _varied() -> TaskSnapshot:
     waits = [
         Wait("sleep", "sleep", seconds=1.5, time_left=math.inf),
         Wait("future", "Future", seconds=2.0, deadline=3.25, deadline_by="asyncio.timeout", deadline_known=True,
-             owner="Client._pending, transport closed", owner_closed=True, future_id="0x1", owner_ids=("0x2",)),
+             owner="Client._pending, transport closed", owner_closed=True, future_id="0x1", owner_ids=("0x2",),
+             owner_tasks=(8, 9)),
         Wait("future", "Future", seconds=9.0, deadline=None, deadline_by="", deadline_known=True),
         Wait("task", "await other", seconds=None, tasks=(3, 4), created_at=FETCH),
         Wait("gather", "gather", seconds=3.0, tasks=(5, 6, 7),
