@@ -195,6 +195,8 @@ def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> dict[int, tuple[in
         code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else None
         if code is None or code.co_argcount < 1 or code.co_varnames[:1] != ("self",) or "." not in code.co_qualname:
             continue
+        if coro.cr_running:  # type: ignore[attr-defined]  # the loop thread's own step, mid-way: left alone
+            continue
         try:
             refs = gc.get_referents(coro)
         except Exception:
