@@ -915,7 +915,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.id in unreferenced:
             why.append("nothing holds a reference to the task (fire-and-forget)")
         if (not why and task.wait.kind == "future" and task.wait.deadline_known
-                and task.stack and not _LIBRARY_RX.match(task.stack[0].file)):
+                and task.stack and not _LIBRARY_RX.match(task.stack[0].file)
+                and task.id not in task.wait.owner_tasks):  # a keeper's own worker, idle until handed work
             why.append(f"its own code has awaited a bare future for {seconds:.0f}s with no timeout: only the "
                        f"code that holds the future can end the wait")
         if why and task.wait.owner_tasks:

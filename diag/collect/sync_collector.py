@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dis
 import gc
+import itertools
 import time
 import types
 from typing import Any
@@ -175,19 +177,52 @@ OWNER_KINDS = frozenset({"event", "condition", "queue_get", "queue_put"})
 #: Tasks looked at for methods of the objects keeping awaited futures (each a look at its
 #: coroutine's references: about a microsecond).
 MAX_RUNNER_SCAN = 50_000
-#: Tasks named per keeping object.
+#: Tasks named per waiting task (after the task itself, when it is one of the keeper's).
 MAX_RUNNERS = 8
 
 
-def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> dict[int, tuple[int, ...]]:
+_LOOP_JUMPS: dict[types.CodeType, tuple[tuple[int, int], ...]] = {}
+
+
+def _waits_in_a_loop(coro: Any) -> bool:
+    """Whether a suspended coroutine waits inside a loop of its own code (a backward jump
+    from after its current instruction to before it): a worker or reader waiting for its
+    next item, not a one-shot call waiting for its answer.  An ``await`` is a small loop of
+    its own (``JUMP_BACKWARD_NO_INTERRUPT`` back to its ``SEND``), and 3.12's handler of a
+    ``throw()`` into it jumps back after ``CLEANUP_THROW``: neither is counted."""
+    frame = getattr(coro, "cr_frame", None)
+    if type(frame) is not types.FrameType:
+        return False
+    code = frame.f_code
+    jumps = _LOOP_JUMPS.get(code)
+    if jumps is None:
+        try:
+            found, before = [], ""
+            for i in dis.get_instructions(code):
+                if i.opname == "JUMP_BACKWARD" and before != "CLEANUP_THROW" and isinstance(i.argval, int):
+                    found.append((int(i.argval), i.offset))
+                before = i.opname
+            jumps = tuple(found)
+        except Exception:
+            jumps = ()
+        if len(_LOOP_JUMPS) >= 1024:
+            _LOOP_JUMPS.clear()
+        _LOOP_JUMPS[code] = jumps
+    at = frame.f_lasti
+    return any(target <= at < offset for target, offset in jumps)
+
+
+def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> tuple[dict[int, list[int]], set[int]]:
     """Keeping object's id -> the tasks whose coroutine is one of its methods:
     code whose first argument is ``self``, of a function defined on the object's class,
     that refers to the object.  Read from the coroutine's references, never its
     ``f_locals``.  A client's reader loop is so found for the requests whose futures it
-    keeps."""
+    keeps.  Also returns those of the tasks that wait inside a loop of their coroutine's own
+    code (``_waits_in_a_loop``): a keeper's workers."""
     if not owner_ids:
-        return {}
+        return {}, set()
     found: dict[int, list[int]] = {}
+    looping: set[int] = set()
     for n, (tid, task) in enumerate(live.items()):
         if n >= MAX_RUNNER_SCAN:
             break
@@ -204,12 +239,12 @@ def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> dict[int, tuple[in
         for ref in refs:
             if id(ref) in owner_ids and any(code.co_qualname.startswith(k.__qualname__ + ".")
                                             for k in type(ref).__mro__[:-1]):
-                runners = found.setdefault(id(ref), [])
-                if len(runners) < MAX_RUNNERS:
-                    runners.append(tid)
+                found.setdefault(id(ref), []).append(tid)
+                if _waits_in_a_loop(coro):
+                    looping.add(tid)
                 break
         del refs, coro
-    return {k: tuple(v) for k, v in found.items()}
+    return found, looping
 
 
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:
@@ -240,7 +275,8 @@ def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str,
         return tasks
     by_key = {key: owners[id(obj)] for key, obj in wanted.items() if id(obj) in owners}
     wanted.clear()
-    runners = owner_tasks({i for _, _, ids in by_key.values() for i in ids[:1]}, live)
+    runners, looping = owner_tasks({i for _, _, ids in by_key.values() for i in ids[:1]}, live)
+    runner_sets: dict[int, frozenset[int]] = {}
     out: list[TaskInfo] = []
     for info in tasks.tasks:
         prim = info.wait.primitive
@@ -249,8 +285,16 @@ def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str,
         if found is not None:
             label, closed, ids = found
             owner = f"{label}, {closed}" if closed else label
+            keeper_tasks = runners.get(ids[0], ()) if ids else ()
+            own: tuple[int, ...] = ()
+            if ids and info.id in looping:
+                members = runner_sets.get(ids[0])
+                if members is None:
+                    members = runner_sets[ids[0]] = frozenset(keeper_tasks)
+                own = (info.id,) if info.id in members else ()
             info = replace(info, wait=replace(info.wait, owner=owner, owner_closed=bool(closed),
                                               owner_ids=tuple(hex(i) for i in ids),
-                                              owner_tasks=runners.get(ids[0], ()) if ids else ()))
+                                              owner_tasks=own + tuple(itertools.islice(
+                                                  (t for t in keeper_tasks if t != info.id), MAX_RUNNERS))))
         out.append(info)
     return replace(tasks, tasks=tuple(out))

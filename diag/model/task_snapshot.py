@@ -353,7 +353,8 @@ class Wait:
     for a ``Condition.wait_for``, the predicate it waits to see true and the values it
     reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``).  ``owner_tasks`` are the
     tasks running a method of the nearest object found keeping the awaited future (a
-    client's reader loop, for a request's future in the client's table of pending ones).
+    client's reader loop, for a request's future in the client's table of pending ones),
+    the waiting task itself first when it is one of them (a pool's idle worker).
     """
 
     kind: str

@@ -442,3 +442,50 @@ async def test_a_holder_made_while_the_sync_collection_runs_is_alive_not_ended(m
     assert holder.task_name == ("newcomer" if rereads else None), holder
     release.set()
     await started[0]
+
+
+async def test_a_coroutine_waiting_inside_its_own_loop_is_told_from_a_one_shot_wait() -> None:
+    from diag.collect.sync_collector import _waits_in_a_loop
+
+    gate = asyncio.Event()
+
+    async def worker() -> None:
+        while True:
+            await gate.wait()
+            gate.clear()
+
+    async def reader(items: "asyncio.Queue[int]") -> None:
+        for _ in range(10):
+            await items.get()
+
+    async def one_shot() -> None:
+        await gate.wait()
+
+    async def after_a_loop() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await gate.wait()
+
+    lock = asyncio.Lock()
+
+    async def guarded() -> None:
+        try:
+            async with lock:
+                await gate.wait()
+        except ValueError:
+            pass
+        finally:
+            gate.clear()
+
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    tasks = {name: asyncio.create_task(coro) for name, coro in
+             (("worker", worker()), ("reader", reader(queue)), ("one_shot", one_shot()), ("after", after_a_loop()),
+                              ("guarded", guarded()))}
+    await asyncio.sleep(0.05)
+    try:
+        looping = {name: _waits_in_a_loop(t.get_coro()) for name, t in tasks.items()}
+        assert looping == {"worker": True, "reader": True, "one_shot": False, "after": False, "guarded": False}, looping
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)

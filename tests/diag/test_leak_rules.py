@@ -552,6 +552,20 @@ def test_a_futures_evidence_names_the_keepers_own_task_when_it_waits_too() -> No
         assert all("a task of the Client" not in f.evidence for f in report.findings), report.findings
 
 
+def test_a_keepers_worker_waiting_in_its_loop_on_the_keepers_future_is_idle() -> None:
+    """The collection puts the waiting task first in ``owner_tasks`` when it runs a method of
+    the keeper and waits inside a loop of it (a pool's idle worker): no bare-future suspect.
+    Stronger evidence (the keeper's connection closed) still makes one."""
+    at = (Frame("/srv/app/pool.py", 20, "Pool.worker", "await wake"),)
+    def worker(owner: str = "Pool.idle", **kw: object) -> TaskInfo:
+        return task(3, coro="Pool.worker", stack=at, wait=Wait("future", "Future", seconds=30.0, deadline_known=True,
+                                                              owner=owner, owner_ids=("0xp",), **kw))  # type: ignore[arg-type]
+    assert leak_report(sync(snapshot(worker(owner_tasks=(3, 4)))), OPTIONS).findings == ()
+    assert ids_of(leak_report(sync(snapshot(worker(owner_tasks=(4,)))), OPTIONS), "suspect") == {3}
+    closed = worker(owner_tasks=(3,), owner="Pool.idle, its transport is closed", owner_closed=True)
+    assert ids_of(leak_report(sync(snapshot(closed)), OPTIONS), "suspect") == {3}
+
+
 def test_a_servers_end_of_a_stream_waiting_for_a_request_is_idle_a_clients_is_not() -> None:
     def reader(tid: int, side: str) -> TaskInfo:
         return task(tid, coro="handle", stack=(Frame("/srv/app/api.py", 12, "handle", "await reader.readline()"),),

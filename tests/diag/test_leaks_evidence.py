@@ -1156,3 +1156,65 @@ def test_a_client_whose_server_answers_has_no_finding(loop: str) -> None:
         assert not [t for t in tasks if t["name"] == "request"], tasks
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+IDLE_WORKERS = """
+import asyncio, collections
+
+class Pool:
+    def __init__(self, size):
+        self.idle = collections.deque()
+        self.jobs = collections.deque()
+        self.workers = [asyncio.create_task(self.worker(), name="worker") for _ in range(size)]
+
+    async def worker(self):
+        while True:                        # a worker waits for work on a future of its own
+            if not self.jobs:
+                wake = asyncio.get_running_loop().create_future()
+                self.idle.append(wake)
+                await wake
+                continue
+            job, done = self.jobs.popleft()
+            done.set_result(job * 2)
+
+    async def submit(self, job):           # one call, one answer: run as a task of its own
+        done = asyncio.get_running_loop().create_future()
+        self.jobs.append((job, done))
+        if WAKES and self.idle:
+            self.idle.popleft().set_result(None)
+        return await done
+
+async def main():
+    pool = Pool(3)
+    await asyncio.sleep(0.1)
+    calls = [asyncio.create_task(pool.submit(i), name="submit") for i in range(2)]
+    await asyncio.Event().wait()
+
+WAKES = False                              # the bug: a submit never wakes an idle worker
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_idle_workers_on_futures_of_their_pool_are_left_alone_its_callers_are_not(loop: str) -> None:
+    # Workers run a method of the Pool and wait, inside their loop, on futures the Pool keeps:
+    # idle until handed work. The submits run a method of the same Pool too, but wait once,
+    # for an answer that never comes: suspects.
+    with DiagRun(IDLE_WORKERS, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"submit"}, "--min-wait", "1")
+        found = by_task(data)
+        assert {f["kind"] for f in found["submit"]} == {"suspect"}, data["findings"]
+        assert "awaited a bare future" in " ".join(f["evidence"] for f in found["submit"])
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)["tasks"]
+        assert [t for t in tasks if t["name"] == "worker" and (t["wait"]["seconds"] or 0) >= 1], tasks
+        code, data = leaks(app.url, "--min-wait", "1")
+        assert "worker" not in by_task(data), data["findings"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pool_whose_submits_wake_a_worker_has_no_finding(loop: str) -> None:
+    with DiagRun(IDLE_WORKERS.replace("WAKES = False ", "WAKES = True  "), env={"LOOP": loop}) as app:
+        tasks = dump_until(app.url, lambda ts: not any(t["name"] == "submit" for t in ts)
+                           and any(t["name"] == "worker" and (t["wait"].get("seconds") or 0) >= 1.5 for t in ts))
+        assert not [t for t in tasks if t["name"] == "submit"], tasks
+        code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
+        assert code == 0 and data["findings"] == [], data["findings"]
