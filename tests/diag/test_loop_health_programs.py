@@ -312,3 +312,46 @@ def test_a_loop_given_no_cpu_is_starved_not_blocked() -> None:
         reasons = re.search(r" starved \(([^)]*)\)", text.splitlines()[2])
         assert reasons is not None and "runqueue" in reasons.group(1).split(", "), text
 
+
+
+TWO_BLOCKS = """
+import asyncio, sys, time
+
+if sys.argv[1:] == ["uvloop"]:
+    import uvloop
+    uvloop.install()
+
+def sleep_on_the_loop():
+    time.sleep(0.35)  # sleeps on the loop
+
+async def blocker():
+    for _ in range(2):                     # twice, then never again
+        await asyncio.sleep(0.5)
+        sleep_on_the_loop()
+
+async def main():
+    task = asyncio.create_task(blocker(), name="blocker")
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_two_stalls_of_a_third_of_a_second_are_loop_blocked(kind: str) -> None:
+    # Below every other threshold (one stall of a second, three in the window): two stalls,
+    # one of a fifth of --stall-threshold or more, are a pattern; fail on by default.
+    source = TWO_BLOCKS.replace('sys.argv[1:] == ["uvloop"]', repr(kind == "uvloop"))
+    with DiagRun(source) as run:
+        loop = wait_for_history(run.url, lambda lp: sum(s["cause"] == "blocked" and not s["ongoing"]
+                                                        for s in lp["stalls"]) >= 2, timeout=60)
+        blocked = [s for s in loop["stalls"] if s["cause"] == "blocked"]
+        assert len(blocked) == 2 and max(s["seconds"] for s in blocked) >= 0.2, loop["stalls"]
+        proc = run_diag("leaks", run.url, "--format", "json", "--no-proof", timeout=60)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        (finding,) = [f for f in json.loads(proc.stdout)["findings"] if f["kind"] == "loop_blocked"]
+        assert finding["title"].startswith("event loop ") and "was blocked 2 times" in finding["title"], finding
+        assert "sleep_on_the_loop" in finding["evidence"], finding
+        # a caller who tolerates more (a threshold five times as long) gets no verdict
+        proc = run_diag("leaks", run.url, "--format", "json", "--no-proof", "--stall-threshold", "5", timeout=60)
+        assert proc.returncode == 0 and not json.loads(proc.stdout)["findings"], proc.stdout

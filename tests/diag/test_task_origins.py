@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from diag.collect import task_origins
-from tests.support.programs import run_python
+from tests.support.cli import run_diag
+from tests.support.programs import DiagRun, run_python
 
 PROGRAM = textwrap.dedent('''
     import asyncio, json, sys
@@ -235,3 +236,27 @@ def test_the_record_table_stays_bounded_and_never_mixes_up_tasks() -> None:
     assert result["max_entries"] < 40_000, result
     assert result["strays"] == 0, result  # a reused address never inherits a dead task's record
     assert result["stable"] is True
+
+
+def test_unnamed_tasks_keep_their_names_under_diag_run() -> None:
+    """What a user sees: the program's own get_name() and diag's dump both say Task-N (on
+    3.13.0-3.13.2 the agent's factory made them "None" before)."""
+    program = """
+import asyncio
+
+async def idle():
+    await asyncio.Event().wait()
+
+async def main():
+    kept = [asyncio.create_task(idle()) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    print("names", sorted({t.get_name().split("-")[0] for t in kept}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+    with DiagRun(program) as app:
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)["tasks"]
+        idle = [t for t in tasks if t["coro"] == "idle"]
+        assert len(idle) == 3 and all(t["name"].startswith("Task-") and t["name"][5:].isdigit() for t in idle), idle
+        assert "names ['Task']" in app.output(), app.output()
