@@ -1,12 +1,14 @@
 """What one ``diag`` run costs to start, for two source trees side by side.
 
-    python bench/cli_startup.py --rounds 20 [--target URL] OLD_TREE NEW_TREE
+    python bench/cli_startup.py --rounds 20 [--target URL] OLD_TREE[@PYTHON] NEW_TREE[@PYTHON]
 
 Runs ``PY -m diag ARGS`` with each tree as the working directory (so ``-m`` imports that
 tree's ``diag``, with the same interpreter and dependencies), the trees alternating run by
 run, for each command line below, and prints the median and the maximum of the wall time
 and of the CPU time (user + system of the child) per tree.  With ``--target`` (a running
 ``python -m target_server``, say), ``diag tasks`` and ``diag leaks`` against it too.
+``TREE@PYTHON`` runs that tree with another interpreter (a virtualenv with other versions
+of the dependencies, say); without it, with this one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ COMMANDS = (
 )
 
 
-def one_run(tree: str, args: list[str]) -> tuple[float, float, int]:
-    """(wall, CPU, exit code) of one ``python -m diag ARGS`` in ``tree``."""
+def one_run(spec: str, args: list[str]) -> tuple[float, float, int]:
+    """(wall, CPU, exit code) of one ``python -m diag ARGS`` in the tree of ``spec`` (``TREE[@PYTHON]``)."""
+    tree, _, python = spec.partition("@")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "diag", *args], cwd=tree, capture_output=True,
+    proc = subprocess.run([python or sys.executable, "-m", "diag", *args], cwd=tree, capture_output=True,
                           env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -44,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--target", metavar="URL", help="also dump this live target")
-    parser.add_argument("trees", nargs=2, metavar="TREE")
+    parser.add_argument("trees", nargs=2, metavar="TREE[@PYTHON]")
     options = parser.parse_args()
     commands = list(COMMANDS)
     if options.target:
@@ -63,7 +66,7 @@ def main() -> None:
                 codes[tree].add(code)
         print(title)
         for tree in options.trees:
-            print(f"  {tree:<24} exit {sorted(codes[tree])}  wall median {statistics.median(walls[tree]):.3f} s "
+            print(f"  {tree:<40} exit {sorted(codes[tree])}  wall median {statistics.median(walls[tree]):.3f} s "
                   f"max {max(walls[tree]):.3f} s  CPU median {statistics.median(cpus[tree]):.3f} s "
                   f"max {max(cpus[tree]):.3f} s")
 

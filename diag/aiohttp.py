@@ -23,8 +23,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from diag.agent import current
-from diag.agent.endpoints import ANSWER_REUSE, PREFIX, Endpoints, Response
+from diag.agent.endpoints import ANSWER_REUSE, Endpoints, Response
 from diag.agent.server import GZIP_MIN_BYTES
+from diag.agent_protocol import PREFIX
 from diag.agent.metrics_routes import REQUESTS
 
 _METRICS = PREFIX + "/metrics"

@@ -29,7 +29,8 @@ import threading
 from diag.agent import agent_dir as agent_files
 from diag.agent import fork_safety  # noqa: F401  (registers its fork handler first)
 from diag.agent.endpoints import Endpoints
-from diag.agent.server import AgentServer, parse_address
+from diag.agent.server import AgentServer
+from diag.agent_protocol import parse_address
 from diag.collect import holders
 from diag.collect.loop_watch import LoopWatch
 

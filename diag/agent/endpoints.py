@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Generator, Mapping, Sequence
 
 import diag
+from diag.agent_protocol import PREFIX
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.collect import gc_pause
 from diag.collect.loop_watch import LoopWatch
@@ -24,7 +25,6 @@ from diag.model import task_wire
 from diag.errors import DiagError
 from diag.model.task_snapshot import TaskInfo, TaskSnapshot
 
-PREFIX = "/debug/diag"
 AGENT_SCHEMA = "diag.agent/1"
 #: A second dump waits this long for the first before answering 503 busy.
 BUSY_WAIT = 10.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Mapping
 
+from diag.agent_protocol import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.collect import reachability
 from diag.collect.sync_collector import collect_sync
 from diag.collect.task_collector import paused_gc
@@ -14,10 +15,6 @@ from diag.model.task_snapshot import count_totals
 if TYPE_CHECKING:
     from diag.agent.endpoints import Endpoints, Response
 
-#: The longest a client may let the reachability proof run.
-MAX_PROOF_BUDGET = 30.0
-#: The proof's budget when the client names none (CPU seconds, the program paused meanwhile).
-DEFAULT_PROOF_BUDGET = reachability.DEFAULT_BUDGET
 
 
 def install(endpoints: "Endpoints") -> None:

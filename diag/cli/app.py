@@ -182,9 +182,31 @@ def _say(line: str) -> None:
     stderr.print(line, markup=False, highlight=False)
 
 
+def _null_in(command: Any, args: list[str]) -> str:
+    """The usage error for an argument holding a NUL character (only ``main(argv)`` can get
+    one: ``exec`` cannot), or "".  Said here because typer before 0.29 lets a path option
+    raise ``ValueError`` from ``os.stat``."""
+    for n, arg in enumerate(args):
+        if "\x00" not in arg:
+            continue
+        flag = arg.partition("=")[0] if arg.startswith("--") and "=" in arg else (
+            args[n - 1] if n and args[n - 1].startswith("-") else "")
+        sub = getattr(command, "commands", {}).get(args[0]) if args else None
+        where = f"diag {args[0]}" if sub is not None else "diag"
+        names = next((" / ".join(f"'{o}'" for o in sorted(p.opts, key=len, reverse=True))
+                      for p in getattr(sub, "params", ()) if flag and flag in p.opts), f"'{flag}'" if flag else "")
+        what = f"Invalid value for {names}" if names else "Invalid argument"
+        return f"diag: error: {what}: embedded null character (try '{where} --help')"
+    return ""
+
+
 def _main(argv: Sequence[str] | None, out: BufferedOutput) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    null = _null_in(command, args)
+    if null:
+        _say(null)
+        return EXIT_USAGE
     try:
         result = command.main(args=args, prog_name="diag", standalone_mode=False)
     except DiagError as err:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from diag import attach as attaching
-from diag.agent.server import parse_address
+from diag.agent_protocol import parse_address
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import UsageError

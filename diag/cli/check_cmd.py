@@ -14,7 +14,7 @@ import typer
 
 from diag.analysis.check_baseline import EMPTY, CheckBaseline, compare, observe
 from diag.analysis.leak_verdicts import LeakOptions, leak_report
-from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
+from diag.agent_protocol import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.cli import option_checks as checks
 from diag.cli.console import stderr
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError

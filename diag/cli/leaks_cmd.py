@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from diag.agent.sync_routes import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
+from diag.agent_protocol import DEFAULT_PROOF_BUDGET, MAX_PROOF_BUDGET
 from diag.analysis.leak_verdicts import DEFAULT_FAIL_ON, KINDS, LeakOptions, LeakReport, leak_report
 from diag.cli import option_checks as checks
 from diag.errors import EXIT_FINDINGS, EXIT_OK, TargetError, UsageError

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 import diag
-from diag.agent.server import check_agent_address
+from diag.agent_protocol import check_agent_address
 from diag.cli import option_checks as checks
 from diag.errors import UsageError
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from diag.collect import gc_pause, task_origins, wait_evidence
 from diag.collect.loop_watch import _SELECT_CODES, iter_all_tasks, thread_schedstat
+from diag.agent_protocol import DEFAULT_PROOF_BUDGET
 from diag.collect.safe_read import future_done, future_field, instance_dict, read_attr
 from diag.model.sync_snapshot import Reachability
 
@@ -45,7 +46,7 @@ _class_module = type.__dict__["__module__"].__get__
 #: proves nothing.  The program is paused meanwhile: with what the proof does around its
 #: marking, under half a second by default, enough for about 400,000 objects
 #: (``--proof-budget`` lets a bigger heap be proven).
-DEFAULT_BUDGET = 0.4
+DEFAULT_BUDGET = DEFAULT_PROOF_BUDGET
 _PLAIN, _MINE, _MODULE, _WEAKREF, _FRAME = 0, 1, 2, 3, 4
 #: Code flags of generators and coroutines: a frame of such code may be suspended, not finished.
 _RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
+from diag.agent_protocol import PREFIX, check_token
 from diag.analysis.task_groups import TaskQuery, task_view
 from diag.documents import MAX_DOCUMENT_BYTES, load_json, read_file, size_text
 from diag.errors import TargetError, UsageError
@@ -326,11 +327,6 @@ def _one_line(text: str, limit: int = 200) -> str:
 def client_token(token: str | None = None) -> str | None:
     """``token``, or else ``DIAG_AGENT_TOKEN``, checked as the agent checks it (it travels
     in a header): a ``UsageError`` line saying what is wrong, never showing the token."""
-    # the agent package is imported when a target is asked, not with this module: importing
-    # it starts with the whole agent (collectors, server), which reading a saved file,
-    # ``--help`` or a usage error never needs
-    from diag.agent.server import check_token
-
     if token is None:
         token = os.environ.get("DIAG_AGENT_TOKEN")
     check_token(token)
@@ -496,8 +492,6 @@ def is_url(target: str) -> bool:
 def parse_agent_url(target: str) -> tuple[Address, str]:
     """(address, path prefix of the agent's endpoints) of an ``http(s)://`` or ``unix:``
     target; ``UsageError`` naming the accepted forms for anything else."""
-    from diag.agent.endpoints import PREFIX  # when a target is asked (see client_token)
-
     if target.startswith("unix:"):
         path = target[len("unix:"):]
         if not path or "\x00" in path:

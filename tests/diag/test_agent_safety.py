@@ -18,7 +18,8 @@ import pytest
 
 import diag.agent
 from diag.agent import server as agent_server
-from diag.agent.endpoints import PREFIX, Response
+from diag.agent.endpoints import Response
+from diag.agent_protocol import PREFIX
 from diag.cli.run_cmd import BOOTSTRAP_DIR, PACKAGE_PARENT
 from tests.diag.test_budgets import agent  # noqa: F401  (the fixture: an agent in this process)
 from tests.support.cli import ROOT, assert_one_line_error, diag_env, run_diag

@@ -128,6 +128,17 @@ def test_an_output_path_that_cannot_be_a_file(output: str, expected: str) -> Non
     assert "--output" in line and expected in line and len(line) < 300, line
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["tasks", "http://127.0.0.1:9", "--output=bad\x00name"], "Invalid value for '--output' / '-o': embedded null"),
+    (["leaks", "http://127.0.0.1:9\x00"], "Invalid argument: embedded null character (try 'diag leaks --help')"),
+])
+def test_a_nul_in_any_argument_is_one_usage_line(argv: list[str], expected: str) -> None:
+    # only main(argv) can be given one (exec cannot): typer before 0.29 let os.stat raise
+    from tests.diag.test_bad_targets import one_line_error
+
+    assert expected in one_line_error(argv, 2)
+
+
 def test_a_huge_number_is_refused_in_one_short_line() -> None:
     line = assert_one_line_error(run_diag("tasks", f"http://127.0.0.1:{free_port()}", "--limit", "-" + "9" * 400), 2)
     assert line.startswith("diag: error: --limit must be at least 1, not -999") and len(line) < 120, line
