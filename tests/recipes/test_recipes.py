@@ -139,7 +139,9 @@ def run_phase(phase: Phase, tmp: Path) -> str:
             return output
         finally:
             stop.set()
-            http("POST", server.url + "/admin/release")
+            # A lab that blocks the loop (time.sleep for 12 s) answers this only once the
+            # sleep is over, however soon the commands finished: wait for it, not 10 s.
+            http("POST", server.url + "/admin/release", timeout=60)
             for t in threads:
                 t.join(10)
 
