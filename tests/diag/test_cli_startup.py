@@ -77,3 +77,14 @@ def test_an_unreachable_target_imports_no_renderer() -> None:
     assert code == 3
     assert under(modules, "diag.render.tasks_text", "diag.render.tasks_table", "diag.render.many_tasks",
                  "diag.analysis.merge", *NEVER) == []
+
+
+@pytest.mark.parametrize("argv", [["tasks", "http://127.0.0.1:9"], ["leaks", "http://127.0.0.1:9"],
+                                  ["check", "http://127.0.0.1:9"]])
+def test_asking_a_target_never_imports_the_agent(argv: list[str]) -> None:
+    # the agent package starts with the whole agent (collectors, server): a client needs only
+    # diag.agent_protocol from it
+    code, modules = imported(*argv)
+    assert code == 3
+    assert under(modules, "diag.agent", "diag.collect") == []
+    assert "diag.agent_protocol" in modules
