@@ -212,7 +212,8 @@ def main() -> None:
             commands: dict[str, list[str]] = {}
             for name, extra in variants.items():
                 if extra:
-                    commands[name] = [sys.executable, "-m", "diag", "tasks", url, *extra]
+                    # a streamed million-task dump takes longer than the default --timeout of 10 s
+                    commands[name] = [sys.executable, "-m", "diag", "tasks", url, *extra, "--timeout", "600"]
             if monitor_ports:
                 live = f"http://127.0.0.1:{monitor_ports[1]}/api/live-tasks"
                 commands[AIOMONITOR] = ([curl, "-sS", "--fail", "-X", "POST", live] if curl else

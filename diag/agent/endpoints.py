@@ -15,12 +15,14 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import diag
 from diag.agent_protocol import PREFIX
-from diag.analysis.task_groups import TaskQuery, task_view
+from diag.analysis.task_groups import TaskQuery, filter_tasks, find_cycles, task_view
 from diag.collect import gc_pause
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
-    CollectOptions, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
+    CollectOptions, TaskStream, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
 )
+from diag.collect.loop_watch import iter_all_tasks
+from diag.collect.safe_read import future_done
 from diag.model import task_wire
 from diag.errors import DiagError
 from diag.model.task_snapshot import TaskInfo, TaskSnapshot
@@ -44,6 +46,13 @@ MAX_CACHED_ANSWERS = 32
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 #: How long a task collection may run; past it the dump stops and says how far it got.
 COLLECT_BUDGET = 5.0
+#: A full dump (``debug=2``, compact) of more pending tasks than this is collected as it is
+#: sent, a slice at a time (``TaskStream``): the target holds one slice of descriptions,
+#: not a snapshot of every task (about 370 bytes a task).
+STREAM_TASKS = 20_000
+#: How long a streamed collection may run: it describes every task (about 10-30 us each,
+#: a million in under a minute), the loop turning between its slices.
+STREAM_COLLECT_BUDGET = 120.0
 #: Why ``filter=`` is refused: the client matches its regex (see ``parse_task_query``).
 FILTER_REFUSED = ("filter= is not matched by the agent (a regex can backtrack for hours holding the "
                   "target's GIL): fetch the tasks and filter them in the client, as the diag CLI does "
@@ -260,11 +269,12 @@ class GcPausedStream:
     slow client) the GC runs between pieces again: no client keeps it off for long.
     ``close`` (or the end of the pieces) gives the pause back, whatever happened."""
 
-    def __init__(self, pieces: Generator[bytes, None, None]) -> None:
+    def __init__(self, pieces: Generator[bytes, None, None], on_close: Callable[[], None] | None = None) -> None:
         gc_pause.pause()
         self._held = True
         self._pieces: Generator[bytes, None, None] | None = pieces
         self._start = time.monotonic()
+        self._on_close = on_close  # called once, when the pieces end or are given up
 
     def __iter__(self) -> GcPausedStream:
         return self
@@ -303,9 +313,51 @@ class GcPausedStream:
             del pieces  # the snapshot goes with it, freed while the GC is paused
         finally:
             gc_pause.resume()
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
 
     def __del__(self) -> None:
         self.close()
+
+
+def _pending_more_than(count: int, exclude: frozenset[int]) -> bool:
+    """Whether this process has more than ``count`` pending tasks (not counting ``exclude``)."""
+    n = 0
+    for task in iter_all_tasks():
+        if not future_done(task) and id(task) not in exclude:
+            n += 1
+            if n > count:
+                return True
+    return False
+
+
+def _stream_pieces(stream: TaskStream, tq: TaskQuery) -> Generator[bytes, None, None]:
+    """The compact document of ``stream``'s tasks as ``tq`` keeps them (states, least wait,
+    limit), a slice at a time; the await cycles and the limit's note come with the rest."""
+    matched = sent = 0
+    everything = not tq.states and tq.min_wait is None  # every task matches: counted without describing
+
+    def kept() -> Generator[tuple[TaskInfo, ...], None, None]:
+        nonlocal matched, sent
+        for infos in stream.slices():
+            keep = filter_tasks(infos, tq)
+            matched += len(keep)
+            if tq.limit is not None:
+                keep = keep[:max(0, tq.limit - sent)]
+            sent += len(keep)
+            yield keep
+            if everything and tq.limit is not None and sent >= tq.limit:
+                stream.stop()
+        if stream.stopped:
+            matched = len(stream) - stream.ended
+
+    def finish() -> TaskSnapshot:
+        rest = stream.snapshot()
+        notes = (f"showing {tq.limit} of {matched} tasks (--limit)",) if matched > sent else ()
+        return replace(rest, notes=rest.notes + notes, await_cycles=tuple(find_cycles(stream.edges)))
+
+    return task_wire.stream_slices(kept(), finish)
 
 
 def parse_wire(query: Mapping[str, str]) -> int:
@@ -440,6 +492,8 @@ class Endpoints:
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
         wire = parse_wire(query)
+        if wire == 2 and tq.debug == 2 and _pending_more_than(STREAM_TASKS, exclude):
+            return self._streamed_tasks(tq, exclude)
         # The cyclic GC waits until the dump's objects are freed: a collection on the way
         # (the snapshot makes a few objects per task) would walk them all while holding
         # the GIL, a quarter of a second for 100,000 tasks, during which the loop stops.
@@ -471,6 +525,20 @@ class Endpoints:
                          len(view.tasks), what)
             del view
         return answer
+
+    def _streamed_tasks(self, tq: TaskQuery, exclude: frozenset[int]) -> Response:
+        """A full dump of many tasks, collected as it is sent (see ``STREAM_TASKS``): the
+        dump lock is held until the last piece is sent or the answer is given up."""
+        if not self._dump_lock.acquire(timeout=BUSY_WAIT):
+            return error(503, "busy: another dump is being taken; retry shortly")
+        try:
+            stream = TaskStream(self.watch, CollectOptions(exclude=exclude, budget=STREAM_COLLECT_BUDGET),
+                                ENCODE_SLICE)
+            pieces = _stream_pieces(stream, tq)
+            return Response(200, b"", stream=GcPausedStream(pieces, on_close=self._dump_lock.release))
+        except BaseException:
+            self._dump_lock.release()
+            raise
 
     def health(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         loops = collect_loops(self.watch, set(self.watch.loops()) if self.watch else set(), _FrameCache(True))

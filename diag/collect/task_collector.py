@@ -1181,62 +1181,170 @@ def _unreadable_task(task: asyncio.Task[Any], err: Exception) -> TaskInfo:
     })
 
 
-def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnapshot:
-    started = time.monotonic()
-    taken_at = time.time()
-    all_tasks = [t for t in iter_all_tasks() if not future_done(t) and id(t) not in options.exclude]
-    loops: set[asyncio.AbstractEventLoop] = set()
-    current: set[int] = set()
-    by_id = {id(loop): loop for loop in (future_field(t, "_loop") for t in all_tasks) if loop is not None}
-    for loop in by_id.values():
-        loops.add(loop)
-        cur = asyncio.current_task(loop)
-        if cur is not None:
-            current.add(id(cur))
-    if watch is not None:
-        loops.update(watch.loops())
-        for loop in loops:
-            watch.add_loop(loop)
-    walker = _Walker(watch, options, time.monotonic())
-    walker.by_seq = {task_origins.task_seq(t): t for t in all_tasks}
-    walker.loop_ids_loops = loops
-    infos: list[TaskInfo] = []
-    notes: tuple[str, ...] = ()
-    cut = False  # the walk stopped at its budget: total_tasks counts the tasks it did not describe
-    deadline = None if options.budget is None else started + options.budget
-    for n, task in enumerate(all_tasks):
-        if deadline is not None and n % _CLOCK_EVERY == 0 and n and time.monotonic() > deadline:
-            notes = (f"cut: the dump stopped after its budget of {options.budget:g}s; "
-                     f"described {len(infos)} of {len(all_tasks)} tasks",)
-            cut = True
-            break
-        try:
-            infos.append(walker.task_info(task, id(task) in current))
-        except Exception as err:  # an object that cannot be read costs its entry, not the dump
+class _Collection:
+    """One collection's state: the pending tasks found at its start and the walker that
+    describes them; ``describe`` does any run of them, ``snapshot`` the rest."""
+
+    def __init__(self, watch: LoopWatch | None, options: CollectOptions) -> None:
+        self.watch = watch
+        self.options = options
+        self.started = time.monotonic()
+        self.taken_at = time.time()
+        self.all_tasks = [t for t in iter_all_tasks() if not future_done(t) and id(t) not in options.exclude]
+        loops: set[asyncio.AbstractEventLoop] = set()
+        self.current: set[int] = set()
+        by_id = {id(loop): loop for loop in (future_field(t, "_loop") for t in self.all_tasks) if loop is not None}
+        for loop in by_id.values():
+            loops.add(loop)
+            cur = asyncio.current_task(loop)
+            if cur is not None:
+                self.current.add(id(cur))
+        if watch is not None:
+            loops.update(watch.loops())
+            for loop in loops:
+                watch.add_loop(loop)
+        self.loops = loops
+        self.walker = walker = _Walker(watch, options, time.monotonic())
+        walker.by_seq = {task_origins.task_seq(t): t for t in self.all_tasks}
+        walker.loop_ids_loops = loops
+        self.deadline = None if options.budget is None else self.started + options.budget
+        self.described = 0
+        self.cut = False  # the walk stopped at its budget: total_tasks counts the tasks it did not describe
+        self.notes: tuple[str, ...] = ()
+
+    def describe(self, tasks: list[asyncio.Task[Any]]) -> list[TaskInfo]:
+        """``tasks`` described, until the budget runs out (then ``cut`` is set and a note says so)."""
+        infos: list[TaskInfo] = []
+        walker, current, deadline = self.walker, self.current, self.deadline
+        for task in tasks:
+            if deadline is not None and self.described % _CLOCK_EVERY == 0 and self.described \
+                    and time.monotonic() > deadline:
+                self.notes += (f"cut: the dump stopped after its budget of {self.options.budget:g}s; "
+                               f"described {self.described} of {len(self.all_tasks)} tasks",)
+                self.cut = True
+                break
+            self.described += 1
             try:
-                infos.append(_unreadable_task(task, err))
-            except Exception:  # gone under our feet
-                continue
-    try:
-        walker.name_by_holders_frames()
-    except Exception:  # a name is a help, never worth the dump
-        pass
-    walker.relabel_by_holders()
-    infos = _unify_primitives(infos, walker.primitives)
+                infos.append(walker.task_info(task, id(task) in current))
+            except Exception as err:  # an object that cannot be read costs its entry, not the dump
+                try:
+                    infos.append(_unreadable_task(task, err))
+                except Exception:  # gone under our feet
+                    continue
+        return infos
+
+    def name_primitives(self) -> None:
+        """The passes that name the primitives found so far by what holds them."""
+        try:
+            self.walker.name_by_holders_frames()
+        except Exception:  # a name is a help, never worth the dump
+            pass
+        self.walker.relabel_by_holders()
+
+    def snapshot(self, infos: list[TaskInfo], described: int) -> TaskSnapshot:
+        """The snapshot of ``infos`` (``described`` tasks were described in all)."""
+        watch, walker, loops = self.watch, self.walker, self.loops
+        clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
+        notes = self.notes
+        if walker.deadline_budget <= 0:
+            notes += (f"deadlines were looked for in the first {MAX_DEADLINE_SCAN} waiting tasks only",)
+        try:
+            threads, executors = wait_evidence.collect_threads(walker.frames.of, walker.executor_waits, loops)
+        except Exception:
+            threads, executors = (), ()
+        walker.executor_waits = []
+        return TaskSnapshot(
+            taken_at=self.taken_at, process=process_info(), tasks=tuple(infos),
+            loops=collect_loops(watch, loops, walker.frames),
+            total_tasks=len(self.all_tasks) if self.cut else described,
+            wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - self.started,
+            dead_tasks=watch.dead.snapshot() if watch is not None else (),
+            threads=threads, executors=executors,
+            destroyed_seen=watch is not None and bool(loops) and all(watch.dead.hooked(lp) for lp in loops),
+        )
+
+
+def _collect_tasks(watch: LoopWatch | None, options: CollectOptions) -> TaskSnapshot:
+    run = _Collection(watch, options)
+    infos = run.describe(run.all_tasks)
+    run.name_primitives()
+    infos = _unify_primitives(infos, run.walker.primitives)
     infos.sort(key=lambda t: t.id)
-    clock = watch.describe_clock() if watch is not None else "not measured (no agent watchdog)"
-    if walker.deadline_budget <= 0:
-        notes += (f"deadlines were looked for in the first {MAX_DEADLINE_SCAN} waiting tasks only",)
-    try:
-        threads, executors = wait_evidence.collect_threads(walker.frames.of, walker.executor_waits, loops)
-    except Exception:
-        threads, executors = (), ()
-    walker.executor_waits = []
-    return TaskSnapshot(
-        taken_at=taken_at, process=process_info(), tasks=tuple(infos),
-        loops=collect_loops(watch, loops, walker.frames), total_tasks=len(all_tasks) if cut else len(infos),
-        wait_clock=clock, notes=notes, collect_seconds=time.monotonic() - started,
-        dead_tasks=watch.dead.snapshot() if watch is not None else (),
-        threads=threads, executors=executors,
-        destroyed_seen=watch is not None and bool(loops) and all(watch.dead.hooked(lp) for lp in loops),
-    )
+    return run.snapshot(infos, len(infos))
+
+
+#: Rounds of naming primitives by their holders in a streamed collection: after its first
+#: slice, and again when a later slice found new primitives (each round scans the heap).
+MAX_STREAM_NAMING = 4
+
+
+class TaskStream:
+    """A collection described and handed out a slice at a time, for dumps too big to hold
+    whole: only one slice of ``TaskInfo`` is alive at once.  Tasks come in creation order;
+    a primitive is described as it is known when its slice is made (named by its holders
+    after the first slice, and after any slice that found new ones, up to
+    ``MAX_STREAM_NAMING`` rounds).  ``slices`` runs each slice with the GC paused and as
+    the agent's own work; ``snapshot`` (after the slices) gives everything but the tasks,
+    with the await cycles among all of them.
+
+    Usage::
+
+        stream = TaskStream(watch, CollectOptions(budget=60.0), slice_size=2000)
+        for infos in stream.slices():
+            send(infos)
+        rest = stream.snapshot()        # tasks == (), total_tasks counts them all
+    """
+
+    def __init__(self, watch: LoopWatch | None, options: CollectOptions, slice_size: int = 2000) -> None:
+        _learn_library_codes()
+        with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
+            self.run = _Collection(watch, options)
+            self.run.all_tasks.sort(key=task_origins.task_seq)
+        self.slice_size = slice_size
+        self.edges: dict[int, tuple[int, ...]] = {}
+        self.ended = 0  # tasks that ended before their slice was described
+        self.stopped = False  # the reader took what it wanted before the last slice
+
+    def __len__(self) -> int:
+        return len(self.run.all_tasks)
+
+    def slices(self) -> Iterator[tuple[TaskInfo, ...]]:
+        run = self.run
+        tasks = run.all_tasks
+        named, rounds = 0, 0
+        for start in range(0, len(tasks), self.slice_size):
+            with paused_gc(), (run.watch.own_work() if run.watch is not None else contextlib.nullcontext()):
+                chunk = [t for t in tasks[start:start + self.slice_size] if not future_done(t)]
+                self.ended += min(self.slice_size, len(tasks) - start) - len(chunk)
+                infos = run.describe(chunk)
+                del chunk
+                if rounds < MAX_STREAM_NAMING and len(run.walker.primitive_objects) > named:
+                    run.name_primitives()
+                    named, rounds = len(run.walker.primitive_objects), rounds + 1
+                infos = _unify_primitives(infos, run.walker.primitives)
+            for info in infos:
+                if info.wait.tasks:
+                    self.edges[info.id] = info.wait.tasks
+            yield tuple(infos)
+            del infos
+            if run.cut or self.stopped:
+                break
+
+    def stop(self) -> None:
+        """Describe no more slices (the reader has what it wants): the snapshot still
+        counts every task pending when the dump began."""
+        self.stopped = True
+
+    def snapshot(self) -> TaskSnapshot:
+        """Everything but the tasks, once ``slices`` has run (``edges`` holds what the
+        tasks await, for their cycles)."""
+        run = self.run
+        with paused_gc():
+            snap = run.snapshot([], len(run.all_tasks) - self.ended if self.stopped else run.described)
+        notes = process_notes() + snap.notes + (
+            f"streamed: the {len(run.all_tasks)} tasks pending when the dump began, described a slice of "
+            f"{self.slice_size} at a time over {snap.collect_seconds:.1f}s while the loop ran; tasks created "
+            "meanwhile are not in it",)
+        if self.ended:
+            notes += (f"{self.ended} of them ended before their slice was described, and are left out",)
+        return replace(snap, notes=notes)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import fields, replace
-from typing import Any, Generator, Mapping, Sequence
+from typing import Any, Callable, Generator, Iterable, Mapping, Sequence
 
 from diag.documents import finite_float, require
 from diag.errors import TargetError
@@ -186,6 +186,26 @@ def stream(snapshot: TaskSnapshot, slice_size: int = 2000) -> Generator[bytes, N
         text = json.dumps([tables.row(t) for t in tasks[start:start + slice_size]])[1:-1]
         yield (text if start == 0 else ", " + text).encode()
     yield ("], " + json.dumps(tables.to_dict())[1:]).encode()
+
+
+def stream_slices(slices: Iterable[Sequence[TaskInfo]], finish: Callable[[], TaskSnapshot]
+                  ) -> Generator[bytes, None, None]:
+    """The ``diag.tasks/2`` document of tasks described a slice at a time, as UTF-8 JSON in
+    pieces: the schema, the rows of each slice as it comes, then the tables and, from
+    ``finish()`` (called once the slices are done), every other member.  Neither the
+    tasks nor their text are held beyond one slice."""
+    tables = Tables()
+    yield (json.dumps({"schema": WIRE_SCHEMA, "task_fields": list(TASK_FIELDS)})[:-1] + ', "tasks": [').encode()
+    first = True
+    for infos in slices:
+        if not infos:
+            continue
+        text = json.dumps([tables.row(t) for t in infos])[1:-1]
+        yield (text if first else ", " + text).encode()
+        first = False
+    rest = header(finish())
+    del rest["schema"], rest["task_fields"]
+    yield ("], " + json.dumps(tables.to_dict())[1:-1] + ", " + json.dumps(rest)[1:]).encode()
 
 
 def _list(doc: Mapping[str, Any], name: str) -> Sequence[Any]:
