@@ -203,6 +203,16 @@ def thread_schedstat(native_id: int | None) -> tuple[float, float] | None:
 
 _PROCFS = [sys.platform.startswith("linux")]
 _RUN_ONCE_CODE = getattr(asyncio.base_events.BaseEventLoop, "_run_once").__code__
+_THREADSAFE_CODE = asyncio.base_events.BaseEventLoop.call_soon_threadsafe.__code__
+
+
+def _inside(frame: types.FrameType | None, code: types.CodeType, depth: int = 4) -> bool:
+    """Whether ``frame`` or one of its ``depth - 1`` callers runs ``code``."""
+    while frame is not None and depth > 0:
+        if frame.f_code is code:
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
 _handle_callback = getattr(asyncio.Handle, "_callback", None)
 
 
@@ -774,8 +784,13 @@ class LoopWatch:
         # answer, say, until the next collection).
         frames = sys._current_frames()
         top = frames.get(beat.thread_id)
+        # A thread inside call_soon_threadsafe, between queueing its callback and writing
+        # to the loop's wake-up pipe (kept from the CPU on a loaded machine): a wake-up on
+        # its way, not a lost one.
+        waking = bool(ready) and asyncio_loop and any(
+            _inside(f, _THREADSAFE_CODE) for tid, f in frames.items() if tid != beat.thread_id)
         del frames
-        if top is None:
+        if top is None or waking:
             return None
         if asyncio_loop:
             back = top.f_back

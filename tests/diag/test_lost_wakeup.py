@@ -130,3 +130,48 @@ def test_past_episodes_in_the_window_are_a_verdict_and_old_ones_are_not() -> Non
     assert [t.id for t in finding.tasks] == [5] and report.fails(DEFAULT_FAIL_ON)
     old = leak_report(_with_loop(Unwoken(T - 100, 1.0, False, ("wakes task 5 (poll)",), (5,))), options)
     assert "lost_wakeup" not in {f.kind for f in old.findings}
+
+
+SLOW_WAKER = """
+import asyncio, threading, time
+
+async def poll(fut):
+    return await fut
+
+def device(loop, fut):
+    time.sleep(0.3)
+    loop.call_soon_threadsafe(fut.set_result, "reading")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    write = loop._write_to_self
+    def kept_from_the_cpu():  # a thread queued its callback, then waited 1.5 s to wake the loop
+        time.sleep(1.5)
+        write()
+    loop._write_to_self = kept_from_the_cpu
+    fut = loop.create_future()
+    waiter = asyncio.create_task(poll(fut), name="poll")
+    threading.Thread(target=device, args=(loop, fut), daemon=True).start()
+    await waiter
+    print("woken", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_wake_up_on_its_way_is_not_a_lost_one() -> None:
+    # On a loaded machine the thread calling call_soon_threadsafe can be kept from the CPU
+    # between queueing its callback and writing to the loop's wake-up pipe: the loop sleeps
+    # with a callback ready, but the wake-up is coming.
+    with DiagRun(SLOW_WAKER) as app:
+        deadline = time.monotonic() + 30
+        while "woken" not in app.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "woken" in app.output()
+        code, data = leaks(app.url)
+        tasks = json.loads(run_diag("tasks", app.url, "--format", "json").stdout)
+    assert code == 0, data["findings"]
+    assert not [f for f in data["findings"] if f["kind"] == "lost_wakeup"]
+    (loop,) = tasks["loops"]
+    assert loop["unwoken"] == [] and loop["unwoken_total"] == 0
