@@ -7,6 +7,7 @@ failure becomes a JSON error response; nothing raises out of here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -492,7 +493,10 @@ class Endpoints:
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
         wire = parse_wire(query)
-        if wire == 2 and tq.debug == 2 and _pending_more_than(STREAM_TASKS, exclude):
+        # Streamed from the agent's own threads only: an endpoint the program serves on its
+        # loop (diag.aiohttp) joins the answer there, so its walk keeps the 5 s budget.
+        if wire == 2 and tq.debug == 2 and asyncio._get_running_loop() is None \
+                and _pending_more_than(STREAM_TASKS, exclude):
             return self._streamed_tasks(tq, exclude)
         # The cyclic GC waits until the dump's objects are freed: a collection on the way
         # (the snapshot makes a few objects per task) would walk them all while holding

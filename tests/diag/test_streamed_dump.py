@@ -103,3 +103,48 @@ def test_every_task_of_a_big_full_dump_is_sent(loop: str) -> None:
 
     # filters as on any dump (the regex in the client, the state in the agent)
     assert sorted(t["name"] for t in waiting["tasks"]) == ["ping-a", "ping-b"]
+
+
+APP = """
+import asyncio, sys
+from aiohttp import web
+import diag.aiohttp
+
+N = int(sys.argv[1])
+
+async def main():
+    gate = asyncio.Event()
+    tasks = [asyncio.create_task(gate.wait()) for _ in range(N)]
+    app = web.Application()
+    diag.aiohttp.setup(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print("port", site._server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_big_dump_served_on_the_programs_own_loop_is_not_streamed() -> None:
+    # diag.aiohttp answers on the app's loop, joining the answer there: a walk of every
+    # task slice by slice would hold that loop for as long as it takes
+    import time
+
+    from tests.support.target import http
+
+    with DiagRun(APP, args=(str(N),)) as app:
+        deadline = time.monotonic() + 60
+        while "port" not in app.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = app.output().split("port ")[1].split()[0]
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/debug/diag/tasks?debug=2&wire=2&limit={N + 100}",
+                               timeout=60)
+        assert status == 200, body[:300]
+        doc = json.loads(body)
+        streamed = dump(app.url, "--limit", str(N + 100))  # the agent's own port: streamed
+    assert not [n for n in doc["notes"] if n.startswith("streamed: ")], doc["notes"]
+    assert [n for n in streamed["notes"] if n.startswith("streamed: ")], streamed["notes"]
+    assert doc["total_tasks"] == streamed["total_tasks"]
