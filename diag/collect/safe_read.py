@@ -109,19 +109,42 @@ def read_attr(obj: object, name: str, default: Any = None) -> Any:
         return default
 
 
+#: (id of a type, field) -> (the type, asyncio's C descriptor for the field and the C base it
+#: belongs to, or None for a field read with ``read_attr``): a dump reads five fields of
+#: every task.  Keyed by id, never by the type (a metaclass's ``__hash__`` is the program's
+#: code), and checked against the type kept.
+_FIELD_READERS: dict[tuple[int, str], tuple[type, tuple[Any, type] | None]] = {}
+#: Entries kept at most (a program making Future subclasses on the fly cannot grow it).
+_MAX_FIELD_READERS = 1024
+
+
+def _field_reader(kind: type, name: str) -> tuple[Any, type] | None:
+    for base in (_C_TASK, _C_FUTURE):
+        if base is not None and issubclass(kind, base):
+            descriptor = _class_dict(base).get(name)
+            if type(descriptor) is types.GetSetDescriptorType:
+                return descriptor, base
+    return None
+
+
 def future_field(fut: object, name: str, default: Any = None) -> Any:
     """A field of an asyncio Future or Task (``_state``, ``_loop``, ``_fut_waiter``,
     ``_callbacks``, ``_coro``...) through asyncio's own descriptor when the object is a C
     future, whatever its subclass defines; ``read_attr`` for the pure-Python ones."""
     kind = type(fut)
-    for base in (_C_TASK, _C_FUTURE):
-        if base is not None and issubclass(kind, base):
-            descriptor = _class_dict(base).get(name)
-            if type(descriptor) is types.GetSetDescriptorType:
-                try:
-                    return descriptor.__get__(fut, base)
-                except Exception:
-                    return default
+    key = (id(kind), name)
+    entry = _FIELD_READERS.get(key)
+    if entry is not None and entry[0] is kind:
+        reader = entry[1]
+    else:
+        reader = _field_reader(kind, name)
+        if len(_FIELD_READERS) < _MAX_FIELD_READERS:
+            _FIELD_READERS[key] = (kind, reader)
+    if reader is not None:
+        try:
+            return reader[0].__get__(fut, reader[1])
+        except Exception:
+            return default
     return read_attr(fut, name, default)
 
 
