@@ -1025,9 +1025,14 @@ def _pct(part: float, whole: float) -> str:
 
 
 def _stall_summary(loop: LoopInfo, cause: str, snap: SyncSnapshot, options: LeakOptions) -> WindowSummary | None:
-    """The loop's ``cause`` stalls in the window when they make a verdict, else None."""
-    summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at, exclude_reasons=OWN_REASONS)
+    """The loop's ``cause`` stalls in the window when they make a verdict, else None.  A
+    stall still going on counts once it is as long as ``stall_threshold``, a verdict by
+    itself; a shorter one is judged on figures that are not final (read while the query
+    itself was being answered, and on a starved machine mostly its doing), so it counts
+    once it has ended and the watchdog has judged it whole."""
     threshold = max(options.stall_threshold, 1e-9)
+    summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at, exclude_reasons=OWN_REASONS,
+                             min_ongoing=threshold)
     if summary.longest >= threshold or summary.count >= options.stall_repeats:
         return summary
     if summary.count >= 2 and summary.longest >= REPEAT_SHARE * threshold:

@@ -158,16 +158,16 @@ def ended_stack(stall: Stall) -> bool:
 
 
 def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, now: float | None = None,
-                   exclude_reasons: frozenset[str] = frozenset()) -> WindowSummary:
+                   exclude_reasons: frozenset[str] = frozenset(), min_ongoing: float = 0.0) -> WindowSummary:
     """The stalls of ``cause`` in the last ``window`` seconds before ``now`` (both default to
-    the agent's: its whole window), but those of ``exclude_reasons``.  An ``unknown`` current
-    stall counts as ``blocked``: a loop that has not turned says so even where its cause
-    cannot be measured."""
+    the agent's: its whole window), but those of ``exclude_reasons`` and a current one
+    shorter than ``min_ongoing``.  An ``unknown`` current stall counts as ``blocked``: a
+    loop that has not turned says so even where its cause cannot be measured."""
     span = loop.stall_window if window is None else (min(window, loop.stall_window) if loop.stall_window else window)
     picked = []
     for stall in loop_stalls(loop):
         c = "blocked" if stall.cause == "unknown" and stall.ongoing else stall.cause
-        if c != cause or stall.reason in exclude_reasons:
+        if c != cause or stall.reason in exclude_reasons or (stall.ongoing and stall.seconds < min_ongoing):
             continue
         if not stall.ongoing and now is not None and window is not None and stall.started_at + stall.seconds < now - window:
             continue

@@ -308,7 +308,8 @@ def test_a_loop_given_no_cpu_is_starved_not_blocked() -> None:
 
         proc = run_diag("leaks", run.url, "--no-proof", "--format", "json", "--stall-repeats", "1", timeout=60)
         findings = json.loads(proc.stdout)["findings"]
-        assert proc.returncode == 0, proc.stderr  # loop_starved is not in the default --fail-on
+        # loop_starved is not in the default --fail-on
+        assert proc.returncode == 0, (proc.stderr, [(f["kind"], f["title"], f["evidence"]) for f in findings])
         assert [f["kind"] for f in findings] == ["loop_starved"], findings
         assert "waiting for a CPU" in findings[0]["evidence"]
         text = run_diag("tasks", run.url, "--format", "text", timeout=60).stdout

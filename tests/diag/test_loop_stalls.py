@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import threading
 import time
@@ -160,6 +162,17 @@ def test_a_loop_blocked_now_is_reported_with_its_current_stack() -> None:
     assert f.kind == "loop_blocked" and f.title == "event loop 0x7f00l has not turned for 1.4s"
     assert f.evidence.startswith("thread MainThread is running at app.py:12 fetch_sync; every task on this loop waits")
     assert "2 stalls in the last 60s" in f.evidence
+
+
+def test_a_short_stall_still_going_on_waits_for_its_end_to_count() -> None:
+    # judged while the query is answered (on a starved machine, mostly the query's doing):
+    # not a verdict until the watchdog has judged it whole, unless it is long enough alone
+    options = LeakOptions(stall_repeats=1)
+    now = replace(blocked(0.4), ongoing=True)
+    assert kinds(sync(loop_with(now, stalled=0.4)), options) == []
+    assert kinds(sync(loop_with(blocked(1.0))), options) == ["loop_blocked"]  # the same stall, ended
+    long = replace(blocked(1.2, 1.2), ongoing=True)
+    assert kinds(sync(loop_with(long, stalled=1.2)), options) == ["loop_blocked"]
 
 
 def test_an_older_snapshot_without_history_still_gives_loop_blocked() -> None:
