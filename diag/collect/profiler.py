@@ -399,6 +399,10 @@ class _Sampler:
         # code that held the GIL was also preempted, for as long again or more
         self.native_id = next((t.native_id for t in threading.enumerate() if t.ident == target.ident), None)
         self.last_runq: float | None = None
+        # How long (in periods) the sampler held the GIL after its previous sample: the
+        # loop thread, busy then, could not go on meanwhile (it waited for the GIL, asleep
+        # in a futex: neither CPU nor run-queue time), so that time was the busy code's too.
+        self.held = 0.0
         self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if busy
         self.unseen_index: int | None = None
         self.moved = 0.0  # periods moved from the idle poll to the code that ran before it
@@ -452,6 +456,8 @@ class _Sampler:
         ran = None if cpu is None or self.last_cpu is None else (cpu - self.last_cpu) / self.period
         if ran is not None and runq is not None and self.last_runq is not None:
             ran += max(0.0, runq - self.last_runq) / self.period
+        if ran is not None and self.last_busy is not None:
+            ran += self.held
         self.last_cpu, self.last_runq = cpu, runq
         if in_loop and ran is not None and weight > 1.5:
             # Late, and the loop is back in its poll (or its turn on the way there): the
@@ -520,6 +526,7 @@ class _Sampler:
                     self.sample((now - last) / period)  # in periods: 1.0 when on time
                 except Exception:  # a frame torn down under us: skip this sample
                     self.errors += 1
+                self.held = (time.monotonic() - now) / period
                 last = now
                 next_at += period
                 if next_at < now:  # fell behind (GIL held by the target): do not burst

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -259,4 +260,7 @@ asyncio.run(main())
         tasks = json.loads(run_diag("tasks", app.url, "--format", "json", "--debug", "2").stdout)["tasks"]
         idle = [t for t in tasks if t["coro"] == "idle"]
         assert len(idle) == 3 and all(t["name"].startswith("Task-") and t["name"][5:].isdigit() for t in idle), idle
+        deadline = time.monotonic() + 30  # the agent can answer before the program has printed
+        while "names" not in app.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "names ['Task']" in app.output(), app.output()

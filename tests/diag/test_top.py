@@ -444,7 +444,15 @@ class Pty:
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if ready:
                 self.output += os.read(self.master, 65536)
-        return self.proc.wait(max(0.0, deadline - time.monotonic()))
+        code = self.proc.wait(max(0.0, deadline - time.monotonic()))
+        # what it wrote last (leaving the alternate screen) may still be in the terminal's
+        # buffer when it exits: read it all (the slave end stays open here, so no EOF comes)
+        while select.select([self.master], [], [], 0.2)[0]:
+            chunk = os.read(self.master, 65536)
+            if not chunk:
+                break
+            self.output += chunk
+        return code
 
     def close(self) -> None:
         if self.proc.poll() is None:
