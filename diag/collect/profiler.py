@@ -30,7 +30,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from diag.collect.loop_watch import LoopWatch, iter_all_tasks, thread_schedstat
+from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import future_field, type_name
 from diag.collect.task_collector import process_info
 from diag.errors import DiagError
@@ -395,14 +395,6 @@ class _Sampler:
         except (AttributeError, OSError, OverflowError):
             self.cpu_clock = None
         self.last_cpu: float | None = None
-        # ... and its time runnable but waiting for a CPU (Linux): on a loaded machine the
-        # code that held the GIL was also preempted, for as long again or more
-        self.native_id = next((t.native_id for t in threading.enumerate() if t.ident == target.ident), None)
-        self.last_runq: float | None = None
-        # How long (in periods) the sampler held the GIL after its previous sample: the
-        # loop thread, busy then, could not go on meanwhile (it waited for the GIL, asleep
-        # in a futex: neither CPU nor run-queue time), so that time was the busy code's too.
-        self.held = 0.0
         self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if busy
         self.unseen_index: int | None = None
         self.moved = 0.0  # periods moved from the idle poll to the code that ran before it
@@ -416,16 +408,8 @@ class _Sampler:
             self.cpu_clock = None
             return None
 
-    def loop_runqueue(self) -> float | None:
-        found = thread_schedstat(self.native_id) if self.native_id is not None else None
-        if found is None:
-            self.native_id = None
-            return None
-        return found[1]
-
     def sample(self, weight: float = 1.0) -> None:
         cpu = self.loop_cpu()
-        runq = self.loop_runqueue() if self.native_id is not None else None
         frame = sys._current_frames().get(self.target.ident)
         if frame is None:
             return
@@ -454,16 +438,11 @@ class _Sampler:
         skey = (task_idx, tuple(stack))
         in_loop = task_idx < 0 and bool(stack) and self._in_loop(stack[-1])
         ran = None if cpu is None or self.last_cpu is None else (cpu - self.last_cpu) / self.period
-        if ran is not None and runq is not None and self.last_runq is not None:
-            ran += max(0.0, runq - self.last_runq) / self.period
-        if ran is not None and self.last_busy is not None:
-            ran += self.held
-        self.last_cpu, self.last_runq = cpu, runq
+        self.last_cpu = cpu
         if in_loop and ran is not None and weight > 1.5:
             # Late, and the loop is back in its poll (or its turn on the way there): the
-            # periods it spent on the CPU (or runnable, waiting for one) beyond this
-            # sample's own were the code that held the GIL, i.e. the busy stack seen before
-            # (or, if none was, code no sample saw).
+            # periods it spent on the CPU beyond this sample's own were the code that held
+            # the GIL, i.e. the busy stack seen before (or, if none was, code no sample saw).
             moved = min(max(0.0, ran), weight - 1.0)
             if moved > 0.5:
                 other = self.last_busy if self.last_busy is not None else (-1, (self._unseen(),))
@@ -526,7 +505,6 @@ class _Sampler:
                     self.sample((now - last) / period)  # in periods: 1.0 when on time
                 except Exception:  # a frame torn down under us: skip this sample
                     self.errors += 1
-                self.held = (time.monotonic() - now) / period
                 last = now
                 next_at += period
                 if next_at < now:  # fell behind (GIL held by the target): do not burst
@@ -564,8 +542,8 @@ def _sample(options: ProfileOptions, target: LoopThread) -> ProfileSnapshot:
                   for coro, w, ids in zip(sampler.task_coros, sampler.task_samples, sampler.task_ids))
     ticks = sum(s.count for s in stacks)
     if sampler.moved >= 1:
-        notes.append(f"{sampler.moved * period:.2f}s the loop thread spent on the CPU (or waiting for one) "
-                     f"before late samples found it idle is charged to the busy stack seen before (or to \"{UNSEEN}\")")
+        notes.append(f"{sampler.moved * period:.2f}s the loop thread spent on the CPU before late samples "
+                     f"found it idle is charged to the busy stack seen before (or to \"{UNSEEN}\")")
     if sampler.samples and ticks > sampler.samples * 1.05:
         notes.append(f"{sampler.samples} samples taken; some were late (the target held the GIL), "
                      f"so each counts for the time since the one before: {ticks} periods of {period * 1000:.0f}ms")

@@ -251,7 +251,6 @@ def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> N
     assert "--mode sample" in line
 
 
-@pytest.mark.serial  # the share it checks depends on the loop thread getting a CPU: not beside three other workers
 def test_samples_delayed_by_a_busy_loop_count_for_their_delay() -> None:
     # The sampler thread needs the GIL to read a stack; while the loop thread runs Python,
     # it gets it only at the next switch interval (raised to 50 ms here, 5 sampling
