@@ -28,9 +28,7 @@ def clean(server: TargetServer) -> Iterator[None]:
 
 
 def leaks(server: TargetServer, *args: str) -> tuple[int, dict[str, Any]]:
-    # The proof stops after twice its CPU budget on the wall clock (and says it proved
-    # nothing): on a loaded machine the default 0.4 s can end before a proof of this heap.
-    proc = run_diag("leaks", server.url, "--format", "json", "--proof-budget", "5", *args, timeout=90)
+    proc = run_diag("leaks", server.url, "--format", "json", *args, timeout=60)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -168,9 +166,16 @@ def test_forgotten_tasks_are_proven_and_silent_peers_only_suspected(server: Targ
         get(server, "/leak/forgotten-task")
         get(server, "/leak/silent-peer")
     wait_until(lambda: healthz(server)["leaked"]["silent-peer"] == 2, timeout=5)
-    code, report = leaks(server, "--min-wait", "0")
-    proven = [f for f in findings(report, "proven_leak") if "forgotten_waiter" in f["title"]]
-    assert code == 1 and proven and proven[0]["task_count"] == 2, (report.get("notes"), report.get("proof"))
+
+    def proven_now() -> tuple[int, dict[str, Any], list[dict[str, Any]]] | None:
+        # The agent answers the same question asked within 0.25 s (ANSWER_REUSE) with the same
+        # answer: right after the last test's leaks, that is a snapshot from before these leaks.
+        code, report = leaks(server, "--min-wait", "0")
+        proven = [f for f in findings(report, "proven_leak") if "forgotten_waiter" in f["title"]]
+        return (code, report, proven) if proven else None
+
+    code, report, proven = wait_until(proven_now, timeout=15, interval=0.3)
+    assert code == 1 and proven[0]["task_count"] == 2
     # The silent peer's socket is registered with the loop's selector: data could still come.
     assert not [f for f in findings(report, "proven_leak") if "silent_peer" in f["title"]]
     suspects = [f for f in findings(report, "suspect") if "silent_peer_reader" in f["title"]]
