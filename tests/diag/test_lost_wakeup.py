@@ -53,6 +53,13 @@ else:
 """
 
 
+def wait_for_woken(app: DiagRun) -> None:
+    deadline = time.monotonic() + 30
+    while "woken" not in app.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "woken" in app.output(), app.output()
+
+
 def leaks(url: str, *args: str) -> tuple[int, dict[str, Any]]:
     proc = run_diag("leaks", url, "--format", "json", *args, timeout=60)
     assert proc.returncode in (0, 1), proc.stderr
@@ -94,10 +101,7 @@ def test_a_future_set_from_another_thread_is_a_lost_wakeup_and_the_program_still
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_the_fixed_twin_wakes_and_has_no_lost_wakeup(loop: str) -> None:
     with DiagRun(PROGRAM, args=("safe",), env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 30
-        while "woken" not in app.output() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "woken" in app.output()
+        wait_for_woken(app)
         # idle from now on, asleep in its poll with nothing ready: nothing to say
         time_idle = time.monotonic()
         while time.monotonic() - time_idle < 1.0:  # idle for a while: an episode would be recorded by now
@@ -132,43 +136,25 @@ def test_past_episodes_in_the_window_are_a_verdict_and_old_ones_are_not() -> Non
     assert "lost_wakeup" not in {f.kind for f in old.findings}
 
 
-SLOW_WAKER = """
-import asyncio, threading, time
-
-async def poll(fut):
-    return await fut
-
-def device(loop, fut):
-    time.sleep(0.3)
-    loop.call_soon_threadsafe(fut.set_result, "reading")
-
-async def main():
-    loop = asyncio.get_running_loop()
-    write = loop._write_to_self
-    def kept_from_the_cpu():  # a thread queued its callback, then waited 1.5 s to wake the loop
+# The fixed program, but the thread that calls call_soon_threadsafe waits 1.5 s between
+# queueing its callback and waking the loop, as one kept from the CPU would.
+SLOW_WAKER = PROGRAM.replace("""    fut = loop.create_future()
+""", """    write = loop._write_to_self
+    def kept_from_the_cpu():
         time.sleep(1.5)
         write()
     loop._write_to_self = kept_from_the_cpu
     fut = loop.create_future()
-    waiter = asyncio.create_task(poll(fut), name="poll")
-    threading.Thread(target=device, args=(loop, fut), daemon=True).start()
-    await waiter
-    print("woken", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
+""", 1)
+assert SLOW_WAKER != PROGRAM
 
 
 def test_a_wake_up_on_its_way_is_not_a_lost_one() -> None:
     # On a loaded machine the thread calling call_soon_threadsafe can be kept from the CPU
     # between queueing its callback and writing to the loop's wake-up pipe: the loop sleeps
     # with a callback ready, but the wake-up is coming.
-    with DiagRun(SLOW_WAKER) as app:
-        deadline = time.monotonic() + 30
-        while "woken" not in app.output() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "woken" in app.output()
+    with DiagRun(SLOW_WAKER, args=("safe",)) as app:
+        wait_for_woken(app)
         code, data = leaks(app.url)
         tasks = json.loads(run_diag("tasks", app.url, "--format", "json").stdout)
     assert code == 0, data["findings"]
