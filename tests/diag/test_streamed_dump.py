@@ -148,3 +148,22 @@ def test_a_big_dump_served_on_the_programs_own_loop_is_not_streamed() -> None:
     assert not [n for n in doc["notes"] if n.startswith("streamed: ")], doc["notes"]
     assert [n for n in streamed["notes"] if n.startswith("streamed: ")], streamed["notes"]
     assert doc["total_tasks"] == streamed["total_tasks"]
+
+
+def test_a_client_that_leaves_mid_stream_does_not_keep_the_dump_lock() -> None:
+    # one streamed dump at a time: the lock is held while it is sent, and given back when
+    # the client goes away halfway, or every later dump would wait and get 503 busy
+    import socket
+    import urllib.parse
+
+    with DiagRun(PROGRAM, args=(str(N),)) as app:
+        ready(app)
+        parts = urllib.parse.urlsplit(app.url)
+        for _ in range(3):
+            with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+                sock.sendall(f"GET /debug/diag/tasks?debug=2&wire=2&limit={N + 100} HTTP/1.1\r\n"
+                             f"Host: {parts.netloc}\r\n\r\n".encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            # closed after the first piece: the agent finds out on its next write
+        doc = dump(app.url, "--limit", "5")  # a lock still held: 503 busy after 10 s, exit 3
+        assert doc["total_tasks"] == N + 3
