@@ -1059,10 +1059,13 @@ def _reasons(summary: WindowSummary) -> str:
 
 def _figures_text(summary: WindowSummary) -> str:
     parts = []
+    # the part of a stall from before the watch began has no figures
+    watched = summary.seconds - sum(s.before_watch for s in summary.stalls)
     if summary.cpu_seconds is not None:
-        parts.append(f"on CPU {_pct(summary.cpu_seconds, summary.seconds)} of the stalled time")
+        parts.append(f"on CPU {_pct(summary.cpu_seconds, watched)} of the stalled time"
+                     + (" diag watched" if watched < summary.seconds else ""))
     if summary.runqueue_seconds is not None:
-        parts.append(f"waiting for a CPU {_pct(summary.runqueue_seconds, summary.seconds)}")
+        parts.append(f"waiting for a CPU {_pct(summary.runqueue_seconds, watched)}")
     if summary.throttled_seconds:
         parts.append(f"the cgroup throttled the process {summary.throttled_seconds:.2f}s")
     if summary.others_cpu_seconds is not None and summary.others_cpu_seconds >= 0.1 * summary.seconds:
@@ -1084,6 +1087,9 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
             site = loop.blocking_stack or summary.sites[0].frames
             at = f" at {site_text(site, not loop.blocking_stack and summary.sites[0].at_end)}" if site else ""
             evidence = f"thread {thread} is running{at}; every task on this loop waits"
+            if current.before_watch > 0:
+                evidence += (f"; it had not turned for {current.before_watch:.1f}s when diag began watching it "
+                             f"(its earliest timer was that late)")
             if summary.count > 1:
                 evidence += f"; {_history_text(summary)}"
         else:

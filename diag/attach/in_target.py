@@ -26,6 +26,7 @@ def attach(order: dict[str, Any], added_paths: list[str]) -> dict[str, Any]:
     agent = running or diag.agent.start(order["address"])
     for loop in running_loops():
         agent.watch.add_loop(loop)
+    agent.watch.wait_first_look(0.5)
     if running is None:
         attached_at = time.time()
         _added_paths[:] = added_paths

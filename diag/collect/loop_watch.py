@@ -116,6 +116,7 @@ class _StallRecord:
     figures: tuple[float | None, float | None, float | None, float | None]  # cpu, runqueue, throttled, others
     samples: int
     stacks: tuple[tuple[_StackKey, int], ...]
+    before_watch: float = 0.0  # seconds of ``seconds`` from before the watch began (see ``_overdue``)
 
 
 @dataclass
@@ -147,6 +148,10 @@ class _Beat:
     lag_peaks: "collections.deque[tuple[float, float]]" = field(
         default_factory=lambda: collections.deque(maxlen=LAG_PEAK_SECONDS))
     sent_figures: _Figures | None = None  # read as the beat was sent
+    # The first beat only: how long the loop had already not turned as it was sent (an attach
+    # to a hung process), from its overdue timers; counted once the beat is late by itself.
+    before_watch: float = 0.0
+    first_sent: bool = False
     # (sent at, ran at, figures at send, figures at run) of a stall that just ended: written
     # by the loop thread in one assignment, taken by the watchdog
     ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
@@ -230,6 +235,35 @@ def thread_state(native_id: int | None) -> str | None:
         return text.rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError, UnicodeDecodeError):
         return None
+
+
+def _overdue(loop: object) -> float:
+    """Seconds the earliest timer of an asyncio loop is past its time, 0.0 where not known.
+
+    Each turn of the loop begins by taking every timer that is due, so one still queued and
+    overdue by ``x`` means the turn under way has lasted at least ``x``: a loop that was hung
+    before the watch began (``diag attach``) shows how long at once.  uvloop keeps its timers
+    in libuv: 0.0.  A loop whose clock is not asyncio's own: 0.0."""
+    if getattr(type(loop), "time", None) is not asyncio.base_events.BaseEventLoop.time:
+        return 0.0
+    heap = (instance_dict(loop) or {}).get("_scheduled")
+    if type(heap) is not list:
+        return 0.0
+    try:
+        first = heap[0]  # the heap's least: one C call, the loop thread cannot move it meanwhile
+    except IndexError:
+        return 0.0
+    when = getattr(first, "_when", None) if type(first) is asyncio.TimerHandle else None
+    if type(when) is not float:
+        return 0.0
+    return max(0.0, time.monotonic() - when)
+
+
+def _hung_before(loop: object, beat: _Beat) -> bool:
+    """The first beat, sent to a loop already stalled, has not run yet and the same timer is
+    still overdue (the loop has not turned since: a turn would have taken it), so the stall
+    is known before the beat is late by itself."""
+    return beat.before_watch > STALL_THRESHOLD and _overdue(loop) >= beat.before_watch
 
 
 def _has_ready_queue(loop: object) -> bool:
@@ -602,6 +636,10 @@ class LoopWatch:
         self.native_id = threading.get_native_id()
         next_sample = time.monotonic()
         slept_at, own_at = time.monotonic(), thread_schedstat(self.native_id)
+        try:
+            self._send_beats()  # at once: a loop hung before the watch began is timed from now, not a turn later
+        except Exception:
+            pass
         while not self._sleep():
             armed, self._armed = self._armed, None
             try:
@@ -739,12 +777,24 @@ class LoopWatch:
                 if self._install_factories:
                     task_origins.install_factory(loop)  # re-chain if the program replaced ours
                 if self._idle_in_select(loop, beat):
+                    beat.first_sent = True  # it turns: nothing from before the watch to date
                     continue
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
+                beat.before_watch = 0.0 if beat.first_sent else _overdue(loop)
+                beat.first_sent = True
                 beat.sent_at = time.monotonic()
                 loop.call_soon_threadsafe(self._on_beat, beat)
             except Exception:
                 beat.sent_at = None
+
+    def wait_first_look(self, timeout: float) -> None:
+        """Wait (on the calling thread, never the loop's) until the watchdog has looked at every
+        running loop once: a query right after an attach then sees a loop that was already hung."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._thread is not None:
+            if all(beat.first_sent or not _running(loop) for loop, beat in list(self._beats.items())):
+                return
+            time.sleep(0.01)
 
     def _idle_in_select(self, loop: Any, beat: _Beat) -> bool:
         """True when the loop sleeps in its poll: it is idle, and no beat is sent, for a beat
@@ -1014,8 +1064,9 @@ class LoopWatch:
         seconds = ran - sent
         cause, reason, figures = self._judge(beat, seconds, start, end, stall, sent)
         stacks = () if stall is None else tuple(sorted(stall.stacks.items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
-        record = _StallRecord(time.time() - (time.monotonic() - sent), ran, seconds, cause, reason, figures,
-                              0 if stall is None else stall.samples, stacks)
+        before, beat.before_watch = beat.before_watch, 0.0
+        record = _StallRecord(time.time() - (time.monotonic() - sent) - before, ran, seconds + before, cause, reason,
+                              figures, 0 if stall is None else stall.samples, stacks, before)
         with self._lock:
             beat.history.append(record)
             beat.stalls_total += 1
@@ -1040,15 +1091,16 @@ class LoopWatch:
             records = list(beat.history)
             totals = (beat.stalls_total, beat.stall_seconds_total, beat.starved_total, beat.starved_seconds_total)
         sent, stall = beat.sent_at, beat.open
-        if sent is not None and now - sent > STALL_THRESHOLD and beat.ended is None:
+        if sent is not None and beat.ended is None and (now - sent > STALL_THRESHOLD or _hung_before(loop, beat)):
             if stall is None or stall.sent_at != sent:
                 stall = None
             seconds = now - sent
             cause, reason, figures = self._judge(beat, seconds, beat.sent_figures, self._figures(beat.native_id), stall,
                                                  sent)
             top = () if stall is None else tuple(sorted(dict(stall.stacks).items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
-            records.append(_StallRecord(wall - seconds, now, seconds, cause, reason, figures,
-                                        0 if stall is None else stall.samples, top))
+            before = beat.before_watch
+            records.append(_StallRecord(wall - seconds - before, now, seconds + before, cause, reason, figures,
+                                        0 if stall is None else stall.samples, top, before))
             ongoing = True
         else:
             ongoing = False
@@ -1058,7 +1110,8 @@ class LoopWatch:
             refs = tuple((table.setdefault(key, len(table)), count) for key, count in rec.stacks)
             cpu, runq, throttled, others = rec.figures
             stalls.append(Stall(rec.started_at, rec.seconds, rec.cause, rec.reason,
-                                ongoing and n == len(records) - 1, cpu, runq, throttled, others, rec.samples, refs))
+                                ongoing and n == len(records) - 1, cpu, runq, throttled, others, rec.samples, refs,
+                                rec.before_watch))
         stacks = tuple(StallStack(tuple(Frame(file, line, function, linecache.getline(file, line).strip()[:200])
                                         for file, line, function in key), _is_own_wait(key, beat.base_stack))
                        for key in table)
@@ -1074,8 +1127,8 @@ class LoopWatch:
         sent = beat.sent_at
         if sent is not None:
             waiting = time.monotonic() - sent
-            if waiting > STALL_THRESHOLD:
-                stalled = waiting
+            if waiting > STALL_THRESHOLD or _hung_before(loop, beat):
+                stalled = waiting + beat.before_watch
         return thread_id, beat.thread_name, beat.lag, stalled
 
     def lag_peaks(self, loop: asyncio.AbstractEventLoop) -> tuple[tuple[float, float], ...]:

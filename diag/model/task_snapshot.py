@@ -593,9 +593,13 @@ class Stall:
     others_cpu_seconds: float | None = None
     samples: int = 0
     stacks: tuple[tuple[int, int], ...] = ()
+    #: seconds of ``seconds`` from before diag watched the loop (attached to a loop already
+    #: stalled: its overdue timers date the stall's start); the figures cover the rest only
+    before_watch: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "seconds": self.seconds, "cause": self.cause,
+        return {"started_at": self.started_at, "seconds": self.seconds, "before_watch": self.before_watch,
+                "cause": self.cause,
                 "reason": self.reason, "ongoing": self.ongoing, "cpu_seconds": self.cpu_seconds,
                 "runqueue_seconds": self.runqueue_seconds, "throttled_seconds": self.throttled_seconds,
                 "others_cpu_seconds": self.others_cpu_seconds, "samples": self.samples,
@@ -612,6 +616,7 @@ class Stall:
             throttled_seconds=_opt_float(d, "throttled_seconds"),
             others_cpu_seconds=_opt_float(d, "others_cpu_seconds"), samples=int(d.get("samples") or 0),
             stacks=tuple((int(s[0]), int(s[1])) for s in d.get("stacks") or ()),
+            before_watch=float(d.get("before_watch") or 0.0),
         )
 
 

@@ -199,6 +199,44 @@ def test_a_loop_blocked_in_time_sleep_is_reported_blocked_after_attach() -> None
         assert finding["site"][0]["function"] == "stuck"
 
 
+# A loop hung for good by a synchronous call waiting on a coroutine it scheduled on its own loop.
+HUNG_BEFORE = """
+import asyncio, time
+
+async def tick():
+    while True:
+        await asyncio.sleep(0.2)
+
+def fetch_sync(loop):
+    async def fetch():
+        return 1
+    return asyncio.run_coroutine_threadsafe(fetch(), loop).result()   # waits for the loop it blocks
+
+async def main():
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.3)
+    print("ready", time.monotonic(), flush=True)
+    fetch_sync(asyncio.get_running_loop())
+
+""" + RUN_LOOP["asyncio"] + "\n"
+
+
+def test_a_loop_hung_before_attach_is_blocked_at_the_first_query_with_its_age() -> None:
+    # One query right after the attach, no retry: an overdue timer dates the hang's start.
+    with Plain(HUNG_BEFORE) as app:
+        hung_at = float(app.stdout().split()[1])
+        wait_until(lambda: time.monotonic() - hung_at >= 2.5, timeout=30)
+        proc = attach(app.pid)
+        assert proc.returncode == 0, proc.stderr
+        code, data = leaks(f"pid:{app.pid}", "--no-proof")
+        assert code == 1, data
+        (finding,) = by_kind(data)["loop_blocked"]
+        seconds = float(finding["title"].split("has not turned for ")[1].rstrip("s"))
+        assert seconds >= 2.0, finding["title"]
+        assert "when diag began watching it" in finding["evidence"], finding["evidence"]
+        assert any(f["function"] == "fetch_sync" for f in finding["site"]), finding["site"]
+
+
 # Holds the GIL in one C call (ctypes.PyDLL never releases it) until the file 'go' exists.
 HOLDS_GIL = """
 import ctypes, threading
