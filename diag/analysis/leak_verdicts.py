@@ -1199,7 +1199,20 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
                       f"in {proof.seconds:.2f}s" + ("" if proof.complete else f" ({proof.note})"))
     else:
         proof_text = "reachability proof not run: no proven_leak verdicts"
-    return LeakReport(snap.taken_at, snap.process, tuple(findings), proof_text, snap.notes)
+    return LeakReport(snap.taken_at, snap.process, tuple(findings), proof_text, snap.notes + _young_watch(snap, options))
+
+
+def _young_watch(snap: SyncSnapshot, options: LeakOptions) -> tuple[str, ...]:
+    """A note when diag has watched the loops for less than ``--min-wait`` (just attached, or
+    the program just started): waits are timed from diag's first look, so none can count yet."""
+    windows = [loop.stall_window for loop in snap.tasks.loops if loop.running and loop.stall_window > 0]
+    if not windows or max(windows) >= min(options.min_wait, 59.0):
+        return ()
+    if not any(t.state == "waiting" and t.wait.seconds is not None for t in snap.tasks.tasks):
+        return ()
+    return (f"diag has watched this process for {max(windows):.1f}s and times each wait from its first look, so no "
+            f"task has waited --min-wait ({options.min_wait:g}s) yet: the suspects come once one has (proven "
+            f"leaks, deadlocks and a blocked loop need no wait)",)
 
 
 def incomplete(snap: SyncSnapshot) -> list[Finding]:

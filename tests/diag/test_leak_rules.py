@@ -666,3 +666,18 @@ def test_an_http_request_with_no_answer_and_no_timeout_is_a_suspect_and_with_a_t
     assert "nothing can end the wait on its own" in found.evidence
     timed = replace(open_ended, deadline=250.0, deadline_by="aiohttp's ClientTimeout")
     assert leak_report(sync(snapshot(task(1, stack=awaiting, wait=timed)))).findings == ()
+
+
+def test_a_watch_younger_than_min_wait_says_why_no_wait_counts_yet() -> None:
+    from diag.model.task_snapshot import LoopInfo
+
+    def notes(window: float, *tasks: TaskInfo) -> list[str]:
+        loop = LoopInfo("0x7f00l", 1, "MainThread", True, 0.0002, stall_window=window)
+        report = leak_report(sync(snapshot(*tasks, loops=(loop,))), OPTIONS)
+        return [n for n in report.notes if n.startswith("diag has watched")]
+
+    idle = task(1, coro="consume", wait=Wait("queue_get", "Queue.get", None, 0.3, deadline_known=True))
+    (note,) = notes(0.4, idle)
+    assert "watched this process for 0.4s" in note and "--min-wait (5s)" in note
+    assert notes(6.0, idle) == []  # watched longer than --min-wait: waits are judged as they are
+    assert notes(0.4) == []  # nothing waits: nothing is held back
