@@ -251,54 +251,45 @@ def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> N
     assert "--mode sample" in line
 
 
-# The loop thread of LATE_SAMPLES alternates 0.12 s of busy Python with 0.04 s asleep while
-# a sampling profile of it is taken from another thread; prints the share of samples in
-# `busy`, its true share of the wall time, and the profile's notes.
-LATE_SAMPLES = """
-import asyncio, json, sys, threading, time
-from diag.collect import profiler
-from diag.collect.profiler import LoopThread, ProfileOptions
-
-def busy(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-async def main():
-    target = LoopThread(threading.get_ident(), "MainThread", asyncio.get_running_loop())
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        snap=profiler.take_profile(ProfileOptions(mode="sample", seconds=2.0), target)))
-    thread.start()
-    busy_s = total_s = 0.0
-    while thread.is_alive():
-        t0 = time.perf_counter()
-        busy(0.12)
-        busy_s += time.perf_counter() - t0
-        await asyncio.sleep(0.04)
-        total_s += time.perf_counter() - t0
-    thread.join()
-    return result["snap"], busy_s / total_s
-
-sys.setswitchinterval(0.05)
-snap, true_share = asyncio.run(main())
-in_busy = sum(s.count for s in snap.stacks if any(snap.frames[i].name.endswith("busy") for i in s.frames))
-print(json.dumps({"share": in_busy / snap.samples, "true_share": true_share, "notes": list(snap.notes)}))
-"""
-
-
 def test_samples_delayed_by_a_busy_loop_count_for_their_delay() -> None:
     # The sampler thread needs the GIL to read a stack; while the loop thread runs Python,
     # it gets it only at the next switch interval (raised to 50 ms here, 5 sampling
     # periods). A late sample must count for the time it stood for, or busy code would
-    # read as a small share of the window: unweighted, `busy` gets about 40 %. Run in a
-    # process of its own: in the suite's process, threads other tests left behind would
-    # take GIL hand-overs meant for the sampler (at this switch interval, 50 ms each).
-    proc = subprocess.run([sys.executable, "-c", LATE_SAMPLES], capture_output=True, text=True, timeout=120,
-                          env=diag_env(), cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout)
-    share, true_share, notes = got["share"], got["true_share"], got["notes"]
+    # read as a small share of the window: unweighted, `busy` below gets about 40 %.
+    import asyncio
+
+    from diag.collect import profiler
+    from diag.collect.profiler import LoopThread, ProfileOptions
+
+    def busy(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    async def main() -> tuple[Any, float]:
+        target = LoopThread(threading.get_ident(), "MainThread", asyncio.get_running_loop())
+        result: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: result.update(
+            snap=profiler.take_profile(ProfileOptions(mode="sample", seconds=2.0), target)))
+        thread.start()
+        busy_s = total_s = 0.0
+        while thread.is_alive():
+            t0 = time.perf_counter()
+            busy(0.12)
+            busy_s += time.perf_counter() - t0
+            await asyncio.sleep(0.04)
+            total_s += time.perf_counter() - t0
+        thread.join()
+        return result["snap"], busy_s / total_s
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    try:
+        snap, true_share = asyncio.run(main())
+    finally:
+        sys.setswitchinterval(previous)
+    in_busy = sum(s.count for s in snap.stacks if any(snap.frames[i].name.endswith("busy") for i in s.frames))
+    share = in_busy / snap.samples
     assert true_share > 0.6
-    assert share > true_share - 0.15, (share, true_share, notes)
-    assert any("late" in note for note in notes)  # says its samples were weighted
+    assert share > true_share - 0.15, (share, true_share, snap.notes)
+    assert any("late" in note for note in snap.notes)  # says its samples were weighted
