@@ -30,7 +30,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from diag.collect.loop_watch import LoopWatch, iter_all_tasks, thread_schedstat
+from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import future_field, type_name
 from diag.collect.task_collector import process_info
 from diag.errors import DiagError
@@ -394,10 +394,6 @@ class _Sampler:
             time.clock_gettime(self.cpu_clock)
         except (AttributeError, OSError, OverflowError):
             self.cpu_clock = None
-        # On Linux, also its time runnable but not on a CPU: on a busy machine, code that held
-        # the GIL runs for only part of the wall time it takes, and the rest is its time too.
-        self.native_id = next((t.native_id for t in threading.enumerate() if t.ident == target.ident), None)
-        self.last_runq: float | None = None
         self.last_cpu: float | None = None
         self.last_busy: tuple[int, tuple[int, ...]] | None = None  # the previous sample's key, if busy
         self.unseen_index: int | None = None
@@ -412,13 +408,8 @@ class _Sampler:
             self.cpu_clock = None
             return None
 
-    def loop_runqueue(self) -> float | None:
-        stat = thread_schedstat(self.native_id) if self.native_id is not None else None
-        return None if stat is None else stat[1]
-
     def sample(self, weight: float = 1.0) -> None:
         cpu = self.loop_cpu()
-        runq = self.loop_runqueue()
         frame = sys._current_frames().get(self.target.ident)
         if frame is None:
             return
@@ -447,9 +438,7 @@ class _Sampler:
         skey = (task_idx, tuple(stack))
         in_loop = task_idx < 0 and bool(stack) and self._in_loop(stack[-1])
         ran = None if cpu is None or self.last_cpu is None else (cpu - self.last_cpu) / self.period
-        if ran is not None and self.last_busy is not None and runq is not None and self.last_runq is not None:
-            ran += (runq - self.last_runq) / self.period  # preempted in the busy code seen before
-        self.last_cpu, self.last_runq = cpu, runq
+        self.last_cpu = cpu
         if in_loop and ran is not None and weight > 1.5:
             # Late, and the loop is back in its poll (or its turn on the way there): the
             # periods it spent on the CPU beyond this sample's own were the code that held
