@@ -616,7 +616,7 @@ class Stall:
             throttled_seconds=_opt_float(d, "throttled_seconds"),
             others_cpu_seconds=_opt_float(d, "others_cpu_seconds"), samples=int(d.get("samples") or 0),
             stacks=tuple((int(s[0]), int(s[1])) for s in d.get("stacks") or ()),
-            before_watch=float(d.get("before_watch") or 0.0),
+            before_watch=max(0.0, finite_float(d.get("before_watch") or 0.0, "before_watch")),
         )
 
 

@@ -218,12 +218,12 @@ async def main():
     print("ready", time.monotonic(), flush=True)
     fetch_sync(asyncio.get_running_loop())
 
-""" + RUN_LOOP["asyncio"] + "\n"
+"""
 
 
 def test_a_loop_hung_before_attach_is_blocked_at_the_first_query_with_its_age() -> None:
     # One query right after the attach, no retry: an overdue timer dates the hang's start.
-    with Plain(HUNG_BEFORE) as app:
+    with Plain(HUNG_BEFORE + RUN_LOOP["asyncio"] + "\n") as app:
         hung_at = float(app.stdout().split()[1])
         wait_until(lambda: time.monotonic() - hung_at >= 2.5, timeout=30)
         proc = attach(app.pid)
@@ -235,6 +235,26 @@ def test_a_loop_hung_before_attach_is_blocked_at_the_first_query_with_its_age() 
         assert seconds >= 2.0, finding["title"]
         assert "when diag began watching it" in finding["evidence"], finding["evidence"]
         assert any(f["function"] == "fetch_sync" for f in finding["site"]), finding["site"]
+        # the tick task's wait is timed from the attach: the default --min-wait (10 s) is not reached yet
+        assert any(n.startswith("diag has watched this process for") for n in data["notes"]), data["notes"]
+
+
+def test_a_hung_uvloop_loop_is_timed_from_the_attach_and_says_nothing_of_before() -> None:
+    # uvloop's timers are out of reach: the stall counts from the attach, and no age is made up.
+    with Plain(HUNG_BEFORE + RUN_LOOP["uvloop"] + "\n") as app:
+        hung_at = float(app.stdout().split()[1])
+        wait_until(lambda: time.monotonic() - hung_at >= 2.5, timeout=30)
+        attached_at = time.monotonic()
+        assert attach(app.pid).returncode == 0
+
+        def blocked() -> dict[str, Any] | None:
+            _code, data = leaks(f"pid:{app.pid}", "--no-proof")
+            found = by_kind(data).get("loop_blocked", [])
+            return found[0] if found else None
+        finding = wait_until(blocked, timeout=30)
+        seconds = float(finding["title"].split("has not turned for ")[1].rstrip("s"))
+        assert seconds <= time.monotonic() - attached_at + 0.5, (seconds, finding["title"])
+        assert "when diag began watching it" not in finding["evidence"], finding["evidence"]
 
 
 # Holds the GIL in one C call (ctypes.PyDLL never releases it) until the file 'go' exists.

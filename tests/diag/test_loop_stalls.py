@@ -300,3 +300,11 @@ def test_the_agents_collection_run_on_the_loop_thread_is_the_agents_not_the_prog
     finally:
         done.set()
         other.join(30)
+
+
+def test_the_part_of_a_stall_from_before_the_watch_crosses_the_wire_and_garbage_is_refused() -> None:
+    stall = Stall(1_800_000_000.0, 42.0, "blocked", "call", True, 0.0, 0.0, None, 0.0, 3, (), before_watch=41.5)
+    assert Stall.from_dict(stall.to_dict()) == stall
+    assert Stall.from_dict({"seconds": 1.0}).before_watch == 0.0  # an older agent's answer
+    with pytest.raises(ValueError, match="before_watch"):
+        Stall.from_dict({**stall.to_dict(), "before_watch": float("nan")})
