@@ -67,6 +67,9 @@ _SELECT_CODES = frozenset(
 #: ``slow_callback_duration``, the time its debug mode calls one callback slow.  A beat
 #: is sent at some moment inside a stall, so a stall is seen from about 1.5 times this on.
 STALL_THRESHOLD = 0.1
+#: A stack the loop thread read itself for the watchdog counts as where a long call ended
+#: only if it was read within this share of the watchdog's lateness before it got the GIL.
+ENDED_READ_SHARE = 0.25
 #: The wait sampler may use at most this share of one core; with many tasks it samples less often.
 SAMPLER_CPU_SHARE = 0.01
 SAMPLER_MIN_INTERVAL = 1.0
@@ -688,12 +691,18 @@ class LoopWatch:
         asked for as the watchdog woke, ``armed``): the frame that made the call.  Otherwise
         it is read here before anything gives the GIL up, and is that frame only when the
         OS handed the GIL to the watchdog first."""
-        if time.monotonic() - slept_at - HEARTBEAT_INTERVAL <= STALL_THRESHOLD:
+        now = time.monotonic()
+        late = now - slept_at - HEARTBEAT_INTERVAL
+        if late <= STALL_THRESHOLD:
             return {}
         ended = None
         if armed is not None and armed[1]:
             read = task_origins._fast.ended_stack()
-            if read is not None and read[0] >= armed[0]:
+            # Read after the request, and just before the GIL came here: where the long call
+            # returned.  A read long before that was made as the call began (the request came
+            # as the loop woke from its poll into it), and the watchdog then waited out the
+            # whole call for the GIL: the frames as they are now say where it ended.
+            if read is not None and read[0] >= armed[0] and now - read[0] <= ENDED_READ_SHARE * late:
                 ended = tuple((code.co_filename, line or 0, getattr(code, "co_qualname", code.co_name))
                               for code, line in read[1][:MAX_STALL_FRAMES])
         main = threading.main_thread().ident
