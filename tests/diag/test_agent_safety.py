@@ -126,6 +126,7 @@ def run_program(source: str, *args: str, timeout: float = 100) -> subprocess.Com
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(("program_gc", "loop"), [("on", "asyncio"), ("off", "asyncio"), ("on", "uvloop")])
 def test_a_child_forked_mid_dump_or_profile_runs_as_the_program_set_it(program_gc: str, loop: str) -> None:
     if loop == "uvloop":

@@ -89,6 +89,7 @@ def seconds_of(snap: dict[str, Any], names: set[str], key: str) -> float:
     return sum(f[key] for f in snap["functions"] if f["name"] in names and "target_server" in f["file"])
 
 
+@pytest.mark.serial
 def test_cpu_endpoint_dominates_a_cpu_clock_profile(server: TargetServer, agent: str, tmp_path: Path) -> None:
     with Load(server.url + "/work/cpu?n=100000"):  # 3 s: _hash_round and crunch are close in own time
         snap = profile_json(agent, "--seconds", "3", "--clock", "cpu", "-o", str(tmp_path / "cpu.pstat"))
@@ -106,6 +107,7 @@ def test_cpu_endpoint_dominates_a_cpu_clock_profile(server: TargetServer, agent:
     assert any(name == "crunch" for (_, _, name) in stats.stats)  # type: ignore[attr-defined]
 
 
+@pytest.mark.serial
 def test_slow_await_dominates_wall_clock_and_not_cpu(server: TargetServer, agent: str, tmp_path: Path) -> None:
     with Load(server.url + "/work/slow?ms=100", threads=4):
         wall = profile_json(agent, "--mode", "yappi", "--seconds", "1.5", "--clock", "wall", "-o",
@@ -130,6 +132,7 @@ def test_slow_await_dominates_wall_clock_and_not_cpu(server: TargetServer, agent
     assert "slow_handler" in by_task.stdout
 
 
+@pytest.mark.serial
 def test_sample_mode_stacks_hold_the_cpu_chain(server: TargetServer, agent: str, tmp_path: Path) -> None:
     folded = tmp_path / "cpu.collapsed"
     with Load(server.url + "/work/cpu?n=100000"):
@@ -251,6 +254,7 @@ def test_stack_format_from_a_saved_yappi_profile_is_refused(tmp_path: Path) -> N
     assert "--mode sample" in line
 
 
+@pytest.mark.serial
 def test_samples_delayed_by_a_busy_loop_count_for_their_delay() -> None:
     # The sampler thread needs the GIL to read a stack; while the loop thread runs Python,
     # it gets it only at the next switch interval (raised to 50 ms here, 5 sampling

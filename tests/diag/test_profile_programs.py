@@ -15,6 +15,9 @@ from tests.support.order_service import order_service
 from tests.support.programs import DiagRun
 from tests.target.helpers import wait_until
 
+# Shares of the profile window: run alone (scripts/test.sh), not beside other workers.
+pytestmark = pytest.mark.serial
+
 
 def spans(run: DiagRun) -> dict[str, list[tuple[float, float]]]:
     path = Path(run.dir.name) / "spans.json"
