@@ -98,6 +98,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         tasks = with_owners(tasks, live, {hex(id(o)): o for o in interesting})
     except Exception:
         pass
+    try:
+        tasks = with_peer_ends(tasks, live)
+    except Exception:
+        pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
     # the names the tasks' own frames use for what they wait on (see Primitive.aliases)
     named = {p.id: p for p in (info.wait.primitive for info in tasks.tasks) if p is not None and p.names}
@@ -245,6 +249,25 @@ def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> tuple[dict[int, li
                 break
         del refs, coro
     return found, looping
+
+
+def with_peer_ends(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
+    """``tasks`` with ``Wait.peer_task`` set for long client stream reads whose other end
+    this process serves itself: the task that serves it (``wait_evidence.server_ends``)."""
+    wanted: dict[tuple[str, str], list[int]] = {}
+    for info in tasks.tasks:
+        traffic = info.wait.traffic
+        if (info.wait.kind == "stream_read" and info.wait.stream_side == "client" and traffic is not None
+                and traffic.local and traffic.peer and (info.wait.seconds or 0.0) >= OWNER_MIN_WAIT):
+            wanted.setdefault((traffic.peer, traffic.local), []).append(info.id)  # as the server end sees it
+    if not wanted:
+        return tasks
+    ends = wait_evidence.server_ends(live, set(wanted), MAX_RUNNER_SCAN)
+    peer_of = {tid: ends[key] for key, tids in wanted.items() if key in ends for tid in tids}
+    if not peer_of:
+        return tasks
+    return replace(tasks, tasks=tuple(replace(info, wait=replace(info.wait, peer_task=peer_of[info.id]))
+                                      if info.id in peer_of else info for info in tasks.tasks))
 
 
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:

@@ -38,7 +38,8 @@ from typing import Any, Iterable
 
 from diag.collect import task_origins
 from diag.collect.safe_read import (
-    builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, type_name,
+    builtin_items, builtin_len, clip, future_done, future_field, instance_dict, is_a, plain_attr, task_coroutine,
+    type_name,
 )
 from diag.model.task_snapshot import (
     ChildPipe, ChildProcess, ConnectionPool, ExecutorInfo, Frame, PoolLease, ThreadInfo, Traffic, WriteBacklog,
@@ -177,11 +178,65 @@ def traffic(reader: object) -> Traffic | None:
         bytes_received = (int.from_bytes(raw[_BYTES_RECEIVED:_BYTES_RECEIVED + 8], sys.byteorder)
                           if len(raw) >= _BYTES_RECEIVED + 8 else None)
         bytes_sent = int.from_bytes(raw[_BYTES_SENT:_BYTES_SENT + 8], sys.byteorder) if len(raw) >= _BYTES_SENT + 8 else None
+        local, peer = address_text(sock.getsockname()), address_text(sock.getpeername())
     except Exception:
         return None
     buffer = plain_attr(reader, "_buffer")
     unread = len(buffer) if type(buffer) is bytearray else 0
-    return Traffic(sent / 1000.0, received / 1000.0, unread, bytes_sent, bytes_received)
+    return Traffic(sent / 1000.0, received / 1000.0, unread, bytes_sent, bytes_received, local, peer)
+
+
+def address_text(address: object) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address tuple; "" otherwise."""
+    if type(address) is not tuple or len(address) < 2 or type(address[0]) is not str or type(address[1]) is not int:
+        return ""
+    host = clip(address[0], 80)
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def server_ends(live: dict[int, Any], wanted: set[tuple[str, str]], limit: int) -> dict[tuple[str, str], int]:
+    """(local, peer) address of a connection's server end -> the id of the task serving
+    it in this process: the task ``asyncio.start_server`` made for the connection (its
+    protocol's ``_task``), found through the ``StreamWriter`` among its coroutine's
+    references (never ``f_locals``).  Only the ends in ``wanted`` are looked up, among at
+    most ``limit`` tasks."""
+    found: dict[tuple[str, str], int] = {}
+    for n, (tid, task) in enumerate(live.items()):
+        if n >= limit or len(found) == len(wanted):
+            break
+        coro = task_coroutine(future_field(task, "_coro"))
+        if type(coro) is not types.CoroutineType or coro.cr_running:
+            continue
+        try:
+            refs = gc.get_referents(coro)
+        except Exception:
+            continue
+        for ref in refs:
+            if not is_a(ref, asyncio.StreamWriter):
+                continue
+            transport = plain_attr(ref, "_transport")
+            cls = type(transport)
+            if transport is None or not cls.__module__.startswith(_LOOP_TRANSPORT_MODULES):
+                continue
+            proto = plain_attr(transport, "_protocol")
+            if proto is None and cls.__module__.startswith("uvloop"):
+                try:
+                    proto = transport.get_protocol()  # type: ignore[attr-defined]  # uvloop's own C method
+                except Exception:
+                    proto = None
+            if (not is_a(proto, asyncio.StreamReaderProtocol) or plain_attr(proto, "_client_connected_cb") is None
+                    or plain_attr(proto, "_task") is not task):
+                continue
+            try:
+                key = (address_text(cls.get_extra_info(transport, "sockname")),  # type: ignore[attr-defined]
+                       address_text(cls.get_extra_info(transport, "peername")))  # type: ignore[attr-defined]
+            except Exception:
+                continue
+            if key in wanted:
+                found[key] = tid
+            break
+        del refs, coro
+    return found
 
 
 # -- deadlines ---------------------------------------------------------------------------

@@ -260,24 +260,31 @@ class Traffic:
     """A TCP connection's last data each way, as the kernel keeps it (Linux's TCP_INFO):
     seconds since this end last sent data and last received data (kept in scheduler
     ticks: a request and its answer on loopback often share one), the bytes sent and
-    received so far (None on kernels without them), and ``unread`` bytes the stream
-    reader holds (part of a message read, the rest awaited)."""
+    received so far (None on kernels without them), ``unread`` bytes the stream
+    reader holds (part of a message read, the rest awaited), and the connection's
+    ``local`` and ``peer`` addresses ("127.0.0.1:8080"; "" when unknown)."""
 
     sent_ago: float
     received_ago: float
     unread: int = 0
     bytes_sent: int | None = None
     bytes_received: int | None = None
+    local: str = ""
+    peer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sent_ago": self.sent_ago, "received_ago": self.received_ago, "unread": self.unread,
-                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
+        d: dict[str, Any] = {"sent_ago": self.sent_ago, "received_ago": self.received_ago, "unread": self.unread,
+                             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
+        if self.local or self.peer:
+            d["local"], d["peer"] = self.local, self.peer
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Traffic:
         return cls(finite_float(d.get("sent_ago") or 0.0, "sent_ago"),
                    finite_float(d.get("received_ago") or 0.0, "received_ago"), _count(d, "unread") or 0,
-                   _count(d, "bytes_sent"), _count(d, "bytes_received"))
+                   _count(d, "bytes_sent"), _count(d, "bytes_received"),
+                   str(d.get("local") or ""), str(d.get("peer") or ""))
 
     @property
     def unanswered(self) -> bool:
@@ -355,6 +362,9 @@ class Wait:
     tasks running a method of the nearest object found keeping the awaited future (a
     client's reader loop, for a request's future in the client's table of pending ones),
     the waiting task itself first when it is one of them (a pool's idle worker).
+    ``peer_task`` is, for a client's stream read whose other end is served in this same
+    process (``asyncio.start_server``), the task that serves that end: its answer comes
+    from there.
     """
 
     kind: str
@@ -380,11 +390,14 @@ class Wait:
     finished: tuple[FinishedChild, ...] = ()
     predicate: str = ""
     owner_tasks: tuple[int, ...] = ()
+    peer_task: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
         if self.owner_tasks:
             d["owner_tasks"] = list(self.owner_tasks)
+        if self.peer_task is not None:
+            d["peer_task"] = self.peer_task
         if self.predicate:
             d["predicate"] = self.predicate
         if self.frame_label:
@@ -450,6 +463,7 @@ class Wait:
             finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
             predicate=str(d.get("predicate") or ""),
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
+            peer_task=None if d.get("peer_task") is None else int(d["peer_task"]),
         )
 
 

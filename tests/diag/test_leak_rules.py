@@ -503,6 +503,38 @@ def test_a_clients_read_is_judged_by_which_end_sent_last(traffic: Traffic, suspe
         assert words in report.findings[0].evidence, report.findings[0].evidence
 
 
+def test_a_clients_read_served_in_this_process_is_judged_by_the_task_serving_the_other_end() -> None:
+    """A watch request to a server this same process runs: the client heard nothing at all
+    since it asked.  The answer comes from the handler task at the other end; a handler
+    waiting under a timeout (a long poll's hold) or at work makes the wait one with an end.
+    A handler that waits with nothing to end it leaves the client a suspect, and named."""
+    asked = Traffic(40.0, 40.0, 0, 12, 0, "127.0.0.1:50412", "127.0.0.1:8500")
+    client = task(1, coro="watch_key", stack=(Frame("/srv/app/watch.py", 30, "watch_key", ""),),
+                  wait=Wait("stream_read", "StreamReader.readuntil", seconds=40.0, deadline_known=True,
+                            stream_side="client", traffic=asked, peer_task=2))
+
+    def handler(**kw: object) -> TaskInfo:
+        wait = Wait("event", "Event.wait", seconds=40.0, deadline_known=True, **kw)  # type: ignore[arg-type]
+        return task(2, coro="ConfigServer.handle", stack=(Frame("/srv/app/server.py", 50, "ConfigServer.handle", ""),),
+                    wait=wait)
+
+    held = handler(deadline=20.0, deadline_by="asyncio.timeout")
+    assert 1 not in ids_of(leak_report(sync(snapshot(client, held)), OPTIONS), "suspect")
+    at_work = replace(handler(), state="running", wait=Wait("running"))
+    assert 1 not in ids_of(leak_report(sync(snapshot(client, at_work)), OPTIONS), "suspect")
+    report = leak_report(sync(snapshot(client, handler())), OPTIONS)
+    (finding,) = [f for f in report.findings if 1 in {t.id for t in f.tasks}]
+    assert finding.kind == "suspect"
+    assert ("the other end is served in this process by ConfigServer.handle (task 2), which has waited 40s on "
+            "Event.wait with nothing to end its wait") in finding.evidence, finding.evidence
+    # the server end found nowhere (another process): judged on the traffic alone, as before
+    alone = replace(client, wait=replace(client.wait, peer_task=None))
+    assert 1 in ids_of(leak_report(sync(snapshot(alone, held)), OPTIONS), "suspect")
+    # the field round-trips, and so do the addresses
+    back = TaskSnapshot.from_json(snapshot(client).to_json()).tasks[0].wait
+    assert back.peer_task == 2 and (back.traffic.local, back.traffic.peer) == ("127.0.0.1:50412", "127.0.0.1:8500")
+
+
 def test_a_pools_unused_connection_is_idle_when_a_sibling_has_talked_with_the_peer() -> None:
     """Readers of one coroutine, one per pooled connection: the connection in use has been
     answered, the spare ones have carried nothing either way since they opened.  Nothing was

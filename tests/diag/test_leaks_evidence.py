@@ -832,6 +832,55 @@ def test_a_client_read_is_suspect_when_a_question_is_unanswered_not_after_an_ans
         assert req["bytes_sent"] == len("status?\n") and req["bytes_received"] == 0, traffic
 
 
+WATCHERS = """
+import asyncio
+
+CHANGED = asyncio.Event()
+
+async def serve(reader, writer):
+    line = await reader.readline()
+    if line.startswith(b"WATCH"):
+        try:                             # a long poll: held until a change, or for an hour at most
+            await asyncio.wait_for(CHANGED.wait(), 3600)
+            writer.write(b"changed\\n")
+        except asyncio.TimeoutError:
+            writer.write(b"unchanged\\n")
+    else:
+        await CHANGED.wait()             # the bug: a status request waits for a change too
+        writer.write(b"ok\\n")
+
+async def client(request):
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(request)
+    return await reader.readline()
+
+async def main():
+    global PORT
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    PORT = server.sockets[0].getsockname()[1]
+    keep = [asyncio.create_task(client(b"WATCH config\\n"), name="watcher"),
+            asyncio.create_task(client(b"STATUS\\n"), name="status")]
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_read_served_in_this_process_is_judged_by_the_task_that_serves_it(loop: str) -> None:
+    # Both ends of each connection are in this process: a long poll's client waits for a
+    # handler holding its request under a timeout (a wait with an end: quiet); the status
+    # client's handler waits with nothing to end it (a suspect, the handler named).
+    with DiagRun(WATCHERS, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"status"}, "--min-wait", "1")
+        time.sleep(1.0)  # the watcher's read as old as the status read, past --min-wait
+        code, data = leaks(app.url, "--min-wait", "1")
+        found = by_task(data)
+        assert "status" in found and "watcher" not in found, data["findings"]
+        evidence = " | ".join(f["evidence"] for f in found["status"])
+        assert "nothing at all on this connection" in evidence, evidence
+        assert re.search(r"the other end is served in this process by serve \(task \d+\), which has waited \d+s on "
+                         r"Event.wait", evidence), evidence
+
+
 TIMED_CLEANUP = """
 import asyncio
 
