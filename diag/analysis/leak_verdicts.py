@@ -849,9 +849,10 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         pooled = _pool_evidence(task.wait.pool) if task.wait.pool is not None else []
         if task.wait.deadline_known and task.wait.deadline is not None and not pooled:
             continue  # something ends this wait on its own (a lost connection stays lost after it)
-        server = by_id.get(task.wait.peer_task) if task.wait.peer_task is not None else None
-        if server is not None and (server.state != "waiting" or _has_deadline(server)):
+        answering = [by_id[t] for t in task.wait.peer_tasks if t in by_id]
+        if any(t.state != "waiting" or _has_deadline(t) for t in answering):
             continue  # its answer comes from a task of this process that is at work, or whose own wait has an end
+        server = answering[0] if answering else None
         why = pooled
         if pooled and task.wait.deadline is not None:
             why.append(f"{task.wait.deadline_by or 'a timeout'} ends this wait in {task.wait.deadline:.0f}s with an error, "
@@ -912,7 +913,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.kind == "stream_read":
             why.append(_silence_text(task, seconds))
             if server is not None:
-                why.append(_server_end_text(server))
+                why.append(_server_end_text(server, len(answering) - 1))
         elif task.wait.kind == "future" and _awaits_response(task):
             why.append(f"the server has not answered this HTTP request for {seconds:.0f}s")
         if task.wait.kind == "executor":
@@ -988,16 +989,18 @@ def _rearmed_by_waiter(state: PrimitiveState | None, task: TaskInfo, idle: float
     return state.cleared_by == task.id or state.cleared_by in awaiters.get(task.id, ())
 
 
-def _server_end_text(server: TaskInfo) -> str:
+def _server_end_text(server: TaskInfo, others: int) -> str:
     """Where the answer to a client's read would come from: the task of this process that
-    serves the connection's other end, and what it waits on."""
+    serves the connection's other end, and what it waits on (``others`` more tasks that
+    hold that end's writer wait with nothing to end their wait either)."""
     wait = server.wait
     what = (wait.detail or wait.kind) + (f" {_where(wait.primitive)}" if wait.primitive is not None else "")
+    also = f"; so do {_plural(others, 'other task')} holding its writer" if others else ""
     if wait.kind == "stream_read" and wait.stream_side == "server":
         return (f"the other end is served in this process by {server.coro} (task {server.id}), which waits for this "
-                f"end's next message ({what}) with nothing to end its wait")
+                f"end's next message ({what}) with nothing to end its wait{also}")
     return (f"the other end is served in this process by {server.coro} (task {server.id}), which has waited "
-            f"{wait.seconds or 0.0:.0f}s on {what} with nothing to end its wait")
+            f"{wait.seconds or 0.0:.0f}s on {what} with nothing to end its wait{also}")
 
 
 def _silence_text(task: TaskInfo, seconds: float) -> str:

@@ -252,8 +252,8 @@ def owner_tasks(owner_ids: set[int], live: dict[int, Any]) -> tuple[dict[int, li
 
 
 def with_peer_ends(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
-    """``tasks`` with ``Wait.peer_task`` set for long client stream reads whose other end
-    this process serves itself: the task that serves it (``wait_evidence.server_ends``)."""
+    """``tasks`` with ``Wait.peer_tasks`` set for long client stream reads whose other end
+    this process serves itself: the tasks that can answer there (``wait_evidence.server_ends``)."""
     wanted: dict[tuple[str, str], list[int]] = {}
     for info in tasks.tasks:
         traffic = info.wait.traffic
@@ -263,11 +263,11 @@ def with_peer_ends(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     if not wanted:
         return tasks
     ends = wait_evidence.server_ends(live, set(wanted), MAX_RUNNER_SCAN)
-    peer_of = {tid: ends[key] for key, tids in wanted.items() if key in ends for tid in tids}
-    if not peer_of:
+    peers_of = {tid: tuple(ends[key][:MAX_RUNNERS]) for key, tids in wanted.items() if ends.get(key) for tid in tids}
+    if not peers_of:
         return tasks
-    return replace(tasks, tasks=tuple(replace(info, wait=replace(info.wait, peer_task=peer_of[info.id]))
-                                      if info.id in peer_of else info for info in tasks.tasks))
+    return replace(tasks, tasks=tuple(replace(info, wait=replace(info.wait, peer_tasks=peers_of[info.id]))
+                                      if info.id in peers_of else info for info in tasks.tasks))
 
 
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:

@@ -194,15 +194,16 @@ def address_text(address: object) -> str:
     return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
-def server_ends(live: dict[int, Any], wanted: set[tuple[str, str]], limit: int) -> dict[tuple[str, str], int]:
-    """(local, peer) address of a connection's server end -> the id of the task serving
-    it in this process: the task ``asyncio.start_server`` made for the connection (its
-    protocol's ``_task``), found through the ``StreamWriter`` among its coroutine's
-    references (never ``f_locals``).  Only the ends in ``wanted`` are looked up, among at
-    most ``limit`` tasks."""
-    found: dict[tuple[str, str], int] = {}
+def server_ends(live: dict[int, Any], wanted: set[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[int]]:
+    """(local, peer) address of a connection's server end -> the ids of the tasks of this
+    process that can answer on it: the task ``asyncio.start_server`` made for the
+    connection (its protocol's ``_task``) first, then any other task holding that end's
+    ``StreamWriter`` (one the handler started to answer a request).  Found among the
+    references of each task's coroutine (never ``f_locals``), for the ends in ``wanted``
+    only, among at most ``limit`` tasks."""
+    found: dict[tuple[str, str], list[int]] = {}
     for n, (tid, task) in enumerate(live.items()):
-        if n >= limit or len(found) == len(wanted):
+        if n >= limit:
             break
         coro = task_coroutine(future_field(task, "_coro"))
         if type(coro) is not types.CoroutineType or coro.cr_running:
@@ -224,16 +225,19 @@ def server_ends(live: dict[int, Any], wanted: set[tuple[str, str]], limit: int) 
                     proto = transport.get_protocol()  # type: ignore[attr-defined]  # uvloop's own C method
                 except Exception:
                     proto = None
-            if (not is_a(proto, asyncio.StreamReaderProtocol) or plain_attr(proto, "_client_connected_cb") is None
-                    or plain_attr(proto, "_task") is not task):
-                continue
+            if not is_a(proto, asyncio.StreamReaderProtocol) or plain_attr(proto, "_client_connected_cb") is None:
+                continue  # not a server's end
             try:
                 key = (address_text(cls.get_extra_info(transport, "sockname")),  # type: ignore[attr-defined]
                        address_text(cls.get_extra_info(transport, "peername")))  # type: ignore[attr-defined]
             except Exception:
                 continue
             if key in wanted:
-                found[key] = tid
+                tids = found.setdefault(key, [])
+                if plain_attr(proto, "_task") is task:
+                    tids.insert(0, tid)
+                else:
+                    tids.append(tid)
             break
         del refs, coro
     return found

@@ -362,9 +362,9 @@ class Wait:
     tasks running a method of the nearest object found keeping the awaited future (a
     client's reader loop, for a request's future in the client's table of pending ones),
     the waiting task itself first when it is one of them (a pool's idle worker).
-    ``peer_task`` is, for a client's stream read whose other end is served in this same
-    process (``asyncio.start_server``), the task that serves that end: its answer comes
-    from there.
+    ``peer_tasks`` are, for a client's stream read whose other end is served in this same
+    process (``asyncio.start_server``), the tasks that can answer there: the connection's
+    handler first, then any other task holding that end's writer.
     """
 
     kind: str
@@ -390,14 +390,14 @@ class Wait:
     finished: tuple[FinishedChild, ...] = ()
     predicate: str = ""
     owner_tasks: tuple[int, ...] = ()
-    peer_task: int | None = None
+    peer_tasks: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
         if self.owner_tasks:
             d["owner_tasks"] = list(self.owner_tasks)
-        if self.peer_task is not None:
-            d["peer_task"] = self.peer_task
+        if self.peer_tasks:
+            d["peer_tasks"] = list(self.peer_tasks)
         if self.predicate:
             d["predicate"] = self.predicate
         if self.frame_label:
@@ -463,7 +463,7 @@ class Wait:
             finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
             predicate=str(d.get("predicate") or ""),
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
-            peer_task=None if d.get("peer_task") is None else int(d["peer_task"]),
+            peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
         )
 
 

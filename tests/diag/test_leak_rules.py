@@ -511,7 +511,7 @@ def test_a_clients_read_served_in_this_process_is_judged_by_the_task_serving_the
     asked = Traffic(40.0, 40.0, 0, 12, 0, "127.0.0.1:50412", "127.0.0.1:8500")
     client = task(1, coro="watch_key", stack=(Frame("/srv/app/watch.py", 30, "watch_key", ""),),
                   wait=Wait("stream_read", "StreamReader.readuntil", seconds=40.0, deadline_known=True,
-                            stream_side="client", traffic=asked, peer_task=2))
+                            stream_side="client", traffic=asked, peer_tasks=(2,)))
 
     def handler(**kw: object) -> TaskInfo:
         wait = Wait("event", "Event.wait", seconds=40.0, deadline_known=True, **kw)  # type: ignore[arg-type]
@@ -527,12 +527,22 @@ def test_a_clients_read_served_in_this_process_is_judged_by_the_task_serving_the
     assert finding.kind == "suspect"
     assert ("the other end is served in this process by ConfigServer.handle (task 2), which has waited 40s on "
             "Event.wait with nothing to end its wait") in finding.evidence, finding.evidence
+    # the handler reads the next request while a task it started to answer this one sleeps
+    # before writing (a slow backend): an answer is on its way
+    reading = task(2, coro="ToolServer.handle", wait=Wait("stream_read", "StreamReader.readuntil", seconds=40.0,
+                                                          deadline_known=True, stream_side="server"))
+    answer = task(3, coro="ToolServer.answer", wait=Wait("sleep", "sleep", seconds=3.0, time_left=1.0))
+    both = replace(client, wait=replace(client.wait, peer_tasks=(2, 3)))
+    assert 1 not in ids_of(leak_report(sync(snapshot(both, reading, answer)), OPTIONS), "suspect")
+    report = leak_report(sync(snapshot(replace(client, wait=replace(client.wait, peer_tasks=(2,))), reading)), OPTIONS)
+    assert ("served in this process by ToolServer.handle (task 2), which waits for this end's next message "
+            "(StreamReader.readuntil) with nothing to end its wait") in report.findings[0].evidence, report.findings
     # the server end found nowhere (another process): judged on the traffic alone, as before
-    alone = replace(client, wait=replace(client.wait, peer_task=None))
+    alone = replace(client, wait=replace(client.wait, peer_tasks=()))
     assert 1 in ids_of(leak_report(sync(snapshot(alone, held)), OPTIONS), "suspect")
     # the field round-trips, and so do the addresses
     back = TaskSnapshot.from_json(snapshot(client).to_json()).tasks[0].wait
-    assert back.peer_task == 2 and (back.traffic.local, back.traffic.peer) == ("127.0.0.1:50412", "127.0.0.1:8500")
+    assert back.peer_tasks == (2,) and (back.traffic.local, back.traffic.peer) == ("127.0.0.1:50412", "127.0.0.1:8500")
 
 
 def test_a_pools_unused_connection_is_idle_when_a_sibling_has_talked_with_the_peer() -> None:
