@@ -47,9 +47,13 @@ def program(request: pytest.FixtureRequest) -> Iterator[DiagRun]:
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     with DiagRun(PROGRAM, args=(request.param,)) as run:
-        def started() -> bool:
-            status, _, body = http("GET", run.url + "/debug/diag/tasks?debug=1&limit=5")
-            return status == 200 and json.loads(body)["total_tasks"] > TASKS
+        def started() -> bool:  # every task created, and every one past its first step (none still ready)
+            status, _, body = http("GET", run.url + f"/debug/diag/tasks?debug=2&limit={TASKS + 10}", timeout=30)
+            if status != 200:
+                return False
+            doc = json.loads(body)
+            return doc["total_tasks"] > TASKS and all(t["state"] == "waiting" for t in doc["tasks"]
+                                                      if t["coro"] in ("park", "nap"))
         assert wait_until(started, timeout=30, interval=0.1), run.output()
         yield run
 
