@@ -86,6 +86,8 @@ MAX_STALL_FRAMES = 16
 #: Long waits (the same future in two samples) whose stack one sample reads, at most: the
 #: rest wait for the next sample, so a dump of 200,000 stuck tasks costs no long pause.
 STACKS_PER_SAMPLE = 256
+#: Await chains read per sample to find a ``Condition.wait_for`` a wait goes on inside.
+WAIT_FOR_READS = 256
 #: Coroutines kept of such a stack (innermost).
 STACK_DEPTH = 16
 
@@ -436,9 +438,36 @@ def _suspended_at(coro: object) -> tuple[tuple[types.CodeType, int], ...]:
     return tuple(out)
 
 
+_WAIT_FOR_CODE = asyncio.Condition.wait_for.__code__
+
+
+def _wait_for_of(task: object) -> Any:
+    """The ``Condition.wait_for`` coroutine suspended in ``task``'s await chain, if any: it
+    waits on a new future after every wake-up whose predicate is still false, and its wait
+    goes on across them."""
+    node = task_coroutine(future_field(task, "_coro"))
+    for _ in range(STACK_DEPTH):
+        if type(node) is not types.CoroutineType:
+            return None
+        if node.cr_code is _WAIT_FOR_CODE:  # type: ignore[attr-defined]
+            return node
+        node = node.cr_await  # type: ignore[attr-defined]
+    return None
+
+
 def _no_ref() -> None:
     """Stands for a weak reference to a future that cannot have one: never the same future."""
     return None
+
+
+def _weak_or_none(obj: object) -> Any:
+    """A weak reference to ``obj``, or ``_no_ref`` when it is None (or cannot have one)."""
+    if obj is None:
+        return _no_ref
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return _no_ref
 
 
 def iter_all_tasks() -> list[asyncio.Task[Any]]:
@@ -511,7 +540,10 @@ class LoopWatch:
         self._thread: threading.Thread | None = None
         self._armed: tuple[float, bool] | None = None  # see _sleep
         # id(task) -> (id(awaited future), monotonic time first seen waiting on it, weak ref to it)
-        self._waits: dict[int, tuple[int, float, Any]] = {}
+        # id(task) -> (id of the awaited future, when first seen, weak reference to it, the
+        # Condition.wait_for it waits in: a weak reference, _no_ref when it waits in none,
+        # None when not looked for yet)
+        self._waits: dict[int, tuple[int, float, Any, Any]] = {}
         self.sampled_since: float | None = None
         self.sample_interval = SAMPLER_MIN_INTERVAL
         self.thread_ident: int | None = None
@@ -1155,7 +1187,8 @@ class LoopWatch:
         """Note, for every waiting task, the future it waits on; returns the seconds spent."""
         start = time.monotonic()
         prev = self._waits
-        new: dict[int, tuple[int, float, Any]] = {}
+        new: dict[int, tuple[int, float, Any, Any]] = {}
+        chain_reads = WAIT_FOR_READS
         prev_cancels = self._cancels
         cancels: dict[int, float] = {}
         prev_stacks = self._stacks
@@ -1189,6 +1222,9 @@ class LoopWatch:
             # The same wait only if it is the same future: a new one freed and made at the same
             # address (asyncio reuses them constantly) starts a new wait.
             if old is not None and old[0] == id(waiter) and old[2]() is waiter:
+                if old[3] is None and chain_reads > 0:  # seen on it twice: is it inside a wait_for?
+                    chain_reads -= 1
+                    old = (old[0], old[1], old[2], _weak_or_none(_wait_for_of(task)))
                 new[key] = old
                 kept = prev_stacks.get(key)
                 if kept is not None and kept[0] == id(waiter):
@@ -1201,7 +1237,14 @@ class LoopWatch:
                     ref: Any = weakref.ref(waiter)
                 except TypeError:
                     ref = _no_ref
-                new[key] = (id(waiter), start, ref)
+                began, anchor = start, None
+                if chain_reads > 0:
+                    chain_reads -= 1
+                    cond_wait = _wait_for_of(task)
+                    if cond_wait is not None and old is not None and old[3] is not None and old[3]() is cond_wait:
+                        began = old[1]  # woken inside the same wait_for, its predicate still false
+                    anchor = _weak_or_none(cond_wait)
+                new[key] = (id(waiter), began, ref, anchor)
         self._waits = new
         self._cancels = cancels
         self._stacks = stacks

@@ -1012,6 +1012,47 @@ def test_diag_tasks_shows_what_a_condition_wait_for_waits_to_see(loop: str) -> N
         assert sorted(t["name"] for t in tasks if "predicate" in t["wait"]) == ["export-0", "export-1"]
 
 
+RENOTIFIED = """
+import asyncio
+
+class Channel:
+    def __init__(self):
+        self.seq = 1
+        self.changed = asyncio.Condition()
+
+    async def maintain(self):
+        while True:                        # reconnects every 0.1 s, and counts from 1 again each time
+            await asyncio.sleep(0.1)
+            async with self.changed:
+                self.seq = 1
+                self.changed.notify_all()
+
+    async def call(self, failed_on):
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.seq > failed_on)
+
+async def main():
+    channel = Channel()
+    keep = [asyncio.create_task(channel.maintain(), name="maintain"),
+            asyncio.create_task(channel.call(1), name="export")]
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_condition_wait_for_woken_again_and_again_is_timed_from_its_start(loop: str) -> None:
+    """Every notify wakes the wait_for, which finds its predicate false and waits on a new
+    future: its wait goes on all the same, and its age with it (it used to restart at each
+    wake-up, so that it never looked older than the notify interval)."""
+    with DiagRun(RENOTIFIED, env={"LOOP": loop}) as app:
+        started = time.monotonic()
+        tasks = dump_until(app.url, lambda ts: any(t["name"] == "export" and (t["wait"]["seconds"] or 0) >= 3
+                                                   for t in ts))
+        (export,) = [t for t in tasks if t["name"] == "export"]
+        assert export["wait"]["kind"] == "condition" and export["wait"]["seconds"] >= 3, export["wait"]
+        assert export["wait"]["seconds"] <= time.monotonic() - started + 1, export["wait"]  # no older than the program
+
+
 GATHER_CHILD_DIES = """
 import asyncio
 
