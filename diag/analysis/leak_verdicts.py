@@ -478,8 +478,11 @@ def _chain_text(task_id: int | None, alive: bool, by_id: Mapping[int, TaskInfo],
 
 
 def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
-    """Tasks asked to cancel (``cancelling()`` above 0) and still waiting, with no deadline,
-    past ``cancel_grace``: their code caught the ``CancelledError`` and went on.  Whoever
+    """Tasks asked to cancel (``cancelling()`` above 0) and still waiting past ``cancel_grace``:
+    their code caught the ``CancelledError`` and went on.  One cleaning up under a timeout
+    (inside the block handling the cancel) ends on its own; one past that block but in a
+    wait with an end (a poll with a timeout) is given ``min_wait`` too before it
+    counts, then it does: the end of that wait is not the end of the task.  Whoever
     awaits them (``await task``, ``gather``, a ``TaskGroup`` exit, ``wait_for``) waits too."""
     awaited_by: dict[int, list[TaskInfo]] = {}
     for task in snap.tasks.tasks:
@@ -494,8 +497,11 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
         grace = max(options.cancel_grace, options.min_wait) if task.handling_cancel else options.cancel_grace
         if seconds is None or seconds < grace or task.state != "waiting":
             continue
-        if task.wait.deadline_known and task.wait.deadline is not None:
+        timed = task.wait.deadline_known and task.wait.deadline is not None
+        if timed and task.handling_cancel:
             continue  # cleaning up under a timeout: it ends on its own
+        if timed and seconds < max(options.cancel_grace, options.min_wait):
+            continue  # past its except block, but in a wait with an end: may be a cleanup yet, for a while
         waiting = awaited_by.get(task.id, [])
         who = ""
         if waiting:
@@ -512,6 +518,10 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
             how = (f"it was asked to cancel at least {seconds:.1f}s ago (cancelling() > 0) and is still running, "
                    f"now waiting on {task.wait.detail or task.wait.kind}: its code caught CancelledError and "
                    f"carried on instead of re-raising it (or calling uncancel())")
+            if timed:
+                how += ("; that wait has an end, but the task is past any except or finally block handling the "
+                        "cancel: it goes on with its work (a CancelledError turned into another exception, "
+                        "and that one caught?)")
         out.append(Finding(
             kind="swallowed_cancel",
             title=title,

@@ -209,8 +209,26 @@ def test_a_cancel_swallowed_past_the_grace_is_a_verdict_naming_who_waits_for_it(
 def test_a_cancelled_task_still_cleaning_up_within_the_grace_or_under_a_timeout_is_not_flagged() -> None:
     young = replace(task(1, wait=Wait("event", "Event.wait", seconds=1.0)), cancelling=True, cancel_seconds=1.0)
     timed = replace(task(2, wait=Wait("event", "Event.wait", seconds=9.0, deadline=3.0, deadline_known=True)),
-                    cancelling=True, cancel_seconds=9.0)
+                    cancelling=True, cancel_seconds=9.0, handling_cancel=True)
     assert leak_report(sync(snapshot(young, timed)), OPTIONS).findings == ()
+
+
+def test_a_cancel_turned_into_another_error_and_caught_is_swallowed_though_each_wait_has_a_timeout() -> None:
+    # pymodbus-like: the request code turns CancelledError into an I/O error, the poller's
+    # `except Exception` logs it and polls again, each read under a timeout.  Past the
+    # except block, a wait with an end is not the end of the task: after min_wait it counts.
+    def poller(cancel_seconds: float) -> TaskInfo:
+        wait = Wait("future", "Future", seconds=0.5, deadline=2.5, deadline_known=True, deadline_by="asyncio.timeout")
+        return replace(task(1, coro="DevicePoller.run", wait=wait), cancelling=True, cancel_seconds=cancel_seconds)
+    watchdog = task(2, coro="Supervisor.watchdog", wait=Wait("task", "await task", seconds=6.0, tasks=(1,),
+                                                            deadline_known=True))
+    report = leak_report(sync(snapshot(poller(6.0), watchdog)), OPTIONS)
+    (finding,) = [f for f in report.findings if f.kind == "swallowed_cancel"]
+    assert {t.id for t in finding.tasks} == {1, 2}, finding
+    assert "that wait has an end, but the task is past any except or finally block" in finding.evidence
+    assert "task 2 (await task in Supervisor.watchdog)" in finding.evidence
+    # within min_wait of the cancel it may still be a cleanup that ends
+    assert "swallowed_cancel" not in kinds(leak_report(sync(snapshot(poller(3.0), watchdog)), OPTIONS))
 
 
 # -- suspects -----------------------------------------------------------------------------------

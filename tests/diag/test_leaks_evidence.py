@@ -1053,6 +1053,49 @@ def test_a_condition_wait_for_woken_again_and_again_is_timed_from_its_start(loop
         assert export["wait"]["seconds"] <= time.monotonic() - started + 1, export["wait"]  # no older than the program
 
 
+CANCEL_BECOMES_IO_ERROR = """
+import asyncio
+
+class ReadError(Exception):
+    pass
+
+async def read_register():
+    try:
+        await asyncio.wait_for(asyncio.Event().wait(), 0.5)   # a device that stopped answering
+    except asyncio.CancelledError as exc:
+        raise ReadError("request cancelled") from exc        # the bug: a cancel becomes an I/O error
+    except asyncio.TimeoutError:
+        raise ReadError("no answer") from None
+
+async def poll():
+    while True:
+        try:
+            await read_register()
+        except Exception:                                     # log and poll again
+            pass
+
+async def watchdog():
+    poller = asyncio.create_task(poll(), name="poller")
+    await asyncio.sleep(0.3)
+    poller.cancel()                                           # restart it ...
+    await poller                                              # ... once it has ended: never
+
+async def main():
+    keep = asyncio.create_task(watchdog(), name="watchdog")
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cancel_turned_into_another_error_is_swallowed_though_every_read_has_a_timeout(loop: str) -> None:
+    with DiagRun(CANCEL_BECOMES_IO_ERROR, env={"LOOP": loop}) as app:
+        code, data = settled(app.url, {"poller"}, "--min-wait", "2")
+        assert code == 1, data["findings"]
+        (finding,) = [f for f in data["findings"] if f["kind"] == "swallowed_cancel"]
+        assert [t["name"] for t in finding["tasks"]] == ["poller", "watchdog"], finding
+        assert "that wait has an end, but the task is past any except or finally block" in finding["evidence"]
+
+
 GATHER_CHILD_DIES = """
 import asyncio
 
