@@ -837,10 +837,13 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
     holders = {s.primitive.id: s.holders for s in snap.primitives if s.holders and s.handoff_seconds is None}
     consumers: dict[str, tuple[tuple[TaskInfo, ...], bool]] | None = None  # made at the first Queue.join
     threads = {t.runs_future: t for t in snap.tasks.threads if t.runs_future}
-    fired: dict[str, int] = {}  # event label -> how many events of that name were set
+    # event label -> how many events of that name are set now: a state their owners reached
+    # (ready, loaded).  One set and cleared again is a signal re-armed for its next time (a
+    # client's `disconnected`, cleared on reconnect): that it fired once says nothing of others.
+    fired: dict[str, int] = {}
     for state in snap.primitives:
         event = state.primitive
-        if event.kind == "event" and event.label and (event.is_set or state.idle_seconds is not None):
+        if event.kind == "event" and event.label and event.is_set:
             fired[event.label] = fired.get(event.label, 0) + 1
     timed = _ended_by_awaiters(snap.tasks.tasks)
     talking = _talking_readers(snap.tasks.tasks)
@@ -905,7 +908,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             elif (prim.kind == "event" and idle is None and not prim.is_set and prim.label
                   and fired.get(prim.label)):
                 n = fired[prim.label]
-                why.append(f"{_plural(n, 'other event')} named {prim.label} {'was' if n == 1 else 'were'} set; "
+                why.append(f"{_plural(n, 'other event')} named {prim.label} {'is' if n == 1 else 'are'} set; "
                            f"this one never was")
             if task.wait.kind == "queue_put" and not getters.get(prim.id):
                 why.append("no task is waiting to get from this queue")
