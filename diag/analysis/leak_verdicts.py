@@ -863,8 +863,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         if task.wait.deadline_known and task.wait.deadline is not None and not pooled:
             continue  # something ends this wait on its own (a lost connection stays lost after it)
         answering = [by_id[t] for t in task.wait.peer_tasks if t in by_id]
-        if any(t.state != "waiting" or _has_deadline(t) for t in answering):
-            continue  # its answer comes from a task of this process that is at work, or whose own wait has an end
+        if any(t.state != "waiting" or _has_deadline(t) or (t.wait.kind != "stream_read" and _idle_by_design(t))
+               for t in answering):
+            # its answer comes from a task of this process that is at work, whose own wait has an
+            # end, or that waits for work to send (a subscription's pump on Queue.get)
+            continue
         server = answering[0] if answering else None
         why = pooled
         if pooled and task.wait.deadline is not None:

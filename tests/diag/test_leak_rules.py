@@ -555,6 +555,11 @@ def test_a_clients_read_served_in_this_process_is_judged_by_the_task_serving_the
     report = leak_report(sync(snapshot(replace(client, wait=replace(client.wait, peer_tasks=(2,))), reading)), OPTIONS)
     assert ("served in this process by ToolServer.handle (task 2), which waits for this end's next message "
             "(StreamReader.readuntil) with nothing to end its wait") in report.findings[0].evidence, report.findings
+    # a subscription: the handler reads the next command, a pump holding the writer waits
+    # on Queue.get for messages to push
+    pump = task(4, coro="Broker.pump", wait=Wait("queue_get", "Queue.get", seconds=40.0, deadline_known=True))
+    subscribed = replace(client, wait=replace(client.wait, peer_tasks=(2, 4)))
+    assert 1 not in ids_of(leak_report(sync(snapshot(subscribed, reading, pump)), OPTIONS), "suspect")
     # the server end found nowhere (another process): judged on the traffic alone, as before
     alone = replace(client, wait=replace(client.wait, peer_tasks=()))
     assert 1 in ids_of(leak_report(sync(snapshot(alone, held)), OPTIONS), "suspect")
