@@ -131,27 +131,23 @@ class AmpClient:
             self._listeners.discard(listen)
 
     async def _process_send(self, writer):
-        try:
-            while True:
-                item = await self._queue.get()
-                try:
-                    frame = await self._write_and_wait(writer, item)
-                except TimeoutError as exc:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                else:
-                    if not item.future.done():
-                        item.future.set_result(frame)
-                finally:
-                    if not item.future.done():
-                        item.future.set_exception(NotConnected("send aborted"))
-                await asyncio.sleep(SETTLE)
-        finally:
-            queue, self._queue = self._queue, None  # refuse new commands
-            while not queue.empty():
-                pending = queue.get_nowait()
-                if not pending.future.done():
-                    pending.future.set_exception(NotConnected("connection closed"))
+        while True:
+            item = await self._queue.get()
+            try:
+                frame = await self._write_and_wait(writer, item)
+            except TimeoutError as exc:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            except Exception as exc:  # the sender is done for: fail this command and every queued one
+                queue, self._queue = self._queue, None  # and refuse new ones
+                for pending in [item, *(queue.get_nowait() for _ in range(queue.qsize()))]:
+                    if not pending.future.done():
+                        pending.future.set_exception(NotConnected(f"command sender failed: {exc!r}"))
+                return
+            else:
+                if not item.future.done():
+                    item.future.set_result(frame)
+            await asyncio.sleep(SETTLE)
 
 
 class ControlApi:
