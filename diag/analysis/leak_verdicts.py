@@ -535,11 +535,15 @@ def swallowed_cancels(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options
 
 
 def proven_leaks(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], told: frozenset[int] | set[int] = frozenset()) -> list[Finding]:
-    """Blocked tasks the proof found unreachable, but for those a deadlock already tells."""
+    """Blocked tasks the proof found unreachable, but for those a deadlock already tells, and
+    those a timer will wake all the same (a ``wait_for`` or ``asyncio.timeout`` around the
+    wait, or around a wait on them that cancels them when it expires)."""
     proof = snap.reachability
     if not proof.ran or not proof.complete:
         return []
-    members = tuple(by_id[t] for t in proof.unreachable if t in by_id and t not in told)
+    timed = _ended_by_awaiters(snap.tasks.tasks)
+    members = tuple(by_id[t] for t in proof.unreachable
+                    if t in by_id and t not in told and t not in timed and not _has_deadline(by_id[t]))
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)

@@ -195,6 +195,24 @@ def test_permits_the_program_hands_on_are_not_lost_when_their_acquirer_ends() ->
     assert "leaked_permit" in kinds(leak_report(proven, OPTIONS))
 
 
+def test_a_task_the_proof_found_unreachable_is_no_proven_leak_when_a_timer_ends_its_wait() -> None:
+    # `await asyncio.wait_for(event.wait(), 30)` on an Event only this task's frame holds: the
+    # Event can never be set, but the timeout wakes the task all the same.
+    lost = Primitive("event", "0x7", "", waiters=1)
+    def waiter(**kw: object) -> TaskInfo:
+        return task(1, coro="poll", wait=Wait("event", "Event.wait", lost, 30.0, deadline_known=True, **kw))  # type: ignore[arg-type]
+    proof = Reachability(True, unreachable=(1,), blocked=1, objects_marked=10)
+    state = PrimitiveState(lost, waiting_tasks=(1,))
+    assert "proven_leak" in kinds(leak_report(sync(snapshot(waiter()), state, proof=proof), OPTIONS))
+    timed = leak_report(sync(snapshot(waiter(deadline=20.0, deadline_by="asyncio.timeout")), state, proof=proof), OPTIONS)
+    assert "proven_leak" not in kinds(timed)
+    # 3.11's wait_for runs the wait in a task of its own, the timer on the outer task's wait
+    outer = task(2, coro="poll", wait=Wait("gather", "wait_for", seconds=30.0, tasks=(1,), deadline_known=True,
+                                           deadline=20.0, deadline_by="a timer"))
+    inner = leak_report(sync(snapshot(waiter(), outer), state, proof=proof), OPTIONS)
+    assert "proven_leak" not in kinds(inner)
+
+
 # -- swallowed cancellation -------------------------------------------------------------------
 def test_a_cancel_swallowed_past_the_grace_is_a_verdict_naming_who_waits_for_it() -> None:
     stubborn = task(1, coro="Worker.run", wait=Wait("sleep", "sleep", seconds=3.0))
