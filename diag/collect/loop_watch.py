@@ -438,6 +438,13 @@ def _suspended_at(coro: object) -> tuple[tuple[types.CodeType, int], ...]:
     return tuple(out)
 
 
+def _read_as_call_ended(read_at: float, armed_at: float, now: float, late: float) -> bool:
+    """Whether a stack the loop thread read for the watchdog (at ``read_at``, asked for at
+    ``armed_at``) is where its long call ended: read after the request, and within
+    ``ENDED_READ_SHARE`` of the watchdog's lateness before it got the GIL (``now``)."""
+    return read_at >= armed_at and now - read_at <= ENDED_READ_SHARE * late
+
+
 _WAIT_FOR_CODE = asyncio.Condition.wait_for.__code__
 
 
@@ -734,7 +741,7 @@ class LoopWatch:
             # returned.  A read long before that was made as the call began (the request came
             # as the loop woke from its poll into it), and the watchdog then waited out the
             # whole call for the GIL: the frames as they are now say where it ended.
-            if read is not None and read[0] >= armed[0] and now - read[0] <= ENDED_READ_SHARE * late:
+            if read is not None and _read_as_call_ended(read[0], armed[0], now, late):
                 ended = tuple((code.co_filename, line or 0, getattr(code, "co_qualname", code.co_name))
                               for code, line in read[1][:MAX_STALL_FRAMES])
         main = threading.main_thread().ident

@@ -178,9 +178,12 @@ def traffic(reader: object) -> Traffic | None:
         bytes_received = (int.from_bytes(raw[_BYTES_RECEIVED:_BYTES_RECEIVED + 8], sys.byteorder)
                           if len(raw) >= _BYTES_RECEIVED + 8 else None)
         bytes_sent = int.from_bytes(raw[_BYTES_SENT:_BYTES_SENT + 8], sys.byteorder) if len(raw) >= _BYTES_SENT + 8 else None
-        local, peer = address_text(sock.getsockname()), address_text(sock.getpeername())
     except Exception:
         return None
+    try:  # a reset connection has no peer name any more; its figures still count
+        local, peer = address_text(sock.getsockname()), address_text(sock.getpeername())
+    except Exception:
+        local = peer = ""
     buffer = plain_attr(reader, "_buffer")
     unread = len(buffer) if type(buffer) is bytearray else 0
     return Traffic(sent / 1000.0, received / 1000.0, unread, bytes_sent, bytes_received, local, peer)

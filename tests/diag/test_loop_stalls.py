@@ -308,3 +308,14 @@ def test_the_part_of_a_stall_from_before_the_watch_crosses_the_wire_and_garbage_
     assert Stall.from_dict({"seconds": 1.0}).before_watch == 0.0  # an older agent's answer
     with pytest.raises(ValueError, match="before_watch"):
         Stall.from_dict({**stall.to_dict(), "before_watch": float("nan")})
+
+
+def test_a_stack_read_as_the_call_began_is_not_where_it_ended() -> None:
+    # The watchdog asked at 10.0 and got the GIL at 10.40, 0.38 s late.  A read at 10.399
+    # (just before the GIL came: the call returned then) names the call; one at 10.001 was
+    # made as the loop woke into the call, and the watchdog waited out the call after it.
+    from diag.collect.loop_watch import _read_as_call_ended
+
+    assert _read_as_call_ended(10.399, 10.0, 10.40, 0.38)
+    assert not _read_as_call_ended(10.001, 10.0, 10.40, 0.38)
+    assert not _read_as_call_ended(9.9, 10.0, 10.40, 0.38)  # an older read, from before the request
