@@ -1069,10 +1069,11 @@ def _stall_summary(loop: LoopInfo, cause: str, snap: SyncSnapshot, options: Leak
     stall still going on counts once it is as long as ``stall_threshold``, a verdict by
     itself; a shorter one is judged on figures that are not final (read while the query
     itself was being answered, and on a starved machine mostly its doing), so it counts
-    once it has ended and the watchdog has judged it whole."""
+    once it has ended and the watchdog has judged it whole.  A stall of the program's
+    start-up that has ended (``loop_stalls.start_up``) makes none: loading before serving."""
     threshold = max(options.stall_threshold, 1e-9)
     summary = window_summary(loop, cause, window=options.stall_window, now=snap.taken_at, exclude_reasons=OWN_REASONS,
-                             min_ongoing=threshold)
+                             min_ongoing=threshold, exclude_start=True)
     if summary.longest >= threshold or summary.count >= options.stall_repeats:
         return summary
     if summary.count >= 2 and summary.longest >= REPEAT_SHARE * threshold:

@@ -157,17 +157,28 @@ def ended_stack(stall: Stall) -> bool:
     return stall.samples == 0 and bool(stall.stacks)
 
 
+def start_up(stall: Stall) -> bool:
+    """True for a stall of the program's start-up that has ended: it began as the loop first
+    ran, before the loop ever went idle (loading, seeding, connecting before serving).
+    Shown, but no verdict: a start-up that stays stuck is a current stall, and counts."""
+    return stall.at_start and not stall.ongoing
+
+
 def window_summary(loop: LoopInfo, cause: str, *, window: float | None = None, now: float | None = None,
-                   exclude_reasons: frozenset[str] = frozenset(), min_ongoing: float = 0.0) -> WindowSummary:
+                   exclude_reasons: frozenset[str] = frozenset(), min_ongoing: float = 0.0,
+                   exclude_start: bool = False) -> WindowSummary:
     """The stalls of ``cause`` in the last ``window`` seconds before ``now`` (both default to
-    the agent's: its whole window), but those of ``exclude_reasons`` and a current one
-    shorter than ``min_ongoing``.  An ``unknown`` current stall counts as ``blocked``: a
-    loop that has not turned says so even where its cause cannot be measured."""
+    the agent's: its whole window), but those of ``exclude_reasons``, a current one
+    shorter than ``min_ongoing`` and, with ``exclude_start``, the start-up's (``start_up``).
+    An ``unknown`` current stall counts as ``blocked``: a loop that has not turned says so
+    even where its cause cannot be measured."""
     span = loop.stall_window if window is None else (min(window, loop.stall_window) if loop.stall_window else window)
     picked = []
     for stall in loop_stalls(loop):
         c = "blocked" if stall.cause == "unknown" and stall.ongoing else stall.cause
         if c != cause or stall.reason in exclude_reasons or (stall.ongoing and stall.seconds < min_ongoing):
+            continue
+        if exclude_start and start_up(stall):
             continue
         if not stall.ongoing and now is not None and window is not None and stall.started_at + stall.seconds < now - window:
             continue
@@ -212,5 +223,5 @@ def reasons_text(summary: WindowSummary) -> str:
     return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-__all__ = ["BLOCKED_OWN_SECONDS", "ended_stack", "MOSTLY", "REASONS", "OWN_REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
+__all__ = ["BLOCKED_OWN_SECONDS", "ended_stack", "start_up", "MOSTLY", "REASONS", "OWN_REASONS", "StallSite", "WindowSummary", "classify", "loop_stalls",
            "stall_frames", "window_summary", "site_text", "reasons_text"]

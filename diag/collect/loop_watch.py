@@ -122,6 +122,7 @@ class _StallRecord:
     samples: int
     stacks: tuple[tuple[_StackKey, int], ...]
     before_watch: float = 0.0  # seconds of ``seconds`` from before the watch began (see ``_overdue``)
+    at_start: bool = False  # in the loop's start-up: see ``_Beat.start_beat``
 
 
 @dataclass
@@ -157,6 +158,10 @@ class _Beat:
     # to a hung process), from its overdue timers; counted once the beat is late by itself.
     before_watch: float = 0.0
     first_sent: bool = False
+    # The loop was added as it began to run (the running-loop hook), so its first beat went out
+    # before it had ever gone idle: a stall on that beat is the program's start-up code.
+    from_start: bool = False
+    start_beat: float | None = None  # sent_at of that first beat
     # (sent at, ran at, figures at send, figures at run) of a stall that just ended: written
     # by the loop thread in one assignment, taken by the watchdog
     ended: tuple[float, float, _Figures | None, _Figures | None] | None = None
@@ -575,13 +580,14 @@ class LoopWatch:
         self._cancels: dict[int, float] = {}
 
     # -- loops -----------------------------------------------------------------------
-    def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start watching ``loop``; safe from any thread, never raises."""
+    def add_loop(self, loop: asyncio.AbstractEventLoop, starting: bool = False) -> None:
+        """Start watching ``loop`` (``starting``: it begins to run now); safe from any thread,
+        never raises."""
         try:
             with self._lock:
                 if loop in self._beats:
                     return
-                self._beats[loop] = _Beat()
+                self._beats[loop] = _Beat(from_start=starting)
             self.dead.hook_loop(loop)
             if self._install_factories:
                 task_origins.install_factory(loop)
@@ -617,7 +623,7 @@ class LoopWatch:
             # taken out of the chain (see ``unhook_running_loop``).
             _set_running_loop.__wrapped__(loop)  # type: ignore[attr-defined]
             if loop is not None and watch._hook is _set_running_loop:  # a hook left in a chain stays quiet
-                watch.add_loop(loop)
+                watch.add_loop(loop, starting=True)
                 watch._bind_thread(loop, threading.current_thread())
 
         current = asyncio.events._set_running_loop
@@ -829,8 +835,11 @@ class LoopWatch:
                     continue
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.before_watch = 0.0 if beat.first_sent else _overdue(loop)
+                sent = time.monotonic()
+                if beat.from_start and not beat.first_sent:
+                    beat.start_beat = sent
                 beat.first_sent = True
-                beat.sent_at = time.monotonic()
+                beat.sent_at = sent
                 loop.call_soon_threadsafe(self._on_beat, beat)
             except Exception:
                 beat.sent_at = None
@@ -1114,7 +1123,8 @@ class LoopWatch:
         stacks = () if stall is None else tuple(sorted(stall.stacks.items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
         before, beat.before_watch = beat.before_watch, 0.0
         record = _StallRecord(time.time() - (time.monotonic() - sent) - before, ran, seconds + before, cause, reason,
-                              figures, 0 if stall is None else stall.samples, stacks, before)
+                              figures, 0 if stall is None else stall.samples, stacks, before,
+                              at_start=sent == beat.start_beat)
         with self._lock:
             beat.history.append(record)
             beat.stalls_total += 1
@@ -1148,7 +1158,8 @@ class LoopWatch:
             top = () if stall is None else tuple(sorted(dict(stall.stacks).items(), key=lambda kv: -kv[1])[:MAX_STALL_STACKS])
             before = beat.before_watch
             records.append(_StallRecord(wall - seconds - before, now, seconds + before, cause, reason, figures,
-                                        0 if stall is None else stall.samples, top, before))
+                                        0 if stall is None else stall.samples, top, before,
+                                        at_start=sent == beat.start_beat))
             ongoing = True
         else:
             ongoing = False
@@ -1159,7 +1170,7 @@ class LoopWatch:
             cpu, runq, throttled, others = rec.figures
             stalls.append(Stall(rec.started_at, rec.seconds, rec.cause, rec.reason,
                                 ongoing and n == len(records) - 1, cpu, runq, throttled, others, rec.samples, refs,
-                                rec.before_watch))
+                                rec.before_watch, rec.at_start))
         stacks = tuple(StallStack(tuple(Frame(file, line, function, linecache.getline(file, line).strip()[:200])
                                         for file, line, function in key), _is_own_wait(key, beat.base_stack))
                        for key in table)

@@ -610,10 +610,13 @@ class Stall:
     #: seconds of ``seconds`` from before diag watched the loop (attached to a loop already
     #: stalled: its overdue timers date the stall's start); the figures cover the rest only
     before_watch: float = 0.0
+    #: the stall began as the loop started, before it first went idle: the program's start-up
+    #: code (loading, seeding, connecting) ran on it, watched from the loop's first run
+    at_start: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"started_at": self.started_at, "seconds": self.seconds, "before_watch": self.before_watch,
-                "cause": self.cause,
+                "at_start": self.at_start, "cause": self.cause,
                 "reason": self.reason, "ongoing": self.ongoing, "cpu_seconds": self.cpu_seconds,
                 "runqueue_seconds": self.runqueue_seconds, "throttled_seconds": self.throttled_seconds,
                 "others_cpu_seconds": self.others_cpu_seconds, "samples": self.samples,
@@ -631,6 +634,7 @@ class Stall:
             others_cpu_seconds=_opt_float(d, "others_cpu_seconds"), samples=int(d.get("samples") or 0),
             stacks=tuple((int(s[0]), int(s[1])) for s in d.get("stacks") or ()),
             before_watch=max(0.0, finite_float(d.get("before_watch") or 0.0, "before_watch")),
+            at_start=bool(d.get("at_start", False)),
         )
 
 

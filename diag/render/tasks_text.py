@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from diag.analysis.loop_stalls import site_text, window_summary
+from diag.analysis.loop_stalls import ended_stack, site_text, stall_frames, start_up, window_summary
 from diag.render import formatting as fmt
 from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot
 from diag.wording import plural
@@ -65,7 +65,7 @@ def _stalls_text(loop: LoopInfo) -> str:
         return ""
     parts = []
     for cause in ("blocked", "starved"):
-        summary = window_summary(loop, cause)
+        summary = window_summary(loop, cause, exclude_start=True)
         if not summary.count:
             continue
         text = f"{summary.count} {cause}"
@@ -75,9 +75,15 @@ def _stalls_text(loop: LoopInfo) -> str:
         if cause == "blocked" and summary.sites:
             text += f" at {site_text(summary.sites[0].frames, summary.sites[0].at_end, short=True)}"
         parts.append(text)
-    unknown = sum(1 for s in loop.stalls if s.cause == "unknown" and not s.ongoing)
+    unknown = sum(1 for s in loop.stalls if s.cause == "unknown" and not s.ongoing and not start_up(s))
     if unknown:
         parts.append(f"{unknown} unexplained")
+    begun = [s for s in loop.stalls if start_up(s)]
+    if begun:
+        longest = max(begun, key=lambda s: s.seconds)
+        frames = stall_frames(loop, longest)
+        parts.append(f"{len(begun)} at start-up (no verdict), {fmt.duration(longest.seconds)}"
+                     + (f" at {site_text(frames, ended_stack(longest), short=True)}" if frames else ""))
     n = len(loop.stalls)
     return f"; {plural(n, 'stall')} in the last {loop.stall_window:.0f}s: " + "; ".join(parts)
 

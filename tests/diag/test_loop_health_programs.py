@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -360,3 +361,55 @@ def test_two_stalls_of_a_third_of_a_second_are_loop_blocked(kind: str) -> None:
         # a caller who tolerates more (a threshold five times as long) gets no verdict
         proc = run_diag("leaks", run.url, "--format", "json", "--no-proof", "--stall-threshold", "5", timeout=60)
         assert proc.returncode == 0 and not json.loads(proc.stdout)["findings"], proc.stdout
+
+
+SEEDS_AT_START = """
+import asyncio, signal, sys, time
+
+if sys.argv[1:] == ["uvloop"]:
+    import uvloop
+    uvloop.install()
+
+def seed_history():
+    time.sleep(1.3)  # start-up work on the loop, before its first await
+
+def rebuild_index():
+    time.sleep(1.3)  # the same work once the program serves
+
+async def main():
+    seed_history()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, rebuild_index)
+    await asyncio.sleep(0.2)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_stall_of_the_start_up_is_shown_but_one_after_it_is_loop_blocked(kind: str) -> None:
+    # Loading before serving blocks the loop once as it starts: a healthy program, no
+    # verdict; the same call once the loop has gone idle (here on a signal) is one.
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    source = SEEDS_AT_START.replace('sys.argv[1:] == ["uvloop"]', repr(kind == "uvloop"))
+    with DiagRun(source) as run:
+        loop = wait_for_history(run.url, lambda lp: any(not s["ongoing"] for s in lp["stalls"]), timeout=60)
+        (seed,) = [s for s in loop["stalls"] if not s["ongoing"]]
+        assert seed["at_start"] and seed["seconds"] >= 1.0 and site(loop, seed) == "seed_history", loop["stalls"]
+        proc = run_diag("leaks", run.url, "--format", "json", "--no-proof", timeout=60)
+        assert proc.returncode == 0 and not json.loads(proc.stdout)["findings"], proc.stdout + proc.stderr
+        text = run_diag("tasks", run.url, "--format", "text", timeout=60).stdout
+        assert re.search(r"1 at start-up \(no verdict\), 1\.\ds at app.py:\d+ seed_history", text.splitlines()[2]), text
+
+        tasks = run_diag("tasks", run.url, "--format", "json", timeout=60)
+        os.kill(json.loads(tasks.stdout)["process"]["pid"], signal.SIGUSR1)
+        loop = wait_for_history(run.url, lambda lp: sum(not s["ongoing"] for s in lp["stalls"]) >= 2, timeout=60)
+        later = [s for s in loop["stalls"] if not s["ongoing"] and not s["at_start"]]
+        assert len(later) == 1 and site(loop, later[0]) == "rebuild_index", loop["stalls"]
+        proc = run_diag("leaks", run.url, "--format", "json", "--no-proof", timeout=60)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        (finding,) = [f for f in json.loads(proc.stdout)["findings"] if f["kind"] == "loop_blocked"]
+        assert "was blocked 1 time" in finding["title"], finding
+        assert "rebuild_index" in finding["evidence"] and "seed_history" not in finding["evidence"], finding

@@ -319,3 +319,42 @@ def test_a_stack_read_as_the_call_began_is_not_where_it_ended() -> None:
     assert _read_as_call_ended(10.399, 10.0, 10.40, 0.38)
     assert not _read_as_call_ended(10.001, 10.0, 10.40, 0.38)
     assert not _read_as_call_ended(9.9, 10.0, 10.40, 0.38)  # an older read, from before the request
+
+
+def test_a_start_up_stall_that_ended_is_shown_but_no_verdict() -> None:
+    """Loading or seeding before the first await blocks the loop once as it starts: shown
+    in the loop line, no verdict; a start-up still stuck, or stalls after it, still count."""
+    seeding = replace(blocked(7, 1.1, stack=1, cpu_seconds=1.1), at_start=True)
+    loop = loop_with(seeding)
+    assert kinds(sync(loop)) == []
+    assert loop_line(loop).endswith("; 1 stall in the last 60s: 1 at start-up (no verdict), 1.1s at app.py:44 crunch")
+    # the same stall once the loop had gone idle before it: a verdict
+    assert kinds(sync(loop_with(replace(seeding, at_start=False)))) == ["loop_blocked"]
+    # a start-up still stuck now is a loop blocked now
+    stuck = replace(seeding, seconds=1.4, ongoing=True)
+    assert kinds(sync(loop_with(stuck, stalled=1.4, blocking=(CRUNCH,)))) == ["loop_blocked"]
+    # stalls after the start-up are judged without it: two of 0.3 s make the verdict, and
+    # its evidence counts only them
+    report = leak_report(sync(loop_with(seeding, blocked(4, 0.3), blocked(2, 0.3))))
+    (f,) = report.findings
+    assert f.kind == "loop_blocked" and f.title == "event loop 0x7f00l was blocked 2 times in the last 60s, longest 0.3s"
+    assert "crunch" not in f.evidence
+    # and it crosses the wire (an older agent's answer has none)
+    assert Stall.from_dict(seeding.to_dict()) == seeding
+    assert Stall.from_dict({"seconds": 1.0}).at_start is False
+
+
+def test_only_a_loop_seen_as_it_began_to_run_has_a_start_up_beat() -> None:
+    import asyncio
+
+    watch = LoopWatch(install_factories=False)
+    loop = asyncio.new_event_loop()
+    other = asyncio.new_event_loop()
+    try:
+        watch.add_loop(loop, starting=True)
+        watch.add_loop(other)  # found already running (an attach, diag.start() inside a loop)
+        watch.add_loop(loop)  # seen again: stays a loop watched from its start
+        assert watch._beats[loop].from_start and not watch._beats[other].from_start
+    finally:
+        loop.close()
+        other.close()
