@@ -50,10 +50,10 @@ from diag.wording import plural as _plural
 
 SCHEMA_NAME = "diag.leaks"
 SCHEMA = f"{SCHEMA_NAME}/1"
-KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked",
+KINDS = ("proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "orphaned", "loop_blocked",
          "lost_wakeup", "exhausted", "suspect", "loop_starved", "incomplete")
 DEFAULT_FAIL_ON = frozenset({"proven_leak", "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel",
-                             "loop_blocked", "lost_wakeup", "incomplete"})
+                             "orphaned", "loop_blocked", "lost_wakeup", "incomplete"})
 #: Waits that are normal when long: idle consumers and periodic sleepers.
 _IDLE_KINDS = frozenset({"queue_get", "sleep", "running", "ready"})
 #: Tasks listed per finding; ``task_count`` still counts them all.
@@ -786,6 +786,60 @@ def _idle_by_design(task: TaskInfo) -> bool:
     return wait.kind == "condition" and any(f.function.endswith("Condition.wait_for") for f in task.stack)
 
 
+#: Waits a task cannot leave by itself: on another task of this process, with no deadline.
+#: A future may be an I/O operation's, a stream read waits for a peer: those may end.
+_DORMANT_KINDS = frozenset({"semaphore", "lock", "condition", "event", "queue_get", "queue_put", "task", "gather"})
+
+
+def _may_act(task: TaskInfo | None) -> bool:
+    """The task may yet run on its own: it is at work, its wait has an end, or it waits for
+    something from outside (I/O, a thread); unknown tasks (made since) may."""
+    if task is None or task.state != "waiting" or _has_deadline(task):
+        return True
+    return task.wait.kind not in _DORMANT_KINDS
+
+
+def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]]) -> bool:
+    """The other side of ``task``'s wait is gone (the task or thread that used what it waits
+    on died, or the keeper's connection is closed) and no timeout covers it; the users of
+    what it waits on are known (``Wait.users``).  A wait of a worker idle by design counts
+    only when the dead one used the very thing it waits on, not merely an object keeping it."""
+    wait = task.wait
+    if wait.users is None or not wait.deadline_known or wait.deadline is not None or wait.pool is not None:
+        return False
+    target = wait.primitive.id if wait.primitive is not None else wait.future_id
+    return wait.owner_closed or bool(dead and (target in touched or not _idle_by_design(task)))
+
+
+def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo]) -> dict[int, str]:
+    """Of the waits whose other side is gone (``candidates``), those no other task can end:
+    every task whose code refers to what they wait on (or reaches for it through a keeper)
+    waits itself, with no end, on this process's own tasks and primitives, or is such a
+    wait too (a request beside it on the same closed connection).  The largest such set,
+    found by taking out, until none is left to take, any wait a user of which may act.
+    Task id -> the words for its users."""
+    left = set(candidates)
+    changed = True
+    while changed:
+        changed = False
+        for tid in sorted(left):
+            if any(u not in left and _may_act(by_id.get(u)) for u in by_id[tid].wait.users or ()):
+                left.discard(tid)
+                changed = True
+    out = {}
+    for tid in left:
+        users = [by_id[u] for u in by_id[tid].wait.users or () if u in by_id]
+        if not users:
+            out[tid] = "no other task refers to it or reaches for it through what keeps it"
+            continue
+        listed = ", ".join(f"task {u.id} ({u.coro} on {u.wait.detail or u.wait.kind})" for u in users[:4])
+        who = ("the one other task that refers to it or reaches for it waits" if len(users) == 1 else
+               f"the {len(users)} other tasks that refer to it or reach for it wait")
+        out[tid] = (f"{who} too, with no end, on this process's own tasks and primitives or on a side as gone: "
+                    f"{listed}")
+    return out
+
+
 def _runners_text(task: TaskInfo, by_id: Mapping[int, TaskInfo], min_wait: float) -> list[str]:
     """The tasks of the object that keeps a waited-for future (its reader loop, say) that are
     themselves waiting as long as a wait must be to count: where the wake-up would come from."""
@@ -857,6 +911,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             for child in t.wait.tasks:
                 gathered[child] = t
     reasons: dict[int, list[str]] = {}
+    candidates: set[int] = set()  # tasks whose wait's other side is gone
+    gone: set[int] = set()  # ... and that no other task can wake: orphaned, not suspects
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
         if task.id in excluded or task.state != "waiting" or seconds < options.min_wait or task.main:
@@ -950,23 +1006,40 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:
+            if _side_gone(task, dead, touched):
+                candidates.add(task.id)
             reasons[task.id] = why
-    members = tuple(by_id[t] for t in sorted(reasons))
+    for tid, users_text in _orphaned(candidates, by_id).items():
+        reasons[tid].append(users_text)
+        gone.add(tid)
+    out = []
+    for orphaned in (True, False):
+        members = tuple(by_id[t] for t in sorted(reasons) if (t in gone) == orphaned)
+        out.extend(_suspect_findings(members, reasons, by_id, orphaned))
+    out.sort(key=lambda f: (f.kind != "orphaned", -f.score))
+    return out
+
+
+def _suspect_findings(members: tuple[TaskInfo, ...], reasons: Mapping[int, list[str]],
+                      by_id: Mapping[int, TaskInfo], orphaned: bool) -> list[Finding]:
     out = []
     for group in group_tasks(members):
         tasks = tuple(by_id[i] for i in group.ids if i in by_id)
         why = list(dict.fromkeys(r for t in tasks for r in reasons[t.id]))  # strongest first, once each
         longest = max((t.wait.seconds or 0.0) for t in tasks)
+        on = group.wait.detail or group.wait.kind
         out.append(Finding(
-            kind="suspect",
-            title=f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s "
-                  f"on {group.wait.detail or group.wait.kind}",
-            evidence="; ".join(why) + " (still reachable: not proven)",
+            kind="orphaned" if orphaned else "suspect",
+            title=(f"{_plural(len(tasks), 'task')} of {group.coro} {agree(len(tasks), 'waits', 'wait')} "
+                   f"{longest:.0f}s on {on} whose other side is gone" if orphaned else
+                   f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s on {on}"),
+            evidence="; ".join(why) + (" (still reachable, but only from tasks that cannot act; callbacks and "
+                                       "threads of the program were not looked at)" if orphaned
+                                       else " (still reachable: not proven)"),
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
             primitives=(group.wait.primitive,) if group.wait.primitive is not None else (),
             site=group.stack, score=longest * len(why) * len(tasks),
         ))
-    out.sort(key=lambda f: -f.score)
     return out
 
 
@@ -1230,10 +1303,12 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     explained.update(f.tasks[0].id for f in cancels)
     wakeups = lost_wakeups(snap, by_id, options)
     explained.update(t.id for f in wakeups for t in f.tasks)
-    findings = (proven + permits + locks + behind + cancels + loops_blocked(snap, options) + wakeups
+    pools = executors_exhausted(snap, by_id, options, explained)
+    maybe = suspects(snap, by_id, options, explained)
+    orphans = [f for f in maybe if f.kind == "orphaned"]
+    findings = (proven + permits + locks + behind + cancels + orphans + loops_blocked(snap, options) + wakeups
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
-                + executors_exhausted(snap, by_id, options, explained)
-                + suspects(snap, by_id, options, explained) + loops_starved(snap, options) + incomplete(snap))
+                + pools + [f for f in maybe if f.kind != "orphaned"] + loops_starved(snap, options) + incomplete(snap))
     if snap.reachability.ran:
         proof = snap.reachability
         proof_text = (f"reachability proof: {_plural(proof.blocked, 'blocked task')}, {_plural(proof.objects_marked, 'object')} marked "

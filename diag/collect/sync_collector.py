@@ -9,6 +9,7 @@ state is read.  The reachability proof runs only when asked for.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dis
 import gc
@@ -21,7 +22,8 @@ from dataclasses import replace
 
 from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
-from diag.collect.safe_read import clip, future_done, future_field, is_a, read_attr, task_coroutine, task_name
+from diag.collect.safe_read import (clip, future_done, future_field, instance_dict, is_a, read_attr, task_coroutine,
+                                    task_name)
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
     process_notes,
@@ -100,6 +102,10 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         pass
     try:
         tasks = with_peer_ends(tasks, live)
+    except Exception:
+        pass
+    try:
+        tasks = with_users(tasks, live)
     except Exception:
         pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
@@ -268,6 +274,173 @@ def with_peer_ends(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         return tasks
     return replace(tasks, tasks=tuple(replace(info, wait=replace(info.wait, peer_tasks=peers_of[info.id]))
                                       if info.id in peers_of else info for info in tasks.tasks))
+
+
+#: Users listed per wait: a thing more tasks refer to is in common use, and left unjudged.
+MAX_USERS = 32
+#: Coroutines followed down each task's await chain when looking for users.
+USER_DEPTH = 16
+#: Looks again at a task the loop thread is stepping, after a pause that lets it finish.
+RUNNING_RETRIES = 3
+RUNNING_PAUSE = 0.002
+
+
+def _wait_key(info: TaskInfo) -> str:
+    prim = info.wait.primitive
+    return prim.id if prim is not None else info.wait.future_id
+
+
+#: Items of a keeper's containers looked at for what it keeps.
+MAX_KEPT_ITEMS = 256
+
+
+def _holds(value: object, inner: set[int]) -> bool:
+    if id(value) in inner:
+        return True
+    if type(value) in (list, tuple, set, frozenset, collections.deque):
+        items: Any = value
+    elif type(value) in (dict, collections.OrderedDict, collections.defaultdict):
+        items = dict.values(value)  # type: ignore[arg-type]
+    else:
+        return False
+    return any(id(v) in inner for v in itertools.islice(items, MAX_KEPT_ITEMS))
+
+
+def keeper_names(keeper: object, inner: set[int]) -> frozenset[str]:
+    """The names code uses to reach, from ``keeper``, what it keeps (``inner``: the ids of the
+    awaited thing and of the keepers between): the attributes holding it, directly or in a
+    container, and the methods of its class whose code reads one of them."""
+    attrs = instance_dict(keeper)
+    if not attrs:
+        return frozenset()
+    names = {name for name, value in list(attrs.items()) if type(name) is str and _holds(value, inner)}
+    if not names:
+        return frozenset()
+    methods = set()
+    for klass in type(keeper).__mro__[:-1]:
+        for name, fn in list(vars(klass).items()):
+            code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
+            if code is not None and names.intersection(code.co_names) and not name.startswith("__"):
+                methods.add(name)  # (not __init__ and its kind: they set it up, they do not use it)
+    return frozenset(names | methods)
+
+
+def _chain_names(task: Any) -> set[str]:
+    """The names the code of ``task``'s await chain reads (``co_names``)."""
+    coro = task_coroutine(future_field(task, "_coro"))
+    names: set[str] = set()
+    for _ in range(USER_DEPTH):
+        code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else (
+            getattr(coro, "gi_code", None) if type(coro) is types.GeneratorType else None)
+        if code is None:
+            break
+        names.update(code.co_names)
+        coro = coro.cr_await if type(coro) is types.CoroutineType else coro.gi_yieldfrom  # type: ignore[attr-defined]
+    return names
+
+
+def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | None:
+    """The objects of ``wanted`` (by id) that the coroutines of ``task``'s await chain refer
+    to (their locals and arguments, read through their references, never ``f_locals``);
+    None for a task the loop thread is stepping now, which is left alone."""
+    coro = task_coroutine(future_field(task, "_coro"))
+    found: dict[int, object] = {}
+    for _ in range(USER_DEPTH):
+        if type(coro) is types.CoroutineType:
+            if coro.cr_running:
+                return None
+            nxt = coro.cr_await
+        elif type(coro) is types.GeneratorType:
+            if coro.gi_running:
+                return None
+            nxt = coro.gi_yieldfrom
+        else:
+            break
+        try:
+            refs = gc.get_referents(coro)
+        except Exception:
+            refs = []
+        found.update((id(r), r) for r in refs if id(r) in wanted)
+        del refs
+        coro = nxt
+    return found
+
+
+def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
+    """``tasks`` with ``Wait.users`` set for long waits whose other side may be gone: what
+    they wait on (or a keeper of it) was used by a task or thread that died, or the keeper's
+    connection is closed.  Each live task's await chain is looked at once, for references
+    to what they wait on and to its keepers; a task the loop is stepping now, or more tasks
+    than ``MAX_RUNNER_SCAN``, leave the answer unknown (None)."""
+    touched = {obj for dead in tasks.dead_tasks for obj in dead.touched}
+    targets: dict[int, str] = {}  # waiting task id -> what it waits on
+    wanted: dict[int, list[int]] = {}  # object id -> the waiting tasks it is the target or a keeper of
+    inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
+    for info in tasks.tasks:
+        key = _wait_key(info)
+        if (not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT
+                or not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids))):
+            continue
+        targets[info.id] = key
+        path: set[int] = set()
+        for obj in (key,) + info.wait.owner_ids:
+            try:
+                oid = int(obj, 16)
+            except ValueError:
+                continue
+            wanted.setdefault(oid, []).append(info.id)
+            if path:
+                inner[(info.id, oid)] = set(path)
+            path.add(oid)
+    if not targets or len(live) > MAX_RUNNER_SCAN:
+        return tasks
+    on_same: dict[str, set[int]] = {}
+    for info in tasks.tasks:
+        key = _wait_key(info)
+        if key in targets.values():
+            on_same.setdefault(key, set()).add(info.id)
+    users: dict[int, set[int] | None] = {tid: set() for tid in targets}
+    names_of: dict[tuple[int, int], frozenset[str]] = {}
+    try:  # diag's own handler, when the endpoints are served on the program's loop (diag.aiohttp)
+        own = asyncio.current_task()
+    except RuntimeError:
+        own = None
+    for tid, task in live.items():
+        if task is own:
+            continue
+        hits = _referred(task, wanted)
+        for _ in range(RUNNING_RETRIES):
+            if hits is not None:
+                break
+            time.sleep(RUNNING_PAUSE)  # gives the GIL back: the loop thread may end its step
+            hits = _referred(task, wanted)
+        if hits is None:
+            return tasks  # the loop is mid-step in this task: it may be using any of them
+        chain: set[str] | None = None
+        for ref, found in hits.items():
+            for waiter in wanted[ref]:
+                mine = users[waiter]
+                if mine is None or tid == waiter or tid in on_same.get(targets[waiter], ()):
+                    continue
+                kept = inner.get((waiter, ref))
+                if kept is not None:
+                    # It holds an object that keeps the awaited thing: a user only when its
+                    # code reaches for that (the attribute, or a method reading it).
+                    names = names_of.get((waiter, ref))
+                    if names is None:
+                        names = names_of[(waiter, ref)] = keeper_names(found, kept)
+                    if chain is None:
+                        chain = _chain_names(task)
+                    if not names or not names.intersection(chain):
+                        continue
+                mine.add(tid)
+                if len(mine) > MAX_USERS:
+                    users[waiter] = None
+        del hits
+    del wanted
+    return replace(tasks, tasks=tuple(
+        replace(info, wait=replace(info.wait, users=tuple(sorted(listed)))) if (listed := users.get(info.id, None)) is not None
+        else info for info in tasks.tasks))
 
 
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:

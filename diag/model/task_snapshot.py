@@ -365,6 +365,11 @@ class Wait:
     ``peer_tasks`` are, for a client's stream read whose other end is served in this same
     process (``asyncio.start_server``), the tasks that can answer there: the connection's
     handler first, then any other task holding that end's writer.
+    ``users`` are, for a wait whose other side may be gone (what it waits on, or its
+    keeper, was used by a task that died, or the keeper's connection is closed), the
+    other live tasks whose coroutines refer to what it waits on or to a keeper of it,
+    but for those waiting on the same thing; None when not looked for, or when too many
+    tasks refer to it to list.
     """
 
     kind: str
@@ -391,9 +396,12 @@ class Wait:
     predicate: str = ""
     owner_tasks: tuple[int, ...] = ()
     peer_tasks: tuple[int, ...] = ()
+    users: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
+        if self.users is not None:
+            d["users"] = list(self.users)
         if self.owner_tasks:
             d["owner_tasks"] = list(self.owner_tasks)
         if self.peer_tasks:
@@ -464,6 +472,7 @@ class Wait:
             predicate=str(d.get("predicate") or ""),
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
             peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
+            users=None if d.get("users") is None else tuple(int(t) for t in d["users"]),
         )
 
 

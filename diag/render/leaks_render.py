@@ -13,7 +13,7 @@ from diag.render.fit import Cell, Column, Layout, Paragraph
 from diag.render.tasks_table import frame_pieces, print_table
 from diag.model.task_snapshot import Frame
 
-KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red",
+KIND_STYLE = {"proven_leak": "bold red", "leaked_permit": "bold red", "deadlock": "bold red", "orphaned": "bold red",
           "loop_blocked": "bold red", "exhausted": "yellow", "suspect": "yellow",
           "loop_starved": "yellow", "incomplete": "bold red"}
 

@@ -769,3 +769,83 @@ def test_a_watch_younger_than_min_wait_says_why_no_wait_counts_yet() -> None:
     assert "watched this process for 0.4s" in note and "--min-wait (5s)" in note
     assert notes(6.0, idle) == []  # watched longer than --min-wait: waits are judged as they are
     assert notes(0.4) == []  # nothing waits: nothing is held back
+
+
+def _consumer_died(*, users: tuple[int, ...] | None, others: tuple[TaskInfo, ...] = ()) -> SyncSnapshot:
+    queue = Primitive("queue", "0x9", "Pipeline.queue", size=1, maxsize=1, getters=0, putters=1)
+    producer = task(1, coro="produce", stack=(QUEUE_PUT, PRODUCE),
+                    wait=Wait("queue_put", "Queue.put", queue, 30.0, deadline_known=True, users=users))
+    consumer = DeadTask(2, "consumer", "Pipeline.consume", "exception", 31.5, "ConnectionResetError: peer reset",
+                        (Frame("/srv/app/pipeline.py", 44, "Pipeline.consume", "raise"),), touched=("0x9",))
+    return sync(replace(snapshot(producer, *others), dead_tasks=(consumer,)), PrimitiveState(queue, waiting_tasks=(1,)))
+
+
+def test_a_wait_whose_other_side_died_and_that_no_other_task_can_reach_is_orphaned() -> None:
+    report = leak_report(_consumer_died(users=()), OPTIONS)
+    (finding,) = report.findings
+    assert finding.kind == "orphaned" and report.fails(DEFAULT_FAIL_ON)
+    assert finding.title == "1 task of produce waits 30s on Queue.put whose other side is gone"
+    assert finding.evidence.startswith("the task that used queue Pipeline.queue 0x9, Pipeline.consume (task 2), died")
+    assert "no other task refers to it or reaches for it through what keeps it" in finding.evidence
+    # the only other task that refers to it waits itself, with no end, on this process's own event
+    main = task(3, coro="main", wait=Wait("event", "Event.wait", seconds=40.0, deadline_known=True))
+    (finding,) = leak_report(_consumer_died(users=(3,), others=(main,)), OPTIONS).findings
+    assert finding.kind == "orphaned" and "task 3 (main on Event.wait)" in finding.evidence
+
+
+@pytest.mark.parametrize("user", [
+    task(3, coro="refill", state="running", wait=Wait("running")),
+    task(3, coro="refill", wait=Wait("sleep", "sleep", seconds=1.0, time_left=0.5)),
+    task(3, coro="refill", wait=Wait("event", "Event.wait", seconds=40.0, deadline=5.0, deadline_known=True)),
+    task(3, coro="refill", wait=Wait("stream_read", "StreamReader.read", seconds=40.0, deadline_known=True)),
+    task(3, coro="refill", wait=Wait("future", "Future", seconds=40.0, deadline_known=True)),
+])
+def test_a_wait_another_task_may_still_reach_stays_a_suspect(user: TaskInfo) -> None:
+    # at work, asleep, under a timeout, or waiting for I/O: it may yet get from the queue
+    (finding,) = [f for f in leak_report(_consumer_died(users=(3,), others=(user,)), OPTIONS).findings
+                  if f.tasks[0].id == 1]
+    assert finding.kind == "suspect"
+    # so does a task made since the tasks were read (not in the snapshot), and users not looked for
+    assert kinds(leak_report(_consumer_died(users=(4,)), OPTIONS)) == ["suspect"]
+    assert kinds(leak_report(_consumer_died(users=None), OPTIONS)) == ["suspect"]
+
+
+def test_requests_beside_each_other_on_a_closed_connection_are_orphaned_together() -> None:
+    def request(tid: int, users: tuple[int, ...]) -> TaskInfo:
+        return task(tid, coro="worker", stack=(REQUEST,),
+                    wait=Wait("future", "Future", seconds=12.0, deadline_known=True, future_id=f"0x{tid}",
+                              owner="RpcClient._pending, its stream's reader is at EOF", owner_closed=True,
+                              owner_ids=("0x77",), users=users))
+    # each refers to the client the other's future is kept by: a future wait may be I/O's,
+    # but theirs are on the same closed connection
+    report = leak_report(sync(snapshot(request(1, (2,)), request(2, (1,)))), OPTIONS)
+    assert kinds(report) == ["orphaned"] and {t.id for t in report.findings[0].tasks} == {1, 2}
+    # a reader of that client still at work may yet answer them
+    reader = task(3, coro="RpcClient.read_loop", wait=Wait("stream_read", "StreamReader.readline", seconds=12.0,
+                                                           deadline_known=True))
+    report = leak_report(sync(snapshot(request(1, (2, 3)), request(2, (1, 3)), reader)), OPTIONS)
+    assert "orphaned" not in kinds(report)
+    # with a timeout, the wait ends on its own
+    timed = replace(request(1, ()), wait=replace(request(1, ()).wait, deadline=20.0))
+    assert leak_report(sync(snapshot(timed)), OPTIONS).findings == ()
+
+
+def test_an_idle_worker_whose_keeper_was_used_by_a_dead_task_is_no_orphan() -> None:
+    # a request handler died using the App; the App's idle worker waits for jobs on its own
+    # queue: only a dead task that used that very queue makes it one
+    queue = Primitive("queue", "0x9", "App.jobs", size=0, maxsize=0, getters=1, putters=0)
+    idle = task(1, coro="App.worker", wait=Wait("queue_get", "Queue.get", queue, 300.0, deadline_known=True,
+                                                owner="App.jobs", owner_ids=("0x70",), users=()))
+    handler = DeadTask(2, "handler", "App.handle", "exception", 3.0, "KeyError: 'id'", touched=("0x70",))
+    snap = sync(replace(snapshot(idle), dead_tasks=(handler,)), PrimitiveState(queue, waiting_tasks=(1,)))
+    assert "orphaned" not in kinds(leak_report(snap, OPTIONS))
+    fed = replace(handler, touched=("0x9",))
+    snap = sync(replace(snapshot(idle), dead_tasks=(fed,)), PrimitiveState(queue, waiting_tasks=(1,)))
+    assert kinds(leak_report(snap, OPTIONS)) == ["orphaned"]
+
+
+def test_users_cross_the_wire() -> None:
+    wait = Wait("future", "Future", seconds=3.0, users=(4, 5))
+    assert Wait.from_dict(wait.to_dict()).users == (4, 5)
+    assert Wait.from_dict(Wait("future").to_dict()).users is None
+    assert Wait.from_dict({**Wait("future").to_dict(), "users": []}).users == ()

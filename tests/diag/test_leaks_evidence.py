@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -384,8 +387,9 @@ async def main():
     await asyncio.Event().wait()
 """ + RUN_ON
 
-ALL_KINDS = "proven_leak,leaked_permit,deadlock,stuck_behind,swallowed_cancel,loop_blocked,lost_wakeup,exhausted,suspect"
-WANTED = {"deadlock", "stuck_behind", "swallowed_cancel", "suspect"}
+ALL_KINDS = ("proven_leak,leaked_permit,deadlock,stuck_behind,swallowed_cancel,orphaned,loop_blocked,lost_wakeup,"
+             "exhausted,suspect")
+WANTED = {"deadlock", "stuck_behind", "swallowed_cancel", "orphaned", "suspect"}
 
 
 def leaks(url: str, *args: str) -> tuple[int, dict[str, Any]]:
@@ -445,13 +449,16 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         assert kind_of("batch") == {"stuck_behind"} and "can never finish" in evidence("batch")
         assert kind_of("stubborn") == {"swallowed_cancel"} and kind_of("shutdown") == {"swallowed_cancel"}
         assert "(await task in shutdown)" in evidence("stubborn")
-        assert kind_of("producer") == {"suspect"}
+        # the other side gone (its consumer died, its connection closed, the thread or callback
+        # that would answer died) and no other task that could act refers to it: orphaned
+        assert kind_of("producer") == {"orphaned"}
         assert "consumer (task" in evidence("producer") and "ConnectionResetError: peer reset" in evidence("producer")
-        assert kind_of("request") == {"suspect"}
+        assert "no other task refers to it or reaches for it through what keeps it" in evidence("producer")
+        assert kind_of("request") == {"orphaned"}
         assert "is kept by Client.pending, its connection was lost" in evidence("request")
         assert kind_of("lookup") == {"suspect"}
         assert "in thread" in evidence("lookup") and "Condition.wait" in evidence("lookup")
-        assert kind_of("poll") == {"suspect"}
+        assert kind_of("poll") == {"orphaned"}
         assert ("the thread that used the object that keeps it (Device.pending" in evidence("poll")
                 and "'device-reader' running Device.read_loop, died" in evidence("poll")
                 and "with OSError: device unplugged" in evidence("poll"))
@@ -478,13 +485,13 @@ def test_each_hang_gets_its_verdict_and_names_its_mechanism(loop: str) -> None:
         assert (reader["name"], reader["coro"], reader["exception"]) == (
             "device-reader", "Device.read_loop", "OSError: device unplugged")
         # a protocol callback that raised before it set the future: the loop only logged it
-        assert kind_of("snmp_get") == {"suspect"}
+        assert kind_of("snmp_get") == {"orphaned"}
         assert ("the loop's callback Snmp.datagram_received, which used the future it awaits, raised KeyError: "
                 "Opaque" in evidence("snmp_get")), evidence("snmp_get")
         (callback,) = [d for d in tasks["dead_tasks"] if d["how"] == "callback_exception"]
         assert (callback["coro"], callback["exception"]) == ("Snmp.datagram_received", "KeyError: Opaque")
         # a reader loop that returned on EOF, leaving the request in flight
-        assert kind_of("rpc_call") == {"suspect"}
+        assert kind_of("rpc_call") == {"orphaned"}
         assert ("kept by Rpc.pending, writer: its stream's reader is at EOF (the peer closed the connection)"
                 in evidence("rpc_call")), evidence("rpc_call")
 
@@ -1155,9 +1162,12 @@ def test_a_queue_only_a_dead_tasks_traceback_reaches_is_proven_lost(loop: str) -
         assert code == 1
 
 
-GATHER_CHILD_DIES_QUEUE_KEPT = GATHER_CHILD_DIES.replace(
+GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT = GATHER_CHILD_DIES.replace(
     "    except PermissionError:\n        pass\n", "    except PermissionError:\n        pass\n    return todo\n").replace(
-    "    await sync_bucket(inflight)\n", "    todo = await sync_bucket(inflight)   # kept by a live frame: a put may come\n")
+    "    await sync_bucket(inflight)\n", "    todo = await sync_bucket(inflight)   # kept by a frame that never runs again\n")
+GATHER_CHILD_DIES_QUEUE_KEPT = GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT.replace(
+    "# kept by a frame that never runs again", "# kept by a live frame: a put may come").replace(
+    "    await asyncio.Event().wait()\n", "    while True:\n        await asyncio.sleep(0.2)\n")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -1165,6 +1175,7 @@ def test_the_same_queue_kept_by_a_live_frame_too_is_not_proven_lost(loop: str) -
     """The healthy counterpart: the dead lister's traceback reaches the queue, and so does
     the main task's own frame, which can still put into it: a suspect at most."""
     assert "return todo" in GATHER_CHILD_DIES_QUEUE_KEPT and "todo = await sync_bucket" in GATHER_CHILD_DIES_QUEUE_KEPT
+    assert "await asyncio.sleep(0.2)" in GATHER_CHILD_DIES_QUEUE_KEPT
     with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT, env={"LOOP": loop}) as app:
         code, data = settled(app.url, {"copier-0", "copier-1"}, "--min-wait", "1")
         found = by_task(data)
@@ -1172,6 +1183,29 @@ def test_the_same_queue_kept_by_a_live_frame_too_is_not_proven_lost(loop: str) -
         assert kinds == {"suspect"}, data["findings"]  # named by the lister's death, not proven
         assert "died" in found["copier-0"][0]["evidence"], found["copier-0"]
         assert code == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_same_queue_kept_only_by_a_frame_that_never_runs_again_is_orphaned(loop: str) -> None:
+    """The main task keeps the queue but waits on an event nobody can set: no task that
+    could put into it is left, so the copiers are orphaned (not proven: the main frame is
+    live)."""
+    assert "await asyncio.Event().wait()" in GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT
+    with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT, env={"LOOP": loop}) as app:
+        deadline = time.monotonic() + 60
+        while True:
+            code, data = leaks(app.url, "--min-wait", "1")
+            found = by_task(data)
+            kinds = {f["kind"] for name in ("copier-0", "copier-1") for f in found.get(name, [])}
+            if kinds == {"orphaned"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert kinds == {"orphaned"}, data["findings"]
+        evidence = found["copier-0"][0]["evidence"]
+        assert "lister" in evidence and "PermissionError: listing denied" in evidence, evidence
+        assert "the one other task that refers to it or reaches for it waits too" in evidence, evidence
+        assert "on Event.wait)" in evidence, evidence  # main (uvloop.run wraps it: run.<locals>.wrapper)
+        assert code == 1
 
 
 GATHER_CHILD_DIES_AUDITED = """
@@ -1362,3 +1396,77 @@ def test_a_pool_whose_submits_wake_a_worker_has_no_finding(loop: str) -> None:
         assert not [t for t in tasks if t["name"] == "submit"], tasks
         code, data = leaks(app.url, "--min-wait", "1", "--fail-on", ALL_KINDS)
         assert code == 0 and data["findings"] == [], data["findings"]
+
+
+KEEPER_USERS = """
+import asyncio, os
+
+class Pipeline:
+    def __init__(self):
+        self.queue = asyncio.Queue(maxsize=1)
+        self.stats = {"parsed": 0}
+
+    def backlog(self):
+        return self.queue.qsize()
+
+async def consume(pipeline):
+    await pipeline.queue.get()
+    raise ValueError("bad record")
+
+async def produce(pipeline):
+    for i in range(5):
+        await pipeline.queue.put(i)
+
+async def report(pipeline):            # holds the pipeline, reads only its stats
+    while True:
+        pipeline.stats["parsed"] += 0
+        await asyncio.sleep(0.1)
+
+async def rebalance(pipeline):         # holds the pipeline and reaches for its queue
+    while True:
+        pipeline.backlog()
+        await asyncio.sleep(0.1)
+
+async def main():
+    pipeline = Pipeline()
+    tasks = [asyncio.create_task(consume(pipeline), name="consume"),
+             asyncio.create_task(produce(pipeline), name="produce"),
+             asyncio.create_task(report(pipeline), name="report")]
+    if os.environ.get("REBALANCE"):
+        tasks.append(asyncio.create_task(rebalance(pipeline), name="rebalance"))
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("rebalance", [False, True], ids=["stats-reader", "queue-reader"])
+def test_a_task_at_work_that_reaches_for_the_queue_keeps_the_wait_a_suspect(loop: str, rebalance: bool) -> None:
+    """The consumer died; a reporter at work holds the pipeline but only reads its stats:
+    the producer is orphaned.  A task at work whose code reaches for the queue (through a
+    method of the pipeline that reads it) may yet get from it: a suspect."""
+    env = {"LOOP": loop, **({"REBALANCE": "1"} if rebalance else {})}
+    with DiagRun(KEEPER_USERS, env=env) as app:
+        want = "suspect" if rebalance else "orphaned"
+        deadline = time.monotonic() + 60
+        while True:
+            code, data = leaks(app.url, "--min-wait", "1")
+            kinds = {f["kind"] for f in by_task(data).get("produce", [])}
+            if kinds == {want} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert kinds == {want}, data["findings"]
+        (finding,) = by_task(data)["produce"]
+        assert "consume (task" in finding["evidence"] and "ValueError: bad record" in finding["evidence"]
+        assert code == (0 if rebalance else 1)
+        if not rebalance:
+            # main holds the pipeline too, and the reporter, but neither's code reaches for the queue
+            assert "no other task refers to it or reaches for it through what keeps it" in finding["evidence"]
+        saved = Path(tempfile.mkdtemp(prefix="diag-users-")) / "sync.json"
+        try:
+            run_diag("leaks", app.url, "--min-wait", "1", "--format", "json", "-o", str(saved), timeout=60)
+            tasks = json.loads(saved.read_text())["tasks"]["tasks"]
+        finally:
+            shutil.rmtree(saved.parent)
+        (produce,) = [t for t in tasks if t["name"] == "produce"]
+        ids = {t["name"]: t["id"] for t in tasks}
+        assert produce["wait"]["users"] == ([ids["rebalance"]] if rebalance else []), produce["wait"]

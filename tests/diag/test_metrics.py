@@ -101,8 +101,8 @@ def test_findings_are_counted_by_kind_without_the_proof() -> None:
     got = families(MetricsInputs(snap, options=MetricsOptions(leaks=LeakOptions(min_wait=1e9))))
     findings = got["diag_findings"]
     assert {dict(s.labels)["kind"] for s in findings.samples} == {
-        "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "loop_blocked", "lost_wakeup", "exhausted",
-        "suspect", "loop_starved", "incomplete"}  # proven_leak needs the proof
+        "leaked_permit", "deadlock", "stuck_behind", "swallowed_cancel", "orphaned", "loop_blocked", "lost_wakeup",
+        "exhausted", "suspect", "loop_starved", "incomplete"}  # proven_leak needs the proof
     assert findings.value(kind="leaked_permit") == 1 and findings.value(kind="loop_blocked") == 1
     assert findings.value(kind="loop_starved") == 0 and findings.value(kind="incomplete") == 0
     assert findings.value(kind="deadlock") == 0 and findings.value(kind="suspect") == 0

@@ -1,0 +1,62 @@
+"""Who else could end a wait: the names a keeper's code uses for what it keeps, and the
+tasks whose await chains refer to it (``sync_collector.keeper_names``, ``_referred``).
+In-process, on real objects and real coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from diag.collect.sync_collector import _chain_names, _referred, keeper_names
+
+
+class Client:
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[str]] = {}
+        self.ready = asyncio.Event()
+        self.stats = collections.Counter[str]()
+
+    def fail_all(self) -> None:
+        for fut in self.pending.values():
+            fut.set_exception(ConnectionError())
+
+    def count(self) -> None:
+        self.stats["calls"] += 1
+
+
+def test_a_keeper_names_the_attribute_holding_it_and_the_methods_that_read_it() -> None:
+    async def main() -> None:
+        client = Client()
+        fut = asyncio.get_running_loop().create_future()
+        client.pending[7] = fut
+        assert keeper_names(client, {id(fut)}) == {"pending", "fail_all"}  # in a dict: its values
+        assert keeper_names(client, {id(client.ready)}) == {"ready"}
+        assert keeper_names(client, {id(object())}) == frozenset()  # it keeps nothing of those
+        assert keeper_names(object(), {id(fut)}) == frozenset()  # no __dict__
+        fut.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_tasks_await_chain_is_read_for_references_and_names_and_a_running_one_is_left_alone() -> None:
+    async def waits_on(client: Client) -> None:
+        await inner(client.ready)
+
+    async def inner(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> None:
+        client = Client()
+        task = asyncio.create_task(waits_on(client))
+        await asyncio.sleep(0)
+        wanted = {id(client): [1], id(client.ready): [1], id(object()): [1]}
+        found = _referred(task, wanted)
+        assert found is not None and set(found) == {id(client), id(client.ready)}
+        assert found[id(client)] is client
+        assert {"ready", "wait"} <= _chain_names(task)
+        # the task that runs now (the loop thread's own step) is not read
+        assert _referred(asyncio.current_task(), wanted) is None
+        client.ready.set()
+        await task
+
+    asyncio.run(main())
