@@ -704,6 +704,31 @@ def _child_evidence(child: ChildProcess) -> list[str]:
     return []
 
 
+def child_deadlocks(snap: SyncSnapshot, options: LeakOptions, explained: set[int]) -> list[Finding]:
+    """A task in ``Process.wait()`` with no timeout, for a child blocked writing to a pipe
+    whose reading the parent paused because nothing reads it: the child exits only once
+    the parent reads, the parent reads only once the child exits.  Judged after
+    ``min_wait``, and only where the kernel says where the child sleeps."""
+    out = []
+    for task in snap.tasks.tasks:
+        child = task.wait.child
+        if (child is None or task.id in explained or task.state != "waiting" or child.state == "Z"
+                or (task.wait.seconds or 0.0) < options.min_wait or _has_deadline(task)
+                or not task.wait.deadline_known or not any(w in child.wchan for w in _WRITE_WCHANS)):
+            continue
+        paused = [p for p in child.outputs if p.paused]
+        if not paused:
+            continue
+        out.append(Finding(
+            kind="deadlock",
+            title=f"task {task.id} {task.name!r} ({task.coro}) and its child process {child.pid} wait on each other",
+            evidence="; ".join(_child_evidence(child) + ["nothing can end the wait on its own: no timeout or timer "
+                                                         "covers it"]),
+            tasks=(task,), task_count=1, site=task.stack,
+        ))
+    return out
+
+
 def _pool_evidence(pool: ConnectionPool) -> list[str]:
     """Why a wait for a free connection of a client pool may never end: every connection
     is in use, and some are held by responses that no task is reading, which keep their
@@ -799,16 +824,21 @@ def _may_act(task: TaskInfo | None) -> bool:
     return task.wait.kind not in _DORMANT_KINDS
 
 
-def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]]) -> bool:
+def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]], skipped_done: bool) -> bool:
     """The other side of ``task``'s wait is gone (the task or thread that used what it waits
-    on died, or the keeper's connection is closed) and no timeout covers it; the users of
-    what it waits on are known (``Wait.users``).  A wait of a worker idle by design counts
+    on died, the keeper's connection is closed, or, for a ``Queue.join()``, the consumers
+    that took the items left are all idle in ``get()``: ``skipped_done``) and no timeout
+    covers it; the users of what it waits on are known (``Wait.users``).  A wait of a worker idle by design counts
     only when the dead one used the very thing it waits on, not merely an object keeping it."""
     wait = task.wait
     if wait.users is None or not wait.deadline_known or wait.deadline is not None or wait.pool is not None:
         return False
     target = wait.primitive.id if wait.primitive is not None else wait.future_id
-    return wait.owner_closed or bool(dead and (target in touched or not _idle_by_design(task)))
+    # a party at an asyncio.Barrier (a Condition.wait_for inside) waits for the other parties,
+    # not for work: one that died used the barrier's keeper, its party
+    at_barrier = any(f.function == "Barrier.wait" for f in task.stack)
+    return (wait.owner_closed or skipped_done
+            or bool(dead and (target in touched or at_barrier or not _idle_by_design(task))))
 
 
 def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo]) -> dict[int, str]:
@@ -936,6 +966,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         prim = task.wait.primitive
         name = task.wait.frame_label
         dead = _dead_counterpart(task, touched, name)
+        skipped_done = False
         if dead:
             why.append(dead)
         if task.wait.owner_closed:
@@ -978,7 +1009,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             if task.wait.detail == "Queue.join":
                 if consumers is None:
                     consumers = _queue_consumers(snap.tasks.tasks)
-                why.extend(_join_evidence(prim, consumers.get(prim.id, ((), False))))
+                joined = _join_evidence(prim, consumers.get(prim.id, ((), False)))
+                why.extend(joined)
+                skipped_done = bool(joined) and bool(consumers.get(prim.id, ((), False))[0])
             held = _held_by_waiting(holders.get(prim.id, ()), by_id, task.id, options.min_wait)
             if held:
                 why.append(held)
@@ -1006,7 +1039,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:
-            if _side_gone(task, dead, touched):
+            if _side_gone(task, dead, touched, skipped_done):
                 candidates.add(task.id)
             reasons[task.id] = why
     for tid, users_text in _orphaned(candidates, by_id).items():
@@ -1291,6 +1324,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
                                                "what they wait on")
              if f.tasks and all(t.id in unreachable for t in f.tasks) else f for f in locks]
     explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
+    locks += child_deadlocks(snap, options, explained | in_deadlock)
     for f in locks:
         explained.update(t.id for t in f.tasks)
     permit_ids = {p.id for f in permits for p in f.primitives}

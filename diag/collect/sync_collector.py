@@ -366,10 +366,17 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
     return found
 
 
+def _unfinished_join(info: TaskInfo) -> bool:
+    """A ``Queue.join()`` on an empty queue with items taken and not marked done."""
+    prim = info.wait.primitive
+    return (info.wait.detail == "Queue.join" and prim is not None and prim.size == 0
+            and (prim.unfinished or 0) > 0)
+
+
 def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     """``tasks`` with ``Wait.users`` set for long waits whose other side may be gone: what
-    they wait on (or a keeper of it) was used by a task or thread that died, or the keeper's
-    connection is closed.  Each live task's await chain is looked at once, for references
+    they wait on (or a keeper of it) was used by a task or thread that died, the keeper's
+    connection is closed, or a ``Queue.join()`` waits for items taken and never marked done.  Each live task's await chain is looked at once, for references
     to what they wait on and to its keepers; a task the loop is stepping now, or more tasks
     than ``MAX_RUNNER_SCAN``, leave the answer unknown (None)."""
     touched = {obj for dead in tasks.dead_tasks for obj in dead.touched}
@@ -379,7 +386,8 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     for info in tasks.tasks:
         key = _wait_key(info)
         if (not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT
-                or not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids))):
+                or not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
+                        or _unfinished_join(info))):
             continue
         targets[info.id] = key
         path: set[int] = set()

@@ -364,19 +364,27 @@ def test_a_holder_whose_acquiring_call_has_returned_is_said_so_and_stays_a_suspe
     assert "held by task 5" in evidence and "has returned" not in evidence
 
 
-def test_a_process_wait_is_suspect_when_the_child_is_blocked_on_a_pipe_only_the_waiter_serves() -> None:
-    def waiting_for(child: ChildProcess) -> SyncSnapshot:
+def test_a_process_wait_for_a_child_blocked_on_a_pipe_only_the_waiter_serves_is_a_deadlock() -> None:
+    def waiting_for(child: ChildProcess, deadline: float | None = None) -> SyncSnapshot:
         proc_wait = task(1, coro="run_snippet",
-                         wait=Wait("future", "Process.wait", None, 30.0, deadline_known=True, child=child))
+                         wait=Wait("future", "Process.wait", None, 30.0, deadline=deadline, deadline_known=True,
+                                   child=child))
         return sync(snapshot(proc_wait))
 
     full = ChildProcess(42, "python report.py", "S", "anon_pipe_write", False, (ChildPipe("stdout", 196608, True),))
-    (finding,) = leak_report(waiting_for(full), OPTIONS).findings
-    assert finding.kind == "suspect" and finding.evidence.startswith(
+    report = leak_report(waiting_for(full), OPTIONS)
+    (finding,) = report.findings
+    assert finding.kind == "deadlock" and report.fails(DEFAULT_FAIL_ON)
+    assert finding.title == "task 1 'Task-1' (run_snippet) and its child process 42 wait on each other"
+    assert finding.evidence.startswith(
         "child process 42 (python report.py) is blocked writing to its stdout pipe (in anon_pipe_write): the parent "
         "stopped reading it, 196608 bytes wait unread in the buffer")
     uvloop_socket = replace(full, wchan="sock_alloc_send_pskb")  # uvloop gives children a socketpair
-    assert "blocked writing to its stdout pipe" in leak_report(waiting_for(uvloop_socket), OPTIONS).findings[0].evidence
+    (finding,) = leak_report(waiting_for(uvloop_socket), OPTIONS).findings
+    assert finding.kind == "deadlock" and "blocked writing to its stdout pipe" in finding.evidence
+    # where the child sleeps not known: a suspect; the wait under a timeout ends on its own
+    assert [f.kind for f in leak_report(waiting_for(replace(full, wchan="")), OPTIONS).findings] == ["suspect"]
+    assert leak_report(waiting_for(full, deadline=20.0), OPTIONS).findings == ()
     reading = ChildProcess(43, "gzip", "S", "pipe_read", True)
     (finding,) = leak_report(waiting_for(reading), OPTIONS).findings
     assert "is blocked reading its stdin (in pipe_read), which the parent has not closed" in finding.evidence
@@ -849,3 +857,43 @@ def test_users_cross_the_wire() -> None:
     assert Wait.from_dict(wait.to_dict()).users == (4, 5)
     assert Wait.from_dict(Wait("future").to_dict()).users is None
     assert Wait.from_dict({**Wait("future").to_dict(), "users": []}).users == ()
+
+
+def test_a_party_left_at_a_barrier_by_one_that_died_is_orphaned() -> None:
+    WAIT_FOR = Frame("/usr/lib/python3.11/asyncio/locks.py", 300, "Condition.wait_for", "await self.wait()")
+    BARRIER = Frame("/usr/lib/python3.11/asyncio/locks.py", 470, "Barrier.wait", "await self._block()")
+    RUN = Frame("/srv/app/shard.py", 52, "Shard.run", "await self.barrier.wait()")
+    cond = Primitive("condition", "0x9", "Barrier._cond")
+
+    def party(*stack: Frame) -> SyncSnapshot:
+        waiting = task(1, coro="Shard.run", stack=stack,
+                       wait=Wait("condition", "Condition.wait", cond, 30.0, deadline_known=True,
+                                 owner="Barrier._cond", owner_ids=("0x70", "0x71"), users=()))
+        # the party that died used its own Shard, which keeps the barrier
+        died = DeadTask(2, "orders", "Shard.run", "exception", 31.0, "ValueError: NaN", touched=("0x71",))
+        return sync(replace(snapshot(waiting), dead_tasks=(died,)), PrimitiveState(cond, waiting_tasks=(1,)))
+
+    assert kinds(leak_report(party(WAIT_FOR, BARRIER, RUN), OPTIONS)) == ["orphaned"]
+    # a worker waiting for work in Condition.wait_for, whose keeper a dead task used: a suspect
+    assert kinds(leak_report(party(WAIT_FOR, RUN), OPTIONS)) == ["suspect"]
+
+
+def test_a_join_no_task_can_ever_end_is_orphaned() -> None:
+    JOIN = Frame("/usr/lib/python3.11/asyncio/queues.py", 215, "Queue.join", "await self._finished.wait()")
+    queue = Primitive("queue", "0x9", "Batch.queue", size=0, maxsize=0, getters=2, putters=0, unfinished=1)
+
+    def join(users: tuple[int, ...], *others: TaskInfo) -> SyncSnapshot:
+        joiner = task(1, coro="submit", stack=(JOIN,),
+                      wait=Wait("event", "Queue.join", queue, 30.0, deadline_known=True, users=users))
+        idle = [task(i, coro="Runner.run", wait=Wait("queue_get", "Queue.get", queue, 30.0, deadline_known=True))
+                for i in (2, 3)]
+        return sync(snapshot(joiner, *idle, *others), PrimitiveState(queue, waiting_tasks=(2, 3)))
+
+    (finding,) = leak_report(join(()), OPTIONS).findings
+    assert finding.kind == "orphaned" and "a task_done() was skipped" in finding.evidence
+    # a task that holds the queue and may still act (a producer between batches): a suspect
+    producer = task(4, coro="feed", wait=Wait("sleep", "sleep", seconds=1.0, time_left=2.0))
+    assert kinds(leak_report(join((4,), producer), OPTIONS)) == ["suspect"]
+    # a consumer of the same kind at work on an item: its task_done() may come
+    busy = task(5, coro="Runner.run", state="running", wait=Wait("running"))
+    assert leak_report(join((), busy), OPTIONS).findings == ()
