@@ -30,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -824,7 +825,33 @@ def _may_act(task: TaskInfo | None) -> bool:
     return task.wait.kind not in _DORMANT_KINDS
 
 
-def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]], skipped_done: bool) -> bool:
+def _dead_users(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> list[DeadTask]:
+    """The dead that used what ``task`` waits on, else the nearest keeper of it (as
+    ``_dead_counterpart`` names them)."""
+    prim = task.wait.primitive
+    target = prim.id if prim is not None else task.wait.future_id
+    if target and target in touched:
+        return touched[target]
+    return next((touched[o] for o in task.wait.owner_ids if o in touched), [])
+
+
+def _wait_key(task: TaskInfo) -> str:
+    prim = task.wait.primitive
+    return prim.id if prim is not None else task.wait.future_id
+
+
+def _replaced(task: TaskInfo, deads: list[DeadTask], running: Mapping[str, list[TaskInfo]]) -> bool:
+    """A task running the same coroutine as one of the dead is alive, and not waiting beside
+    ``task`` on the same thing: the dead one's part is played again (a supervisor restarted
+    the consumer)."""
+    key = _wait_key(task)
+    return any(d.how != "thread_exception" and any(t.id != task.id and _wait_key(t) != key
+                                                   for t in running.get(d.coro, ()))
+               for d in deads)
+
+
+def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]], skipped_done: bool,
+               running: Mapping[str, list[TaskInfo]]) -> bool:
     """The other side of ``task``'s wait is gone (the task or thread that used what it waits
     on died, the keeper's connection is closed, or, for a ``Queue.join()``, the consumers
     that took the items left are all idle in ``get()``: ``skipped_done``) and no timeout
@@ -837,8 +864,10 @@ def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]],
     # a party at an asyncio.Barrier (a Condition.wait_for inside) waits for the other parties,
     # not for work: one that died used the barrier's keeper, its party
     at_barrier = any(f.function == "Barrier.wait" for f in task.stack)
-    return (wait.owner_closed or skipped_done
-            or bool(dead and (target in touched or at_barrier or not _idle_by_design(task))))
+    if wait.owner_closed or skipped_done:
+        return True
+    return bool(dead and (target in touched or at_barrier or not _idle_by_design(task))
+                and not _replaced(task, _dead_users(task, touched), running))
 
 
 def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo]) -> dict[int, str]:
@@ -942,6 +971,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 gathered[child] = t
     reasons: dict[int, list[str]] = {}
     candidates: set[int] = set()  # tasks whose wait's other side is gone
+    running: collections.defaultdict[str, list[TaskInfo]] | None = None  # coroutine -> live tasks running it
     gone: set[int] = set()  # ... and that no other task can wake: orphaned, not suspects
     for task in snap.tasks.tasks:
         seconds = task.wait.seconds or 0.0
@@ -1039,7 +1069,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
         if why:
-            if _side_gone(task, dead, touched, skipped_done):
+            if running is None:
+                running = collections.defaultdict(list)
+                for t in snap.tasks.tasks:
+                    running[t.coro].append(t)
+            if _side_gone(task, dead, touched, skipped_done, running):
                 candidates.add(task.id)
             reasons[task.id] = why
     for tid, users_text in _orphaned(candidates, by_id).items():

@@ -14,6 +14,7 @@ import contextlib
 import dis
 import gc
 import itertools
+import sys
 import time
 import types
 from typing import Any
@@ -294,22 +295,42 @@ def _wait_key(info: TaskInfo) -> str:
 MAX_KEPT_ITEMS = 256
 
 
+def _items(value: object) -> list[Any] | None:
+    """The first items of a plain container (a dict's values), or None for anything else."""
+    if type(value) in (list, tuple, set, frozenset, collections.deque):
+        return list(itertools.islice(value, MAX_KEPT_ITEMS))  # type: ignore[call-overload]
+    if type(value) in (dict, collections.OrderedDict, collections.defaultdict):
+        return list(itertools.islice(dict.values(value), MAX_KEPT_ITEMS))  # type: ignore[arg-type]
+    return None
+
+
 def _holds(value: object, inner: set[int]) -> bool:
     if id(value) in inner:
         return True
-    if type(value) in (list, tuple, set, frozenset, collections.deque):
-        items: Any = value
-    elif type(value) in (dict, collections.OrderedDict, collections.defaultdict):
-        items = dict.values(value)  # type: ignore[arg-type]
-    else:
-        return False
-    return any(id(v) in inner for v in itertools.islice(items, MAX_KEPT_ITEMS))
+    items = _items(value)
+    return items is not None and any(id(v) in inner for v in items)
 
 
-def keeper_names(keeper: object, inner: set[int]) -> frozenset[str]:
+#: What ``keeper_names`` says of a container that holds the awaited thing itself: whoever
+#: holds the container reaches it by indexing, with no name to tell.
+ANY_NAME = "*"
+
+
+def keeper_names(keeper: object, inner: set[int], target: int, depth: int = 2) -> frozenset[str]:
     """The names code uses to reach, from ``keeper``, what it keeps (``inner``: the ids of the
-    awaited thing and of the keepers between): the attributes holding it, directly or in a
-    container, and the methods of its class whose code reads one of them."""
+    awaited thing, ``target``, and of the keepers between): the attributes holding it,
+    directly or in a container, and the methods of its class whose code reads one of them.
+    A plain container (a list of shards) is reached through its items: their names, or
+    ``ANY_NAME`` when it holds the awaited thing itself (a dict of pending futures)."""
+    items = _items(keeper)
+    if items is not None:
+        out: set[str] = set()
+        for item in items:
+            if id(item) == target:
+                return frozenset({ANY_NAME})
+            if id(item) in inner and depth > 0:
+                out |= keeper_names(item, inner - {id(item)}, target, depth - 1)
+        return frozenset(out)
     attrs = instance_dict(keeper)
     if not attrs:
         return frozenset()
@@ -383,6 +404,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     targets: dict[int, str] = {}  # waiting task id -> what it waits on
     wanted: dict[int, list[int]] = {}  # object id -> the waiting tasks it is the target or a keeper of
     inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
+    target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
     for info in tasks.tasks:
         key = _wait_key(info)
         if (not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT
@@ -399,13 +421,26 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             wanted.setdefault(oid, []).append(info.id)
             if path:
                 inner[(info.id, oid)] = set(path)
+            else:
+                target_of[info.id] = oid
             path.add(oid)
     if not targets or len(live) > MAX_RUNNER_SCAN:
         return tasks
+    # A module global is reached through the module's namespace, never a frame's own
+    # references: code that names it uses it.
+    globals_of: dict[str, list[int]] = {}  # global name -> the waiting tasks whose target it is
+    for info in tasks.tasks:
+        prim = info.wait.primitive
+        if info.id in targets and prim is not None and "." in prim.label:
+            module, _, name = prim.label.rpartition(".")
+            namespace = instance_dict(sys.modules.get(module))
+            if namespace is not None and name.isidentifier() and hex(id(namespace.get(name))) == prim.id:
+                globals_of.setdefault(name, []).append(info.id)
     on_same: dict[str, set[int]] = {}
+    keys = set(targets.values())
     for info in tasks.tasks:
         key = _wait_key(info)
-        if key in targets.values():
+        if key in keys:
             on_same.setdefault(key, set()).add(info.id)
     users: dict[int, set[int] | None] = {tid: set() for tid in targets}
     names_of: dict[tuple[int, int], frozenset[str]] = {}
@@ -425,6 +460,15 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         if hits is None:
             return tasks  # the loop is mid-step in this task: it may be using any of them
         chain: set[str] | None = None
+        if globals_of:
+            chain = _chain_names(task)
+            for name in chain.intersection(globals_of):
+                for waiter in globals_of[name]:
+                    mine = users[waiter]
+                    if mine is not None and tid != waiter and tid not in on_same.get(targets[waiter], ()):
+                        mine.add(tid)
+                        if len(mine) > MAX_USERS:
+                            users[waiter] = None
         for ref, found in hits.items():
             for waiter in wanted[ref]:
                 mine = users[waiter]
@@ -436,10 +480,10 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                     # code reaches for that (the attribute, or a method reading it).
                     names = names_of.get((waiter, ref))
                     if names is None:
-                        names = names_of[(waiter, ref)] = keeper_names(found, kept)
+                        names = names_of[(waiter, ref)] = keeper_names(found, kept, target_of.get(waiter, 0))
                     if chain is None:
                         chain = _chain_names(task)
-                    if not names or not names.intersection(chain):
+                    if ANY_NAME not in names and not names.intersection(chain):
                         continue
                 mine.add(tid)
                 if len(mine) > MAX_USERS:

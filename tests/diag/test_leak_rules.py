@@ -897,3 +897,16 @@ def test_a_join_no_task_can_ever_end_is_orphaned() -> None:
     # a consumer of the same kind at work on an item: its task_done() may come
     busy = task(5, coro="Runner.run", state="running", wait=Wait("running"))
     assert leak_report(join((), busy), OPTIONS).findings == ()
+
+
+def test_a_dead_consumer_restarted_by_a_supervisor_leaves_no_orphan() -> None:
+    # the new consumer (same coroutine) is idle on another queue of the pipeline, say: its
+    # part is played again, so the wait is judged a suspect at most
+    restarted = task(3, coro="Pipeline.consume",
+                     wait=Wait("queue_get", "Queue.get", Primitive("queue", "0xa", "Pipeline.inbox"), 30.0,
+                               deadline_known=True))
+    assert kinds(leak_report(_consumer_died(users=(), others=(restarted,)), OPTIONS)) == ["suspect"]
+    # one of that coroutine waiting beside the producer on the same queue replaces nothing
+    beside = replace(restarted, wait=replace(restarted.wait, kind="queue_put", detail="Queue.put",
+                                             primitive=Primitive("queue", "0x9", "Pipeline.queue")))
+    assert "orphaned" in kinds(leak_report(_consumer_died(users=(), others=(beside,)), OPTIONS))

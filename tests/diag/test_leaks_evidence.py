@@ -1470,3 +1470,50 @@ def test_a_task_at_work_that_reaches_for_the_queue_keeps_the_wait_a_suspect(loop
         (produce,) = [t for t in tasks if t["name"] == "produce"]
         ids = {t["name"]: t["id"] for t in tasks}
         assert produce["wait"]["users"] == ([ids["rebalance"]] if rebalance else []), produce["wait"]
+
+
+GLOBAL_QUEUE = """
+import asyncio, os
+
+JOBS = asyncio.Queue(maxsize=1)
+
+async def consume():
+    await JOBS.get()
+    raise ValueError("bad job")
+
+async def produce():
+    for i in range(5):
+        await JOBS.put(i)
+
+async def drain_at_night():            # names the global queue, and may yet get from it
+    while True:
+        await asyncio.sleep(0.1)
+        if JOBS.qsize() > 100:
+            JOBS.get_nowait()
+
+async def main():
+    tasks = [asyncio.create_task(consume(), name="consume"), asyncio.create_task(produce(), name="produce")]
+    if os.environ.get("DRAIN"):
+        tasks.append(asyncio.create_task(drain_at_night(), name="drain"))
+    await asyncio.Event().wait()
+""" + RUN_ON
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("drain", [False, True], ids=["alone", "named-elsewhere"])
+def test_a_module_global_is_used_by_the_code_that_names_it(loop: str, drain: bool) -> None:
+    """A module-level queue is no frame's own reference: a task at work whose code names it
+    may still get from it, so the producer left by a dead consumer stays a suspect."""
+    env = {"LOOP": loop, **({"DRAIN": "1"} if drain else {})}
+    with DiagRun(GLOBAL_QUEUE, env=env) as app:
+        want = "suspect" if drain else "orphaned"
+        deadline = time.monotonic() + 60
+        while True:
+            code, data = leaks(app.url, "--min-wait", "1")
+            kinds = {f["kind"] for f in by_task(data).get("produce", [])}
+            if kinds == {want} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert kinds == {want}, data["findings"]
+        assert "__main__.JOBS" in by_task(data)["produce"][0]["evidence"]
+        assert code == (0 if drain else 1)

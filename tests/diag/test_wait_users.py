@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from diag.collect.sync_collector import _chain_names, _referred, keeper_names
+from diag.collect.sync_collector import ANY_NAME, _chain_names, _referred, keeper_names
 
 
 class Client:
@@ -29,10 +29,15 @@ def test_a_keeper_names_the_attribute_holding_it_and_the_methods_that_read_it() 
         client = Client()
         fut = asyncio.get_running_loop().create_future()
         client.pending[7] = fut
-        assert keeper_names(client, {id(fut)}) == {"pending", "fail_all"}  # in a dict: its values
-        assert keeper_names(client, {id(client.ready)}) == {"ready"}
-        assert keeper_names(client, {id(object())}) == frozenset()  # it keeps nothing of those
-        assert keeper_names(object(), {id(fut)}) == frozenset()  # no __dict__
+        assert keeper_names(client, {id(fut)}, id(fut)) == {"pending", "fail_all"}  # in a dict: its values
+        assert keeper_names(client, {id(client.ready)}, id(client.ready)) == {"ready"}
+        assert keeper_names(client, {id(object())}, 0) == frozenset()  # it keeps nothing of those
+        assert keeper_names(object(), {id(fut)}, id(fut)) == frozenset()  # no __dict__
+        # a container is reached through its items: a list of clients by their names, the
+        # dict of pending futures by any index
+        clients = [Client(), client]
+        assert keeper_names(clients, {id(fut), id(client)}, id(fut)) == {"pending", "fail_all"}
+        assert keeper_names(client.pending, {id(fut)}, id(fut)) == {ANY_NAME}
         fut.cancel()
 
     asyncio.run(main())
