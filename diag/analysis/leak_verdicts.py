@@ -817,12 +817,21 @@ def _idle_by_design(task: TaskInfo) -> bool:
 _DORMANT_KINDS = frozenset({"semaphore", "lock", "condition", "event", "queue_get", "queue_put", "task", "gather"})
 
 
-def _may_act(task: TaskInfo | None) -> bool:
-    """The task may yet run on its own: it is at work, its wait has an end, or it waits for
-    something from outside (I/O, a thread); unknown tasks (made since) may."""
+def _may_act(task: TaskInfo | None, stuck: StuckTasks, left: set[int]) -> bool:
+    """The task may yet run on its own: it is at work, its wait has an end, it waits for
+    something from outside (I/O, a thread), or for a lock or a task that is not stuck
+    (``stuck_tasks``) nor among the waits judged orphaned (``left``); unknown tasks (made
+    since) may."""
     if task is None or task.state != "waiting" or _has_deadline(task):
         return True
-    return task.wait.kind not in _DORMANT_KINDS
+    kind = task.wait.kind
+    if kind not in _DORMANT_KINDS:
+        return True
+    if kind in ("task", "gather") and task.wait.tasks and set(task.wait.tasks) <= left:
+        return False
+    if kind in ("lock", "semaphore", "task", "gather"):
+        return task.id not in stuck.reasons
+    return False
 
 
 def _dead_users(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> list[DeadTask]:
@@ -870,7 +879,7 @@ def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]],
                 and not _replaced(task, _dead_users(task, touched), running))
 
 
-def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo]) -> dict[int, str]:
+def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> dict[int, str]:
     """Of the waits whose other side is gone (``candidates``), those no other task can end:
     every task whose code refers to what they wait on (or reaches for it through a keeper)
     waits itself, with no end, on this process's own tasks and primitives, or is such a
@@ -882,7 +891,7 @@ def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo]) -> dict[int, 
     while changed:
         changed = False
         for tid in sorted(left):
-            if any(u not in left and _may_act(by_id.get(u)) for u in by_id[tid].wait.users or ()):
+            if any(u not in left and _may_act(by_id.get(u), stuck, left) for u in by_id[tid].wait.users or ()):
                 left.discard(tid)
                 changed = True
     out = {}
@@ -939,7 +948,7 @@ def _unused_connection(task: TaskInfo, talking: frozenset[str], awaiters: Mappin
 
 
 def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions,
-             excluded: set[int]) -> list[Finding]:
+             excluded: set[int], stuck: StuckTasks | None = None) -> list[Finding]:
     unreferenced = set(snap.reachability.unreferenced)
     idle_since = {s.primitive.id: s.idle_seconds for s in snap.primitives}
     states = {s.primitive.id: s for s in snap.primitives}
@@ -1076,7 +1085,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             if _side_gone(task, dead, touched, skipped_done, running):
                 candidates.add(task.id)
             reasons[task.id] = why
-    for tid, users_text in _orphaned(candidates, by_id).items():
+    found = _orphaned(candidates, by_id, stuck_tasks(snap) if stuck is None else stuck) if candidates else {}
+    for tid, users_text in found.items():
         reasons[tid].append(users_text)
         gone.add(tid)
     out = []
@@ -1372,7 +1382,7 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     wakeups = lost_wakeups(snap, by_id, options)
     explained.update(t.id for f in wakeups for t in f.tasks)
     pools = executors_exhausted(snap, by_id, options, explained)
-    maybe = suspects(snap, by_id, options, explained)
+    maybe = suspects(snap, by_id, options, explained, stuck)
     orphans = [f for f in maybe if f.kind == "orphaned"]
     findings = (proven + permits + locks + behind + cancels + orphans + loops_blocked(snap, options) + wakeups
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})

@@ -910,3 +910,16 @@ def test_a_dead_consumer_restarted_by_a_supervisor_leaves_no_orphan() -> None:
     beside = replace(restarted, wait=replace(restarted.wait, kind="queue_put", detail="Queue.put",
                                              primitive=Primitive("queue", "0x9", "Pipeline.queue")))
     assert "orphaned" in kinds(leak_report(_consumer_died(users=(), others=(beside,)), OPTIONS))
+
+
+def test_a_user_queued_on_a_lock_acts_once_it_gets_it_unless_the_lock_is_stuck() -> None:
+    guard = lock("0xb", "Pipeline.guard")
+    user = waiting_on(3, guard, coro="rebalance")
+    at_work = task(5, coro="compact", state="running", wait=Wait("running"))
+    snap = _consumer_died(users=(3,), others=(user, at_work))
+    held_now = replace(snap, primitives=snap.primitives + (held(guard, holder(5, state="running"), waiting=(3,)),))
+    assert kinds(leak_report(held_now, OPTIONS)) == ["suspect"]  # task 3 gets the lock, then may get from the queue
+    # its holder finished without releasing it: task 3 can never act
+    leaked = replace(snap, tasks=replace(snap.tasks, tasks=tuple(t for t in snap.tasks.tasks if t.id != 5)),
+                     primitives=snap.primitives + (held(guard, holder(5, alive=False), waiting=(3,)),))
+    assert "orphaned" in kinds(leak_report(leaked, OPTIONS))
