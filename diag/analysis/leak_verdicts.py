@@ -705,31 +705,6 @@ def _child_evidence(child: ChildProcess) -> list[str]:
     return []
 
 
-def child_deadlocks(snap: SyncSnapshot, options: LeakOptions, explained: set[int]) -> list[Finding]:
-    """A task in ``Process.wait()`` with no timeout, for a child blocked writing to a pipe
-    whose reading the parent paused because nothing reads it: the child exits only once
-    the parent reads, the parent reads only once the child exits.  Judged after
-    ``min_wait``, and only where the kernel says where the child sleeps."""
-    out = []
-    for task in snap.tasks.tasks:
-        child = task.wait.child
-        if (child is None or task.id in explained or task.state != "waiting" or child.state == "Z"
-                or (task.wait.seconds or 0.0) < options.min_wait or _has_deadline(task)
-                or not task.wait.deadline_known or not any(w in child.wchan for w in _WRITE_WCHANS)):
-            continue
-        paused = [p for p in child.outputs if p.paused]
-        if not paused:
-            continue
-        out.append(Finding(
-            kind="deadlock",
-            title=f"task {task.id} {task.name!r} ({task.coro}) and its child process {child.pid} wait on each other",
-            evidence="; ".join(_child_evidence(child) + ["nothing can end the wait on its own: no timeout or timer "
-                                                         "covers it"]),
-            tasks=(task,), task_count=1, site=task.stack,
-        ))
-    return out
-
-
 def _pool_evidence(pool: ConnectionPool) -> list[str]:
     """Why a wait for a free connection of a client pool may never end: every connection
     is in use, and some are held by responses that no task is reading, which keep their
@@ -831,7 +806,9 @@ def _may_act(task: TaskInfo | None, stuck: StuckTasks, left: set[int]) -> bool:
         return False
     if kind in ("lock", "semaphore", "task", "gather"):
         return task.id not in stuck.reasons
-    return False
+    # on an event, a condition or a queue: set or fed by whoever; the main task waits so for
+    # the program's lifetime (its stop event), any other may be a dispatcher woken by work
+    return not task.main
 
 
 def _dead_users(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> list[DeadTask]:
@@ -850,13 +827,20 @@ def _wait_key(task: TaskInfo) -> str:
 
 
 def _replaced(task: TaskInfo, deads: list[DeadTask], running: Mapping[str, list[TaskInfo]]) -> bool:
-    """A task running the same coroutine as one of the dead is alive, and not waiting beside
-    ``task`` on the same thing: the dead one's part is played again (a supervisor restarted
-    the consumer)."""
+    """The dead one's part is played again: a task running the same coroutine is alive and
+    not waiting beside ``task`` on the same thing (a supervisor restarted the consumer), or
+    it was a server's handler of one connection (made by library code from a callback),
+    and the next connection gets one of its own."""
     key = _wait_key(task)
-    return any(d.how != "thread_exception" and any(t.id != task.id and _wait_key(t) != key
-                                                   for t in running.get(d.coro, ()))
-               for d in deads)
+    for d in deads:
+        made = d.created_by
+        if (d.how == "exception" and made is not None and made.task_id is None
+                and _LIBRARY_RX.match(made.file)):
+            return True
+        if d.how != "thread_exception" and any(t.id != task.id and _wait_key(t) != key
+                                               for t in running.get(d.coro, ())):
+            return True
+    return False
 
 
 def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]], skipped_done: bool,
@@ -875,8 +859,13 @@ def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]],
     at_barrier = any(f.function == "Barrier.wait" for f in task.stack)
     if wait.owner_closed or skipped_done:
         return True
-    return bool(dead and (target in touched or at_barrier or not _idle_by_design(task))
-                and not _replaced(task, _dead_users(task, touched), running))
+    if not dead or not (target in touched or at_barrier or not _idle_by_design(task)):
+        return False
+    # a loop callback that raised runs again at the next packet or call: it is gone only for
+    # the one future it was to resolve
+    deads = [d for d in _dead_users(task, touched)
+             if d.how != "callback_exception" or (wait.primitive is None and target in d.touched)]
+    return bool(deads) and not _replaced(task, deads, running)
 
 
 def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> dict[int, str]:
@@ -1368,7 +1357,6 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
                                                "what they wait on")
              if f.tasks and all(t.id in unreachable for t in f.tasks) else f for f in locks]
     explained = set(snap.reachability.unreachable) if snap.reachability.complete else set()
-    locks += child_deadlocks(snap, options, explained | in_deadlock)
     for f in locks:
         explained.update(t.id for t in f.tasks)
     permit_ids = {p.id for f in permits for p in f.primitives}

@@ -67,6 +67,9 @@ _SELECT_CODES = frozenset(
 #: ``slow_callback_duration``, the time its debug mode calls one callback slow.  A beat
 #: is sent at some moment inside a stall, so a stall is seen from about 1.5 times this on.
 STALL_THRESHOLD = 0.1
+#: A loop's first beat is its start-up's when sent this soon after the loop began to run (a
+#: watchdog on a loaded machine, late to its first look, may find the loop serving already).
+START_BEAT_WITHIN = 1.0
 #: A stack the loop thread read itself for the watchdog counts as where a long call ended
 #: only if it was read within this share of the watchdog's lateness before it got the GIL.
 ENDED_READ_SHARE = 0.25
@@ -836,7 +839,7 @@ class LoopWatch:
                 beat.sent_figures = self._figures(beat.native_id) if beat.native_id is not None else None
                 beat.before_watch = 0.0 if beat.first_sent else _overdue(loop)
                 sent = time.monotonic()
-                if beat.from_start and not beat.first_sent:
+                if beat.from_start and not beat.first_sent and sent - beat.watched_since <= START_BEAT_WITHIN:
                     beat.start_beat = sent
                 beat.first_sent = True
                 beat.sent_at = sent

@@ -23,8 +23,8 @@ from dataclasses import replace
 
 from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
-from diag.collect.safe_read import (clip, future_done, future_field, instance_dict, is_a, read_attr, task_coroutine,
-                                    task_name)
+from diag.collect.safe_read import (_class_dict, _class_mro, clip, future_done, future_field, instance_dict, is_a,
+                                    read_attr, task_coroutine, task_name)
 from diag.collect.task_collector import (
     MAX_HOLDER_SCAN, CollectOptions, _FrameCache, collect_tasks, describe_primitive, holder_labels, process_info,
     process_notes,
@@ -295,12 +295,18 @@ def _wait_key(info: TaskInfo) -> str:
 MAX_KEPT_ITEMS = 256
 
 
+_SEQUENCES = (list, tuple, set, frozenset, collections.deque)
+_MAPPINGS = (dict, collections.OrderedDict, collections.defaultdict)
+
+
 def _items(value: object) -> list[Any] | None:
-    """The first items of a plain container (a dict's values), or None for anything else."""
-    if type(value) in (list, tuple, set, frozenset, collections.deque):
-        return list(itertools.islice(value, MAX_KEPT_ITEMS))  # type: ignore[call-overload]
-    if type(value) in (dict, collections.OrderedDict, collections.defaultdict):
-        return list(itertools.islice(dict.values(value), MAX_KEPT_ITEMS))  # type: ignore[arg-type]
+    """The first ``MAX_KEPT_ITEMS`` + 1 items of a plain container (a dict's values), or
+    None for anything else (types compared by identity: no metaclass runs)."""
+    kind = type(value)
+    if any(kind is k for k in _SEQUENCES):
+        return list(itertools.islice(value, MAX_KEPT_ITEMS + 1))  # type: ignore[call-overload]
+    if any(kind is k for k in _MAPPINGS):
+        return list(itertools.islice(dict.values(value), MAX_KEPT_ITEMS + 1))  # type: ignore[arg-type]
     return None
 
 
@@ -324,6 +330,8 @@ def keeper_names(keeper: object, inner: set[int], target: int, depth: int = 2) -
     ``ANY_NAME`` when it holds the awaited thing itself (a dict of pending futures)."""
     items = _items(keeper)
     if items is not None:
+        if len(items) > MAX_KEPT_ITEMS:
+            return frozenset({ANY_NAME})  # not read to the end: any holder may reach it
         out: set[str] = set()
         for item in items:
             if id(item) == target:
@@ -332,17 +340,20 @@ def keeper_names(keeper: object, inner: set[int], target: int, depth: int = 2) -
                 out |= keeper_names(item, inner - {id(item)}, target, depth - 1)
         return frozenset(out)
     attrs = instance_dict(keeper)
-    if not attrs:
-        return frozenset()
+    if attrs is None:
+        return frozenset({ANY_NAME})  # slots, or a class of its own: what reaches it cannot be told
     names = {name for name, value in list(attrs.items()) if type(name) is str and _holds(value, inner)}
     if not names:
-        return frozenset()
+        return frozenset({ANY_NAME})
     methods = set()
-    for klass in type(keeper).__mro__[:-1]:
-        for name, fn in list(vars(klass).items()):
-            code = getattr(fn, "__code__", None) if type(fn) is types.FunctionType else None
-            if code is not None and names.intersection(code.co_names) and not name.startswith("__"):
-                methods.add(name)  # (not __init__ and its kind: they set it up, they do not use it)
+    try:
+        for klass in _class_mro(type(keeper))[:-1]:
+            for name, fn in list(_class_dict(klass).items()):
+                code = fn.__code__ if type(fn) is types.FunctionType else None
+                if code is not None and names.intersection(code.co_names) and not name.startswith("__"):
+                    methods.add(name)  # (not __init__ and its kind: they set it up, they do not use it)
+    except Exception:
+        return frozenset({ANY_NAME})
     return frozenset(names | methods)
 
 
@@ -381,7 +392,14 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
             refs = gc.get_referents(coro)
         except Exception:
             refs = []
-        found.update((id(r), r) for r in refs if id(r) in wanted)
+        for ref in refs:
+            if type(ref) is types.CellType:  # a closure's variable: what it holds
+                try:
+                    ref = ref.cell_contents
+                except ValueError:  # empty
+                    continue
+            if id(ref) in wanted:
+                found[id(ref)] = ref
         del refs
         coro = nxt
     return found
@@ -473,7 +491,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             for waiter in wanted[ref]:
                 mine = users[waiter]
                 if mine is None or tid == waiter or tid in on_same.get(targets[waiter], ()):
-                    continue
+                    continue  # (a wait with too many users is judged no further)
                 kept = inner.get((waiter, ref))
                 if kept is not None:
                     # It holds an object that keeps the awaited thing: a user only when its
@@ -488,6 +506,9 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                 mine.add(tid)
                 if len(mine) > MAX_USERS:
                     users[waiter] = None
+                    for oid, waiters in wanted.items():
+                        if waiter in waiters:
+                            wanted[oid] = [w for w in waiters if w != waiter]
         del hits
     del wanted
     return replace(tasks, tasks=tuple(
