@@ -1099,8 +1099,8 @@ def _suspect_findings(members: tuple[TaskInfo, ...], reasons: Mapping[int, list[
             title=(f"{_plural(len(tasks), 'task')} of {group.coro} {agree(len(tasks), 'waits', 'wait')} "
                    f"{longest:.0f}s on {on} whose other side is gone" if orphaned else
                    f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s on {on}"),
-            evidence="; ".join(why) + (" (still reachable, but only from tasks that cannot act; callbacks and "
-                                       "threads of the program were not looked at)" if orphaned
+            evidence="; ".join(why) + (" (still reachable, but only from tasks that cannot act; no timer or thread "
+                                       "holds it either; a protocol's callbacks were not looked at)" if orphaned
                                        else " (still reachable: not proven)"),
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
             primitives=(group.wait.primitive,) if group.wait.primitive is not None else (),

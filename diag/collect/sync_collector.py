@@ -12,9 +12,11 @@ import asyncio
 import collections
 import contextlib
 import dis
+import functools
 import gc
 import itertools
 import sys
+import threading
 import time
 import types
 from typing import Any
@@ -405,6 +407,53 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
     return found
 
 
+#: Stands in ``Wait.users`` for a loop callback (a timer, a ready handle) or a thread whose
+#: function or arguments hold what is awaited or its keeper: it runs without any task.
+OUTSIDE_TASKS = -1
+#: Handles of each loop looked at for such callbacks.
+MAX_HANDLES = 10_000
+
+
+def _callable_refs(fn: object, args: object) -> list[object]:
+    """What a scheduled callable holds: a bound method's object, a ``functools.partial``'s
+    function and arguments, and the call's own arguments."""
+    out: list[object] = []
+    if type(fn) is types.MethodType:
+        out.append(fn.__self__)
+    elif type(fn) is functools.partial:
+        out.append(fn.func)
+        out.extend(fn.args)
+        if type(fn.func) is types.MethodType:
+            out.append(fn.func.__self__)
+    if type(args) is tuple:
+        out.extend(args)
+    return out
+
+
+def _outside_users(live: dict[int, Any], wanted: dict[int, list[int]]) -> set[int]:
+    """The ids in ``wanted`` that a loop callback (asyncio's timers and ready handles) or a
+    live thread's function or arguments hold."""
+    found: set[int] = set()
+    loops = {id(loop): loop for loop in (future_field(t, "_loop") for t in itertools.islice(live.values(), 1000))
+             if loop is not None}
+    for loop in loops.values():
+        for field in ("_scheduled", "_ready"):
+            handles = read_attr(loop, field)
+            if type(handles) is not list and type(handles) is not collections.deque:
+                continue  # uvloop's are C
+            for handle in itertools.islice(list(handles), MAX_HANDLES):
+                if type(handle) is not asyncio.Handle and type(handle) is not asyncio.TimerHandle:
+                    continue
+                for ref in _callable_refs(read_attr(handle, "_callback"), read_attr(handle, "_args")):
+                    if id(ref) in wanted:
+                        found.add(id(ref))
+    for thread in threading.enumerate():
+        for ref in _callable_refs(read_attr(thread, "_target"), read_attr(thread, "_args")):
+            if id(ref) in wanted:
+                found.add(id(ref))
+    return found
+
+
 def _unfinished_join(info: TaskInfo) -> bool:
     """A ``Queue.join()`` on an empty queue with items taken and not marked done."""
     prim = info.wait.primitive
@@ -461,6 +510,11 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         if key in keys:
             on_same.setdefault(key, set()).add(info.id)
     users: dict[int, set[int] | None] = {tid: set() for tid in targets}
+    for ref in _outside_users(live, wanted):
+        for waiter in wanted[ref]:
+            mine = users[waiter]
+            if mine is not None:
+                mine.add(OUTSIDE_TASKS)
     names_of: dict[tuple[int, int], frozenset[str]] = {}
     try:  # diag's own handler, when the endpoints are served on the program's loop (diag.aiohttp)
         own = asyncio.current_task()

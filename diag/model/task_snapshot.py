@@ -368,8 +368,9 @@ class Wait:
     ``users`` are, for a wait whose other side may be gone (what it waits on, or its
     keeper, was used by a task that died, or the keeper's connection is closed), the
     other live tasks whose coroutines refer to what it waits on or to a keeper of it,
-    but for those waiting on the same thing; None when not looked for, or when too many
-    tasks refer to it to list.
+    but for those waiting on the same thing, and -1 when a loop timer or ready callback,
+    or a thread, holds it; None when not looked for, or when too many tasks refer to it
+    to list.
     """
 
     kind: str

@@ -830,6 +830,9 @@ def test_a_wait_another_task_may_still_reach_stays_a_suspect(user: TaskInfo) -> 
     # so does a task made since the tasks were read (not in the snapshot), and users not looked for
     assert kinds(leak_report(_consumer_died(users=(4,)), OPTIONS)) == ["suspect"]
     assert kinds(leak_report(_consumer_died(users=None), OPTIONS)) == ["suspect"]
+    # a loop callback or a thread holds it (a reconnect timer): it runs without any task
+    from diag.collect.sync_collector import OUTSIDE_TASKS
+    assert kinds(leak_report(_consumer_died(users=(OUTSIDE_TASKS,)), OPTIONS)) == ["suspect"]
 
 
 def test_requests_beside_each_other_on_a_closed_connection_are_orphaned_together() -> None:

@@ -87,3 +87,31 @@ def test_a_tasks_await_chain_is_read_for_references_and_names_and_a_running_one_
         await task
 
     asyncio.run(main())
+
+
+def test_a_timer_or_a_thread_holding_the_keeper_is_a_user_outside_any_task() -> None:
+    import functools
+    import threading
+
+    from diag.collect.sync_collector import _outside_users
+
+    async def main() -> None:
+        client, other, lone = Client(), Client(), Client()
+        loop = asyncio.get_running_loop()
+        reconnect = loop.call_later(60, client.fail_all)  # a reconnect timer bound to the client
+        retry = loop.call_later(60, functools.partial(print, "retry"), other)  # an argument
+        stop = threading.Event()
+        worker = threading.Thread(target=stop.wait, args=(30,))
+        worker.start()
+        holder = asyncio.create_task(asyncio.sleep(60))  # the loop is found through the tasks
+        try:
+            wanted = {id(client): [1], id(other): [2], id(lone): [3], id(stop): [4]}
+            assert _outside_users({1: holder}, wanted) == {id(client), id(other), id(stop)}
+        finally:
+            stop.set()
+            worker.join(5)
+            reconnect.cancel()
+            retry.cancel()
+            holder.cancel()
+
+    asyncio.run(main())
