@@ -417,6 +417,22 @@ def settled(url: str, wanted_names: set[str], *args: str, within: float = 60.0) 
         time.sleep(0.3)
 
 
+def judged_as(url: str, names: set[str], kind: str, within: float = 60.0) -> tuple[int, dict[str, Any]]:
+    """``diag leaks --min-wait 1`` asked until every finding naming the tasks ``names`` is of
+    ``kind`` (waits are sampled once a second; the verdict comes in the first seconds);
+    asserted, with what was seen."""
+    deadline = time.monotonic() + within
+    while True:
+        code, data = leaks(url, "--min-wait", "1")
+        found = by_task(data)
+        kinds = {f["kind"] for name in names for f in found.get(name, [])}
+        if kinds == {kind} or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert kinds == {kind}, data["findings"]
+    return code, data
+
+
 def dump_until(url: str, ready: Callable[[list[dict[str, Any]]], bool], within: float = 60.0) -> list[dict[str, Any]]:
     """``diag tasks --debug 2`` asked until ``ready`` holds of its tasks (or ``within``
     seconds pass: the caller's assertion then says what was seen)."""
@@ -1192,16 +1208,8 @@ def test_the_same_queue_kept_only_by_a_frame_that_never_runs_again_is_orphaned(l
     live)."""
     assert "await asyncio.Event().wait()" in GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT
     with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT, env={"LOOP": loop}) as app:
-        deadline = time.monotonic() + 60
-        while True:
-            code, data = leaks(app.url, "--min-wait", "1")
-            found = by_task(data)
-            kinds = {f["kind"] for name in ("copier-0", "copier-1") for f in found.get(name, [])}
-            if kinds == {"orphaned"} or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert kinds == {"orphaned"}, data["findings"]
-        evidence = found["copier-0"][0]["evidence"]
+        code, data = judged_as(app.url, {"copier-0", "copier-1"}, "orphaned")
+        evidence = by_task(data)["copier-0"][0]["evidence"]
         assert "lister" in evidence and "PermissionError: listing denied" in evidence, evidence
         assert "the one other task that refers to it or reaches for it waits too" in evidence, evidence
         assert "on Event.wait)" in evidence, evidence  # main (uvloop.run wraps it: run.<locals>.wrapper)
@@ -1447,14 +1455,7 @@ def test_a_task_at_work_that_reaches_for_the_queue_keeps_the_wait_a_suspect(loop
     env = {"LOOP": loop, **({"REBALANCE": "1"} if rebalance else {})}
     with DiagRun(KEEPER_USERS, env=env) as app:
         want = "suspect" if rebalance else "orphaned"
-        deadline = time.monotonic() + 60
-        while True:
-            code, data = leaks(app.url, "--min-wait", "1")
-            kinds = {f["kind"] for f in by_task(data).get("produce", [])}
-            if kinds == {want} or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert kinds == {want}, data["findings"]
+        code, data = judged_as(app.url, {"produce"}, want)
         (finding,) = by_task(data)["produce"]
         assert "consume (task" in finding["evidence"] and "ValueError: bad record" in finding["evidence"]
         assert code == (0 if rebalance else 1)
@@ -1507,13 +1508,6 @@ def test_a_module_global_is_used_by_the_code_that_names_it(loop: str, drain: boo
     env = {"LOOP": loop, **({"DRAIN": "1"} if drain else {})}
     with DiagRun(GLOBAL_QUEUE, env=env) as app:
         want = "suspect" if drain else "orphaned"
-        deadline = time.monotonic() + 60
-        while True:
-            code, data = leaks(app.url, "--min-wait", "1")
-            kinds = {f["kind"] for f in by_task(data).get("produce", [])}
-            if kinds == {want} or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert kinds == {want}, data["findings"]
+        code, data = judged_as(app.url, {"produce"}, want)
         assert "__main__.JOBS" in by_task(data)["produce"][0]["evidence"]
         assert code == (0 if drain else 1)
