@@ -516,12 +516,14 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             if mine is not None:
                 mine.add(OUTSIDE_TASKS)
     names_of: dict[tuple[int, int], frozenset[str]] = {}
-    try:  # diag's own handler, when the endpoints are served on the program's loop (diag.aiohttp)
-        own = asyncio.current_task()
+    # Served on the program's own loop (diag.aiohttp), the tasks this loop is stepping now are
+    # diag's own request and those it runs in (an eager task runs inside its creator's step).
+    try:
+        own_loop: object = asyncio.get_running_loop()
     except RuntimeError:
-        own = None
+        own_loop = None
     for tid, task in live.items():
-        if task is own:
+        if own_loop is not None and future_field(task, "_loop") is own_loop and _referred(task, {}) is None:
             continue
         hits = _referred(task, wanted)
         for _ in range(RUNNING_RETRIES):
