@@ -110,6 +110,7 @@ def observe(file: str, *, loop: str = "asyncio", settle: float = 3.0, min_wait: 
     with open(os.path.join(tmp, "stderr.log"), "wb") as err:
         proc = subprocess.Popen(cmd, cwd=corpus, env=env, stdout=subprocess.PIPE, stderr=err,
                                 start_new_session=True)
+    RUNNING.add(proc)
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
     reader.start()
@@ -139,6 +140,7 @@ def observe(file: str, *, loop: str = "asyncio", settle: float = 3.0, min_wait: 
         obs.error = f"{type(exc).__name__}: {exc}"
     finally:
         _stop(proc)
+        RUNNING.discard(proc)
         reader.join(5)
         if proc.stdout is not None:
             proc.stdout.close()
@@ -162,6 +164,16 @@ def _wait_ready(lines: "queue.Queue[str | None]", sock: str) -> bool:
     while seen and time.monotonic() < deadline and not os.path.exists(sock):
         time.sleep(0.05)
     return seen and os.path.exists(sock)
+
+
+#: The programs running now (each in a session of its own, so a signal to the scorer does not
+#: reach them): stopped by ``run_corpus`` when the scorer is itself stopped.
+RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def _leave(signum: int, frame: object) -> None:
+    """The scorer's SIGTERM: leave as on Ctrl-C, through ``run_corpus``'s clean-up."""
+    raise SystemExit(128 + signum)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -323,8 +335,15 @@ def run_corpus(names: list[str], labels: dict[str, dict[str, Any]], *, loop: str
         return observe(file, loop=loop, settle=float(labels[name].get("settle_seconds", 3)),
                        min_wait=min_wait, corpus=corpus)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         seen = dict(zip(units, pool.map(one, units)))
+    except BaseException:  # stopped (SIGTERM, Ctrl-C): start no more, stop those running
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(RUNNING):
+            _stop(proc)
+        raise
+    pool.shutdown()
     return [score_program(name, labels[name], seen[(name, f"{name}.py")], seen[(name, f"{name}_fixed.py")],
                           sound_kinds) for name in names]
 
@@ -351,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"not on {args.loop} (their bug needs another loop): {', '.join(skipped)}", file=sys.stderr)
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _leave)
     rows = run_corpus(names, labels, loop=args.loop, min_wait=args.min_wait, jobs=args.jobs)
     summary = summarise(rows)
     render(rows, summary)

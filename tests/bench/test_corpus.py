@@ -147,3 +147,59 @@ def test_poller_blocks_its_loop_and_its_twin_does_not() -> None:
 
     assert [s for s in slow_callbacks("poller_blocks_loop.py") if s >= 0.2], "no stall of 0.2 s or more"
     assert not [s for s in slow_callbacks("poller_blocks_loop_fixed.py") if s >= 0.2]
+
+
+def test_a_program_whose_bug_keeps_the_cancel_from_ending_it_still_ends_on_time(tmp_path: Path) -> None:
+    """``CORPUS_SECONDS`` bounds every program, even one that swallows the cancel meant to end
+    it: none outlives its scorer."""
+    program = tmp_path / "stubborn.py"
+    program.write_text(
+        "import asyncio\n\nasync def main():\n    while True:\n        try:\n"
+        "            await asyncio.sleep(3600)\n        except asyncio.CancelledError:\n            pass\n\n" + FOOTER)
+    env = {**os.environ, "CORPUS_SECONDS": "1", "PYTHONPATH": str(CORPUS)}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(program)], env=env, timeout=60, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 30  # 1 s, then the runner's grace of 5 s (generous for a loaded machine)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="finds the programs through /proc")
+def test_the_scorer_stopped_stops_the_programs_it_runs(tmp_path: Path) -> None:
+    """SIGTERM to ``corpus_score.py`` stops the programs it started in sessions of their own."""
+    import signal
+
+    scorer = subprocess.Popen([sys.executable, str(ROOT / "bench" / "corpus_score.py"), "--only", "event_pulse_missed",
+                               "--jobs", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _corpus_pids("event_pulse_missed"):
+            assert time.monotonic() < deadline and scorer.poll() is None, "the programs never started"
+            time.sleep(0.1)
+        scorer.send_signal(signal.SIGTERM)
+        assert scorer.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while _corpus_pids("event_pulse_missed"):
+            assert time.monotonic() < deadline, "a program outlived its scorer"
+            time.sleep(0.1)
+    finally:
+        if scorer.poll() is None:
+            scorer.kill()
+            scorer.wait(10)
+        for pid in _corpus_pids("event_pulse_missed"):
+            os.kill(pid, 9)
+
+
+def _corpus_pids(name: str) -> list[int]:
+    """The processes running ``bench/corpus/<name>.py`` or its twin."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(f"corpus/{name}.py".encode()) or a.endswith(f"corpus/{name}_fixed.py".encode()) for a in args):
+            out.append(int(entry))
+    return out
