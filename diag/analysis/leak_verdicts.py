@@ -607,7 +607,7 @@ def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]], nam
     """Names the dead task or thread that used what ``task`` waits on, or the object that
     keeps it (``Device.pending``: the thread reading for that Device died)."""
     prim = task.wait.primitive
-    target = prim.id if prim is not None else task.wait.future_id
+    target = task.wait.target
     if target and target in touched:
         what = (("" if prim.label in ("", prim.kind) else f"{prim.kind} ") + _where(prim, name) if prim is not None
                 else "the future it awaits")
@@ -814,16 +814,10 @@ def _may_act(task: TaskInfo | None, stuck: StuckTasks, left: set[int]) -> bool:
 def _dead_users(task: TaskInfo, touched: Mapping[str, list[DeadTask]]) -> list[DeadTask]:
     """The dead that used what ``task`` waits on, else the nearest keeper of it (as
     ``_dead_counterpart`` names them)."""
-    prim = task.wait.primitive
-    target = prim.id if prim is not None else task.wait.future_id
+    target = task.wait.target
     if target and target in touched:
         return touched[target]
     return next((touched[o] for o in task.wait.owner_ids if o in touched), [])
-
-
-def _wait_key(task: TaskInfo) -> str:
-    prim = task.wait.primitive
-    return prim.id if prim is not None else task.wait.future_id
 
 
 def _replaced(task: TaskInfo, deads: list[DeadTask], running: Mapping[str, list[TaskInfo]]) -> bool:
@@ -831,13 +825,13 @@ def _replaced(task: TaskInfo, deads: list[DeadTask], running: Mapping[str, list[
     not waiting beside ``task`` on the same thing (a supervisor restarted the consumer), or
     it was a server's handler of one connection (made by library code from a callback),
     and the next connection gets one of its own."""
-    key = _wait_key(task)
+    key = task.wait.target
     for d in deads:
         made = d.created_by
         if (d.how == "exception" and made is not None and made.task_id is None
                 and _LIBRARY_RX.match(made.file)):
             return True
-        if d.how != "thread_exception" and any(t.id != task.id and _wait_key(t) != key
+        if d.how != "thread_exception" and any(t.id != task.id and t.wait.target != key
                                                for t in running.get(d.coro, ())):
             return True
     return False
@@ -853,7 +847,7 @@ def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]],
     wait = task.wait
     if wait.users is None or not wait.deadline_known or wait.deadline is not None or wait.pool is not None:
         return False
-    target = wait.primitive.id if wait.primitive is not None else wait.future_id
+    target = wait.target
     # a party at an asyncio.Barrier (a Condition.wait_for inside) waits for the other parties,
     # not for work: one that died used the barrier's keeper, its party
     at_barrier = any(f.function == "Barrier.wait" for f in task.stack)

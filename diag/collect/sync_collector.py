@@ -288,11 +288,6 @@ RUNNING_RETRIES = 3
 RUNNING_PAUSE = 0.002
 
 
-def _wait_key(info: TaskInfo) -> str:
-    prim = info.wait.primitive
-    return prim.id if prim is not None else info.wait.future_id
-
-
 #: Items of a keeper's containers looked at for what it keeps.
 MAX_KEPT_ITEMS = 256
 
@@ -473,7 +468,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
     target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
     for info in tasks.tasks:
-        key = _wait_key(info)
+        key = info.wait.target
         if (not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT
                 or not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
                         or _unfinished_join(info))):
@@ -506,7 +501,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     on_same: dict[str, set[int]] = {}
     keys = set(targets.values())
     for info in tasks.tasks:
-        key = _wait_key(info)
+        key = info.wait.target
         if key in keys:
             on_same.setdefault(key, set()).add(info.id)
     users: dict[int, set[int] | None] = {tid: set() for tid in targets}

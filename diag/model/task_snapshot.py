@@ -399,6 +399,11 @@ class Wait:
     peer_tasks: tuple[int, ...] = ()
     users: tuple[int, ...] | None = None
 
+    @property
+    def target(self) -> str:
+        """The id of what is awaited: the primitive's, else the future's ("" when unknown)."""
+        return self.primitive.id if self.primitive is not None else self.future_id
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
         if self.users is not None:
