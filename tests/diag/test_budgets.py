@@ -332,11 +332,18 @@ def test_identical_requests_share_one_answer_within_the_reuse_window(agent: diag
         assert json.loads(get(agent, "sync")[1])["taken_at"] != json.loads(first)["taken_at"]
 
 
-def test_stale_answers_and_snapshots_are_dropped_without_another_request(agent: diag.agent.Agent) -> None:
+def test_stale_answers_and_snapshots_are_dropped_without_another_request(agent: diag.agent.Agent,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Kept until the next request, a big dump would hold its memory for as long as nobody asks.
     with LoopWithTasks(2000):
+        # Kept for an hour first, so that a loaded machine's pause cannot drop them before
+        # they are seen; then made stale, with no request after.
+        monkeypatch.setattr(api, "SNAPSHOT_REUSE", 3600.0)
+        monkeypatch.setattr(api, "ANSWER_REUSE", 3600.0)
         assert get(agent, "tasks?debug=2&limit=5000")[0] == 200
         assert agent.endpoints._last is not None and agent.endpoints._answers
+        monkeypatch.setattr(api, "SNAPSHOT_REUSE", 0.25)
+        monkeypatch.setattr(api, "ANSWER_REUSE", 0.25)
         assert wait_until(lambda: agent.endpoints._last is None and not agent.endpoints._answers, timeout=5)
 
 
