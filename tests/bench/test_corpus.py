@@ -172,25 +172,35 @@ def test_the_scorer_stopped_stops_the_programs_it_runs(tmp_path: Path) -> None:
                                "--jobs", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while not _corpus_pids("event_pulse_missed"):
+        while not _corpus_pids("event_pulse_missed", scorer.pid):
             assert time.monotonic() < deadline and scorer.poll() is None, "the programs never started"
             time.sleep(0.1)
+        started = _corpus_pids("event_pulse_missed", scorer.pid)
         scorer.send_signal(signal.SIGTERM)
         assert scorer.wait(60) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 30
-        while _corpus_pids("event_pulse_missed"):
+        while any(_alive(pid) for pid in started):
             assert time.monotonic() < deadline, "a program outlived its scorer"
             time.sleep(0.1)
     finally:
         if scorer.poll() is None:
             scorer.kill()
             scorer.wait(10)
-        for pid in _corpus_pids("event_pulse_missed"):
+        for pid in _corpus_pids("event_pulse_missed", scorer.pid):
             os.kill(pid, 9)
 
 
-def _corpus_pids(name: str) -> list[int]:
-    """The processes running ``bench/corpus/<name>.py`` or its twin."""
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _corpus_pids(name: str, scorer: int) -> list[int]:
+    """The processes running ``bench/corpus/<name>.py`` or its twin that descend from
+    ``scorer`` (a scorer run beside this test has its own)."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -200,6 +210,24 @@ def _corpus_pids(name: str) -> list[int]:
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(f"corpus/{name}.py".encode()) or a.endswith(f"corpus/{name}_fixed.py".encode()) for a in args):
-            out.append(int(entry))
+        if not any(a.endswith(f"corpus/{name}.py".encode()) or a.endswith(f"corpus/{name}_fixed.py".encode())
+                   for a in args):
+            continue
+        ancestor = int(entry)
+        for _ in range(8):
+            ancestor = _parent(ancestor)
+            if ancestor == scorer:
+                out.append(int(entry))
+                break
+            if ancestor in (0, 1):
+                break
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs still (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
