@@ -34,7 +34,7 @@ import collections
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import AbstractSet, Any, Mapping
 
 from diag.analysis.loop_stalls import OWN_REASONS, REASONS, WindowSummary, reasons_text, site_text, window_summary
 from diag.analysis.stuck_tasks import StuckTasks, stuck_tasks
@@ -862,26 +862,38 @@ def _side_gone(task: TaskInfo, dead: str, touched: Mapping[str, list[DeadTask]],
     return bool(deads) and not _replaced(task, deads, running)
 
 
-def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo], stuck: StuckTasks) -> dict[int, str]:
+_UNREACHED_TEXT = ("nothing outside the tasks can reach it: no loop callback, transport or server, pending "
+                   "future's callback, signal handler or thread refers to it or runs code naming a global that "
+                   "keeps it")
+
+
+def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo], stuck: StuckTasks,
+              quiet: AbstractSet[int] = frozenset()) -> dict[int, str]:
     """Of the waits whose other side is gone (``candidates``), those no other task can end:
     every task whose code refers to what they wait on (or reaches for it through a keeper)
     waits itself, with no end, on this process's own tasks and primitives, or is such a
     wait too (a request beside it on the same closed connection).  The largest such set,
     found by taking out, until none is left to take, any wait a user of which may act.
+    For the ``quiet`` ones (no sign of a gone side, only nothing outside the tasks that
+    reaches them), the main task counts as able to act: its code still to run names them.
     Task id -> the words for its users."""
     left = set(candidates)
     changed = True
     while changed:
         changed = False
         for tid in sorted(left):
-            if any(u not in left and _may_act(by_id.get(u), stuck, left) for u in by_id[tid].wait.users or ()):
-                left.discard(tid)
-                changed = True
+            for u in by_id[tid].wait.users or ():
+                user = by_id.get(u)
+                if u not in left and (_may_act(user, stuck, left) or (tid in quiet and user is not None and user.main)):
+                    left.discard(tid)
+                    changed = True
+                    break
     out = {}
     for tid in left:
         users = [by_id[u] for u in by_id[tid].wait.users or () if u in by_id]
         if not users:
-            out[tid] = "no other task refers to it or reaches for it through what keeps it"
+            out[tid] = ("no other task refers to it or reaches for it through what keeps it" if tid not in quiet else
+                        "no other task refers to it, or reaches for it through what keeps it in code still to run")
             continue
         listed = ", ".join(f"task {u.id} ({u.coro} on {u.wait.detail or u.wait.kind})" for u in users[:4])
         who = ("the one other task that refers to it or reaches for it waits" if len(users) == 1 else
@@ -963,6 +975,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                 gathered[child] = t
     reasons: dict[int, list[str]] = {}
     candidates: set[int] = set()  # tasks whose wait's other side is gone
+    quiet: set[int] = set()  # ... of them, those with no sign of it but that nothing outside the tasks reaches
     running: collections.defaultdict[str, list[TaskInfo]] | None = None  # coroutine -> live tasks running it
     gone: set[int] = set()  # ... and that no other task can wake: orphaned, not suspects
     for task in snap.tasks.tasks:
@@ -1060,6 +1073,9 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             why.extend(_runners_text(task, by_id, options.min_wait))
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
+        if why and task.wait.unreached and task.wait.users is not None and not _has_deadline(task):
+            # (by itself no sign of a leak: a program at rest has many such waits)
+            why.append(_UNREACHED_TEXT)
         if why:
             if running is None:
                 running = collections.defaultdict(list)
@@ -1067,8 +1083,12 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                     running[t.coro].append(t)
             if _side_gone(task, dead, touched, skipped_done, running):
                 candidates.add(task.id)
+            elif _UNREACHED_TEXT in why:
+                candidates.add(task.id)
+                quiet.add(task.id)
             reasons[task.id] = why
-    found = _orphaned(candidates, by_id, stuck_tasks(snap) if stuck is None else stuck) if candidates else {}
+    found = (_orphaned(candidates, by_id, stuck_tasks(snap) if stuck is None else stuck, quiet)
+             if candidates else {})
     for tid, users_text in found.items():
         reasons[tid].append(users_text)
         gone.add(tid)
@@ -1088,14 +1108,20 @@ def _suspect_findings(members: tuple[TaskInfo, ...], reasons: Mapping[int, list[
         why = list(dict.fromkeys(r for t in tasks for r in reasons[t.id]))  # strongest first, once each
         longest = max((t.wait.seconds or 0.0) for t in tasks)
         on = group.wait.detail or group.wait.kind
+        unreached = all(_UNREACHED_TEXT in reasons[t.id] for t in tasks)
+        if not orphaned:
+            footer = " (still reachable: not proven)"
+        elif unreached:
+            footer = " (still reachable, but only from tasks that cannot act or whose code still to run never reaches it)"
+        else:
+            footer = (" (still reachable, but only from tasks that cannot act; no timer or thread holds it either; "
+                      "a protocol's callbacks were not looked at)")
         out.append(Finding(
             kind="orphaned" if orphaned else "suspect",
             title=(f"{_plural(len(tasks), 'task')} of {group.coro} {agree(len(tasks), 'waits', 'wait')} "
-                   f"{longest:.0f}s on {on} whose other side is gone" if orphaned else
-                   f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s on {on}"),
-            evidence="; ".join(why) + (" (still reachable, but only from tasks that cannot act; no timer or thread "
-                                       "holds it either; a protocol's callbacks were not looked at)" if orphaned
-                                       else " (still reachable: not proven)"),
+                   f"{longest:.0f}s on {on} " + ("that nothing left can end" if unreached else "whose other side is gone")
+                   if orphaned else f"{_plural(len(tasks), 'task')} of {group.coro} waiting {longest:.0f}s on {on}"),
+            evidence="; ".join(why) + footer,
             tasks=tasks[:MAX_TASKS_PER_FINDING], task_count=len(tasks),
             primitives=(group.wait.primitive,) if group.wait.primitive is not None else (),
             site=group.stack, score=longest * len(why) * len(tasks),

@@ -23,7 +23,7 @@ from typing import Any
 
 from dataclasses import replace
 
-from diag.collect import event_activity, holders, reachability, task_origins, wait_evidence
+from diag.collect import event_activity, holders, reach, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import (_class_dict, _class_mro, clip, future_done, future_field, instance_dict, is_a,
                                     read_attr, task_coroutine, task_name)
@@ -342,28 +342,54 @@ def keeper_names(keeper: object, inner: set[int], target: int, depth: int = 2) -
     names = {name for name, value in list(attrs.items()) if type(name) is str and _holds(value, inner)}
     if not names:
         return frozenset({ANY_NAME})
-    methods = set()
+    codes: dict[str, types.CodeType] = {}
     try:
         for klass in _class_mro(type(keeper))[:-1]:
             for name, fn in list(_class_dict(klass).items()):
-                code = fn.__code__ if type(fn) is types.FunctionType else None
-                if code is not None and names.intersection(code.co_names) and not name.startswith("__"):
-                    methods.add(name)  # (not __init__ and its kind: they set it up, they do not use it)
+                if type(fn) is types.FunctionType and type(name) is str and not name.startswith("__"):
+                    codes.setdefault(name, fn.__code__)  # (not __init__ and its kind: they set it up)
     except Exception:
         return frozenset({ANY_NAME})
-    return frozenset(names | methods)
+    # the methods that read one of them, and those that call such a method (self.close()
+    # calling self._finish(), which sets the event), to a fixed point
+    reach_names = set(names)
+    grew = True
+    while grew:
+        grew = False
+        for name, code in codes.items():
+            if name not in reach_names and reach_names.intersection(code.co_names):
+                reach_names.add(name)
+                grew = True
+    return frozenset(reach_names)
 
 
 def _chain_names(task: Any) -> set[str]:
-    """The names the code of ``task``'s await chain reads (``co_names``)."""
+    """The names the code of ``task``'s await chain may still read: each coroutine's code
+    from where it is suspended on (``reach.names_ahead``: a loop around the await counts
+    whole), and the module functions it calls by name."""
     coro = task_coroutine(future_field(task, "_coro"))
     names: set[str] = set()
     for _ in range(USER_DEPTH):
-        code = getattr(coro, "cr_code", None) if type(coro) is types.CoroutineType else (
-            getattr(coro, "gi_code", None) if type(coro) is types.GeneratorType else None)
-        if code is None:
+        found = reach.coroutine_names(coro)
+        if found is None:
             break
-        names.update(code.co_names)
+        names |= found
+        # a function or bound method it holds (a callback in a local) may be called later
+        try:
+            refs = gc.get_referents(coro)
+        except Exception:
+            refs = []
+        own = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        for ref in refs:
+            if type(ref) is types.CellType:
+                try:
+                    ref = ref.cell_contents
+                except ValueError:
+                    continue
+            if type(ref) is types.FunctionType and ref.__code__ is own:
+                continue  # the coroutine's own function (its frame refers to it)
+            reach.callable_names(ref, names)
+        del refs
         coro = coro.cr_await if type(coro) is types.CoroutineType else coro.gi_yieldfrom  # type: ignore[attr-defined]
     return names
 
@@ -467,12 +493,17 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     wanted: dict[int, list[int]] = {}  # object id -> the waiting tasks it is the target or a keeper of
     inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
     target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
+    quiet: set[int] = set()  # waits with no sign of a gone side, asked whether anything can still act
     for info in tasks.tasks:
         key = info.wait.target
-        if (not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT
-                or not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
-                        or _unfinished_join(info))):
+        if not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT:
             continue
+        if not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
+                or _unfinished_join(info)):
+            task = live.get(info.id)
+            if not _quiet_candidate(info) or task is None or reach.in_loop(task_coroutine(future_field(task, "_coro"))) is not False:
+                continue  # (a wait inside a loop is a worker's, for its next piece of work)
+            quiet.add(info.id)
         targets[info.id] = key
         path: set[int] = set()
         for obj in (key,) + info.wait.owner_ids:
@@ -561,10 +592,80 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                         if waiter in waiters:
                             wanted[oid] = [w for w in waiters if w != waiter]
         del hits
+    unreached: set[int] = set()
+    if quiet:
+        asked = {tid for tid in quiet if users.get(tid) is not None and OUTSIDE_TASKS not in (users[tid] or ())}
+        if asked:
+            unreached = _unreached(asked, tasks, live, target_of, wanted, users)
+
     del wanted
     return replace(tasks, tasks=tuple(
-        replace(info, wait=replace(info.wait, users=tuple(sorted(listed)))) if (listed := users.get(info.id, None)) is not None
+        replace(info, wait=replace(info.wait, users=tuple(sorted(listed)), unreached=info.id in unreached))
+        if (listed := users.get(info.id, None)) is not None
         else info for info in tasks.tasks))
+
+
+#: Waits asked whether anything at all can still end them, with no sign that their other
+#: side is gone: an event, a condition, a full queue's put and a plain future, each kept
+#: by an object (an anonymous one, ``await asyncio.Event().wait()``, is a wait forever by
+#: design), with no deadline, awaited once (not inside a loop of the program's code: a
+#: worker waiting for its next piece of work, which may never come in a program at rest).
+#: A worker idle on ``Queue.get`` is not asked.
+QUIET_KINDS = frozenset({"event", "condition", "queue_put", "future"})
+
+
+def _quiet_candidate(info: TaskInfo) -> bool:
+    wait = info.wait
+    if wait.kind not in QUIET_KINDS or not wait.owner_ids or not wait.deadline_known or wait.deadline is not None:
+        return False
+    return wait.pool is None and (wait.kind != "future" or wait.primitive is None)
+
+
+def _global_names(ids: set[int]) -> dict[str, set[int]]:
+    """Module globals that hold one of ``ids``: name -> those ids (code anywhere reaches
+    them by that name)."""
+    out: dict[str, set[int]] = {}
+    for module in list(sys.modules.values()):
+        namespace = instance_dict(module)
+        if namespace is None:
+            continue
+        for name, value in list(namespace.items()):
+            if id(value) in ids and type(name) is str and type(value) is not types.ModuleType:
+                out.setdefault(name, set()).add(id(value))  # (a module: a keeper only as all of them are)
+    return out
+
+
+def _unreached(asked: set[int], tasks: TaskSnapshot, live: dict[int, Any], target_of: dict[int, int],
+               wanted: dict[int, list[int]], users: dict[int, set[int] | None]) -> set[int]:
+    """Of the ``asked`` waits, those whose awaited thing nothing outside the tasks can reach
+    (``reach.outside_reach``: by reference, or by the name of a module global holding it or
+    a keeper of it, in code reached so); the others get ``OUTSIDE_TASKS`` among their users,
+    or no answer (None) when that cannot be told: a thread busy in the program's code, or a
+    search cut short."""
+    loop_threads = {loop.thread_id for loop in tasks.loops if loop.thread_id is not None}
+    if reach.busy_threads(loop_threads):
+        for tid in asked:
+            users[tid] = None
+        return set()
+    ask = {tid: target_of[tid] for tid in asked if tid in target_of}
+    path = {tid: {oid for oid, waiters in wanted.items() if tid in waiters} for tid in ask}
+    named = _global_names(set().union(*path.values())) if path else {}
+    loops = {id(loop): loop for loop in (future_field(t, "_loop") for t in live.values()) if loop is not None}
+    targets = set(ask.values())
+    answer = reach.outside_reach(loops.values(), targets, targets)
+    out = set()
+    for tid in asked:
+        mine = users[tid]
+        oid = ask.get(tid)
+        if answer is None or mine is None or oid is None:
+            users[tid] = None
+            continue
+        found, read = answer
+        if oid in found or any(path[tid] & named[name] for name in read.intersection(named)):
+            mine.add(OUTSIDE_TASKS)
+        else:
+            out.add(tid)
+    return out
 
 
 def with_owners(tasks: TaskSnapshot, live: dict[int, Any], primitives: dict[str, Any]) -> TaskSnapshot:

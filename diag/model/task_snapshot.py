@@ -370,7 +370,11 @@ class Wait:
     other live tasks whose coroutines refer to what it waits on or to a keeper of it,
     but for those waiting on the same thing, and -1 when a loop timer or ready callback,
     or a thread, holds it; None when not looked for, or when too many tasks refer to it
-    to list.
+    to list.  Long waits with no deadline on an event, a condition, a full queue or a
+    plain future kept by an object get ``users`` too, with no sign of a gone side; for
+    those, ``unreached`` says that nothing outside the tasks can reach what they wait on:
+    no loop callback, transport or server, pending future's callback, signal handler or
+    thread refers to it, nor runs code naming a module global that keeps it.
     """
 
     kind: str
@@ -398,6 +402,7 @@ class Wait:
     owner_tasks: tuple[int, ...] = ()
     peer_tasks: tuple[int, ...] = ()
     users: tuple[int, ...] | None = None
+    unreached: bool = False
 
     @property
     def target(self) -> str:
@@ -408,6 +413,8 @@ class Wait:
         d: dict[str, Any] = {"kind": self.kind, "detail": self.detail, "seconds": self.seconds}
         if self.users is not None:
             d["users"] = list(self.users)
+        if self.unreached:
+            d["unreached"] = True
         if self.owner_tasks:
             d["owner_tasks"] = list(self.owner_tasks)
         if self.peer_tasks:
@@ -479,6 +486,7 @@ class Wait:
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
             peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
             users=None if d.get("users") is None else tuple(int(t) for t in d["users"]),
+            unreached=d.get("unreached") is True,
         )
 
 

@@ -940,3 +940,33 @@ def test_a_user_queued_on_a_lock_acts_once_it_gets_it_unless_the_lock_is_stuck()
     leaked = replace(snap, tasks=replace(snap.tasks, tasks=tuple(t for t in snap.tasks.tasks if t.id != 5)),
                      primitives=snap.primitives + (held(guard, holder(5, alive=False), waiting=(3,)),))
     assert "orphaned" in kinds(leak_report(leaked, OPTIONS))
+
+
+def _missed_pulse(*, users: tuple[int, ...] | None, unreached: bool = True, idle: float | None = 40.0,
+                  others: tuple[TaskInfo, ...] = ()) -> SyncSnapshot:
+    """A rollout waiting once on an event last set before its wait began (``idle`` seconds
+    ago), with no sign of a gone side; ``unreached``: nothing outside the tasks reaches it."""
+    changed = Primitive("event", "0x5", "Store.changed", waiters=1)
+    rollout = task(1, coro="rollout", wait=Wait("event", "Event.wait", changed, 30.0, deadline_known=True,
+                                                owner_ids=("0x6",), users=users, unreached=unreached))
+    return sync(snapshot(rollout, *others), PrimitiveState(changed, waiting_tasks=(1,), idle_seconds=idle))
+
+
+def test_a_wait_nothing_outside_the_tasks_reaches_and_no_task_can_end_is_orphaned() -> None:
+    report = leak_report(_missed_pulse(users=()), OPTIONS)
+    (finding,) = report.findings
+    assert finding.kind == "orphaned" and report.fails(DEFAULT_FAIL_ON)
+    assert finding.title == "1 task of rollout waits 30s on Event.wait that nothing left can end"
+    assert finding.evidence.startswith("Store.changed 0x5 was last set 40.0s ago, before this wait began")
+    assert "nothing outside the tasks can reach it" in finding.evidence
+    assert "in code still to run" in finding.evidence
+    # the main task whose code still to run names it may act on it, once its own wait ends
+    main = replace(task(3, coro="main", wait=Wait("event", "Event.wait", seconds=40.0, deadline_known=True)),
+                   main=True)
+    assert kinds(leak_report(_missed_pulse(users=(3,), others=(main,)), OPTIONS)) == ["suspect"]
+    # something outside the tasks reaches it, or that could not be told: a suspect
+    from diag.collect.sync_collector import OUTSIDE_TASKS
+    assert kinds(leak_report(_missed_pulse(users=(OUTSIDE_TASKS,), unreached=False), OPTIONS)) == ["suspect"]
+    assert kinds(leak_report(_missed_pulse(users=None, unreached=False), OPTIONS)) == ["suspect"]
+    # unreached by itself is no sign of a leak: a program at rest waits so everywhere
+    assert leak_report(_missed_pulse(users=(), idle=None), OPTIONS).findings == ()

@@ -15,6 +15,8 @@ class Client:
         self.pending: dict[int, asyncio.Future[str]] = {}
         self.ready = asyncio.Event()
         self.stats = collections.Counter[str]()
+        self.opened = False
+        self.rounds = 0
 
     def fail_all(self) -> None:
         for fut in self.pending.values():
@@ -55,12 +57,23 @@ def test_a_keeper_names_the_attribute_holding_it_and_the_methods_that_read_it() 
     asyncio.run(main())
 
 
+def _settle(client: Client) -> None:
+    client.pending.clear()
+
+
 def test_a_tasks_await_chain_is_read_for_references_and_names_and_a_running_one_is_left_alone() -> None:
     async def waits_on(client: Client) -> None:
+        client.opened = True  # read before the wait, never again
         await inner(client.ready)
+        _settle(client)  # a module function called after it: what it reads counts
 
     async def inner(event: asyncio.Event) -> None:
         await event.wait()
+
+    async def loops(client: Client) -> None:
+        while True:
+            client.rounds = 1  # before the wait, but in the loop around it: read again
+            await client.ready.wait()
 
     async def main() -> None:
         client = Client()
@@ -70,7 +83,13 @@ def test_a_tasks_await_chain_is_read_for_references_and_names_and_a_running_one_
         found = _referred(task, wanted)
         assert found is not None and set(found) == {id(client), id(client.ready)}
         assert found[id(client)] is client
-        assert {"ready", "wait"} <= _chain_names(task)
+        names = _chain_names(task)
+        assert {"_settle", "pending", "clear", "_waiters"} <= names  # (Event.wait's own code too)
+        assert "opened" not in names and "ready" not in names
+        looping = asyncio.create_task(loops(client))
+        await asyncio.sleep(0)
+        assert {"rounds", "ready", "wait"} <= _chain_names(looping)
+        looping.cancel()
         # a closure's variable is what its cell holds
         queue: asyncio.Queue[int] = asyncio.Queue()
 

@@ -1,0 +1,210 @@
+"""``diag.collect.reach``: the names a suspended coroutine may still read, whether it waits
+inside a loop of its own code, and what can be reached from outside the tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import sys
+import threading
+import types
+from typing import Any
+
+import pytest
+
+from diag.collect import reach
+
+pytestmark = pytest.mark.skipif(sys.version_info[:2] not in reach._TESTED, reason="bytecode read on 3.11-3.13 only")
+
+
+class Box:
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.count = 0
+
+    def poke(self) -> None:
+        self.ready.set()
+
+
+def _helper(box: Box) -> None:
+    box.poke()
+
+
+async def once(box: Box) -> None:
+    box.count += 1                 # before the wait only
+    await box.ready.wait()
+    _helper(box)                   # after it: its names, and those of the module function
+
+
+async def looped(box: Box) -> None:
+    while True:
+        box.count += 1             # before the wait, in the loop around it: read again
+        await box.ready.wait()
+
+
+async def guarded(box: Box) -> None:
+    try:
+        await box.ready.wait()
+    except ValueError:
+        box.poke()                 # a handler after the wait may run
+
+
+async def under_lock(box: Box, lock: asyncio.Lock) -> None:
+    async with lock:
+        await box.ready.wait()
+
+
+def _suspended(fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` to its first real suspension and hand back the coroutine (closed by
+    the caller's loop at its end)."""
+    async def main() -> Any:
+        task = asyncio.ensure_future(fn(*args))
+        await asyncio.sleep(0)
+        return task
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.run_until_complete(main())
+        coro = task.get_coro()
+        return loop, task, coro
+    except BaseException:
+        loop.close()
+        raise
+
+
+@pytest.fixture
+def box() -> Box:
+    return Box()
+
+
+def _close(loop: asyncio.AbstractEventLoop, task: Any) -> None:
+    task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+def test_names_still_to_run_are_read_from_where_the_coroutine_waits(box: Box) -> None:
+    loop, task, coro = _suspended(once, box)
+    try:
+        names = reach.coroutine_names(coro)
+        assert names is not None
+        assert {"_helper", "poke"} <= names           # _helper's own code: box.poke()
+        assert "count" not in names and "ready" not in names
+        assert reach.in_loop(coro) is False
+    finally:
+        _close(loop, task)
+
+
+def test_a_loop_around_the_wait_counts_whole_and_is_a_workers_wait(box: Box) -> None:
+    loop, task, coro = _suspended(looped, box)
+    try:
+        assert {"count", "ready", "wait"} <= (reach.coroutine_names(coro) or set())
+        assert reach.in_loop(coro) is True
+    finally:
+        _close(loop, task)
+
+
+def test_a_handler_after_the_wait_counts_and_an_async_with_is_no_loop(box: Box) -> None:
+    loop, task, coro = _suspended(guarded, box)
+    try:
+        assert "poke" in (reach.coroutine_names(coro) or set())
+        assert reach.in_loop(coro) is False
+    finally:
+        _close(loop, task)
+    loop, task, coro = _suspended(under_lock, box, asyncio.Lock())
+    try:
+        assert reach.in_loop(coro) is False
+    finally:
+        _close(loop, task)
+
+
+def test_names_of_callables_held() -> None:
+    box = Box()
+    out: set[str] = set()
+    reach.callable_names(box.poke, out)
+    assert out == {"ready", "set"}
+    out = set()
+    reach.callable_names(functools.partial(_helper, box), out)
+    assert out == {"poke"}
+    out = set()
+    reach.callable_names(lambda: [x.count for x in (box,)], out)  # a comprehension's own code too
+    assert "count" in out
+    out = set()
+    reach.callable_names(print, out)
+    assert out == set()
+
+
+def test_what_outside_the_tasks_reaches() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timed, signalled, hidden, by_callback, pending = Box(), Box(), Box(), Box(), Box()
+        handle = loop.call_later(60, timed.poke)
+        loop.add_signal_handler(signal.SIGUSR2, functools.partial(_helper, signalled))
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: by_callback.poke())
+        targets = {id(b.ready): name for name, b in
+                   [("timed", timed), ("signalled", signalled), ("hidden", hidden), ("by_callback", by_callback)]}
+        task = asyncio.create_task(pending.ready.wait())  # a task holds it: the tasks' own scan judges that
+        await asyncio.sleep(0)
+        targets[id(pending.ready)] = "pending"
+        try:
+            answer = reach.outside_reach([loop], set(targets), set())
+            assert answer is not None
+            found, read = answer
+            assert {targets[i] for i in found} == {"timed", "signalled", "by_callback"}
+            assert {"_helper", "poke", "ready"} <= read  # the code those callbacks run
+        finally:
+            handle.cancel()
+            loop.remove_signal_handler(signal.SIGUSR2)
+            task.cancel()
+            fut.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_search_cut_short_has_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lost = asyncio.Event()
+        kept = [Box() for _ in range(50)]
+        handle = loop.call_later(60, lambda: kept)
+        monkeypatch.setattr(reach, "MAX_REACH", 20)
+        try:
+            assert reach.outside_reach([loop], {id(lost)}, set()) is None
+        finally:
+            handle.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_thread_in_the_programs_code_is_busy_an_idle_pool_worker_is_not() -> None:
+    import concurrent.futures
+
+    stop = threading.Event()
+    gate = threading.Event()
+
+    def spin() -> None:
+        gate.set()
+        while not stop.wait(0.01):
+            pass
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="idle-pool") as pool:
+        pool.submit(lambda: None).result()  # a worker now idle on the pool's queue
+        before = reach.busy_threads({threading.get_ident()})  # (a test runner's own threads, if any)
+        assert not [name for name in before if name.startswith("idle-pool")], before
+        thread = threading.Thread(target=spin, name="spinner", daemon=True)
+        thread.start()
+        try:
+            gate.wait(10)
+            assert sorted(reach.busy_threads({threading.get_ident()})) == sorted(before + ["spinner"])
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+def test_on_an_untested_interpreter_the_whole_code_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reach, "_TESTED", ())
+    code: types.CodeType = once.__code__
+    assert reach.names_ahead(code, 10**6) == frozenset(code.co_names)
+    assert reach.in_loop(object()) is None
