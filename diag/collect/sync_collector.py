@@ -363,6 +363,40 @@ def keeper_names(keeper: object, inner: set[int], target: int, depth: int = 2) -
     return frozenset(reach_names)
 
 
+def keeper_levels(keeper: object, inner: set[int], target: int, depth: int = 4) -> tuple[frozenset[str], ...]:
+    """The names code must use, level by level, to get from ``keeper`` down to what it keeps
+    (``inner``: the ids of the awaited thing, ``target``, and of the keepers between): at
+    each object, one of its ``keeper_names``; a plain container is indexed, with no name.
+    A cache holding shards holding the awaited event: (``shards``...), (``ready``...)."""
+    levels: list[frozenset[str]] = []
+    obj = keeper
+    for _ in range(depth + 1):
+        if id(obj) == target:
+            break
+        items = _items(obj)
+        if items is not None:
+            nxt = next((i for i in items if id(i) in inner), None) if len(items) <= MAX_KEPT_ITEMS else None
+            if nxt is None:
+                levels.append(frozenset({ANY_NAME}))
+                break
+            obj = nxt
+            continue
+        names = keeper_names(obj, inner, target, 0)
+        levels.append(names)
+        attrs = instance_dict(obj)
+        if ANY_NAME in names or attrs is None:
+            break
+        nxt = next((v for v in list(attrs.values()) if _holds(v, inner)), None)
+        if nxt is None:
+            break
+        obj = nxt
+    return tuple(levels)
+
+
+def _reaches(levels: tuple[frozenset[str], ...], chain: set[str]) -> bool:
+    return all(ANY_NAME in names or not names.isdisjoint(chain) for names in levels)
+
+
 def _chain_names(task: Any) -> set[str]:
     """The names the code of ``task``'s await chain may still read: each coroutine's code
     from where it is suspended on (``reach.names_ahead``: a loop around the await counts
@@ -541,7 +575,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             mine = users[waiter]
             if mine is not None:
                 mine.add(OUTSIDE_TASKS)
-    names_of: dict[tuple[int, int], frozenset[str]] = {}
+    names_of: dict[tuple[int, int], tuple[frozenset[str], ...]] = {}
     # Served on the program's own loop (diag.aiohttp), the tasks this loop is stepping now are
     # diag's own request and those it runs in (an eager task runs inside its creator's step).
     try:
@@ -578,12 +612,12 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                 if kept is not None:
                     # It holds an object that keeps the awaited thing: a user only when its
                     # code reaches for that (the attribute, or a method reading it).
-                    names = names_of.get((waiter, ref))
-                    if names is None:
-                        names = names_of[(waiter, ref)] = keeper_names(found, kept, target_of.get(waiter, 0))
+                    levels = names_of.get((waiter, ref))
+                    if levels is None:
+                        levels = names_of[(waiter, ref)] = keeper_levels(found, kept, target_of.get(waiter, 0))
                     if chain is None:
                         chain = _chain_names(task)
-                    if ANY_NAME not in names and not names.intersection(chain):
+                    if not _reaches(levels, chain):
                         continue
                 mine.add(tid)
                 if len(mine) > MAX_USERS:

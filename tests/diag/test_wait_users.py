@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from diag.collect.sync_collector import ANY_NAME, _chain_names, _referred, keeper_names
+from diag.collect.sync_collector import ANY_NAME, _chain_names, _referred, keeper_names, _reaches, keeper_levels
 
 
 class Client:
@@ -132,5 +132,43 @@ def test_a_timer_or_a_thread_holding_the_keeper_is_a_user_outside_any_task() -> 
             reconnect.cancel()
             retry.cancel()
             holder.cancel()
+
+    asyncio.run(main())
+
+
+class Shard:
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.data: dict[str, int] = {}
+
+    def mark(self) -> None:
+        self.ready.set()
+
+
+class Cache:
+    def __init__(self, shards: list[Shard]) -> None:
+        self.shards = shards
+        self.hits = 0
+
+    def warm(self) -> None:
+        for shard in self.shards:
+            shard.mark()
+
+
+def test_a_keeper_is_reached_through_a_name_at_each_level() -> None:
+    async def main() -> None:
+        shards = [Shard(), Shard()]
+        cache = Cache(shards)
+        event = shards[1].ready
+        inner = {id(event), id(shards[1]), id(shards)}
+        levels = keeper_levels(cache, inner, id(event))
+        assert levels == ({"shards", "warm"}, {"ready", "mark"})
+        # code reading cache.shards and each shard's data reaches the shards, never the event
+        assert not _reaches(levels, {"shards", "data", "get"})
+        assert _reaches(levels, {"shards", "mark"}) and _reaches(levels, {"warm"} | {"mark"})
+        # the list itself is indexed: only the shard's names count
+        assert keeper_levels(shards, {id(event), id(shards[1])}, id(event)) == ({"ready", "mark"},)
+        # a dict of pending futures, by any index
+        assert keeper_levels({"k": event}, {id(event)}, id(event)) == ()
 
     asyncio.run(main())
