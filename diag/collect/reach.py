@@ -227,15 +227,18 @@ def _module_of(kind: type) -> str:
     return name if type(name) is str else ""
 
 
-def _roots(loops: Iterable[object], skip: set[int]) -> list[object]:
+def _roots(loops: Iterable[object], skip: set[int], awaited: Iterable[object] = ()) -> list[object]:
     """Where the program can act from outside its tasks: each loop (its ready and timer
-    handles, asyncio's selector with every transport and server), the loop's own objects
-    that refer to it (uvloop's transports, servers and handles, in C) and the pending
-    futures bound to it (their done callbacks), the handlers of signals, and the threads'
-    functions and arguments."""
-    roots: list[object] = []
+    handles, asyncio's selector with every transport and server), the futures the tasks
+    await (``awaited``: their done callbacks), the handlers of signals, and the threads'
+    functions and arguments.  A loop whose internals are C (uvloop) is entered through
+    what refers to it instead: its transports, servers and handles, and the pending futures
+    bound to it (one pass over the heap)."""
+    roots: list[object] = [fut for fut in awaited if id(fut) not in skip]
     for loop in loops:
         roots.append(loop)
+        if issubclass(type(loop), asyncio.BaseEventLoop):
+            continue  # asyncio's own: everything it runs is reached from its attributes
         for ref in gc.get_referrers(loop):
             if id(ref) in skip or type(ref) is types.FrameType or type(ref) is dict:
                 continue
@@ -287,7 +290,8 @@ def _method_names(kind: type, cache: dict[int, frozenset[str]]) -> frozenset[str
     return cache[id(kind)]
 
 
-def outside_reach(loops: Iterable[object], wanted: set[int], skip: set[int]) -> tuple[set[int], set[str]] | None:
+def outside_reach(loops: Iterable[object], wanted: set[int], skip: set[int],
+                  awaited: Iterable[object] = ()) -> tuple[set[int], set[str]] | None:
     """What something outside the tasks (``_roots``) can reach: the ids in ``wanted`` it
     refers to, through any chain of objects, and the names read by the code it can run (the
     functions and the methods of the objects so reached), for the module globals they may
@@ -296,7 +300,7 @@ def outside_reach(loops: Iterable[object], wanted: set[int], skip: set[int]) -> 
     ids never taken as roots (the awaited things themselves, which refer to their loop)."""
     modules = {id(ns) for m in list(sys.modules.values()) if (ns := instance_dict(m)) is not None}
     seen: set[int] = set()
-    stack = _roots(loops, skip)
+    stack = _roots(loops, skip, awaited)
     found: set[int] = set()
     read: set[str] = set()
     classes: dict[int, frozenset[str]] = {}

@@ -686,7 +686,9 @@ def _unreached(asked: set[int], tasks: TaskSnapshot, live: dict[int, Any], targe
     named = _global_names(set().union(*path.values())) if path else {}
     loops = {id(loop): loop for loop in (future_field(t, "_loop") for t in live.values()) if loop is not None}
     targets = set(ask.values())
-    answer = reach.outside_reach(loops.values(), targets, targets)
+    awaited = [w for w in (wait_evidence.fut_waiter(t) for t in live.values()) if w is not None]
+    answer = reach.outside_reach(loops.values(), targets, targets, awaited)
+    del awaited
     out = set()
     for tid in asked:
         mine = users[tid]

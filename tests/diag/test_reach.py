@@ -141,15 +141,17 @@ def test_what_outside_the_tasks_reaches() -> None:
         timed, signalled, hidden, by_callback, pending = Box(), Box(), Box(), Box(), Box()
         handle = loop.call_later(60, timed.poke)
         loop.add_signal_handler(signal.SIGUSR2, functools.partial(_helper, signalled))
-        fut = loop.create_future()
+        fut = loop.create_future()  # awaited by a task: when it is resolved, its callback runs
         fut.add_done_callback(lambda f: by_callback.poke())
+        lone = loop.create_future()  # held by nothing that can resolve it: its callback never runs
+        lone.add_done_callback(lambda f: hidden.poke())
         targets = {id(b.ready): name for name, b in
                    [("timed", timed), ("signalled", signalled), ("hidden", hidden), ("by_callback", by_callback)]}
         task = asyncio.create_task(pending.ready.wait())  # a task holds it: the tasks' own scan judges that
         await asyncio.sleep(0)
         targets[id(pending.ready)] = "pending"
         try:
-            answer = reach.outside_reach([loop], set(targets), set())
+            answer = reach.outside_reach([loop], set(targets), set(), awaited=[fut])
             assert answer is not None
             found, read = answer
             assert {targets[i] for i in found} == {"timed", "signalled", "by_callback"}
@@ -159,6 +161,7 @@ def test_what_outside_the_tasks_reaches() -> None:
             loop.remove_signal_handler(signal.SIGUSR2)
             task.cancel()
             fut.cancel()
+            lone.cancel()
 
     asyncio.run(main())
 
