@@ -705,6 +705,34 @@ def _child_evidence(child: ChildProcess) -> list[str]:
     return []
 
 
+def child_deadlocks(snap: SyncSnapshot, options: LeakOptions, explained: set[int]) -> list[Finding]:
+    """A task in ``Process.wait()`` with no timeout, for a child blocked writing to a pipe
+    whose reading the parent paused because nothing reads it, when no other task can read
+    it either (``Wait.users`` known and empty: none refers to the pipe's reader, or to the
+    process in code still to run that reaches for it): the child exits only once the
+    parent reads, the parent reads only once the child exits.  Judged after ``min_wait``,
+    and only where the kernel says where the child sleeps."""
+    out = []
+    for task in snap.tasks.tasks:
+        child = task.wait.child
+        if (child is None or task.id in explained or task.state != "waiting" or child.state == "Z"
+                or (task.wait.seconds or 0.0) < options.min_wait or _has_deadline(task)
+                or not task.wait.deadline_known or not any(w in child.wchan for w in _WRITE_WCHANS)
+                or task.wait.users != ()):
+            continue
+        if not any(p.paused for p in child.outputs):
+            continue
+        out.append(Finding(
+            kind="deadlock",
+            title=f"task {task.id} {task.name!r} ({task.coro}) and its child process {child.pid} wait on each other",
+            evidence="; ".join(_child_evidence(child) + [
+                "no other task refers to that pipe, or to the process in code still to run that reads it: nothing "
+                "else will read it", "nothing can end the wait on its own: no timeout or timer covers it"]),
+            tasks=(task,), task_count=1, site=task.stack,
+        ))
+    return out
+
+
 def _pool_evidence(pool: ConnectionPool) -> list[str]:
     """Why a wait for a free connection of a client pool may never end: every connection
     is in use, and some are held by responses that no task is reading, which keep their
@@ -1371,6 +1399,8 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     permits = leaked_permits(snap, by_id, stuck)
     locks = deadlocks(snap, by_id, stuck)
     in_deadlock = {t.id for f in locks for t in f.tasks}
+    locks += child_deadlocks(snap, options, in_deadlock)
+    in_deadlock.update(t.id for f in locks for t in f.tasks)
     proven = proven_leaks(snap, by_id, in_deadlock)  # one finding per cause: the deadlock says it
     unreachable = set(snap.reachability.unreachable) if snap.reachability.complete else set()
     locks = [replace(f, evidence=f.evidence + "; the proof confirms it: nothing outside these tasks can reach "

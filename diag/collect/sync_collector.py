@@ -528,9 +528,26 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
     target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
     quiet: set[int] = set()  # waits with no sign of a gone side, asked whether anything can still act
+    piped: set[int] = set()  # Process.wait()s for a child blocked on a pipe: can another task read it?
     for info in tasks.tasks:
         key = info.wait.target
         if not key or info.main or info.state != "waiting" or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT:
+            continue
+        pipe = _paused_pipe(info, live.get(info.id))
+        if pipe is not None:
+            process, reader = pipe
+            piped.add(info.id)
+            targets[info.id] = hex(id(reader))
+            target_of[info.id] = id(reader)
+            wanted.setdefault(id(reader), []).append(info.id)
+            # what keeps the pipe's reader: the process, and what keeps that (a list of them,
+            # an object of the program's)
+            wanted.setdefault(id(process), []).append(info.id)
+            inner[(info.id, id(process))] = {id(reader)}
+            for keeper in _holders_of(process):
+                wanted.setdefault(keeper, []).append(info.id)
+                inner[(info.id, keeper)] = {id(reader), id(process)}
+            del pipe, process, reader
             continue
         if not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
                 or _unfinished_join(info)):
@@ -627,6 +644,9 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                             wanted[oid] = [w for w in waiters if w != waiter]
         del hits
     unreached: set[int] = set()
+    if piped and reach.busy_threads({loop.thread_id for loop in tasks.loops if loop.thread_id is not None}):
+        for tid in piped:
+            users[tid] = None  # a thread busy in the program's code may read it
     if quiet:
         asked = {tid for tid in quiet if users.get(tid) is not None and OUTSIDE_TASKS not in (users[tid] or ())}
         if asked:
@@ -637,6 +657,55 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         replace(info, wait=replace(info.wait, users=tuple(sorted(listed)), unreached=info.id in unreached))
         if (listed := users.get(info.id, None)) is not None
         else info for info in tasks.tasks))
+
+
+def _holders_of(obj: object) -> list[int]:
+    """The ids of what holds ``obj`` directly, frames and asyncio's own objects aside: the
+    program's containers, and the objects whose attributes hold it (one pass over the heap)."""
+    out: list[int] = []
+    dicts: list[object] = []
+    referrers = gc.get_referrers(obj)
+    try:
+        for ref in referrers:
+            kind = type(ref)
+            if (kind is types.FrameType or kind is types.CoroutineType or issubclass(kind, asyncio.BaseProtocol)
+                    or issubclass(kind, asyncio.BaseTransport)):
+                continue
+            out.append(id(ref))  # (a dict may be an instance's attributes: its owner is added below)
+            if kind is dict:
+                dicts.append(ref)
+            if len(out) >= MAX_USERS:
+                break
+    finally:
+        del referrers
+    if dicts:
+        ids = {id(d) for d in dicts}
+        owners = gc.get_referrers(*dicts)  # one more pass: the instances those dicts belong to
+        try:
+            out.extend(id(o) for o in owners if id(instance_dict(o)) in ids)
+        finally:
+            del owners, dicts
+    return out
+
+
+def _paused_pipe(info: TaskInfo, task: Any) -> tuple[object, object] | None:
+    """For a ``Process.wait()`` whose child has an output pipe the parent stopped reading
+    (``Wait.child``), the ``Process`` (from the waiting coroutine's own references) and
+    that pipe's ``StreamReader``; None otherwise."""
+    child = info.wait.child
+    if child is None or task is None or not any(p.paused for p in child.outputs):
+        return None
+    name = next(p.name for p in child.outputs if p.paused)
+    coro = task_coroutine(future_field(task, "_coro"))
+    for _ in range(USER_DEPTH):
+        if type(coro) is not types.CoroutineType:
+            return None
+        for ref in gc.get_referents(coro):
+            if is_a(ref, asyncio.subprocess.Process) and read_attr(ref, "pid") == child.pid:
+                reader = read_attr(ref, name)
+                return (ref, reader) if is_a(reader, asyncio.StreamReader) else None
+        coro = coro.cr_await
+    return None
 
 
 #: Waits asked whether anything at all can still end them, with no sign that their other
