@@ -55,7 +55,8 @@ def _code_layout(code: types.CodeType) -> tuple[tuple[tuple[int, str, int], ...]
             # (not an await's own machinery: its send loop, and the way back to just after
             # it from the handler of a throw into it)
             out.append((ins.offset, "", ins.argval))
-        before = ins.opname
+        if ins.opname != "EXTENDED_ARG":  # (a far jump's prefix)
+            before = ins.opname
     entries = tuple((e.start, e.end, e.target) for e in getattr(bytecode, "exception_entries", ()) or ())
     return tuple(out), entries
 

@@ -211,3 +211,20 @@ def test_on_an_untested_interpreter_the_whole_code_counts(monkeypatch: pytest.Mo
     code: types.CodeType = once.__code__
     assert reach.names_ahead(code, 10**6) == frozenset(code.co_names)
     assert reach.in_loop(object()) is None
+
+
+def test_a_far_await_earlier_in_the_code_is_no_loop(box: Box) -> None:
+    # An await early in a long coroutine: the handler of a throw into it sits at the end of
+    # the code and jumps far back to just after it (with a prefix for the long jump, 3.12+).
+    source = ("async def far(box):\n    await asyncio.sleep(0)\n" + "    box.count += 1\n" * 300
+              + "    await box.ready.wait()\n    box.poke()\n")
+    namespace: dict[str, Any] = {"asyncio": asyncio}
+    exec(compile(source, "far.py", "exec"), namespace)
+    loop, task, coro = _suspended(namespace["far"], box)
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # past the early await, to the event
+        names = reach.coroutine_names(coro) or set()
+        assert "poke" in names and "count" not in names and "sleep" not in names, names
+        assert reach.in_loop(coro) is False
+    finally:
+        _close(loop, task)
