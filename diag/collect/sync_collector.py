@@ -401,9 +401,19 @@ def _chain_names(task: Any) -> set[str]:
     """The names the code of ``task``'s await chain may still read: each coroutine's code
     from where it is suspended on (``reach.names_ahead``: a loop around the await counts
     whole), and the module functions it calls by name."""
-    coro = task_coroutine(future_field(task, "_coro"))
-    names: set[str] = set()
+    first = task_coroutine(future_field(task, "_coro"))
+    chain: list[Any] = []
+    coro = first
     for _ in range(USER_DEPTH):
+        if type(coro) is not types.CoroutineType and type(coro) is not types.GeneratorType:
+            break
+        chain.append(coro)
+        coro = coro.cr_await if type(coro) is types.CoroutineType else coro.gi_yieldfrom
+    # the functions whose calls are running in this chain (a coroutine's own, or the main()
+    # a wrapper holds and awaits): their code still to run is read where it is suspended
+    running = {id(getattr(c, "cr_code", None) or getattr(c, "gi_code", None)) for c in chain}
+    names: set[str] = set()
+    for coro in chain:
         found = reach.coroutine_names(coro)
         if found is None:
             break
@@ -413,18 +423,17 @@ def _chain_names(task: Any) -> set[str]:
             refs = gc.get_referents(coro)
         except Exception:
             refs = []
-        own = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
         for ref in refs:
             if type(ref) is types.CellType:
                 try:
                     ref = ref.cell_contents
                 except ValueError:
                     continue
-            if type(ref) is types.FunctionType and ref.__code__ is own:
-                continue  # the coroutine's own function (its frame refers to it)
+            if type(ref) is types.FunctionType and id(ref.__code__) in running:
+                continue
             reach.callable_names(ref, names)
         del refs
-        coro = coro.cr_await if type(coro) is types.CoroutineType else coro.gi_yieldfrom  # type: ignore[attr-defined]
+    del chain, coro, first
     return names
 
 
