@@ -27,14 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from diag.collect import reach, sync_collector  # noqa: E402
 import diag.agent  # noqa: E402
-
-
-class Item:
-    __slots__ = ("value", "next")
-
-    def __init__(self, value: int, next: "Item | None") -> None:
-        self.value = value
-        self.next = next
+from bench.proof_bench import Item  # noqa: E402  (the same small tracked objects)
 
 
 class Store:
