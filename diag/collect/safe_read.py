@@ -118,6 +118,10 @@ _FIELD_READERS: dict[tuple[int, str], tuple[type, tuple[Any, type] | None]] = {}
 _MAX_FIELD_READERS = 1024
 
 
+#: (asyncio's C Task or Future type, field name) -> its descriptor's getter.
+_EXACT_GETTERS: dict[tuple[type, str], Any] = {}
+
+
 def _field_reader(kind: type, name: str) -> tuple[Any, type] | None:
     for base in (_C_TASK, _C_FUTURE):
         if base is not None and issubclass(kind, base):
@@ -132,6 +136,13 @@ def future_field(fut: object, name: str, default: Any = None) -> Any:
     ``_callbacks``, ``_coro``...) through asyncio's own descriptor when the object is a C
     future, whatever its subclass defines; ``read_attr`` for the pure-Python ones."""
     kind = type(fut)
+    if kind is _C_TASK or kind is _C_FUTURE:  # asyncio's own, most of a dump: one look-up
+        getter = _EXACT_GETTERS.get((kind, name))
+        if getter is not None:
+            try:
+                return getter(fut)
+            except Exception:
+                return default
     key = (id(kind), name)
     entry = _FIELD_READERS.get(key)
     if entry is not None and entry[0] is kind:
@@ -140,6 +151,8 @@ def future_field(fut: object, name: str, default: Any = None) -> Any:
         reader = _field_reader(kind, name)
         if len(_FIELD_READERS) < _MAX_FIELD_READERS:
             _FIELD_READERS[key] = (kind, reader)
+            if reader is not None and (kind is _C_TASK or kind is _C_FUTURE):
+                _EXACT_GETTERS[(kind, name)] = reader[0].__get__
     if reader is not None:
         try:
             return reader[0].__get__(fut, reader[1])

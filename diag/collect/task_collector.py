@@ -694,6 +694,7 @@ class _Walker:
         self.loop_ids: dict[int, str] = {}
         self.by_seq: dict[int, asyncio.Task[Any]] = {}
         self.shapes: dict[object, _Shape] = {}
+        self.deadline_waits: dict[tuple[object, ...], tuple[Wait, Wait]] = {}
         # Tasks stuck together share one Wait: same chain, same object, first seen together.
         self.waits: dict[tuple[int, int, float | None], Wait] = {}
         self.predicates_left = MAX_PREDICATES
@@ -1039,8 +1040,16 @@ class _Walker:
             except Exception:
                 now = self.loop_times[id(loop)] = time.monotonic()
         found = wait_evidence.deadline_of(task, nodes, waiter, self.timers, now)
-        return replace(wait, deadline=None if found is None else found[0],
-                       deadline_by="" if found is None else found[1], deadline_known=True, future_id=future_id)
+        # Tasks stuck together share one Wait, and most find the same answer (none): they
+        # share the Wait that says so too.
+        memo_key = (id(wait), found, future_id)
+        memo = self.deadline_waits.get(memo_key)
+        if memo is not None and memo[0] is wait:
+            return memo[1]
+        out = replace(wait, deadline=None if found is None else found[0],
+                      deadline_by="" if found is None else found[1], deadline_known=True, future_id=future_id)
+        self.deadline_waits[memo_key] = (wait, out)
+        return out
 
     def finished_children(self, children: list[object]) -> tuple[FinishedChild, ...]:
         """The tasks among a gather's ``children`` that have ended, and how: read from their

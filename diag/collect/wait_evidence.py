@@ -332,6 +332,31 @@ class LoopTimers:
                     self._offer(self.futures, id(arg), when, "a timer (wait_for/wait timeout)")
 
 
+_CHAIN_TYPES = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
+_REF_OTHER, _REF_METHOD, _REF_TIMEOUT, _REF_TIMER, _REF_UV_TIMER = range(5)
+#: What a type found among a coroutine's referents can be to ``deadline_of``, decided once
+#: per type: a coroutine refers to its globals, code and locals, nearly all of them
+#: nothing to it, and one dict look-up passes them over.
+_REF_KINDS: dict[type, int] = {}
+_MAX_REF_KINDS = 4096
+
+
+def _ref_kind(kind: type) -> int:
+    if kind is _MethodType:
+        found = _REF_METHOD
+    elif _TIMEOUT_TYPE is not None and kind is _TIMEOUT_TYPE:
+        found = _REF_TIMEOUT
+    elif issubclass(kind, _TimerHandle):
+        found = _REF_TIMER
+    elif getattr(kind, "__module__", None) == "uvloop.loop" and getattr(kind, "__name__", None) == "TimerHandle":
+        found = _REF_UV_TIMER
+    else:
+        found = _REF_OTHER
+    if len(_REF_KINDS) < _MAX_REF_KINDS:
+        _REF_KINDS[kind] = found
+    return found
+
+
 def deadline_of(task: object, nodes: Iterable[object], waiter: object, timers: LoopTimers,
                 loop_time: float) -> tuple[float, str] | None:
     """(seconds left, what) for the earliest thing that ends ``task``'s wait on its own,
@@ -345,25 +370,34 @@ def deadline_of(task: object, nodes: Iterable[object], waiter: object, timers: L
             best = (left, by)
 
     for node in nodes:
-        if type(node) not in (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType):
+        if type(node) not in _CHAIN_TYPES:
             continue
         try:
             refs = gc.get_referents(node)
         except Exception:
             continue
         for ref in refs:
-            if type(ref) is _MethodType:
+            kind = _REF_KINDS.get(type(ref))
+            if kind is None:
+                kind = _ref_kind(type(ref))
+            if kind == _REF_METHOD:
                 ref = ref.__self__
-            if _TIMEOUT_TYPE is not None and type(ref) is _TIMEOUT_TYPE:
+                kind = _REF_KINDS.get(type(ref))
+                if kind is None:
+                    kind = _ref_kind(type(ref))
+            if kind == _REF_OTHER or kind == _REF_METHOD:
+                continue
+            if kind == _REF_TIMEOUT:
                 when = plain_attr(ref, "_when")
                 state = plain_attr(ref, "_state")
                 if type(when) is float and getattr(state, "name", "") not in ("EXPIRED", "EXITED", "EXPIRING"):
                     offer(when, "asyncio.timeout")
-            elif is_a(ref, _TimerHandle) and plain_attr(ref, "_cancelled") is not True:
-                when = plain_attr(ref, "_when")
-                if type(when) is float:
-                    offer(when, "a timeout timer")
-            elif type(ref).__module__ == "uvloop.loop" and type(ref).__name__ == "TimerHandle":
+            elif kind == _REF_TIMER:
+                if plain_attr(ref, "_cancelled") is not True:
+                    when = plain_attr(ref, "_when")
+                    if type(when) is float:
+                        offer(when, "a timeout timer")
+            else:
                 # uvloop's own handle (3.11's wait_for keeps one): its C getters read fields
                 try:
                     when = None if ref.cancelled() else ref.when()

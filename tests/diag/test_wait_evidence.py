@@ -294,3 +294,39 @@ async def test_a_condition_wait_for_shows_its_predicate_and_the_values_it_reads(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_deadlines_under_uvloop_come_from_its_own_timer_handles() -> None:
+    """uvloop's TimerHandle is its own type (3.11's wait_for keeps one in its frame) and
+    asyncio.timeout schedules one too: both are read through uvloop's getters."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def under_timeout() -> None:
+            async with asyncio.timeout(30):
+                await never.wait()
+
+        async def bare() -> None:
+            await never.wait()
+
+        timed = asyncio.create_task(under_timeout(), name="timeout")
+        waiting_for = asyncio.create_task(asyncio.wait_for(never.wait(), 20), name="wait_for")
+        plain = asyncio.create_task(bare(), name="bare")
+        watch = LoopWatch(install_factories=False)
+        await asyncio.sleep(0.05)
+        watch.sample_waits()
+        await asyncio.sleep(0.05)
+        try:
+            by_name = {t.name: t.wait for t in collect_tasks(watch).tasks}
+            assert by_name["timeout"].deadline_by == "asyncio.timeout" and 25 < by_name["timeout"].deadline < 30
+            assert by_name["wait_for"].deadline is not None and 15 < by_name["wait_for"].deadline < 20
+            assert by_name["bare"].deadline_known and by_name["bare"].deadline is None
+        finally:
+            for t in (timed, waiting_for, plain):
+                t.cancel()
+            await asyncio.gather(timed, waiting_for, plain, return_exceptions=True)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
