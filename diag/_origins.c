@@ -1369,6 +1369,70 @@ done:
     return result;
 }
 
+/* ---- a suspended coroutine's locals, by name --------------------------------------
+ *
+ * sync_collector.with_users asks whether a task's code still to run can use an object its
+ * coroutine refers to.  The GC's referents say that the coroutine holds it, not in which
+ * local; frame.f_locals would say, but on 3.11 and 3.12 it writes the frame's locals into
+ * a dict kept on the frame.  Here the slots are read where the frame keeps them, only for
+ * a coroutine or generator that is not running (created or suspended), under the GIL.
+ */
+
+#ifndef CO_FAST_CELL
+#define CO_FAST_CELL 0x40
+#endif
+#ifndef CO_FAST_FREE
+#define CO_FAST_FREE 0x80
+#endif
+
+/* frame_locals(coro) -> ((name, value, shared), ...) or None */
+static PyObject *
+mod_frame_locals(PyObject *mod, PyObject *node)
+{
+    PyTypeObject *type = Py_TYPE(node);
+    if (type != &PyCoro_Type && type != &PyGen_Type) {
+        Py_RETURN_NONE;
+    }
+    PyGenObject *gen = (PyGenObject *)node;
+    if (gen->gi_frame_state >= FRAME_EXECUTING) {
+        Py_RETURN_NONE;  /* running (on another thread's loop: its locals are moving), or done */
+    }
+    _PyInterpreterFrame *f = (_PyInterpreterFrame *)gen->gi_iframe;
+    PyCodeObject *code = DIAG_FRAME_CODE(f);
+    PyObject *names = code->co_localsplusnames;
+    PyObject *kinds = code->co_localspluskinds;
+    Py_ssize_t n = code->co_nlocalsplus;
+    if (!PyTuple_Check(names) || !PyBytes_Check(kinds) || PyTuple_GET_SIZE(names) < n
+            || PyBytes_GET_SIZE(kinds) < n) {
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(kinds);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *value = f->localsplus[i];
+        if (value == NULL) {
+            continue;
+        }
+        /* a cell shared with a function still alive (a closure, a generator expression
+         * not yet run to its end) is read wherever that runs; one only this frame holds is
+         * read only by this frame's code */
+        int shared = (k[i] & (CO_FAST_CELL | CO_FAST_FREE)) && Py_REFCNT(value) > 1;
+        PyObject *item = Py_BuildValue("(OOO)", PyTuple_GET_ITEM(names, i), value, shared ? Py_True : Py_False);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    PyObject *result = PyList_AsTuple(out);
+    Py_DECREF(out);
+    return result;
+}
+
 /* ---- module functions ------------------------------------------------------------ */
 
 static PyObject *
@@ -1964,6 +2028,10 @@ static PyMethodDef mod_methods[] = {
      "chain outermost first, without making frame objects; None when it passes through "
      "an awaitable only the Python walk reads.  Coroutines whose code is in skip_codes "
      "are left out."},
+    {"frame_locals", mod_frame_locals, METH_O,
+     "frame_locals(coro) -> ((name, value, shared), ...) or None: the bound local slots of a "
+     "coroutine or generator that is not running (a cell variable's slot holds the cell; "
+     "shared: a cell that something besides the frame holds); None for anything else."},
     {"set_acquire_observer", mod_set_acquire_observer, METH_O,
      "set_acquire_observer(callable or None): called with each primitive HeldMethod acquires."},
     {"stats", mod_stats, METH_NOARGS, "stats() -> the record table's size, for tests and benchmarks."},

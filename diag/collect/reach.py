@@ -120,6 +120,41 @@ def names_ahead(code: types.CodeType, lasti: int) -> frozenset[str]:
     return frozenset(name for offset, name, _ in layout if name and offset >= start)
 
 
+#: Instructions naming a local (fast or cell) slot; stores and deletes do not read it.
+_LOCAL_OPS = frozenset(dis.haslocal) | frozenset(dis.hasfree)
+
+
+@functools.lru_cache(maxsize=2048)
+def _local_reads(code: types.CodeType) -> tuple[tuple[int, str], ...]:
+    """The instructions of ``code`` that read a local variable, as (offset, name)."""
+    out = []
+    for ins in dis.get_instructions(code):
+        if ins.opcode not in _LOCAL_OPS:
+            continue
+        names = ins.argval if type(ins.argval) is tuple else (ins.argval,)
+        if ins.opname == "STORE_FAST_LOAD_FAST":  # (3.13: stores the first, reads the second)
+            names = names[1:]
+        elif ins.opname.startswith(("STORE_", "DELETE_")):
+            continue
+        out.extend((ins.offset, name) for name in names if type(name) is str)
+    return tuple(out)
+
+
+def locals_ahead(code: types.CodeType, lasti: int) -> frozenset[str] | None:
+    """The local variables ``code``, suspended at byte offset ``lasti``, may still read (from
+    the earliest point it can get back to, as ``names_ahead``); None when that cannot be
+    told (an interpreter this was not checked on, an unknown position): any may be read."""
+    if sys.version_info[:2] not in _TESTED or lasti < 0:
+        return None
+    try:
+        layout, entries = _code_layout(code)
+        reads = _local_reads(code)
+    except Exception:
+        return None
+    start = _earliest(layout, entries, lasti)
+    return frozenset(name for offset, name in reads if offset >= start)
+
+
 def called_names(names: Iterable[str], namespace: dict[str, Any] | None) -> set[str]:
     """The names read by the module-level functions that ``names`` calls (looked up in the
     module's ``namespace``), and by those they call, ``CALL_DEPTH`` deep."""

@@ -443,6 +443,7 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
     None for a task the loop thread is stepping now, which is left alone."""
     coro = task_coroutine(future_field(task, "_coro"))
     found: dict[int, object] = {}
+    kept: set[int] = set()  # found where a coroutine of the chain can still use it
     for _ in range(USER_DEPTH):
         if type(coro) is types.CoroutineType:
             if coro.cr_running:
@@ -458,6 +459,7 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
             refs = gc.get_referents(coro)
         except Exception:
             refs = []
+        seen: dict[int, int] = {}  # id -> how many of the coroutine's references lead to it
         for ref in refs:
             if type(ref) is types.CellType:  # a closure's variable: what it holds
                 try:
@@ -465,10 +467,60 @@ def _referred(task: Any, wanted: dict[int, list[int]]) -> dict[int, object] | No
                 except ValueError:  # empty
                     continue
             if id(ref) in wanted:
-                found[id(ref)] = ref
-        del refs
+                found.setdefault(id(ref), ref)
+                seen[id(ref)] = seen.get(id(ref), 0) + 1
+        ref = None
+        del refs  # (held here, a cell would look shared to _unread_locals)
+        if seen:
+            for oid in _unread_locals(coro, seen):
+                if found.get(oid) is not None and oid not in kept:
+                    del found[oid]
+            kept.update(oid for oid in seen if oid in found)
         coro = nxt
     return found
+
+
+#: ``_origins.frame_locals(coro)``: a suspended coroutine's local slots by name; None
+#: without the accelerator (then every local a coroutine holds counts as read).
+_frame_locals = getattr(task_origins._fast, "frame_locals", None)
+
+
+def _unread_locals(coro: Any, seen: dict[int, int]) -> set[int]:
+    """Of the objects ``coro`` refers to (``seen``: id -> how many of its references lead
+    there), those it holds only in local variables that its code still to run never reads:
+    it cannot use them.  Read through ``_origins.frame_locals`` (no ``f_locals``); a
+    closure's cell that a live function shares counts as read (that function may run), and
+    so does an object the frame also holds elsewhere (on its value stack)."""
+    if _frame_locals is None or sys.version_info[:2] not in reach._TESTED:
+        return set()
+    try:
+        slots = _frame_locals(coro)
+    except Exception:
+        return set()
+    if not slots:
+        return set()
+    names: dict[int, list[str]] = {}
+    for name, value, shared in slots:
+        if shared:
+            continue
+        if type(value) is types.CellType:  # a cell only this frame holds: its own code reads it
+            try:
+                value = value.cell_contents
+            except ValueError:
+                continue
+        if id(value) in seen:
+            names.setdefault(id(value), []).append(name)
+    only_locals = {oid for oid, held in names.items() if seen[oid] <= len(held)}
+    if not only_locals:
+        return set()
+    frame = coro.cr_frame if type(coro) is types.CoroutineType else coro.gi_frame
+    if frame is None:
+        return set()
+    read = reach.locals_ahead(frame.f_code, frame.f_lasti)
+    del frame
+    if read is None:
+        return set()
+    return {oid for oid in only_locals if read.isdisjoint(names[oid])}
 
 
 #: Stands in ``Wait.users`` for a loop callback (a timer, a ready handle) or a thread whose

@@ -233,3 +233,68 @@ def test_a_far_await_earlier_in_the_code_is_no_loop(box: Box) -> None:
         assert reach.in_loop(coro) is False
     finally:
         _close(loop, task)
+
+
+async def holds_locals(box: Box, spare: asyncio.Event) -> None:
+    before = box.count             # read before the wait only
+    event = box.ready
+    shared = spare
+    nudge = lambda: shared.set()  # noqa: E731  (a closure that keeps its cell alive)
+    await event.wait()
+    event.clear()                  # read after it
+    event = None                   # a store reads nothing
+    nudge()
+
+
+def test_locals_still_to_run_are_read_from_where_the_coroutine_waits(box: Box) -> None:
+    loop, task, coro = _suspended(holds_locals, box, asyncio.Event())
+    try:
+        frame = coro.cr_frame
+        read = reach.locals_ahead(frame.f_code, frame.f_lasti)
+        assert read is not None and {"event", "nudge"} <= read
+        assert "before" not in read and "box" not in read and "spare" not in read
+    finally:
+        _close(loop, task)
+
+
+def test_frame_locals_reads_the_slots_of_a_suspended_coroutine_only(box: Box) -> None:
+    from diag.collect import task_origins
+
+    frame_locals = getattr(task_origins._fast, "frame_locals", None)
+    if frame_locals is None:
+        pytest.skip("without the C accelerator")
+    spare = asyncio.Event()
+    loop, task, coro = _suspended(holds_locals, box, spare)
+    try:
+        slots = {name: (value, shared) for name, value, shared in frame_locals(coro)}
+        assert slots["box"] == (box, False) and slots["event"] == (box.ready, False)
+        assert slots["before"] == (0, False)
+        cell, shared = slots["shared"]
+        assert type(cell) is types.CellType and cell.cell_contents is spare and shared  # the lambda holds it
+        assert frame_locals(object()) is None and frame_locals(len) is None
+    finally:
+        _close(loop, task)
+    assert frame_locals(coro) is None  # ended
+
+
+def test_a_cell_no_live_function_shares_is_the_frames_own() -> None:
+    from diag.collect import task_origins
+
+    frame_locals = getattr(task_origins._fast, "frame_locals", None)
+    if frame_locals is None:
+        pytest.skip("without the C accelerator")
+
+    async def gen_expr_then_wait(event: asyncio.Event) -> None:
+        items = [1, 2]
+        total = sum(x for x in items if event)  # the generator expression closes over event, and ends
+        await event.wait()
+        del total
+
+    event = asyncio.Event()
+    loop, task, coro = _suspended(gen_expr_then_wait, event)
+    try:
+        slots = {name: (value, shared) for name, value, shared in frame_locals(coro)}
+        cell, shared = slots["event"]
+        assert type(cell) is types.CellType and cell.cell_contents is event and not shared
+    finally:
+        _close(loop, task)
