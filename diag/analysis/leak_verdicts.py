@@ -820,6 +820,12 @@ def _idle_by_design(task: TaskInfo) -> bool:
 _DORMANT_KINDS = frozenset({"semaphore", "lock", "condition", "event", "queue_get", "queue_put", "task", "gather"})
 
 
+def _relay(task: TaskInfo | None) -> bool:
+    """A task waiting for work (``Wait.relay``) that nothing outside the tasks can hand it."""
+    return (task is not None and task.wait.relay and task.wait.unreached and task.wait.users is not None
+            and task.state == "waiting" and not task.main and not _has_deadline(task))
+
+
 def _may_act(task: TaskInfo | None, stuck: StuckTasks, left: set[int]) -> bool:
     """The task may yet run on its own: it is at work, its wait has an end, it waits for
     something from outside (I/O, a thread), or for a lock or a task that is not stuck
@@ -905,25 +911,33 @@ def _orphaned(candidates: set[int], by_id: Mapping[int, TaskInfo], stuck: StuckT
     For the ``quiet`` ones (no sign of a gone side, only nothing outside the tasks that
     reaches them), the main task counts as able to act: its code still to run names them.
     Task id -> the words for its users."""
-    left = set(candidates)
+    # Users that wait for work themselves, with nothing outside the tasks to hand it to them
+    # (``Wait.relay``): each may act only once one of its own users does.
+    relays = {u for tid in candidates for u in by_id[tid].wait.users or ()
+              if u not in candidates and _relay(by_id.get(u))}
+    left = set(candidates) | relays
     changed = True
     while changed:
         changed = False
         for tid in sorted(left):
             for u in by_id[tid].wait.users or ():
                 user = by_id.get(u)
-                if u not in left and (_may_act(user, stuck, left) or (tid in quiet and user is not None and user.main)):
+                if u not in left and (_may_act(user, stuck, left)
+                                      or (tid in quiet or tid in relays) and user is not None and user.main):
                     left.discard(tid)
                     changed = True
                     break
     out = {}
-    for tid in left:
+    for tid in left - relays:
         users = [by_id[u] for u in by_id[tid].wait.users or () if u in by_id]
         if not users:
-            out[tid] = ("no other task refers to it or reaches for it through what keeps it" if tid not in quiet else
+            out[tid] = ("no other task refers to it or reaches for it through what keeps it, in code still to run"
+                        if tid not in quiet else
                         "no other task refers to it, or reaches for it through what keeps it in code still to run")
             continue
-        listed = ", ".join(f"task {u.id} ({u.coro} on {u.wait.detail or u.wait.kind})" for u in users[:4])
+        listed = ", ".join(f"task {u.id} ({u.coro} on {u.wait.detail or u.wait.kind}"
+                           + (", for work that no task left can hand it, nor anything outside the tasks)"
+                              if u.id in relays else ")") for u in users[:4])
         who = ("the one other task that refers to it or reaches for it waits" if len(users) == 1 else
                f"the {len(users)} other tasks that refer to it or reach for it wait")
         out[tid] = (f"{who} too, with no end, on this process's own tasks and primitives or on a side as gone: "
@@ -1101,7 +1115,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
             why.extend(_runners_text(task, by_id, options.min_wait))
         elif why and task.wait.deadline_known and task.wait.deadline is None:
             why.append("nothing can end the wait on its own: no timeout or timer covers it")
-        if why and task.wait.unreached and task.wait.users is not None and not _has_deadline(task):
+        if (why and task.wait.unreached and task.wait.users is not None and not task.wait.relay
+                and not _has_deadline(task)):
             # (by itself no sign of a leak: a program at rest has many such waits)
             why.append(_UNREACHED_TEXT)
         if why:

@@ -580,14 +580,14 @@ def _unfinished_join(info: TaskInfo) -> bool:
 def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     """``tasks`` with ``Wait.users`` set for long waits whose other side may be gone: what
     they wait on (or a keeper of it) was used by a task or thread that died, the keeper's
-    connection is closed, or a ``Queue.join()`` waits for items taken and never marked done.  Each live task's await chain is looked at once, for references
-    to what they wait on and to its keepers; a task the loop is stepping now, or more tasks
-    than ``MAX_RUNNER_SCAN``, leave the answer unknown (None)."""
+    connection is closed, or a ``Queue.join()`` waits for items taken and never marked
+    done.  Each live task's await chain is looked at once, for references to what they
+    wait on and to its keepers; a task the loop is stepping now, or more tasks than
+    ``MAX_RUNNER_SCAN``, leave the answer unknown (None).  A user that itself waits for
+    work (on a queue, an event, a condition) is asked the same question, once: whoever
+    could hand it work (``Wait.relay``)."""
     touched = {obj for dead in tasks.dead_tasks for obj in dead.touched}
-    targets: dict[int, str] = {}  # waiting task id -> what it waits on
-    wanted: dict[int, list[int]] = {}  # object id -> the waiting tasks it is the target or a keeper of
-    inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
-    target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
+    ask = _Asked()
     quiet: set[int] = set()  # waits with no sign of a gone side, asked whether anything can still act
     piped: set[int] = set()  # Process.wait()s for a child blocked on a pipe: can another task read it?
     for info in tasks.tasks:
@@ -598,16 +598,16 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         if pipe is not None:
             process, reader = pipe
             piped.add(info.id)
-            targets[info.id] = hex(id(reader))
-            target_of[info.id] = id(reader)
-            wanted.setdefault(id(reader), []).append(info.id)
+            ask.targets[info.id] = hex(id(reader))
+            ask.target_of[info.id] = id(reader)
+            ask.wanted.setdefault(id(reader), []).append(info.id)
             # what keeps the pipe's reader: the process, and what keeps that (a list of them,
             # an object of the program's)
-            wanted.setdefault(id(process), []).append(info.id)
-            inner[(info.id, id(process))] = {id(reader)}
+            ask.wanted.setdefault(id(process), []).append(info.id)
+            ask.inner[(info.id, id(process))] = {id(reader)}
             for keeper in _holders_of(process):
-                wanted.setdefault(keeper, []).append(info.id)
-                inner[(info.id, keeper)] = {id(reader), id(process)}
+                ask.wanted.setdefault(keeper, []).append(info.id)
+                ask.inner[(info.id, keeper)] = {id(reader), id(process)}
             del pipe, process, reader
             continue
         if not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
@@ -616,21 +616,102 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             if not _quiet_candidate(info) or task is None or reach.in_loop(task_coroutine(future_field(task, "_coro"))) is not False:
                 continue  # (a wait inside a loop is a worker's, for its next piece of work)
             quiet.add(info.id)
-        targets[info.id] = key
+        ask.add(info)
+    if not ask.targets or len(live) > MAX_RUNNER_SCAN:
+        return tasks
+    users: dict[int, set[int] | None] = {tid: set() for tid in ask.targets}
+    if not _ask_users(tasks, live, ask, users):
+        return tasks
+    relays = _relays(tasks, ask, users)
+    if relays:
+        more = _Asked()
+        for info in relays:
+            more.add(info)
+        relay_users: dict[int, set[int] | None] = {tid: set() for tid in more.targets}
+        if _ask_users(tasks, live, more, relay_users):
+            users.update(relay_users)
+            ask.merge(more)
+        else:
+            relays = []
+    unreached: set[int] = set()
+    if piped and reach.busy_threads({loop.thread_id for loop in tasks.loops if loop.thread_id is not None}):
+        for tid in piped:
+            users[tid] = None  # a thread busy in the program's code may read it
+    relayed = {info.id for info in relays}
+    if quiet or relayed:
+        asked = {tid for tid in quiet | relayed
+                 if users.get(tid) is not None and OUTSIDE_TASKS not in (users[tid] or ())}
+        if asked:
+            unreached = _unreached(asked, tasks, live, ask.target_of, ask.wanted, users)
+    del ask
+    return replace(tasks, tasks=tuple(
+        replace(info, wait=replace(info.wait, users=tuple(sorted(listed)), unreached=info.id in unreached,
+                                   relay=info.id in relayed))
+        if (listed := users.get(info.id, None)) is not None
+        else info for info in tasks.tasks))
+
+
+class _Asked:
+    """The waits whose users are looked for, and what to look for: what each waits on and
+    its keepers (``wanted``: object id -> the waiting tasks), what each keeper keeps."""
+
+    def __init__(self) -> None:
+        self.targets: dict[int, str] = {}  # waiting task id -> what it waits on
+        self.wanted: dict[int, list[int]] = {}  # object id -> the waiting tasks it is the target or a keeper of
+        self.inner: dict[tuple[int, int], set[int]] = {}  # (waiting task, keeper id) -> ids of what that keeper keeps
+        self.target_of: dict[int, int] = {}  # waiting task -> the id of what it waits on
+
+    def add(self, info: TaskInfo) -> None:
+        self.targets[info.id] = info.wait.target
         path: set[int] = set()
-        for obj in (key,) + info.wait.owner_ids:
+        for obj in (info.wait.target,) + info.wait.owner_ids:
             try:
                 oid = int(obj, 16)
             except ValueError:
                 continue
-            wanted.setdefault(oid, []).append(info.id)
+            self.wanted.setdefault(oid, []).append(info.id)
             if path:
-                inner[(info.id, oid)] = set(path)
+                self.inner[(info.id, oid)] = set(path)
             else:
-                target_of[info.id] = oid
+                self.target_of[info.id] = oid
             path.add(oid)
-    if not targets or len(live) > MAX_RUNNER_SCAN:
-        return tasks
+
+    def merge(self, other: _Asked) -> None:
+        self.targets.update(other.targets)
+        for oid, waiters in other.wanted.items():
+            self.wanted.setdefault(oid, []).extend(waiters)
+        self.inner.update(other.inner)
+        self.target_of.update(other.target_of)
+
+
+#: Waits of a user that, woken, might pass work on: asked who can wake it in turn.
+RELAY_KINDS = frozenset({"queue_get", "event", "condition"})
+#: Users so asked about, at most, in one snapshot.
+MAX_RELAYS = 64
+
+
+def _relays(tasks: TaskSnapshot, ask: _Asked, users: dict[int, set[int] | None]) -> list[TaskInfo]:
+    """The users of the asked waits that wait themselves for work or a signal, with no
+    deadline (an idle worker on its queue): only once woken could they act, so who can
+    wake them is the next question."""
+    wanted = {u for mine in users.values() if mine for u in mine if u != OUTSIDE_TASKS and u not in ask.targets}
+    out = []
+    for info in tasks.tasks:
+        wait = info.wait
+        if (info.id in wanted and not info.main and info.state == "waiting" and wait.kind in RELAY_KINDS
+                and wait.target and wait.deadline_known and wait.deadline is None
+                and (wait.seconds or 0.0) >= OWNER_MIN_WAIT):
+            out.append(info)
+            if len(out) >= MAX_RELAYS:
+                break
+    return out
+
+
+def _ask_users(tasks: TaskSnapshot, live: dict[int, Any], ask: _Asked, users: dict[int, set[int] | None]) -> bool:
+    """Fill ``users`` (waiting task id -> the other live tasks whose code may use what it
+    waits on, ``OUTSIDE_TASKS`` for a loop callback or thread; None: too many, or unknown)
+    for ``ask``'s waits; False when a task the loop is stepping now leaves it unknown."""
+    targets, wanted, inner, target_of = ask.targets, ask.wanted, ask.inner, ask.target_of
     # A module global is reached through the module's namespace, never a frame's own
     # references: code that names it uses it.
     globals_of: dict[str, list[int]] = {}  # global name -> the waiting tasks whose target it is
@@ -647,7 +728,6 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         key = info.wait.target
         if key in keys:
             on_same.setdefault(key, set()).add(info.id)
-    users: dict[int, set[int] | None] = {tid: set() for tid in targets}
     for ref in _outside_users(live, wanted):
         for waiter in wanted[ref]:
             mine = users[waiter]
@@ -670,7 +750,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             time.sleep(RUNNING_PAUSE)  # gives the GIL back: the loop thread may end its step
             hits = _referred(task, wanted)
         if hits is None:
-            return tasks  # the loop is mid-step in this task: it may be using any of them
+            return False  # the loop is mid-step in this task: it may be using any of them
         chain: set[str] | None = None
         if globals_of:
             chain = _chain_names(task)
@@ -704,20 +784,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
                         if waiter in waiters:
                             wanted[oid] = [w for w in waiters if w != waiter]
         del hits
-    unreached: set[int] = set()
-    if piped and reach.busy_threads({loop.thread_id for loop in tasks.loops if loop.thread_id is not None}):
-        for tid in piped:
-            users[tid] = None  # a thread busy in the program's code may read it
-    if quiet:
-        asked = {tid for tid in quiet if users.get(tid) is not None and OUTSIDE_TASKS not in (users[tid] or ())}
-        if asked:
-            unreached = _unreached(asked, tasks, live, target_of, wanted, users)
-
-    del wanted
-    return replace(tasks, tasks=tuple(
-        replace(info, wait=replace(info.wait, users=tuple(sorted(listed)), unreached=info.id in unreached))
-        if (listed := users.get(info.id, None)) is not None
-        else info for info in tasks.tasks))
+    return True
 
 
 def _holders_of(obj: object) -> list[int]:

@@ -374,7 +374,9 @@ class Wait:
     plain future kept by an object get ``users`` too, with no sign of a gone side; for
     those, ``unreached`` says that nothing outside the tasks can reach what they wait on:
     no loop callback, transport or server, pending future's callback, signal handler or
-    thread refers to it, nor runs code naming a module global that keeps it.
+    thread refers to it, nor runs code naming a module global that keeps it.  ``relay`` marks
+    a wait asked the same only because its task is a user of another's: an idle worker that,
+    handed work, might end that other wait; who could hand it work are its ``users``.
     """
 
     kind: str
@@ -403,6 +405,7 @@ class Wait:
     peer_tasks: tuple[int, ...] = ()
     users: tuple[int, ...] | None = None
     unreached: bool = False
+    relay: bool = False
 
     @property
     def target(self) -> str:
@@ -415,6 +418,8 @@ class Wait:
             d["users"] = list(self.users)
         if self.unreached:
             d["unreached"] = True
+        if self.relay:
+            d["relay"] = True
         if self.owner_tasks:
             d["owner_tasks"] = list(self.owner_tasks)
         if self.peer_tasks:
@@ -487,6 +492,7 @@ class Wait:
             peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
             users=None if d.get("users") is None else tuple(int(t) for t in d["users"]),
             unreached=d.get("unreached") is True,
+            relay=d.get("relay") is True,
         )
 
 

@@ -970,3 +970,35 @@ def test_a_wait_nothing_outside_the_tasks_reaches_and_no_task_can_end_is_orphane
     assert kinds(leak_report(_missed_pulse(users=None, unreached=False), OPTIONS)) == ["suspect"]
     # unreached by itself is no sign of a leak: a program at rest waits so everywhere
     assert leak_report(_missed_pulse(users=(), idle=None), OPTIONS).findings == ()
+
+
+def _idle_worker(tid: int, *, users: tuple[int, ...] | None, unreached: bool = True, relay: bool = True,
+                 deadline: float | None = None) -> TaskInfo:
+    """A worker idle on its jobs queue, asked who could hand it work (``relay``)."""
+    jobs = Primitive("queue", "0x9", "jobs", waiters=1)
+    return task(tid, coro="worker", wait=Wait("queue_get", "Queue.get", jobs, 30.0, deadline_known=True,
+                                              deadline=deadline, owner_ids=("0x8",), users=users,
+                                              unreached=unreached, relay=relay))
+
+
+def test_a_user_waiting_for_work_nobody_left_can_hand_it_cannot_act() -> None:
+    from diag.collect.sync_collector import OUTSIDE_TASKS
+    # the rollout's only other user is an idle worker; whoever could feed the worker's queue
+    # is the rollout itself (waiting), or nobody
+    for fed_by in ((), (1,)):
+        (finding,) = leak_report(_missed_pulse(users=(2,), others=(_idle_worker(2, users=fed_by),)), OPTIONS).findings
+        assert finding.kind == "orphaned", finding
+        assert "task 2 (worker on Queue.get, for work that no task left can hand it" in finding.evidence
+    # the worker itself is no finding: waiting for work is what it does
+    report = leak_report(_missed_pulse(users=(2,), others=(_idle_worker(2, users=()),)), OPTIONS)
+    assert [[t.id for t in f.tasks] for f in report.findings] == [[1]]
+    sleeper = task(3, coro="feeder", wait=Wait("sleep", "sleep", seconds=0.1, time_left=0.1))
+    main = replace(task(4, coro="main", wait=Wait("event", "Event.wait", seconds=40.0, deadline_known=True)), main=True)
+    for worker, others in (
+            (_idle_worker(2, users=(3,)), (sleeper,)),        # a task that may act can feed it
+            (_idle_worker(2, users=(4,)), (main,)),           # so can main, whose code still to run names it
+            (_idle_worker(2, users=(OUTSIDE_TASKS,), unreached=False), ()),  # or something outside the tasks
+            (_idle_worker(2, users=None, unreached=False), ()),              # or that was not told
+            (_idle_worker(2, users=(), deadline=5.0), ()),    # its wait ends on its own
+            (_idle_worker(2, users=(), relay=False), ())):    # not asked as a relay: a worker that may be fed
+        assert kinds(leak_report(_missed_pulse(users=(2,), others=(worker,) + others), OPTIONS)) == ["suspect"], worker

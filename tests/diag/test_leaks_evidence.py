@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from diag.collect import holders
+from diag.collect import holders, task_origins
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 
@@ -1182,9 +1182,13 @@ def test_a_queue_only_a_dead_tasks_traceback_reaches_is_proven_lost(loop: str) -
 GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT = GATHER_CHILD_DIES.replace(
     "    except PermissionError:\n        pass\n", "    except PermissionError:\n        pass\n    return todo\n").replace(
     "    await sync_bucket(inflight)\n", "    todo = await sync_bucket(inflight)   # kept by a frame that never runs again\n")
+GATHER_CHILD_DIES_QUEUE_KEPT_UNREAD = GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT.replace(
+    "# kept by a frame that never runs again", "# kept by a live frame whose code never reads it again").replace(
+    "    await asyncio.Event().wait()\n", "    while True:\n        await asyncio.sleep(0.2)\n")
 GATHER_CHILD_DIES_QUEUE_KEPT = GATHER_CHILD_DIES_QUEUE_KEPT_DORMANT.replace(
     "# kept by a frame that never runs again", "# kept by a live frame: a put may come").replace(
-    "    await asyncio.Event().wait()\n", "    while True:\n        await asyncio.sleep(0.2)\n")
+    "    await asyncio.Event().wait()\n",
+    "    while True:\n        await asyncio.sleep(0.2)\n        if todo.qsize() > 1000:\n            todo.put_nowait(None)\n")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -1192,7 +1196,7 @@ def test_the_same_queue_kept_by_a_live_frame_too_is_not_proven_lost(loop: str) -
     """The healthy counterpart: the dead lister's traceback reaches the queue, and so does
     the main task's own frame, which can still put into it: a suspect at most."""
     assert "return todo" in GATHER_CHILD_DIES_QUEUE_KEPT and "todo = await sync_bucket" in GATHER_CHILD_DIES_QUEUE_KEPT
-    assert "await asyncio.sleep(0.2)" in GATHER_CHILD_DIES_QUEUE_KEPT
+    assert "todo.put_nowait(None)" in GATHER_CHILD_DIES_QUEUE_KEPT
     with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT, env={"LOOP": loop}) as app:
         code, data = settled(app.url, {"copier-0", "copier-1"}, "--min-wait", "1")
         found = by_task(data)
@@ -1212,8 +1216,30 @@ def test_the_same_queue_kept_only_by_a_frame_that_never_runs_again_is_orphaned(l
         code, data = judged_as(app.url, {"copier-0", "copier-1"}, "orphaned")
         evidence = by_task(data)["copier-0"][0]["evidence"]
         assert "lister" in evidence and "PermissionError: listing denied" in evidence, evidence
-        assert "the one other task that refers to it or reaches for it waits too" in evidence, evidence
-        assert "on Event.wait)" in evidence, evidence  # main (uvloop.run wraps it: run.<locals>.wrapper)
+        if hasattr(task_origins._fast, "frame_locals"):
+            # the main task's frame holds the queue, in a local its code never reads again
+            assert "no other task refers to it or reaches for it through what keeps it, in code still to run" \
+                in evidence, evidence
+        else:  # without the accelerator, whatever a frame holds counts as read
+            assert "the one other task that refers to it or reaches for it waits too" in evidence, evidence
+            assert "on Event.wait)" in evidence, evidence
+        assert code == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_same_queue_kept_by_a_live_frame_that_never_reads_it_is_orphaned(loop: str) -> None:
+    """The main task runs on, and its frame keeps the queue, but in a local that the code it
+    has still to run (a loop of sleeps) never reads: it cannot put into it either."""
+    assert "todo.put_nowait" not in GATHER_CHILD_DIES_QUEUE_KEPT_UNREAD
+    assert "await asyncio.sleep(0.2)" in GATHER_CHILD_DIES_QUEUE_KEPT_UNREAD
+    if task_origins._fast is None or not hasattr(task_origins._fast, "frame_locals"):
+        pytest.skip("a frame's locals are read by the C accelerator")
+    with DiagRun(GATHER_CHILD_DIES_QUEUE_KEPT_UNREAD, env={"LOOP": loop}) as app:
+        code, data = judged_as(app.url, {"copier-0", "copier-1"}, "orphaned")
+        evidence = by_task(data)["copier-0"][0]["evidence"]
+        assert "PermissionError: listing denied" in evidence, evidence
+        assert "no other task refers to it or reaches for it through what keeps it, in code still to run" in evidence, \
+            evidence
         assert code == 1
 
 
