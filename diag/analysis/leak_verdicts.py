@@ -836,8 +836,10 @@ def _may_act(task: TaskInfo | None, stuck: StuckTasks, left: set[int]) -> bool:
     kind = task.wait.kind
     if kind not in _DORMANT_KINDS:
         return True
-    if kind in ("task", "gather") and task.wait.tasks and set(task.wait.tasks) <= left:
-        return False
+    if kind in ("task", "gather") and task.wait.tasks:
+        waited = set(task.wait.tasks) - {f.id for f in task.wait.finished}  # (those ended are not waited for)
+        if waited and waited <= left:
+            return False
     if kind in ("lock", "semaphore", "task", "gather"):
         return task.id not in stuck.reasons
     # on an event, a condition or a queue: set or fed by whoever; the main task waits so for

@@ -580,13 +580,17 @@ def _unfinished_join(info: TaskInfo) -> bool:
 def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
     """``tasks`` with ``Wait.users`` set for long waits whose other side may be gone: what
     they wait on (or a keeper of it) was used by a task or thread that died, the keeper's
-    connection is closed, or a ``Queue.join()`` waits for items taken and never marked
-    done.  Each live task's await chain is looked at once, for references to what they
+    connection is closed, a ``Queue.join()`` waits for items taken and never marked done,
+    or a gather runs the task beside one that has ended.  Each live task's await chain is looked at once, for references to what they
     wait on and to its keepers; a task the loop is stepping now, or more tasks than
     ``MAX_RUNNER_SCAN``, leave the answer unknown (None).  A user that itself waits for
     work (on a queue, an event, a condition) is asked the same question, once: whoever
     could hand it work (``Wait.relay``)."""
     touched = {obj for dead in tasks.dead_tasks for obj in dead.touched}
+    # the tasks a gather runs beside one that has ended already: what the ended one fed them
+    # may never come
+    beside_ended = {child for t in tasks.tasks if t.wait.kind == "gather" and t.wait.detail == "gather"
+                    and t.wait.finished for child in t.wait.tasks}
     ask = _Asked()
     quiet: set[int] = set()  # waits with no sign of a gone side, asked whether anything can still act
     piped: set[int] = set()  # Process.wait()s for a child blocked on a pipe: can another task read it?
@@ -611,7 +615,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             del pipe, process, reader
             continue
         if not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
-                or _unfinished_join(info)):
+                or _unfinished_join(info) or info.id in beside_ended):
             task = live.get(info.id)
             if not _quiet_candidate(info) or task is None or reach.in_loop(task_coroutine(future_field(task, "_coro"))) is not False:
                 continue  # (a wait inside a loop is a worker's, for its next piece of work)
@@ -638,8 +642,9 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
         for tid in piped:
             users[tid] = None  # a thread busy in the program's code may read it
     relayed = {info.id for info in relays}
-    if quiet or relayed:
-        asked = {tid for tid in quiet | relayed
+    beside = beside_ended.intersection(ask.targets)  # (a weak sign by itself: asked as the quiet ones)
+    if quiet or relayed or beside:
+        asked = {tid for tid in quiet | relayed | beside
                  if users.get(tid) is not None and OUTSIDE_TASKS not in (users[tid] or ())}
         if asked:
             unreached = _unreached(asked, tasks, live, ask.target_of, ask.wanted, users)
