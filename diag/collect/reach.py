@@ -127,7 +127,7 @@ _LOCAL_OPS = frozenset(dis.haslocal) | frozenset(dis.hasfree)
 @functools.lru_cache(maxsize=2048)
 def _local_reads(code: types.CodeType) -> tuple[tuple[int, str], ...]:
     """The instructions of ``code`` that read a local variable, as (offset, name)."""
-    out = []
+    out: list[tuple[int, str]] = []
     for ins in dis.get_instructions(code):
         if ins.opcode not in _LOCAL_OPS:
             continue
