@@ -1290,11 +1290,19 @@ class LoopWatch:
         return rec[1] if rec is not None else ()
 
     def first_seen(self, task: asyncio.Task[Any], waiter: object) -> float | None:
-        """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did."""
+        """When the sampler first saw ``task`` waiting on ``waiter`` (monotonic), if it did, or
+        began the ``Condition.wait_for`` that ``task`` still waits in on a newer future."""
         rec = self._waits.get(id(task))
-        if rec is None or rec[0] != id(waiter) or rec[2]() is not waiter:
+        if rec is None:
             return None
-        return rec[1]
+        if rec[0] == id(waiter) and rec[2]() is waiter:
+            return rec[1]
+        # Woken inside the same Condition.wait_for since that sample, its predicate still
+        # false: a new future, the same wait (as the sampler counts it).
+        anchor = rec[3]() if rec[3] is not None else None
+        if anchor is not None and anchor is _wait_for_of(task):
+            return rec[1]
+        return None
 
     def cancel_seen(self, task: asyncio.Task[Any]) -> float | None:
         """When the sampler first saw a cancellation pending on ``task`` (monotonic), if it did."""
