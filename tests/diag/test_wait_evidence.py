@@ -159,7 +159,9 @@ async def test_a_future_whose_owners_reader_task_has_ended_has_nobody_left_to_se
         answer.cancel()
 
 
-async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() -> None:
+async def _check_deadlines(with_timer: bool) -> None:
+    """An ``asyncio.timeout``, a ``wait_for``, a timer that cancels the task (``with_timer``)
+    and a bare wait, each read for what ends it."""
     loop = asyncio.get_running_loop()
     never = asyncio.Event()
 
@@ -170,11 +172,13 @@ async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() ->
     async def bare() -> None:
         await never.wait()
 
-    timed = asyncio.create_task(under_timeout(), name="timeout")
-    waiting_for = asyncio.create_task(asyncio.wait_for(never.wait(), 20), name="wait_for")
-    cancelled_later = asyncio.create_task(bare(), name="timer")
-    handle = loop.call_later(10, cancelled_later.cancel)
-    plain = asyncio.create_task(bare(), name="bare")
+    tasks = [asyncio.create_task(under_timeout(), name="timeout"),
+             asyncio.create_task(asyncio.wait_for(never.wait(), 20), name="wait_for"),
+             asyncio.create_task(bare(), name="bare")]
+    handle = None
+    if with_timer:
+        tasks.append(asyncio.create_task(bare(), name="timer"))
+        handle = loop.call_later(10, tasks[-1].cancel)
     watch = LoopWatch(install_factories=False)
     await asyncio.sleep(0.05)
     watch.sample_waits()
@@ -183,14 +187,20 @@ async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() ->
         by_name = {t.name: t.wait for t in collect_tasks(watch).tasks}
         assert by_name["timeout"].deadline_by == "asyncio.timeout" and 25 < by_name["timeout"].deadline < 30
         assert by_name["wait_for"].deadline is not None and 15 < by_name["wait_for"].deadline < 20
-        assert by_name["timer"].deadline is not None and 5 < by_name["timer"].deadline < 10
-        assert "task.cancel" in by_name["timer"].deadline_by
         assert by_name["bare"].deadline_known and by_name["bare"].deadline is None
+        if with_timer:
+            assert by_name["timer"].deadline is not None and 5 < by_name["timer"].deadline < 10
+            assert "task.cancel" in by_name["timer"].deadline_by
     finally:
-        handle.cancel()
-        for t in (timed, waiting_for, cancelled_later, plain):
+        if handle is not None:
+            handle.cancel()
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(timed, waiting_for, cancelled_later, plain, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_deadlines_come_from_timeouts_wait_for_and_timers_that_cancel() -> None:
+    await _check_deadlines(with_timer=True)
 
 
 async def test_event_sets_are_counted_and_timed_while_installed_and_not_after() -> None:
@@ -298,35 +308,8 @@ async def test_a_condition_wait_for_shows_its_predicate_and_the_values_it_reads(
 
 def test_deadlines_under_uvloop_come_from_its_own_timer_handles() -> None:
     """uvloop's TimerHandle is its own type (3.11's wait_for keeps one in its frame) and
-    asyncio.timeout schedules one too: both are read through uvloop's getters."""
+    asyncio.timeout schedules one too: both are read through uvloop's getters.  (A timer
+    that cancels the task is read from asyncio's own loops' scheduled handles only.)"""
     uvloop = pytest.importorskip("uvloop")
-
-    async def main() -> None:
-        never = asyncio.Event()
-
-        async def under_timeout() -> None:
-            async with asyncio.timeout(30):
-                await never.wait()
-
-        async def bare() -> None:
-            await never.wait()
-
-        timed = asyncio.create_task(under_timeout(), name="timeout")
-        waiting_for = asyncio.create_task(asyncio.wait_for(never.wait(), 20), name="wait_for")
-        plain = asyncio.create_task(bare(), name="bare")
-        watch = LoopWatch(install_factories=False)
-        await asyncio.sleep(0.05)
-        watch.sample_waits()
-        await asyncio.sleep(0.05)
-        try:
-            by_name = {t.name: t.wait for t in collect_tasks(watch).tasks}
-            assert by_name["timeout"].deadline_by == "asyncio.timeout" and 25 < by_name["timeout"].deadline < 30
-            assert by_name["wait_for"].deadline is not None and 15 < by_name["wait_for"].deadline < 20
-            assert by_name["bare"].deadline_known and by_name["bare"].deadline is None
-        finally:
-            for t in (timed, waiting_for, plain):
-                t.cancel()
-            await asyncio.gather(timed, waiting_for, plain, return_exceptions=True)
-
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+        runner.run(_check_deadlines(with_timer=False))
