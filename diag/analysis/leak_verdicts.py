@@ -180,6 +180,13 @@ def _dead_by_id(snap: SyncSnapshot) -> dict[int, DeadTask]:
 def _holder_fate(holder: Holder, dead: Mapping[int, DeadTask], unreachable: set[int], destroyed_seen: bool) -> str:
     """What became of a holder that will never release: finished, died, destroyed, or
     unreachable (the proof: the GC will destroy it, still holding the permit)."""
+    if holder.task_alive and holder.skipped_release and holder.task_id not in unreachable:
+        lines = ", ".join(str(n) for n in holder.skipped_release)
+        function = holder.site[0].function if holder.site else "the acquiring function"
+        which = f"line{'s' if len(holder.skipped_release) > 1 else ''} {lines}"
+        return (f"is alive, but {function}, which took it, has ended without releasing it: that function "
+                f"releases it itself on every path by which it returns ({which}), so it left by an exception "
+                f"past its release (a timeout's cancel, an error), and no code the task still runs releases it")
     if holder.task_alive:
         return "can never be woken (proven leak): nothing reachable can end its wait, so it will never release it"
     record = dead.get(holder.task_id) if holder.task_id is not None else None
@@ -211,7 +218,7 @@ def leaked_permits(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], stuck: Stu
         # hands permits on (acquired by one task, released by another or by a timer): then
         # its permit may yet come back, and only the proof can tell.
         handed_on = state.handoff_seconds is not None
-        culprits = [h for h in state.holders if (not h.task_alive and not handed_on)
+        culprits = [h for h in state.holders if ((not h.task_alive or h.skipped_release) and not handed_on)
                     or (outsiders and h.task_id is not None and h.task_id in unreachable)]
         if not culprits:
             continue

@@ -116,8 +116,8 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
         if task.wait.kind in HELD_KINDS and prim is not None:
             state = states[prim.id]
             for holder in state.holders:
-                if not holder.task_alive:
-                    continue  # gone without releasing: never will
+                if not holder.task_alive or holder.skipped_release:
+                    continue  # gone without releasing, or its taker left past its release: never will
                 if holder.task_id is None or (holder.task_id not in stuck and holder.task_id != task.id):
                     return True
             return False
@@ -145,7 +145,7 @@ def stuck_tasks(snap: SyncSnapshot) -> StuckTasks:
             continue
         if waiting.wait.kind in HELD_KINDS and prim is not None:
             holders = tuple(h.task_id for h in states[prim.id].holders)
-            gone = tuple(h.task_id for h in states[prim.id].holders if not h.task_alive)
+            gone = tuple(h.task_id for h in states[prim.id].holders if not h.task_alive or h.skipped_release)
             if holders and all(h == task_id for h in holders):
                 reasons[task_id] = Blocker("self", prim.id, holders=holders)
             else:

@@ -181,7 +181,8 @@ def primitive_line(state: PrimitiveState) -> PrimitiveLine:
         in_use = p.size
         capacity = p.maxsize or None
     # a finished holder of permits the program hands on has not lost them
-    leaked = 0 if state.handoff_seconds is not None else sum(1 for h in state.holders if not h.task_alive)
+    leaked = 0 if state.handoff_seconds is not None else sum(1 for h in state.holders
+                                                          if not h.task_alive or h.skipped_release)
     return PrimitiveLine(state, waiters, in_use, capacity, leaked)
 
 

@@ -12,6 +12,7 @@ code (whose locals cannot be read) makes the answer unknown.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dis
 import functools
 import gc
@@ -367,3 +368,104 @@ def outside_reach(loops: Iterable[object], wanted: set[int], skip: set[int],
     finally:
         del stack
     return found, read
+
+
+#: Instructions that end a path through a function: by returning, or by raising.
+_RETURNS = frozenset({"RETURN_VALUE", "RETURN_CONST"})
+_RAISES = frozenset({"RAISE_VARARGS", "RERAISE"})
+#: Jumps taken whatever the state (the others may also fall through).
+_ALWAYS = frozenset({"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP", "JUMP_NO_INTERRUPT"})
+#: Loads an attribute chain (``self._lock``, ``pool.sem``) starts from.
+_ROOT_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_GLOBAL", "LOAD_NAME"})
+#: What an ``await x.acquire()`` compiles to between the method's load and where its
+#: frame is suspended (or resumed) while the acquire completes.
+_AWAIT_OPS = frozenset({"PRECALL", "CALL", "KW_NAMES", "GET_AWAITABLE", "LOAD_CONST", "SEND", "YIELD_VALUE",
+                        "RESUME", "JUMP_BACKWARD_NO_INTERRUPT", "END_SEND", "CLEANUP_THROW", "NOP"})
+#: Instructions looked at back from an acquire's site for the method's load.
+_SITE_REACH = 12
+
+
+def reads_bytecode() -> bool:
+    """Whether this interpreter's bytecode layout is one the readings here were checked on."""
+    return sys.version_info[:2] in _TESTED
+
+
+def _receiver(ins: list[dis.Instruction], i: int) -> tuple[str, ...] | None:
+    """The chain of names a method loaded at ``ins[i]`` is called on (``self._lock.release``:
+    ``("self", "_lock")``), when it is one of plain names and attributes; else None."""
+    chain: list[str] = []
+    j = i - 1
+    while j >= 0 and ins[j].opname == "LOAD_ATTR" and type(ins[j].argval) is str:
+        chain.append(ins[j].argval)
+        j -= 1
+    if j < 0:
+        return None
+    root = ins[j]
+    if root.opname == "LOAD_FAST_LOAD_FAST" and type(root.argval) is tuple:  # 3.13: two loads in one
+        name = root.argval[-1]
+    elif root.opname in _ROOT_LOADS:
+        name = root.argval
+    else:
+        return None
+    return (name, *reversed(chain)) if type(name) is str else None
+
+
+def _method_load(ins: dis.Instruction, name: str) -> bool:
+    return ins.opname in ("LOAD_METHOD", "LOAD_ATTR") and ins.argval == name
+
+
+@functools.lru_cache(maxsize=512)
+def release_lines(code: types.CodeType, offset: int) -> tuple[int, ...]:
+    """For an ``await <x>.acquire()`` in ``code`` whose frame was at byte offset ``offset``
+    as the acquire completed: the lines where the same code calls ``<x>.release()``, when
+    every path from there that returns passes one of them (exception handlers included;
+    paths that end in a raise need not).  Such code keeps nothing it takes: once its frame
+    has ended with the permit still held, it left by an exception past its own release.
+    Empty when that does not hold or cannot be told (``async with``, a helper's acquire,
+    a path that returns holding it, an interpreter this was not checked on)."""
+    if sys.version_info[:2] not in _TESTED or offset < 0:
+        return ()
+    try:
+        bytecode = dis.Bytecode(code)
+        ins = list(bytecode)
+        entries = tuple((e.start, e.end, e.target) for e in getattr(bytecode, "exception_entries", ()) or ())
+    except Exception:
+        return ()
+    index = {x.offset: n for n, x in enumerate(ins)}
+    # the instruction at ``offset``, or the one whose inline caches it falls in (a frame's
+    # ``f_lasti`` may point into those of a ``SEND``)
+    at = bisect.bisect_right([x.offset for x in ins], offset) - 1
+    if at < 0:
+        return ()
+    load = None
+    for k in range(at, max(-1, at - _SITE_REACH), -1):
+        if _method_load(ins[k], "acquire"):
+            load = k
+            break
+        if ins[k].opname not in _AWAIT_OPS and ins[k].opname != "EXTENDED_ARG":
+            return ()
+    if load is None:
+        return ()
+    chain = _receiver(ins, load)
+    if chain is None:
+        return ()
+    lines: set[int] = set()
+    seen: set[int] = set()
+    todo = [at]
+    while todo:
+        n = todo.pop()
+        if n in seen or n >= len(ins):
+            continue
+        seen.add(n)
+        x = ins[n]
+        if _method_load(x, "release") and _receiver(ins, n) == chain:
+            lines.add(x.positions.lineno if x.positions is not None and x.positions.lineno else 0)
+            continue  # released on this path
+        if x.opname in _RETURNS:
+            return ()  # a way out that keeps the permit
+        nxt = [] if x.opname in _RAISES or x.opname in _ALWAYS else [n + 1]
+        if x.opcode in _JUMPS and type(x.argval) is int and x.argval in index:
+            nxt.append(index[x.argval])
+        nxt.extend(index[t] for s, e, t in entries if s <= x.offset < e and t in index)
+        todo.extend(nxt)
+    return tuple(sorted(line for line in lines if line))

@@ -152,6 +152,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
                             else ("finished" if task is None and not newer else "waiting")),
                 site=tuple(frames.get(code, _line(code, offset)) for code, offset in rec.site),
                 held_seconds=max(0.0, now - rec.since),
+                skipped_release=_skipped_release(task, rec, source) if task is not None and rec.site else (),
             ))
         waiters = waiting.get(prim.id, [])
         longest = max((s for _, s in waiters if s is not None), default=None)
@@ -181,6 +182,53 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
 
 def _line(code: Any, offset: int) -> int:
     return task_origins.origin_line(code, offset)
+
+
+#: Awaits followed down a holder's coroutine chain, at most.
+_CHAIN_DEPTH = 64
+
+
+def _chain_frames(task: object) -> list[tuple[types.CodeType, int]] | None:
+    """(code, byte offset it is suspended at, -1 if unknown) of every coroutine (or
+    generator) in ``task``'s await chain, outermost first; None when the chain cannot be
+    read to its end."""
+    node = task_coroutine(future_field(task, "_coro"))
+    out: list[tuple[types.CodeType, int]] = []
+    for _ in range(_CHAIN_DEPTH):
+        kind = type(node)
+        if kind is types.CoroutineType:
+            code, frame, nxt = node.cr_code, node.cr_frame, node.cr_await  # type: ignore[attr-defined]
+        elif kind is types.GeneratorType:
+            code, frame, nxt = node.gi_code, node.gi_frame, node.gi_yieldfrom  # type: ignore[attr-defined]
+        elif kind is types.AsyncGeneratorType:
+            code, frame, nxt = node.ag_code, node.ag_frame, node.ag_await  # type: ignore[attr-defined]
+        else:
+            return out  # a future, a C awaitable, or nothing: the chain's end
+        out.append((code, frame.f_lasti if type(frame) is types.FrameType else -1))
+        node = nxt
+    return None
+
+
+def _skipped_release(task: object, rec: holders.HolderRecord, source: object) -> tuple[int, ...]:
+    """The lines where the function that acquired a permit releases it on every path that
+    returns (``reach.release_lines``), when that function is no longer in the holder's
+    await chain and no code still to run in the chain names a ``release``: it left by an
+    exception past them, and nothing the task still runs will give the permit back.  Empty
+    otherwise."""
+    code, offset = rec.site[0]
+    if type(code) is not types.CodeType:
+        return ()
+    try:
+        chain = _chain_frames(task)
+        if chain is None or any(c is code for c, _ in chain):
+            return ()
+        if any("release" in reach.names_ahead(c, lasti) for c, lasti in chain):
+            return ()  # code still to run in the task may give it back
+        if rec not in holders.records(source):
+            return ()  # released (then its function returned) since the records were read
+        return reach.release_lines(code, offset)
+    except Exception:
+        return ()
 
 
 #: Waits on primitives whose keeper may be a closed connection (a stream's data event).

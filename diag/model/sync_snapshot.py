@@ -32,7 +32,10 @@ SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}"
 class Holder:
     """A held permit.  ``task_alive`` is False when the acquiring task has finished or
     been cancelled without releasing: the permit is leaked.  ``site`` is the acquiring
-    code, innermost frame first."""
+    code, innermost frame first.  ``skipped_release`` holds the lines where the acquiring
+    function releases the permit itself, on every path by which it returns, when that
+    function has ended while its task lives on and keeps the permit: it left by an
+    exception past its own release (empty when that is not so, or not known)."""
 
     task_id: int | None
     task_name: str | None
@@ -40,11 +43,15 @@ class Holder:
     task_state: str  # running, ready, waiting, or finished
     site: tuple[Frame, ...]
     held_seconds: float
+    skipped_release: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "task_name": self.task_name, "task_alive": self.task_alive,
-                "task_state": self.task_state, "site": [f.to_dict() for f in self.site],
-                "held_seconds": self.held_seconds}
+        d: dict[str, Any] = {"task_id": self.task_id, "task_name": self.task_name, "task_alive": self.task_alive,
+                             "task_state": self.task_state, "site": [f.to_dict() for f in self.site],
+                             "held_seconds": self.held_seconds}
+        if self.skipped_release:
+            d["skipped_release"] = list(self.skipped_release)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Holder:
@@ -53,7 +60,8 @@ class Holder:
         return cls(None if tid is None else int(tid), None if name is None else str(name),
                    bool(d.get("task_alive", True)), str(d.get("task_state") or "finished"),
                    tuple(Frame.from_dict(f) for f in d.get("site") or ()),
-                   finite_float(d.get("held_seconds") or 0.0, "held_seconds"))
+                   finite_float(d.get("held_seconds") or 0.0, "held_seconds"),
+                   tuple(int(n) for n in d.get("skipped_release") or ()))
 
 
 @dataclass(frozen=True)

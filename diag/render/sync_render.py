@@ -39,6 +39,8 @@ def holder_text(holder: Holder, cwd: str | None, handed_on: bool = False) -> str
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
     if not holder.task_alive:
         who += " (finished: other code releases it)" if handed_on else " (FINISHED: leaked)"
+    elif holder.skipped_release and not handed_on:
+        who += f" ({holder.task_state}; LEAKED: its taker left past its release)"
     elif holder.task_state:
         who += f" ({holder.task_state})"
     at = f" at {fmt.where(holder.site[0], cwd)} {holder.site[0].function}" if holder.site else ""
@@ -100,13 +102,14 @@ def state_lines(state: PrimitiveState, cwd: str | None, prefix: str = "") -> lis
 
 def first_holder(state: PrimitiveState) -> Holder:
     """The holder to show when there is room for one: a leaked one, else the longest held."""
-    return min(state.holders, key=lambda h: (h.task_alive, -h.held_seconds))
+    return min(state.holders, key=lambda h: (h.task_alive and not h.skipped_release, -h.held_seconds))
 
 
 def holder_pieces(holder: Holder, cwd: str | None, handed_on: bool = False) -> list[Piece]:
     """``task 12 waiting 6.4s at app.py:236 worker``: a holder in short pieces."""
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
-    state = ("finished" if handed_on else "LEAKED") if not holder.task_alive else holder.task_state
+    state = (("finished" if handed_on else "LEAKED") if not holder.task_alive
+             else f"{holder.task_state} LEAKED" if holder.skipped_release and not handed_on else holder.task_state)
     pieces = [fit.whole(who)] + ([fit.whole(state)] if state else []) + [fit.whole(fmt.duration(holder.held_seconds))]
     if holder.site:
         pieces += [fit.word("at"), *frame_pieces(holder.site[0], cwd)]
@@ -116,7 +119,7 @@ def holder_pieces(holder: Holder, cwd: str | None, handed_on: bool = False) -> l
 def holders_cell(state: PrimitiveState, cwd: str | None) -> Cell:
     """One holder, the one that matters most, and how many more (the text form lists all)."""
     handed_on = state.handoff_seconds is not None
-    style = "bold red" if not handed_on and any(not h.task_alive for h in state.holders) else ""
+    style = "bold red" if not handed_on and any(not h.task_alive or h.skipped_release for h in state.holders) else ""
     if not state.holders:
         return Cell.of([fit.word("-")])
     pieces = holder_pieces(first_holder(state), cwd, handed_on)

@@ -131,7 +131,8 @@ def groups_table(summary: TopSummary, cwd: str | None = None) -> Table:
 
 def holder_text(holder: Holder, handed_on: bool = False) -> str:
     who = f"task {holder.task_id}" if holder.task_id is not None else "no task"
-    state = ("finished" if handed_on else "LEAKED") if not holder.task_alive else holder.task_state
+    state = (("finished" if handed_on else "LEAKED") if not holder.task_alive
+             else f"{holder.task_state} LEAKED" if holder.skipped_release and not handed_on else holder.task_state)
     return f"{who} {state} {fmt.duration(holder.held_seconds)}"
 
 

@@ -364,6 +364,31 @@ def test_a_holder_whose_acquiring_call_has_returned_is_said_so_and_stays_a_suspe
     assert "held by task 5" in evidence and "has returned" not in evidence
 
 
+def test_a_holder_whose_acquiring_function_left_past_its_own_release_leaks_its_permit() -> None:
+    """The function that took the lock releases it on every path by which it returns
+    (``skipped_release``), yet has ended with the permit held by its live task: it left by
+    an exception, and the waiters are stuck for good.  Permits handed on stay open."""
+    conn = lock("0x1", "Pool.lock")
+    campaign = Frame("/srv/app/push.py", 90, "campaign", "await asyncio.sleep(60)")
+    sleeping = task(5, name="campaign", coro="campaign", stack=(campaign,),
+                    wait=Wait("sleep", "sleep", None, 40.0, deadline_known=True))
+    queued = [waiting_on(i, conn, coro="deliver") for i in (6, 7)]
+    left = replace(holder(5, held_for=41.0), skipped_release=(87, 90))
+    report = leak_report(sync(snapshot(sleeping, *queued), held(conn, left, waiting=(6, 7))), OPTIONS)
+    assert kinds(report) == ["leaked_permit"], [(f.kind, f.evidence) for f in report.findings]
+    (permit,) = report.findings
+    assert {t.id for t in permit.tasks} == {6, 7} and report.fails(DEFAULT_FAIL_ON)
+    assert ("is alive, but handler, which took it, has ended without releasing it: that function releases it "
+            "itself on every path by which it returns (lines 87, 90), so it left by an exception") in permit.evidence
+    assert "they are stuck for good" in permit.evidence
+    # released elsewhere by design before: its permits may come back by that way
+    handed = leak_report(sync(snapshot(sleeping, *queued), replace(held(conn, left, waiting=(6, 7)),
+                                                                     handoff_seconds=2.0)), OPTIONS)
+    assert "leaked_permit" not in kinds(handed) and not handed.fails(DEFAULT_FAIL_ON)
+    # the record survives the wire
+    assert Holder.from_dict(left.to_dict()) == left and "skipped_release" not in holder(5).to_dict()
+
+
 def test_a_process_wait_is_suspect_when_the_child_is_blocked_on_a_pipe_only_the_waiter_serves() -> None:
     def waiting_for(child: ChildProcess) -> SyncSnapshot:
         proc_wait = task(1, coro="run_snippet",

@@ -298,3 +298,101 @@ def test_a_cell_no_live_function_shares_is_the_frames_own() -> None:
         assert type(cell) is types.CellType and cell.cell_contents is event and not shared
     finally:
         _close(loop, task)
+
+
+RELEASES = '''
+import asyncio, json
+from diag.collect import holders, reach
+holders.install()
+
+class Boom(Exception):
+    pass
+
+async def step(fail):
+    await asyncio.sleep(0)
+    if fail:
+        raise Boom()
+
+async def releases_on_every_return(lock, fail):
+    await lock.acquire()
+    try:
+        await step(fail)
+    except ConnectionError:
+        lock.release()                            # LINE handler
+        raise
+    lock.release()                                # LINE normal
+    return 1
+
+async def hands_it_to_the_caller(lock, fail):
+    await lock.acquire()
+    try:
+        await step(fail)
+    except BaseException:
+        lock.release()
+        raise
+    return 1                                      # (the caller releases it)
+
+async def keeps_it_on_one_branch(lock, fail):
+    await lock.acquire()
+    if fail:
+        return 0
+    lock.release()
+    return 1
+
+async def swallows_and_returns(lock, fail):
+    await lock.acquire()
+    try:
+        await step(fail)
+    except Boom:
+        return None
+    lock.release()
+
+async def releases_another(lock, fail):
+    await lock.acquire()
+    other = asyncio.Lock()
+    await other.acquire()
+    other.release()
+    return 1
+
+async def in_a_block(lock, fail):
+    async with lock:
+        await step(fail)
+
+async def main():
+    out = {}
+    for fn in (releases_on_every_return, hands_it_to_the_caller, keeps_it_on_one_branch,
+               swallows_and_returns, releases_another, in_a_block):
+        lock = asyncio.Lock()
+        try:
+            await fn(lock, fn is not hands_it_to_the_caller)  # each left with the lock held, but the block
+        except Boom:
+            pass
+        (rec,) = holders.records(lock) or [None] if lock.locked() else [None]
+        out[fn.__name__] = None if rec is None else list(reach.release_lines(*rec.site[0]))
+    print(json.dumps(out))
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.parametrize("python_path", [False, True], ids=["accelerator", "python"])
+def test_an_acquire_released_on_every_return_names_its_releases(python_path: bool) -> None:
+    """``release_lines``, at the site the holder records keep: the lines of the acquiring
+    function's own releases, only when every path by which it returns passes one (a
+    function that hands the permit to its caller, or keeps it on one branch, has none)."""
+    import json
+
+    from tests.support.programs import run_python
+
+    done = run_python(RELEASES, python_path=python_path)
+    assert done.returncode == 0, done.stderr
+    lines = {n: i for i, text in enumerate(RELEASES.splitlines(), 1) for n in ("handler", "normal")
+             if text.rstrip().endswith(f"# LINE {n}")}
+    assert json.loads(done.stdout) == {
+        "releases_on_every_return": [lines["handler"], lines["normal"]],
+        "hands_it_to_the_caller": [],
+        "keeps_it_on_one_branch": [],
+        "swallows_and_returns": [],
+        "releases_another": [],
+        "in_a_block": None,            # (released by the block on the way out)
+    }

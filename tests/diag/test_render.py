@@ -203,6 +203,21 @@ def test_sync_tables_fit_and_list_holders_compactly(width: int) -> None:
     assert len(rows) <= 4 * len(snap.primitives)
 
 
+def test_a_live_holder_whose_taker_left_past_its_release_is_shown_leaked() -> None:
+    snap = shop_sync()
+    (stock,) = [s for s in snap.primitives if s.primitive.id == STOCK.id]
+    live = tuple(replace(h, task_alive=True, task_state="waiting", skipped_release=(40,)) if h.task_id == 90 else h
+                 for h in stock.holders)
+    left = replace(snap, primitives=tuple(replace(s, holders=live) if s is stock else s for s in snap.primitives))
+    text = table_text(200, lambda c: sync_render.render_table(left, c, cwd=CWD))
+    lines = "\n".join(line for s in left.primitives for line in sync_render.state_lines(s, CWD))
+    assert "task 90 waiting LEAKED" in text
+    assert "task 90 (waiting; LEAKED: its taker left past its release)" in lines
+    handed = replace(left, primitives=tuple(replace(s, handoff_seconds=0.4) if s.primitive.id == STOCK.id else s
+                                            for s in left.primitives))
+    assert "LEAKED" not in table_text(200, lambda c: sync_render.render_table(handed, c, cwd=CWD))
+
+
 def test_a_finished_holder_of_permits_handed_on_is_not_called_leaked() -> None:
     snap = shop_sync()
     (stock,) = [s for s in snap.primitives if s.primitive.id == STOCK.id]
