@@ -138,7 +138,8 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             live = _live_tasks()
             records = holders.records(source)
         held = []
-        for rec in records:
+        skipped = _skipped_releases(records, live, source)
+        for n, rec in enumerate(records):
             task = live.get(rec.task_id) if rec.task_id is not None else None
             holder_info = by_id.get(rec.task_id) if rec.task_id is not None else None
             # Not among the tasks, and took the permit after they were read: a task too new
@@ -152,7 +153,7 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
                             else ("finished" if task is None and not newer else "waiting")),
                 site=tuple(frames.get(code, _line(code, offset)) for code, offset in rec.site),
                 held_seconds=max(0.0, now - rec.since),
-                skipped_release=_skipped_release(task, rec, source) if task is not None and rec.site else (),
+                skipped_release=skipped.get(n, ()),
             ))
         waiters = waiting.get(prim.id, [])
         longest = max((s for _, s in waiters if s is not None), default=None)
@@ -186,49 +187,71 @@ def _line(code: Any, offset: int) -> int:
 
 #: Awaits followed down a holder's coroutine chain, at most.
 _CHAIN_DEPTH = 64
+#: Holders of one primitive whose acquiring function is looked at, at most.
+MAX_RELEASE_CHECKS = 64
 
 
 def _chain_frames(task: object) -> list[tuple[types.CodeType, int]] | None:
     """(code, byte offset it is suspended at, -1 if unknown) of every coroutine (or
-    generator) in ``task``'s await chain, outermost first; None when the chain cannot be
-    read to its end."""
+    generator) in ``task``'s await chain, outermost first, when the task is suspended on
+    an awaitable at its end; None when it is running (a running coroutine shows no more of
+    its chain) or the chain cannot be read to its end."""
     node = task_coroutine(future_field(task, "_coro"))
     out: list[tuple[types.CodeType, int]] = []
     for _ in range(_CHAIN_DEPTH):
         kind = type(node)
         if kind is types.CoroutineType:
-            code, frame, nxt = node.cr_code, node.cr_frame, node.cr_await  # type: ignore[attr-defined]
+            code, frame, nxt, running = node.cr_code, node.cr_frame, node.cr_await, node.cr_running  # type: ignore[attr-defined]
         elif kind is types.GeneratorType:
-            code, frame, nxt = node.gi_code, node.gi_frame, node.gi_yieldfrom  # type: ignore[attr-defined]
+            code, frame, nxt, running = node.gi_code, node.gi_frame, node.gi_yieldfrom, node.gi_running  # type: ignore[attr-defined]
         elif kind is types.AsyncGeneratorType:
-            code, frame, nxt = node.ag_code, node.ag_frame, node.ag_await  # type: ignore[attr-defined]
+            code, frame, nxt, running = node.ag_code, node.ag_frame, node.ag_await, node.ag_running  # type: ignore[attr-defined]
+        elif node is None:
+            return None  # running, or not started: its chain is not all there
         else:
-            return out  # a future, a C awaitable, or nothing: the chain's end
+            return out if out else None  # a future or another awaitable: the chain's end
+        if running:
+            return None
         out.append((code, frame.f_lasti if type(frame) is types.FrameType else -1))
         node = nxt
     return None
 
 
-def _skipped_release(task: object, rec: holders.HolderRecord, source: object) -> tuple[int, ...]:
-    """The lines where the function that acquired a permit releases it on every path that
-    returns (``reach.release_lines``), when that function is no longer in the holder's
-    await chain and no code still to run in the chain names a ``release``: it left by an
-    exception past them, and nothing the task still runs will give the permit back.  Empty
-    otherwise."""
-    code, offset = rec.site[0]
-    if type(code) is not types.CodeType:
-        return ()
-    try:
-        chain = _chain_frames(task)
-        if chain is None or any(c is code for c, _ in chain):
-            return ()
-        if any("release" in reach.names_ahead(c, lasti) for c, lasti in chain):
-            return ()  # code still to run in the task may give it back
-        if rec not in holders.records(source):
-            return ()  # released (then its function returned) since the records were read
-        return reach.release_lines(code, offset)
-    except Exception:
-        return ()
+def _skipped_releases(records: list[holders.HolderRecord], live: dict[int, Any],
+                      source: object) -> dict[int, tuple[int, ...]]:
+    """For the records of permits held by live tasks (by index in ``records``): the lines
+    where the function that took the permit releases it on every path by which it returns
+    (``reach.release_lines``), when that function is no longer in the holder's await chain
+    and no code still to run in the chain names a ``release``: it left by an exception
+    past them, and nothing the task still runs will give the permit back.  The records
+    are read again at the end: a permit released since (its function then returned) is
+    no such case.  At most ``MAX_RELEASE_CHECKS`` holders of one primitive are looked at."""
+    found: dict[int, tuple[int, ...]] = {}
+    looked = 0
+    for n, rec in enumerate(records):
+        task = live.get(rec.task_id) if rec.task_id is not None else None
+        if task is None or not rec.site:
+            continue
+        looked += 1
+        if looked > MAX_RELEASE_CHECKS:
+            break
+        code, offset = rec.site[0]
+        try:
+            lines = reach.release_lines(code, offset) if type(code) is types.CodeType else ()
+            if not lines:
+                continue  # (most: an ``async with``, a helper's acquire; read once per site)
+            chain = _chain_frames(task)
+            if chain is None or any(c is code for c, _ in chain):
+                continue
+            if any("release" in reach.names_ahead(c, lasti) for c, lasti in chain):
+                continue  # code still to run in the task may give it back
+        except Exception:
+            continue
+        found[n] = lines
+    if found:
+        still = set(holders.records(source))
+        found = {n: lines for n, lines in found.items() if records[n] in still}
+    return found
 
 
 #: Waits on primitives whose keeper may be a closed connection (a stream's data event).
