@@ -112,3 +112,32 @@ def test_a_lock_handed_to_the_caller_is_held_by_design_and_no_verdict(loop: str)
         assert "the call that acquired it (Store.begin) has returned" in evidence, evidence
         assert "left by an exception" not in evidence
         assert code == 0
+
+
+def test_only_a_suspended_holder_has_a_chain_to_judge() -> None:
+    """A running task shows no more of its chain than the coroutine it is in: it gives no
+    answer, so a function it runs now is never taken for one that has ended."""
+    import asyncio
+
+    from diag.collect.sync_collector import _chain_frames
+
+    async def main() -> None:
+        assert _chain_frames(asyncio.current_task()) is None
+        event = asyncio.Event()
+
+        async def inner() -> None:
+            await event.wait()
+
+        async def outer() -> None:
+            await inner()
+
+        task = asyncio.create_task(outer())
+        await asyncio.sleep(0)
+        chain = _chain_frames(task)
+        assert chain is not None
+        assert [code.co_name for code, _ in chain] == ["outer", "inner", "wait"]
+        assert all(lasti >= 0 for _, lasti in chain)
+        event.set()
+        await task
+
+    asyncio.run(main())
