@@ -14,6 +14,7 @@ import contextlib
 import dis
 import functools
 import gc
+import inspect
 import itertools
 import sys
 import threading
@@ -191,6 +192,24 @@ _CHAIN_DEPTH = 64
 MAX_RELEASE_CHECKS = 64
 
 
+_TYPE_NAME = type.__dict__["__name__"].__get__
+_TYPE_MODULE = type.__dict__["__module__"].__get__
+#: The Python ``Future.__await__`` (a generator: what awaiting a pure-Python future suspends on).
+_PY_AWAIT_CODE = getattr(getattr(getattr(asyncio.futures, "_PyFuture", None), "__await__", None), "__code__", None)
+
+
+def _future_end(node: object) -> bool:
+    """Whether ``node`` is what awaiting an asyncio future suspends on: the C future's
+    iterator (``_asyncio.FutureIter``), or the pure-Python ``Future.__await__``."""
+    kind = type(node)
+    if kind is types.GeneratorType:
+        return _PY_AWAIT_CODE is not None and node.gi_code is _PY_AWAIT_CODE  # type: ignore[attr-defined]
+    try:  # read through type's own descriptors: a metaclass may trap the attributes
+        return bool(_TYPE_NAME(kind) == "FutureIter" and _TYPE_MODULE(kind) == "_asyncio")
+    except Exception:
+        return False
+
+
 def _chain_frames(task: object) -> list[tuple[types.CodeType, int]] | None:
     """(code, byte offset it is suspended at, -1 if unknown) of every coroutine (or
     generator) in ``task``'s await chain, outermost first, when the task is suspended on
@@ -200,16 +219,18 @@ def _chain_frames(task: object) -> list[tuple[types.CodeType, int]] | None:
     out: list[tuple[types.CodeType, int]] = []
     for _ in range(_CHAIN_DEPTH):
         kind = type(node)
+        if _future_end(node):
+            return out if out else None  # a future: the chain's end
         if kind is types.CoroutineType:
             code, frame, nxt, running = node.cr_code, node.cr_frame, node.cr_await, node.cr_running  # type: ignore[attr-defined]
         elif kind is types.GeneratorType:
             code, frame, nxt, running = node.gi_code, node.gi_frame, node.gi_yieldfrom, node.gi_running  # type: ignore[attr-defined]
         elif kind is types.AsyncGeneratorType:
             code, frame, nxt, running = node.ag_code, node.ag_frame, node.ag_await, node.ag_running  # type: ignore[attr-defined]
-        elif node is None:
-            return None  # running, or not started: its chain is not all there
         else:
-            return out if out else None  # a future or another awaitable: the chain's end
+            # running or not started (None), or an awaitable that does not show what it
+            # runs (an async generator's ``asend``): the chain is not all there
+            return None
         if running:
             return None
         out.append((code, frame.f_lasti if type(frame) is types.FrameType else -1))
@@ -236,8 +257,10 @@ def _skipped_releases(records: list[holders.HolderRecord], live: dict[int, Any],
         if looked > MAX_RELEASE_CHECKS:
             break
         code, offset = rec.site[0]
+        if type(code) is not types.CodeType or not code.co_flags & inspect.CO_COROUTINE:
+            continue  # (an async generator's frame leaves the chain at each yield, alive)
         try:
-            lines = reach.release_lines(code, offset) if type(code) is types.CodeType else ()
+            lines = reach.release_lines(code, offset)
             if not lines:
                 continue  # (most: an ``async with``, a helper's acquire; read once per site)
             chain = _chain_frames(task)

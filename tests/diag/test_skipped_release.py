@@ -141,3 +141,58 @@ def test_only_a_suspended_holder_has_a_chain_to_judge() -> None:
         await task
 
     asyncio.run(main())
+
+
+def test_an_async_generator_suspended_at_a_yield_holds_its_lock_alive() -> None:
+    """An async generator that took a lock and yields between items is off its consumer's
+    await chain at each yield, yet alive: its code is never judged.  Nor is a chain that
+    goes through an ``asend``, which does not show what it runs."""
+    import asyncio
+
+    from diag.collect import holders
+    from diag.collect.sync_collector import _chain_frames, _skipped_releases
+
+    async def main() -> None:
+        lock, gate = asyncio.Lock(), asyncio.Event()
+
+        async def rows():  # type: ignore[no-untyped-def]
+            await lock.acquire()
+            for n in range(3):
+                yield n
+            lock.release()
+
+        async def consume() -> None:
+            async for _ in rows():
+                await gate.wait()
+
+        async def below() -> None:
+            await gate.wait()
+
+        async def through():  # type: ignore[no-untyped-def]
+            await below()
+            yield 1
+
+        async def drive() -> None:
+            async for _ in through():
+                pass
+
+        task = asyncio.create_task(consume())
+        other = asyncio.create_task(drive())
+        await asyncio.sleep(0)
+        assert _chain_frames(other) is None  # an asend: the chain is not all there
+        live = {task_origins.task_seq(task): task}
+        records = holders.records(lock)
+        if records:  # (recorded only with holder tracking installed)
+            assert _skipped_releases(records, live, lock) == {}
+        gate.set()
+        await asyncio.gather(task, other)
+
+    from diag.collect import task_origins
+
+    was = holders.installed()
+    holders.install()
+    try:
+        asyncio.run(main())
+    finally:
+        if not was:
+            holders.uninstall()
