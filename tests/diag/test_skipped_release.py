@@ -7,12 +7,14 @@ that hands the lock to its caller keeps it by design: no verdict.  Real programs
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
 from diag.collect import reach
 from tests.diag.test_leaks_evidence import RUN_ON, by_task, judged_as, settled
+from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 
 pytestmark = pytest.mark.skipif(not reach.reads_bytecode(), reason="the acquiring code is read on 3.11-3.13 only")
@@ -98,6 +100,10 @@ def test_a_lock_whose_taker_left_past_its_release_is_a_leaked_permit_though_its_
         assert "2 tasks wait for it, and no other holder can release it: they are stuck for good" in evidence
         assert "worker-0" not in by_task(data), data["findings"]  # idle on its queue: no finding of its own
         assert code == 1
+        shown = run_diag("sync", app.url, "--format", "text")
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"task \d+ \(waiting; LEAKED: its taker left past its release\) at \S*app\.py:\d+ Store\.update",
+                         shown.stdout), shown.stdout
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

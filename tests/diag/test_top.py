@@ -118,6 +118,15 @@ def test_permits_in_use(prim: Primitive, tracked: bool, holders: int, expected: 
     assert (line.in_use, line.capacity) == expected
 
 
+def test_a_live_holder_whose_taker_left_past_its_release_counts_as_leaked() -> None:
+    lock = Primitive("lock", "1", locked=True, waiters=2)
+    left = Holder(7, None, True, "waiting", SITE, 40.0, skipped_release=(21,))
+    line = primitive_line(PrimitiveState(lock, holders=(left,), tracked=True))
+    assert line.leaked == 1 and top_view.holders_text(line) == "task 7 waiting LEAKED 40s (1 leaked)"
+    handed = primitive_line(PrimitiveState(lock, holders=(left,), tracked=True, handoff_seconds=1.0))
+    assert handed.leaked == 0 and top_view.holders_text(handed) == "task 7 waiting 40s"
+
+
 def test_request_rate_from_two_samples() -> None:
     first = sample(at=100.0)
     second = sample(at=102.0, requests=(("2xx", 110.0), ("5xx", 14.0)))
