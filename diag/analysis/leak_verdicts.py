@@ -43,7 +43,8 @@ from diag.documents import finite_float, require, timestamp
 from diag.errors import TargetError, UsageError
 from diag.model.sync_snapshot import Holder, PrimitiveState, SyncSnapshot
 from diag.model.task_snapshot import (
-    MALFORMED, ChildProcess, ConnectionPool, DeadTask, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, WriteBacklog,
+    MALFORMED, ChildProcess, ConnectionPool, DeadTask, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, Wait,
+    WriteBacklog,
     check_schema,
 )
 from diag.wording import agree, also_named, byte_count
@@ -1071,6 +1072,8 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                            f"{'it waits' if len(left) == 1 else 'they wait'} with nothing to end "
                            f"{'its' if len(left) == 1 else 'their'} wait: "
                            + ", ".join(f"{t.coro} on {t.wait.detail or t.wait.kind}" for t in left[:4]))
+        if task.wait.woken and task.wait.predicate_own and not _has_deadline(task):
+            why.append(_rewoken_text(task.wait))
         if _idle_by_design(task) and not why:
             continue
         if _unused_connection(task, talking, awaiters) and not why:
@@ -1185,6 +1188,18 @@ def _suspect_findings(members: tuple[TaskInfo, ...], reasons: Mapping[int, list[
 #: ``wait_for`` (which runs the awaitable in a task of its own) and a ``TaskGroup``'s exit.
 #: ``asyncio.wait`` and ``as_completed`` only stop watching.
 _CANCEL_PROPAGATES = frozenset({"await task", "gather", "wait_for", "TaskGroup"})
+
+
+def _rewoken_text(wait: Wait) -> str:
+    """A ``Condition.wait_for`` that notifies woke and sent back to waiting, on a predicate
+    comparing with values of the waiting call's own: the condition's state moves, and
+    not to where this waiter waits for it."""
+    n = wait.woken
+    times = "once" if n == 1 else f"{n} times"
+    own = ", ".join(wait.predicate_own)
+    return (f"a notify has woken this wait_for {times} since it began (the last {wait.woken_seconds or 0.0:.1f}s "
+            f"ago) and it went back to waiting: its predicate, which compares with {own} of the waiting "
+            f"call's own, is still false ({wait.predicate})")
 
 
 def _has_deadline(task: TaskInfo) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable
 
-from diag.collect import event_activity, task_origins
+from diag.collect import condition_activity, event_activity, task_origins
 
 #: The primitive's attribute holding a list: [time of the last acquire or release,
 #: record, record, ...], records oldest first.
@@ -257,11 +257,13 @@ WRAPPER_CODE_OBJECTS: tuple[CodeType, ...] = ()
 
 def install() -> None:
     """Start recording holders of every asyncio Lock and Semaphore, and when each Event
-    is set (``event_activity``); idempotent."""
+    is set (``event_activity``) and which ``Condition.wait_for`` calls a notify woke
+    (``condition_activity``); idempotent."""
     global WRAPPER_CODES, WRAPPER_CODE_OBJECTS
     if _originals:
         return
     event_activity.install()
+    condition_activity.install()
     codes: dict[int, CodeType] = {}
     for cls in (asyncio.Lock, asyncio.Semaphore):
         for name, releases in (("acquire", False), ("release", True)):
@@ -281,6 +283,7 @@ def uninstall() -> None:
         setattr(cls, name, original)
     _originals.clear()
     event_activity.uninstall()
+    condition_activity.uninstall()
 
 
 def installed() -> bool:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
 import diag
-from diag.collect import holders, task_origins, wait_evidence
+from diag.collect import condition_activity, holders, task_origins, wait_evidence
 from diag.collect.safe_read import (
     COROUTINE_WRAPPER, MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict,
     is_a, plain_attr, quoted, read_attr, task_cancelling, task_coroutine, task_name, type_name, wrapped_coroutine,
@@ -359,13 +359,19 @@ MAX_PREDICATES = 512
 MAX_PREDICATE_VALUES = 6
 
 
-def wait_for_predicate(node: object) -> str:
+#: Closure values that a predicate compares with as a waiter's own (a threshold, a key).
+_OWN_TYPES = (int, float, str, bytes)
+
+
+def wait_for_predicate(node: object) -> tuple[str, tuple[str, ...]]:
     """What a suspended ``Condition.wait_for`` waits to see true: its predicate, where it
     is defined, and the values it reads (its closure's, and for a closure's object the
-    attributes the predicate names: ``<lambda> at app.py:74: failed_on=1, self.seq=1``).
+    attributes the predicate names: ``<lambda> at app.py:74: failed_on=1, self.seq=1``),
+    and the names of its closure's plain values (numbers, strings: ``failed_on``), the
+    waiting call's own, which a predicate on shared state alone has none of.
     Read, never called: calling it would run the program's code."""
     if type(node) is not types.CoroutineType or node.cr_code is not _WAIT_FOR_CODE:
-        return ""
+        return "", ()
     # its locals, as the GC lists them (the frame's own function, wait_for, among them)
     pred: Any = next((ref for ref in gc.get_referents(node)
                  if type(ref) is types.MethodType or (type(ref) is types.FunctionType
@@ -375,13 +381,17 @@ def wait_for_predicate(node: object) -> str:
         bound.append(("self", pred.__self__))
         pred = pred.__func__
     if type(pred) is not types.FunctionType:
-        return ""
+        return "", ()
     code = pred.__code__
+    own = []
     for name, cell in zip(code.co_freevars, pred.__closure__ or ()):
         try:
             bound.append((name, cell.cell_contents))
         except ValueError:
             bound.append((name, MISSING))
+            continue
+        if type(bound[-1][1]) in _OWN_TYPES:
+            own.append(name)
     values = []
     for name, value in bound:
         if value is MISSING:
@@ -396,7 +406,7 @@ def wait_for_predicate(node: object) -> str:
     shown = ", ".join(values[:MAX_PREDICATE_VALUES]) + (", ..." if len(values) > MAX_PREDICATE_VALUES else "")
     name = getattr(code, "co_qualname", code.co_name)
     text = f"{name} at {os.path.basename(code.co_filename)}:{code.co_firstlineno}"
-    return f"{text}: {shown}" if shown else text
+    return (f"{text}: {shown}" if shown else text), tuple(own)
 
 
 def _writer_types() -> tuple[type, ...]:
@@ -867,10 +877,13 @@ class _Walker:
                     detail = "BoundedSemaphore.acquire"
                 wait = self.waits[key] = Wait(kind, detail, prim, seconds, frame_label=name)
             if kind == "condition" and i > 0 and self.predicates_left > 0:
-                predicate = wait_for_predicate(nodes[i - 1])  # each waiting task has its own
+                predicate, own = wait_for_predicate(nodes[i - 1])  # each waiting task has its own
                 if predicate:
                     self.predicates_left -= 1
-                    wait = replace(wait, predicate=predicate)
+                    woken = condition_activity.woken(obj, nodes[i - 1]) if obj is not None else None
+                    wait = replace(wait, predicate=predicate, predicate_own=own,
+                                   woken=woken[0] if woken else 0,
+                                   woken_seconds=max(0.0, self.now - woken[1]) if woken else None)
             return wait
         if kind == "sleep":
             handle = _local_of_type(nodes[i], frames[i] if frames is not None else None, asyncio.TimerHandle, "h")

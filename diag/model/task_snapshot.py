@@ -358,7 +358,11 @@ class Wait:
     in ``async with second:``), which may differ from the primitive's label.  ``finished``
     are the awaited tasks of a ``gather`` wait that have ended already.  ``predicate`` is,
     for a ``Condition.wait_for``, the predicate it waits to see true and the values it
-    reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``).  ``owner_tasks`` are the
+    reads (``<lambda> at app.py:74: failed_on=1, self.seq=1``); ``predicate_own`` the
+    names of its closure's plain values (numbers, strings), the waiting call's own
+    (``failed_on``); ``woken`` how many times a ``notify()`` woke this very ``wait_for``
+    call, its predicate still false after each (0: never, or not recorded), the last
+    ``woken_seconds`` before the snapshot.  ``owner_tasks`` are the
     tasks running a method of the nearest object found keeping the awaited future (a
     client's reader loop, for a request's future in the client's table of pending ones),
     the waiting task itself first when it is one of them (a pool's idle worker).
@@ -401,6 +405,9 @@ class Wait:
     traffic: Traffic | None = None
     finished: tuple[FinishedChild, ...] = ()
     predicate: str = ""
+    predicate_own: tuple[str, ...] = ()
+    woken: int = 0
+    woken_seconds: float | None = None
     owner_tasks: tuple[int, ...] = ()
     peer_tasks: tuple[int, ...] = ()
     users: tuple[int, ...] | None = None
@@ -426,6 +433,11 @@ class Wait:
             d["peer_tasks"] = list(self.peer_tasks)
         if self.predicate:
             d["predicate"] = self.predicate
+        if self.predicate_own:
+            d["predicate_own"] = list(self.predicate_own)
+        if self.woken:
+            d["woken"] = self.woken
+            d["woken_seconds"] = self.woken_seconds
         if self.frame_label:
             d["frame_label"] = self.frame_label
         if self.future_id:
@@ -488,6 +500,10 @@ class Wait:
             frame_label=str(d.get("frame_label") or ""),
             finished=tuple(FinishedChild.from_dict(f) for f in d.get("finished") or () if isinstance(f, Mapping)),
             predicate=str(d.get("predicate") or ""),
+            predicate_own=tuple(str(n) for n in d.get("predicate_own") or ()),
+            woken=max(0, int(d.get("woken") or 0)),
+            woken_seconds=(None if d.get("woken_seconds") is None
+                           else finite_float(d["woken_seconds"], "woken_seconds")),
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
             peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
             users=None if d.get("users") is None else tuple(int(t) for t in d["users"]),

@@ -229,6 +229,10 @@ def primitive(prim: Primitive, name: str = "") -> str:
     return f"<{primitive_name(prim, name)} {prim.id}" + (f" {state}>" if state else ">")
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
+
+
 def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = True) -> str:
     """What a task waits on, in one line: ``Semaphore.acquire <pool 0x.. value=0 waiters=3>``
     (without the primitive's part when not ``with_primitive``)."""
@@ -241,7 +245,9 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
     if kind == "sleep" and wait.time_left is not None:
         text += f" ({duration(wait.time_left)} left)"
     if wait.predicate:
-        text += f" (wait_for {wait.predicate})"
+        woken = (f"; woken {_times(wait.woken)}, still false, the last {duration(wait.woken_seconds or 0.0)} ago"
+                 if wait.woken else "")
+        text += f" (wait_for {wait.predicate}{woken})"
     if kind == "task" and len(wait.tasks) == 1:
         text = f"await task {wait.tasks[0]}"
     elif wait.tasks:

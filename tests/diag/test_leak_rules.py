@@ -700,6 +700,37 @@ def test_a_condition_waiter_with_a_predicate_cannot_miss_a_notify_one_without_ca
     assert "no acquire or release on Batcher.ready 0xc since the wait began" in report.findings[0].evidence
 
 
+WAIT_FOR_STACK = (Frame("/usr/lib/python3.11/asyncio/locks.py", 270, "Condition.wait"),
+                  Frame("/usr/lib/python3.11/asyncio/locks.py", 300, "Condition.wait_for"),
+                  Frame("/srv/app/channel.py", 81, "Channel.call"))
+
+
+@pytest.mark.parametrize(("woken", "own", "deadline", "suspect"), [
+    (2, ("failed_on",), None, True),   # woken, sent back, its own value in the predicate: the state moves past it
+    (2, (), None, False),              # a predicate on shared state alone: an idle worker, woken for work another took
+    (0, ("failed_on",), None, False),  # never woken: waiting for its first notify
+    (2, ("failed_on",), 30.0, False),  # woken and sent back, but its wait has an end
+])
+def test_a_wait_for_woken_and_sent_back_on_its_own_value_is_a_suspect(
+        woken: int, own: tuple[str, ...], deadline: float | None, suspect: bool) -> None:
+    cond = Primitive("condition", "0xc", "Channel.changed", locked=False, waiters=2)
+    predicate = "Channel.call.<locals>.<lambda> at channel.py:81: failed_on=1, self.seq=1"
+    retry = task(1, coro="export_report", stack=WAIT_FOR_STACK,
+                 wait=Wait("condition", "Condition.wait", cond, 30.0, deadline=deadline, deadline_known=True,
+                           predicate=predicate, predicate_own=own, woken=woken, woken_seconds=4.0))
+    state = PrimitiveState(cond, waiting_tasks=(1,), idle_seconds=0.5, tracked=True)
+    report = leak_report(sync(snapshot(retry), state), OPTIONS)
+    assert ids_of(report, "suspect") == ({1} if suspect else set()), report.findings
+    if suspect:
+        assert report.findings[0].evidence.startswith(
+            "a notify has woken this wait_for 2 times since it began (the last 4.0s ago) and it went back to "
+            "waiting: its predicate, which compares with failed_on of the waiting call's own, is still false "
+            f"({predicate}); nothing can end the wait on its own"), report.findings[0].evidence
+        assert not report.fails(DEFAULT_FAIL_ON)
+    back = TaskSnapshot.from_json(snapshot(retry).to_json()).tasks[0].wait
+    assert (back.woken, back.woken_seconds, back.predicate_own) == (woken, 4.0 if woken else None, own)
+
+
 def test_an_event_set_before_the_wait_and_never_since_is_a_missed_wake_up_a_never_set_one_is_not() -> None:
     pulse = Primitive("event", "0xe1", "Store.changed", is_set=False, waiters=1)
     stop = Primitive("event", "0xe2", "stop", is_set=False, waiters=1)

@@ -1028,7 +1028,7 @@ async def main():
     channel = Channel()
     await channel.reconnect()
     keep = [asyncio.create_task(channel.call(1), name=f"export-{i}") for i in range(2)]
-    await channel.reconnect()              # woken, and back to waiting: seq is 1 again
+    await channel.reconnect()              # before the calls wait: seq is 1 again
     await asyncio.Event().wait()
 """ + RUN_ON
 

@@ -297,7 +297,11 @@ async def test_a_condition_wait_for_shows_its_predicate_and_the_values_it_reads(
             f"self.asked={asked}, self.seq=1")
         from diag.model.task_snapshot import Wait
         from diag.render.formatting import wait_reason
+        # a value of the call's own (failed_on) against one on shared state alone (self)
+        assert by_coro["Channel.call"].predicate_own == ("failed_on",)
+        assert by_coro["Channel.wait_ready"].predicate_own == ()
         wait = by_coro["Channel.call"]
+        assert wait.woken == 0  # no notify yet
         assert Wait.from_dict(wait.to_dict()) == wait
         assert wait_reason(wait).endswith(f"(wait_for {wait.predicate})")
     finally:
