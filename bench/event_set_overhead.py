@@ -8,7 +8,10 @@ installed, and asyncio's again, inside a running loop; prints the best of each a
 difference.  The last figure shows what the recording leaves behind: it writes to the
 event's ``__dict__``, which makes asyncio's own methods on that event slower too.  Then the
 same for ``queue.put_nowait(x); queue.get_nowait()``: every put clears the queue's join
-event, which is not set, the wrapper's cheap path.
+event, which is not set, the wrapper's cheap path.  Last, ``Condition.notify()`` waking one
+task in ``wait_for`` (diag/collect/condition_activity.py: the wrapper finds the woken
+call through the future's wake-up callback and records it on the condition), and
+``notify()`` with no waiter, timed inside a task that holds the lock.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import timeit
 from typing import Callable
 
-from diag.collect import event_activity
+from diag.collect import condition_activity, event_activity
 
 NUMBER = 200_000
 
@@ -55,6 +58,45 @@ async def main() -> None:
 
     side_by_side("event set+clear", set_clear)
     side_by_side("queue put_nowait+get_nowait", put_get)
+    await notify_side_by_side()
+
+
+async def notify_seconds(rounds: int, waiter: bool) -> float:
+    """The best of ``rounds`` timed ``notify()`` calls, each waking one task in ``wait_for``
+    (which finds its predicate false and waits again) or, without ``waiter``, none."""
+    cond = asyncio.Condition()
+
+    async def idle() -> None:
+        async with cond:
+            await cond.wait_for(lambda: False)
+
+    task = asyncio.create_task(idle()) if waiter else None
+    clock = timeit.default_timer
+    best = float("inf")
+    for _ in range(rounds):
+        while task is not None and not (cond._waiters and not cond._waiters[-1].done()):
+            await asyncio.sleep(0)
+        async with cond:
+            started = clock()
+            cond.notify()
+            best = min(best, clock() - started)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return best
+
+
+async def notify_side_by_side(rounds: int = 20_000) -> None:
+    for waiter in (True, False):
+        plain = await notify_seconds(rounds, waiter)
+        condition_activity.install()
+        try:
+            wrapped = await notify_seconds(rounds, waiter)
+        finally:
+            condition_activity.uninstall()
+        what = "Condition.notify waking one wait_for" if waiter else "Condition.notify with no waiter"
+        print(f"{what}: {plain * 1e9:.0f} ns plain, {wrapped * 1e9:.0f} ns recorded: "
+              f"+{(wrapped - plain) * 1e9:.0f} ns ({wrapped / plain:.2f}x) (best of {rounds}, one call timed each)")
 
 
 if __name__ == "__main__":

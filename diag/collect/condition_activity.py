@@ -35,7 +35,7 @@ from diag.collect.safe_read import plain_attr
 
 #: The condition's attribute holding ``{id(wait_for coroutine): (weak ref, times woken, when last)}``.
 _ATTR = "_diag_woken"
-#: ``wait_for`` calls recorded per condition (the oldest give way, once those ended are gone).
+#: ``wait_for`` calls recorded per condition (past it, those ended go, then the first recorded).
 MAX_RECORDED = 256
 #: Waiters looked at per notify: a notify_all of thousands records the first ones only.
 MAX_PER_NOTIFY = 64
@@ -67,18 +67,20 @@ def _wait_for_of(fut: object) -> Any:
 
 def _record(condition: object, calls: list[Any]) -> None:
     attrs = condition.__dict__
-    seen = attrs.get(_ATTR)
-    table: dict[int, tuple[Any, int, float]] = dict(seen) if type(seen) is dict else {}
+    table = attrs.get(_ATTR)
+    if type(table) is not dict:
+        table = attrs[_ATTR] = {}
     now = _monotonic()
     for coro in calls:
         key = id(coro)
-        old = table.pop(key, None)  # (re-inserted: newest last)
-        count = old[1] + 1 if old is not None and old[0]() is coro else 1
-        table[key] = (weakref.ref(coro), count, now)
-    if len(table) > MAX_RECORDED:
-        live = {k: v for k, v in table.items() if (c := v[0]()) is not None and c.cr_frame is not None}
-        table = dict(list(live.items())[-MAX_RECORDED:])
-    attrs[_ATTR] = table  # a new dict: a reader in another thread never sees one mid-change
+        old = table.get(key)
+        if old is not None and old[0]() is coro:
+            table[key] = (old[0], old[1] + 1, now)
+        else:
+            table[key] = (weakref.ref(coro), 1, now)
+    if len(table) > MAX_RECORDED:  # (a reader in another thread only ever looks one key up)
+        live = [(k, v) for k, v in table.items() if (c := v[0]()) is not None and c.cr_frame is not None]
+        attrs[_ATTR] = dict(live[-MAX_RECORDED:])
 
 
 def _wrap(original: Any) -> Any:
