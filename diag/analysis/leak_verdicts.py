@@ -628,9 +628,19 @@ def _dead_counterpart(task: TaskInfo, touched: Mapping[str, list[DeadTask]], nam
     return ""
 
 
-def _executor_text(task: TaskInfo, threads: Mapping[str, Any]) -> str:
+def _executor_text(task: TaskInfo, threads: Mapping[str, Any], by_id: Mapping[int, TaskInfo] | None = None) -> str:
     thread = threads.get(task.wait.future_id)
     seconds = task.wait.seconds or 0.0
+    if task.wait.remote_loop:
+        where = f"loop {task.wait.remote_loop}"
+        remote = (by_id or {}).get(task.wait.remote_task) if task.wait.remote_task is not None else None
+        if task.wait.remote_task is None:
+            return f"the coroutine it handed {where} (run_coroutine_threadsafe) has not started there in {seconds:.0f}s"
+        if remote is None:
+            return f"the coroutine it handed {where} (run_coroutine_threadsafe) runs there as task {task.wait.remote_task}"
+        now = f"waiting on {_wait_text(remote)}" if remote.state == "waiting" else f"{remote.state} now"
+        return (f"the coroutine it handed {where} (run_coroutine_threadsafe) runs there as task {remote.id} "
+                f"({remote.coro}), {now}")
     if thread is None:
         return f"the executor call has waited {seconds:.0f}s (queued, or its worker is not visible)"
     top = _user_frame(thread.stack)
@@ -1115,7 +1125,7 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
         elif task.wait.kind == "future" and _awaits_response(task):
             why.append(f"the server has not answered this HTTP request for {seconds:.0f}s")
         if task.wait.kind == "executor":
-            why.append(_executor_text(task, threads))
+            why.append(_executor_text(task, threads, by_id))
         if task.id in unreferenced:
             why.append("nothing holds a reference to the task (fire-and-forget)")
         if (not why and task.wait.kind == "future" and task.wait.deadline_known
@@ -1349,11 +1359,15 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
             continue
         thread = loop.thread_name or loop.thread_id
         current = next((s for s in summary.stalls if s.ongoing), None)
+        handed: list[TaskInfo] = []
         if current is not None and current.seconds >= max(options.stall_threshold, 1e-9):
             title = f"event loop {loop.id} has not turned for {current.seconds:.1f}s"
             site = loop.blocking_stack or summary.sites[0].frames
             at = f" at {site_text(site, not loop.blocking_stack and summary.sites[0].at_end)}" if site else ""
             evidence = f"thread {thread} is running{at}; every task on this loop waits"
+            handed = _waiting_on_loop(snap, loop.id)
+            if handed:
+                evidence += f"; {_handed_text(handed, loop.id)}"
             if current.before_watch > 0:
                 evidence += (f"; it had not turned for {current.before_watch:.1f}s when diag began watching it "
                              f"(its earliest timer was that late)")
@@ -1368,8 +1382,24 @@ def loops_blocked(snap: SyncSnapshot, options: LeakOptions) -> list[Finding]:
         figures = _figures_text(summary)
         out.append(Finding(kind="loop_blocked", title=title,
                            evidence=evidence + (f"; {figures}" if figures else ""), site=site,
-                           score=summary.seconds))
+                           score=summary.seconds, tasks=tuple(handed[:MAX_TASKS_PER_FINDING]) if current is not None else (),
+                           task_count=len(handed) if current is not None else 0))
     return out
+
+
+def _waiting_on_loop(snap: SyncSnapshot, loop_id: str) -> list[TaskInfo]:
+    """Tasks of other loops waiting, with no end, on coroutines ``run_coroutine_threadsafe``
+    handed the loop ``loop_id``: a blocked loop runs none of them."""
+    return [t for t in snap.tasks.tasks if t.wait.remote_loop == loop_id and t.loop != loop_id
+            and t.state == "waiting" and not _has_deadline(t)]
+
+
+def _handed_text(tasks: list[TaskInfo], loop_id: str) -> str:
+    listed = ", ".join(f"{t.coro} (task {t.id}, " + (f"its coroutine is task {t.wait.remote_task} there)"
+                                                       if t.wait.remote_task is not None else "its coroutine not started)")
+                       for t in tasks[:4]) + (f" and {len(tasks) - 4} more" if len(tasks) > 4 else "")
+    return (f"{_plural(len(tasks), 'task')} of another loop {'waits' if len(tasks) == 1 else 'wait'}, with no timeout, "
+            f"on coroutines handed to this one with run_coroutine_threadsafe, which it cannot run: {listed}")
 
 
 def lost_wakeups(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOptions) -> list[Finding]:
@@ -1458,10 +1488,12 @@ def leak_report(snap: SyncSnapshot, options: LeakOptions = LeakOptions()) -> Lea
     explained.update(f.tasks[0].id for f in cancels)
     wakeups = lost_wakeups(snap, by_id, options)
     explained.update(t.id for f in wakeups for t in f.tasks)
+    blocked = loops_blocked(snap, options)
+    explained.update(t.id for f in blocked for t in f.tasks)  # waiting on a blocked loop's work
     pools = executors_exhausted(snap, by_id, options, explained)
     maybe = suspects(snap, by_id, options, explained, stuck)
     orphans = [f for f in maybe if f.kind == "orphaned"]
-    findings = (proven + permits + locks + behind + cancels + orphans + loops_blocked(snap, options) + wakeups
+    findings = (proven + permits + locks + behind + cancels + orphans + blocked + wakeups
                 + exhausted(snap, by_id, options, permit_ids | {p.id for f in behind for p in f.primitives})
                 + pools + [f for f in maybe if f.kind != "orphaned"] + loops_starved(snap, options) + incomplete(snap))
     if snap.reachability.ran:

@@ -136,6 +136,13 @@ def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
         elif len(awaited) > 1:
             wait = replace(wait, tasks=(), detail=f"{wait.detail} (on {len(awaited)} distinct task sets)"
                            if wait.kind == "gather" else f"{wait.detail} (on {len(awaited)} distinct tasks)")
+        remotes = {(m.wait.remote_loop, m.wait.remote_task) for m in members}
+        if len(remotes) > 1:  # coroutines handed to another loop: started there or not yet
+            loops = {r[0] for r in remotes}
+            started = sum(m.count for m in members if m.wait.remote_task is not None)
+            where = f"loop {next(iter(loops))}" if len(loops) == 1 else f"{len(loops)} loops"
+            wait = replace(wait, remote_loop="", remote_task=None,
+                           detail=f"{wait.detail} (on {where}: {started} started, {count - started} not started)")
         out.append(replace(first, count=count, ids=tuple(ids[:MAX_GROUP_IDS]), wait=wait))
     out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
     return tuple(out)

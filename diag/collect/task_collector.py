@@ -721,6 +721,7 @@ class _Walker:
         self.loop_times: dict[int, float] = {}
         self.deadline_budget = MAX_DEADLINE_SCAN
         self.executor_waits: list[object] = []
+        self.handed: dict[int, tuple[str, int | None]] | None = None
         self.pools: dict[int, tuple[ConnectionPool | None, bool]] = {}
         self.loop_ids_loops: set[asyncio.AbstractEventLoop] = set()
 
@@ -962,9 +963,27 @@ class _Walker:
             ids = tuple(task_origins.task_seq(c) for c in children if is_a(c, asyncio.Task))
             return Wait("gather", "gather", seconds=seconds, tasks=ids, finished=self.finished_children(children))
         if _is_executor_future(waiter):
+            handed = self.handed_to(waiter)
+            if handed is not None:
+                return Wait("executor", "run_coroutine_threadsafe", seconds=seconds,
+                            remote_loop=handed[0], remote_task=handed[1])
             return Wait("executor", "run_in_executor", seconds=seconds)
         return Wait("future", detail or "Future", seconds=seconds,
                     created_at=_future_created_at(waiter, self.frames))
+
+    def handed_to(self, waiter: object) -> tuple[str, int | None] | None:
+        """For a wait on a coroutine ``run_coroutine_threadsafe`` handed another loop of
+        this process: that loop and the coroutine's task there (found once per dump, and
+        only when the process runs more than one loop)."""
+        if len(self.loop_ids_loops) < 2:
+            return None
+        if self.handed is None:
+            try:
+                self.handed = wait_evidence.handed_coroutines(self.by_seq.values(), self.loop_ids_loops)
+            except Exception:
+                self.handed = {}
+        cf = wait_evidence.concurrent_source(waiter)
+        return self.handed.get(id(cf)) if cf is not None else None
 
     def created_by(self, origin: task_origins.Origin) -> CreatedBy | None:
         code_id, offset, parent, _seq = origin

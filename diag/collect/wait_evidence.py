@@ -509,6 +509,75 @@ def asyncio_futures_by_concurrent(futures: Iterable[object]) -> dict[int, object
     return out
 
 
+def concurrent_source(fut: object) -> object:
+    """The ``concurrent.futures.Future`` an asyncio future is chained to (``wrap_future``:
+    ``run_in_executor``, ``run_coroutine_threadsafe`` awaited), or None."""
+    for entry in _callbacks(fut):
+        fn = _callback_fn(entry)
+        if type(fn) is not types.FunctionType or fn.__name__ != "_call_check_cancel":
+            continue
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if type(value) is concurrent.futures.Future:
+                return value
+    return None
+
+
+#: Tasks looked at for the futures ``run_coroutine_threadsafe`` gave out, per dump.
+MAX_HANDED_SCAN = 50_000
+
+
+def _closure_futures(fn: object) -> list[object]:
+    if type(fn) is not types.FunctionType:
+        return []
+    out: list[object] = []
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if type(value) is concurrent.futures.Future:
+            out.append(value)
+    return out
+
+
+def handed_coroutines(tasks: Iterable[object], loops: Iterable[object]) -> dict[int, tuple[str, int | None]]:
+    """id(concurrent future) -> (the loop, in ``Primitive.id`` form, that runs the coroutine
+    ``run_coroutine_threadsafe`` handed it, and the id of its task there, or None when the
+    loop has not started it yet).  Started: the task's done callback (asyncio's
+    ``_call_set_state``) closes over the future.  Not yet: the callback that will start it
+    waits in the loop's ready queue (asyncio's loops; uvloop's queue cannot be read)."""
+    out: dict[int, tuple[str, int | None]] = {}
+    for n, task in enumerate(tasks):
+        if n >= MAX_HANDED_SCAN:
+            break
+        for entry in _callbacks(task):
+            fn = _callback_fn(entry)
+            if type(fn) is types.FunctionType and fn.__name__ == "_call_set_state":
+                loop = future_field(task, "_loop")
+                for cf in _closure_futures(fn):
+                    out[id(cf)] = (hex(id(loop)), task_origins.task_seq(task))  # type: ignore[arg-type]
+    for loop in loops:
+        ready = plain_attr(loop, "_ready")
+        if type(ready) is not collections.deque:
+            continue
+        for _ in range(3):  # the loop's thread may change it meanwhile: read it again
+            try:
+                handles = list(ready)
+                break
+            except RuntimeError:
+                handles = []
+        for handle in handles:
+            fn = plain_attr(handle, "_callback")
+            if type(fn) is types.FunctionType and fn.__qualname__ == "run_coroutine_threadsafe.<locals>.callback":
+                for cf in _closure_futures(fn):
+                    out.setdefault(id(cf), (hex(id(loop)), None))
+    return out
+
+
 def collect_threads(frame_of: Any, executor_waits: Iterable[object],
                     loops: Iterable[asyncio.AbstractEventLoop] = (),
                     max_frames: int = 48) -> tuple[tuple[ThreadInfo, ...], tuple[ExecutorInfo, ...]]:

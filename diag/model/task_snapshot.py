@@ -362,7 +362,9 @@ class Wait:
     names of its closure's plain values (numbers, strings), the waiting call's own
     (``failed_on``); ``woken`` how many times a ``notify()`` woke this very ``wait_for``
     call, its predicate still false after each (0: never, or not recorded), the last
-    ``woken_seconds`` before the snapshot.  ``owner_tasks`` are the
+    ``woken_seconds`` before the snapshot.  ``remote_loop`` is, for a wait on a coroutine
+    that ``run_coroutine_threadsafe`` handed another loop, that loop (``LoopInfo.id``),
+    ``remote_task`` its task there (None: not started yet).  ``owner_tasks`` are the
     tasks running a method of the nearest object found keeping the awaited future (a
     client's reader loop, for a request's future in the client's table of pending ones),
     the waiting task itself first when it is one of them (a pool's idle worker).
@@ -408,6 +410,8 @@ class Wait:
     predicate_own: tuple[str, ...] = ()
     woken: int = 0
     woken_seconds: float | None = None
+    remote_loop: str = ""
+    remote_task: int | None = None
     owner_tasks: tuple[int, ...] = ()
     peer_tasks: tuple[int, ...] = ()
     users: tuple[int, ...] | None = None
@@ -438,6 +442,9 @@ class Wait:
         if self.woken:
             d["woken"] = self.woken
             d["woken_seconds"] = self.woken_seconds
+        if self.remote_loop:
+            d["remote_loop"] = self.remote_loop
+            d["remote_task"] = self.remote_task
         if self.frame_label:
             d["frame_label"] = self.frame_label
         if self.future_id:
@@ -504,6 +511,8 @@ class Wait:
             woken=max(0, int(d.get("woken") or 0)),
             woken_seconds=(None if d.get("woken_seconds") is None
                            else finite_float(d["woken_seconds"], "woken_seconds")),
+            remote_loop=str(d.get("remote_loop") or ""),
+            remote_task=None if d.get("remote_task") is None else int(d["remote_task"]),
             owner_tasks=tuple(int(t) for t in d.get("owner_tasks") or ()),
             peer_tasks=tuple(int(t) for t in d.get("peer_tasks") or ()),
             users=None if d.get("users") is None else tuple(int(t) for t in d["users"]),

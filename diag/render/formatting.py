@@ -242,6 +242,9 @@ def wait_reason(wait: Wait, cwd: str | None = None, *, with_primitive: bool = Tr
     text = wait.detail or kind
     if wait.primitive is not None and with_primitive:
         text += " " + primitive(wait.primitive, wait.frame_label)
+    if wait.remote_loop:
+        text += (f" (on loop {wait.remote_loop}, " + (f"task {wait.remote_task})" if wait.remote_task is not None
+                                                      else "not started)"))
     if kind == "sleep" and wait.time_left is not None:
         text += f" ({duration(wait.time_left)} left)"
     if wait.predicate:

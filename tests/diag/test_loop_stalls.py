@@ -18,8 +18,8 @@ from diag.errors import UsageError
 from diag.render.tasks_text import loop_line
 from diag.render.top_view import loop_line as top_loop_line
 from diag.model.sync_snapshot import SyncSnapshot
-from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack, TaskSnapshot
-from tests.diag.snapshots import snapshot
+from diag.model.task_snapshot import Frame, LoopInfo, Stall, StallStack, TaskInfo, TaskSnapshot, Wait
+from tests.diag.snapshots import snapshot, task
 
 NOW = 1_800_000_000.0  # the hand-built snapshots' taken_at
 FETCH_SYNC = Frame("/srv/app/app.py", 12, "fetch_sync", "time.sleep(0.4)")
@@ -358,3 +358,34 @@ def test_only_a_loop_seen_as_it_began_to_run_has_a_start_up_beat() -> None:
     finally:
         loop.close()
         other.close()
+
+
+# -- tasks of another loop waiting on a blocked loop's work ----------------------------------
+
+def _handed(tid: int, remote_task: int | None, **wait: object) -> TaskInfo:
+    return replace(task(tid, coro="AgentServer.handle", stack=(FETCH_SYNC,),
+                        wait=Wait("executor", "run_coroutine_threadsafe", seconds=6.0, deadline_known=True,
+                                  remote_loop="0x7f01l", remote_task=remote_task, **wait)),  # type: ignore[arg-type]
+                   loop="0x7f00l")
+
+
+def test_tasks_waiting_on_coroutines_handed_to_a_blocked_loop_are_named_in_its_verdict() -> None:
+    worker = replace(loop_with(blocked(0, 6.0), stalled=6.0, blocking=(FETCH_SYNC,)), id="0x7f01l",
+                     thread_name="agent-worker-loop")
+    waiting = (_handed(4, None), _handed(10, 23), _handed(11, None, deadline=30.0))  # the last has an end
+    tasks = replace(snapshot(*waiting, loops=(loop_with(), worker)))
+    report = leak_report(SyncSnapshot(taken_at=NOW, process=tasks.process, tasks=tasks, primitives=()),
+                         LeakOptions(min_wait=2.0))
+    (finding,) = [f for f in report.findings if f.kind == "loop_blocked"]
+    assert finding.title == "event loop 0x7f01l has not turned for 6.0s"
+    assert [t.id for t in finding.tasks] == [4, 10] and finding.task_count == 2
+    assert ("2 tasks of another loop wait, with no timeout, on coroutines handed to this one with "
+            "run_coroutine_threadsafe, which it cannot run: AgentServer.handle (task 4, its coroutine not started), "
+            "AgentServer.handle (task 10, its coroutine is task 23 there)") in finding.evidence, finding.evidence
+    assert not [f for f in report.findings if f.kind == "suspect" and {t.id for t in f.tasks} & {4, 10}]
+    # a loop that blocked before and turns now: its verdict names no task of another loop
+    turning = replace(loop_with(blocked(10, 1.5)), id="0x7f01l")
+    tasks = snapshot(*waiting, loops=(loop_with(), turning))
+    report = leak_report(SyncSnapshot(taken_at=NOW, process=tasks.process, tasks=tasks, primitives=()))
+    (finding,) = [f for f in report.findings if f.kind == "loop_blocked"]
+    assert finding.tasks == () and "run_coroutine_threadsafe" not in finding.evidence
