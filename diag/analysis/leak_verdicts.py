@@ -815,6 +815,21 @@ def _join_evidence(queue: Primitive, consumers: tuple[tuple[TaskInfo, ...], bool
     return [text]
 
 
+def _lost_items_text(queue: str, lost: tuple[str, str, int, int]) -> tuple[str, bool]:
+    """What the keeper of an empty queue keeps besides, out of the queue and held by
+    nothing else (``PrimitiveState.lost``); True when that is every one of them: no
+    ``put()`` can come from a task that holds one."""
+    where, cls, kept, unheld = lost
+    if unheld == kept:
+        every = "the one" if kept == 1 else f"all {kept}"
+        return (f"{queue} is empty, and {every} {cls} its keeper keeps in {where} {'is' if kept == 1 else 'are'} out of "
+                f"it with nothing else referring to {'it' if kept == 1 else 'any of them'}: taken with get() and never "
+                f"put back, so no task holding one will put it back"), True
+    return (f"{queue} is empty, and {unheld} of the {kept} {cls} its keeper keeps in {where} "
+            f"{'is' if unheld == 1 else 'are'} out of it with nothing else referring to "
+            f"{'it' if unheld == 1 else 'them'}: taken with get() and never put back"), False
+
+
 def _awaits_response(task: TaskInfo) -> bool:
     """A client request waiting for its answer's head: aiohttp's ``ClientResponse.start``
     near the top of the stack (the body, a websocket's next message, are other waits)."""
@@ -1084,6 +1099,11 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                            + ", ".join(f"{t.coro} on {t.wait.detail or t.wait.kind}" for t in left[:4]))
         if task.wait.woken and task.wait.predicate_own and not _has_deadline(task):
             why.append(_rewoken_text(task.wait))
+        queue_state = states.get(prim.id) if prim is not None and task.wait.kind == "queue_get" else None
+        if queue_state is not None and queue_state.lost is not None and queue_state.lost[3]:
+            text, all_lost = _lost_items_text(_where(queue_state.primitive, name), queue_state.lost)
+            why.append(text)
+            skipped_done = all_lost
         if _idle_by_design(task) and not why:
             continue
         if _unused_connection(task, talking, awaiters) and not why:

@@ -24,7 +24,7 @@ from typing import Any
 
 from dataclasses import replace
 
-from diag.collect import event_activity, holders, reach, reachability, task_origins, wait_evidence
+from diag.collect import event_activity, holders, queue_pools, reach, reachability, task_origins, wait_evidence
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks
 from diag.collect.safe_read import (_class_dict, _class_mro, clip, future_done, future_field, instance_dict, is_a,
                                     read_attr, task_coroutine, task_name)
@@ -108,8 +108,15 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
         tasks = with_peer_ends(tasks, live)
     except Exception:
         pass
+    lost: dict[str, tuple[tuple[str, str, int, int], object]] = {}
     try:
-        tasks = with_users(tasks, live)
+        lost = _lost_pool_items(tasks, live, {hex(id(o)): o for o in interesting})
+        if lost:
+            tasks = _with_pool_keepers(tasks, lost)
+    except Exception:
+        pass
+    try:
+        tasks = with_users(tasks, live, also=frozenset(q for q, (found, _) in lost.items() if found[2] == found[3]))
     except Exception:
         pass
     labels = holder_labels(objects if len(objects) <= MAX_HOLDER_SCAN else interesting)
@@ -171,15 +178,46 @@ def collect_sync(watch: LoopWatch | None, *, proof: bool = False, exclude: froze
             handoff_seconds=None if handoff is None else max(0.0, now - handoff),
             cleared_seconds=None if cleared is None else max(0.0, now - cleared[0]),
             cleared_by=None if cleared is None else cleared[1],
+            lost=lost[prim.id][0] if prim.id in lost else None,
         ))
     with watch.own_work() if watch is not None else contextlib.nullcontext():
         proof_result = reachability.prove(budget=proof_budget) if proof else Reachability(False)
-    del live, objects, interesting
+    del live, objects, interesting, lost
     return SyncSnapshot(
         taken_at=tasks.taken_at, process=process_info(), tasks=tasks, primitives=tuple(states),
         reachability=proof_result, holders_tracked=holders.installed(),
         notes=process_notes() + tuple(notes) + (f"collected in {time.monotonic() - started:.3f}s",),
     )
+
+
+def _lost_pool_items(tasks: TaskSnapshot, live: dict[int, Any],
+                     queues: dict[str, Any]) -> dict[str, tuple[tuple[str, str, int, int], object]]:
+    """For the empty queues that tasks have waited on in ``get()`` for a while, with no end:
+    what each one's keeper keeps besides, and how much of it nothing else holds
+    (``queue_pools.lost_items``)."""
+    waits = []
+    labels = {}
+    for info in tasks.tasks:
+        prim = info.wait.primitive
+        if (info.wait.kind != "queue_get" or prim is None or prim.size != 0 or info.state != "waiting"
+                or (info.wait.seconds or 0.0) < OWNER_MIN_WAIT or info.wait.deadline is not None
+                or prim.id not in queues or info.id not in live):
+            continue
+        waits.append((live[info.id], queues[prim.id], prim.id))
+        labels[prim.id] = prim.label
+    return queue_pools.lost_items(waits, labels) if waits else {}
+
+
+def _with_pool_keepers(tasks: TaskSnapshot, lost: dict[str, tuple[tuple[str, str, int, int], object]]) -> TaskSnapshot:
+    """The waits on those queues with the pool that keeps each among their keepers."""
+    out = []
+    for info in tasks.tasks:
+        prim = info.wait.primitive
+        found = lost.get(prim.id) if prim is not None and info.wait.kind == "queue_get" else None
+        if found is not None and hex(id(found[1])) not in info.wait.owner_ids:
+            info = replace(info, wait=replace(info.wait, owner_ids=(hex(id(found[1])),) + info.wait.owner_ids))
+        out.append(info)
+    return replace(tasks, tasks=tuple(out))
 
 
 def _line(code: Any, offset: int) -> int:
@@ -671,11 +709,12 @@ def _unfinished_join(info: TaskInfo) -> bool:
             and (prim.unfinished or 0) > 0)
 
 
-def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
+def with_users(tasks: TaskSnapshot, live: dict[int, Any], also: frozenset[str] = frozenset()) -> TaskSnapshot:
     """``tasks`` with ``Wait.users`` set for long waits whose other side may be gone: what
     they wait on (or a keeper of it) was used by a task or thread that died, the keeper's
     connection is closed, a ``Queue.join()`` waits for items taken and never marked done,
-    or a gather runs the task beside one that has ended.  Each live task's await chain is looked at once, for references to what they
+    or a gather runs the task beside one that has ended, or it waits on a queue of ``also``
+    (a pool's, whose items all left it and nothing holds).  Each live task's await chain is looked at once, for references to what they
     wait on and to its keepers; a task the loop is stepping now, or more tasks than
     ``MAX_RUNNER_SCAN``, leave the answer unknown (None).  A user that itself waits for
     work (on a queue, an event, a condition) is asked the same question, once: whoever
@@ -709,7 +748,7 @@ def with_users(tasks: TaskSnapshot, live: dict[int, Any]) -> TaskSnapshot:
             del pipe, process, reader
             continue
         if not (info.wait.owner_closed or key in touched or any(o in touched for o in info.wait.owner_ids)
-                or _unfinished_join(info) or info.id in beside_ended):
+                or _unfinished_join(info) or info.id in beside_ended or key in also):
             task = live.get(info.id)
             if not _quiet_candidate(info) or task is None or reach.in_loop(task_coroutine(future_field(task, "_coro"))) is not False:
                 continue  # (a wait inside a loop is a worker's, for its next piece of work)

@@ -72,7 +72,10 @@ class PrimitiveState:
     release made by other code than the acquirer's (another task, a callback: permits
     handed on by design), None when diag saw none.  For an Event, ``cleared_seconds``
     is the time since its last ``clear()`` and ``cleared_by`` the task that called it
-    (None: outside a task, or not seen)."""
+    (None: outside a task, or not seen).  For a queue that tasks wait to ``get()`` from, empty,
+    ``lost`` is what its keeper keeps besides: ``(where, class name, how many, how many of
+    them nothing else refers to)`` (``("Pool._holders", "Conn", 3, 3)``: a pool's items taken
+    from its queue and never put back), None when not looked for or not found."""
 
     primitive: Primitive
     holders: tuple[Holder, ...] = ()
@@ -83,6 +86,7 @@ class PrimitiveState:
     handoff_seconds: float | None = None
     cleared_seconds: float | None = None
     cleared_by: int | None = None
+    lost: tuple[str, str, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"primitive": self.primitive.to_dict(), "holders": [h.to_dict() for h in self.holders],
@@ -91,6 +95,8 @@ class PrimitiveState:
         if self.cleared_seconds is not None:
             d["cleared_seconds"] = self.cleared_seconds
             d["cleared_by"] = self.cleared_by
+        if self.lost is not None:
+            d["lost"] = {"where": self.lost[0], "type": self.lost[1], "kept": self.lost[2], "unheld": self.lost[3]}
         return d
 
     @classmethod
@@ -108,7 +114,14 @@ class PrimitiveState:
                    bool(d.get("tracked", False)),
                    None if handoff is None else finite_float(handoff, "handoff_seconds"),
                    None if cleared is None else finite_float(cleared, "cleared_seconds"),
-                   int(by) if isinstance(by, int) and not isinstance(by, bool) else None)
+                   int(by) if isinstance(by, int) and not isinstance(by, bool) else None,
+                   _lost(d.get("lost")))
+
+
+def _lost(d: object) -> tuple[str, str, int, int] | None:
+    if not isinstance(d, Mapping):
+        return None
+    return str(d.get("where") or ""), str(d.get("type") or ""), int(d.get("kept") or 0), int(d.get("unheld") or 0)
 
 
 @dataclass(frozen=True)
