@@ -1091,9 +1091,12 @@ def suspects(snap: SyncSnapshot, by_id: Mapping[int, TaskInfo], options: LeakOpt
                        f"waits with nothing to end it; what the ended one fed it may never come")
         if task.wait.kind == "gather" and task.wait.detail == "gather" and task.wait.finished:
             left = [by_id[c] for c in task.wait.tasks if c in by_id]
-            if left and all(t.state == "waiting" and not _has_deadline(t) for t in left):
+            # (each waiting as long as a wait must to count: a child reading a stream line by
+            # line waits anew for each line, at work)
+            if left and all(t.state == "waiting" and not _has_deadline(t) and (t.wait.seconds or 0.0) >= options.min_wait
+                            for t in left):
                 why.append(f"{_ended_text(task.wait.finished)}; gather returns only once the other "
-                           f"{_plural(len(left), 'task')} end too, and "
+                           f"{_plural(len(left), 'task')} {'ends' if len(left) == 1 else 'end'} too, and "
                            f"{'it waits' if len(left) == 1 else 'they wait'} with nothing to end "
                            f"{'its' if len(left) == 1 else 'their'} wait: "
                            + ", ".join(f"{t.coro} on {t.wait.detail or t.wait.kind}" for t in left[:4]))

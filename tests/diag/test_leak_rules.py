@@ -1058,3 +1058,21 @@ def test_a_user_waiting_for_work_nobody_left_can_hand_it_cannot_act() -> None:
             (_idle_worker(2, users=(), deadline=5.0), ()),    # its wait ends on its own
             (_idle_worker(2, users=(), relay=False), ())):    # not asked as a relay: a worker that may be fed
         assert kinds(leak_report(_missed_pulse(users=(2,), others=(worker,) + others), OPTIONS)) == ["suspect"], worker
+
+
+@pytest.mark.parametrize(("child_wait", "suspect"), [(30.0, True), (0.2, False)])
+def test_a_gather_beside_an_ended_task_counts_only_children_that_have_waited_long(child_wait: float,
+                                                                                    suspect: bool) -> None:
+    """The children left of a gather whose other task has ended: waiting long with no end,
+    evidence; one that began its wait a moment ago (reading a stream line by line, each
+    line a new wait) is at work."""
+    from diag.model.task_snapshot import FinishedChild
+    read = Frame("/usr/lib/python3.11/asyncio/streams.py", 560, "StreamReader.readuntil", "await self._wait_for_data")
+    child = task(7, coro="LlmClient.complete", stack=(read,),
+                 wait=Wait("stream_read", "StreamReader.readuntil", seconds=child_wait, deadline_known=True))
+    parent = task(3, coro="Worker.run", stack=(GATHER,),
+                  wait=Wait("gather", "gather", seconds=30.0, tasks=(5, 7), deadline_known=True,
+                            finished=(FinishedChild(5, "LlmClient.complete", "returned"),)))
+    report = leak_report(sync(snapshot(parent, child)), OPTIONS)
+    evidence = " ".join(f.evidence for f in report.findings if any(t.id == 3 for t in f.tasks))
+    assert ("gather returns only once the other" in evidence) == suspect, report.findings
