@@ -40,16 +40,23 @@ _COLLECTIONS = (list, tuple, set, frozenset, collections.deque)
 _FOREIGN = ("builtins", "asyncio", "_asyncio", "uvloop", "concurrent", "threading", "diag")
 
 
-def _caller_of_get(task: object) -> object:
-    """The coroutine that awaits ``Queue.get()`` in ``task``'s chain, or None."""
+def _chain(task: object) -> list[object]:
     node: Any = task_coroutine(future_field(task, "_coro"))
-    caller = None
+    out: list[object] = []
     for _ in range(MAX_DEPTH):
         if type(node) is not types.CoroutineType:
-            return None
+            break
+        out.append(node)
+        node = node.cr_await
+    return out
+
+
+def _caller_of_get(task: object) -> object:
+    """The coroutine that awaits ``Queue.get()`` in ``task``'s chain, or None."""
+    chain: list[Any] = _chain(task)
+    for n, node in enumerate(chain):
         if node.cr_code is _GET_CODE:
-            return caller
-        caller, node = node, node.cr_await
+            return chain[n - 1] if n else None
     return None
 
 
@@ -69,8 +76,17 @@ def keeper_of(task: object, queue: object) -> tuple[object, str] | None:
     return None
 
 
+#: A class's own ``__module__`` and ``__qualname__``, read through ``type``'s descriptors: no
+#: metaclass of the program's runs.
+_TYPE_MODULE = type.__dict__["__module__"].__get__
+_TYPE_QUALNAME = type.__dict__["__qualname__"].__get__
+
+
 def _program_class(cls: type) -> bool:
-    module = getattr(cls, "__module__", "") or ""
+    try:
+        module = _TYPE_MODULE(cls)
+    except Exception:
+        return False
     return type(module) is str and module.split(".", 1)[0] not in _FOREIGN
 
 
@@ -89,17 +105,6 @@ def kept_items(keeper: object, queue: object) -> tuple[str, list[object]] | None
             continue
         return name, items
     return None
-
-
-def _chain(task: object) -> list[object]:
-    node: Any = task_coroutine(future_field(task, "_coro"))
-    out: list[object] = []
-    for _ in range(MAX_DEPTH):
-        if type(node) is not types.CoroutineType:
-            break
-        out.append(node)
-        node = node.cr_await
-    return out
 
 
 def unheld(groups: list[tuple[object, list[object]]], waiting: Iterable[object] = ()) -> list[int]:
@@ -158,8 +163,8 @@ def lost_items(waits: list[tuple[object, object, str]],
     out: dict[str, tuple[tuple[str, str, int, int], object]] = {}
     for (qid, (keeper, name, items, _container)), count in zip(found.items(), counts):
         label = labels.get(qid, "")
-        owner = label.rsplit(".", 1)[0] if "." in label else type(keeper).__qualname__
-        out[qid] = ((f"{owner}.{name}", type(items[0]).__qualname__, len(items), count), keeper)
+        owner = label.rsplit(".", 1)[0] if "." in label else str(_TYPE_QUALNAME(type(keeper)))
+        out[qid] = ((f"{owner}.{name}", str(_TYPE_QUALNAME(type(items[0]))), len(items), count), keeper)
     return out
 
 

@@ -495,17 +495,9 @@ def asyncio_futures_by_concurrent(futures: Iterable[object]) -> dict[int, object
     """id(concurrent future) -> the asyncio future chained to it (``run_in_executor``)."""
     out: dict[int, object] = {}
     for fut in futures:
-        for entry in _callbacks(fut):
-            fn = _callback_fn(entry)
-            if type(fn) is not types.FunctionType or fn.__name__ != "_call_check_cancel":
-                continue
-            for cell in fn.__closure__ or ():
-                try:
-                    value = cell.cell_contents
-                except ValueError:
-                    continue
-                if type(value) is concurrent.futures.Future:
-                    out[id(value)] = fut
+        source = concurrent_source(fut)
+        if source is not None:
+            out[id(source)] = fut
     return out
 
 
@@ -514,15 +506,10 @@ def concurrent_source(fut: object) -> object:
     ``run_in_executor``, ``run_coroutine_threadsafe`` awaited), or None."""
     for entry in _callbacks(fut):
         fn = _callback_fn(entry)
-        if type(fn) is not types.FunctionType or fn.__name__ != "_call_check_cancel":
-            continue
-        for cell in fn.__closure__ or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:
-                continue
-            if type(value) is concurrent.futures.Future:
-                return value
+        if type(fn) is types.FunctionType and fn.__name__ == "_call_check_cancel":
+            found = _closure_futures(fn)
+            if found:
+                return found[0]
     return None
 
 
