@@ -16,11 +16,11 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import diag
 from diag.agent_protocol import PREFIX
-from diag.analysis.task_groups import TaskQuery, filter_tasks, find_cycles, task_view
+from diag.analysis.task_groups import TaskQuery, filter_tasks, find_cycles, grouped_view, sketch_query, task_view
 from diag.collect import gc_pause
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import (
-    CollectOptions, TaskStream, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
+    CollectOptions, TaskSketches, TaskStream, collect_tasks, collect_loops, paused_gc, process_info, _FrameCache,
 )
 from diag.collect.loop_watch import iter_all_tasks
 from diag.collect.safe_read import future_done
@@ -511,6 +511,15 @@ class Endpoints:
                 cached = self._last
                 if cached is not None and cached[1] == exclude and now - cached[0] < SNAPSHOT_REUSE:
                     snap = cached[2]
+                elif sketch_query(tq) and _pending_more_than(MAX_CACHED_SNAPSHOT_TASKS, exclude):
+                    # A snapshot of this size would not be kept: the grouped answer reads each
+                    # task only as far as its group needs, and describes one task a group.
+                    snap = None
+                    sketches = TaskSketches(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
+                    try:
+                        view = grouped_view(sketches, sketches.describe, sketches.snapshot, tq)
+                    finally:
+                        sketches.close()
                 else:
                     snap = collect_tasks(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
                     # A big snapshot is not kept: alive once the GC runs again, it would be
@@ -520,7 +529,8 @@ class Endpoints:
                 del cached
             finally:
                 self._dump_lock.release()
-            view = task_view(snap, tq)
+            if snap is not None:
+                view = task_view(snap, tq)
             del snap
             if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
                 return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE)))

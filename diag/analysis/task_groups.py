@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 from diag.errors import UsageError
-from diag.model.task_snapshot import TASK_STATES, TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import TASK_STATES, Sketch, TaskInfo, TaskSnapshot, Wait
 
 #: Grouped entries keep at most this many member ids; ``count`` still counts them all.
 MAX_GROUP_IDS = 1000
@@ -106,46 +106,110 @@ def group_tasks(tasks: tuple[TaskInfo, ...]) -> tuple[TaskInfo, ...]:
     of a kind (one Event per request, say) says how many instead, so that 10,000 tasks
     each on its own Event still read as one line.
     """
-    groups: dict[tuple[object, ...], list[TaskInfo]] = {}
-    # Hashing a stack hashes every frame; tasks collected together share their stack
-    # tuples, so each distinct tuple object is turned into a small int once.
-    stack_ids: dict[int, int] = {}
-    stack_numbers: dict[tuple[object, ...], int] = {}
+    groups = GroupBuilder()
     for task in tasks:
-        number = stack_ids.get(id(task.stack))
-        if number is None:
-            number = stack_ids[id(task.stack)] = stack_numbers.setdefault(task.stack, len(stack_numbers))
-        key = (task.state, task.coro, number, task.wait.kind, task.wait.detail)
-        groups.setdefault(key, []).append(task)
-    out = []
-    for members in groups.values():
-        first = members[0]
-        count = sum(m.count for m in members)
-        ids: list[int] = []
-        for m in members:
-            ids.extend(m.ids or (m.id,))
-            if len(ids) >= MAX_GROUP_IDS:
-                break
-        longest = max((m.wait.seconds for m in members if m.wait.seconds is not None), default=None)
-        wait = replace(first.wait, seconds=longest)
-        prims = {m.wait.primitive.id for m in members if m.wait.primitive is not None}
-        awaited = {m.wait.tasks for m in members}
-        if len(prims) > 1:
+        key = groups.key(task.state, task.coro, task.stack, task.wait)
+        if not groups.join(key, task.id, task.wait, task.count, task.ids):
+            groups.start(key, task)
+    return groups.finish()
+
+
+class GroupBuilder:
+    """Groups built one task at a time, for ``group_tasks`` and for dumps that describe
+    only the first task of each group in full: ``key`` says which group a task is in,
+    ``join`` adds it to a group already started (False if there is none yet), ``start``
+    begins one with its first member's whole record, ``finish`` gives the groups.
+
+    Usage::
+
+        groups = GroupBuilder()
+        key = groups.key(state, coro, stack, wait)
+        if not groups.join(key, task_id, wait):
+            groups.start(key, describe(task))
+        return groups.finish()
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[object, ...], _Group] = {}
+        # Hashing a stack hashes every frame; tasks collected together share their stack
+        # tuples, so each distinct tuple object is turned into a small int once.
+        self._stack_ids: dict[int, tuple[int, tuple[object, ...]]] = {}
+        self._stack_numbers: dict[tuple[object, ...], int] = {}
+
+    def key(self, state: str, coro: str, stack: tuple[object, ...], wait: Wait) -> tuple[object, ...]:
+        """Tasks with equal keys are the same story (see ``group_key``)."""
+        known = self._stack_ids.get(id(stack))
+        if known is None or known[1] is not stack:
+            known = self._stack_ids[id(stack)] = (self._stack_numbers.setdefault(stack, len(self._stack_numbers)), stack)
+        return (state, coro, known[0], wait.kind, wait.detail)
+
+    def join(self, key: tuple[object, ...], task_id: int, wait: Wait, count: int = 1,
+             ids: tuple[int, ...] = ()) -> bool:
+        group = self.groups.get(key)
+        if group is None:
+            return False
+        group.add(task_id, wait, count, ids)
+        return True
+
+    def start(self, key: tuple[object, ...], first: TaskInfo) -> None:
+        group = self.groups[key] = _Group(first)
+        group.add(first.id, first.wait, first.count, first.ids)
+
+    def firsts(self) -> list[TaskInfo]:
+        return [g.first for g in self.groups.values()]
+
+    def finish(self, firsts: list[TaskInfo] | None = None) -> tuple[TaskInfo, ...]:
+        """The groups, biggest first; ``firsts`` replaces the first members' records (in
+        the order ``firsts()`` gave them), as a collection names their primitives last."""
+        groups = list(self.groups.values())
+        out = [g.result(firsts[i] if firsts is not None else g.first) for i, g in enumerate(groups)]
+        out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
+        return tuple(out)
+
+
+class _Group:
+    __slots__ = ("first", "count", "ids", "longest", "prims", "awaited", "remotes", "started")
+
+    def __init__(self, first: TaskInfo) -> None:
+        self.first = first
+        self.count = 0
+        self.ids: list[int] = []
+        self.longest: float | None = None
+        self.prims: set[str] = set()
+        self.awaited: set[tuple[int, ...]] = set()
+        self.remotes: set[tuple[str, int | None]] = set()
+        self.started = 0
+
+    def add(self, task_id: int, wait: Wait, count: int, ids: tuple[int, ...]) -> None:
+        self.count += count
+        if len(self.ids) < MAX_GROUP_IDS:
+            self.ids.extend(ids or (task_id,))
+        seconds = wait.seconds
+        if seconds is not None and (self.longest is None or seconds > self.longest):
+            self.longest = seconds
+        if wait.primitive is not None:
+            self.prims.add(wait.primitive.id)
+        self.awaited.add(wait.tasks)
+        self.remotes.add((wait.remote_loop, wait.remote_task))
+        if wait.remote_task is not None:
+            self.started += count
+
+    def result(self, first: TaskInfo) -> TaskInfo:
+        count = self.count
+        wait = replace(first.wait, seconds=self.longest)
+        if len(self.prims) > 1:
             kind = first.wait.primitive.kind if first.wait.primitive is not None else "object"
-            wait = replace(wait, primitive=None, detail=f"{wait.detail} (on {len(prims)} distinct {kind}s)")
-        elif len(awaited) > 1:
-            wait = replace(wait, tasks=(), detail=f"{wait.detail} (on {len(awaited)} distinct task sets)"
-                           if wait.kind == "gather" else f"{wait.detail} (on {len(awaited)} distinct tasks)")
-        remotes = {(m.wait.remote_loop, m.wait.remote_task) for m in members}
-        if len(remotes) > 1:  # coroutines handed to another loop: started there or not yet
-            loops = {r[0] for r in remotes}
-            started = sum(m.count for m in members if m.wait.remote_task is not None)
+            wait = replace(wait, primitive=None, detail=f"{wait.detail} (on {len(self.prims)} distinct {kind}s)")
+        elif len(self.awaited) > 1:
+            wait = replace(wait, tasks=(), detail=f"{wait.detail} (on {len(self.awaited)} distinct task sets)"
+                           if wait.kind == "gather" else f"{wait.detail} (on {len(self.awaited)} distinct tasks)")
+        if len(self.remotes) > 1:  # coroutines handed to another loop: started there or not yet
+            loops = {r[0] for r in self.remotes}
             where = f"loop {next(iter(loops))}" if len(loops) == 1 else f"{len(loops)} loops"
             wait = replace(wait, remote_loop="", remote_task=None,
-                           detail=f"{wait.detail} (on {where}: {started} started, {count - started} not started)")
-        out.append(replace(first, count=count, ids=tuple(ids[:MAX_GROUP_IDS]), wait=wait))
-    out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
-    return tuple(out)
+                           detail=f"{wait.detail} (on {where}: {self.started} started, "
+                                  f"{count - self.started} not started)")
+        return replace(first, count=count, ids=tuple(self.ids[:MAX_GROUP_IDS]), wait=wait)
 
 
 def task_view(snapshot: TaskSnapshot, query: TaskQuery) -> TaskSnapshot:
@@ -157,11 +221,61 @@ def task_view(snapshot: TaskSnapshot, query: TaskQuery) -> TaskSnapshot:
     if query.debug == 1:
         tasks = group_tasks(tasks)
         grouped = True
+    return _capped(snapshot, tasks, grouped, cycles, query)
+
+
+def _capped(snapshot: TaskSnapshot, tasks: tuple[TaskInfo, ...], grouped: bool,
+            cycles: tuple[tuple[int, ...], ...], query: TaskQuery) -> TaskSnapshot:
     notes: tuple[str, ...] = ()
     if query.limit is not None and len(tasks) > query.limit:
         notes = (f"showing {query.limit} of {len(tasks)} {'groups' if grouped else 'tasks'} (--limit)",)
         tasks = tasks[: query.limit]
     return snapshot.with_tasks(tasks, grouped=grouped, notes=notes, await_cycles=cycles)
+
+
+def sketch_query(query: TaskQuery) -> bool:
+    """Whether ``grouped_view`` can answer ``query``: a grouped one without ``--filter``
+    (which reads every task's name and frames)."""
+    return query.debug == 1 and not query.pattern
+
+
+def grouped_view(sketches: Iterable[Sketch], describe: Callable[[Sketch], TaskInfo],
+                 finish: Callable[[list[TaskInfo]], tuple[TaskSnapshot, list[TaskInfo]]],
+                 query: TaskQuery) -> TaskSnapshot:
+    """``task_view`` of a grouped query (``sketch_query``) from sketches of the tasks
+    (id, state, coroutine, stack, wait, ...; in id order), each described in full by
+    ``describe`` only if it is the first of its group; ``finish`` turns those records
+    into the snapshot and their final form.  The same answer as ``task_view`` of the
+    whole snapshot, for a fraction of its work when many tasks share a story."""
+    query.validate()
+    states = set(query.states)
+    min_wait = query.min_wait
+    groups = GroupBuilder()
+    edges: dict[int, tuple[int, ...]] = {}
+    # Tasks stuck together come one after the other with the same wait (one object): the
+    # group of the last task takes them without a look-up.
+    last: tuple[object, ...] = ()
+    group: _Group | None = None
+    for sketch in sketches:
+        task_id, state, coro, stack, wait = sketch[:5]
+        if wait.tasks:
+            edges[task_id] = wait.tasks
+        if states and state not in states:
+            continue
+        if min_wait is not None and (wait.seconds or 0.0) < min_wait:
+            continue
+        if group is not None and wait is last[0] and stack is last[1] and coro == last[2] and state == last[3]:
+            group.count += 1  # what add() does for a wait the group has taken already
+            if len(group.ids) < MAX_GROUP_IDS:
+                group.ids.append(task_id)
+            continue
+        key = groups.key(state, coro, stack, wait)
+        if not groups.join(key, task_id, wait):
+            groups.start(key, describe(sketch))
+        group, last = groups.groups[key], (wait, stack, coro, state)
+    snapshot, firsts = finish(groups.firsts())
+    cycles = tuple(find_cycles(edges))
+    return _capped(snapshot, groups.finish(firsts), True, cycles, query)
 
 
 def awaited_by(snapshot: TaskSnapshot) -> dict[int, tuple[int, ...]]:

@@ -30,16 +30,17 @@ from typing import Any, Iterator
 import diag
 from diag.collect import condition_activity, holders, task_origins, wait_evidence
 from diag.collect.safe_read import (
-    COROUTINE_WRAPPER, MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict,
+    _C_TASK, COROUTINE_WRAPPER, MISSING, builtin_items, builtin_len, class_attr, clip, future_done, future_field, instance_dict,
     is_a, plain_attr, quoted, read_attr, task_cancelling, task_coroutine, task_name, type_name, wrapped_coroutine,
 )
 from diag.collect.loop_watch import LoopWatch, StallHistory, iter_all_tasks
 from diag.model.task_snapshot import (
-    ConnectionPool, CreatedBy, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, TaskInfo, TaskSnapshot,
-    ThreadInfo, Wait,
+    ConnectionPool, CreatedBy, FinishedChild, Frame, LoopInfo, Primitive, ProcessInfo, Sketch, TaskInfo,
+    TaskSnapshot, ThreadInfo, Wait,
 )
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_PENDING = "PENDING"
 _RUNNING = Wait("running")
 _READY = Wait("ready")
 _CoroutineType = types.CoroutineType
@@ -476,6 +477,9 @@ class _Shape:
     kind: str
     detail: str
     user: int  # index of the nearest non-asyncio frame awaiting the known one, or -1
+    #: A wait on this chain is all in ``_Walker.waits`` once seen: a primitive's (but a
+    #: Condition's, whose predicate each task has, and Queue.join's).
+    memo: bool = False
 
 
 def _count(obj: object) -> int:
@@ -844,7 +848,8 @@ class _Walker:
                 elif i > 0 and id(frames[i - 1].f_code) in _AS_COMPLETED:
                     known, kind, detail = i - 1, "gather", "as_completed"
                 break
-            shape = self.shapes[key] = _Shape(stack, known, kind, detail, user)  # type: ignore[index]
+            memo = kind in _PRIMITIVE_KINDS and kind != "condition" and detail != "Queue.join"
+            shape = self.shapes[key] = _Shape(stack, known, kind, detail, user, memo)  # type: ignore[index]
         return shape
 
     def classify(self, task: asyncio.Task[Any], nodes: list[object], frames: list[types.FrameType] | None,
@@ -1000,6 +1005,11 @@ class _Walker:
         return created
 
     def task_info(self, task: asyncio.Task[Any], running: bool) -> TaskInfo:
+        return self.finish(task, running, *self.read(task, running))
+
+    def read(self, task: asyncio.Task[Any], running: bool) -> tuple[object, list[object], _Shape, Wait]:
+        """What every task of a dump needs read: its coroutine, await chain, the chain's
+        shape (stack) and what it waits on; ``finish`` adds the rest of its record."""
         coro = task_coroutine(future_field(task, "_coro"))
         walked = (None if _c_await_chain is None
                   else _c_await_chain(coro, MAX_CHAIN, holders.WRAPPER_CODE_OBJECTS))
@@ -1019,6 +1029,12 @@ class _Walker:
             wait = self.classify(task, nodes, frames, shape, running)
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
             wait = Wait("unknown", f"unreadable ({type(err).__name__})")
+        return coro, nodes, shape, wait
+
+    def finish(self, task: asyncio.Task[Any], running: bool, coro: object, nodes: list[object], shape: _Shape,
+               wait: Wait) -> TaskInfo:
+        """The task's record from what ``read`` found: its origin, creator, loop, name,
+        cancellation and what can end its wait."""
         stack = shape.stack
         origin = task_origins.task_origin(task)
         created_by = self.created_by(origin) if origin is not None else None
@@ -1231,10 +1247,28 @@ class _Collection:
         self.options = options
         self.started = time.monotonic()
         self.taken_at = time.time()
-        self.all_tasks = [t for t in iter_all_tasks() if not future_done(t) and id(t) not in options.exclude]
+        exclude, c_task = options.exclude, _C_TASK
+        self.all_tasks: list[asyncio.Task[Any]] = []
+        tasks = self.all_tasks
+        by_id: dict[int, asyncio.AbstractEventLoop] = {}
+        for t in iter_all_tasks():
+            if id(t) in exclude:
+                continue
+            if type(t) is c_task:  # exact type: its fields are asyncio's descriptors, no code of the program's
+                if t._state != _PENDING:
+                    continue
+                loop = t._loop
+            else:
+                if future_done(t):
+                    continue
+                loop = future_field(t, "_loop")
+            tasks.append(t)
+            if loop is not None and id(loop) not in by_id:
+                by_id[id(loop)] = loop
+        #: ``task_seq`` of each of ``all_tasks``, in the same order
+        self.seqs = task_origins.task_seqs(tasks)
         loops: set[asyncio.AbstractEventLoop] = set()
         self.current: set[int] = set()
-        by_id = {id(loop): loop for loop in (future_field(t, "_loop") for t in self.all_tasks) if loop is not None}
         for loop in by_id.values():
             loops.add(loop)
             cur = asyncio.current_task(loop)
@@ -1246,12 +1280,18 @@ class _Collection:
                 watch.add_loop(loop)
         self.loops = loops
         self.walker = walker = _Walker(watch, options, time.monotonic())
-        walker.by_seq = {task_origins.task_seq(t): t for t in self.all_tasks}
+        walker.by_seq = dict(zip(self.seqs, tasks))
         walker.loop_ids_loops = loops
         self.deadline = None if options.budget is None else self.started + options.budget
         self.described = 0
         self.cut = False  # the walk stopped at its budget: total_tasks counts the tasks it did not describe
         self.notes: tuple[str, ...] = ()
+
+    def sort_by_seq(self) -> None:
+        """Put ``all_tasks`` (and ``seqs``) in creation order."""
+        order = sorted(range(len(self.seqs)), key=self.seqs.__getitem__)
+        self.all_tasks = [self.all_tasks[i] for i in order]
+        self.seqs = [self.seqs[i] for i in order]
 
     def describe(self, tasks: list[asyncio.Task[Any]]) -> list[TaskInfo]:
         """``tasks`` described, until the budget runs out (then ``cut`` is set and a note says so)."""
@@ -1340,7 +1380,7 @@ class TaskStream:
         _learn_library_codes()
         with paused_gc(), (watch.own_work() if watch is not None else contextlib.nullcontext()):
             self.run = _Collection(watch, options)
-            self.run.all_tasks.sort(key=task_origins.task_seq)
+            self.run.sort_by_seq()
         self.slice_size = slice_size
         self.edges: dict[int, tuple[int, ...]] = {}
         self.ended = 0  # tasks that ended before their slice was described
@@ -1389,3 +1429,122 @@ class TaskStream:
         if self.ended:
             notes += (f"{self.ended} of them ended before their slice was described, and are left out",)
         return replace(snap, notes=notes)
+
+
+class TaskSketches:
+    """A collection for a grouped dump: every pending task read only as far as its group
+    needs (its await chain, stack and wait), and described in full (creator, name,
+    deadline, cancellation...) only when the reader asks, for the first task of a group.
+    Tasks come in id order, so the first of a group is the one a grouped snapshot would
+    show.  The GC stays paused, and the work is the agent's own, from the first sketch to
+    ``snapshot``.
+
+    Usage::
+
+        sketches = TaskSketches(watch, CollectOptions(budget=5.0))
+        firsts = [sketches.describe(s) for s in sketches if is_new_group(s)]
+        snap, firsts = sketches.snapshot(firsts)   # primitives named, as collect_tasks
+    """
+
+    def __init__(self, watch: LoopWatch | None, options: CollectOptions) -> None:
+        _learn_library_codes()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(paused_gc())
+        if watch is not None:
+            self._stack.enter_context(watch.own_work())
+        try:
+            self.run = _Collection(watch, options)
+            self.run.sort_by_seq()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __iter__(self) -> Iterator[Sketch]:
+        run = self.run
+        walker, current, deadline = run.walker, run.current, run.deadline
+        coro_name = walker.coro_name
+        # The common case read through what earlier tasks of the dump left in the walker's
+        # memos: asyncio's own task, on a chain whose shape is known, in a primitive's queue
+        # already indexed, with that wait seen before.  Anything else is read in full.
+        chain, wrappers = _c_await_chain, holders.WRAPPER_CODE_OBJECTS
+        shapes, owners, waits, names = walker.shapes, walker.waiter_owners, walker.waits, walker.coro_names
+        watch = walker.watch
+        c_task = _C_TASK if chain is not None and watch is not None else None
+        task: Any
+        for seq, task in zip(run.seqs, run.all_tasks):
+            if deadline is not None and run.described % _CLOCK_EVERY == 0 and run.described \
+                    and time.monotonic() > deadline:
+                run.notes += (f"cut: the dump stopped after its budget of {run.options.budget:g}s; "
+                              f"described {run.described} of {len(run.all_tasks)} tasks",)
+                run.cut = True
+                return
+            run.described += 1
+            if type(task) is c_task and id(task) not in current:
+                try:  # exact type: its fields are asyncio's descriptors, no code of the program's
+                    coro = task._coro
+                    waiter = task._fut_waiter
+                    if type(coro) is _CoroutineType and waiter is not None:
+                        walked = chain(coro, MAX_CHAIN, wrappers)  # type: ignore[misc]
+                        shape = shapes.get(walked[0]) if walked is not None else None
+                        entry = owners.get(id(waiter)) if shape is not None and shape.memo else None
+                        name = names.get(id(coro.cr_code)) if entry is not None and entry[0] is waiter else None
+                        if shape is not None and entry is not None and name is not None:
+                            since = watch.first_seen(task, waiter)  # type: ignore[union-attr]
+                            wait = waits.get((id(shape), id(entry[1]), since))
+                            if wait is not None:
+                                yield (seq, "waiting", name, shape.stack, wait, (task, False, None, None, shape))
+                                continue
+                except Exception:
+                    pass
+            try:
+                running = id(task) in current
+                coro, nodes, shape, wait = walker.read(task, running)
+                state = "running" if running else ("ready" if wait.kind == "ready" else "waiting")
+                yield (seq, state, coro_name(coro), shape.stack, wait, (task, running, coro, nodes, shape))
+            except Exception as err:  # an object that cannot be read costs its entry, not the dump
+                try:
+                    info = _unreadable_task(task, err)
+                except Exception:  # gone under our feet
+                    run.described -= 1
+                    continue
+                yield (info.id, info.state, info.coro, info.stack, info.wait, info)
+
+    def describe(self, sketch: Sketch) -> TaskInfo:
+        """The whole record of the sketch's task, as ``collect_tasks`` has it."""
+        handle = sketch[5]
+        if isinstance(handle, TaskInfo):
+            return handle
+        task: Any
+        running: bool
+        nodes: list[object] | None
+        shape: _Shape
+        coro: object
+        task, running, coro, nodes, shape = handle  # type: ignore[misc]
+        try:
+            if nodes is None:  # read through the memos: read again, whole
+                return self.run.walker.task_info(task, running)
+            return self.run.walker.finish(task, running, coro, nodes, shape, sketch[4])
+        except Exception as err:
+            try:
+                return _unreadable_task(task, err)
+            except Exception:
+                return _task_info({"id": sketch[0], "name": "", "coro": sketch[2], "state": sketch[1],
+                                   "stack": sketch[3], "wait": Wait("unknown", f"unreadable ({type(err).__name__})"),
+                                   "loop": ""})
+
+    def snapshot(self, firsts: list[TaskInfo]) -> tuple[TaskSnapshot, list[TaskInfo]]:
+        """Everything but the tasks, and ``firsts`` with their primitives named as
+        ``collect_tasks`` names them; ends the collection (the GC runs again)."""
+        try:
+            run = self.run
+            run.name_primitives()
+            firsts = _unify_primitives(firsts, run.walker.primitives)
+            snap = run.snapshot([], run.described)
+        finally:
+            self._stack.close()
+        first = process_notes()
+        return (replace(snap, notes=first + snap.notes) if first else snap), firsts
+
+    def close(self) -> None:
+        """Give up the collection (the GC runs again); ``snapshot`` does this itself."""
+        self._stack.close()

@@ -914,6 +914,11 @@ class ProcessInfo:
                    str(d.get("python") or ""), str(d.get("diag_version") or ""))
 
 
+#: One task as a grouped dump first reads it: (id, state, coroutine, stack, wait, the
+#: collector's handle for making its whole ``TaskInfo`` if it is the first of its group).
+Sketch = tuple[int, str, str, tuple[Frame, ...], Wait, object]
+
+
 @dataclass(frozen=True)
 class TaskSnapshot:
     """All pending tasks of one process at ``taken_at`` (Unix time).
