@@ -728,6 +728,8 @@ class _Walker:
         self.handed: dict[int, tuple[str, int | None]] | None = None
         self.pools: dict[int, tuple[ConnectionPool | None, bool]] = {}
         self.loop_ids_loops: set[asyncio.AbstractEventLoop] = set()
+        # ``read_memo`` needs the C await chain and the sampler's wait starts
+        self.memo_ok = _c_await_chain is not None and watch is not None and _C_TASK is not None
 
     def index_waiters(self, obj: object) -> None:
         for attr in _WAITER_ATTRS:
@@ -1010,6 +1012,10 @@ class _Walker:
     def read(self, task: asyncio.Task[Any], running: bool) -> tuple[object, list[object], _Shape, Wait]:
         """What every task of a dump needs read: its coroutine, await chain, the chain's
         shape (stack) and what it waits on; ``finish`` adds the rest of its record."""
+        if not running and self.memo_ok:
+            found = self.read_memo(task)
+            if found is not None:
+                return found
         coro = task_coroutine(future_field(task, "_coro"))
         walked = (None if _c_await_chain is None
                   else _c_await_chain(coro, MAX_CHAIN, holders.WRAPPER_CODE_OBJECTS))
@@ -1030,6 +1036,35 @@ class _Walker:
         except Exception as err:  # an odd shape in the target: degrade, do not fail the dump
             wait = Wait("unknown", f"unreadable ({type(err).__name__})")
         return coro, nodes, shape, wait
+
+    def read_memo(self, task: Any) -> tuple[object, list[object], _Shape, Wait] | None:
+        """``read`` of a waiting task through what earlier tasks of the dump left in the
+        memos, or None: asyncio's own task, on a chain whose shape is known, its future in
+        a primitive's queue already indexed, with that wait (chain, primitive, start) seen
+        before.  Tasks stuck together cost a few look-ups each this way."""
+        if type(task) is not _C_TASK:  # exact type: its fields are asyncio's descriptors
+            return None
+        try:
+            coro = task._coro
+            waiter = task._fut_waiter
+            if type(coro) is not _CoroutineType or waiter is None:
+                return None
+            walked = _c_await_chain(coro, MAX_CHAIN, holders.WRAPPER_CODE_OBJECTS)  # type: ignore[misc]
+            shape = self.shapes.get(walked[0]) if walked is not None else None
+            if shape is None or not shape.memo:
+                return None
+            entry = self.waiter_owners.get(id(waiter))
+            if entry is None or entry[0] is not waiter:
+                return None
+            wait = self.waits.get((id(shape), id(entry[1]), self.watch.first_seen(task, waiter)))  # type: ignore[union-attr]
+            if wait is None:
+                return None
+            nodes = walked[1]
+            if len(nodes) > self.options.max_frames:
+                nodes = _elide(nodes, self.options.max_frames)[0]
+            return coro, nodes, shape, wait
+        except Exception:
+            return None
 
     def finish(self, task: asyncio.Task[Any], running: bool, coro: object, nodes: list[object], shape: _Shape,
                wait: Wait) -> TaskInfo:
@@ -1462,14 +1497,7 @@ class TaskSketches:
     def __iter__(self) -> Iterator[Sketch]:
         run = self.run
         walker, current, deadline = run.walker, run.current, run.deadline
-        coro_name = walker.coro_name
-        # The common case read through what earlier tasks of the dump left in the walker's
-        # memos: asyncio's own task, on a chain whose shape is known, in a primitive's queue
-        # already indexed, with that wait seen before.  Anything else is read in full.
-        chain, wrappers = _c_await_chain, holders.WRAPPER_CODE_OBJECTS
-        shapes, owners, waits, names = walker.shapes, walker.waiter_owners, walker.waits, walker.coro_names
-        watch = walker.watch
-        c_task = _C_TASK if chain is not None and watch is not None else None
+        coro_name, read_memo, memo_ok = walker.coro_name, walker.read_memo, walker.memo_ok
         task: Any
         for seq, task in zip(run.seqs, run.all_tasks):
             if deadline is not None and run.described % _CLOCK_EVERY == 0 and run.described \
@@ -1479,25 +1507,13 @@ class TaskSketches:
                 run.cut = True
                 return
             run.described += 1
-            if type(task) is c_task and id(task) not in current:
-                try:  # exact type: its fields are asyncio's descriptors, no code of the program's
-                    coro = task._coro
-                    waiter = task._fut_waiter
-                    if type(coro) is _CoroutineType and waiter is not None:
-                        walked = chain(coro, MAX_CHAIN, wrappers)  # type: ignore[misc]
-                        shape = shapes.get(walked[0]) if walked is not None else None
-                        entry = owners.get(id(waiter)) if shape is not None and shape.memo else None
-                        name = names.get(id(coro.cr_code)) if entry is not None and entry[0] is waiter else None
-                        if shape is not None and entry is not None and name is not None:
-                            since = watch.first_seen(task, waiter)  # type: ignore[union-attr]
-                            wait = waits.get((id(shape), id(entry[1]), since))
-                            if wait is not None:
-                                yield (seq, "waiting", name, shape.stack, wait, (task, False, None, None, shape))
-                                continue
-                except Exception:
-                    pass
             try:
                 running = id(task) in current
+                found = read_memo(task) if memo_ok and not running else None
+                if found is not None:  # waiting, on a wait an earlier task was read whole for
+                    coro, nodes, shape, wait = found
+                    yield (seq, "waiting", coro_name(coro), shape.stack, wait, (task, False, coro, nodes, shape))
+                    continue
                 coro, nodes, shape, wait = walker.read(task, running)
                 state = "running" if running else ("ready" if wait.kind == "ready" else "waiting")
                 yield (seq, state, coro_name(coro), shape.stack, wait, (task, running, coro, nodes, shape))
@@ -1516,13 +1532,11 @@ class TaskSketches:
             return handle
         task: Any
         running: bool
-        nodes: list[object] | None
+        nodes: list[object]
         shape: _Shape
         coro: object
         task, running, coro, nodes, shape = handle  # type: ignore[misc]
         try:
-            if nodes is None:  # read through the memos: read again, whole
-                return self.run.walker.task_info(task, running)
             return self.run.walker.finish(task, running, coro, nodes, shape, sketch[4])
         except Exception as err:
             try:
