@@ -154,6 +154,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.tasks
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # The CLI starts from bytecode, as an installed diag does (pip compiles a package as it
+    # installs it), whether or not this machine sets PYTHONDONTWRITEBYTECODE.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "diag")], check=True,
+                   stdout=subprocess.DEVNULL)
     target_python = args.peers_python or sys.executable
     target_version, aiomonitor_version = python_info(target_python)
     py_spy = None if args.no_peers else find_py_spy(args.py_spy, args.peers_python)

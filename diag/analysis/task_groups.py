@@ -14,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
@@ -155,23 +156,27 @@ class GroupBuilder:
         group = self.groups[key] = _Group(first)
         group.add(first.id, first.wait, first.count, first.ids)
 
-    def firsts(self) -> list[TaskInfo]:
-        return [g.first for g in self.groups.values()]
-
     def finish(self, firsts: list[TaskInfo] | None = None) -> tuple[TaskInfo, ...]:
-        """The groups, biggest first; ``firsts`` replaces the first members' records (in
-        the order ``firsts()`` gave them), as a collection names their primitives last."""
-        groups = list(self.groups.values())
-        out = [g.result(firsts[i] if firsts is not None else g.first) for i, g in enumerate(groups)]
+        """The groups, biggest first; ``firsts`` gives the first members' records (in the
+        order the groups were started) where they were not given to ``start``."""
+        out = []
+        for i, g in enumerate(self.groups.values()):
+            first = firsts[i] if firsts is not None else g.first
+            if first is not None:  # every group has its first member by now
+                out.append(g.result(first))
         out.sort(key=lambda g: (-g.count, -(g.wait.seconds or 0.0), g.id))
         return tuple(out)
 
 
 class _Group:
-    __slots__ = ("first", "count", "ids", "longest", "prims", "awaited", "remotes", "started")
+    """One group as it is built; ``every_id`` keeps every member's id (members come in any
+    order: the lowest are kept at the end), else the first ``MAX_GROUP_IDS`` as they come."""
 
-    def __init__(self, first: TaskInfo) -> None:
+    __slots__ = ("first", "count", "ids", "longest", "prims", "awaited", "remotes", "started", "every_id")
+
+    def __init__(self, first: TaskInfo | None, every_id: bool = False) -> None:
         self.first = first
+        self.every_id = every_id
         self.count = 0
         self.ids: list[int] = []
         self.longest: float | None = None
@@ -182,7 +187,7 @@ class _Group:
 
     def add(self, task_id: int, wait: Wait, count: int, ids: tuple[int, ...]) -> None:
         self.count += count
-        if len(self.ids) < MAX_GROUP_IDS:
+        if self.every_id or len(self.ids) < MAX_GROUP_IDS:
             self.ids.extend(ids or (task_id,))
         seconds = wait.seconds
         if seconds is not None and (self.longest is None or seconds > self.longest):
@@ -209,7 +214,8 @@ class _Group:
             wait = replace(wait, remote_loop="", remote_task=None,
                            detail=f"{wait.detail} (on {where}: {self.started} started, "
                                   f"{count - self.started} not started)")
-        return replace(first, count=count, ids=tuple(self.ids[:MAX_GROUP_IDS]), wait=wait)
+        ids = heapq.nsmallest(MAX_GROUP_IDS, self.ids) if self.every_id else self.ids[:MAX_GROUP_IDS]
+        return replace(first, count=count, ids=tuple(ids), wait=wait)
 
 
 def task_view(snapshot: TaskSnapshot, query: TaskQuery) -> TaskSnapshot:
@@ -243,19 +249,21 @@ def grouped_view(sketches: Iterable[Sketch], describe: Callable[[Sketch], TaskIn
                  finish: Callable[[list[TaskInfo]], tuple[TaskSnapshot, list[TaskInfo]]],
                  query: TaskQuery) -> TaskSnapshot:
     """``task_view`` of a grouped query (``sketch_query``) from sketches of the tasks
-    (id, state, coroutine, stack, wait, ...; in id order), each described in full by
-    ``describe`` only if it is the first of its group; ``finish`` turns those records
-    into the snapshot and their final form.  The same answer as ``task_view`` of the
-    whole snapshot, for a fraction of its work when many tasks share a story."""
+    (id, state, coroutine, stack, wait, ...; in any order), of which ``describe`` makes
+    the whole record of the first (lowest id) of each group only; ``finish`` turns those
+    records into the snapshot and their final form.  The same answer as ``task_view`` of
+    the whole snapshot, for a fraction of its work when many tasks share a story."""
     query.validate()
     states = set(query.states)
     min_wait = query.min_wait
     groups = GroupBuilder()
+    firsts: dict[tuple[object, ...], Sketch] = {}  # each group's lowest-id sketch
     edges: dict[int, tuple[int, ...]] = {}
-    # Tasks stuck together come one after the other with the same wait (one object): the
-    # group of the last task takes them without a look-up.
+    # Tasks stuck together mostly come one after another with the same wait (one object):
+    # the group of the last task takes them without a look-up.
     last: tuple[object, ...] = ()
     group: _Group | None = None
+    key: tuple[object, ...] = ()
     for sketch in sketches:
         task_id, state, coro, stack, wait = sketch[:5]
         if wait.tasks:
@@ -266,16 +274,22 @@ def grouped_view(sketches: Iterable[Sketch], describe: Callable[[Sketch], TaskIn
             continue
         if group is not None and wait is last[0] and stack is last[1] and coro == last[2] and state == last[3]:
             group.count += 1  # what add() does for a wait the group has taken already
-            if len(group.ids) < MAX_GROUP_IDS:
-                group.ids.append(task_id)
-            continue
-        key = groups.key(state, coro, stack, wait)
-        if not groups.join(key, task_id, wait):
-            groups.start(key, describe(sketch))
-        group, last = groups.groups[key], (wait, stack, coro, state)
-    snapshot, firsts = finish(groups.firsts())
+            group.ids.append(task_id)
+        else:
+            key = groups.key(state, coro, stack, wait)
+            group = groups.groups.get(key)
+            if group is None:
+                group = groups.groups[key] = _Group(None, every_id=True)
+                firsts[key] = sketch
+            group.add(task_id, wait, 1, ())
+            last = (wait, stack, coro, state)
+        if task_id < firsts[key][0]:
+            firsts[key] = sketch
+    # described in id order, as a whole collection would meet them
+    records = {k: describe(firsts[k]) for k in sorted(firsts, key=lambda k: firsts[k][0])}
+    snapshot, final = finish([records[k] for k in groups.groups])
     cycles = tuple(find_cycles(edges))
-    return _capped(snapshot, groups.finish(firsts), True, cycles, query)
+    return _capped(snapshot, groups.finish(final), True, cycles, query)
 
 
 def awaited_by(snapshot: TaskSnapshot) -> dict[int, tuple[int, ...]]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
 
 from diag.agent.endpoints import MAX_CACHED_SNAPSHOT_TASKS
-from diag.analysis.task_groups import TaskQuery, grouped_view, sketch_query, task_view
+from diag.analysis.task_groups import MAX_GROUP_IDS, TaskQuery, grouped_view, sketch_query, task_view
 from diag.collect import task_collector, task_origins
 from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import CollectOptions, TaskSketches, collect_tasks
@@ -93,6 +94,28 @@ def test_grouped_view_of_sketches_is_the_grouped_view_of_the_snapshot(query: Tas
     # one task described a group: the first of it
     assert len(described) == len({(g.state, g.coro, g.stack, g.wait.kind, g.wait.detail) for g in
                                   task_view(whole, replace(query, limit=None)).tasks})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sketches_in_any_order_give_the_same_groups_and_describe_each_group_s_lowest_id(seed: int) -> None:
+    tasks = infos()
+    whole = snapshot(*tasks)
+    sketches, describe, described = sketched(tasks)
+    random.Random(seed).shuffle(sketches)
+    view = grouped_view(sketches, describe, lambda firsts: (replace(whole, tasks=()), firsts), TaskQuery())
+    assert [g.to_dict() for g in view.tasks] == [g.to_dict() for g in task_view(whole, TaskQuery()).tasks]
+    assert described == [1, 7, 8, 9]  # each group's lowest id, described in id order
+
+
+def test_a_group_keeps_its_lowest_member_ids_in_order() -> None:
+    on_gate = Wait("event", "Event.wait", Primitive("event", "0x1", "gate"), seconds=1.0)
+    tasks = [TaskInfo(i, "", "handler", "waiting", STACK_A, on_gate) for i in range(1, 2501)]
+    sketches, describe, _ = sketched(tasks)
+    random.Random(7).shuffle(sketches)
+    whole = snapshot(*tasks)
+    view = grouped_view(sketches, describe, lambda firsts: (replace(whole, tasks=()), firsts), TaskQuery())
+    (group,) = view.tasks
+    assert group.count == 2500 and group.id == 1 and group.ids == tuple(range(1, MAX_GROUP_IDS + 1))
 
 
 def test_a_group_of_members_on_distinct_primitives_says_how_many_and_keeps_the_longest_wait() -> None:
