@@ -2,8 +2,9 @@
 
 Measured side by side in one run, reported as ratios because these machines are noisy:
 1. snapshot: the agent's full collection (classification, wait times, creators) of N
-   pending tasks, each three coroutines deep on an Event, against a plain walk of the
-   same tasks' cr_await chains grouped by stack;
+   pending tasks, each three coroutines deep on an Event, and its grouped answer from
+   sketches (one task a group described), against a plain walk of the same tasks'
+   cr_await chains grouped by stack;
 2. stall: the longest the target's loop went without turning while the agent answered
    a grouped dump on its own thread (a 1 ms ticker measures it);
 3. end to end: ``diag tasks URL`` (CLI start-up, HTTP, grouping, rendering) against a
@@ -34,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from diag.agent.endpoints import Endpoints  # noqa: E402
 from diag.collect.loop_watch import LoopWatch, iter_all_tasks  # noqa: E402
-from diag.collect.task_collector import collect_tasks  # noqa: E402
+from diag.analysis.task_groups import TaskQuery, grouped_view  # noqa: E402
+from diag.collect.task_collector import CollectOptions, TaskSketches, collect_tasks  # noqa: E402
+from diag.model.task_snapshot import TaskSnapshot  # noqa: E402
 from diag.collect.task_origins import OriginFactory, accelerated, new_factory  # noqa: E402
 
 
@@ -74,7 +77,7 @@ async def bench_snapshot(n: int, rounds: int) -> dict[str, float]:
     tasks = [asyncio.create_task(_top(event)) for _ in range(n)]
     await asyncio.sleep(0.1)
     watch.sample_waits()
-    walk, snap = [], []
+    walk, snap, sketched = [], [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
         await asyncio.to_thread(plain_walk)
@@ -83,6 +86,11 @@ async def bench_snapshot(n: int, rounds: int) -> dict[str, float]:
         result = await asyncio.to_thread(collect_tasks, watch)
         snap.append(time.perf_counter() - t0)
         assert result.total_tasks >= n
+        del result
+        t0 = time.perf_counter()
+        view = await asyncio.to_thread(grouped_sketches, watch)
+        sketched.append(time.perf_counter() - t0)
+        assert view.total_tasks >= n
     # Loop stall while the agent answers a dump on another thread (collection, grouping,
     # JSON, as GET /debug/diag/tasks does): a 1 ms ticker's worst lateness.
     worst = 0.0
@@ -101,7 +109,15 @@ async def bench_snapshot(n: int, rounds: int) -> dict[str, float]:
     event.set()
     await asyncio.gather(*tasks)
     return {"plain_walk_s": min(walk), "snapshot_s": min(snap), "snapshot_ratio": min(snap) / min(walk),
+            "grouped_sketches_s": min(sketched), "grouped_sketches_ratio": min(sketched) / min(walk),
             "loop_stall_max_s": worst}
+
+
+def grouped_sketches(watch: LoopWatch) -> TaskSnapshot:
+    """What the agent does for a grouped dump of more tasks than it keeps snapshots of:
+    each task read as far as its group needs, one a group described in full."""
+    with TaskSketches(watch, CollectOptions()) as sketches:
+        return grouped_view(sketches, sketches.describe, sketches.snapshot, TaskQuery())
 
 
 HOLDER = """

@@ -515,11 +515,8 @@ class Endpoints:
                     # A snapshot of this size would not be kept: the grouped answer reads each
                     # task only as far as its group needs, and describes one task a group.
                     snap = None
-                    sketches = TaskSketches(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
-                    try:
+                    with TaskSketches(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET)) as sketches:
                         view = grouped_view(sketches, sketches.describe, sketches.snapshot, tq)
-                    finally:
-                        sketches.close()
                 else:
                     snap = collect_tasks(self.watch, CollectOptions(exclude=exclude, budget=COLLECT_BUDGET))
                     # A big snapshot is not kept: alive once the GC runs again, it would be

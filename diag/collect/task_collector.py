@@ -564,6 +564,10 @@ _CLOCK_EVERY = 256
 #: Naming primitives by their holders scans the heap once per dump; beyond this many new
 #: primitives the local names are kept instead.
 MAX_HOLDER_SCAN = 64
+#: With more pending tasks than this, primitives are not named by a heap scan for their
+#: holders (``holder_labels``: about 0.4 s holding the GIL at a million tasks here); the
+#: waiting frames still name them, and a name found by an earlier dump is kept.
+MAX_HOLDER_SCAN_TASKS = 250_000
 #: Holders per primitive whose acquiring frame is asked its name for it (a semaphore of
 #: a thousand permits is one name, asked a thousand times).
 MAX_HOLDERS_NAMED = 4
@@ -730,6 +734,7 @@ class _Walker:
         self.loop_ids_loops: set[asyncio.AbstractEventLoop] = set()
         # ``read_memo`` needs the C await chain and the sampler's wait starts
         self.memo_ok = _c_await_chain is not None and watch is not None and _C_TASK is not None
+        self.holder_scan_skipped = False
 
     def index_waiters(self, obj: object) -> None:
         for attr in _WAITER_ATTRS:
@@ -799,6 +804,11 @@ class _Walker:
         which in a generic helper is only its parameter name."""
         cache = self.watch.holder_labels if self.watch is not None else {}
         unknown = [o for k, o in self.primitive_objects.items() if k not in cache or cache[k][0]() is not o]
+        if unknown and len(self.by_seq) > MAX_HOLDER_SCAN_TASKS:
+            # the heap scan is one C call over every object: with this many tasks it would
+            # stop the target's loop for a third of a second or more
+            self.holder_scan_skipped = True
+            unknown = []
         found = holder_labels(unknown, ignore=(self.primitive_objects,)) if unknown else {}
         for obj in unknown:
             try:
@@ -1339,6 +1349,19 @@ class _Collection:
         self.cut = False  # the walk stopped at its budget: total_tasks counts the tasks it did not describe
         self.notes: tuple[str, ...] = ()
 
+    def release(self) -> None:
+        """Free the collection's indexes of every task a slice at a time: freeing a
+        million-entry dict at once is one C call that keeps the GIL for a tenth of a
+        second or more, the target's loop stopped meanwhile."""
+        walker = self.walker
+        for table in (walker.waiter_owners, walker.by_seq):
+            while table:
+                for _ in range(min(_SLICE, len(table))):
+                    table.popitem()
+        for items in (self.all_tasks, self.seqs):
+            while items:
+                del items[-_SLICE:]
+
     def sort_by_seq(self) -> None:
         """Put ``all_tasks`` (and ``seqs``) in creation order.  One sort holds the GIL from
         start to end (half a second for a million tasks here, the target's loop stopped
@@ -1398,6 +1421,9 @@ class _Collection:
         notes = self.notes
         if walker.deadline_budget <= 0:
             notes += (f"deadlines were looked for in the first {MAX_DEADLINE_SCAN} waiting tasks only",)
+        if walker.holder_scan_skipped:
+            notes += (f"primitives are named by the waiting code only: with more than {MAX_HOLDER_SCAN_TASKS} "
+                      "tasks, the heap scan for what holds them would stop the loop too long",)
         try:
             threads, executors = wait_evidence.collect_threads(walker.frames.of, walker.executor_waits, loops)
         except Exception:
@@ -1491,8 +1517,10 @@ class TaskStream:
         run = self.run
         with paused_gc():
             snap = run.snapshot([], len(run.all_tasks) - self.ended if self.stopped else run.described)
+            total = len(run.all_tasks)
+            run.release()
         notes = process_notes() + snap.notes + (
-            f"streamed: the {len(run.all_tasks)} tasks pending when the dump began, described a slice of "
+            f"streamed: the {total} tasks pending when the dump began, described a slice of "
             f"{self.slice_size} at a time over {snap.collect_seconds:.1f}s while the loop ran; tasks created "
             "meanwhile are not in it",)
         if self.ended:
@@ -1510,9 +1538,9 @@ class TaskSketches:
 
     Usage::
 
-        sketches = TaskSketches(watch, CollectOptions(budget=5.0))
-        firsts = [sketches.describe(s) for s in lowest_of_each_group(sketches)]
-        snap, firsts = sketches.snapshot(firsts)   # primitives named, as collect_tasks
+        with TaskSketches(watch, CollectOptions(budget=5.0)) as sketches:
+            firsts = [sketches.describe(s) for s in lowest_of_each_group(sketches)]
+            snap, firsts = sketches.snapshot(firsts)   # primitives named, as collect_tasks
     """
 
     def __init__(self, watch: LoopWatch | None, options: CollectOptions) -> None:
@@ -1581,17 +1609,23 @@ class TaskSketches:
 
     def snapshot(self, firsts: list[TaskInfo]) -> tuple[TaskSnapshot, list[TaskInfo]]:
         """Everything but the tasks, and ``firsts`` with their primitives named as
-        ``collect_tasks`` names them; ends the collection (the GC runs again)."""
-        try:
-            run = self.run
-            run.name_primitives()
-            firsts = _unify_primitives(firsts, run.walker.primitives)
-            snap = run.snapshot([], run.described)
-        finally:
-            self._stack.close()
+        ``collect_tasks`` names them; ``close`` ends the collection."""
+        run = self.run
+        run.name_primitives()
+        firsts = _unify_primitives(firsts, run.walker.primitives)
+        snap = run.snapshot([], run.described)
         first = process_notes()
         return (replace(snap, notes=first + snap.notes) if first else snap), firsts
 
+    def __enter__(self) -> TaskSketches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Give up the collection (the GC runs again); ``snapshot`` does this itself."""
-        self._stack.close()
+        """End the collection (the GC runs again), its indexes freed a slice at a time."""
+        try:
+            self.run.release()
+        finally:
+            self._stack.close()

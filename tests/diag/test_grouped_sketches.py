@@ -158,8 +158,8 @@ def both(watch: LoopWatch, query: TaskQuery) -> tuple[TaskSnapshot, TaskSnapshot
     """The grouped view of the whole snapshot, and the one from sketches (taken from the
     same line, so that the running task's stack is the same in both)."""
     whole = task_view(collect_tasks(watch), query)
-    sketches = TaskSketches(watch, CollectOptions())
-    return whole, grouped_view(sketches, sketches.describe, sketches.snapshot, query)
+    with TaskSketches(watch, CollectOptions()) as sketches:
+        return whole, grouped_view(sketches, sketches.describe, sketches.snapshot, query)
 
 
 async def every_kind() -> None:
@@ -318,3 +318,28 @@ def test_the_agent_answers_a_big_grouped_dump_as_the_grouping_of_the_full_one(lo
     assert workers.ids[:3] == tuple(t.id for t in snap.tasks if t.coro == "worker")[:3]
     assert {g["state"] for g in waiting["tasks"]} == {"waiting"}
     assert sum(g["count"] for g in waiting["tasks"]) == N + 61  # the main task waits too
+
+
+# --- very many tasks -------------------------------------------------------------------------------------------------
+
+HELD = asyncio.Event()  # held by this module: the heap scan names it by its module global
+
+
+def relabelled(pending: int) -> tuple[str, bool]:
+    """The label a dump of ``pending`` tasks gives ``HELD``, and whether it skipped the heap scan."""
+    walker = task_collector._Walker(None, CollectOptions(), 0.0)
+    walker.by_seq = dict.fromkeys(range(pending))  # type: ignore[arg-type]
+    prim = task_collector.describe_primitive(HELD, "gate")
+    assert prim is not None
+    walker.primitives[id(HELD)] = prim
+    walker.primitive_objects[id(HELD)] = HELD
+    walker.relabel_by_holders()
+    label = walker.primitives[id(HELD)]
+    assert label is not None
+    return label.label, walker.holder_scan_skipped
+
+
+def test_with_very_many_tasks_primitives_keep_the_waiting_code_s_name_and_the_heap_is_not_scanned() -> None:
+    # the scan is one C call over the whole heap: past this many tasks it would stop the loop too long
+    assert relabelled(1000) == (f"{__name__}.HELD", False)
+    assert relabelled(task_collector.MAX_HOLDER_SCAN_TASKS + 1) == ("gate", True)
