@@ -1312,14 +1312,14 @@ class _Collection:
         for t in iter_all_tasks():
             if id(t) in exclude:
                 continue
-            if type(t) is c_task:  # exact type: its fields are asyncio's descriptors, no code of the program's
-                if t._state != _PENDING:
-                    continue
-                loop = t._loop
-            else:
-                if future_done(t):
-                    continue
-                loop = future_field(t, "_loop")
+            try:  # asyncio's own task: its fields are asyncio's descriptors, no code of the program's
+                if type(t) is not c_task:
+                    raise AttributeError
+                state, loop = t._state, t._loop
+            except AttributeError:  # a subclass (or an interpreter without these fields): the careful way
+                state, loop = future_field(t, "_state"), future_field(t, "_loop")
+            if state != _PENDING:
+                continue
             tasks.append(t)
             if loop is not None and id(loop) not in by_id:
                 by_id[id(loop)] = loop
