@@ -410,12 +410,13 @@ def test_top_shows_the_stuck_group_and_the_exhausted_pool(leaky: TargetServer) -
     # its own start-up may be slow enough to count as a stall of its start (never a verdict):
     # that history may follow, but the loop must never have been blocked.
     # The loop's line is long once it carries that history, and the 160-column console wraps
-    # it at a space: read it whole, up to the requests/s line that follows it.
+    # it at a space (which may stay at the end of the line): read it whole, up to the
+    # requests/s line that follows it, one space where it was wrapped.
     loop_text = re.search(r"^(loop 0x.*?)\nrequests/s:", last, re.M | re.S)
     assert loop_text, last
     loop_line = re.fullmatch(r"loop 0x[0-9a-f]+ on MainThread: turning, lag \d+\.\dms, "
                              r"worst \d+\.\dms since the last refresh(?P<stalls>; .*)?",
-                             " ".join(loop_text[1].split("\n")))
+                             re.sub(r" *\n *", " ", loop_text[1]))
     assert loop_line, last
     for part in (loop_line["stalls"] or "").split("; ")[1:]:
         assert re.fullmatch(r"(\d+ stalls? in the last \d+s: )?(\d+ starved \([^)]*\), longest \S+"
