@@ -1385,16 +1385,22 @@ class _Collection:
             self.seqs += [pair[0] for pair in bucket]
             self.all_tasks += [pair[1] for pair in bucket]
 
+    def out_of_time(self) -> bool:
+        """Whether the collection has used up its budget (after describing at least one
+        task); if so, ``cut`` is set and a note says how far it got."""
+        if not self.described or self.deadline is None or time.monotonic() <= self.deadline:
+            return False
+        self.notes += (f"cut: the dump stopped after its budget of {self.options.budget:g}s; "
+                       f"described {self.described} of {len(self.all_tasks)} tasks",)
+        self.cut = True
+        return True
+
     def describe(self, tasks: list[asyncio.Task[Any]]) -> list[TaskInfo]:
         """``tasks`` described, until the budget runs out (then ``cut`` is set and a note says so)."""
         infos: list[TaskInfo] = []
         walker, current, deadline = self.walker, self.current, self.deadline
         for task in tasks:
-            if deadline is not None and self.described % _CLOCK_EVERY == 0 and self.described \
-                    and time.monotonic() > deadline:
-                self.notes += (f"cut: the dump stopped after its budget of {self.options.budget:g}s; "
-                               f"described {self.described} of {len(self.all_tasks)} tasks",)
-                self.cut = True
+            if deadline is not None and self.described % _CLOCK_EVERY == 0 and self.out_of_time():
                 break
             self.described += 1
             try:
@@ -1561,11 +1567,7 @@ class TaskSketches:
         coro_name, read_memo, memo_ok = walker.coro_name, walker.read_memo, walker.memo_ok
         task: Any
         for seq, task in zip(run.seqs, run.all_tasks):
-            if deadline is not None and run.described % _CLOCK_EVERY == 0 and run.described \
-                    and time.monotonic() > deadline:
-                run.notes += (f"cut: the dump stopped after its budget of {run.options.budget:g}s; "
-                              f"described {run.described} of {len(run.all_tasks)} tasks",)
-                run.cut = True
+            if deadline is not None and run.described % _CLOCK_EVERY == 0 and run.out_of_time():
                 return
             run.described += 1
             try:

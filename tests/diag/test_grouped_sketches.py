@@ -23,6 +23,7 @@ from diag.collect.loop_watch import LoopWatch
 from diag.collect.task_collector import CollectOptions, TaskSketches, collect_tasks
 from diag.model.task_snapshot import Frame, Primitive, Sketch, TaskInfo, TaskSnapshot, Wait
 from tests.diag.snapshots import snapshot
+from tests.diag.test_streamed_dump import ready
 from tests.support.cli import run_diag
 from tests.support.programs import DiagRun
 
@@ -283,15 +284,6 @@ else:
 """
 
 
-def ready(app: DiagRun) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    while "ready" not in app.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "ready" in app.output(), app.output()
-
-
 def cli_json(url: str, *args: str) -> dict[str, Any]:
     proc = run_diag("tasks", url, "--format", "json", "--timeout", "60", *args, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -333,6 +325,19 @@ def test_the_agent_answers_a_big_grouped_dump_as_the_grouping_of_the_full_one(lo
     assert workers.ids[:3] == tuple(t.id for t in snap.tasks if t.coro == "worker")[:3]
     assert {g["state"] for g in waiting["tasks"]} == {"waiting"}
     assert sum(g["count"] for g in waiting["tasks"]) == N + 61  # the main task waits too
+
+
+def test_a_big_collection_is_put_in_id_order_a_bucket_at_a_time() -> None:
+    # past _ONE_SORT tasks, ids are spread over buckets (so the loop can run between slices)
+    n = task_collector._ONE_SORT + 20_000
+    seqs = random.Random(3).sample(range(5, 4 * n), n)
+    tasks = [object() for _ in range(n)]
+    run = task_collector._Collection.__new__(task_collector._Collection)
+    run.seqs, run.all_tasks = list(seqs), list(tasks)  # type: ignore[arg-type]
+    run.sort_by_seq()
+    assert run.seqs == sorted(seqs)
+    by_seq = dict(zip(seqs, tasks))
+    assert all(by_seq[s] is t for s, t in zip(run.seqs, run.all_tasks))
 
 
 # --- very many tasks -------------------------------------------------------------------------------------------------
