@@ -363,3 +363,30 @@ def test_with_very_many_tasks_primitives_keep_the_waiting_code_s_name_and_the_he
     # the scan is one C call over the whole heap: past this many tasks it would stop the loop too long
     assert relabelled(1000) == (f"{__name__}.HELD", False)
     assert relabelled(task_collector.MAX_HOLDER_SCAN_TASKS + 1) == ("gate", True)
+
+
+async def out_of_budget() -> None:
+    loop = asyncio.get_running_loop()
+    watch = LoopWatch()
+    watch.add_loop(loop)
+    gate = asyncio.Event()
+    made = [asyncio.create_task(_top(gate)) for _ in range(600)]
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        watch.sample_waits()
+        spent = CollectOptions(budget=0.0)  # over budget from the start: the walk stops at its first check
+        whole = collect_tasks(watch, spent)
+        with TaskSketches(watch, spent) as sketches:
+            view = grouped_view(sketches, sketches.describe, sketches.snapshot, TaskQuery())
+        for snap, described in ((whole, len(whole.tasks)), (view, sum(g.count for g in view.tasks))):
+            assert described == 256 and snap.total_tasks == 601
+            assert any(n.startswith("cut: the dump stopped after its budget of 0s; described 256 of 601 tasks")
+                       for n in snap.notes), snap.notes
+    finally:
+        gate.set()
+        await asyncio.gather(*made)
+
+
+def test_a_walk_over_its_budget_stops_and_says_how_far_it_got() -> None:
+    asyncio.run(out_of_budget())
