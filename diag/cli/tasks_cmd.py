@@ -125,8 +125,10 @@ def tasks(
         except OSError as err:
             raise TargetError(f"cannot write {output}: {err.strerror or err}") from None
     elif fmt == "json" and not query.pattern and not dead:
-        # printed as the agent's tables give it: no dataclass per task on the way
-        jsonout.render(source.tasks_document(query), sys.stdout, shared=task_wire.SHARED_KEYS)
+        # written from the agent's tables: no dataclass, nor dict, per task on the way
+        from diag.render import tasks_json
+
+        tasks_json.write(source.tasks_document(query, tasks_json.prepare), sys.stdout)
         return 0
     else:
         full = source.tasks(agent_query(query))

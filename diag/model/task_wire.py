@@ -52,6 +52,10 @@ _SECONDS, _TIME_LEFT, _DEADLINE = (_WAIT_FIELDS.index(name) for name in ("second
 _shape_key = operator.attrgetter(*(name for name in _WAIT_FIELDS if name not in ("seconds", "time_left", "deadline")))
 
 
+#: The most Waits a ``Tables`` keeps to know them again by identity.
+_KEPT_WAITS = 4096
+
+
 class Tables:
     """The tables a run of rows fills as it is built: each value gets its index on first
     sight, so rows can be sent before the tables are complete."""
@@ -67,6 +71,7 @@ class Tables:
         self._stack: dict[tuple[Frame, ...], int] = {}
         self._stack_by_id: dict[int, tuple[int, tuple[Frame, ...]]] = {}
         self._wait: dict[tuple[Any, ...], int] = {}
+        self._wait_by_id: dict[int, tuple[int, Wait]] = {}
         self._creator: dict[CreatedBy, int] = {}
 
     def string(self, text: str) -> int:
@@ -98,11 +103,19 @@ class Tables:
         return n
 
     def wait(self, wait: Wait) -> int:
+        # tasks stuck together share one Wait: found by identity first, as stacks are (the
+        # Waits kept alive for that are bounded: most tasks have one of their own)
+        seen = self._wait_by_id.get(id(wait))
+        if seen is not None and seen[1] is wait:
+            return seen[0]
         key = _shape_key(wait)
         n = self._wait.get(key)
         if n is None:
             n = self._wait[key] = len(self.waits)
             self.waits.append(_shape_dict(wait))
+        if len(self._wait_by_id) >= _KEPT_WAITS:
+            self._wait_by_id.clear()
+        self._wait_by_id[id(wait)] = (n, wait)
         return n
 
     def creator(self, created: CreatedBy | None) -> int | None:
@@ -217,7 +230,7 @@ def _list(doc: Mapping[str, Any], name: str) -> Sequence[Any]:
     return value
 
 
-class _Reader:
+class TableReader:
     """The tables of a ``/2`` document, each entry checked and built once."""
 
     def __init__(self, doc: Mapping[str, Any]) -> None:
@@ -226,7 +239,7 @@ class _Reader:
                              self.string(f[3]) if len(f) > 3 else "") for f in _list(doc, "frames")]
         self.stacks = [tuple(self._frame(i) for i in s) for s in _list(doc, "stacks")]
         self.frame_dicts = [f.to_dict() for f in self.frames]
-        self.stack_dicts = [[self.frame_dicts[self._index(i, self.frames)] for i in s] for s in _list(doc, "stacks")]
+        self.stack_dicts = [[self.frame_dicts[self.index(i, self.frames)] for i in s] for s in _list(doc, "stacks")]
         self.waits = [replace(Wait.from_dict(w), deadline_known=bool(w.get("deadline_known")))
                       for w in _list(doc, "waits")]
         self.wait_args = [tuple(getattr(w, name) for name in _WAIT_FIELDS) for w in self.waits]
@@ -236,24 +249,24 @@ class _Reader:
         self.creator_dicts = [c.to_dict() for c in self.creators]
 
     @staticmethod
-    def _index(i: Any, table: Sequence[Any]) -> int:
+    def index(i: Any, table: Sequence[Any]) -> int:
         n = int(i)
         if not 0 <= n < len(table):
             raise IndexError(f"index {n} outside a table of {len(table)}")
         return n
 
     def _frame(self, i: Any) -> Frame:
-        return self.frames[self._index(i, self.frames)]
+        return self.frames[self.index(i, self.frames)]
 
     def string(self, i: Any) -> str:
-        return self.strings[self._index(i, self.strings)]
+        return self.strings[self.index(i, self.strings)]
 
 
-def _seconds(value: Any, what: str, infinite: bool = False) -> float | None:
+def seconds(value: Any, what: str, infinite: bool = False) -> float | None:
     return None if value is None else finite_float(value, what, infinite=infinite)
 
 
-def _check(doc: Any) -> None:
+def check(doc: Any) -> None:
     if not isinstance(doc, Mapping):
         raise TargetError("not a diag task snapshot (expected a JSON object)")
     require(doc, ("taken_at", "tasks"), "diag task snapshot")
@@ -262,7 +275,7 @@ def _check(doc: Any) -> None:
         raise TargetError(f"malformed diag task snapshot: task_fields {fields!r} are not {list(TASK_FIELDS)!r}")
 
 
-def _rest(doc: Mapping[str, Any]) -> TaskSnapshot:
+def rest(doc: Mapping[str, Any]) -> TaskSnapshot:
     """The snapshot of every member but the tasks, read as in ``diag.tasks/1``."""
     rest = {k: v for k, v in doc.items() if k not in _TABLES and k != "task_fields"}
     rest.update(schema=SCHEMA, tasks=[])
@@ -271,36 +284,36 @@ def _rest(doc: Mapping[str, Any]) -> TaskSnapshot:
 
 def decode(doc: Any) -> TaskSnapshot:
     """The snapshot of a ``diag.tasks/2`` document; ``TargetError`` for anything else."""
-    _check(doc)
+    check(doc)
     try:
-        tables = _Reader(doc)
+        tables = TableReader(doc)
         tasks = []
         for row in _list(doc, "tasks"):
             extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
-            n = tables._index(row[5], tables.waits)
+            n = tables.index(row[5], tables.waits)
             wait = tables.waits[n]
-            seconds = _seconds(row[8], "wait seconds")
-            time_left = _seconds(extra.get("time_left"), "time_left", True)
-            deadline = _seconds(extra.get("deadline"), "deadline", True)
-            if seconds is not None or time_left is not None or deadline is not None:
+            wait_seconds = seconds(row[8], "wait seconds")
+            time_left = seconds(extra.get("time_left"), "time_left", True)
+            deadline = seconds(extra.get("deadline"), "deadline", True)
+            if wait_seconds is not None or time_left is not None or deadline is not None:
                 # built from the template's fields, positionally: dataclasses.replace would
                 # look every field up again, for each of 100,000 tasks
                 args = list(tables.wait_args[n])
-                args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = seconds, time_left, deadline
+                args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = wait_seconds, time_left, deadline
                 wait = Wait(*args)
             state = tables.string(row[3])
             tasks.append(TaskInfo(
                 id=int(row[0]), name=str(row[1]), coro=tables.string(row[2]),
                 state=state if state in TASK_STATES else "waiting",
-                stack=tables.stacks[tables._index(row[4], tables.stacks)], wait=wait,
-                created_by=None if row[6] is None else tables.creators[tables._index(row[6], tables.creators)],
+                stack=tables.stacks[tables.index(row[4], tables.stacks)], wait=wait,
+                created_by=None if row[6] is None else tables.creators[tables.index(row[6], tables.creators)],
                 loop=tables.string(row[7]), cancelling=bool(extra.get("cancelling", False)),
                 count=int(extra.get("count", 1)), ids=tuple(int(i) for i in extra.get("ids") or ()),
                 main=bool(extra.get("main", False)),
-                cancel_seconds=_seconds(extra.get("cancel_seconds"), "cancel_seconds"),
+                cancel_seconds=seconds(extra.get("cancel_seconds"), "cancel_seconds"),
                 handling_cancel=bool(extra.get("handling_cancel", False)),
             ))
-        return replace(_rest(doc), tasks=tuple(tasks))
+        return replace(rest(doc), tasks=tuple(tasks))
     except TargetError:
         raise
     except (*MALFORMED, IndexError) as err:
@@ -315,39 +328,39 @@ def expand(doc: Any) -> dict[str, Any]:
     """A ``diag.tasks/2`` document as the ``diag.tasks/1`` document of the same snapshot,
     built from the tables as plain dicts (tasks of one stack share its list): what
     ``--format json`` prints, without a dataclass per task on the way."""
-    _check(doc)
+    check(doc)
     try:
-        tables = _Reader(doc)
+        tables = TableReader(doc)
         tasks = []
         for row in _list(doc, "tasks"):
             extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
-            shape = tables.wait_dicts[tables._index(row[5], tables.wait_dicts)]
+            shape = tables.wait_dicts[tables.index(row[5], tables.wait_dicts)]
             wait: dict[str, Any] = {"kind": shape.get("kind", "unknown"), "detail": shape.get("detail", ""),
-                                    "seconds": _seconds(row[8], "wait seconds")}
+                                    "seconds": seconds(row[8], "wait seconds")}
             wait.update((k, v) for k, v in shape.items() if k not in ("kind", "detail", "deadline_known"))
             if shape.get("deadline_known"):
-                wait["deadline"] = _seconds(extra.get("deadline"), "deadline", True)
+                wait["deadline"] = seconds(extra.get("deadline"), "deadline", True)
             if "time_left" in extra:
-                wait["time_left"] = _seconds(extra["time_left"], "time_left", True)
+                wait["time_left"] = seconds(extra["time_left"], "time_left", True)
             task: dict[str, Any] = {
                 "id": int(row[0]), "name": str(row[1]), "coro": tables.string(row[2]),
                 "state": tables.string(row[3]),
-                "stack": tables.stack_dicts[tables._index(row[4], tables.stack_dicts)], "wait": wait,
+                "stack": tables.stack_dicts[tables.index(row[4], tables.stack_dicts)], "wait": wait,
                 "created_by": None if row[6] is None else tables.creator_dicts[
-                    tables._index(row[6], tables.creator_dicts)],
+                    tables.index(row[6], tables.creator_dicts)],
                 "loop": tables.string(row[7]), "cancelling": bool(extra.get("cancelling", False)),
             }
             if extra.get("main"):
                 task["main"] = True
             if extra.get("cancel_seconds") is not None:
-                task["cancel_seconds"] = _seconds(extra["cancel_seconds"], "cancel_seconds")
+                task["cancel_seconds"] = seconds(extra["cancel_seconds"], "cancel_seconds")
             if extra.get("handling_cancel"):
                 task["handling_cancel"] = True
             if "count" in extra:
                 task["count"] = int(extra["count"])
                 task["ids"] = [int(i) for i in extra.get("ids") or ()]
             tasks.append(task)
-        out = _rest(doc).to_dict()
+        out = rest(doc).to_dict()
         out["tasks"] = tasks
         return out
     except TargetError:
@@ -356,4 +369,5 @@ def expand(doc: Any) -> dict[str, Any]:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "Tables", "header", "encode", "stream", "decode", "expand"]
+__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "MALFORMED", "Tables", "TableReader", "header", "encode",
+           "stream", "decode", "expand", "check", "rest", "seconds"]

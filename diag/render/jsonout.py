@@ -27,11 +27,14 @@ def render(document: Any, out: TextIO, *, indent: int | None = 2, shared: tuple[
     out.write(json_text(data, indent=indent) + "\n")
 
 
-def _render_long(data: dict[str, Any], out: TextIO, shared: tuple[str, ...]) -> None:
+def _render_long(data: dict[str, Any], out: TextIO, shared: tuple[str, ...],
+                 texts: dict[str, list[str]] | None = None) -> None:
     out.write("{")
     for n, (key, value) in enumerate(data.items()):
         out.write(("\n  " if n == 0 else ",\n  ") + json.dumps(key) + ": ")
-        if type(value) is list and len(value) > LONG_LIST:
+        if texts is not None and key in texts:
+            _write_lines(texts[key], out)
+        elif type(value) is list and len(value) > LONG_LIST:
             out.write("[")
             entry_text = _SharedValues(shared).entry_text if shared else _plain_entry
             for i, entry in enumerate(value):
@@ -40,6 +43,21 @@ def _render_long(data: dict[str, Any], out: TextIO, shared: tuple[str, ...]) -> 
         else:
             out.write(json_text(value, indent=None))
     out.write("\n}\n")
+
+
+def _write_lines(entries: list[str], out: TextIO, step: int = 1000) -> None:
+    if not entries:
+        out.write("[]")
+        return
+    for start in range(0, len(entries), step):
+        out.write(("[\n    " if start == 0 else ",\n    ") + ",\n    ".join(entries[start:start + step]))
+    out.write("\n  ]")
+
+
+def render_texts(data: dict[str, Any], out: TextIO, key: str, entries: list[str]) -> None:
+    """Write ``data`` as ``render`` writes a document with a long list, the entries of the
+    list under ``key`` given as their text, one a line (``data[key]`` itself is not read)."""
+    _render_long(data, out, (), {key: entries})
 
 
 def _plain_entry(entry: Any) -> str:

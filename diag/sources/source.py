@@ -52,9 +52,10 @@ class Source(Protocol):
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot: ...
 
-    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
-        """The snapshot ``tasks`` would give as its ``diag.tasks/1`` document, built the
-        cheapest way the source can (from the compact form's tables, not task by task)."""
+    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
+        """``read`` of the snapshot ``tasks`` would give, as a document in the cheapest form
+        the source has (an agent's compact ``diag.tasks/2`` answer as it came, otherwise
+        the ``diag.tasks/1`` document); what ``read`` raises names the source."""
         ...
 
 
@@ -455,8 +456,8 @@ class AgentSource:
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return self.snapshot(self._tasks_answer(query), TaskSnapshot.from_dict)
 
-    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
-        return self.snapshot(self._tasks_answer(query), _document)
+    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
+        return self.snapshot(self._tasks_answer(query), lambda data: read(_document(data)))
 
     def _tasks_answer(self, query: TaskQuery) -> Any:
         # streamed whole by the agent, never cut: read up to what a saved dump may hold
@@ -464,10 +465,10 @@ class AgentSource:
 
 
 def _document(data: Any) -> dict[str, Any]:
-    """An agent's task answer as a ``diag.tasks/1`` document: the compact form expanded
-    from its tables, the older form read (so checked) and written again."""
+    """An agent's task answer: the compact form as it came (its tables are read by whoever
+    writes it), the older form read (so checked) and written again."""
     if isinstance(data, dict) and data.get("schema") == task_wire.WIRE_SCHEMA:
-        return task_wire.expand(data)
+        return data
     return TaskSnapshot.from_dict(data).to_dict()
 
 
@@ -554,8 +555,12 @@ class FileSource:
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return task_view(read_saved(self.name, TaskSnapshot.from_json), query)
 
-    def tasks_document(self, query: TaskQuery) -> dict[str, Any]:
-        return self.tasks(query).to_dict()
+    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
+        document = self.tasks(query).to_dict()
+        try:
+            return read(document)
+        except TargetError as err:
+            raise TargetError(f"{self.name}: {err}") from None
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:
