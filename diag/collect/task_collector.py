@@ -44,6 +44,9 @@ _PENDING = "PENDING"
 _RUNNING = Wait("running")
 _READY = Wait("ready")
 _CoroutineType = types.CoroutineType
+#: asyncio's own task's methods, called on the class (an instance may shadow them)
+_task_cancelling: Any = getattr(_C_TASK, "cancelling", None)
+_task_get_name: Any = getattr(_C_TASK, "get_name", None)
 _GeneratorType = types.GeneratorType
 _AsyncGeneratorType = types.AsyncGeneratorType
 _GENERIC_GETATTR = object.__getattribute__
@@ -1083,8 +1086,18 @@ class _Walker:
         stack = shape.stack
         origin = task_origins.task_origin(task)
         created_by = self.created_by(origin) if origin is not None else None
-        cancelling = bool(task_cancelling(task))
-        loop = future_field(task, "_loop")
+        try:  # asyncio's own task (most of a dump): its own methods and fields, read once
+            if type(task) is not _C_TASK:
+                raise TypeError
+            cancelling = bool(_task_cancelling(task))
+            loop = task._loop
+            name = _task_get_name(task)
+            main = bool(task._callbacks) and wait_evidence.is_main_task(task)
+        except Exception:
+            cancelling = bool(task_cancelling(task))
+            loop = future_field(task, "_loop")
+            name = task_name(task)
+            main = wait_evidence.is_main_task(task)
         loop_id = self.loop_ids.get(id(loop))
         if loop_id is None:
             loop_id = self.loop_ids[id(loop)] = hex(id(loop))
@@ -1101,14 +1114,14 @@ class _Walker:
             handling = _handling_cancel(nodes)
         values = {
             "id": origin[3] if origin is not None else task_origins.task_seq(task),
-            "name": _safe_str(task_name(task)),
+            "name": _safe_str(name),
             "coro": self.coro_name(coro),
             "state": "running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             "stack": stack, "wait": wait, "created_by": created_by, "loop": loop_id,
         }
         if cancelling:
             values.update(cancelling=True, cancel_seconds=cancel_seconds, handling_cancel=handling)
-        if wait_evidence.is_main_task(task):
+        if main:
             values["main"] = True
         return _task_info(values)
 

@@ -103,38 +103,66 @@ class _RowText:
                        if k not in ("kind", "detail", "deadline_known"))
         return head, tail, bool(shape.get("deadline_known"))
 
+    def _parts(self, coro: Any, state: Any, stack: Any, wait: Any, created: Any, loop: Any) -> tuple[str, str]:
+        """The text of a task without extras around its own figures: before its wait's
+        seconds (after its name), and after them."""
+        head, tail, deadline_known = _entry(self.waits, wait)
+        before = "".join((', "coro": ', _entry(self.strings, coro), ', "state": ', _entry(self.strings, state),
+                          ', "stack": ', _entry(self.stacks, stack), ', "wait": ', head))
+        after = "".join((tail, ', "deadline": null' if deadline_known else "",
+                         '}, "created_by": ', "null" if created is None else _entry(self.creators, created),
+                         ', "loop": ', _entry(self.strings, loop), ', "cancelling": false}'))
+        return before, after
+
     def lines(self, rows: list[Any]) -> list[str]:
-        """Each row's text, in order; an error for the first malformed one."""
-        strings, stacks, creators, waits = self.strings, self.stacks, self.creators, self.waits
+        """Each row's text, in order; an error for the first malformed one.  Most rows
+        have no extras, and many share every index: their text is made once per such
+        combination (``_parts``) and joined with the row's id, name and seconds."""
+        combos: dict[tuple[Any, ...], tuple[str, str]] = {}
         out = []
         for row in rows:
-            extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
-            head, tail, deadline_known = _entry(waits, row[5])
-            wait = head + _figure(row[8], "wait seconds") + tail
-            if deadline_known:
-                wait += ', "deadline": ' + _figure(extra.get("deadline"), "deadline", True)
-            if "time_left" in extra:
-                wait += ', "time_left": ' + _figure(extra["time_left"], "time_left", True)
-            name = row[1] if type(row[1]) is str else str(row[1])
-            text = ('{"id": ' + str(int(row[0])) + ', "name": '
-                    + (encode_basestring_ascii(name) if name.isascii() else _string(name))
-                    + ', "coro": ' + _entry(strings, row[2]) + ', "state": ' + _entry(strings, row[3])
-                    + ', "stack": ' + _entry(stacks, row[4]) + ', "wait": ' + wait
-                    + '}, "created_by": ' + ("null" if row[6] is None else _entry(creators, row[6]))
-                    + ', "loop": ' + _entry(strings, row[7])
-                    + (', "cancelling": true' if extra.get("cancelling", False) else ', "cancelling": false'))
-            if extra:
-                if extra.get("main"):
-                    text += ', "main": true'
-                if extra.get("cancel_seconds") is not None:
-                    text += ', "cancel_seconds": ' + _figure(extra["cancel_seconds"], "cancel_seconds")
-                if extra.get("handling_cancel"):
-                    text += ', "handling_cancel": true'
-                if "count" in extra:
-                    text += (', "count": ' + str(int(extra["count"])) + ', "ids": ['
-                             + ", ".join(str(int(n)) for n in extra.get("ids") or ()) + "]")
-            out.append(text + "}")
+            tid, name, coro, state, stack, wait, created, loop, sec = row[:9]
+            if type(name) is not str:
+                name = str(name)
+            name_text = encode_basestring_ascii(name) if name.isascii() else _string(name)
+            sec_text = (float.__repr__(sec) if type(sec) is float and sec - sec == 0
+                        else _figure(sec, "wait seconds"))
+            if len(row) > 9 and isinstance(row[9], Mapping) and row[9]:
+                out.append(self._with_extras(row, name_text, sec_text))
+                continue
+            key = (coro, state, stack, wait, created, loop)
+            parts = combos.get(key)
+            if parts is None:
+                parts = combos[key] = self._parts(coro, state, stack, wait, created, loop)
+            out.append("".join(('{"id": ', str(int(tid)), ', "name": ', name_text, parts[0], sec_text, parts[1])))
         return out
+
+    def _with_extras(self, row: list[Any], name_text: str, sec_text: str) -> str:
+        extra = row[9]
+        head, tail, deadline_known = _entry(self.waits, row[5])
+        wait_text = head + sec_text + tail
+        if deadline_known:
+            wait_text += ', "deadline": ' + _figure(extra.get("deadline"), "deadline", True)
+        if "time_left" in extra:
+            wait_text += ', "time_left": ' + _figure(extra["time_left"], "time_left", True)
+        text = "".join((
+            '{"id": ', str(int(row[0])), ', "name": ', name_text,
+            ', "coro": ', _entry(self.strings, row[2]), ', "state": ', _entry(self.strings, row[3]),
+            ', "stack": ', _entry(self.stacks, row[4]), ', "wait": ', wait_text,
+            '}, "created_by": ', "null" if row[6] is None else _entry(self.creators, row[6]),
+            ', "loop": ', _entry(self.strings, row[7]),
+            ', "cancelling": true' if extra.get("cancelling", False) else ', "cancelling": false',
+        ))
+        if extra.get("main"):
+            text += ', "main": true'
+        if extra.get("cancel_seconds") is not None:
+            text += ', "cancel_seconds": ' + _figure(extra["cancel_seconds"], "cancel_seconds")
+        if extra.get("handling_cancel"):
+            text += ', "handling_cancel": true'
+        if "count" in extra:
+            text += (', "count": ' + str(int(extra["count"])) + ', "ids": ['
+                     + ", ".join(str(int(n)) for n in extra.get("ids") or ()) + "]")
+        return text + "}"
 
 
 __all__ = ["Prepared", "prepare", "write"]
