@@ -52,6 +52,7 @@ _SECONDS, _TIME_LEFT, _DEADLINE = (_WAIT_FIELDS.index(name) for name in ("second
 _shape_key = operator.attrgetter(*(name for name in _WAIT_FIELDS if name not in ("seconds", "time_left", "deadline")))
 
 
+_new_object = object.__new__
 #: The most Waits a ``Tables`` keeps to know them again by identity.
 _KEPT_WAITS = 4096
 
@@ -288,6 +289,9 @@ def decode(doc: Any) -> TaskSnapshot:
     try:
         tables = TableReader(doc)
         tasks = []
+        # tasks stuck together have the same figures too (their waits began in one sample
+        # of the agent): they share one Wait, as they did in the agent
+        figured: dict[tuple[Any, ...], Wait] = {}
         for row in _list(doc, "tasks"):
             extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
             n = tables.index(row[5], tables.waits)
@@ -296,13 +300,20 @@ def decode(doc: Any) -> TaskSnapshot:
             time_left = seconds(extra.get("time_left"), "time_left", True)
             deadline = seconds(extra.get("deadline"), "deadline", True)
             if wait_seconds is not None or time_left is not None or deadline is not None:
-                # built from the template's fields, positionally: dataclasses.replace would
-                # look every field up again, for each of 100,000 tasks
-                args = list(tables.wait_args[n])
-                args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = wait_seconds, time_left, deadline
-                wait = Wait(*args)
+                key = (n, wait_seconds, time_left, deadline)
+                shared = figured.get(key)
+                if shared is None:
+                    # built from the template's fields, positionally: dataclasses.replace
+                    # would look every field up again
+                    args = list(tables.wait_args[n])
+                    args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = wait_seconds, time_left, deadline
+                    shared = figured[key] = Wait(*args)
+                wait = shared
             state = tables.string(row[3])
-            tasks.append(TaskInfo(
+            # the frozen dataclass's __init__ sets each field through object.__setattr__:
+            # the same object is made here with its fields set at once
+            info: TaskInfo = _new_object(TaskInfo)
+            info.__dict__.update(
                 id=int(row[0]), name=str(row[1]), coro=tables.string(row[2]),
                 state=state if state in TASK_STATES else "waiting",
                 stack=tables.stacks[tables.index(row[4], tables.stacks)], wait=wait,
@@ -312,7 +323,8 @@ def decode(doc: Any) -> TaskSnapshot:
                 main=bool(extra.get("main", False)),
                 cancel_seconds=seconds(extra.get("cancel_seconds"), "cancel_seconds"),
                 handling_cancel=bool(extra.get("handling_cancel", False)),
-            ))
+            )
+            tasks.append(info)
         return replace(rest(doc), tasks=tuple(tasks))
     except TargetError:
         raise

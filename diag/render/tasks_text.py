@@ -106,12 +106,18 @@ def stack_lines(task: TaskInfo, cwd: str | None, prefix: str) -> list[str]:
 
 
 def task_title(task: TaskInfo, cwd: str | None) -> str:
+    main = " (main)" if task.main else ""
+    return f'task {task.id} "{task.name}"{main} [{title_state(task, cwd)}]:'
+
+
+def title_state(task: TaskInfo, cwd: str | None) -> str:
+    """What a task's title says in brackets: its wait, for how long, its cancellation; the
+    same for every task of one wait, state and cancellation."""
     waited = f", {fmt.duration(task.wait.seconds)}" if task.wait.seconds is not None and task.state == "waiting" else ""
     cancelling = ", cancelling" if task.cancelling else ""
     if task.cancel_seconds is not None:
         cancelling = f", cancel requested {fmt.duration(task.cancel_seconds)} ago"
-    main = " (main)" if task.main else ""
-    return f'task {task.id} "{task.name}"{main} [{fmt.wait_reason(task.wait, cwd)}{waited}{cancelling}]:'
+    return f"{fmt.wait_reason(task.wait, cwd)}{waited}{cancelling}"
 
 
 def render_debug2(snap: TaskSnapshot, cwd: str | None = None) -> list[str]:
@@ -224,8 +230,13 @@ def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
     # every task in full, written as it is made: the text of a stack (and of a creator)
     # is made once however many tasks share it, as the compact form's tables share them
     out.write(fmt.text_lines(header(snap)))
+    # So is the text of a wait (tasks stuck together share their Wait object, and their
+    # figures): escaping is character by character, so pieces escaped apart join as the
+    # whole line escaped would.
     stacks: dict[tuple[Frame, ...], str] = {}
     creators: dict[CreatedBy | None, str] = {}
+    states: dict[tuple[object, ...], tuple[str, str]] = {}
+    coros: dict[str, str] = {}
     for task in snap.tasks:
         stack = stacks.get(task.stack)
         if stack is None:
@@ -233,9 +244,17 @@ def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
         creator = creators.get(task.created_by)
         if creator is None:
             creator = creators[task.created_by] = fmt.text_lines([fmt.created_by(task.created_by, cwd)])
-        evidence = evidence_lines(task)
-        out.write(fmt.text_lines(["", task_title(task, cwd), f"coro {task.coro}"]) + stack
-                  + (fmt.text_lines(evidence) if evidence else "") + creator)
+        key = (id(task.wait), task.state, task.cancelling, task.cancel_seconds)  # the Waits live in snap
+        state = states.get(key)
+        if state is None:
+            evidence = evidence_lines(task)
+            state = states[key] = (fmt.safe_text(title_state(task, cwd)) + "]:\n",
+                                   fmt.text_lines(evidence) if evidence else "")
+        coro = coros.get(task.coro)
+        if coro is None:
+            coro = coros[task.coro] = fmt.safe_text(f"coro {task.coro}") + "\n"
+        out.write("\n" + fmt.safe_text(f'task {task.id} "{task.name}"') + (" (main) [" if task.main else " [")
+                  + state[0] + coro + stack + state[1] + creator)
     tail = footer(snap, cwd) + thread_lines(snap, cwd)
     if tail:
         out.write(fmt.text_lines(tail))
