@@ -3,9 +3,9 @@
 
 A dump of many tasks is written the way ``jsonout`` writes any long list (one task a
 line), but without building a dict per task and encoding it: what tasks share (a stack,
-a wait's kind and primitive, a creator, a coroutine's name) is encoded once, as text, when
-a row first refers to it, and each task's line is that text joined with what is its own
-(id, name, the seconds of its wait).  The text is the very text ``jsonout.render`` writes
+a wait's kind and primitive, a creator, a coroutine's name) is encoded once, as text,
+the text of a task without its own figures once per combination of those, and each
+task's line is that text joined with what is its own (id, name, the seconds of its wait).  The text is the very text ``jsonout.render`` writes
 for ``task_wire.expand`` of the same document (the tests compare them byte for byte);
 this way costs a fraction of that.  A short dump, a ``diag.tasks/1`` answer or a file are
 written by ``jsonout.render`` as before.
