@@ -15,6 +15,7 @@ the agent's own thread (``diag.agent.start``) still answers, so services usually
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import Callable
@@ -83,14 +84,20 @@ def setup(app: web.Application, *, prefix: str = PREFIX, metrics_path: str | Non
         exclude = frozenset(id(t) for t in own_tasks if t is not None)
         if path.rstrip("/") == _METRICS:
             resp = await _on_own_thread(lambda: endpoints.dispatch(method, path, query, exclude))
+            body = resp.whole()
         else:
-            resp = endpoints.dispatch(method, path, query, exclude)
+            # On the loop's thread, all of it is diag's work, not the program's: the analysis
+            # and encoding around the collections too, so that a stall it causes is told
+            # apart from the program's (a busy machine stretches these parts most).
+            with agent.watch.own_work() if agent is not None else contextlib.nullcontext():
+                resp = endpoints.dispatch(method, path, query, exclude)
+                # a streamed answer is joined here: this server answers on the app's loop,
+                # not from a thread of its own that could send it piece by piece
+                body = resp.whole()
         if agent is None:  # no agent thread to drop the caches once stale: a timer does
             asyncio.get_running_loop().call_later(ANSWER_REUSE + 0.05, endpoints.sweep)
         # As a header: Prometheus's content type carries a version parameter besides the charset.
-        # a streamed answer is joined here: this server answers on the app's loop, not
-        # from a thread of its own that could send it piece by piece
-        answer = web.Response(status=resp.status, body=resp.whole(), headers={"Content-Type": resp.content_type})
+        answer = web.Response(status=resp.status, body=body, headers={"Content-Type": resp.content_type})
         if resp.status == 200 and len(answer.body or b"") >= GZIP_MIN_BYTES:  # type: ignore[arg-type]
             answer.enable_compression()  # gzip or deflate, when the client takes them
         return answer

@@ -770,3 +770,38 @@ def test_a_streamed_dump_gives_the_gc_back_whatever_the_client_does(agent: diag.
                 assert conn.getresponse().status == 200
             conn.close()
             assert wait_until(lambda: gc_pause.pauses_running() == 0 and gc.isenabled()), method
+
+
+async def test_on_the_programs_loop_all_of_an_answer_is_the_agents_own_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """diag.aiohttp answers on the program's loop thread: the whole answer (analysis and
+    encoding around the collections too) is marked as the agent's own work, so that a stall
+    it causes there is the agent's (a busy machine stretches those parts most)."""
+    import threading
+    import time
+    import types
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    import diag.aiohttp as integration
+    from diag.collect.loop_watch import LoopWatch
+
+    watch = LoopWatch(install_factories=False)
+    endpoints = api.Endpoints(watch)
+    seen: list[float] = []
+
+    def handler(query: dict[str, str], exclude: frozenset[int]) -> api.Response:
+        now = time.monotonic()
+        seen.append(watch._own_overlap(now - 0.01, now, threading.get_ident()))
+        return api.Response(200, b"{}")
+
+    endpoints.add("own-probe", handler)
+    monkeypatch.setattr(integration, "current", lambda: types.SimpleNamespace(watch=watch, endpoints=endpoints))
+    app = web.Application()
+    integration.setup(app)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/debug/diag/own-probe")
+        assert resp.status == 200
+    assert len(seen) == 1 and seen[0] > 0  # the loop thread was in the agent's own work
+    later = time.monotonic() + 1.0  # a span still open would reach into any later window
+    assert watch._own_overlap(later, later + 1.0, threading.get_ident()) == 0  # and is no longer
