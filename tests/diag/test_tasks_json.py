@@ -107,3 +107,18 @@ def test_indexes_as_the_tables_read_them() -> None:
     doc["tasks"][10][2] = float(doc["tasks"][10][2])
     doc["tasks"][11][8] = int(doc["tasks"][11][8] or 0)
     assert _written(doc) == _as_before(doc)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_the_cli_says_a_damaged_long_answer_in_one_line_and_writes_nothing(fmt: str) -> None:
+    """Through the CLI, against an agent that answers a compact dump of 1,200 tasks with
+    one row pointing past the stacks: one line naming the agent, exit 3, stdout empty."""
+    from tests.support.cli import assert_one_line_error, run_diag
+    from tests.support.fake_agent import FakeAgent, answer
+
+    doc = _wire(_many(1200))
+    doc["tasks"][1100][4] = 10_000
+    with FakeAgent(answer(200, json.dumps(doc).encode())) as fake:
+        proc = run_diag("tasks", fake.url, "--format", fmt, "--debug", "2", "--limit", "5000", "--timeout", "10")
+    line = assert_one_line_error(proc, 3)
+    assert fake.url in line and "malformed diag task snapshot: IndexError" in line, line
