@@ -252,12 +252,17 @@ def test_a_stall_no_sample_could_see_names_the_call_it_ended_in(kind: str) -> No
     # asked for as it woke): the function that made the call, every time.  Without it, the
     # watchdog reads the stack as it gets the GIL, which is that function only when the OS
     # hands the GIL to the watchdog first.
+    # On a busy machine the loop thread may also wait for a CPU around the call, with the
+    # GIL released, and a sample can get into that part of a stall: such a stall was seen
+    # by a sample and is not the case here.  Its stalls no sample saw are.
     source = ONE_LONG_CALL_FROM_IDLE.replace('sys.argv[1:] == ["uvloop"]', repr(kind == "uvloop"))
+
+    def unseen(lp: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in lp["stalls"] if s["cause"] == "blocked" and not s["ongoing"] and s["samples"] == 0]
+
     with DiagRun(source) as run:
-        loop = wait_for_history(run.url, lambda lp: sum(s["cause"] == "blocked" and not s["ongoing"]
-                                                        for s in lp["stalls"]) >= 3, timeout=60)
-        blocked = [s for s in loop["stalls"] if s["cause"] == "blocked" and not s["ongoing"]]
-        assert all(s["samples"] == 0 for s in blocked), blocked
+        loop = wait_for_history(run.url, lambda lp: len(unseen(lp)) >= 3, timeout=60)
+        blocked = unseen(loop)
         ended = [loop["stall_stacks"][s["stacks"][0][0]]["frames"][0] for s in blocked if s["stacks"]]
         call = line_of(source, "return sum(range(N))")
         read_as_ended = [(f["function"], f["line"]) for f in ended]
