@@ -333,7 +333,7 @@ def _pending_more_than(count: int, exclude: frozenset[int]) -> bool:
     return False
 
 
-def _stream_pieces(stream: TaskStream, tq: TaskQuery) -> Generator[bytes, None, None]:
+def _stream_pieces(stream: TaskStream, tq: TaskQuery, sliced: bool = False) -> Generator[bytes, None, None]:
     """The compact document of ``stream``'s tasks as ``tq`` keeps them (states, least wait,
     limit), a slice at a time; the await cycles and the limit's note come with the rest."""
     matched = sent = 0
@@ -358,7 +358,8 @@ def _stream_pieces(stream: TaskStream, tq: TaskQuery) -> Generator[bytes, None, 
         notes = (f"showing {tq.limit} of {matched} tasks (--limit)",) if matched > sent else ()
         return replace(rest, notes=rest.notes + notes, await_cycles=tuple(find_cycles(stream.edges)))
 
-    return task_wire.stream_slices(kept(), finish)
+    head = {"taken_at": stream.run.taken_at, "process": process_info().to_dict()}
+    return task_wire.stream_slices(kept(), finish, head, sliced)
 
 
 def parse_wire(query: Mapping[str, str]) -> int:
@@ -368,6 +369,15 @@ def parse_wire(query: Mapping[str, str]) -> int:
     if raw not in ("1", "2"):
         raise DiagError(f"wire must be 1 or 2, not {shown(raw)}")
     return int(raw)
+
+
+def parse_layout(query: Mapping[str, str]) -> bool:
+    """Whether a client asks for a compact task dump laid out in slices (``layout=slices``,
+    see ``diag.model.task_wire``), to read it as it comes; ``plain`` is the default."""
+    raw = query.get("layout") or "plain"
+    if raw not in ("plain", "slices"):
+        raise DiagError(f"layout must be plain or slices, not {shown(raw)}")
+    return raw == "slices"
 
 
 def shown_error(err: Exception, limit: int = 300) -> str:
@@ -405,7 +415,7 @@ class Endpoints:
         self._answers: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[int]], tuple[float, Response]] = {}
         self._answers_lock = threading.Lock()
         self.routes: dict[str, Route] = {}
-        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=&wire=1|2)",
+        self.add("tasks", self.tasks, help="task dump (?debug=1|2&state=&min_wait=&limit=&wire=1|2&layout=plain|slices)",
                  paced=True, cached=True)
         self.add("health", self.health, help="event loop health")
         from diag.agent.features import install_features
@@ -493,11 +503,12 @@ class Endpoints:
     def tasks(self, query: Mapping[str, str], exclude: frozenset[int]) -> Response:
         tq = parse_task_query(query)
         wire = parse_wire(query)
+        sliced = parse_layout(query)
         # Streamed from the agent's own threads only: an endpoint the program serves on its
         # loop (diag.aiohttp) joins the answer there, so its walk keeps the 5 s budget.
         if wire == 2 and tq.debug == 2 and asyncio._get_running_loop() is None \
                 and _pending_more_than(STREAM_TASKS, exclude):
-            return self._streamed_tasks(tq, exclude)
+            return self._streamed_tasks(tq, exclude, sliced)
         # The cyclic GC waits until the dump's objects are freed: a collection on the way
         # (the snapshot makes a few objects per task) would walk them all while holding
         # the GIL, a quarter of a second for 100,000 tasks, during which the loop stops.
@@ -530,14 +541,14 @@ class Endpoints:
                 view = task_view(snap, tq)
             del snap
             if wire == 2:  # sent as it is encoded: never cut for size (see task_wire.stream)
-                return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE)))
+                return Response(200, b"", stream=GcPausedStream(task_wire.stream(view, ENCODE_SLICE, sliced)))
             what = "groups" if view.grouped else "tasks"
             answer = fit(lambda keep: _task_document(view if keep is None else replace(view, tasks=view.tasks[:keep])),
                          len(view.tasks), what)
             del view
         return answer
 
-    def _streamed_tasks(self, tq: TaskQuery, exclude: frozenset[int]) -> Response:
+    def _streamed_tasks(self, tq: TaskQuery, exclude: frozenset[int], sliced: bool) -> Response:
         """A full dump of many tasks, collected as it is sent (see ``STREAM_TASKS``): the
         dump lock is held until the last piece is sent or the answer is given up."""
         if not self._dump_lock.acquire(timeout=BUSY_WAIT):
@@ -545,7 +556,7 @@ class Endpoints:
         try:
             stream = TaskStream(self.watch, CollectOptions(exclude=exclude, budget=STREAM_COLLECT_BUDGET),
                                 ENCODE_SLICE)
-            pieces = _stream_pieces(stream, tq)
+            pieces = _stream_pieces(stream, tq, sliced)
             return Response(200, b"", stream=GcPausedStream(pieces, on_close=self._dump_lock.release))
         except BaseException:
             self._dump_lock.release()

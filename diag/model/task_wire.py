@@ -21,11 +21,21 @@ Every other member (process, loops, threads, dead tasks, notes, ...) is as in
 ``diag.tasks/1``.  The tables may come after ``tasks`` in the text: the agent streams the
 rows first and the tables they filled last.
 
+Sliced, for a reader that works as the answer comes (``layout=slices``): the same document
+with, in place of the tables and ``tasks``, ``slices``: a list of objects each holding the
+table entries first referred to in it (same members, indexes running on from the slice
+before) and its ``tasks``.  The text is laid out in lines: the first line is the document
+up to ``"slices": [`` (with ``taken_at`` and ``process``), then one slice a line (a comma
+before every slice but the first), and the last line closes the list and holds every
+other member.  JSON escapes a newline inside a string, so a reader splits on newlines;
+the whole text is still one JSON document (``joined`` makes it the plain form).
+
 Usage::
 
     doc = encode(snapshot)              # a dict for json.dumps
     snapshot = decode(json.loads(text))
     plain = expand(json.loads(text))    # the same document as diag.tasks/1, as dicts
+    for piece in stream_slices(slices, finish, head, sliced=True): ...   # the agent's side
 """
 
 from __future__ import annotations
@@ -74,6 +84,19 @@ class Tables:
         self._wait: dict[tuple[Any, ...], int] = {}
         self._wait_by_id: dict[int, tuple[int, Wait]] = {}
         self._creator: dict[CreatedBy, int] = {}
+        self._sent = dict.fromkeys(_TABLES, 0)
+
+    def delta(self) -> dict[str, list[Any]]:
+        """The entries each table gained since the last call (tables that gained none are
+        left out): a slice's share of the tables."""
+        out = {}
+        for name in _TABLES:
+            table: list[Any] = getattr(self, name)
+            start = self._sent[name]
+            if len(table) > start:
+                out[name] = table[start:]
+                self._sent[name] = len(table)
+        return out
 
     def string(self, text: str) -> int:
         n = self._string.get(text)
@@ -187,11 +210,23 @@ def encode(snapshot: TaskSnapshot) -> dict[str, Any]:
     return doc
 
 
-def stream(snapshot: TaskSnapshot, slice_size: int = 2000) -> Generator[bytes, None, None]:
+def first_members(snapshot: TaskSnapshot) -> dict[str, Any]:
+    """What a sliced document says on its first line: when the tasks were taken, and of
+    which process."""
+    return {"taken_at": snapshot.taken_at, "process": snapshot.process.to_dict()}
+
+
+def stream(snapshot: TaskSnapshot, slice_size: int = 2000, sliced: bool = False) -> Generator[bytes, None, None]:
     """The ``diag.tasks/2`` document of ``snapshot`` as UTF-8 JSON, in pieces: the other
     members, then the rows ``slice_size`` at a time, then the tables the rows filled.  No
     more than one slice's text is held at once, and each ``json.dumps`` call (which holds
-    the GIL throughout) encodes one slice."""
+    the GIL throughout) encodes one slice.  ``sliced``: laid out in slices (see the
+    module's text)."""
+    if sliced:
+        tasks = snapshot.tasks
+        parts = (tasks[start:start + slice_size] for start in range(0, len(tasks), slice_size))
+        yield from _sliced(parts, lambda: snapshot, first_members(snapshot))
+        return
     tables = Tables()
     head = json.dumps(header(snapshot))
     yield (head[:-1] + ', "tasks": [').encode()
@@ -202,12 +237,18 @@ def stream(snapshot: TaskSnapshot, slice_size: int = 2000) -> Generator[bytes, N
     yield ("], " + json.dumps(tables.to_dict())[1:]).encode()
 
 
-def stream_slices(slices: Iterable[Sequence[TaskInfo]], finish: Callable[[], TaskSnapshot]
-                  ) -> Generator[bytes, None, None]:
+def stream_slices(slices: Iterable[Sequence[TaskInfo]], finish: Callable[[], TaskSnapshot],
+                  head: Mapping[str, Any] | None = None, sliced: bool = False) -> Generator[bytes, None, None]:
     """The ``diag.tasks/2`` document of tasks described a slice at a time, as UTF-8 JSON in
     pieces: the schema, the rows of each slice as it comes, then the tables and, from
     ``finish()`` (called once the slices are done), every other member.  Neither the
-    tasks nor their text are held beyond one slice."""
+    tasks nor their text are held beyond one slice.
+
+    ``sliced``: laid out for a reader that works as it reads (see the module's text), the
+    members of ``head`` (known before the first slice) on the first line."""
+    if sliced:
+        yield from _sliced(slices, finish, head or {})
+        return
     tables = Tables()
     yield (json.dumps({"schema": WIRE_SCHEMA, "task_fields": list(TASK_FIELDS)})[:-1] + ', "tasks": [').encode()
     first = True
@@ -222,6 +263,45 @@ def stream_slices(slices: Iterable[Sequence[TaskInfo]], finish: Callable[[], Tas
     yield ("], " + json.dumps(tables.to_dict())[1:-1] + ", " + json.dumps(rest)[1:]).encode()
 
 
+#: What ends the first line of a sliced document.
+SLICES_OPEN = ', "slices": ['
+
+
+def _sliced(slices: Iterable[Sequence[TaskInfo]], finish: Callable[[], TaskSnapshot],
+            head: Mapping[str, Any]) -> Generator[bytes, None, None]:
+    tables = Tables()
+    first = {"schema": WIRE_SCHEMA, "task_fields": list(TASK_FIELDS), **head}
+    yield (json.dumps(first)[:-1] + SLICES_OPEN + "\n").encode()
+    comma = ""
+    for infos in slices:
+        if not infos:
+            continue
+        rows = [tables.row(t) for t in infos]
+        part = tables.delta()
+        part["tasks"] = rows
+        yield (comma + json.dumps(part) + "\n").encode()
+        comma = ","
+    rest = header(finish())
+    for name in ("schema", "task_fields", *head):
+        rest.pop(name, None)
+    yield ("]" + (", " + json.dumps(rest)[1:] if rest else "}")).encode()
+
+
+def joined(doc: Any) -> Any:
+    """A sliced ``/2`` document (``slices``) as the plain one: each table and the tasks
+    joined up in order.  Anything else is returned as it is."""
+    if not isinstance(doc, Mapping) or "slices" not in doc:
+        return doc
+    out: dict[str, Any] = {k: v for k, v in doc.items() if k != "slices"}
+    try:
+        parts = _list(doc, "slices")
+        for name in (*_TABLES, "tasks"):
+            out[name] = [entry for part in parts for entry in _list(part, name)]
+    except (TypeError, AttributeError) as err:
+        raise TargetError(f"malformed diag task snapshot: slices: {err}") from None
+    return out
+
+
 def _list(doc: Mapping[str, Any], name: str) -> Sequence[Any]:
     value = doc.get(name)
     if value is None:
@@ -232,22 +312,42 @@ def _list(doc: Mapping[str, Any], name: str) -> Sequence[Any]:
 
 
 class TableReader:
-    """The tables of a ``/2`` document, each entry checked and built once."""
+    """The tables of a ``/2`` document, each entry checked and built once; ``add`` takes a
+    slice's share of them (entries numbered on from those already read)."""
 
-    def __init__(self, doc: Mapping[str, Any]) -> None:
-        self.strings = [str(s) for s in _list(doc, "strings")]
-        self.frames = [Frame(self.string(f[0]), int(f[1] or 0), self.string(f[2]),
-                             self.string(f[3]) if len(f) > 3 else "") for f in _list(doc, "frames")]
-        self.stacks = [tuple(self._frame(i) for i in s) for s in _list(doc, "stacks")]
-        self.frame_dicts = [f.to_dict() for f in self.frames]
-        self.stack_dicts = [[self.frame_dicts[self.index(i, self.frames)] for i in s] for s in _list(doc, "stacks")]
-        self.waits = [replace(Wait.from_dict(w), deadline_known=bool(w.get("deadline_known")))
-                      for w in _list(doc, "waits")]
-        self.wait_args = [tuple(getattr(w, name) for name in _WAIT_FIELDS) for w in self.waits]
+    def __init__(self, doc: Mapping[str, Any] | None = None) -> None:
+        self.strings: list[str] = []
+        self.frames: list[Frame] = []
+        self.frame_dicts: list[dict[str, Any]] = []
+        self.stacks: list[tuple[Frame, ...]] = []
+        self.stack_dicts: list[list[dict[str, Any]]] = []
+        self.waits: list[Wait] = []
+        self.wait_args: list[tuple[Any, ...]] = []
+        self.wait_dicts: list[dict[str, Any]] = []
+        self.creators: list[CreatedBy] = []
+        self.creator_dicts: list[dict[str, Any]] = []
+        if doc is not None:
+            self.add(doc)
+
+    def add(self, part: Mapping[str, Any]) -> None:
+        """Read the table entries of ``part`` (a whole document, or a slice)."""
+        self.strings.extend(str(s) for s in _list(part, "strings"))
+        frames = [Frame(self.string(f[0]), int(f[1] or 0), self.string(f[2]),
+                        self.string(f[3]) if len(f) > 3 else "") for f in _list(part, "frames")]
+        self.frames.extend(frames)
+        self.frame_dicts.extend(f.to_dict() for f in frames)
+        for s in _list(part, "stacks"):
+            at = [self.index(i, self.frames) for i in s]
+            self.stacks.append(tuple(self.frames[n] for n in at))
+            self.stack_dicts.append([self.frame_dicts[n] for n in at])
+        waits = [replace(Wait.from_dict(w), deadline_known=bool(w.get("deadline_known"))) for w in _list(part, "waits")]
+        self.waits.extend(waits)
+        self.wait_args.extend(tuple(getattr(w, name) for name in _WAIT_FIELDS) for w in waits)
         # the dicts printed are those of the waits read: a wait of an unknown kind says "unknown"
-        self.wait_dicts = [_shape_dict(w) for w in self.waits]
-        self.creators = [CreatedBy.from_dict(c) for c in _list(doc, "creators")]
-        self.creator_dicts = [c.to_dict() for c in self.creators]
+        self.wait_dicts.extend(_shape_dict(w) for w in waits)
+        creators = [CreatedBy.from_dict(c) for c in _list(part, "creators")]
+        self.creators.extend(creators)
+        self.creator_dicts.extend(c.to_dict() for c in creators)
 
     @staticmethod
     def index(i: Any, table: Sequence[Any]) -> int:
@@ -278,58 +378,64 @@ def check(doc: Any) -> None:
 
 def rest(doc: Mapping[str, Any]) -> TaskSnapshot:
     """The snapshot of every member but the tasks, read as in ``diag.tasks/1``."""
-    rest = {k: v for k, v in doc.items() if k not in _TABLES and k != "task_fields"}
+    rest = {k: v for k, v in doc.items() if k not in _TABLES and k not in ("task_fields", "slices")}
     rest.update(schema=SCHEMA, tasks=[])
     return TaskSnapshot.from_dict(rest)
 
 
 def decode(doc: Any) -> TaskSnapshot:
     """The snapshot of a ``diag.tasks/2`` document; ``TargetError`` for anything else."""
+    doc = joined(doc)
     check(doc)
     try:
-        tables = TableReader(doc)
-        tasks = []
-        # tasks stuck together have the same figures too (their waits began in one sample
-        # of the agent): they share one Wait, as they did in the agent
-        figured: dict[tuple[Any, ...], Wait] = {}
-        for row in _list(doc, "tasks"):
-            extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
-            n = tables.index(row[5], tables.waits)
-            wait = tables.waits[n]
-            wait_seconds = seconds(row[8], "wait seconds")
-            time_left = seconds(extra.get("time_left"), "time_left", True)
-            deadline = seconds(extra.get("deadline"), "deadline", True)
-            if wait_seconds is not None or time_left is not None or deadline is not None:
-                key = (n, wait_seconds, time_left, deadline)
-                shared = figured.get(key)
-                if shared is None:
-                    # built from the template's fields, positionally: dataclasses.replace
-                    # would look every field up again
-                    args = list(tables.wait_args[n])
-                    args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = wait_seconds, time_left, deadline
-                    shared = figured[key] = Wait(*args)
-                wait = shared
-            state = tables.string(row[3])
-            # the frozen dataclass's __init__ sets each field through object.__setattr__:
-            # the same object is made here with its fields set at once
-            info: TaskInfo = _new_object(TaskInfo)
-            info.__dict__.update(
-                id=int(row[0]), name=str(row[1]), coro=tables.string(row[2]),
-                state=state if state in TASK_STATES else "waiting",
-                stack=tables.stacks[tables.index(row[4], tables.stacks)], wait=wait,
-                created_by=None if row[6] is None else tables.creators[tables.index(row[6], tables.creators)],
-                loop=tables.string(row[7]), cancelling=bool(extra.get("cancelling", False)),
-                count=int(extra.get("count", 1)), ids=tuple(int(i) for i in extra.get("ids") or ()),
-                main=bool(extra.get("main", False)),
-                cancel_seconds=seconds(extra.get("cancel_seconds"), "cancel_seconds"),
-                handling_cancel=bool(extra.get("handling_cancel", False)),
-            )
-            tasks.append(info)
+        tasks = decode_rows(_list(doc, "tasks"), TableReader(doc), {})
         return replace(rest(doc), tasks=tuple(tasks))
     except TargetError:
         raise
     except (*MALFORMED, IndexError) as err:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+
+
+def decode_rows(rows: Iterable[Any], tables: TableReader, figured: dict[tuple[Any, ...], Wait]) -> list[TaskInfo]:
+    """The tasks of ``rows``, read with ``tables``.  Tasks stuck together have the same
+    figures too (their waits began in one sample of the agent): they share one Wait, as
+    they did in the agent, kept in ``figured`` (pass the same dict for the slices of one
+    document).  Malformed rows raise what reading them raises (see ``MALFORMED``)."""
+    tasks = []
+    for row in rows:
+        extra = row[9] if len(row) > 9 and isinstance(row[9], Mapping) else {}
+        n = tables.index(row[5], tables.waits)
+        wait = tables.waits[n]
+        wait_seconds = seconds(row[8], "wait seconds")
+        time_left = seconds(extra.get("time_left"), "time_left", True)
+        deadline = seconds(extra.get("deadline"), "deadline", True)
+        if wait_seconds is not None or time_left is not None or deadline is not None:
+            key = (n, wait_seconds, time_left, deadline)
+            shared = figured.get(key)
+            if shared is None:
+                # built from the template's fields, positionally: dataclasses.replace
+                # would look every field up again
+                args = list(tables.wait_args[n])
+                args[_SECONDS], args[_TIME_LEFT], args[_DEADLINE] = wait_seconds, time_left, deadline
+                shared = figured[key] = Wait(*args)
+            wait = shared
+        state = tables.string(row[3])
+        # the frozen dataclass's __init__ sets each field through object.__setattr__:
+        # the same object is made here with its fields set at once
+        info: TaskInfo = _new_object(TaskInfo)
+        info.__dict__.update(
+            id=int(row[0]), name=str(row[1]), coro=tables.string(row[2]),
+            state=state if state in TASK_STATES else "waiting",
+            stack=tables.stacks[tables.index(row[4], tables.stacks)], wait=wait,
+            created_by=None if row[6] is None else tables.creators[tables.index(row[6], tables.creators)],
+            loop=tables.string(row[7]), cancelling=bool(extra.get("cancelling", False)),
+            count=int(extra.get("count", 1)), ids=tuple(int(i) for i in extra.get("ids") or ()),
+            main=bool(extra.get("main", False)),
+            cancel_seconds=seconds(extra.get("cancel_seconds"), "cancel_seconds"),
+            handling_cancel=bool(extra.get("handling_cancel", False)),
+        )
+        tasks.append(info)
+    return tasks
 
 
 #: Keys of an expanded task whose values tasks share (one list or dict per table entry).
@@ -340,6 +446,7 @@ def expand(doc: Any) -> dict[str, Any]:
     """A ``diag.tasks/2`` document as the ``diag.tasks/1`` document of the same snapshot,
     built from the tables as plain dicts (tasks of one stack share its list): what
     ``--format json`` prints, without a dataclass per task on the way."""
+    doc = joined(doc)
     check(doc)
     try:
         tables = TableReader(doc)
@@ -381,5 +488,6 @@ def expand(doc: Any) -> dict[str, Any]:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "MALFORMED", "Tables", "TableReader", "header", "encode",
-           "stream", "decode", "expand", "check", "rest", "seconds"]
+__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "MALFORMED", "SLICES_OPEN", "Tables", "TableReader",
+           "header", "first_members", "encode", "stream", "stream_slices", "joined", "decode", "decode_rows", "expand", "check", "rest",
+           "seconds"]

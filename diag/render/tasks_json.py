@@ -39,16 +39,77 @@ def prepare(doc: dict[str, Any]) -> Prepared:
     every task's text made; ``TargetError`` for a malformed one, before anything is written."""
     if doc.get("schema") != task_wire.WIRE_SCHEMA:
         return Prepared(doc)
+    doc = task_wire.joined(doc)
     rows = doc.get("tasks")
     if not isinstance(rows, list) or len(rows) <= jsonout.LONG_LIST:
         return Prepared(task_wire.expand(doc))
     task_wire.check(doc)
     try:
-        return Prepared(task_wire.rest(doc).to_dict(), _RowText(task_wire.TableReader(doc)).lines(rows))
+        text = _RowText()
+        text.update(task_wire.TableReader(doc))
+        return Prepared(task_wire.rest(doc).to_dict(), text.lines(rows))
     except TargetError:
         raise
     except (*task_wire.MALFORMED, IndexError) as err:
-        raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+        raise _malformed(err) from None
+
+
+def _malformed(err: BaseException) -> TargetError:
+    return TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}")
+
+
+class Feed:
+    """Takes a task answer as it comes (``Source.tasks_feed``), each slice's task text made
+    as the slice arrives, while the agent still describes the next: ``prepared`` once the
+    last part is in, for ``write``.  Nothing is written meanwhile, so a damaged answer is
+    still one error with nothing written.  An answer of a few tasks is kept as it came and
+    prepared whole (``prepare``), as it is written differently."""
+
+    def __init__(self) -> None:
+        self.prepared: Prepared | None = None
+        self._head: dict[str, Any] = {}
+        self._tables = task_wire.TableReader()
+        self._text = _RowText()
+        self._kept: list[dict[str, Any]] | None = []  # the slices, while they are few
+        self._rows = 0
+        self._lines: list[str] = []
+
+    def __call__(self, kind: str, part: dict[str, Any]) -> None:
+        if kind == "whole":
+            self.prepared = prepare(part)
+            return
+        try:
+            if kind == "head":
+                task_wire.check({**part, "tasks": []})
+                self._head = part
+            elif kind == "slice":
+                self._slice(part)
+            else:
+                doc = {**self._head, **part}
+                if self._kept is not None:
+                    self.prepared = prepare({**doc, "slices": self._kept})
+                    return
+                task_wire.check({**doc, "tasks": []})
+                self.prepared = Prepared(task_wire.rest(doc).to_dict(), self._lines)
+        except TargetError:
+            raise
+        except (*task_wire.MALFORMED, IndexError) as err:
+            raise _malformed(err) from None
+
+    def _slice(self, part: dict[str, Any]) -> None:
+        rows = part.get("tasks")
+        if not isinstance(rows, list):
+            raise TypeError(f"a slice's tasks are {type(rows).__name__}, not a list")
+        self._tables.add(part)
+        if self._kept is not None:
+            self._kept.append(part)
+            self._rows += len(rows)
+            if self._rows <= jsonout.LONG_LIST:
+                return
+            rows = [row for kept in self._kept for row in kept["tasks"]]
+            self._kept = None
+        self._text.update(self._tables)
+        self._lines += self._text.lines(rows)
 
 
 def write(prepared: Prepared, out: TextIO) -> None:
@@ -88,12 +149,21 @@ def _figure(value: Any, what: str, infinite: bool = False) -> str:
 class _RowText:
     """The text of each task row, from the tables' entries each encoded once."""
 
-    def __init__(self, tables: task_wire.TableReader) -> None:
-        self.strings = [_string(s) for s in tables.strings]
-        self.stacks = [json_text(s, indent=None) for s in tables.stack_dicts]
-        self.creators = [json_text(c, indent=None) for c in tables.creator_dicts]
+    def __init__(self) -> None:
+        self.strings: list[str] = []
+        self.stacks: list[str] = []
+        self.creators: list[str] = []
         #: per wait: (text up to its seconds, text after them, whether it has a deadline)
-        self.waits = [self._wait(shape) for shape in tables.wait_dicts]
+        self.waits: list[tuple[str, str, bool]] = []
+        #: the text around the figures of a row without extras, by its indexes
+        self.combos: dict[tuple[Any, ...], tuple[str, str]] = {}
+
+    def update(self, tables: task_wire.TableReader) -> None:
+        """Encode the entries ``tables`` gained since the last call."""
+        self.strings += [_string(s) for s in tables.strings[len(self.strings):]]
+        self.stacks += [json_text(s, indent=None) for s in tables.stack_dicts[len(self.stacks):]]
+        self.creators += [json_text(c, indent=None) for c in tables.creator_dicts[len(self.creators):]]
+        self.waits += [self._wait(shape) for shape in tables.wait_dicts[len(self.waits):]]
 
     @staticmethod
     def _wait(shape: dict[str, Any]) -> tuple[str, str, bool]:
@@ -118,7 +188,7 @@ class _RowText:
         """Each row's text, in order; an error for the first malformed one.  Most rows
         have no extras, and many share every index: their text is made once per such
         combination (``_parts``) and joined with the row's id, name and seconds."""
-        combos: dict[tuple[Any, ...], tuple[str, str]] = {}
+        combos = self.combos
         out = []
         for row in rows:
             tid, name, coro, state, stack, wait, created, loop, sec = row[:9]
@@ -165,4 +235,4 @@ class _RowText:
         return text + "}"
 
 
-__all__ = ["Prepared", "prepare", "write"]
+__all__ = ["Feed", "Prepared", "prepare", "write"]

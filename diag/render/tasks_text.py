@@ -5,20 +5,25 @@ Grep-friendly and stable: no colour, no wrapping, one fact per line.
 
 from __future__ import annotations
 
-from typing import TextIO
+from dataclasses import replace
+from typing import Any, Iterable, TextIO
 
 from diag.analysis.loop_stalls import ended_stack, site_text, stall_frames, start_up, window_summary
+from diag.errors import TargetError
+from diag.model import task_wire
 from diag.render import formatting as fmt
-from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot
+from diag.model.task_snapshot import MALFORMED, CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot, Wait
 from diag.wording import plural
 
 
-def header(snap: TaskSnapshot) -> list[str]:
+def header(snap: TaskSnapshot, counts: tuple[int, int] | None = None) -> list[str]:
+    """The summary lines; ``counts`` (tasks shown, entries listed) for a snapshot whose
+    tasks were written before it (``Feed``)."""
     taken = fmt.timestamp(snap.taken_at)
-    shown = sum(t.count for t in snap.tasks)
+    shown, listed = counts if counts is not None else (sum(t.count for t in snap.tasks), len(snap.tasks))
     lines = [
         f"diag tasks: pid {snap.process.pid} (python {snap.process.python or '?'}), "
-        f"{plural(snap.total_tasks, 'pending task')}, {fmt.matching(shown, len(snap.tasks), snap.grouped)}, "
+        f"{plural(snap.total_tasks, 'pending task')}, {fmt.matching(shown, listed, snap.grouped)}, "
         f"taken {taken}",
         f"wait times: {snap.wait_clock}" if snap.wait_clock else "wait times: not measured",
     ]
@@ -227,34 +232,114 @@ def render(snap: TaskSnapshot, out: TextIO, *, cwd: str | None = None) -> None:
     if snap.grouped:
         out.write(fmt.text_lines(render_debug1(snap, cwd)))
         return
-    # every task in full, written as it is made: the text of a stack (and of a creator)
-    # is made once however many tasks share it, as the compact form's tables share them
     out.write(fmt.text_lines(header(snap)))
-    # So is the text of a wait (tasks stuck together share their Wait object, and their
-    # figures): escaping is character by character, so pieces escaped apart join as the
-    # whole line escaped would.
-    stacks: dict[tuple[Frame, ...], str] = {}
-    creators: dict[CreatedBy | None, str] = {}
-    states: dict[tuple[object, ...], tuple[str, str]] = {}
-    coros: dict[str, str] = {}
-    for task in snap.tasks:
-        stack = stacks.get(task.stack)
-        if stack is None:
-            stack = stacks[task.stack] = fmt.text_lines(stack_lines(task, cwd, "    "))
-        creator = creators.get(task.created_by)
-        if creator is None:
-            creator = creators[task.created_by] = fmt.text_lines([fmt.created_by(task.created_by, cwd)])
-        key = (id(task.wait), task.state, task.cancelling, task.cancel_seconds)  # the Waits live in snap
-        state = states.get(key)
-        if state is None:
-            evidence = evidence_lines(task)
-            state = states[key] = (fmt.safe_text(title_state(task, cwd)) + "]:\n",
-                                   fmt.text_lines(evidence) if evidence else "")
-        coro = coros.get(task.coro)
-        if coro is None:
-            coro = coros[task.coro] = fmt.safe_text(f"coro {task.coro}") + "\n"
-        out.write("\n" + fmt.safe_text(f'task {task.id} "{task.name}"') + (" (main) [" if task.main else " [")
-                  + state[0] + coro + stack + state[1] + creator)
+    _Blocks(cwd).write(snap.tasks, out)
+    _write_tail(snap, out, cwd)
+
+
+def _write_tail(snap: TaskSnapshot, out: TextIO, cwd: str | None) -> None:
     tail = footer(snap, cwd) + thread_lines(snap, cwd)
     if tail:
         out.write(fmt.text_lines(tail))
+
+
+class _Blocks:
+    """Every task in full, written as it is made: the text of a stack (and of a creator)
+    is made once however many tasks share it, as the compact form's tables share them.
+    So is the text of a wait (tasks stuck together share their Wait object, and their
+    figures): escaping is character by character, so pieces escaped apart join as the
+    whole line escaped would.  The Waits of the tasks written must outlive this (the
+    text of a wait is known by its identity)."""
+
+    def __init__(self, cwd: str | None) -> None:
+        self.cwd = cwd
+        self.stacks: dict[tuple[Frame, ...], str] = {}
+        self.creators: dict[CreatedBy | None, str] = {}
+        self.states: dict[tuple[object, ...], tuple[str, str]] = {}
+        self.coros: dict[str, str] = {}
+
+    def write(self, tasks: Iterable[TaskInfo], out: TextIO) -> None:
+        cwd, stacks, creators, states, coros = self.cwd, self.stacks, self.creators, self.states, self.coros
+        for task in tasks:
+            stack = stacks.get(task.stack)
+            if stack is None:
+                stack = stacks[task.stack] = fmt.text_lines(stack_lines(task, cwd, "    "))
+            creator = creators.get(task.created_by)
+            if creator is None:
+                creator = creators[task.created_by] = fmt.text_lines([fmt.created_by(task.created_by, cwd)])
+            key = (id(task.wait), task.state, task.cancelling, task.cancel_seconds)
+            state = states.get(key)
+            if state is None:
+                evidence = evidence_lines(task)
+                state = states[key] = (fmt.safe_text(title_state(task, cwd)) + "]:\n",
+                                       fmt.text_lines(evidence) if evidence else "")
+            coro = coros.get(task.coro)
+            if coro is None:
+                coro = coros[task.coro] = fmt.safe_text(f"coro {task.coro}") + "\n"
+            out.write("\n" + fmt.safe_text(f'task {task.id} "{task.name}"') + (" (main) [" if task.main else " [")
+                      + state[0] + coro + stack + state[1] + creator)
+
+
+class Feed:
+    """Writes a full task dump as it comes (``Source.tasks_feed``).  A dump of one slice
+    (the agent's 2,000 tasks) is written as ``render`` writes it, once it is all in.  A
+    longer one is written a slice at a time as the slices arrive: a first line saying so,
+    every task, then the summary ``render`` puts first (counts, loops, notes), the
+    deadlocks and the threads.  What comes after a damaged part is not written: the
+    error says what happened, and what was written stays true."""
+
+    def __init__(self, out: TextIO, cwd: str | None) -> None:
+        self.out = out
+        self.cwd = cwd
+        self._head: dict[str, object] = {}
+        self._tables = task_wire.TableReader()
+        self._figured: dict[tuple[object, ...], Wait] = {}
+        self._first: list[TaskInfo] | None = None  # the first slice, until a second comes
+        self._blocks: _Blocks | None = None  # once the tasks are written as they come
+        self._shown = 0
+        self._listed = 0
+
+    def __call__(self, kind: str, part: dict[str, Any]) -> None:
+        if kind == "whole":
+            render(TaskSnapshot.from_dict(part), self.out, cwd=self.cwd)
+            return
+        try:
+            if kind == "head":
+                task_wire.check({**part, "tasks": []})
+                self._head = part
+            elif kind == "slice":
+                self._slice(part)
+            else:
+                doc = {**self._head, **part, "tasks": []}
+                task_wire.check(doc)
+                snap = task_wire.rest(doc)
+                if self._blocks is None:
+                    render(replace(snap, tasks=tuple(self._first or ())), self.out, cwd=self.cwd)
+                    return
+                self.out.write("\n" + fmt.text_lines(header(snap, (self._shown, self._listed))))
+                _write_tail(snap, self.out, self.cwd)
+        except TargetError:
+            raise
+        except (*MALFORMED, IndexError) as err:
+            raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+
+    def _slice(self, part: dict[str, Any]) -> None:
+        rows = part.get("tasks")
+        if not isinstance(rows, list):
+            raise TypeError(f"a slice's tasks are {type(rows).__name__}, not a list")
+        self._tables.add(part)
+        tasks = task_wire.decode_rows(rows, self._tables, self._figured)
+        self._shown += sum(t.count for t in tasks)
+        self._listed += len(tasks)
+        if self._blocks is None:
+            if self._first is None:
+                self._first = tasks
+                return
+            first = task_wire.rest({**self._head, "tasks": []})
+            self.out.write(fmt.text_lines([
+                f"diag tasks: pid {first.process.pid} (python {first.process.python or '?'}), every task as the "
+                f"agent describes it, taken {fmt.timestamp(first.taken_at)}; the summary follows them"]))
+            self._blocks = _Blocks(self.cwd)
+            self._blocks.write(self._first, self.out)
+            self._first = None
+        self._blocks.write(tasks, self.out)

@@ -24,7 +24,7 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generator, Iterator, Protocol, Sequence, TypeVar, cast
 
 from diag.agent_protocol import PREFIX, check_token
 from diag.analysis.task_groups import TaskQuery, task_view
@@ -57,6 +57,19 @@ class Source(Protocol):
         the source has (an agent's compact ``diag.tasks/2`` answer as it came, otherwise
         the ``diag.tasks/1`` document); what ``read`` raises names the source."""
         ...
+
+    def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
+        """The same document handed to ``feed`` as it comes: ``feed("whole", document)``, or,
+        for an agent's answer laid out in slices, ``feed("head", first_line)``, then
+        ``feed("slice", slice)`` for each slice as it arrives, then ``feed("tail",
+        last_line)`` (see ``diag.model.task_wire``).  What ``feed`` raises names the source."""
+        ...
+
+
+class Feed(Protocol):
+    """What takes a task document a part at a time (``Source.tasks_feed``)."""
+
+    def __call__(self, kind: str, part: dict[str, Any]) -> None: ...
 
 
 def _query_params(query: TaskQuery) -> dict[str, str]:
@@ -241,6 +254,26 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
     ``deadline`` and at most ``max_bytes`` of body (``None``: read to the end and keep
     nothing).  Every failure is a ``TargetError`` starting with ``name``, saying the
     figure that was passed (seconds or bytes)."""
+    status, pieces = http_answer(name, address, request, deadline, max_bytes)
+    # pieces joined once at the end: a growing bytearray copies itself as it grows, so an
+    # answer past the limit would briefly cost twice the limit
+    return status, b"".join(pieces)
+
+
+def http_answer(name: str, address: Address, request: bytes, deadline: Deadline,
+                max_bytes: int | None = MAX_ANSWER_BYTES) -> tuple[int, Iterator[bytes]]:
+    """Send one request and read its answer's head: (HTTP status, the body's pieces as
+    they come, inflated).  The same bounds and failures as ``http_exchange``, raised as the
+    pieces are read; closing the pieces (or dropping them) closes the connection."""
+    pieces = _answer(name, address, request, deadline, max_bytes)
+    status = next(pieces)
+    assert isinstance(status, int)
+    return status, cast("Iterator[bytes]", pieces)
+
+
+def _answer(name: str, address: Address, request: bytes, deadline: Deadline,
+            max_bytes: int | None) -> Generator[int | bytes, None, None]:
+    """The HTTP status of the answer to ``request``, then its body's pieces."""
     reader: _AnswerReader | None = None
     try:
         sock = _connect(address, deadline)
@@ -259,12 +292,10 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
             coding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
             if coding not in ("identity", "gzip", "x-gzip"):
                 raise TargetError(f"{name}: unreadable answer: content encoding {_one_line(coding, 40)!r}")
+            yield resp.status
             # gzip is inflated as it comes, a bounded piece at a time: the limit is on what
             # it inflates to, so a small answer cannot become gigabytes here
             inflater = zlib.decompressobj(31) if coding != "identity" and max_bytes is not None else None
-            # chunks joined once at the end: a growing bytearray copies itself as it grows, so an
-            # answer past the limit would briefly cost twice the limit
-            chunks: list[bytes] = []
             while chunk := resp.read(_READ_SIZE):
                 got += len(chunk)
                 if max_bytes is None:
@@ -278,13 +309,13 @@ def http_exchange(name: str, address: Address, request: bytes, deadline: Deadlin
                     kept += len(piece)
                     if kept > max_bytes:
                         raise _TooLarge
-                    chunks.append(piece)
+                    if piece:
+                        yield piece
             if declared is not None and got < declared:  # read(amt) does not raise on an early end
                 raise TargetError(f"{name}: the connection closed mid-answer ({got} of {declared} bytes)")
             if inflater is not None and not inflater.eof:
                 raise TargetError(f"{name}: the connection closed mid-answer (the gzip stream stops after "
                                   f"{got} bytes)")
-            return resp.status, b"".join(chunks)
         finally:
             sock.close()
     except (_Expired, TimeoutError, socket.timeout):
@@ -381,16 +412,26 @@ class AgentSource:
     def _exchange(self, method: str, path: str, accept: str, deadline: Deadline,
                   max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, bytes]:
         """One request and its whole answer, within ``deadline`` and ``max_bytes``."""
+        status, pieces = self._open(method, path, accept, deadline, max_bytes)
+        return status, b"".join(pieces)
+
+    def _open(self, method: str, path: str, accept: str, deadline: Deadline,
+              max_bytes: int) -> tuple[int, Iterator[bytes]]:
+        """One request and its answer's status, its body in pieces as they come."""
         headers = [f"Accept: {accept}", "Accept-Encoding: gzip"] + (
             [f"Authorization: Bearer {self.token}"] if self.token else [])
-        return http_exchange(self.name, self.address, request_bytes(method, path, self.address, headers),
-                             deadline, max_bytes)
+        return http_answer(self.name, self.address, request_bytes(method, path, self.address, headers),
+                           deadline, max_bytes)
 
-    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, extra: float, extra_why: str,
-                 probe: bool, max_bytes: int = MAX_ANSWER_BYTES) -> Any:
+    def _path(self, endpoint: str, params: dict[str, str] | None) -> str:
         path = f"{self.prefix}/{endpoint}"
         if params:
             path += "?" + urllib.parse.urlencode(params)
+        return path
+
+    def _request(self, method: str, endpoint: str, params: dict[str, str] | None, extra: float, extra_why: str,
+                 probe: bool, max_bytes: int = MAX_ANSWER_BYTES) -> Any:
+        path = self._path(endpoint, params)
         if extra > 0:
             deadline = Deadline(self.timeout + extra, f"--timeout {self.timeout:g} plus {extra_why}")
             if probe:
@@ -398,6 +439,10 @@ class AgentSource:
         else:
             deadline = Deadline(self.timeout)
         status, body, waited = self._taking_turns(method, path, deadline, max_bytes)
+        return self._checked(method, endpoint, path, status, body, waited)
+
+    def _checked(self, method: str, endpoint: str, path: str, status: int, body: bytes, waited: float) -> Any:
+        """An answer's parsed JSON, or the ``TargetError`` its status and message make."""
         try:
             data = load_json(body)
         except NOT_JSON:
@@ -429,17 +474,26 @@ class AgentSource:
         with another client's dump, or pacing dumps) is asked again after a short, growing
         pause while ``deadline`` leaves room for it, as its ``retry shortly`` says.  Other
         answers, and a POST (an operation with effects), come back at once."""
+        status, pieces, waited = self._turns(method, path, deadline, max_bytes)
+        return status, b"".join(pieces), waited
+
+    def _turns(self, method: str, path: str, deadline: Deadline,
+               max_bytes: int) -> tuple[int, Iterator[bytes], float]:
+        """``_taking_turns``, the body of a 200 answer in pieces as they come."""
         waited, pause = 0.0, BUSY_FIRST_PAUSE
         while True:
-            status, body = self._exchange(method, path, "application/json", deadline, max_bytes)
+            status, pieces = self._open(method, path, "application/json", deadline, max_bytes)
+            if status == 200:
+                return status, pieces, waited
+            body = b"".join(pieces)
             if status != 503 or method != "GET":
-                return status, body, waited
+                return status, iter((body,)), waited
             try:
                 left = deadline.left()
             except _Expired:
-                return status, body, waited
+                return status, iter((body,)), waited
             if left <= pause + BUSY_MIN_LEFT:
-                return status, body, waited
+                return status, iter((body,)), waited
             time.sleep(pause)
             waited += pause
             pause = min(pause * 2, BUSY_MAX_PAUSE)
@@ -459,9 +513,82 @@ class AgentSource:
     def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
         return self.snapshot(self._tasks_answer(query), lambda data: read(_document(data)))
 
+    def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
+        params = _query_params(query)
+        params["layout"] = "slices"  # an older agent ignores it, and answers in one piece
+        path = self._path("tasks", params)
+        deadline = Deadline(self.timeout)
+        status, pieces, waited = self._turns("GET", path, deadline, MAX_TASKS_BYTES)
+        if status != 200:
+            self._checked("GET", "tasks", path, status, b"".join(pieces), waited)
+        lines = _lines(pieces)
+        first = next(lines, b"")
+        if not (first.startswith(b"{") and first.endswith(_SLICES_OPEN)):
+            data = self._checked("GET", "tasks", path, status, b"\n".join([first, *lines]), waited)
+            self.snapshot(data, lambda doc: feed("whole", _document(doc)))
+            return
+        head = self._line(first + b"]}", "its first line")
+        if head.get("schema") != task_wire.WIRE_SCHEMA:
+            raise TargetError(f"{self.name}: not a diag agent (no diag.tasks/2 schema in the answer)")
+        self._fed(feed, "head", head, deadline)
+        count = 0
+        for line in lines:
+            if not line.strip():
+                continue  # what follows the last newline of an answer cut at a line's end
+            if line.startswith(b"]"):
+                after = line[1:].lstrip()
+                tail = self._line(b"{" + (after[1:] if after.startswith(b",") else after), "its last line")
+                if any(more.strip() for more in lines):
+                    raise TargetError(f"{self.name}: unreadable answer: text after its last line")
+                self._fed(feed, "tail", tail, deadline)
+                return
+            count += 1
+            self._fed(feed, "slice", self._line(line[1:] if line.startswith(b",") else line, f"slice {count}"),
+                      deadline)
+        raise TargetError(f"{self.name}: the answer stops after {count} slices, without its last line")
+
+    def _line(self, text: bytes, what: str) -> dict[str, Any]:
+        """A line of a sliced answer, parsed: a JSON object, or the error naming the agent."""
+        try:
+            data = load_json(text)
+        except NOT_JSON:
+            raise TargetError(f"{self.name}: unreadable answer: {what} is not JSON") from None
+        if not isinstance(data, dict):
+            raise TargetError(f"{self.name}: malformed diag task snapshot: {what} is not an object")
+        return data
+
+    def _fed(self, feed: Feed, kind: str, part: dict[str, Any], deadline: Deadline) -> None:
+        """``feed(kind, part)``, its errors naming the agent.  The time it takes (writing to
+        a slow pipe, say) is not the agent's: the deadline moves on by as much."""
+        started = time.monotonic()
+        try:
+            feed(kind, part)
+        except TargetError as err:
+            raise TargetError(f"{self.name}: {err}") from None
+        deadline.end += time.monotonic() - started
+
     def _tasks_answer(self, query: TaskQuery) -> Any:
         # streamed whole by the agent, never cut: read up to what a saved dump may hold
         return self.get("tasks", _query_params(query), max_bytes=MAX_TASKS_BYTES)
+
+
+_SLICES_OPEN = task_wire.SLICES_OPEN.encode()
+
+
+def _lines(pieces: Iterator[bytes]) -> Generator[bytes, None, None]:
+    """The lines of a body read in pieces, without their newlines; the last (what follows
+    the last newline, maybe empty) too."""
+    pending: list[bytes] = []
+    for piece in pieces:
+        start = 0
+        while (end := piece.find(b"\n", start)) >= 0:
+            pending.append(piece[start:end])
+            yield b"".join(pending)
+            pending.clear()
+            start = end + 1
+        if start < len(piece):
+            pending.append(piece[start:])
+    yield b"".join(pending)
 
 
 def _document(data: Any) -> dict[str, Any]:
@@ -561,6 +688,9 @@ class FileSource:
             return read(document)
         except TargetError as err:
             raise TargetError(f"{self.name}: {err}") from None
+
+    def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
+        self.tasks_document(query, lambda document: feed("whole", document))
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:

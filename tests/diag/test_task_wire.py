@@ -122,3 +122,67 @@ def test_the_streamed_pieces_make_the_same_document(make: Any, slice_size: int) 
     pieces = list(stream(snap, slice_size))
     assert len(pieces) >= 2 + (len(snap.tasks) - 1) // slice_size
     assert json.loads(b"".join(pieces)) == _wire(snap)
+
+
+def sliced_parts(text: bytes, loads: Any = json.loads) -> list[tuple[str, Any]]:
+    """A sliced document split as its layout says (a line each: the first, each slice, the
+    last), each part parsed by ``loads``: what a reader working as the answer comes is handed."""
+    from diag.model.task_wire import SLICES_OPEN
+
+    first, *middle, last = text.split(b"\n")
+    assert first.endswith(SLICES_OPEN.encode()) and last.startswith(b"]")
+    after = last[1:].lstrip()
+    parts = [("head", loads(first + b"]}"))]
+    parts += [("slice", loads(line[1:] if line.startswith(b",") else line)) for line in middle]
+    parts.append(("tail", loads(b"{" + (after[1:] if after.startswith(b",") else after))))
+    return parts
+
+
+@pytest.mark.parametrize("slice_size", [1, 2, 1000])
+@pytest.mark.parametrize("make", [_varied, fetchers_and_worker, lambda: snapshot()])
+def test_sliced_it_is_one_document_that_joins_into_the_plain_one(make: Any, slice_size: int) -> None:
+    from diag.model.task_wire import joined, stream
+
+    snap = make()
+    text = b"".join(stream(snap, slice_size, sliced=True))
+    doc = json.loads(text)  # one JSON document, whoever reads it
+    assert doc["schema"] == WIRE_SCHEMA and len(doc["slices"]) == -(-len(snap.tasks) // slice_size)
+    assert joined(doc) == {**_wire(snap)}
+    assert decode(doc) == snap and TaskSnapshot.from_dict(doc) == snap
+    parts = sliced_parts(text)
+    assert [kind for kind, _ in parts] == ["head"] + ["slice"] * len(doc["slices"]) + ["tail"]
+    assert parts[0][1]["taken_at"] == snap.taken_at and parts[0][1]["process"] == snap.process.to_dict()
+    # each slice holds the entries it is the first to use, and no others
+    seen: set[int] = set()
+    for _, part in parts[1:-1]:
+        new = set(range(len(seen), len(seen) + len(part.get("stacks", []))))
+        used = {row[4] for row in part["tasks"]}
+        assert new <= used and used <= seen | new
+        seen |= new
+
+
+def test_sliced_the_tables_come_once() -> None:
+    from diag.model.task_wire import stream
+
+    snap = snapshot(*[task(n) for n in range(1, 5001)])
+    parts = sliced_parts(b"".join(stream(snap, 2000, sliced=True)))
+    slices = [part for kind, part in parts if kind == "slice"]
+    assert [len(s["tasks"]) for s in slices] == [2000, 2000, 1000]
+    assert "stacks" in slices[0] and all(set(s) == {"tasks"} for s in slices[1:])
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.__setitem__("slices", 5),
+    lambda d: d["slices"].__setitem__(0, [1]),
+    lambda d: d["slices"][1]["tasks"][0].__setitem__(4, 99),
+    lambda d: d["slices"][0].__setitem__("stacks", None),
+])
+def test_a_damaged_sliced_document_is_one_error(change: Any) -> None:
+    from diag.model.task_wire import stream
+
+    doc = json.loads(b"".join(stream(fetchers_and_worker(), 2, sliced=True)))
+    change(doc)
+    with pytest.raises(TargetError, match="malformed diag task snapshot"):
+        decode(doc)
+    with pytest.raises(TargetError, match="malformed diag task snapshot"):
+        expand(doc)

@@ -81,6 +81,25 @@ def test_an_unknown_form_is_a_clear_400(program: DiagRun) -> None:
     assert json.loads(body)["error"] == "wire must be 1 or 2, not '7'"
 
 
+def test_sliced_it_is_the_same_dump_a_line_a_slice(program: DiagRun) -> None:
+    """``layout=slices``: the same tasks and tables, laid out a slice a line for a reader
+    that works as the answer comes; still one JSON document."""
+    from diag.model.task_wire import SLICES_OPEN, joined
+
+    _, plain = answer(program.url, "debug=2&limit=100000&wire=2")
+    _, sliced = answer(program.url, "debug=2&limit=100000&wire=2&layout=slices")
+    whole = joined(json.loads(sliced))
+    doc = json.loads(plain)
+    assert {row[0] for row in whole["tasks"]} == {row[0] for row in doc["tasks"]}
+    assert len(whole["stacks"]) == len(doc["stacks"]) and len(whole["tasks"]) > TASKS
+    lines = sliced.split(b"\n")
+    assert lines[0].endswith(SLICES_OPEN.encode()) and lines[-1].startswith(b"]")
+    slices = [json.loads(line.lstrip(b",")) for line in lines[1:-1]]
+    assert len(slices) >= 2 and sum(len(s["tasks"]) for s in slices) == len(whole["tasks"])
+    status, _, body = http("GET", program.url + "/debug/diag/tasks?wire=2&layout=rows")
+    assert status == 400 and json.loads(body)["error"] == "layout must be plain or slices, not 'rows'"
+
+
 def _dump(*args: str) -> dict[str, Any]:
     proc = run_diag("tasks", *args, "--format", "json")
     assert proc.returncode == 0, proc.stderr
@@ -125,3 +144,17 @@ def test_gzip_for_clients_that_take_it(program: DiagRun) -> None:
     assert head.get("Content-Encoding") == "gzip" and json.loads(gzip.decompress(v1))["schema"] == "diag.tasks/1"
     head, _ = answer(program.url, "debug=2&limit=100000", {"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in head
+
+
+def test_the_cli_writes_a_long_text_dump_as_it_comes(program: DiagRun) -> None:
+    """More tasks than one slice: each written as its slice arrives, the summary after them."""
+    proc = run_diag("tasks", program.url, "--debug", "2", "--format", "text", "--limit", "100000")
+    assert proc.returncode == 0, proc.stderr
+    first, rest = proc.stdout.split("\n", 1)
+    assert first.startswith("diag tasks: pid ") and first.endswith("; the summary follows them"), first
+    titles = [line for line in rest.splitlines() if line.startswith("task ")]
+    assert sum('"parked-' in t for t in titles) == TASKS - 100 and sum('"napping-' in t for t in titles) == 100
+    summary = rest.index("\ndiag tasks: pid ")
+    assert rest.rindex("\ntask ") < summary
+    total = int(rest[summary:].split("), ", 1)[1].split(" pending", 1)[0])
+    assert total == len(titles) and f"{total} matching" in rest[summary:]
