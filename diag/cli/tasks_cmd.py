@@ -128,13 +128,11 @@ def tasks(
         # written from the agent's tables: no dataclass, nor dict, per task on the way
         from diag.render import tasks_json
 
-        feed = tasks_json.Feed()
-        source.tasks_feed(query, feed)
-        assert feed.prepared is not None  # the source hands on a whole answer, or its last line
-        tasks_json.write(feed.prepared, sys.stdout)
+        # a long dump written a slice at a time as it comes, while the agent describes the next
+        source.tasks_feed(query, tasks_json.Feed(sys.stdout))
         return 0
     elif fmt == "text" and query.debug == 2 and not query.pattern and not dead:
-        # written as it comes: a long dump a slice at a time while the agent describes the next
+        # the same for the text of every task
         from diag.render import tasks_text
 
         source.tasks_feed(query, tasks_text.Feed(sys.stdout, os.getcwd()))

@@ -59,24 +59,29 @@ def _malformed(err: BaseException) -> TargetError:
 
 
 class Feed:
-    """Takes a task answer as it comes (``Source.tasks_feed``), each slice's task text made
-    as the slice arrives, while the agent still describes the next: ``prepared`` once the
-    last part is in, for ``write``.  Nothing is written meanwhile, so a damaged answer is
-    still one error with nothing written.  An answer of a few tasks is kept as it came and
-    prepared whole (``prepare``), as it is written differently."""
+    """Writes a task answer to ``out`` as it comes (``Source.tasks_feed``).
 
-    def __init__(self) -> None:
-        self.prepared: Prepared | None = None
+    An answer of a few tasks (``jsonout.LONG_LIST`` or fewer) is kept as it came and
+    written whole once it is in, as ``write`` writes it.  A longer one is written a slice
+    at a time as the slices arrive, while the agent describes the next: the members the
+    first line holds (``schema``, ``taken_at``, ``process``), then ``tasks``, a task a
+    line, then every other member once the last line is in.  The tasks' lines are those
+    of the whole answer; the document differs only in where ``tasks`` stands.  If the
+    answer breaks off, what was written is not a whole document (the list is never
+    closed), and the error says why."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
         self._head: dict[str, Any] = {}
         self._tables = task_wire.TableReader()
         self._text = _RowText()
         self._kept: list[dict[str, Any]] | None = []  # the slices, while they are few
         self._rows = 0
-        self._lines: list[str] = []
+        self._first = True  # no task written yet
 
     def __call__(self, kind: str, part: dict[str, Any]) -> None:
         if kind == "whole":
-            self.prepared = prepare(part)
+            write(prepare(part), self.out)
             return
         try:
             if kind == "head":
@@ -85,12 +90,7 @@ class Feed:
             elif kind == "slice":
                 self._slice(part)
             else:
-                doc = {**self._head, **part}
-                if self._kept is not None:
-                    self.prepared = prepare({**doc, "slices": self._kept})
-                    return
-                task_wire.check({**doc, "tasks": []})
-                self.prepared = Prepared(task_wire.rest(doc).to_dict(), self._lines)
+                self._tail(part)
         except TargetError:
             raise
         except (*task_wire.MALFORMED, IndexError) as err:
@@ -107,9 +107,35 @@ class Feed:
             if self._rows <= jsonout.LONG_LIST:
                 return
             rows = [row for kept in self._kept for row in kept["tasks"]]
+            self._text.update(self._tables)
+            lines = self._text.lines(rows)  # all made before the first byte is written
+            first = task_wire.rest({**self._head, "tasks": []}).to_dict()
+            self.out.write("{\n  " + ",\n  ".join(f"{json.dumps(key)}: {json_text(first[key], indent=None)}"
+                                                   for key in _FIRST) + ',\n  "tasks": ')
             self._kept = None
-        self._text.update(self._tables)
-        self._lines += self._text.lines(rows)
+        else:
+            self._text.update(self._tables)
+            lines = self._text.lines(rows)
+        if lines:
+            self.out.write(("[\n    " if self._first else ",\n    ") + ",\n    ".join(lines))
+            self._first = False
+
+    def _tail(self, part: dict[str, Any]) -> None:
+        doc = {**self._head, **part}
+        if self._kept is not None:
+            write(prepare({**doc, "slices": self._kept}), self.out)
+            return
+        task_wire.check({**doc, "tasks": []})
+        rest = task_wire.rest(doc).to_dict()
+        self.out.write("[]" if self._first else "\n  ]")
+        for key, value in rest.items():
+            if key not in _FIRST and key != "tasks":
+                self.out.write(f",\n  {json.dumps(key)}: {json_text(value, indent=None)}")
+        self.out.write("\n}\n")
+
+
+#: The members a sliced answer's first line holds, written before the tasks.
+_FIRST = ("schema", "taken_at", "process")
 
 
 def write(prepared: Prepared, out: TextIO) -> None:

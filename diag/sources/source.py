@@ -52,14 +52,10 @@ class Source(Protocol):
 
     def tasks(self, query: TaskQuery) -> TaskSnapshot: ...
 
-    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
-        """``read`` of the snapshot ``tasks`` would give, as a document in the cheapest form
-        the source has (an agent's compact ``diag.tasks/2`` answer as it came, otherwise
-        the ``diag.tasks/1`` document); what ``read`` raises names the source."""
-        ...
-
     def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
-        """The same document handed to ``feed`` as it comes: ``feed("whole", document)``, or,
+        """The document of the snapshot ``tasks`` would give, in the cheapest form the source
+        has (an agent's compact ``diag.tasks/2`` answer as it came, otherwise the
+        ``diag.tasks/1`` document), handed to ``feed`` as it comes: ``feed("whole", document)``, or,
         for an agent's answer laid out in slices, ``feed("head", first_line)``, then
         ``feed("slice", slice)`` for each slice as it arrives, then ``feed("tail",
         last_line)`` (see ``diag.model.task_wire``).  What ``feed`` raises names the source."""
@@ -510,9 +506,6 @@ class AgentSource:
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return self.snapshot(self._tasks_answer(query), TaskSnapshot.from_dict)
 
-    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
-        return self.snapshot(self._tasks_answer(query), lambda data: read(_document(data)))
-
     def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
         params = _query_params(query)
         params["layout"] = "slices"  # an older agent ignores it, and answers in one piece
@@ -682,15 +675,12 @@ class FileSource:
     def tasks(self, query: TaskQuery) -> TaskSnapshot:
         return task_view(read_saved(self.name, TaskSnapshot.from_json), query)
 
-    def tasks_document(self, query: TaskQuery, read: Callable[[dict[str, Any]], T]) -> T:
+    def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
         document = self.tasks(query).to_dict()
         try:
-            return read(document)
+            feed("whole", document)
         except TargetError as err:
             raise TargetError(f"{self.name}: {err}") from None
-
-    def tasks_feed(self, query: TaskQuery, feed: Feed) -> None:
-        self.tasks_document(query, lambda document: feed("whole", document))
 
 
 def open_source(target: str, timeout: float = 10.0) -> Source:

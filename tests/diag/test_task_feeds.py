@@ -1,7 +1,8 @@
 """A task dump read as it comes (``Source.tasks_feed``): an agent's answer laid out in
-slices, handed over a part at a time.  ``--format json`` writes the very text of the whole
-answer; ``--format text --debug 2`` writes one slice's dump as before, and a longer one
-task by task as the slices come, the summary after them."""
+slices, handed over a part at a time.  A dump of a few tasks is written as before, once it
+is in.  A longer one is written as the slices come: ``--format json`` the whole answer's
+lines with ``tasks`` moved up before the members known only at the end, ``--format text
+--debug 2`` every task, then the summary."""
 
 from __future__ import annotations
 
@@ -27,27 +28,64 @@ def _fed(feed: Any, snap: TaskSnapshot, slice_size: int) -> None:
         feed(kind, part)
 
 
+def _json_fed(snap: TaskSnapshot, slice_size: int) -> str:
+    out = io.StringIO()
+    _fed(tasks_json.Feed(out), snap, slice_size)
+    return out.getvalue()
+
+
+def _tasks_moved_up(whole: str) -> str:
+    """A document as ``jsonout`` writes it with a long ``tasks`` list last (a member a line,
+    a task a line), with ``tasks`` moved after ``schema``, ``taken_at`` and ``process``."""
+    lines = whole.rstrip("\n").split("\n")
+    assert lines[0] == "{" and lines[-1] == "}"
+    start = next(n for n, line in enumerate(lines) if line.startswith('  "tasks": ['))
+    members = [line.rstrip(",") for line in lines[1:start]]
+    tasks = "\n".join(lines[start:-1])
+    assert [m.split(":", 1)[0] for m in members[:3]] == ['  "schema"', '  "taken_at"', '  "process"']
+    return "{\n" + ",\n".join(members[:3] + [tasks] + members[3:]) + "\n}\n"
+
+
 @pytest.mark.parametrize("slice_size", [700, 2000])
-@pytest.mark.parametrize("count", [3, jsonout.LONG_LIST, jsonout.LONG_LIST + 1, 2500])
-def test_json_fed_a_slice_at_a_time_is_the_text_of_the_whole_answer(count: int, slice_size: int) -> None:
+@pytest.mark.parametrize("count", [3, jsonout.LONG_LIST])
+def test_json_of_a_few_tasks_is_the_text_of_the_whole_answer(count: int, slice_size: int) -> None:
+    plain = _wire(_many(count))
+    assert _json_fed(_many(count), slice_size) == _written(plain) == _as_before(plain)
+
+
+@pytest.mark.parametrize("slice_size", [1, 700, 2000])
+@pytest.mark.parametrize("count", [jsonout.LONG_LIST + 1, 2500])
+def test_json_of_many_tasks_is_written_as_it_comes_in_the_same_lines(count: int, slice_size: int) -> None:
+    """Every task's line is the whole answer's; ``tasks`` comes fourth, not last."""
     snap = _many(count)
-    feed = tasks_json.Feed()
-    _fed(feed, snap, slice_size)
-    assert feed.prepared is not None
-    out = io.StringIO()
-    tasks_json.write(feed.prepared, out)
+    text = _json_fed(snap, slice_size)
     plain = _wire(snap)
-    assert out.getvalue() == _written(plain) == _as_before(plain)
+    assert text == _tasks_moved_up(_written(plain))
+    assert json.loads(text) == json.loads(_as_before(plain))
+    assert list(json.loads(text))[:4] == ["schema", "taken_at", "process", "tasks"]
 
 
-def test_json_fed_whole_is_prepared_as_before() -> None:
+def test_json_fed_whole_is_written_as_before() -> None:
     plain = _wire(_many(1200))
-    feed = tasks_json.Feed()
-    feed("whole", plain)
-    assert feed.prepared is not None
     out = io.StringIO()
-    tasks_json.write(feed.prepared, out)
+    tasks_json.Feed(out)("whole", plain)
     assert out.getvalue() == _written(plain)
+
+
+def test_json_broken_off_after_its_first_tasks_is_no_whole_document() -> None:
+    """Damage in the third slice of 600 tasks: the first two were written (more than
+    ``LONG_LIST``), the list is left open, and the error says what is wrong."""
+    parts = sliced_parts(b"".join(stream(_many(3000), 600, sliced=True)))
+    parts[3][1]["tasks"][5][4] = 10_000
+    out = io.StringIO()
+    feed = tasks_json.Feed(out)
+    with pytest.raises(TargetError, match="malformed diag task snapshot: IndexError"):
+        for kind, part in parts:
+            feed(kind, part)
+    written = out.getvalue()
+    assert written.startswith('{\n  "schema": "diag.tasks/1",') and written.count("\n    {") == 1200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(written)
 
 
 def _text_fed(snap: TaskSnapshot, slice_size: int) -> str:
@@ -101,8 +139,8 @@ def _sliced_text(snap: TaskSnapshot, slice_size: int) -> bytes:
 
 
 def test_the_cli_reads_a_sliced_answer_as_the_whole_one() -> None:
-    """Through the CLI against an agent that answers in slices: the JSON is the text of the
-    whole answer, and the text dump is every task, then the summary."""
+    """Through the CLI against an agent that answers in slices: the JSON has the whole
+    answer's lines, tasks fourth, and the text dump is every task, then the summary."""
     from tests.support.cli import ROOT, run_diag
     from tests.support.fake_agent import FakeAgent, answer
 
@@ -111,7 +149,7 @@ def test_the_cli_reads_a_sliced_answer_as_the_whole_one() -> None:
         as_json = run_diag("tasks", fake.url, "--format", "json", "--debug", "2", "--limit", "5000")
         as_text = run_diag("tasks", fake.url, "--format", "text", "--debug", "2", "--limit", "5000")
     assert as_json.returncode == 0 and as_json.stderr == "", as_json.stderr
-    assert as_json.stdout == _written(_wire(snap))
+    assert as_json.stdout == _tasks_moved_up(_written(_wire(snap)))
     assert as_text.returncode == 0 and as_text.stderr == "", as_text.stderr
     out = io.StringIO()
     feed = tasks_text.Feed(out, str(ROOT))
