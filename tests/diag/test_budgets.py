@@ -727,7 +727,7 @@ def test_a_stream_that_fails_midway_is_seen_cut(agent: diag.agent.Agent, monkeyp
 
     from diag.model import task_wire
 
-    def failing(snapshot: Any, slice_size: int = 2000) -> Any:
+    def failing(snapshot: Any, slice_size: int = 2000, sliced: bool = False) -> Any:
         yield b'{"schema": "diag.tasks/2", "tasks": ['
         raise RuntimeError("encoding failed")
 
