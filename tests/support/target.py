@@ -31,6 +31,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Ports tried before giving up (each lost only to a race with another process).
+PORT_ATTEMPTS = 5
+
+
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port``, from
+    Linux's /proc; None where /proc cannot say."""
+    try:
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    local = f"0100007F:{port:04X}"
+    inodes = {f"socket:[{row[9]}]" for row in rows if len(row) > 9 and row[1] == local and row[3] == "0A"}
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def http(method: str, url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None,
          data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; returns (status, headers, body) for any status, never raises on 4xx/5xx."""
@@ -61,21 +84,34 @@ class TargetServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "TargetServer":
-        cmd = [sys.executable, "-m", "target_server", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"target server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                status, _, _ = http("GET", self.url + "/healthz", timeout=1.0)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"target server did not become ready:\n{self.output()}")
+        # free_port() lets the port go before the server binds it: another process (a
+        # parallel test's server) can take it meanwhile.  The server then cannot bind, and
+        # is started again on another port; until it exits, the /healthz that answers may
+        # be the other process's, so only an answer while this process holds the port counts.
+        for _ in range(PORT_ATTEMPTS):
+            cmd = [sys.executable, "-m", "target_server", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + self.ready_timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    if "address already in use" not in self.output():
+                        raise RuntimeError(f"target server exited with {self.proc.returncode}:\n{self.output()}")
+                    break
+                try:
+                    status, _, _ = http("GET", self.url + "/healthz", timeout=1.0)
+                    if status == 200 and listens(self.proc.pid, self.port) is not False:
+                        return self
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            else:
+                self.stop()
+                raise RuntimeError(f"target server did not become ready:\n{self.output()}")
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.log.seek(0)
+            self.log.truncate()
+        raise RuntimeError(f"target server found no free port in {PORT_ATTEMPTS} attempts:\n{self.output()}")
 
     def output(self) -> str:
         self.log.flush()
