@@ -363,6 +363,48 @@ class TableReader:
         return self.strings[self.index(i, self.strings)]
 
 
+class SliceReader:
+    """Takes a task answer a part at a time (``Source.tasks_feed``): a whole document
+    (``whole``), or a sliced one's first line (checked and kept as ``head``), each slice
+    (its table entries read into ``tables``, then its rows handed to ``rows``) and its
+    last line (``tail``, with the first line's members).  What a malformed part raises
+    becomes one ``TargetError``."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.tables = TableReader()
+
+    def __call__(self, kind: str, part: dict[str, Any]) -> None:
+        if kind == "whole":
+            self.whole(part)
+            return
+        try:
+            if kind == "head":
+                check({**part, "tasks": []})
+                self.head = part
+            elif kind == "slice":
+                rows = part.get("tasks")
+                if not isinstance(rows, list):
+                    raise TypeError(f"a slice's tasks are {type(rows).__name__}, not a list")
+                self.tables.add(part)
+                self.rows(rows, part)
+            else:
+                self.tail({**self.head, **part})
+        except TargetError:
+            raise
+        except (*MALFORMED, IndexError) as err:
+            raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+
+    def whole(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def rows(self, rows: list[Any], part: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def tail(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
 def seconds(value: Any, what: str, infinite: bool = False) -> float | None:
     return None if value is None else finite_float(value, what, infinite=infinite)
 
@@ -488,6 +530,6 @@ def expand(doc: Any) -> dict[str, Any]:
         raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "MALFORMED", "SLICES_OPEN", "Tables", "TableReader",
+__all__ = ["WIRE_SCHEMA", "WIRE_MAJOR", "TASK_FIELDS", "SHARED_KEYS", "MALFORMED", "SLICES_OPEN", "Tables", "TableReader", "SliceReader",
            "header", "first_members", "encode", "stream", "stream_slices", "joined", "decode", "decode_rows", "expand", "check", "rest",
            "seconds"]

@@ -51,14 +51,10 @@ def prepare(doc: dict[str, Any]) -> Prepared:
     except TargetError:
         raise
     except (*task_wire.MALFORMED, IndexError) as err:
-        raise _malformed(err) from None
+        raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
 
 
-def _malformed(err: BaseException) -> TargetError:
-    return TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}")
-
-
-class Feed:
+class Feed(task_wire.SliceReader):
     """Writes a task answer to ``out`` as it comes (``Source.tasks_feed``).
 
     An answer of a few tasks (``jsonout.LONG_LIST`` or fewer) is kept as it came and
@@ -71,57 +67,37 @@ class Feed:
     closed), and the error says why."""
 
     def __init__(self, out: TextIO) -> None:
+        super().__init__()
         self.out = out
-        self._head: dict[str, Any] = {}
-        self._tables = task_wire.TableReader()
         self._text = _RowText()
         self._kept: list[dict[str, Any]] | None = []  # the slices, while they are few
         self._rows = 0
         self._first = True  # no task written yet
 
-    def __call__(self, kind: str, part: dict[str, Any]) -> None:
-        if kind == "whole":
-            write(prepare(part), self.out)
-            return
-        try:
-            if kind == "head":
-                task_wire.check({**part, "tasks": []})
-                self._head = part
-            elif kind == "slice":
-                self._slice(part)
-            else:
-                self._tail(part)
-        except TargetError:
-            raise
-        except (*task_wire.MALFORMED, IndexError) as err:
-            raise _malformed(err) from None
+    def whole(self, doc: dict[str, Any]) -> None:
+        write(prepare(doc), self.out)
 
-    def _slice(self, part: dict[str, Any]) -> None:
-        rows = part.get("tasks")
-        if not isinstance(rows, list):
-            raise TypeError(f"a slice's tasks are {type(rows).__name__}, not a list")
-        self._tables.add(part)
+    def rows(self, rows: list[Any], part: dict[str, Any]) -> None:
         if self._kept is not None:
             self._kept.append(part)
             self._rows += len(rows)
             if self._rows <= jsonout.LONG_LIST:
                 return
             rows = [row for kept in self._kept for row in kept["tasks"]]
-            self._text.update(self._tables)
+            self._text.update(self.tables)
             lines = self._text.lines(rows)  # all made before the first byte is written
-            first = task_wire.rest({**self._head, "tasks": []}).to_dict()
+            first = task_wire.rest({**self.head, "tasks": []}).to_dict()
             self.out.write("{\n  " + ",\n  ".join(f"{json.dumps(key)}: {json_text(first[key], indent=None)}"
                                                    for key in _FIRST) + ',\n  "tasks": ')
             self._kept = None
         else:
-            self._text.update(self._tables)
+            self._text.update(self.tables)
             lines = self._text.lines(rows)
         if lines:
             self.out.write(("[\n    " if self._first else ",\n    ") + ",\n    ".join(lines))
             self._first = False
 
-    def _tail(self, part: dict[str, Any]) -> None:
-        doc = {**self._head, **part}
+    def tail(self, doc: dict[str, Any]) -> None:
         if self._kept is not None:
             write(prepare({**doc, "slices": self._kept}), self.out)
             return

@@ -9,10 +9,9 @@ from dataclasses import replace
 from typing import Any, Iterable, TextIO
 
 from diag.analysis.loop_stalls import ended_stack, site_text, stall_frames, start_up, window_summary
-from diag.errors import TargetError
 from diag.model import task_wire
 from diag.render import formatting as fmt
-from diag.model.task_snapshot import MALFORMED, CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot, Wait
+from diag.model.task_snapshot import CreatedBy, Frame, LoopInfo, TaskInfo, TaskSnapshot, Wait
 from diag.wording import plural
 
 
@@ -280,7 +279,7 @@ class _Blocks:
                       + state[0] + coro + stack + state[1] + creator)
 
 
-class Feed:
+class Feed(task_wire.SliceReader):
     """Writes a full task dump as it comes (``Source.tasks_feed``).  A dump of one slice
     (the agent's 2,000 tasks) is written as ``render`` writes it, once it is all in.  A
     longer one is written a slice at a time as the slices arrive: a first line saying so,
@@ -289,53 +288,37 @@ class Feed:
     error says what happened, and what was written stays true."""
 
     def __init__(self, out: TextIO, cwd: str | None) -> None:
+        super().__init__()
         self.out = out
         self.cwd = cwd
-        self._head: dict[str, object] = {}
-        self._tables = task_wire.TableReader()
         self._figured: dict[tuple[object, ...], Wait] = {}
         self._first: list[TaskInfo] | None = None  # the first slice, until a second comes
         self._blocks: _Blocks | None = None  # once the tasks are written as they come
         self._shown = 0
         self._listed = 0
 
-    def __call__(self, kind: str, part: dict[str, Any]) -> None:
-        if kind == "whole":
-            render(TaskSnapshot.from_dict(part), self.out, cwd=self.cwd)
-            return
-        try:
-            if kind == "head":
-                task_wire.check({**part, "tasks": []})
-                self._head = part
-            elif kind == "slice":
-                self._slice(part)
-            else:
-                doc = {**self._head, **part, "tasks": []}
-                task_wire.check(doc)
-                snap = task_wire.rest(doc)
-                if self._blocks is None:
-                    render(replace(snap, tasks=tuple(self._first or ())), self.out, cwd=self.cwd)
-                    return
-                self.out.write("\n" + fmt.text_lines(header(snap, (self._shown, self._listed))))
-                _write_tail(snap, self.out, self.cwd)
-        except TargetError:
-            raise
-        except (*MALFORMED, IndexError) as err:
-            raise TargetError(f"malformed diag task snapshot: {err.__class__.__name__}: {err}") from None
+    def whole(self, doc: dict[str, Any]) -> None:
+        render(TaskSnapshot.from_dict(doc), self.out, cwd=self.cwd)
 
-    def _slice(self, part: dict[str, Any]) -> None:
-        rows = part.get("tasks")
-        if not isinstance(rows, list):
-            raise TypeError(f"a slice's tasks are {type(rows).__name__}, not a list")
-        self._tables.add(part)
-        tasks = task_wire.decode_rows(rows, self._tables, self._figured)
+    def tail(self, doc: dict[str, Any]) -> None:
+        doc = {**doc, "tasks": []}
+        task_wire.check(doc)
+        snap = task_wire.rest(doc)
+        if self._blocks is None:
+            render(replace(snap, tasks=tuple(self._first or ())), self.out, cwd=self.cwd)
+            return
+        self.out.write("\n" + fmt.text_lines(header(snap, (self._shown, self._listed))))
+        _write_tail(snap, self.out, self.cwd)
+
+    def rows(self, rows: list[Any], part: dict[str, Any]) -> None:
+        tasks = task_wire.decode_rows(rows, self.tables, self._figured)
         self._shown += sum(t.count for t in tasks)
         self._listed += len(tasks)
         if self._blocks is None:
             if self._first is None:
                 self._first = tasks
                 return
-            first = task_wire.rest({**self._head, "tasks": []})
+            first = task_wire.rest({**self.head, "tasks": []})
             self.out.write(fmt.text_lines([
                 f"diag tasks: pid {first.process.pid} (python {first.process.python or '?'}), every task as the "
                 f"agent describes it, taken {fmt.timestamp(first.taken_at)}; the summary follows them"]))
