@@ -21,7 +21,7 @@ from diag.errors import TargetError, UsageError
 from diag.model import task_wire
 from diag.render import jsonout
 from diag.sources.multi_source import require_targets
-from diag.sources.source import open_source
+from diag.sources.source import AgentSource, open_source
 
 if TYPE_CHECKING:
     from diag.model.task_snapshot import TaskSnapshot
@@ -131,8 +131,9 @@ def tasks(
         # a long dump written a slice at a time as it comes, while the agent describes the next
         source.tasks_feed(query, tasks_json.Feed(sys.stdout))
         return 0
-    elif fmt == "text" and query.debug == 2 and not query.pattern and not dead:
-        # the same for the text of every task
+    elif fmt == "text" and query.debug == 2 and not query.pattern and not dead and isinstance(source, AgentSource):
+        # the same for the text of every task (a saved file is read whole, as below: made a
+        # document and read back, it would be read twice)
         from diag.render import tasks_text
 
         source.tasks_feed(query, tasks_text.Feed(sys.stdout, os.getcwd()))
