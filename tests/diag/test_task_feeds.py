@@ -184,3 +184,24 @@ def test_the_cli_on_a_sliced_answer_damaged_or_cut_before_its_end(fmt_name: str)
             assert proc.stdout == ""
         else:
             assert proc.stdout.count("\ntask ") == 1000 and "matching" not in proc.stdout, proc.stdout[-500:]
+
+
+def test_time_spent_writing_is_not_the_agents() -> None:
+    """A reader that takes 0.5 s per slice (a pager, a slow pipe) under a 1 s --timeout:
+    the answer itself arrives at once, so the dump is not given up."""
+    import time
+
+    from diag.analysis.task_groups import TaskQuery
+    from diag.sources.source import AgentSource
+    from tests.support.fake_agent import FakeAgent, answer
+
+    snap = decode(_wire(_many(1500)))
+    kinds: list[str] = []
+
+    def slow(kind: str, part: dict[str, Any]) -> None:
+        kinds.append(kind)
+        time.sleep(0.5)
+
+    with FakeAgent(answer(200, _sliced_text(snap, 500))) as fake:
+        AgentSource(fake.url, timeout=1.0).tasks_feed(TaskQuery(debug=2, limit=5000), slow)
+    assert kinds == ["head", "slice", "slice", "slice", "tail"]
