@@ -1128,9 +1128,12 @@ class _Walker:
     def wait_evidence(self, task: asyncio.Task[Any], nodes: list[object], loop: asyncio.AbstractEventLoop,
                       wait: Wait) -> Wait:
         """``wait`` with what can end it (a deadline) and the awaited future's id."""
+        primitive = wait.kind in _PRIMITIVE_KINDS
+        if primitive and (self.deadline_budget <= 0 or not wait.seconds):
+            return wait  # nothing to add (most tasks of a big dump, past the deadline scan)
         waiter = wait_evidence.fut_waiter(task)
         future_id = ""
-        if wait.kind not in _PRIMITIVE_KINDS and waiter is not None:
+        if not primitive and waiter is not None:
             future_id = hex(id(waiter))
             if wait.kind == "executor":
                 self.executor_waits.append(waiter)

@@ -84,6 +84,8 @@ class Tables:
         self._wait: dict[tuple[Any, ...], int] = {}
         self._wait_by_id: dict[int, tuple[int, Wait]] = {}
         self._creator: dict[CreatedBy, int] = {}
+        #: by ``id`` of a Wait: (the Wait, stack, creator, coro, state, loop, their indexes)
+        self._last_by_wait: dict[int, tuple[Any, ...]] = {}
         self._sent = dict.fromkeys(_TABLES, 0)
 
     def delta(self) -> dict[str, list[Any]]:
@@ -153,11 +155,21 @@ class Tables:
 
     def row(self, task: TaskInfo) -> list[Any]:
         """The task's row, filling the tables with what it refers to."""
-        row: list[Any] = [task.id, task.name, self.string(task.coro), self.string(task.state),
-                          self.stack(task.stack), self.wait(task.wait), self.creator(task.created_by),
-                          self.string(task.loop), task.wait.seconds]
+        wait, stack, created = task.wait, task.stack, task.created_by
+        # Tasks stuck together share their Wait, stack and creator: the indexes of the last
+        # task with this Wait are taken again when everything they come from is the same.
+        last = self._last_by_wait.get(id(wait))
+        if (last is not None and last[0] is wait and last[1] is stack and last[2] is created
+                and last[3] == task.coro and last[4] == task.state and last[5] == task.loop):
+            row: list[Any] = [task.id, task.name, *last[6], wait.seconds]
+        else:
+            refs = (self.string(task.coro), self.string(task.state), self.stack(stack), self.wait(wait),
+                    self.creator(created), self.string(task.loop))
+            if len(self._last_by_wait) >= _KEPT_WAITS:
+                self._last_by_wait.clear()
+            self._last_by_wait[id(wait)] = (wait, stack, created, task.coro, task.state, task.loop, refs)
+            row = [task.id, task.name, *refs, wait.seconds]
         extra: dict[str, Any] = {}
-        wait = task.wait
         if wait.time_left is not None:
             extra["time_left"] = wait.time_left
         if wait.deadline is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -74,6 +75,30 @@ def test_what_tasks_share_is_sent_once() -> None:
     assert len(doc["stacks"]) == 1 and len(doc["frames"]) == 2 and len(doc["waits"]) == 1
     assert doc["strings"].count(ACQUIRE.file) == 1
     assert len(json.dumps(doc)) < len(snapshot(*tasks).to_json()) / 5
+
+
+def test_tasks_sharing_a_wait_keep_what_else_is_their_own() -> None:
+    # The rows of tasks stuck together are made from the last such task's indexes, which
+    # holds only while the stack, creator, coroutine, state and loop are the same objects
+    # or values: each differing in one of them reads back as it was.
+    shared = Wait("event", "Event.wait", Primitive("event", "0x5", "ready"), seconds=7.0)
+    other_creator = CreatedBy(3, "parent", "/b.py", 9, "g")
+    base = task(1, wait=shared)
+    variants = [
+        task(0, wait=shared, stack=(SLEEP, WORKER)), task(0, wait=shared, created=other_creator),
+        task(0, wait=shared, created=None), task(0, wait=shared, coro="Worker.run"),
+        task(0, wait=shared, state="ready"),
+        TaskInfo(0, "", base.coro, base.state, base.stack, shared, base.created_by, "0x7f99l"),
+    ]
+    tasks = [base]
+    for variant in variants:  # each right after a task the same in all but one thing
+        tasks += [replace(variant, id=len(tasks) + 1, name=f"Task-{len(tasks) + 1}"),
+                  replace(base, id=len(tasks) + 2, name=f"Task-{len(tasks) + 2}")]
+    snap = snapshot(*tasks)
+    doc = _wire(snap)
+    assert decode(doc) == snap
+    assert len(doc["waits"]) == 1
+    assert all(row[2:8] == doc["tasks"][0][2:8] for row in doc["tasks"][2::2])
 
 
 def test_version_1_still_reads() -> None:
