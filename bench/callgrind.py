@@ -23,12 +23,12 @@ def require_valgrind() -> None:
         raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
 
 
-def instructions(program: str, *args: str, env: dict[str, str] | None = None) -> int:
+def instructions(program: str, *args: str, env: dict[str, str] | None = None, cwd: str = ROOT) -> int:
     """Instructions of ``python -c program args...`` from start to exit, run from the
-    project's root."""
+    project's root (or ``cwd``: another checkout's, whose ``diag`` is then the one imported)."""
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", program, *args],
-        capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
+        capture_output=True, text=True, timeout=1800, cwd=cwd, env=env)
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise SystemExit(f"callgrind failed for {args}: {proc.stderr[-500:]}")

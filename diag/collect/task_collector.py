@@ -1007,12 +1007,12 @@ class _Walker:
 
     def created_by(self, origin: task_origins.Origin) -> CreatedBy | None:
         code_id, offset, parent, _seq = origin
-        code = task_origins.creating_code(origin)
-        if code is None:
-            return None
         key = (code_id, offset, parent)
-        created = self.creators.get(key)
+        created = self.creators.get(key)  # (only ever filled for a code that was known)
         if created is None:
+            code = task_origins.creating_code(origin)
+            if code is None:
+                return None
             line = task_origins.origin_line(code, offset)
             parent_task = self.by_seq.get(parent) if parent is not None else None
             name = _safe_str(task_name(parent_task)) if parent_task is not None else None
@@ -1114,7 +1114,7 @@ class _Walker:
             handling = _handling_cancel(nodes)
         values = {
             "id": origin[3] if origin is not None else task_origins.task_seq(task),
-            "name": _safe_str(name),
+            "name": name if type(name) is str and len(name) <= _NAME_LIMIT else _safe_str(name),
             "coro": self.coro_name(coro),
             "state": "running" if running else ("ready" if wait.kind == "ready" else "waiting"),
             "stack": stack, "wait": wait, "created_by": created_by, "loop": loop_id,
@@ -1209,7 +1209,10 @@ def _creator_function(code: types.CodeType) -> str:
     return name
 
 
-def _safe_str(value: object, limit: int = 200) -> str:
+_NAME_LIMIT = 200
+
+
+def _safe_str(value: object, limit: int = _NAME_LIMIT) -> str:
     """A name cut to ``limit``; never runs the value's own ``__str__`` (see safe_read)."""
     return clip(value, limit)
 
@@ -1512,7 +1515,9 @@ class TaskStream:
         named, rounds = 0, 0
         for start in range(0, len(tasks), self.slice_size):
             with paused_gc(), (run.watch.own_work() if run.watch is not None else contextlib.nullcontext()):
-                chunk = [t for t in tasks[start:start + self.slice_size] if not future_done(t)]
+                # still pending (asyncio's own task, most of a dump, by its field at once)
+                chunk = [t for t in tasks[start:start + self.slice_size]
+                         if (t._state if type(t) is _C_TASK else future_field(t, "_state")) == _PENDING]
                 self.ended += min(self.slice_size, len(tasks) - start) - len(chunk)
                 infos = run.describe(chunk)
                 del chunk
