@@ -163,12 +163,13 @@ class Tables:
                 and last[3] == task.coro and last[4] == task.state and last[5] == task.loop):
             row: list[Any] = [task.id, task.name, *last[6], wait.seconds]
         else:
-            refs = (self.string(task.coro), self.string(task.state), self.stack(stack), self.wait(wait),
-                    self.creator(created), self.string(task.loop))
-            if len(self._last_by_wait) >= _KEPT_WAITS:
-                self._last_by_wait.clear()
-            self._last_by_wait[id(wait)] = (wait, stack, created, task.coro, task.state, task.loop, refs)
-            row = [task.id, task.name, *refs, wait.seconds]
+            seen = self._wait_by_id.get(id(wait))
+            row = [task.id, task.name, self.string(task.coro), self.string(task.state), self.stack(stack),
+                   self.wait(wait), self.creator(created), self.string(task.loop), wait.seconds]
+            if seen is not None and seen[1] is wait:  # a Wait tasks share (many have their own)
+                if len(self._last_by_wait) >= _KEPT_WAITS:
+                    self._last_by_wait.clear()
+                self._last_by_wait[id(wait)] = (wait, stack, created, task.coro, task.state, task.loop, row[2:8])
         extra: dict[str, Any] = {}
         if wait.time_left is not None:
             extra["time_left"] = wait.time_left
