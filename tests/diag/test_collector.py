@@ -489,3 +489,37 @@ async def test_a_coroutine_waiting_inside_its_own_loop_is_told_from_a_one_shot_w
         for t in tasks.values():
             t.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def test_a_streamed_dump_leaves_out_the_tasks_that_ended_before_their_slice() -> None:
+    # Tasks are described a slice at a time while the loop runs: those that end meanwhile
+    # are left out and counted in a note, asyncio's own tasks and a subclass's alike.
+    from diag.collect.task_collector import CollectOptions, TaskStream
+
+    class OwnTask(asyncio.Task):  # type: ignore[type-arg]
+        pass
+
+    async def parked(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> tuple[list[tuple[TaskInfo, ...]], TaskSnapshot, set[int], set[int]]:
+        loop = asyncio.get_running_loop()
+        stay, go = asyncio.Event(), asyncio.Event()
+        kept = [asyncio.create_task(parked(stay), name=f"kept-{i}") for i in range(1500)]
+        ending = [asyncio.create_task(parked(go)) if i % 2 else OwnTask(parked(go), loop=loop) for i in range(1500)]
+        await asyncio.sleep(0)
+        stream = TaskStream(None, CollectOptions(budget=60.0), slice_size=500)
+        slices = stream.slices()
+        got = [next(slices)]
+        go.set()
+        await asyncio.gather(*ending)
+        got += list(slices)
+        snap = stream.snapshot()
+        stay.set()
+        await asyncio.gather(*kept)
+        return got, snap, {task_origins.task_seq(t) for t in kept}, {task_origins.task_seq(t) for t in ending}
+
+    got, snap, kept_ids, ending_ids = asyncio.run(main())
+    described = {info.id for part in got for info in part}
+    assert kept_ids <= described and not (ending_ids & described)
+    assert "1500 of them ended before their slice was described, and are left out" in snap.notes, snap.notes
